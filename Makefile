@@ -1,0 +1,48 @@
+# One way to build, check and test for everyone: a local virtualenv in .venv.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+export ORCHESTRATOR_DATABASE_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/orchestrator
+export ORCHESTRATOR_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
+
+.PHONY: venv install lint types test unit integration demo migrate run clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: venv
+
+lint: venv
+	$(BIN)/ruff check orchestrator participants tests migrations
+	$(BIN)/ruff format --check orchestrator participants tests migrations
+
+types: venv
+	$(BIN)/mypy
+
+unit: venv
+	$(BIN)/pytest tests/unit -q
+
+integration: venv
+	$(BIN)/pytest tests/integration -q
+
+test: venv lint types
+	$(BIN)/pytest -q
+
+migrate: venv
+	$(BIN)/orchestrator migrate
+
+run: migrate
+	$(BIN)/orchestrator run
+
+demo: migrate
+	$(BIN)/python -m orchestrator.demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
