@@ -1,0 +1,1 @@
+"""A saga orchestrator on RabbitMQ and PostgreSQL."""

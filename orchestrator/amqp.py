@@ -1,0 +1,188 @@
+"""RabbitMQ adapter: the topology of docs/protocol.md, a batching consumer, a confirming publisher.
+
+Consuming and publishing use separate connections (a publisher blocked by flow control must not
+stall deliveries). Messages are taken with manual acks; the service acks only after commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+import orjson
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractRobustConnection,
+)
+
+from orchestrator.engine import OutgoingCommand
+from orchestrator.messages import service_of
+from orchestrator.service import Envelope
+
+__all__ = ["Broker", "Topology", "envelope_of"]
+
+log = logging.getLogger("orchestrator.amqp")
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Exchange and queue names, all under one namespace so tests and tenants stay apart."""
+
+    namespace: str = "saga"
+
+    @property
+    def commands(self) -> str:
+        return f"{self.namespace}.commands"
+
+    @property
+    def events(self) -> str:
+        return f"{self.namespace}.events"
+
+    @property
+    def dead(self) -> str:
+        return f"{self.namespace}.dead"
+
+    @property
+    def orchestrator_queue(self) -> str:
+        return f"{self.namespace}.orchestrator"
+
+    @property
+    def dead_letter_queue(self) -> str:
+        return f"{self.namespace}.dead-letter"
+
+    def participant_queue(self, service: str) -> str:
+        return f"{self.namespace}.{service}"
+
+    @property
+    def queue_arguments(self) -> dict[str, Any]:
+        return {"x-dead-letter-exchange": self.dead}
+
+
+async def declare(channel: AbstractChannel, topology: Topology, services: Iterable[str]) -> None:
+    """Declare everything (idempotent). Participant queues too, so commands wait while a
+    participant is down, or has never started."""
+    events = await channel.declare_exchange(topology.events, aio_pika.ExchangeType.TOPIC, durable=True)
+    commands = await channel.declare_exchange(topology.commands, aio_pika.ExchangeType.TOPIC, durable=True)
+    dead = await channel.declare_exchange(topology.dead, aio_pika.ExchangeType.FANOUT, durable=True)
+    dead_queue = await channel.declare_queue(topology.dead_letter_queue, durable=True)
+    await dead_queue.bind(dead)
+    queue = await channel.declare_queue(
+        topology.orchestrator_queue, durable=True, arguments=topology.queue_arguments
+    )
+    await queue.bind(events, routing_key="#")
+    for service in sorted(set(services)):
+        participant = await channel.declare_queue(
+            topology.participant_queue(service), durable=True, arguments=topology.queue_arguments
+        )
+        await participant.bind(commands, routing_key=f"{service}.#")
+
+
+def envelope_of(message: AbstractIncomingMessage) -> Envelope:
+    headers = message.headers or {}
+    workflow = headers.get("x-workflow")
+    return Envelope(
+        body=message.body,
+        type=message.type,
+        message_id=message.message_id,
+        correlation_id=message.correlation_id,
+        workflow=workflow.decode() if isinstance(workflow, bytes) else (str(workflow) if workflow else None),
+    )
+
+
+class Broker:
+    """Two robust connections: one consumes into an in-process queue, one publishes with confirms."""
+
+    def __init__(self, url: str, topology: Topology, prefetch: int) -> None:
+        self.url = url
+        self.topology = topology
+        self.prefetch = prefetch
+        self.inbound: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self._consume_connection: AbstractRobustConnection | None = None
+        self._publish_connection: AbstractRobustConnection | None = None
+        self._commands: AbstractExchange | None = None
+        self._dead: AbstractExchange | None = None
+        self._consumer_tag: str | None = None
+        self._queue: Any = None
+
+    async def connect(self, services: Iterable[str]) -> None:
+        self._publish_connection = await aio_pika.connect_robust(
+            self.url, client_properties={"connection_name": "orchestrator-publish"}
+        )
+        channel = await self._publish_connection.channel(publisher_confirms=True, on_return_raises=True)
+        await declare(channel, self.topology, services)
+        self._commands = await channel.get_exchange(self.topology.commands)
+        self._dead = await channel.get_exchange(self.topology.dead)
+        self._consume_connection = await aio_pika.connect_robust(
+            self.url, client_properties={"connection_name": "orchestrator-consume"}
+        )
+
+    async def start_consuming(self) -> None:
+        assert self._consume_connection is not None
+        channel = await self._consume_connection.channel()
+        await channel.set_qos(prefetch_count=self.prefetch)
+        self._queue = await channel.get_queue(self.topology.orchestrator_queue)
+        self._consumer_tag = await self._queue.consume(self._take)
+
+    async def _take(self, message: AbstractIncomingMessage) -> None:
+        self.inbound.put_nowait(message)
+
+    async def stop_consuming(self) -> None:
+        if self._queue is not None and self._consumer_tag is not None:
+            try:
+                await self._queue.cancel(self._consumer_tag)
+            except Exception as error:  # the channel may be gone already; unacked messages return anyway
+                log.warning("could not cancel the consumer: %s", error)
+            self._consumer_tag = None
+
+    async def publish_command(self, command: OutgoingCommand) -> None:
+        assert self._commands is not None
+        message = aio_pika.Message(
+            orjson.dumps(command.payload),
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            type=command.type,
+            message_id=command.message_id,
+            correlation_id=command.saga_id,
+            headers={"x-saga-id": command.saga_id, "x-workflow": command.workflow},
+        )
+        await self._commands.publish(message, routing_key=command.type, mandatory=True)
+
+    async def dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
+        """Republish a message we cannot take, with the reason, then the caller acks the original."""
+        assert self._dead is not None
+        headers = dict(message.headers or {})
+        headers.update(
+            {
+                "x-death-reason": reason,
+                "x-original-exchange": message.exchange or "",
+                "x-original-routing-key": message.routing_key or "",
+            }
+        )
+        copy = aio_pika.Message(
+            message.body,
+            headers=headers,
+            content_type=message.content_type,
+            content_encoding=message.content_encoding,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            type=message.type,
+            message_id=message.message_id,
+            correlation_id=message.correlation_id,
+            timestamp=message.timestamp,
+            app_id=message.app_id,
+        )
+        await self._dead.publish(copy, routing_key=message.routing_key or "")
+
+    async def close(self) -> None:
+        for connection in (self._consume_connection, self._publish_connection):
+            if connection is not None:
+                await connection.close()
+
+
+def services_of(command_types: Iterable[str]) -> set[str]:
+    return {service_of(t) for t in command_types}

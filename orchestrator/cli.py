@@ -1,0 +1,188 @@
+"""``orchestrator migrate | run | verify``: the command line, with one-line errors, not tracebacks."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from orchestrator.settings import Settings, mask_url
+
+__all__ = ["main"]
+
+
+class Unreachable(Exception):
+    """A service the orchestrator needs cannot be reached; the message says which and why."""
+
+
+def _run(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
+
+
+def migrations_path() -> Path:
+    return Path(__file__).resolve().parent.parent / "migrations"
+
+
+async def ensure_database(url: str) -> None:
+    """Create the database the URL names, if it is absent."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    target = make_url(url)
+    admin = target.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
+    try:
+        connection = await asyncpg.connect(admin, timeout=10)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as error:
+        raise Unreachable(f"cannot reach PostgreSQL at {mask_url(url)}: {error}") from None
+    try:
+        exists = await connection.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", target.database)
+        if not exists:
+            await connection.execute(f'CREATE DATABASE "{target.database}"')
+    finally:
+        await connection.close()
+
+
+def migrate(url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    _run(ensure_database(url))
+    config = Config()
+    config.set_main_option("script_location", str(migrations_path()))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    command.upgrade(config, "head")
+
+
+async def _check_amqp(url: str) -> None:
+    import logging
+
+    import aio_pika
+
+    noisy = logging.getLogger("aiormq.connection")
+    level = noisy.level
+    noisy.setLevel(logging.CRITICAL)  # the one-line error below says it better
+    try:
+        connection = await asyncio.wait_for(aio_pika.connect(url), 10)
+    except (OSError, TimeoutError, aio_pika.exceptions.AMQPError) as error:
+        raise Unreachable(
+            f"cannot reach RabbitMQ at {mask_url(url)}: {error or type(error).__name__}"
+        ) from None
+    finally:
+        noisy.setLevel(level)
+    await connection.close()
+
+
+async def _serve(settings: Settings) -> None:
+    from orchestrator.bootstrap import build
+
+    await ensure_database_reachable(settings.database_url)
+    await _check_amqp(settings.amqp_url)
+    orchestrator = build(settings)
+    await orchestrator.run_until_signalled()
+
+
+async def ensure_database_reachable(url: str) -> None:
+    from sqlalchemy import text
+
+    from orchestrator.store_postgres import make_engine
+
+    engine = make_engine(url, pool_size=1)
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT 1 FROM sagas LIMIT 1"))
+    except OSError as error:
+        raise Unreachable(f"cannot reach PostgreSQL at {mask_url(url)}: {error}") from None
+    except Exception as error:
+        text_ = str(error).splitlines()[0]
+        if "sagas" in text_ and "does not exist" in text_:
+            raise Unreachable(
+                f"the database at {mask_url(url)} is not migrated: run 'orchestrator migrate'"
+            ) from None
+        raise Unreachable(f"cannot use PostgreSQL at {mask_url(url)}: {text_}") from None
+    finally:
+        await engine.dispose()
+
+
+async def _verify(settings: Settings, saga_id: str | None) -> int:
+    from orchestrator.bootstrap import load_workflows
+    from orchestrator.replay import differences, replay
+    from orchestrator.routing import Registry
+    from orchestrator.store_postgres import PostgresStore
+
+    await ensure_database_reachable(settings.database_url)
+    registry = Registry(load_workflows(settings.workflows))
+    store = PostgresStore.from_url(settings.database_url)
+    bad = checked = 0
+    try:
+        ids = [saga_id] if saga_id else await store.saga_ids()
+        for sid in ids:
+            row = await store.get_saga(sid)
+            if row is None:
+                print(f"{sid}: no such saga")
+                bad += 1
+                continue
+            compiled = registry.workflows.get(row.workflow)
+            if compiled is None:
+                print(f"{sid}: workflow {row.workflow!r} is not loaded")
+                bad += 1
+                continue
+            found = differences(row, replay(compiled, await store.journal(sid)))
+            checked += 1
+            if found:
+                bad += 1
+                print(f"{sid} ({row.workflow} {row.key}):")
+                for line in found:
+                    print(f"  {line}")
+    finally:
+        await store.close()
+    print(f"verified {checked} sagas: {bad} differ from their journal")
+    return 1 if bad else 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="orchestrator", description="A saga orchestrator on RabbitMQ and PostgreSQL."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("migrate", help="create the database if absent and apply the migrations")
+    run = sub.add_parser("run", help="run the service until SIGTERM or SIGINT")
+    run.add_argument("--workflows", help="module(s) defining the workflows (default: the bundled examples)")
+    run.add_argument("--namespace", help="prefix of exchanges and queues (ORCHESTRATOR_NAMESPACE)")
+    verify = sub.add_parser("verify", help="replay journals and report sagas whose row differs")
+    verify.add_argument("--saga", help="verify only this saga id")
+    verify.add_argument("--workflows", help="module(s) defining the workflows")
+    args = parser.parse_args(argv)
+
+    settings = Settings.from_env(
+        workflows=getattr(args, "workflows", None), namespace=getattr(args, "namespace", None)
+    )
+    try:
+        if args.command == "migrate":
+            migrate(settings.database_url)
+            print(f"migrated {mask_url(settings.database_url)}")
+        elif args.command == "run":
+            from orchestrator.bootstrap import configure_logging
+
+            configure_logging(settings)
+            _run(_serve(settings))
+        elif args.command == "verify":
+            sys.exit(_run(_verify(settings, args.saga)))
+    except Unreachable as error:
+        print(f"orchestrator: {error}", file=sys.stderr)
+        sys.exit(2)
+    except ModuleNotFoundError as error:
+        print(f"orchestrator: cannot load workflows: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,244 @@
+"""Workflow definitions: plain data that says what a saga does, compiled onto ``transitions`` later.
+
+Two ways to write one, both ending in the same :class:`Workflow`:
+
+* a free state machine, ``Workflow(...)`` with ``state()`` and ``on()`` (the escrow);
+* a step sequence, ``@saga`` on a class whose ``@step`` methods build commands (the order), which
+  :mod:`orchestrator.steps` turns into states and rules.
+
+Nothing here runs I/O or reads a clock: a definition is a value, so a journal replayed through it
+gives the same saga every time.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import timedelta
+from typing import Any
+
+from orchestrator.messages import Command, Event, Message, load
+
+__all__ = [
+    "DEADLINE",
+    "FAIL",
+    "IGNORE",
+    "PARK",
+    "CommandBuilder",
+    "DefinitionError",
+    "Policy",
+    "Rule",
+    "SagaView",
+    "StateSpec",
+    "Status",
+    "Workflow",
+]
+
+
+class DefinitionError(ValueError):
+    """A workflow definition contradicts itself; raised when it is written, never at run time."""
+
+
+class Status(enum.StrEnum):
+    RUNNING = "running"
+    COMPENSATING = "compensating"
+    COMPLETED = "completed"
+    COMPENSATED = "compensated"
+    FAILED = "failed"  # an operator is needed
+
+
+FINISHED = frozenset({Status.COMPLETED, Status.COMPENSATED, Status.FAILED})
+
+
+class Policy(enum.StrEnum):
+    """What an event does in a state where it moves nothing."""
+
+    PARK = "park"  # keep it; apply it when the saga reaches a state where it fits
+    IGNORE = "ignore"  # record it in the journal and change nothing
+    FAIL = "fail"  # the saga fails: an operator must look
+
+
+PARK = Policy.PARK
+IGNORE = Policy.IGNORE
+FAIL = Policy.FAIL
+
+#: The trigger a fired deadline sends through the machine.
+DEADLINE = "saga.DeadlineExpired"
+
+
+@dataclass(frozen=True)
+class SagaView:
+    """What a command builder may read: the saga's identity and data, never the clock."""
+
+    saga_id: str
+    workflow: str
+    key: str
+    data: Mapping[str, Any]
+
+
+CommandBuilder = Callable[[SagaView], Message]
+
+
+def builder_for(send: type[Message] | CommandBuilder) -> CommandBuilder:
+    """A message class becomes a builder that fills its fields from the saga's data by name."""
+    if isinstance(send, type) and issubclass(send, Message):
+        cls = send
+        names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+
+        def build(view: SagaView) -> Message:
+            return load(cls, {name: view.data.get(name) for name in names})
+
+        build.__qualname__ = f"build_{cls.__name__}"
+        build.message_type = cls.TYPE  # type: ignore[attr-defined]
+        return build
+    return send
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    name: str
+    status: Status = Status.RUNNING
+    final: bool = False
+    deadline: timedelta | None = None
+    on_deadline: str | None = None
+    on_enter: tuple[CommandBuilder, ...] = ()
+
+
+@dataclass(frozen=True)
+class Rule:
+    """An event in a source state: move to ``dest`` sending ``send``, or apply a policy."""
+
+    event: str
+    source: str
+    dest: str | None = None
+    send: tuple[CommandBuilder, ...] = ()
+    policy: Policy | None = None
+
+
+def _listify(send: Any) -> list[Any]:
+    if send is None:
+        return []
+    if isinstance(send, list | tuple):
+        return list(send)
+    return [send]
+
+
+@dataclass
+class Workflow:
+    """A workflow: states, the rules that move between them, and the event that starts it.
+
+    ``key`` names the field of the starting event that identifies the business transaction
+    (``order_id``): the same key always means the same saga.
+    """
+
+    name: str
+    starts_on: type[Event]
+    key: str
+    initial: str | None = None
+    unexpected: Policy = IGNORE
+    description: str = ""
+    states: dict[str, StateSpec] = field(default_factory=dict)
+    rules: list[Rule] = field(default_factory=list)
+    events: dict[str, type[Message]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if "." in self.name or not self.name:
+            raise DefinitionError(f"workflow name {self.name!r} must be non-empty and contain no dot")
+        if self.key not in {f.name for f in fields(self.starts_on)}:  # type: ignore[arg-type]
+            raise DefinitionError(f"{self.starts_on.__name__} has no field {self.key!r} to key sagas by")
+        self.events[self.starts_on.TYPE] = self.starts_on
+
+    def state(
+        self,
+        name: str,
+        *,
+        deadline: timedelta | None = None,
+        on_deadline: str | None = None,
+        send: type[Command] | CommandBuilder | Sequence[type[Command] | CommandBuilder] | None = None,
+        final: bool = False,
+        status: Status | None = None,
+        compensate: Sequence[type[Command] | CommandBuilder] | None = None,
+    ) -> Workflow:
+        """Declare a state. ``send`` goes out on entering it; a final state with ``compensate``
+        sends those commands, in order, and ends the saga ``compensated``."""
+        if name in self.states:
+            raise DefinitionError(f"{self.name}: state {name!r} declared twice")
+        if deadline is not None and on_deadline is None:
+            raise DefinitionError(f"{self.name}.{name}: a deadline needs on_deadline=<state>")
+        if final and deadline is not None:
+            raise DefinitionError(f"{self.name}.{name}: a final state cannot wait for a deadline")
+        if status is None:
+            status = (Status.COMPENSATED if compensate else Status.COMPLETED) if final else Status.RUNNING
+        if final != (status in FINISHED):
+            raise DefinitionError(f"{self.name}.{name}: status {status} does not fit final={final}")
+        builders = [builder_for(s) for s in [*_listify(send), *_listify(compensate)]]
+        self.states[name] = StateSpec(name, status, final, deadline, on_deadline, tuple(builders))
+        if deadline is not None and on_deadline is not None:
+            self.rules.append(Rule(DEADLINE, name, on_deadline))
+        if self.initial is None and not final:
+            self.initial = name
+        return self
+
+    def on(
+        self,
+        event: type[Event],
+        *,
+        source: str | Iterable[str],
+        dest: str | None = None,
+        send: type[Command] | CommandBuilder | Sequence[type[Command] | CommandBuilder] | None = None,
+        then: Policy | None = None,
+    ) -> Workflow:
+        """What ``event`` does in ``source``: move to ``dest`` (sending ``send``), or ``then`` a policy."""
+        if (dest is None) == (then is None):
+            raise DefinitionError(f"{self.name}: {event.TYPE} needs exactly one of dest= or then=")
+        self.events[event.TYPE] = event
+        sources = [source] if isinstance(source, str) else list(source)
+        builders = tuple(builder_for(s) for s in _listify(send))
+        for src in sources:
+            self.rules.append(Rule(event.TYPE, src, dest, builders, then))
+        return self
+
+    def rule_for(self, state: str, event_type: str) -> Rule | None:
+        for rule in self.rules:
+            if rule.source == state and rule.event == event_type:
+                return rule
+        return None
+
+    def check(self) -> Workflow:
+        """Refuse a definition that names states it never declared; called when it is compiled."""
+        if self.initial is None:
+            raise DefinitionError(f"{self.name}: no non-final state to start in")
+        for rule in self.rules:
+            for name in (rule.source, rule.dest):
+                if name is not None and name not in self.states:
+                    raise DefinitionError(f"{self.name}: {rule.event} names unknown state {name!r}")
+        for spec in self.states.values():
+            if spec.on_deadline is not None and spec.on_deadline not in self.states:
+                raise DefinitionError(f"{self.name}.{spec.name}: on_deadline {spec.on_deadline!r} is unknown")
+        return self
+
+    def describe(self) -> Mapping[str, Any]:
+        """The definition as JSON-ready data, for operators."""
+        return {
+            "name": self.name,
+            "starts_on": self.starts_on.TYPE,
+            "key": self.key,
+            "initial": self.initial,
+            "unexpected": str(self.unexpected),
+            "description": self.description,
+            "states": [
+                {
+                    "name": s.name,
+                    "status": str(s.status),
+                    "final": s.final,
+                    "deadline_seconds": s.deadline.total_seconds() if s.deadline else None,
+                    "on_deadline": s.on_deadline,
+                }
+                for s in self.states.values()
+            ],
+            "rules": [
+                {"event": r.event, "source": r.source, "dest": r.dest, "policy": r.policy and str(r.policy)}
+                for r in self.rules
+            ],
+        }

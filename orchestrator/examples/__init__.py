@@ -1,0 +1,8 @@
+"""The bundled workflows: the order saga (a step sequence) and the escrow (a free state machine)."""
+
+from orchestrator.examples.escrow import escrow
+from orchestrator.examples.order import OrderSaga
+
+WORKFLOWS = [OrderSaga.workflow, escrow]  # type: ignore[attr-defined]
+
+__all__ = ["WORKFLOWS", "OrderSaga", "escrow"]

@@ -1,0 +1,48 @@
+"""The order saga: reserve stock, charge the customer, ship; undo what was done when a step fails."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from orchestrator.examples.contracts import (
+    ChargePayment,
+    OrderPlaced,
+    OrderShipped,
+    OutOfStock,
+    PaymentCharged,
+    PaymentDeclined,
+    PaymentRefunded,
+    RefundPayment,
+    ReleaseStock,
+    ReserveStock,
+    ShipmentFailed,
+    ShipOrder,
+    StockReleased,
+    StockReserved,
+)
+from orchestrator.steps import saga, step
+
+
+@saga(starts_on=OrderPlaced, key="order_id", name="order")
+class OrderSaga:
+    """Reserve stock, charge, ship; on failure undo what was done, newest first."""
+
+    @step(done=StockReserved, failed=OutOfStock, deadline=timedelta(seconds=30))
+    def reserve(self, order: OrderPlaced) -> ReserveStock:
+        return ReserveStock(order.order_id, order.lines)
+
+    @reserve.compensate(done=StockReleased)
+    def release(self, order: OrderPlaced) -> ReleaseStock:
+        return ReleaseStock(order.order_id)
+
+    @step(done=PaymentCharged, failed=PaymentDeclined, deadline=timedelta(minutes=2))
+    def charge(self, order: OrderPlaced) -> ChargePayment:
+        return ChargePayment(order.order_id, order.customer_id, order.amount_cents)
+
+    @charge.compensate(done=PaymentRefunded)
+    def refund(self, order: OrderPlaced) -> RefundPayment:
+        return RefundPayment(order.order_id)
+
+    @step(done=OrderShipped, failed=ShipmentFailed, deadline=timedelta(minutes=5))
+    def ship(self, order: OrderPlaced) -> ShipOrder:
+        return ShipOrder(order.order_id, order.lines)

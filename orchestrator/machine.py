@@ -1,0 +1,86 @@
+"""One ``transitions`` machine per workflow, shared by all its sagas.
+
+A saga is a row, not an object kept in memory: while one message is decided, a small model
+carrying the saga's state is attached to the workflow's machine, the trigger is fired, and the
+model is detached again. The machine's callbacks collect the commands to send into the model, so
+the machine stays the single authority on which event moves which state where.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from transitions import Machine, MachineError
+
+from orchestrator.definitions import CommandBuilder, Rule, Workflow
+
+__all__ = ["CompiledWorkflow", "Fired"]
+
+
+@dataclass(eq=False)
+class _Model:
+    state: str
+    sends: list[CommandBuilder] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Fired:
+    """What a trigger did: the state it reached and the commands to build, in order."""
+
+    dest: str
+    sends: tuple[CommandBuilder, ...]
+
+
+def _collect(builders: tuple[CommandBuilder, ...], event: Any) -> None:
+    event.model.sends.extend(builders)
+
+
+class CompiledWorkflow:
+    """A workflow compiled onto its ``transitions`` machine."""
+
+    def __init__(self, workflow: Workflow) -> None:
+        self.workflow = workflow.check()
+        self.machine = Machine(
+            model=None,
+            states=[
+                {"name": spec.name, "final": spec.final, "on_enter": [partial(_collect, spec.on_enter)]}
+                for spec in workflow.states.values()
+            ],
+            initial=workflow.initial,
+            auto_transitions=False,
+            send_event=True,
+        )
+        self.moves: dict[tuple[str, str], Rule] = {}
+        for rule in workflow.rules:
+            if rule.dest is None:
+                continue
+            if (rule.source, rule.event) in self.moves:
+                raise ValueError(f"{workflow.name}: {rule.event} in {rule.source} is declared twice")
+            self.moves[(rule.source, rule.event)] = rule
+            self.machine.add_transition(
+                rule.event, rule.source, rule.dest, after=[partial(_collect, rule.send)]
+            )
+        self.policies = {(r.source, r.event): r.policy for r in workflow.rules if r.policy is not None}
+
+    def moves_on(self, state: str, event_type: str) -> bool:
+        return (state, event_type) in self.moves
+
+    def enter(self) -> Fired:
+        """Entering the initial state: the commands its ``on_enter`` sends."""
+        spec = self.workflow.states[self.workflow.initial]  # type: ignore[index]
+        return Fired(spec.name, spec.on_enter)
+
+    def fire(self, state: str, event_type: str) -> Fired:
+        """Fire ``event_type`` on a saga in ``state``; raises MachineError where it does not move."""
+        model = _Model(state)
+        self.machine.add_model(model, initial=state)
+        try:
+            model.trigger(event_type)  # type: ignore[attr-defined]
+        finally:
+            self.machine.remove_model(model)
+        return Fired(model.state, tuple(model.sends))
+
+
+__all__ += ["MachineError"]

@@ -1,0 +1,65 @@
+"""Message contracts: the events and commands a workflow speaks, as small frozen dataclasses.
+
+A message class names its wire type in ``TYPE`` (``"inventory.ReserveStock"``); the part before
+the dot is the participant service whose queue receives it. Payloads are validated by pydantic
+against the dataclass fields, so a workflow's schema is simply its message classes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import cache
+from typing import Any, ClassVar, TypeVar
+
+from pydantic import TypeAdapter, ValidationError
+
+__all__ = ["Command", "Event", "InvalidPayload", "Message", "dump", "load", "service_of"]
+
+
+class Message:
+    """Base of every message class; subclasses are ``@dataclass(frozen=True)`` and set ``TYPE``."""
+
+    TYPE: ClassVar[str]
+
+
+class Event(Message):
+    """Something that happened, published by a participant (or the start of a saga)."""
+
+
+class Command(Message):
+    """Something the orchestrator asks one participant to do."""
+
+
+M = TypeVar("M", bound=Message)
+
+
+class InvalidPayload(ValueError):
+    """A payload does not fit its message class: the message is dead-lettered with this reason."""
+
+
+@cache
+def _adapter(cls: type[Message]) -> TypeAdapter[Any]:
+    return TypeAdapter(cls)
+
+
+def load(cls: type[M], payload: Any) -> M:
+    """Build a message from a decoded JSON payload, or raise InvalidPayload saying why."""
+    try:
+        return _adapter(cls).validate_python(payload)  # type: ignore[no-any-return]
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '<body>'}: {e['msg']}" for e in error.errors()
+        )
+        raise InvalidPayload(f"{cls.TYPE} does not fit its schema: {problems}") from None
+
+
+def dump(message: Message) -> dict[str, Any]:
+    """The JSON-ready payload of a message."""
+    if not dataclasses.is_dataclass(message):
+        raise TypeError(f"{type(message).__name__} must be a dataclass to be sent")
+    return dataclasses.asdict(message)
+
+
+def service_of(type_name: str) -> str:
+    """The participant service a type belongs to: ``inventory`` for ``inventory.ReserveStock``."""
+    return type_name.split(".", 1)[0]

@@ -1,0 +1,37 @@
+"""Rebuild a saga from its journal through its definition: the proof that the row can be trusted.
+
+Pure: the journal holds every message with the time it was decided, so feeding it through
+``decide`` again must give back the saga row exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import fields
+
+from orchestrator.engine import Saga, decide
+from orchestrator.machine import CompiledWorkflow
+from orchestrator.store import JournalEntry
+
+__all__ = ["differences", "replay"]
+
+
+def replay(compiled: CompiledWorkflow, entries: Sequence[JournalEntry]) -> Saga | None:
+    saga: Saga | None = None
+    for entry in entries:
+        saga = decide(compiled, saga, entry.message, entry.recorded_at).saga
+    return saga
+
+
+def differences(row: Saga | None, rebuilt: Saga | None) -> list[str]:
+    """Field by field, what the journal says and the row does not."""
+    if row is None or rebuilt is None:
+        return [] if row is rebuilt else [f"row {row!r} but journal rebuilds {rebuilt!r}"]
+    found = []
+    for field in fields(Saga):
+        mine, theirs = getattr(row, field.name), getattr(rebuilt, field.name)
+        if field.name == "parked":
+            mine, theirs = list(mine), list(theirs)
+        if mine != theirs:
+            found.append(f"{field.name}: row has {mine!r}, journal gives {theirs!r}")
+    return found

@@ -1,0 +1,145 @@
+"""The service layer: a batch of incoming messages in, one transaction out.
+
+For each message: parse it, find its saga, skip it if its id was taken before, let the pure
+engine decide, and gather everything into one :class:`~orchestrator.store.Changes`, written in
+one transaction. Messages that cannot be taken get a dead-letter reason instead. Nothing here
+knows about RabbitMQ: the consumer hands in envelopes and acks by the verdicts it gets back.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from orchestrator.engine import Decision, Incoming, OutgoingCommand, Saga, decide
+from orchestrator.routing import Registry, Rejected
+from orchestrator.store import Changes, Store
+
+__all__ = ["BatchResult", "Envelope", "Verdict", "process_batch"]
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A message as it came off the wire, before anything is trusted."""
+
+    body: bytes
+    type: str | None = None
+    message_id: str | None = None
+    correlation_id: str | None = None
+    workflow: str | None = None
+
+
+class Verdict(enum.StrEnum):
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    DEAD = "dead"
+
+
+@dataclass
+class BatchResult:
+    verdicts: list[Verdict] = field(default_factory=list)
+    reasons: list[str | None] = field(default_factory=list)
+    commands: list[OutgoingCommand] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)
+
+
+@dataclass
+class _Parsed:
+    index: int
+    envelope: Envelope
+    payload: dict[str, Any]
+    type: str
+    message_id: str
+    keyed: list[tuple[Any, str | None, bool]]  # (compiled workflow, saga id from the key, starts)
+
+
+def _parse(index: int, envelope: Envelope, registry: Registry) -> _Parsed:
+    if not envelope.type:
+        raise Rejected("message has no type property")
+    if not envelope.message_id:
+        raise Rejected("message has no message_id property")
+    try:
+        payload = orjson.loads(envelope.body)
+    except orjson.JSONDecodeError as error:
+        raise Rejected(f"body is not JSON: {error}") from None
+    if not isinstance(payload, dict):
+        raise Rejected("body is not a JSON object")
+    keyed = [
+        (t.workflow, t.saga_id, t.starts)
+        for t in registry.route(envelope.type, payload, workflow_header=envelope.workflow)
+    ]
+    return _Parsed(index, envelope, payload, envelope.type, envelope.message_id, keyed)
+
+
+async def process_batch(
+    registry: Registry, store: Store, envelopes: Sequence[Envelope], now: datetime
+) -> BatchResult:
+    """Decide every message of the batch and commit all of it in one transaction."""
+    result = BatchResult(verdicts=[Verdict.ACCEPTED] * len(envelopes), reasons=[None] * len(envelopes))
+    parsed: list[_Parsed] = []
+    for index, envelope in enumerate(envelopes):
+        try:
+            parsed.append(_parse(index, envelope, registry))
+        except Rejected as error:
+            result.verdicts[index] = Verdict.DEAD
+            result.reasons[index] = str(error)
+
+    wanted: set[str] = set()
+    for p in parsed:
+        if p.envelope.correlation_id:
+            wanted.add(p.envelope.correlation_id)
+        wanted.update(saga_id for _, saga_id, _ in p.keyed if saga_id)
+
+    changes = Changes()
+    async with store.transaction() as tx:
+        current: dict[str, Saga] = await tx.lock_sagas(wanted)
+        seen = await tx.seen(p.message_id for p in parsed)
+        for p in parsed:
+            if p.message_id in seen or p.message_id in changes.inbox:
+                result.verdicts[p.index] = Verdict.DUPLICATE
+                changes.duplicates.append(p.message_id)
+                continue
+            try:
+                targets = _targets(p, registry, current)
+            except Rejected as error:
+                result.verdicts[p.index] = Verdict.DEAD
+                result.reasons[p.index] = str(error)
+                continue
+            message = Incoming(p.type, p.message_id, p.payload)
+            first_saga: str | None = None
+            for compiled, saga in targets:
+                decision = decide(compiled, saga, message, now)
+                current[decision.saga.id] = decision.saga
+                changes.record(message, decision, now)
+                result.decisions.append(decision)
+                first_saga = first_saga or decision.saga.id
+            changes.inbox[p.message_id] = first_saga
+        if changes:
+            await tx.save(changes)
+    result.commands = changes.commands
+    return result
+
+
+def _targets(p: _Parsed, registry: Registry, current: Mapping[str, Saga]) -> list[tuple[Any, Saga | None]]:
+    """The sagas a message goes to, with the saga (None where the message starts it)."""
+    correlated = current.get(p.envelope.correlation_id) if p.envelope.correlation_id else None
+    if correlated is not None:
+        registry.route(p.type, p.payload, saga_workflow=correlated.workflow)  # or Rejected
+        return [(registry.workflows[correlated.workflow], correlated)]
+    targets: list[tuple[Any, Saga | None]] = []
+    for compiled, saga_id, starts in p.keyed:
+        workflow = compiled.workflow
+        saga = current.get(saga_id) if saga_id else None
+        if saga is None and not starts:
+            if p.envelope.correlation_id:
+                raise Rejected(f"correlation id {p.envelope.correlation_id!r} names no saga")
+            raise Rejected(f"no {workflow.name} saga for {workflow.key}={p.payload.get(workflow.key)!r}")
+        if saga is None and saga_id is None:
+            raise Rejected(f"{p.type} starts {workflow.name} but has no {workflow.key!r}")
+        targets.append((compiled, saga))
+    return targets

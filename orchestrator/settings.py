@@ -1,0 +1,62 @@
+"""Settings, from the environment: one object, read once at start."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+__all__ = ["Settings", "mask_url"]
+
+
+def mask_url(url: str) -> str:
+    """A URL fit for a log line: the password replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable url>"
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"orchestrator: {name} must be an integer, not {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/orchestrator"
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    namespace: str = "saga"
+    workflows: str = "orchestrator.examples"
+    prefetch: int = 1024
+    batch_size: int = 256
+    relay_in_flight: int = 4096
+    outbox_sweep_seconds: float = 5.0
+    shutdown_seconds: float = 10.0
+    log_level: str = "INFO"
+    log_json: bool = False
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        env = os.environ
+        values: dict[str, object] = {
+            "database_url": env.get("ORCHESTRATOR_DATABASE_URL", cls.database_url),
+            "amqp_url": env.get("ORCHESTRATOR_AMQP_URL", cls.amqp_url),
+            "namespace": env.get("ORCHESTRATOR_NAMESPACE", cls.namespace),
+            "workflows": env.get("ORCHESTRATOR_WORKFLOWS", cls.workflows),
+            "prefetch": _int("ORCHESTRATOR_PREFETCH", cls.prefetch),
+            "batch_size": _int("ORCHESTRATOR_BATCH_SIZE", cls.batch_size),
+            "log_level": env.get("ORCHESTRATOR_LOG_LEVEL", cls.log_level).upper(),
+            "log_json": env.get("ORCHESTRATOR_LOG_JSON", "").lower() in {"1", "true", "yes"},
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]

@@ -1,0 +1,78 @@
+"""The persistence port: what the service layer needs from a journal store, whatever backs it.
+
+Adapters: :mod:`orchestrator.store_postgres` (the product) and :mod:`orchestrator.store_memory`
+(the test kit and unit tests). One contract test runs against both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from orchestrator.engine import Deadline, Decision, Incoming, OutgoingCommand, Saga
+
+__all__ = ["Changes", "JournalEntry", "Store", "Transaction"]
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    saga_id: str
+    seq: int
+    message: Incoming
+    decision: dict[str, Any]
+    recorded_at: datetime
+
+
+@dataclass
+class Changes:
+    """Everything one batch writes, in one transaction."""
+
+    sagas: dict[str, Saga] = field(default_factory=dict)
+    journal: list[JournalEntry] = field(default_factory=list)
+    commands: list[OutgoingCommand] = field(default_factory=list)
+    inbox: dict[str, str | None] = field(default_factory=dict)  # message id -> saga id
+    duplicates: list[str] = field(default_factory=list)
+    deadlines: dict[str, tuple[Deadline | None, int]] = field(
+        default_factory=dict
+    )  # saga -> (deadline, version)
+
+    def record(self, message: Incoming, decision: Decision, now: datetime) -> None:
+        saga = decision.saga
+        self.sagas[saga.id] = saga
+        self.journal.append(JournalEntry(saga.id, saga.version, message, decision.summary(), now))
+        self.commands.extend(decision.commands)
+        if decision.deadline_changed:
+            self.deadlines[saga.id] = (decision.deadline, saga.version)
+
+    def __bool__(self) -> bool:
+        return bool(self.sagas or self.inbox or self.duplicates)
+
+
+class Transaction(Protocol):
+    async def lock_sagas(self, saga_ids: Iterable[str]) -> dict[str, Saga]:
+        """The sagas that exist among ``saga_ids``, locked until the transaction ends."""
+
+    async def seen(self, message_ids: Iterable[str]) -> set[str]:
+        """The message ids already taken (the inbox)."""
+
+    async def save(self, changes: Changes) -> None: ...
+
+
+class Store(Protocol):
+    def transaction(self) -> AbstractAsyncContextManager[Transaction]: ...
+
+    async def get_saga(self, saga_id: str) -> Saga | None: ...
+
+    async def journal(self, saga_id: str) -> list[JournalEntry]: ...
+
+    async def saga_ids(self, workflow: str | None = None) -> list[str]: ...
+
+    async def unsent(self, limit: int, older_than: datetime | None = None) -> list[OutgoingCommand]:
+        """Outbox rows not yet confirmed by the broker, oldest first."""
+
+    async def mark_sent(self, message_ids: Sequence[str]) -> None: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,79 @@
+"""An in-memory store for unit tests and the user's test kit: the same contract, no database."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+
+from orchestrator.engine import Deadline, OutgoingCommand, Saga
+from orchestrator.store import Changes, JournalEntry
+
+__all__ = ["MemoryStore"]
+
+
+class _MemoryTransaction:
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+
+    async def lock_sagas(self, saga_ids: Iterable[str]) -> dict[str, Saga]:
+        return {i: self.store.sagas[i] for i in saga_ids if i in self.store.sagas}
+
+    async def seen(self, message_ids: Iterable[str]) -> set[str]:
+        return {m for m in message_ids if m in self.store.inbox}
+
+    async def save(self, changes: Changes) -> None:
+        store = self.store
+        for entry in changes.journal:
+            entries = store.journals.setdefault(entry.saga_id, [])
+            if entries and entries[-1].seq >= entry.seq:
+                raise ValueError(f"journal {entry.saga_id} already has seq {entry.seq}")
+            entries.append(entry)
+        store.sagas.update(changes.sagas)
+        for command in changes.commands:
+            store.outbox[command.message_id] = (command, changes.journal[-1].recorded_at)
+        store.inbox.update(changes.inbox)
+        for message_id in changes.duplicates:
+            store.duplicate_counts[message_id] = store.duplicate_counts.get(message_id, 0) + 1
+        for saga_id, (deadline, version) in changes.deadlines.items():
+            if deadline is None:
+                store.deadlines.pop(saga_id, None)
+            else:
+                store.deadlines[saga_id] = (deadline, version)
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self.sagas: dict[str, Saga] = {}
+        self.journals: dict[str, list[JournalEntry]] = {}
+        self.outbox: dict[str, tuple[OutgoingCommand, datetime]] = {}
+        self.inbox: dict[str, str | None] = {}
+        self.duplicate_counts: dict[str, int] = {}
+        self.deadlines: dict[str, tuple[Deadline, int]] = {}
+        self._lock = asyncio.Lock()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_MemoryTransaction]:
+        async with self._lock:
+            yield _MemoryTransaction(self)
+
+    async def get_saga(self, saga_id: str) -> Saga | None:
+        return self.sagas.get(saga_id)
+
+    async def journal(self, saga_id: str) -> list[JournalEntry]:
+        return list(self.journals.get(saga_id, []))
+
+    async def saga_ids(self, workflow: str | None = None) -> list[str]:
+        return [s.id for s in self.sagas.values() if workflow is None or s.workflow == workflow]
+
+    async def unsent(self, limit: int, older_than: datetime | None = None) -> list[OutgoingCommand]:
+        rows = [c for c, at in self.outbox.values() if older_than is None or at <= older_than]
+        return rows[:limit]
+
+    async def mark_sent(self, message_ids: Sequence[str]) -> None:
+        for message_id in message_ids:
+            self.outbox.pop(message_id, None)
+
+    async def close(self) -> None:
+        return None
