@@ -16,11 +16,12 @@ from typing import Any
 
 import orjson
 
+from orchestrator.definitions import DEADLINE
 from orchestrator.engine import Decision, Incoming, OutgoingCommand, Saga, decide
 from orchestrator.routing import Registry, Rejected
 from orchestrator.store import Changes, Store
 
-__all__ = ["BatchResult", "Envelope", "Verdict", "process_batch"]
+__all__ = ["BatchResult", "Envelope", "Verdict", "fire_due_deadlines", "process_batch"]
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,45 @@ async def process_batch(
             changes.inbox[p.message_id] = first_saga
         if changes:
             await tx.save(changes)
+    result.commands = changes.commands
+    return result
+
+
+async def fire_due_deadlines(
+    registry: Registry, store: Store, now: datetime, limit: int = 500
+) -> BatchResult:
+    """Feed every deadline due by ``now`` through the engine as a journaled message.
+
+    A deadline only fires if its saga is still in the state, and at the version, it was set
+    for; otherwise the saga moved on and the row is stale (it is removed all the same).
+    """
+    result = BatchResult()
+    changes = Changes()
+    async with store.transaction() as tx:
+        due = await tx.claim_due(now, limit)
+        if not due:
+            return result
+        current = await tx.lock_sagas(d.saga_id for d in due)
+        for deadline in due:
+            saga = current.get(deadline.saga_id)
+            stale = saga is None or saga.finished or saga.state != deadline.state
+            compiled = registry.workflows.get(saga.workflow) if saga is not None else None
+            if stale or compiled is None or saga is None:
+                changes.deadlines[deadline.saga_id] = (None, deadline.version)
+                continue
+            message = Incoming(
+                DEADLINE,
+                f"deadline:{deadline.saga_id}:{deadline.version}",
+                {"state": deadline.state, "due_at": deadline.due_at.isoformat()},
+                kind="deadline",
+            )
+            decision = decide(compiled, saga, message, now)
+            current[saga.id] = decision.saga
+            changes.record(message, decision, now)
+            if not decision.deadline_changed:
+                changes.deadlines[saga.id] = (None, deadline.version)
+            result.decisions.append(decision)
+        await tx.save(changes)
     result.commands = changes.commands
     return result
 

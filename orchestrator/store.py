@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from orchestrator.engine import Deadline, Decision, Incoming, OutgoingCommand, Saga
 
-__all__ = ["Changes", "JournalEntry", "Store", "Transaction"]
+__all__ = ["Changes", "DueDeadline", "JournalEntry", "Store", "Transaction"]
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,14 @@ class JournalEntry:
     message: Incoming
     decision: dict[str, Any]
     recorded_at: datetime
+
+
+@dataclass(frozen=True)
+class DueDeadline:
+    saga_id: str
+    state: str
+    version: int
+    due_at: datetime
 
 
 @dataclass
@@ -58,6 +66,9 @@ class Transaction(Protocol):
     async def seen(self, message_ids: Iterable[str]) -> set[str]:
         """The message ids already taken (the inbox)."""
 
+    async def claim_due(self, now: datetime, limit: int) -> list[DueDeadline]:
+        """Deadlines due by ``now``, locked so that no other replica fires them too."""
+
     async def save(self, changes: Changes) -> None: ...
 
 
@@ -69,6 +80,9 @@ class Store(Protocol):
     async def journal(self, saga_id: str) -> list[JournalEntry]: ...
 
     async def saga_ids(self, workflow: str | None = None) -> list[str]: ...
+
+    async def next_deadline(self) -> datetime | None:
+        """When the earliest pending deadline falls due, to set the alarm."""
 
     async def unsent(self, limit: int, older_than: datetime | None = None) -> list[OutgoingCommand]:
         """Outbox rows not yet confirmed by the broker, oldest first."""

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 
 from orchestrator.engine import Deadline, OutgoingCommand, Saga
-from orchestrator.store import Changes, JournalEntry
+from orchestrator.store import Changes, DueDeadline, JournalEntry
 
 __all__ = ["MemoryStore"]
 
@@ -22,6 +22,14 @@ class _MemoryTransaction:
 
     async def seen(self, message_ids: Iterable[str]) -> set[str]:
         return {m for m in message_ids if m in self.store.inbox}
+
+    async def claim_due(self, now: datetime, limit: int) -> list[DueDeadline]:
+        due = sorted(
+            (d.due_at, saga_id, d.state, version)
+            for saga_id, (d, version) in self.store.deadlines.items()
+            if d.due_at <= now
+        )
+        return [DueDeadline(saga_id, state, version, at) for at, saga_id, state, version in due[:limit]]
 
     async def save(self, changes: Changes) -> None:
         store = self.store
@@ -66,6 +74,9 @@ class MemoryStore:
 
     async def saga_ids(self, workflow: str | None = None) -> list[str]:
         return [s.id for s in self.sagas.values() if workflow is None or s.workflow == workflow]
+
+    async def next_deadline(self) -> datetime | None:
+        return min((d.due_at for d, _ in self.deadlines.values()), default=None)
 
     async def unsent(self, limit: int, older_than: datetime | None = None) -> list[OutgoingCommand]:
         rows = [c for c, at in self.outbox.values() if older_than is None or at <= older_than]

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from orchestrator.definitions import Status
 from orchestrator.engine import Incoming, OutgoingCommand, Saga
 from orchestrator.schema import deadlines, inbox, journal, outbox, sagas
-from orchestrator.store import Changes, JournalEntry
+from orchestrator.store import Changes, DueDeadline, JournalEntry
 
 __all__ = ["PostgresStore", "make_engine"]
 
@@ -91,6 +91,16 @@ class _PostgresTransaction:
             return set()
         result = await self.connection.execute(select(inbox.c.message_id).where(inbox.c.message_id.in_(ids)))
         return set(result.scalars())
+
+    async def claim_due(self, now: datetime, limit: int) -> list[DueDeadline]:
+        result = await self.connection.execute(
+            select(deadlines.c.saga_id, deadlines.c.state, deadlines.c.version, deadlines.c.due_at)
+            .where(deadlines.c.due_at <= now)
+            .order_by(deadlines.c.due_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return [DueDeadline(r.saga_id, r.state, r.version, r.due_at) for r in result]
 
     async def save(self, changes: Changes) -> None:
         execute = self.connection.execute
@@ -206,6 +216,10 @@ class PostgresStore:
             query = query.where(sagas.c.workflow == workflow)
         async with self.engine.connect() as connection:
             return list((await connection.execute(query)).scalars())
+
+    async def next_deadline(self) -> datetime | None:
+        async with self.engine.connect() as connection:
+            return (await connection.execute(select(func.min(deadlines.c.due_at)))).scalar()  # type: ignore[no-any-return]
 
     async def unsent(self, limit: int, older_than: datetime | None = None) -> list[OutgoingCommand]:
         query = select(outbox).order_by(outbox.c.created_at).limit(limit)
