@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from aio_pika.abc import AbstractIncomingMessage
 
 from orchestrator.amqp import Broker, Topology, envelope_of, services_of
+from orchestrator.deadlines import DeadlineAlarm
 from orchestrator.relay import Relay
 from orchestrator.routing import Registry
 from orchestrator.service import Verdict, process_batch
@@ -43,6 +44,7 @@ class Orchestrator:
     async def start(self) -> None:
         await self.broker.connect(services_of(self.registry.command_types()))
         await self.relay.start()
+        await self.deadlines.start()
         await self.broker.start_consuming()
         self._worker = asyncio.create_task(self._work(), name="worker")
         log.info(
@@ -76,6 +78,7 @@ class Orchestrator:
                 await asyncio.wait_for(self._worker, self.settings.shutdown_seconds)
             except TimeoutError:
                 log.warning("the batch in hand did not finish in time; its messages will be redelivered")
+        self.deadlines.stop()
         await self.relay.drain(self.settings.shutdown_seconds)
         await self.relay.stop()
         await self.broker.close()
@@ -110,6 +113,7 @@ class Orchestrator:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         self.relay.submit(result.commands)
+        self.deadlines.committed(result.decisions)
         for message, verdict, reason in zip(batch, result.verdicts, result.reasons, strict=True):
             self.counts[str(verdict)] += 1
             try:

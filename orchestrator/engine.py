@@ -192,7 +192,8 @@ class _Draft:
 
     def move(self, message: Incoming) -> None:
         fired = self.compiled.fire(self.saga.state, message.type)
-        self.merge(message.payload)
+        if message.kind == "event":  # a deadline's or operator's payload is not business data
+            self.merge(message.payload)
         self.enter(fired.dest, fired.sends)
 
     def apply_parked(self) -> None:

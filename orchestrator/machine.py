@@ -14,7 +14,7 @@ from typing import Any
 
 from transitions import Machine, MachineError
 
-from orchestrator.definitions import CommandBuilder, Rule, Workflow
+from orchestrator.definitions import CommandBuilder, DefinitionError, Rule, Workflow
 
 __all__ = ["CompiledWorkflow", "Fired"]
 
@@ -57,10 +57,15 @@ class CompiledWorkflow:
             if rule.dest is None:
                 continue
             if (rule.source, rule.event) in self.moves:
-                raise ValueError(f"{workflow.name}: {rule.event} in {rule.source} is declared twice")
+                raise DefinitionError(f"{workflow.name}: {rule.event} in {rule.source} is declared twice")
             self.moves[(rule.source, rule.event)] = rule
             self.machine.add_transition(
-                rule.event, rule.source, rule.dest, after=[partial(_collect, rule.send)]
+                # ``before``: a transition's own sends go out ahead of the destination's on_enter,
+                # which keeps fire-and-forget undos newest first.
+                rule.event,
+                rule.source,
+                rule.dest,
+                before=[partial(_collect, rule.send)],
             )
         self.policies = {(r.source, r.event): r.policy for r in workflow.rules if r.policy is not None}
 

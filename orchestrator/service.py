@@ -131,8 +131,9 @@ async def fire_due_deadlines(
 ) -> BatchResult:
     """Feed every deadline due by ``now`` through the engine as a journaled message.
 
-    A deadline only fires if its saga is still in the state, and at the version, it was set
-    for; otherwise the saga moved on and the row is stale (it is removed all the same).
+    A deadline only fires if its saga is still in the state it was set for; otherwise the saga
+    moved on and the row is stale (it is removed all the same). The version is not compared:
+    parked and ignored events bump it without leaving the state, and the deadline still holds.
     """
     result = BatchResult()
     changes = Changes()

@@ -128,6 +128,7 @@ class EscrowOpened(Event):
 class RequestBuyerSignature(Command):
     TYPE = "buyer.RequestSignature"
     escrow_id: str
+    amount_cents: int
 
 
 @dataclass(frozen=True)

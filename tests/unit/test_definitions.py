@@ -1,0 +1,521 @@
+"""Workflow definitions: what ``Workflow`` refuses, and what the ``@saga``/``@step`` compiler produces."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from orchestrator.definitions import DEADLINE, IGNORE, DefinitionError, Status, Workflow
+from orchestrator.engine import Incoming, Outcome, decide
+from orchestrator.machine import CompiledWorkflow
+from orchestrator.messages import Command, Event
+from orchestrator.steps import saga, step
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+# A small trip-booking vocabulary, at module level so that return annotations resolve.
+@dataclass(frozen=True)
+class TripRequested(Event):
+    TYPE = "trips.TripRequested"
+    trip_id: str
+    city: str
+
+
+@dataclass(frozen=True)
+class BookFlight(Command):
+    TYPE = "flights.BookFlight"
+    trip_id: str
+
+
+@dataclass(frozen=True)
+class FlightBooked(Event):
+    TYPE = "flights.FlightBooked"
+    trip_id: str
+
+
+@dataclass(frozen=True)
+class CancelFlight(Command):
+    TYPE = "flights.CancelFlight"
+    trip_id: str
+
+
+@dataclass(frozen=True)
+class FlightCancelled(Event):
+    TYPE = "flights.FlightCancelled"
+    trip_id: str
+
+
+@dataclass(frozen=True)
+class BookHotel(Command):
+    TYPE = "hotels.BookHotel"
+    trip_id: str
+    city: str
+
+
+@dataclass(frozen=True)
+class HotelBooked(Event):
+    TYPE = "hotels.HotelBooked"
+    trip_id: str
+
+
+@dataclass(frozen=True)
+class CancelHotel(Command):
+    TYPE = "hotels.CancelHotel"
+    trip_id: str
+
+
+@dataclass(frozen=True)
+class HotelCancelled(Event):
+    TYPE = "hotels.HotelCancelled"
+    trip_id: str
+
+
+@dataclass(frozen=True)
+class ChargeCard(Command):
+    TYPE = "cards.ChargeCard"
+    trip_id: str
+
+
+@dataclass(frozen=True)
+class CardCharged(Event):
+    TYPE = "cards.CardCharged"
+    trip_id: str
+
+
+@dataclass(frozen=True)
+class CardDeclined(Event):
+    TYPE = "cards.CardDeclined"
+    trip_id: str
+
+
+# DefinitionError -----------------------------------------------------------------------------------------
+def _two_states() -> Workflow:
+    workflow = Workflow("trip", starts_on=TripRequested, key="trip_id")
+    workflow.state("booking")
+    workflow.state("done", final=True)
+    return workflow
+
+
+DEFINITION_ERRORS: list[tuple[str, Callable[[], Any], str]] = [
+    (
+        "dest and then",
+        lambda: _two_states().on(FlightBooked, source="booking", dest="done", then=IGNORE),
+        "exactly one of dest= or then=",
+    ),
+    (
+        "neither dest nor then",
+        lambda: _two_states().on(FlightBooked, source="booking"),
+        "exactly one of dest= or then=",
+    ),
+    (
+        "unknown dest in a rule",
+        lambda: _two_states().on(FlightBooked, source="booking", dest="nowhere").check(),
+        "unknown state 'nowhere'",
+    ),
+    (
+        "unknown source in a rule",
+        lambda: _two_states().on(FlightBooked, source="limbo", dest="done").check(),
+        "unknown state 'limbo'",
+    ),
+    (
+        "unknown state, found when compiled",
+        lambda: CompiledWorkflow(_two_states().on(FlightBooked, source="booking", dest="nowhere")),
+        "unknown state 'nowhere'",
+    ),
+    (
+        "unknown on_deadline state",
+        lambda: _two_states().state("waiting", deadline=timedelta(1), on_deadline="nowhere").check(),
+        "unknown state 'nowhere'",
+    ),
+    (
+        "deadline without on_deadline",
+        lambda: _two_states().state("waiting", deadline=timedelta(minutes=1)),
+        "a deadline needs on_deadline",
+    ),
+    (
+        "final state with a deadline",
+        lambda: _two_states().state("over", final=True, deadline=timedelta(1), on_deadline="done"),
+        "a final state cannot wait for a deadline",
+    ),
+    (
+        "final state with a running status",
+        lambda: _two_states().state("over", final=True, status=Status.RUNNING),
+        "does not fit final=True",
+    ),
+    (
+        "non-final state with a finished status",
+        lambda: _two_states().state("over", status=Status.COMPLETED),
+        "does not fit final=False",
+    ),
+    (
+        "key not a field of the start event",
+        lambda: Workflow("trip", starts_on=TripRequested, key="order_id"),
+        "TripRequested has no field 'order_id'",
+    ),
+    (
+        "workflow name with a dot",
+        lambda: Workflow("travel.trip", starts_on=TripRequested, key="trip_id"),
+        "must be non-empty and contain no dot",
+    ),
+    (
+        "empty workflow name",
+        lambda: Workflow("", starts_on=TripRequested, key="trip_id"),
+        "must be non-empty and contain no dot",
+    ),
+    (
+        "duplicate state",
+        lambda: _two_states().state("booking"),
+        "state 'booking' declared twice",
+    ),
+    (
+        "no non-final state",
+        lambda: Workflow("trip", starts_on=TripRequested, key="trip_id").state("done", final=True).check(),
+        "no non-final state to start in",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("build", "message"), [c[1:] for c in DEFINITION_ERRORS], ids=[c[0] for c in DEFINITION_ERRORS]
+)
+def test_definition_errors(build, message):
+    with pytest.raises(DefinitionError, match=message):
+        build()
+
+
+def test_a_valid_definition_passes_check():
+    workflow = _two_states().on(FlightBooked, source="booking", dest="done")
+
+    assert workflow.check() is workflow
+    assert workflow.initial == "booking"
+    assert workflow.events == {TripRequested.TYPE: TripRequested, FlightBooked.TYPE: FlightBooked}
+
+
+def test_a_state_with_a_deadline_adds_the_deadline_rule():
+    workflow = _two_states().state("waiting", deadline=timedelta(minutes=5), on_deadline="done")
+
+    rule = workflow.rule_for("waiting", DEADLINE)
+    assert rule is not None
+    assert (rule.dest, rule.send, rule.policy) == ("done", (), None)
+
+
+def test_a_step_saga_needs_a_step():
+    class EmptySaga:
+        pass
+
+    with pytest.raises(DefinitionError, match="declares no @step"):
+        saga(starts_on=TripRequested, key="trip_id")(EmptySaga)
+
+
+def test_a_step_cannot_take_the_name_of_a_final_state():
+    class ClashSaga:
+        @step(done=FlightBooked)
+        def completed(self, trip: TripRequested) -> BookFlight:
+            return BookFlight(trip.trip_id)
+
+    with pytest.raises(DefinitionError, match="cannot be called completed"):
+        saga(starts_on=TripRequested, key="trip_id")(ClashSaga)
+
+
+# the @saga / @step compiler ----------------------------------------------------------------------------
+@saga(starts_on=TripRequested, key="trip_id")
+class TripSaga:
+    """Book a flight, a hotel, charge the card."""
+
+    @step(done=FlightBooked, deadline=timedelta(seconds=30))
+    def flight(self, trip: TripRequested) -> BookFlight:
+        return BookFlight(trip.trip_id)
+
+    @flight.compensate(done=FlightCancelled, deadline=timedelta(minutes=1))
+    def cancel_flight(self, trip: TripRequested) -> CancelFlight:
+        return CancelFlight(trip.trip_id)
+
+    @step(done=HotelBooked)
+    def hotel(self, trip: TripRequested) -> BookHotel:
+        return BookHotel(trip.trip_id, trip.city)
+
+    @hotel.compensate(done=HotelCancelled)
+    def cancel_hotel(self, trip: TripRequested) -> CancelHotel:
+        return CancelHotel(trip.trip_id)
+
+    @step(done=CardCharged, failed=CardDeclined, deadline=timedelta(minutes=2))
+    def charge(self, trip: TripRequested) -> ChargeCard:
+        return ChargeCard(trip.trip_id)
+
+
+def _states(workflow: Workflow) -> dict[str, tuple[Any, ...]]:
+    return {
+        s.name: (s.status, s.final, s.deadline, s.on_deadline, [b.message_type for b in s.on_enter])
+        for s in workflow.states.values()
+    }
+
+
+def _rules(workflow: Workflow) -> list[tuple[Any, ...]]:
+    return [(r.event, r.source, r.dest, [b.message_type for b in r.send]) for r in workflow.rules]
+
+
+def test_the_compiler_names_the_workflow_after_the_class():
+    workflow = TripSaga.workflow  # type: ignore[attr-defined]
+
+    assert (workflow.name, workflow.key, workflow.starts_on, workflow.initial) == (
+        "trip",
+        "trip_id",
+        TripRequested,
+        "flight",
+    )
+    assert workflow.description == "Book a flight, a hotel, charge the card."
+
+
+def test_the_compiler_produces_a_state_per_step_and_per_waiting_compensation():
+    assert _states(TripSaga.workflow) == {  # type: ignore[attr-defined]
+        "flight": (Status.RUNNING, False, timedelta(seconds=30), "compensated", ["flights.BookFlight"]),
+        "hotel": (Status.RUNNING, False, None, None, ["hotels.BookHotel"]),
+        "charge": (
+            Status.RUNNING,
+            False,
+            timedelta(minutes=2),
+            "compensating_hotel",
+            ["cards.ChargeCard"],
+        ),
+        "compensating_flight": (
+            Status.COMPENSATING,
+            False,
+            timedelta(minutes=1),
+            "failed",
+            ["flights.CancelFlight"],
+        ),
+        "compensating_hotel": (Status.COMPENSATING, False, None, None, ["hotels.CancelHotel"]),
+        "completed": (Status.COMPLETED, True, None, None, []),
+        "compensated": (Status.COMPENSATED, True, None, None, []),
+        "failed": (Status.FAILED, True, None, None, []),
+    }
+
+
+def test_the_compiler_produces_the_rules_of_the_steps():
+    assert _rules(TripSaga.workflow) == [  # type: ignore[attr-defined]
+        (DEADLINE, "flight", "compensated", []),
+        ("flights.FlightBooked", "flight", "hotel", []),
+        ("hotels.HotelBooked", "hotel", "charge", []),
+        (DEADLINE, "charge", "compensating_hotel", []),
+        ("cards.CardCharged", "charge", "completed", []),
+        ("cards.CardDeclined", "charge", "compensating_hotel", []),
+        (DEADLINE, "compensating_flight", "failed", []),
+        ("flights.FlightCancelled", "compensating_flight", "compensated", []),
+        ("hotels.HotelCancelled", "compensating_hotel", "compensating_flight", []),
+    ]
+
+
+def test_the_compiled_step_saga_runs_and_compensates():
+    compiled = CompiledWorkflow(TripSaga.workflow)  # type: ignore[attr-defined]
+    trip = {"trip_id": "t-1", "city": "Lisbon"}
+
+    def send(saga_, type_name: str) -> Any:
+        return decide(compiled, saga_, Incoming(type_name, f"m-{type_name}", {"trip_id": "t-1"}), NOW)
+
+    started = decide(compiled, None, Incoming(TripRequested.TYPE, "m-0", trip), NOW)
+    assert [(c.type, c.payload) for c in started.commands] == [("flights.BookFlight", {"trip_id": "t-1"})]
+    hotel = send(started.saga, "flights.FlightBooked")
+    assert [(c.type, c.payload) for c in hotel.commands] == [
+        ("hotels.BookHotel", {"trip_id": "t-1", "city": "Lisbon"})
+    ]
+    declined = send(send(hotel.saga, "hotels.HotelBooked").saga, "cards.CardDeclined")
+    assert (declined.saga.state, [c.type for c in declined.commands]) == (
+        "compensating_hotel",
+        ["hotels.CancelHotel"],
+    )
+    cancelled = send(declined.saga, "hotels.HotelCancelled")
+    assert (cancelled.saga.state, [c.type for c in cancelled.commands]) == (
+        "compensating_flight",
+        ["flights.CancelFlight"],
+    )
+    done = send(cancelled.saga, "flights.FlightCancelled")
+    assert (done.saga.state, done.saga.status, done.commands) == ("compensated", Status.COMPENSATED, ())
+
+
+# fire-and-forget compensation ---------------------------------------------------------------------------
+@saga(starts_on=TripRequested, key="trip_id", name="quicktrip")
+class QuickTripSaga:
+    @step(done=FlightBooked)
+    def flight(self, trip: TripRequested) -> BookFlight:
+        return BookFlight(trip.trip_id)
+
+    @flight.compensate(done=FlightCancelled)
+    def cancel_flight(self, trip: TripRequested) -> CancelFlight:
+        return CancelFlight(trip.trip_id)
+
+    @step(done=HotelBooked)
+    def hotel(self, trip: TripRequested) -> BookHotel:
+        return BookHotel(trip.trip_id, trip.city)
+
+    @hotel.compensate  # no done=: sent, never waited for
+    def cancel_hotel(self, trip: TripRequested) -> CancelHotel:
+        return CancelHotel(trip.trip_id)
+
+    @step(done=CardCharged, failed=CardDeclined, deadline=timedelta(minutes=2))
+    def charge(self, trip: TripRequested) -> ChargeCard:
+        return ChargeCard(trip.trip_id)
+
+
+def test_a_fire_and_forget_compensation_has_no_waiting_state():
+    workflow = QuickTripSaga.workflow  # type: ignore[attr-defined]
+
+    assert list(workflow.states) == [
+        "flight",
+        "hotel",
+        "charge",
+        "compensating_flight",
+        "completed",
+        "compensated",
+        "failed",
+    ]
+    assert _rules(workflow) == [
+        ("flights.FlightBooked", "flight", "hotel", []),
+        ("hotels.HotelBooked", "hotel", "charge", []),
+        (DEADLINE, "charge", "compensating_flight", ["hotels.CancelHotel"]),
+        ("cards.CardCharged", "charge", "completed", []),
+        ("cards.CardDeclined", "charge", "compensating_flight", ["hotels.CancelHotel"]),
+        ("flights.FlightCancelled", "compensating_flight", "compensated", []),
+    ]
+
+
+def _quick_trip_at_charge() -> tuple[CompiledWorkflow, Any]:
+    compiled = CompiledWorkflow(QuickTripSaga.workflow)  # type: ignore[attr-defined]
+    saga_ = decide(
+        compiled, None, Incoming(TripRequested.TYPE, "m-0", {"trip_id": "t-1", "city": "Oslo"}), NOW
+    )
+    for type_name in ("flights.FlightBooked", "hotels.HotelBooked"):
+        saga_ = decide(compiled, saga_.saga, Incoming(type_name, f"m-{type_name}", {"trip_id": "t-1"}), NOW)
+    assert saga_.saga.state == "charge"
+    return compiled, saga_.saga
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        Incoming("cards.CardDeclined", "m-declined", {"trip_id": "t-1"}),
+        Incoming(DEADLINE, "deadline:charge", {}, kind="deadline"),
+    ],
+    ids=["declined", "deadline"],
+)
+def test_a_fire_and_forget_compensation_is_sent_on_the_way(message):
+    compiled, at_charge = _quick_trip_at_charge()
+
+    decision = decide(compiled, at_charge, message, NOW)
+
+    assert (decision.saga.state, decision.saga.status) == ("compensating_flight", Status.COMPENSATING)
+    assert sorted(c.type for c in decision.commands) == ["flights.CancelFlight", "hotels.CancelHotel"]
+    assert {c.type: c.payload for c in decision.commands}["hotels.CancelHotel"] == {"trip_id": "t-1"}
+    assert len({c.message_id for c in decision.commands}) == 2
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        Incoming("cards.CardDeclined", "m-declined", {"trip_id": "t-1"}),
+        Incoming(DEADLINE, "deadline:charge", {}, kind="deadline"),
+    ],
+    ids=["declined", "deadline"],
+)
+def test_a_fire_and_forget_compensation_is_sent_newest_first(message):
+    """The hotel was booked after the flight, so it is undone first (steps.py: "compensated
+    newest first"; undo_from: "the fire-and-forget undos sent on the way, then the first
+    compensation that waits")."""
+    compiled, at_charge = _quick_trip_at_charge()
+
+    decision = decide(compiled, at_charge, message, NOW)
+
+    assert [c.type for c in decision.commands] == ["hotels.CancelHotel", "flights.CancelFlight"]
+
+
+def test_a_fire_and_forget_compensation_alone_goes_straight_to_compensated():
+    @saga(starts_on=TripRequested, key="trip_id", name="hotelonly")
+    class HotelOnlySaga:
+        @step(done=HotelBooked)
+        def hotel(self, trip: TripRequested) -> BookHotel:
+            return BookHotel(trip.trip_id, trip.city)
+
+        @hotel.compensate
+        def cancel_hotel(self, trip: TripRequested) -> CancelHotel:
+            return CancelHotel(trip.trip_id)
+
+        @step(done=CardCharged, failed=CardDeclined)
+        def charge(self, trip: TripRequested) -> ChargeCard:
+            return ChargeCard(trip.trip_id)
+
+    workflow = HotelOnlySaga.workflow  # type: ignore[attr-defined]
+    assert list(workflow.states) == ["hotel", "charge", "completed", "compensated", "failed"]
+    rule = workflow.rule_for("charge", CardDeclined.TYPE)
+    assert rule is not None
+    assert rule.dest == "compensated"
+    assert [b.__qualname__ for b in rule.send] == ["HotelOnlySaga.cancel_hotel"]
+
+
+# a builder that raises ----------------------------------------------------------------------------------
+class NoHotelsIn(Exception):
+    pass
+
+
+@saga(starts_on=TripRequested, key="trip_id", name="brokentrip")
+class BrokenTripSaga:
+    @step(done=FlightBooked)
+    def flight(self, trip: TripRequested) -> BookFlight:
+        if trip.city == "Atlantis":
+            raise RuntimeError("no airport")
+        return BookFlight(trip.trip_id)
+
+    @step(done=HotelBooked)
+    def hotel(self, trip: TripRequested) -> BookHotel:
+        raise NoHotelsIn(f"no hotels in {trip.city}")
+
+
+BROKEN = CompiledWorkflow(BrokenTripSaga.workflow)  # type: ignore[attr-defined]
+
+
+def test_a_step_builder_that_raises_at_the_start_fails_the_saga():
+    decision = decide(
+        BROKEN, None, Incoming(TripRequested.TYPE, "m-0", {"trip_id": "t-9", "city": "Atlantis"}), NOW
+    )
+
+    assert decision.outcome is Outcome.FAILED
+    assert decision.saga.status is Status.FAILED
+    assert decision.saga.version == 1
+    assert decision.saga.last_error == "RuntimeError: no airport"
+    assert decision.reason == decision.saga.last_error
+    assert decision.commands == ()
+    assert decision.deadline_changed and decision.deadline is None
+
+
+def test_a_step_builder_that_raises_later_fails_the_saga_where_it_was():
+    started = decide(
+        BROKEN, None, Incoming(TripRequested.TYPE, "m-0", {"trip_id": "t-1", "city": "Oslo"}), NOW
+    )
+    assert started.outcome is Outcome.STARTED
+
+    decision = decide(BROKEN, started.saga, Incoming(FlightBooked.TYPE, "m-1", {"trip_id": "t-1"}), NOW)
+
+    assert decision.outcome is Outcome.FAILED
+    assert decision.previous_state == "flight"
+    assert (decision.saga.state, decision.saga.status, decision.saga.version) == ("flight", Status.FAILED, 2)
+    assert decision.saga.last_error == "NoHotelsIn: no hotels in Oslo"
+    assert decision.commands == ()
+    assert decision.saga.finished
+
+
+def test_a_message_class_builder_missing_data_fails_the_saga():
+    workflow = Workflow("trip", starts_on=TripRequested, key="trip_id")
+    workflow.state("hotel", send=BookHotel)  # filled from the saga data by field name
+    workflow.state("done", final=True)
+    compiled = CompiledWorkflow(workflow)
+
+    decision = decide(compiled, None, Incoming(TripRequested.TYPE, "m-0", {"trip_id": "t-2"}), NOW)
+
+    assert decision.outcome is Outcome.FAILED
+    assert decision.saga.status is Status.FAILED
+    assert decision.saga.last_error is not None
+    assert decision.saga.last_error.startswith("InvalidPayload: hotels.BookHotel does not fit its schema")
+    assert "city" in decision.saga.last_error
