@@ -37,6 +37,7 @@ class Orchestrator:
         self.relay = Relay(
             store, self.broker.publish_command, settings.relay_in_flight, settings.outbox_sweep_seconds
         )
+        self.deadlines = DeadlineAlarm(registry, store, self.relay.submit)
         self.counts: Counter[str] = Counter()
         self._stopping = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None

@@ -1,0 +1,273 @@
+"""Real PostgreSQL, real RabbitMQ, real processes.
+
+Each test session migrates a database of its own (dropped at the end); each test gets its own
+namespace of exchanges and queues (deleted after it). The orchestrator and the participants run
+as subprocesses, exactly as a user starts them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import asyncpg
+import orjson
+import pytest
+import pytest_asyncio
+
+from orchestrator.definitions import FINISHED
+from orchestrator.engine import Saga, saga_id_for
+from orchestrator.store_postgres import PostgresStore
+
+ROOT = Path(__file__).resolve().parents[2]
+ADMIN_DSN = os.environ.get("TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+AMQP_URL = os.environ.get("ORCHESTRATOR_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+SERVICES = ("inventory", "payment", "shipping", "buyer", "seller", "bank")
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    name = f"orchestrator_test_{uuid.uuid4().hex[:10]}"
+    url = f"{ADMIN_DSN.rsplit('/', 1)[0].replace('postgresql://', 'postgresql+asyncpg://')}/{name}"
+    env = {**os.environ, "ORCHESTRATOR_DATABASE_URL": url}
+    subprocess.run(
+        [sys.executable, "-m", "orchestrator", "migrate"], env=env, check=True, cwd=ROOT, timeout=120
+    )
+    yield url
+
+    async def drop() -> None:
+        connection = await asyncpg.connect(ADMIN_DSN)
+        try:
+            await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await connection.close()
+
+    asyncio.run(drop())
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, timeout: float = 20) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        return self.popen.returncode
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGKILL)
+            self.popen.wait(5)
+
+
+@dataclass
+class Bench:
+    """Everything one test runs against: its namespace, database, processes and broker."""
+
+    namespace: str
+    database_url: str
+    tmp_path: Path
+    processes: list[Process] = field(default_factory=list)
+    connection: aio_pika.abc.AbstractConnection | None = None
+    channel: aio_pika.abc.AbstractChannel | None = None
+    store: PostgresStore | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "ORCHESTRATOR_DATABASE_URL": self.database_url,
+            "ORCHESTRATOR_AMQP_URL": AMQP_URL,
+            "ORCHESTRATOR_NAMESPACE": self.namespace,
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> Process:
+        log = self.tmp_path / f"{name}-{len(self.processes)}.log"
+        handle = log.open("wb")
+        popen = subprocess.Popen(
+            [sys.executable, "-m", *args],
+            cwd=ROOT,
+            env=env or self.env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+        process = Process(name, popen, log)
+        self.processes.append(process)
+        return process
+
+    async def start_orchestrator(self, *extra: str) -> Process:
+        process = self.spawn("orchestrator", "orchestrator", "run", *extra)
+        await self.wait_for_log(process, "orchestrator running")
+        return process
+
+    async def start_participant(self, service: str, *options: str) -> Process:
+        process = self.spawn(service, "participants", service, *options)
+        await self.wait_for_consumer(f"{self.namespace}.{service}")
+        return process
+
+    async def start_participants(self, **options: tuple[str, ...]) -> None:
+        for service in SERVICES:
+            await self.start_participant(service, *options.get(service, ()))
+
+    async def wait_for_log(self, process: Process, text: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in process.output():
+            if process.popen.poll() is not None:
+                raise AssertionError(f"{process.name} exited {process.popen.returncode}:\n{process.output()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{process.name} never logged {text!r}:\n{process.output()}")
+            await asyncio.sleep(0.05)
+
+    async def wait_for_consumer(self, queue: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            connection = await aio_pika.connect(AMQP_URL)  # not robust: a passive declare must ask the broker
+            try:
+                channel = await connection.channel()
+                declared = await channel.declare_queue(queue, passive=True)
+                if declared.declaration_result.consumer_count:
+                    return
+            except aio_pika.exceptions.ChannelClosed:
+                pass
+            finally:
+                await connection.close()
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"nobody consumes {queue}")
+
+    async def publish(
+        self,
+        type_: str,
+        body: Any,
+        *,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+        headers: dict[str, Any] | None = None,
+        raw: bytes | None = None,
+    ) -> str:
+        assert self.channel is not None
+        exchange = await self.channel.get_exchange(f"{self.namespace}.events")
+        message_id = message_id or str(uuid.uuid4())
+        await exchange.publish(
+            aio_pika.Message(
+                raw if raw is not None else orjson.dumps(body),
+                type=type_ or None,
+                message_id=message_id or None,
+                correlation_id=correlation_id,
+                headers=headers,
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            ),
+            routing_key=type_ or "untyped",
+        )
+        return message_id
+
+    async def place_order(self, order_id: str, *, sku: str = "sku-1", amount_cents: int = 1000) -> str:
+        body = {
+            "order_id": order_id,
+            "customer_id": "c-1",
+            "lines": [{"sku": sku, "quantity": 1}],
+            "amount_cents": amount_cents,
+        }
+        return await self.publish("orders.OrderPlaced", body)
+
+    async def open_escrow(self, escrow_id: str, *, amount_cents: int = 5000) -> str:
+        body = {"escrow_id": escrow_id, "buyer_id": "b-1", "seller_id": "s-1", "amount_cents": amount_cents}
+        return await self.publish("escrow.EscrowOpened", body)
+
+    async def saga(self, workflow: str, key: str) -> Saga | None:
+        assert self.store is not None
+        return await self.store.get_saga(saga_id_for(workflow, key))
+
+    async def finished(self, workflow: str, keys: list[str], timeout: float = 60) -> dict[str, Saga]:
+        """Wait until every saga has finished; the sagas by key."""
+        deadline = time.monotonic() + timeout
+        found: dict[str, Saga] = {}
+        while time.monotonic() < deadline:
+            for key in keys:
+                if key not in found:
+                    saga = await self.saga(workflow, key)
+                    if saga is not None and saga.status in FINISHED:
+                        found[key] = saga
+            if len(found) == len(keys):
+                return found
+            await asyncio.sleep(0.1)
+        missing = {k: await self.saga(workflow, k) for k in keys if k not in found}
+        logs = "\n".join(p.output()[-3000:] for p in self.processes if p.name == "orchestrator")
+        raise AssertionError(f"not finished in {timeout}s: {missing}\n{logs}")
+
+    async def dead_letters(
+        self, count: int, timeout: float = 20
+    ) -> list[aio_pika.abc.AbstractIncomingMessage]:
+        assert self.channel is not None
+        queue = await self.channel.get_queue(f"{self.namespace}.dead-letter")
+        taken: list[aio_pika.abc.AbstractIncomingMessage] = []
+        deadline = time.monotonic() + timeout
+        while len(taken) < count and time.monotonic() < deadline:
+            message = await queue.get(fail=False)
+            if message is None:
+                await asyncio.sleep(0.05)
+                continue
+            await message.ack()
+            taken.append(message)
+        return taken
+
+    async def commands_sent(self, saga_id: str) -> list[str]:
+        """Command types in the order the saga's journal decided them."""
+        assert self.store is not None
+        return [c["type"] for e in await self.store.journal(saga_id) for c in e.decision["commands"]]
+
+    async def cleanup(self) -> None:
+        for process in self.processes:
+            process.stop()
+        if self.store is not None:
+            await self.store.close()
+        if self.connection is not None:
+            channel = await self.connection.channel()
+            for queue in ("orchestrator", "dead-letter", *SERVICES):
+                with contextlib.suppress(Exception):
+                    await channel.queue_delete(f"{self.namespace}.{queue}")
+            for exchange in ("events", "commands", "dead"):
+                with contextlib.suppress(Exception):
+                    await channel.exchange_delete(f"{self.namespace}.{exchange}")
+            await self.connection.close()
+
+
+@pytest_asyncio.fixture
+async def bench(database_url: str, tmp_path: Path) -> AsyncIterator[Bench]:
+    namespace = f"test-{uuid.uuid4().hex[:8]}"
+    setup = Bench(namespace, database_url, tmp_path)
+    setup.connection = await aio_pika.connect(AMQP_URL)
+    setup.channel = await setup.connection.channel(publisher_confirms=True)
+    setup.store = PostgresStore.from_url(database_url, pool_size=2)
+    try:
+        yield setup
+    finally:
+        await setup.cleanup()
+
+
+def unique(prefix: str) -> Callable[[], str]:
+    counter = iter(range(1_000_000))
+    run = uuid.uuid4().hex[:6]
+    return lambda: f"{prefix}-{run}-{next(counter)}"

@@ -1,0 +1,230 @@
+"""The orchestrator end to end: real RabbitMQ, real PostgreSQL, participants as real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+
+import pytest
+
+from orchestrator.bootstrap import load_workflows
+from orchestrator.engine import saga_id_for
+from orchestrator.replay import differences, replay
+from orchestrator.routing import Registry
+
+from .conftest import ROOT, Bench, unique
+
+pytestmark = pytest.mark.integration
+
+order_ids = unique("order")
+escrow_ids = unique("escrow")
+
+
+async def test_orders_complete_and_escrows_close(bench: Bench) -> None:
+    await bench.start_orchestrator()
+    await bench.start_participants()
+    orders = [order_ids() for _ in range(5)]
+    escrows = [escrow_ids() for _ in range(3)]
+    for key in orders:
+        await bench.place_order(key)
+    for key in escrows:
+        await bench.open_escrow(key)
+
+    done = await bench.finished("order", orders)
+    closed = await bench.finished("escrow", escrows)
+
+    assert {(s.state, s.status) for s in done.values()} == {("completed", "completed")}
+    assert {(s.state, s.status) for s in closed.values()} == {("closed", "completed")}
+    saga = done[orders[0]]
+    assert await bench.commands_sent(saga.id) == [
+        "inventory.ReserveStock",
+        "payment.ChargePayment",
+        "shipping.ShipOrder",
+    ]
+    assert saga.data["tracking_id"] and saga.data["charge_id"] and saga.data["reservation_id"]
+    assert await bench.commands_sent(closed[escrows[0]].id) == [
+        "buyer.RequestSignature",
+        "seller.RequestSignature",
+        "bank.CollectFunds",
+        "bank.ReleaseFunds",
+    ]
+
+
+async def test_failed_steps_are_compensated_newest_first(bench: Bench) -> None:
+    await bench.start_orchestrator()
+    await bench.start_participants(
+        inventory=("--out-of-stock", "unobtainium"),
+        payment=("--decline-over", "100000"),
+        shipping=("--fail-rate", "1"),
+    )
+    out_of_stock, declined, unshippable = order_ids(), order_ids(), order_ids()
+    await bench.place_order(out_of_stock, sku="unobtainium")
+    await bench.place_order(declined, amount_cents=250_000)
+    await bench.place_order(unshippable)
+
+    sagas = await bench.finished("order", [out_of_stock, declined, unshippable])
+
+    assert {s.status for s in sagas.values()} == {"compensated"}
+    assert await bench.commands_sent(sagas[out_of_stock].id) == ["inventory.ReserveStock"]
+    assert await bench.commands_sent(sagas[declined].id) == [
+        "inventory.ReserveStock",
+        "payment.ChargePayment",
+        "inventory.ReleaseStock",
+    ]
+    # Shipping failed: the charge is refunded first, and only once refunded is the stock released.
+    assert bench.store is not None
+    journal = await bench.store.journal(sagas[unshippable].id)
+    steps = [(e.message.type, e.decision["to"], [c["type"] for c in e.decision["commands"]]) for e in journal]
+    assert steps[-3:] == [
+        ("shipping.ShipmentFailed", "compensating_charge", ["payment.RefundPayment"]),
+        ("payment.PaymentRefunded", "compensating_reserve", ["inventory.ReleaseStock"]),
+        ("inventory.StockReleased", "compensated", []),
+    ]
+
+
+async def test_a_duplicate_changes_nothing_and_the_same_start_twice_is_one_saga(bench: Bench) -> None:
+    await bench.start_orchestrator()
+    key = order_ids()
+    body = {"order_id": key, "customer_id": "c-1", "lines": [{"sku": "a", "quantity": 1}], "amount_cents": 10}
+    first = await bench.publish("orders.OrderPlaced", body)
+    await bench.publish("orders.OrderPlaced", body, message_id=first)  # redelivered
+    await bench.publish("orders.OrderPlaced", body)  # the same order placed again, new message id
+    # No participant runs: the saga waits in its first step; give the three messages time to land.
+    assert bench.store is not None
+    saga_id = saga_id_for("order", key)
+    for _ in range(100):
+        if len(await bench.store.journal(saga_id)) == 2:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)  # and a little more, for a duplicate that would wrongly be journaled
+
+    journal = await bench.store.journal(saga_id)
+    assert [(e.message.message_id, e.decision["outcome"]) for e in journal] == [
+        (first, "started"),
+        (journal[1].message.message_id, "ignored"),
+    ]
+    saga = await bench.saga("order", key)
+    assert saga is not None and saga.version == 2 and saga.state == "reserve"
+    assert await bench.commands_sent(saga_id) == ["inventory.ReserveStock"]
+
+
+async def test_poison_messages_are_dead_lettered_and_nothing_else_is_lost(bench: Bench) -> None:
+    await bench.start_orchestrator()
+    await bench.start_participants()
+    good = order_ids()
+    await bench.publish("orders.OrderPlaced", None, raw=b"{not json")
+    await bench.publish("", {"order_id": "x"})
+    await bench.publish("orders.Unheard", {"order_id": "x"})
+    await bench.publish("orders.OrderPlaced", {"order_id": "x"})  # fails the schema
+    await bench.publish("inventory.StockReserved", {"order_id": "nobody", "reservation_id": "r"})
+    await bench.publish(
+        "inventory.StockReserved", {"order_id": "n", "reservation_id": "r"}, correlation_id="no-such-saga"
+    )
+    await bench.publish("orders.OrderPlaced", {"order_id": "x"}, headers={"x-workflow": "payroll"})
+    await bench.place_order(good)
+
+    dead = await bench.dead_letters(7)
+    reasons = sorted(str(m.headers["x-death-reason"]) for m in dead)
+    assert len(reasons) == 7, reasons
+    expected = [
+        "body is not JSON",
+        "message has no type",
+        "no workflow takes messages of type 'orders.Unheard'",
+        "orders.OrderPlaced does not fit its schema",
+        "no order saga for order_id='nobody'",
+        "correlation id 'no-such-saga' names no saga",
+        "unknown workflow 'payroll'",
+    ]
+    for text in expected:
+        assert any(text in reason for reason in reasons), (text, reasons)
+    assert all(m.headers["x-original-exchange"] == f"{bench.namespace}.events" for m in dead)
+    sagas = await bench.finished("order", [good])
+    assert sagas[good].status == "completed"
+    orchestrator = bench.processes[0]
+    assert orchestrator.popen.poll() is None  # still running
+
+
+async def test_every_journal_replays_to_its_row(bench: Bench) -> None:
+    await bench.start_orchestrator()
+    await bench.start_participants(payment=("--decline-over", "5000"), buyer=("--refuse-over", "900000"))
+    orders = [order_ids() for _ in range(4)]
+    escrows = [escrow_ids() for _ in range(2)]
+    for index, key in enumerate(orders):
+        await bench.place_order(key, amount_cents=1000 if index % 2 else 9000)
+    await bench.open_escrow(escrows[0])
+    await bench.open_escrow(escrows[1], amount_cents=1_000_000)
+    await bench.finished("order", orders)
+    closed = await bench.finished("escrow", escrows)
+    assert [closed[k].state for k in escrows] == ["closed", "refused"]
+
+    registry = Registry(load_workflows("orchestrator.examples"))
+    assert bench.store is not None
+    for key, workflow in [*((k, "order") for k in orders), *((k, "escrow") for k in escrows)]:
+        row = await bench.saga(workflow, key)
+        rebuilt = replay(registry.workflows[workflow], await bench.store.journal(saga_id_for(workflow, key)))
+        assert differences(row, rebuilt) == []
+
+    verify = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "verify"],
+        env=bench.env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert " 0 differ" in verify.stdout
+
+
+async def test_verify_reports_a_row_that_drifted_from_its_journal(bench: Bench) -> None:
+    await bench.start_orchestrator()
+    key = order_ids()
+    await bench.place_order(key)
+    for _ in range(100):
+        if await bench.saga("order", key) is not None:
+            break
+        await asyncio.sleep(0.05)
+    import asyncpg
+
+    dsn = bench.database_url.replace("postgresql+asyncpg://", "postgresql://")
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.execute("UPDATE sagas SET state = 'ship' WHERE id = $1", saga_id_for("order", key))
+    finally:
+        await connection.close()
+
+    verify = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "verify", "--saga", saga_id_for("order", key)],
+        env=bench.env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert verify.returncode == 1
+    assert "state: row has 'ship', journal gives 'reserve'" in verify.stdout
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        (
+            "ORCHESTRATOR_DATABASE_URL",
+            "postgresql+asyncpg://postgres@127.0.0.1:1/none",
+            "cannot reach PostgreSQL",
+        ),
+        ("ORCHESTRATOR_AMQP_URL", "amqp://guest:hunter2@127.0.0.1:1/", "cannot reach RabbitMQ"),
+    ],
+)
+def test_an_unreachable_service_is_one_clear_line(bench: Bench, variable: str, value: str, says: str) -> None:
+    env = {**bench.env, variable: value}
+    run = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "run"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2
+    assert says in run.stderr
+    assert "Traceback" not in run.stderr and "hunter2" not in run.stderr
