@@ -1,0 +1,189 @@
+"""``make demo``: the orchestrator, six participants and a mixed batch of orders and escrows.
+
+Starts every process the way a user would, places orders (some complete, some are declined,
+some run out of stock) and opens escrows (some close, some are refused), waits for every saga
+to finish, prints the outcomes per status and exits 0 only when each saga reached the status it
+should. It runs in a namespace of its own and removes its queues afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+
+import aio_pika
+import orjson
+
+from orchestrator.engine import saga_id_for
+from orchestrator.settings import Settings
+from orchestrator.store_postgres import PostgresStore
+
+PARTICIPANTS = {
+    "inventory": ["--out-of-stock", "unobtainium"],
+    "payment": ["--decline-over", "50000"],
+    "shipping": [],
+    "buyer": ["--refuse-over", "1000000"],
+    "seller": [],
+    "bank": [],
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    workflow: str
+    key: str
+    kind: str
+    expected: str  # the final status
+    message_type: str
+    body: dict[str, object]
+
+
+def cases(run: str) -> list[Case]:
+    made: list[Case] = []
+    for i in range(40):
+        kind, sku, amount, expected = "ok", "sku-1", 2_500, "completed"
+        if i % 8 == 3:
+            kind, amount, expected = "declined", 75_000, "compensated"
+        elif i % 8 == 6:
+            kind, sku, expected = "out of stock", "unobtainium", "compensated"
+        key = f"order-{run}-{i}"
+        body = {
+            "order_id": key,
+            "customer_id": f"c-{i}",
+            "lines": [{"sku": sku, "quantity": 1}],
+            "amount_cents": amount,
+        }
+        made.append(Case("order", key, kind, expected, "orders.OrderPlaced", body))
+    for i in range(10):
+        kind, amount, expected = "ok", 300_000, "completed"
+        if i % 5 == 4:
+            kind, amount, expected = "refused by buyer", 2_000_000, "compensated"
+        key = f"escrow-{run}-{i}"
+        body = {"escrow_id": key, "buyer_id": f"b-{i}", "seller_id": f"s-{i}", "amount_cents": amount}
+        made.append(Case("escrow", key, kind, expected, "escrow.EscrowOpened", body))
+    return made
+
+
+def spawn(args: list[str], env: dict[str, str], log: str) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        return subprocess.Popen([sys.executable, "-m", *args], env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+async def wait_for_consumers(
+    connection: aio_pika.abc.AbstractConnection, queues: list[str], timeout: float
+) -> None:
+    """Until every process consumes its queue; a missing queue closes the channel, so one each try."""
+    deadline = time.monotonic() + timeout
+    for name in queues:
+        while True:
+            channel = await connection.channel()
+            try:
+                queue = await channel.declare_queue(name, passive=True)
+                if queue.declaration_result.consumer_count:
+                    break
+            except aio_pika.exceptions.ChannelClosed:
+                pass
+            finally:
+                with contextlib.suppress(Exception):
+                    await channel.close()
+            if time.monotonic() > deadline:
+                raise SystemExit(f"demo: nobody consumes {name} after {timeout}s")
+            await asyncio.sleep(0.1)
+
+
+async def demo() -> int:
+    settings = Settings.from_env()
+    namespace = f"demo-{uuid.uuid4().hex[:6]}"
+    run = uuid.uuid4().hex[:6]
+    env = {**os.environ, "ORCHESTRATOR_NAMESPACE": namespace, "PYTHONUNBUFFERED": "1"}
+    logs = os.environ.get("DEMO_LOGS", f"/tmp/orchestrator-{namespace}")
+    os.makedirs(logs, exist_ok=True)
+    processes = [spawn(["orchestrator", "run"], env, f"{logs}/orchestrator.log")]
+    processes += [
+        spawn(["participants", name, *options], env, f"{logs}/{name}.log")
+        for name, options in PARTICIPANTS.items()
+    ]
+    connection = await aio_pika.connect(settings.amqp_url)
+    store = PostgresStore.from_url(settings.database_url, pool_size=2)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        await wait_for_consumers(
+            connection, [f"{namespace}.orchestrator", *(f"{namespace}.{n}" for n in PARTICIPANTS)], timeout=60
+        )
+        events = await channel.get_exchange(f"{namespace}.events")
+        batch = cases(run)
+        started = time.monotonic()
+        for case in batch:
+            message = aio_pika.Message(
+                orjson.dumps(case.body),
+                type=case.message_type,
+                message_id=str(uuid.uuid4()),
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            )
+            await events.publish(message, routing_key=case.message_type)
+        print(
+            f"demo: placed {sum(c.workflow == 'order' for c in batch)} orders and opened "
+            f"{sum(c.workflow == 'escrow' for c in batch)} escrows (namespace {namespace}, logs in {logs})"
+        )
+
+        outcome: dict[str, str] = {}
+        deadline = time.monotonic() + 120
+        while len(outcome) < len(batch) and time.monotonic() < deadline:
+            for case in batch:
+                if case.key not in outcome:
+                    saga = await store.get_saga(saga_id_for(case.workflow, case.key))
+                    if saga is not None and saga.finished:
+                        outcome[case.key] = f"{saga.status} ({saga.state})"
+            await asyncio.sleep(0.2)
+        elapsed = time.monotonic() - started
+
+        table: Counter[tuple[str, str, str, str]] = Counter()
+        wrong = 0
+        for case in batch:
+            got = outcome.get(case.key, "unfinished")
+            table[(case.workflow, case.kind, case.expected, got)] += 1
+            wrong += not got.startswith(case.expected)
+        print()
+        print(f"{'workflow':<9} {'case':<17} {'expected':<12} {'got':<28} {'sagas':>5}")
+        print("-" * 75)
+        for (workflow, kind, expected, got), count in sorted(table.items()):
+            mark = "" if got.startswith(expected) else "   <-- wrong"
+            print(f"{workflow:<9} {kind:<17} {expected:<12} {got:<28} {count:>5}{mark}")
+        print("-" * 75)
+        print(f"{len(batch) - wrong} of {len(batch)} sagas reached the status they should, in {elapsed:.1f}s")
+        return 1 if wrong else 0
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        await store.close()
+        channel = await connection.channel()
+        for name in ["orchestrator", "dead-letter", *PARTICIPANTS]:
+            with contextlib.suppress(Exception):
+                await channel.queue_delete(f"{namespace}.{name}")
+        for name in ["events", "commands", "dead"]:
+            with contextlib.suppress(Exception):
+                await channel.exchange_delete(f"{namespace}.{name}")
+        await connection.close()
+
+
+def main() -> None:
+    sys.exit(asyncio.run(demo()))
+
+
+if __name__ == "__main__":
+    main()
