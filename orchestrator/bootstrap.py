@@ -26,8 +26,9 @@ def load_workflows(module_names: str) -> list[Workflow]:
         module = importlib.import_module(name)
         candidates: list[Any] = list(getattr(module, "WORKFLOWS", [])) or list(vars(module).values())
         for value in candidates:
-            if inspect.isclass(value) and isinstance(getattr(value, "workflow", None), Workflow):
-                value = value.workflow
+            compiled = getattr(value, "workflow", None)
+            if inspect.isclass(value) and isinstance(compiled, Workflow):
+                value = compiled
             if isinstance(value, Workflow) and all(value is not w for w in found):
                 found.append(value)
     if not found:

@@ -16,7 +16,7 @@ import enum
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from orchestrator.messages import Command, Event, Message, load
 
@@ -92,7 +92,7 @@ def builder_for(send: type[Message] | CommandBuilder) -> CommandBuilder:
         build.__qualname__ = f"build_{cls.__name__}"
         build.message_type = cls.TYPE  # type: ignore[attr-defined]
         return build
-    return send
+    return cast(CommandBuilder, send)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ against the dataclass fields, so a workflow's schema is simply its message class
 from __future__ import annotations
 
 import dataclasses
-from functools import cache
 from typing import Any, ClassVar, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
@@ -37,9 +36,14 @@ class InvalidPayload(ValueError):
     """A payload does not fit its message class: the message is dead-lettered with this reason."""
 
 
-@cache
+_adapters: dict[type[Message], TypeAdapter[Any]] = {}
+
+
 def _adapter(cls: type[Message]) -> TypeAdapter[Any]:
-    return TypeAdapter(cls)
+    adapter = _adapters.get(cls)
+    if adapter is None:
+        adapter = _adapters[cls] = TypeAdapter(cls)
+    return adapter
 
 
 def load(cls: type[M], payload: Any) -> M:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import Any, TypeVar, get_type_hints
+from typing import Any, TypeVar, get_type_hints, overload
 
 from orchestrator.definitions import DefinitionError, Policy, SagaView, Status, Workflow
 from orchestrator.messages import Command, Event, Message, load
@@ -55,6 +55,19 @@ class Step:
         self.deadline = deadline
         self.compensation: Compensation | None = None
 
+    @overload
+    def compensate(self, method: StepMethod) -> Compensation: ...
+
+    @overload
+    def compensate(
+        self,
+        method: None = None,
+        *,
+        done: type[Event] | None = None,
+        failed: type[Event] | None = None,
+        deadline: timedelta | None = None,
+    ) -> Callable[[StepMethod], Compensation]: ...
+
     def compensate(
         self,
         method: StepMethod | None = None,
@@ -62,7 +75,7 @@ class Step:
         done: type[Event] | None = None,
         failed: type[Event] | None = None,
         deadline: timedelta | None = None,
-    ) -> Any:
+    ) -> Compensation | Callable[[StepMethod], Compensation]:
         """Declare the command that undoes this step. Without ``done`` it is sent and not waited for."""
 
         def register(fn: StepMethod) -> Compensation:
@@ -85,7 +98,7 @@ def step(
 
 def _builder(cls: type, method: StepMethod, starts_on: type[Event]) -> Callable[[SagaView], Message]:
     def build(view: SagaView) -> Message:
-        instance = cls.__new__(cls)
+        instance: Any = object.__new__(cls)
         instance.saga_id = view.saga_id
         instance.key = view.key
         instance.data = view.data
