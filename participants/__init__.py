@@ -1,0 +1,1 @@
+"""Example participants: real services that answer the orchestrator's commands over RabbitMQ."""

@@ -1,0 +1,219 @@
+"""``python -m participants NAME``: settings from options first, then the environment, then defaults.
+
+The environment is there for containers and CI, the options for a person at a terminal, which is
+why an option always wins over its variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import math
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from urllib.parse import urlsplit
+
+from participants.common import Options
+from participants.runner import Participant, Settings, mask_url
+from participants.services import SERVICES, Service
+
+__all__ = ["main", "parse_args"]
+
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+DEFAULT_NAMESPACE = "saga"
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"", "0", "false", "no", "off"})
+
+EPILOG = """\
+environment (an option given on the command line wins over its variable):
+  ORCHESTRATOR_AMQP_URL     --amqp-url      (default amqp://guest:guest@127.0.0.1:5672/)
+  ORCHESTRATOR_NAMESPACE    --namespace     (default saga)
+  PARTICIPANT_NEVER_ANSWER  --never-answer  (1/true/yes/on or 0/false/no/off)
+  PARTICIPANT_DELAY         --delay
+  PARTICIPANT_FAIL_RATE     --fail-rate
+  INVENTORY_OUT_OF_STOCK    --out-of-stock  (inventory only)
+  PAYMENT_DECLINE_OVER      --decline-over  (payment only)
+  BUYER_REFUSE_OVER         --refuse-over   (buyer only)
+
+failure replies chosen by --fail-rate:
+  inventory.ReserveStock -> inventory.OutOfStock    payment.ChargePayment -> payment.PaymentDeclined
+  shipping.ShipOrder     -> shipping.ShipmentFailed buyer.RequestSignature -> buyer.BuyerRefused
+  bank.CollectFunds      -> bank.FundsDeclined      (seller and compensations never fail)
+
+exit codes: 0 stopped by SIGTERM/SIGINT, 2 bad usage or RabbitMQ unreachable or refusing the topology.
+The wire contract is in docs/protocol.md.
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m participants",
+        description="Run one example participant service that answers the saga orchestrator's commands.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "name", metavar="NAME", choices=sorted(SERVICES), help=f"one of {', '.join(SERVICES)}"
+    )
+    parser.add_argument("--amqp-url", metavar="URL", help="RabbitMQ URL (env ORCHESTRATOR_AMQP_URL)")
+    parser.add_argument(
+        "--namespace", metavar="NS", help="prefix of every exchange and queue (env ORCHESTRATOR_NAMESPACE)"
+    )
+    parser.add_argument(
+        "--prefetch", metavar="N", type=int, default=100, help="commands in flight at once (default 100)"
+    )
+
+    failures = parser.add_argument_group("failure injection, any service")
+    failures.add_argument(
+        "--never-answer",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="ack every command and never reply, to exercise timeouts (env PARTICIPANT_NEVER_ANSWER)",
+    )
+    failures.add_argument(
+        "--delay",
+        metavar="SECONDS",
+        help="wait this long before each reply, other commands go on meanwhile (env PARTICIPANT_DELAY)",
+    )
+    failures.add_argument(
+        "--fail-rate",
+        metavar="R",
+        help="give the failure reply for a fraction R (0..1) of saga keys, chosen by a hash of the key"
+        " so reruns agree (env PARTICIPANT_FAIL_RATE)",
+    )
+
+    business = parser.add_argument_group("failure injection, one service")
+    business.add_argument(
+        "--out-of-stock",
+        metavar="SKU[,SKU...]",
+        help="inventory: orders with a line of these SKUs get OutOfStock (env INVENTORY_OUT_OF_STOCK)",
+    )
+    business.add_argument(
+        "--decline-over",
+        metavar="CENTS",
+        help="payment: decline charges above this amount (env PAYMENT_DECLINE_OVER)",
+    )
+    business.add_argument(
+        "--refuse-over",
+        metavar="CENTS",
+        help="buyer: refuse to sign escrows above this amount (env BUYER_REFUSE_OVER)",
+    )
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str]) -> tuple[Service, Settings, Options]:
+    """Options, else environment, else defaults; exits with status 2 on a bad value, as argparse does."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    service = SERVICES[args.name]
+
+    for option, owner in (
+        ("out_of_stock", "inventory"),
+        ("decline_over", "payment"),
+        ("refuse_over", "buyer"),
+    ):
+        if getattr(args, option) is not None and service.name != owner:
+            parser.error(f"--{option.replace('_', '-')} applies to the {owner} service only")
+
+    def pick(option: str | None, flag: str, variable: str) -> tuple[str | None, str]:
+        """The value to use and where it came from, for error messages."""
+        if option is not None:
+            return option, flag
+        return environ.get(variable), variable
+
+    def number(value: str | None, source: str, *, low: float, high: float = math.inf) -> float | None:
+        if value is None or value.strip() == "":
+            return None
+        try:
+            parsed = float(value)
+        except ValueError:
+            parsed = math.nan
+        if not (math.isfinite(parsed) and low <= parsed <= high):
+            bounds = f"between {low:g} and {high:g}" if high < math.inf else f"at least {low:g}"
+            parser.error(f"{source} must be a number {bounds}, got {value!r}")
+        return parsed
+
+    def cents(value: str | None, source: str) -> int | None:
+        if value is None or value.strip() == "":
+            return None
+        try:
+            parsed = int(value)
+        except ValueError:
+            parser.error(f"{source} must be a whole number of cents, got {value!r}")
+        if parsed < 0:
+            parser.error(f"{source} must not be negative, got {value!r}")
+        return parsed
+
+    never_answer: bool | None = args.never_answer
+    if never_answer is None:
+        raw = environ.get("PARTICIPANT_NEVER_ANSWER", "").strip().lower()
+        if raw not in TRUE_WORDS | FALSE_WORDS:
+            parser.error(f"PARTICIPANT_NEVER_ANSWER must be 1/true/yes/on or 0/false/no/off, got {raw!r}")
+        never_answer = raw in TRUE_WORDS
+
+    if not 1 <= args.prefetch <= 65535:
+        parser.error(f"--prefetch must be between 1 and 65535, got {args.prefetch}")
+
+    namespace = args.namespace if args.namespace is not None else environ.get("ORCHESTRATOR_NAMESPACE")
+    namespace = namespace or DEFAULT_NAMESPACE
+    amqp_url = args.amqp_url if args.amqp_url is not None else environ.get("ORCHESTRATOR_AMQP_URL")
+    amqp_url = amqp_url or DEFAULT_AMQP_URL
+    if not _looks_like_amqp(amqp_url):
+        # aio-pika would retry such a URL forever instead of failing at start.
+        parser.error(
+            f"the AMQP URL must look like amqp://user:password@host:5672/vhost, got {mask_url(amqp_url)}"
+        )
+
+    out_of_stock_raw = (
+        args.out_of_stock if args.out_of_stock is not None else environ.get("INVENTORY_OUT_OF_STOCK", "")
+    )
+    options = Options(
+        fail_rate=number(*pick(args.fail_rate, "--fail-rate", "PARTICIPANT_FAIL_RATE"), low=0.0, high=1.0)
+        or 0.0,
+        out_of_stock=(
+            frozenset(sku.strip() for sku in out_of_stock_raw.split(",") if sku.strip())
+            if service.name == "inventory"
+            else frozenset()
+        ),
+        decline_over=cents(*pick(args.decline_over, "--decline-over", "PAYMENT_DECLINE_OVER"))
+        if service.name == "payment"
+        else None,
+        refuse_over=cents(*pick(args.refuse_over, "--refuse-over", "BUYER_REFUSE_OVER"))
+        if service.name == "buyer"
+        else None,
+    )
+    settings = Settings(
+        amqp_url=amqp_url,
+        namespace=namespace,
+        prefetch=args.prefetch,
+        delay=number(*pick(args.delay, "--delay", "PARTICIPANT_DELAY"), low=0.0) or 0.0,
+        never_answer=never_answer,
+    )
+    return service, settings, options
+
+
+def _looks_like_amqp(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        return parts.scheme in ("amqp", "amqps") and bool(parts.hostname) and parts.port != 0
+    except ValueError:
+        return False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    service, settings, options = parse_args(argv, os.environ)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # aio-pika reports reconnects itself (with the password masked); aiormq would say each failure
+    # a second time, and their debug chatter would drown the one line per command.
+    logging.getLogger("aio_pika").setLevel(logging.WARNING)
+    logging.getLogger("aiormq").setLevel(logging.CRITICAL)
+    try:
+        return asyncio.run(Participant(service, settings, options).run())
+    except KeyboardInterrupt:
+        return 130
