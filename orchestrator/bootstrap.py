@@ -23,7 +23,12 @@ def load_workflows(module_names: str) -> list[Workflow]:
     level, and classes that ``@saga`` compiled (they carry ``workflow``)."""
     found: list[Workflow] = []
     for name in [n.strip() for n in module_names.split(",") if n.strip()]:
-        module = importlib.import_module(name)
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as error:
+            if error.name and (name == error.name or name.startswith(error.name + ".")):
+                raise SystemExit(f"orchestrator: no workflow module {name!r}") from None
+            raise
         candidates: list[Any] = list(getattr(module, "WORKFLOWS", [])) or list(vars(module).values())
         for value in candidates:
             compiled = getattr(value, "workflow", None)

@@ -177,9 +177,6 @@ def main(argv: list[str] | None = None) -> None:
     except Unreachable as error:
         print(f"orchestrator: {error}", file=sys.stderr)
         sys.exit(2)
-    except ModuleNotFoundError as error:
-        print(f"orchestrator: cannot load workflows: {error}", file=sys.stderr)
-        sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
 
