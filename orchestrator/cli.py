@@ -123,7 +123,7 @@ async def _verify(settings: Settings, saga_id: str | None) -> int:
     try:
         ids = [saga_id] if saga_id else await store.saga_ids()
         for sid in ids:
-            row = await store.get_saga(sid)
+            row, entries = await store.snapshot(sid)
             if row is None:
                 print(f"{sid}: no such saga")
                 bad += 1
@@ -133,7 +133,7 @@ async def _verify(settings: Settings, saga_id: str | None) -> int:
                 print(f"{sid}: workflow {row.workflow!r} is not loaded")
                 bad += 1
                 continue
-            found = differences(row, replay(compiled, await store.journal(sid)))
+            found = differences(row, replay(compiled, entries))
             checked += 1
             if found:
                 bad += 1

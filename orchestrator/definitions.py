@@ -25,9 +25,11 @@ __all__ = [
     "FAIL",
     "IGNORE",
     "PARK",
+    "RETRY",
     "CommandBuilder",
     "DefinitionError",
     "Policy",
+    "Retry",
     "Rule",
     "SagaView",
     "StateSpec",
@@ -65,6 +67,29 @@ FAIL = Policy.FAIL
 
 #: The trigger a fired deadline sends through the machine.
 DEADLINE = "saga.DeadlineExpired"
+#: The message a retry timer feeds through the engine: send the waiting state's commands again.
+RETRY = "saga.RetryDue"
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Send a waiting state's commands again (same message ids) until a reply or the deadline.
+
+    The n-th resend waits ``every * backoff**(n-1)``, at most ``max_every``.
+    """
+
+    every: timedelta
+    backoff: float = 2.0
+    max_every: timedelta | None = None
+
+    def __post_init__(self) -> None:
+        if self.every <= timedelta(0) or self.backoff < 1:
+            raise DefinitionError("Retry needs every > 0 and backoff >= 1")
+
+    def delay(self, attempt: int) -> timedelta:
+        """The wait before resend number ``attempt + 1`` (attempt 0: the first resend)."""
+        wait = self.every * (self.backoff**attempt)
+        return min(wait, self.max_every) if self.max_every is not None else wait
 
 
 @dataclass(frozen=True)
@@ -103,6 +128,7 @@ class StateSpec:
     deadline: timedelta | None = None
     on_deadline: str | None = None
     on_enter: tuple[CommandBuilder, ...] = ()
+    retry: Retry | None = None
 
 
 @dataclass(frozen=True)
@@ -141,6 +167,8 @@ class Workflow:
     states: dict[str, StateSpec] = field(default_factory=dict)
     rules: list[Rule] = field(default_factory=list)
     events: dict[str, type[Message]] = field(default_factory=dict)
+    #: state -> (its success event, the undo to send if that success arrives after the deadline)
+    late_success: dict[str, tuple[str, tuple[CommandBuilder, ...]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if "." in self.name or not self.name:
@@ -159,6 +187,7 @@ class Workflow:
         final: bool = False,
         status: Status | None = None,
         compensate: Sequence[type[Command] | CommandBuilder] | None = None,
+        retry: Retry | None = None,
     ) -> Workflow:
         """Declare a state. ``send`` goes out on entering it; a final state with ``compensate``
         sends those commands, in order, and ends the saga ``compensated``."""
@@ -166,14 +195,14 @@ class Workflow:
             raise DefinitionError(f"{self.name}: state {name!r} declared twice")
         if deadline is not None and on_deadline is None:
             raise DefinitionError(f"{self.name}.{name}: a deadline needs on_deadline=<state>")
-        if final and deadline is not None:
-            raise DefinitionError(f"{self.name}.{name}: a final state cannot wait for a deadline")
+        if final and (deadline is not None or retry is not None):
+            raise DefinitionError(f"{self.name}.{name}: a final state cannot wait for a deadline or retry")
         if status is None:
             status = (Status.COMPENSATED if compensate else Status.COMPLETED) if final else Status.RUNNING
         if final != (status in FINISHED):
             raise DefinitionError(f"{self.name}.{name}: status {status} does not fit final={final}")
         builders = [builder_for(s) for s in [*_listify(send), *_listify(compensate)]]
-        self.states[name] = StateSpec(name, status, final, deadline, on_deadline, tuple(builders))
+        self.states[name] = StateSpec(name, status, final, deadline, on_deadline, tuple(builders), retry)
         if deadline is not None and on_deadline is not None:
             self.rules.append(Rule(DEADLINE, name, on_deadline))
         if self.initial is None and not final:
@@ -234,6 +263,7 @@ class Workflow:
                     "final": s.final,
                     "deadline_seconds": s.deadline.total_seconds() if s.deadline else None,
                     "on_deadline": s.on_deadline,
+                    "retry_every_seconds": s.retry.every.total_seconds() if s.retry else None,
                 }
                 for s in self.states.values()
             ],

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from orchestrator.definitions import FINISHED, Policy, SagaView, Status
+from orchestrator.definitions import DEADLINE, FINISHED, RETRY, Policy, SagaView, Status
 from orchestrator.machine import CompiledWorkflow, MachineError
 from orchestrator.messages import dump
 
@@ -49,6 +49,8 @@ class Outcome(enum.StrEnum):
     PARKED = "parked"
     IGNORED = "ignored"
     FAILED = "failed"
+    RETRIED = "retried"  # the waiting state's commands sent again
+    LATE_UNDONE = "late_undone"  # a success after its deadline: its undo was sent
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,12 @@ class Saga:
     last_error: str | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    #: the commands the current state sent on entering: what it waits on, what a retry resends
+    awaiting: tuple[Mapping[str, Any], ...] = ()
+    #: resends so far in the current state
+    attempt: int = 0
+    #: steps whose deadline passed: a success that still arrives for one gets its undo
+    timed_out: tuple[str, ...] = ()
 
     @property
     def finished(self) -> bool:
@@ -112,8 +120,11 @@ class OutgoingCommand:
 
 @dataclass(frozen=True)
 class Deadline:
+    """A timer of a saga: its state's deadline, or its next retry (``kind="retry"``)."""
+
     state: str
     due_at: datetime
+    kind: str = "deadline"
 
 
 @dataclass(frozen=True)
@@ -132,6 +143,8 @@ class Decision:
     deadline_changed: bool = False
     reason: str | None = None
     applied_parked: tuple[str, ...] = field(default=())
+    retry: Deadline | None = None
+    retry_changed: bool = False
 
     def summary(self) -> dict[str, Any]:
         """The decision as the journal keeps it."""
@@ -143,6 +156,7 @@ class Decision:
             "commands": [{"type": c.type, "message_id": c.message_id} for c in self.commands],
             "deadline": self.deadline
             and {"state": self.deadline.state, "due_at": self.deadline.due_at.isoformat()},
+            "retry": self.retry and self.retry.due_at.isoformat(),
             "reason": self.reason,
             "applied_parked": list(self.applied_parked),
         }
@@ -158,30 +172,45 @@ class _Draft:
         self.commands: list[OutgoingCommand] = []
         self.deadline_changed = False
         self.deadline: Deadline | None = None
+        self.retry_changed = False
+        self.retry: Deadline | None = None
         self.applied_parked: list[str] = []
+        self.failure: str | None = None
 
     def merge(self, payload: Mapping[str, Any]) -> None:
         if payload:
             self.saga = replace(self.saga, data={**self.saga.data, **payload})
 
-    def enter(self, dest: str, sends: tuple[Any, ...]) -> None:
-        spec = self.compiled.workflow.states[dest]
-        self.saga = replace(self.saga, state=dest, status=spec.status)
+    def build(self, builders: tuple[Any, ...]) -> list[OutgoingCommand]:
         view = self.saga.view()
-        for build in sends:
+        built = []
+        for build in builders:
             message = build(view)
-            index = len(self.commands)
-            self.commands.append(
-                OutgoingCommand(
-                    command_message_id(self.saga.id, self.saga.version, index),
-                    message.TYPE,
-                    dump(message),
-                    self.saga.id,
-                    self.saga.workflow,
-                )
+            command = OutgoingCommand(
+                command_message_id(self.saga.id, self.saga.version, len(self.commands)),
+                message.TYPE,
+                dump(message),
+                self.saga.id,
+                self.saga.workflow,
             )
+            self.commands.append(command)
+            built.append(command)
+        return built
+
+    def enter(self, dest: str, sends: tuple[Any, ...], entered: tuple[Any, ...]) -> None:
+        spec = self.compiled.workflow.states[dest]
+        self.saga = replace(self.saga, state=dest, status=spec.status, attempt=0)
+        self.build(sends)
+        awaiting = self.build(entered)
+        self.saga = replace(self.saga, awaiting=tuple(_awaiting(c) for c in awaiting))
+        if spec.status is Status.FAILED:
+            self.saga = replace(self.saga, last_error=self.failure or f"entered {dest}")
         self.deadline_changed = True
         self.deadline = Deadline(dest, self.now + spec.deadline) if spec.deadline is not None else None
+        self.retry_changed = True
+        self.retry = None
+        if spec.retry is not None and awaiting:
+            self.retry = Deadline(dest, self.now + spec.retry.delay(0), "retry")
 
     def policy_for(self, event_type: str) -> Policy | None:
         """None when the event moves the saga; otherwise what to do with it."""
@@ -191,10 +220,17 @@ class _Draft:
         return self.compiled.policies.get((state, event_type), self.compiled.workflow.unexpected)
 
     def move(self, message: Incoming) -> None:
-        fired = self.compiled.fire(self.saga.state, message.type)
+        previous = self.saga.state
+        fired = self.compiled.fire(previous, message.type)
         if message.kind == "event":  # a deadline's or operator's payload is not business data
             self.merge(message.payload)
-        self.enter(fired.dest, fired.sends)
+        if message.type == DEADLINE:
+            self.failure = f"no reply in {previous} before its deadline"
+            if previous in self.compiled.workflow.late_success:
+                self.saga = replace(self.saga, timed_out=(*self.saga.timed_out, previous))
+        else:
+            self.failure = f"{message.type} in {previous}"
+        self.enter(fired.dest, fired.sends, fired.entered)
 
     def apply_parked(self) -> None:
         """After a move, an event kept for later may fit: apply each that does, oldest first."""
@@ -222,15 +258,20 @@ def decide(compiled: CompiledWorkflow, saga: Saga | None, message: Incoming, now
         draft.merge(message.payload)
         try:
             first = compiled.enter()
-            draft.enter(first.dest, first.sends)
+            draft.enter(first.dest, first.sends, first.entered)
         except Exception as error:  # a user's command builder failed: the saga needs an operator
             return _failed(draft.saga, "", error, now)
         return _decision(draft, Outcome.STARTED, None)
 
     previous = saga.state
     bumped = replace(saga, version=saga.version + 1, updated_at=now)
+    late = _late_step(compiled, saga, message)
+    if late is not None:
+        return _undo_late(compiled, bumped, late, previous, now)
     if saga.finished:
         return Decision(bumped, Outcome.IGNORED, previous, reason=f"saga is already {saga.status}")
+    if message.type == RETRY:
+        return _retry(compiled, bumped, previous, now)
     draft = _Draft(compiled, bumped, now)
     policy = draft.policy_for(message.type)
     if policy is Policy.IGNORE:
@@ -253,6 +294,55 @@ def decide(compiled: CompiledWorkflow, saga: Saga | None, message: Incoming, now
     return _decision(draft, Outcome.MOVED, previous)
 
 
+def _awaiting(command: OutgoingCommand) -> dict[str, Any]:
+    return {"message_id": command.message_id, "type": command.type, "payload": dict(command.payload)}
+
+
+def _late_step(compiled: CompiledWorkflow, saga: Saga, message: Incoming) -> str | None:
+    """The timed-out step this message is the late success of, if any."""
+    if message.kind != "event":
+        return None
+    for step in saga.timed_out:
+        event_type, _ = compiled.workflow.late_success[step]
+        if event_type == message.type:
+            return step
+    return None
+
+
+def _undo_late(compiled: CompiledWorkflow, saga: Saga, step: str, previous: str, now: datetime) -> Decision:
+    """The step went through after all, after its deadline gave up on it: undo it now."""
+    draft = _Draft(compiled, replace(saga, timed_out=tuple(s for s in saga.timed_out if s != step)), now)
+    _, undo = compiled.workflow.late_success[step]
+    try:
+        draft.build(undo)
+    except Exception as error:
+        return _failed(saga, previous, error, now)
+    reason = f"{step} succeeded after its deadline: undone"
+    return Decision(draft.saga, Outcome.LATE_UNDONE, previous, tuple(draft.commands), reason=reason)
+
+
+def _retry(compiled: CompiledWorkflow, saga: Saga, previous: str, now: datetime) -> Decision:
+    """Send the waiting state's commands again, with the same message ids, and set the next retry."""
+    spec = compiled.workflow.states[saga.state]
+    if saga.finished or spec.retry is None or not saga.awaiting:
+        return Decision(saga, Outcome.IGNORED, previous, retry_changed=True, reason="nothing to retry")
+    commands = tuple(
+        OutgoingCommand(c["message_id"], c["type"], c["payload"], saga.id, saga.workflow)
+        for c in saga.awaiting
+    )
+    attempt = saga.attempt + 1
+    retry = Deadline(saga.state, now + spec.retry.delay(attempt), "retry")
+    return Decision(
+        replace(saga, attempt=attempt),
+        Outcome.RETRIED,
+        previous,
+        commands,
+        retry=retry,
+        retry_changed=True,
+        reason=f"resend {attempt}",
+    )
+
+
 def _decision(draft: _Draft, outcome: Outcome, previous: str | None) -> Decision:
     return Decision(
         draft.saga,
@@ -262,10 +352,14 @@ def _decision(draft: _Draft, outcome: Outcome, previous: str | None) -> Decision
         draft.deadline,
         draft.deadline_changed,
         applied_parked=tuple(draft.applied_parked),
+        retry=draft.retry,
+        retry_changed=draft.retry_changed,
     )
 
 
 def _failed(saga: Saga, previous: str, error: Exception | str, now: datetime) -> Decision:
     reason = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
     failed = replace(saga, status=Status.FAILED, last_error=reason, updated_at=now)
-    return Decision(failed, Outcome.FAILED, previous or None, deadline_changed=True, reason=reason)
+    return Decision(
+        failed, Outcome.FAILED, previous or None, deadline_changed=True, retry_changed=True, reason=reason
+    )

@@ -23,18 +23,25 @@ __all__ = ["CompiledWorkflow", "Fired"]
 class _Model:
     state: str
     sends: list[CommandBuilder] = field(default_factory=list)
+    entered: list[CommandBuilder] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class Fired:
-    """What a trigger did: the state it reached and the commands to build, in order."""
+    """What a trigger did: the state it reached, the transition's own commands, then the ones the
+    state sends on entering (the ones a retry sends again)."""
 
     dest: str
     sends: tuple[CommandBuilder, ...]
+    entered: tuple[CommandBuilder, ...] = ()
 
 
 def _collect(builders: tuple[CommandBuilder, ...], event: Any) -> None:
     event.model.sends.extend(builders)
+
+
+def _collect_entered(builders: tuple[CommandBuilder, ...], event: Any) -> None:
+    event.model.entered.extend(builders)
 
 
 class CompiledWorkflow:
@@ -45,7 +52,11 @@ class CompiledWorkflow:
         self.machine = Machine(
             model=None,
             states=[
-                {"name": spec.name, "final": spec.final, "on_enter": [partial(_collect, spec.on_enter)]}
+                {
+                    "name": spec.name,
+                    "final": spec.final,
+                    "on_enter": [partial(_collect_entered, spec.on_enter)],
+                }
                 for spec in workflow.states.values()
             ],
             initial=workflow.initial,
@@ -75,7 +86,7 @@ class CompiledWorkflow:
     def enter(self) -> Fired:
         """Entering the initial state: the commands its ``on_enter`` sends."""
         spec = self.workflow.states[self.workflow.initial]  # type: ignore[index]
-        return Fired(spec.name, spec.on_enter)
+        return Fired(spec.name, (), spec.on_enter)
 
     def fire(self, state: str, event_type: str) -> Fired:
         """Fire ``event_type`` on a saga in ``state``; raises MachineError where it does not move."""
@@ -85,7 +96,7 @@ class CompiledWorkflow:
             model.trigger(event_type)  # type: ignore[attr-defined]
         finally:
             self.machine.remove_model(model)
-        return Fired(model.state, tuple(model.sends))
+        return Fired(model.state, tuple(model.sends), tuple(model.entered))
 
 
 __all__ += ["MachineError"]

@@ -34,6 +34,9 @@ sagas = Table(
     Column("last_error", Text),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("awaiting", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    Column("attempt", Integer, nullable=False, server_default=text("0")),
+    Column("timed_out", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
     UniqueConstraint("workflow", "key", name="sagas_workflow_key"),
     Index("sagas_status_updated", "status", "updated_at"),
     Index("sagas_workflow_state", "workflow", "state"),
@@ -82,6 +85,7 @@ deadlines = Table(
     Column("state", Text, nullable=False),
     Column("version", Integer, nullable=False),
     Column("due_at", DateTime(timezone=True), nullable=False),
-    UniqueConstraint("saga_id", name="deadlines_one_per_saga"),
+    Column("kind", Text, nullable=False, server_default="deadline"),  # deadline | retry
+    UniqueConstraint("saga_id", "kind", name="deadlines_one_per_kind"),
     Index("deadlines_due", "due_at"),
 )

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from orchestrator.definitions import DEADLINE
+from orchestrator.definitions import DEADLINE, RETRY
 from orchestrator.engine import Decision, Incoming, OutgoingCommand, Saga, decide
 from orchestrator.routing import Registry, Rejected
 from orchestrator.store import Changes, Store
@@ -146,20 +146,22 @@ async def fire_due_deadlines(
             saga = current.get(deadline.saga_id)
             stale = saga is None or saga.finished or saga.state != deadline.state
             compiled = registry.workflows.get(saga.workflow) if saga is not None else None
+            timer = (deadline.saga_id, deadline.kind)
             if stale or compiled is None or saga is None:
-                changes.deadlines[deadline.saga_id] = (None, deadline.version)
+                changes.deadlines[timer] = (None, deadline.version)
                 continue
+            retry = deadline.kind == "retry"
             message = Incoming(
-                DEADLINE,
-                f"deadline:{deadline.saga_id}:{deadline.version}",
+                RETRY if retry else DEADLINE,
+                f"{deadline.kind}:{deadline.saga_id}:{deadline.version}",
                 {"state": deadline.state, "due_at": deadline.due_at.isoformat()},
-                kind="deadline",
+                kind=deadline.kind,
             )
             decision = decide(compiled, saga, message, now)
             current[saga.id] = decision.saga
             changes.record(message, decision, now)
-            if not decision.deadline_changed:
-                changes.deadlines[saga.id] = (None, deadline.version)
+            if not (decision.retry_changed if retry else decision.deadline_changed):
+                changes.deadlines[timer] = (None, deadline.version)
             result.decisions.append(decision)
         await tx.save(changes)
     result.commands = changes.commands

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, TypeVar, get_type_hints, overload
 
-from orchestrator.definitions import DefinitionError, Policy, SagaView, Status, Workflow
+from orchestrator.definitions import DefinitionError, Policy, Retry, SagaView, Status, Workflow
 from orchestrator.messages import Command, Event, Message, load
 
 __all__ = ["Step", "saga", "step"]
@@ -36,6 +36,7 @@ class Compensation:
     done: type[Event] | None
     failed: type[Event] | None
     deadline: timedelta | None
+    retry: Retry | None = None
 
 
 class Step:
@@ -47,8 +48,10 @@ class Step:
         done: type[Event],
         failed: type[Event] | None,
         deadline: timedelta | None,
+        retry: Retry | None = None,
     ) -> None:
         self.name = method.__name__
+        self.retry = retry
         self.method = method
         self.done = done
         self.failed = failed
@@ -66,6 +69,7 @@ class Step:
         done: type[Event] | None = None,
         failed: type[Event] | None = None,
         deadline: timedelta | None = None,
+        retry: Retry | None = None,
     ) -> Callable[[StepMethod], Compensation]: ...
 
     def compensate(
@@ -75,23 +79,30 @@ class Step:
         done: type[Event] | None = None,
         failed: type[Event] | None = None,
         deadline: timedelta | None = None,
+        retry: Retry | None = None,
     ) -> Compensation | Callable[[StepMethod], Compensation]:
         """Declare the command that undoes this step. Without ``done`` it is sent and not waited for."""
 
         def register(fn: StepMethod) -> Compensation:
-            self.compensation = Compensation(fn, done, failed, deadline)
+            self.compensation = Compensation(fn, done, failed, deadline, retry)
             return self.compensation
 
         return register(method) if method is not None else register
 
 
 def step(
-    *, done: type[Event], failed: type[Event] | None = None, deadline: timedelta | None = None
+    *,
+    done: type[Event],
+    failed: type[Event] | None = None,
+    deadline: timedelta | None = None,
+    retry: Retry | None = None,
 ) -> Callable[[StepMethod], Step]:
-    """Mark a method as a step: it returns the command to send; ``done``/``failed`` are its replies."""
+    """Mark a method as a step: it returns the command to send; ``done``/``failed`` are its replies.
+
+    With ``retry`` the command is sent again, same message id, until a reply or the deadline."""
 
     def register(method: StepMethod) -> Step:
-        return Step(method, done, failed, deadline)
+        return Step(method, done, failed, deadline, retry)
 
     return register
 
@@ -150,7 +161,12 @@ def compile_steps(
             deadline=s.deadline,
             on_deadline=failure_dest if s.deadline else None,
             send=_builder(cls, s.method, starts_on),
+            retry=s.retry,
         )
+        if s.compensation is not None and s.deadline is not None:
+            # A success that arrives after the deadline gave up on this step is undone.
+            undo = _builder(cls, s.compensation.method, starts_on)
+            workflow.late_success[s.name] = (s.done.TYPE, (undo,))
         if s.deadline is not None and failure_sends:
             # The deadline rule was added by state(); it must send the same undos as a failure.
             workflow.rules[-1] = replace(workflow.rules[-1], send=tuple(failure_sends))
@@ -171,6 +187,7 @@ def compile_steps(
             deadline=comp.deadline,
             on_deadline="failed" if comp.deadline else None,
             send=_builder(cls, comp.method, starts_on),
+            retry=comp.retry,
         )
         workflow.on(comp.done, source=state, dest=next_dest, send=next_sends)
         if comp.failed is not None:

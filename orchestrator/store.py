@@ -32,6 +32,7 @@ class DueDeadline:
     state: str
     version: int
     due_at: datetime
+    kind: str = "deadline"
 
 
 @dataclass
@@ -43,9 +44,9 @@ class Changes:
     commands: list[OutgoingCommand] = field(default_factory=list)
     inbox: dict[str, str | None] = field(default_factory=dict)  # message id -> saga id
     duplicates: list[str] = field(default_factory=list)
-    deadlines: dict[str, tuple[Deadline | None, int]] = field(
+    deadlines: dict[tuple[str, str], tuple[Deadline | None, int]] = field(
         default_factory=dict
-    )  # saga -> (deadline, version)
+    )  # (saga, kind) -> (timer or None to cancel, version)
 
     def record(self, message: Incoming, decision: Decision, now: datetime) -> None:
         saga = decision.saga
@@ -53,7 +54,9 @@ class Changes:
         self.journal.append(JournalEntry(saga.id, saga.version, message, decision.summary(), now))
         self.commands.extend(decision.commands)
         if decision.deadline_changed:
-            self.deadlines[saga.id] = (decision.deadline, saga.version)
+            self.deadlines[(saga.id, "deadline")] = (decision.deadline, saga.version)
+        if decision.retry_changed:
+            self.deadlines[(saga.id, "retry")] = (decision.retry, saga.version)
 
     def __bool__(self) -> bool:
         return bool(self.sagas or self.inbox or self.duplicates)
@@ -78,6 +81,9 @@ class Store(Protocol):
     async def get_saga(self, saga_id: str) -> Saga | None: ...
 
     async def journal(self, saga_id: str) -> list[JournalEntry]: ...
+
+    async def snapshot(self, saga_id: str) -> tuple[Saga | None, list[JournalEntry]]:
+        """The saga row and its journal, read at one moment."""
 
     async def saga_ids(self, workflow: str | None = None) -> list[str]: ...
 

@@ -25,11 +25,11 @@ class _MemoryTransaction:
 
     async def claim_due(self, now: datetime, limit: int) -> list[DueDeadline]:
         due = sorted(
-            (d.due_at, saga_id, d.state, version)
-            for saga_id, (d, version) in self.store.deadlines.items()
+            (d.due_at, saga_id, d.state, version, kind)
+            for (saga_id, kind), (d, version) in self.store.deadlines.items()
             if d.due_at <= now
         )
-        return [DueDeadline(saga_id, state, version, at) for at, saga_id, state, version in due[:limit]]
+        return [DueDeadline(s, state, version, at, kind) for at, s, state, version, kind in due[:limit]]
 
     async def save(self, changes: Changes) -> None:
         store = self.store
@@ -44,11 +44,11 @@ class _MemoryTransaction:
         store.inbox.update(changes.inbox)
         for message_id in changes.duplicates:
             store.duplicate_counts[message_id] = store.duplicate_counts.get(message_id, 0) + 1
-        for saga_id, (deadline, version) in changes.deadlines.items():
+        for timer, (deadline, version) in changes.deadlines.items():
             if deadline is None:
-                store.deadlines.pop(saga_id, None)
+                store.deadlines.pop(timer, None)
             else:
-                store.deadlines[saga_id] = (deadline, version)
+                store.deadlines[timer] = (deadline, version)
 
 
 class MemoryStore:
@@ -58,7 +58,7 @@ class MemoryStore:
         self.outbox: dict[str, tuple[OutgoingCommand, datetime]] = {}
         self.inbox: dict[str, str | None] = {}
         self.duplicate_counts: dict[str, int] = {}
-        self.deadlines: dict[str, tuple[Deadline, int]] = {}
+        self.deadlines: dict[tuple[str, str], tuple[Deadline, int]] = {}
         self._lock = asyncio.Lock()
 
     @asynccontextmanager
@@ -71,6 +71,9 @@ class MemoryStore:
 
     async def journal(self, saga_id: str) -> list[JournalEntry]:
         return list(self.journals.get(saga_id, []))
+
+    async def snapshot(self, saga_id: str) -> tuple[Saga | None, list[JournalEntry]]:
+        return self.sagas.get(saga_id), list(self.journals.get(saga_id, []))
 
     async def saga_ids(self, workflow: str | None = None) -> list[str]:
         return [s.id for s in self.sagas.values() if workflow is None or s.workflow == workflow]

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -53,6 +53,9 @@ def _saga(row: Row[Any]) -> Saga:
         last_error=row.last_error,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        awaiting=tuple(row.awaiting),
+        attempt=row.attempt,
+        timed_out=tuple(row.timed_out),
     )
 
 
@@ -69,7 +72,25 @@ def _saga_row(saga: Saga) -> dict[str, Any]:
         "last_error": saga.last_error,
         "created_at": saga.created_at,
         "updated_at": saga.updated_at,
+        "awaiting": list(saga.awaiting),
+        "attempt": saga.attempt,
+        "timed_out": list(saga.timed_out),
     }
+
+
+#: Everything of a saga row that a decision may change (not its identity, not created_at).
+_UPDATED = (
+    "state",
+    "status",
+    "version",
+    "data",
+    "parked",
+    "last_error",
+    "updated_at",
+    "awaiting",
+    "attempt",
+    "timed_out",
+)
 
 
 class _PostgresTransaction:
@@ -94,13 +115,19 @@ class _PostgresTransaction:
 
     async def claim_due(self, now: datetime, limit: int) -> list[DueDeadline]:
         result = await self.connection.execute(
-            select(deadlines.c.saga_id, deadlines.c.state, deadlines.c.version, deadlines.c.due_at)
+            select(
+                deadlines.c.saga_id,
+                deadlines.c.state,
+                deadlines.c.version,
+                deadlines.c.due_at,
+                deadlines.c.kind,
+            )
             .where(deadlines.c.due_at <= now)
             .order_by(deadlines.c.due_at)
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
-        return [DueDeadline(r.saga_id, r.state, r.version, r.due_at) for r in result]
+        return [DueDeadline(r.saga_id, r.state, r.version, r.due_at, r.kind) for r in result]
 
     async def save(self, changes: Changes) -> None:
         execute = self.connection.execute
@@ -110,18 +137,7 @@ class _PostgresTransaction:
             await execute(
                 statement.on_conflict_do_update(
                     index_elements=[sagas.c.id],
-                    set_={
-                        name: getattr(excluded, name)
-                        for name in (
-                            "state",
-                            "status",
-                            "version",
-                            "data",
-                            "parked",
-                            "last_error",
-                            "updated_at",
-                        )
-                    },
+                    set_={name: getattr(excluded, name) for name in _UPDATED},
                 ),
                 [_saga_row(s) for s in changes.sagas.values()],
             )
@@ -172,14 +188,28 @@ class _PostgresTransaction:
                 .values(duplicates=inbox.c.duplicates + 1)
             )
         if changes.deadlines:
-            await execute(delete(deadlines).where(deadlines.c.saga_id.in_(list(changes.deadlines))))
+            await execute(
+                delete(deadlines).where(
+                    tuple_(deadlines.c.saga_id, deadlines.c.kind).in_(list(changes.deadlines))
+                )
+            )
             rows = [
-                {"saga_id": saga_id, "state": d.state, "version": version, "due_at": d.due_at}
-                for saga_id, (d, version) in changes.deadlines.items()
+                {"saga_id": saga_id, "kind": kind, "state": d.state, "version": version, "due_at": d.due_at}
+                for (saga_id, kind), (d, version) in changes.deadlines.items()
                 if d is not None
             ]
             if rows:
                 await execute(insert(deadlines), rows)
+
+
+async def _journal(connection: AsyncConnection, saga_id: str) -> list[JournalEntry]:
+    result = await connection.execute(
+        select(journal).where(journal.c.saga_id == saga_id).order_by(journal.c.seq)
+    )
+    return [
+        JournalEntry(r.saga_id, r.seq, Incoming.from_json(r.message), r.decision, r.recorded_at)
+        for r in result
+    ]
 
 
 class PostgresStore:
@@ -202,13 +232,16 @@ class PostgresStore:
 
     async def journal(self, saga_id: str) -> list[JournalEntry]:
         async with self.engine.connect() as connection:
-            result = await connection.execute(
-                select(journal).where(journal.c.saga_id == saga_id).order_by(journal.c.seq)
-            )
-            return [
-                JournalEntry(r.saga_id, r.seq, Incoming.from_json(r.message), r.decision, r.recorded_at)
-                for r in result
-            ]
+            return await _journal(connection, saga_id)
+
+    async def snapshot(self, saga_id: str) -> tuple[Saga | None, list[JournalEntry]]:
+        """The row and its journal as of one moment, so that a commit in between cannot differ them."""
+        async with self.engine.connect() as connection:
+            await connection.execution_options(isolation_level="REPEATABLE READ")
+            async with connection.begin():
+                row = (await connection.execute(select(sagas).where(sagas.c.id == saga_id))).first()
+                entries = await _journal(connection, saga_id)
+        return (_saga(row) if row is not None else None), entries
 
     async def saga_ids(self, workflow: str | None = None) -> list[str]:
         query = select(sagas.c.id).order_by(sagas.c.created_at, sagas.c.id)

@@ -187,19 +187,20 @@ async def test_verify_reports_a_row_that_drifted_from_its_journal(bench: Bench) 
     import asyncpg
 
     dsn = bench.database_url.replace("postgresql+asyncpg://", "postgresql://")
+    saga_id = saga_id_for("order", key)
     connection = await asyncpg.connect(dsn)
     try:
-        await connection.execute("UPDATE sagas SET state = 'ship' WHERE id = $1", saga_id_for("order", key))
-    finally:
+        await connection.execute("UPDATE sagas SET state = 'ship' WHERE id = $1", saga_id)
+        verify = subprocess.run(
+            [sys.executable, "-m", "orchestrator", "verify", "--saga", saga_id],
+            env=bench.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+    finally:  # the database is shared by the session: leave it as the journal says
+        await connection.execute("UPDATE sagas SET state = 'reserve' WHERE id = $1", saga_id)
         await connection.close()
-
-    verify = subprocess.run(
-        [sys.executable, "-m", "orchestrator", "verify", "--saga", saga_id_for("order", key)],
-        env=bench.env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
     assert verify.returncode == 1
     assert "state: row has 'ship', journal gives 'reserve'" in verify.stdout
 

@@ -36,7 +36,7 @@ async def assert_each_decided_once(bench: Bench, keys: list[str]) -> None:
         capture_output=True,
         text=True,
     )
-    assert verify.returncode == 0, verify.stdout
+    assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
 async def test_kill_9_at_any_moment_loses_nothing(bench: Bench) -> None:

@@ -413,6 +413,7 @@ def test_unexpected_events_are_ignored_and_recorded(compiled, state, event):
         "status": str(saga.status),
         "commands": [],
         "deadline": None,
+        "retry": None,
         "reason": decision.reason,
         "applied_parked": [],
     }

@@ -210,7 +210,7 @@ async def test_messages_for_one_saga_in_one_batch_chain(store):
     ]
     assert [e.seq for e in store.journals[O1]] == [1, 2, 3]
     assert store.sagas[O1] == result.decisions[-1].saga
-    assert store.deadlines == {O1: (Deadline("ship", NOW + timedelta(minutes=5)), 3)}
+    assert store.deadlines == {(O1, "deadline"): (Deadline("ship", NOW + timedelta(minutes=5)), 3)}
     assert set(store.outbox) == {c.message_id for c in result.commands}
     assert store.inbox == {"m-1": O1, "m-2": O1, "m-3": O1}
 
@@ -222,7 +222,7 @@ async def test_a_deadline_fires_only_once_due(store):
 
     early = await fire_due_deadlines(REGISTRY, store, due - timedelta(microseconds=1))
     assert early.decisions == []
-    assert store.deadlines == {O1: (Deadline("reserve", due), 1)}
+    assert store.deadlines == {(O1, "deadline"): (Deadline("reserve", due), 1)}
 
     fired = await fire_due_deadlines(REGISTRY, store, due)
     (decision,) = fired.decisions
@@ -267,18 +267,18 @@ async def test_a_stale_deadline_is_dropped_without_firing(store, replies, stale_
     await run(store, envelope(placed(), "m-1"), *(envelope(r, f"m-{i}") for i, r in enumerate(replies)))
     saga_before = store.sagas[O1]
     journal_before = list(store.journals[O1])
-    store.deadlines[O1] = (Deadline(stale_state, NOW + timedelta(seconds=30)), 1)
+    store.deadlines[(O1, "deadline")] = (Deadline(stale_state, NOW + timedelta(seconds=30)), 1)
 
     fired = await fire_due_deadlines(REGISTRY, store, NOW + timedelta(seconds=30))
 
     assert fired.decisions == [] and fired.commands == []
     assert store.sagas[O1] == saga_before
     assert store.journals[O1] == journal_before
-    assert O1 not in store.deadlines
+    assert (O1, "deadline") not in store.deadlines
 
 
 async def test_a_deadline_of_an_unknown_saga_is_dropped(store):
-    store.deadlines["ghost"] = (Deadline("reserve", NOW), 1)
+    store.deadlines[("ghost", "deadline")] = (Deadline("reserve", NOW), 1)
 
     fired = await fire_due_deadlines(REGISTRY, store, NOW)
 
@@ -290,7 +290,7 @@ async def test_parking_keeps_the_deadline_running(store):
     e1 = saga_id_for("escrow", "e-1")
     await run(store, envelope(opened(), "m-1"), envelope(SellerSigned("e-1"), "m-2"))
     assert store.sagas[e1].version == 2
-    assert store.deadlines == {e1: (Deadline("awaiting_buyer", NOW + timedelta(days=3)), 1)}
+    assert store.deadlines == {(e1, "deadline"): (Deadline("awaiting_buyer", NOW + timedelta(days=3)), 1)}
 
     fired = await fire_due_deadlines(REGISTRY, store, NOW + timedelta(days=3))
 
