@@ -1,0 +1,103 @@
+"""Deadlines, retries and late replies on the real stack: the scenario the product exists for."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from orchestrator.engine import saga_id_for
+
+from .conftest import Bench, unique
+from .test_recovery import assert_each_decided_once
+
+pytestmark = pytest.mark.integration
+
+FAST = ("--workflows", "tests.integration.workflows")
+order_ids = unique("order")
+
+
+async def start_all_but_inventory(bench: Bench) -> None:
+    for service in ("payment", "shipping"):
+        await bench.start_participant(service)
+
+
+async def test_inventory_back_within_the_deadline_every_order_completes(bench: Bench) -> None:
+    await bench.start_orchestrator(*FAST)
+    await start_all_but_inventory(bench)
+    inventory = await bench.start_participant("inventory")
+    inventory.stop()  # the inventory service goes down while orders keep coming
+    keys = [order_ids() for _ in range(30)]
+    for key in keys:
+        await bench.place_order(key)
+    await asyncio.sleep(3)  # retries pile up in its durable queue, same message ids
+    await bench.start_participant("inventory")
+
+    sagas = await bench.finished("order", keys, timeout=60)
+
+    assert {s.status for s in sagas.values()} == {"completed"}
+    await assert_each_decided_once(bench, keys)
+    assert bench.store is not None
+    journal = await bench.store.journal(saga_id_for("order", keys[0]))
+    assert "retried" in [e.decision["outcome"] for e in journal]
+
+
+async def test_inventory_away_past_the_deadline_orders_compensate_and_late_stock_is_released(
+    bench: Bench,
+) -> None:
+    await bench.start_orchestrator(*FAST)
+    await start_all_but_inventory(bench)
+    keys = [order_ids() for _ in range(10)]
+    for key in keys:
+        await bench.place_order(key)
+
+    sagas = await bench.finished("order", keys, timeout=30)  # the 8 s reserve deadline passes
+    assert {(s.state, s.status) for s in sagas.values()} == {("compensated", "compensated")}
+    assert {s.timed_out for s in sagas.values()} == {("reserve",)}
+
+    await bench.start_participant("inventory")  # it comes back and reserves what waited for it
+    assert bench.store is not None
+    deadline = time.monotonic() + 30
+    late: dict[str, list[str]] = {}
+    while time.monotonic() < deadline and len(late) < len(keys):
+        for key in keys:
+            journal = await bench.store.journal(saga_id_for("order", key))
+            undone = [
+                c["type"]
+                for e in journal
+                if e.decision["outcome"] == "late_undone"
+                for c in e.decision["commands"]
+            ]
+            if undone:
+                late[key] = undone
+        await asyncio.sleep(0.2)
+    assert late == {key: ["inventory.ReleaseStock"] for key in keys}
+    for key in keys:
+        saga = await bench.saga("order", key)
+        assert saga is not None and saga.status == "compensated" and saga.timed_out == ()
+    await assert_each_decided_once(bench, keys)
+
+
+async def test_deadlines_that_fell_due_while_the_service_was_down_fire_at_start(bench: Bench) -> None:
+    orchestrator = await bench.start_orchestrator(*FAST)
+    keys = [order_ids() for _ in range(10)]
+    for key in keys:
+        await bench.place_order(key)
+    for _ in range(100):
+        present = [await bench.saga("order", k) for k in keys]
+        if all(s is not None for s in present):
+            break
+        await asyncio.sleep(0.05)
+    assert orchestrator.stop() == 0
+    await asyncio.sleep(9)  # every reserve deadline falls due while nothing runs
+
+    started = time.monotonic()
+    await bench.start_orchestrator(*FAST)
+    sagas = await bench.finished("order", keys, timeout=30)
+    assert time.monotonic() - started < 10
+    assert {s.status for s in sagas.values()} == {"compensated"}
+    assert bench.store is not None
+    for key in keys:
+        journal = await bench.store.journal(saga_id_for("order", key))
+        assert [e.message.type for e in journal].count("saga.DeadlineExpired") == 1

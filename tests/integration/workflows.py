@@ -1,0 +1,52 @@
+"""The order saga with deadlines short enough for a test, loaded with ``run --workflows``."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from orchestrator.definitions import Retry
+from orchestrator.examples.contracts import (
+    ChargePayment,
+    OrderPlaced,
+    OrderShipped,
+    OutOfStock,
+    PaymentCharged,
+    PaymentDeclined,
+    PaymentRefunded,
+    RefundPayment,
+    ReleaseStock,
+    ReserveStock,
+    ShipmentFailed,
+    ShipOrder,
+    StockReleased,
+    StockReserved,
+)
+from orchestrator.steps import saga, step
+
+RETRY = Retry(every=timedelta(seconds=1), backoff=2.0, max_every=timedelta(seconds=2))
+
+
+@saga(starts_on=OrderPlaced, key="order_id", name="order")
+class FastOrderSaga:
+    @step(done=StockReserved, failed=OutOfStock, deadline=timedelta(seconds=8), retry=RETRY)
+    def reserve(self, order: OrderPlaced) -> ReserveStock:
+        return ReserveStock(order.order_id, order.lines)
+
+    @reserve.compensate(done=StockReleased, retry=RETRY)
+    def release(self, order: OrderPlaced) -> ReleaseStock:
+        return ReleaseStock(order.order_id)
+
+    @step(done=PaymentCharged, failed=PaymentDeclined, deadline=timedelta(seconds=8), retry=RETRY)
+    def charge(self, order: OrderPlaced) -> ChargePayment:
+        return ChargePayment(order.order_id, order.customer_id, order.amount_cents)
+
+    @charge.compensate(done=PaymentRefunded, retry=RETRY)
+    def refund(self, order: OrderPlaced) -> RefundPayment:
+        return RefundPayment(order.order_id)
+
+    @step(done=OrderShipped, failed=ShipmentFailed, deadline=timedelta(seconds=8), retry=RETRY)
+    def ship(self, order: OrderPlaced) -> ShipOrder:
+        return ShipOrder(order.order_id, order.lines)
+
+
+WORKFLOWS = [FastOrderSaga.workflow]  # type: ignore[attr-defined]
