@@ -30,6 +30,15 @@ def migrations_path() -> Path:
     return Path(__file__).resolve().parent.parent / "migrations"
 
 
+def migrations_head() -> str | None:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(migrations_path()))
+    return ScriptDirectory.from_config(config).get_current_head()
+
+
 async def ensure_database(url: str) -> None:
     """Create the database the URL names, if it is absent."""
     import asyncpg
@@ -97,6 +106,14 @@ async def ensure_database_reachable(url: str) -> None:
     try:
         async with engine.connect() as connection:
             await connection.execute(text("SELECT 1 FROM sagas LIMIT 1"))
+            revision = (await connection.execute(text("SELECT version_num FROM alembic_version"))).scalar()
+        head = migrations_head()
+        if revision != head:
+            raise Unreachable(
+                f"the database at {mask_url(url)} is at revision {revision}, not {head}: run 'orchestrator migrate'"
+            )
+    except Unreachable:
+        raise
     except OSError as error:
         raise Unreachable(f"cannot reach PostgreSQL at {mask_url(url)}: {error}") from None
     except Exception as error:
