@@ -110,7 +110,8 @@ async def ensure_database_reachable(url: str) -> None:
         head = migrations_head()
         if revision != head:
             raise Unreachable(
-                f"the database at {mask_url(url)} is at revision {revision}, not {head}: run 'orchestrator migrate'"
+                f"the database at {mask_url(url)} is at revision {revision}, not {head}:"
+                " run 'orchestrator migrate'"
             )
     except Unreachable:
         raise

@@ -131,6 +131,17 @@ class Bench:
         for service in SERVICES:
             await self.start_participant(service, *options.get(service, ()))
 
+    def verify(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``orchestrator verify``, as an operator runs it."""
+        return subprocess.run(
+            [sys.executable, "-m", "orchestrator", "verify", *args],
+            env=self.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
     async def wait_for_log(self, process: Process, text: str, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
         while text not in process.output():

@@ -165,13 +165,7 @@ async def test_every_journal_replays_to_its_row(bench: Bench) -> None:
         rebuilt = replay(registry.workflows[workflow], await bench.store.journal(saga_id_for(workflow, key)))
         assert differences(row, rebuilt) == []
 
-    verify = subprocess.run(
-        [sys.executable, "-m", "orchestrator", "verify"],
-        env=bench.env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    verify = bench.verify()
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert " 0 differ" in verify.stdout
 
@@ -191,13 +185,7 @@ async def test_verify_reports_a_row_that_drifted_from_its_journal(bench: Bench) 
     connection = await asyncpg.connect(dsn)
     try:
         await connection.execute("UPDATE sagas SET state = 'ship' WHERE id = $1", saga_id)
-        verify = subprocess.run(
-            [sys.executable, "-m", "orchestrator", "verify", "--saga", saga_id],
-            env=bench.env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-        )
+        verify = bench.verify("--saga", saga_id)
     finally:  # the database is shared by the session: leave it as the journal says
         await connection.execute("UPDATE sagas SET state = 'reserve' WHERE id = $1", saga_id)
         await connection.close()

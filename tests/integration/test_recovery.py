@@ -6,14 +6,13 @@ from __future__ import annotations
 import asyncio
 import random
 import subprocess
-import sys
 
 import asyncpg
 import pytest
 
 from orchestrator.engine import saga_id_for
 
-from .conftest import ROOT, Bench, unique
+from .conftest import Bench, unique
 
 pytestmark = pytest.mark.integration
 
@@ -31,13 +30,7 @@ async def assert_each_decided_once(bench: Bench, keys: list[str]) -> None:
             c["type"] for e in journal if e.decision["outcome"] != "retried" for c in e.decision["commands"]
         ]
         assert len(sent) == len(set(sent)), f"{key} decided a command twice: {sent}"
-    verify = subprocess.run(
-        [sys.executable, "-m", "orchestrator", "verify"],
-        env=bench.env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    verify = bench.verify()
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
