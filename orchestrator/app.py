@@ -67,9 +67,6 @@ class Orchestrator:
             raise worker.exception()  # type: ignore[misc]
         await self.stop()
 
-    def request_stop(self) -> None:
-        self._stopping.set()
-
     async def stop(self) -> None:
         """Stop taking messages, finish the batch in hand, let the relay send what is committed."""
         self._stopping.set()

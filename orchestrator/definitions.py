@@ -246,29 +246,3 @@ class Workflow:
             if spec.on_deadline is not None and spec.on_deadline not in self.states:
                 raise DefinitionError(f"{self.name}.{spec.name}: on_deadline {spec.on_deadline!r} is unknown")
         return self
-
-    def describe(self) -> Mapping[str, Any]:
-        """The definition as JSON-ready data, for operators."""
-        return {
-            "name": self.name,
-            "starts_on": self.starts_on.TYPE,
-            "key": self.key,
-            "initial": self.initial,
-            "unexpected": str(self.unexpected),
-            "description": self.description,
-            "states": [
-                {
-                    "name": s.name,
-                    "status": str(s.status),
-                    "final": s.final,
-                    "deadline_seconds": s.deadline.total_seconds() if s.deadline else None,
-                    "on_deadline": s.on_deadline,
-                    "retry_every_seconds": s.retry.every.total_seconds() if s.retry else None,
-                }
-                for s in self.states.values()
-            ],
-            "rules": [
-                {"event": r.event, "source": r.source, "dest": r.dest, "policy": r.policy and str(r.policy)}
-                for r in self.rules
-            ],
-        }

@@ -172,7 +172,9 @@ def _targets(p: _Parsed, registry: Registry, current: Mapping[str, Saga]) -> lis
     """The sagas a message goes to, with the saga (None where the message starts it)."""
     correlated = current.get(p.envelope.correlation_id) if p.envelope.correlation_id else None
     if correlated is not None:
-        registry.route(p.type, p.payload, saga_workflow=correlated.workflow)  # or Rejected
+        # _parse already validated the payload against every workflow that takes this type.
+        if all(compiled.workflow.name != correlated.workflow for compiled, _, _ in p.keyed):
+            raise Rejected(f"workflow {correlated.workflow!r} takes no {p.type!r}")
         return [(registry.workflows[correlated.workflow], correlated)]
     targets: list[tuple[Any, Saga | None]] = []
     for compiled, saga_id, starts in p.keyed:

@@ -131,6 +131,7 @@ class _PostgresTransaction:
 
     async def save(self, changes: Changes) -> None:
         execute = self.connection.execute
+        now = changes.journal[-1].recorded_at if changes.journal else datetime.now().astimezone()
         if changes.sagas:
             statement = insert(sagas)
             excluded = statement.excluded
@@ -160,7 +161,6 @@ class _PostgresTransaction:
                 ],
             )
         if changes.commands:
-            now = changes.journal[-1].recorded_at if changes.journal else datetime.now().astimezone()
             await execute(
                 insert(outbox).on_conflict_do_nothing(),
                 [
@@ -176,7 +176,6 @@ class _PostgresTransaction:
                 ],
             )
         if changes.inbox:
-            now = changes.journal[-1].recorded_at if changes.journal else datetime.now().astimezone()
             await execute(
                 insert(inbox).on_conflict_do_nothing(),
                 [{"message_id": m, "saga_id": s, "received_at": now} for m, s in changes.inbox.items()],

@@ -23,7 +23,7 @@ from orchestrator.engine import OutgoingCommand, Saga, saga_id_for
 from orchestrator.messages import Message, dump
 from orchestrator.replay import differences, replay
 from orchestrator.routing import Registry
-from orchestrator.service import BatchResult, Envelope, fire_due_deadlines, process_batch
+from orchestrator.service import BatchResult, Envelope, Verdict, fire_due_deadlines, process_batch
 from orchestrator.store import JournalEntry
 from orchestrator.store_memory import MemoryStore
 
@@ -64,7 +64,7 @@ class WorkflowTestKit:
         """Deliver a raw envelope: for tests of bad input."""
         result = self._loop.run_until_complete(process_batch(self.registry, self.store, [envelope], self.now))
         for verdict, reason in zip(result.verdicts, result.reasons, strict=True):
-            if reason is not None and str(verdict) == "dead":
+            if verdict is Verdict.DEAD and reason is not None:
                 self.dead.append((envelope, reason))
         self.sent.extend(result.commands)
         return result
