@@ -21,6 +21,7 @@ from typing import Any, cast
 from orchestrator.messages import Command, Event, Message, load
 
 __all__ = [
+    "CANCEL",
     "DEADLINE",
     "FAIL",
     "IGNORE",
@@ -69,6 +70,9 @@ FAIL = Policy.FAIL
 DEADLINE = "saga.DeadlineExpired"
 #: The message a retry timer feeds through the engine: send the waiting state's commands again.
 RETRY = "saga.RetryDue"
+#: The trigger an operator's cancel sends through the machine: compensate from where the saga is.
+#: A state that declares no ``on_cancel`` is cancelled the way its deadline would end it.
+CANCEL = "saga.CancelRequested"
 
 
 @dataclass(frozen=True)
@@ -188,9 +192,11 @@ class Workflow:
         status: Status | None = None,
         compensate: Sequence[type[Command] | CommandBuilder] | None = None,
         retry: Retry | None = None,
+        on_cancel: str | None = None,
     ) -> Workflow:
         """Declare a state. ``send`` goes out on entering it; a final state with ``compensate``
-        sends those commands, in order, and ends the saga ``compensated``."""
+        sends those commands, in order, and ends the saga ``compensated``. ``on_cancel`` is where
+        an operator's cancel leads (default: where the deadline leads)."""
         if name in self.states:
             raise DefinitionError(f"{self.name}: state {name!r} declared twice")
         if deadline is not None and on_deadline is None:
@@ -205,6 +211,10 @@ class Workflow:
         self.states[name] = StateSpec(name, status, final, deadline, on_deadline, tuple(builders), retry)
         if deadline is not None and on_deadline is not None:
             self.rules.append(Rule(DEADLINE, name, on_deadline))
+        if on_cancel is not None:
+            if final:
+                raise DefinitionError(f"{self.name}.{name}: a final state cannot be cancelled")
+            self.rules.append(Rule(CANCEL, name, on_cancel))
         if self.initial is None and not final:
             self.initial = name
         return self

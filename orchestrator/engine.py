@@ -8,17 +8,20 @@ same sagas, which is what makes replay (and ``orchestrator verify``) possible.
 from __future__ import annotations
 
 import enum
+import hashlib
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from orchestrator.definitions import DEADLINE, FINISHED, RETRY, Policy, SagaView, Status
+from orchestrator.definitions import CANCEL, DEADLINE, FINISHED, RETRY, Policy, SagaView, Status
 from orchestrator.machine import CompiledWorkflow, MachineError
 from orchestrator.messages import dump
 
 __all__ = [
+    "ACTIONS",
+    "OPERATOR",
     "Deadline",
     "Decision",
     "Incoming",
@@ -32,15 +35,36 @@ __all__ = [
 
 _SAGA_NAMESPACE = uuid.UUID("8f1f7c64-5be4-4a39-9c39-3c1f0b6f3a51")
 
+#: An operator's action is a message of type ``operator.<action>``, journaled like any other.
+OPERATOR = "operator."
+ACTIONS = ("retry", "cancel", "resume", "fire-deadline", "skip")
+
+
+def _uuid5(namespace: bytes, name: str) -> str:
+    """``str(uuid.uuid5(...))`` without building two UUID objects: it runs for every message."""
+    digest = bytearray(hashlib.sha1(namespace + name.encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
 
 def saga_id_for(workflow: str, key: str) -> str:
     """A saga's id follows from its workflow and key, so the same start twice is one saga."""
-    return str(uuid.uuid5(_SAGA_NAMESPACE, f"{workflow}\x00{key}"))
+    return _uuid5(_SAGA_NAMESPACE.bytes, f"{workflow}\x00{key}")
 
 
 def command_message_id(saga_id: str, version: int, index: int) -> str:
     """Stable across replays and re-sends: participants dedupe on it."""
-    return str(uuid.uuid5(uuid.UUID(saga_id), f"{version}:{index}"))
+    return _uuid5(bytes.fromhex(saga_id.replace("-", "")), f"{version}:{index}")
+
+
+def _with(saga: Saga, **changes: Any) -> Saga:
+    """``dataclasses.replace`` for the hot path: a copy of the frozen snapshot with ``changes``,
+    without running ``__init__`` (replace costs more than the rest of a small decision)."""
+    copy = object.__new__(Saga)
+    copy.__dict__.update(saga.__dict__, **changes)
+    return copy
 
 
 class Outcome(enum.StrEnum):
@@ -51,6 +75,7 @@ class Outcome(enum.StrEnum):
     FAILED = "failed"
     RETRIED = "retried"  # the waiting state's commands sent again
     LATE_UNDONE = "late_undone"  # a success after its deadline: its undo was sent
+    REFUSED = "refused"  # an operator's action that does not fit the saga: never journaled
 
 
 @dataclass(frozen=True)
@@ -179,7 +204,7 @@ class _Draft:
 
     def merge(self, payload: Mapping[str, Any]) -> None:
         if payload:
-            self.saga = replace(self.saga, data={**self.saga.data, **payload})
+            self.saga = _with(self.saga, data={**self.saga.data, **payload})
 
     def build(self, builders: tuple[Any, ...]) -> list[OutgoingCommand]:
         view = self.saga.view()
@@ -199,12 +224,12 @@ class _Draft:
 
     def enter(self, dest: str, sends: tuple[Any, ...], entered: tuple[Any, ...]) -> None:
         spec = self.compiled.workflow.states[dest]
-        self.saga = replace(self.saga, state=dest, status=spec.status, attempt=0)
+        self.saga = _with(self.saga, state=dest, status=spec.status, attempt=0)
         self.build(sends)
         awaiting = self.build(entered)
-        self.saga = replace(self.saga, awaiting=tuple(_awaiting(c) for c in awaiting))
+        self.saga = _with(self.saga, awaiting=tuple(_awaiting(c) for c in awaiting))
         if spec.status is Status.FAILED:
-            self.saga = replace(self.saga, last_error=self.failure or f"entered {dest}")
+            self.saga = _with(self.saga, last_error=self.failure or f"entered {dest}")
         self.deadline_changed = True
         self.deadline = Deadline(dest, self.now + spec.deadline) if spec.deadline is not None else None
         self.retry_changed = True
@@ -219,17 +244,20 @@ class _Draft:
             return None
         return self.compiled.policies.get((state, event_type), self.compiled.workflow.unexpected)
 
-    def move(self, message: Incoming) -> None:
+    def move(self, trigger: str, data: Mapping[str, Any] | None = None, failure: str | None = None) -> None:
+        """Fire ``trigger``; ``data`` is business data to merge (an event's payload, never a
+        deadline's); ``failure`` is what ``last_error`` says if the move ends the saga failed."""
         previous = self.saga.state
-        fired = self.compiled.fire(previous, message.type)
-        if message.kind == "event":  # a deadline's or operator's payload is not business data
-            self.merge(message.payload)
-        if message.type == DEADLINE:
-            self.failure = f"no reply in {previous} before its deadline"
-            if previous in self.compiled.workflow.late_success:
-                self.saga = replace(self.saga, timed_out=(*self.saga.timed_out, previous))
-        else:
-            self.failure = f"{message.type} in {previous}"
+        fired = self.compiled.fire(previous, trigger)
+        if data:
+            self.merge(data)
+        if trigger in (DEADLINE, CANCEL) and previous in self.compiled.workflow.late_success:
+            # the step's command may still succeed: remember to undo it then
+            self.saga = _with(self.saga, timed_out=(*self.saga.timed_out, previous))
+        if failure is None:
+            late = trigger == DEADLINE
+            failure = f"no reply in {previous} before its deadline" if late else f"{trigger} in {previous}"
+        self.failure = failure
         self.enter(fired.dest, fired.sends, fired.entered)
 
     def apply_parked(self) -> None:
@@ -240,8 +268,9 @@ class _Draft:
             for index, parked in enumerate(self.saga.parked):
                 if self.policy_for(parked["type"]) is None:
                     rest = self.saga.parked[:index] + self.saga.parked[index + 1 :]
-                    self.saga = replace(self.saga, parked=rest)
-                    self.move(Incoming.from_json(parked))
+                    self.saga = _with(self.saga, parked=rest)
+                    event = Incoming.from_json(parked)
+                    self.move(event.type, event.payload if event.kind == "event" else None)
                     self.applied_parked.append(parked["message_id"])
                     progress = True
                     break
@@ -264,7 +293,9 @@ def decide(compiled: CompiledWorkflow, saga: Saga | None, message: Incoming, now
         return _decision(draft, Outcome.STARTED, None)
 
     previous = saga.state
-    bumped = replace(saga, version=saga.version + 1, updated_at=now)
+    bumped = _with(saga, version=saga.version + 1, updated_at=now)
+    if message.type.startswith(OPERATOR):
+        return _operate(compiled, bumped, previous, message, now)
     late = _late_step(compiled, saga, message)
     if late is not None:
         return _undo_late(compiled, bumped, late, previous, now)
@@ -279,13 +310,13 @@ def decide(compiled: CompiledWorkflow, saga: Saga | None, message: Incoming, now
             bumped, Outcome.IGNORED, previous, reason=f"{message.type} is not expected in {previous}"
         )
     if policy is Policy.PARK:
-        parked = replace(bumped, parked=(*bumped.parked, message.as_json()))
+        parked = _with(bumped, parked=(*bumped.parked, message.as_json()))
         return Decision(parked, Outcome.PARKED, previous, reason=f"{message.type} kept until it fits")
     if policy is Policy.FAIL:
         reason = f"{message.type} is not allowed in {previous}"
         return _failed(bumped, previous, reason, now)
     try:
-        draft.move(message)
+        draft.move(message.type, message.payload if message.kind == "event" else None)
         draft.apply_parked()
     except MachineError as error:  # the compiled tables and the machine disagree: a bug, say so
         return _failed(bumped, previous, error, now)
@@ -311,7 +342,7 @@ def _late_step(compiled: CompiledWorkflow, saga: Saga, message: Incoming) -> str
 
 def _undo_late(compiled: CompiledWorkflow, saga: Saga, step: str, previous: str, now: datetime) -> Decision:
     """The step went through after all, after its deadline gave up on it: undo it now."""
-    draft = _Draft(compiled, replace(saga, timed_out=tuple(s for s in saga.timed_out if s != step)), now)
+    draft = _Draft(compiled, _with(saga, timed_out=tuple(s for s in saga.timed_out if s != step)), now)
     _, undo = compiled.workflow.late_success[step]
     try:
         draft.build(undo)
@@ -333,7 +364,7 @@ def _retry(compiled: CompiledWorkflow, saga: Saga, previous: str, now: datetime)
     attempt = saga.attempt + 1
     retry = Deadline(saga.state, now + spec.retry.delay(attempt), "retry")
     return Decision(
-        replace(saga, attempt=attempt),
+        _with(saga, attempt=attempt),
         Outcome.RETRIED,
         previous,
         commands,
@@ -343,7 +374,92 @@ def _retry(compiled: CompiledWorkflow, saga: Saga, previous: str, now: datetime)
     )
 
 
-def _decision(draft: _Draft, outcome: Outcome, previous: str | None) -> Decision:
+def _operate(
+    compiled: CompiledWorkflow, saga: Saga, previous: str, message: Incoming, now: datetime
+) -> Decision:
+    """An operator's action, decided like an event: journaled with who asked and why, or refused
+    (outcome REFUSED, with the reason) where it does not fit the saga as it stands."""
+    action = message.type.removeprefix(OPERATOR)
+    args = message.payload
+    said = f": {args['reason']}" if args.get("reason") else ""
+    who = f"{action} by {message.actor or 'an operator'}{said}"
+
+    def refuse(why: str) -> Decision:
+        return Decision(saga, Outcome.REFUSED, previous, reason=why)
+
+    state = saga.state
+    if action == "resume":
+        return _resume(compiled, saga, previous, args.get("step") or state, who, now)
+    if saga.finished:
+        return refuse(
+            f"saga is already {saga.status}" + (": resume it" if saga.status is Status.FAILED else "")
+        )
+    if action == "retry":
+        if not saga.awaiting:
+            return refuse(f"nothing to retry: {state} waits on no command")
+        commands = tuple(
+            OutgoingCommand(c["message_id"], c["type"], c["payload"], saga.id, saga.workflow)
+            for c in saga.awaiting
+        )
+        return Decision(saga, Outcome.RETRIED, previous, commands, reason=who)
+    data: Mapping[str, Any] | None = None
+    if action == "cancel":
+        if saga.status is Status.COMPENSATING:
+            return refuse(f"saga is already compensating (in {state})")
+        if not compiled.moves_on(state, CANCEL):
+            return refuse(
+                f"{state} has no cancel route: the workflow declares no on_cancel or deadline for it"
+            )
+        trigger = CANCEL
+    elif action == "fire-deadline":
+        if compiled.workflow.states[state].deadline is None or not compiled.moves_on(state, DEADLINE):
+            return refuse(f"no deadline is pending in {state}")
+        trigger = DEADLINE
+    elif action == "skip":
+        trigger = str(args.get("outcome") or "")
+        if not compiled.moves_on(state, trigger):
+            takes = sorted(e for s, e in compiled.moves if s == state and not e.startswith("saga."))
+            return refuse(
+                f"{trigger or 'no outcome'} is not an outcome of {state}; it takes {', '.join(takes)}"
+            )
+        data = args.get("data") or None
+    else:
+        return refuse(f"unknown action {action!r}")
+    draft = _Draft(compiled, saga, now)
+    try:
+        draft.move(trigger, data, failure=who)
+        draft.apply_parked()
+    except Exception as error:  # a user's command builder raised
+        return _failed(saga, previous, error, now)
+    return _decision(draft, Outcome.MOVED, previous, who)
+
+
+def _resume(
+    compiled: CompiledWorkflow, saga: Saga, previous: str, step: str, who: str, now: datetime
+) -> Decision:
+    """A failed saga enters ``step`` again as if it had just arrived there: its commands are sent
+    anew (new message ids: this is a new attempt) and its deadline starts over."""
+    if saga.status is not Status.FAILED:
+        return Decision(
+            saga, Outcome.REFUSED, previous, reason=f"saga is {saga.status}: only a failed saga resumes"
+        )
+    spec = compiled.workflow.states.get(step)
+    if spec is None or spec.final:
+        choices = ", ".join(s.name for s in compiled.workflow.states.values() if not s.final)
+        what = "a final state" if spec is not None else "not a state of " + compiled.workflow.name
+        return Decision(
+            saga, Outcome.REFUSED, previous, reason=f"{step} is {what}; resume from one of {choices}"
+        )
+    draft = _Draft(compiled, _with(saga, last_error=None), now)
+    try:
+        draft.enter(step, (), spec.on_enter)
+        draft.apply_parked()
+    except Exception as error:
+        return _failed(saga, previous, error, now)
+    return _decision(draft, Outcome.MOVED, previous, who)
+
+
+def _decision(draft: _Draft, outcome: Outcome, previous: str | None, reason: str | None = None) -> Decision:
     return Decision(
         draft.saga,
         outcome,
@@ -354,12 +470,13 @@ def _decision(draft: _Draft, outcome: Outcome, previous: str | None) -> Decision
         applied_parked=tuple(draft.applied_parked),
         retry=draft.retry,
         retry_changed=draft.retry_changed,
+        reason=reason,
     )
 
 
 def _failed(saga: Saga, previous: str, error: Exception | str, now: datetime) -> Decision:
     reason = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-    failed = replace(saga, status=Status.FAILED, last_error=reason, updated_at=now)
+    failed = _with(saga, status=Status.FAILED, last_error=reason, updated_at=now)
     return Decision(
         failed, Outcome.FAILED, previous or None, deadline_changed=True, retry_changed=True, reason=reason
     )

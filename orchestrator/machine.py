@@ -8,13 +8,13 @@ the machine stays the single authority on which event moves which state where.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
 from transitions import Machine, MachineError
 
-from orchestrator.definitions import CommandBuilder, DefinitionError, Rule, Workflow
+from orchestrator.definitions import CANCEL, DEADLINE, CommandBuilder, DefinitionError, Rule, Workflow
 
 __all__ = ["CompiledWorkflow", "Fired"]
 
@@ -64,7 +64,7 @@ class CompiledWorkflow:
             send_event=True,
         )
         self.moves: dict[tuple[str, str], Rule] = {}
-        for rule in workflow.rules:
+        for rule in [*workflow.rules, *_derived_cancels(workflow)]:
             if rule.dest is None:
                 continue
             if (rule.source, rule.event) in self.moves:
@@ -78,6 +78,7 @@ class CompiledWorkflow:
                 rule.dest,
                 before=[partial(_collect, rule.send)],
             )
+        self._fired: dict[tuple[str, str], Fired] = {}
         self.policies = {(r.source, r.event): r.policy for r in workflow.rules if r.policy is not None}
 
     def moves_on(self, state: str, event_type: str) -> bool:
@@ -89,7 +90,17 @@ class CompiledWorkflow:
         return Fired(spec.name, (), spec.on_enter)
 
     def fire(self, state: str, event_type: str) -> Fired:
-        """Fire ``event_type`` on a saga in ``state``; raises MachineError where it does not move."""
+        """Fire ``event_type`` on a saga in ``state``; raises MachineError where it does not move.
+
+        The machine's answer depends on the state and the trigger alone (its callbacks only
+        collect builders), so it is asked once per pair and remembered: attaching a model costs
+        more than everything else a decision does."""
+        known = self._fired.get((state, event_type))
+        if known is None:
+            known = self._fired[(state, event_type)] = self._ask(state, event_type)
+        return known
+
+    def _ask(self, state: str, event_type: str) -> Fired:
         model = _Model(state)
         self.machine.add_model(model, initial=state)
         try:
@@ -97,6 +108,16 @@ class CompiledWorkflow:
         finally:
             self.machine.remove_model(model)
         return Fired(model.state, tuple(model.sends), tuple(model.entered))
+
+
+def _derived_cancels(workflow: Workflow) -> list[Rule]:
+    """A state without its own cancel route is cancelled the way its deadline would end it."""
+    declared = {r.source for r in workflow.rules if r.event == CANCEL}
+    return [
+        replace(rule, event=CANCEL)
+        for rule in workflow.rules
+        if rule.event == DEADLINE and rule.dest is not None and rule.source not in declared
+    ]
 
 
 __all__ += ["MachineError"]

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, TypeVar, get_type_hints, overload
 
-from orchestrator.definitions import DefinitionError, Policy, Retry, SagaView, Status, Workflow
+from orchestrator.definitions import CANCEL, DefinitionError, Policy, Retry, Rule, SagaView, Status, Workflow
 from orchestrator.messages import Command, Event, Message, load
 
 __all__ = ["Step", "saga", "step"]
@@ -163,13 +163,15 @@ def compile_steps(
             send=_builder(cls, s.method, starts_on),
             retry=s.retry,
         )
-        if s.compensation is not None and s.deadline is not None:
-            # A success that arrives after the deadline gave up on this step is undone.
+        if s.compensation is not None:
+            # A success that arrives after a deadline or a cancel gave up on this step is undone.
             undo = _builder(cls, s.compensation.method, starts_on)
             workflow.late_success[s.name] = (s.done.TYPE, (undo,))
         if s.deadline is not None and failure_sends:
             # The deadline rule was added by state(); it must send the same undos as a failure.
             workflow.rules[-1] = replace(workflow.rules[-1], send=tuple(failure_sends))
+        # An operator's cancel undoes what was done, as a failure of this step would.
+        workflow.rules.append(Rule(CANCEL, s.name, failure_dest, tuple(failure_sends)))
         following = steps[index + 1].name if index + 1 < len(steps) else "completed"
         workflow.on(s.done, source=s.name, dest=following)
         if s.failed is not None:

@@ -15,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 
 from orchestrator.definitions import Workflow
 from orchestrator.engine import OutgoingCommand, Saga, saga_id_for
 from orchestrator.messages import Message, dump
+from orchestrator.operations import Applied, OperatorAction, apply_action, start_saga
 from orchestrator.replay import differences, replay
 from orchestrator.routing import Registry
 from orchestrator.service import BatchResult, Envelope, Verdict, fire_due_deadlines, process_batch
@@ -68,6 +70,24 @@ class WorkflowTestKit:
                 self.dead.append((envelope, reason))
         self.sent.extend(result.commands)
         return result
+
+    def start(self, workflow: str, key: str, data: dict[str, Any], actor: str = "test") -> Applied:
+        """Start a saga as ``POST /sagas`` does."""
+        applied = self._loop.run_until_complete(
+            start_saga(self.registry, self.store, workflow, key, data, actor, self.now)
+        )
+        self.sent.extend(applied.commands)
+        return applied
+
+    def act(self, saga: Saga, action: str, actor: str = "test", **arguments: Any) -> Applied:
+        """An operator's action (retry, cancel, resume, fire-deadline, skip), as the REST API
+        takes it; raises ActionRefused where it does not fit the saga."""
+        request = OperatorAction(action, actor, **arguments)
+        applied = self._loop.run_until_complete(
+            apply_action(self.registry, self.store, saga.id, request, self.now)
+        )
+        self.sent.extend(applied.commands)
+        return applied
 
     def advance(self, by: timedelta) -> list[BatchResult]:
         """Move the clock; every deadline that falls due on the way fires, in order."""

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.definitions import DEADLINE, IGNORE, DefinitionError, Status, Workflow
+from orchestrator.definitions import CANCEL, DEADLINE, IGNORE, DefinitionError, Status, Workflow
 from orchestrator.engine import Incoming, Outcome, decide
 from orchestrator.machine import CompiledWorkflow
 from orchestrator.messages import Command, Event
@@ -255,8 +255,23 @@ def _states(workflow: Workflow) -> dict[str, tuple[Any, ...]]:
     }
 
 
-def _rules(workflow: Workflow) -> list[tuple[Any, ...]]:
-    return [(r.event, r.source, r.dest, [b.message_type for b in r.send]) for r in workflow.rules]
+def _rules(workflow: Workflow, event: str | None = None) -> list[tuple[Any, ...]]:
+    """The rules, without the operator's cancel routes unless ``event`` asks for them."""
+    return [
+        (r.event, r.source, r.dest, [b.message_type for b in r.send])
+        for r in workflow.rules
+        if (r.event == event if event else r.event != CANCEL)
+    ]
+
+
+def test_a_cancel_undoes_what_each_step_did_as_its_failure_would():
+    workflow = QuickTripSaga.workflow  # type: ignore[attr-defined]
+
+    assert _rules(workflow, CANCEL) == [
+        (CANCEL, "flight", "compensated", []),
+        (CANCEL, "hotel", "compensating_flight", []),
+        (CANCEL, "charge", "compensating_flight", ["hotels.CancelHotel"]),
+    ]
 
 
 def test_the_compiler_names_the_workflow_after_the_class():
