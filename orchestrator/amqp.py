@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
+import aiormq
 import orjson
 from aio_pika.abc import (
     AbstractChannel,
@@ -105,7 +106,7 @@ class Broker:
         self.inbound: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         self._consume_connection: AbstractRobustConnection | None = None
         self._publish_connection: AbstractRobustConnection | None = None
-        self._commands: AbstractExchange | None = None
+        self._publish_channel: AbstractChannel | None = None
         self._dead: AbstractExchange | None = None
         self._consumer_tag: str | None = None
         self._queue: Any = None
@@ -116,7 +117,7 @@ class Broker:
         )
         channel = await self._publish_connection.channel(publisher_confirms=True, on_return_raises=True)
         await declare(channel, self.topology, services)
-        self._commands = await channel.get_exchange(self.topology.commands)
+        self._publish_channel = channel
         self._dead = await channel.get_exchange(self.topology.dead)
         self._consume_connection = await aio_pika.connect_robust(
             self.url, client_properties={"connection_name": "orchestrator-consume"}
@@ -141,17 +142,27 @@ class Broker:
             self._consumer_tag = None
 
     async def publish_command(self, command: OutgoingCommand) -> None:
-        assert self._commands is not None
-        message = aio_pika.Message(
-            orjson.dumps(command.payload),
+        """Persistent, mandatory, confirmed; an unroutable command raises (the outbox keeps it).
+
+        Straight onto the robust channel's current aiormq channel: building an ``aio_pika.Message``
+        per command cost a tenth of the service's CPU, and this is every command it sends."""
+        assert self._publish_channel is not None
+        channel = await self._publish_channel.get_underlay_channel()
+        properties = aiormq.spec.Basic.Properties(
             content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            type=command.type,
+            delivery_mode=2,  # persistent
+            message_type=command.type,
             message_id=command.message_id,
             correlation_id=command.saga_id,
             headers={"x-saga-id": command.saga_id, "x-workflow": command.workflow},
         )
-        await self._commands.publish(message, routing_key=command.type, mandatory=True)
+        await channel.basic_publish(
+            orjson.dumps(command.payload),
+            exchange=self.topology.commands,
+            routing_key=command.type,
+            properties=properties,
+            mandatory=True,
+        )
 
     async def dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
         """Republish a message we cannot take, with the reason, then the caller acks the original."""

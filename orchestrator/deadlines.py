@@ -17,9 +17,10 @@ from datetime import UTC, datetime
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from orchestrator.engine import Decision, OutgoingCommand
+from orchestrator.metrics import Metrics
 from orchestrator.routing import Registry
 from orchestrator.service import fire_due_deadlines
-from orchestrator.store import Store
+from orchestrator.store import JournalEntry, Store
 
 __all__ = ["DeadlineAlarm"]
 
@@ -35,9 +36,11 @@ class DeadlineAlarm:
         store: Store,
         send: Callable[[Iterable[OutgoingCommand]], None],
         safety_sweep_seconds: float = 15.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.registry = registry
         self.store = store
+        self.metrics = metrics or Metrics(process=False)
         self.send = send
         self.safety_sweep_seconds = safety_sweep_seconds
         self.scheduler = AsyncIOScheduler(
@@ -45,19 +48,21 @@ class DeadlineAlarm:
         )
         self.armed_for: datetime | None = None
         self.fired = 0
-        self.lateness: list[float] = []
         self._lock = asyncio.Lock()
+        self._sweeps: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self.scheduler.start()
         self.scheduler.add_job(
-            self.sweep, "interval", seconds=self.safety_sweep_seconds, id="deadline-safety"
+            self._ring, "interval", seconds=self.safety_sweep_seconds, id="deadline-safety"
         )
         await self.sweep()
 
     def stop(self) -> None:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
+        for task in self._sweeps:  # a sweep cut short rolls back; its timers fire on the next start
+            task.cancel()
 
     def committed(self, decisions: Iterable[Decision]) -> None:
         """After a commit: ring earlier if a new deadline falls due before the alarm."""
@@ -68,7 +73,15 @@ class DeadlineAlarm:
 
     def _arm(self, when: datetime) -> None:
         self.armed_for = when
-        self.scheduler.add_job(self.sweep, "date", run_date=when, id=_ALARM, replace_existing=True)
+        self.scheduler.add_job(self._ring, "date", run_date=when, id=_ALARM, replace_existing=True)
+
+    async def _ring(self) -> None:
+        """The alarm's job only starts the sweep and returns: a job still running when the sweep
+        re-arms the alarm for a time already past would be skipped by APScheduler (at most one
+        instance), and the deadlines left would wait for the safety sweep."""
+        task = asyncio.create_task(self.sweep())
+        self._sweeps.add(task)
+        task.add_done_callback(self._sweeps.discard)
 
     async def sweep(self) -> None:
         async with self._lock:
@@ -76,13 +89,7 @@ class DeadlineAlarm:
                 while True:
                     now = datetime.now(UTC)
                     result = await fire_due_deadlines(self.registry, self.store, now)
-                    for decision in result.decisions:
-                        log.info(
-                            "deadline fired for saga %s: %s -> %s",
-                            decision.saga.id,
-                            decision.previous_state,
-                            decision.saga.state,
-                        )
+                    self._observe(result.journal)
                     self.fired += len(result.decisions)
                     self.send(result.commands)
                     self.committed(result.decisions)
@@ -94,3 +101,22 @@ class DeadlineAlarm:
                     self._arm(upcoming)
             except Exception as error:  # the next ring (or the safety sweep) tries again
                 log.warning("deadline sweep failed: %s", error)
+
+    def _observe(self, entries: list[JournalEntry]) -> None:
+        """Lateness and a log line per timer fired, from the journal entries the sweep committed."""
+        for entry in entries:
+            message = entry.message
+            self.metrics.deadlines_fired[message.kind] += 1
+            try:
+                due_at = datetime.fromisoformat(message.payload["due_at"])
+                self.metrics.deadline_lateness.observe(max(0.0, (entry.recorded_at - due_at).total_seconds()))
+            except (KeyError, TypeError, ValueError):
+                pass
+            log.info(
+                "%s fired for saga %s: %s -> %s",
+                message.kind,
+                entry.saga_id,
+                entry.decision.get("from"),
+                entry.decision.get("to"),
+                extra={"saga_id": entry.saga_id, "message_id": message.message_id},
+            )

@@ -40,6 +40,7 @@ sagas = Table(
     UniqueConstraint("workflow", "key", name="sagas_workflow_key"),
     Index("sagas_status_updated", "status", "updated_at"),
     Index("sagas_workflow_state", "workflow", "state"),
+    Index("sagas_created", text("created_at DESC"), text("id DESC")),
 )
 
 journal = Table(

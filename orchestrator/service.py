@@ -19,7 +19,7 @@ import orjson
 from orchestrator.definitions import DEADLINE, RETRY
 from orchestrator.engine import Decision, Incoming, OutgoingCommand, Saga, decide
 from orchestrator.routing import Registry, Rejected
-from orchestrator.store import Changes, Store
+from orchestrator.store import Changes, JournalEntry, Store
 
 __all__ = ["BatchResult", "Envelope", "Verdict", "fire_due_deadlines", "process_batch"]
 
@@ -47,6 +47,8 @@ class BatchResult:
     reasons: list[str | None] = field(default_factory=list)
     commands: list[OutgoingCommand] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
+    #: the journal entries committed (a fired timer's carries its due time and message id)
+    journal: list[JournalEntry] = field(default_factory=list)
 
 
 @dataclass
@@ -123,6 +125,7 @@ async def process_batch(
         if changes:
             await tx.save(changes)
     result.commands = changes.commands
+    result.journal = changes.journal
     return result
 
 
@@ -165,6 +168,7 @@ async def fire_due_deadlines(
             result.decisions.append(decision)
         await tx.save(changes)
     result.commands = changes.commands
+    result.journal = changes.journal
     return result
 
 

@@ -6,20 +6,21 @@ costs a handful of round trips, not hundreds.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
+import asyncpg
 import orjson
-from sqlalchemy import delete, func, select, tuple_, update
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.engine import Row
+from sqlalchemy import func, select
+from sqlalchemy.engine import Row, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from orchestrator.definitions import Status
 from orchestrator.engine import Incoming, OutgoingCommand, Saga
-from orchestrator.schema import deadlines, inbox, journal, outbox, sagas
+from orchestrator.schema import deadlines, journal, outbox, sagas
 from orchestrator.store import Changes, DueDeadline, JournalEntry
 
 __all__ = ["PostgresStore", "make_engine"]
@@ -40,42 +41,28 @@ def make_engine(url: str, pool_size: int = 5) -> AsyncEngine:
     )
 
 
-def _saga(row: Row[Any]) -> Saga:
+def saga_of(row: Mapping[Any, Any]) -> Saga:
+    """A saga from its row, whichever driver read it (an asyncpg record, a SQLAlchemy mapping)."""
     return Saga(
-        id=row.id,
-        workflow=row.workflow,
-        key=row.key,
-        state=row.state,
-        status=Status(row.status),
-        version=row.version,
-        data=row.data,
-        parked=tuple(row.parked),
-        last_error=row.last_error,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        awaiting=tuple(row.awaiting),
-        attempt=row.attempt,
-        timed_out=tuple(row.timed_out),
+        id=row["id"],
+        workflow=row["workflow"],
+        key=row["key"],
+        state=row["state"],
+        status=Status(row["status"]),
+        version=row["version"],
+        data=row["data"],
+        parked=tuple(row["parked"]),
+        last_error=row["last_error"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        awaiting=tuple(row["awaiting"]),
+        attempt=row["attempt"],
+        timed_out=tuple(row["timed_out"]),
     )
 
 
-def _saga_row(saga: Saga) -> dict[str, Any]:
-    return {
-        "id": saga.id,
-        "workflow": saga.workflow,
-        "key": saga.key,
-        "state": saga.state,
-        "status": str(saga.status),
-        "version": saga.version,
-        "data": saga.data,
-        "parked": list(saga.parked),
-        "last_error": saga.last_error,
-        "created_at": saga.created_at,
-        "updated_at": saga.updated_at,
-        "awaiting": list(saga.awaiting),
-        "attempt": saga.attempt,
-        "timed_out": list(saga.timed_out),
-    }
+def _saga(row: Row[Any]) -> Saga:
+    return saga_of(row._mapping)
 
 
 #: Everything of a saga row that a decision may change (not its identity, not created_at).
@@ -93,112 +80,144 @@ _UPDATED = (
 )
 
 
+_SAGA_COLUMNS = (
+    "id, workflow, key, state, status, version, data, parked, last_error,"
+    " created_at, updated_at, awaiting, attempt, timed_out"
+)
+
+#: The whole of a batch's writes in one statement, one round trip: each CTE takes its rows as
+#: parallel arrays (jsonb travels as text and is cast), and an empty array writes nothing.
+_SAVE = f"""
+WITH saved_sagas AS (
+    INSERT INTO sagas ({_SAGA_COLUMNS})
+    SELECT id, workflow, key, state, status, version, data::jsonb, parked::jsonb, last_error,
+           created_at, updated_at, awaiting::jsonb, attempt, timed_out::jsonb
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[], $7::text[],
+                $8::text[], $9::text[], $10::timestamptz[], $11::timestamptz[], $12::text[], $13::int[],
+                $14::text[])
+         AS t(id, workflow, key, state, status, version, data, parked, last_error,
+              created_at, updated_at, awaiting, attempt, timed_out)
+    ON CONFLICT (id) DO UPDATE SET {", ".join(f"{c} = excluded.{c}" for c in _UPDATED)}
+    RETURNING 1
+), journaled AS (
+    INSERT INTO journal (saga_id, seq, kind, message_type, message_id, message, decision, actor, recorded_at)
+    SELECT saga_id, seq, kind, message_type, message_id, message::jsonb, decision::jsonb, actor, $24
+    FROM unnest($15::text[], $16::int[], $17::text[], $18::text[], $19::text[], $20::text[], $21::text[],
+                $22::text[])
+         AS t(saga_id, seq, kind, message_type, message_id, message, decision, actor)
+    RETURNING 1
+), queued AS (
+    INSERT INTO outbox (message_id, saga_id, workflow, message_type, payload, created_at)
+    SELECT message_id, saga_id, workflow, message_type, payload::jsonb, $24
+    FROM unnest($25::text[], $26::text[], $27::text[], $28::text[], $29::text[])
+         AS t(message_id, saga_id, workflow, message_type, payload)
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+), taken AS (
+    INSERT INTO inbox (message_id, saga_id, received_at)
+    SELECT message_id, saga_id, $24 FROM unnest($30::text[], $31::text[]) AS t(message_id, saga_id)
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+), counted AS (
+    UPDATE inbox SET duplicates = duplicates + 1 WHERE message_id = ANY($23::text[])
+    RETURNING 1
+), cancelled AS (
+    DELETE FROM deadlines d USING unnest($32::text[], $33::text[]) AS t(saga_id, kind)
+    WHERE d.saga_id = t.saga_id AND d.kind = t.kind
+    RETURNING 1
+), timed AS (
+    INSERT INTO deadlines (saga_id, kind, state, version, due_at)
+    SELECT * FROM unnest($34::text[], $35::text[], $36::text[], $37::int[], $38::timestamptz[])
+    ON CONFLICT (saga_id, kind) DO UPDATE
+        SET state = excluded.state, version = excluded.version, due_at = excluded.due_at
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM journaled)
+"""
+
+
+def _save_arguments(changes: Changes, now: datetime) -> list[Any]:
+    saga_rows = list(changes.sagas.values())
+    cancels = [timer for timer, (d, _) in changes.deadlines.items() if d is None]
+    timers = [(timer, d, version) for timer, (d, version) in changes.deadlines.items() if d is not None]
+    return [
+        [s.id for s in saga_rows],
+        [s.workflow for s in saga_rows],
+        [s.key for s in saga_rows],
+        [s.state for s in saga_rows],
+        [str(s.status) for s in saga_rows],
+        [s.version for s in saga_rows],
+        [_dumps(s.data) for s in saga_rows],
+        [_dumps(list(s.parked)) for s in saga_rows],
+        [s.last_error for s in saga_rows],
+        [s.created_at for s in saga_rows],
+        [s.updated_at for s in saga_rows],
+        [_dumps(list(s.awaiting)) for s in saga_rows],
+        [s.attempt for s in saga_rows],
+        [_dumps(list(s.timed_out)) for s in saga_rows],
+        [e.saga_id for e in changes.journal],
+        [e.seq for e in changes.journal],
+        [e.message.kind for e in changes.journal],
+        [e.message.type for e in changes.journal],
+        [e.message.message_id for e in changes.journal],
+        [_dumps(e.message.as_json()) for e in changes.journal],
+        [_dumps(e.decision) for e in changes.journal],
+        [e.message.actor for e in changes.journal],
+        list(changes.duplicates),
+        now,
+        [c.message_id for c in changes.commands],
+        [c.saga_id for c in changes.commands],
+        [c.workflow for c in changes.commands],
+        [c.type for c in changes.commands],
+        [_dumps(c.payload) for c in changes.commands],
+        list(changes.inbox),
+        list(changes.inbox.values()),
+        [saga_id for saga_id, _ in cancels],
+        [kind for _, kind in cancels],
+        [saga_id for (saga_id, _), _, _ in timers],
+        [kind for (_, kind), _, _ in timers],
+        [d.state for _, d, _ in timers],
+        [version for _, _, version in timers],
+        [d.due_at for _, d, _ in timers],
+    ]
+
+
 class _PostgresTransaction:
-    def __init__(self, connection: AsyncConnection) -> None:
+    """The hot path, on asyncpg directly: prepared statements, arrays in, one round trip a step."""
+
+    def __init__(self, connection: asyncpg.Connection) -> None:
         self.connection = connection
 
     async def lock_sagas(self, saga_ids: Iterable[str]) -> dict[str, Saga]:
         ids = sorted(set(saga_ids))  # a stable lock order: two replicas never deadlock on a batch
         if not ids:
             return {}
-        result = await self.connection.execute(
-            select(sagas).where(sagas.c.id.in_(ids)).order_by(sagas.c.id).with_for_update()
+        rows = await self.connection.fetch(
+            f"SELECT {_SAGA_COLUMNS} FROM sagas WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE", ids
         )
-        return {row.id: _saga(row) for row in result}
+        return {row["id"]: saga_of(row) for row in rows}
 
     async def seen(self, message_ids: Iterable[str]) -> set[str]:
         ids = list(set(message_ids))
         if not ids:
             return set()
-        result = await self.connection.execute(select(inbox.c.message_id).where(inbox.c.message_id.in_(ids)))
-        return set(result.scalars())
+        rows = await self.connection.fetch(
+            "SELECT message_id FROM inbox WHERE message_id = ANY($1::text[])", ids
+        )
+        return {row["message_id"] for row in rows}
 
     async def claim_due(self, now: datetime, limit: int) -> list[DueDeadline]:
-        result = await self.connection.execute(
-            select(
-                deadlines.c.saga_id,
-                deadlines.c.state,
-                deadlines.c.version,
-                deadlines.c.due_at,
-                deadlines.c.kind,
-            )
-            .where(deadlines.c.due_at <= now)
-            .order_by(deadlines.c.due_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
+        rows = await self.connection.fetch(
+            "SELECT saga_id, state, version, due_at, kind FROM deadlines WHERE due_at <= $1"
+            " ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+            now,
+            limit,
         )
-        return [DueDeadline(r.saga_id, r.state, r.version, r.due_at, r.kind) for r in result]
+        return [DueDeadline(r["saga_id"], r["state"], r["version"], r["due_at"], r["kind"]) for r in rows]
 
     async def save(self, changes: Changes) -> None:
-        execute = self.connection.execute
         now = changes.journal[-1].recorded_at if changes.journal else datetime.now().astimezone()
-        if changes.sagas:
-            statement = insert(sagas)
-            excluded = statement.excluded
-            await execute(
-                statement.on_conflict_do_update(
-                    index_elements=[sagas.c.id],
-                    set_={name: getattr(excluded, name) for name in _UPDATED},
-                ),
-                [_saga_row(s) for s in changes.sagas.values()],
-            )
-        if changes.journal:
-            await execute(
-                insert(journal),
-                [
-                    {
-                        "saga_id": e.saga_id,
-                        "seq": e.seq,
-                        "kind": e.message.kind,
-                        "message_type": e.message.type,
-                        "message_id": e.message.message_id,
-                        "message": e.message.as_json(),
-                        "decision": e.decision,
-                        "actor": e.message.actor,
-                        "recorded_at": e.recorded_at,
-                    }
-                    for e in changes.journal
-                ],
-            )
-        if changes.commands:
-            await execute(
-                insert(outbox).on_conflict_do_nothing(),
-                [
-                    {
-                        "message_id": c.message_id,
-                        "saga_id": c.saga_id,
-                        "workflow": c.workflow,
-                        "message_type": c.type,
-                        "payload": c.payload,
-                        "created_at": now,
-                    }
-                    for c in changes.commands
-                ],
-            )
-        if changes.inbox:
-            await execute(
-                insert(inbox).on_conflict_do_nothing(),
-                [{"message_id": m, "saga_id": s, "received_at": now} for m, s in changes.inbox.items()],
-            )
-        if changes.duplicates:
-            await execute(
-                update(inbox)
-                .where(inbox.c.message_id.in_(changes.duplicates))
-                .values(duplicates=inbox.c.duplicates + 1)
-            )
-        if changes.deadlines:
-            await execute(
-                delete(deadlines).where(
-                    tuple_(deadlines.c.saga_id, deadlines.c.kind).in_(list(changes.deadlines))
-                )
-            )
-            rows = [
-                {"saga_id": saga_id, "kind": kind, "state": d.state, "version": version, "due_at": d.due_at}
-                for (saga_id, kind), (d, version) in changes.deadlines.items()
-                if d is not None
-            ]
-            if rows:
-                await execute(insert(deadlines), rows)
+        await self.connection.fetchval(_SAVE, *_save_arguments(changes, now))
 
 
 async def _journal(connection: AsyncConnection, saga_id: str) -> list[JournalEntry]:
@@ -211,17 +230,47 @@ async def _journal(connection: AsyncConnection, saga_id: str) -> list[JournalEnt
     ]
 
 
+def driver_dsn(url: str) -> str:
+    """The SQLAlchemy URL as asyncpg takes it."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def _init_connection(connection: asyncpg.Connection) -> None:
+    await connection.set_type_codec(
+        "jsonb", schema="pg_catalog", encoder=_dumps, decoder=orjson.loads, format="text"
+    )
+
+
 class PostgresStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    """Writes go through an asyncpg pool (the hot path); reads and the relay's bookkeeping through
+    SQLAlchemy, which the REST read model shares."""
+
+    def __init__(self, engine: AsyncEngine, pool_size: int = 5) -> None:
         self.engine = engine
+        self.pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._pool_lock = asyncio.Lock()
 
     @classmethod
     def from_url(cls, url: str, pool_size: int = 5) -> PostgresStore:
-        return cls(make_engine(url, pool_size))
+        return cls(make_engine(url, pool_size), pool_size)
+
+    async def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            async with self._pool_lock:
+                if self._pool is None:
+                    self._pool = await asyncpg.create_pool(
+                        driver_dsn(self.engine.url.render_as_string(hide_password=False)),
+                        min_size=min(2, self.pool_size),
+                        max_size=self.pool_size,
+                        init=_init_connection,
+                    )
+        return self._pool
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_PostgresTransaction]:
-        async with self.engine.begin() as connection:
+        pool = await self.pool()
+        async with pool.acquire() as connection, connection.transaction():
             yield _PostgresTransaction(connection)
 
     async def get_saga(self, saga_id: str) -> Saga | None:
@@ -267,8 +316,10 @@ class PostgresStore:
     async def mark_sent(self, message_ids: Sequence[str]) -> None:
         if not message_ids:
             return
-        async with self.engine.begin() as connection:
-            await connection.execute(delete(outbox).where(outbox.c.message_id.in_(list(message_ids))))
+        pool = await self.pool()
+        await pool.execute("DELETE FROM outbox WHERE message_id = ANY($1::text[])", list(message_ids))
 
     async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
         await self.engine.dispose()
