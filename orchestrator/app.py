@@ -2,7 +2,8 @@
 
 One batch is committed at a time (group commit); the relay's confirms overlap with the next
 batch. Nothing is acked before its batch committed; a batch whose commit fails is retried with
-backoff while its messages stay unacked.
+backoff while its messages stay unacked. The REST API, when there is one, is served in the same
+event loop, and its starts and actions hand their commands to the same relay.
 """
 
 from __future__ import annotations
@@ -10,37 +11,86 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections import Counter
+import time
 from datetime import UTC, datetime
 
 from aio_pika.abc import AbstractIncomingMessage
 
 from orchestrator.amqp import Broker, Topology, envelope_of, services_of
 from orchestrator.deadlines import DeadlineAlarm
+from orchestrator.metrics import Metrics
+from orchestrator.operations import Applied
 from orchestrator.relay import Relay
 from orchestrator.routing import Registry
+from orchestrator.server import ApiServer
 from orchestrator.service import Verdict, process_batch
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 
 __all__ = ["Orchestrator"]
 
+
+async def _ack(messages: list[AbstractIncomingMessage], left_open: set[int]) -> None:
+    """Ack a committed batch with one ``multiple`` ack per channel: the worker takes deliveries in
+    order and acks batch after batch, so every earlier delivery on the channel is settled. Not on
+    a channel where a message was left unacked (``left_open``): there each message is acked alone."""
+    last: dict[int, AbstractIncomingMessage] = {}
+    single: list[AbstractIncomingMessage] = []
+    for message in messages:
+        key = id(message.channel)
+        if key in left_open:
+            single.append(message)
+        elif key not in last or (message.delivery_tag or 0) > (last[key].delivery_tag or 0):
+            last[key] = message
+    targets = [(m, True) for m in last.values()] + [(m, False) for m in single]
+    for message, multiple in targets:
+        try:
+            await message.ack(multiple=multiple)
+        except Exception as error:  # the channel broke: the broker redelivers, the inbox dedupes
+            extra = {"saga_id": message.correlation_id, "message_id": message.message_id}
+            log.warning("could not ack message %s: %s", message.message_id, error, extra=extra)
+
+
 log = logging.getLogger("orchestrator")
 
 
 class Orchestrator:
-    def __init__(self, settings: Settings, registry: Registry, store: Store) -> None:
+    def __init__(
+        self, settings: Settings, registry: Registry, store: Store, metrics: Metrics | None = None
+    ) -> None:
         self.settings = settings
         self.registry = registry
         self.store = store
+        self.metrics = metrics or Metrics()
         self.broker = Broker(settings.amqp_url, Topology(settings.namespace), settings.prefetch)
         self.relay = Relay(
             store, self.broker.publish_command, settings.relay_in_flight, settings.outbox_sweep_seconds
         )
-        self.deadlines = DeadlineAlarm(registry, store, self.relay.submit)
-        self.counts: Counter[str] = Counter()
+        self.relay.metrics = self.metrics
+        self.metrics.in_flight = lambda: len(self.relay.in_flight)
+        self.deadlines = DeadlineAlarm(registry, store, self.relay.submit, metrics=self.metrics)
+        self.counts = self.metrics.messages_in  # by verdict, for the stop line and the metrics alike
+        self.api: ApiServer | None = None
         self._stopping = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
+        self._left_open: set[int] = set()  # channels with a delivery we chose not to ack
+
+    def dispatch(self, applied: Applied) -> None:
+        """After a start or an operator action committed: its commands out, its timers armed."""
+        self.relay.submit(applied.commands)
+        self.deadlines.committed(applied.decisions)
+
+    async def broker_checks(self) -> dict[str, str]:
+        """Readiness: both broker connections up (a robust connection may be reconnecting)."""
+        # TODO(amqp): a public Broker.connected would spare reading its connections here.
+        connections = {
+            "broker": self.broker._consume_connection,
+            "broker_publish": self.broker._publish_connection,
+        }
+        return {
+            name: "ok" if c is not None and not c.is_closed and c.connected.is_set() else "not connected"
+            for name, c in connections.items()
+        }
 
     async def start(self) -> None:
         await self.broker.connect(services_of(self.registry.command_types()))
@@ -61,15 +111,25 @@ class Orchestrator:
         await self.start()
         worker = self._worker
         assert worker is not None
+        watched = {worker}
+        if self.api is not None:
+            watched.add(self.api.start())
+            log.info("api listening on %s (OpenAPI at %s/docs)", self.api.url, self.api.url)
         stop = asyncio.create_task(self._stopping.wait())
-        await asyncio.wait({worker, stop}, return_when=asyncio.FIRST_COMPLETED)
-        if worker.done() and worker.exception() is not None:
-            raise worker.exception()  # type: ignore[misc]
+        await asyncio.wait({*watched, stop}, return_when=asyncio.FIRST_COMPLETED)
+        for task in watched:
+            if task.done() and task.exception() is not None:
+                stop.cancel()
+                await self.stop()
+                raise task.exception()  # type: ignore[misc]
         await self.stop()
 
     async def stop(self) -> None:
-        """Stop taking messages, finish the batch in hand, let the relay send what is committed."""
+        """Stop taking requests and messages, finish the batch in hand, let the relay send what is
+        committed."""
         self._stopping.set()
+        if self.api is not None:
+            await self.api.stop()
         await self.broker.stop_consuming()
         if self._worker is not None:
             try:
@@ -99,6 +159,7 @@ class Orchestrator:
             await self._handle(batch)
 
     async def _handle(self, batch: list[AbstractIncomingMessage]) -> None:
+        received = time.monotonic()  # the step latency runs from here to the command's confirm
         envelopes = [envelope_of(m) for m in batch]
         delay = 0.1
         while True:
@@ -110,18 +171,34 @@ class Orchestrator:
                 log.error("batch of %d failed, retrying in %.1fs: %s", len(batch), delay, error)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        self.relay.submit(result.commands)
+        self.relay.submit(result.commands, received_at=received)
         self.deadlines.committed(result.decisions)
+        metrics = self.metrics
+        settled: list[AbstractIncomingMessage] = []
         for message, verdict, reason in zip(batch, result.verdicts, result.reasons, strict=True):
             self.counts[str(verdict)] += 1
-            try:
-                if verdict is Verdict.DEAD:
-                    log.warning(
-                        "dead-lettered message %s (type %s): %s", message.message_id, message.type, reason
-                    )
+            extra = {"saga_id": message.correlation_id, "message_id": message.message_id}
+            if verdict is Verdict.DEAD:
+                log.warning(
+                    "dead-lettered message %s (type %s): %s",
+                    message.message_id,
+                    message.type,
+                    reason,
+                    extra=extra,
+                )
+                try:
                     await self.broker.dead_letter(message, reason or "rejected")
-                elif verdict is Verdict.DUPLICATE:
-                    log.info("duplicate message %s (type %s) acked", message.message_id, message.type)
-                await message.ack()
-            except Exception as error:  # the channel broke: the broker redelivers, the inbox dedupes
-                log.warning("could not settle message %s: %s", message.message_id, error)
+                except Exception as error:  # not acked: the broker redelivers it, and we try again
+                    log.warning(
+                        "could not dead-letter message %s: %s", message.message_id, error, extra=extra
+                    )
+                    self._left_open.add(id(message.channel))
+                    continue
+                metrics.dead_lettered += 1
+            elif verdict is Verdict.DUPLICATE:
+                metrics.duplicates += 1
+                log.info(
+                    "duplicate message %s (type %s) acked", message.message_id, message.type, extra=extra
+                )
+            settled.append(message)
+        await _ack(settled, self._left_open)

@@ -88,12 +88,32 @@ async def _check_amqp(url: str) -> None:
     await connection.close()
 
 
+def _check_api(settings: Settings) -> None:
+    """Refuse to serve operator actions to anyone who can reach the port, unless told to."""
+    if not 0 <= settings.api_port <= 65535:
+        raise Unreachable(f"--port must be between 0 and 65535, not {settings.api_port}")
+    if not settings.api_token and not settings.api_insecure:
+        raise Unreachable(
+            "ORCHESTRATOR_API_TOKEN is not set: set it to protect the REST API's actions,"
+            " or pass --insecure to serve them without a token"
+        )
+
+
 async def _serve(settings: Settings) -> None:
     from orchestrator.bootstrap import build
+    from orchestrator.server import CannotListen, listen
 
     await ensure_database_reachable(settings.database_url)
     await _check_amqp(settings.amqp_url)
-    orchestrator = build(settings)
+    try:
+        sock = listen(settings.api_host, settings.api_port)
+    except CannotListen as error:
+        raise Unreachable(str(error)) from None
+    if not settings.api_token:
+        import logging
+
+        logging.getLogger("orchestrator").warning("the REST API runs --insecure: its actions need no token")
+    orchestrator = build(settings, sock)
     await orchestrator.run_until_signalled()
 
 
@@ -173,13 +193,27 @@ def main(argv: list[str] | None = None) -> None:
     run = sub.add_parser("run", help="run the service until SIGTERM or SIGINT")
     run.add_argument("--workflows", help="module(s) defining the workflows (default: the bundled examples)")
     run.add_argument("--namespace", help="prefix of exchanges and queues (ORCHESTRATOR_NAMESPACE)")
+    run.add_argument("--host", help="address the REST API listens on (ORCHESTRATOR_API_HOST, 127.0.0.1)")
+    run.add_argument(
+        "--port", type=int, help="port of the REST API, 0 for any free one (ORCHESTRATOR_API_PORT, 8000)"
+    )
+    run.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="serve the REST API without ORCHESTRATOR_API_TOKEN: anyone who reaches it may act on sagas",
+    )
     verify = sub.add_parser("verify", help="replay journals and report sagas whose row differs")
     verify.add_argument("--saga", help="verify only this saga id")
     verify.add_argument("--workflows", help="module(s) defining the workflows")
     args = parser.parse_args(argv)
 
     settings = Settings.from_env(
-        workflows=getattr(args, "workflows", None), namespace=getattr(args, "namespace", None)
+        workflows=getattr(args, "workflows", None),
+        namespace=getattr(args, "namespace", None),
+        api_host=getattr(args, "host", None),
+        api_port=getattr(args, "port", None),
+        api_insecure=getattr(args, "insecure", None),
     )
     try:
         if args.command == "migrate":
@@ -188,6 +222,7 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "run":
             from orchestrator.bootstrap import configure_logging
 
+            _check_api(settings)
             configure_logging(settings)
             _run(_serve(settings))
         elif args.command == "verify":

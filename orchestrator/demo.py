@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -103,10 +104,18 @@ async def demo() -> int:
     settings = Settings.from_env()
     namespace = f"demo-{uuid.uuid4().hex[:6]}"
     run = uuid.uuid4().hex[:6]
-    env = {**os.environ, "ORCHESTRATOR_NAMESPACE": namespace, "PYTHONUNBUFFERED": "1"}
+    # The REST API gets a token of the demo's own (unless one is set) and any free port, so the demo
+    # runs beside an orchestrator already serving on 8000.
+    token = os.environ.get("ORCHESTRATOR_API_TOKEN") or secrets.token_urlsafe(24)
+    env = {
+        **os.environ,
+        "ORCHESTRATOR_NAMESPACE": namespace,
+        "ORCHESTRATOR_API_TOKEN": token,
+        "PYTHONUNBUFFERED": "1",
+    }
     logs = os.environ.get("DEMO_LOGS", f"/tmp/orchestrator-{namespace}")
     os.makedirs(logs, exist_ok=True)
-    processes = [spawn(["orchestrator", "run"], env, f"{logs}/orchestrator.log")]
+    processes = [spawn(["orchestrator", "run", "--port", "0"], env, f"{logs}/orchestrator.log")]
     processes += [
         spawn(["participants", name, *options], env, f"{logs}/{name}.log")
         for name, options in PARTICIPANTS.items()

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
 
 from orchestrator.engine import OutgoingCommand
+from orchestrator.metrics import Metrics
 from orchestrator.store import Store
 
 __all__ = ["Relay"]
@@ -40,12 +42,17 @@ class Relay:
         self._runner: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.sent = 0
+        self.metrics = Metrics(process=False)
+        #: message id -> when the event that caused it arrived (time.monotonic), for the step latency
+        self.received: dict[str, float] = {}
 
-    def submit(self, commands: Iterable[OutgoingCommand]) -> None:
+    def submit(self, commands: Iterable[OutgoingCommand], received_at: float | None = None) -> None:
         for command in commands:
             if command.message_id not in self.in_flight:
                 self.in_flight.add(command.message_id)
                 self.pending.put_nowait(command)
+                if received_at is not None:
+                    self.received[command.message_id] = received_at
 
     async def start(self) -> None:
         await self.sweep(older_than=None)  # whatever a previous run left committed but unsent
@@ -95,7 +102,15 @@ class Relay:
                         command.type,
                         command.message_id,
                         outcome,
+                        extra={"saga_id": command.saga_id, "message_id": command.message_id},
                     )
+            confirmed_at = time.monotonic()
+            latency = self.metrics.step_latency
+            for message_id in confirmed:
+                received = self.received.get(message_id)
+                if received is not None:
+                    latency.observe(confirmed_at - received)
+            self.metrics.commands_out += len(confirmed)
             for attempt in range(5):
                 try:
                     await self.store.mark_sent(confirmed)
@@ -109,6 +124,7 @@ class Relay:
         finally:
             for command in batch:
                 self.in_flight.discard(command.message_id)
+                self.received.pop(command.message_id, None)
                 self._slots.release()
 
     async def drain(self, timeout: float) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
 __all__ = ["Settings", "mask_url"]
@@ -31,6 +31,23 @@ def _int(name: str, default: int) -> int:
         raise SystemExit(f"orchestrator: {name} must be an integer, not {raw!r}") from None
 
 
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise SystemExit(f"orchestrator: {name} must be a positive number, not {raw!r}")
+    return value
+
+
+def _bool(name: str) -> bool:
+    return os.environ.get(name, "").lower() in {"1", "true", "yes", "on"}
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/orchestrator"
@@ -44,6 +61,17 @@ class Settings:
     shutdown_seconds: float = 10.0
     log_level: str = "INFO"
     log_json: bool = False
+    #: the REST API: where it listens (port 0: any free port, logged at start)
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    #: the bearer token mutating endpoints need; never logged, never in repr
+    api_token: str | None = field(default=None, repr=False)
+    #: reads need the token too
+    api_protect_reads: bool = False
+    #: serve without a token: anyone who reaches the port may act on sagas (``run --insecure``)
+    api_insecure: bool = False
+    #: a running saga with no pending timer and no progress for this long is stuck
+    stuck_after_seconds: float = 300.0
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -56,7 +84,12 @@ class Settings:
             "prefetch": _int("ORCHESTRATOR_PREFETCH", cls.prefetch),
             "batch_size": _int("ORCHESTRATOR_BATCH_SIZE", cls.batch_size),
             "log_level": env.get("ORCHESTRATOR_LOG_LEVEL", cls.log_level).upper(),
-            "log_json": env.get("ORCHESTRATOR_LOG_JSON", "").lower() in {"1", "true", "yes"},
+            "log_json": _bool("ORCHESTRATOR_LOG_JSON"),
+            "api_host": env.get("ORCHESTRATOR_API_HOST", cls.api_host),
+            "api_port": _int("ORCHESTRATOR_API_PORT", cls.api_port),
+            "api_token": env.get("ORCHESTRATOR_API_TOKEN") or None,
+            "api_protect_reads": _bool("ORCHESTRATOR_API_PROTECT_READS"),
+            "stuck_after_seconds": _float("ORCHESTRATOR_STUCK_AFTER_SECONDS", cls.stuck_after_seconds),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -22,6 +22,7 @@ from typing import Any
 
 import aio_pika
 import asyncpg
+import httpx
 import orjson
 import pytest
 import pytest_asyncio
@@ -34,26 +35,36 @@ ROOT = Path(__file__).resolve().parents[2]
 ADMIN_DSN = os.environ.get("TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 AMQP_URL = os.environ.get("ORCHESTRATOR_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 SERVICES = ("inventory", "payment", "shipping", "buyer", "seller", "bank")
+API_TOKEN = f"test-token-{uuid.uuid4().hex}"
 
 
-@pytest.fixture(scope="session")
-def database_url() -> Iterator[str]:
-    name = f"orchestrator_test_{uuid.uuid4().hex[:10]}"
+@contextlib.contextmanager
+def migrated_database(prefix: str = "orchestrator_test") -> Iterator[str]:
+    """A freshly migrated database of its own, dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     url = f"{ADMIN_DSN.rsplit('/', 1)[0].replace('postgresql://', 'postgresql+asyncpg://')}/{name}"
     env = {**os.environ, "ORCHESTRATOR_DATABASE_URL": url}
     subprocess.run(
         [sys.executable, "-m", "orchestrator", "migrate"], env=env, check=True, cwd=ROOT, timeout=120
     )
-    yield url
+    try:
+        yield url
+    finally:
 
-    async def drop() -> None:
-        connection = await asyncpg.connect(ADMIN_DSN)
-        try:
-            await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await connection.close()
+        async def drop() -> None:
+            connection = await asyncpg.connect(ADMIN_DSN)
+            try:
+                await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            finally:
+                await connection.close()
 
-    asyncio.run(drop())
+        asyncio.run(drop())
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    with migrated_database() as url:
+        yield url
 
 
 @dataclass
@@ -92,6 +103,9 @@ class Bench:
     connection: aio_pika.abc.AbstractConnection | None = None
     channel: aio_pika.abc.AbstractChannel | None = None
     store: PostgresStore | None = None
+    #: the REST API of the orchestrator started last (each gets a free port of its own)
+    api_url: str | None = None
+    api_token: str = API_TOKEN
 
     @property
     def env(self) -> dict[str, str]:
@@ -100,6 +114,7 @@ class Bench:
             "ORCHESTRATOR_DATABASE_URL": self.database_url,
             "ORCHESTRATOR_AMQP_URL": AMQP_URL,
             "ORCHESTRATOR_NAMESPACE": self.namespace,
+            "ORCHESTRATOR_API_TOKEN": self.api_token,
             "PYTHONUNBUFFERED": "1",
         }
 
@@ -118,9 +133,19 @@ class Bench:
         return process
 
     async def start_orchestrator(self, *extra: str) -> Process:
-        process = self.spawn("orchestrator", "orchestrator", "run", *extra)
-        await self.wait_for_log(process, "orchestrator running")
+        """``orchestrator run`` with its REST API on a free port (``api_url``), behind the token."""
+        process = self.spawn("orchestrator", "orchestrator", "run", "--port", "0", *extra)
+        await self.wait_for_log(process, "api listening on ")
+        self.api_url = process.output().split("api listening on ", 1)[1].split()[0]
         return process
+
+    def api(self, *, token: bool = True, actor: str | None = None) -> httpx.AsyncClient:
+        """A client of the last started orchestrator's REST API (``async with bench.api() as api``)."""
+        assert self.api_url is not None, "start an orchestrator first"
+        headers = {"Authorization": f"Bearer {self.api_token}"} if token else {}
+        if actor is not None:
+            headers["X-Actor"] = actor
+        return httpx.AsyncClient(base_url=self.api_url, headers=headers, timeout=30)
 
     async def start_participant(self, service: str, *options: str) -> Process:
         process = self.spawn(service, "participants", service, *options)

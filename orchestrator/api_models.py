@@ -1,0 +1,271 @@
+"""The REST API's request and response bodies, so that its OpenAPI schema says exactly what it sends.
+
+Every string that reaches PostgreSQL is checked here first: a NUL character or a lone surrogate
+cannot be stored in ``text`` or ``jsonb``, and an integer beyond 64 bits cannot be encoded, so
+each is refused as bad input (422) instead of failing deep in a transaction (500).
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from orchestrator.definitions import Status
+
+__all__ = [
+    "ActionRequest",
+    "Command",
+    "Health",
+    "HistoryEntry",
+    "HistoryPage",
+    "Incoming",
+    "Problem",
+    "Ready",
+    "ResumeRequest",
+    "SagaAt",
+    "SagaDetail",
+    "SagaPage",
+    "SagaSummary",
+    "SkipRequest",
+    "StartRequest",
+    "Status",
+    "Timer",
+    "WorkflowDetail",
+    "WorkflowSummary",
+]
+
+_MAX_DEPTH = 32
+_INT_RANGE = (-(2**63), 2**64 - 1)  # what orjson encodes
+
+
+def _storable_text(value: str, where: str = "text") -> str:
+    if "\x00" in value:
+        raise ValueError(f"{where} must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{where} must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+def storable_text(value: str) -> str:
+    return _storable_text(value)
+
+
+def _check_json(value: Any, path: str, depth: int) -> None:
+    if depth > _MAX_DEPTH:
+        raise ValueError(f"{path} is nested deeper than {_MAX_DEPTH} levels")
+    if isinstance(value, str):
+        _storable_text(value, path)
+    elif isinstance(value, bool) or value is None:
+        return
+    elif isinstance(value, int):
+        if not _INT_RANGE[0] <= value <= _INT_RANGE[1]:
+            raise ValueError(f"{path} is an integer beyond 64 bits")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{path} must be a finite number")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _storable_text(key, f"a key in {path}")
+            _check_json(item, f"{path}.{key}", depth + 1)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_json(item, f"{path}[{index}]", depth + 1)
+
+
+def storable_json(value: dict[str, Any]) -> dict[str, Any]:
+    _check_json(value, "data", 0)
+    return value
+
+
+Text = Annotated[str, AfterValidator(storable_text)]
+JsonObject = Annotated[dict[str, Any], AfterValidator(storable_json)]
+
+
+class Problem(BaseModel):
+    """Every 4xx (and the rare 5xx) answer: what was wrong, in one sentence."""
+
+    detail: str
+    errors: list[dict[str, Any]] | None = Field(
+        default=None, description="for bad input: each field that was wrong, as pydantic reports it"
+    )
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Ready(BaseModel):
+    status: str = Field(description="ready or unready")
+    checks: dict[str, str] = Field(description="per dependency: ok, or what is wrong")
+
+
+# Reads ------------------------------------------------------------------------------------------
+class _Model(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class SagaSummary(_Model):
+    id: str
+    workflow: str
+    key: str
+    state: str
+    status: Status
+    version: int
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class SagaPage(BaseModel):
+    items: list[SagaSummary]
+    next_cursor: str | None = Field(
+        description="pass as ?cursor= for the next (older) page; null on the last"
+    )
+
+
+class Timer(_Model):
+    kind: str = Field(description="deadline: the state's deadline; retry: when its commands are sent again")
+    state: str
+    due_at: datetime
+    version: int
+
+
+class Command(BaseModel):
+    type: str
+    message_id: str
+
+
+class ParkedEvent(BaseModel):
+    type: str
+    message_id: str
+
+
+class SagaState(BaseModel):
+    """The saga as its row holds it."""
+
+    id: str
+    workflow: str
+    key: str
+    state: str
+    status: Status
+    version: int
+    data: dict[str, Any]
+    last_error: str | None
+    created_at: datetime | None
+    updated_at: datetime | None
+    parked: list[ParkedEvent] = Field(description="events kept until the saga reaches a state they fit")
+    awaiting: list[Command] = Field(description="the commands the current state sent and waits on")
+    attempt: int = Field(description="resends of those commands so far")
+    timed_out: list[str] = Field(description="steps given up on by a deadline; a late success is undone")
+    waiting_for: list[str] = Field(description="event types that move the saga on from its state")
+
+
+class SagaDetail(SagaState):
+    timers: list[Timer] = Field(description="pending deadline and retry, soonest first")
+
+
+class SagaAt(SagaState):
+    at: datetime = Field(description="the moment asked for")
+    seq: int = Field(description="the last journal entry applied")
+
+
+class Incoming(BaseModel):
+    type: str
+    message_id: str
+    payload: dict[str, Any]
+
+
+class HistoryEntry(BaseModel):
+    seq: int
+    recorded_at: datetime
+    kind: str = Field(description="event, deadline, retry or operator")
+    actor: str | None = Field(description="who asked, for an operator's action or start")
+    message: Incoming = Field(description="what came in")
+    outcome: str | None = Field(description="what was decided: started, moved, parked, ignored, failed, ...")
+    from_state: str | None
+    to_state: str | None
+    status: str | None
+    reason: str | None
+    commands: list[Command] = Field(description="what was sent")
+    decision: dict[str, Any] = Field(description="the decision as the journal keeps it")
+
+
+class HistoryPage(BaseModel):
+    items: list[HistoryEntry]
+    next_after: int | None = Field(description="pass as ?after= for the next page; null on the last")
+
+
+class RetrySpec(_Model):
+    every_seconds: float
+    backoff: float
+    max_every_seconds: float | None
+
+
+class StateSpec(_Model):
+    name: str
+    status: Status
+    final: bool
+    initial: bool
+    deadline_seconds: float | None
+    on_deadline: str | None
+    retry: RetrySpec | None
+    sends: list[str]
+    sagas: int = Field(description="sagas in this state now")
+
+
+class RuleSpec(_Model):
+    event: str
+    source: str
+    dest: str | None
+    policy: str | None
+    sends: list[str]
+
+
+class WorkflowSummary(BaseModel):
+    name: str
+    description: str
+    starts_on: str
+    key: str
+    sagas: dict[str, int] = Field(description="sagas per status now")
+
+
+class WorkflowDetail(WorkflowSummary):
+    initial: str
+    unexpected: str = Field(description="what an event no rule names does: ignore, park or fail")
+    events: list[str]
+    states: list[StateSpec]
+    rules: list[RuleSpec]
+    mermaid: str = Field(description="a stateDiagram-v2 of the workflow")
+
+
+# Writes -----------------------------------------------------------------------------------------
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StartRequest(_Request):
+    workflow: Text = Field(max_length=200)
+    key: Text = Field(min_length=1, max_length=500, description="the business key, e.g. the order id")
+    data: JsonObject = Field(
+        default_factory=dict, description="the starting event's fields; the key field may be left out"
+    )
+
+
+class ActionRequest(_Request):
+    reason: Text | None = Field(default=None, max_length=2000, description="why, for the journal")
+
+
+class ResumeRequest(ActionRequest):
+    step: Text | None = Field(
+        default=None, max_length=200, description="the state to resume from (default: where it failed)"
+    )
+
+
+class SkipRequest(ActionRequest):
+    outcome: Text = Field(max_length=200, description="the event type to take as the step's outcome")
+    data: JsonObject = Field(default_factory=dict, description="that event's fields")

@@ -1,0 +1,177 @@
+"""Prometheus metrics: plain numbers on the hot path, turned into metric families only at scrape.
+
+The service is one event loop, so the consumer, the relay and the alarm bump plain ints and
+lock-free histograms here; ``prometheus_client``'s own metric objects take a lock per update,
+which a few thousand messages a second need not pay. Gauges that describe the database (sagas
+per workflow and status, stuck sagas, the outbox) are read by the ``/metrics`` handler just
+before it renders, never per message.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.metrics_core import Metric
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+__all__ = ["CONTENT_TYPE", "DatabaseGauges", "Histogram", "Metrics"]
+
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+
+#: from a broker round trip on an idle queue (~1 ms) to a confirm held by a queue sync (~200 ms) and beyond
+STEP_LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: the alarm rings within milliseconds; the 15 s safety sweep and downtime make the tail
+LATENESS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 30.0, 60.0, 300.0, 3600.0)
+
+
+class Histogram:
+    """Cumulative buckets in plain ints: one event loop writes, the scrape reads between awaits."""
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def buckets(self) -> list[tuple[str, float]]:
+        """As Prometheus wants them: cumulative, ``le`` per bound, then ``+Inf``."""
+        running = 0
+        out = []
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            running += count
+            out.append(("+Inf" if bound == float("inf") else repr(float(bound)), float(running)))
+        return out
+
+
+@dataclass
+class DatabaseGauges:
+    """What the database says at scrape time."""
+
+    sagas: dict[tuple[str, str], int] = field(default_factory=dict)  # (workflow, status) -> sagas
+    stuck: dict[str, int] = field(default_factory=dict)  # workflow -> stuck sagas
+    outbox: int = 0
+
+
+class Metrics:
+    """Every number the service exposes; one instance per running service (and per test app)."""
+
+    def __init__(self, process: bool = True) -> None:
+        self.messages_in: Counter[str] = Counter()  # by verdict: accepted, duplicate, dead
+        self.duplicates = 0
+        self.dead_lettered = 0
+        self.commands_out = 0  # confirmed by the broker
+        self.deadlines_fired: Counter[str] = Counter()  # by kind: deadline, retry
+        self.operator_actions: Counter[str] = Counter()  # by action, including start
+        self.step_latency = Histogram(STEP_LATENCY_BUCKETS)
+        self.deadline_lateness = Histogram(LATENESS_BUCKETS)
+        self.in_flight: Callable[[], int] = lambda: 0
+        self.database: DatabaseGauges | None = None  # None: the last scrape could not read it
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collector(self))
+        if process:
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _Collector:
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.metrics
+        messages = CounterMetricFamily(
+            "orchestrator_messages_in",
+            "Messages taken off the orchestrator queue, by verdict",
+            labels=["verdict"],
+        )
+        for verdict in ("accepted", "duplicate", "dead"):
+            messages.add_metric([verdict], m.messages_in[verdict])
+        yield messages
+        yield CounterMetricFamily(
+            "orchestrator_duplicates",
+            "Messages whose id was taken before (acked, changed nothing)",
+            m.duplicates,
+        )
+        yield CounterMetricFamily(
+            "orchestrator_dead_lettered", "Messages republished to the dead-letter exchange", m.dead_lettered
+        )
+        yield CounterMetricFamily(
+            "orchestrator_commands_out", "Commands the broker confirmed", m.commands_out
+        )
+        fired = CounterMetricFamily(
+            "orchestrator_timers_fired", "Deadlines and retries fed through the engine", labels=["kind"]
+        )
+        for kind in ("deadline", "retry"):
+            fired.add_metric([kind], m.deadlines_fired[kind])
+        yield fired
+        actions = CounterMetricFamily(
+            "orchestrator_operator_actions",
+            "Starts and operator actions applied over REST",
+            labels=["action"],
+        )
+        for action, count in sorted(m.operator_actions.items()):
+            actions.add_metric([action], count)
+        yield actions
+        yield _histogram(
+            "orchestrator_step_latency_seconds",
+            "From an event's arrival to the broker's confirm of the command it caused",
+            m.step_latency,
+        )
+        yield _histogram(
+            "orchestrator_deadline_lateness_seconds",
+            "How long after its due time a deadline or retry fired",
+            m.deadline_lateness,
+        )
+        yield GaugeMetricFamily(
+            "orchestrator_relay_in_flight",
+            "Commands handed to the relay and not yet confirmed",
+            m.in_flight(),
+        )
+        database = m.database
+        yield GaugeMetricFamily(
+            "orchestrator_database_up",
+            "Whether the last scrape could read the database",
+            database is not None,
+        )
+        if database is None:
+            return
+        sagas = GaugeMetricFamily(
+            "orchestrator_sagas", "Sagas by workflow and status", labels=["workflow", "status"]
+        )
+        for (workflow, status), count in sorted(database.sagas.items()):
+            sagas.add_metric([workflow, status], count)
+        yield sagas
+        stuck = GaugeMetricFamily(
+            "orchestrator_stuck_sagas",
+            "Unfinished sagas with no pending timer and no progress for longer than the threshold",
+            labels=["workflow"],
+        )
+        for workflow, count in sorted(database.stuck.items()):
+            stuck.add_metric([workflow], count)
+        yield stuck
+        yield GaugeMetricFamily(
+            "orchestrator_outbox_backlog",
+            "Committed commands not yet confirmed by the broker",
+            database.outbox,
+        )
+
+
+def _histogram(name: str, documentation: str, histogram: Histogram) -> HistogramMetricFamily:
+    return HistogramMetricFamily(name, documentation, buckets=histogram.buckets(), sum_value=histogram.sum)

@@ -1,0 +1,124 @@
+"""The REST API with no database behind it: its schema, the token, bad input, and an outage
+that is a 503 (never a 500). The API against the real database is in tests/integration."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from orchestrator.api import ApiContext, create_app
+from orchestrator.examples import WORKFLOWS
+from orchestrator.metrics import Metrics
+from orchestrator.queries import Queries
+from orchestrator.routing import Registry
+from orchestrator.settings import Settings
+from orchestrator.store_postgres import PostgresStore
+
+NOWHERE = "postgresql+asyncpg://postgres@127.0.0.1:1/none"
+SAGA = "/sagas/0b5a7b8e-6d5c-4b7a-9c1e-3f2a1b0c9d8e"
+
+
+def build(**settings: Any) -> tuple[ApiContext, Any]:
+    store = PostgresStore.from_url(NOWHERE, pool_size=1)
+    context = ApiContext(
+        Registry(WORKFLOWS),
+        store,
+        Queries(store.engine),
+        replace(Settings(), **settings),
+        Metrics(process=False),
+    )
+    return context, create_app(context)
+
+
+@pytest_asyncio.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    context, app = build(api_token="t0ken")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as made:
+        yield made
+    await context.store.close()
+
+
+def test_the_schema_documents_the_token_and_every_error_answer() -> None:
+    _, app = build(api_token="t0ken")
+    schema = app.openapi()
+
+    assert schema["components"]["securitySchemes"]["token"] == {
+        "type": "http",
+        "description": "the value of ORCHESTRATOR_API_TOKEN",
+        "scheme": "bearer",
+    }
+    cancel = schema["paths"]["/sagas/{saga_id}/cancel"]["post"]
+    assert cancel["security"] == [{"token": []}]
+    assert set(cancel["responses"]) == {"200", "400", "401", "404", "409", "422"}
+    problem = {"$ref": "#/components/schemas/Problem"}
+    assert cancel["responses"]["422"]["content"]["application/json"]["schema"] == problem
+    assert "security" not in schema["paths"]["/sagas"]["get"]  # reads are open by default
+    assert schema["paths"]["/sagas"]["get"]["parameters"][0]["schema"]["enum"] == [
+        "escrow",
+        "order",
+    ]
+    assert set(schema["paths"]["/sagas"]["post"]["responses"]["201"]["links"]) >= {"get", "cancel", "history"}
+    start = schema["components"]["schemas"]["Start_order"]
+    assert start["properties"]["workflow"]["const"] == "order"
+    assert start["properties"]["data"]["required"] == ["customer_id", "lines", "amount_cents"]
+    assert schema["components"]["schemas"]["order_Line"]["required"] == ["sku", "quantity"]
+
+
+def test_without_a_token_nothing_is_secured_and_with_protected_reads_everything_is() -> None:
+    _, insecure = build(api_token=None)
+    _, guarded = build(api_token="t0ken", api_protect_reads=True)
+
+    assert "securitySchemes" not in insecure.openapi().get("components", {})
+    paths = guarded.openapi()["paths"]
+    assert paths["/sagas"]["get"]["security"] == [{"token": []}]
+    assert paths["/metrics"]["get"]["security"] == [{"token": []}]
+    assert "security" not in paths["/healthz"]["get"]
+
+
+async def test_actions_need_the_token(client: httpx.AsyncClient) -> None:
+    missing = await client.post(f"{SAGA}/cancel")
+    wrong = await client.post(f"{SAGA}/cancel", headers={"Authorization": "Bearer nope"})
+    basic = await client.post(f"{SAGA}/cancel", headers={"Authorization": "Basic dTpw"})
+
+    assert [r.status_code for r in (missing, wrong, basic)] == [401, 401, 401]
+    assert missing.headers["www-authenticate"] == 'Bearer realm="orchestrator"'
+    assert missing.json() == {"detail": "a valid bearer token is needed"}
+
+
+async def test_a_database_outage_is_a_503_and_readiness_says_so(client: httpx.AsyncClient) -> None:
+    saga = await client.get(SAGA)
+    listed = await client.get("/sagas")
+    ready = await client.get("/readyz")
+    health = await client.get("/healthz")
+    metrics = await client.get("/metrics")
+
+    assert (saga.status_code, listed.status_code) == (503, 503)
+    assert saga.json()["detail"] == "the database is unavailable; try again"
+    assert ready.status_code == 503 and ready.json()["status"] == "unready"
+    assert ready.json()["checks"]["database"].startswith("unreachable")
+    assert health.status_code == 200
+    assert metrics.status_code == 200 and "orchestrator_database_up 0.0" in metrics.text
+
+
+@pytest.mark.parametrize(
+    ("path", "says"),
+    [
+        ("/sagas/42", "path.saga_id: Input should be a valid UUID"),
+        ("/sagas?limit=x", "query.limit: Input should be a valid integer"),
+        ("/sagas?cursor=%%%", "cursor is not one this API handed out"),
+        ("/sagas?workflow=nope", "workflow: unknown 'nope'; known: escrow, order"),
+        ("/workflows/nope", "no workflow 'nope'; known: escrow, order"),
+    ],
+)
+async def test_bad_input_says_what_is_wrong_before_the_database_is_asked(
+    client: httpx.AsyncClient, path: str, says: str
+) -> None:
+    response = await client.get(path)
+
+    assert 400 <= response.status_code < 500
+    assert response.json()["detail"].startswith(says)
