@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export ORCHESTRATOR_DATABASE_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/orchestrator
 export ORCHESTRATOR_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
 
-.PHONY: venv install lint types test unit integration demo migrate run clean
+.PHONY: venv install lint types test unit integration demo migrate run bench clean
 
 venv: $(STAMP)
 
@@ -38,11 +38,17 @@ test: venv lint types
 migrate: venv
 	$(BIN)/orchestrator migrate
 
+# Local use: without ORCHESTRATOR_API_TOKEN the API runs --insecure (on 127.0.0.1 only).
 run: migrate
-	$(BIN)/orchestrator run
+	$(BIN)/orchestrator run $(if $(ORCHESTRATOR_API_TOKEN),,--insecure)
 
 demo: migrate
 	$(BIN)/python -m orchestrator.demo
+
+# The benchmark against ../shared/limit/pipeline.py (docs/benchmark.md); it migrates and empties
+# a database of its own (BENCH_DATABASE_URL, default orchestrator_bench), never the one above.
+bench: migrate
+	$(BIN)/python -m orchestrator.bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

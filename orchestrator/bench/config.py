@@ -1,0 +1,78 @@
+"""How big each scenario is, and where the services are: all of it chosen once, at the start."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["FULL", "QUICK", "SCENARIOS", "Sizes", "Stack"]
+
+SCENARIOS = ("throughput", "latency", "recovery", "deadlines", "memory")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """The full run answers the issue's questions in about a quarter of an hour; ``QUICK`` only
+    proves that every scenario runs to the end."""
+
+    throughput_sagas: int = 4000
+    throughput_repeats: int = 2
+    latency_seconds: float = 30.0
+    latency_rate: float | None = None  # None: half the orchestrator's measured maximum
+    default_rate: float = 100.0  # when throughput was not run and no rate was given
+    recovery_sagas: int = 10_000
+    deadline_sagas: int = 10_000
+    deadline_spread_seconds: float = 60.0
+    deadline_seconds: float = 10.0
+    outage_sagas: int = 2000
+    outage_seconds: float = 30.0
+    outage_deadline_seconds: float = 10.0
+    memory_levels: tuple[int, ...] = (1000, 10_000, 100_000)
+    wait_seconds: float = 600.0  # give up waiting for sagas after this long
+
+
+FULL = Sizes()
+QUICK = Sizes(
+    throughput_sagas=200,
+    throughput_repeats=1,
+    latency_seconds=3.0,
+    default_rate=50.0,
+    recovery_sagas=200,
+    deadline_sagas=200,
+    deadline_spread_seconds=4.0,
+    deadline_seconds=2.0,
+    outage_sagas=200,
+    outage_seconds=5.0,
+    outage_deadline_seconds=2.0,
+    memory_levels=(1000,),
+    wait_seconds=60.0,
+)
+
+
+def _default_floor(root: Path) -> Path:
+    return Path(os.environ.get("BENCH_FLOOR") or root / ".." / "shared" / "limit" / "pipeline.py")
+
+
+@dataclass(frozen=True)
+class Stack:
+    """The services and files every scenario uses."""
+
+    root: Path
+    python: str
+    database_url: str  # the SQLAlchemy form the orchestrator takes: postgresql+asyncpg://...
+    amqp_url: str
+    log_dir: Path
+    floor: Path = field(default=Path())
+    api_port_flag: bool = False  # `orchestrator run` takes --port (the REST API is built in)
+
+    @property
+    def dsn(self) -> str:
+        """The same database in the form asyncpg and pipeline.py take."""
+        return self.database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+    @classmethod
+    def make(
+        cls, root: Path, python: str, database_url: str, amqp_url: str, log_dir: Path, api_port_flag: bool
+    ) -> Stack:
+        return cls(root, python, database_url, amqp_url, log_dir, _default_floor(root), api_port_flag)

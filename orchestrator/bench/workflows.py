@@ -1,0 +1,96 @@
+"""The workflows the benchmark runs: ``orchestrator run --workflows orchestrator.bench.workflows``.
+
+``bench_order`` is the bundled order saga with deadlines long enough that 100,000 sagas can sit
+parked without any of them timing out: a parked saga must stay parked for recovery and memory.
+
+``bench_hold`` exists only to time deadlines. Its one step commands the ``silent`` service, which
+nobody serves, so each saga waits until its deadline fires; normal orders keep their own
+participants busy meanwhile. Its deadline comes from ``BENCH_DEADLINE_SECONDS`` at import,
+because the orchestrator is a separate process and its environment is the only way in.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+from orchestrator.examples.contracts import (
+    ChargePayment,
+    OrderPlaced,
+    OrderShipped,
+    OutOfStock,
+    PaymentCharged,
+    PaymentDeclined,
+    PaymentRefunded,
+    RefundPayment,
+    ReleaseStock,
+    ReserveStock,
+    ShipmentFailed,
+    ShipOrder,
+    StockReleased,
+    StockReserved,
+)
+from orchestrator.messages import Command, Event
+from orchestrator.steps import saga, step
+
+ORDER = "bench_order"
+HOLD = "bench_hold"
+SILENT_SERVICE = "silent"
+PARKED = timedelta(hours=1)
+HOLD_DEADLINE = timedelta(seconds=float(os.environ.get("BENCH_DEADLINE_SECONDS", "10")))
+
+
+@saga(starts_on=OrderPlaced, key="order_id", name=ORDER)
+class BenchOrderSaga:
+    """The order saga of orchestrator.examples, every deadline an hour."""
+
+    @step(done=StockReserved, failed=OutOfStock, deadline=PARKED)
+    def reserve(self, order: OrderPlaced) -> ReserveStock:
+        return ReserveStock(order.order_id, order.lines)
+
+    @reserve.compensate(done=StockReleased)
+    def release(self, order: OrderPlaced) -> ReleaseStock:
+        return ReleaseStock(order.order_id)
+
+    @step(done=PaymentCharged, failed=PaymentDeclined, deadline=PARKED)
+    def charge(self, order: OrderPlaced) -> ChargePayment:
+        return ChargePayment(order.order_id, order.customer_id, order.amount_cents)
+
+    @charge.compensate(done=PaymentRefunded)
+    def refund(self, order: OrderPlaced) -> RefundPayment:
+        return RefundPayment(order.order_id)
+
+    @step(done=OrderShipped, failed=ShipmentFailed, deadline=PARKED)
+    def ship(self, order: OrderPlaced) -> ShipOrder:
+        return ShipOrder(order.order_id, order.lines)
+
+
+@dataclass(frozen=True)
+class HoldRequested(Event):
+    TYPE = "bench.HoldRequested"
+    hold_id: str
+
+
+@dataclass(frozen=True)
+class PlaceHold(Command):
+    TYPE = f"{SILENT_SERVICE}.PlaceHold"
+    hold_id: str
+
+
+@dataclass(frozen=True)
+class HoldPlaced(Event):
+    TYPE = f"{SILENT_SERVICE}.HoldPlaced"
+    hold_id: str
+
+
+@saga(starts_on=HoldRequested, key="hold_id", name=HOLD)
+class BenchHoldSaga:
+    """One step nobody answers: the saga ends ``compensated`` when its deadline fires."""
+
+    @step(done=HoldPlaced, deadline=HOLD_DEADLINE)
+    def hold(self, request: HoldRequested) -> PlaceHold:
+        return PlaceHold(request.hold_id)
+
+
+WORKFLOWS = [BenchOrderSaga.workflow, BenchHoldSaga.workflow]  # type: ignore[attr-defined]

@@ -1,0 +1,98 @@
+"""``python -m orchestrator.bench --quick`` runs every scenario to the end and writes its JSON.
+
+Only that it works is checked here, never how fast: timings on a shared two-core box say nothing
+in a test. The figures are ``make bench``'s business.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from .conftest import ADMIN_DSN, AMQP_URL, ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def _drop(name: str) -> None:
+    async def drop() -> None:
+        connection = await asyncpg.connect(ADMIN_DSN)
+        try:
+            await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await connection.close()
+
+    asyncio.run(drop())
+
+
+def test_quick_bench_runs_every_scenario(tmp_path: Path) -> None:
+    name = f"orchestrator_bench_test_{uuid.uuid4().hex[:8]}"
+    url = f"{ADMIN_DSN.rsplit('/', 1)[0].replace('postgresql://', 'postgresql+asyncpg://')}/{name}"
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "BENCH_DATABASE_URL": url, "ORCHESTRATOR_AMQP_URL": AMQP_URL}
+    try:
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "orchestrator.bench",
+                "--quick",
+                "--out",
+                str(out),
+                "--logs",
+                str(tmp_path),
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        _drop(name)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    results = json.loads(out.read_text())
+
+    for key in ("machine", "git_commit", "sizes", "throughput", "latency", "recovery", "deadlines", "memory"):
+        assert key in results, key
+    for scenario in ("throughput", "latency", "recovery", "deadlines", "memory"):
+        assert "error" not in results[scenario], results[scenario]
+
+    throughput = results["throughput"]
+    assert throughput["orchestrator"]["all_finished"]
+    assert throughput["orchestrator"]["steps_per_s"] > 0
+    for key in ("floor", "ratio"):
+        assert key in throughput
+
+    latency = results["latency"]
+    assert latency["orchestrator"]["finished"]
+    assert latency["orchestrator"]["completed"] == latency["sagas"]
+    assert latency["orchestrator"]["step_ms"]["count"] == 3 * latency["sagas"]
+    assert latency["orchestrator"]["saga_ms"]["p50"] is not None
+
+    recovery = results["recovery"]
+    assert recovery["parked_before_kill"] == recovery["sagas"]
+    assert recovery["lost"] == 0
+    assert recovery["completed"] == recovery["sagas"]
+    assert recovery["restart_to_taking_events_s"] is not None
+    assert recovery["replies_to_all_completed_s"] is not None
+
+    deadlines = results["deadlines"]
+    assert deadlines["all_fired"] and deadlines["fired"] == deadlines["deadlines"]
+    assert deadlines["background_completed"] == deadlines["background_orders"]
+    assert deadlines["lateness_ms"]["max"] is not None
+    outage = deadlines["outage"]
+    assert outage["fired"] == outage["sagas"]
+    assert outage["restart_to_all_fired_s"] is not None
+
+    memory = results["memory"]
+    assert set(memory["rss_mib"]) == {"0", "1000"}
+    assert memory["parked"] == 1000
