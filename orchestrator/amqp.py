@@ -189,6 +189,11 @@ class Broker:
         )
         await self._dead.publish(copy, routing_key=message.routing_key or "")
 
+    def connections(self) -> dict[str, bool]:
+        """Whether each connection is up now: a robust one may be between reconnects."""
+        named = {"broker": self._consume_connection, "broker_publish": self._publish_connection}
+        return {name: c is not None and not c.is_closed and c.connected.is_set() for name, c in named.items()}
+
     async def close(self) -> None:
         for connection in (self._consume_connection, self._publish_connection):
             if connection is not None:

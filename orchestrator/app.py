@@ -82,15 +82,7 @@ class Orchestrator:
 
     async def broker_checks(self) -> dict[str, str]:
         """Readiness: both broker connections up (a robust connection may be reconnecting)."""
-        # TODO(amqp): a public Broker.connected would spare reading its connections here.
-        connections = {
-            "broker": self.broker._consume_connection,
-            "broker_publish": self.broker._publish_connection,
-        }
-        return {
-            name: "ok" if c is not None and not c.is_closed and c.connected.is_set() else "not connected"
-            for name, c in connections.items()
-        }
+        return {name: "ok" if up else "not connected" for name, up in self.broker.connections().items()}
 
     async def start(self) -> None:
         await self.broker.connect(services_of(self.registry.command_types()))
