@@ -7,6 +7,7 @@ costs a handful of round trips, not hundreds.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -114,12 +115,14 @@ WITH saved_sagas AS (
     ON CONFLICT DO NOTHING
     RETURNING 1
 ), taken AS (
-    INSERT INTO inbox (message_id, saga_id, received_at)
-    SELECT message_id, saga_id, $24 FROM unnest($30::text[], $31::text[]) AS t(message_id, saga_id)
+    INSERT INTO inbox (message_id, saga_id, received_at, duplicates)
+    SELECT message_id, saga_id, $24, duplicates
+    FROM unnest($30::text[], $31::text[], $39::int[]) AS t(message_id, saga_id, duplicates)
     ON CONFLICT DO NOTHING
     RETURNING 1
 ), counted AS (
-    UPDATE inbox SET duplicates = duplicates + 1 WHERE message_id = ANY($23::text[])
+    UPDATE inbox i SET duplicates = i.duplicates + t.n
+    FROM unnest($23::text[], $40::int[]) AS t(message_id, n) WHERE i.message_id = t.message_id
     RETURNING 1
 ), cancelled AS (
     DELETE FROM deadlines d USING unnest($32::text[], $33::text[]) AS t(saga_id, kind)
@@ -140,6 +143,10 @@ def _save_arguments(changes: Changes, now: datetime) -> list[Any]:
     saga_rows = list(changes.sagas.values())
     cancels = [timer for timer, (d, _) in changes.deadlines.items() if d is None]
     timers = [(timer, d, version) for timer, (d, version) in changes.deadlines.items() if d is not None]
+    # A duplicate of a message taken in this same batch counts on the row being inserted: the
+    # UPDATE cannot see a row that a sibling CTE of the same statement inserts.
+    duplicates = Counter(changes.duplicates)
+    earlier = {m: n for m, n in duplicates.items() if m not in changes.inbox}
     return [
         [s.id for s in saga_rows],
         [s.workflow for s in saga_rows],
@@ -163,7 +170,7 @@ def _save_arguments(changes: Changes, now: datetime) -> list[Any]:
         [_dumps(e.message.as_json()) for e in changes.journal],
         [_dumps(e.decision) for e in changes.journal],
         [e.message.actor for e in changes.journal],
-        list(changes.duplicates),
+        list(earlier),
         now,
         [c.message_id for c in changes.commands],
         [c.saga_id for c in changes.commands],
@@ -179,6 +186,8 @@ def _save_arguments(changes: Changes, now: datetime) -> list[Any]:
         [d.state for _, d, _ in timers],
         [version for _, _, version in timers],
         [d.due_at for _, d, _ in timers],
+        [duplicates.get(m, 0) for m in changes.inbox],
+        list(earlier.values()),
     ]
 
 
