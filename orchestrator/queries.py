@@ -12,7 +12,7 @@ import base64
 import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -117,8 +117,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         when = datetime.fromisoformat(created_at)
         if when.tzinfo is None:
             raise ValueError(cursor)
-        return when, saga_id
-    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
+        return when.astimezone(UTC), saga_id  # as the database compares; out of range is bad input
+    except (ValueError, TypeError, OverflowError, binascii.Error, orjson.JSONDecodeError):
         raise BadCursor("cursor is not one this API handed out: pass next_cursor back unchanged") from None
 
 

@@ -357,6 +357,9 @@ async def test_health_readiness_and_metrics(api: Harness) -> None:
         ("GET", "/sagas?limit=0", None, 422, "query.limit"),
         ("GET", "/sagas?limit=501", None, 422, "query.limit"),
         ("GET", "/sagas?cursor=bm9wZQ", None, 422, "cursor is not one this API handed out"),
+        # well-formed, but their times fall outside what PostgreSQL stores once in UTC
+        ("GET", "/sagas?cursor=WyIwMDAxLTAxLTAxVDAwOjAwOjAwKzAwOjAxIiwieCJd", None, 422, "cursor is not"),
+        ("GET", "/sagas?cursor=WyI5OTk5LTEyLTMxVDIzOjU5OjU5LTE0OjAwIiwieCJd", None, 422, "cursor is not"),
         ("GET", "/sagas?started_after=soon", None, 422, "query.started_after"),
         ("GET", "/sagas?updated_before=0001-01-01T00:00:00%2B05:00", None, 422, "out of range"),
         ("GET", "/sagas?key=a%00b", None, 422, "NUL"),
