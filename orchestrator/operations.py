@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from orchestrator.definitions import Workflow
 from orchestrator.engine import (
     ACTIONS,
     OPERATOR,
@@ -25,7 +26,7 @@ from orchestrator.engine import (
     decide,
     saga_id_for,
 )
-from orchestrator.messages import InvalidPayload, load
+from orchestrator.messages import InvalidPayload, dump, load
 from orchestrator.routing import Registry
 from orchestrator.store import Changes, Store
 
@@ -97,9 +98,9 @@ async def start_saga(
     given = data.get(spec.key)
     if given is not None and str(given) != key:
         raise BadRequest(f"data.{spec.key} is {given!r} but key is {key!r}")
-    payload = {**data, spec.key: key}
     try:
-        load(spec.starts_on, payload)
+        # Stored as a participant would have sent it: validated, coerced, nothing extra.
+        payload = dump(load(spec.starts_on, {**data, spec.key: key}))
     except InvalidPayload as error:
         raise BadRequest(f"data does not fit {spec.starts_on.TYPE}: {error}") from None
     saga_id = saga_id_for(spec.name, key)
@@ -147,6 +148,8 @@ async def apply_action(
         decision = decide(compiled, saga, message, now)
         if decision.outcome is Outcome.REFUSED:
             raise ActionRefused(decision.reason or "refused")
+        if action.name == "skip":
+            _check_outcome_data(compiled.workflow, saga, action)
         changes = Changes()
         changes.record(message, decision, now)
         await tx.save(changes)
@@ -162,3 +165,17 @@ def _check_names(states: Mapping[str, Any], events: Mapping[str, Any], action: O
             raise BadRequest("skip needs an outcome: the event type to take as the step's result")
         if action.outcome not in events:
             raise BadRequest(f"no event type {action.outcome!r} in this workflow")
+
+
+def _check_outcome_data(workflow: Workflow, saga: Saga, action: OperatorAction) -> None:
+    """A skip's data is what the outcome's event would have carried: it must fit that event, and
+    it cannot rename the saga (its key) by merging a different value into the saga's data."""
+    event, key_field = workflow.events[str(action.outcome)], workflow.key
+    given = action.data.get(key_field)
+    if given is not None and str(given) != saga.key:
+        raise BadRequest(f"data.{key_field} is {given!r} but the saga's key is {saga.key!r}")
+    carries_key = key_field in getattr(event, "__dataclass_fields__", {})
+    try:
+        load(event, {**action.data, **({key_field: saga.key} if carries_key else {})})
+    except InvalidPayload as error:
+        raise BadRequest(f"data does not fit {event.TYPE}: {error}") from None

@@ -186,6 +186,32 @@ def test_skip_with_an_outcome_the_step_does_not_take_is_refused_with_the_ones_it
         kit.act(saga, "skip")
 
 
+def test_skip_data_must_fit_the_outcome_event_and_cannot_rename_the_saga(kit):
+    saga = at_charge(kit)
+
+    with pytest.raises(BadRequest, match=r"data does not fit payment\.PaymentCharged"):
+        kit.act(saga, "skip", outcome="payment.PaymentCharged")  # no charge_id
+    with pytest.raises(BadRequest, match=r"data does not fit payment\.PaymentCharged"):
+        kit.act(saga, "skip", outcome="payment.PaymentCharged", data={"charge_id": ["not", "a", "string"]})
+    with pytest.raises(BadRequest, match=r"data\.order_id is 'hijack' but the saga's key is 'o-1'"):
+        kit.act(saga, "skip", outcome="payment.PaymentCharged", data={"order_id": "hijack", "charge_id": "c"})
+
+    unchanged = kit.saga("o-1", "order")
+    assert (unchanged.state, unchanged.version, unchanged.data["order_id"]) == ("charge", saga.version, "o-1")
+    assert kit.take_sent() == []
+
+
+def test_a_start_stores_its_data_as_the_event_would_carry_it(kit):
+    loose = {"customer_id": "c-1", "lines": [{"sku": "sku-1", "quantity": "2"}], "amount_cents": "1200"}
+
+    applied = kit.start("order", "o-7", {**loose, "not_a_field": "dropped"})
+
+    assert applied.saga.data["lines"] == [{"sku": "sku-1", "quantity": 2}]
+    assert applied.saga.data["amount_cents"] == 1200
+    assert "not_a_field" not in applied.saga.data
+    assert kit.replay_differences(applied.saga) == []
+
+
 def failed_in_signing(kit: WorkflowTestKit) -> Saga:
     saga = kit.start("strict", "e-1", ESCROW).saga
     kit.take_sent()
