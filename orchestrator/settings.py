@@ -31,6 +31,9 @@ def _int(name: str, default: int) -> int:
         raise SystemExit(f"orchestrator: {name} must be an integer, not {raw!r}") from None
 
 
+_A_CENTURY = 100 * 365.25 * 86400
+
+
 def _float(name: str, default: float) -> float:
     raw = os.environ.get(name)
     if raw is None or raw == "":
@@ -39,8 +42,10 @@ def _float(name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         value = -1.0
-    if not value > 0:
-        raise SystemExit(f"orchestrator: {name} must be a positive number, not {raw!r}")
+    if not 0 < value <= _A_CENTURY:  # inf or 1e13 seconds would overflow every timedelta made of it
+        raise SystemExit(
+            f"orchestrator: {name} must be a positive number of seconds up to {_A_CENTURY:.0f}, not {raw!r}"
+        )
     return value
 
 

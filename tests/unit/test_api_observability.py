@@ -129,8 +129,9 @@ def test_the_token_is_read_from_the_environment_and_never_shown(monkeypatch: pyt
     assert settings.api_port == 0 and "hunter2" not in repr(settings)
 
 
-def test_a_bad_stuck_threshold_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ORCHESTRATOR_STUCK_AFTER_SECONDS", "-5")
+@pytest.mark.parametrize("raw", ["-5", "0", "soon", "nan", "inf", "1e13"])
+def test_a_bad_stuck_threshold_is_refused(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
+    monkeypatch.setenv("ORCHESTRATOR_STUCK_AFTER_SECONDS", raw)
 
     with pytest.raises(SystemExit, match="ORCHESTRATOR_STUCK_AFTER_SECONDS must be a positive number"):
         Settings.from_env()
