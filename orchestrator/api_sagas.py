@@ -17,7 +17,7 @@ from fastapi.params import Depends
 from orchestrator import api_models as m
 from orchestrator.api_context import DEFAULT_ACTOR, ApiContext, answers, storable, utc
 from orchestrator.engine import Saga
-from orchestrator.operations import OperatorAction, apply_action, start_saga
+from orchestrator.operations import Applied, OperatorAction, apply_action, start_saga
 from orchestrator.queries import HistoryRow, SagaFilter
 from orchestrator.replay import replay
 
@@ -249,7 +249,7 @@ def sagas_router(ctx: ApiContext, reads: Sequence[Depends], writes: Sequence[Dep
                 saga.workflow,
                 saga.id,
                 saga.key,
-                extra=_extra(saga, who),
+                extra=_extra(applied, who),
             )
         return await detail(ctx, saga)
 
@@ -266,7 +266,7 @@ def sagas_router(ctx: ApiContext, reads: Sequence[Depends], writes: Sequence[Dep
             saga.state,
             saga.status,
             action.reason,
-            extra=_extra(saga, action.actor),
+            extra=_extra(applied, action.actor),
         )
         return await detail(ctx, saga)
 
@@ -311,5 +311,5 @@ def sagas_router(ctx: ApiContext, reads: Sequence[Depends], writes: Sequence[Dep
     return router
 
 
-def _extra(saga: Saga, actor: str) -> dict[str, Any]:
-    return {"saga_id": saga.id, "actor": actor}
+def _extra(applied: Applied, actor: str) -> dict[str, Any]:
+    return {"saga_id": applied.saga.id, "message_id": applied.message_id, "actor": actor}

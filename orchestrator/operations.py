@@ -77,6 +77,8 @@ class Applied:
     created: bool
     commands: list[OutgoingCommand]
     decisions: list[Decision]
+    #: the id the request was journaled under, for the log lines about it
+    message_id: str = ""
 
 
 async def start_saga(
@@ -110,13 +112,13 @@ async def start_saga(
             async with store.transaction() as tx:
                 existing = (await tx.lock_sagas([saga_id])).get(saga_id)
                 if existing is not None:
-                    return Applied(existing, False, [], [])
+                    return Applied(existing, False, [], [], message.message_id)
                 decision = decide(compiled, None, message, now)
                 changes = Changes()
                 changes.record(message, decision, now)
                 changes.inbox[message.message_id] = saga_id
                 await tx.save(changes)
-                return Applied(decision.saga, True, changes.commands, [decision])
+                return Applied(decision.saga, True, changes.commands, [decision], message.message_id)
         except Exception:
             if attempt:  # a second failure is not a race any more: let it be seen
                 raise
@@ -153,7 +155,7 @@ async def apply_action(
         changes = Changes()
         changes.record(message, decision, now)
         await tx.save(changes)
-    return Applied(decision.saga, False, changes.commands, [decision])
+    return Applied(decision.saga, False, changes.commands, [decision], message.message_id)
 
 
 def _check_names(states: Mapping[str, Any], events: Mapping[str, Any], action: OperatorAction) -> None:

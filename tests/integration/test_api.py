@@ -4,6 +4,7 @@ actions, refusals, bad input and the token. The end-to-end run through ``orchest
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
@@ -193,6 +194,19 @@ async def test_operator_actions_go_through_the_engine_and_the_journal_keeps_who_
     rest = (await api.client.get(f"/sagas/{saga['id']}/history", params={"after": 2, "limit": 2})).json()
     assert ([e["seq"] for e in first["items"]], first["next_after"]) == ([1, 2], 2)
     assert ([e["seq"] for e in rest["items"]], rest["next_after"]) == ([3], None)
+
+
+async def test_the_log_lines_of_a_start_and_an_action_carry_the_saga_and_message_ids(
+    api: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="orchestrator.api")
+    saga = await api.start()
+    await api.act(saga, "cancel", reason="customer called")
+
+    lines = [r for r in caplog.records if r.name == "orchestrator.api"]
+    history = (await api.client.get(f"/sagas/{saga['id']}/history")).json()["items"]
+    journaled = [e["message"]["message_id"] for e in history]
+    assert [(r.saga_id, r.message_id) for r in lines] == [(saga["id"], m) for m in journaled]  # type: ignore[attr-defined]
 
 
 async def test_an_action_that_does_not_fit_is_refused_with_409_and_the_reason(api: Harness) -> None:
