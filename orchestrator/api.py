@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Annotated, Any
 
+import asyncpg
 from fastapi import Depends, FastAPI, HTTPException, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.params import Depends as DependsParam
@@ -21,6 +22,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import TypeAdapter
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from orchestrator import api_models as m
@@ -46,6 +48,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
             " (ORCHESTRATOR_API_TOKEN); reads too when ORCHESTRATOR_API_PROTECT_READS is set. The caller"
             " names itself in `X-Actor`, which the journal keeps with the action and its reason."
         ),
+        responses=answers(503),  # any route that reads or writes may find the database away
     )
     _install_error_handlers(app)
     writes = _token_check(ctx.settings.api_token)
@@ -181,7 +184,18 @@ def _install_error_handlers(app: FastAPI) -> None:
         log.warning("database unavailable for %s %s: %s", request.method, request.url.path, error)
         return _problem(503, "the database is unavailable; try again", {"Retry-After": "5"})
 
-    for kind in (OperationalError, InterfaceError, OSError, TimeoutError):
+    # The REST reads go through SQLAlchemy, starts and actions through the asyncpg pool.
+    for kind in (
+        OperationalError,
+        InterfaceError,
+        PoolTimeout,
+        asyncpg.PostgresConnectionError,
+        asyncpg.OperatorInterventionError,
+        asyncpg.InsufficientResourcesError,
+        asyncpg.InterfaceError,
+        OSError,
+        TimeoutError,
+    ):
         app.add_exception_handler(kind, unavailable)
 
 

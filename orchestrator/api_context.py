@@ -80,6 +80,7 @@ _ANSWERS = {
     404: "no such saga or workflow",
     409: "the action does not fit the saga as it stands; detail says why",
     422: "bad input; detail says which and why",
+    503: "the database is unavailable; try again after Retry-After seconds",
 }
 
 

@@ -7,9 +7,11 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 import pytest_asyncio
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from orchestrator.api import ApiContext, create_app
 from orchestrator.examples import WORKFLOWS
@@ -54,7 +56,7 @@ def test_the_schema_documents_the_token_and_every_error_answer() -> None:
     }
     cancel = schema["paths"]["/sagas/{saga_id}/cancel"]["post"]
     assert cancel["security"] == [{"token": []}]
-    assert set(cancel["responses"]) == {"200", "400", "401", "404", "409", "422"}
+    assert set(cancel["responses"]) == {"200", "400", "401", "404", "409", "422", "503"}
     problem = {"$ref": "#/components/schemas/Problem"}
     assert cancel["responses"]["422"]["content"]["application/json"]["schema"] == problem
     assert "security" not in schema["paths"]["/sagas"]["get"]  # reads are open by default
@@ -103,6 +105,46 @@ async def test_a_database_outage_is_a_503_and_readiness_says_so(client: httpx.As
     assert ready.json()["checks"]["database"].startswith("unreachable")
     assert health.status_code == 200
     assert metrics.status_code == 200 and "orchestrator_database_up 0.0" in metrics.text
+
+
+async def test_a_write_during_an_outage_is_a_503_too(client: httpx.AsyncClient) -> None:
+    token = {"Authorization": "Bearer t0ken"}
+    order = {"customer_id": "c-1", "lines": [{"sku": "s", "quantity": 1}], "amount_cents": 100}
+
+    started = await client.post(
+        "/sagas", json={"workflow": "order", "key": "k", "data": order}, headers=token
+    )
+    cancelled = await client.post(f"{SAGA}/cancel", json={"reason": "r"}, headers=token)
+
+    assert (started.status_code, cancelled.status_code) == (503, 503), (started.text, cancelled.text)
+    assert started.headers["Retry-After"] == "5"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
+        asyncpg.CannotConnectNowError("the database system is starting up"),
+        asyncpg.TooManyConnectionsError("sorry, too many clients already"),
+        PoolTimeout("QueuePool limit reached"),
+    ],
+)
+async def test_a_database_that_drops_or_refuses_mid_request_is_a_503(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    async def fails(*args: Any, **kwargs: Any) -> None:
+        raise error
+
+    monkeypatch.setattr(PostgresStore, "get_saga", fails)
+
+    assert (await client.get(SAGA)).status_code == 503
+
+
+def test_every_operation_documents_the_503() -> None:
+    _, app = build(api_token="t0ken")
+    operations = [op for path in app.openapi()["paths"].values() for op in path.values()]
+
+    assert operations and all("503" in op["responses"] for op in operations)
 
 
 @pytest.mark.parametrize(
