@@ -297,9 +297,13 @@ async def test_stuck_sagas_are_listed_and_counted(api: Harness) -> None:
     assert lost["id"] not in [s["id"] for s in fresh["items"]]
     stuck = [s["id"] for s in later["items"]]
     assert lost["id"] in stuck and timed["id"] not in stuck
-    assert [
-        line for line in metrics.splitlines() if line.startswith('orchestrator_stuck_sagas{workflow="order"}')
+    # The metric counts what the list shows at the same moment, ``lost`` among them.
+    (counted,) = [
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith('orchestrator_stuck_sagas{workflow="order"}')
     ]
+    assert counted == len([s for s in later["items"] if s["workflow"] == "order"])
 
 
 async def test_workflows_show_their_definition_diagram_and_live_counts(api: Harness) -> None:
