@@ -38,7 +38,7 @@ test: venv lint types
 migrate: venv
 	$(BIN)/orchestrator migrate
 
-# Local use: without ORCHESTRATOR_API_TOKEN the API runs --insecure (on 127.0.0.1 only).
+# Local use: without ORCHESTRATOR_API_TOKEN the API runs --insecure, on ORCHESTRATOR_API_HOST (default 127.0.0.1).
 run: migrate
 	$(BIN)/orchestrator run $(if $(ORCHESTRATOR_API_TOKEN),,--insecure)
 
