@@ -15,22 +15,7 @@ import os
 from dataclasses import dataclass
 from datetime import timedelta
 
-from orchestrator.examples.contracts import (
-    ChargePayment,
-    OrderPlaced,
-    OrderShipped,
-    OutOfStock,
-    PaymentCharged,
-    PaymentDeclined,
-    PaymentRefunded,
-    RefundPayment,
-    ReleaseStock,
-    ReserveStock,
-    ShipmentFailed,
-    ShipOrder,
-    StockReleased,
-    StockReserved,
-)
+from orchestrator.examples.order import OrderSaga
 from orchestrator.messages import Command, Event
 from orchestrator.steps import saga, step
 
@@ -39,31 +24,6 @@ HOLD = "bench_hold"
 SILENT_SERVICE = "silent"
 PARKED = timedelta(hours=1)
 HOLD_DEADLINE = timedelta(seconds=float(os.environ.get("BENCH_DEADLINE_SECONDS", "10")))
-
-
-@saga(starts_on=OrderPlaced, key="order_id", name=ORDER)
-class BenchOrderSaga:
-    """The order saga of orchestrator.examples, every deadline an hour."""
-
-    @step(done=StockReserved, failed=OutOfStock, deadline=PARKED)
-    def reserve(self, order: OrderPlaced) -> ReserveStock:
-        return ReserveStock(order.order_id, order.lines)
-
-    @reserve.compensate(done=StockReleased)
-    def release(self, order: OrderPlaced) -> ReleaseStock:
-        return ReleaseStock(order.order_id)
-
-    @step(done=PaymentCharged, failed=PaymentDeclined, deadline=PARKED)
-    def charge(self, order: OrderPlaced) -> ChargePayment:
-        return ChargePayment(order.order_id, order.customer_id, order.amount_cents)
-
-    @charge.compensate(done=PaymentRefunded)
-    def refund(self, order: OrderPlaced) -> RefundPayment:
-        return RefundPayment(order.order_id)
-
-    @step(done=OrderShipped, failed=ShipmentFailed, deadline=PARKED)
-    def ship(self, order: OrderPlaced) -> ShipOrder:
-        return ShipOrder(order.order_id, order.lines)
 
 
 @dataclass(frozen=True)
@@ -93,4 +53,6 @@ class BenchHoldSaga:
         return PlaceHold(request.hold_id)
 
 
-WORKFLOWS = [BenchOrderSaga.workflow, BenchHoldSaga.workflow]  # type: ignore[attr-defined]
+#: The order saga of orchestrator.examples, every deadline an hour.
+BENCH_ORDER = OrderSaga.workflow.with_deadlines(ORDER, PARKED)  # type: ignore[attr-defined]
+WORKFLOWS = [BENCH_ORDER, BenchHoldSaga.workflow]  # type: ignore[attr-defined]

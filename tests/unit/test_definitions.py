@@ -204,6 +204,26 @@ def test_a_state_with_a_deadline_adds_the_deadline_rule():
     assert (rule.dest, rule.send, rule.policy) == ("done", (), None)
 
 
+def test_with_deadlines_is_the_same_workflow_on_another_clock():
+    from orchestrator.examples.order import OrderSaga
+
+    order: Workflow = OrderSaga.workflow  # type: ignore[attr-defined]
+    slow = order.with_deadlines("slow_order", timedelta(hours=1))
+
+    assert slow.name == "slow_order" and order.name == "order"
+    assert {n: s.deadline for n, s in slow.states.items() if s.deadline} == {
+        "reserve": timedelta(hours=1),
+        "charge": timedelta(hours=1),
+        "ship": timedelta(hours=1),
+    }
+    assert order.states["reserve"].deadline == timedelta(seconds=30)  # the original is untouched
+    assert [n for n, s in slow.states.items() if s.deadline is None] == [
+        n for n, s in order.states.items() if s.deadline is None
+    ]
+    assert slow.rules == order.rules and slow.rules is not order.rules
+    assert CompiledWorkflow(slow.check()).moves_on("reserve", DEADLINE)
+
+
 def test_a_step_saga_needs_a_step():
     class EmptySaga:
         pass
