@@ -7,7 +7,9 @@ stall deliveries). Messages are taken with manual acks; the service acks only af
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +19,7 @@ import aiormq
 import orjson
 from aio_pika.abc import (
     AbstractChannel,
+    AbstractConnection,
     AbstractExchange,
     AbstractIncomingMessage,
     AbstractRobustConnection,
@@ -202,3 +205,24 @@ class Broker:
 
 def services_of(command_types: Iterable[str]) -> set[str]:
     return {service_of(t) for t in command_types}
+
+
+async def wait_for_consumers(connection: AbstractConnection, queues: Iterable[str], timeout: float) -> None:
+    """Until someone consumes each of ``queues``, as the broker sees it; a passive declare of a
+    missing queue closes its channel, so each try takes a channel of its own."""
+    deadline = time.monotonic() + timeout
+    for name in queues:
+        while True:
+            channel = await connection.channel()
+            try:
+                queue = await channel.declare_queue(name, passive=True)
+                if queue.declaration_result.consumer_count:
+                    break
+            except aio_pika.exceptions.ChannelClosed:
+                pass
+            finally:
+                with contextlib.suppress(Exception):
+                    await channel.close()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nobody consumes {name} after {timeout}s")
+            await asyncio.sleep(0.1)

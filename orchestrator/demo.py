@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import aio_pika
 import orjson
 
+from orchestrator.amqp import wait_for_consumers
 from orchestrator.engine import saga_id_for
 from orchestrator.settings import Settings
 from orchestrator.store_postgres import PostgresStore
@@ -78,28 +79,6 @@ def spawn(args: list[str], env: dict[str, str], log: str) -> subprocess.Popen[by
         return subprocess.Popen([sys.executable, "-m", *args], env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
-async def wait_for_consumers(
-    connection: aio_pika.abc.AbstractConnection, queues: list[str], timeout: float
-) -> None:
-    """Until every process consumes its queue; a missing queue closes the channel, so one each try."""
-    deadline = time.monotonic() + timeout
-    for name in queues:
-        while True:
-            channel = await connection.channel()
-            try:
-                queue = await channel.declare_queue(name, passive=True)
-                if queue.declaration_result.consumer_count:
-                    break
-            except aio_pika.exceptions.ChannelClosed:
-                pass
-            finally:
-                with contextlib.suppress(Exception):
-                    await channel.close()
-            if time.monotonic() > deadline:
-                raise SystemExit(f"demo: nobody consumes {name} after {timeout}s")
-            await asyncio.sleep(0.1)
-
-
 async def demo() -> int:
     settings = Settings.from_env()
     namespace = f"demo-{uuid.uuid4().hex[:6]}"
@@ -124,9 +103,11 @@ async def demo() -> int:
     store = PostgresStore.from_url(settings.database_url, pool_size=2)
     try:
         channel = await connection.channel(publisher_confirms=True)
-        await wait_for_consumers(
-            connection, [f"{namespace}.orchestrator", *(f"{namespace}.{n}" for n in PARTICIPANTS)], timeout=60
-        )
+        queues = [f"{namespace}.orchestrator", *(f"{namespace}.{n}" for n in PARTICIPANTS)]
+        try:
+            await wait_for_consumers(connection, queues, timeout=60)
+        except TimeoutError as error:
+            raise SystemExit(f"demo: {error}") from None
         events = await channel.get_exchange(f"{namespace}.events")
         batch = cases(run)
         started = time.monotonic()

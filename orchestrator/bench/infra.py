@@ -19,6 +19,7 @@ import aio_pika.abc
 import asyncpg
 import orjson
 
+from orchestrator.amqp import wait_for_consumers
 from orchestrator.bench.workflows import HOLD, ORDER, SILENT_SERVICE, HoldRequested
 from orchestrator.examples.contracts import OrderPlaced
 
@@ -198,19 +199,4 @@ class Broker:
     async def wait_for_consumers(self, namespace: str, services: Iterable[str], timeout: float = 30) -> None:
         """The responder says it is ready once it consumes; this double-checks from the broker's side."""
         assert self.connection is not None
-        deadline = time.monotonic() + timeout
-        for service in services:
-            while True:
-                channel = await self.connection.channel()
-                try:
-                    queue = await channel.declare_queue(f"{namespace}.{service}", passive=True)
-                    if queue.declaration_result.consumer_count:
-                        break
-                except aio_pika.exceptions.ChannelClosed:
-                    pass
-                finally:
-                    with contextlib.suppress(Exception):
-                        await channel.close()
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"nobody consumes {namespace}.{service}")
-                await asyncio.sleep(0.1)
+        await wait_for_consumers(self.connection, [f"{namespace}.{s}" for s in services], timeout)

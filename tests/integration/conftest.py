@@ -42,7 +42,7 @@ API_TOKEN = f"test-token-{uuid.uuid4().hex}"
 def migrated_database(prefix: str = "orchestrator_test") -> Iterator[str]:
     """A freshly migrated database of its own, dropped afterwards."""
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    url = f"{ADMIN_DSN.rsplit('/', 1)[0].replace('postgresql://', 'postgresql+asyncpg://')}/{name}"
+    url = database_url_of(name)
     env = {**os.environ, "ORCHESTRATOR_DATABASE_URL": url}
     subprocess.run(
         [sys.executable, "-m", "orchestrator", "migrate"], env=env, check=True, cwd=ROOT, timeout=120
@@ -50,15 +50,23 @@ def migrated_database(prefix: str = "orchestrator_test") -> Iterator[str]:
     try:
         yield url
     finally:
+        drop_database(name)
 
-        async def drop() -> None:
-            connection = await asyncpg.connect(ADMIN_DSN)
-            try:
-                await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            finally:
-                await connection.close()
 
-        asyncio.run(drop())
+def database_url_of(name: str) -> str:
+    """The orchestrator's URL for a database on the server of ADMIN_DSN."""
+    return f"{ADMIN_DSN.rsplit('/', 1)[0].replace('postgresql://', 'postgresql+asyncpg://')}/{name}"
+
+
+def drop_database(name: str) -> None:
+    async def drop() -> None:
+        connection = await asyncpg.connect(ADMIN_DSN)
+        try:
+            await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await connection.close()
+
+    asyncio.run(drop())
 
 
 @pytest.fixture(scope="session")

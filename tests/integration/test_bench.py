@@ -6,7 +6,6 @@ in a test. The figures are ``make bench``'s business.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -14,28 +13,16 @@ import sys
 import uuid
 from pathlib import Path
 
-import asyncpg
 import pytest
 
-from .conftest import ADMIN_DSN, AMQP_URL, ROOT
+from .conftest import AMQP_URL, ROOT, database_url_of, drop_database
 
 pytestmark = pytest.mark.integration
 
 
-def _drop(name: str) -> None:
-    async def drop() -> None:
-        connection = await asyncpg.connect(ADMIN_DSN)
-        try:
-            await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await connection.close()
-
-    asyncio.run(drop())
-
-
 def test_quick_bench_runs_every_scenario(tmp_path: Path) -> None:
     name = f"orchestrator_bench_test_{uuid.uuid4().hex[:8]}"
-    url = f"{ADMIN_DSN.rsplit('/', 1)[0].replace('postgresql://', 'postgresql+asyncpg://')}/{name}"
+    url = database_url_of(name)
     out = tmp_path / "bench.json"
     env = {**os.environ, "BENCH_DATABASE_URL": url, "ORCHESTRATOR_AMQP_URL": AMQP_URL}
     try:
@@ -57,7 +44,7 @@ def test_quick_bench_runs_every_scenario(tmp_path: Path) -> None:
             timeout=300,
         )
     finally:
-        _drop(name)
+        drop_database(name)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     results = json.loads(out.read_text())
 
