@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -90,20 +91,30 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+_Family = TypeVar("_Family", CounterMetricFamily, GaugeMetricFamily)
+
+
+def _labelled(family: _Family, counts: Mapping[Any, float]) -> _Family:
+    """One sample per label value (a tuple for several labels), in a stable order."""
+    for labels, count in sorted(counts.items()):
+        family.add_metric(list(labels) if isinstance(labels, tuple) else [labels], count)
+    return family
+
+
 class _Collector:
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
         m = self.metrics
-        messages = CounterMetricFamily(
-            "orchestrator_messages_in",
-            "Messages taken off the orchestrator queue, by verdict",
-            labels=["verdict"],
+        yield _labelled(
+            CounterMetricFamily(
+                "orchestrator_messages_in",
+                "Messages taken off the orchestrator queue, by verdict",
+                labels=["verdict"],
+            ),
+            {v: m.messages_in[v] for v in ("accepted", "duplicate", "dead")},
         )
-        for verdict in ("accepted", "duplicate", "dead"):
-            messages.add_metric([verdict], m.messages_in[verdict])
-        yield messages
         yield CounterMetricFamily(
             "orchestrator_duplicates",
             "Messages whose id was taken before (acked, changed nothing)",
@@ -115,20 +126,20 @@ class _Collector:
         yield CounterMetricFamily(
             "orchestrator_commands_out", "Commands the broker confirmed", m.commands_out
         )
-        fired = CounterMetricFamily(
-            "orchestrator_timers_fired", "Deadlines and retries fed through the engine", labels=["kind"]
+        yield _labelled(
+            CounterMetricFamily(
+                "orchestrator_timers_fired", "Deadlines and retries fed through the engine", labels=["kind"]
+            ),
+            {k: m.deadlines_fired[k] for k in ("deadline", "retry")},
         )
-        for kind in ("deadline", "retry"):
-            fired.add_metric([kind], m.deadlines_fired[kind])
-        yield fired
-        actions = CounterMetricFamily(
-            "orchestrator_operator_actions",
-            "Starts and operator actions applied over REST",
-            labels=["action"],
+        yield _labelled(
+            CounterMetricFamily(
+                "orchestrator_operator_actions",
+                "Starts and operator actions applied over REST",
+                labels=["action"],
+            ),
+            m.operator_actions,
         )
-        for action, count in sorted(m.operator_actions.items()):
-            actions.add_metric([action], count)
-        yield actions
         yield _histogram(
             "orchestrator_step_latency_seconds",
             "From an event's arrival to the broker's confirm of the command it caused",
@@ -152,20 +163,20 @@ class _Collector:
         )
         if database is None:
             return
-        sagas = GaugeMetricFamily(
-            "orchestrator_sagas", "Sagas by workflow and status", labels=["workflow", "status"]
+        yield _labelled(
+            GaugeMetricFamily(
+                "orchestrator_sagas", "Sagas by workflow and status", labels=["workflow", "status"]
+            ),
+            database.sagas,
         )
-        for (workflow, status), count in sorted(database.sagas.items()):
-            sagas.add_metric([workflow, status], count)
-        yield sagas
-        stuck = GaugeMetricFamily(
-            "orchestrator_stuck_sagas",
-            "Unfinished sagas with no pending timer and no progress for longer than the threshold",
-            labels=["workflow"],
+        yield _labelled(
+            GaugeMetricFamily(
+                "orchestrator_stuck_sagas",
+                "Unfinished sagas with no pending timer and no progress for longer than the threshold",
+                labels=["workflow"],
+            ),
+            database.stuck,
         )
-        for workflow, count in sorted(database.stuck.items()):
-            stuck.add_metric([workflow], count)
-        yield stuck
         yield GaugeMetricFamily(
             "orchestrator_outbox_backlog",
             "Committed commands not yet confirmed by the broker",
