@@ -188,7 +188,6 @@ class Orchestrator:
                     continue
                 metrics.dead_lettered += 1
             elif verdict is Verdict.DUPLICATE:
-                metrics.duplicates += 1
                 log.info(
                     "duplicate message %s (type %s) acked", message.message_id, message.type, extra=extra
                 )

@@ -72,7 +72,6 @@ class Metrics:
 
     def __init__(self, process: bool = True) -> None:
         self.messages_in: Counter[str] = Counter()  # by verdict: accepted, duplicate, dead
-        self.duplicates = 0
         self.dead_lettered = 0
         self.commands_out = 0  # confirmed by the broker
         self.deadlines_fired: Counter[str] = Counter()  # by kind: deadline, retry
@@ -118,7 +117,7 @@ class _Collector:
         yield CounterMetricFamily(
             "orchestrator_duplicates",
             "Messages whose id was taken before (acked, changed nothing)",
-            m.duplicates,
+            m.messages_in["duplicate"],
         )
         yield CounterMetricFamily(
             "orchestrator_dead_lettered", "Messages republished to the dead-letter exchange", m.dead_lettered

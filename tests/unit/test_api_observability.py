@@ -33,11 +33,13 @@ def test_a_histogram_counts_into_cumulative_buckets() -> None:
 def test_metrics_render_in_prometheus_text() -> None:
     metrics = Metrics(process=False)
     metrics.messages_in["accepted"] += 3
+    metrics.messages_in["duplicate"] += 2
     metrics.step_latency.observe(0.004)
 
     text = metrics.render().decode()
 
     assert 'orchestrator_messages_in_total{verdict="accepted"} 3.0' in text
+    assert "orchestrator_duplicates_total 2.0" in text
     assert 'orchestrator_step_latency_seconds_bucket{le="0.005"} 1.0' in text
     assert "orchestrator_database_up 0.0" in text  # no scrape has read the database yet
     assert "orchestrator_sagas" not in text
