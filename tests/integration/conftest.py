@@ -27,6 +27,7 @@ import orjson
 import pytest
 import pytest_asyncio
 
+from orchestrator.amqp import wait_for_consumers
 from orchestrator.definitions import FINISHED
 from orchestrator.engine import Saga, saga_id_for
 from orchestrator.store_postgres import PostgresStore
@@ -185,20 +186,13 @@ class Bench:
             await asyncio.sleep(0.05)
 
     async def wait_for_consumer(self, queue: str, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            connection = await aio_pika.connect(AMQP_URL)  # not robust: a passive declare must ask the broker
-            try:
-                channel = await connection.channel()
-                declared = await channel.declare_queue(queue, passive=True)
-                if declared.declaration_result.consumer_count:
-                    return
-            except aio_pika.exceptions.ChannelClosed:
-                pass
-            finally:
-                await connection.close()
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"nobody consumes {queue}")
+        connection = await aio_pika.connect(AMQP_URL)  # not robust: a passive declare must ask the broker
+        try:
+            await wait_for_consumers(connection, [queue], timeout)
+        except TimeoutError as error:
+            raise AssertionError(str(error)) from None
+        finally:
+            await connection.close()
 
     async def publish(
         self,
