@@ -100,8 +100,7 @@ async def process_batch(
 
     changes = Changes()
     async with store.transaction() as tx:
-        current: dict[str, Saga] = await tx.lock_sagas(wanted)
-        seen = await tx.seen(p.message_id for p in parsed)
+        current, seen = await tx.read_batch(wanted, (p.message_id for p in parsed))
         for p in parsed:
             if p.message_id in seen or p.message_id in changes.inbox:
                 result.verdicts[p.index] = Verdict.DUPLICATE

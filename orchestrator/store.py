@@ -66,8 +66,12 @@ class Transaction(Protocol):
     async def lock_sagas(self, saga_ids: Iterable[str]) -> dict[str, Saga]:
         """The sagas that exist among ``saga_ids``, locked until the transaction ends."""
 
-    async def seen(self, message_ids: Iterable[str]) -> set[str]:
-        """The message ids already taken (the inbox)."""
+    async def read_batch(
+        self, saga_ids: Iterable[str], message_ids: Iterable[str]
+    ) -> tuple[dict[str, Saga], set[str]]:
+        """What a batch of messages needs before it is decided, in one read: the sagas that
+        exist among ``saga_ids``, locked until the transaction ends, and which of
+        ``message_ids`` were taken already (the inbox)."""
 
     async def claim_due(self, now: datetime, limit: int) -> list[DueDeadline]:
         """Deadlines due by ``now``, locked so that no other replica fires them too."""

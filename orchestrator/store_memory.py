@@ -20,8 +20,10 @@ class _MemoryTransaction:
     async def lock_sagas(self, saga_ids: Iterable[str]) -> dict[str, Saga]:
         return {i: self.store.sagas[i] for i in saga_ids if i in self.store.sagas}
 
-    async def seen(self, message_ids: Iterable[str]) -> set[str]:
-        return {m for m in message_ids if m in self.store.inbox}
+    async def read_batch(
+        self, saga_ids: Iterable[str], message_ids: Iterable[str]
+    ) -> tuple[dict[str, Saga], set[str]]:
+        return await self.lock_sagas(saga_ids), {m for m in message_ids if m in self.store.inbox}
 
     async def claim_due(self, now: datetime, limit: int) -> list[DueDeadline]:
         due = sorted(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
+import asyncpg
 import orjson
 import pytest
 
@@ -15,7 +16,7 @@ from orchestrator.messages import dump
 from orchestrator.routing import Registry
 from orchestrator.service import Envelope, Verdict, process_batch
 from orchestrator.store_memory import MemoryStore
-from orchestrator.store_postgres import PostgresStore
+from orchestrator.store_postgres import PostgresStore, driver_dsn
 
 pytestmark = pytest.mark.integration
 
@@ -42,3 +43,46 @@ async def test_duplicates_are_counted_within_a_batch_and_across_batches(database
         assert counted == memory.duplicate_counts[message_id] == 4
     finally:
         await postgres.close()
+
+
+async def test_read_batch_locks_the_sagas_and_tells_the_messages_seen(database_url: str) -> None:
+    key = f"o-{uuid.uuid4().hex[:12]}"
+    placed = OrderPlaced(key, "c-1", [Line("sku-1", 1)], 1000)
+    message_id = f"placed-{key}"
+    delivery = Envelope(orjson.dumps(dump(placed)), placed.TYPE, message_id)
+    postgres = PostgresStore.from_url(database_url, pool_size=2)
+    memory = MemoryStore()
+    try:
+        for store in (postgres, memory):
+            saga_id = (await process_batch(REGISTRY, store, [delivery], NOW)).decisions[0].saga.id
+            async with store.transaction() as tx:
+                assert await tx.read_batch([], []) == ({}, set())
+                current, seen = await tx.read_batch([saga_id, "no-such-saga"], [message_id, "new-message"])
+                assert current == {saga_id: await store.get_saga(saga_id)}
+                assert seen == {message_id}
+                if store is postgres:
+                    other = await asyncpg.connect(driver_dsn(database_url))
+                    try:
+                        with pytest.raises(asyncpg.LockNotAvailableError):
+                            await other.execute(
+                                "SELECT 1 FROM sagas WHERE id = $1 FOR UPDATE NOWAIT", saga_id
+                            )
+                    finally:
+                        await other.close()
+    finally:
+        await postgres.close()
+
+
+async def test_a_failed_batch_leaves_no_transaction_open_on_the_pooled_connection(database_url: str) -> None:
+    """The pool's reset does nothing but asyncpg's rollback: a connection must come back clean."""
+    store = PostgresStore.from_url(database_url, pool_size=1)
+    try:
+        with pytest.raises(asyncpg.UndefinedTableError):
+            async with store.transaction() as tx:
+                await tx.connection.execute("SELECT * FROM no_such_table")
+        pool = await store.pool()
+        async with pool.acquire() as connection:
+            assert not connection.is_in_transaction()
+            assert await connection.fetchval("SELECT 1") == 1
+    finally:
+        await store.close()
