@@ -106,7 +106,8 @@ class Broker:
         self.url = url
         self.topology = topology
         self.prefetch = prefetch
-        self.inbound: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        #: deliveries with the moment they arrived (``time.monotonic()``), where step latency begins
+        self.inbound: asyncio.Queue[tuple[float, AbstractIncomingMessage]] = asyncio.Queue()
         self._consume_connection: AbstractRobustConnection | None = None
         self._publish_connection: AbstractRobustConnection | None = None
         self._publish_channel: AbstractChannel | None = None
@@ -134,7 +135,7 @@ class Broker:
         self._consumer_tag = await self._queue.consume(self._take)
 
     async def _take(self, message: AbstractIncomingMessage) -> None:
-        self.inbound.put_nowait(message)
+        self.inbound.put_nowait((time.monotonic(), message))
 
     async def stop_consuming(self) -> None:
         if self._queue is not None and self._consumer_tag is not None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import time
 from datetime import UTC, datetime
 
 from aio_pika.abc import AbstractIncomingMessage
@@ -145,13 +144,15 @@ class Orchestrator:
             if not getter.done():
                 getter.cancel()
                 break
-            batch = [getter.result()]
+            arrived, first = getter.result()
+            batch = [first]
             while not inbound.empty() and len(batch) < self.settings.batch_size:
-                batch.append(inbound.get_nowait())
-            await self._handle(batch)
+                batch.append(inbound.get_nowait()[1])
+            await self._handle(batch, arrived)
 
-    async def _handle(self, batch: list[AbstractIncomingMessage]) -> None:
-        received = time.monotonic()  # the step latency runs from here to the command's confirm
+    async def _handle(self, batch: list[AbstractIncomingMessage], arrived: float) -> None:
+        """``arrived`` is when the batch's first message came in: the step latency of all its
+        commands runs from there to their confirms, the wait for the batch before included."""
         envelopes = [envelope_of(m) for m in batch]
         delay = 0.1
         while True:
@@ -163,7 +164,7 @@ class Orchestrator:
                 log.error("batch of %d failed, retrying in %.1fs: %s", len(batch), delay, error)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        self.relay.submit(result.commands, received_at=received)
+        self.relay.submit(result.commands, received_at=arrived)
         self.deadlines.committed(result.decisions)
         metrics = self.metrics
         settled: list[AbstractIncomingMessage] = []

@@ -26,8 +26,12 @@ __all__ = ["CONTENT_TYPE", "DatabaseGauges", "Histogram", "Metrics"]
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
-#: from a broker round trip on an idle queue (~1 ms) to a confirm held by a queue sync (~200 ms) and beyond
-STEP_LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: from a broker round trip on an idle queue (~1 ms) to a confirm held by a queue sync (~200 ms) and
+#: beyond; millisecond steps up to 10 ms, where a step should land, so a quantile read off them is close
+STEP_LATENCY_BUCKETS = (
+    0.001, 0.002, 0.003, 0.004, 0.005, 0.006, 0.007, 0.008, 0.009, 0.01, 0.0125, 0.015, 0.02,
+    0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
 #: the alarm rings within milliseconds; the 15 s safety sweep and downtime make the tail
 LATENESS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 30.0, 60.0, 300.0, 3600.0)
 
