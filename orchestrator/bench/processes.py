@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +128,7 @@ class Orchestrator(_Child):
         self.stack = stack
         self.namespace = namespace
         self.deadline_seconds = deadline_seconds
+        self.token = secrets.token_hex(16)
 
     def env(self) -> dict[str, str]:
         return {
@@ -134,7 +137,7 @@ class Orchestrator(_Child):
             "ORCHESTRATOR_AMQP_URL": self.stack.amqp_url,
             "ORCHESTRATOR_NAMESPACE": self.namespace,
             # The REST API, where it exists, refuses to start without a token; nobody calls it here.
-            "ORCHESTRATOR_API_TOKEN": secrets.token_hex(16),
+            "ORCHESTRATOR_API_TOKEN": self.token,
             "BENCH_DEADLINE_SECONDS": str(self.deadline_seconds),
             "PYTHONUNBUFFERED": "1",
         }
@@ -160,6 +163,21 @@ class Orchestrator(_Child):
         assert self.popen is not None
         os.kill(self.popen.pid, signal.SIGKILL)
         self.popen.wait(30)
+
+    async def metrics(self) -> str | None:
+        """Its ``/metrics`` page, read off the port it logged; None where it serves no API."""
+        found = re.findall(r"api listening on (http://\S+)", self.output())
+        if not found:
+            return None
+        request = urllib.request.Request(
+            f"{found[-1]}/metrics", headers={"Authorization": f"Bearer {self.token}"}
+        )
+
+        def read() -> str:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.read().decode()  # type: ignore[no-any-return]
+
+        return await asyncio.to_thread(read)
 
     def rss_kib(self) -> int:
         return _status_kib(self.pid, "VmRSS")

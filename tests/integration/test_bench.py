@@ -64,6 +64,9 @@ def test_quick_bench_runs_every_scenario(tmp_path: Path) -> None:
     assert latency["orchestrator"]["completed"] == latency["sagas"]
     assert latency["orchestrator"]["step_ms"]["count"] == 3 * latency["sagas"]
     assert latency["orchestrator"]["saga_ms"]["p50"] is not None
+    inside = latency["orchestrator"]["step_ms_event_in_to_confirm"]  # read off the live /metrics
+    assert inside["count"] == 3 * latency["sagas"] and inside["p50"] is not None
+    assert latency["orchestrator"]["cpu_ms_per_message"] > 0
 
     recovery = results["recovery"]
     assert recovery["parked_before_kill"] == recovery["sagas"]
