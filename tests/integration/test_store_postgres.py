@@ -24,11 +24,16 @@ REGISTRY = Registry(WORKFLOWS)
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
-async def test_duplicates_are_counted_within_a_batch_and_across_batches(database_url: str) -> None:
+def _order_placed() -> tuple[str, Envelope]:
+    """A new order's start event as it comes off the wire, with its message id."""
     key = f"o-{uuid.uuid4().hex[:12]}"
     placed = OrderPlaced(key, "c-1", [Line("sku-1", 1)], 1000)
     message_id = f"placed-{key}"
-    delivery = Envelope(orjson.dumps(dump(placed)), placed.TYPE, message_id)
+    return message_id, Envelope(orjson.dumps(dump(placed)), placed.TYPE, message_id)
+
+
+async def test_duplicates_are_counted_within_a_batch_and_across_batches(database_url: str) -> None:
+    message_id, delivery = _order_placed()
     postgres = PostgresStore.from_url(database_url, pool_size=2)
     memory = MemoryStore()
     try:
@@ -46,10 +51,7 @@ async def test_duplicates_are_counted_within_a_batch_and_across_batches(database
 
 
 async def test_read_batch_locks_the_sagas_and_tells_the_messages_seen(database_url: str) -> None:
-    key = f"o-{uuid.uuid4().hex[:12]}"
-    placed = OrderPlaced(key, "c-1", [Line("sku-1", 1)], 1000)
-    message_id = f"placed-{key}"
-    delivery = Envelope(orjson.dumps(dump(placed)), placed.TYPE, message_id)
+    message_id, delivery = _order_placed()
     postgres = PostgresStore.from_url(database_url, pool_size=2)
     memory = MemoryStore()
     try:
