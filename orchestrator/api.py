@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from orchestrator import api_models as m
 from orchestrator.api_context import ApiContext, answers
 from orchestrator.api_sagas import sagas_router
+from orchestrator.body_limit import BodyLimit
 from orchestrator.diagrams import WorkflowView
 from orchestrator.metrics import CONTENT_TYPE
 from orchestrator.operations import ActionRefused, BadRequest, SagaNotFound
@@ -51,6 +52,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         responses=answers(503),  # any route that reads or writes may find the database away
     )
     _install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=ctx.settings.api_max_body_bytes)
     writes = _token_check(ctx.settings.api_token)
     reads = writes if ctx.settings.api_protect_reads else []
     app.include_router(sagas_router(ctx, reads, writes))

@@ -97,6 +97,11 @@ def _check_api(settings: Settings) -> None:
             "ORCHESTRATOR_API_TOKEN is not set: set it to protect the REST API's actions,"
             " or pass --insecure to serve them without a token"
         )
+    if settings.api_protect_reads and not settings.api_token:
+        raise Unreachable(
+            "ORCHESTRATOR_API_PROTECT_READS is set but ORCHESTRATOR_API_TOKEN is not:"
+            " reads cannot be protected without a token, and --insecure would leave them open"
+        )
 
 
 async def _serve(settings: Settings) -> None:

@@ -21,14 +21,17 @@ def mask_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def _int(name: str, default: int) -> int:
+def _int(name: str, default: int, minimum: int | None = None) -> int:
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise SystemExit(f"orchestrator: {name} must be an integer, not {raw!r}") from None
+    if minimum is not None and value < minimum:
+        raise SystemExit(f"orchestrator: {name} must be at least {minimum}, not {raw!r}")
+    return value
 
 
 _A_CENTURY = 100 * 365.25 * 86400
@@ -75,6 +78,8 @@ class Settings:
     api_protect_reads: bool = False
     #: serve without a token: anyone who reaches the port may act on sagas (``run --insecure``)
     api_insecure: bool = False
+    #: the largest request body the API reads; a larger one is a 413
+    api_max_body_bytes: int = 1024 * 1024
     #: a running saga with no pending timer and no progress for this long is stuck
     stuck_after_seconds: float = 300.0
 
@@ -94,6 +99,7 @@ class Settings:
             "api_port": _int("ORCHESTRATOR_API_PORT", cls.api_port),
             "api_token": env.get("ORCHESTRATOR_API_TOKEN") or None,
             "api_protect_reads": _bool("ORCHESTRATOR_API_PROTECT_READS"),
+            "api_max_body_bytes": _int("ORCHESTRATOR_API_MAX_BODY_BYTES", cls.api_max_body_bytes, minimum=1),
             "stuck_after_seconds": _float("ORCHESTRATOR_STUCK_AFTER_SECONDS", cls.stuck_after_seconds),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -164,3 +164,31 @@ async def test_bad_input_says_what_is_wrong_before_the_database_is_asked(
 
     assert 400 <= response.status_code < 500
     assert response.json()["detail"].startswith(says)
+
+
+async def test_a_body_over_the_cap_is_a_413_declared_or_streamed() -> None:
+    context, app = build(api_token="t0ken", api_max_body_bytes=1000)
+    auth = {"Authorization": "Bearer t0ken"}
+    big = b'{"workflow": "order", "data": {"x": "' + b"a" * 2000 + b'"}}'
+
+    async def chunks() -> Any:  # no Content-Length: the cap must count what it reads
+        for start in range(0, len(big), 100):
+            yield big[start : start + 100]
+
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as api:
+            declared = await api.post("/sagas", content=big, headers=auth)
+            streamed = await api.post("/sagas", content=chunks(), headers=auth)
+            small = await api.post("/sagas", json={"workflow": "nope", "data": {}}, headers=auth)
+    finally:
+        await context.store.close()
+    for answer in (declared, streamed):
+        assert answer.status_code == 413, answer.text
+        assert answer.json()["detail"] == "the request body is over 1000 bytes"
+    assert small.status_code == 422  # under the cap, the body is read and judged as before
+
+
+def test_the_body_cap_must_be_positive(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORCHESTRATOR_API_MAX_BODY_BYTES", "0")
+    with pytest.raises(SystemExit, match="ORCHESTRATOR_API_MAX_BODY_BYTES must be at least 1"):
+        Settings.from_env()

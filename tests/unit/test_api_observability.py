@@ -157,3 +157,17 @@ def test_run_refuses_to_serve_actions_without_a_token_unless_told(
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("orchestrator: ") and says in err and err.count("\n") == 1
+
+
+def test_run_refuses_protected_reads_without_a_token(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--insecure would otherwise leave open the reads the operator asked to protect, silently."""
+    monkeypatch.delenv("ORCHESTRATOR_API_TOKEN", raising=False)
+    monkeypatch.setenv("ORCHESTRATOR_API_PROTECT_READS", "1")
+
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["run", "--insecure"])
+
+    assert exited.value.code == 2
+    assert "reads cannot be protected without a token" in capsys.readouterr().err
