@@ -79,6 +79,7 @@ _ANSWERS = {
     401: "missing or wrong bearer token",
     404: "no such saga or workflow",
     409: "the action does not fit the saga as it stands; detail says why",
+    413: "the body is over ORCHESTRATOR_API_MAX_BODY_BYTES",
     422: "bad input; detail says which and why",
     503: "the database is unavailable; try again after Retry-After seconds",
 }

@@ -117,7 +117,7 @@ def sagas_router(ctx: ApiContext, reads: Sequence[Depends], writes: Sequence[Dep
         prefix="/sagas",
         tags=["operator actions"],
         dependencies=writes,
-        responses=answers(400, *write_auth, 404, 409, 422),
+        responses=answers(400, *write_auth, 404, 409, 413, 422),
     )
 
     @viewing.get("", operation_id="list_sagas", response_model=m.SagaPage)
