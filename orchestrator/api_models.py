@@ -109,7 +109,9 @@ class _Model(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
 
-class SagaSummary(_Model):
+class _SagaFields(_Model):
+    """What every view of a saga shows: who it is and where it stands."""
+
     id: str
     workflow: str
     key: str
@@ -117,6 +119,9 @@ class SagaSummary(_Model):
     status: Status
     version: int
     last_error: str | None
+
+
+class SagaSummary(_SagaFields):
     created_at: datetime
     updated_at: datetime
 
@@ -145,17 +150,10 @@ class ParkedEvent(BaseModel):
     message_id: str
 
 
-class SagaState(BaseModel):
-    """The saga as its row holds it."""
+class SagaState(_SagaFields):
+    """The saga as its row holds it; one rebuilt from its journal alone may lack the row's times."""
 
-    id: str
-    workflow: str
-    key: str
-    state: str
-    status: Status
-    version: int
     data: dict[str, Any]
-    last_error: str | None
     created_at: datetime | None
     updated_at: datetime | None
     parked: list[ParkedEvent] = Field(description="events kept until the saga reaches a state they fit")
