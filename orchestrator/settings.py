@@ -21,9 +21,14 @@ def mask_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def _set(name: str) -> str | None:
+    """The variable's value; None when unset or empty, which both mean the default."""
+    return os.environ.get(name) or None
+
+
 def _int(name: str, default: int, minimum: int | None = None) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
+    raw = _set(name)
+    if raw is None:
         return default
     try:
         value = int(raw)
@@ -38,8 +43,8 @@ _A_CENTURY = 100 * 365.25 * 86400
 
 
 def _float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
+    raw = _set(name)
+    if raw is None:
         return default
     try:
         value = float(raw)
