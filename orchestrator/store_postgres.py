@@ -228,7 +228,10 @@ class _PostgresTransaction:
     async def read_batch(
         self, saga_ids: Iterable[str], message_ids: Iterable[str]
     ) -> tuple[dict[str, Saga], set[str]]:
-        rows = await self.connection.fetch(_READ_BATCH, sorted(set(saga_ids)), list(set(message_ids)))
+        ids, messages = sorted(set(saga_ids)), list(set(message_ids))
+        if not ids and not messages:  # every message of the batch was refused before this
+            return {}, set()
+        rows = await self.connection.fetch(_READ_BATCH, ids, messages)
         current: dict[str, Saga] = {}
         seen: set[str] = set()
         for row in rows:
