@@ -1,7 +1,11 @@
-"""RabbitMQ adapter: the topology of docs/protocol.md, a batching consumer, a confirming publisher.
+"""RabbitMQ adapter: the topology of docs/protocol.md, a consumer that survives any message, a
+confirming publisher.
 
 Consuming and publishing use separate connections (a publisher blocked by flow control must not
 stall deliveries). Messages are taken with manual acks; the service acks only after commit.
+The consumer works on aiormq's raw deliveries, not aio-pika's messages: building an aio-pika
+message parses properties (an ``expiration`` that is not a number raises) outside any
+per-message handling, and a message nobody holds is never acked.
 """
 
 from __future__ import annotations
@@ -9,27 +13,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
 import aiormq
 import orjson
-from aio_pika.abc import (
-    AbstractChannel,
-    AbstractConnection,
-    AbstractExchange,
-    AbstractIncomingMessage,
-    AbstractRobustConnection,
-)
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractRobustConnection
+from aiormq.abc import DeliveredMessage
 
 from orchestrator.engine import OutgoingCommand
+from orchestrator.ingress import DEFAULT_LIMITS, Envelope, Limits, Reason, Refused, envelope
 from orchestrator.messages import service_of
-from orchestrator.service import Envelope
 
-__all__ = ["Broker", "Topology", "envelope_of"]
+__all__ = ["Broker", "Delivery", "QueueConsumer", "Topology", "envelope_of"]
 
 log = logging.getLogger("orchestrator.amqp")
 
@@ -87,33 +87,300 @@ async def declare(channel: AbstractChannel, topology: Topology, services: Iterab
         await participant.bind(commands, routing_key=f"{service}.#")
 
 
-def envelope_of(message: AbstractIncomingMessage) -> Envelope:
-    headers = message.headers or {}
-    workflow = headers.get("x-workflow")
-    return Envelope(
-        body=message.body,
-        type=message.type,
-        message_id=message.message_id,
-        correlation_id=message.correlation_id,
-        workflow=workflow.decode() if isinstance(workflow, bytes) else (str(workflow) if workflow else None),
-    )
+def _tolerate_undecodable_text() -> None:
+    """Let the AMQP client read a property or a header key that is not UTF-8, instead of failing.
+
+    pamqp decodes a ``shortstr`` (``type``, ``message_id``, header keys, ...) as strict UTF-8 and
+    raises on anything else; aiormq then drops the connection, the broker hands the same message
+    back, and the consumer loops on it forever. Decoded with ``surrogateescape`` instead, such a
+    value reaches :func:`orchestrator.ingress.envelope`, which refuses it like any bad input (a
+    lone surrogate is not text), and the message is dead-lettered with the reason. Valid UTF-8
+    decodes exactly as before."""
+    from pamqp import common
+    from pamqp import decode as pamqp_decode
+
+    if getattr(pamqp_decode, "_orchestrator_tolerant", False):
+        return
+
+    def short_str(value: bytes) -> tuple[int, str]:
+        try:
+            length = common.Struct.byte.unpack(value[0:1])[0]
+        except (struct.error, TypeError) as err:
+            raise ValueError("Could not unpack short string value") from err
+        return length + 1, value[1 : length + 1].decode("utf-8", "surrogateescape")
+
+    def field_table(value: bytes) -> tuple[int, common.FieldTable]:
+        try:
+            length = common.Struct.integer.unpack(value[0:4])[0]
+            offset = 4
+            data: dict[str, common.FieldValue] = {}
+            end = offset + length
+            if end > len(value):
+                raise ValueError("Field table length exceeds available data")
+            while offset < end:
+                key_length = common.Struct.byte.unpack_from(value, offset)[0]
+                offset += 1
+                if offset + key_length > end:
+                    raise ValueError("Field table key length exceeds data")
+                key = value[offset : offset + key_length].decode("utf-8", "surrogateescape")
+                offset += key_length
+                consumed, result = pamqp_decode.embedded_value(value[offset:])
+                offset += consumed
+                data[key] = result
+            return end, data
+        except (struct.error, TypeError) as err:
+            raise ValueError("Could not unpack data") from err
+
+    pamqp_decode.METHODS["shortstr"] = short_str
+    pamqp_decode.METHODS["table"] = field_table
+    pamqp_decode.TABLE_MAPPING[b"F"] = field_table
+    pamqp_decode.short_str = short_str
+    pamqp_decode.field_table = field_table
+    pamqp_decode._orchestrator_tolerant = True  # type: ignore[attr-defined]
+
+
+_tolerate_undecodable_text()
+
+#: the basic properties a delivery may carry, as pamqp names them
+_PROPERTIES = (
+    "content_type",
+    "content_encoding",
+    "headers",
+    "delivery_mode",
+    "priority",
+    "correlation_id",
+    "reply_to",
+    "expiration",
+    "message_id",
+    "timestamp",
+    "message_type",
+    "user_id",
+    "app_id",
+)
+
+
+def envelope_of(message: DeliveredMessage, limits: Limits = DEFAULT_LIMITS) -> Envelope:
+    """The envelope of a raw delivery; never raises: what cannot be read is a refused envelope."""
+    try:
+        raw = message.header.properties
+        properties = {name: getattr(raw, name, None) for name in _PROPERTIES}
+        properties["type"] = properties.pop("message_type")
+        delivery = message.delivery
+        exchange = getattr(delivery, "exchange", "") or ""
+        routing_key = getattr(delivery, "routing_key", "") or ""
+    except Exception as error:  # a frame aiormq let through but that is not what it should be
+        return Envelope(
+            body=bytes(message.body or b""),
+            refused=Refused(Reason.BAD_PROPERTY, f"cannot read the properties: {type(error).__name__}"),
+        )
+    return envelope(bytes(message.body or b""), properties, exchange, routing_key, limits)
+
+
+@dataclass(eq=False)
+class Delivery:
+    """One message taken from a queue, held until the service settles it."""
+
+    envelope: Envelope
+    channel: aiormq.abc.AbstractChannel
+    delivery_tag: int
+    redelivered: bool
+    #: when it arrived (``time.monotonic()``), where step latency begins
+    arrived: float
+    size: int
+
+
+class QueueConsumer:
+    """Takes one queue's messages into ``inbound`` over a connection of its own, forever.
+
+    It reconnects by itself with backoff, and after every (re)connect it takes messages one at a
+    time with ``basic.get`` until it sees one never delivered before (or the queue is empty),
+    and only then consumes with the full prefetch. A dying connection returns every message it
+    held and a quorum queue counts a delivery for each: taken one at a time, the returned
+    messages are settled alone, so a message that kills the connection (one the client cannot
+    decode) is the only one that climbs to the queue's delivery limit and is dead-lettered by the
+    broker, and the innocent ones handed out beside it are not.
+    """
+
+    def __init__(
+        self, url: str, queue: str, prefetch: int, name: str, limits: Limits = DEFAULT_LIMITS
+    ) -> None:
+        self.url = url
+        self.queue = queue
+        self.prefetch = prefetch
+        self.name = name
+        self.limits = limits
+        self.inbound: asyncio.Queue[Delivery] = asyncio.Queue()
+        self.connected = asyncio.Event()
+        #: why the last connection ended, for readiness and the log
+        self.problem: str | None = "not connected yet"
+        self.unsettled = 0
+        self.bytes_in_hand = 0
+        self._all_settled = asyncio.Event()
+        self._all_settled.set()
+        self._connection: aiormq.abc.AbstractConnection | None = None
+        self._channel: aiormq.abc.AbstractChannel | None = None
+        self._consumer_tag: str | None = None
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> asyncio.Task[None]:
+        self._task = asyncio.create_task(self._run(), name=f"consume {self.queue}")
+        return self._task
+
+    async def _run(self) -> None:
+        delay = 0.1
+        while not self._stopping:
+            try:
+                await self._session()
+                delay = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                self.problem = f"{type(error).__name__}: {error}"[:300]
+                log.warning("%s: connection lost (%s); reconnecting in %.1fs", self.name, self.problem, delay)
+            finally:
+                self.connected.clear()
+                self._consumer_tag = None
+                await self._close_connection()
+            if self._stopping:
+                break
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _session(self) -> None:
+        connection = await aiormq.connect(self.url, client_properties={"connection_name": self.name})
+        self._connection = connection
+        channel = await connection.channel()
+        self._channel = channel
+        await channel.basic_qos(prefetch_count=self.prefetch)
+        self.connected.set()
+        self.problem = None
+        closed = connection.closing
+        if await self._take_one_at_a_time(channel, closed) and not self._stopping:
+            consume = await channel.basic_consume(self.queue, self._on_delivery, no_ack=False)
+            self._consumer_tag = consume.consumer_tag
+        await closed  # raises what closed it; returns when we closed it ourselves
+
+    async def _take_one_at_a_time(
+        self, channel: aiormq.abc.AbstractChannel, closed: asyncio.Future[Any]
+    ) -> bool:
+        """``basic.get`` until a message never delivered before, or none: then widen."""
+        while not self._stopping:
+            message = await channel.basic_get(self.queue, no_ack=False)
+            if not isinstance(message.delivery, aiormq.spec.Basic.GetOk):
+                return True  # the queue is empty
+            delivery = self._hold(message)
+            waiting = asyncio.ensure_future(self._all_settled.wait())
+            await asyncio.wait({waiting, closed}, return_when=asyncio.FIRST_COMPLETED)
+            if not waiting.done():
+                waiting.cancel()
+                return False
+            if not delivery.redelivered:
+                return True
+        return False
+
+    def _hold(self, message: DeliveredMessage) -> Delivery:
+        delivery = message.delivery
+        body = message.body or b""
+        held = Delivery(
+            envelope=envelope_of(message, self.limits),
+            channel=message.channel,
+            delivery_tag=getattr(delivery, "delivery_tag", 0) or 0,
+            redelivered=bool(getattr(delivery, "redelivered", False)),
+            arrived=time.monotonic(),
+            size=len(body),
+        )
+        self.unsettled += 1
+        self.bytes_in_hand += held.size
+        self._all_settled.clear()
+        self.inbound.put_nowait(held)
+        return held
+
+    async def _on_delivery(self, message: DeliveredMessage) -> None:
+        self._hold(message)
+
+    async def ack(self, deliveries: Sequence[Delivery], multiple_ok: bool = True) -> None:
+        """Ack settled deliveries: one ``multiple`` ack per channel where that is safe (every
+        earlier delivery on it is settled by now), else one by one."""
+        try:
+            last: dict[int, Delivery] = {}
+            single: list[Delivery] = []
+            for delivery in deliveries:
+                key = id(delivery.channel)
+                if not multiple_ok:
+                    single.append(delivery)
+                elif key not in last or delivery.delivery_tag > last[key].delivery_tag:
+                    last[key] = delivery
+            targets = [(d, True) for d in last.values()] + [(d, False) for d in single]
+            for delivery, multiple in targets:
+                try:
+                    await delivery.channel.basic_ack(delivery.delivery_tag, multiple=multiple)
+                except Exception as error:  # the channel broke: the broker redelivers, the inbox dedupes
+                    log.warning(
+                        "%s: could not ack message %s: %s",
+                        self.name,
+                        delivery.envelope.message_id,
+                        error,
+                        extra={"message_id": delivery.envelope.message_id},
+                    )
+        finally:
+            self.settled(deliveries)
+
+    def settled(self, deliveries: Sequence[Delivery]) -> None:
+        """Deliveries the service is done with (acked, or given up to a dead connection)."""
+        for delivery in deliveries:
+            self.unsettled -= 1
+            self.bytes_in_hand -= delivery.size
+        if self.unsettled <= 0:
+            self.unsettled = 0
+            self.bytes_in_hand = 0
+            self._all_settled.set()
+
+    async def stop(self) -> None:
+        """Stop taking messages; those in hand stay unacked until settled or the connection closes."""
+        self._stopping = True
+        if self._channel is not None and self._consumer_tag is not None:
+            try:
+                await asyncio.wait_for(self._channel.basic_cancel(self._consumer_tag), 5)
+            except Exception as error:  # the channel may be gone already; unacked messages return anyway
+                log.warning("%s: could not cancel the consumer: %s", self.name, error)
+            self._consumer_tag = None
+
+    async def close(self) -> None:
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self._close_connection()
+
+    async def _close_connection(self) -> None:
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is not None and not connection.is_closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(connection.close(), 5)
+
+    @property
+    def is_connected(self) -> bool:
+        return self.connected.is_set() and self._connection is not None and not self._connection.is_closed
 
 
 class Broker:
-    """Two robust connections: one consumes into an in-process queue, one publishes with confirms."""
+    """Consumes the orchestrator's queue (a :class:`QueueConsumer`) and publishes commands with
+    confirms over a robust connection of its own."""
 
-    def __init__(self, url: str, topology: Topology, prefetch: int) -> None:
+    def __init__(self, url: str, topology: Topology, prefetch: int, limits: Limits = DEFAULT_LIMITS) -> None:
         self.url = url
         self.topology = topology
         self.prefetch = prefetch
-        #: deliveries with the moment they arrived (``time.monotonic()``), where step latency begins
-        self.inbound: asyncio.Queue[tuple[float, AbstractIncomingMessage]] = asyncio.Queue()
-        self._consume_connection: AbstractRobustConnection | None = None
+        self.consumer = QueueConsumer(
+            url, topology.orchestrator_queue, prefetch, "orchestrator-consume", limits=limits
+        )
         self._publish_connection: AbstractRobustConnection | None = None
         self._publish_channel: AbstractChannel | None = None
-        self._dead: AbstractExchange | None = None
-        self._consumer_tag: str | None = None
-        self._queue: Any = None
+
+    @property
+    def inbound(self) -> asyncio.Queue[Delivery]:
+        return self.consumer.inbound
 
     async def connect(self, services: Iterable[str]) -> None:
         self._publish_connection = await aio_pika.connect_robust(
@@ -122,28 +389,13 @@ class Broker:
         channel = await self._publish_connection.channel(publisher_confirms=True, on_return_raises=True)
         await declare(channel, self.topology, services)
         self._publish_channel = channel
-        self._dead = await channel.get_exchange(self.topology.dead)
-        self._consume_connection = await aio_pika.connect_robust(
-            self.url, client_properties={"connection_name": "orchestrator-consume"}
-        )
 
     async def start_consuming(self) -> None:
-        assert self._consume_connection is not None
-        channel = await self._consume_connection.channel()
-        await channel.set_qos(prefetch_count=self.prefetch)
-        self._queue = await channel.get_queue(self.topology.orchestrator_queue)
-        self._consumer_tag = await self._queue.consume(self._take)
-
-    async def _take(self, message: AbstractIncomingMessage) -> None:
-        self.inbound.put_nowait((time.monotonic(), message))
+        self.consumer.start()
+        await self.consumer.connected.wait()
 
     async def stop_consuming(self) -> None:
-        if self._queue is not None and self._consumer_tag is not None:
-            try:
-                await self._queue.cancel(self._consumer_tag)
-            except Exception as error:  # the channel may be gone already; unacked messages return anyway
-                log.warning("could not cancel the consumer: %s", error)
-            self._consumer_tag = None
+        await self.consumer.stop()
 
     async def publish_command(self, command: OutgoingCommand) -> None:
         """Persistent, mandatory, confirmed; an unroutable command raises (the outbox keeps it).
@@ -168,40 +420,18 @@ class Broker:
             mandatory=True,
         )
 
-    async def dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
-        """Republish a message we cannot take, with the reason, then the caller acks the original."""
-        assert self._dead is not None
-        headers = dict(message.headers or {})
-        headers.update(
-            {
-                "x-death-reason": reason,
-                "x-original-exchange": message.exchange or "",
-                "x-original-routing-key": message.routing_key or "",
-            }
-        )
-        copy = aio_pika.Message(
-            message.body,
-            headers=headers,
-            content_type=message.content_type,
-            content_encoding=message.content_encoding,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            type=message.type,
-            message_id=message.message_id,
-            correlation_id=message.correlation_id,
-            timestamp=message.timestamp,
-            app_id=message.app_id,
-        )
-        await self._dead.publish(copy, routing_key=message.routing_key or "")
-
     def connections(self) -> dict[str, bool]:
-        """Whether each connection is up now: a robust one may be between reconnects."""
-        named = {"broker": self._consume_connection, "broker_publish": self._publish_connection}
-        return {name: c is not None and not c.is_closed and c.connected.is_set() for name, c in named.items()}
+        """Whether each connection is up now: either may be between reconnects."""
+        publish = self._publish_connection
+        return {
+            "broker": self.consumer.is_connected,
+            "broker_publish": publish is not None and not publish.is_closed and publish.connected.is_set(),
+        }
 
     async def close(self) -> None:
-        for connection in (self._consume_connection, self._publish_connection):
-            if connection is not None:
-                await connection.close()
+        await self.consumer.close()
+        if self._publish_connection is not None:
+            await self._publish_connection.close()
 
 
 def services_of(command_types: Iterable[str]) -> set[str]:

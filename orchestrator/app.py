@@ -11,43 +11,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from datetime import UTC, datetime
 
-from aio_pika.abc import AbstractIncomingMessage
-
-from orchestrator.amqp import Broker, Topology, envelope_of, services_of
+from orchestrator.amqp import Broker, Delivery, Topology, services_of
 from orchestrator.deadlines import DeadlineAlarm
+from orchestrator.faults import Fault, classify
+from orchestrator.ingress import Envelope, Limits, Reason, Refused, printable
 from orchestrator.metrics import Metrics
 from orchestrator.operations import Applied
 from orchestrator.relay import Relay
 from orchestrator.routing import Registry
 from orchestrator.server import ApiServer
-from orchestrator.service import Verdict, process_batch
+from orchestrator.service import BatchResult, Verdict, process_batch
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 
 __all__ = ["Orchestrator"]
-
-
-async def _ack(messages: list[AbstractIncomingMessage], left_open: set[int]) -> None:
-    """Ack a committed batch with one ``multiple`` ack per channel: the worker takes deliveries in
-    order and acks batch after batch, so every earlier delivery on the channel is settled. Not on
-    a channel where a message was left unacked (``left_open``): there each message is acked alone."""
-    last: dict[int, AbstractIncomingMessage] = {}
-    single: list[AbstractIncomingMessage] = []
-    for message in messages:
-        key = id(message.channel)
-        if key in left_open:
-            single.append(message)
-        elif key not in last or (message.delivery_tag or 0) > (last[key].delivery_tag or 0):
-            last[key] = message
-    targets = [(m, True) for m in last.values()] + [(m, False) for m in single]
-    for message, multiple in targets:
-        try:
-            await message.ack(multiple=multiple)
-        except Exception as error:  # the channel broke: the broker redelivers, the inbox dedupes
-            extra = {"saga_id": message.correlation_id, "message_id": message.message_id}
-            log.warning("could not ack message %s: %s", message.message_id, error, extra=extra)
 
 
 log = logging.getLogger("orchestrator")
@@ -61,7 +41,10 @@ class Orchestrator:
         self.registry = registry
         self.store = store
         self.metrics = metrics or Metrics()
-        self.broker = Broker(settings.amqp_url, Topology(settings.namespace), settings.prefetch)
+        limits = Limits(max_message_bytes=settings.max_message_bytes)
+        self.broker = Broker(
+            settings.amqp_url, Topology(settings.namespace), settings.effective_prefetch, limits
+        )
         self.relay = Relay(
             store, self.broker.publish_command, settings.relay_in_flight, settings.outbox_sweep_seconds
         )
@@ -72,7 +55,11 @@ class Orchestrator:
         self.api: ApiServer | None = None
         self._stopping = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
-        self._left_open: set[int] = set()  # channels with a delivery we chose not to ack
+        self._database_trouble: str | None = None
+        self._last_commit = time.monotonic()
+        self._idle_since = time.monotonic()  # when messages last came into an idle consumer
+        self.metrics.in_hand = lambda: (self.broker.consumer.unsettled, self.broker.consumer.bytes_in_hand)
+        self.metrics.stalled = self.stalled
 
     def dispatch(self, applied: Applied) -> None:
         """After a start or an operator action committed: its commands out, its timers armed."""
@@ -80,8 +67,12 @@ class Orchestrator:
         self.deadlines.committed(applied.decisions)
 
     async def broker_checks(self) -> dict[str, str]:
-        """Readiness: both broker connections up (a robust connection may be reconnecting)."""
-        return {name: "ok" if up else "not connected" for name, up in self.broker.connections().items()}
+        """Readiness: both broker connections up (either may be reconnecting), and the consumer
+        making progress."""
+        checks = {name: "ok" if up else "not connected" for name, up in self.broker.connections().items()}
+        stalled = self.stalled()
+        checks["consumer"] = "ok" if stalled is None else stalled
+        return checks
 
     async def start(self) -> None:
         await self.broker.connect(services_of(self.registry.command_types()))
@@ -144,53 +135,120 @@ class Orchestrator:
             if not getter.done():
                 getter.cancel()
                 break
-            arrived, first = getter.result()
-            batch = [first]
+            batch = [getter.result()]
             while not inbound.empty() and len(batch) < self.settings.batch_size:
-                batch.append(inbound.get_nowait()[1])
-            await self._handle(batch, arrived)
+                batch.append(inbound.get_nowait())
+            await self._handle(batch)
 
-    async def _handle(self, batch: list[AbstractIncomingMessage], arrived: float) -> None:
-        """``arrived`` is when the batch's first message came in: the step latency of all its
-        commands runs from there to their confirms, the wait for the batch before included."""
-        envelopes = [envelope_of(m) for m in batch]
-        delay = 0.1
+    def stalled(self) -> str | None:
+        """Why the consumer makes no progress, or None: messages are in hand (or wait in the
+        queue) and no batch has committed for longer than ``stall_seconds``."""
+        if self._database_trouble is not None:
+            return f"cannot commit: {self._database_trouble}"
+        waiting = self.broker.consumer.unsettled
+        if not waiting:
+            return None
+        idle = time.monotonic() - max(self._last_commit, self._idle_since)
+        if idle > self.settings.stall_seconds:
+            return f"{waiting} messages in hand and no batch committed for {idle:.0f}s"
+        return None
+
+    async def _handle(self, batch: list[Delivery]) -> None:
+        """Decide and commit a batch, then ack it. A batch that cannot commit is retried while
+        the database is away, and split while it is about a message, until every message is
+        either taken or set aside: nothing about one message holds up the others."""
+        if not self.broker.consumer.unsettled or self._last_commit < self._idle_since:
+            self._idle_since = time.monotonic()
+        result = await self._commit([d.envelope for d in batch], [d.arrived for d in batch])
+        self._last_commit = time.monotonic()
+        metrics = self.metrics
+        for delivery, verdict, refusal in zip(batch, result.verdicts, result.refusals, strict=True):
+            self.counts[str(verdict)] += 1
+            envelope = delivery.envelope
+            if verdict is Verdict.DEAD and refusal is not None:
+                metrics.dead_lettered[str(refusal.reason)] += 1
+                log.warning(
+                    "dead-lettered message %s (type %s): %s",
+                    printable(envelope.properties.get("message_id") or envelope.message_id),
+                    printable(envelope.properties.get("type") or envelope.type),
+                    refusal,
+                    extra={"saga_id": envelope.correlation_id, "message_id": envelope.message_id},
+                )
+            elif verdict is Verdict.DUPLICATE:
+                log.info(
+                    "duplicate message %s (type %s) acked",
+                    envelope.message_id,
+                    envelope.type,
+                    extra={"saga_id": envelope.correlation_id, "message_id": envelope.message_id},
+                )
+        await self.broker.consumer.ack(batch)
+
+    async def _commit(self, envelopes: list[Envelope], arrived: list[float]) -> BatchResult:
+        """``process_batch`` until it commits; the commands go to the relay, the timers to the
+        alarm. ``arrived`` is when each message came in: step latency runs from there."""
+        delay, attempts = 0.1, 0
         while True:
             try:
                 result = await process_batch(self.registry, self.store, envelopes, datetime.now(UTC))
-                break
             except Exception as error:
-                # Nothing is acked: the batch stays in hand and is decided again from scratch.
-                log.error("batch of %d failed, retrying in %.1fs: %s", len(batch), delay, error)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        self.relay.submit(result.commands, received_at=arrived)
-        self.deadlines.committed(result.decisions)
-        metrics = self.metrics
-        settled: list[AbstractIncomingMessage] = []
-        for message, verdict, reason in zip(batch, result.verdicts, result.reasons, strict=True):
-            self.counts[str(verdict)] += 1
-            extra = {"saga_id": message.correlation_id, "message_id": message.message_id}
-            if verdict is Verdict.DEAD:
-                log.warning(
-                    "dead-lettered message %s (type %s): %s",
-                    message.message_id,
-                    message.type,
-                    reason,
-                    extra=extra,
-                )
-                try:
-                    await self.broker.dead_letter(message, reason or "rejected")
-                except Exception as error:  # not acked: the broker redelivers it, and we try again
-                    log.warning(
-                        "could not dead-letter message %s: %s", message.message_id, error, extra=extra
+                fault = classify(error)
+                self.metrics.batch_failures[fault.value] += 1
+                if fault is Fault.UNAVAILABLE:  # nothing is acked; the batch waits for the database
+                    self._database_trouble = printable(error)[:300]
+                    log.error(
+                        "batch of %d cannot commit (%s), retrying in %.1fs", len(envelopes), error, delay
                     )
-                    self._left_open.add(id(message.channel))
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
                     continue
-                metrics.dead_lettered += 1
-            elif verdict is Verdict.DUPLICATE:
-                log.info(
-                    "duplicate message %s (type %s) acked", message.message_id, message.type, extra=extra
-                )
-            settled.append(message)
-        await _ack(settled, self._left_open)
+                attempts += 1
+                tries = _TRIES.get(fault, 1)
+                if attempts < tries:
+                    log.warning(
+                        "batch of %d failed (%s: %s), trying again", len(envelopes), fault.value, error
+                    )
+                    await asyncio.sleep(0.05 * attempts)
+                    continue
+                return await self._isolate(envelopes, arrived, fault, error)
+            self._database_trouble = None
+            first = min(arrived) if arrived else None
+            self.relay.submit(result.commands, received_at=first)
+            self.deadlines.committed(result.decisions)
+            return result
+
+    async def _isolate(
+        self, envelopes: list[Envelope], arrived: list[float], fault: Fault, error: Exception
+    ) -> BatchResult:
+        """Split a failing batch in halves until the message at fault stands alone; set it aside."""
+        if len(envelopes) > 1:
+            half = len(envelopes) // 2
+            left = await self._commit(envelopes[:half], arrived[:half])
+            right = await self._commit(envelopes[half:], arrived[half:])
+            return _joined(left, right)
+        envelope = envelopes[0]
+        if envelope.refused is not None:  # even its dead letter failed: record it bare
+            log.error("could not record the dead letter of %s: %s", printable(envelope.message_id), error)
+            return await self._commit([Envelope(body=b"", refused=envelope.refused)], arrived)
+        reason = Reason.DATABASE_REFUSED if fault is Fault.MESSAGE else Reason.FAILED_REPEATEDLY
+        refused = Refused(reason, f"{type(error).__name__}: {error}")
+        log.error(
+            "message %s failed its batch (%s); setting it aside",
+            printable(envelope.message_id),
+            refused,
+            extra={"message_id": envelope.message_id},
+        )
+        return await self._commit([envelope.refuse(refused)], arrived)
+
+
+#: how many times a batch is tried before it is split, by whose fault its failure is
+_TRIES = {Fault.CONFLICT: 5, Fault.OTHER: 3, Fault.MESSAGE: 1}
+
+
+def _joined(left: BatchResult, right: BatchResult) -> BatchResult:
+    return BatchResult(
+        verdicts=left.verdicts + right.verdicts,
+        refusals=left.refusals + right.refusals,
+        commands=left.commands + right.commands,
+        decisions=left.decisions + right.decisions,
+        journal=left.journal + right.journal,
+    )

@@ -76,13 +76,18 @@ class Metrics:
 
     def __init__(self, process: bool = True) -> None:
         self.messages_in: Counter[str] = Counter()  # by verdict: accepted, duplicate, dead
-        self.dead_lettered = 0
+        self.dead_lettered: Counter[str] = Counter()  # by reason code (orchestrator.ingress.Reason)
+        self.batch_failures: Counter[str] = Counter()  # by fault (orchestrator.faults.Fault)
         self.commands_out = 0  # confirmed by the broker
         self.deadlines_fired: Counter[str] = Counter()  # by kind: deadline, retry
         self.operator_actions: Counter[str] = Counter()  # by action, including start
         self.step_latency = Histogram(STEP_LATENCY_BUCKETS)
         self.deadline_lateness = Histogram(LATENESS_BUCKETS)
         self.in_flight: Callable[[], int] = lambda: 0
+        #: messages and body bytes taken from the broker and not yet settled
+        self.in_hand: Callable[[], tuple[int, int]] = lambda: (0, 0)
+        #: why the consumer is not making progress, or None while it is
+        self.stalled: Callable[[], str | None] = lambda: None
         self.database: DatabaseGauges | None = None  # None: the last scrape could not read it
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
@@ -123,8 +128,31 @@ class _Collector:
             "Messages whose id was taken before (acked, changed nothing)",
             m.messages_in["duplicate"],
         )
-        yield CounterMetricFamily(
-            "orchestrator_dead_lettered", "Messages republished to the dead-letter exchange", m.dead_lettered
+        yield _labelled(
+            CounterMetricFamily(
+                "orchestrator_dead_lettered",
+                "Messages set aside in the dead-letter table, by reason code",
+                labels=["reason"],
+            ),
+            m.dead_lettered,
+        )
+        yield _labelled(
+            CounterMetricFamily(
+                "orchestrator_batch_failures",
+                "Batches whose commit failed, by whose fault (retried, or split to find the message)",
+                labels=["fault"],
+            ),
+            m.batch_failures,
+        )
+        count, size = m.in_hand()
+        yield GaugeMetricFamily(
+            "orchestrator_messages_in_hand", "Messages taken from the broker and not yet settled", count
+        )
+        yield GaugeMetricFamily("orchestrator_bytes_in_hand", "Body bytes of the messages in hand", size)
+        yield GaugeMetricFamily(
+            "orchestrator_consumer_stalled",
+            "1 while messages wait and no batch has committed for ORCHESTRATOR_STALL_SECONDS",
+            m.stalled() is not None,
         )
         yield CounterMetricFamily(
             "orchestrator_commands_out", "Commands the broker confirmed", m.commands_out

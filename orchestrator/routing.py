@@ -13,14 +13,15 @@ from typing import Any
 
 from orchestrator.definitions import Workflow
 from orchestrator.engine import saga_id_for
+from orchestrator.ingress import Reason, Refused
 from orchestrator.machine import CompiledWorkflow
 from orchestrator.messages import InvalidPayload, load
 
 __all__ = ["Registry", "Rejected", "Target"]
 
 
-class Rejected(ValueError):
-    """The message cannot be taken; its text is the dead-letter reason."""
+#: the name this module used before the ingress rules gave every refusal a reason code
+Rejected = Refused
 
 
 @dataclass(frozen=True)
@@ -70,20 +71,20 @@ class Registry:
         """The sagas a message is for. ``saga_workflow`` is set when the message's correlation id
         named an existing saga; ``workflow_header`` when the sender named a workflow."""
         if not isinstance(payload, dict):
-            raise Rejected("body is not a JSON object")
+            raise Refused(Reason.NOT_AN_OBJECT, "body is not a JSON object")
         if workflow_header is not None and workflow_header not in self.workflows:
-            raise Rejected(f"unknown workflow {workflow_header!r}")
+            raise Refused(Reason.UNKNOWN_WORKFLOW, f"unknown workflow {workflow_header!r}")
         candidates = self.by_type.get(type_name)
         if not candidates:
-            raise Rejected(f"no workflow takes messages of type {type_name!r}")
+            raise Refused(Reason.UNKNOWN_TYPE, f"no workflow takes messages of type {type_name!r}")
         if saga_workflow is not None:
             candidates = [c for c in candidates if c.workflow.name == saga_workflow]
             if not candidates:
-                raise Rejected(f"workflow {saga_workflow!r} takes no {type_name!r}")
+                raise Refused(Reason.UNKNOWN_WORKFLOW, f"workflow {saga_workflow!r} takes no {type_name!r}")
         if workflow_header is not None:
             candidates = [c for c in candidates if c.workflow.name == workflow_header]
             if not candidates:
-                raise Rejected(f"workflow {workflow_header!r} takes no {type_name!r}")
+                raise Refused(Reason.UNKNOWN_WORKFLOW, f"workflow {workflow_header!r} takes no {type_name!r}")
         targets = []
         for compiled in candidates:
             workflow = compiled.workflow
@@ -91,7 +92,7 @@ class Registry:
             try:
                 load(cls, payload)
             except InvalidPayload as error:
-                raise Rejected(str(error)) from None
+                raise Refused(Reason.SCHEMA, str(error)) from None
             starts = type_name == workflow.starts_on.TYPE
             key = payload.get(workflow.key)
             saga_id = saga_id_for(workflow.name, str(key)) if key not in (None, "") else None

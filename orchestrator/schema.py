@@ -7,8 +7,10 @@ from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
+    Identity,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     Table,
@@ -89,4 +91,26 @@ deadlines = Table(
     Column("kind", Text, nullable=False, server_default="deadline"),  # deadline | retry
     UniqueConstraint("saga_id", "kind", name="deadlines_one_per_kind"),
     Index("deadlines_due", "due_at"),
+)
+
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("dead_at", DateTime(timezone=True), nullable=False),
+    Column("source", Text, nullable=False),  # orchestrator | broker
+    Column("reason", Text, nullable=False),  # an orchestrator.ingress.Reason
+    Column("detail", Text, nullable=False),
+    Column("message_id", Text),
+    Column("message_type", Text),
+    Column("correlation_id", Text),
+    Column("exchange", Text, nullable=False),
+    Column("routing_key", Text, nullable=False),
+    Column("properties", JSONB, nullable=False),  # headers included, under "headers"
+    Column("body", LargeBinary, nullable=False),  # up to ORCHESTRATOR_MAX_MESSAGE_BYTES
+    Column("body_size", Integer, nullable=False),  # as received
+    Column("replayed_at", DateTime(timezone=True)),
+    Column("replayed_by", Text),
+    Index("dead_letters_dead_at", text("dead_at DESC"), text("id DESC")),
+    Index("dead_letters_reason", "reason"),
 )

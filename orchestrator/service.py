@@ -18,21 +18,11 @@ import orjson
 
 from orchestrator.definitions import DEADLINE, RETRY
 from orchestrator.engine import Decision, Incoming, OutgoingCommand, Saga, decide
-from orchestrator.routing import Registry, Rejected
+from orchestrator.ingress import MAX_KEY_LENGTH, Envelope, Reason, Refused, check_json, dead_letter_of
+from orchestrator.routing import Registry
 from orchestrator.store import Changes, JournalEntry, Store
 
 __all__ = ["BatchResult", "Envelope", "Verdict", "fire_due_deadlines", "process_batch"]
-
-
-@dataclass(frozen=True)
-class Envelope:
-    """A message as it came off the wire, before anything is trusted."""
-
-    body: bytes
-    type: str | None = None
-    message_id: str | None = None
-    correlation_id: str | None = None
-    workflow: str | None = None
 
 
 class Verdict(enum.StrEnum):
@@ -44,11 +34,21 @@ class Verdict(enum.StrEnum):
 @dataclass
 class BatchResult:
     verdicts: list[Verdict] = field(default_factory=list)
-    reasons: list[str | None] = field(default_factory=list)
+    #: per message, why it was dead-lettered (None where it was not)
+    refusals: list[Refused | None] = field(default_factory=list)
     commands: list[OutgoingCommand] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
     #: the journal entries committed (a fired timer's carries its due time and message id)
     journal: list[JournalEntry] = field(default_factory=list)
+
+    @property
+    def reasons(self) -> list[str | None]:
+        """Per message, the dead-letter detail (None where it was not dead-lettered)."""
+        return [r.detail if r is not None else None for r in self.refusals]
+
+    def refuse(self, index: int, refused: Refused) -> None:
+        self.verdicts[index] = Verdict.DEAD
+        self.refusals[index] = refused
 
 
 @dataclass
@@ -62,20 +62,31 @@ class _Parsed:
 
 
 def _parse(index: int, envelope: Envelope, registry: Registry) -> _Parsed:
+    if envelope.refused is not None:
+        raise envelope.refused
     if not envelope.type:
-        raise Rejected("message has no type property")
+        raise Refused(Reason.NO_TYPE, "message has no type property")
     if not envelope.message_id:
-        raise Rejected("message has no message_id property")
+        raise Refused(Reason.NO_MESSAGE_ID, "message has no message_id property")
     try:
         payload = orjson.loads(envelope.body)
     except orjson.JSONDecodeError as error:
-        raise Rejected(f"body is not JSON: {error}") from None
+        raise Refused(Reason.NOT_JSON, f"body is not JSON: {error}") from None
     if not isinstance(payload, dict):
-        raise Rejected("body is not a JSON object")
-    keyed = [
-        (t.workflow, t.saga_id, t.starts)
-        for t in registry.route(envelope.type, payload, workflow_header=envelope.workflow)
-    ]
+        raise Refused(Reason.NOT_AN_OBJECT, "body is not a JSON object")
+    try:
+        check_json(payload, "body")
+    except ValueError as error:
+        raise Refused(Reason.UNSTORABLE, str(error)) from None
+    targets = registry.route(envelope.type, payload, workflow_header=envelope.workflow)
+    for target in targets:
+        key = payload.get(target.workflow.workflow.key)
+        if key is not None and len(str(key)) > MAX_KEY_LENGTH:
+            raise Refused(
+                Reason.KEY_TOO_LONG,
+                f"{target.workflow.workflow.key} is {len(str(key))} characters, over {MAX_KEY_LENGTH}",
+            )
+    keyed = [(t.workflow, t.saga_id, t.starts) for t in targets]
     return _Parsed(index, envelope, payload, envelope.type, envelope.message_id, keyed)
 
 
@@ -83,14 +94,13 @@ async def process_batch(
     registry: Registry, store: Store, envelopes: Sequence[Envelope], now: datetime
 ) -> BatchResult:
     """Decide every message of the batch and commit all of it in one transaction."""
-    result = BatchResult(verdicts=[Verdict.ACCEPTED] * len(envelopes), reasons=[None] * len(envelopes))
+    result = BatchResult(verdicts=[Verdict.ACCEPTED] * len(envelopes), refusals=[None] * len(envelopes))
     parsed: list[_Parsed] = []
     for index, envelope in enumerate(envelopes):
         try:
             parsed.append(_parse(index, envelope, registry))
-        except Rejected as error:
-            result.verdicts[index] = Verdict.DEAD
-            result.reasons[index] = str(error)
+        except Refused as refused:
+            result.refuse(index, refused)
 
     wanted: set[str] = set()
     for p in parsed:
@@ -108,9 +118,8 @@ async def process_batch(
                 continue
             try:
                 targets = _targets(p, registry, current)
-            except Rejected as error:
-                result.verdicts[p.index] = Verdict.DEAD
-                result.reasons[p.index] = str(error)
+            except Refused as refused:
+                result.refuse(p.index, refused)
                 continue
             message = Incoming(p.type, p.message_id, p.payload)
             first_saga: str | None = None
@@ -121,6 +130,9 @@ async def process_batch(
                 result.decisions.append(decision)
                 first_saga = first_saga or decision.saga.id
             changes.inbox[p.message_id] = first_saga
+        for index, refusal in enumerate(result.refusals):
+            if refusal is not None:
+                changes.dead_letters.append(dead_letter_of(envelopes[index], refusal))
         if changes:
             await tx.save(changes)
     result.commands = changes.commands
@@ -177,7 +189,7 @@ def _targets(p: _Parsed, registry: Registry, current: Mapping[str, Saga]) -> lis
     if correlated is not None:
         # _parse already validated the payload against every workflow that takes this type.
         if all(compiled.workflow.name != correlated.workflow for compiled, _, _ in p.keyed):
-            raise Rejected(f"workflow {correlated.workflow!r} takes no {p.type!r}")
+            raise Refused(Reason.UNKNOWN_WORKFLOW, f"workflow {correlated.workflow!r} takes no {p.type!r}")
         return [(registry.workflows[correlated.workflow], correlated)]
     targets: list[tuple[Any, Saga | None]] = []
     for compiled, saga_id, starts in p.keyed:
@@ -185,9 +197,14 @@ def _targets(p: _Parsed, registry: Registry, current: Mapping[str, Saga]) -> lis
         saga = current.get(saga_id) if saga_id else None
         if saga is None and not starts:
             if p.envelope.correlation_id:
-                raise Rejected(f"correlation id {p.envelope.correlation_id!r} names no saga")
-            raise Rejected(f"no {workflow.name} saga for {workflow.key}={p.payload.get(workflow.key)!r}")
+                raise Refused(
+                    Reason.UNKNOWN_SAGA, f"correlation id {p.envelope.correlation_id!r} names no saga"
+                )
+            raise Refused(
+                Reason.UNKNOWN_SAGA,
+                f"no {workflow.name} saga for {workflow.key}={p.payload.get(workflow.key)!r}",
+            )
         if saga is None and saga_id is None:
-            raise Rejected(f"{p.type} starts {workflow.name} but has no {workflow.key!r}")
+            raise Refused(Reason.NO_KEY, f"{p.type} starts {workflow.name} but has no {workflow.key!r}")
         targets.append((compiled, saga))
     return targets

@@ -87,6 +87,19 @@ class Settings:
     api_max_body_bytes: int = 1024 * 1024
     #: a running saga with no pending timer and no progress for this long is stuck
     stuck_after_seconds: float = 300.0
+    #: the largest message body taken over AMQP; a larger one is dead-lettered unparsed
+    max_message_bytes: int = 1024 * 1024
+    #: the body bytes the process may hold unsettled: the prefetch is capped at this divided by
+    #: max_message_bytes (RabbitMQ ignores a prefetch size in bytes)
+    max_bytes_in_hand: int = 64 * 1024 * 1024
+    #: messages in hand and no batch committed for this long: /readyz answers 503
+    stall_seconds: float = 30.0
+
+    @property
+    def effective_prefetch(self) -> int:
+        """The prefetch count, capped so that a full prefetch of the largest messages fits the
+        budget of bytes in hand."""
+        return max(1, min(self.prefetch, self.max_bytes_in_hand // self.max_message_bytes))
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -106,6 +119,9 @@ class Settings:
             "api_protect_reads": _bool("ORCHESTRATOR_API_PROTECT_READS"),
             "api_max_body_bytes": _int("ORCHESTRATOR_API_MAX_BODY_BYTES", cls.api_max_body_bytes, minimum=1),
             "stuck_after_seconds": _float("ORCHESTRATOR_STUCK_AFTER_SECONDS", cls.stuck_after_seconds),
+            "max_message_bytes": _int("ORCHESTRATOR_MAX_MESSAGE_BYTES", cls.max_message_bytes, minimum=1024),
+            "max_bytes_in_hand": _int("ORCHESTRATOR_MAX_BYTES_IN_HAND", cls.max_bytes_in_hand, minimum=1024),
+            "stall_seconds": _float("ORCHESTRATOR_STALL_SECONDS", cls.stall_seconds),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

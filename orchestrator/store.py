@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from orchestrator.engine import Deadline, Decision, Incoming, OutgoingCommand, Saga
+from orchestrator.ingress import DeadLetter
 
 __all__ = ["Changes", "DueDeadline", "JournalEntry", "Store", "Transaction"]
 
@@ -47,6 +48,8 @@ class Changes:
     deadlines: dict[tuple[str, str], tuple[Deadline | None, int]] = field(
         default_factory=dict
     )  # (saga, kind) -> (timer or None to cancel, version)
+    #: messages refused in this batch, recorded in the same transaction that acks them
+    dead_letters: list[DeadLetter] = field(default_factory=list)
 
     def record(self, message: Incoming, decision: Decision, now: datetime) -> None:
         saga = decision.saga
@@ -59,7 +62,7 @@ class Changes:
             self.deadlines[(saga.id, "retry")] = (decision.retry, saga.version)
 
     def __bool__(self) -> bool:
-        return bool(self.sagas or self.inbox or self.duplicates)
+        return bool(self.sagas or self.inbox or self.duplicates or self.dead_letters)
 
 
 class Transaction(Protocol):

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 
 from orchestrator.engine import Deadline, OutgoingCommand, Saga
+from orchestrator.ingress import DeadLetter
 from orchestrator.store import Changes, DueDeadline, JournalEntry
 
 __all__ = ["MemoryStore"]
@@ -46,6 +47,7 @@ class _MemoryTransaction:
         store.inbox.update(changes.inbox)
         for message_id in changes.duplicates:
             store.duplicate_counts[message_id] = store.duplicate_counts.get(message_id, 0) + 1
+        store.dead_letters.extend(changes.dead_letters)
         for timer, (deadline, version) in changes.deadlines.items():
             if deadline is None:
                 store.deadlines.pop(timer, None)
@@ -61,6 +63,7 @@ class MemoryStore:
         self.inbox: dict[str, str | None] = {}
         self.duplicate_counts: dict[str, int] = {}
         self.deadlines: dict[tuple[str, str], tuple[Deadline, int]] = {}
+        self.dead_letters: list[DeadLetter] = []
         self._lock = asyncio.Lock()
 
     @asynccontextmanager

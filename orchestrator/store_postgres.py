@@ -10,7 +10,7 @@ import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from orchestrator.definitions import Status
 from orchestrator.engine import Incoming, OutgoingCommand, Saga
+from orchestrator.ingress import DeadLetter
 from orchestrator.schema import deadlines, journal, outbox, sagas
 from orchestrator.store import Changes, DueDeadline, JournalEntry
 
@@ -140,6 +141,16 @@ WITH saved_sagas AS (
     ON CONFLICT (saga_id, kind) DO UPDATE
         SET state = excluded.state, version = excluded.version, due_at = excluded.due_at
     RETURNING 1
+), dead AS (
+    INSERT INTO dead_letters (dead_at, source, reason, detail, message_id, message_type, correlation_id,
+                              exchange, routing_key, properties, body, body_size)
+    SELECT $24, source, reason, detail, message_id, message_type, correlation_id, exchange, routing_key,
+           properties::jsonb, body, body_size
+    FROM unnest($41::text[], $42::text[], $43::text[], $44::text[], $45::text[], $46::text[], $47::text[],
+                $48::text[], $49::text[], $50::bytea[], $51::int[])
+         AS t(source, reason, detail, message_id, message_type, correlation_id, exchange, routing_key,
+              properties, body, body_size)
+    RETURNING 1
 )
 SELECT (SELECT count(*) FROM journaled)
 """
@@ -207,6 +218,23 @@ def _save_arguments(changes: Changes, now: datetime) -> list[Any]:
         [d.due_at for _, d, _ in timers],
         [duplicates.get(m, 0) for m in changes.inbox],
         list(earlier.values()),
+        *_dead_letter_arguments(changes.dead_letters),
+    ]
+
+
+def _dead_letter_arguments(letters: Sequence[DeadLetter]) -> list[list[Any]]:
+    return [
+        [d.source for d in letters],
+        [d.reason for d in letters],
+        [d.detail for d in letters],
+        [d.message_id for d in letters],
+        [d.message_type for d in letters],
+        [d.correlation_id for d in letters],
+        [d.exchange for d in letters],
+        [d.routing_key for d in letters],
+        [_dumps(d.properties) for d in letters],
+        [d.body for d in letters],
+        [d.body_size for d in letters],
     ]
 
 
@@ -251,7 +279,7 @@ class _PostgresTransaction:
         return [DueDeadline(r["saga_id"], r["state"], r["version"], r["due_at"], r["kind"]) for r in rows]
 
     async def save(self, changes: Changes) -> None:
-        now = changes.journal[-1].recorded_at if changes.journal else datetime.now().astimezone()
+        now = changes.journal[-1].recorded_at if changes.journal else datetime.now(UTC)
         await self.connection.fetchval(_SAVE, *_save_arguments(changes, now))
 
 

@@ -255,21 +255,22 @@ class Bench:
         logs = "\n".join(p.output()[-3000:] for p in self.processes if p.name == "orchestrator")
         raise AssertionError(f"not finished in {timeout}s: {missing}\n{logs}")
 
-    async def dead_letters(
-        self, count: int, timeout: float = 20
-    ) -> list[aio_pika.abc.AbstractIncomingMessage]:
-        assert self.channel is not None
-        queue = await self.channel.get_queue(f"{self.namespace}.dead-letter")
-        taken: list[aio_pika.abc.AbstractIncomingMessage] = []
+    async def dead_letters(self, count: int, timeout: float = 20) -> list[dict[str, Any]]:
+        """This namespace's rows of the dead-letter table (the database is the session's), oldest
+        first, once there are ``count`` of them."""
         deadline = time.monotonic() + timeout
-        while len(taken) < count and time.monotonic() < deadline:
-            message = await queue.get(fail=False)
-            if message is None:
+        connection = await asyncpg.connect(self.database_url.replace("postgresql+asyncpg", "postgresql"))
+        try:
+            while True:
+                rows = await connection.fetch(
+                    "SELECT * FROM dead_letters WHERE starts_with(exchange, $1) ORDER BY id",
+                    f"{self.namespace}.",
+                )
+                if len(rows) >= count or time.monotonic() > deadline:
+                    return [dict(r) for r in rows]
                 await asyncio.sleep(0.05)
-                continue
-            await message.ack()
-            taken.append(message)
-        return taken
+        finally:
+            await connection.close()
 
     async def commands_sent(self, saga_id: str) -> list[str]:
         """Command types in the order the saga's journal decided them."""

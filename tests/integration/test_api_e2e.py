@@ -60,7 +60,7 @@ async def test_a_saga_started_over_rest_completes_and_is_counted(bench: Bench) -
 
     assert ready.json() == {
         "status": "ready",
-        "checks": {"database": "ok", "broker": "ok", "broker_publish": "ok"},
+        "checks": {"database": "ok", "broker": "ok", "broker_publish": "ok", "consumer": "ok"},
     }
     assert (history[0]["kind"], history[0]["actor"]) == ("operator", "checkout")
     assert [e["message"]["type"] for e in history[1:]] == [

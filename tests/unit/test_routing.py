@@ -155,7 +155,7 @@ def test_route_rejections(type_name, payload, keywords, reason):
     with pytest.raises(Rejected) as caught:
         REGISTRY.route(type_name, payload, **keywords)
 
-    assert str(caught.value).startswith(reason)
+    assert caught.value.detail.startswith(reason)
 
 
 def test_two_workflows_with_one_name_are_refused():

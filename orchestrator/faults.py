@@ -1,0 +1,56 @@
+"""Whose fault a failed batch is: the database's (wait for it), a race (try again), or a message's
+(find it and set it aside).
+
+PostgreSQL says which in its SQLSTATE: class 22 (data exception: a value it cannot store) and 54
+(program limit exceeded: an index row too large) are about what a message carried; class 23
+(integrity constraint), 40001 and 40P01 mean another transaction got there first, and a retry
+sees what it did; classes 08, 53, 57 and 58 and a broken connection mean the database is not
+there to ask. Anything else (a bug, in a workflow or here) is tried a few times and then treated
+as the message's: nothing about one message retries forever.
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["Fault", "classify"]
+
+
+class Fault(enum.Enum):
+    #: the database is unreachable or refusing service: retry, without a bound, unready meanwhile
+    UNAVAILABLE = "unavailable"
+    #: another transaction got there first: retry, and the retry sees the duplicate
+    CONFLICT = "conflict"
+    #: a value a message carried cannot be stored: split the batch until that message is found
+    MESSAGE = "message"
+    #: anything else: a few tries, then split and set the failing message aside
+    OTHER = "other"
+
+
+_UNAVAILABLE_CLASSES = {"08", "53", "57", "58"}
+
+
+def sqlstate(error: BaseException) -> str | None:
+    """The SQLSTATE of a PostgreSQL error, whether asyncpg raised it or SQLAlchemy wrapped it."""
+    for candidate in (error, getattr(error, "orig", None), error.__cause__):
+        code = getattr(candidate, "sqlstate", None)
+        if isinstance(code, str) and len(code) == 5:
+            return code
+    return None
+
+
+def classify(error: BaseException) -> Fault:
+    code = sqlstate(error)
+    if code is not None:
+        if code[:2] in _UNAVAILABLE_CLASSES:
+            return Fault.UNAVAILABLE
+        if code[:2] == "23" or code in {"40001", "40P01"}:
+            return Fault.CONFLICT
+        if code[:2] in {"22", "54"}:
+            return Fault.MESSAGE
+        return Fault.OTHER
+    import asyncpg  # the driver's own connection errors carry no SQLSTATE
+
+    if isinstance(error, OSError | TimeoutError | ConnectionError | asyncpg.InterfaceError):
+        return Fault.UNAVAILABLE
+    return Fault.OTHER

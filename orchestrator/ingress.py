@@ -1,0 +1,397 @@
+"""What may come in, by any way in (AMQP, REST, an operator's action): one set of rules.
+
+Everything here is about what PostgreSQL can store and what the process can afford to hold: no
+NUL, no lone surrogate, no integer beyond 64 bits, bounded sizes and depths, keys that fit their
+index. A message that breaks a rule is refused with a reason code from a fixed list (the
+dead-letter table and the metrics are keyed by it; docs/protocol.md lists every code) and a short
+detail that never quotes a payload whole.
+
+Pure: no I/O, and nothing here raises past its caller except :class:`Refused`.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "MAX_DEPTH",
+    "MAX_DETAIL",
+    "MAX_KEY_LENGTH",
+    "DeadLetter",
+    "Envelope",
+    "Limits",
+    "Reason",
+    "Refused",
+    "check_json",
+    "check_text",
+    "clip",
+    "dead_letter_of",
+    "envelope",
+    "printable",
+    "printable_json",
+]
+
+#: how deep a JSON body or a header table may nest
+MAX_DEPTH = 32
+#: the longest business key (the REST API's limit too); the saga index holds 500 4-byte characters
+MAX_KEY_LENGTH = 500
+#: the longest detail a refusal carries: a reason, not a copy of the message
+MAX_DETAIL = 500
+#: the integers orjson encodes, and so the integers a saga's data may hold
+INT_RANGE = (-(2**63), 2**64 - 1)
+
+
+class Reason(enum.StrEnum):
+    """Why a message was dead-lettered. A fixed list: metrics and operators filter by it."""
+
+    #: a property (type, message_id, correlation_id, ...) is not UTF-8, holds a NUL, or is too long
+    BAD_PROPERTY = "bad_property"
+    #: a header key or value is not UTF-8 or holds a NUL, or the headers are too large or too deep
+    BAD_HEADER = "bad_header"
+    #: the body is over ORCHESTRATOR_MAX_MESSAGE_BYTES; it was not parsed
+    TOO_LARGE = "too_large"
+    NOT_JSON = "not_json"
+    NOT_AN_OBJECT = "not_an_object"
+    #: the body holds what PostgreSQL cannot store (NUL, lone surrogate, a 65-bit integer,
+    #: NaN) or nests deeper than 32 levels
+    UNSTORABLE = "unstorable"
+    #: the workflow's key field is longer than 500 characters
+    KEY_TOO_LONG = "key_too_long"
+    NO_TYPE = "no_type"
+    NO_MESSAGE_ID = "no_message_id"
+    #: no workflow takes a message of this type
+    UNKNOWN_TYPE = "unknown_type"
+    #: the x-workflow header names no workflow, or one that takes no such message
+    UNKNOWN_WORKFLOW = "unknown_workflow"
+    #: the correlation id, or the key of an event that does not start a saga, names no saga
+    UNKNOWN_SAGA = "unknown_saga"
+    #: a start event without the workflow's key
+    NO_KEY = "no_key"
+    #: the body does not fit its type's schema
+    SCHEMA = "schema"
+    #: the saga holds ORCHESTRATOR_MAX_PARKED early events already
+    PARKING_FULL = "parking_full"
+    #: PostgreSQL refused to store it (a data exception or a program limit); detail is its error
+    DATABASE_REFUSED = "database_refused"
+    #: taking it failed the same way on every try; detail is the last error
+    FAILED_REPEATEDLY = "failed_repeatedly"
+    #: the broker's own reasons, from the x-death header of what reaches {ns}.dead-letter:
+    #: a message redelivered past the queue's delivery limit (one the client could not take)
+    DELIVERY_LIMIT = "delivery_limit"
+    #: a participant rejected it (docs/protocol.md section 6)
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+    MAXLEN = "maxlen"
+    #: a dead letter published to {ns}.dead by someone else, with no reason the broker gave
+    UNKNOWN = "unknown"
+
+
+class Refused(ValueError):
+    """A message breaks a rule; it is dead-lettered with ``reason`` and ``detail``."""
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        self.reason = reason
+        self.detail = clip(printable(detail), MAX_DETAIL)
+        super().__init__(f"{reason}: {self.detail}")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The sizes a running service accepts, from the settings."""
+
+    max_message_bytes: int = 1024 * 1024
+    max_header_bytes: int = 16 * 1024
+    max_depth: int = MAX_DEPTH
+    max_key_length: int = MAX_KEY_LENGTH
+
+
+#: the limits when the settings say nothing else
+DEFAULT_LIMITS = Limits()
+
+
+def check_text(value: str, where: str = "text") -> str:
+    """``value``, if PostgreSQL can store it in ``text`` or ``jsonb``; ValueError otherwise."""
+    if "\x00" in value:
+        raise ValueError(f"{where} must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{where} must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+def check_json(value: Any, path: str = "data", depth: int = 0, max_depth: int = MAX_DEPTH) -> None:
+    """ValueError, naming the first place, if decoded JSON holds what cannot be stored."""
+    if depth > max_depth:
+        raise ValueError(f"{clip(path, 100)} is nested deeper than {max_depth} levels")
+    if isinstance(value, str):
+        check_text(value, clip(path, 100))
+    elif isinstance(value, bool) or value is None:
+        return
+    elif isinstance(value, int):
+        if not INT_RANGE[0] <= value <= INT_RANGE[1]:
+            raise ValueError(f"{clip(path, 100)} is an integer beyond 64 bits")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{clip(path, 100)} must be a finite number")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_text(key, f"a key in {clip(path, 100)}")
+            check_json(item, f"{path}.{key}", depth + 1, max_depth)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            check_json(item, f"{path}[{index}]", depth + 1, max_depth)
+
+
+def clip(text: str, limit: int) -> str:
+    """At most ``limit`` characters, saying how many were cut."""
+    if len(text) <= limit:
+        return text
+    cut = len(text) - limit
+    return f"{text[:limit]}…({cut} more)"
+
+
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def printable(value: object) -> str:
+    """Text safe to store and to log on one line, whatever ``value`` was: bytes that are not
+    UTF-8, lone surrogates and control characters become visible escapes (``\\xff``, ``\\n``)."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        text = bytes(value).decode("utf-8", "backslashreplace")
+    elif isinstance(value, str):
+        text = value
+    else:
+        text = repr(value)
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")  # lone surrogates
+    return _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def printable_json(value: object, budget: int = 16 * 1024, depth: int = 0) -> Any:
+    """A JSON-safe, storable, bounded copy of a property or header value, for the dead-letter
+    table: an operator must see what came, but a hostile header must not become a huge row."""
+    if depth > MAX_DEPTH:
+        return "…(nested deeper)"
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if INT_RANGE[0] <= value <= INT_RANGE[1] else str(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if budget <= 0:
+                out["…"] = f"{len(value) - len(out)} more"
+                break
+            safe_key = clip(printable(key), 200)
+            out[safe_key] = printable_json(item, budget, depth + 1)
+            budget -= len(safe_key) + len(str(out[safe_key]))
+        return out
+    if isinstance(value, list | tuple):
+        items: list[Any] = []
+        for item in value:
+            if budget <= 0:
+                items.append(f"…({len(value) - len(items)} more)")
+                break
+            items.append(printable_json(item, budget, depth + 1))
+            budget -= len(str(items[-1]))
+        return items
+    return clip(printable(value), max(budget, 100))
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A message as it came off the wire. ``refused`` is set when it broke a rule before it was
+    even parsed; it is then dead-lettered as it is."""
+
+    body: bytes
+    type: str | None = None
+    message_id: str | None = None
+    correlation_id: str | None = None
+    workflow: str | None = None
+    refused: Refused | None = None
+    exchange: str = ""
+    routing_key: str = ""
+    #: every property as received (headers included, under "headers"), for the dead-letter record
+    properties: Mapping[str, Any] = field(default_factory=dict)
+
+    def refuse(self, refused: Refused) -> Envelope:
+        return replace(self, refused=refused)
+
+
+#: the string properties a delivery may carry; each must be text
+_TEXT_PROPERTIES = (
+    "type",
+    "message_id",
+    "correlation_id",
+    "content_type",
+    "content_encoding",
+    "reply_to",
+    "expiration",
+    "user_id",
+    "app_id",
+)
+#: properties AMQP defines as a shortstr: 255 bytes at most
+_MAX_PROPERTY = 255
+
+
+def _text_property(name: str, value: object) -> str | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bytes | bytearray):
+        try:
+            value = bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise Refused(Reason.BAD_PROPERTY, f"{name} is not UTF-8: {printable(value)}") from None
+    if not isinstance(value, str):
+        raise Refused(Reason.BAD_PROPERTY, f"{name} is not text but {type(value).__name__}")
+    try:
+        check_text(value, name)
+    except ValueError as error:
+        raise Refused(Reason.BAD_PROPERTY, f"{error}: {printable(value)}") from None
+    if len(value.encode("utf-8")) > _MAX_PROPERTY:
+        raise Refused(Reason.BAD_PROPERTY, f"{name} is longer than {_MAX_PROPERTY} bytes")
+    return value
+
+
+def _check_header(value: object, path: str, depth: int, budget: list[int]) -> None:
+    """Every key and string in a header table must be storable text; the whole stays small."""
+    if depth > MAX_DEPTH:
+        raise Refused(Reason.BAD_HEADER, f"{clip(path, 100)} is nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, bytes | bytearray):
+        budget[0] -= len(value)
+        try:
+            value = bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise Refused(Reason.BAD_HEADER, f"{clip(path, 100)} is not UTF-8") from None
+    if isinstance(value, str):
+        budget[0] -= len(value)
+        try:
+            check_text(value, clip(path, 100))
+        except ValueError as error:
+            raise Refused(Reason.BAD_HEADER, str(error)) from None
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise Refused(Reason.BAD_HEADER, f"a key in {clip(path, 100)} is not text")
+            budget[0] -= len(key)
+            try:
+                check_text(key, f"a key in {clip(path, 100)}")
+            except ValueError as error:
+                raise Refused(Reason.BAD_HEADER, f"{error}: {printable(key)}") from None
+            _check_header(item, f"{path}.{key}", depth + 1, budget)
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _check_header(item, f"{path}[{index}]", depth + 1, budget)
+    else:
+        budget[0] -= 8
+    if budget[0] < 0:
+        raise Refused(Reason.BAD_HEADER, "the headers are too large")
+
+
+def envelope(
+    body: bytes,
+    properties: Mapping[str, Any],
+    exchange: str = "",
+    routing_key: str = "",
+    limits: Limits = DEFAULT_LIMITS,
+) -> Envelope:
+    """The envelope of a delivery, whatever its bytes; never raises. A property or header that
+    breaks a rule, or a body over the size cap, gives a refused envelope (the body unparsed)."""
+    kept = dict(properties)
+    try:
+        exchange, routing_key = printable(exchange), printable(routing_key)
+        if len(body) > limits.max_message_bytes:
+            raise Refused(
+                Reason.TOO_LARGE,
+                f"the body is {len(body)} bytes,"
+                f" over ORCHESTRATOR_MAX_MESSAGE_BYTES={limits.max_message_bytes}",
+            )
+        texts = {name: _text_property(name, properties.get(name)) for name in _TEXT_PROPERTIES}
+        headers = properties.get("headers") or {}
+        if not isinstance(headers, Mapping):
+            raise Refused(Reason.BAD_HEADER, f"the headers are not a table but {type(headers).__name__}")
+        _check_header(headers, "headers", 0, [limits.max_header_bytes])
+        workflow = headers.get("x-workflow")
+        if isinstance(workflow, bytes | bytearray):
+            workflow = bytes(workflow).decode("utf-8")  # _check_header proved it decodes
+        if workflow is not None and not isinstance(workflow, str):
+            raise Refused(Reason.BAD_HEADER, f"x-workflow is not text but {type(workflow).__name__}")
+        if workflow is not None and len(workflow) > 200:
+            raise Refused(Reason.BAD_HEADER, "x-workflow is longer than 200 characters")
+        return Envelope(
+            body=body,
+            type=texts["type"],
+            message_id=texts["message_id"],
+            correlation_id=texts["correlation_id"],
+            workflow=workflow or None,
+            exchange=exchange,
+            routing_key=routing_key,
+            properties=kept,
+        )
+    except Refused as broken:
+        return Envelope(
+            body=body, refused=broken, exchange=exchange, routing_key=routing_key, properties=kept
+        )
+    except Exception as error:  # a value of a kind no rule foresaw: still about this message only
+        unforeseen = Refused(Reason.BAD_PROPERTY, f"cannot read the message: {type(error).__name__}: {error}")
+        return Envelope(body=body, refused=unforeseen, properties=kept)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message set aside with the reason, kept where an operator can list, show and replay it.
+
+    Everything in it is storable and bounded whatever the message held: text made printable,
+    properties and headers as bounded JSON, the body (raw bytes) up to the size cap."""
+
+    reason: str
+    detail: str
+    #: "orchestrator" (refused here) or "broker" (taken from {ns}.dead-letter)
+    source: str
+    message_id: str | None
+    message_type: str | None
+    correlation_id: str | None
+    exchange: str
+    routing_key: str
+    properties: dict[str, Any]
+    body: bytes
+    #: the body's size as received; more than ``len(body)`` when it was cut at the size cap
+    body_size: int
+
+
+def _property_text(value: object) -> str | None:
+    return None if value is None or value == "" else clip(printable(value), 300)
+
+
+def dead_letter_of(
+    envelope: Envelope, refused: Refused, source: str = "orchestrator", limits: Limits = DEFAULT_LIMITS
+) -> DeadLetter:
+    """The record of a refused message. Never raises: it is how a bad message leaves."""
+    properties = printable_json(dict(envelope.properties), budget=limits.max_header_bytes)
+    return DeadLetter(
+        reason=str(refused.reason),
+        detail=refused.detail,
+        source=source,
+        message_id=_property_text(envelope.properties.get("message_id") or envelope.message_id),
+        message_type=_property_text(envelope.properties.get("type") or envelope.type),
+        correlation_id=_property_text(envelope.properties.get("correlation_id") or envelope.correlation_id),
+        exchange=clip(printable(envelope.exchange), 300),
+        routing_key=clip(printable(envelope.routing_key), 300),
+        properties=properties if isinstance(properties, dict) else {},
+        body=envelope.body[: limits.max_message_bytes],
+        body_size=len(envelope.body),
+    )
