@@ -49,7 +49,7 @@ def load_workflows(module_names: str) -> list[Workflow]:
 
 def build(settings: Settings, api_socket: socket.socket | None = None) -> Orchestrator:
     """The orchestrator, and its REST API on ``api_socket`` when one is given."""
-    registry = Registry(load_workflows(settings.workflows))
+    registry = Registry(load_workflows(settings.workflows), settings.max_parked)
     store = PostgresStore.from_url(settings.database_url)
     metrics = Metrics()
     orchestrator = Orchestrator(settings, registry, store, metrics)

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from orchestrator.definitions import DEADLINE, RETRY
-from orchestrator.engine import Decision, Incoming, OutgoingCommand, Saga, decide
+from orchestrator.engine import Decision, Incoming, Outcome, OutgoingCommand, Saga, decide
 from orchestrator.routing import Registry, Rejected
 from orchestrator.store import Changes, JournalEntry, Store
 
@@ -113,9 +113,13 @@ async def process_batch(
                 result.reasons[p.index] = str(error)
                 continue
             message = Incoming(p.type, p.message_id, p.payload)
+            decisions = [decide(compiled, saga, message, now) for compiled, saga in targets]
+            refused = [d.reason for d in decisions if d.outcome is Outcome.REFUSED]
+            if refused:  # past a saga's parking cap: dead-lettered, recorded for none of its sagas
+                result.verdicts[p.index], result.reasons[p.index] = Verdict.DEAD, refused[0]
+                continue
             first_saga: str | None = None
-            for compiled, saga in targets:
-                decision = decide(compiled, saga, message, now)
+            for decision in decisions:
                 current[decision.saga.id] = decision.saga
                 changes.record(message, decision, now)
                 result.decisions.append(decision)

@@ -87,6 +87,8 @@ class Settings:
     api_max_body_bytes: int = 1024 * 1024
     #: a running saga with no pending timer and no progress for this long is stuck
     stuck_after_seconds: float = 300.0
+    #: how many events one saga may keep parked; one more that would park is dead-lettered
+    max_parked: int = 100
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -106,6 +108,7 @@ class Settings:
             "api_protect_reads": _bool("ORCHESTRATOR_API_PROTECT_READS"),
             "api_max_body_bytes": _int("ORCHESTRATOR_API_MAX_BODY_BYTES", cls.api_max_body_bytes, minimum=1),
             "stuck_after_seconds": _float("ORCHESTRATOR_STUCK_AFTER_SECONDS", cls.stuck_after_seconds),
+            "max_parked": _int("ORCHESTRATOR_MAX_PARKED", cls.max_parked, minimum=1),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
