@@ -296,10 +296,10 @@ def decide(
 ) -> Decision:
     """Decide what ``message`` does to ``saga`` (None: the message starts a new saga).
 
-    An event to park when the saga already holds ``compiled.max_parked`` parked events is
-    refused (outcome REFUSED, the saga unchanged). ``replaying``: the message comes from the
-    journal, so it was taken when it came; the cap it passed then is not asked again (the
-    setting may have changed since)."""
+    A participant's event to park when the saga already holds ``compiled.max_parked`` parked
+    events is refused (outcome REFUSED, the saga unchanged). ``replaying``: the message comes
+    from the journal, so it was taken when it came; the cap it passed then is not asked again
+    (the setting may have changed since)."""
     workflow = compiled.workflow
     if saga is None:
         key = str(message.payload[workflow.key])
@@ -332,7 +332,8 @@ def decide(
             bumped, Outcome.IGNORED, previous, reason=f"{message.type} is not expected in {previous}"
         )
     if policy is Policy.PARK:
-        if len(saga.parked) >= compiled.max_parked and not replaying:
+        # A fired timer is never refused: fire_due_deadlines journals every decision it gets.
+        if len(saga.parked) >= compiled.max_parked and message.kind == "event" and not replaying:
             reason = (
                 f"parking full: {len(saga.parked)} events parked for this saga"
                 f" (ORCHESTRATOR_MAX_PARKED={compiled.max_parked})"

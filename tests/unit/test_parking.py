@@ -129,6 +129,20 @@ def test_replaying_does_not_ask_the_cap_again():
     assert len(decision.saga.parked) == 3
 
 
+def test_a_fired_timer_is_never_refused():
+    """fire_due_deadlines journals whatever it gets: a timer that would park (a state that lost
+    its deadline in a new definition, under ``unexpected=PARK``) parks, cap or no cap."""
+    workflow = Workflow("lax", starts_on=EscrowOpened, key="escrow_id", unexpected=PARK)
+    workflow.state("waiting")
+    workflow.state("done", final=True)
+    workflow.on(BuyerSigned, source="waiting", dest="done")
+    compiled = CompiledWorkflow(workflow, max_parked=1)
+    saga = park(compiled, opened_saga(compiled), 1)
+    fired = Incoming(DEADLINE, "deadline:1", {"state": "waiting", "due_at": NOW.isoformat()}, "deadline")
+
+    assert decide(compiled, saga, fired, NOW).outcome is Outcome.PARKED
+
+
 # dropped on closing ----------------------------------------------------------------------------------
 def test_parked_events_are_dropped_when_the_saga_closes():
     compiled = CompiledWorkflow(escrow)
