@@ -6,6 +6,7 @@ import importlib
 import inspect
 import json
 import logging
+import re
 import socket
 import sys
 from typing import Any
@@ -48,7 +49,7 @@ def load_workflows(module_names: str) -> list[Workflow]:
 
 def build(settings: Settings, api_socket: socket.socket | None = None) -> Orchestrator:
     """The orchestrator, and its REST API on ``api_socket`` when one is given."""
-    registry = Registry(load_workflows(settings.workflows))
+    registry = Registry(load_workflows(settings.workflows), settings.max_parked)
     store = PostgresStore.from_url(settings.database_url)
     metrics = Metrics()
     orchestrator = Orchestrator(settings, registry, store, metrics)
@@ -70,8 +71,46 @@ def build(settings: Settings, api_socket: socket.socket | None = None) -> Orches
     return orchestrator
 
 
-def _context(record: logging.LogRecord) -> dict[str, Any]:
-    return {name: value for name in CONTEXT_FIELDS if (value := getattr(record, name, None)) is not None}
+#: The longest message a log line carries, and the longest context field; past it the line says
+#: how much was cut. A message may quote its input (a key, a type, a reason): it stays bounded.
+MAX_MESSAGE = 2000
+MAX_FIELD = 256
+
+#: Control characters and line breaks as visible escapes: a text line stays one line, whatever a
+#: REST key or an AMQP property carried (a newline in one could otherwise forge a line of its own).
+_ESCAPES = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, 0x85]} | {
+    ord("\n"): "\\n",
+    ord("\r"): "\\r",
+    ord("\t"): "\\t",
+    0x2028: "\\u2028",
+    0x2029: "\\u2029",
+}
+_CONTROL = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
+
+
+def _clip(text: str, limit: int) -> str:
+    """``text`` cut at ``limit`` characters, saying how many more there were."""
+    return text if len(text) <= limit else f"{text[:limit]}…({len(text) - limit} more)"
+
+
+def _one_line(text: str, limit: int) -> str:
+    """``text`` with its control characters escaped, cut at ``limit`` characters (escapes
+    counted as they print, never split); the note says how many characters of ``text`` were cut."""
+    if _CONTROL.search(text, 0, limit) is None:
+        return _clip(text, limit)
+    shown: list[str] = []
+    used = 0
+    for index, char in enumerate(text):
+        piece = _ESCAPES.get(ord(char), char)
+        if used + len(piece) > limit:
+            return "".join(shown) + f"…({len(text) - index} more)"
+        shown.append(piece)
+        used += len(piece)
+    return "".join(shown)
+
+
+def _context(record: logging.LogRecord) -> dict[str, str]:
+    return {name: str(value) for name in CONTEXT_FIELDS if (value := getattr(record, name, None)) is not None}
 
 
 class _JsonFormatter(logging.Formatter):
@@ -82,24 +121,32 @@ class _JsonFormatter(logging.Formatter):
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
-            **_context(record),
+            "message": _clip(record.getMessage(), MAX_MESSAGE),
+            **{name: _clip(value, MAX_FIELD) for name, value in _context(record).items()},
         }
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return json.dumps(entry, default=str)  # escapes every control character and U+2028/9
 
 
 class _TextFormatter(logging.Formatter):
-    """The plain line, then ``saga_id=… message_id=…`` when the line is about a message or saga."""
+    """The plain line, then ``saga_id=… message_id=…`` when the line is about a message or saga.
 
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    The line is one line: control characters in the message and the context fields print as
+    escapes (``\\n``, ``\\x1b``), and a long message is cut. A traceback follows on lines of its
+    own, as Python prints it: it is ours, not input."""
 
-    def formatMessage(self, record: logging.LogRecord) -> str:  # the line, before any traceback
-        line = super().formatMessage(record)
-        context = _context(record)
-        return line + "".join(f" {k}={v}" for k, v in context.items())
+    def format(self, record: logging.LogRecord) -> str:
+        message = _one_line(record.getMessage(), MAX_MESSAGE)
+        context = "".join(f" {k}={_one_line(v, MAX_FIELD)}" for k, v in _context(record).items())
+        line = f"{self.formatTime(record)} {record.levelname} {record.name}: {message}{context}"
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line += "\n" + record.exc_text
+        if record.stack_info:
+            line += "\n" + self.formatStack(record.stack_info)
+        return line
 
 
 def configure_logging(settings: Settings) -> None:

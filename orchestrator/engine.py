@@ -40,6 +40,10 @@ OPERATOR = "operator."
 ACTIONS = ("retry", "cancel", "resume", "fire-deadline", "skip")
 
 
+#: The statuses a saga never leaves. A failed saga keeps its parked events: ``resume`` applies them.
+_CLOSED = FINISHED - {Status.FAILED}
+
+
 def _uuid5(namespace: bytes, name: str) -> str:
     """``str(uuid.uuid5(...))`` without building two UUID objects: it runs for every message."""
     digest = bytearray(hashlib.sha1(namespace + name.encode()).digest()[:16])
@@ -75,7 +79,9 @@ class Outcome(enum.StrEnum):
     FAILED = "failed"
     RETRIED = "retried"  # the waiting state's commands sent again
     LATE_UNDONE = "late_undone"  # a success after its deadline: its undo was sent
-    REFUSED = "refused"  # an operator's action that does not fit the saga: never journaled
+    #: an operator's action that does not fit the saga, or an event to park past the saga's
+    #: parking cap: never journaled, the saga unchanged
+    REFUSED = "refused"
 
 
 @dataclass(frozen=True)
@@ -170,6 +176,9 @@ class Decision:
     applied_parked: tuple[str, ...] = field(default=())
     retry: Deadline | None = None
     retry_changed: bool = False
+    #: events the saga still held parked when it closed (completed or compensated): they are
+    #: removed from it by this decision, and the journal lists them
+    dropped_parked: tuple[str, ...] = ()
 
     def summary(self) -> dict[str, Any]:
         """The decision as the journal keeps it."""
@@ -184,6 +193,7 @@ class Decision:
             "retry": self.retry and self.retry.due_at.isoformat(),
             "reason": self.reason,
             "applied_parked": list(self.applied_parked),
+            "dropped_parked": list(self.dropped_parked),
         }
 
 
@@ -276,8 +286,20 @@ class _Draft:
                     break
 
 
-def decide(compiled: CompiledWorkflow, saga: Saga | None, message: Incoming, now: datetime) -> Decision:
-    """Decide what ``message`` does to ``saga`` (None: the message starts a new saga)."""
+def decide(
+    compiled: CompiledWorkflow,
+    saga: Saga | None,
+    message: Incoming,
+    now: datetime,
+    *,
+    replaying: bool = False,
+) -> Decision:
+    """Decide what ``message`` does to ``saga`` (None: the message starts a new saga).
+
+    A participant's event to park when the saga already holds ``compiled.max_parked`` parked
+    events is refused (outcome REFUSED, the saga unchanged). ``replaying``: the message comes
+    from the journal, so it was taken when it came; the cap it passed then is not asked again
+    (the setting may have changed since)."""
     workflow = compiled.workflow
     if saga is None:
         key = str(message.payload[workflow.key])
@@ -310,6 +332,13 @@ def decide(compiled: CompiledWorkflow, saga: Saga | None, message: Incoming, now
             bumped, Outcome.IGNORED, previous, reason=f"{message.type} is not expected in {previous}"
         )
     if policy is Policy.PARK:
+        # A fired timer is never refused: fire_due_deadlines journals every decision it gets.
+        if len(saga.parked) >= compiled.max_parked and message.kind == "event" and not replaying:
+            reason = (
+                f"parking full: {len(saga.parked)} events parked for this saga"
+                f" (ORCHESTRATOR_MAX_PARKED={compiled.max_parked})"
+            )
+            return Decision(saga, Outcome.REFUSED, previous, reason=reason)
         parked = _with(bumped, parked=(*bumped.parked, message.as_json()))
         return Decision(parked, Outcome.PARKED, previous, reason=f"{message.type} kept until it fits")
     if policy is Policy.FAIL:
@@ -460,8 +489,13 @@ def _resume(
 
 
 def _decision(draft: _Draft, outcome: Outcome, previous: str | None, reason: str | None = None) -> Decision:
+    saga = draft.saga
+    dropped: tuple[str, ...] = ()
+    if saga.parked and saga.status in _CLOSED:  # nothing will apply them any more
+        dropped = tuple(p["message_id"] for p in saga.parked)
+        saga = _with(saga, parked=())
     return Decision(
-        draft.saga,
+        saga,
         outcome,
         previous,
         tuple(draft.commands),
@@ -471,6 +505,7 @@ def _decision(draft: _Draft, outcome: Outcome, previous: str | None, reason: str
         retry=draft.retry,
         retry_changed=draft.retry_changed,
         reason=reason,
+        dropped_parked=dropped,
     )
 
 

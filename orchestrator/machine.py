@@ -16,7 +16,11 @@ from transitions import Machine, MachineError
 
 from orchestrator.definitions import CANCEL, DEADLINE, CommandBuilder, DefinitionError, Rule, Workflow
 
-__all__ = ["CompiledWorkflow", "Fired"]
+__all__ = ["DEFAULT_MAX_PARKED", "CompiledWorkflow", "Fired"]
+
+#: How many events one saga may keep parked (``ORCHESTRATOR_MAX_PARKED``): past it, an event its
+#: state would park is refused (dead-lettered) instead of growing the saga's row without end.
+DEFAULT_MAX_PARKED = 100
 
 
 @dataclass(eq=False)
@@ -45,10 +49,14 @@ def _collect_entered(builders: tuple[CommandBuilder, ...], event: Any) -> None:
 
 
 class CompiledWorkflow:
-    """A workflow compiled onto its ``transitions`` machine."""
+    """A workflow compiled onto its ``transitions`` machine, with the number of events one of
+    its sagas may keep parked."""
 
-    def __init__(self, workflow: Workflow) -> None:
+    def __init__(self, workflow: Workflow, max_parked: int = DEFAULT_MAX_PARKED) -> None:
+        if max_parked < 1:
+            raise ValueError(f"max_parked must be at least 1, not {max_parked}")
         self.workflow = workflow.check()
+        self.max_parked = max_parked
         self.machine = Machine(
             model=None,
             states=[

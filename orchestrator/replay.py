@@ -7,7 +7,7 @@ Pure: the journal holds every message with the time it was decided, so feeding i
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 
 from orchestrator.engine import Saga, decide
 from orchestrator.machine import CompiledWorkflow
@@ -17,9 +17,18 @@ __all__ = ["differences", "replay"]
 
 
 def replay(compiled: CompiledWorkflow, entries: Sequence[JournalEntry]) -> Saga | None:
+    """The saga its journal gives. Every journaled message was taken when it came, so none is
+    refused for the parking cap now. A closing entry journaled before closing sagas dropped
+    their parked events (its summary has no ``dropped_parked``) keeps them, as its row did."""
     saga: Saga | None = None
     for entry in entries:
-        saga = decide(compiled, saga, entry.message, entry.recorded_at).saga
+        decision = decide(compiled, saga, entry.message, entry.recorded_at, replaying=True)
+        if decision.dropped_parked and saga is not None and "dropped_parked" not in entry.decision:
+            kept = set(decision.dropped_parked)
+            parked = tuple(p for p in saga.parked if p["message_id"] in kept)
+            saga = replace(decision.saga, parked=parked)
+        else:
+            saga = decision.saga
     return saga
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from orchestrator.definitions import Workflow
 from orchestrator.engine import saga_id_for
 from orchestrator.ingress import Reason, Refused
-from orchestrator.machine import CompiledWorkflow
+from orchestrator.machine import DEFAULT_MAX_PARKED, CompiledWorkflow
 from orchestrator.messages import InvalidPayload, load
 
 __all__ = ["Registry", "Rejected", "Target"]
@@ -35,14 +35,15 @@ class Target:
 
 
 class Registry:
-    """The workflows a service runs, indexed by the event types they take."""
+    """The workflows a service runs, indexed by the event types they take. ``max_parked``: how
+    many events one saga may keep parked (``ORCHESTRATOR_MAX_PARKED``)."""
 
-    def __init__(self, workflows: Iterable[Workflow]) -> None:
+    def __init__(self, workflows: Iterable[Workflow], max_parked: int = DEFAULT_MAX_PARKED) -> None:
         self.workflows: dict[str, CompiledWorkflow] = {}
         for workflow in workflows:
             if workflow.name in self.workflows:
                 raise ValueError(f"two workflows are called {workflow.name!r}")
-            self.workflows[workflow.name] = CompiledWorkflow(workflow)
+            self.workflows[workflow.name] = CompiledWorkflow(workflow, max_parked)
         self.by_type: dict[str, list[CompiledWorkflow]] = {}
         for compiled in self.workflows.values():
             for type_name in compiled.workflow.events:

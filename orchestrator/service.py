@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from orchestrator.definitions import DEADLINE, RETRY
-from orchestrator.engine import Decision, Incoming, OutgoingCommand, Saga, decide
+from orchestrator.engine import Decision, Incoming, Outcome, OutgoingCommand, Saga, decide
 from orchestrator.ingress import MAX_KEY_LENGTH, Envelope, Reason, Refused, check_json, dead_letter_of
 from orchestrator.routing import Registry
 from orchestrator.store import Changes, JournalEntry, Store
@@ -122,9 +122,13 @@ async def process_batch(
                 result.refuse(p.index, refused)
                 continue
             message = Incoming(p.type, p.message_id, p.payload)
+            decisions = [decide(compiled, saga, message, now) for compiled, saga in targets]
+            full = [d.reason for d in decisions if d.outcome is Outcome.REFUSED]
+            if full:  # past a saga's parking cap: dead-lettered, recorded for none of its sagas
+                result.refuse(p.index, Refused(Reason.PARKING_FULL, full[0] or "parking full"))
+                continue
             first_saga: str | None = None
-            for compiled, saga in targets:
-                decision = decide(compiled, saga, message, now)
+            for decision in decisions:
                 current[decision.saga.id] = decision.saga
                 changes.record(message, decision, now)
                 result.decisions.append(decision)

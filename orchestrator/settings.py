@@ -87,6 +87,8 @@ class Settings:
     api_max_body_bytes: int = 1024 * 1024
     #: a running saga with no pending timer and no progress for this long is stuck
     stuck_after_seconds: float = 300.0
+    #: how many events one saga may keep parked; one more that would park is dead-lettered
+    max_parked: int = 100
     #: the largest message body taken over AMQP; a larger one is dead-lettered unparsed
     max_message_bytes: int = 1024 * 1024
     #: the body bytes the process may hold unsettled: the prefetch is capped at this divided by
@@ -122,6 +124,7 @@ class Settings:
             "max_message_bytes": _int("ORCHESTRATOR_MAX_MESSAGE_BYTES", cls.max_message_bytes, minimum=1024),
             "max_bytes_in_hand": _int("ORCHESTRATOR_MAX_BYTES_IN_HAND", cls.max_bytes_in_hand, minimum=1024),
             "stall_seconds": _float("ORCHESTRATOR_STALL_SECONDS", cls.stall_seconds),
+            "max_parked": _int("ORCHESTRATOR_MAX_PARKED", cls.max_parked, minimum=1),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

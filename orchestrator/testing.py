@@ -21,6 +21,7 @@ import orjson
 
 from orchestrator.definitions import Workflow
 from orchestrator.engine import OutgoingCommand, Saga, saga_id_for
+from orchestrator.machine import DEFAULT_MAX_PARKED
 from orchestrator.messages import Message, dump
 from orchestrator.operations import Applied, OperatorAction, apply_action, start_saga
 from orchestrator.replay import differences, replay
@@ -33,8 +34,10 @@ __all__ = ["WorkflowTestKit"]
 
 
 class WorkflowTestKit:
-    def __init__(self, *workflows: Workflow, now: datetime | None = None) -> None:
-        self.registry = Registry(workflows)
+    def __init__(
+        self, *workflows: Workflow, now: datetime | None = None, max_parked: int = DEFAULT_MAX_PARKED
+    ) -> None:
+        self.registry = Registry(workflows, max_parked)
         self.store = MemoryStore()
         self.now = now or datetime(2026, 1, 1, tzinfo=UTC)
         self.sent: list[OutgoingCommand] = []

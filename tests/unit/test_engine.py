@@ -416,6 +416,7 @@ def test_unexpected_events_are_ignored_and_recorded(compiled, state, event):
         "retry": None,
         "reason": decision.reason,
         "applied_parked": [],
+        "dropped_parked": [],
     }
 
 

@@ -423,10 +423,12 @@ def test_kit_replay_gives_back_every_saga_after_a_mixed_scenario(kit):
         ("order", "o-5"): ("compensated", "compensated", 0),
         ("escrow", "e-1"): ("closed", "completed", 0),
         ("escrow", "e-2"): ("expired", "compensated", 0),
-        ("escrow", "e-3"): ("expired", "compensated", 1),
+        ("escrow", "e-3"): ("expired", "compensated", 0),  # its early signature dropped on closing
         ("escrow", "e-4"): ("refused", "compensated", 0),
     }
     assert len(kit.dead) == 2
+    [closing] = [e for e in kit.journal(kit.saga("e-3", "escrow")) if e.decision["dropped_parked"]]
+    assert (closing.message.kind, closing.decision["to"]) == ("deadline", "expired")
     journal_kinds = {e.message.kind for s in kit.store.sagas.values() for e in kit.journal(s)}
     assert journal_kinds == {"event", "deadline"}
     outcomes_seen = {e.decision["outcome"] for s in kit.store.sagas.values() for e in kit.journal(s)}
