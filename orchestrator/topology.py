@@ -332,5 +332,7 @@ async def migrate_topology(url: str, topology: Topology, services: Iterable[str]
         await declare(channel, topology, services)
         await channel.close()
         return done
+    except aio_pika.exceptions.AMQPError as error:  # e.g. a queue declared by hand with other arguments
+        raise TopologyError(f"the broker refused: {error or type(error).__name__}") from None
     finally:
         await connection.close()
