@@ -28,63 +28,11 @@ from aiormq.abc import DeliveredMessage
 from orchestrator.engine import OutgoingCommand
 from orchestrator.ingress import DEFAULT_LIMITS, Envelope, Limits, Reason, Refused, envelope
 from orchestrator.messages import service_of
+from orchestrator.topology import Topology, declare
 
 __all__ = ["Broker", "Delivery", "QueueConsumer", "Topology", "envelope_of"]
 
 log = logging.getLogger("orchestrator.amqp")
-
-
-@dataclass(frozen=True)
-class Topology:
-    """Exchange and queue names, all under one namespace so tests and tenants stay apart."""
-
-    namespace: str = "saga"
-
-    @property
-    def commands(self) -> str:
-        return f"{self.namespace}.commands"
-
-    @property
-    def events(self) -> str:
-        return f"{self.namespace}.events"
-
-    @property
-    def dead(self) -> str:
-        return f"{self.namespace}.dead"
-
-    @property
-    def orchestrator_queue(self) -> str:
-        return f"{self.namespace}.orchestrator"
-
-    @property
-    def dead_letter_queue(self) -> str:
-        return f"{self.namespace}.dead-letter"
-
-    def participant_queue(self, service: str) -> str:
-        return f"{self.namespace}.{service}"
-
-    @property
-    def queue_arguments(self) -> dict[str, Any]:
-        return {"x-dead-letter-exchange": self.dead}
-
-
-async def declare(channel: AbstractChannel, topology: Topology, services: Iterable[str]) -> None:
-    """Declare everything (idempotent). Participant queues too, so commands wait while a
-    participant is down, or has never started."""
-    events = await channel.declare_exchange(topology.events, aio_pika.ExchangeType.TOPIC, durable=True)
-    commands = await channel.declare_exchange(topology.commands, aio_pika.ExchangeType.TOPIC, durable=True)
-    dead = await channel.declare_exchange(topology.dead, aio_pika.ExchangeType.FANOUT, durable=True)
-    dead_queue = await channel.declare_queue(topology.dead_letter_queue, durable=True)
-    await dead_queue.bind(dead)
-    queue = await channel.declare_queue(
-        topology.orchestrator_queue, durable=True, arguments=topology.queue_arguments
-    )
-    await queue.bind(events, routing_key="#")
-    for service in sorted(set(services)):
-        participant = await channel.declare_queue(
-            topology.participant_queue(service), durable=True, arguments=topology.queue_arguments
-        )
-        await participant.bind(commands, routing_key=f"{service}.#")
 
 
 def _tolerate_undecodable_text() -> None:
@@ -137,6 +85,42 @@ def _tolerate_undecodable_text() -> None:
     pamqp_decode.short_str = short_str
     pamqp_decode.field_table = field_table
     pamqp_decode._orchestrator_tolerant = True  # type: ignore[attr-defined]
+    _encode_what_was_decoded()
+
+
+def _encode_what_was_decoded() -> None:
+    """The other half: a value decoded with ``surrogateescape`` encodes back to the very bytes it
+    came as, so that moving a message (``orchestrator migrate``) keeps it whole."""
+    from pamqp import common
+    from pamqp import encode as pamqp_encode
+
+    def _string(encoder: struct.Struct, value: str) -> bytes:
+        if not isinstance(value, str):
+            raise TypeError(f"str required, received {type(value)}")
+        encoded = value.encode("utf-8", "surrogateescape")
+        max_length = 255 if encoder is common.Struct.byte else 4294967295
+        if len(encoded) > max_length:
+            raise TypeError(f"string exceeds maximum length of {max_length} bytes")
+        return encoder.pack(len(encoded)) + encoded
+
+    def field_table(value: common.FieldTable) -> bytes:
+        if not value:
+            return common.Struct.integer.pack(0)
+        if not isinstance(value, dict):
+            raise TypeError(f"dict required, received {type(value)}")
+        data = []
+        for key, item in sorted(value.items()):
+            data.append(_string(common.Struct.byte, key))
+            try:
+                data.append(pamqp_encode.encode_table_value(item))
+            except TypeError as err:
+                raise TypeError(f"{key!r} error: {err}") from err
+        output = b"".join(data)
+        return common.Struct.integer.pack(len(output)) + output
+
+    pamqp_encode._string = _string
+    pamqp_encode.field_table = field_table
+    pamqp_encode.METHODS["table"] = field_table
 
 
 _tolerate_undecodable_text()

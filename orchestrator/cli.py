@@ -69,6 +69,33 @@ def migrate(url: str) -> None:
     command.upgrade(config, "head")
 
 
+async def migrate_broker(settings: Settings) -> list[str]:
+    """Bring the namespace's topology up to this version's (orchestrator.topology): what was done."""
+    from orchestrator.amqp import services_of
+    from orchestrator.bootstrap import load_workflows
+    from orchestrator.routing import Registry
+    from orchestrator.topology import Topology, TopologyError, migrate_topology
+
+    services = services_of(Registry(load_workflows(settings.workflows)).command_types())
+    await _check_amqp(settings.amqp_url)
+    try:
+        return await migrate_topology(settings.amqp_url, Topology(settings.namespace), services)
+    except TopologyError as error:
+        raise Unreachable(f"cannot migrate the topology of namespace {settings.namespace}: {error}") from None
+
+
+async def _check_topology(settings: Settings) -> None:
+    """Refuse to run on a topology an earlier version left: this one would not consume from it."""
+    from orchestrator.topology import Topology, pending_migrations
+
+    pending = await pending_migrations(settings.amqp_url, Topology(settings.namespace))
+    if pending:
+        raise Unreachable(
+            f"the topology of namespace {settings.namespace} needs migrating ({'; '.join(pending)}):"
+            " run 'orchestrator migrate'"
+        )
+
+
 async def _check_amqp(url: str) -> None:
     import logging
 
@@ -110,6 +137,7 @@ async def _serve(settings: Settings) -> None:
 
     await ensure_database_reachable(settings.database_url)
     await _check_amqp(settings.amqp_url)
+    await _check_topology(settings)
     try:
         sock = listen(settings.api_host, settings.api_port)
     except CannotListen as error:
@@ -194,7 +222,11 @@ def main(argv: list[str] | None = None) -> None:
         prog="orchestrator", description="A saga orchestrator on RabbitMQ and PostgreSQL."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("migrate", help="create the database if absent and apply the migrations")
+    migration = sub.add_parser(
+        "migrate", help="create the database if absent, apply its migrations, then the broker topology's"
+    )
+    migration.add_argument("--workflows", help="module(s) defining the workflows, whose queues it declares")
+    migration.add_argument("--namespace", help="prefix of exchanges and queues (ORCHESTRATOR_NAMESPACE)")
     run = sub.add_parser("run", help="run the service until SIGTERM or SIGINT")
     run.add_argument("--workflows", help="module(s) defining the workflows (default: the bundled examples)")
     run.add_argument("--namespace", help="prefix of exchanges and queues (ORCHESTRATOR_NAMESPACE)")
@@ -224,6 +256,11 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "migrate":
             migrate(settings.database_url)
             print(f"migrated {mask_url(settings.database_url)}")
+            done = _run(migrate_broker(settings))
+            for line in done:
+                print(f"topology of namespace {settings.namespace}: {line}")
+            if not done:
+                print(f"topology of namespace {settings.namespace} is up to date")
         elif args.command == "run":
             from orchestrator.bootstrap import configure_logging
 

@@ -103,7 +103,7 @@ async def demo() -> int:
     store = PostgresStore.from_url(settings.database_url, pool_size=2)
     try:
         channel = await connection.channel(publisher_confirms=True)
-        queues = [f"{namespace}.orchestrator", *(f"{namespace}.{n}" for n in PARTICIPANTS)]
+        queues = [f"{namespace}.orchestrator.events", *(f"{namespace}.{n}" for n in PARTICIPANTS)]
         try:
             await wait_for_consumers(connection, queues, timeout=60)
         except TimeoutError as error:
@@ -162,7 +162,7 @@ async def demo() -> int:
                 process.kill()
         await store.close()
         channel = await connection.channel()
-        for name in ["orchestrator", "dead-letter", *PARTICIPANTS]:
+        for name in ["orchestrator.events", "dead-letter", *PARTICIPANTS]:
             with contextlib.suppress(Exception):
                 await channel.queue_delete(f"{namespace}.{name}")
         for name in ["events", "commands", "dead"]:

@@ -325,6 +325,9 @@ def envelope(
         if not isinstance(headers, Mapping):
             raise Refused(Reason.BAD_HEADER, f"the headers are not a table but {type(headers).__name__}")
         _check_header(headers, "headers", 0, [limits.max_header_bytes])
+        if not exchange:  # moved straight into the queue (orchestrator migrate): where it was sent
+            exchange = printable(headers.get("x-original-exchange") or "")
+            routing_key = printable(headers.get("x-original-routing-key") or routing_key)
         workflow = headers.get("x-workflow")
         if isinstance(workflow, bytes | bytearray):
             workflow = bytes(workflow).decode("utf-8")  # _check_header proved it decodes

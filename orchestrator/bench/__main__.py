@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import secrets
 import sys
 import tempfile
 import time
@@ -108,10 +109,12 @@ async def bench(args: argparse.Namespace) -> int:
     stack = Stack.make(ROOT, python, args.database_url, args.amqp_url, log_dir, has_port_flag(python, ROOT))
     began = time.monotonic()
     print(f"orchestrator bench: {', '.join(names)}{' (quick)' if args.quick else ''}; logs in {log_dir}")
-    migrate(stack)
+    scratch = f"bench-{secrets.token_hex(4)}"
+    migrate(stack, scratch)
     db = await Database.connect(stack.dsn)
     broker = Broker(stack.amqp_url)
     await broker.connect()
+    await broker.cleanup(scratch)
     results: dict[str, Any] = {
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "quick": args.quick,

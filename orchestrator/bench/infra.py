@@ -26,7 +26,7 @@ from orchestrator.examples.contracts import OrderPlaced
 __all__ = ["Broker", "Database", "Started"]
 
 TABLES = "sagas, journal, outbox, inbox, deadlines"
-QUEUES = ("orchestrator", "dead-letter", "inventory", "payment", "shipping", SILENT_SERVICE)
+QUEUES = ("orchestrator.events", "dead-letter", "inventory", "payment", "shipping", SILENT_SERVICE)
 EXCHANGES = ("events", "commands", "dead")
 IN_FLIGHT = 2000
 

@@ -36,11 +36,17 @@ def has_port_flag(python: str, root: Path) -> bool:
     return "--port" in result.stdout
 
 
-def migrate(stack: Stack) -> None:
-    """Create and migrate the benchmark's database, as ``orchestrator migrate`` does for a user."""
-    env = {**os.environ, "ORCHESTRATOR_DATABASE_URL": stack.database_url}
+def migrate(stack: Stack, namespace: str) -> None:
+    """Create and migrate the benchmark's database, as ``orchestrator migrate`` does for a user. It
+    migrates a broker topology too: under ``namespace``, for the caller to delete, never a user's."""
+    env = {
+        **os.environ,
+        "ORCHESTRATOR_DATABASE_URL": stack.database_url,
+        "ORCHESTRATOR_AMQP_URL": stack.amqp_url,
+        "ORCHESTRATOR_NAMESPACE": namespace,
+    }
     result = subprocess.run(
-        [stack.python, "-m", "orchestrator", "migrate"],
+        [stack.python, "-m", "orchestrator", "migrate", "--workflows", WORKFLOWS],
         cwd=stack.root,
         env=env,
         capture_output=True,

@@ -44,14 +44,41 @@ def migrated_database(prefix: str = "orchestrator_test") -> Iterator[str]:
     """A freshly migrated database of its own, dropped afterwards."""
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     url = database_url_of(name)
-    env = {**os.environ, "ORCHESTRATOR_DATABASE_URL": url}
-    subprocess.run(
-        [sys.executable, "-m", "orchestrator", "migrate"], env=env, check=True, cwd=ROOT, timeout=120
-    )
+    # migrate declares a topology too: in a namespace of its own, not in the shared broker's "saga"
+    namespace = f"test-migrate-{uuid.uuid4().hex[:8]}"
+    env = {
+        **os.environ,
+        "ORCHESTRATOR_DATABASE_URL": url,
+        "ORCHESTRATOR_AMQP_URL": AMQP_URL,
+        "ORCHESTRATOR_NAMESPACE": namespace,
+    }
     try:
+        subprocess.run(
+            [sys.executable, "-m", "orchestrator", "migrate"], env=env, check=True, cwd=ROOT, timeout=120
+        )
         yield url
     finally:
+        asyncio.run(delete_namespace(namespace))
         drop_database(name)
+
+
+#: every queue a namespace may have: the orchestrator's, its predecessor's, the participants'
+QUEUES = ("orchestrator.events", "orchestrator", "dead-letter", *SERVICES)
+EXCHANGES = ("events", "commands", "dead")
+
+
+async def delete_namespace(namespace: str, queues: tuple[str, ...] = QUEUES) -> None:
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        channel = await connection.channel()
+        for queue in queues:
+            with contextlib.suppress(Exception):
+                await channel.queue_delete(f"{namespace}.{queue}")
+        for exchange in EXCHANGES:
+            with contextlib.suppress(Exception):
+                await channel.exchange_delete(f"{namespace}.{exchange}")
+    finally:
+        await connection.close()
 
 
 def database_url_of(name: str) -> str:
@@ -283,14 +310,8 @@ class Bench:
         if self.store is not None:
             await self.store.close()
         if self.connection is not None:
-            channel = await self.connection.channel()
-            for queue in ("orchestrator", "dead-letter", *SERVICES):
-                with contextlib.suppress(Exception):
-                    await channel.queue_delete(f"{self.namespace}.{queue}")
-            for exchange in ("events", "commands", "dead"):
-                with contextlib.suppress(Exception):
-                    await channel.exchange_delete(f"{self.namespace}.{exchange}")
             await self.connection.close()
+        await delete_namespace(self.namespace)
 
 
 @pytest_asyncio.fixture

@@ -71,8 +71,15 @@ class Rig:
         self.dead_letters = await self.channel.declare_queue(f"{ns}.dead-letter", durable=True)
         await self.dead_letters.bind(dead)
         arguments: dict[str, Any] = {DEAD_LETTER_ARGUMENTS: f"{ns}.dead"}
+        quorum: dict[str, Any] = {
+            "x-queue-type": "quorum",
+            "x-delivery-limit": 5,
+            "x-dead-letter-exchange": f"{ns}.dead",
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        }
         orchestrator = await self.channel.declare_queue(
-            f"{ns}.orchestrator", durable=True, arguments=arguments
+            f"{ns}.orchestrator.events", durable=True, arguments=quorum
         )
         await orchestrator.bind(self.events, "#")
         for service in SERVICES:
@@ -192,7 +199,7 @@ class Rig:
             with contextlib.suppress(Exception):
                 await self.stop(service)
         channel = await self.connection.channel()
-        for queue in (*SERVICES, "orchestrator", "dead-letter", "test-tap"):
+        for queue in (*SERVICES, "orchestrator.events", "dead-letter", "test-tap"):
             await channel.queue_delete(f"{self.ns}.{queue}")
         for exchange in ("commands", "events", "dead"):
             await channel.exchange_delete(f"{self.ns}.{exchange}")
