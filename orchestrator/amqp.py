@@ -24,9 +24,10 @@ import aiormq
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractRobustConnection
 from aiormq.abc import DeliveredMessage
+from pamqp import commands, header
 
 from orchestrator.engine import OutgoingCommand
-from orchestrator.ingress import DEFAULT_LIMITS, Envelope, Limits, Reason, Refused, envelope
+from orchestrator.ingress import DEFAULT_LIMITS, Envelope, Limits, Reason, Refused, envelope, printable
 from orchestrator.messages import service_of
 from orchestrator.topology import Topology, declare
 
@@ -86,6 +87,34 @@ def _tolerate_undecodable_text() -> None:
     pamqp_decode.field_table = field_table
     pamqp_decode._orchestrator_tolerant = True  # type: ignore[attr-defined]
     _encode_what_was_decoded()
+    _keep_what_cannot_be_decoded()
+
+
+class UndecodableProperties(commands.Basic.Properties):
+    """The properties of a message whose content header the client library cannot decode at all
+    (a timestamp past the year 9999, a header table nested past Python's recursion limit): its
+    ``error`` and its ``raw`` header bytes, so that it is dead-lettered like any bad message."""
+
+    error: str
+    raw: bytes
+
+
+def _keep_what_cannot_be_decoded() -> None:
+    """Without this, one such content header kills the consuming connection, and the broker hands
+    the same message back to the next one, forever."""
+    original = header.ContentHeader.unmarshal
+
+    def unmarshal(self: header.ContentHeader, data: bytes) -> None:
+        try:
+            original(self, data)
+        except Exception as error:
+            self.class_id, self.weight, self.body_size = struct.unpack(">HHQ", data[0:12])
+            properties = UndecodableProperties()
+            properties.error = f"{type(error).__name__}: {error}"[:300]
+            properties.raw = bytes(data[12:])
+            self.properties = properties
+
+    header.ContentHeader.unmarshal = unmarshal  # type: ignore[method-assign]
 
 
 def _encode_what_was_decoded() -> None:
@@ -145,19 +174,24 @@ _PROPERTIES = (
 
 def envelope_of(message: DeliveredMessage, limits: Limits = DEFAULT_LIMITS) -> Envelope:
     """The envelope of a raw delivery; never raises: what cannot be read is a refused envelope."""
+    body = bytes(message.body or b"")
     try:
+        delivery = message.delivery
+        exchange = printable(getattr(delivery, "exchange", "") or "")
+        routing_key = printable(getattr(delivery, "routing_key", "") or "")
         raw = message.header.properties
+        if isinstance(raw, UndecodableProperties):
+            refused = Refused(Reason.BAD_PROPERTY, f"the properties cannot be decoded: {raw.error}")
+            kept = {"undecodable": raw.raw[:4096].hex()}  # the header as it came, for the record
+            return Envelope(
+                body, refused=refused, exchange=exchange, routing_key=routing_key, properties=kept
+            )
         properties = {name: getattr(raw, name, None) for name in _PROPERTIES}
         properties["type"] = properties.pop("message_type")
-        delivery = message.delivery
-        exchange = getattr(delivery, "exchange", "") or ""
-        routing_key = getattr(delivery, "routing_key", "") or ""
     except Exception as error:  # a frame aiormq let through but that is not what it should be
-        return Envelope(
-            body=bytes(message.body or b""),
-            refused=Refused(Reason.BAD_PROPERTY, f"cannot read the properties: {type(error).__name__}"),
-        )
-    return envelope(bytes(message.body or b""), properties, exchange, routing_key, limits)
+        refused = Refused(Reason.BAD_PROPERTY, f"cannot read the properties: {type(error).__name__}")
+        return Envelope(body, refused=refused)
+    return envelope(body, properties, exchange, routing_key, limits)
 
 
 @dataclass(eq=False)

@@ -41,6 +41,7 @@ def _poisons() -> list[tuple[str, str, dict[str, Any]]]:
         case("bad_header", "a header key not UTF-8", headers={b"x-\xff": "v"}),
         case("bad_header", "a 100 KB header", headers={"x-big": "h" * 100_000}),
         case("bad_property", "type not UTF-8", type=b"\xff\xfe"),
+        case("bad_property", "a timestamp pamqp cannot decode", timestamp=2**63 - 1),
         case("bad_property", "message_id not UTF-8", message_id=b"m-\xc3"),
         case("bad_property", "NUL in message_id", message_id="m-\x00-1"),
         case("bad_property", "NUL in correlation_id", correlation_id="c\x00"),
