@@ -252,7 +252,13 @@ class QueueConsumer:
                 await self._session()
                 delay = 0.1
             except asyncio.CancelledError:
-                raise
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
+                    raise
+                # aiormq fails what was waiting on a connection closed without an error with
+                # CancelledError: that is a lost connection, not this task being cancelled
+                self.problem = "the connection was closed"
+                log.warning("%s: the connection was closed; reconnecting in %.1fs", self.name, delay)
             except Exception as error:
                 self.problem = f"{type(error).__name__}: {error}"[:300]
                 log.warning("%s: connection lost (%s); reconnecting in %.1fs", self.name, self.problem, delay)

@@ -1,19 +1,20 @@
 """The REST API's request and response bodies, so that its OpenAPI schema says exactly what it sends.
 
-Every string that reaches PostgreSQL is checked here first: a NUL character or a lone surrogate
-cannot be stored in ``text`` or ``jsonb``, and an integer beyond 64 bits cannot be encoded, so
-each is refused as bad input (422) instead of failing deep in a transaction (500).
+Every string that reaches PostgreSQL is checked here first, by the rules AMQP messages obey too
+(orchestrator.ingress): a NUL character or a lone surrogate cannot be stored in ``text`` or
+``jsonb``, and an integer beyond 64 bits cannot be encoded, so each is refused as bad input (422)
+instead of failing deep in a transaction (500).
 """
 
 from __future__ import annotations
 
-import math
 from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from orchestrator.definitions import Status
+from orchestrator.ingress import MAX_KEY_LENGTH, check_json, check_text
 
 __all__ = [
     "ActionRequest",
@@ -37,48 +38,14 @@ __all__ = [
     "WorkflowSummary",
 ]
 
-_MAX_DEPTH = 32
-_INT_RANGE = (-(2**63), 2**64 - 1)  # what orjson encodes
-
-
-def _storable_text(value: str, where: str = "text") -> str:
-    if "\x00" in value:
-        raise ValueError(f"{where} must not contain NUL characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError(f"{where} must be valid Unicode (no lone surrogates)") from None
-    return value
-
 
 def storable_text(value: str) -> str:
-    return _storable_text(value)
-
-
-def _check_json(value: Any, path: str, depth: int) -> None:
-    if depth > _MAX_DEPTH:
-        raise ValueError(f"{path} is nested deeper than {_MAX_DEPTH} levels")
-    if isinstance(value, str):
-        _storable_text(value, path)
-    elif isinstance(value, bool) or value is None:
-        return
-    elif isinstance(value, int):
-        if not _INT_RANGE[0] <= value <= _INT_RANGE[1]:
-            raise ValueError(f"{path} is an integer beyond 64 bits")
-    elif isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"{path} must be a finite number")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _storable_text(key, f"a key in {path}")
-            _check_json(item, f"{path}.{key}", depth + 1)
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            _check_json(item, f"{path}[{index}]", depth + 1)
+    """The ingress rule for text (orchestrator.ingress): the same for REST as for AMQP."""
+    return check_text(value)
 
 
 def storable_json(value: dict[str, Any]) -> dict[str, Any]:
-    _check_json(value, "data", 0)
+    check_json(value, "data")
     return value
 
 
@@ -248,7 +215,9 @@ class _Request(BaseModel):
 
 class StartRequest(_Request):
     workflow: Text = Field(max_length=200)
-    key: Text = Field(min_length=1, max_length=500, description="the business key, e.g. the order id")
+    key: Text = Field(
+        min_length=1, max_length=MAX_KEY_LENGTH, description="the business key, e.g. the order id"
+    )
     data: JsonObject = Field(
         default_factory=dict, description="the starting event's fields; the key field may be left out"
     )

@@ -17,6 +17,7 @@ from fastapi.params import Depends
 from orchestrator import api_models as m
 from orchestrator.api_context import DEFAULT_ACTOR, ApiContext, answers, storable, utc
 from orchestrator.engine import Saga
+from orchestrator.ingress import MAX_KEY_LENGTH
 from orchestrator.operations import Applied, OperatorAction, apply_action, start_saga
 from orchestrator.queries import HistoryRow, SagaFilter
 from orchestrator.replay import replay
@@ -127,7 +128,7 @@ def sagas_router(ctx: ApiContext, reads: Sequence[Depends], writes: Sequence[Dep
         ] = None,
         status: m.Status | None = None,
         state: Annotated[str | None, Query(max_length=200, json_schema_extra={"enum": all_states})] = None,
-        key: Annotated[str | None, Query(max_length=500)] = None,
+        key: Annotated[str | None, Query(max_length=MAX_KEY_LENGTH)] = None,
         started_after: datetime | None = None,
         started_before: datetime | None = None,
         updated_after: datetime | None = None,

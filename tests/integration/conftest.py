@@ -168,9 +168,11 @@ class Bench:
         self.processes.append(process)
         return process
 
-    async def start_orchestrator(self, *extra: str) -> Process:
-        """``orchestrator run`` with its REST API on a free port (``api_url``), behind the token."""
-        process = self.spawn("orchestrator", "orchestrator", "run", "--port", "0", *extra)
+    async def start_orchestrator(self, *extra: str, env: dict[str, str] | None = None) -> Process:
+        """``orchestrator run`` with its REST API on a free port (``api_url``), behind the token;
+        ``env`` overrides some of the environment."""
+        environment = {**self.env, **(env or {})}
+        process = self.spawn("orchestrator", "orchestrator", "run", "--port", "0", *extra, env=environment)
         await self.wait_for_log(process, "api listening on ")
         self.api_url = process.output().split("api listening on ", 1)[1].split()[0]
         return process

@@ -1,0 +1,106 @@
+"""The database goes away under a running orchestrator: the batch in hand waits unacked (nothing
+is dead-lettered for it, nothing lost), /readyz answers 503 and says why, and once the database is
+back the same process carries on.
+
+The orchestrator reaches PostgreSQL through a TCP proxy in this test, so that the test can cut
+the connection without stopping the server that other tests share."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+
+import pytest
+
+from .conftest import Bench
+
+pytestmark = pytest.mark.integration
+
+
+class Proxy:
+    """Forwards a local port to PostgreSQL until cut; while cut, connections are refused."""
+
+    def __init__(self, target_port: int = 5432) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self.server: asyncio.Server | None = None
+        self.pipes: set[asyncio.Task[None]] = set()
+
+    async def open(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def cut(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+        for pipe in list(self.pipes):
+            pipe.cancel()
+        await asyncio.gather(*self.pipes, return_exceptions=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        pipes = [
+            asyncio.create_task(self._pipe(reader, upstream_writer)),
+            asyncio.create_task(self._pipe(upstream_reader, writer)),
+        ]
+        self.pipes.update(pipes)
+        try:
+            await asyncio.gather(*pipes, return_exceptions=True)
+        finally:
+            self.pipes.difference_update(pipes)
+            for w in (writer, upstream_writer):
+                w.transport.abort()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.transport.abort()
+
+
+async def test_a_database_outage_holds_the_batch_and_makes_the_service_unready(bench: Bench) -> None:
+    proxy = Proxy()
+    await proxy.open()
+    proxied = bench.database_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    assert proxied != bench.database_url
+    orchestrator = await bench.start_orchestrator(env={"ORCHESTRATOR_DATABASE_URL": proxied})
+    await bench.start_participants()
+    before = f"before-{uuid.uuid4().hex[:6]}"
+    await bench.place_order(before)
+    await bench.finished("order", [before])
+
+    await proxy.cut()
+    during = f"during-{uuid.uuid4().hex[:6]}"
+    await bench.place_order(during)
+    async with bench.api() as api:
+        deadline = time.monotonic() + 30
+        while True:
+            ready = await api.get("/readyz")
+            checks = ready.json().get("checks", {})
+            if ready.status_code == 503 and checks.get("consumer", "ok") != "ok":
+                break
+            assert time.monotonic() < deadline, ready.text
+            await asyncio.sleep(0.2)
+        assert checks["database"] != "ok"
+        assert checks["consumer"].startswith("cannot commit")
+        metrics = (await api.get("/metrics")).text
+        assert 'orchestrator_batch_failures_total{fault="unavailable"}' in metrics
+        assert "orchestrator_consumer_stalled 1.0" in metrics
+
+        await proxy.open()  # the database is back, on the same port
+        sagas = await bench.finished("order", [during], timeout=60)
+        assert sagas[during].status == "completed"
+        deadline = time.monotonic() + 30
+        while (await api.get("/readyz")).status_code != 200:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.2)
+
+    assert await bench.dead_letters(0) == []
+    assert orchestrator.popen.poll() is None  # the same process throughout
+    # In a thread: the proxy runs on this event loop, and the process needs it to stop cleanly.
+    assert await asyncio.to_thread(orchestrator.stop) == 0
+    await proxy.cut()

@@ -1,0 +1,169 @@
+"""A failed batch is about whoever's fault it is: the database's (wait), a race (retry), or one
+message's (split the batch until it stands alone, dead-letter it, commit the rest).
+
+The orchestrator's commit loop runs here over the in-memory store, wrapped so that its save fails
+the way PostgreSQL fails, by SQLSTATE."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+import pytest
+
+from orchestrator.app import Orchestrator
+from orchestrator.engine import saga_id_for
+from orchestrator.examples import WORKFLOWS
+from orchestrator.faults import Fault, classify
+from orchestrator.ingress import Envelope
+from orchestrator.routing import Registry
+from orchestrator.service import Verdict
+from orchestrator.settings import Settings
+from orchestrator.store import Changes
+from orchestrator.store_memory import MemoryStore
+
+
+class PostgresLikeError(Exception):
+    def __init__(self, sqlstate: str) -> None:
+        super().__init__(f"SQLSTATE {sqlstate}")
+        self.sqlstate = sqlstate
+
+
+class FailingStore(MemoryStore):
+    """A memory store whose save raises ``fail(changes)`` when that returns an error."""
+
+    def __init__(self, fail: Callable[[Changes], Exception | None]) -> None:
+        super().__init__()
+        self.fail = fail
+        self.saves = 0
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Any]:
+        async with super().transaction() as tx:
+            save = tx.save
+
+            async def failing_save(changes: Changes) -> None:
+                self.saves += 1
+                error = self.fail(changes)
+                if error is not None:
+                    raise error
+                await save(changes)
+
+            tx.save = failing_save  # type: ignore[method-assign]
+            yield tx
+
+
+def start(order_id: str, message_id: str | None = None) -> Envelope:
+    body = {
+        "order_id": order_id,
+        "customer_id": "c",
+        "lines": [{"sku": "s", "quantity": 1}],
+        "amount_cents": 1,
+    }
+    return Envelope(orjson.dumps(body), "orders.OrderPlaced", message_id or f"m-{order_id}")
+
+
+def orchestrator(store: MemoryStore) -> Orchestrator:
+    return Orchestrator(Settings(), Registry(WORKFLOWS), store)
+
+
+async def commit(app: Orchestrator, envelopes: list[Envelope]) -> list[Verdict]:
+    result = await app._commit(envelopes, [0.0] * len(envelopes))
+    return result.verdicts
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "fault"),
+    [
+        ("22021", Fault.MESSAGE),  # character not in repertoire
+        ("54000", Fault.MESSAGE),  # program limit: index row too large
+        ("23505", Fault.CONFLICT),
+        ("40001", Fault.CONFLICT),
+        ("40P01", Fault.CONFLICT),
+        ("08006", Fault.UNAVAILABLE),
+        ("57P01", Fault.UNAVAILABLE),  # admin shutdown
+        ("53300", Fault.UNAVAILABLE),  # too many connections
+        ("42P01", Fault.OTHER),  # undefined table: ours, not a message's
+    ],
+)
+def test_a_postgres_error_is_classified_by_its_sqlstate(sqlstate: str, fault: Fault) -> None:
+    assert classify(PostgresLikeError(sqlstate)) is fault
+
+
+def test_a_lost_connection_is_the_database_being_away() -> None:
+    assert classify(ConnectionResetError()) is Fault.UNAVAILABLE
+    assert classify(OSError("connection refused")) is Fault.UNAVAILABLE
+    assert classify(KeyError("a bug")) is Fault.OTHER
+
+
+async def test_a_message_postgres_cannot_store_is_found_and_dead_lettered_and_the_rest_commit() -> None:
+    bad = "m-poison"
+    store = FailingStore(lambda c: PostgresLikeError("22021") if bad in c.inbox else None)
+    app = orchestrator(store)
+    batch = (
+        [start(f"o-{i}") for i in range(7)] + [start("o-x", bad)] + [start(f"o-{i}") for i in range(7, 12)]
+    )
+
+    verdicts = await commit(app, batch)
+
+    assert verdicts == [Verdict.ACCEPTED] * 7 + [Verdict.DEAD] + [Verdict.ACCEPTED] * 5
+    assert all(saga_id_for("order", f"o-{i}") in store.sagas for i in range(12))
+    assert saga_id_for("order", "o-x") not in store.sagas
+    [letter] = store.dead_letters
+    assert (letter.reason, letter.message_id) == ("database_refused", bad)
+    assert "22021" in letter.detail
+    assert app.metrics.batch_failures["message"] >= 1
+
+
+async def test_a_race_is_retried_and_nothing_is_dead_lettered() -> None:
+    failures = iter([PostgresLikeError("40P01"), PostgresLikeError("23505")])
+    store = FailingStore(lambda c: next(failures, None))
+    app = orchestrator(store)
+
+    verdicts = await commit(app, [start("o-1"), start("o-2")])
+
+    assert verdicts == [Verdict.ACCEPTED, Verdict.ACCEPTED]
+    assert store.dead_letters == [] and store.saves == 3
+
+
+async def test_a_failure_of_unknown_kind_is_tried_a_few_times_then_only_its_message_is_set_aside() -> None:
+    bad = "m-bug"
+    store = FailingStore(lambda c: RuntimeError("a bug this message trips") if bad in c.inbox else None)
+    app = orchestrator(store)
+
+    verdicts = await commit(app, [start("o-1"), start("o-2", bad), start("o-3")])
+
+    assert verdicts == [Verdict.ACCEPTED, Verdict.DEAD, Verdict.ACCEPTED]
+    [letter] = store.dead_letters
+    assert letter.reason == "failed_repeatedly" and "a bug this message trips" in letter.detail
+
+
+async def test_while_the_database_is_away_the_batch_waits_and_the_service_says_it_is_not_ready() -> None:
+    away = {"left": 3}
+
+    def fail(changes: Changes) -> Exception | None:
+        if away["left"]:
+            away["left"] -= 1
+            return ConnectionResetError("the database went away")
+        return None
+
+    store = FailingStore(fail)
+    app = orchestrator(store)
+    seen: list[str | None] = []
+
+    async def watch() -> None:
+        while True:
+            seen.append(app.stalled())
+            await asyncio.sleep(0.01)
+
+    watcher = asyncio.create_task(watch())
+    verdicts = await commit(app, [start("o-1")])
+    watcher.cancel()
+
+    assert verdicts == [Verdict.ACCEPTED] and store.dead_letters == []
+    assert any(s is not None and "the database went away" in s for s in seen)
+    assert app.stalled() is None
+    assert app.metrics.batch_failures["unavailable"] == 3
