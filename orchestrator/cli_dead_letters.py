@@ -73,11 +73,11 @@ def add_parser(sub: Any) -> None:
     )
     commands = parser.add_subparsers(dest="dead_letters_command", required=True)
     filters = argparse.ArgumentParser(add_help=False)
-    filters.add_argument("--reason", choices=REASONS, help="only this reason code")
+    filters.add_argument("--reason", choices=REASONS, metavar="REASON", help="only this reason code")
     filters.add_argument("--since", type=_when, help="only those dead at or after this time (ISO 8601)")
 
     listing = commands.add_parser("list", parents=[filters], help="dead letters, newest first")
-    listing.add_argument("--source", choices=SOURCES, help="who set them aside")
+    listing.add_argument("--source", choices=SOURCES, help="who set them aside: orchestrator or broker")
     listing.add_argument("--until", type=_when, help="only those dead before this time (ISO 8601)")
     listing.add_argument("--limit", type=_positive, default=50, help="at most this many (default 50)")
     listing.add_argument("--json", action="store_true", help="a JSON array instead of a table")
@@ -98,7 +98,7 @@ def add_parser(sub: Any) -> None:
 
     purge = commands.add_parser("purge", help="delete dead letters")
     purge.add_argument("ids", nargs="*", type=_id, metavar="ID")
-    purge.add_argument("--reason", choices=REASONS, help="those with this reason code")
+    purge.add_argument("--reason", choices=REASONS, metavar="REASON", help="those with this reason code")
     purge.add_argument("--before", type=_when, help="those dead before this time (ISO 8601)")
     purge.add_argument("--all", action="store_true", help="every dead letter")
     purge.add_argument("--yes", action="store_true", help="do not ask")
