@@ -117,7 +117,7 @@ def _death_of(headers: object) -> Death:
     first = deaths[0] if isinstance(deaths, list | tuple) and deaths else None
     if not isinstance(first, Mapping):
         detail = "no x-death header: it was published to the dead-letter exchange, not dead-lettered"
-        legacy = headers.get("x-death-reason")  # what orchestrators before 0004 republished with
+        legacy = headers.get("x-death-reason")  # what earlier orchestrators republished with
         if legacy is not None:
             detail += f"; x-death-reason: {_text(legacy)}"
         exchange, routing_key = headers.get("x-original-exchange"), headers.get("x-original-routing-key")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -169,3 +171,9 @@ def test_what_cannot_be_replayed_says_why() -> None:
     replayed = _row(replayed_at=datetime(2026, 11, 26, tzinfo=UTC), replayed_by="alice")
     assert "replayed already" in (why_not_replayable(replayed) or "")
     assert why_not_replayable(replayed, again=True) is None
+
+
+def test_the_protocol_lists_every_reason_code_in_order() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    section = doc[doc.index("## 9. ") : doc.index("## 10. ")]
+    assert re.findall(r"^\| `([a-z_]+)` \|", section, re.MULTILINE) == [str(r) for r in Reason]
