@@ -73,7 +73,9 @@ def add_parser(sub: Any) -> None:
     )
     commands = parser.add_subparsers(dest="dead_letters_command", required=True)
     filters = argparse.ArgumentParser(add_help=False)
-    filters.add_argument("--reason", choices=REASONS, metavar="REASON", help="only this reason code")
+    filters.add_argument(
+        "--reason", choices=REASONS, metavar="REASON", help=f"only this reason code: {', '.join(REASONS)}"
+    )
     filters.add_argument("--since", type=_when, help="only those dead at or after this time (ISO 8601)")
 
     listing = commands.add_parser("list", parents=[filters], help="dead letters, newest first")

@@ -138,6 +138,8 @@ def _death_of(headers: object) -> Death:
     exchange = first.get("exchange")
     keys = first.get("routing-keys")
     routing_key = keys[0] if isinstance(keys, list | tuple) and keys else None
+    if not exchange and headers.get("x-original-exchange"):  # moved into its queue by migrate
+        exchange, routing_key = headers["x-original-exchange"], headers.get("x-original-routing-key")
     return Death(
         reason,
         detail,

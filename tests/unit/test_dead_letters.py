@@ -56,6 +56,16 @@ def test_the_detail_says_which_queue_and_how_many_times_and_where_it_was_sent() 
     assert once.detail == "rejected in queue saga.inventory, 1 time"
 
 
+def test_a_message_migrate_moved_into_its_queue_keeps_where_it_was_first_sent() -> None:
+    headers = {
+        **_x_death("delivery_limit", exchange="", **{"routing-keys": ["saga.orchestrator.events"]}),
+        "x-original-exchange": "saga.events",
+        "x-original-routing-key": "orders.OrderPlaced",
+    }
+    death = death_of(headers)
+    assert (death.exchange, death.routing_key) == ("saga.events", "orders.OrderPlaced")
+
+
 def test_the_latest_death_is_the_first_entry() -> None:
     headers = _x_death("expired")
     headers["x-death"].append({"reason": "rejected", "queue": "saga.payment", "count": 3})
