@@ -15,7 +15,7 @@ import contextlib
 import logging
 import struct
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +31,7 @@ from orchestrator.ingress import DEFAULT_LIMITS, Envelope, Limits, Reason, Refus
 from orchestrator.messages import service_of
 from orchestrator.topology import Topology, declare
 
-__all__ = ["Broker", "Delivery", "QueueConsumer", "Topology", "envelope_of"]
+__all__ = ["Broker", "Delivery", "QueueConsumer", "Republisher", "Topology", "Unpublishable", "envelope_of"]
 
 log = logging.getLogger("orchestrator.amqp")
 
@@ -388,6 +388,85 @@ class QueueConsumer:
         return self.connected.is_set() and self._connection is not None and not self._connection.is_closed
 
 
+class Unpublishable(Exception):
+    """The broker did not take a message: ``unavailable`` when it could not be reached at all,
+    otherwise it refused this one (no such exchange, no queue bound for the routing key, a nack)."""
+
+    def __init__(self, message: str, unavailable: bool = False) -> None:
+        super().__init__(message)
+        self.unavailable = unavailable
+
+
+#: how long one republish may wait for its confirm
+REPUBLISH_TIMEOUT = 30.0
+
+
+class Republisher:
+    """Publishes messages as given (dead letters being replayed): persistent, mandatory, confirmed,
+    on a channel of its own. A refusal such as a missing exchange closes the channel it happens on;
+    on this one it never touches the relay's, and the next publish opens a new one."""
+
+    def __init__(self, connection: Callable[[], Awaitable[aiormq.abc.AbstractConnection]]) -> None:
+        self._connection = connection
+        self._channel: aiormq.abc.AbstractChannel | None = None
+        self._lock = asyncio.Lock()
+
+    async def publish(
+        self, exchange: str, routing_key: str, body: bytes, properties: Mapping[str, Any]
+    ) -> None:
+        """``properties`` as aiormq names them (``message_type``, ``headers``, ...)."""
+        async with self._lock:
+            try:
+                if self._channel is None or self._channel.is_closed:
+                    connection = await asyncio.wait_for(self._connection(), REPUBLISH_TIMEOUT)
+                    self._channel = await asyncio.wait_for(
+                        connection.channel(publisher_confirms=True, on_return_raises=True), REPUBLISH_TIMEOUT
+                    )
+            except Unpublishable:
+                raise
+            except Exception as error:
+                raise Unpublishable(f"cannot reach the broker: {_said(error)}", unavailable=True) from None
+            channel = self._channel
+            try:
+                await asyncio.wait_for(
+                    channel.basic_publish(
+                        body,
+                        exchange=exchange,
+                        routing_key=routing_key,
+                        properties=aiormq.spec.Basic.Properties(**properties),
+                        mandatory=True,
+                    ),
+                    REPUBLISH_TIMEOUT,
+                )
+            except aiormq.exceptions.PublishError:
+                raise Unpublishable(
+                    f"no queue is bound to exchange {exchange!r} for routing key {routing_key!r}"
+                ) from None
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                self._channel = None
+                raise Unpublishable(f"the broker has no exchange {exchange!r}") from None
+            except aiormq.exceptions.DeliveryError as error:
+                raise Unpublishable(f"the broker refused the message: {_said(error)}") from None
+            except aiormq.exceptions.ChannelClosed as error:
+                self._channel = None
+                raise Unpublishable(f"the broker refused the message: {_said(error)}") from None
+            except Exception as error:  # the connection broke, or no confirm came in time
+                self._channel = None
+                raise Unpublishable(
+                    f"the broker did not confirm the message: {_said(error)}", unavailable=True
+                ) from None
+
+    async def close(self) -> None:
+        channel, self._channel = self._channel, None
+        if channel is not None and not channel.is_closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(channel.close(), 5)
+
+
+def _said(error: BaseException) -> str:
+    return printable(str(error) or type(error).__name__)[:300]
+
+
 class Broker:
     """Consumes the orchestrator's queue (a :class:`QueueConsumer`) and publishes commands with
     confirms over a robust connection of its own."""
@@ -401,6 +480,21 @@ class Broker:
         )
         self._publish_connection: AbstractRobustConnection | None = None
         self._publish_channel: AbstractChannel | None = None
+        self._republisher = Republisher(self._publish_underlay)
+
+    async def _publish_underlay(self) -> aiormq.abc.AbstractConnection:
+        connection = self._publish_connection
+        transport = connection.transport if connection is not None else None
+        if transport is None or transport.connection.is_closed:
+            raise Unpublishable("the publishing connection is down", unavailable=True)
+        return transport.connection
+
+    async def republish(
+        self, exchange: str, routing_key: str, body: bytes, properties: Mapping[str, Any]
+    ) -> None:
+        """Publish a message as given (a dead letter's replay) over the publishing connection, on a
+        channel of its own: persistent, mandatory, confirmed; :class:`Unpublishable` otherwise."""
+        await self._republisher.publish(exchange, routing_key, body, properties)
 
     @property
     def inbound(self) -> asyncio.Queue[Delivery]:
@@ -454,6 +548,7 @@ class Broker:
 
     async def close(self) -> None:
         await self.consumer.close()
+        await self._republisher.close()
         if self._publish_connection is not None:
             await self._publish_connection.close()
 

@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from orchestrator import api_models as m
 from orchestrator.api_context import ApiContext, answers
+from orchestrator.api_dead_letters import dead_letters_router
 from orchestrator.api_sagas import sagas_router
 from orchestrator.body_limit import BodyLimit
 from orchestrator.diagrams import WorkflowView
@@ -56,6 +57,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     writes = _token_check(ctx.settings.api_token)
     reads = writes if ctx.settings.api_protect_reads else []
     app.include_router(sagas_router(ctx, reads, writes))
+    app.include_router(dead_letters_router(ctx, reads, writes))
     _health_routes(app, ctx, reads)
     _workflow_routes(app, ctx, reads)
     _document_starts(app, ctx.registry)

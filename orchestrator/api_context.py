@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import HTTPException
 
 from orchestrator import api_models as m
+from orchestrator.dead_letters import Publish
 from orchestrator.diagrams import WorkflowView, describe, mermaid
 from orchestrator.machine import CompiledWorkflow
 from orchestrator.metrics import Metrics
@@ -51,6 +52,8 @@ class ApiContext:
     #: readiness checks besides the database: name -> "ok" or what is wrong
     checks: Callable[[], Awaitable[dict[str, str]]] = _no_checks
     clock: Callable[[], datetime] = _now
+    #: publishes a dead letter's replay over the service's publishing connection (None: no broker)
+    republish: Publish | None = None
     #: per workflow, its definition and diagram, built once: both are pure and fixed for the process
     views: dict[str, tuple[WorkflowView, str]] = field(default_factory=dict, init=False)
     #: per workflow and state, the participants' events that move a saga on
@@ -77,8 +80,8 @@ def _waiting_for(compiled: CompiledWorkflow) -> dict[str, list[str]]:
 _ANSWERS = {
     400: "the body is not JSON",
     401: "missing or wrong bearer token",
-    404: "no such saga or workflow",
-    409: "the action does not fit the saga as it stands; detail says why",
+    404: "no such saga, workflow or dead letter",
+    409: "the action does not fit the saga (or the dead letter) as it stands; detail says why",
     413: "the body is over ORCHESTRATOR_API_MAX_BODY_BYTES",
     422: "bad input; detail says which and why",
     503: "the database is unavailable; try again after Retry-After seconds",

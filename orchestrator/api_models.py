@@ -9,16 +9,23 @@ instead of failing deep in a transaction (500).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from orchestrator.definitions import Status
-from orchestrator.ingress import MAX_KEY_LENGTH, check_json, check_text
+from orchestrator.ingress import MAX_KEY_LENGTH, Reason, check_json, check_text
 
 __all__ = [
     "ActionRequest",
     "Command",
+    "DeadLetterDetail",
+    "DeadLetterPage",
+    "DeadLetterPurgeRequest",
+    "DeadLetterPurgeResult",
+    "DeadLetterReplayRequest",
+    "DeadLetterReplayResult",
+    "DeadLetterSummary",
     "Health",
     "HistoryEntry",
     "HistoryPage",
@@ -236,3 +243,88 @@ class ResumeRequest(ActionRequest):
 class SkipRequest(ActionRequest):
     outcome: Text = Field(max_length=200, description="the event type to take as the step's outcome")
     data: JsonObject = Field(default_factory=dict, description="that event's fields")
+
+
+# Dead letters -----------------------------------------------------------------------------------
+#: a dead letter's id
+DeadLetterId = Annotated[int, Field(ge=1, le=2**63 - 1)]
+Source = Literal["orchestrator", "broker"]
+
+
+class DeadLetterSummary(_Model):
+    id: int
+    dead_at: datetime
+    source: Source = Field(description="orchestrator: it refused it; broker: taken from {ns}.dead-letter")
+    reason: str = Field(description="a reason code (docs/protocol.md, section 9)")
+    detail: str = Field(description="why, in a sentence; never the payload")
+    message_id: str | None
+    message_type: str | None
+    correlation_id: str | None
+    exchange: str = Field(description="where it was sent, and where a replay sends it")
+    routing_key: str
+    body_size: int = Field(description="the body's size as received, in bytes")
+    body_stored: int = Field(description="how much of it is stored: less when it was cut at the size cap")
+    replayed_at: datetime | None
+    replayed_by: str | None
+
+
+class DeadLetterPage(BaseModel):
+    items: list[DeadLetterSummary]
+    next_cursor: str | None = Field(
+        description="pass as ?cursor= for the next (older) page; null on the last"
+    )
+
+
+class DeadLetterDetail(DeadLetterSummary):
+    properties: dict[str, Any] = Field(description="every property as received, headers under headers")
+    body_text: str | None = Field(description="the stored body, when it is UTF-8")
+    body_base64: str | None = Field(description="the stored body in base64, when it is not UTF-8")
+    replayable: bool
+    not_replayable_because: str | None
+
+
+class DeadLetterReplayRequest(_Request):
+    """Which dead letters to replay: ``ids``, or those with ``reason`` (and dead ``since``)."""
+
+    ids: list[DeadLetterId] | None = Field(default=None, min_length=1, max_length=1000)
+    reason: Reason | None = None
+    since: datetime | None = Field(default=None, description="with reason: dead at or after this time")
+    again: bool = Field(default=False, description="replay those replayed before too")
+    limit: int = Field(default=1000, ge=1, le=10000, description="with reason: at most this many")
+
+    @model_validator(mode="after")
+    def _one_way(self) -> Self:
+        if (self.ids is None) == (self.reason is None):
+            raise ValueError("give ids or reason (not both)")
+        if self.ids is not None and self.since is not None:
+            raise ValueError("since goes with reason, not with ids")
+        return self
+
+
+class ReplayRefusal(BaseModel):
+    id: int
+    detail: str = Field(description="why it was not replayed")
+
+
+class DeadLetterReplayResult(BaseModel):
+    replayed: list[int] = Field(description="the ids replayed, in the order they were sent")
+    refused: list[ReplayRefusal] = Field(description="those not replayed, and why")
+
+
+class DeadLetterPurgeRequest(_Request):
+    """Which dead letters to delete: ``ids``, or those with ``reason`` and/or dead ``before``."""
+
+    ids: list[DeadLetterId] | None = Field(default=None, min_length=1, max_length=1000)
+    reason: Reason | None = None
+    before: datetime | None = Field(default=None, description="dead before this time")
+
+    @model_validator(mode="after")
+    def _one_way(self) -> Self:
+        filtered = self.reason is not None or self.before is not None
+        if (self.ids is not None) == filtered:
+            raise ValueError("give ids, or reason and/or before (not both)")
+        return self
+
+
+class DeadLetterPurgeResult(BaseModel):
+    purged: int = Field(description="how many were deleted")

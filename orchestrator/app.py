@@ -15,6 +15,7 @@ import time
 from datetime import UTC, datetime
 
 from orchestrator.amqp import Broker, Delivery, Topology, services_of
+from orchestrator.dead_letters import DeadLetterDrain
 from orchestrator.deadlines import DeadlineAlarm
 from orchestrator.faults import Fault, classify
 from orchestrator.ingress import Envelope, Limits, Reason, Refused, printable
@@ -44,6 +45,10 @@ class Orchestrator:
         limits = Limits(max_message_bytes=settings.max_message_bytes)
         self.broker = Broker(
             settings.amqp_url, Topology(settings.namespace), settings.effective_prefetch, limits
+        )
+        #: takes what the broker dead-letters (to {ns}.dead-letter) into the dead-letter table
+        self.drain = DeadLetterDrain(
+            settings.amqp_url, Topology(settings.namespace), store, self.metrics, limits
         )
         self.relay = Relay(
             store, self.broker.publish_command, settings.relay_in_flight, settings.outbox_sweep_seconds
@@ -79,6 +84,7 @@ class Orchestrator:
         await self.relay.start()
         await self.deadlines.start()
         await self.broker.start_consuming()
+        self.drain.start()
         self._worker = asyncio.create_task(self._work(), name="worker")
         log.info(
             "orchestrator running: workflows %s, namespace %s",
@@ -118,6 +124,7 @@ class Orchestrator:
                 await asyncio.wait_for(self._worker, self.settings.shutdown_seconds)
             except TimeoutError:
                 log.warning("the batch in hand did not finish in time; its messages will be redelivered")
+        await self.drain.stop(self.settings.shutdown_seconds)
         self.deadlines.stop()
         await self.relay.drain(self.settings.shutdown_seconds)
         await self.relay.stop()

@@ -66,6 +66,7 @@ def build(settings: Settings, api_socket: socket.socket | None = None) -> Orches
             metrics,
             dispatch=orchestrator.dispatch,
             checks=orchestrator.broker_checks,
+            republish=orchestrator.broker.republish,
         )
         orchestrator.api = ApiServer(create_app(context), api_socket, settings.shutdown_seconds)
     return orchestrator

@@ -1,4 +1,5 @@
-"""``orchestrator migrate | run | verify``: the command line, with one-line errors, not tracebacks."""
+"""``orchestrator migrate | run | verify | dead-letters``: the command line, with one-line errors,
+not tracebacks."""
 
 from __future__ import annotations
 
@@ -243,6 +244,9 @@ def main(argv: list[str] | None = None) -> None:
     verify = sub.add_parser("verify", help="replay journals and report sagas whose row differs")
     verify.add_argument("--saga", help="verify only this saga id")
     verify.add_argument("--workflows", help="module(s) defining the workflows")
+    from orchestrator import cli_dead_letters
+
+    cli_dead_letters.add_parser(sub)
     args = parser.parse_args(argv)
 
     settings = Settings.from_env(
@@ -269,9 +273,14 @@ def main(argv: list[str] | None = None) -> None:
             _run(_serve(settings))
         elif args.command == "verify":
             sys.exit(_run(_verify(settings, args.saga)))
+        elif args.command == "dead-letters":
+            sys.exit(_run(cli_dead_letters.run(args, settings)))
     except Unreachable as error:
         print(f"orchestrator: {error}", file=sys.stderr)
         sys.exit(2)
+    except cli_dead_letters.CommandError as error:
+        print(f"orchestrator: {error}", file=sys.stderr)
+        sys.exit(error.code)
     except KeyboardInterrupt:
         sys.exit(130)
 

@@ -1,0 +1,266 @@
+"""Dead letters an operator can work with, on the real broker and database: what the broker
+dead-letters is drained into the table, and rows are listed, shown, replayed and purged over the
+CLI and over REST. A replayed message goes through the same checks as any other."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import uuid
+from typing import Any
+
+import aio_pika
+import orjson
+import pytest
+
+from orchestrator.amqp import services_of
+from orchestrator.bootstrap import load_workflows
+from orchestrator.routing import Registry
+from orchestrator.topology import Topology, declare
+
+from .conftest import ROOT, Bench, unique
+
+pytestmark = pytest.mark.integration
+
+keys = unique("dl")
+
+
+def cli(bench: Bench, *args: str) -> subprocess.CompletedProcess[str]:
+    """``orchestrator dead-letters ...``, as an operator runs it (stdin is not a terminal)."""
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", "dead-letters", *args],
+        env=bench.env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
+
+
+async def acli(bench: Bench, *args: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(cli, bench, *args)
+
+
+async def rows_where(bench: Bench, count: int, timeout: float = 30, **match: Any) -> list[dict[str, Any]]:
+    """This namespace's dead-letter rows whose columns equal ``match``, once there are ``count``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [
+            r for r in await bench.dead_letters(0, timeout=0) if all(r[k] == v for k, v in match.items())
+        ]
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        await asyncio.sleep(0.1)
+
+
+async def state_changes(bench: Bench, key: str, leaving: str | None, timeout: float = 30) -> str:
+    """The order saga's state once it exists and is no longer ``leaving``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        saga = await bench.saga("order", key)
+        if saga is not None and saga.state != leaving:
+            return saga.state
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"saga {key} still {leaving} after {timeout}s")
+
+
+async def reply_too_early(bench: Bench, key: str) -> str:
+    """A StockReserved for an order whose saga does not exist yet: dead-lettered unknown_saga."""
+    return await bench.publish("inventory.StockReserved", {"order_id": key, "reservation_id": "r-1"})
+
+
+async def not_json(bench: Bench) -> str:
+    return await bench.publish("orders.OrderPlaced", None, raw=b"\xff{ not json")
+
+
+async def test_a_command_a_participant_rejects_is_drained_into_the_table(bench: Bench) -> None:
+    orchestrator = await bench.start_orchestrator()
+    await bench.start_participant("inventory")
+    assert bench.channel is not None
+    commands = await bench.channel.get_exchange(f"{bench.namespace}.commands")
+    message_id = str(uuid.uuid4())
+    await commands.publish(  # no correlation_id: section 6 says reject it
+        aio_pika.Message(b'{"order_id": "x"}', type="inventory.ReserveStock", message_id=message_id),
+        routing_key="inventory.ReserveStock",
+    )
+
+    [row] = await rows_where(bench, 1, message_id=message_id)
+
+    assert (row["source"], row["reason"]) == ("broker", "rejected")
+    assert row["detail"] == f"rejected in queue {bench.namespace}.inventory, 1 time"
+    assert (row["exchange"], row["routing_key"]) == (f"{bench.namespace}.commands", "inventory.ReserveStock")
+    assert row["body"] == b'{"order_id": "x"}'
+    assert "dead letter from the broker" in orchestrator.output()
+    async with bench.api() as api:
+        metrics = (await api.get("/metrics")).text
+    assert 'orchestrator_dead_lettered_total{reason="rejected"} 1.0' in metrics
+
+
+async def test_an_event_past_the_delivery_limit_is_drained_and_replays_into_a_saga(bench: Bench) -> None:
+    # The topology as the orchestrator declares it, but nobody consuming its queue.
+    assert bench.connection is not None
+    services = services_of(Registry(load_workflows("orchestrator.examples")).command_types())
+    setup = await bench.connection.channel()
+    await declare(setup, Topology(bench.namespace), services)
+    key = keys()
+    message_id = await bench.place_order(key)
+    queue = await setup.get_queue(f"{bench.namespace}.orchestrator.events")
+    deliveries = 0
+    for _ in range(50):  # handed out and returned until the queue's limit dead-letters it
+        message = await queue.get(no_ack=False, fail=False)
+        if message is None:
+            if deliveries > 5:
+                break
+            await asyncio.sleep(0.1)
+            continue
+        deliveries += 1
+        await message.nack(requeue=True)
+    await setup.close()
+    assert deliveries == 6
+
+    await bench.start_orchestrator()
+    [row] = await rows_where(bench, 1, message_id=message_id)
+    assert (row["source"], row["reason"]) == ("broker", "delivery_limit")
+    assert f"in queue {bench.namespace}.orchestrator.events" in row["detail"]
+    assert (row["exchange"], row["routing_key"]) == (f"{bench.namespace}.events", "orders.OrderPlaced")
+    assert await bench.saga("order", key) is None
+
+    replayed = await acli(bench, "replay", str(row["id"]), "--actor", "bob")
+
+    assert replayed.returncode == 0, replayed.stderr
+    assert replayed.stdout.startswith(f"replayed {row['id']} (delivery_limit)")
+    await state_changes(bench, key, None)  # the saga exists: the start event was taken
+    [marked] = await rows_where(bench, 1, message_id=message_id)
+    assert marked["replayed_by"] == "bob" and marked["replayed_at"] is not None
+
+
+async def test_list_show_replay_and_purge_over_the_cli(bench: Bench) -> None:
+    await bench.start_orchestrator()  # no participants: the saga waits where it is
+    key = keys()
+    early = await reply_too_early(bench, key)
+    bad = await not_json(bench)
+    [row] = await rows_where(bench, 1, message_id=early)
+    [bad_row] = await rows_where(bench, 1, message_id=bad)
+    assert (row["source"], row["reason"], row["routing_key"]) == (
+        "orchestrator",
+        "unknown_saga",
+        "inventory.StockReserved",
+    )
+
+    listed = await acli(bench, "list", "--reason", "unknown_saga", "--json", "--limit", "500")
+    assert listed.returncode == 0, listed.stderr
+    assert row["id"] in [r["id"] for r in json.loads(listed.stdout)]
+    table = await acli(bench, "list", "--source", "orchestrator")
+    assert table.stdout.startswith("ID ") and f"\n{row['id']} " in table.stdout
+    shown = await acli(bench, "show", str(row["id"]))
+    assert shown.returncode == 0, shown.stderr
+    assert "reason:         unknown_saga" in shown.stdout
+    assert "replayable:     yes" in shown.stdout
+    assert '{"order_id":"' + key in shown.stdout  # the body, as text
+    shown_bad = json.loads((await acli(bench, "show", str(bad_row["id"]), "--json")).stdout)
+    assert shown_bad["body_text"] is None and shown_bad["body_base64"] == "/3sgbm90IGpzb24="
+
+    # Fixed: the saga exists now, waiting for the stock reply that was dead-lettered.
+    await bench.place_order(key)
+    waiting = await state_changes(bench, key, None)
+    replayed = await acli(bench, "replay", str(row["id"]))
+    assert replayed.returncode == 0, replayed.stderr
+    assert await state_changes(bench, key, waiting) != waiting  # the reply was taken: it moved on
+
+    twice = await acli(bench, "replay", str(row["id"]))
+    assert twice.returncode == 1
+    assert f"cannot replay {row['id']}: it was replayed already" in twice.stderr
+
+    # Still bad: replayed, and dead-lettered again as a new row.
+    again = await acli(bench, "replay", str(bad_row["id"]))
+    assert again.returncode == 0, again.stderr
+    rows = await rows_where(bench, 2, message_id=bad)
+    assert [r["reason"] for r in rows] == ["not_json", "not_json"]
+    assert rows[1]["id"] > bad_row["id"] and rows[1]["replayed_at"] is None
+
+    unasked = await acli(bench, "purge", str(row["id"]), str(bad_row["id"]))
+    assert unasked.returncode == 2 and "pass --yes" in unasked.stderr
+    purged = await acli(bench, "purge", str(row["id"]), str(bad_row["id"]), "--yes")
+    assert purged.returncode == 0 and purged.stdout.strip() == "purged 2 dead letters", purged.stderr
+    gone = await acli(bench, "show", str(row["id"]))
+    assert (gone.returncode, gone.stderr.strip()) == (1, f"orchestrator: no dead letter {row['id']}")
+    for bad_input in (
+        ["show", "x"],
+        ["replay"],
+        ["purge", "--all", "--reason", "not_json"],
+        ["list", "--since", "y"],
+    ):
+        refused = await acli(bench, *bad_input)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+        said = refused.stderr.strip().splitlines()[-1]  # argparse's usage first, then one line
+        assert said.startswith("orchestrator"), refused.stderr
+
+
+async def test_list_show_replay_and_purge_over_rest(bench: Bench) -> None:
+    orchestrator = await bench.start_orchestrator()
+    key = keys()
+    early = await reply_too_early(bench, key)
+    bad = await not_json(bench)
+    big = await bench.publish("orders.OrderPlaced", None, raw=b'{"x": "' + b"y" * (1024 * 1024) + b'"}')
+    [row] = await rows_where(bench, 1, message_id=early)
+    [bad_row] = await rows_where(bench, 1, message_id=bad)
+    [cut] = await rows_where(bench, 1, message_id=big)
+
+    async with bench.api(token=False) as anonymous, bench.api(actor="alice") as api:
+        page = (await anonymous.get("/dead-letters", params={"reason": "unknown_saga", "limit": 500})).json()
+        assert row["id"] in [r["id"] for r in page["items"]]
+        first = (await anonymous.get("/dead-letters", params={"limit": 1})).json()
+        second = (
+            await anonymous.get("/dead-letters", params={"limit": 1, "cursor": first["next_cursor"]})
+        ).json()
+        assert first["items"][0]["id"] != second["items"][0]["id"]
+        assert (first["items"][0]["dead_at"], first["items"][0]["id"]) >= (
+            second["items"][0]["dead_at"],
+            second["items"][0]["id"],
+        )
+        shown = (await anonymous.get(f"/dead-letters/{row['id']}")).json()
+        assert (shown["reason"], shown["source"], shown["replayable"]) == (
+            "unknown_saga",
+            "orchestrator",
+            True,
+        )
+        assert orjson.loads(shown["body_text"]) == {"order_id": key, "reservation_id": "r-1"}
+        assert shown["properties"]["type"] == "inventory.StockReserved"
+        assert (await anonymous.get("/dead-letters/999999999999")).status_code == 404
+        assert (await anonymous.get("/dead-letters", params={"reason": "nope"})).status_code == 422
+
+        assert (await anonymous.post(f"/dead-letters/{row['id']}/replay")).status_code == 401
+        cut_replay = await api.post(f"/dead-letters/{cut['id']}/replay")
+        assert cut_replay.status_code == 409 and "its body was cut" in cut_replay.json()["detail"]
+
+        await bench.place_order(key)
+        waiting = await state_changes(bench, key, None)
+        replayed = await api.post(f"/dead-letters/{row['id']}/replay")
+        assert replayed.status_code == 200, replayed.text
+        assert replayed.json()["replayed_by"] == "alice"
+        assert await state_changes(bench, key, waiting) != waiting
+        twice = await api.post(f"/dead-letters/{row['id']}/replay")
+        assert twice.status_code == 409 and "replayed already" in twice.json()["detail"]
+
+        many = await api.post("/dead-letters/replay", json={"ids": [bad_row["id"], cut["id"], 999999999999]})
+        assert many.status_code == 200, many.text
+        assert many.json()["replayed"] == [bad_row["id"]]
+        assert {r["id"] for r in many.json()["refused"]} == {cut["id"], 999999999999}
+        assert len(await rows_where(bench, 2, message_id=bad)) == 2  # dead-lettered anew
+        assert (await api.post("/dead-letters/replay", json={})).status_code == 422
+
+        assert (await api.delete(f"/dead-letters/{row['id']}")).status_code == 204
+        assert (await api.delete(f"/dead-letters/{row['id']}")).status_code == 404
+        ids = [r["id"] for r in await rows_where(bench, 2, message_id=bad)] + [cut["id"]]
+        purged = await api.post("/dead-letters/purge", json={"ids": ids})
+        assert purged.json() == {"purged": 3}
+        assert (
+            await api.post("/dead-letters/purge", json={"ids": [1], "reason": "not_json"})
+        ).status_code == 422
+    assert "alice replayed dead letter" in orchestrator.output()
+    assert "alice purged 3 dead letters" in orchestrator.output()
+    assert "Traceback" not in orchestrator.output()
