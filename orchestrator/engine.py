@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from orchestrator.definitions import CANCEL, DEADLINE, FINISHED, RETRY, Policy, SagaView, Status
+from orchestrator.ingress import check_json
 from orchestrator.machine import CompiledWorkflow, MachineError
 from orchestrator.messages import dump
 
@@ -221,10 +222,14 @@ class _Draft:
         built = []
         for build in builders:
             message = build(view)
+            payload = dump(message)
+            # The schema may read a value the ingress rules let through as text ("1" * 25 for an
+            # int field) into one nothing can encode: fail the saga here, not every later commit.
+            check_json(payload, message.TYPE)
             command = OutgoingCommand(
                 command_message_id(self.saga.id, self.saga.version, len(self.commands)),
                 message.TYPE,
-                dump(message),
+                payload,
                 self.saga.id,
                 self.saga.workflow,
             )
