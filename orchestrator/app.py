@@ -42,7 +42,7 @@ class Orchestrator:
         self.registry = registry
         self.store = store
         self.metrics = metrics or Metrics()
-        limits = Limits(max_message_bytes=settings.max_message_bytes)
+        self.limits = limits = Limits(max_message_bytes=settings.max_message_bytes)
         self.broker = Broker(
             settings.amqp_url, Topology(settings.namespace), settings.effective_prefetch, limits
         )
@@ -196,7 +196,8 @@ class Orchestrator:
         delay, attempts = 0.1, 0
         while True:
             try:
-                result = await process_batch(self.registry, self.store, envelopes, datetime.now(UTC))
+                now = datetime.now(UTC)
+                result = await process_batch(self.registry, self.store, envelopes, now, self.limits)
             except Exception as error:
                 fault = classify(error)
                 self.metrics.batch_failures[fault.value] += 1

@@ -18,7 +18,16 @@ import orjson
 
 from orchestrator.definitions import DEADLINE, RETRY
 from orchestrator.engine import Decision, Incoming, Outcome, OutgoingCommand, Saga, decide
-from orchestrator.ingress import MAX_KEY_LENGTH, Envelope, Reason, Refused, check_json, dead_letter_of
+from orchestrator.ingress import (
+    DEFAULT_LIMITS,
+    MAX_KEY_LENGTH,
+    Envelope,
+    Limits,
+    Reason,
+    Refused,
+    check_json,
+    dead_letter_of,
+)
 from orchestrator.routing import Registry
 from orchestrator.store import Changes, JournalEntry, Store
 
@@ -91,9 +100,14 @@ def _parse(index: int, envelope: Envelope, registry: Registry) -> _Parsed:
 
 
 async def process_batch(
-    registry: Registry, store: Store, envelopes: Sequence[Envelope], now: datetime
+    registry: Registry,
+    store: Store,
+    envelopes: Sequence[Envelope],
+    now: datetime,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> BatchResult:
-    """Decide every message of the batch and commit all of it in one transaction."""
+    """Decide every message of the batch and commit all of it in one transaction; ``limits`` are
+    the service's, by which a refused message's dead letter keeps its body."""
     result = BatchResult(verdicts=[Verdict.ACCEPTED] * len(envelopes), refusals=[None] * len(envelopes))
     parsed: list[_Parsed] = []
     for index, envelope in enumerate(envelopes):
@@ -136,7 +150,7 @@ async def process_batch(
             changes.inbox[p.message_id] = first_saga
         for index, refusal in enumerate(result.refusals):
             if refusal is not None:
-                changes.dead_letters.append(dead_letter_of(envelopes[index], refusal))
+                changes.dead_letters.append(dead_letter_of(envelopes[index], refusal, limits=limits))
         if changes:
             await tx.save(changes)
     result.commands = changes.commands
