@@ -233,6 +233,7 @@ class QueueConsumer:
         self.problem: str | None = "not connected yet"
         self.unsettled = 0
         self.bytes_in_hand = 0
+        self.busy_since = time.monotonic()
         self._all_settled = asyncio.Event()
         self._all_settled.set()
         self._connection: aiormq.abc.AbstractConnection | None = None
@@ -276,31 +277,68 @@ class QueueConsumer:
         self._connection = connection
         channel = await connection.channel()
         self._channel = channel
+        ended = self._ended(connection, channel)
         await channel.basic_qos(prefetch_count=self.prefetch)
         self.connected.set()
         self.problem = None
-        closed = connection.closing
-        if await self._take_one_at_a_time(channel, closed) and not self._stopping:
+        if await self._take_one_at_a_time(channel, ended) and not self._stopping:
             consume = await channel.basic_consume(self.queue, self._on_delivery, no_ack=False)
             self._consumer_tag = consume.consumer_tag
-        await closed  # raises what closed it; returns when we closed it ourselves
+        await ended  # raises what ended it; returns when we closed it ourselves
+
+    def _ended(
+        self, connection: aiormq.abc.AbstractConnection, channel: aiormq.abc.AbstractChannel
+    ) -> asyncio.Future[None]:
+        """Done when the session can take no more: the connection or the channel closed (the
+        broker closes a channel alone, for one), or the broker cancelled the consumer (its queue
+        was deleted). Any of these means: reconnect."""
+        ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def finish(source: asyncio.Future[Any]) -> None:
+            if ended.done():
+                return
+            if source.cancelled() or source.exception() is None:
+                ended.set_result(None)
+            else:
+                ended.set_exception(source.exception())  # type: ignore[arg-type]
+
+        async def cancelled(frame: Any) -> None:
+            if not ended.done():
+                ended.set_exception(ConnectionError(f"the broker cancelled the consumer of {self.queue}"))
+
+        connection.closing.add_done_callback(finish)
+        channel.closing.add_done_callback(finish)
+        channel.on_consumer_cancel_callbacks.add(cancelled)
+        ended.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no warning
+        return ended
 
     async def _take_one_at_a_time(
-        self, channel: aiormq.abc.AbstractChannel, closed: asyncio.Future[Any]
+        self, channel: aiormq.abc.AbstractChannel, ended: asyncio.Future[None]
     ) -> bool:
-        """``basic.get`` until a message never delivered before, or none: then widen."""
+        """``basic.get`` until a message never delivered before, or none: then widen. First,
+        what an earlier connection handed out is settled (its acks fail; it came back anyway)."""
+        if not await self._settled_or(ended):
+            return False
         while not self._stopping:
             message = await channel.basic_get(self.queue, no_ack=False)
             if not isinstance(message.delivery, aiormq.spec.Basic.GetOk):
                 return True  # the queue is empty
             delivery = self._hold(message)
-            waiting = asyncio.ensure_future(self._all_settled.wait())
-            await asyncio.wait({waiting, closed}, return_when=asyncio.FIRST_COMPLETED)
-            if not waiting.done():
-                waiting.cancel()
+            if not await self._settled_or(ended):
                 return False
             if not delivery.redelivered:
                 return True
+        return False
+
+    async def _settled_or(self, ended: asyncio.Future[None]) -> bool:
+        """Wait until nothing is in hand; False if the session ended first."""
+        if self._all_settled.is_set():
+            return True
+        waiting: asyncio.Future[Any] = asyncio.ensure_future(self._all_settled.wait())
+        await asyncio.wait({waiting, ended}, return_when=asyncio.FIRST_COMPLETED)
+        if waiting.done():
+            return True
+        waiting.cancel()
         return False
 
     def _hold(self, message: DeliveredMessage) -> Delivery:
@@ -314,6 +352,8 @@ class QueueConsumer:
             arrived=time.monotonic(),
             size=len(body),
         )
+        if not self.unsettled:
+            self.busy_since = held.arrived  # where "no commit for how long" starts counting
         self.unsettled += 1
         self.bytes_in_hand += held.size
         self._all_settled.clear()
@@ -385,7 +425,14 @@ class QueueConsumer:
 
     @property
     def is_connected(self) -> bool:
-        return self.connected.is_set() and self._connection is not None and not self._connection.is_closed
+        connection, channel = self._connection, self._channel
+        return (
+            self.connected.is_set()
+            and connection is not None
+            and not connection.is_closed
+            and channel is not None
+            and not channel.is_closed
+        )
 
 
 class Unpublishable(Exception):

@@ -62,7 +62,6 @@ class Orchestrator:
         self._worker: asyncio.Task[None] | None = None
         self._database_trouble: str | None = None
         self._last_commit = time.monotonic()
-        self._idle_since = time.monotonic()  # when messages last came into an idle consumer
         self.metrics.in_hand = lambda: (self.broker.consumer.unsettled, self.broker.consumer.bytes_in_hand)
         self.metrics.stalled = self.stalled
 
@@ -122,8 +121,10 @@ class Orchestrator:
         if self._worker is not None:
             try:
                 await asyncio.wait_for(self._worker, self.settings.shutdown_seconds)
-            except TimeoutError:
+            except TimeoutError:  # wait_for cancelled it
                 log.warning("the batch in hand did not finish in time; its messages will be redelivered")
+            except Exception as error:  # it failed earlier; everything else must still be closed
+                log.error("the worker had stopped: %s", error)
         await self.drain.stop(self.settings.shutdown_seconds)
         self.deadlines.stop()
         await self.relay.drain(self.settings.shutdown_seconds)
@@ -146,16 +147,25 @@ class Orchestrator:
             while not inbound.empty() and len(batch) < self.settings.batch_size:
                 batch.append(inbound.get_nowait())
             await self._handle(batch)
+        # Stopping: what was handed out already is taken, not returned (a return counts as a
+        # delivery toward the queue's limit, and would be redelivered anyway).
+        while not inbound.empty():
+            batch = [inbound.get_nowait()]
+            while not inbound.empty() and len(batch) < self.settings.batch_size:
+                batch.append(inbound.get_nowait())
+            await self._handle(batch)
 
     def stalled(self) -> str | None:
-        """Why the consumer makes no progress, or None: messages are in hand (or wait in the
-        queue) and no batch has committed for longer than ``stall_seconds``."""
+        """Why the consumer makes no progress, or None: the database cannot commit, or messages
+        are in hand and no batch has committed for longer than ``stall_seconds`` since they
+        came."""
         if self._database_trouble is not None:
             return f"cannot commit: {self._database_trouble}"
-        waiting = self.broker.consumer.unsettled
+        consumer = self.broker.consumer
+        waiting = consumer.unsettled
         if not waiting:
             return None
-        idle = time.monotonic() - max(self._last_commit, self._idle_since)
+        idle = time.monotonic() - max(self._last_commit, consumer.busy_since)
         if idle > self.settings.stall_seconds:
             return f"{waiting} messages in hand and no batch committed for {idle:.0f}s"
         return None
@@ -164,10 +174,7 @@ class Orchestrator:
         """Decide and commit a batch, then ack it. A batch that cannot commit is retried while
         the database is away, and split while it is about a message, until every message is
         either taken or set aside: nothing about one message holds up the others."""
-        if not self.broker.consumer.unsettled or self._last_commit < self._idle_since:
-            self._idle_since = time.monotonic()
         result = await self._commit([d.envelope for d in batch], [d.arrived for d in batch])
-        self._last_commit = time.monotonic()
         metrics = self.metrics
         for delivery, verdict, refusal in zip(batch, result.verdicts, result.refusals, strict=True):
             self.counts[str(verdict)] += 1
@@ -190,16 +197,21 @@ class Orchestrator:
                 )
         await self.broker.consumer.ack(batch)
 
-    async def _commit(self, envelopes: list[Envelope], arrived: list[float]) -> BatchResult:
+    async def _commit(
+        self, envelopes: list[Envelope], arrived: list[float], *, split: bool = False, last: bool = False
+    ) -> BatchResult:
         """``process_batch`` until it commits; the commands go to the relay, the timers to the
-        alarm. ``arrived`` is when each message came in: step latency runs from there."""
+        alarm. ``arrived`` is when each message came in: step latency runs from there. ``split``:
+        a part of a batch that failed already (tried less before splitting again); ``last``: a
+        dead letter's bare record, which nothing about a message can fail any more, so any
+        failure of it is the database's."""
         delay, attempts = 0.1, 0
         while True:
             try:
                 now = datetime.now(UTC)
                 result = await process_batch(self.registry, self.store, envelopes, now, self.limits)
             except Exception as error:
-                fault = classify(error)
+                fault = Fault.UNAVAILABLE if last else classify(error)
                 self.metrics.batch_failures[fault.value] += 1
                 if fault is Fault.UNAVAILABLE:  # nothing is acked; the batch waits for the database
                     self._database_trouble = printable(error)[:300]
@@ -210,15 +222,21 @@ class Orchestrator:
                     delay = min(delay * 2, 5.0)
                     continue
                 attempts += 1
-                tries = _TRIES.get(fault, 1)
+                tries = _TRIES[fault][1 if split else 0]
                 if attempts < tries:
+                    pause = 0.25 * 4 ** (attempts - 1) if fault is Fault.OTHER and not split else 0.05
                     log.warning(
-                        "batch of %d failed (%s: %s), trying again", len(envelopes), fault.value, error
+                        "batch of %d failed (%s: %s), again in %.2fs",
+                        len(envelopes),
+                        fault.value,
+                        error,
+                        pause,
                     )
-                    await asyncio.sleep(0.05 * attempts)
+                    await asyncio.sleep(pause)
                     continue
                 return await self._isolate(envelopes, arrived, fault, error)
             self._database_trouble = None
+            self._last_commit = time.monotonic()
             first = min(arrived) if arrived else None
             self.relay.submit(result.commands, received_at=first)
             self.deadlines.committed(result.decisions)
@@ -230,13 +248,16 @@ class Orchestrator:
         """Split a failing batch in halves until the message at fault stands alone; set it aside."""
         if len(envelopes) > 1:
             half = len(envelopes) // 2
-            left = await self._commit(envelopes[:half], arrived[:half])
-            right = await self._commit(envelopes[half:], arrived[half:])
+            left = await self._commit(envelopes[:half], arrived[:half], split=True)
+            right = await self._commit(envelopes[half:], arrived[half:], split=True)
             return _joined(left, right)
         envelope = envelopes[0]
         if envelope.refused is not None:  # even its dead letter failed: record it bare
             log.error("could not record the dead letter of %s: %s", printable(envelope.message_id), error)
-            return await self._commit([Envelope(body=b"", refused=envelope.refused)], arrived)
+            bare = Envelope(
+                body=b"", message_id=envelope.message_id, type=envelope.type, refused=envelope.refused
+            )
+            return await self._commit([bare], arrived, last=True)
         reason = Reason.DATABASE_REFUSED if fault is Fault.MESSAGE else Reason.FAILED_REPEATEDLY
         refused = Refused(reason, f"{type(error).__name__}: {error}")
         log.error(
@@ -245,11 +266,13 @@ class Orchestrator:
             refused,
             extra={"message_id": envelope.message_id},
         )
-        return await self._commit([envelope.refuse(refused)], arrived)
+        return await self._commit([envelope.refuse(refused)], arrived, split=True)
 
 
-#: how many times a batch is tried before it is split, by whose fault its failure is
-_TRIES = {Fault.CONFLICT: 5, Fault.OTHER: 3, Fault.MESSAGE: 1}
+#: how many times a batch is tried before it is split, by whose fault its failure is: (a whole
+#: batch, a part of one being split). A failure of unknown kind gets a few seconds of backoff on
+#: the whole batch, in case it passes; once splitting, the parts are not waited on again.
+_TRIES = {Fault.CONFLICT: (5, 5), Fault.OTHER: (4, 2), Fault.MESSAGE: (1, 1)}
 
 
 def _joined(left: BatchResult, right: BatchResult) -> BatchResult:

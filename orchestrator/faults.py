@@ -3,10 +3,12 @@
 
 PostgreSQL says which in its SQLSTATE: class 22 (data exception: a value it cannot store) and 54
 (program limit exceeded: an index row too large) are about what a message carried; class 23
-(integrity constraint), 40001 and 40P01 mean another transaction got there first, and a retry
-sees what it did; classes 08, 53, 57 and 58 and a broken connection mean the database is not
-there to ask. Anything else (a bug, in a workflow or here) is tried a few times and then treated
-as the message's: nothing about one message retries forever.
+(integrity constraint), 40001, 40P01 and 55P03 mean another transaction got there first, and a
+retry sees what it did; classes 08, 53, 57 and 58 and a broken connection mean the database is
+not there to ask, and 25 (a read-only standby), 28 (a rotated password), 3D and a missing
+privilege, table or column mean it cannot take any batch as deployed: waited for, like an outage,
+with /readyz at 503. Anything else (a bug, in a workflow or here) is tried a few times and then
+treated as the message's: nothing about one message retries forever.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ class Fault(enum.Enum):
     OTHER = "other"
 
 
-_UNAVAILABLE_CLASSES = {"08", "53", "57", "58"}
+_UNAVAILABLE_CLASSES = {"08", "53", "57", "58", "25", "28", "3D"}
+#: the database as deployed cannot take any batch (no privilege, no table: a migration missing)
+_UNAVAILABLE_CODES = {"42501", "42P01", "42703", "42883"}
 
 
 def sqlstate(error: BaseException) -> str | None:
@@ -42,9 +46,9 @@ def sqlstate(error: BaseException) -> str | None:
 def classify(error: BaseException) -> Fault:
     code = sqlstate(error)
     if code is not None:
-        if code[:2] in _UNAVAILABLE_CLASSES:
+        if code[:2] in _UNAVAILABLE_CLASSES or code in _UNAVAILABLE_CODES:
             return Fault.UNAVAILABLE
-        if code[:2] == "23" or code in {"40001", "40P01"}:
+        if code[:2] == "23" or code in {"40001", "40P01", "55P03"}:
             return Fault.CONFLICT
         if code[:2] in {"22", "54"}:
             return Fault.MESSAGE

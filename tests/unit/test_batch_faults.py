@@ -86,7 +86,11 @@ async def commit(app: Orchestrator, envelopes: list[Envelope]) -> list[Verdict]:
         ("08006", Fault.UNAVAILABLE),
         ("57P01", Fault.UNAVAILABLE),  # admin shutdown
         ("53300", Fault.UNAVAILABLE),  # too many connections
-        ("42P01", Fault.OTHER),  # undefined table: ours, not a message's
+        ("55P03", Fault.CONFLICT),  # lock not available
+        ("25006", Fault.UNAVAILABLE),  # read-only transaction: a standby after a failover
+        ("28P01", Fault.UNAVAILABLE),  # a rotated password
+        ("42P01", Fault.UNAVAILABLE),  # undefined table: a migration missing, not a message's fault
+        ("42601", Fault.OTHER),  # a syntax error: ours
     ],
 )
 def test_a_postgres_error_is_classified_by_its_sqlstate(sqlstate: str, fault: Fault) -> None:
@@ -167,3 +171,31 @@ async def test_while_the_database_is_away_the_batch_waits_and_the_service_says_i
     assert any(s is not None and "the database went away" in s for s in seen)
     assert app.stalled() is None
     assert app.metrics.batch_failures["unavailable"] == 3
+
+
+async def test_when_even_a_dead_letter_cannot_be_recorded_the_batch_waits_instead_of_recursing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A database that takes no write at all (a bug, a trigger) is waited on, not split forever."""
+    broken = {"left": 40}
+
+    def fail(changes: Changes) -> Exception | None:
+        if broken["left"]:
+            broken["left"] -= 1
+            return RuntimeError("no write gets through")
+        return None
+
+    store = FailingStore(fail)
+    app = orchestrator(store)
+    real_sleep = asyncio.sleep
+
+    async def no_backoff(_: float) -> None:
+        await real_sleep(0)
+
+    monkeypatch.setattr(asyncio, "sleep", no_backoff)
+    verdicts = await asyncio.wait_for(commit(app, [start("o-1")]), 30)
+
+    assert verdicts == [Verdict.DEAD]
+    [letter] = store.dead_letters
+    assert letter.reason == "failed_repeatedly" and letter.message_id == "m-o-1"
+    assert app.metrics.batch_failures["unavailable"] > 0
