@@ -43,12 +43,17 @@ class Orchestrator:
         self.store = store
         self.metrics = metrics or Metrics()
         self.limits = limits = Limits(max_message_bytes=settings.max_message_bytes)
+        # The budget of bytes in hand is shared: an eighth of it for the dead-letter drain.
+        drain_prefetch = max(1, min(32, settings.effective_prefetch // 8))
         self.broker = Broker(
-            settings.amqp_url, Topology(settings.namespace), settings.effective_prefetch, limits
+            settings.amqp_url,
+            Topology(settings.namespace),
+            max(1, settings.effective_prefetch - drain_prefetch),
+            limits,
         )
         #: takes what the broker dead-letters (to {ns}.dead-letter) into the dead-letter table
         self.drain = DeadLetterDrain(
-            settings.amqp_url, Topology(settings.namespace), store, self.metrics, limits
+            settings.amqp_url, Topology(settings.namespace), store, self.metrics, limits, drain_prefetch
         )
         self.relay = Relay(
             store, self.broker.publish_command, settings.relay_in_flight, settings.outbox_sweep_seconds

@@ -20,6 +20,8 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from aiormq.abc import DeliveredMessage
 
+from orchestrator.amqp_decoding import UndecodableProperties
+
 __all__ = [
     "MIGRATIONS",
     "ORCHESTRATOR_DELIVERY_LIMIT",
@@ -286,10 +288,11 @@ async def _take(raw: aiormq.abc.AbstractChannel, source: str, limit: int) -> lis
 
 async def _republish(raw: aiormq.abc.AbstractChannel, message: DeliveredMessage, target: str) -> object:
     properties = message.header.properties
-    headers = dict(properties.headers or {})
-    headers.setdefault("x-original-exchange", message.exchange or "")
-    headers.setdefault("x-original-routing-key", message.routing_key or "")
-    properties.headers = headers
+    if not isinstance(properties, UndecodableProperties):  # that one goes as its bytes came
+        headers = dict(properties.headers or {})
+        headers.setdefault("x-original-exchange", message.exchange or "")
+        headers.setdefault("x-original-routing-key", message.routing_key or "")
+        properties.headers = headers
     return await raw.basic_publish(
         message.body,
         exchange="",

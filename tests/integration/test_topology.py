@@ -20,6 +20,7 @@ import aio_pika.abc
 import pytest
 import pytest_asyncio
 
+from orchestrator.amqp_decoding import UndecodableProperties
 from orchestrator.topology import (
     ORCHESTRATOR_DELIVERY_LIMIT,
     Topology,
@@ -221,19 +222,29 @@ async def test_a_message_with_bytes_that_are_not_utf8_is_moved_whole(
         await publisher.publish(
             f"{ns}.events", "x.Y", b"{}", properties={"message_id": b"\xff\xfe-not-utf8", "type": "x.Y"}
         )
+        # and one whose header pamqp cannot decode at all (a timestamp past the year 9999)
+        await publisher.publish(
+            f"{ns}.events", "x.Z", b"{}", properties={"message_id": "ts", "timestamp": 2**63 - 1}
+        )
     for i in range(3, 6):
         await events.publish(*event(i))
-    await wait_for_count(connection, topology.legacy_orchestrator_queue, 7)
+    await wait_for_count(connection, topology.legacy_orchestrator_queue, 8)
 
     await asyncio.wait_for(migrate_topology(AMQP_URL, topology, []), 60)
 
     assert await count(connection, topology.legacy_orchestrator_queue) is None
     raw = await (await connection.channel()).get_underlay_channel()
     ids = []
-    for _ in range(7):
+    undecodable = []
+    for _ in range(8):
         message = await raw.basic_get(topology.orchestrator_queue, no_ack=True)
-        ids.append(message.header.properties.message_id.encode("utf-8", "surrogateescape"))
+        properties = message.header.properties
+        if isinstance(properties, UndecodableProperties):
+            undecodable.append(properties.raw)
+        else:
+            ids.append(properties.message_id.encode("utf-8", "surrogateescape"))
     assert b"\xff\xfe-not-utf8" in ids and len(set(ids)) == 7
+    assert len(undecodable) == 1 and b"ts" in undecodable[0]  # moved as its bytes came
 
 
 async def dead_letter_handler(queue: str) -> str | None:
