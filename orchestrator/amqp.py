@@ -440,6 +440,22 @@ class Broker:
         self.consumer.start()
         await self.consumer.connected.wait()
 
+    async def waiting(self) -> int | None:
+        """How many messages wait in the orchestrator's queue, as the broker counts them (ready,
+        not handed out); None when the broker cannot be asked."""
+        if self._publish_connection is None or self._publish_connection.is_closed:
+            return None
+        try:
+            channel = await self._publish_connection.channel()
+            try:
+                queue = await channel.declare_queue(self.topology.orchestrator_queue, passive=True)
+                return int(queue.declaration_result.message_count or 0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await channel.close()
+        except Exception:  # between reconnects, or the queue is gone: readiness says so elsewhere
+            return None
+
     async def stop_consuming(self) -> None:
         await self.consumer.stop()
 

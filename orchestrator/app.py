@@ -67,6 +67,9 @@ class Orchestrator:
         self._worker: asyncio.Task[None] | None = None
         self._database_trouble: str | None = None
         self._last_commit = time.monotonic()
+        #: messages the broker says wait in the queue while none are in hand, and since when
+        self._waiting: tuple[int, float] = (0, time.monotonic())
+        self._watcher: asyncio.Task[None] | None = None
         self.metrics.in_hand = lambda: (self.broker.consumer.unsettled, self.broker.consumer.bytes_in_hand)
         self.metrics.stalled = self.stalled
 
@@ -90,6 +93,7 @@ class Orchestrator:
         await self.broker.start_consuming()
         self.drain.start()
         self._worker = asyncio.create_task(self._work(), name="worker")
+        self._watcher = asyncio.create_task(self._watch_queue(), name="queue-watch")
         log.info(
             "orchestrator running: workflows %s, namespace %s",
             ", ".join(sorted(self.registry.workflows)),
@@ -131,6 +135,8 @@ class Orchestrator:
             except Exception as error:  # it failed earlier; everything else must still be closed
                 log.error("the worker had stopped: %s", error)
         await self.drain.stop(self.settings.shutdown_seconds)
+        if self._watcher is not None:
+            self._watcher.cancel()
         self.deadlines.stop()
         await self.relay.drain(self.settings.shutdown_seconds)
         await self.relay.stop()
@@ -161,19 +167,40 @@ class Orchestrator:
             await self._handle(batch)
 
     def stalled(self) -> str | None:
-        """Why the consumer makes no progress, or None: the database cannot commit, or messages
-        are in hand and no batch has committed for longer than ``stall_seconds`` since they
-        came."""
+        """Why the consumer makes no progress, or None: the database cannot commit; or messages
+        are in hand, or the broker says some wait in the queue while none are, and no batch has
+        committed for longer than ``stall_seconds`` since."""
         if self._database_trouble is not None:
             return f"cannot commit: {self._database_trouble}"
         consumer = self.broker.consumer
-        waiting = consumer.unsettled
-        if not waiting:
+        now = time.monotonic()
+        if consumer.unsettled:
+            idle = now - max(self._last_commit, consumer.busy_since)
+            if idle > self.settings.stall_seconds:
+                return f"{consumer.unsettled} messages in hand and no batch committed for {idle:.0f}s"
             return None
-        idle = time.monotonic() - max(self._last_commit, consumer.busy_since)
-        if idle > self.settings.stall_seconds:
-            return f"{waiting} messages in hand and no batch committed for {idle:.0f}s"
+        waiting, since = self._waiting
+        idle = now - max(self._last_commit, since)
+        if waiting and idle > self.settings.stall_seconds:
+            return f"{waiting} messages wait in the queue and none was taken for {idle:.0f}s"
         return None
+
+    async def _watch_queue(self) -> None:
+        """Asks the broker, while nothing is in hand, whether messages wait all the same (a
+        consumer the broker stopped feeding): readiness must see that too."""
+        interval = max(1.0, min(5.0, self.settings.stall_seconds / 3))
+        while not self._stopping.is_set():
+            await asyncio.sleep(interval)
+            if self.broker.consumer.unsettled:
+                self._waiting = (0, time.monotonic())
+                continue
+            count = await self.broker.waiting()
+            if not count:
+                self._waiting = (0, time.monotonic())
+            elif not self._waiting[0]:
+                self._waiting = (count, time.monotonic())
+            else:
+                self._waiting = (count, self._waiting[1])
 
     async def _handle(self, batch: list[Delivery]) -> None:
         """Decide and commit a batch, then ack it. A batch that cannot commit is retried while

@@ -60,8 +60,8 @@ class Reason(enum.StrEnum):
     TOO_LARGE = "too_large"
     NOT_JSON = "not_json"
     NOT_AN_OBJECT = "not_an_object"
-    #: the body holds what PostgreSQL cannot store (NUL, lone surrogate, a 65-bit integer,
-    #: NaN) or nests deeper than 32 levels
+    #: the body holds what PostgreSQL cannot store (a NUL) or nests deeper than 32 levels (a lone
+    #: surrogate or NaN is not JSON to the parser; REST refuses a 65-bit integer by this rule too)
     UNSTORABLE = "unstorable"
     #: the workflow's key field is longer than 500 characters
     KEY_TOO_LONG = "key_too_long"

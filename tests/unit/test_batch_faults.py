@@ -199,3 +199,27 @@ async def test_when_even_a_dead_letter_cannot_be_recorded_the_batch_waits_instea
     [letter] = store.dead_letters
     assert letter.reason == "failed_repeatedly" and letter.message_id == "m-o-1"
     assert app.metrics.batch_failures["unavailable"] > 0
+
+
+async def test_messages_waiting_in_the_queue_while_none_are_taken_make_the_service_unready() -> None:
+    """A consumer the broker stopped feeding holds nothing, so only the queue's depth shows it."""
+    app = Orchestrator(Settings(stall_seconds=0.5), Registry(WORKFLOWS), MemoryStore())
+    depth = {"now": 0}
+
+    async def waiting() -> int | None:
+        return depth["now"]
+
+    app.broker.waiting = waiting  # type: ignore[method-assign]
+    watcher = asyncio.create_task(app._watch_queue())
+    try:
+        await asyncio.sleep(1.2)
+        assert app.stalled() is None  # nothing waits
+        depth["now"] = 7
+        await asyncio.sleep(2.2)
+        stalled = app.stalled()
+        assert stalled is not None and stalled.startswith("7 messages wait in the queue")
+        depth["now"] = 0
+        await asyncio.sleep(1.2)
+        assert app.stalled() is None
+    finally:
+        watcher.cancel()
