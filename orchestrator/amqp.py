@@ -222,6 +222,25 @@ class QueueConsumer:
         waiting.cancel()
         return False
 
+    async def batch(self, limit: int, stopping: asyncio.Event) -> list[Delivery]:
+        """The deliveries in hand and not yet taken, at least one and at most ``limit``; an empty
+        list once ``stopping`` is set."""
+        getter = asyncio.ensure_future(self.inbound.get())
+        stopper = asyncio.ensure_future(stopping.wait())
+        await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if not getter.done():
+            getter.cancel()
+            return []
+        return [getter.result(), *self.taken_waiting(limit - 1)]
+
+    def taken_waiting(self, limit: int) -> list[Delivery]:
+        """Up to ``limit`` of the deliveries in hand and not yet taken, without waiting."""
+        batch: list[Delivery] = []
+        while not self.inbound.empty() and len(batch) < limit:
+            batch.append(self.inbound.get_nowait())
+        return batch
+
     def _hold(self, message: DeliveredMessage) -> Delivery:
         delivery = message.delivery
         body = message.body or b""

@@ -145,25 +145,12 @@ class Orchestrator:
         log.info("orchestrator stopped: %s", dict(self.counts))
 
     async def _work(self) -> None:
-        inbound = self.broker.inbound
-        while not self._stopping.is_set():
-            getter = asyncio.ensure_future(inbound.get())
-            stopper = asyncio.ensure_future(self._stopping.wait())
-            await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
-            if not getter.done():
-                getter.cancel()
-                break
-            batch = [getter.result()]
-            while not inbound.empty() and len(batch) < self.settings.batch_size:
-                batch.append(inbound.get_nowait())
+        consumer, limit = self.broker.consumer, self.settings.batch_size
+        while batch := await consumer.batch(limit, self._stopping):
             await self._handle(batch)
         # Stopping: what was handed out already is taken, not returned (a return counts as a
         # delivery toward the queue's limit, and would be redelivered anyway).
-        while not inbound.empty():
-            batch = [inbound.get_nowait()]
-            while not inbound.empty() and len(batch) < self.settings.batch_size:
-                batch.append(inbound.get_nowait())
+        while batch := consumer.taken_waiting(limit):
             await self._handle(batch)
 
     def stalled(self) -> str | None:

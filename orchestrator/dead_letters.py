@@ -207,18 +207,7 @@ class DeadLetterDrain:
         await self.consumer.close()
 
     async def _work(self) -> None:
-        inbound = self.consumer.inbound
-        while not self._stopping.is_set():
-            getter = asyncio.ensure_future(inbound.get())
-            stopper = asyncio.ensure_future(self._stopping.wait())
-            await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
-            if not getter.done():
-                getter.cancel()
-                break
-            batch = [getter.result()]
-            while not inbound.empty() and len(batch) < self.batch_size:
-                batch.append(inbound.get_nowait())
+        while batch := await self.consumer.batch(self.batch_size, self._stopping):
             await self.record(batch)
 
     async def record(self, batch: Sequence[Delivery]) -> None:
