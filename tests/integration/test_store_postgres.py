@@ -203,6 +203,7 @@ async def test_deadline_sweeps_and_batches_on_the_same_sagas_never_deadlock(time
             (start + timedelta(seconds=31), lambda k: StockReserved(k, f"r-{k}")),
             (start + timedelta(seconds=31 + 121), lambda k: PaymentCharged(k, f"ch-{k}")),
         ]
+        fired = 0
         for now, reply in rounds:
             replies = [_event(reply(k), f"{reply(k).TYPE}-{k}", ids[k]) for k in keys]
             shuffle(replies)
@@ -216,6 +217,8 @@ async def test_deadline_sweeps_and_batches_on_the_same_sagas_never_deadlock(time
             assert errors == [], [f"{type(e).__name__}: {e}" for e in errors]
             taken = [v for r in results if isinstance(r, BatchResult) for v in r.verdicts]
             assert taken == [Verdict.ACCEPTED] * len(keys)
+            fired += sum(len(r.decisions) for r in results[1::2] if isinstance(r, BatchResult))
+        assert fired, "no sweep fired a deadline: the sweeps never met the batches"
 
         compiled = REGISTRY.workflows["order"]
         for key in keys:
