@@ -2,9 +2,10 @@
 
 Deadline rows are written in the transaction that enters a waiting state, so they survive any
 crash. APScheduler (memory job store, one job) is only the alarm clock, set for the earliest row
-due; when it rings, the sweeper claims due rows with ``FOR UPDATE SKIP LOCKED`` and feeds each
-through the engine. A slow periodic sweep covers deadlines another replica set. On start the
-sweep runs at once, so deadlines that fell due while the service was down fire right away.
+due; when it rings, the sweeper locks the sagas with timers due (in id order, as a batch locks
+them), then their due timer rows, and feeds each through the engine. A slow periodic sweep covers
+deadlines another replica set. On start the sweep runs at once, so deadlines that fell due while
+the service was down fire right away.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from orchestrator.engine import Decision, OutgoingCommand
+from orchestrator.faults import Fault, classify
 from orchestrator.metrics import Metrics
 from orchestrator.routing import Registry
 from orchestrator.service import fire_due_deadlines
@@ -27,6 +29,8 @@ __all__ = ["DeadlineAlarm"]
 log = logging.getLogger("orchestrator.deadlines")
 
 _ALARM = "deadline-alarm"
+#: how many times in a row a sweep that lost a race (40P01, 40001, 55P03) is tried before it waits
+_CONFLICT_TRIES = 5
 
 
 class DeadlineAlarm:
@@ -48,6 +52,8 @@ class DeadlineAlarm:
         )
         self.armed_for: datetime | None = None
         self.fired = 0
+        #: sweeps failed in a row, for the backoff before the next try
+        self.failures = 0
         self._lock = asyncio.Lock()
         self._sweeps: set[asyncio.Task[None]] = set()
 
@@ -84,11 +90,25 @@ class DeadlineAlarm:
         task.add_done_callback(self._sweeps.discard)
 
     async def sweep(self) -> None:
+        """Fire what is due until nothing is, then set the alarm for the next row. A failure
+        neither crashes the service nor loops: a race (a lock conflict, a deadlock another session
+        caused) is tried again at once a few times; anything else, or a race that persists, waits
+        for a retry armed with backoff (at most the safety sweep's interval), from the rows."""
         async with self._lock:
+            conflicts = 0
             try:
                 while True:
                     now = datetime.now(UTC)
-                    result = await fire_due_deadlines(self.registry, self.store, now)
+                    try:
+                        result = await fire_due_deadlines(self.registry, self.store, now)
+                    except Exception as error:
+                        conflicts += 1
+                        if classify(error) is not Fault.CONFLICT or conflicts >= _CONFLICT_TRIES:
+                            raise
+                        log.info("deadline sweep met a concurrent transaction (%s), again", error)
+                        await asyncio.sleep(0.05 * conflicts)
+                        continue
+                    conflicts = 0
                     self._observe(result.journal)
                     self.fired += len(result.decisions)
                     self.send(result.commands)
@@ -99,8 +119,14 @@ class DeadlineAlarm:
                 upcoming = await self.store.next_deadline()
                 if upcoming is not None:
                     self._arm(upcoming)
-            except Exception as error:  # the next ring (or the safety sweep) tries again
-                log.warning("deadline sweep failed: %s", error)
+                self.failures = 0
+            except Exception as error:
+                # Try again after a backoff (at most the safety sweep's interval): the alarm is set
+                # for then, so a deadline committed meanwhile that falls due earlier still sets it.
+                self.failures += 1
+                wait = min(self.safety_sweep_seconds, 0.5 * 2 ** min(self.failures, 10))
+                log.warning("deadline sweep failed, trying again in %.1fs: %s", wait, error)
+                self._arm(datetime.now(UTC) + timedelta(seconds=wait))
 
     def _observe(self, entries: list[JournalEntry]) -> None:
         """Lateness and a log line per timer fired, from the journal entries the sweep committed."""

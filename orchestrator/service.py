@@ -164,21 +164,29 @@ async def fire_due_deadlines(
     """Feed every deadline due by ``now`` through the engine as a journaled message.
 
     A deadline only fires if its saga is still in the state it was set for; otherwise the saga
-    moved on and the row is stale (it is removed all the same). The version is not compared:
-    parked and ignored events bump it without leaving the state, and the deadline still holds.
+    moved on and the row is stale (it is removed all the same). The version is not compared with
+    the saga's: parked and ignored events bump it without leaving the state, and the deadline
+    still holds. It is compared with a timer of the same kind that a decision of this sweep set
+    or cancelled already (a deadline and a retry of one saga both due): that write is newer, the
+    row is superseded, and neither fires nor removes it.
+
+    The sagas are locked first, in id order, as a batch of messages locks them, and the timer rows
+    are read after (:meth:`~orchestrator.store.Transaction.claim_due`): one lock order everywhere.
     """
     result = BatchResult()
     changes = Changes()
     async with store.transaction() as tx:
-        due = await tx.claim_due(now, limit)
+        current, due = await tx.claim_due(now, limit)
         if not due:
             return result
-        current = await tx.lock_sagas(d.saga_id for d in due)
         for deadline in due:
+            timer = (deadline.saga_id, deadline.kind)
+            pending = changes.deadlines.get(timer)
+            if pending is not None and pending[1] > deadline.version:
+                continue  # set anew (or cancelled) by this sweep's own decision: that write stands
             saga = current.get(deadline.saga_id)
             stale = saga is None or saga.finished or saga.state != deadline.state
             compiled = registry.workflows.get(saga.workflow) if saga is not None else None
-            timer = (deadline.saga_id, deadline.kind)
             if stale or compiled is None or saga is None:
                 changes.deadlines[timer] = (None, deadline.version)
                 continue

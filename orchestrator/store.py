@@ -45,9 +45,10 @@ class Changes:
     commands: list[OutgoingCommand] = field(default_factory=list)
     inbox: dict[str, str | None] = field(default_factory=dict)  # message id -> saga id
     duplicates: list[str] = field(default_factory=list)
-    deadlines: dict[tuple[str, str], tuple[Deadline | None, int]] = field(
-        default_factory=dict
-    )  # (saga, kind) -> (timer or None to cancel, version)
+    #: (saga, kind) -> (the timer to set, or None to remove it; the saga's version it is of).
+    #: One entry per timer, the latest decision's, so a save never both removes and sets one row.
+    #: A removal takes only a row of that version or older: never a timer set after it.
+    deadlines: dict[tuple[str, str], tuple[Deadline | None, int]] = field(default_factory=dict)
     #: messages refused in this batch, recorded in the same transaction that acks them
     dead_letters: list[DeadLetter] = field(default_factory=list)
 
@@ -76,8 +77,13 @@ class Transaction(Protocol):
         exist among ``saga_ids``, locked until the transaction ends, and which of
         ``message_ids`` were taken already (the inbox)."""
 
-    async def claim_due(self, now: datetime, limit: int) -> list[DueDeadline]:
-        """Deadlines due by ``now``, locked so that no other replica fires them too."""
+    async def claim_due(self, now: datetime, limit: int) -> tuple[dict[str, Saga], list[DueDeadline]]:
+        """The timers due by ``now`` of at most ``limit`` sagas, earliest first, with those sagas.
+
+        The sagas are locked first, in id order, as :meth:`read_batch` locks them, and the timer
+        rows read after that, so the sweep sees what a batch committed meanwhile and takes locks in
+        the same order as every batch (sagas, then their timer rows): the two never deadlock, and
+        no other replica fires the same timers (it waits for the sagas, then finds them gone)."""
 
     async def save(self, changes: Changes) -> None: ...
 

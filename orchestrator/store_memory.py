@@ -26,13 +26,16 @@ class _MemoryTransaction:
     ) -> tuple[dict[str, Saga], set[str]]:
         return await self.lock_sagas(saga_ids), {m for m in message_ids if m in self.store.inbox}
 
-    async def claim_due(self, now: datetime, limit: int) -> list[DueDeadline]:
+    async def claim_due(self, now: datetime, limit: int) -> tuple[dict[str, Saga], list[DueDeadline]]:
         due = sorted(
-            (d.due_at, saga_id, d.state, version, kind)
+            (d.due_at, saga_id, kind, d.state, version)
             for (saga_id, kind), (d, version) in self.store.deadlines.items()
             if d.due_at <= now
         )
-        return [DueDeadline(s, state, version, at, kind) for at, s, state, version, kind in due[:limit]]
+        sagas = list(dict.fromkeys(saga_id for _, saga_id, *_ in due))[:limit]
+        taken = set(sagas)
+        rows = [DueDeadline(s, state, version, at, kind) for at, s, kind, state, version in due if s in taken]
+        return await self.lock_sagas(sorted(sagas)), rows
 
     async def save(self, changes: Changes) -> None:
         store = self.store
@@ -50,7 +53,8 @@ class _MemoryTransaction:
         store.dead_letters.extend(changes.dead_letters)
         for timer, (deadline, version) in changes.deadlines.items():
             if deadline is None:
-                store.deadlines.pop(timer, None)
+                if timer in store.deadlines and store.deadlines[timer][1] <= version:
+                    del store.deadlines[timer]
             else:
                 store.deadlines[timer] = (deadline, version)
 

@@ -132,8 +132,8 @@ WITH saved_sagas AS (
     FROM unnest($23::text[], $40::int[]) AS t(message_id, n) WHERE i.message_id = t.message_id
     RETURNING 1
 ), cancelled AS (
-    DELETE FROM deadlines d USING unnest($32::text[], $33::text[]) AS t(saga_id, kind)
-    WHERE d.saga_id = t.saga_id AND d.kind = t.kind
+    DELETE FROM deadlines d USING unnest($32::text[], $33::text[], $52::int[]) AS t(saga_id, kind, version)
+    WHERE d.saga_id = t.saga_id AND d.kind = t.kind AND d.version <= t.version
     RETURNING 1
 ), timed AS (
     INSERT INTO deadlines (saga_id, kind, state, version, due_at)
@@ -171,7 +171,9 @@ FROM inbox WHERE message_id = ANY($2::text[])
 
 def _save_arguments(changes: Changes, now: datetime) -> list[Any]:
     saga_rows = list(changes.sagas.values())
-    cancels = [timer for timer, (d, _) in changes.deadlines.items() if d is None]
+    # One entry per (saga, kind): the statement never removes and sets the same timer row, and a
+    # removal takes only the version it names or an older one, never a timer set after it.
+    cancels = [(timer, version) for timer, (d, version) in changes.deadlines.items() if d is None]
     timers = [(timer, d, version) for timer, (d, version) in changes.deadlines.items() if d is not None]
     # A duplicate of a message taken in this same batch counts on the row being inserted: the
     # UPDATE cannot see a row that a sibling CTE of the same statement inserts.
@@ -209,8 +211,8 @@ def _save_arguments(changes: Changes, now: datetime) -> list[Any]:
         [_dumps(c.payload) for c in changes.commands],
         list(changes.inbox),
         list(changes.inbox.values()),
-        [saga_id for saga_id, _ in cancels],
-        [kind for _, kind in cancels],
+        [saga_id for (saga_id, _), _ in cancels],
+        [kind for (_, kind), _ in cancels],
         [saga_id for (saga_id, _), _, _ in timers],
         [kind for (_, kind), _, _ in timers],
         [d.state for _, d, _ in timers],
@@ -219,6 +221,7 @@ def _save_arguments(changes: Changes, now: datetime) -> list[Any]:
         [duplicates.get(m, 0) for m in changes.inbox],
         list(earlier.values()),
         *_dead_letter_arguments(changes.dead_letters),
+        [version for _, version in cancels],
     ]
 
 
@@ -269,14 +272,31 @@ class _PostgresTransaction:
                 seen.add(row["seen"])
         return current, seen
 
-    async def claim_due(self, now: datetime, limit: int) -> list[DueDeadline]:
-        rows = await self.connection.fetch(
-            "SELECT saga_id, state, version, due_at, kind FROM deadlines WHERE due_at <= $1"
-            " ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+    async def claim_due(self, now: datetime, limit: int) -> tuple[dict[str, Saga], list[DueDeadline]]:
+        # Which sagas have timers due: read without locking anything. Then the sagas, locked in
+        # id order as a batch locks them; then their timer rows, read anew after the locks (a
+        # batch that held a saga may have moved or removed its timers meanwhile). Every writer of
+        # a saga's timer rows holds the saga's lock, so this order (sagas, then timers) is the
+        # only one, and a second replica's sweep waits for the sagas and then finds their rows gone.
+        ids = await self.connection.fetch(
+            "SELECT saga_id FROM deadlines WHERE due_at <= $1"
+            " GROUP BY saga_id ORDER BY min(due_at), saga_id LIMIT $2",
             now,
             limit,
         )
-        return [DueDeadline(r["saga_id"], r["state"], r["version"], r["due_at"], r["kind"]) for r in rows]
+        if not ids:
+            return {}, []
+        saga_ids = [r["saga_id"] for r in ids]
+        current = await self.lock_sagas(saga_ids)
+        # A timer of a saga that does not exist (no lock protects it) is locked here, to be removed.
+        rows = await self.connection.fetch(
+            "SELECT saga_id, state, version, due_at, kind FROM deadlines"
+            " WHERE saga_id = ANY($1::text[]) AND due_at <= $2 ORDER BY due_at, saga_id, kind FOR UPDATE",
+            saga_ids,
+            now,
+        )
+        due = [DueDeadline(r["saga_id"], r["state"], r["version"], r["due_at"], r["kind"]) for r in rows]
+        return current, due
 
     async def save(self, changes: Changes) -> None:
         now = changes.journal[-1].recorded_at if changes.journal else datetime.now(UTC)

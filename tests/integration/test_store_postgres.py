@@ -3,20 +3,28 @@ sibling CTE inserts are invisible to the rest of the statement."""
 
 from __future__ import annotations
 
+import asyncio
+import random
 import uuid
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Iterator
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import orjson
 import pytest
 
+from orchestrator.engine import Deadline, saga_id_for
 from orchestrator.examples import WORKFLOWS
-from orchestrator.examples.contracts import Line, OrderPlaced
-from orchestrator.messages import dump
+from orchestrator.examples.contracts import Line, OrderPlaced, PaymentCharged, StockReserved
+from orchestrator.messages import Message, dump
+from orchestrator.replay import differences, replay
 from orchestrator.routing import Registry
-from orchestrator.service import Envelope, Verdict, process_batch
+from orchestrator.service import BatchResult, Envelope, Verdict, fire_due_deadlines, process_batch
+from orchestrator.store import Changes
 from orchestrator.store_memory import MemoryStore
 from orchestrator.store_postgres import PostgresStore, driver_dsn
+from tests.integration.conftest import migrated_database
+from tests.integration.workflows import WORKFLOWS as FAST
 
 pytestmark = pytest.mark.integration
 
@@ -90,3 +98,134 @@ async def test_a_failed_batch_leaves_no_transaction_open_on_the_pooled_connectio
             assert await connection.fetchval("SHOW plan_cache_mode") == "force_generic_plan"
     finally:
         await store.close()
+
+
+# timers -------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def timers_database() -> Iterator[str]:
+    """A database of their own: the sweeps below fire every timer due, whoever set it."""
+    with migrated_database("orchestrator_timers") as url:
+        yield url
+
+
+def _event(message: Message, message_id: str, saga_id: str | None = None) -> Envelope:
+    return Envelope(orjson.dumps(dump(message)), message.TYPE, message_id, saga_id)
+
+
+async def test_a_stale_retry_in_the_same_sweep_keeps_the_retry_its_deadline_set(timers_database: str) -> None:
+    """The charge's deadline (t+8s) and its next retry (t+9s) both due in one sweep at t+10s: the
+    deadline moves the saga to compensating_reserve, whose retry row the charge's stale retry
+    must not remove, in the statement that saves it nor in the service before it."""
+    registry = Registry(FAST)
+    postgres = PostgresStore.from_url(timers_database, pool_size=2)
+    memory = MemoryStore()
+    try:
+        for store in (postgres, memory):
+            key = f"o-{uuid.uuid4().hex[:12]}"
+            saga_id = saga_id_for("order", key)
+            placed = OrderPlaced(key, "c-1", [Line("sku-1", 1)], 1000)
+            await process_batch(registry, store, [_event(placed, f"placed-{key}")], NOW)
+            await process_batch(registry, store, [_event(StockReserved(key, "r"), f"r-{key}", saga_id)], NOW)
+            sweep = await fire_due_deadlines(registry, store, NOW + timedelta(seconds=7))
+            [retried] = [d for d in sweep.decisions if d.saga.id == saga_id]
+            assert retried.retry is not None and retried.retry.due_at == NOW + timedelta(seconds=9)
+
+            fired = await fire_due_deadlines(registry, store, NOW + timedelta(seconds=10))
+
+            [moved] = [d for d in fired.decisions if d.saga.id == saga_id]
+            assert moved.saga.state == "compensating_reserve"
+            [release] = [c for c in fired.commands if c.saga_id == saga_id]
+            version = moved.saga.version
+            assert await _timers(store, saga_id) == [
+                ("retry", "compensating_reserve", version, NOW + timedelta(seconds=11))
+            ]
+            again = await fire_due_deadlines(registry, store, NOW + timedelta(seconds=11))
+            resent = [(c.type, c.message_id) for c in again.commands if c.saga_id == saga_id]
+            assert resent == [(release.type, release.message_id)]
+    finally:
+        await postgres.close()
+
+
+async def test_a_timer_removal_takes_only_its_own_version_or_older(timers_database: str) -> None:
+    postgres = PostgresStore.from_url(timers_database, pool_size=2)
+    memory = MemoryStore()
+    try:
+        for store in (postgres, memory):
+            saga_id = f"s-{uuid.uuid4().hex[:12]}"
+            for timer in ((Deadline("charge", NOW, "retry"), 3), (None, 2)):
+                changes = Changes()
+                changes.deadlines[(saga_id, "retry")] = timer
+                async with store.transaction() as tx:
+                    await tx.save(changes)
+            assert await _timers(store, saga_id) == [("retry", "charge", 3, NOW)]  # newer than 2: kept
+            changes = Changes()
+            changes.deadlines[(saga_id, "retry")] = (None, 3)
+            async with store.transaction() as tx:
+                await tx.save(changes)
+            assert await _timers(store, saga_id) == []
+    finally:
+        await postgres.close()
+
+
+async def _timers(store: PostgresStore | MemoryStore, saga_id: str) -> list[tuple[str, str, int, datetime]]:
+    if isinstance(store, MemoryStore):
+        return sorted(
+            (kind, d.state, version, d.due_at)
+            for (s, kind), (d, version) in store.deadlines.items()
+            if s == saga_id
+        )
+    pool = await store.pool()
+    rows = await pool.fetch(
+        "SELECT kind, state, version, due_at FROM deadlines WHERE saga_id = $1 ORDER BY kind", saga_id
+    )
+    return [(r["kind"], r["state"], r["version"], r["due_at"]) for r in rows]
+
+
+async def test_deadline_sweeps_and_batches_on_the_same_sagas_never_deadlock(timers_database: str) -> None:
+    """The worker and the alarm on connections of their own, on the same sagas at once: every
+    sweep and every batch locks the sagas first, in id order, then their timer rows. Before, a
+    sweep locked timer rows and then waited for a saga that a batch held, while the batch waited
+    for those timer rows: PostgreSQL broke the cycle with 40P01."""
+    worker = PostgresStore.from_url(timers_database, pool_size=6)
+    alarm = PostgresStore.from_url(timers_database, pool_size=6)
+    run = uuid.uuid4().hex[:6]
+    keys = [f"o-{run}-{i:03d}" for i in range(120)]
+    ids = {key: saga_id_for("order", key) for key in keys}
+    shuffle = random.Random(11).shuffle
+    start = NOW - timedelta(days=400)  # the other tests' timers here are not due in these sweeps
+    try:
+        placed = [_event(OrderPlaced(k, "c-1", [Line("sku-1", 1)], 1000), f"placed-{k}") for k in keys]
+        for i in range(0, len(placed), 40):
+            assert (await process_batch(REGISTRY, worker, placed[i : i + 40], start)).decisions
+
+        # reserve's deadline (30 s) and charge's (2 min) due while each reply comes in
+        rounds = [
+            (start + timedelta(seconds=31), lambda k: StockReserved(k, f"r-{k}")),
+            (start + timedelta(seconds=31 + 121), lambda k: PaymentCharged(k, f"ch-{k}")),
+        ]
+        fired = 0
+        for now, reply in rounds:
+            replies = [_event(reply(k), f"{reply(k).TYPE}-{k}", ids[k]) for k in keys]
+            shuffle(replies)
+            calls: list[Awaitable[BatchResult]] = []
+            for i in range(0, len(replies), 8):
+                calls.append(process_batch(REGISTRY, worker, replies[i : i + 8], now))
+                calls.append(fire_due_deadlines(REGISTRY, alarm, now, limit=8))
+            results = await asyncio.gather(*calls, return_exceptions=True)
+
+            errors = [r for r in results if isinstance(r, BaseException)]
+            assert errors == [], [f"{type(e).__name__}: {e}" for e in errors]
+            taken = [v for r in results if isinstance(r, BatchResult) for v in r.verdicts]
+            assert taken == [Verdict.ACCEPTED] * len(keys)
+            fired += sum(len(r.decisions) for r in results[1::2] if isinstance(r, BatchResult))
+        assert fired, "no sweep fired a deadline: the sweeps never met the batches"
+
+        compiled = REGISTRY.workflows["order"]
+        for key in keys:
+            row, entries = await worker.snapshot(ids[key])
+            assert differences(row, replay(compiled, entries)) == [], key
+            message_ids = [e.message.message_id for e in entries]
+            assert len(message_ids) == len(set(message_ids)), f"{key}: a timer fired twice: {message_ids}"
+    finally:
+        await worker.close()
+        await alarm.close()

@@ -11,12 +11,13 @@ from typing import Any
 import orjson
 import pytest
 
-from orchestrator.definitions import DEADLINE, Status
+from orchestrator.definitions import DEADLINE, Retry, Status
 from orchestrator.engine import Deadline, Outcome, OutgoingCommand, saga_id_for
 from orchestrator.examples import WORKFLOWS
 from orchestrator.examples.contracts import (
     BuyerRefused,
     BuyerSigned,
+    ChargePayment,
     EscrowOpened,
     FundsReceived,
     Line,
@@ -26,6 +27,8 @@ from orchestrator.examples.contracts import (
     PaymentCharged,
     PaymentDeclined,
     PaymentRefunded,
+    ReleaseStock,
+    ReserveStock,
     SellerSigned,
     ShipmentFailed,
     StockReleased,
@@ -34,6 +37,9 @@ from orchestrator.examples.contracts import (
 from orchestrator.messages import Message, dump
 from orchestrator.routing import Registry
 from orchestrator.service import Envelope, Verdict, fire_due_deadlines, process_batch
+from orchestrator.steps import saga as saga_of
+from orchestrator.steps import step
+from orchestrator.store import Changes
 from orchestrator.store_memory import MemoryStore
 from orchestrator.testing import WorkflowTestKit
 
@@ -283,6 +289,76 @@ async def test_a_deadline_of_an_unknown_saga_is_dropped(store):
     fired = await fire_due_deadlines(REGISTRY, store, NOW)
 
     assert fired.decisions == []
+    assert store.deadlines == {}
+
+
+@saga_of(starts_on=OrderPlaced, key="order_id", name="late_retry")
+class LateRetryOrder:
+    """A charge whose retry falls due after its deadline, and a compensation that retries."""
+
+    @step(done=StockReserved, failed=OutOfStock)
+    def reserve(self, order: OrderPlaced) -> ReserveStock:
+        return ReserveStock(order.order_id, order.lines)
+
+    @reserve.compensate(done=StockReleased, retry=Retry(every=timedelta(seconds=10)))
+    def release(self, order: OrderPlaced) -> ReleaseStock:
+        return ReleaseStock(order.order_id)
+
+    @step(
+        done=PaymentCharged,
+        failed=PaymentDeclined,
+        deadline=timedelta(seconds=20),
+        retry=Retry(every=timedelta(seconds=30)),
+    )
+    def charge(self, order: OrderPlaced) -> ChargePayment:
+        return ChargePayment(order.order_id, order.customer_id, order.amount_cents)
+
+
+async def test_a_stale_retry_in_the_same_sweep_keeps_the_retry_its_deadline_set(store):
+    """Both timers of the charge due in one sweep (the service was down): the deadline moves the
+    saga to compensating_reserve and sets that state's retry; the charge's own retry row, stale
+    now, must not remove it, or the release is never sent again."""
+    registry = Registry([LateRetryOrder.workflow])  # type: ignore[attr-defined]
+    saga_id = saga_id_for("late_retry", "o-1")
+    await process_batch(registry, store, [envelope(placed(), "m-1")], NOW)
+    await process_batch(registry, store, [envelope(StockReserved("o-1", "r-1"), "m-2")], NOW)
+    assert {kind: d.due_at - NOW for (_, kind), (d, _) in store.deadlines.items()} == {
+        "deadline": timedelta(seconds=20),
+        "retry": timedelta(seconds=30),
+    }
+
+    fired = await fire_due_deadlines(registry, store, NOW + timedelta(seconds=31))
+
+    assert [(d.saga.state, d.outcome) for d in fired.decisions] == [("compensating_reserve", Outcome.MOVED)]
+    [release] = fired.commands
+    assert release.type == "inventory.ReleaseStock"
+    version = store.sagas[saga_id].version
+    assert store.deadlines == {
+        (saga_id, "retry"): (
+            Deadline("compensating_reserve", NOW + timedelta(seconds=41), "retry"),
+            version,
+        )
+    }
+
+    again = await fire_due_deadlines(registry, store, NOW + timedelta(seconds=41))
+
+    assert [c.message_id for c in again.commands] == [release.message_id]  # sent again, same id
+    assert store.sagas[saga_id].attempt == 1
+
+
+async def test_a_timer_removal_never_takes_a_newer_timer_of_the_same_kind(store):
+    """The store's half of it: removing a timer names the version it removes (or an older one)."""
+    store.deadlines[(O1, "retry")] = (Deadline("compensating_reserve", NOW, "retry"), 3)
+    stale = Changes()
+    stale.deadlines[(O1, "retry")] = (None, 2)
+    async with store.transaction() as tx:
+        await tx.save(stale)
+    assert (O1, "retry") in store.deadlines
+
+    current = Changes()
+    current.deadlines[(O1, "retry")] = (None, 3)
+    async with store.transaction() as tx:
+        await tx.save(current)
     assert store.deadlines == {}
 
 
