@@ -122,10 +122,12 @@ WITH saved_sagas AS (
     ON CONFLICT DO NOTHING
     RETURNING 1
 ), taken AS (
+    -- No ON CONFLICT: a message another transaction took while this one waited for the saga's
+    -- lock (its inbox read is from before that commit) must fail this batch, whose retry then
+    -- sees the duplicate, instead of being decided twice.
     INSERT INTO inbox (message_id, saga_id, received_at, duplicates)
     SELECT message_id, saga_id, $24, duplicates
     FROM unnest($30::text[], $31::text[], $39::int[]) AS t(message_id, saga_id, duplicates)
-    ON CONFLICT DO NOTHING
     RETURNING 1
 ), counted AS (
     UPDATE inbox i SET duplicates = i.duplicates + t.n
