@@ -173,6 +173,9 @@ class Workflow:
     events: dict[str, type[Message]] = field(default_factory=dict)
     #: state -> (its success event, the undo to send if that success arrives after the deadline)
     late_success: dict[str, tuple[str, tuple[CommandBuilder, ...]]] = field(default_factory=dict)
+    #: event type -> the start event's fields that event may change in the saga's data
+    #: (declared with ``on(..., updates=...)`` or ``@step(..., updates=...)``); no other does
+    updates: dict[str, frozenset[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if "." in self.name or not self.name:
@@ -227,16 +230,48 @@ class Workflow:
         dest: str | None = None,
         send: type[Command] | CommandBuilder | Sequence[type[Command] | CommandBuilder] | None = None,
         then: Policy | None = None,
+        updates: Iterable[str] = (),
     ) -> Workflow:
-        """What ``event`` does in ``source``: move to ``dest`` (sending ``send``), or ``then`` a policy."""
+        """What ``event`` does in ``source``: move to ``dest`` (sending ``send``), or ``then`` a policy.
+
+        ``updates`` names fields of the start event that ``event`` may change in the saga's data
+        (wherever it is taken): by default the start event's fields are fixed once the saga has
+        started, and only the fields the event declares that the start event does not enter it."""
         if (dest is None) == (then is None):
             raise DefinitionError(f"{self.name}: {event.TYPE} needs exactly one of dest= or then=")
         self.events[event.TYPE] = event
+        self.allow_updates(event, updates)
         sources = [source] if isinstance(source, str) else list(source)
         builders = tuple(builder_for(s) for s in _listify(send))
         for src in sources:
             self.rules.append(Rule(event.TYPE, src, dest, builders, then))
         return self
+
+    def allow_updates(self, event: type[Event], names: Iterable[str]) -> None:
+        """Let ``event`` change the start event's fields ``names`` in the saga's data. Each must be
+        a field of both events and not the key: a saga's key never changes."""
+        names = [names] if isinstance(names, str) else list(names)
+        if not names:
+            return
+        carried = {f.name for f in fields(event)}  # type: ignore[arg-type]
+        started = {f.name for f in fields(self.starts_on)}  # type: ignore[arg-type]
+        for name in names:
+            if name == self.key:
+                raise DefinitionError(f"{self.name}: {self.key!r} is the saga's key; no event updates it")
+            if name not in carried:
+                raise DefinitionError(f"{self.name}: {event.TYPE} has no field {name!r} to update")
+            if name not in started:
+                raise DefinitionError(
+                    f"{self.name}: {name!r} is not a field of {self.starts_on.TYPE}:"
+                    f" {event.TYPE} sets it without updates="
+                )
+        self.updates[event.TYPE] = self.updates.get(event.TYPE, frozenset()) | frozenset(names)
+
+    def fixed_fields(self, event_type: str) -> frozenset[str]:
+        """The fields of the saga's data that ``event_type`` may not change: the key and the start
+        event's fields, less those the workflow lets this event update."""
+        started = frozenset(f.name for f in fields(self.starts_on))  # type: ignore[arg-type]
+        return (started | {self.key}) - self.updates.get(event_type, frozenset())
 
     def with_deadlines(self, name: str, deadline: timedelta) -> Workflow:
         """The same workflow under another name, every deadline set to ``deadline``: to run a
@@ -253,6 +288,7 @@ class Workflow:
             rules=list(self.rules),
             events=dict(self.events),
             late_success=dict(self.late_success),
+            updates=dict(self.updates),
         )
 
     def rule_for(self, state: str, event_type: str) -> Rule | None:

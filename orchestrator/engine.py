@@ -16,9 +16,9 @@ from datetime import datetime
 from typing import Any
 
 from orchestrator.definitions import CANCEL, DEADLINE, FINISHED, RETRY, Policy, SagaView, Status
-from orchestrator.ingress import check_json
+from orchestrator.ingress import Reason, check_json
 from orchestrator.machine import CompiledWorkflow, MachineError
-from orchestrator.messages import dump
+from orchestrator.messages import dump, load
 
 __all__ = [
     "ACTIONS",
@@ -180,6 +180,11 @@ class Decision:
     #: events the saga still held parked when it closed (completed or compensated): they are
     #: removed from it by this decision, and the journal lists them
     dropped_parked: tuple[str, ...] = ()
+    #: the fields of the saga's data the message (and the parked events it applied) wrote
+    merged: tuple[str, ...] = ()
+    #: set when the message is journaled (outcome IGNORED, with the reason) and dead-lettered
+    #: too: a reply whose key contradicts its saga's
+    dead_letter: Reason | None = None
 
     def summary(self) -> dict[str, Any]:
         """The decision as the journal keeps it."""
@@ -195,16 +200,22 @@ class Decision:
             "reason": self.reason,
             "applied_parked": list(self.applied_parked),
             "dropped_parked": list(self.dropped_parked),
-        }
+            # also says the entry was decided by the declared-fields rule (replay.py)
+            "merged": list(self.merged),
+        } | ({"dead_letter": str(self.dead_letter)} if self.dead_letter is not None else {})
 
 
 class _Draft:
     """The saga being changed while one decision is made."""
 
-    def __init__(self, compiled: CompiledWorkflow, saga: Saga, now: datetime) -> None:
+    def __init__(
+        self, compiled: CompiledWorkflow, saga: Saga, now: datetime, merge_all: bool = False
+    ) -> None:
         self.compiled = compiled
         self.saga = saga
         self.now = now
+        self.merge_all = merge_all
+        self.merged: list[str] = []
         self.commands: list[OutgoingCommand] = []
         self.deadline_changed = False
         self.deadline: Deadline | None = None
@@ -213,9 +224,22 @@ class _Draft:
         self.applied_parked: list[str] = []
         self.failure: str | None = None
 
-    def merge(self, payload: Mapping[str, Any]) -> None:
-        if payload:
+    def merge(self, event_type: str, payload: Mapping[str, Any], starting: bool = False) -> None:
+        """Take an event's payload into the saga's data: its declared fields as its schema reads
+        them, less the fields the saga fixed at its start (the key, the start event's fields)
+        that the workflow does not let this event update. ``merge_all``: a journal entry from
+        before that rule, which merged the payload whole."""
+        if not payload:
+            return
+        if self.merge_all:
             self.saga = _with(self.saga, data={**self.saga.data, **payload})
+            return
+        data = _declared(self.compiled, event_type, payload)
+        fixed = frozenset() if starting else self.compiled.fixed_fields(event_type)
+        taken = {name: value for name, value in data.items() if name not in fixed}
+        if taken:
+            self.saga = _with(self.saga, data={**self.saga.data, **taken})
+            self.merged.extend(name for name in taken if name not in self.merged)
 
     def build(self, builders: tuple[Any, ...]) -> list[OutgoingCommand]:
         view = self.saga.view()
@@ -265,7 +289,7 @@ class _Draft:
         previous = self.saga.state
         fired = self.compiled.fire(previous, trigger)
         if data:
-            self.merge(data)
+            self.merge(trigger, data)
         if trigger in (DEADLINE, CANCEL) and previous in self.compiled.workflow.late_success:
             # the step's command may still succeed: remember to undo it then
             self.saga = _with(self.saga, timed_out=(*self.saga.timed_out, previous))
@@ -298,21 +322,28 @@ def decide(
     now: datetime,
     *,
     replaying: bool = False,
+    merge_all: bool = False,
 ) -> Decision:
     """Decide what ``message`` does to ``saga`` (None: the message starts a new saga).
 
     A participant's event to park when the saga already holds ``compiled.max_parked`` parked
     events is refused (outcome REFUSED, the saga unchanged). ``replaying``: the message comes
     from the journal, so it was taken when it came; the cap it passed then is not asked again
-    (the setting may have changed since)."""
+    (the setting may have changed since).
+
+    An event's declared fields enter the saga's data as its schema reads them; after the start,
+    the key and the start event's fields change only where the workflow declares ``updates``,
+    and an event whose key field names another saga's key is journaled as ignored and
+    dead-lettered (``Decision.dead_letter``). ``merge_all``: decide as before that rule (a journal
+    entry written then, see replay.py): every payload merged whole, the key never compared."""
     workflow = compiled.workflow
     if saga is None:
         key = str(message.payload[workflow.key])
         saga_id = saga_id_for(workflow.name, key)
         fresh = Saga(saga_id, workflow.name, key, "", Status.RUNNING, 1, {}, created_at=now, updated_at=now)
-        draft = _Draft(compiled, fresh, now)
-        draft.merge(message.payload)
+        draft = _Draft(compiled, fresh, now, merge_all)
         try:
+            draft.merge(workflow.starts_on.TYPE, message.payload, starting=True)
             first = compiled.enter()
             draft.enter(first.dest, first.sends, first.entered)
         except Exception as error:  # a user's command builder failed: the saga needs an operator
@@ -322,7 +353,13 @@ def decide(
     previous = saga.state
     bumped = _with(saga, version=saga.version + 1, updated_at=now)
     if message.type.startswith(OPERATOR):
-        return _operate(compiled, bumped, previous, message, now)
+        return _operate(compiled, bumped, previous, message, now, merge_all)
+    if message.kind == "event" and not merge_all:
+        contradiction = _key_contradiction(compiled, saga, message)
+        if contradiction is not None:
+            return Decision(
+                bumped, Outcome.IGNORED, previous, reason=contradiction, dead_letter=Reason.KEY_MISMATCH
+            )
     late = _late_step(compiled, saga, message)
     if late is not None:
         return _undo_late(compiled, bumped, late, previous, now)
@@ -330,7 +367,7 @@ def decide(
         return Decision(bumped, Outcome.IGNORED, previous, reason=f"saga is already {saga.status}")
     if message.type == RETRY:
         return _retry(compiled, bumped, previous, now)
-    draft = _Draft(compiled, bumped, now)
+    draft = _Draft(compiled, bumped, now, merge_all)
     policy = draft.policy_for(message.type)
     if policy is Policy.IGNORE:
         return Decision(
@@ -357,6 +394,29 @@ def decide(
     except Exception as error:  # a user's command builder raised
         return _failed(bumped, previous, error, now)
     return _decision(draft, Outcome.MOVED, previous)
+
+
+def _declared(compiled: CompiledWorkflow, event_type: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The payload as its event's schema reads it: the declared fields only, JSON-ready (the same
+    value whichever way the event came in: ``"3"`` for an int field is stored as ``3``)."""
+    cls = compiled.workflow.events.get(event_type)
+    if cls is None:  # not an event of this workflow: it declares nothing
+        return {}
+    data = dump(load(cls, payload))
+    check_json(data, event_type)  # "1" * 25 for an int field: fail the saga, not every commit
+    return data
+
+
+def _key_contradiction(compiled: CompiledWorkflow, saga: Saga, message: Incoming) -> str | None:
+    """Why ``message`` cannot be for ``saga``: its key field names another saga. None: it fits."""
+    key = compiled.workflow.key
+    cls = compiled.workflow.events.get(message.type)
+    if cls is None or key not in getattr(cls, "__dataclass_fields__", {}):
+        return None
+    given = message.payload.get(key)
+    if given is None or str(given) == saga.key:
+        return None
+    return f"{message.type} says {key}={str(given)!r} but saga {saga.id} has {key}={saga.key!r}"
 
 
 def _awaiting(command: OutgoingCommand) -> dict[str, Any]:
@@ -409,7 +469,12 @@ def _retry(compiled: CompiledWorkflow, saga: Saga, previous: str, now: datetime)
 
 
 def _operate(
-    compiled: CompiledWorkflow, saga: Saga, previous: str, message: Incoming, now: datetime
+    compiled: CompiledWorkflow,
+    saga: Saga,
+    previous: str,
+    message: Incoming,
+    now: datetime,
+    merge_all: bool = False,
 ) -> Decision:
     """An operator's action, decided like an event: journaled with who asked and why, or refused
     (outcome REFUSED, with the reason) where it does not fit the saga as it stands."""
@@ -423,7 +488,7 @@ def _operate(
 
     state = saga.state
     if action == "resume":
-        return _resume(compiled, saga, previous, args.get("step") or state, who, now)
+        return _resume(compiled, saga, previous, args.get("step") or state, who, now, merge_all)
     if saga.finished:
         return refuse(
             f"saga is already {saga.status}" + (": resume it" if saga.status is Status.FAILED else "")
@@ -457,9 +522,14 @@ def _operate(
                 f"{trigger or 'no outcome'} is not an outcome of {state}; it takes {', '.join(takes)}"
             )
         data = args.get("data") or None
+        event = compiled.workflow.events.get(trigger)
+        carries_key = compiled.workflow.key in getattr(event, "__dataclass_fields__", {})
+        if data and carries_key and not merge_all:
+            # the data the outcome would have carried, for this saga: its key is the saga's
+            data = {**data, compiled.workflow.key: saga.key}
     else:
         return refuse(f"unknown action {action!r}")
-    draft = _Draft(compiled, saga, now)
+    draft = _Draft(compiled, saga, now, merge_all)
     try:
         draft.move(trigger, data, failure=who)
         draft.apply_parked()
@@ -469,7 +539,13 @@ def _operate(
 
 
 def _resume(
-    compiled: CompiledWorkflow, saga: Saga, previous: str, step: str, who: str, now: datetime
+    compiled: CompiledWorkflow,
+    saga: Saga,
+    previous: str,
+    step: str,
+    who: str,
+    now: datetime,
+    merge_all: bool = False,
 ) -> Decision:
     """A failed saga enters ``step`` again as if it had just arrived there: its commands are sent
     anew (new message ids: this is a new attempt) and its deadline starts over."""
@@ -484,7 +560,7 @@ def _resume(
         return Decision(
             saga, Outcome.REFUSED, previous, reason=f"{step} is {what}; resume from one of {choices}"
         )
-    draft = _Draft(compiled, _with(saga, last_error=None), now)
+    draft = _Draft(compiled, _with(saga, last_error=None), now, merge_all)
     try:
         draft.enter(step, (), spec.on_enter)
         draft.apply_parked()
@@ -511,6 +587,7 @@ def _decision(draft: _Draft, outcome: Outcome, previous: str | None, reason: str
         retry_changed=draft.retry_changed,
         reason=reason,
         dropped_parked=dropped,
+        merged=tuple(draft.merged),
     )
 
 

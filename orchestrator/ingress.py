@@ -77,6 +77,9 @@ class Reason(enum.StrEnum):
     NO_KEY = "no_key"
     #: the body does not fit its type's schema
     SCHEMA = "schema"
+    #: a reply whose key field names another saga than the one its correlation id names
+    #: (journaled on that saga as ignored, with this reason)
+    KEY_MISMATCH = "key_mismatch"
     #: the saga holds ORCHESTRATOR_MAX_PARKED early events already
     PARKING_FULL = "parking_full"
     #: PostgreSQL refused to store it (a data exception or a program limit); detail is its error

@@ -87,10 +87,18 @@ class CompiledWorkflow:
                 before=[partial(_collect, rule.send)],
             )
         self._fired: dict[tuple[str, str], Fired] = {}
+        self._fixed: dict[str, frozenset[str]] = {}
         self.policies = {(r.source, r.event): r.policy for r in workflow.rules if r.policy is not None}
 
     def moves_on(self, state: str, event_type: str) -> bool:
         return (state, event_type) in self.moves
+
+    def fixed_fields(self, event_type: str) -> frozenset[str]:
+        """The fields of a saga's data ``event_type`` may not change (remembered per type)."""
+        fixed = self._fixed.get(event_type)
+        if fixed is None:
+            fixed = self._fixed[event_type] = self.workflow.fixed_fields(event_type)
+        return fixed
 
     def enter(self) -> Fired:
         """Entering the initial state: the commands its ``on_enter`` sends."""

@@ -63,7 +63,8 @@ class OperatorAction:
     step: str | None = None
     #: skip: the event type to take as the current step's outcome
     outcome: str | None = None
-    #: skip: business data that outcome carries, merged into the saga's data
+    #: skip: business data that outcome carries; its declared fields enter the saga's data as a
+    #: reply's would (the key and the start event's fields only where the workflow says so)
     data: Mapping[str, Any] = field(default_factory=dict)
 
     def payload(self) -> dict[str, Any]:
@@ -178,6 +179,15 @@ def _check_outcome_data(workflow: Workflow, saga: Saga, action: OperatorAction) 
         raise BadRequest(f"data.{key_field} is {given!r} but the saga's key is {saga.key!r}")
     carries_key = key_field in getattr(event, "__dataclass_fields__", {})
     try:
-        load(event, {**action.data, **({key_field: saga.key} if carries_key else {})})
+        read = dump(load(event, {**action.data, **({key_field: saga.key} if carries_key else {})}))
     except InvalidPayload as error:
         raise BadRequest(f"data does not fit {event.TYPE}: {error}") from None
+    # The rule every reply obeys: the start event's fields stay as they started unless the
+    # workflow lets this event update them. An operator is told, not silently ignored.
+    fixed = workflow.fixed_fields(event.TYPE) - {key_field}
+    changed = sorted(n for n in fixed if n in action.data and n in read and read[n] != saga.data.get(n))
+    if changed:
+        raise BadRequest(
+            f"data would change {', '.join(changed)}, fixed since the saga started:"
+            f" the workflow does not let {event.TYPE} update them"
+        )

@@ -19,10 +19,15 @@ __all__ = ["differences", "replay"]
 def replay(compiled: CompiledWorkflow, entries: Sequence[JournalEntry]) -> Saga | None:
     """The saga its journal gives. Every journaled message was taken when it came, so none is
     refused for the parking cap now. A closing entry journaled before closing sagas dropped
-    their parked events (its summary has no ``dropped_parked``) keeps them, as its row did."""
+    their parked events (its summary has no ``dropped_parked``) keeps them, as its row did. An
+    entry journaled before only declared fields entered a saga's data (its summary has no
+    ``merged``) is decided as it was then: its payload merged whole, its key not compared."""
     saga: Saga | None = None
     for entry in entries:
-        decision = decide(compiled, saga, entry.message, entry.recorded_at, replaying=True)
+        before_declared = "merged" not in entry.decision
+        decision = decide(
+            compiled, saga, entry.message, entry.recorded_at, replaying=True, merge_all=before_declared
+        )
         if decision.dropped_parked and saga is not None and "dropped_parked" not in entry.decision:
             kept = set(decision.dropped_parked)
             parked = tuple(p for p in saga.parked if p["message_id"] in kept)

@@ -147,6 +147,10 @@ async def process_batch(
                 changes.record(message, decision, now)
                 result.decisions.append(decision)
                 first_saga = first_saga or decision.saga.id
+            wrong = next((d for d in decisions if d.dead_letter is not None), None)
+            if wrong is not None and wrong.dead_letter is not None:  # journaled, and dead-lettered
+                result.refuse(p.index, Refused(wrong.dead_letter, wrong.reason or str(wrong.dead_letter)))
+                continue  # not in the inbox, as no dead letter is: fixed and sent again, it is taken
             changes.inbox[p.message_id] = first_saga
         for index, refusal in enumerate(result.refusals):
             if refusal is not None:

@@ -49,9 +49,11 @@ class Step:
         failed: type[Event] | None,
         deadline: timedelta | None,
         retry: Retry | None = None,
+        updates: tuple[str, ...] = (),
     ) -> None:
         self.name = method.__name__
         self.retry = retry
+        self.updates = updates
         self.method = method
         self.done = done
         self.failed = failed
@@ -96,13 +98,17 @@ def step(
     failed: type[Event] | None = None,
     deadline: timedelta | None = None,
     retry: Retry | None = None,
+    updates: tuple[str, ...] = (),
 ) -> Callable[[StepMethod], Step]:
     """Mark a method as a step: it returns the command to send; ``done``/``failed`` are its replies.
 
-    With ``retry`` the command is sent again, same message id, until a reply or the deadline."""
+    With ``retry`` the command is sent again, same message id, until a reply or the deadline.
+    ``updates`` names fields of the start event that ``done`` may change in the saga's data (the
+    later steps then read the new values); without it a reply never changes them."""
+    updates = (updates,) if isinstance(updates, str) else tuple(updates)
 
     def register(method: StepMethod) -> Step:
-        return Step(method, done, failed, deadline, retry)
+        return Step(method, done, failed, deadline, retry, updates)
 
     return register
 
@@ -173,7 +179,7 @@ def compile_steps(
         # An operator's cancel undoes what was done, as a failure of this step would.
         workflow.rules.append(Rule(CANCEL, s.name, failure_dest, tuple(failure_sends)))
         following = steps[index + 1].name if index + 1 < len(steps) else "completed"
-        workflow.on(s.done, source=s.name, dest=following)
+        workflow.on(s.done, source=s.name, dest=following, updates=s.updates)
         if s.failed is not None:
             workflow.on(s.failed, source=s.name, dest=failure_dest, send=failure_sends)
 

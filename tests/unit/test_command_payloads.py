@@ -32,7 +32,8 @@ def test_a_step_whose_command_cannot_be_encoded_fails_the_saga() -> None:
         "lines": [{"sku": "s", "quantity": 1}],
         "amount_cents": HUGE,
     }
-    started = decide(ORDER, None, Incoming("orders.OrderPlaced", "m-1", placed), NOW)
+    # A saga started before the data was read by its schema (issue 11) holds the text.
+    started = decide(ORDER, None, Incoming("orders.OrderPlaced", "m-1", placed), NOW, merge_all=True)
     assert started.outcome is Outcome.STARTED  # ReserveStock holds no amount
     reserved = Incoming("inventory.StockReserved", "m-2", {"order_id": "o-1", "reservation_id": "r-1"})
 
@@ -45,6 +46,18 @@ def test_a_step_whose_command_cannot_be_encoded_fails_the_saga() -> None:
     )
     assert decision.commands == ()
     orjson.dumps(decision.summary())  # what the journal stores encodes
+
+
+def test_a_start_whose_data_cannot_be_stored_starts_a_failed_saga() -> None:
+    """Now the start event's data is what its schema reads: the 25-digit integer fails the start."""
+    placed = {"order_id": "o-1", "customer_id": "c-1", "lines": [], "amount_cents": HUGE}
+
+    decision = decide(ORDER, None, Incoming("orders.OrderPlaced", "m-1", placed), NOW)
+
+    assert decision.saga.status is Status.FAILED
+    assert "orders.OrderPlaced.amount_cents is an integer beyond 64 bits" in (decision.saga.last_error or "")
+    assert decision.commands == () and decision.saga.data == {}
+    orjson.dumps(decision.summary())
 
 
 def test_a_start_whose_first_command_cannot_be_encoded_starts_a_failed_saga() -> None:

@@ -542,12 +542,17 @@ def test_a_step_builder_that_raises_later_fails_the_saga_where_it_was():
 
 
 def test_a_message_class_builder_missing_data_fails_the_saga():
-    workflow = Workflow("trip", starts_on=TripRequested, key="trip_id")
+    @dataclass(frozen=True)
+    class TripNamed(Event):  # carries no city, which BookHotel needs
+        TYPE = "trips.TripNamed"
+        trip_id: str
+
+    workflow = Workflow("trip", starts_on=TripNamed, key="trip_id")
     workflow.state("hotel", send=BookHotel)  # filled from the saga data by field name
     workflow.state("done", final=True)
     compiled = CompiledWorkflow(workflow)
 
-    decision = decide(compiled, None, Incoming(TripRequested.TYPE, "m-0", {"trip_id": "t-2"}), NOW)
+    decision = decide(compiled, None, Incoming(TripNamed.TYPE, "m-0", {"trip_id": "t-2"}), NOW)
 
     assert decision.outcome is Outcome.FAILED
     assert decision.saga.status is Status.FAILED

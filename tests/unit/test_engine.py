@@ -417,6 +417,7 @@ def test_unexpected_events_are_ignored_and_recorded(compiled, state, event):
         "reason": decision.reason,
         "applied_parked": [],
         "dropped_parked": [],
+        "merged": [],
     }
 
 
