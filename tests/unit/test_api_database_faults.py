@@ -372,6 +372,35 @@ async def test_an_action_that_committed_answers_200_whatever_fails_after(api: Ap
     assert response.json()["timers"] is None and response.json()["note"]
 
 
+ACTIONS = {
+    "retry": {},
+    "cancel": {},
+    "resume": {},  # a running saga cannot be resumed: refused before it writes
+    "fire-deadline": {},
+    "skip": {"outcome": "inventory.StockReserved", "data": {"reservation_id": "r-1"}},
+}
+
+
+@pytest.mark.parametrize(
+    ("action", "body", "point"),
+    [
+        (action, body, point)
+        for action, body in ACTIONS.items()
+        for point in ("begin", "lock", "save", "commit")
+        if action != "resume" or point in ("begin", "lock")
+    ],
+)
+async def test_every_action_the_database_fails_is_a_503(
+    api: Api, action: str, body: dict[str, Any], point: str
+) -> None:
+    saga = (await api.start("o-1")).json()
+    api.faults.fail(point, ERRORS["InternalError(internal client error)"])
+
+    response = await api.client.post(f"/sagas/{saga['id']}/{action}", json=body or None)
+
+    assert unavailable(response), response.text
+
+
 @each_error
 @pytest.mark.parametrize(
     ("point", "path"),
