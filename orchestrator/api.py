@@ -21,16 +21,17 @@ from fastapi.params import Depends as DependsParam
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import TypeAdapter
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from orchestrator import api_models as m
-from orchestrator.api_context import ApiContext, answers
+from orchestrator.api_context import RETRY_AFTER, UNAVAILABLE_DETAIL, ApiContext, answers
 from orchestrator.api_dead_letters import dead_letters_router
 from orchestrator.api_sagas import sagas_router
 from orchestrator.body_limit import BodyLimit
 from orchestrator.diagrams import WorkflowView
+from orchestrator.faults import Fault, from_database
 from orchestrator.metrics import CONTENT_TYPE
 from orchestrator.operations import ActionRefused, BadRequest, SagaNotFound
 from orchestrator.queries import BadCursor
@@ -185,18 +186,26 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, http_error)
 
     async def unavailable(request: Request, error: Exception) -> JSONResponse:
-        log.warning("database unavailable for %s %s: %s", request.method, request.url.path, error)
-        return _problem(503, "the database is unavailable; try again", {"Retry-After": "5"})
+        fault = from_database(error)
+        if fault is Fault.UNAVAILABLE or fault is None:
+            log.warning("database unavailable for %s %s: %r", request.method, request.url.path, error)
+        else:  # the database refused a statement: worth a look, but the client can only try again
+            log.error(
+                "database failed %s %s (%s)", request.method, request.url.path, fault.value, exc_info=error
+            )
+        return _problem(503, UNAVAILABLE_DETAIL, {"Retry-After": RETRY_AFTER})
 
-    # The REST reads go through SQLAlchemy, starts and actions through the asyncpg pool.
+    # Reads go through SQLAlchemy (which wraps the driver's errors in DBAPIError: OperationalError,
+    # InterfaceError, InternalError...), starts and actions through the asyncpg pool; a session
+    # killed mid-request can surface as either, or as the failed rollback after it. Every one of
+    # them is the database failing, never the request: 503, with Retry-After.
     for kind in (
-        OperationalError,
-        InterfaceError,
+        DBAPIError,
+        DisconnectionError,
         PoolTimeout,
-        asyncpg.PostgresConnectionError,
-        asyncpg.OperatorInterventionError,
-        asyncpg.InsufficientResourcesError,
+        asyncpg.PostgresError,
         asyncpg.InterfaceError,
+        asyncpg.InternalClientError,
         OSError,
         TimeoutError,
     ):

@@ -20,10 +20,13 @@ from orchestrator.routing import Registry
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 
-__all__ = ["DEFAULT_ACTOR", "ApiContext", "answers", "utc"]
+__all__ = ["DEFAULT_ACTOR", "RETRY_AFTER", "UNAVAILABLE_DETAIL", "ApiContext", "answers", "utc"]
 
 #: who an action is journaled as when the caller sends no ``X-Actor``
 DEFAULT_ACTOR = "api"
+#: the 503's detail and its Retry-After (seconds)
+UNAVAILABLE_DETAIL = "the database is unavailable; try again"
+RETRY_AFTER = "5"
 
 
 def _now() -> datetime:
@@ -84,7 +87,10 @@ _ANSWERS = {
     409: "the action does not fit the saga (or the dead letter) as it stands; detail says why",
     413: "the body is over ORCHESTRATOR_API_MAX_BODY_BYTES",
     422: "bad input; detail says which and why",
-    503: "the database is unavailable; try again after Retry-After seconds",
+    503: (
+        "the database is unavailable or failed mid-request, before the request's commit (or during"
+        " it, when a repeated start answers 200 with the saga): try again after Retry-After seconds"
+    ),
 }
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "SagaDetail",
     "SagaPage",
     "SagaSummary",
+    "SagaWritten",
     "SkipRequest",
     "StartRequest",
     "Status",
@@ -139,6 +140,21 @@ class SagaState(_SagaFields):
 
 class SagaDetail(SagaState):
     timers: list[Timer] = Field(description="pending deadline and retry, soonest first")
+
+
+class SagaWritten(SagaState):
+    """A saga as a start or an operator action committed it. The commit is the answer: once it went
+    through, a failure to read more for the answer is a ``note``, never an error."""
+
+    timers: list[Timer] | None = Field(
+        description=(
+            "pending deadline and retry, soonest first; for a saga this request started, those its"
+            " commit set; null when they could not be read after the commit (see note)"
+        )
+    )
+    note: str | None = Field(
+        default=None, description="what the answer lacks, and why, when the commit went through"
+    )
 
 
 class SagaAt(SagaState):

@@ -17,6 +17,7 @@ from fastapi.params import Depends
 from orchestrator import api_models as m
 from orchestrator.api_context import DEFAULT_ACTOR, ApiContext, answers, storable, utc
 from orchestrator.engine import Saga
+from orchestrator.faults import from_database
 from orchestrator.ingress import MAX_KEY_LENGTH
 from orchestrator.operations import Applied, OperatorAction, apply_action, start_saga
 from orchestrator.queries import HistoryRow, SagaFilter
@@ -78,6 +79,53 @@ def state_fields(ctx: ApiContext, saga: Saga) -> dict[str, Any]:
 async def detail(ctx: ApiContext, saga: Saga) -> m.SagaDetail:
     timers = [m.Timer.model_validate(t) for t in await ctx.queries.timers(saga.id)]
     return m.SagaDetail(**state_fields(ctx, saga), timers=timers)
+
+
+def timers_set_by(applied: Applied) -> list[m.Timer]:
+    """The timers a start's commit wrote: all that a saga it created has."""
+    found: dict[str, m.Timer] = {}
+    for decision in applied.decisions:
+        version = decision.saga.version
+        for kind, changed, timer in (
+            ("deadline", decision.deadline_changed, decision.deadline),
+            ("retry", decision.retry_changed, decision.retry),
+        ):
+            if changed:
+                found.pop(kind, None)
+                if timer is not None:
+                    found[kind] = m.Timer(kind=kind, state=timer.state, due_at=timer.due_at, version=version)
+    return sorted(found.values(), key=lambda t: t.due_at)
+
+
+async def written(ctx: ApiContext, applied: Applied) -> m.SagaWritten:
+    """The answer to a start or an action whose transaction committed: the saga as the commit left
+    it. A saga the request created has the timers its commit set; otherwise they are read, and if
+    the database fails now, the answer says so instead of turning a done write into an error."""
+    saga = applied.saga
+    fields = state_fields(ctx, saga)
+    if applied.created:
+        return m.SagaWritten(**fields, timers=timers_set_by(applied))
+    try:
+        timers = [m.Timer.model_validate(t) for t in await ctx.queries.timers(saga.id)]
+    except Exception as error:
+        if from_database(error) is None:
+            raise
+        log.warning("saga %s committed, but its timers could not be read for the answer: %r", saga.id, error)
+        note = (
+            "committed; its timers could not be read afterwards (the database failed):"
+            f" GET /sagas/{saga.id} shows them"
+        )
+        return m.SagaWritten(**fields, timers=None, note=note)
+    return m.SagaWritten(**fields, timers=timers)
+
+
+def hand_over(ctx: ApiContext, applied: Applied) -> None:
+    """Committed: its commands to the relay, its timers to the alarm. Should that fail, the outbox
+    sweep and the alarm's safety sweep find them in the database: the request is done anyway."""
+    try:
+        ctx.dispatch(applied)
+    except Exception:
+        log.exception("saga %s committed, but its commands could not be handed over now", applied.saga.id)
 
 
 def history_entry(row: HistoryRow) -> m.HistoryEntry:
@@ -226,19 +274,22 @@ def sagas_router(ctx: ApiContext, reads: Sequence[Depends], writes: Sequence[Dep
         "",
         operation_id="start_saga",
         status_code=201,
-        response_model=m.SagaDetail,
+        response_model=m.SagaWritten,
         responses={
-            200: {"model": m.SagaDetail, "description": "the saga this key had already", "links": _LINKS},
+            200: {"model": m.SagaWritten, "description": "the saga this key had already", "links": _LINKS},
             201: {"description": "the saga, started", "links": _LINKS},
         },
     )
-    async def start(body: m.StartRequest, response: Response, actor: Actor = None) -> m.SagaDetail:
-        """Start a saga as its starting event would; the same workflow and key again is the same saga."""
+    async def start(body: m.StartRequest, response: Response, actor: Actor = None) -> m.SagaWritten:
+        """Start a saga as its starting event would; the same workflow and key again is the same saga.
+
+        Once the start committed the answer is 201 (or 200), whatever fails after; a 503 means it
+        did not commit, or its commit was cut off: the same start again answers 200 if it did."""
         who = actor or DEFAULT_ACTOR
         applied = await start_saga(
             ctx.registry, ctx.store, body.workflow, body.key, body.data, who, ctx.clock()
         )
-        ctx.dispatch(applied)
+        hand_over(ctx, applied)
         saga = applied.saga
         response.status_code = 201 if applied.created else 200
         response.headers["Location"] = f"/sagas/{saga.id}"
@@ -252,11 +303,11 @@ def sagas_router(ctx: ApiContext, reads: Sequence[Depends], writes: Sequence[Dep
                 saga.key,
                 extra=_extra(applied, who),
             )
-        return await detail(ctx, saga)
+        return await written(ctx, applied)
 
-    async def act(saga_id: UUID, action: OperatorAction) -> m.SagaDetail:
+    async def act(saga_id: UUID, action: OperatorAction) -> m.SagaWritten:
         applied = await apply_action(ctx.registry, ctx.store, str(saga_id), action, ctx.clock())
-        ctx.dispatch(applied)
+        hand_over(ctx, applied)
         ctx.metrics.operator_actions[action.name] += 1
         saga = applied.saga
         log.info(
@@ -269,38 +320,38 @@ def sagas_router(ctx: ApiContext, reads: Sequence[Depends], writes: Sequence[Dep
             action.reason,
             extra=_extra(applied, action.actor),
         )
-        return await detail(ctx, saga)
+        return await written(ctx, applied)
 
-    @acting.post("/{saga_id}/retry", operation_id="retry_saga", response_model=m.SagaDetail)
-    async def retry(saga_id: SagaId, body: OptionalAction = None, actor: Actor = None) -> m.SagaDetail:
+    @acting.post("/{saga_id}/retry", operation_id="retry_saga", response_model=m.SagaWritten)
+    async def retry(saga_id: SagaId, body: OptionalAction = None, actor: Actor = None) -> m.SagaWritten:
         """Send the current step's commands again now, with the same message ids."""
         reason = body.reason if body else None
         return await act(saga_id, OperatorAction("retry", actor or DEFAULT_ACTOR, reason))
 
-    @acting.post("/{saga_id}/cancel", operation_id="cancel_saga", response_model=m.SagaDetail)
-    async def cancel(saga_id: SagaId, body: OptionalAction = None, actor: Actor = None) -> m.SagaDetail:
+    @acting.post("/{saga_id}/cancel", operation_id="cancel_saga", response_model=m.SagaWritten)
+    async def cancel(saga_id: SagaId, body: OptionalAction = None, actor: Actor = None) -> m.SagaWritten:
         """Give up on the saga: compensate what was done, now."""
         reason = body.reason if body else None
         return await act(saga_id, OperatorAction("cancel", actor or DEFAULT_ACTOR, reason))
 
-    @acting.post("/{saga_id}/resume", operation_id="resume_saga", response_model=m.SagaDetail)
+    @acting.post("/{saga_id}/resume", operation_id="resume_saga", response_model=m.SagaWritten)
     async def resume(
         saga_id: SagaId, body: Annotated[m.ResumeRequest | None, Body()] = None, actor: Actor = None
-    ) -> m.SagaDetail:
+    ) -> m.SagaWritten:
         """Take a failed saga up again from a step (default: the one it failed in)."""
         reason, step = (body.reason, body.step) if body else (None, None)
         return await act(saga_id, OperatorAction("resume", actor or DEFAULT_ACTOR, reason, step=step))
 
-    @acting.post("/{saga_id}/fire-deadline", operation_id="fire_deadline", response_model=m.SagaDetail)
+    @acting.post("/{saga_id}/fire-deadline", operation_id="fire_deadline", response_model=m.SagaWritten)
     async def fire_deadline(
         saga_id: SagaId, body: OptionalAction = None, actor: Actor = None
-    ) -> m.SagaDetail:
+    ) -> m.SagaWritten:
         """Fire the pending deadline now, as if its time had come."""
         reason = body.reason if body else None
         return await act(saga_id, OperatorAction("fire-deadline", actor or DEFAULT_ACTOR, reason))
 
-    @acting.post("/{saga_id}/skip", operation_id="skip_step", response_model=m.SagaDetail)
-    async def skip(saga_id: SagaId, body: m.SkipRequest, actor: Actor = None) -> m.SagaDetail:
+    @acting.post("/{saga_id}/skip", operation_id="skip_step", response_model=m.SagaWritten)
+    async def skip(saga_id: SagaId, body: m.SkipRequest, actor: Actor = None) -> m.SagaWritten:
         """Take the given event as the current step's outcome, as if its participant had sent it."""
         action = OperatorAction(
             "skip", actor or DEFAULT_ACTOR, body.reason, outcome=body.outcome, data=body.data
