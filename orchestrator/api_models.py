@@ -120,6 +120,12 @@ class Command(BaseModel):
     message_id: str
 
 
+class SentCommand(Command):
+    payload: dict[str, Any] | None = Field(
+        description="the command's payload as sent; null in entries journaled before payloads were recorded"
+    )
+
+
 class ParkedEvent(BaseModel):
     type: str
     message_id: str
@@ -179,7 +185,7 @@ class HistoryEntry(BaseModel):
     to_state: str | None
     status: str | None
     reason: str | None
-    commands: list[Command] = Field(description="what was sent")
+    commands: list[SentCommand] = Field(description="what was sent, with each payload")
     decision: dict[str, Any] = Field(description="the decision as the journal keeps it")
 
 

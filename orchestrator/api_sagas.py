@@ -146,7 +146,8 @@ def history_entry(row: HistoryRow) -> m.HistoryEntry:
         status=decision.get("status"),
         reason=decision.get("reason"),
         commands=[
-            m.Command(type=c["type"], message_id=c["message_id"]) for c in decision.get("commands") or []
+            m.SentCommand(type=c["type"], message_id=c["message_id"], payload=c.get("payload"))
+            for c in decision.get("commands") or []
         ],
         decision=decision,
     )

@@ -183,8 +183,11 @@ async def ensure_database_reachable(url: str) -> None:
 
 
 async def _verify(settings: Settings, saga_id: str | None) -> int:
+    """Replay each saga's journal and compare the row, its pending timers and its unsent outbox
+    with what the journal implies. Exit 1 if any saga differs; else 3 if some could not be
+    verified (their workflow is not among ``settings.workflows``, as ``run`` loads them); else 0."""
     from orchestrator.bootstrap import load_workflows
-    from orchestrator.replay import differences, replay
+    from orchestrator.replay import verify
     from orchestrator.routing import Registry
     from orchestrator.store_postgres import PostgresStore
 
@@ -192,20 +195,22 @@ async def _verify(settings: Settings, saga_id: str | None) -> int:
     registry = Registry(load_workflows(settings.workflows))
     store = PostgresStore.from_url(settings.database_url)
     bad = checked = 0
+    unloaded: dict[str, int] = {}
     try:
         ids = [saga_id] if saga_id else await store.saga_ids()
         for sid in ids:
-            row, entries = await store.snapshot(sid)
+            records = await store.records(sid)
+            row = records.saga
             if row is None:
                 print(f"{sid}: no such saga")
                 bad += 1
                 continue
             compiled = registry.workflows.get(row.workflow)
             if compiled is None:
-                print(f"{sid}: workflow {row.workflow!r} is not loaded")
-                bad += 1
+                print(f"{sid}: not verified: workflow {row.workflow!r} is not loaded")
+                unloaded[row.workflow] = unloaded.get(row.workflow, 0) + 1
                 continue
-            found = differences(row, replay(compiled, entries))
+            found = verify(compiled, records)
             checked += 1
             if found:
                 bad += 1
@@ -215,7 +220,13 @@ async def _verify(settings: Settings, saga_id: str | None) -> int:
     finally:
         await store.close()
     print(f"verified {checked} sagas: {bad} differ from their journal")
-    return 1 if bad else 0
+    if unloaded:
+        names = ", ".join(f"{name} ({count})" for name, count in sorted(unloaded.items()))
+        print(
+            f"not verified {sum(unloaded.values())} sagas whose workflow is not loaded: {names};"
+            f" load it with --workflows or ORCHESTRATOR_WORKFLOWS (now {settings.workflows!r})"
+        )
+    return 1 if bad else 3 if unloaded else 0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -241,9 +252,16 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="serve the REST API without ORCHESTRATOR_API_TOKEN: anyone who reaches it may act on sagas",
     )
-    verify = sub.add_parser("verify", help="replay journals and report sagas whose row differs")
+    verify = sub.add_parser(
+        "verify",
+        help="replay journals; report sagas whose row, timers or unsent commands differ from them",
+    )
     verify.add_argument("--saga", help="verify only this saga id")
-    verify.add_argument("--workflows", help="module(s) defining the workflows")
+    verify.add_argument(
+        "--workflows",
+        help="module(s) defining the workflows, as for run"
+        " (ORCHESTRATOR_WORKFLOWS; default: the bundled examples)",
+    )
     from orchestrator import cli_dead_letters
 
     cli_dead_letters.add_parser(sub)

@@ -193,7 +193,12 @@ class Decision:
             "from": self.previous_state,
             "to": self.saga.state,
             "status": str(self.saga.status),
-            "commands": [{"type": c.type, "message_id": c.message_id} for c in self.commands],
+            # with each payload, so the journal shows exactly what was sent (and verify compares
+            # the outbox with it); entries journaled before this have no "payload"
+            "commands": [
+                {"type": c.type, "message_id": c.message_id, "payload": dict(c.payload)}
+                for c in self.commands
+            ],
             "deadline": self.deadline
             and {"state": self.deadline.state, "due_at": self.deadline.due_at.isoformat()},
             "retry": self.retry and self.retry.due_at.isoformat(),

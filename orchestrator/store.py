@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from orchestrator.engine import Deadline, Decision, Incoming, OutgoingCommand, Saga
 from orchestrator.ingress import DeadLetter
 
-__all__ = ["Changes", "DueDeadline", "JournalEntry", "Store", "Transaction"]
+__all__ = ["Changes", "DueDeadline", "JournalEntry", "Records", "Store", "Transaction"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,17 @@ class DueDeadline:
     version: int
     due_at: datetime
     kind: str = "deadline"
+
+
+@dataclass(frozen=True)
+class Records:
+    """All a saga holds, read at one moment, for ``verify`` to compare with its journal: the row,
+    the journal, its pending timers and its unsent commands (the outbox)."""
+
+    saga: Saga | None
+    journal: list[JournalEntry]
+    timers: list[DueDeadline]
+    outbox: list[OutgoingCommand]
 
 
 @dataclass
@@ -97,6 +108,9 @@ class Store(Protocol):
 
     async def snapshot(self, saga_id: str) -> tuple[Saga | None, list[JournalEntry]]:
         """The saga row and its journal, read at one moment."""
+
+    async def records(self, saga_id: str) -> Records:
+        """The saga row, its journal, its timers and its outbox rows, read at one moment."""
 
     async def saga_ids(self, workflow: str | None = None) -> list[str]: ...
 

@@ -9,7 +9,7 @@ from datetime import datetime
 
 from orchestrator.engine import Deadline, OutgoingCommand, Saga
 from orchestrator.ingress import DeadLetter
-from orchestrator.store import Changes, DueDeadline, JournalEntry
+from orchestrator.store import Changes, DueDeadline, JournalEntry, Records
 
 __all__ = ["MemoryStore"]
 
@@ -83,6 +83,15 @@ class MemoryStore:
 
     async def snapshot(self, saga_id: str) -> tuple[Saga | None, list[JournalEntry]]:
         return self.sagas.get(saga_id), list(self.journals.get(saga_id, []))
+
+    async def records(self, saga_id: str) -> Records:
+        timers = [
+            DueDeadline(s, d.state, version, d.due_at, kind)
+            for (s, kind), (d, version) in sorted(self.deadlines.items())
+            if s == saga_id
+        ]
+        outbox = [c for c, _ in self.outbox.values() if c.saga_id == saga_id]
+        return Records(self.sagas.get(saga_id), list(self.journals.get(saga_id, [])), timers, outbox)
 
     async def saga_ids(self, workflow: str | None = None) -> list[str]:
         return [s.id for s in self.sagas.values() if workflow is None or s.workflow == workflow]

@@ -23,7 +23,7 @@ from orchestrator.definitions import Status
 from orchestrator.engine import Incoming, OutgoingCommand, Saga
 from orchestrator.ingress import DeadLetter
 from orchestrator.schema import deadlines, journal, outbox, sagas
-from orchestrator.store import Changes, DueDeadline, JournalEntry
+from orchestrator.store import Changes, DueDeadline, JournalEntry, Records
 
 __all__ = ["PostgresStore", "make_engine"]
 
@@ -387,6 +387,31 @@ class PostgresStore:
                 row = (await connection.execute(select(sagas).where(sagas.c.id == saga_id))).first()
                 entries = await _journal(connection, saga_id)
         return (_saga(row) if row is not None else None), entries
+
+    async def records(self, saga_id: str) -> Records:
+        """Row, journal, timers and outbox in one REPEATABLE READ snapshot, as :meth:`snapshot`."""
+        async with self.engine.connect() as connection:
+            await connection.execution_options(isolation_level="REPEATABLE READ")
+            async with connection.begin():
+                row = (await connection.execute(select(sagas).where(sagas.c.id == saga_id))).first()
+                entries = await _journal(connection, saga_id)
+                timers = await connection.execute(
+                    select(deadlines).where(deadlines.c.saga_id == saga_id).order_by(deadlines.c.kind)
+                )
+                queued = await connection.execute(
+                    select(outbox)
+                    .where(outbox.c.saga_id == saga_id)
+                    .order_by(outbox.c.created_at, outbox.c.message_id)
+                )
+                return Records(
+                    _saga(row) if row is not None else None,
+                    entries,
+                    [DueDeadline(t.saga_id, t.state, t.version, t.due_at, t.kind) for t in timers],
+                    [
+                        OutgoingCommand(q.message_id, q.message_type, q.payload, q.saga_id, q.workflow)
+                        for q in queued
+                    ],
+                )
 
     async def saga_ids(self, workflow: str | None = None) -> list[str]:
         query = select(sagas.c.id).order_by(sagas.c.created_at, sagas.c.id)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,7 +25,7 @@ from orchestrator.engine import OutgoingCommand, Saga, saga_id_for
 from orchestrator.machine import DEFAULT_MAX_PARKED
 from orchestrator.messages import Message, dump
 from orchestrator.operations import Applied, OperatorAction, apply_action, start_saga
-from orchestrator.replay import differences, replay
+from orchestrator.replay import verify
 from orchestrator.routing import Registry
 from orchestrator.service import BatchResult, Envelope, Verdict, fire_due_deadlines, process_batch
 from orchestrator.store import JournalEntry
@@ -125,9 +126,11 @@ class WorkflowTestKit:
         return sent
 
     def replay_differences(self, saga: Saga) -> list[str]:
-        """What replaying the saga's journal gives that its row does not (empty: all is well)."""
+        """What replaying the saga's journal gives that ``saga`` (its row) and its pending timers
+        and unsent commands do not, as ``orchestrator verify`` reports it (empty: all is well)."""
         compiled = self.registry.workflows[saga.workflow]
-        return differences(saga, replay(compiled, self.journal(saga)))
+        records = self._loop.run_until_complete(self.store.records(saga.id))
+        return verify(compiled, replace(records, saga=saga))
 
     def reply(self, command: OutgoingCommand, event: Message) -> BatchResult:
         """Answer a command the way a participant does: same correlation id, a stable reply id."""

@@ -194,11 +194,11 @@ class Bench:
         for service in SERVICES:
             await self.start_participant(service, *options.get(service, ()))
 
-    def verify(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """``orchestrator verify``, as an operator runs it."""
+    def verify(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """``orchestrator verify``, as an operator runs it; ``env`` overrides some of the environment."""
         return subprocess.run(
             [sys.executable, "-m", "orchestrator", "verify", *args],
-            env=self.env,
+            env={**self.env, **(env or {})},
             cwd=ROOT,
             capture_output=True,
             text=True,

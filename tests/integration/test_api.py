@@ -187,6 +187,10 @@ async def test_operator_actions_go_through_the_engine_and_the_journal_keeps_who_
     assert entries[2]["reason"] == "cancel by alice: customer called"
     assert [c["type"] for c in entries[1]["commands"]] == ["payment.ChargePayment"]
     assert [c["type"] for c in entries[2]["commands"]] == ["inventory.ReleaseStock"]
+    # each command with its payload, exactly as it went out
+    sent = {c.message_id: dict(c.payload) for a in api.dispatched for c in a.commands}
+    assert all(c["payload"] == sent[c["message_id"]] for e in entries for c in e["commands"])
+    assert entries[2]["commands"][0]["payload"] == {"order_id": saga["key"]}
     assert (entries[2]["from_state"], entries[2]["to_state"]) == ("charge", "compensating_reserve")
     assert history["next_after"] is None
     assert [c.type for a in api.dispatched[-1:] for c in a.commands] == ["inventory.ReleaseStock"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 
@@ -201,6 +202,117 @@ async def test_verify_reports_a_row_that_drifted_from_its_journal(bench: Bench) 
         await connection.close()
     assert verify.returncode == 1
     assert "state: row has 'ship', journal gives 'reserve'" in verify.stdout
+
+
+async def _placed_and_sent(bench: Bench, key: str, dsn: str) -> str:
+    """The order's saga id, once the saga exists and its first command left the outbox."""
+    import asyncpg
+
+    await bench.place_order(key)
+    saga_id = saga_id_for("order", key)
+    connection = await asyncpg.connect(dsn)
+    try:
+        for _ in range(200):
+            if await bench.saga("order", key) is not None and not await connection.fetchval(
+                "SELECT count(*) FROM outbox WHERE saga_id = $1", saga_id
+            ):
+                return saga_id
+            await asyncio.sleep(0.05)
+    finally:
+        await connection.close()
+    raise AssertionError(f"saga {saga_id} never sent its first command")
+
+
+async def test_verify_reports_a_timer_or_an_outbox_row_the_journal_does_not_imply(bench: Bench) -> None:
+    import asyncpg
+
+    orchestrator = await bench.start_orchestrator()
+    key = order_ids()
+    dsn = bench.database_url.replace("postgresql+asyncpg://", "postgresql://")
+    saga_id = await _placed_and_sent(bench, key, dsn)
+    orchestrator.stop()  # no relay sends the rows forged below, no sweep fires the timer moved
+    connection = await asyncpg.connect(dsn)
+    try:
+        clean = bench.verify("--saga", saga_id)
+        assert clean.returncode == 0, clean.stdout + clean.stderr
+        [command] = json.loads(
+            await connection.fetchval(
+                "SELECT decision->'commands' FROM journal WHERE saga_id = $1 AND seq = 1", saga_id
+            )
+        )
+        assert command["type"] == "inventory.ReserveStock" and command["payload"]["order_id"] == key
+
+        due = await connection.fetchval(
+            "UPDATE deadlines SET due_at = due_at + interval '1 hour'"
+            " WHERE saga_id = $1 AND kind = 'deadline' RETURNING due_at",
+            saga_id,
+        )
+        try:
+            moved = bench.verify("--saga", saga_id)
+        finally:
+            await connection.execute(
+                "UPDATE deadlines SET due_at = due_at - interval '1 hour'"
+                " WHERE saga_id = $1 AND kind = 'deadline'",
+                saga_id,
+            )
+        assert moved.returncode == 1, moved.stdout + moved.stderr
+        assert (
+            f"timer deadline: row has reserve due {due.isoformat()} (version 1), journal gives reserve due"
+            in (moved.stdout)
+        )
+
+        forged = f"forged-{key}"
+        await connection.execute(
+            "INSERT INTO outbox (message_id, saga_id, workflow, message_type, payload, created_at)"
+            " VALUES ($1, $2, 'order', 'payment.RefundPayment', $3::jsonb, now()),"
+            " ($4, $2, 'order', $5, $6::jsonb, now())",
+            forged,
+            saga_id,
+            f'{{"order_id": "{key}"}}',
+            command["message_id"],
+            command["type"],
+            f'{{"order_id": "{key}", "lines": [{{"sku": "sku", "quantity": 1000}}]}}',
+        )
+        try:
+            queued = bench.verify("--saga", saga_id)
+        finally:  # the database is shared by the session: leave it as the journal says
+            await connection.execute(
+                "DELETE FROM outbox WHERE message_id = ANY($1::text[])", [forged, command["message_id"]]
+            )
+        assert queued.returncode == 1, queued.stdout + queued.stderr
+        assert f"outbox {forged} payment.RefundPayment" in queued.stdout
+        assert f"the journal records no command {forged}" in queued.stdout
+        assert f"outbox {command['message_id']} inventory.ReserveStock" in queued.stdout
+        assert "'quantity': 1000" in queued.stdout
+        assert "verified 1 sagas: 1 differ from their journal" in queued.stdout
+        again = bench.verify("--saga", saga_id)
+        assert again.returncode == 0, again.stdout + again.stderr
+    finally:
+        await connection.close()
+
+
+async def test_verify_reports_a_saga_whose_workflow_is_not_loaded(bench: Bench) -> None:
+    await bench.start_orchestrator()
+    key = order_ids()
+    dsn = bench.database_url.replace("postgresql+asyncpg://", "postgresql://")
+    saga_id = await _placed_and_sent(bench, key, dsn)
+
+    # the same discovery as run: ORCHESTRATOR_WORKFLOWS, or --workflows, or the bundled examples
+    unloaded = bench.verify("--saga", saga_id, env={"ORCHESTRATOR_WORKFLOWS": "orchestrator.examples.escrow"})
+    assert unloaded.returncode == 3, unloaded.stdout + unloaded.stderr
+    assert f"{saga_id}: not verified: workflow 'order' is not loaded" in unloaded.stdout
+    assert "verified 0 sagas: 0 differ from their journal" in unloaded.stdout
+    assert "not verified 1 sagas whose workflow is not loaded: order (1)" in unloaded.stdout
+    flagged = bench.verify("--saga", saga_id, "--workflows", "orchestrator.examples.escrow")
+    assert flagged.returncode == 3 and "workflow 'order' is not loaded" in flagged.stdout
+
+    for loaded in (
+        bench.verify("--saga", saga_id, env={"ORCHESTRATOR_WORKFLOWS": "orchestrator.examples.order"}),
+        bench.verify("--saga", saga_id),
+    ):
+        assert loaded.returncode == 0, loaded.stdout + loaded.stderr
+        assert "verified 1 sagas: 0 differ from their journal" in loaded.stdout
+        assert "not loaded" not in loaded.stdout
 
 
 @pytest.mark.parametrize(
