@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import orjson
 import pytest
 
+from orchestrator.definitions import DefinitionError, Retry, Status, Workflow
 from orchestrator.engine import Outcome, OutgoingCommand, saga_id_for
 from orchestrator.examples import WORKFLOWS
 from orchestrator.examples.contracts import (
@@ -19,10 +22,12 @@ from orchestrator.examples.contracts import (
     FundsReceived,
     Line,
     OrderPlaced,
+    ReturnFunds,
     SellerSigned,
     StockReserved,
 )
 from orchestrator.ingress import Reason
+from orchestrator.messages import Event
 from orchestrator.service import Envelope, Verdict
 from orchestrator.testing import WorkflowTestKit
 
@@ -170,3 +175,57 @@ def test_a_reply_without_correlation_id_is_matched_by_its_key(kit):
 
     assert result.verdicts == [Verdict.ACCEPTED]
     assert kit.saga("o-1", "order").state == "charge"
+
+
+# item 4: a final state's undo with a deadline and a retry ---------------------------------------------
+@dataclass(frozen=True)
+class FundsReturned(Event):
+    TYPE = "bank.FundsReturned"
+    escrow_id: str
+
+
+def _waiting_undo() -> Workflow:
+    """The escrow's expiry, with ReturnFunds waited for: sent again every minute, failed after an hour."""
+    workflow = Workflow("patient", starts_on=EscrowOpened, key="escrow_id")
+    workflow.state("awaiting_buyer", deadline=timedelta(days=3), on_deadline="returning")
+    workflow.state(
+        "returning",
+        status=Status.COMPENSATING,
+        send=ReturnFunds,
+        deadline=timedelta(hours=1),
+        on_deadline="failed",
+        retry=Retry(every=timedelta(minutes=1), backoff=1),
+    )
+    workflow.state("expired", final=True, status=Status.COMPENSATED)
+    workflow.state("failed", final=True, status=Status.FAILED)
+    workflow.state("closed", final=True)
+    workflow.on(BuyerSigned, source="awaiting_buyer", dest="closed")
+    workflow.on(FundsReturned, source="returning", dest="expired")
+    return workflow
+
+
+def test_a_final_state_refuses_a_retry_and_says_how_to_wait_instead():
+    with pytest.raises(DefinitionError, match="status=COMPENSATING"):
+        Workflow("w", starts_on=EscrowOpened, key="escrow_id").state(
+            "expired", final=True, compensate=[ReturnFunds], retry=Retry(every=timedelta(minutes=1))
+        )
+
+
+def test_an_undo_sent_from_a_compensating_state_is_retried_until_its_reply():
+    kit = WorkflowTestKit(_waiting_undo())
+    try:
+        kit.publish(EscrowOpened("e-1", "b-1", "s-1", 90_000))
+        kit.advance(timedelta(days=3))
+        first = kit.take_sent()
+        assert [c.type for c in first] == ["bank.ReturnFunds"]
+        assert kit.saga("e-1").status == "compensating"
+
+        kit.advance(timedelta(minutes=2))
+        resent = kit.take_sent()
+        assert [c.message_id for c in resent] == [first[0].message_id] * 2  # same id: deduped
+
+        kit.reply(first[0], FundsReturned("e-1"))
+        assert (kit.saga("e-1").state, kit.saga("e-1").status) == ("expired", "compensated")
+        assert kit.replay_differences(kit.saga("e-1")) == []
+    finally:
+        kit.close()
