@@ -205,7 +205,11 @@ class Workflow:
         if deadline is not None and on_deadline is None:
             raise DefinitionError(f"{self.name}.{name}: a deadline needs on_deadline=<state>")
         if final and (deadline is not None or retry is not None):
-            raise DefinitionError(f"{self.name}.{name}: a final state cannot wait for a deadline or retry")
+            raise DefinitionError(
+                f"{self.name}.{name}: a final state cannot wait for a deadline or retry; to give a"
+                " command a deadline and a retry, send it from a state with status=COMPENSATING"
+                " that waits for its reply (on(<reply>, source=that state, dest=<final state>))"
+            )
         if status is None:
             status = (Status.COMPENSATED if compensate else Status.COMPLETED) if final else Status.RUNNING
         if final != (status in FINISHED):

@@ -3,7 +3,9 @@
 Starts every process the way a user would, places orders (some complete, some are declined,
 some run out of stock) and opens escrows (some close, some are refused), waits for every saga
 to finish, prints the outcomes per status and exits 0 only when each saga reached the status it
-should. It runs in a namespace of its own and removes its queues afterwards.
+should, each escrow's last reply (``bank.FundsReleased``, ``seller.DocumentsVoided``, which nothing
+waits for) is in its journal, and the dead-letter table has no row for the demo's namespace. It
+runs in a namespace of its own and removes its queues afterwards.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 
 import aio_pika
 import orjson
+from sqlalchemy import text
 
 from orchestrator.amqp import wait_for_consumers
 from orchestrator.engine import saga_id_for
@@ -46,6 +49,9 @@ class Case:
     expected: str  # the final status
     message_type: str
     body: dict[str, object]
+    #: the reply to a command sent on entering the final state, which nothing waits for: it must
+    #: be journaled on the saga (as ignored), never dead-lettered
+    last_reply: str | None = None
 
 
 def cases(run: str) -> list[Case]:
@@ -65,13 +71,44 @@ def cases(run: str) -> list[Case]:
         }
         made.append(Case("order", key, kind, expected, "orders.OrderPlaced", body))
     for i in range(10):
-        kind, amount, expected = "ok", 300_000, "completed"
+        kind, amount, expected, last = "ok", 300_000, "completed", "bank.FundsReleased"
         if i % 5 == 4:
-            kind, amount, expected = "refused by buyer", 2_000_000, "compensated"
+            kind, amount, expected, last = (
+                "refused by buyer",
+                2_000_000,
+                "compensated",
+                "seller.DocumentsVoided",
+            )
         key = f"escrow-{run}-{i}"
         body = {"escrow_id": key, "buyer_id": f"b-{i}", "seller_id": f"s-{i}", "amount_cents": amount}
-        made.append(Case("escrow", key, kind, expected, "escrow.EscrowOpened", body))
+        made.append(Case("escrow", key, kind, expected, "escrow.EscrowOpened", body, last))
     return made
+
+
+async def wait_for_last_replies(store: PostgresStore, batch: list[Case], timeout: float) -> list[str]:
+    """Wait until each saga's journal holds the reply nobody waits for that its last command
+    gets; the ones still missing after ``timeout`` seconds, as ``key: type``."""
+    missing = {c.key: c for c in batch if c.last_reply is not None}
+    deadline = time.monotonic() + timeout
+    while missing and time.monotonic() < deadline:
+        for key, case in list(missing.items()):
+            entries = await store.journal(saga_id_for(case.workflow, key))
+            if any(e.message.type == case.last_reply for e in entries):
+                del missing[key]
+        if missing:
+            await asyncio.sleep(0.2)
+    return [f"{key}: {case.last_reply}" for key, case in missing.items()]
+
+
+async def dead_letters_of(store: PostgresStore, namespace: str) -> list[tuple[str, str | None, str]]:
+    """The rows of the dead-letter table for ``namespace`` (their exchange is ``{ns}.*``)."""
+    query = text(
+        "SELECT reason, message_type, detail FROM dead_letters"
+        " WHERE starts_with(exchange, :prefix) ORDER BY id"
+    )
+    async with store.engine.connect() as connection:
+        rows = await connection.execute(query, {"prefix": f"{namespace}."})
+        return [(row.reason, row.message_type, row.detail) for row in rows]
 
 
 def spawn(args: list[str], env: dict[str, str], log: str) -> subprocess.Popen[bytes]:
@@ -150,7 +187,19 @@ async def demo() -> int:
             print(f"{workflow:<9} {kind:<17} {expected:<12} {got:<28} {count:>5}{mark}")
         print("-" * 75)
         print(f"{len(batch) - wrong} of {len(batch)} sagas reached the status they should, in {elapsed:.1f}s")
-        return 1 if wrong else 0
+        unanswered = await wait_for_last_replies(store, batch, timeout=30)
+        dead = await dead_letters_of(store, namespace)
+        if unanswered:
+            print(
+                f"demo: FAILED: {len(unanswered)} last replies never journaled: {', '.join(unanswered[:5])}"
+            )
+        if dead:
+            print(f"demo: FAILED: the dead-letter table has {len(dead)} rows for namespace {namespace}:")
+            for reason, message_type, detail in dead[:10]:
+                print(f"  {reason:<18} {message_type or '-':<28} {detail}")
+        else:
+            print(f"demo: the dead-letter table has no rows for namespace {namespace}")
+        return 1 if wrong or dead or unanswered else 0
     finally:
         for process in processes:
             if process.poll() is None:

@@ -370,6 +370,12 @@ def decide(
         return _undo_late(compiled, bumped, late, previous, now)
     if saga.finished:
         return Decision(bumped, Outcome.IGNORED, previous, reason=f"saga is already {saga.status}")
+    if message.kind == "event" and message.type not in workflow.events:
+        # a reply to a command nobody waits for (a compensation without done=, a command sent on
+        # entering a final state), or any other type the workflow takes nowhere: journaled on
+        # the saga it is correlated to, never dead-lettered
+        reason = f"{message.type} is not an event of workflow {workflow.name}: nothing waits for it"
+        return Decision(bumped, Outcome.IGNORED, previous, reason=reason)
     if message.type == RETRY:
         return _retry(compiled, bumped, previous, now)
     draft = _Draft(compiled, bumped, now, merge_all)

@@ -68,6 +68,9 @@ class _Parsed:
     type: str
     message_id: str
     keyed: list[tuple[Any, str | None, bool]]  # (compiled workflow, saga id from the key, starts)
+    #: why no workflow takes this type (unknown_type, unknown_workflow): held until it is known
+    #: whether its correlation id names a saga of ours, which journals it instead
+    unrouted: Refused | None = None
 
 
 def _parse(index: int, envelope: Envelope, registry: Registry) -> _Parsed:
@@ -87,7 +90,12 @@ def _parse(index: int, envelope: Envelope, registry: Registry) -> _Parsed:
         check_json(payload, "body")
     except ValueError as error:
         raise Refused(Reason.UNSTORABLE, str(error)) from None
-    targets = registry.route(envelope.type, payload, workflow_header=envelope.workflow)
+    try:
+        targets = registry.route(envelope.type, payload, workflow_header=envelope.workflow)
+    except Refused as refused:
+        if envelope.correlation_id and refused.reason in (Reason.UNKNOWN_TYPE, Reason.UNKNOWN_WORKFLOW):
+            return _Parsed(index, envelope, payload, envelope.type, envelope.message_id, [], refused)
+        raise
     for target in targets:
         key = payload.get(target.workflow.workflow.key)
         if key is not None and len(str(key)) > MAX_KEY_LENGTH:
@@ -214,22 +222,41 @@ async def fire_due_deadlines(
 
 
 def _targets(p: _Parsed, registry: Registry, current: Mapping[str, Saga]) -> list[tuple[Any, Saga | None]]:
-    """The sagas a message goes to, with the saga (None where the message starts it)."""
-    correlated = current.get(p.envelope.correlation_id) if p.envelope.correlation_id else None
-    if correlated is not None:
+    """The sagas a message goes to, with the saga (None where the message starts it).
+
+    A start event (its type starts every workflow it is routed to) is identified by its key
+    alone: a ``correlation_id`` on it is not read. Any other event is a reply: its
+    ``correlation_id`` names its saga, and one naming no saga is refused (``unknown_saga``),
+    whatever its key says; a reply without one is matched by its key (the fallback). A reply
+    correlated to a saga whose workflow takes no such type goes to that saga all the same, which
+    journals it as ignored (a reply nobody waits for): it is never dead-lettered.
+    """
+    cid = p.envelope.correlation_id
+    starting = bool(p.keyed) and all(starts for _, _, starts in p.keyed)
+    if cid and not starting:
+        correlated = current.get(cid)
+        header = p.envelope.workflow
+        if correlated is None:
+            if p.unrouted is not None:
+                raise p.unrouted
+            raise Refused(Reason.UNKNOWN_SAGA, f"correlation id {cid!r} names no saga")
+        compiled = registry.workflows.get(correlated.workflow)
+        if header is not None and header != correlated.workflow:
+            raise Refused(
+                Reason.UNKNOWN_WORKFLOW,
+                f"x-workflow {header!r} but correlation id {cid!r} names a {correlated.workflow} saga",
+            )
+        if compiled is None:
+            raise Refused(Reason.UNKNOWN_WORKFLOW, f"workflow {correlated.workflow!r} is not loaded here")
         # _parse already validated the payload against every workflow that takes this type.
-        if all(compiled.workflow.name != correlated.workflow for compiled, _, _ in p.keyed):
-            raise Refused(Reason.UNKNOWN_WORKFLOW, f"workflow {correlated.workflow!r} takes no {p.type!r}")
-        return [(registry.workflows[correlated.workflow], correlated)]
+        return [(compiled, correlated)]
+    if p.unrouted is not None:
+        raise p.unrouted
     targets: list[tuple[Any, Saga | None]] = []
     for compiled, saga_id, starts in p.keyed:
         workflow = compiled.workflow
         saga = current.get(saga_id) if saga_id else None
         if saga is None and not starts:
-            if p.envelope.correlation_id:
-                raise Refused(
-                    Reason.UNKNOWN_SAGA, f"correlation id {p.envelope.correlation_id!r} names no saga"
-                )
             raise Refused(
                 Reason.UNKNOWN_SAGA,
                 f"no {workflow.name} saga for {workflow.key}={p.payload.get(workflow.key)!r}",

@@ -339,3 +339,33 @@ def test_an_unreachable_service_is_one_clear_line(bench: Bench, variable: str, v
     assert run.returncode == 2
     assert says in run.stderr
     assert "Traceback" not in run.stderr and "hunter2" not in run.stderr
+
+
+async def test_an_escrow_run_end_to_end_leaves_no_dead_letter(bench: Bench) -> None:
+    """The replies nobody waits for (bank.FundsReleased on closing, seller.DocumentsVoided on a
+    refusal) are journaled on their sagas as ignored, never dead-lettered (issue 11, item 4)."""
+    await bench.start_orchestrator()
+    await bench.start_participants(buyer=("--refuse-over", "900000"))
+    escrows = [escrow_ids() for _ in range(2)]
+    await bench.open_escrow(escrows[0])
+    await bench.open_escrow(escrows[1], amount_cents=1_000_000)
+    closed = await bench.finished("escrow", escrows)
+    assert [closed[k].state for k in escrows] == ["closed", "refused"]
+    assert bench.store is not None
+
+    late = {escrows[0]: "bank.FundsReleased", escrows[1]: "seller.DocumentsVoided"}
+    deadline = asyncio.get_running_loop().time() + 30
+    journaled: dict[str, list[dict[str, object]]] = {}
+    while len(journaled) < len(late) and asyncio.get_running_loop().time() < deadline:
+        for key, reply in late.items():
+            entries = await bench.store.journal(saga_id_for("escrow", key))
+            found = [e.decision for e in entries if e.message.type == reply]
+            if found:
+                journaled[key] = found
+        await asyncio.sleep(0.1)
+
+    assert {k: [d["outcome"] for d in v] for k, v in journaled.items()} == {
+        escrows[0]: ["ignored"],
+        escrows[1]: ["ignored"],
+    }
+    assert await bench.dead_letters(1, timeout=2) == []

@@ -136,6 +136,7 @@ def test_a_fired_timer_is_never_refused():
     workflow.state("waiting")
     workflow.state("done", final=True)
     workflow.on(BuyerSigned, source="waiting", dest="done")
+    workflow.on(SellerSigned, source="done", then=PARK)  # an event of the workflow: parks in waiting
     compiled = CompiledWorkflow(workflow, max_parked=1)
     saga = park(compiled, opened_saga(compiled), 1)
     fired = Incoming(DEADLINE, "deadline:1", {"state": "waiting", "due_at": NOW.isoformat()}, "deadline")
