@@ -478,7 +478,8 @@ def _given_up(compiled: CompiledWorkflow, saga: Saga) -> str | None:
     if saga.status is not Status.FAILED or not compiled.workflow.states[saga.state].final:
         return None
     for state in reversed(saga.timed_out):
-        if compiled.workflow.states[state].status is Status.COMPENSATING:
+        spec = compiled.workflow.states.get(state)
+        if spec is not None and spec.status is Status.COMPENSATING:
             return state
     return None
 
@@ -677,7 +678,9 @@ def _resume(
         timed_out: tuple[str, ...] = ()
         if spec.status is Status.COMPENSATING:
             states = compiled.workflow.states
-            timed_out = tuple(s for s in saga.timed_out if states[s].status is not Status.COMPENSATING)
+            timed_out = tuple(
+                s for s in saga.timed_out if s not in states or states[s].status is not Status.COMPENSATING
+            )
         resumed = _with(resumed, timed_out=timed_out)
     failed_in = _given_up(compiled, saga) or saga.state
     draft = _Draft(compiled, resumed, now, merge_all, before_operators)
