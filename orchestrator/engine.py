@@ -484,6 +484,17 @@ def _given_up(compiled: CompiledWorkflow, saga: Saga) -> str | None:
     return None
 
 
+def _reopen(compiled: CompiledWorkflow, saga: Saga, state: str) -> Saga:
+    """The failed saga back in the compensation it gave up on, for that compensation's outcome."""
+    return _with(
+        saga,
+        state=state,
+        status=compiled.workflow.states[state].status,
+        last_error=None,
+        timed_out=tuple(s for s in saga.timed_out if s != state),
+    )
+
+
 def _late_confirmation(
     compiled: CompiledWorkflow,
     saga: Saga,
@@ -498,17 +509,9 @@ def _late_confirmation(
     state = _given_up(compiled, saga) if message.kind == "event" else None
     if state is None or not compiled.moves_on(state, message.type):
         return None
-    spec = compiled.workflow.states[state]
     if compiled.workflow.states[compiled.fire(state, message.type).dest].status is Status.FAILED:
         return None  # the compensation failed after all: the saga stays failed
-    waiting = _with(
-        saga,
-        state=state,
-        status=spec.status,
-        last_error=None,
-        timed_out=tuple(s for s in saga.timed_out if s != state),
-    )
-    draft = _Draft(compiled, waiting, now, merge_all)
+    draft = _Draft(compiled, _reopen(compiled, saga, state), now, merge_all)
     try:
         draft.move(message.type, message.payload)
         draft.apply_parked()
@@ -578,6 +581,12 @@ def _operate(
         return _resume(
             compiled, saga, previous, step, who, now, merge_all, new_attempt=bool(args.get("new_attempt"))
         )
+    given_up = _given_up(compiled, saga) if action == "skip" and not before_operators else None
+    if given_up is not None:
+        # The compensation the saga gave up on at its deadline: an operator who knows how it
+        # ended takes that as its outcome, as its late reply would be taken.
+        saga = _reopen(compiled, saga, given_up)
+        state = given_up
     if saga.finished:
         return refuse(
             f"saga is already {saga.status}" + (": resume it" if saga.status is Status.FAILED else "")

@@ -292,3 +292,15 @@ def test_replay_rebuilds_a_journal_begun_before_these_rules_and_continued_after(
     assert done.status == Status.COMPENSATED
     assert kit.replay_differences(done) == []
     assert kit.journal(done)[-1].decision["outcome"] == Outcome.MOVED
+
+
+def test_skip_takes_an_outcome_of_the_compensation_the_failed_saga_gave_up_on(kit):
+    failed, _, _ = failed_on_the_cancel_deadline(kit)
+
+    with pytest.raises(ActionRefused, match="not an outcome of compensating_flight"):
+        kit.act(failed, "skip", outcome="cards.CardCharged")
+    applied = kit.act(failed, "skip", outcome="flights.FlightCancelled", reason="cancelled by phone")
+
+    assert (applied.saga.state, applied.saga.status) == ("compensated", Status.COMPENSATED)
+    assert kit.journal(applied.saga)[-1].decision["from"] == "failed"
+    assert kit.replay_differences(applied.saga) == []
