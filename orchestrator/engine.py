@@ -130,7 +130,8 @@ class Saga:
     awaiting: tuple[Mapping[str, Any], ...] = ()
     #: resends so far in the current state
     attempt: int = 0
-    #: steps whose deadline passed: a success that still arrives for one gets its undo
+    #: steps whose deadline passed: a success that still arrives for one gets its undo; and the
+    #: compensation a failed saga gave up on at its deadline: its late confirmation carries it on
     timed_out: tuple[str, ...] = ()
 
     @property
@@ -313,12 +314,10 @@ class _Draft:
             # The compensation may still be confirmed: remember where the saga failed (a late
             # confirmation carries it on from there, and resume starts there by default) and
             # what it waited on (resume sends the same commands, same message ids).
-            timed_out = (*self.saga.timed_out, previous) if previous not in self.saga.timed_out else None
-            self.saga = _with(
-                self.saga,
-                timed_out=timed_out or self.saga.timed_out,
-                awaiting=self.saga.awaiting or awaited,
-            )
+            timed_out = self.saga.timed_out
+            if previous not in timed_out:
+                timed_out = (*timed_out, previous)
+            self.saga = _with(self.saga, timed_out=timed_out, awaiting=self.saga.awaiting or awaited)
 
     def _fails_compensation(self, dest: str) -> bool:
         """Whether leaving the current state for ``dest`` gives up on a compensation: the saga
