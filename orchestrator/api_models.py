@@ -140,7 +140,10 @@ class SagaState(_SagaFields):
     parked: list[ParkedEvent] = Field(description="events kept until the saga reaches a state they fit")
     awaiting: list[Command] = Field(description="the commands the current state sent and waits on")
     attempt: int = Field(description="resends of those commands so far")
-    timed_out: list[str] = Field(description="steps given up on by a deadline; a late success is undone")
+    timed_out: list[str] = Field(
+        description="steps given up on by a deadline (a late success is undone), and the compensation"
+        " a failed saga gave up on (its late confirmation carries the saga on)"
+    )
     waiting_for: list[str] = Field(description="event types that move the saga on from its state")
 
 
@@ -256,7 +259,14 @@ class ActionRequest(_Request):
     reason: Text | None = Field(default=None, max_length=2000, description="why, for the journal")
 
 
-class ResumeRequest(ActionRequest):
+class RetryRequest(ActionRequest):
+    new_attempt: bool = Field(
+        default=False,
+        description="send the commands with new message ids, as a new attempt (default: the same ids)",
+    )
+
+
+class ResumeRequest(RetryRequest):
     step: Text | None = Field(
         default=None, max_length=200, description="the state to resume from (default: where it failed)"
     )

@@ -324,10 +324,13 @@ def sagas_router(ctx: ApiContext, reads: Sequence[Depends], writes: Sequence[Dep
         return await written(ctx, applied)
 
     @acting.post("/{saga_id}/retry", operation_id="retry_saga", response_model=m.SagaWritten)
-    async def retry(saga_id: SagaId, body: OptionalAction = None, actor: Actor = None) -> m.SagaWritten:
-        """Send the current step's commands again now, with the same message ids."""
-        reason = body.reason if body else None
-        return await act(saga_id, OperatorAction("retry", actor or DEFAULT_ACTOR, reason))
+    async def retry(
+        saga_id: SagaId, body: Annotated[m.RetryRequest | None, Body()] = None, actor: Actor = None
+    ) -> m.SagaWritten:
+        """Send the current step's commands again now, with the same message ids (new ones for
+        ``new_attempt``)."""
+        reason, fresh = (body.reason, body.new_attempt) if body else (None, False)
+        return await act(saga_id, OperatorAction("retry", actor or DEFAULT_ACTOR, reason, new_attempt=fresh))
 
     @acting.post("/{saga_id}/cancel", operation_id="cancel_saga", response_model=m.SagaWritten)
     async def cancel(saga_id: SagaId, body: OptionalAction = None, actor: Actor = None) -> m.SagaWritten:
@@ -340,8 +343,9 @@ def sagas_router(ctx: ApiContext, reads: Sequence[Depends], writes: Sequence[Dep
         saga_id: SagaId, body: Annotated[m.ResumeRequest | None, Body()] = None, actor: Actor = None
     ) -> m.SagaWritten:
         """Take a failed saga up again from a step (default: the one it failed in)."""
-        reason, step = (body.reason, body.step) if body else (None, None)
-        return await act(saga_id, OperatorAction("resume", actor or DEFAULT_ACTOR, reason, step=step))
+        reason, step, fresh = (body.reason, body.step, body.new_attempt) if body else (None, None, False)
+        action = OperatorAction("resume", actor or DEFAULT_ACTOR, reason, step=step, new_attempt=fresh)
+        return await act(saga_id, action)
 
     @acting.post("/{saga_id}/fire-deadline", operation_id="fire_deadline", response_model=m.SagaWritten)
     async def fire_deadline(

@@ -130,7 +130,8 @@ class Saga:
     awaiting: tuple[Mapping[str, Any], ...] = ()
     #: resends so far in the current state
     attempt: int = 0
-    #: steps whose deadline passed: a success that still arrives for one gets its undo
+    #: steps whose deadline passed: a success that still arrives for one gets its undo; and the
+    #: compensation a failed saga gave up on at its deadline: its late confirmation carries it on
     timed_out: tuple[str, ...] = ()
 
     @property
@@ -207,6 +208,9 @@ class Decision:
             "dropped_parked": list(self.dropped_parked),
             # also says the entry was decided by the declared-fields rule (replay.py)
             "merged": list(self.merged),
+            # says the entry was decided by the rules for operators and late confirmations
+            # (issue 11, items 5-8): replay.py decides an entry without it as before them
+            "operators": 2,
         } | ({"dead_letter": str(self.dead_letter)} if self.dead_letter is not None else {})
 
 
@@ -214,12 +218,18 @@ class _Draft:
     """The saga being changed while one decision is made."""
 
     def __init__(
-        self, compiled: CompiledWorkflow, saga: Saga, now: datetime, merge_all: bool = False
+        self,
+        compiled: CompiledWorkflow,
+        saga: Saga,
+        now: datetime,
+        merge_all: bool = False,
+        before_operators: bool = False,
     ) -> None:
         self.compiled = compiled
         self.saga = saga
         self.now = now
         self.merge_all = merge_all
+        self.before_operators = before_operators
         self.merged: list[str] = []
         self.commands: list[OutgoingCommand] = []
         self.deadline_changed = False
@@ -302,7 +312,23 @@ class _Draft:
             late = trigger == DEADLINE
             failure = f"no reply in {previous} before its deadline" if late else f"{trigger} in {previous}"
         self.failure = failure
+        gave_up = trigger == DEADLINE and not self.before_operators and self._fails_compensation(fired.dest)
+        awaited = self.saga.awaiting
         self.enter(fired.dest, fired.sends, fired.entered)
+        if gave_up:
+            # The compensation may still be confirmed: remember where the saga failed (a late
+            # confirmation carries it on from there, and resume starts there by default) and
+            # what it waited on (resume sends the same commands, same message ids).
+            timed_out = self.saga.timed_out
+            if previous not in timed_out:
+                timed_out = (*timed_out, previous)
+            self.saga = _with(self.saga, timed_out=timed_out, awaiting=self.saga.awaiting or awaited)
+
+    def _fails_compensation(self, dest: str) -> bool:
+        """Whether leaving the current state for ``dest`` gives up on a compensation: the saga
+        compensates and ``dest`` is a final failed state."""
+        spec = self.compiled.workflow.states[dest]
+        return self.saga.status is Status.COMPENSATING and spec.final and spec.status is Status.FAILED
 
     def apply_parked(self) -> None:
         """After a move, an event kept for later may fit: apply each that does, oldest first."""
@@ -328,6 +354,7 @@ def decide(
     *,
     replaying: bool = False,
     merge_all: bool = False,
+    before_operators: bool = False,
 ) -> Decision:
     """Decide what ``message`` does to ``saga`` (None: the message starts a new saga).
 
@@ -340,13 +367,20 @@ def decide(
     the key and the start event's fields change only where the workflow declares ``updates``,
     and an event whose key field names another saga's key is journaled as ignored and
     dead-lettered (``Decision.dead_letter``). ``merge_all``: decide as before that rule (a journal
-    entry written then, see replay.py): every payload merged whole, the key never compared."""
+    entry written then, see replay.py): every payload merged whole, the key never compared.
+
+    A compensation given up on by its deadline is remembered in ``timed_out`` with what it waited
+    on; its late confirmation carries the failed saga on from there. An operator's ``retry``
+    counts as a resend (``attempt``); ``resume`` starts by default where the saga failed, sends
+    the commands it waited on there with their message ids (new ones for ``new_attempt``) and
+    forgets the steps given up on that it takes up again. ``before_operators``: decide as before
+    those rules (a journal entry written then, see replay.py)."""
     workflow = compiled.workflow
     if saga is None:
         key = str(message.payload[workflow.key])
         saga_id = saga_id_for(workflow.name, key)
         fresh = Saga(saga_id, workflow.name, key, "", Status.RUNNING, 1, {}, created_at=now, updated_at=now)
-        draft = _Draft(compiled, fresh, now, merge_all)
+        draft = _Draft(compiled, fresh, now, merge_all, before_operators)
         try:
             draft.merge(workflow.starts_on.TYPE, message.payload, starting=True)
             first = compiled.enter()
@@ -358,7 +392,7 @@ def decide(
     previous = saga.state
     bumped = _with(saga, version=saga.version + 1, updated_at=now)
     if message.type.startswith(OPERATOR):
-        return _operate(compiled, bumped, previous, message, now, merge_all)
+        return _operate(compiled, bumped, previous, message, now, merge_all, before_operators)
     if message.kind == "event" and not merge_all:
         contradiction = _key_contradiction(compiled, saga, message)
         if contradiction is not None:
@@ -368,6 +402,10 @@ def decide(
     late = _late_step(compiled, saga, message)
     if late is not None:
         return _undo_late(compiled, bumped, late, previous, now)
+    if saga.status is Status.FAILED and not before_operators:
+        confirmed = _late_confirmation(compiled, bumped, previous, message, now, merge_all)
+        if confirmed is not None:
+            return confirmed
     if saga.finished:
         return Decision(bumped, Outcome.IGNORED, previous, reason=f"saga is already {saga.status}")
     if message.kind == "event" and message.type not in workflow.events:
@@ -378,7 +416,7 @@ def decide(
         return Decision(bumped, Outcome.IGNORED, previous, reason=reason)
     if message.type == RETRY:
         return _retry(compiled, bumped, previous, now)
-    draft = _Draft(compiled, bumped, now, merge_all)
+    draft = _Draft(compiled, bumped, now, merge_all, before_operators)
     policy = draft.policy_for(message.type)
     if policy is Policy.IGNORE:
         return Decision(
@@ -439,10 +477,57 @@ def _late_step(compiled: CompiledWorkflow, saga: Saga, message: Incoming) -> str
     if message.kind != "event":
         return None
     for step in saga.timed_out:
-        event_type, _ = compiled.workflow.late_success[step]
-        if event_type == message.type:
+        late = compiled.workflow.late_success.get(step)  # None: a compensation given up on
+        if late is not None and late[0] == message.type:
             return step
     return None
+
+
+def _given_up(compiled: CompiledWorkflow, saga: Saga) -> str | None:
+    """The compensating state a failed saga gave up on at its deadline, if that is how it failed."""
+    if saga.status is not Status.FAILED or not compiled.workflow.states[saga.state].final:
+        return None
+    for state in reversed(saga.timed_out):
+        spec = compiled.workflow.states.get(state)
+        if spec is not None and spec.status is Status.COMPENSATING:
+            return state
+    return None
+
+
+def _reopen(compiled: CompiledWorkflow, saga: Saga, state: str) -> Saga:
+    """The failed saga back in the compensation it gave up on, for that compensation's outcome."""
+    return _with(
+        saga,
+        state=state,
+        status=compiled.workflow.states[state].status,
+        last_error=None,
+        timed_out=tuple(s for s in saga.timed_out if s != state),
+    )
+
+
+def _late_confirmation(
+    compiled: CompiledWorkflow,
+    saga: Saga,
+    previous: str,
+    message: Incoming,
+    now: datetime,
+    merge_all: bool = False,
+) -> Decision | None:
+    """A failed saga gave up on a compensation at its deadline; this event confirms it after all:
+    it is proof the compensation happened, so the saga carries on from that state as if the
+    confirmation had come in time. None: the message is no such confirmation."""
+    state = _given_up(compiled, saga) if message.kind == "event" else None
+    if state is None or not compiled.moves_on(state, message.type):
+        return None
+    if compiled.workflow.states[compiled.fire(state, message.type).dest].status is Status.FAILED:
+        return None  # the compensation failed after all: the saga stays failed
+    draft = _Draft(compiled, _reopen(compiled, saga, state), now, merge_all)
+    try:
+        draft.move(message.type, message.payload)
+        draft.apply_parked()
+    except Exception as error:  # a user's command builder raised
+        return _failed(saga, previous, error, now)
+    return _decision(draft, Outcome.MOVED, previous, f"{message.type} confirmed {state} after its deadline")
 
 
 def _undo_late(compiled: CompiledWorkflow, saga: Saga, step: str, previous: str, now: datetime) -> Decision:
@@ -486,6 +571,7 @@ def _operate(
     message: Incoming,
     now: datetime,
     merge_all: bool = False,
+    before_operators: bool = False,
 ) -> Decision:
     """An operator's action, decided like an event: journaled with who asked and why, or refused
     (outcome REFUSED, with the reason) where it does not fit the saga as it stands."""
@@ -499,7 +585,18 @@ def _operate(
 
     state = saga.state
     if action == "resume":
-        return _resume(compiled, saga, previous, args.get("step") or state, who, now, merge_all)
+        if before_operators:
+            return _resume(compiled, saga, previous, args.get("step") or state, who, now, merge_all, True)
+        step = args.get("step") or _given_up(compiled, saga) or state
+        return _resume(
+            compiled, saga, previous, step, who, now, merge_all, new_attempt=bool(args.get("new_attempt"))
+        )
+    given_up = _given_up(compiled, saga) if action == "skip" and not before_operators else None
+    if given_up is not None:
+        # The compensation the saga gave up on at its deadline: an operator who knows how it
+        # ended takes that as its outcome, as its late reply would be taken.
+        saga = _reopen(compiled, saga, given_up)
+        state = given_up
     if saga.finished:
         return refuse(
             f"saga is already {saga.status}" + (": resume it" if saga.status is Status.FAILED else "")
@@ -507,11 +604,27 @@ def _operate(
     if action == "retry":
         if not saga.awaiting:
             return refuse(f"nothing to retry: {state} waits on no command")
+        if before_operators:  # an operator's resend was not counted then
+            commands = tuple(
+                OutgoingCommand(c["message_id"], c["type"], c["payload"], saga.id, saga.workflow)
+                for c in saga.awaiting
+            )
+            return Decision(saga, Outcome.RETRIED, previous, commands, reason=who)
+        # A resend like the retry timer's: same message ids, counted in ``attempt``; a new
+        # attempt (``new_attempt``) gets new message ids, so a participant takes it afresh.
+        fresh = bool(args.get("new_attempt"))
         commands = tuple(
-            OutgoingCommand(c["message_id"], c["type"], c["payload"], saga.id, saga.workflow)
-            for c in saga.awaiting
+            OutgoingCommand(
+                command_message_id(saga.id, saga.version, index) if fresh else c["message_id"],
+                c["type"],
+                c["payload"],
+                saga.id,
+                saga.workflow,
+            )
+            for index, c in enumerate(saga.awaiting)
         )
-        return Decision(saga, Outcome.RETRIED, previous, commands, reason=who)
+        resent = _with(saga, attempt=saga.attempt + 1, awaiting=tuple(_awaiting(c) for c in commands))
+        return Decision(resent, Outcome.RETRIED, previous, commands, reason=who)
     data: Mapping[str, Any] | None = None
     if action == "cancel":
         if saga.status is Status.COMPENSATING:
@@ -540,7 +653,7 @@ def _operate(
             data = {**data, compiled.workflow.key: saga.key}
     else:
         return refuse(f"unknown action {action!r}")
-    draft = _Draft(compiled, saga, now, merge_all)
+    draft = _Draft(compiled, saga, now, merge_all, before_operators)
     try:
         draft.move(trigger, data, failure=who)
         draft.apply_parked()
@@ -557,9 +670,17 @@ def _resume(
     who: str,
     now: datetime,
     merge_all: bool = False,
+    before_operators: bool = False,
+    *,
+    new_attempt: bool = False,
 ) -> Decision:
     """A failed saga enters ``step`` again as if it had just arrived there: its commands are sent
-    anew (new message ids: this is a new attempt) and its deadline starts over."""
+    again and its deadline starts over. The commands it waited on when it failed in ``step`` keep
+    their message ids (a participant that took them takes them as duplicates) unless the operator
+    asks for a ``new_attempt``; the steps it takes up again are no longer given up on
+    (``timed_out``): resumed into a step, none is; resumed into a compensation, the steps still
+    given up on stay so. ``before_operators``: as before those rules, new message ids always and
+    ``timed_out`` kept."""
     if saga.status is not Status.FAILED:
         return Decision(
             saga, Outcome.REFUSED, previous, reason=f"saga is {saga.status}: only a failed saga resumes"
@@ -571,13 +692,38 @@ def _resume(
         return Decision(
             saga, Outcome.REFUSED, previous, reason=f"{step} is {what}; resume from one of {choices}"
         )
-    draft = _Draft(compiled, _with(saga, last_error=None), now, merge_all)
+    resumed = _with(saga, last_error=None)
+    if not before_operators:
+        timed_out: tuple[str, ...] = ()
+        if spec.status is Status.COMPENSATING:
+            states = compiled.workflow.states
+            timed_out = tuple(
+                s for s in saga.timed_out if s not in states or states[s].status is not Status.COMPENSATING
+            )
+        resumed = _with(resumed, timed_out=timed_out)
+    failed_in = _given_up(compiled, saga) or saga.state
+    draft = _Draft(compiled, resumed, now, merge_all, before_operators)
     try:
         draft.enter(step, (), spec.on_enter)
+        if not before_operators and not new_attempt and step == failed_in:
+            _resend_awaited(draft, saga.awaiting)
         draft.apply_parked()
     except Exception as error:
         return _failed(saga, previous, error, now)
     return _decision(draft, Outcome.MOVED, previous, who)
+
+
+def _resend_awaited(draft: _Draft, awaited: tuple[Mapping[str, Any], ...]) -> None:
+    """The commands ``draft`` just built on entering the state again are the ones the saga waited
+    on there when it failed: send those, with their message ids, instead."""
+    built = draft.commands
+    if not awaited or [c.type for c in built] != [c["type"] for c in awaited]:
+        return
+    saga = draft.saga
+    draft.commands = [
+        OutgoingCommand(c["message_id"], c["type"], c["payload"], saga.id, saga.workflow) for c in awaited
+    ]
+    draft.saga = _with(saga, awaiting=tuple(dict(c) for c in awaited))
 
 
 def _decision(draft: _Draft, outcome: Outcome, previous: str | None, reason: str | None = None) -> Decision:

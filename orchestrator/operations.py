@@ -66,9 +66,19 @@ class OperatorAction:
     #: skip: business data that outcome carries; its declared fields enter the saga's data as a
     #: reply's would (the key and the start event's fields only where the workflow says so)
     data: Mapping[str, Any] = field(default_factory=dict)
+    #: retry, resume: send the commands with new message ids, as a new attempt a participant
+    #: takes afresh (default: the same message ids, which a participant takes as duplicates)
+    new_attempt: bool = False
 
     def payload(self) -> dict[str, Any]:
-        values = {"reason": self.reason, "step": self.step, "outcome": self.outcome, "data": dict(self.data)}
+        values: dict[str, Any] = {
+            "reason": self.reason,
+            "step": self.step,
+            "outcome": self.outcome,
+            "data": dict(self.data),
+        }
+        if self.new_attempt:
+            values["new_attempt"] = True
         return {k: v for k, v in values.items() if v not in (None, {})}
 
 
@@ -161,6 +171,8 @@ async def apply_action(
 
 def _check_names(states: Mapping[str, Any], events: Mapping[str, Any], action: OperatorAction) -> None:
     """Names that exist nowhere in the workflow are bad input (422), not a conflict (409)."""
+    if action.new_attempt and action.name not in ("retry", "resume"):
+        raise BadRequest(f"new_attempt is for retry and resume, not {action.name}")
     if action.step is not None and action.step not in states:
         raise BadRequest(f"no state {action.step!r}; states: {', '.join(states)}")
     if action.name == "skip":

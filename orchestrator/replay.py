@@ -44,7 +44,9 @@ def rebuild(compiled: CompiledWorkflow, entries: Sequence[JournalEntry]) -> Rebu
     so none is refused for the parking cap now. A closing entry journaled before closing sagas
     dropped their parked events (its summary has no ``dropped_parked``) keeps them, as its row did.
     An entry journaled before only declared fields entered a saga's data (its summary has no
-    ``merged``) is decided as it was then: its payload merged whole, its key not compared.
+    ``merged``) is decided as it was then: its payload merged whole, its key not compared. One
+    journaled before the rules for operators and late confirmations (no ``operators``) is decided
+    as it was then: see ``decide``'s ``before_operators``.
 
     Timers as the store writes them (``Changes.record``): a decision that changes a kind sets or
     cancels it, and a timer that fired is removed unless the decision it gave set it anew."""
@@ -53,7 +55,13 @@ def rebuild(compiled: CompiledWorkflow, entries: Sequence[JournalEntry]) -> Rebu
     for entry in entries:
         before_declared = "merged" not in entry.decision
         decision = decide(
-            compiled, saga, entry.message, entry.recorded_at, replaying=True, merge_all=before_declared
+            compiled,
+            saga,
+            entry.message,
+            entry.recorded_at,
+            replaying=True,
+            merge_all=before_declared,
+            before_operators="operators" not in entry.decision,
         )
         if decision.dropped_parked and saga is not None and "dropped_parked" not in entry.decision:
             kept = set(decision.dropped_parked)

@@ -222,11 +222,12 @@ def failed_in_signing(kit: WorkflowTestKit) -> Saga:
     return failed
 
 
-def test_resume_enters_the_state_again_with_new_commands_and_a_fresh_deadline(kit):
+@pytest.mark.parametrize("new_attempt", [False, True])
+def test_resume_enters_the_state_again_with_its_commands_and_a_fresh_deadline(kit, new_attempt):
     failed = failed_in_signing(kit)
     (first,) = kit.journal(failed)[0].decision["commands"]
 
-    applied = kit.act(failed, "resume", actor="carol", reason="buyer service fixed")
+    applied = kit.act(failed, "resume", actor="carol", reason="buyer service fixed", new_attempt=new_attempt)
 
     assert (applied.saga.state, applied.saga.status, applied.saga.last_error) == (
         "signing",
@@ -234,7 +235,11 @@ def test_resume_enters_the_state_again_with_new_commands_and_a_fresh_deadline(ki
         None,
     )
     (again,) = applied.commands
-    assert again.type == first["type"] and again.message_id != first["message_id"]
+    # the same message id (a participant that took it takes it as a duplicate), unless the
+    # operator asks for a new attempt
+    assert again.type == first["type"]
+    assert (again.message_id != first["message_id"]) is new_attempt
+    assert [c["message_id"] for c in applied.saga.awaiting] == [again.message_id]
     assert kit.store.deadlines[(failed.id, "deadline")][0].due_at == kit.now + timedelta(hours=1)
     assert last_entry(kit, applied.saga)[:3] == ("operator", "carol", "operator.resume")
     assert kit.replay_differences(applied.saga) == []
