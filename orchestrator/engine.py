@@ -485,7 +485,8 @@ def _late_step(compiled: CompiledWorkflow, saga: Saga, message: Incoming) -> str
 
 def _given_up(compiled: CompiledWorkflow, saga: Saga) -> str | None:
     """The compensating state a failed saga gave up on at its deadline, if that is how it failed."""
-    if saga.status is not Status.FAILED or not compiled.workflow.states[saga.state].final:
+    current = compiled.workflow.states.get(saga.state)  # none: it failed at its start
+    if saga.status is not Status.FAILED or current is None or not current.final:
         return None
     for state in reversed(saga.timed_out):
         spec = compiled.workflow.states.get(state)

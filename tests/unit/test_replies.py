@@ -229,3 +229,32 @@ def test_an_undo_sent_from_a_compensating_state_is_retried_until_its_reply():
         assert kit.replay_differences(kit.saga("e-1")) == []
     finally:
         kit.close()
+
+
+async def test_a_reply_to_a_saga_that_failed_at_its_start_is_journaled_not_a_crash() -> None:
+    """A saga that failed at its start has no state of its workflow; the late-confirmation check
+    looked its state up and raised, which failed the reply's batch on every try."""
+    from datetime import UTC, datetime
+
+    import orjson
+
+    from orchestrator.engine import saga_id_for
+    from orchestrator.examples import WORKFLOWS
+    from orchestrator.routing import Registry
+    from orchestrator.service import Envelope, Verdict, process_batch
+    from orchestrator.store_memory import MemoryStore
+
+    registry, store, now = Registry(WORKFLOWS), MemoryStore(), datetime.now(UTC)
+    start = {"order_id": "o-big", "customer_id": "c", "lines": [{"sku": "s", "quantity": 1}]}
+    placed = orjson.dumps({**start, "amount_cents": "1" * 25})  # fits the schema, not a command
+    first = await process_batch(registry, store, [Envelope(placed, "orders.OrderPlaced", "m-1")], now)
+    saga_id = saga_id_for("order", "o-big")
+    assert first.verdicts == [Verdict.ACCEPTED] and store.sagas[saga_id].status == "failed"
+
+    reply = orjson.dumps({"order_id": "o-big", "reservation_id": "r"})
+    second = await process_batch(
+        registry, store, [Envelope(reply, "inventory.StockReserved", "m-2", saga_id)], now
+    )
+
+    assert second.verdicts == [Verdict.ACCEPTED]
+    assert [e.decision["outcome"] for e in store.journals[saga_id]][-1] == "ignored"
