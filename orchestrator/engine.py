@@ -521,7 +521,12 @@ def _late_confirmation(
     if state is None or not compiled.moves_on(state, message.type):
         return None
     if compiled.workflow.states[compiled.fire(state, message.type).dest].status is Status.FAILED:
-        return None  # the compensation failed after all: the saga stays failed
+        # The compensation failed after all: the saga stays failed, and forgets the commands it
+        # waited on there, so that a resume sends them anew (their replies were taken already:
+        # sent again with the same ids, they would come back as duplicates and change nothing).
+        forgotten = _with(saga, awaiting=())
+        reason = f"{message.type}: {state} failed after its deadline too; the saga stays failed"
+        return Decision(forgotten, Outcome.IGNORED, previous, reason=reason)
     draft = _Draft(compiled, _reopen(compiled, saga, state), now, merge_all)
     try:
         draft.move(message.type, message.payload)
@@ -702,11 +707,15 @@ def _resume(
                 s for s in saga.timed_out if s not in states or states[s].status is not Status.COMPENSATING
             )
         resumed = _with(resumed, timed_out=timed_out)
-    failed_in = _given_up(compiled, saga) or saga.state
+    # Only a compensation given up at its deadline is resent with its message ids: nothing
+    # answered those. A saga that failed otherwise may have taken the reply already (its next
+    # command could not be built), and the same ids would only bring that reply back as a
+    # duplicate.
+    given_up = _given_up(compiled, saga)
     draft = _Draft(compiled, resumed, now, merge_all, before_operators)
     try:
         draft.enter(step, (), spec.on_enter)
-        if not before_operators and not new_attempt and step == failed_in:
+        if not before_operators and not new_attempt and step == given_up:
             _resend_awaited(draft, saga.awaiting)
         draft.apply_parked()
     except Exception as error:

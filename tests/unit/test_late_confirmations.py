@@ -304,3 +304,18 @@ def test_skip_takes_an_outcome_of_the_compensation_the_failed_saga_gave_up_on(ki
     assert (applied.saga.state, applied.saga.status) == ("compensated", Status.COMPENSATED)
     assert kit.journal(applied.saga)[-1].decision["from"] == "failed"
     assert kit.replay_differences(applied.saga) == []
+
+
+def test_after_a_late_failure_of_the_compensation_resume_sends_it_anew(kit):
+    """Its reply was taken: the same message id again would bring back only a duplicate of it,
+    and the saga would wait out its deadline for nothing."""
+    _, _, cancel = failed_on_the_cancel_deadline(kit)
+    kit.reply(cancel, FlightNotCancelled("t-1"))
+    failed = kit.saga("t-1")
+    assert failed.awaiting == ()
+
+    applied = kit.act(failed, "resume", step="compensating_flight")
+
+    (again,) = applied.commands
+    assert again.type == cancel.type and again.message_id != cancel.message_id
+    assert kit.replay_differences(applied.saga) == []
