@@ -550,8 +550,8 @@ def _undo_late(compiled: CompiledWorkflow, saga: Saga, step: str, previous: str,
 
 def _retry(compiled: CompiledWorkflow, saga: Saga, previous: str, now: datetime) -> Decision:
     """Send the waiting state's commands again, with the same message ids, and set the next retry."""
-    spec = compiled.workflow.states[saga.state]
-    if saga.finished or spec.retry is None or not saga.awaiting:
+    spec = compiled.workflow.states.get(saga.state)  # none: this version of the workflow dropped it
+    if saga.finished or spec is None or spec.retry is None or not saga.awaiting:
         return Decision(saga, Outcome.IGNORED, previous, retry_changed=True, reason="nothing to retry")
     commands = tuple(
         OutgoingCommand(c["message_id"], c["type"], c["payload"], saga.id, saga.workflow)
@@ -641,7 +641,8 @@ def _operate(
             )
         trigger = CANCEL
     elif action == "fire-deadline":
-        if compiled.workflow.states[state].deadline is None or not compiled.moves_on(state, DEADLINE):
+        current = compiled.workflow.states.get(state)
+        if current is None or current.deadline is None or not compiled.moves_on(state, DEADLINE):
             return refuse(f"no deadline is pending in {state}")
         trigger = DEADLINE
     elif action == "skip":

@@ -223,3 +223,25 @@ async def test_messages_waiting_in_the_queue_while_none_are_taken_make_the_servi
         assert app.stalled() is None
     finally:
         watcher.cancel()
+
+
+async def test_a_retry_timer_for_a_state_the_workflow_no_longer_has_is_dropped_not_a_failed_sweep() -> None:
+    """One such timer used to raise KeyError and fail the whole sweep, every time, for every saga."""
+    from dataclasses import replace
+    from datetime import UTC, datetime, timedelta
+
+    from orchestrator.engine import Deadline
+    from orchestrator.service import fire_due_deadlines, process_batch
+
+    store, registry, now = MemoryStore(), Registry(WORKFLOWS), datetime.now(UTC)
+    await process_batch(registry, store, [start("o-gone")], now)
+    saga_id = saga_id_for("order", "o-gone")
+    saga = store.sagas[saga_id]
+    store.sagas[saga_id] = replace(saga, state="reserve_v0")  # a state an older version had
+    store.deadlines[(saga_id, "retry")] = (Deadline("reserve_v0", now, "retry"), saga.version)
+    store.deadlines.pop((saga_id, "deadline"), None)
+
+    result = await fire_due_deadlines(registry, store, now + timedelta(seconds=1))
+
+    assert [d.outcome for d in result.decisions] == ["ignored"]
+    assert (saga_id, "retry") not in store.deadlines
