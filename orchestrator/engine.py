@@ -682,9 +682,11 @@ def _resume(
     new_attempt: bool = False,
 ) -> Decision:
     """A failed saga enters ``step`` again as if it had just arrived there: its commands are sent
-    again and its deadline starts over. The commands it waited on when it failed in ``step`` keep
-    their message ids (a participant that took them takes them as duplicates) unless the operator
-    asks for a ``new_attempt``; the steps it takes up again are no longer given up on
+    again and its deadline starts over. Resumed into the compensation it gave up on at its
+    deadline, the commands it waited on there keep their message ids (a participant that took
+    them takes them as duplicates) unless the operator asks for a ``new_attempt``; after any other
+    failure a reply to them may have been taken, so they are new. The steps it takes up again are
+    no longer given up on
     (``timed_out``): resumed into a step, none is; resumed into a compensation, the steps still
     given up on stay so. ``before_operators``: as before those rules, new message ids always and
     ``timed_out`` kept."""
