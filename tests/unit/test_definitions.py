@@ -14,42 +14,12 @@ from orchestrator.engine import Incoming, Outcome, decide
 from orchestrator.machine import CompiledWorkflow
 from orchestrator.messages import Command, Event
 from orchestrator.steps import saga, step
+from tests.unit.trips import BookFlight, CancelFlight, FlightBooked, FlightCancelled, TripRequested
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
 # A small trip-booking vocabulary, at module level so that return annotations resolve.
-@dataclass(frozen=True)
-class TripRequested(Event):
-    TYPE = "trips.TripRequested"
-    trip_id: str
-    city: str
-
-
-@dataclass(frozen=True)
-class BookFlight(Command):
-    TYPE = "flights.BookFlight"
-    trip_id: str
-
-
-@dataclass(frozen=True)
-class FlightBooked(Event):
-    TYPE = "flights.FlightBooked"
-    trip_id: str
-
-
-@dataclass(frozen=True)
-class CancelFlight(Command):
-    TYPE = "flights.CancelFlight"
-    trip_id: str
-
-
-@dataclass(frozen=True)
-class FlightCancelled(Event):
-    TYPE = "flights.FlightCancelled"
-    trip_id: str
-
-
 @dataclass(frozen=True)
 class BookHotel(Command):
     TYPE = "hotels.BookHotel"

@@ -18,37 +18,7 @@ from orchestrator.messages import Command, Event
 from orchestrator.operations import ActionRefused, BadRequest
 from orchestrator.steps import saga, step
 from orchestrator.testing import WorkflowTestKit
-
-
-@dataclass(frozen=True)
-class TripRequested(Event):
-    TYPE = "trips.TripRequested"
-    trip_id: str
-    city: str
-
-
-@dataclass(frozen=True)
-class BookFlight(Command):
-    TYPE = "flights.BookFlight"
-    trip_id: str
-
-
-@dataclass(frozen=True)
-class FlightBooked(Event):
-    TYPE = "flights.FlightBooked"
-    trip_id: str
-
-
-@dataclass(frozen=True)
-class CancelFlight(Command):
-    TYPE = "flights.CancelFlight"
-    trip_id: str
-
-
-@dataclass(frozen=True)
-class FlightCancelled(Event):
-    TYPE = "flights.FlightCancelled"
-    trip_id: str
+from tests.unit.trips import BookFlight, CancelFlight, FlightBooked, FlightCancelled, TripRequested
 
 
 @dataclass(frozen=True)
