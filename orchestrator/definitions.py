@@ -35,6 +35,7 @@ __all__ = [
     "SagaView",
     "StateSpec",
     "Status",
+    "Undo",
     "Workflow",
 ]
 
@@ -125,6 +126,23 @@ def builder_for(send: type[Message] | CommandBuilder) -> CommandBuilder:
 
 
 @dataclass(frozen=True)
+class Undo:
+    """A command a final state sends that waits for its reply, with a deadline and a retry like
+    any compensation: ``state("expired", final=True, compensate=[Undo(ReturnFunds,
+    done=FundsReturned, deadline=..., retry=...)])``.
+
+    A fire-and-forget undo is lost when its participant is down, and its reply has nothing to
+    confirm; an ``Undo`` is re-sent until confirmed, and the saga ends failed (an operator is
+    needed) when it is refused (``failed``) or its deadline passes."""
+
+    send: type[Command] | CommandBuilder
+    done: type[Event]
+    failed: type[Event] | None = None
+    deadline: timedelta | None = None
+    retry: Retry | None = None
+
+
+@dataclass(frozen=True)
 class StateSpec:
     name: str
     status: Status = Status.RUNNING
@@ -176,6 +194,9 @@ class Workflow:
     #: event type -> the start event's fields that event may change in the saga's data
     #: (declared with ``on(..., updates=...)`` or ``@step(..., updates=...)``); no other does
     updates: dict[str, frozenset[str]] = field(default_factory=dict)
+    #: final state -> the first of the compensating states that send its ``Undo`` commands: a
+    #: move declared into that final state enters there instead
+    entries: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if "." in self.name or not self.name:
@@ -193,23 +214,39 @@ class Workflow:
         send: type[Command] | CommandBuilder | Sequence[type[Command] | CommandBuilder] | None = None,
         final: bool = False,
         status: Status | None = None,
-        compensate: Sequence[type[Command] | CommandBuilder] | None = None,
+        compensate: Sequence[type[Command] | CommandBuilder | Undo] | None = None,
         retry: Retry | None = None,
         on_cancel: str | None = None,
     ) -> Workflow:
         """Declare a state. ``send`` goes out on entering it; a final state with ``compensate``
         sends those commands, in order, and ends the saga ``compensated``. ``on_cancel`` is where
-        an operator's cancel leads (default: where the deadline leads)."""
+        an operator's cancel leads (default: where the deadline leads).
+
+        ``compensate`` of :class:`Undo` items waits for each reply in turn, in a compensating
+        state of its own (``<name>_undo_1``, ...), before the saga ends in ``name``; a refused or
+        timed-out one ends it in ``<name>_failed``."""
         if name in self.states:
             raise DefinitionError(f"{self.name}: state {name!r} declared twice")
         if deadline is not None and on_deadline is None:
             raise DefinitionError(f"{self.name}.{name}: a deadline needs on_deadline=<state>")
         if final and (deadline is not None or retry is not None):
             raise DefinitionError(
-                f"{self.name}.{name}: a final state cannot wait for a deadline or retry; to give a"
-                " command a deadline and a retry, send it from a state with status=COMPENSATING"
-                " that waits for its reply (on(<reply>, source=that state, dest=<final state>))"
+                f"{self.name}.{name}: a final state cannot wait for a deadline or retry; to give"
+                " its compensating commands a deadline and a retry, declare them as"
+                " compensate=[Undo(<command>, done=<reply>, deadline=..., retry=...)]"
             )
+        undos = [c for c in _listify(compensate) if isinstance(c, Undo)]
+        if undos:
+            if not final or len(undos) != len(_listify(compensate)):
+                raise DefinitionError(
+                    f"{self.name}.{name}: Undo belongs in compensate= of a final state, and there"
+                    " every command is an Undo or none is"
+                )
+            self._undo_chain(name, undos)
+            compensate = None
+            status = Status.COMPENSATED if status is None else status
+        on_deadline = self.entries.get(on_deadline, on_deadline) if on_deadline is not None else None
+        on_cancel = self.entries.get(on_cancel, on_cancel) if on_cancel is not None else None
         if status is None:
             status = (Status.COMPENSATED if compensate else Status.COMPLETED) if final else Status.RUNNING
         if final != (status in FINISHED):
@@ -245,11 +282,47 @@ class Workflow:
             raise DefinitionError(f"{self.name}: {event.TYPE} needs exactly one of dest= or then=")
         self.events[event.TYPE] = event
         self.allow_updates(event, updates)
+        dest = self.entries.get(dest, dest) if dest is not None else None
         sources = [source] if isinstance(source, str) else list(source)
         builders = tuple(builder_for(s) for s in _listify(send))
         for src in sources:
             self.rules.append(Rule(event.TYPE, src, dest, builders, then))
         return self
+
+    def _undo_chain(self, final: str, undos: list[Undo]) -> None:
+        """A compensating state per ``Undo``, each moving to the next on its reply and the last to
+        ``final``; moves already declared into ``final`` are pointed at the first."""
+        names = [f"{final}_undo_{n}" for n in range(1, len(undos) + 1)]
+        failed = f"{final}_failed"
+        for taken in [*names, failed]:
+            if taken in self.states:
+                raise DefinitionError(
+                    f"{self.name}: state {taken!r} is declared; {final}'s Undo needs the name"
+                )
+        self.entries[final] = names[0]
+        initial = self.initial  # a chain declared first is still not where sagas start
+        self.rules = [replace(rule, dest=names[0]) if rule.dest == final else rule for rule in self.rules]
+        self.states = {
+            n: replace(s, on_deadline=names[0]) if s.on_deadline == final else s
+            for n, s in self.states.items()
+        }
+        for index, (state, undo) in enumerate(zip(names, undos, strict=True)):
+            self.state(
+                state,
+                status=Status.COMPENSATING,
+                send=undo.send,
+                deadline=undo.deadline,
+                on_deadline=failed if undo.deadline is not None else None,
+                retry=undo.retry,
+            )
+            following = names[index + 1] if index + 1 < len(names) else final
+            self.rules.append(Rule(undo.done.TYPE, state, following))
+            self.events[undo.done.TYPE] = undo.done
+            if undo.failed is not None:
+                self.rules.append(Rule(undo.failed.TYPE, state, failed))
+                self.events[undo.failed.TYPE] = undo.failed
+        self.state(failed, final=True, status=Status.FAILED)
+        self.initial = initial
 
     def allow_updates(self, event: type[Event], names: Iterable[str]) -> None:
         """Let ``event`` change the start event's fields ``names`` in the saga's data. Each must be
@@ -293,6 +366,7 @@ class Workflow:
             events=dict(self.events),
             late_success=dict(self.late_success),
             updates=dict(self.updates),
+            entries=dict(self.entries),
         )
 
     def rule_for(self, state: str, event_type: str) -> Rule | None:

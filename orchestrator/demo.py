@@ -3,8 +3,9 @@
 Starts every process the way a user would, places orders (some complete, some are declined,
 some run out of stock) and opens escrows (some close, some are refused), waits for every saga
 to finish, prints the outcomes per status and exits 0 only when each saga reached the status it
-should, each escrow's last reply (``bank.FundsReleased``, ``seller.DocumentsVoided``, which nothing
-waits for) is in its journal, and the dead-letter table has no row for the demo's namespace. It
+should, each escrow's last reply (``bank.FundsReleased``, which nothing waits for, and
+``seller.DocumentsVoided``, which ends a refused escrow) is in its journal, and the dead-letter
+table has no row for the demo's namespace. It
 runs in a namespace of its own and removes its queues afterwards.
 """
 

@@ -163,6 +163,12 @@ class VoidDocuments(Command):
 
 
 @dataclass(frozen=True)
+class DocumentsVoided(Event):
+    TYPE = "seller.DocumentsVoided"
+    escrow_id: str
+
+
+@dataclass(frozen=True)
 class CollectFunds(Command):
     TYPE = "bank.CollectFunds"
     escrow_id: str
@@ -186,6 +192,12 @@ class FundsDeclined(Event):
 @dataclass(frozen=True)
 class ReturnFunds(Command):
     TYPE = "bank.ReturnFunds"
+    escrow_id: str
+
+
+@dataclass(frozen=True)
+class FundsReturned(Event):
+    TYPE = "bank.FundsReturned"
     escrow_id: str
 
 

@@ -342,8 +342,9 @@ def test_an_unreachable_service_is_one_clear_line(bench: Bench, variable: str, v
 
 
 async def test_an_escrow_run_end_to_end_leaves_no_dead_letter(bench: Bench) -> None:
-    """The replies nobody waits for (bank.FundsReleased on closing, seller.DocumentsVoided on a
-    refusal) are journaled on their sagas as ignored, never dead-lettered (issue 11, item 4)."""
+    """The reply nobody waits for (bank.FundsReleased on closing) is journaled on its saga as
+    ignored, never dead-lettered; a refusal's VoidDocuments is waited for and moves the escrow to
+    ``refused`` (issue 11, item 4)."""
     await bench.start_orchestrator()
     await bench.start_participants(buyer=("--refuse-over", "900000"))
     escrows = [escrow_ids() for _ in range(2)]
@@ -364,8 +365,8 @@ async def test_an_escrow_run_end_to_end_leaves_no_dead_letter(bench: Bench) -> N
                 journaled[key] = found
         await asyncio.sleep(0.1)
 
-    assert {k: [d["outcome"] for d in v] for k, v in journaled.items()} == {
-        escrows[0]: ["ignored"],
-        escrows[1]: ["ignored"],
+    assert {k: [(d["outcome"], d["to"]) for d in v] for k, v in journaled.items()} == {
+        escrows[0]: [("ignored", "closed")],
+        escrows[1]: [("moved", "refused")],
     }
     assert await bench.dead_letters(1, timeout=2) == []

@@ -31,7 +31,7 @@ def test_policies_are_notes_and_the_definition_alone_draws_no_derived_cancels() 
     lines = mermaid(escrow).splitlines()
 
     assert "    note right of awaiting_buyer: park seller.SellerSigned" in lines
-    assert "    awaiting_funds --> expired: deadline 1d / bank.FundsDeclined" in lines
+    assert "    awaiting_funds --> expired_undo_1: deadline 1d / bank.FundsDeclined" in lines
     assert not any("cancel" in line for line in lines)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.definitions import DEADLINE, FAIL, Status, Workflow
+from orchestrator.definitions import DEADLINE, FAIL, RETRY, Status, Workflow
 from orchestrator.engine import (
     Deadline,
     Decision,
@@ -62,6 +62,8 @@ PAYLOADS: dict[str, dict[str, Any]] = {
     "seller.SellerSigned": {"escrow_id": ESCROW_ID},
     "bank.FundsReceived": {"escrow_id": ESCROW_ID},
     "bank.FundsDeclined": {"escrow_id": ESCROW_ID, "reason": "card expired"},
+    "bank.FundsReturned": {"escrow_id": ESCROW_ID},
+    "seller.DocumentsVoided": {"escrow_id": ESCROW_ID},
 }
 
 
@@ -111,6 +113,14 @@ ESCROW_PATHS = {
     "awaiting_buyer": [],
     "awaiting_seller": ["buyer.BuyerSigned"],
     "awaiting_funds": ["buyer.BuyerSigned", "seller.SellerSigned"],
+    "refused_undo_1": ["buyer.BuyerRefused"],
+    "expired_undo_1": ["buyer.BuyerSigned", "seller.SellerSigned", "bank.FundsDeclined"],
+    "expired_undo_2": [
+        "buyer.BuyerSigned",
+        "seller.SellerSigned",
+        "bank.FundsDeclined",
+        "bank.FundsReturned",
+    ],
 }
 
 
@@ -192,38 +202,27 @@ ORDER_MOVES = [
 
 ESCROW_MOVES = [
     ("awaiting_buyer", "buyer.BuyerSigned", "awaiting_seller", Status.RUNNING, []),
-    ("awaiting_buyer", "buyer.BuyerRefused", "refused", Status.COMPENSATED, ["seller.VoidDocuments"]),
-    (
-        "awaiting_buyer",
-        DEADLINE,
-        "expired",
-        Status.COMPENSATED,
-        ["bank.ReturnFunds", "seller.VoidDocuments"],
-    ),
+    ("awaiting_buyer", "buyer.BuyerRefused", "refused_undo_1", Status.COMPENSATING, ["seller.VoidDocuments"]),
+    ("awaiting_buyer", DEADLINE, "expired_undo_1", Status.COMPENSATING, ["bank.ReturnFunds"]),
     ("awaiting_seller", "seller.SellerSigned", "awaiting_funds", Status.RUNNING, ["bank.CollectFunds"]),
-    ("awaiting_seller", "buyer.BuyerRefused", "refused", Status.COMPENSATED, ["seller.VoidDocuments"]),
     (
         "awaiting_seller",
-        DEADLINE,
-        "expired",
-        Status.COMPENSATED,
-        ["bank.ReturnFunds", "seller.VoidDocuments"],
+        "buyer.BuyerRefused",
+        "refused_undo_1",
+        Status.COMPENSATING,
+        ["seller.VoidDocuments"],
     ),
+    ("awaiting_seller", DEADLINE, "expired_undo_1", Status.COMPENSATING, ["bank.ReturnFunds"]),
     ("awaiting_funds", "bank.FundsReceived", "closed", Status.COMPLETED, ["bank.ReleaseFunds"]),
-    (
-        "awaiting_funds",
-        "bank.FundsDeclined",
-        "expired",
-        Status.COMPENSATED,
-        ["bank.ReturnFunds", "seller.VoidDocuments"],
-    ),
-    (
-        "awaiting_funds",
-        DEADLINE,
-        "expired",
-        Status.COMPENSATED,
-        ["bank.ReturnFunds", "seller.VoidDocuments"],
-    ),
+    ("awaiting_funds", "bank.FundsDeclined", "expired_undo_1", Status.COMPENSATING, ["bank.ReturnFunds"]),
+    ("awaiting_funds", DEADLINE, "expired_undo_1", Status.COMPENSATING, ["bank.ReturnFunds"]),
+    # the final states' undos: each waits for its reply, the last one ends the escrow
+    ("refused_undo_1", "seller.DocumentsVoided", "refused", Status.COMPENSATED, []),
+    ("refused_undo_1", DEADLINE, "refused_failed", Status.FAILED, []),
+    ("expired_undo_1", "bank.FundsReturned", "expired_undo_2", Status.COMPENSATING, ["seller.VoidDocuments"]),
+    ("expired_undo_1", DEADLINE, "expired_failed", Status.FAILED, []),
+    ("expired_undo_2", "seller.DocumentsVoided", "expired", Status.COMPENSATED, []),
+    ("expired_undo_2", DEADLINE, "expired_failed", Status.FAILED, []),
 ]
 
 
@@ -367,7 +366,7 @@ def test_command_message_ids_differ_between_sagas():
     [
         (ORDER, ["inventory.StockReserved", "payment.PaymentCharged", "shipping.OrderShipped"], "completed"),
         (ORDER, ["inventory.OutOfStock"], "compensated"),
-        (ESCROW, ["buyer.BuyerRefused"], "refused"),
+        (ESCROW, ["buyer.BuyerRefused", "seller.DocumentsVoided"], "refused"),
     ],
 )
 @pytest.mark.parametrize("event", ["inventory.StockReserved", "buyer.BuyerSigned", DEADLINE])
@@ -485,25 +484,62 @@ def test_buyer_signing_twice_is_ignored(state):
     assert decision.commands == ()
 
 
-def test_buyer_refusing_voids_the_documents():
+def test_buyer_refusing_voids_the_documents_and_waits_for_the_seller_to_confirm():
     decision = decide(ESCROW, start(ESCROW).saga, incoming("buyer.BuyerRefused"), NOW)
 
-    assert (decision.saga.state, decision.saga.status) == ("refused", Status.COMPENSATED)
-    assert decision.saga.finished
+    assert (decision.saga.state, decision.saga.status) == ("refused_undo_1", Status.COMPENSATING)
+    assert not decision.saga.finished
     assert types(decision) == ["seller.VoidDocuments"]
     assert payloads(decision) == [{"escrow_id": ESCROW_ID}]
-    assert decision.deadline is None and decision.deadline_changed
+    assert decision.deadline == Deadline("refused_undo_1", NOW + timedelta(hours=1))
+    assert decision.retry == Deadline("refused_undo_1", NOW + timedelta(seconds=10), "retry")
+
+    voided = decide(ESCROW, decision.saga, incoming("seller.DocumentsVoided", "m-voided"), NOW)
+
+    assert (voided.saga.state, voided.saga.status) == ("refused", Status.COMPENSATED)
+    assert voided.saga.finished and voided.commands == ()
+    assert voided.deadline is None and voided.retry is None
 
 
-def test_escrow_deadline_expires_returning_funds_then_voiding():
+def test_escrow_deadline_returns_the_funds_then_voids_each_confirmed_in_turn():
     saga = drive(ESCROW, ESCROW_PATHS["awaiting_funds"])
 
     decision = decide(ESCROW, saga, incoming(DEADLINE, state="awaiting_funds"), NOW + timedelta(days=1))
 
-    assert (decision.saga.state, decision.saga.status) == ("expired", Status.COMPENSATED)
-    assert types(decision) == ["bank.ReturnFunds", "seller.VoidDocuments"]
-    assert payloads(decision) == [{"escrow_id": ESCROW_ID}, {"escrow_id": ESCROW_ID}]
-    assert decision.deadline is None and decision.deadline_changed
+    assert (decision.saga.state, decision.saga.status) == ("expired_undo_1", Status.COMPENSATING)
+    assert types(decision) == ["bank.ReturnFunds"]
+    assert payloads(decision) == [{"escrow_id": ESCROW_ID}]
+    returned = decide(ESCROW, decision.saga, incoming("bank.FundsReturned", "m-returned"), NOW)
+    assert (returned.saga.state, types(returned)) == ("expired_undo_2", ["seller.VoidDocuments"])
+    voided = decide(ESCROW, returned.saga, incoming("seller.DocumentsVoided", "m-voided"), NOW)
+    assert (voided.saga.state, voided.saga.status) == ("expired", Status.COMPENSATED)
+
+
+def test_an_undo_of_a_final_state_is_resent_with_the_same_message_id_until_confirmed():
+    refused = decide(ESCROW, start(ESCROW).saga, incoming("buyer.BuyerRefused"), NOW).saga
+    sent = refused.awaiting[0]["message_id"]
+
+    again = decide(
+        ESCROW,
+        refused,
+        Incoming(RETRY, "t-1", {"state": "refused_undo_1", "due_at": NOW.isoformat()}, kind="retry"),
+        NOW,
+    )
+
+    assert [c.message_id for c in again.commands] == [sent]
+    assert again.saga.state == "refused_undo_1" and again.saga.attempt == 1
+
+
+def test_an_undo_confirmed_after_its_deadline_carries_the_escrow_to_its_final_state():
+    refused = decide(ESCROW, start(ESCROW).saga, incoming("buyer.BuyerRefused"), NOW).saga
+    later = NOW + timedelta(hours=1)
+    gave_up = decide(ESCROW, refused, incoming(DEADLINE, state="refused_undo_1"), later)
+    assert (gave_up.saga.state, gave_up.saga.status) == ("refused_failed", Status.FAILED)
+
+    late = decide(ESCROW, gave_up.saga, incoming("seller.DocumentsVoided", "m-late"), later)
+
+    assert late.outcome is Outcome.MOVED
+    assert (late.saga.state, late.saga.status) == ("refused", Status.COMPENSATED)
 
 
 @dataclass(frozen=True)
@@ -569,6 +605,8 @@ def _run(compiled: CompiledWorkflow, events: Sequence[tuple[str, timedelta]]) ->
                 ("buyer.BuyerSigned", timedelta(hours=2)),  # applies the parked one
                 ("buyer.BuyerSigned", timedelta(hours=3)),  # ignored
                 (DEADLINE, timedelta(days=1, hours=2)),
+                ("bank.FundsReturned", timedelta(days=1, hours=3)),
+                ("seller.DocumentsVoided", timedelta(days=1, hours=4)),
             ],
         ),
     ],

@@ -17,8 +17,10 @@ from orchestrator.examples import escrow
 from orchestrator.examples.contracts import (
     BuyerRefused,
     BuyerSigned,
+    DocumentsVoided,
     EscrowOpened,
     FundsReceived,
+    FundsReturned,
     SellerSigned,
 )
 from orchestrator.machine import DEFAULT_MAX_PARKED, CompiledWorkflow
@@ -149,7 +151,10 @@ def test_parked_events_are_dropped_when_the_saga_closes():
     compiled = CompiledWorkflow(escrow)
     saga = park(compiled, opened_saga(compiled), 2)
 
-    decision = decide(compiled, saga, event(BuyerRefused("e-1", "no"), "m-refused"), NOW)
+    refused = decide(compiled, saga, event(BuyerRefused("e-1", "no"), "m-refused"), NOW).saga
+    assert (refused.state, len(refused.parked)) == ("refused_undo_1", 2)  # still undoing: kept
+
+    decision = decide(compiled, refused, event(DocumentsVoided("e-1"), "m-voided"), NOW)
 
     assert (decision.saga.state, decision.saga.status) == ("refused", Status.COMPENSATED)
     assert decision.saga.parked == ()
@@ -166,7 +171,11 @@ def test_parked_events_are_dropped_when_a_deadline_closes_the_saga():
         DEADLINE, "deadline:1", {"state": "awaiting_buyer", "due_at": due.isoformat()}, "deadline"
     )
 
-    decision = decide(compiled, saga, fired, due)
+    returning = decide(compiled, saga, fired, due).saga
+    assert (returning.state, returning.status) == ("expired_undo_1", Status.COMPENSATING)
+    voiding = decide(compiled, returning, event(FundsReturned("e-1"), "m-returned"), due).saga
+
+    decision = decide(compiled, voiding, event(DocumentsVoided("e-1"), "m-voided"), due)
 
     assert (decision.saga.state, decision.saga.status) == ("expired", Status.COMPENSATED)
     assert (decision.saga.parked, decision.dropped_parked) == ((), ("m-seller-0",))
@@ -234,10 +243,11 @@ def test_replay_gives_back_a_saga_that_dropped_its_parked_events():
     compiled = CompiledWorkflow(escrow, max_parked=2)
     opening = Incoming(EscrowOpened.TYPE, "m-open", OPENED)
     refused = event(BuyerRefused("e-1", "no"), "m-refused")
+    voided = event(DocumentsVoided("e-1"), "m-voided")
 
-    row, entries = _journal(compiled, [opening, *_sellers(3), refused])  # the third is refused
+    row, entries = _journal(compiled, [opening, *_sellers(3), refused, voided])  # the third is refused
 
-    assert (row.state, row.parked, row.version) == ("refused", (), 4)
+    assert (row.state, row.parked, row.version) == ("refused", (), 5)
     assert entries[-1].decision["dropped_parked"] == ["m-seller-0", "m-seller-1"]
     assert differences(row, replay(compiled, entries)) == []
 
@@ -337,6 +347,7 @@ def test_kit_dead_letters_past_the_cap_and_replay_still_matches(kit):
     kit.publish(EscrowOpened("e-1", "b-1", "s-1", 90_000))
     results = [kit.publish(SellerSigned("e-1"), message_id=f"m-seller-{i}") for i in range(3)]
     kit.publish(BuyerRefused("e-1", "no"))
+    kit.publish(DocumentsVoided("e-1"))
 
     assert [r.verdicts for r in results] == [[Verdict.ACCEPTED], [Verdict.ACCEPTED], [Verdict.DEAD]]
     assert [reason for _, reason in kit.dead] == [

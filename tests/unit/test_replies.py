@@ -5,29 +5,30 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import orjson
 import pytest
 
-from orchestrator.definitions import DefinitionError, Retry, Status, Workflow
+from orchestrator.definitions import DefinitionError, Retry, Undo, Workflow
 from orchestrator.engine import Outcome, OutgoingCommand, saga_id_for
-from orchestrator.examples import WORKFLOWS
+from orchestrator.examples import WORKFLOWS, escrow
 from orchestrator.examples.contracts import (
     BuyerRefused,
     BuyerSigned,
+    DocumentsVoided,
     EscrowOpened,
     FundsReceived,
+    FundsReturned,
     Line,
     OrderPlaced,
     ReturnFunds,
     SellerSigned,
     StockReserved,
+    VoidDocuments,
 )
 from orchestrator.ingress import Reason
-from orchestrator.messages import Event
 from orchestrator.service import Envelope, Verdict
 from orchestrator.testing import WorkflowTestKit
 
@@ -59,22 +60,28 @@ def sent(kit: WorkflowTestKit, type_: str) -> OutgoingCommand:
 
 
 # item 4: replies nobody waits for ----------------------------------------------------------------------
-def test_a_reply_to_a_final_state_s_compensation_is_journaled_not_dead_lettered(kit):
+def test_a_final_state_s_undo_waits_for_its_reply_and_a_second_reply_is_journaled(kit):
     kit.publish(EscrowOpened("e-1", "b-1", "s-1", 90_000))
     kit.publish(BuyerRefused("e-1", "no"), correlation_id=E1)
-    saga = kit.saga("e-1", "escrow")
-    assert (saga.state, saga.status) == ("refused", "compensated")
+    assert (kit.saga("e-1", "escrow").state, kit.saga("e-1", "escrow").status) == (
+        "refused_undo_1",
+        "compensating",
+    )
     void = sent(kit, "seller.VoidDocuments")
 
-    result = reply_to(kit, void, "seller.DocumentsVoided")
+    confirmed = reply_to(kit, void, "seller.DocumentsVoided")
+    assert confirmed.verdicts == [Verdict.ACCEPTED]
+    assert (kit.saga("e-1", "escrow").state, kit.saga("e-1", "escrow").status) == ("refused", "compensated")
+    # the participant answered a re-sent VoidDocuments a second time, under a reply id of its own
+    again = reply_to(kit, void, "seller.DocumentsVoided", message_id="m-second-answer")
 
-    assert result.verdicts == [Verdict.ACCEPTED]
+    assert again.verdicts == [Verdict.ACCEPTED]
     assert kit.dead == [] and kit.store.dead_letters == []
     last = kit.journal(kit.saga("e-1", "escrow"))[-1]
-    assert last.message.type == "seller.DocumentsVoided"
+    assert last.message.message_id == "m-second-answer"
     assert last.decision["outcome"] == "ignored"
     assert last.decision["reason"] == "saga is already compensated"
-    assert kit.store.inbox[last.message.message_id] == E1  # taken: the inbox remembers its id
+    assert kit.store.inbox["m-second-answer"] == E1  # taken: the inbox remembers its id
     assert kit.replay_differences(kit.saga("e-1", "escrow")) == []
 
 
@@ -109,14 +116,14 @@ def test_a_reply_nobody_waits_for_in_a_running_saga_is_ignored_not_parked_nor_fa
     kit.publish(EscrowOpened("e-1", "b-1", "s-1", 90_000))
     before = kit.saga("e-1", "escrow")
 
-    result = kit.deliver(raw("bank.FundsReturned", {"escrow_id": "e-1"}, E1))
+    result = kit.deliver(raw("bank.FundsReleased", {"escrow_id": "e-1"}, E1))
 
     after = kit.saga("e-1", "escrow")
     assert result.verdicts == [Verdict.ACCEPTED]
     assert [d.outcome for d in result.decisions] == [Outcome.IGNORED]
     assert (
         result.decisions[0].reason
-        == "bank.FundsReturned is not an event of workflow escrow: nothing waits for it"
+        == "bank.FundsReleased is not an event of workflow escrow: nothing waits for it"
     )
     assert (after.state, after.status, after.parked, after.version) == (
         before.state,
@@ -127,8 +134,8 @@ def test_a_reply_nobody_waits_for_in_a_running_saga_is_ignored_not_parked_nor_fa
 
 
 def test_an_unknown_type_without_a_saga_of_ours_is_still_dead_lettered(kit):
-    uncorrelated = kit.deliver(raw("seller.DocumentsVoided", {"escrow_id": "e-1"}))
-    unknown_saga = kit.deliver(raw("seller.DocumentsVoided", {"escrow_id": "e-1"}, "no-such-saga"))
+    uncorrelated = kit.deliver(raw("bank.FundsReleased", {"escrow_id": "e-1"}))
+    unknown_saga = kit.deliver(raw("bank.FundsReleased", {"escrow_id": "e-1"}, "no-such-saga"))
 
     assert uncorrelated.verdicts == unknown_saga.verdicts == [Verdict.DEAD]
     assert [r.reason if r else None for r in uncorrelated.refusals + unknown_saga.refusals] == [
@@ -178,54 +185,62 @@ def test_a_reply_without_correlation_id_is_matched_by_its_key(kit):
 
 
 # item 4: a final state's undo with a deadline and a retry ---------------------------------------------
-@dataclass(frozen=True)
-class FundsReturned(Event):
-    TYPE = "bank.FundsReturned"
-    escrow_id: str
-
-
-def _waiting_undo() -> Workflow:
-    """The escrow's expiry, with ReturnFunds waited for: sent again every minute, failed after an hour."""
-    workflow = Workflow("patient", starts_on=EscrowOpened, key="escrow_id")
-    workflow.state("awaiting_buyer", deadline=timedelta(days=3), on_deadline="returning")
-    workflow.state(
-        "returning",
-        status=Status.COMPENSATING,
-        send=ReturnFunds,
-        deadline=timedelta(hours=1),
-        on_deadline="failed",
-        retry=Retry(every=timedelta(minutes=1), backoff=1),
-    )
-    workflow.state("expired", final=True, status=Status.COMPENSATED)
-    workflow.state("failed", final=True, status=Status.FAILED)
-    workflow.state("closed", final=True)
-    workflow.on(BuyerSigned, source="awaiting_buyer", dest="closed")
-    workflow.on(FundsReturned, source="returning", dest="expired")
-    return workflow
-
-
-def test_a_final_state_refuses_a_retry_and_says_how_to_wait_instead():
-    with pytest.raises(DefinitionError, match="status=COMPENSATING"):
+def test_a_final_state_refuses_a_retry_and_says_to_declare_an_undo():
+    with pytest.raises(DefinitionError, match="Undo"):
         Workflow("w", starts_on=EscrowOpened, key="escrow_id").state(
             "expired", final=True, compensate=[ReturnFunds], retry=Retry(every=timedelta(minutes=1))
         )
 
 
-def test_an_undo_sent_from_a_compensating_state_is_retried_until_its_reply():
-    kit = WorkflowTestKit(_waiting_undo())
+def test_undo_and_a_fire_and_forget_command_do_not_mix():
+    with pytest.raises(DefinitionError, match="every command is an Undo or none is"):
+        Workflow("w", starts_on=EscrowOpened, key="escrow_id").state(
+            "expired", final=True, compensate=[Undo(ReturnFunds, done=FundsReturned), VoidDocuments]
+        )
+
+
+def test_a_final_state_s_undo_is_retried_with_the_same_id_until_its_reply():
+    kit = WorkflowTestKit(escrow)
     try:
         kit.publish(EscrowOpened("e-1", "b-1", "s-1", 90_000))
+        kit.take_sent()
         kit.advance(timedelta(days=3))
         first = kit.take_sent()
         assert [c.type for c in first] == ["bank.ReturnFunds"]
         assert kit.saga("e-1").status == "compensating"
 
-        kit.advance(timedelta(minutes=2))
+        kit.advance(timedelta(seconds=35))  # resent after 10 s and 20 s more
         resent = kit.take_sent()
         assert [c.message_id for c in resent] == [first[0].message_id] * 2  # same id: deduped
 
         kit.reply(first[0], FundsReturned("e-1"))
+        void = kit.take_sent()
+        assert [c.type for c in void] == ["seller.VoidDocuments"]
+        kit.reply(void[0], DocumentsVoided("e-1"))
         assert (kit.saga("e-1").state, kit.saga("e-1").status) == ("expired", "compensated")
+        assert kit.replay_differences(kit.saga("e-1")) == []
+    finally:
+        kit.close()
+
+
+def test_a_final_state_s_undo_not_confirmed_by_its_deadline_fails_the_saga_and_resume_resends_it():
+    kit = WorkflowTestKit(escrow)
+    try:
+        kit.publish(EscrowOpened("e-1", "b-1", "s-1", 90_000))
+        kit.publish(BuyerRefused("e-1", "no"))
+        void = next(c for c in kit.take_sent() if c.type == "seller.VoidDocuments")
+
+        kit.advance(timedelta(hours=1, seconds=1))
+        saga = kit.saga("e-1")
+        assert (saga.state, saga.status) == ("refused_failed", "failed")
+        assert saga.last_error == "no reply in refused_undo_1 before its deadline"
+        kit.take_sent()
+
+        kit.act(saga, "resume")  # by default into the undo it gave up on, the same command again
+        again = kit.take_sent()
+        assert [(c.type, c.message_id) for c in again] == [(void.type, void.message_id)]
+        kit.reply(void, DocumentsVoided("e-1"))
+        assert (kit.saga("e-1").state, kit.saga("e-1").status) == ("refused", "compensated")
         assert kit.replay_differences(kit.saga("e-1")) == []
     finally:
         kit.close()

@@ -227,4 +227,6 @@ def test_by_type_indexes_every_event_each_workflow_takes():
         "seller.SellerSigned": ["escrow"],
         "bank.FundsReceived": ["escrow"],
         "bank.FundsDeclined": ["escrow"],
+        "bank.FundsReturned": ["escrow"],
+        "seller.DocumentsVoided": ["escrow"],
     }

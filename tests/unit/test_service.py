@@ -18,8 +18,10 @@ from orchestrator.examples.contracts import (
     BuyerRefused,
     BuyerSigned,
     ChargePayment,
+    DocumentsVoided,
     EscrowOpened,
     FundsReceived,
+    FundsReturned,
     Line,
     OrderPlaced,
     OrderShipped,
@@ -376,8 +378,8 @@ async def test_parking_keeps_the_deadline_running(store):
     fired = await fire_due_deadlines(REGISTRY, store, NOW + timedelta(days=3))
 
     (decision,) = fired.decisions
-    assert (decision.saga.state, decision.saga.version) == ("expired", 3)
-    assert [c.type for c in fired.commands] == ["bank.ReturnFunds", "seller.VoidDocuments"]
+    assert (decision.saga.state, decision.saga.version) == ("expired_undo_1", 3)
+    assert [c.type for c in fired.commands] == ["bank.ReturnFunds"]
 
 
 # the test kit -----------------------------------------------------------------------------------------
@@ -486,11 +488,16 @@ def test_kit_replay_gives_back_every_saga_after_a_mixed_scenario(kit):
     kit.publish(SellerSigned("e-3"))
     # e-4: the buyer refuses.
     kit.publish(BuyerRefused("e-4", "no"))
+    kit.publish(DocumentsVoided("e-4"))
     # poison on the way
     kit.publish(StockReserved("o-404", "r"))
     kit.deliver(Envelope(b"not json", "orders.OrderPlaced", "m-garbage"))
 
-    kit.advance(timedelta(days=4))  # o-3 reserve, o-5 charge, e-2 and e-3 deadlines
+    kit.advance(timedelta(days=3, minutes=1))  # o-3 reserve, o-5 charge, e-2 and e-3 deadlines
+    for escrow_id in ("e-2", "e-3"):  # each undo confirmed in turn
+        kit.publish(FundsReturned(escrow_id))
+        kit.publish(DocumentsVoided(escrow_id))
+    kit.advance(timedelta(days=1))
     kit.publish(StockReleased("o-5"))
 
     outcomes = {
@@ -509,11 +516,11 @@ def test_kit_replay_gives_back_every_saga_after_a_mixed_scenario(kit):
     }
     assert len(kit.dead) == 2
     [closing] = [e for e in kit.journal(kit.saga("e-3", "escrow")) if e.decision["dropped_parked"]]
-    assert (closing.message.kind, closing.decision["to"]) == ("deadline", "expired")
+    assert (closing.message.kind, closing.decision["to"]) == ("event", "expired")  # the last undo confirmed
     journal_kinds = {e.message.kind for s in kit.store.sagas.values() for e in kit.journal(s)}
-    assert journal_kinds == {"event", "deadline"}
+    assert journal_kinds == {"event", "deadline", "retry"}  # the undos were re-sent meanwhile
     outcomes_seen = {e.decision["outcome"] for s in kit.store.sagas.values() for e in kit.journal(s)}
-    assert outcomes_seen == {"started", "moved", "parked", "ignored"}
+    assert outcomes_seen == {"started", "moved", "parked", "ignored", "retried"}
 
     for saga in kit.store.sagas.values():
         assert kit.replay_differences(saga) == [], saga.key
