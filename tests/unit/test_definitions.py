@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.definitions import CANCEL, DEADLINE, IGNORE, DefinitionError, Status, Workflow
+from orchestrator.definitions import CANCEL, DEADLINE, IGNORE, DefinitionError, Status, Undo, Workflow
 from orchestrator.engine import Incoming, Outcome, decide
 from orchestrator.machine import CompiledWorkflow
 from orchestrator.messages import Command, Event
@@ -529,3 +529,59 @@ def test_a_message_class_builder_missing_data_fails_the_saga():
     assert decision.saga.last_error is not None
     assert decision.saga.last_error.startswith("InvalidPayload: hotels.BookHotel does not fit its schema")
     assert "city" in decision.saga.last_error
+
+
+# a final state's Undo -------------------------------------------------------------------------------
+def _cancelling(first: str = "final") -> Workflow:
+    """A trip whose ``cancelled`` state undoes the flight, declared before or after the others."""
+    trip = Workflow("undoing", starts_on=TripRequested, key="trip_id")
+    undo = Undo(CancelFlight, done=FlightCancelled, deadline=timedelta(minutes=5))
+    if first == "final":
+        trip.state("cancelled", final=True, compensate=[undo])
+    trip.state("booking", send=BookFlight, deadline=timedelta(minutes=1), on_deadline="cancelled")
+    if first != "final":
+        trip.state("cancelled", final=True, compensate=[undo])
+    trip.state("booked", final=True)
+    trip.on(FlightBooked, source="booking", dest="booked")
+    return trip
+
+
+@pytest.mark.parametrize("first", ["final", "waiting"])
+def test_an_undo_chain_is_entered_by_every_move_into_its_final_state_and_is_never_initial(first):
+    trip = _cancelling(first)
+
+    assert trip.initial == "booking"
+    assert trip.states["booking"].on_deadline == "cancelled_undo_1"
+    assert trip.rule_for("booking", DEADLINE).dest == "cancelled_undo_1"  # type: ignore[union-attr]
+    assert trip.rule_for("cancelled_undo_1", FlightCancelled.TYPE).dest == "cancelled"  # type: ignore[union-attr]
+    assert trip.rule_for("cancelled_undo_1", DEADLINE).dest == "cancelled_failed"  # type: ignore[union-attr]
+    assert (trip.states["cancelled_undo_1"].status, trip.states["cancelled_failed"].status) == (
+        Status.COMPENSATING,
+        Status.FAILED,
+    )
+    CompiledWorkflow(trip)
+
+
+def test_a_move_declared_after_the_final_state_enters_its_undo_chain_too():
+    trip = _cancelling()
+    trip.state("paused", deadline=timedelta(hours=1), on_deadline="cancelled", on_cancel="cancelled")
+    trip.on(FlightBooked, source="paused", dest="cancelled")
+
+    assert trip.rule_for("paused", FlightBooked.TYPE).dest == "cancelled_undo_1"  # type: ignore[union-attr]
+    assert trip.rule_for("paused", CANCEL).dest == "cancelled_undo_1"  # type: ignore[union-attr]
+    assert trip.states["paused"].on_deadline == "cancelled_undo_1"
+
+
+def test_an_undo_chain_needs_its_names_free():
+    trip = Workflow("undoing", starts_on=TripRequested, key="trip_id")
+    trip.state("cancelled_failed", final=True, status=Status.FAILED)
+
+    with pytest.raises(DefinitionError, match="'cancelled_failed' is declared"):
+        trip.state("cancelled", final=True, compensate=[Undo(CancelFlight, done=FlightCancelled)])
+
+
+def test_undo_belongs_to_a_final_state():
+    with pytest.raises(DefinitionError, match="Undo belongs in compensate= of a final state"):
+        Workflow("w", starts_on=TripRequested, key="trip_id").state(
+            "undoing", compensate=[Undo(CancelFlight, done=FlightCancelled)]
+        )
