@@ -598,6 +598,7 @@ def _operate(
             compiled, saga, previous, step, who, now, merge_all, new_attempt=bool(args.get("new_attempt"))
         )
     given_up = _given_up(compiled, saga) if action == "skip" and not before_operators else None
+    as_it_was = saga  # a skip that fails to move leaves the saga failed where it failed
     if given_up is not None:
         # The compensation the saga gave up on at its deadline: an operator who knows how it
         # ended takes that as its outcome, as its late reply would be taken.
@@ -665,7 +666,7 @@ def _operate(
         draft.move(trigger, data, failure=who)
         draft.apply_parked()
     except Exception as error:  # a user's command builder raised
-        return _failed(saga, previous, error, now)
+        return _failed(as_it_was, previous, error, now)
     return _decision(draft, Outcome.MOVED, previous, who)
 
 

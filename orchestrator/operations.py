@@ -26,6 +26,7 @@ from orchestrator.engine import (
     decide,
     saga_id_for,
 )
+from orchestrator.ingress import check_json
 from orchestrator.messages import InvalidPayload, dump, load
 from orchestrator.routing import Registry
 from orchestrator.store import Changes, Store
@@ -193,6 +194,10 @@ def _check_outcome_data(workflow: Workflow, saga: Saga, action: OperatorAction) 
     try:
         read = dump(load(event, {**action.data, **({key_field: saga.key} if carries_key else {})}))
     except InvalidPayload as error:
+        raise BadRequest(f"data does not fit {event.TYPE}: {error}") from None
+    try:  # the schema may read text into a value nothing can store ("1" * 25 for an int)
+        check_json(read, "data")
+    except ValueError as error:
         raise BadRequest(f"data does not fit {event.TYPE}: {error}") from None
     # The rule every reply obeys: the start event's fields stay as they started unless the
     # workflow lets this event update them. An operator is told, not silently ignored.

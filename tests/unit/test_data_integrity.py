@@ -290,6 +290,20 @@ def test_skip_may_change_a_field_its_outcome_updates() -> None:
         kit.close()
 
 
+def test_skip_data_the_schema_reads_into_an_unstorable_value_is_a_bad_request() -> None:
+    kit = WorkflowTestKit(_hotel(updates=("rate_cents",)).workflow)  # type: ignore[attr-defined]
+    try:
+        kit.publish(Booked("b-1", 3, 100))
+        saga = kit.saga("b-1")
+
+        with pytest.raises(BadRequest, match="data.rate_cents is an integer beyond 64 bits"):
+            kit.act(saga, "skip", outcome="hotel.Quoted", data={"nights": 3, "rate_cents": "1" * 25})
+
+        assert kit.saga("b-1").version == saga.version
+    finally:
+        kit.close()
+
+
 # 2. one rule for JSON types on both paths ---------------------------------------------------------
 def test_start_data_is_the_event_as_its_schema_reads_it_over_amqp_and_rest() -> None:
     kit = WorkflowTestKit(_hotel().workflow)  # type: ignore[attr-defined]

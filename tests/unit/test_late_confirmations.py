@@ -289,3 +289,62 @@ def test_after_a_late_failure_of_the_compensation_resume_sends_it_anew(kit):
     (again,) = applied.commands
     assert again.type == cancel.type and again.message_id != cancel.message_id
     assert kit.replay_differences(applied.saga) == []
+
+
+# a skip whose move fails leaves the saga where it failed ------------------------------------------------
+@dataclass(frozen=True)
+class CardRefunded(Event):
+    TYPE = "cards.CardRefunded"
+    trip_id: str
+
+
+@saga(starts_on=TripRequested, key="trip_id", name="brittle")
+class BrittleTripSaga:
+    """The flight's cancel cannot be built: reached after the card's refund, the saga fails."""
+
+    @step(done=FlightBooked)
+    def flight(self, trip: TripRequested) -> BookFlight:
+        return BookFlight(trip.trip_id)
+
+    @flight.compensate(done=FlightCancelled)
+    def cancel_flight(self, trip: TripRequested) -> CancelFlight:
+        raise RuntimeError("the flight desk is closed")
+
+    @step(done=CardCharged)
+    def charge(self, trip: TripRequested) -> ChargeCard:
+        return ChargeCard(trip.trip_id)
+
+    @charge.compensate(done=CardRefunded, deadline=timedelta(minutes=1))
+    def refund(self, trip: TripRequested) -> RefundCard:
+        return RefundCard(trip.trip_id)
+
+    @step(done=FlightBooked, deadline=timedelta(minutes=1))
+    def confirm(self, trip: TripRequested) -> BookFlight:
+        return BookFlight(trip.trip_id)
+
+
+def test_a_skip_on_a_given_up_compensation_whose_move_fails_leaves_the_saga_where_it_was() -> None:
+    kit = WorkflowTestKit(BrittleTripSaga.workflow)  # type: ignore[attr-defined]
+    try:
+        kit.publish(TripRequested("t-1", "Oslo"))
+        kit.reply(kit.take_sent()[0], FlightBooked("t-1"))
+        kit.reply(kit.take_sent()[0], CardCharged("t-1"))
+        kit.advance(timedelta(minutes=1, seconds=1))  # confirm times out: refund is sent
+        kit.advance(timedelta(minutes=1, seconds=1))  # and not confirmed: the saga failed
+        failed = kit.saga("t-1")
+        assert (failed.state, failed.status, failed.timed_out) == (
+            "failed",
+            Status.FAILED,
+            ("compensating_charge",),
+        )
+
+        applied = kit.act(failed, "skip", outcome="cards.CardRefunded", reason="refunded by hand")
+
+        after = applied.saga
+        assert [d.outcome for d in applied.decisions] == [Outcome.FAILED]
+        assert (after.state, after.status) == ("failed", Status.FAILED)  # not inside the compensation
+        assert after.timed_out == failed.timed_out  # so resume still starts in compensating_charge
+        assert after.last_error == "RuntimeError: the flight desk is closed"
+        assert kit.replay_differences(after) == []
+    finally:
+        kit.close()
