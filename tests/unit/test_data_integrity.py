@@ -296,7 +296,7 @@ def test_skip_data_the_schema_reads_into_an_unstorable_value_is_a_bad_request() 
         kit.publish(Booked("b-1", 3, 100))
         saga = kit.saga("b-1")
 
-        with pytest.raises(BadRequest, match="data.rate_cents is an integer beyond 64 bits"):
+        with pytest.raises(BadRequest, match=r"data\.rate_cents is an integer beyond 64 bits"):
             kit.act(saga, "skip", outcome="hotel.Quoted", data={"nights": 3, "rate_cents": "1" * 25})
 
         assert kit.saga("b-1").version == saga.version
