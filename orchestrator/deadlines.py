@@ -116,7 +116,7 @@ class DeadlineAlarm:
                     if not result.decisions:
                         break
                 self.armed_for = None
-                upcoming = await self.store.next_deadline()
+                upcoming = await self.store.next_deadline(self.registry.workflows.keys())
                 if upcoming is not None:
                     self._arm(upcoming)
                 self.failures = 0

@@ -188,7 +188,7 @@ async def fire_due_deadlines(
     result = BatchResult()
     changes = Changes()
     async with store.transaction() as tx:
-        current, due = await tx.claim_due(now, limit)
+        current, due = await tx.claim_due(now, limit, registry.workflows.keys())
         if not due:
             return result
         for deadline in due:
@@ -197,8 +197,10 @@ async def fire_due_deadlines(
             if pending is not None and pending[1] > deadline.version:
                 continue  # set anew (or cancelled) by this sweep's own decision: that write stands
             saga = current.get(deadline.saga_id)
-            stale = saga is None or saga.finished or saga.state != deadline.state
             compiled = registry.workflows.get(saga.workflow) if saga is not None else None
+            if saga is not None and compiled is None:
+                continue  # not a workflow of this process (claim_due leaves those): never removed
+            stale = saga is None or saga.finished or saga.state != deadline.state
             if stale or compiled is None or saga is None:
                 changes.deadlines[timer] = (None, deadline.version)
                 continue

@@ -6,7 +6,7 @@ Adapters: :mod:`orchestrator.store_postgres` (the product) and :mod:`orchestrato
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -88,8 +88,11 @@ class Transaction(Protocol):
         exist among ``saga_ids``, locked until the transaction ends, and which of
         ``message_ids`` were taken already (the inbox)."""
 
-    async def claim_due(self, now: datetime, limit: int) -> tuple[dict[str, Saga], list[DueDeadline]]:
-        """The timers due by ``now`` of at most ``limit`` sagas, earliest first, with those sagas.
+    async def claim_due(
+        self, now: datetime, limit: int, workflows: Collection[str] | None = None
+    ) -> tuple[dict[str, Saga], list[DueDeadline]]:
+        """The timers due by ``now`` of at most ``limit`` sagas, earliest first, with those sagas;
+        only sagas of ``workflows`` when given (a process takes only the timers it can decide).
 
         The sagas are locked first, in id order, as :meth:`read_batch` locks them, and the timer
         rows read after that, so the sweep sees what a batch committed meanwhile and takes locks in
@@ -114,8 +117,9 @@ class Store(Protocol):
 
     async def saga_ids(self, workflow: str | None = None) -> list[str]: ...
 
-    async def next_deadline(self) -> datetime | None:
-        """When the earliest pending deadline falls due, to set the alarm."""
+    async def next_deadline(self, workflows: Collection[str] | None = None) -> datetime | None:
+        """When the earliest pending deadline (of a saga of ``workflows``, when given) falls due,
+        to set the alarm."""
 
     async def unsent(self, limit: int, older_than: datetime | None = None) -> list[OutgoingCommand]:
         """Outbox rows not yet confirmed by the broker, oldest first."""

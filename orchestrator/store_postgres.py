@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import orjson
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.engine import Row, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -274,17 +274,23 @@ class _PostgresTransaction:
                 seen.add(row["seen"])
         return current, seen
 
-    async def claim_due(self, now: datetime, limit: int) -> tuple[dict[str, Saga], list[DueDeadline]]:
+    async def claim_due(
+        self, now: datetime, limit: int, workflows: Collection[str] | None = None
+    ) -> tuple[dict[str, Saga], list[DueDeadline]]:
         # Which sagas have timers due: read without locking anything. Then the sagas, locked in
         # id order as a batch locks them; then their timer rows, read anew after the locks (a
         # batch that held a saga may have moved or removed its timers meanwhile). Every writer of
         # a saga's timer rows holds the saga's lock, so this order (sagas, then timers) is the
         # only one, and a second replica's sweep waits for the sagas and then finds their rows gone.
+        # Only sagas of ``workflows`` (those this process can decide; a timer of a saga that does
+        # not exist is taken too, to be removed): another process's timers are left to it.
         ids = await self.connection.fetch(
-            "SELECT saga_id FROM deadlines WHERE due_at <= $1"
-            " GROUP BY saga_id ORDER BY min(due_at), saga_id LIMIT $2",
+            "SELECT d.saga_id FROM deadlines d LEFT JOIN sagas s ON s.id = d.saga_id"
+            " WHERE d.due_at <= $1 AND (s.id IS NULL OR $3::text[] IS NULL OR s.workflow = ANY($3::text[]))"
+            " GROUP BY d.saga_id ORDER BY min(d.due_at), d.saga_id LIMIT $2",
             now,
             limit,
+            None if workflows is None else list(workflows),
         )
         if not ids:
             return {}, []
@@ -420,9 +426,14 @@ class PostgresStore:
         async with self.engine.connect() as connection:
             return list((await connection.execute(query)).scalars())
 
-    async def next_deadline(self) -> datetime | None:
+    async def next_deadline(self, workflows: Collection[str] | None = None) -> datetime | None:
+        query = select(func.min(deadlines.c.due_at))
+        if workflows is not None:
+            query = query.select_from(deadlines.outerjoin(sagas, sagas.c.id == deadlines.c.saga_id)).where(
+                or_(sagas.c.id.is_(None), sagas.c.workflow.in_(list(workflows)))
+            )
         async with self.engine.connect() as connection:
-            return (await connection.execute(select(func.min(deadlines.c.due_at)))).scalar()  # type: ignore[no-any-return]
+            return (await connection.execute(query)).scalar()  # type: ignore[no-any-return]
 
     async def unsent(self, limit: int, older_than: datetime | None = None) -> list[OutgoingCommand]:
         query = select(outbox).order_by(outbox.c.created_at).limit(limit)

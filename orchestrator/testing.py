@@ -98,7 +98,7 @@ class WorkflowTestKit:
         target = self.now + by
         fired = []
         while True:
-            due = self._loop.run_until_complete(self.store.next_deadline())
+            due = self._loop.run_until_complete(self.store.next_deadline(self.registry.workflows.keys()))
             if due is None or due > target:
                 break
             self.now = max(self.now, due)

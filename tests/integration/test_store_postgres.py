@@ -15,7 +15,7 @@ import pytest
 
 from orchestrator.engine import Deadline, saga_id_for
 from orchestrator.examples import WORKFLOWS
-from orchestrator.examples.contracts import Line, OrderPlaced, PaymentCharged, StockReserved
+from orchestrator.examples.contracts import EscrowOpened, Line, OrderPlaced, PaymentCharged, StockReserved
 from orchestrator.messages import Message, dump
 from orchestrator.replay import differences, replay
 from orchestrator.routing import Registry
@@ -142,6 +142,34 @@ async def test_a_stale_retry_in_the_same_sweep_keeps_the_retry_its_deadline_set(
             again = await fire_due_deadlines(registry, store, NOW + timedelta(seconds=11))
             resent = [(c.type, c.message_id) for c in again.commands if c.saga_id == saga_id]
             assert resent == [(release.type, release.message_id)]
+    finally:
+        await postgres.close()
+
+
+async def test_a_process_leaves_the_timers_of_a_workflow_it_does_not_load(timers_database: str) -> None:
+    """Two deployments on one database (or a rolling upgrade): a sweep of a process without the
+    escrow neither fires nor removes an escrow's timers, nor sets its alarm for them."""
+    without_escrow = Registry([w for w in WORKFLOWS if w.name != "escrow"])
+    postgres = PostgresStore.from_url(timers_database, pool_size=2)
+    memory = MemoryStore()
+    try:
+        for store in (postgres, memory):
+            key = f"e-{uuid.uuid4().hex[:12]}"
+            saga_id = saga_id_for("escrow", key)
+            opened = EscrowOpened(key, "b-1", "s-1", 1000)
+            await process_batch(REGISTRY, store, [_event(opened, f"opened-{key}")], NOW)
+            later = NOW + timedelta(days=400)  # past every timer any test of this module set
+            set_before = await _timers(store, saga_id)
+            assert [kind for kind, *_ in set_before] == ["deadline"]
+
+            swept = await fire_due_deadlines(without_escrow, store, later)
+
+            assert saga_id not in {d.saga.id for d in swept.decisions}
+            assert await _timers(store, saga_id) == set_before
+            assert await store.next_deadline(["order"]) != set_before[0][3]
+            assert await store.next_deadline(["escrow"]) <= set_before[0][3]  # type: ignore[operator]
+            fired = await fire_due_deadlines(REGISTRY, store, later)
+            assert saga_id in {d.saga.id for d in fired.decisions}  # the process that has it fires it
     finally:
         await postgres.close()
 

@@ -104,8 +104,8 @@ class _Transaction:
     async def read_batch(self, saga_ids: Iterable[str], message_ids: Iterable[str]) -> Any:
         return await self.inner.read_batch(saga_ids, message_ids)
 
-    async def claim_due(self, now: datetime, limit: int) -> list[DueDeadline]:
-        return await self.inner.claim_due(now, limit)  # type: ignore[no-any-return]
+    async def claim_due(self, now: datetime, limit: int, workflows: Any = None) -> list[DueDeadline]:
+        return await self.inner.claim_due(now, limit, workflows)  # type: ignore[no-any-return]
 
     async def save(self, changes: Changes) -> None:
         self.faults.check("save")
