@@ -28,6 +28,7 @@ from orchestrator.amqp_decoding import UndecodableProperties
 from orchestrator.engine import OutgoingCommand
 from orchestrator.ingress import DEFAULT_LIMITS, Envelope, Limits, Reason, Refused, envelope, printable
 from orchestrator.messages import service_of
+from orchestrator.supervisor import Spawn, bounded, lost_connection, unsupervised
 from orchestrator.topology import Topology, declare
 
 __all__ = ["Broker", "Delivery", "QueueConsumer", "Republisher", "Topology", "Unpublishable", "envelope_of"]
@@ -123,8 +124,8 @@ class QueueConsumer:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> asyncio.Task[None]:
-        self._task = asyncio.create_task(self._run(), name=f"consume {self.queue}")
+    def start(self, spawn: Spawn = unsupervised) -> asyncio.Task[None]:
+        self._task = spawn(self.name, self._run)
         return self._task
 
     async def _run(self) -> None:
@@ -279,7 +280,12 @@ class QueueConsumer:
             for delivery, multiple in targets:
                 try:
                     await delivery.channel.basic_ack(delivery.delivery_tag, multiple=multiple)
-                except Exception as error:  # the channel broke: the broker redelivers, the inbox dedupes
+                except (Exception, asyncio.CancelledError) as error:
+                    # The channel broke: the broker redelivers, the inbox dedupes. aiormq says so
+                    # with CancelledError when the connection closed without an error; that one
+                    # must not end the worker (it left a process half-dead: issue 17).
+                    if not isinstance(error, Exception) and not lost_connection(error):
+                        raise
                     log.warning(
                         "%s: could not ack message %s: %s",
                         self.name,
@@ -300,28 +306,31 @@ class QueueConsumer:
             self.bytes_in_hand = 0
             self._all_settled.set()
 
-    async def stop(self) -> None:
-        """Stop taking messages; those in hand stay unacked until settled or the connection closes."""
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Stop taking messages; those in hand stay unacked until settled or the connection closes.
+        With the connection down there is no consumer to cancel: no wait for the broker."""
         self._stopping = True
-        if self._channel is not None and self._consumer_tag is not None:
+        if self.is_connected and self._channel is not None and self._consumer_tag is not None:
             try:
-                await asyncio.wait_for(self._channel.basic_cancel(self._consumer_tag), 5)
-            except Exception as error:  # the channel may be gone already; unacked messages return anyway
-                log.warning("%s: could not cancel the consumer: %s", self.name, error)
-            self._consumer_tag = None
+                await asyncio.wait_for(self._channel.basic_cancel(self._consumer_tag), timeout)
+            except (Exception, asyncio.CancelledError) as error:
+                if not isinstance(error, Exception) and not lost_connection(error):
+                    raise
+                # the channel may be gone already; unacked messages return anyway
+                log.warning("%s: could not cancel the consumer: %s", self.name, error or "timed out")
+        self._consumer_tag = None
 
-    async def close(self) -> None:
+    async def close(self, timeout: float = 5.0) -> None:
         self._stopping = True
         if self._task is not None:
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        await self._close_connection()
+            await asyncio.wait({self._task}, timeout=timeout)
+        await self._close_connection(timeout)
 
-    async def _close_connection(self) -> None:
+    async def _close_connection(self, timeout: float = 5.0) -> None:
         connection, self._connection, self._channel = self._connection, None, None
         if connection is not None and not connection.is_closed:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(connection.close(), 5)
+            await bounded(f"closing {self.name}", connection.close(), timeout, quiet=True)
 
     @property
     def is_connected(self) -> bool:
@@ -403,11 +412,10 @@ class Republisher:
                     f"the broker did not confirm the message: {_said(error)}", unavailable=True
                 ) from None
 
-    async def close(self) -> None:
+    async def close(self, timeout: float = 5.0) -> None:
         channel, self._channel = self._channel, None
         if channel is not None and not channel.is_closed:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(channel.close(), 5)
+            await bounded("closing the republish channel", channel.close(), timeout, quiet=True)
 
 
 def _said(error: BaseException) -> str:
@@ -455,8 +463,8 @@ class Broker:
         await declare(channel, self.topology, services)
         self._publish_channel = channel
 
-    async def start_consuming(self) -> None:
-        self.consumer.start()
+    async def start_consuming(self, spawn: Spawn = unsupervised) -> None:
+        self.consumer.start(spawn)
         await self.consumer.connected.wait()
 
     async def waiting(self) -> int | None:
@@ -475,8 +483,8 @@ class Broker:
         except Exception:  # between reconnects, or the queue is gone: readiness says so elsewhere
             return None
 
-    async def stop_consuming(self) -> None:
-        await self.consumer.stop()
+    async def stop_consuming(self, timeout: float = 5.0) -> None:
+        await self.consumer.stop(timeout)
 
     async def publish_command(self, command: OutgoingCommand) -> None:
         """Persistent, mandatory, confirmed; an unroutable command raises (the outbox keeps it).
@@ -509,11 +517,13 @@ class Broker:
             "broker_publish": publish is not None and not publish.is_closed and publish.connected.is_set(),
         }
 
-    async def close(self) -> None:
-        await self.consumer.close()
-        await self._republisher.close()
+    async def close(self, timeout: float = 5.0) -> None:
+        """Close both connections, each within ``timeout``: with the broker away, aio-pika's
+        robust connection would otherwise wait for it to come back."""
+        await self.consumer.close(timeout)
+        await self._republisher.close(timeout)
         if self._publish_connection is not None:
-            await self._publish_connection.close()
+            await bounded("closing orchestrator-publish", self._publish_connection.close(), timeout)
 
 
 def services_of(command_types: Iterable[str]) -> set[str]:

@@ -9,8 +9,11 @@ event loop, and its starts and actions hand their commands to the same relay.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
+import threading
 import time
 from datetime import UTC, datetime
 
@@ -27,6 +30,7 @@ from orchestrator.server import ApiServer
 from orchestrator.service import BatchResult, Verdict, process_batch
 from orchestrator.settings import Settings
 from orchestrator.store import Store
+from orchestrator.supervisor import Restart, Supervisor, TaskFactory, bounded, parse_injection
 
 __all__ = ["Orchestrator"]
 
@@ -64,12 +68,16 @@ class Orchestrator:
         self.counts = self.metrics.messages_in  # by verdict, for the stop line and the metrics alike
         self.api: ApiServer | None = None
         self._stopping = asyncio.Event()
+        self._stopped = False
+        self._exiting = False
+        self.supervisor = Supervisor(
+            self._fatal, self.metrics.task_restarts, parse_injection(settings.test_fail_task)
+        )
         self._worker: asyncio.Task[None] | None = None
         self._database_trouble: str | None = None
         self._last_commit = time.monotonic()
         #: messages the broker says wait in the queue while none are in hand, and since when
         self._waiting: tuple[int, float] = (0, time.monotonic())
-        self._watcher: asyncio.Task[None] | None = None
         self.metrics.in_hand = lambda: (self.broker.consumer.unsettled, self.broker.consumer.bytes_in_hand)
         self.metrics.stalled = self.stalled
 
@@ -86,63 +94,108 @@ class Orchestrator:
         checks["consumer"] = "ok" if stalled is None else stalled
         return checks
 
+    def _spawn(self, name: str, factory: TaskFactory) -> asyncio.Task[None]:
+        return self.supervisor.spawn(name, factory, _RESTARTABLE.get(name))
+
     async def start(self) -> None:
+        spawn = self._spawn
         await self.broker.connect(services_of(self.registry.command_types()))
-        await self.relay.start()
+        await self.relay.start(spawn)
         await self.deadlines.start()
-        await self.broker.start_consuming()
-        self.drain.start()
-        self._worker = asyncio.create_task(self._work(), name="worker")
-        self._watcher = asyncio.create_task(self._watch_queue(), name="queue-watch")
+        await self.broker.start_consuming(spawn)
+        self.drain.start(spawn)
+        self._worker = spawn("worker", self._work)
+        spawn("queue-watch", self._watch_queue)
         log.info(
             "orchestrator running: workflows %s, namespace %s",
             ", ".join(sorted(self.registry.workflows)),
             self.settings.namespace,
         )
 
-    async def run_until_signalled(self) -> None:
+    async def run_until_signalled(self) -> int:
+        """Serve until SIGTERM or SIGINT (exit code 0), or until a part of the service fails for
+        good (1); a second signal exits at once. The exit code to use."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stopping.set)
-        await self.start()
-        worker = self._worker
-        assert worker is not None
-        watched = {worker}
-        if self.api is not None:
-            watched.add(self.api.start())
+            loop.add_signal_handler(sig, self._signalled, sig)
+        self._exiting = True  # the watchdog set at the stop runs until the process has exited
+        starting = asyncio.ensure_future(self.start())
+        stop = asyncio.ensure_future(self._stopping.wait())
+        await asyncio.wait({starting, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():  # a signal during the start: what started is stopped
+            starting.cancel()
+            await asyncio.wait({starting}, timeout=1.0)
+        elif starting.exception() is not None:
+            stop.cancel()
+            await self.stop()
+            raise starting.exception()  # type: ignore[misc]
+        elif self.api is not None:
+            self.api.start(self._spawn)
             log.info("api listening on %s (OpenAPI at %s/docs)", self.api.url, self.api.url)
-        stop = asyncio.create_task(self._stopping.wait())
-        await asyncio.wait({*watched, stop}, return_when=asyncio.FIRST_COMPLETED)
-        for task in watched:
-            if task.done() and task.exception() is not None:
-                stop.cancel()
-                await self.stop()
-                raise task.exception()  # type: ignore[misc]
+        await stop
         await self.stop()
+        return 1 if self.supervisor.fatal is not None else 0
+
+    def _signalled(self, sig: int) -> None:
+        name = signal.Signals(sig).name
+        if self._stopping.is_set():
+            log.warning("%s again while stopping: exiting at once", name)
+            _exit_now(128 + sig)
+        log.info("%s: stopping within %gs", name, self.settings.shutdown_seconds)
+        self._stopping.set()
+
+    def _fatal(self, reason: str) -> None:
+        self._stopping.set()
 
     async def stop(self) -> None:
-        """Stop taking requests and messages, finish the batch in hand, let the relay send what is
-        committed."""
+        """Stop whole, within ``shutdown_seconds`` whatever the broker and the database are doing:
+        intake off at once (API, consumers, deadline alarm), then the work in hand (the batch,
+        the relay's confirms, the dead letters, the requests) until the bound, then close.
+        Nothing committed is lost by stopping early: the next process finds the outbox and the
+        timers, and the broker redelivers what was not acked."""
+        if self._stopped:
+            return
+        self._stopped = True
         self._stopping.set()
-        if self.api is not None:
-            await self.api.stop()
-        await self.broker.stop_consuming()
-        if self._worker is not None:
-            try:
-                await asyncio.wait_for(self._worker, self.settings.shutdown_seconds)
-            except TimeoutError:  # wait_for cancelled it
-                log.warning("the batch in hand did not finish in time; its messages will be redelivered")
-            except Exception as error:  # it failed earlier; everything else must still be closed
-                log.error("the worker had stopped: %s", error)
-        await self.drain.stop(self.settings.shutdown_seconds)
-        if self._watcher is not None:
-            self._watcher.cancel()
+        self.supervisor.stopping = True
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.settings.shutdown_seconds
+        watchdog = _watchdog(self.settings.shutdown_seconds + _WATCHDOG_MARGIN, 1)
+
+        def left() -> float:
+            return max(0.0, until - loop.time())
+
+        # intake off, at once
         self.deadlines.stop()
-        await self.relay.drain(self.settings.shutdown_seconds)
-        await self.relay.stop()
-        await self.broker.close()
-        await self.store.close()
+        if self.api is not None:
+            self.api.stop_taking()
+        await bounded("cancelling the consumer", self.broker.stop_consuming(), min(left(), 2.0))
+        await bounded("cancelling the dead-letter consumer", self.drain.stop_taking(2.0), min(left(), 2.0))
+        # the work in hand, within what is left of the bound
+        if self._worker is not None and not await bounded(
+            "the batch in hand", asyncio.shield(self._worker), left()
+        ):
+            log.warning("the messages in hand were not settled; the broker will redeliver them")
+        if not await bounded("the relay", self.relay.drain(left()), left() + 0.5) or self.relay.in_flight:
+            log.warning("%d commands not confirmed; the outbox keeps them", len(self.relay.in_flight))
+        await bounded("the dead-letter drain", self.drain.stop(left()), left() + 0.5)
+        if self.api is not None:
+            await bounded("the REST API", self.api.stop(left()), left() + 0.5)
+        await bounded("closing", self._close(), _CLOSE_SECONDS)
         log.info("orchestrator stopped: %s", dict(self.counts))
+        if self.supervisor.fatal is not None:
+            log.error("exiting non-zero: %s", self.supervisor.fatal)
+        if not self._exiting:  # used in a process that goes on (a test, the benchmark)
+            watchdog.cancel()
+
+    async def _close(self) -> None:
+        """What is left once the work in hand is done or out of time: each step briefly."""
+        await bounded("the relay's tasks", self.relay.stop(0.5), 1.0)
+        stuck = await self.supervisor.cancel_all(1.0)
+        if stuck:
+            log.warning("tasks still running at exit: %s", ", ".join(stuck))
+        await bounded("closing the broker connections", self.broker.close(0.5), 1.5)
+        await bounded("closing the database pool", self.store.close(), 1.0)
 
     async def _work(self) -> None:
         consumer, limit = self.broker.consumer, self.settings.batch_size
@@ -286,6 +339,37 @@ class Orchestrator:
             extra={"message_id": envelope.message_id},
         )
         return await self._commit([envelope.refuse(refused)], arrived, split=True)
+
+
+#: the tasks that hold nothing in hand, so that starting them again after an unexpected end is
+#: safe; any other task's end stops the service (orchestrator.supervisor)
+_RESTARTABLE = {"queue-watch": Restart(), "outbox-sweep": Restart()}
+#: past the shutdown bound, closing connections takes at most this long
+_CLOSE_SECONDS = 4.5
+#: past the shutdown bound, the watchdog ends the process whatever its event loop is doing
+_WATCHDOG_MARGIN = 10.0
+
+
+def _exit_now(code: int) -> None:
+    """Exit without running anything else: flush the logs, then ``os._exit``."""
+    for handler in logging.getLogger().handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()
+    os._exit(code)
+
+
+def _watchdog(seconds: float, code: int) -> threading.Timer:
+    """A thread that ends the process after ``seconds``: the stop is bounded even if a step of
+    it, or anything else, blocks the event loop."""
+
+    def expire() -> None:
+        os.write(2, f"orchestrator: not stopped {seconds:g}s after the stop began; exiting\n".encode())
+        _exit_now(code)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 #: how many times a batch is tried before it is split, by whose fault its failure is: (a whole

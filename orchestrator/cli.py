@@ -132,7 +132,7 @@ def _check_api(settings: Settings) -> None:
         )
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: Settings) -> int:
     from orchestrator.bootstrap import build
     from orchestrator.server import CannotListen, listen
 
@@ -148,7 +148,7 @@ async def _serve(settings: Settings) -> None:
 
         logging.getLogger("orchestrator").warning("the REST API runs --insecure: its actions need no token")
     orchestrator = build(settings, sock)
-    await orchestrator.run_until_signalled()
+    return await orchestrator.run_until_signalled()
 
 
 async def ensure_database_reachable(url: str) -> None:
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
 
             _check_api(settings)
             configure_logging(settings)
-            _run(_serve(settings))
+            sys.exit(_run(_serve(settings)))
         elif args.command == "verify":
             sys.exit(_run(_verify(settings, args.saga)))
         elif args.command == "dead-letters":

@@ -46,6 +46,7 @@ from orchestrator.metrics import Metrics
 from orchestrator.queries import BadCursor
 from orchestrator.schema import dead_letters
 from orchestrator.store import Changes, Store
+from orchestrator.supervisor import Spawn, bounded, unsupervised
 from orchestrator.topology import Topology
 
 __all__ = [
@@ -189,22 +190,24 @@ class DeadLetterDrain:
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self.consumer.start()
-        self._task = asyncio.create_task(self._work(), name="drain dead letters")
+    def start(self, spawn: Spawn = unsupervised) -> None:
+        self.consumer.start(spawn)
+        self._task = spawn("dead-letter-drain", self._work)
+
+    async def stop_taking(self, timeout: float) -> None:
+        """Take no more dead letters (the stop's first step, with the broker or without)."""
+        self._stopping.set()
+        await self.consumer.stop(timeout)
 
     async def stop(self, timeout: float) -> None:
         """Stop taking messages, finish the batch in hand (up to ``timeout``), close."""
-        self._stopping.set()
-        await self.consumer.stop()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), timeout)
-            except TimeoutError:
-                log.warning("the dead letters in hand were not recorded in time; they stay in the queue")
-                self._task.cancel()
-                await asyncio.gather(self._task, return_exceptions=True)
-        await self.consumer.close()
+        await self.stop_taking(min(timeout, 5.0))
+        if self._task is not None and not await bounded(
+            "recording the dead letters in hand", asyncio.shield(self._task), timeout
+        ):
+            self._task.cancel()  # they stay in the queue, unacked
+            await asyncio.wait({self._task}, timeout=1.0)
+        await self.consumer.close(min(timeout, 5.0))
 
     async def _work(self) -> None:
         while batch := await self.consumer.batch(self.batch_size, self._stopping):

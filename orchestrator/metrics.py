@@ -81,6 +81,7 @@ class Metrics:
         self.commands_out = 0  # confirmed by the broker
         self.deadlines_fired: Counter[str] = Counter()  # by kind: deadline, retry
         self.operator_actions: Counter[str] = Counter()  # by action, including start
+        self.task_restarts: Counter[str] = Counter()  # by task (orchestrator.supervisor)
         self.step_latency = Histogram(STEP_LATENCY_BUCKETS)
         self.deadline_lateness = Histogram(LATENESS_BUCKETS)
         self.in_flight: Callable[[], int] = lambda: 0
@@ -170,6 +171,14 @@ class _Collector:
                 labels=["action"],
             ),
             m.operator_actions,
+        )
+        yield _labelled(
+            CounterMetricFamily(
+                "orchestrator_task_restarts",
+                "Tasks of the service started again after an unexpected end",
+                labels=["task"],
+            ),
+            m.task_restarts,
         )
         yield _histogram(
             "orchestrator_step_latency_seconds",

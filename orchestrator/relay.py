@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from orchestrator.engine import OutgoingCommand
 from orchestrator.metrics import Metrics
 from orchestrator.store import Store
+from orchestrator.supervisor import Spawn, unsupervised
 
 __all__ = ["Relay"]
 
@@ -54,10 +55,10 @@ class Relay:
                 if received_at is not None:
                     self.received[command.message_id] = received_at
 
-    async def start(self) -> None:
+    async def start(self, spawn: Spawn = unsupervised) -> None:
         await self.sweep(older_than=None)  # whatever a previous run left committed but unsent
-        self._runner = asyncio.create_task(self._run(), name="relay")
-        self._sweeper = asyncio.create_task(self._sweep_forever(), name="outbox-sweep")
+        self._runner = spawn("relay", self._run)
+        self._sweeper = spawn("outbox-sweep", self._sweep_forever)
 
     async def sweep(self, older_than: datetime | None) -> int:
         total = 0
@@ -135,10 +136,10 @@ class Relay:
             await asyncio.sleep(0.02)
         return not self.in_flight
 
-    async def stop(self) -> None:
-        for task in (self._runner, self._sweeper, *self._tasks):
-            if task is not None:
-                task.cancel()
-        await asyncio.gather(
-            *(t for t in (self._runner, self._sweeper, *self._tasks) if t), return_exceptions=True
-        )
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Cancel everything; what was not confirmed stays in the outbox for the next sweep."""
+        tasks = [t for t in (self._runner, self._sweeper, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=max(timeout, 0.01))

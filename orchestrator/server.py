@@ -17,6 +17,8 @@ from collections.abc import Generator
 import uvicorn
 from fastapi import FastAPI
 
+from orchestrator.supervisor import Spawn, bounded, unsupervised
+
 __all__ = ["ApiServer", "listen"]
 
 log = logging.getLogger("orchestrator.api")
@@ -70,8 +72,8 @@ class ApiServer:
         host, port = self.sock.getsockname()[:2]
         return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
-    def start(self) -> asyncio.Task[None]:
-        self.task = asyncio.create_task(self._serve(), name="api")
+    def start(self, spawn: Spawn = unsupervised) -> asyncio.Task[None]:
+        self.task = spawn("api", self._serve)
         return self.task
 
     async def _serve(self) -> None:
@@ -80,19 +82,20 @@ class ApiServer:
         except SystemExit as error:  # uvicorn exits on a failed startup; in a task, say so instead
             raise RuntimeError(f"the REST API stopped: exit {error.code}") from None
 
-    async def stop(self) -> None:
-        """Stop taking requests and let the ones in hand finish, within the shutdown time."""
+    def stop_taking(self) -> None:
+        """Accept no more connections (uvicorn notices within a tenth of a second)."""
+        self.server.should_exit = True
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop taking requests and let the ones in hand finish, within ``timeout`` (default: the
+        shutdown time)."""
         if self.task is None:
             self.sock.close()
             return
-        self.server.should_exit = True
-        try:
-            await asyncio.wait_for(asyncio.shield(self.task), self.shutdown_seconds + 1)
-        except TimeoutError:
-            log.warning("the REST API did not stop in time")
+        self.stop_taking()
+        wait = self.shutdown_seconds + 1 if timeout is None else timeout
+        if not await bounded("the REST requests in hand", asyncio.shield(self.task), wait):
             self.server.force_exit = True
             self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
-        except Exception as error:
-            log.warning("the REST API stopped with an error: %s", error)
+            await asyncio.wait({self.task}, timeout=1.0)
         self.sock.close()

@@ -71,6 +71,9 @@ class Settings:
     batch_size: int = 256
     relay_in_flight: int = 4096
     outbox_sweep_seconds: float = 5.0
+    #: SIGTERM, or a part of the service failing for good, to exit: the whole stop gets this
+    #: long for the work in hand, plus at most 5 s to close connections; a watchdog ends the
+    #: process 10 s past it whatever the event loop is doing
     shutdown_seconds: float = 10.0
     log_level: str = "INFO"
     log_json: bool = False
@@ -96,6 +99,9 @@ class Settings:
     max_bytes_in_hand: int = 64 * 1024 * 1024
     #: messages in hand and no batch committed for this long: /readyz answers 503
     stall_seconds: float = 30.0
+    #: a test hook (``ORCHESTRATOR_TEST_FAIL_TASK=<task>[:<seconds>]``): that task raises after
+    #: that long, every time it starts (orchestrator.supervisor)
+    test_fail_task: str | None = None
 
     @property
     def effective_prefetch(self) -> int:
@@ -125,6 +131,8 @@ class Settings:
             "max_bytes_in_hand": _int("ORCHESTRATOR_MAX_BYTES_IN_HAND", cls.max_bytes_in_hand, minimum=1024),
             "stall_seconds": _float("ORCHESTRATOR_STALL_SECONDS", cls.stall_seconds),
             "max_parked": _int("ORCHESTRATOR_MAX_PARKED", cls.max_parked, minimum=1),
+            "shutdown_seconds": _float("ORCHESTRATOR_SHUTDOWN_SECONDS", cls.shutdown_seconds),
+            "test_fail_task": env.get("ORCHESTRATOR_TEST_FAIL_TASK") or None,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
