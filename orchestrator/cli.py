@@ -183,9 +183,10 @@ async def ensure_database_reachable(url: str) -> None:
 
 
 async def _verify(settings: Settings, saga_id: str | None) -> int:
-    """Replay each saga's journal and compare the row, its pending timers and its unsent outbox
-    with what the journal implies. Exit 1 if any saga differs; else 3 if some could not be
-    verified (their workflow is not among ``settings.workflows``, as ``run`` loads them); else 0."""
+    """Replay each saga's journal and compare the row, its pending timers, the commands each entry
+    records and its unsent outbox with what the journal implies. Exit 1 if any saga differs; else
+    3 if some could not be verified (their workflow is not among ``settings.workflows``, as ``run``
+    loads them); else 0."""
     from orchestrator.bootstrap import load_workflows
     from orchestrator.replay import verify
     from orchestrator.routing import Registry
@@ -254,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     verify = sub.add_parser(
         "verify",
-        help="replay journals; report sagas whose row, timers or unsent commands differ from them",
+        help="replay journals; report sagas whose row, timers, sent or unsent commands differ from them",
     )
     verify.add_argument("--saga", help="verify only this saga id")
     verify.add_argument(

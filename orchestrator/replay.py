@@ -2,8 +2,9 @@
 
 Pure: the journal holds every message with the time it was decided, so feeding it through
 ``decide`` again must give back the saga row exactly, and the timers it left pending. The journal
-also records every command sent, with its payload: each unsent command (an outbox row) must be one
-of them.
+also records every command sent, with its payload: deciding each entry again must send the same
+ones (else the workflow is not the one that wrote the journal, or it is not deterministic), and
+each unsent command (an outbox row) must be one of them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from orchestrator.store import DueDeadline, JournalEntry, Records
 
 __all__ = [
     "Rebuilt",
+    "command_differences",
     "differences",
     "outbox_differences",
     "rebuild",
@@ -37,6 +39,8 @@ class Rebuilt:
 
     saga: Saga | None
     timers: dict[str, tuple[Deadline, int]] = field(default_factory=dict)
+    #: the commands deciding each journal entry again sends, entry by entry in the journal's order
+    commands: tuple[tuple[OutgoingCommand, ...], ...] = ()
 
 
 def rebuild(compiled: CompiledWorkflow, entries: Sequence[JournalEntry]) -> Rebuilt:
@@ -52,6 +56,7 @@ def rebuild(compiled: CompiledWorkflow, entries: Sequence[JournalEntry]) -> Rebu
     cancels it, and a timer that fired is removed unless the decision it gave set it anew."""
     saga: Saga | None = None
     timers: dict[str, tuple[Deadline, int]] = {}
+    sent: list[tuple[OutgoingCommand, ...]] = []
     for entry in entries:
         before_declared = "merged" not in entry.decision
         decision = decide(
@@ -69,6 +74,7 @@ def rebuild(compiled: CompiledWorkflow, entries: Sequence[JournalEntry]) -> Rebu
             saga = replace(decision.saga, parked=parked)
         else:
             saga = decision.saga
+        sent.append(decision.commands)
         changed = {"deadline": decision.deadline_changed, "retry": decision.retry_changed}
         for kind, timer in (("deadline", decision.deadline), ("retry", decision.retry)):
             if changed[kind]:
@@ -79,7 +85,7 @@ def rebuild(compiled: CompiledWorkflow, entries: Sequence[JournalEntry]) -> Rebu
         fired = entry.message.kind
         if fired in TIMER_KINDS and not changed[fired]:
             timers.pop(fired, None)
-    return Rebuilt(saga, timers)
+    return Rebuilt(saga, timers, tuple(sent))
 
 
 def replay(compiled: CompiledWorkflow, entries: Sequence[JournalEntry]) -> Saga | None:
@@ -121,6 +127,47 @@ def timer_differences(rows: Iterable[DueDeadline], implied: Mapping[str, tuple[D
 _UNRECORDED = object()
 
 
+def _described(type_: str, payload: Any) -> str:
+    return f"{type_} {'(payload not recorded)' if payload is _UNRECORDED else repr(payload)}"
+
+
+def command_differences(
+    entries: Sequence[JournalEntry], produced: Sequence[Sequence[OutgoingCommand]]
+) -> list[str]:
+    """Entry by entry, the commands the journal records that deciding the entry again (``produced``,
+    :attr:`Rebuilt.commands`) does not send with the same message id, type and payload, and the
+    ones it sends that the journal does not record. A row can match its journal while what was
+    sent does not: a builder changed since (a field added, an amount computed anew) leaves state
+    and data alone. Message ids follow the saga's version and the command's place, so a command
+    is matched by its id. An entry journaled before commands' payloads were recorded (no
+    ``payload``) is compared by id and type only."""
+    found = []
+    for entry, commands in zip(entries, produced, strict=True):
+        recorded = {
+            c["message_id"]: (c["type"], c.get("payload", _UNRECORDED))
+            for c in entry.decision.get("commands") or []
+        }
+        now = {c.message_id: (c.type, dict(c.payload)) for c in commands}
+        for message_id in dict.fromkeys([*recorded, *now]):
+            was, sends = recorded.get(message_id), now.get(message_id)
+            where = f"journal #{entry.seq} ({entry.message.type}): command {message_id}:"
+            if was is None and sends is not None:
+                found.append(f"{where} the workflow now sends {_described(*sends)}, the journal records none")
+            elif sends is None and was is not None:
+                found.append(f"{where} recorded {_described(*was)} but the workflow now sends none")
+            elif was is not None and sends is not None:
+                (was_type, was_payload), (type_, payload) = was, sends
+                if was_type != type_:
+                    found.append(
+                        f"{where} recorded {_described(*was)} but the workflow now sends {_described(*sends)}"
+                    )
+                elif was_payload is not _UNRECORDED and was_payload != payload:
+                    found.append(
+                        f"{where} recorded {_described(*was)} but the workflow now sends {payload!r}"
+                    )
+    return found
+
+
 def outbox_differences(
     rows: Iterable[OutgoingCommand], saga: Saga, entries: Sequence[JournalEntry]
 ) -> list[str]:
@@ -146,21 +193,19 @@ def outbox_differences(
             continue
         if any(t == row.type and (p is _UNRECORDED or p == dict(row.payload)) for t, p in recorded):
             continue
-        said = "; ".join(  # a retry journals the same command again: say it once
-            dict.fromkeys(
-                f"{t} {'(payload not recorded)' if p is _UNRECORDED else repr(p)}" for t, p in recorded
-            )
-        )
+        said = "; ".join(dict.fromkeys(_described(t, p) for t, p in recorded))  # a retry journals it again
         found.append(f"outbox {described}: the journal records {said}")
     return found
 
 
 def verify(compiled: CompiledWorkflow, records: Records) -> list[str]:
     """All that a saga's records hold and its journal does not imply: the row field by field, its
-    pending timers, and its outbox rows (``orchestrator verify``, the test kit)."""
+    pending timers, the commands each entry records against those ``compiled`` sends deciding it
+    again, and its outbox rows (``orchestrator verify``, the test kit)."""
     rebuilt = rebuild(compiled, records.journal)
     found = differences(records.saga, rebuilt.saga)
     found += timer_differences(records.timers, rebuilt.timers)
+    found += command_differences(records.journal, rebuilt.commands)
     if records.saga is not None:
         found += outbox_differences(records.outbox, records.saga, records.journal)
     return found

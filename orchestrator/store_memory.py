@@ -11,7 +11,16 @@ from orchestrator.engine import Deadline, OutgoingCommand, Saga
 from orchestrator.ingress import DeadLetter
 from orchestrator.store import Changes, DueDeadline, JournalEntry, Records
 
-__all__ = ["MemoryStore"]
+__all__ = ["InboxConflict", "MemoryStore"]
+
+
+class InboxConflict(Exception):
+    """A batch took a message the inbox holds already: PostgreSQL's unique violation on ``inbox``
+    (SQLSTATE 23505), which ``faults.classify`` calls a conflict, so the batch is tried again and
+    its retry reads the message as a duplicate instead of deciding it twice. Overwriting the id
+    would hide that race from every test that runs on this store."""
+
+    sqlstate = "23505"
 
 
 class _MemoryTransaction:
@@ -41,6 +50,9 @@ class _MemoryTransaction:
 
     async def save(self, changes: Changes) -> None:
         store = self.store
+        taken = [message_id for message_id in changes.inbox if message_id in store.inbox]
+        if taken:  # before anything is written: a failed save leaves nothing, as a rollback does
+            raise InboxConflict(f"the inbox already holds message {', '.join(taken)}")
         for entry in changes.journal:
             entries = store.journals.setdefault(entry.saga_id, [])
             if entries and entries[-1].seq >= entry.seq:

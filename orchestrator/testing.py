@@ -126,8 +126,9 @@ class WorkflowTestKit:
         return sent
 
     def replay_differences(self, saga: Saga) -> list[str]:
-        """What replaying the saga's journal gives that ``saga`` (its row) and its pending timers
-        and unsent commands do not, as ``orchestrator verify`` reports it (empty: all is well)."""
+        """What replaying the saga's journal gives that ``saga`` (its row), its pending timers,
+        the commands its journal records and its unsent commands do not, as ``orchestrator
+        verify`` reports it (empty: all is well)."""
         compiled = self.registry.workflows[saga.workflow]
         records = self._loop.run_until_complete(self.store.records(saga.id))
         return verify(compiled, replace(records, saga=saga))

@@ -285,6 +285,26 @@ async def test_verify_reports_a_timer_or_an_outbox_row_the_journal_does_not_impl
         assert f"outbox {command['message_id']} inventory.ReserveStock" in queued.stdout
         assert "'quantity': 1000" in queued.stdout
         assert "verified 1 sagas: 1 differ from their journal" in queued.stdout
+
+        # a journal that says another payload was sent than the workflow sends deciding it again
+        set_quantity = (
+            "UPDATE journal SET decision ="
+            " jsonb_set(decision, '{commands,0,payload,lines,0,quantity}', $2::jsonb)"
+            " WHERE saga_id = $1 AND seq = 1"
+        )
+        await connection.execute(set_quantity, saga_id, "1000")
+        try:
+            rewritten = bench.verify("--saga", saga_id)
+        finally:
+            await connection.execute(
+                set_quantity, saga_id, json.dumps(command["payload"]["lines"][0]["quantity"])
+            )
+        assert rewritten.returncode == 1, rewritten.stdout + rewritten.stderr
+        assert (
+            f"journal #1 (orders.OrderPlaced): command {command['message_id']}:"
+            " recorded inventory.ReserveStock"
+        ) in rewritten.stdout
+        assert "'quantity': 1000" in rewritten.stdout and "but the workflow now sends {" in rewritten.stdout
         again = bench.verify("--saga", saga_id)
         assert again.returncode == 0, again.stdout + again.stderr
     finally:

@@ -19,8 +19,9 @@ pytestmark = pytest.mark.integration
 order_ids = unique("order")
 
 
-async def assert_each_decided_once(bench: Bench, keys: list[str]) -> None:
-    """No message taken twice, no command decided twice, and every journal replays to its row."""
+async def assert_each_decided_once(bench: Bench, keys: list[str], *workflows: str) -> None:
+    """No message taken twice, no command decided twice, and every journal replays to its row and
+    the commands it records, through ``workflows`` (``--workflows ...``: the ones that ran)."""
     assert bench.store is not None
     for key in keys:
         journal = await bench.store.journal(saga_id_for("order", key))
@@ -30,7 +31,7 @@ async def assert_each_decided_once(bench: Bench, keys: list[str]) -> None:
             c["type"] for e in journal if e.decision["outcome"] != "retried" for c in e.decision["commands"]
         ]
         assert len(sent) == len(set(sent)), f"{key} decided a command twice: {sent}"
-    verify = bench.verify()
+    verify = bench.verify(*workflows)
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 

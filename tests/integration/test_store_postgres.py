@@ -16,6 +16,7 @@ import pytest
 from orchestrator.engine import Deadline, saga_id_for
 from orchestrator.examples import WORKFLOWS
 from orchestrator.examples.contracts import EscrowOpened, Line, OrderPlaced, PaymentCharged, StockReserved
+from orchestrator.faults import Fault, classify
 from orchestrator.messages import Message, dump
 from orchestrator.replay import differences, replay
 from orchestrator.routing import Registry
@@ -79,6 +80,36 @@ async def test_read_batch_locks_the_sagas_and_tells_the_messages_seen(database_u
                             )
                     finally:
                         await other.close()
+    finally:
+        await postgres.close()
+
+
+async def test_a_message_the_inbox_holds_taken_again_conflicts_and_the_save_writes_nothing(
+    database_url: str,
+) -> None:
+    """Two batches that both read a message as new (the other's commit came after their read):
+    the second save must fail as a conflict, so its retry sees a duplicate, never decide it twice."""
+    message_id, delivery = _order_placed()
+    postgres = PostgresStore.from_url(database_url, pool_size=2)
+    memory = MemoryStore()
+    try:
+        for store in (postgres, memory):
+            saga_id = (await process_batch(REGISTRY, store, [delivery], NOW)).decisions[0].saga.id
+            fresh = f"fresh-{uuid.uuid4().hex[:12]}"
+            other = f"s-{uuid.uuid4().hex[:12]}"
+            late = Changes()
+            late.inbox[fresh] = None
+            late.inbox[message_id] = saga_id
+            late.deadlines[(other, "deadline")] = (Deadline("reserve", NOW), 1)
+            with pytest.raises(Exception) as raised:
+                async with store.transaction() as tx:
+                    await tx.save(late)
+            assert classify(raised.value) is Fault.CONFLICT, raised.value
+            async with store.transaction() as tx:
+                assert (await tx.read_batch([], [message_id, fresh]))[1] == {message_id}
+            assert await _timers(store, other) == []
+            again = await process_batch(REGISTRY, store, [delivery], NOW)
+            assert again.verdicts == [Verdict.DUPLICATE]
     finally:
         await postgres.close()
 

@@ -23,7 +23,7 @@ from orchestrator.routing import Registry
 from orchestrator.service import Verdict
 from orchestrator.settings import Settings
 from orchestrator.store import Changes
-from orchestrator.store_memory import MemoryStore
+from orchestrator.store_memory import InboxConflict, MemoryStore
 
 
 class PostgresLikeError(Exception):
@@ -131,6 +131,51 @@ async def test_a_race_is_retried_and_nothing_is_dead_lettered() -> None:
 
     assert verdicts == [Verdict.ACCEPTED, Verdict.ACCEPTED]
     assert store.dead_letters == [] and store.saves == 3
+
+
+class RacedStore(MemoryStore):
+    """A memory store whose next ``races`` batches read their messages as new: another replica took
+    them after this batch's inbox read, before its save (the race only two PostgreSQL sessions
+    have); the sagas are read as they are, the lock having waited for that replica's commit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.races = 1
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Any]:
+        async with super().transaction() as tx:
+            read_batch = tx.read_batch
+
+            async def racing_read(saga_ids: Any, message_ids: Any) -> Any:
+                current, seen = await read_batch(saga_ids, message_ids)
+                if self.races:
+                    self.races -= 1
+                    return current, set()
+                return current, seen
+
+            tx.read_batch = racing_read  # type: ignore[method-assign]
+            yield tx
+
+
+async def test_a_message_another_batch_took_meanwhile_conflicts_and_its_retry_is_a_duplicate() -> None:
+    store = RacedStore()
+    store.races = 0
+    app = orchestrator(store)
+    assert await commit(app, [start("o-1")]) == [Verdict.ACCEPTED]
+    saga_id = saga_id_for("order", "o-1")
+    journaled = list(store.journals[saga_id])
+
+    store.races = 1  # the same message again, read as new: decided, and its save conflicts
+    assert await commit(app, [start("o-1")]) == [Verdict.DUPLICATE]
+
+    assert app.metrics.batch_failures == {"conflict": 1}
+    assert store.journals[saga_id] == journaled  # decided once: the retry saw it taken
+    assert store.duplicate_counts == {"m-o-1": 1} and store.dead_letters == []
+
+
+def test_the_memory_stores_inbox_conflict_is_classified_as_postgres_unique_violation_is() -> None:
+    assert classify(InboxConflict("m-1")) is Fault.CONFLICT is classify(PostgresLikeError("23505"))
 
 
 async def test_a_failure_of_unknown_kind_is_tried_a_few_times_then_only_its_message_is_set_aside() -> None:

@@ -1,5 +1,6 @@
-"""``orchestrator verify``'s comparisons (orchestrator.replay): the row, the pending timers and the
-unsent outbox against what the journal implies, with each command's payload journaled."""
+"""``orchestrator verify``'s comparisons (orchestrator.replay): the row, the pending timers, the
+commands each entry records and the unsent outbox against what the journal implies, with each
+command's payload journaled."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from orchestrator.definitions import Retry, Status
-from orchestrator.engine import Deadline, OutgoingCommand
+from orchestrator.engine import Deadline, Incoming, OutgoingCommand
 from orchestrator.examples.contracts import (
     ChargePayment,
     Line,
@@ -24,7 +25,8 @@ from orchestrator.examples.contracts import (
     StockReleased,
     StockReserved,
 )
-from orchestrator.replay import outbox_differences, rebuild, timer_differences
+from orchestrator.replay import command_differences, outbox_differences, rebuild, timer_differences, verify
+from orchestrator.routing import Registry
 from orchestrator.steps import saga, step
 from orchestrator.store import DueDeadline, JournalEntry
 from orchestrator.testing import WorkflowTestKit
@@ -218,3 +220,108 @@ def test_an_outbox_row_of_another_workflow_is_reported(kit: WorkflowTestKit) -> 
     saga_ = kit.saga("o-1")
     [found] = outbox_differences([replace(reserve, workflow="escrow")], saga_, kit.journal(saga_))
     assert found.endswith("of workflow 'escrow', the saga's is 'audited'")
+
+
+# the commands each entry records, against what deciding it again sends ----------------------------
+@saga(starts_on=OrderPlaced, key="order_id", name="audited")
+class ChangedOrder:
+    """``AuditedOrder`` with the charge's builder changed: the same states, another amount."""
+
+    @step(
+        done=StockReserved,
+        deadline=timedelta(seconds=60),
+        retry=Retry(every=timedelta(seconds=5), backoff=1),
+    )
+    def reserve(self, order: OrderPlaced) -> ReserveStock:
+        return ReserveStock(order.order_id, order.lines)
+
+    @reserve.compensate(done=StockReleased, deadline=timedelta(seconds=30))
+    def release(self, order: OrderPlaced) -> ReleaseStock:
+        return ReleaseStock(order.order_id)
+
+    @step(done=PaymentCharged, failed=PaymentDeclined, deadline=timedelta(seconds=20))
+    def charge(self, order: OrderPlaced) -> ChargePayment:
+        return ChargePayment(order.order_id, order.customer_id, order.amount_cents + 100)
+
+    @charge.compensate(done=PaymentRefunded)
+    def refund(self, order: OrderPlaced) -> RefundPayment:
+        return RefundPayment(order.order_id)
+
+
+def _charged(kit: WorkflowTestKit) -> OutgoingCommand:
+    """An order through a retry of its reserve, reserved, and charged: four journal entries."""
+    kit.publish(ORDER)
+    kit.advance(timedelta(seconds=5))
+    reserve, _ = kit.take_sent()
+    kit.reply(reserve, StockReserved("o-1", "r-1"))
+    [charge] = kit.take_sent()
+    kit._loop.run_until_complete(kit.store.mark_sent([reserve.message_id, charge.message_id]))
+    return charge
+
+
+def test_a_journal_whose_commands_the_workflow_still_sends_has_no_difference(kit: WorkflowTestKit) -> None:
+    _charged(kit)
+    saga_ = kit.saga("o-1")
+    journal = kit.journal(saga_)
+    rebuilt = rebuild(kit.registry.workflows["audited"], journal)
+    assert [[c.type for c in sent] for sent in rebuilt.commands] == [
+        ["inventory.ReserveStock"],
+        ["inventory.ReserveStock"],  # the retry: the same command again
+        ["payment.ChargePayment"],
+    ]
+    assert command_differences(journal, rebuilt.commands) == []
+    assert kit.replay_differences(saga_) == []
+
+
+def test_a_recorded_payload_the_workflow_does_not_send_is_reported(kit: WorkflowTestKit) -> None:
+    charge = _charged(kit)
+    saga_ = kit.saga("o-1")
+    journal = kit.journal(saga_)
+    entry = journal[-1]
+    forged = dict(charge.payload) | {"amount_cents": 1}
+    commands = [c | {"payload": forged} for c in entry.decision["commands"]]
+    kit.store.journals[saga_.id] = [
+        *journal[:-1],
+        replace(entry, decision=entry.decision | {"commands": commands}),
+    ]
+    assert kit.replay_differences(saga_) == [
+        f"journal #{entry.seq} (inventory.StockReserved): command {charge.message_id}:"
+        f" recorded payment.ChargePayment {forged!r} but the workflow now sends {dict(charge.payload)!r}"
+    ]
+
+
+def test_a_builder_changed_since_the_journal_was_written_is_reported(kit: WorkflowTestKit) -> None:
+    charge = _charged(kit)
+    saga_ = kit.saga("o-1")
+    changed = Registry([ChangedOrder.workflow]).workflows["audited"]  # type: ignore[attr-defined]
+    records = kit._loop.run_until_complete(kit.store.records(saga_.id))
+    found = verify(changed, records)
+    now = dict(charge.payload) | {"amount_cents": 800}
+    assert (
+        f"journal #3 (inventory.StockReserved): command {charge.message_id}:"
+        f" recorded payment.ChargePayment {dict(charge.payload)!r} but the workflow now sends {now!r}"
+    ) in found
+    # the row differs too (what the saga waits on), but no entry that sends no charge is named
+    assert [line for line in found if line.startswith("journal")] == [found[-1]]
+    # an entry journaled before payloads were recorded: compared by id and type only
+    old = _before_payloads(records.journal)
+    assert command_differences(old, rebuild(changed, old).commands) == []
+    assert command_differences(old, rebuild(kit.registry.workflows["audited"], old).commands) == []
+
+
+def test_a_command_sent_or_recorded_on_one_side_only_is_reported() -> None:
+    message = Incoming("inventory.StockReserved", "m-1", {})
+    sent = {"type": "payment.ChargePayment", "message_id": "c-1", "payload": {"amount_cents": 700}}
+    entry = JournalEntry("s", 3, message, {"commands": [sent]}, ORDER_TIME)
+    other = OutgoingCommand("c-2", "payment.RefundPayment", {"order_id": "o-1"}, "s", "audited")
+    assert command_differences([entry], [(other,)]) == [
+        "journal #3 (inventory.StockReserved): command c-1: recorded payment.ChargePayment"
+        " {'amount_cents': 700} but the workflow now sends none",
+        "journal #3 (inventory.StockReserved): command c-2: the workflow now sends"
+        " payment.RefundPayment {'order_id': 'o-1'}, the journal records none",
+    ]
+    renamed = replace(other, message_id="c-1")
+    assert command_differences([entry], [(renamed,)]) == [
+        "journal #3 (inventory.StockReserved): command c-1: recorded payment.ChargePayment"
+        " {'amount_cents': 700} but the workflow now sends payment.RefundPayment {'order_id': 'o-1'}"
+    ]
