@@ -16,6 +16,7 @@ Use::
         broker.url                         # amqp://guest:guest@127.0.0.1:PORT/
         broker.stop_app()                  # AMQP connections now fail
         broker.start_app()                 # and are accepted again
+        broker.pause(); broker.resume()    # frozen: connections open, nothing answers
 
 Environment: ``PRIVATE_RABBITMQ_BIN`` names the directory holding ``rabbitmq-server`` and
 ``rabbitmqctl`` when they are not Debian's (whose /usr/sbin wrappers switch to the rabbitmq user
@@ -84,6 +85,7 @@ class PrivateBroker:
         self.process: subprocess.Popen[bytes] | None = None
         #: seconds the last ``start`` took, until the node accepted AMQP connections
         self.start_seconds: float | None = None
+        self.paused = False
         self._write_files()
 
     @property
@@ -215,8 +217,27 @@ class PrivateBroker:
         """Whether the AMQP port accepts connections now (rabbit's listener opens last)."""
         return self._accepts()
 
+    def pause(self) -> None:
+        """Freeze the whole node (SIGSTOP): connections stay open but nothing answers, as with a
+        hung broker or a network that drops every packet. The kernel still accepts new TCP
+        connections on its port, so ``app_running`` cannot tell: ``paused`` does."""
+        self._signal_group(signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self) -> None:
+        self._signal_group(signal.SIGCONT)
+        self.paused = False
+
+    def _signal_group(self, signum: signal.Signals) -> None:
+        if self.process is None or self.process.poll() is not None:
+            raise self._error("is not running")
+        os.killpg(self.process.pid, signum)
+
     def ensure_running(self) -> None:
-        """Bring the node back to running, from whatever a test left: app stopped or node killed."""
+        """Bring the node back to running, from whatever a test left: paused, app stopped, or
+        node killed."""
+        if self.paused and self.process is not None and self.process.poll() is None:
+            self.resume()
         if self.process is None or self.process.poll() is not None:
             self.kill()
             self.start()
@@ -234,6 +255,7 @@ class PrivateBroker:
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(10)
         self.process = None
+        self.paused = False
 
     def stop(self) -> None:
         """Kill the node and remove its files: the teardown, whatever state the test left."""
