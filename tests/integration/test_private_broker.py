@@ -78,3 +78,17 @@ async def test_stop_app_refuses_connections_and_start_app_brings_them_back(
         assert not shared.is_closed
     finally:
         await shared.close()
+
+
+async def test_a_frozen_node_keeps_connections_but_answers_nothing(private_broker: PrivateBroker) -> None:
+    connection = await aio_pika.connect(private_broker.url, timeout=CONNECT)
+    try:
+        private_broker.pause()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(connection.channel(), 1.0)
+        assert not connection.is_closed
+        private_broker.resume()
+        await round_trip_on(connection)
+    finally:
+        private_broker.resume()
+        await connection.close()
