@@ -26,6 +26,7 @@ and its cookie, so the real scripts under /usr/lib/rabbitmq/bin are used instead
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import secrets
 import shutil
@@ -33,7 +34,9 @@ import signal
 import socket
 import string
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
@@ -45,6 +48,7 @@ DEBIAN_BIN = Path("/usr/lib/rabbitmq/bin")
 #: a CLI call boots an Erlang VM of its own (about half a second), so each one gets this much
 CTL_TIMEOUT = 30.0
 LOG_TAIL_LINES = 40
+PR_SET_PDEATHSIG = 1
 
 
 class PrivateBrokerError(RuntimeError):
@@ -58,6 +62,19 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the test process dies, even by SIGKILL, which no teardown sees.
+    The start script traps it and stops the node, so a killed pytest leaves no node behind. Only
+    from the main thread: Linux sends it when the forking *thread* ends."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _bin_dir() -> Path:
@@ -184,10 +201,11 @@ class PrivateBroker:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: one killpg ends it all
+                preexec_fn=_die_with_parent if _main_thread() else None,
             )
         while True:
             if self.process.poll() is not None:
-                raise self._error(f"exited {self.process.returncode} while starting")
+                raise self._error(f"ended while starting (exit code {self.process.returncode})")
             left = deadline - time.monotonic()
             if left <= 0:
                 raise self._error("did not start in time")

@@ -10,7 +10,7 @@ import aio_pika
 import aio_pika.exceptions
 import pytest
 
-from tests.integration.private_broker import SHARED_PORT, PrivateBroker
+from tests.integration.private_broker import SHARED_PORT, PrivateBroker, PrivateBrokerError
 
 pytestmark = pytest.mark.integration
 
@@ -92,3 +92,17 @@ async def test_a_frozen_node_keeps_connections_but_answers_nothing(private_broke
     finally:
         private_broker.resume()
         await connection.close()
+
+
+def test_a_node_that_cannot_start_says_why_and_leaves_nothing() -> None:
+    broker = PrivateBroker()
+    (broker.directory / "rabbitmq.conf").write_text("listeners.tcp.default = not-a-port\n")
+    try:
+        with pytest.raises(PrivateBrokerError) as error:
+            broker.start(timeout=30)
+    finally:
+        broker.stop()
+
+    assert "ended while starting" in str(error.value)
+    assert "failed_to_prepare_configuration" in str(error.value)  # the tail of its log
+    assert not broker.directory.exists()
