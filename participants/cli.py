@@ -23,26 +23,31 @@ __all__ = ["main", "parse_args"]
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 DEFAULT_NAMESPACE = "saga"
+DEFAULT_SHUTDOWN_GRACE = 10.0
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"", "0", "false", "no", "off"})
 
 EPILOG = """\
 environment (an option given on the command line wins over its variable):
-  ORCHESTRATOR_AMQP_URL     --amqp-url      (default amqp://guest:guest@127.0.0.1:5672/)
-  ORCHESTRATOR_NAMESPACE    --namespace     (default saga)
-  PARTICIPANT_NEVER_ANSWER  --never-answer  (1/true/yes/on or 0/false/no/off)
-  PARTICIPANT_DELAY         --delay
-  PARTICIPANT_FAIL_RATE     --fail-rate
-  INVENTORY_OUT_OF_STOCK    --out-of-stock  (inventory only)
-  PAYMENT_DECLINE_OVER      --decline-over  (payment only)
-  BUYER_REFUSE_OVER         --refuse-over   (buyer only)
+  ORCHESTRATOR_AMQP_URL      --amqp-url       (default amqp://guest:guest@127.0.0.1:5672/)
+  ORCHESTRATOR_NAMESPACE     --namespace      (default saga)
+  PARTICIPANT_SHUTDOWN_GRACE --shutdown-grace (default 10)
+  PARTICIPANT_NEVER_ANSWER   --never-answer   (1/true/yes/on or 0/false/no/off)
+  PARTICIPANT_DELAY          --delay
+  PARTICIPANT_FAIL_RATE      --fail-rate
+  INVENTORY_OUT_OF_STOCK     --out-of-stock   (inventory only)
+  PAYMENT_DECLINE_OVER       --decline-over   (payment only)
+  BUYER_REFUSE_OVER          --refuse-over    (buyer only)
 
 failure replies chosen by --fail-rate:
   inventory.ReserveStock -> inventory.OutOfStock    payment.ChargePayment -> payment.PaymentDeclined
   shipping.ShipOrder     -> shipping.ShipmentFailed buyer.RequestSignature -> buyer.BuyerRefused
   bank.CollectFunds      -> bank.FundsDeclined      (seller and compensations never fail)
 
-exit codes: 0 stopped by SIGTERM/SIGINT, 2 bad usage or RabbitMQ unreachable or refusing the topology.
+exit codes: 0 stopped by SIGTERM/SIGINT (within --shutdown-grace, whatever the broker does),
+  2 bad usage or RabbitMQ unreachable or refusing the topology at start,
+  3 the shutdown overran its bound by 3 s and the watchdog ended it,
+  130/143 a second SIGINT/SIGTERM during the shutdown (128 + the signal's number).
 The wire contract is in docs/protocol.md.
 """
 
@@ -63,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--prefetch", metavar="N", type=int, default=100, help="commands in flight at once (default 100)"
+    )
+    parser.add_argument(
+        "--shutdown-grace",
+        metavar="SECONDS",
+        help="after SIGTERM/SIGINT, the one bound on finishing the commands in flight and closing,"
+        " broker or not (default 10, env PARTICIPANT_SHUTDOWN_GRACE)",
     )
 
     failures = parser.add_argument_group("failure injection, any service")
@@ -190,8 +201,17 @@ def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str]) -> tuple[
         prefetch=args.prefetch,
         delay=number(*pick(args.delay, "--delay", "PARTICIPANT_DELAY"), low=0.0) or 0.0,
         never_answer=never_answer,
+        shutdown_grace=_default(
+            number(*pick(args.shutdown_grace, "--shutdown-grace", "PARTICIPANT_SHUTDOWN_GRACE"), low=0.0),
+            DEFAULT_SHUTDOWN_GRACE,
+        ),
     )
     return service, settings, options
+
+
+def _default(value: float | None, default: float) -> float:
+    """``value or default`` would turn an explicit 0 into the default."""
+    return default if value is None else value
 
 
 def _looks_like_amqp(url: str) -> bool:
@@ -213,7 +233,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     # a second time, and their debug chatter would drown the one line per command.
     logging.getLogger("aio_pika").setLevel(logging.WARNING)
     logging.getLogger("aiormq").setLevel(logging.CRITICAL)
+    participant = Participant(service, settings, options)
+    runner = asyncio.Runner()
     try:
-        return asyncio.run(Participant(service, settings, options).run())
+        code = runner.run(participant.run())
     except KeyboardInterrupt:
+        runner.close()
         return 130
+    if participant.abandoned:
+        # Closing the loop would cancel, and wait for, calls left hanging on a broker that is
+        # away; the broker redelivers whatever they held, so skip the teardown instead.
+        logging.shutdown()
+        os._exit(code)
+    runner.close()
+    return code

@@ -2,7 +2,8 @@
 
 One runner serves every service so that the wire contract (docs/protocol.md) is implemented once:
 topology, parsing, dead-lettering of unparsable commands, idempotent replies, failure injection
-that is not business logic (delay, never answering), and a shutdown that loses no command.
+that is not business logic (delay, never answering), and a shutdown that loses no command and
+ends within its bound whatever the broker does.
 """
 
 from __future__ import annotations
@@ -10,11 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import threading
+import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypeVar
+from types import FrameType
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
@@ -27,10 +32,15 @@ from participants.services import Service
 
 V = TypeVar("V")
 
-__all__ = ["EXIT_BROKER", "Participant", "Settings", "mask_url"]
+__all__ = ["EXIT_BROKER", "EXIT_HUNG", "Participant", "Settings", "mask_url"]
 
 EXIT_BROKER = 2
 """Exit code when the broker cannot be reached or refuses the topology at start."""
+EXIT_HUNG = 3
+"""Exit code when the watchdog ends a shutdown that overran its bound (a hung event loop)."""
+WATCHDOG_MARGIN = 3.0
+"""Seconds past ``shutdown_grace`` before the watchdog gives up on the event loop: enough for an
+orderly exit that is merely late, short enough that a supervisor never needs SIGKILL."""
 
 CONNECT_TIMEOUT = 10.0
 MAX_REMEMBERED = 100_000
@@ -48,6 +58,10 @@ class Settings:
     delay: float = 0.0
     never_answer: bool = False
     shutdown_grace: float = 10.0
+
+
+class _Stopped(Exception):
+    """A signal arrived while the runner was still connecting or declaring."""
 
 
 @dataclass(frozen=True)
@@ -94,28 +108,42 @@ class Participant:
         self._answers: dict[str, _Answer] = {}
         self._inflight: set[asyncio.Task[object]] = set()
         self._stopping = asyncio.Event()
+        self._deadline: float | None = None
+        #: whether the shutdown left broker calls or commands behind when its bound ran out
+        self.abandoned = False
         self._events: aio_pika.abc.AbstractExchange | None = None
 
     async def run(self) -> int:
         """Serve until SIGTERM or SIGINT; the exit code to use."""
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self.stop)
+            loop.add_signal_handler(signum, self._on_signal, signum)
         url = mask_url(self.settings.amqp_url)
         try:
-            connection = await asyncio.wait_for(
-                aio_pika.connect_robust(self.settings.amqp_url, timeout=CONNECT_TIMEOUT),
-                CONNECT_TIMEOUT + 5,
+            connection = await self._unless_stopping(
+                asyncio.wait_for(
+                    aio_pika.connect_robust(self.settings.amqp_url, timeout=CONNECT_TIMEOUT),
+                    CONNECT_TIMEOUT + 5,
+                )
             )
+        except _Stopped:
+            self.abandoned = True  # the connection attempt, left to the broker's whims
+            self.log.info("stopped before reaching RabbitMQ at %s", url)
+            return 0
         except (OSError, TimeoutError, ValueError, aio_pika.exceptions.AMQPError) as error:
             self.log.error("cannot connect to RabbitMQ at %s: %s", url, self._safe(error))
             return EXIT_BROKER
+        queue: aio_pika.abc.AbstractQueue | None = None
+        tag = ""
         try:
-            try:
-                queue, tag = await self._declare_and_consume(connection)
-            except aio_pika.exceptions.AMQPError as error:
-                self.log.error("RabbitMQ at %s refused the topology: %s", url, self._safe(error))
-                return EXIT_BROKER
+            queue, tag = await self._unless_stopping(self._declare_and_consume(connection))
+        except _Stopped:
+            pass
+        except aio_pika.exceptions.AMQPError as error:
+            self.log.error("RabbitMQ at %s refused the topology: %s", url, self._safe(error))
+            await self._bounded(connection.close(), CONNECT_TIMEOUT)
+            return EXIT_BROKER
+        if queue is not None:
             self.log.info("consuming %s on %s (%s)", self.queue_name, url, self._describe())
 
             def reconnected(sender: aio_pika.abc.AbstractRobustConnection | None, /) -> None:
@@ -123,10 +151,7 @@ class Participant:
 
             connection.reconnect_callbacks.add(reconnected)
             await self._stopping.wait()
-            await self._drain(queue, tag)
-        finally:
-            await connection.close()
-        self.log.info("stopped")
+        await self._shutdown(connection, queue, tag)
         return 0
 
     def _describe(self) -> str:
@@ -147,7 +172,106 @@ class Participant:
         return ", ".join(parts)
 
     def stop(self) -> None:
+        """Stop taking commands and start the one bounded shutdown (what the first signal does)."""
+        if self._stopping.is_set():
+            return
+        self._deadline = time.monotonic() + self.settings.shutdown_grace
         self._stopping.set()
+
+    def _on_signal(self, signum: int) -> None:
+        self.log.info(
+            "%s: stopping within %gs (again to exit at once)",
+            signal.Signals(signum).name,
+            self.settings.shutdown_grace,
+        )
+        # The second signal is handled by Python in the main thread, not by the event loop, so
+        # it works even while the loop is busy or stuck.
+        loop = asyncio.get_running_loop()
+        for other in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(other)
+            signal.signal(other, _exit_at_once)
+        # The last resort if the event loop itself is stuck, which nothing in it could notice.
+        # Here and not in stop(): ending the whole process is for the process's own signal.
+        threading.Thread(
+            target=_watchdog,
+            args=(self.settings.shutdown_grace + WATCHDOG_MARGIN,),
+            name="shutdown-watchdog",
+            daemon=True,
+        ).start()
+        self.stop()
+
+    def _left(self) -> float:
+        """Seconds left of the shutdown bound (all of it while not stopping)."""
+        if self._deadline is None:
+            return self.settings.shutdown_grace
+        return max(0.0, self._deadline - time.monotonic())
+
+    async def _unless_stopping(self, work: Awaitable[V]) -> V:
+        """The result of ``work``, or _Stopped as soon as a signal comes first: a robust
+        connection retries a broker that is away forever, and a signal must not wait for that."""
+        task = asyncio.ensure_future(work)
+        stopping = asyncio.create_task(self._stopping.wait())
+        try:
+            await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if task.done():
+            return task.result()
+        _abandon(task)
+        raise _Stopped
+
+    async def _bounded(self, work: Awaitable[Any], timeout: float) -> bool:
+        """Whether ``work`` ended (well or not) within ``timeout``; if not it is cancelled and left
+        behind, never awaited: aio-pika shields parts of a close, and wait_for would wait for those."""
+        task = asyncio.ensure_future(work)
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+        if not done:
+            _abandon(task)
+            return False
+        if not task.cancelled() and task.exception() is not None:
+            self.log.debug("during shutdown: %s", self._safe(task.exception() or Exception()))
+        return True
+
+    async def _shutdown(
+        self,
+        connection: aio_pika.abc.AbstractRobustConnection,
+        queue: aio_pika.abc.AbstractQueue | None,
+        tag: str,
+    ) -> None:
+        """Stop taking commands, let the ones in flight finish, then close, all within one bound.
+
+        Whatever is still open when the bound runs out is left: commands not acked yet are
+        redelivered by the broker once the connection is gone, and replies already confirmed
+        were published before their command was acked, so exiting early loses nothing."""
+        self.log.info("stopping: %d command(s) in flight", len(self._inflight))
+        abandoned: list[str] = []
+        # With the broker away the consumer went with the connection, and a robust channel's
+        # cancel would only wait for the broker to come back.
+        if (
+            queue is not None
+            and connection.connected.is_set()
+            and not await self._bounded(queue.cancel(tag), self._left())
+        ):
+            abandoned.append("cancelling the consumer")
+        if self._inflight:
+            _, pending = await asyncio.wait(set(self._inflight), timeout=self._left())
+            if pending:
+                abandoned.append(f"{len(pending)} command(s) in flight, left unacked for redelivery")
+                for task in pending:
+                    task.cancel()
+                # Cancelled at their next await; a moment to unwind, not a second bound.
+                await asyncio.wait(pending, timeout=max(self._left(), 0.1))
+        if not await self._bounded(connection.close(), self._left()):
+            abandoned.append("closing the connection")
+        if abandoned:
+            self.abandoned = True
+            self.log.warning(
+                "stopped: the %gs bound ran out, abandoned %s",
+                self.settings.shutdown_grace,
+                "; ".join(abandoned),
+            )
+        else:
+            self.log.info("stopped")
 
     def _safe(self, error: BaseException) -> str:
         text = str(error) or type(error).__name__
@@ -181,20 +305,12 @@ class Participant:
         tag = await queue.consume(self._on_message)
         return queue, tag
 
-    async def _drain(self, queue: aio_pika.abc.AbstractQueue, tag: str) -> None:
-        """Stop taking commands, let the ones in flight finish, requeue what cannot."""
-        self.log.info("stopping: %d command(s) in flight", len(self._inflight))
-        with contextlib.suppress(Exception):
-            await queue.cancel(tag)
-        if not self._inflight:
-            return
-        _, pending = await asyncio.wait(set(self._inflight), timeout=self.settings.shutdown_grace)
-        for task in pending:
-            task.cancel()
-        # Their commands were never acked, so the broker redelivers them when the channel closes.
-        await asyncio.gather(*pending, return_exceptions=True)
-
     async def _on_message(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        if self._stopping.is_set():
+            # Intake stopped with the signal; a delivery that raced it (or came with a reconnect)
+            # goes back to the queue for another consumer instead of into the bound.
+            await self._bounded(message.nack(requeue=True), self._left())
+            return
         task = asyncio.current_task()
         if task is not None:
             self._inflight.add(task)
@@ -289,6 +405,26 @@ class Participant:
             await settling
         except Exception as error:
             self.log.warning("could not settle the message (it will be redelivered): %s", error)
+
+
+def _exit_at_once(signum: int, frame: FrameType | None) -> None:
+    """The second SIGTERM or SIGINT: no more waiting. os.write, not logging: this runs between any
+    two bytecodes of the main thread, possibly inside a logging call."""
+    code = 128 + signum
+    os.write(2, f"{signal.Signals(signum).name} again: exiting at once ({code})\n".encode())
+    os._exit(code)
+
+
+def _watchdog(seconds: float) -> None:
+    time.sleep(seconds)
+    os.write(2, f"shutdown overran its bound by {WATCHDOG_MARGIN:g}s: exiting ({EXIT_HUNG})\n".encode())
+    os._exit(EXIT_HUNG)
+
+
+def _abandon(task: asyncio.Future[Any]) -> None:
+    """Cancel and forget; its outcome is retrieved so asyncio does not log it as never retrieved."""
+    task.cancel()
+    task.add_done_callback(lambda done: done.cancelled() or done.exception())
 
 
 def _decode(raw: bytes) -> dict[str, object]:

@@ -31,6 +31,7 @@ from orchestrator.amqp import wait_for_consumers
 from orchestrator.definitions import FINISHED
 from orchestrator.engine import Saga, saga_id_for
 from orchestrator.store_postgres import PostgresStore
+from tests.integration.private_broker import PrivateBroker
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_DSN = os.environ.get("TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -101,6 +102,23 @@ def drop_database(name: str) -> None:
 def database_url() -> Iterator[str]:
     with migrated_database() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def private_broker_node() -> Iterator[PrivateBroker]:
+    """A RabbitMQ node of the session's own, started once (it takes seconds) and removed at the
+    end: for tests that stop the broker, which the shared one on 5672 must never be."""
+    with PrivateBroker() as broker:
+        yield broker
+
+
+@pytest.fixture
+def private_broker(private_broker_node: PrivateBroker) -> Iterator[PrivateBroker]:
+    """The private node, running; whatever a test did to it (stop_app,
+    kill), the next test finds it running."""
+    private_broker_node.ensure_running()
+    yield private_broker_node
+    private_broker_node.ensure_running()
 
 
 @dataclass

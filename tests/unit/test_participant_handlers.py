@@ -266,6 +266,7 @@ def test_defaults() -> None:
     assert settings.prefetch == 100
     assert settings.delay == 0.0
     assert settings.never_answer is False
+    assert settings.shutdown_grace == 10.0
     assert options == Options()
 
 
@@ -278,8 +279,10 @@ def test_environment_is_read() -> None:
         "PARTICIPANT_FAIL_RATE": "0.1",
         "INVENTORY_OUT_OF_STOCK": "A, B,,C",
         "PAYMENT_DECLINE_OVER": "500",
+        "PARTICIPANT_SHUTDOWN_GRACE": "2.5",
     }
     _, settings, options = parse_args(["inventory"], environ)
+    assert settings.shutdown_grace == 2.5
     assert (settings.amqp_url, settings.namespace) == ("amqp://u:p@rabbit:5672/v", "ns1")
     assert settings.never_answer is True
     assert settings.delay == 0.5
@@ -297,9 +300,11 @@ def test_an_option_wins_over_its_variable() -> None:
         "PARTICIPANT_DELAY": "9",
         "PARTICIPANT_FAIL_RATE": "0.9",
         "BUYER_REFUSE_OVER": "1",
+        "PARTICIPANT_SHUTDOWN_GRACE": "30",
     }
     argv = ["buyer", "--namespace", "opt", "--no-never-answer", "--delay", "0", "--fail-rate", "0"]
-    _, settings, options = parse_args([*argv, "--refuse-over", "700"], environ)
+    _, settings, options = parse_args([*argv, "--refuse-over", "700", "--shutdown-grace", "0"], environ)
+    assert settings.shutdown_grace == 0.0  # an explicit 0, not the default
     assert settings.namespace == "opt"
     assert settings.never_answer is False
     assert settings.delay == 0.0
@@ -318,6 +323,8 @@ def test_an_option_wins_over_its_variable() -> None:
         (["bank", "--delay", "-1"], {}),
         (["bank", "--delay", "inf"], {}),
         (["bank", "--prefetch", "0"], {}),
+        (["bank", "--shutdown-grace", "-1"], {}),
+        (["bank"], {"PARTICIPANT_SHUTDOWN_GRACE": "soon"}),
         (["payment", "--decline-over", "12.5"], {}),
         (["bank"], {"PARTICIPANT_NEVER_ANSWER": "maybe"}),
         (["bank"], {"PARTICIPANT_FAIL_RATE": "lots"}),
