@@ -317,7 +317,7 @@ class QueueConsumer:
                 if not isinstance(error, Exception) and not lost_connection(error):
                     raise
                 # the channel may be gone already; unacked messages return anyway
-                log.warning("%s: could not cancel the consumer: %s", self.name, error or "timed out")
+                log.warning("%s: could not cancel the consumer: %s", self.name, _said(error))
         self._consumer_tag = None
 
     async def close(self, timeout: float = 5.0) -> None:

@@ -68,8 +68,8 @@ QUEUES = ("orchestrator.events", "orchestrator", "dead-letter", *SERVICES)
 EXCHANGES = ("events", "commands", "dead")
 
 
-async def delete_namespace(namespace: str, queues: tuple[str, ...] = QUEUES) -> None:
-    connection = await aio_pika.connect(AMQP_URL)
+async def delete_namespace(namespace: str, queues: tuple[str, ...] = QUEUES, url: str = AMQP_URL) -> None:
+    connection = await aio_pika.connect(url)
     try:
         channel = await connection.channel()
         for queue in queues:
@@ -160,13 +160,15 @@ class Bench:
     #: the REST API of the orchestrator started last (each gets a free port of its own)
     api_url: str | None = None
     api_token: str = API_TOKEN
+    #: the shared broker, or a private node of the test's own (``private_bench``)
+    amqp_url: str = AMQP_URL
 
     @property
     def env(self) -> dict[str, str]:
         return {
             **os.environ,
             "ORCHESTRATOR_DATABASE_URL": self.database_url,
-            "ORCHESTRATOR_AMQP_URL": AMQP_URL,
+            "ORCHESTRATOR_AMQP_URL": self.amqp_url,
             "ORCHESTRATOR_NAMESPACE": self.namespace,
             "ORCHESTRATOR_API_TOKEN": self.api_token,
             "PYTHONUNBUFFERED": "1",
@@ -233,7 +235,8 @@ class Bench:
             await asyncio.sleep(0.05)
 
     async def wait_for_consumer(self, queue: str, timeout: float = 30) -> None:
-        connection = await aio_pika.connect(AMQP_URL)  # not robust: a passive declare must ask the broker
+        # not robust: a passive declare must ask the broker
+        connection = await aio_pika.connect(self.amqp_url)
         try:
             await wait_for_consumers(connection, [queue], timeout)
         except TimeoutError as error:
@@ -330,20 +333,55 @@ class Bench:
         if self.store is not None:
             await self.store.close()
         if self.connection is not None:
-            await self.connection.close()
-        await delete_namespace(self.namespace)
+            with contextlib.suppress(Exception):  # a test may have stopped its private broker
+                await asyncio.wait_for(self.connection.close(), 5)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(delete_namespace(self.namespace, url=self.amqp_url), 10)
+
+    async def connect(self) -> None:
+        """(Again) the test's own connection and channel to publish on."""
+        if self.connection is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.connection.close(), 5)
+        self.connection = await aio_pika.connect(self.amqp_url)
+        self.channel = await self.connection.channel(publisher_confirms=True)
 
 
 @pytest_asyncio.fixture
 async def bench(database_url: str, tmp_path: Path) -> AsyncIterator[Bench]:
     namespace = f"test-{uuid.uuid4().hex[:8]}"
     setup = Bench(namespace, database_url, tmp_path)
-    setup.connection = await aio_pika.connect(AMQP_URL)
-    setup.channel = await setup.connection.channel(publisher_confirms=True)
+    await setup.connect()
     setup.store = PostgresStore.from_url(database_url, pool_size=2)
     try:
         yield setup
     finally:
+        await setup.cleanup()
+
+
+@pytest_asyncio.fixture
+async def private_bench(
+    database_url: str, tmp_path: Path, private_broker: PrivateBroker
+) -> AsyncIterator[Bench]:
+    """A bench whose processes use the private RabbitMQ node, its namespace's topology declared
+    there by ``orchestrator migrate``: for tests that stop, freeze or restart the broker."""
+    namespace = f"test-{uuid.uuid4().hex[:8]}"
+    setup = Bench(namespace, database_url, tmp_path, amqp_url=private_broker.url)
+    await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "orchestrator", "migrate"],
+        env=setup.env,
+        check=True,
+        cwd=ROOT,
+        timeout=120,
+        capture_output=True,
+    )
+    await setup.connect()
+    setup.store = PostgresStore.from_url(database_url, pool_size=2)
+    try:
+        yield setup
+    finally:
+        private_broker.ensure_running()  # the cleanup deletes the namespace there
         await setup.cleanup()
 
 
