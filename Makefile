@@ -20,8 +20,8 @@ $(STAMP): pyproject.toml
 install: venv
 
 lint: venv
-	$(BIN)/ruff check orchestrator participants tests migrations
-	$(BIN)/ruff format --check orchestrator participants tests migrations
+	$(BIN)/ruff check orchestrator participants bench tests migrations
+	$(BIN)/ruff format --check orchestrator participants bench tests migrations
 
 types: venv
 	$(BIN)/mypy
@@ -43,12 +43,12 @@ run: migrate
 	$(BIN)/orchestrator run $(if $(ORCHESTRATOR_API_TOKEN),,--insecure)
 
 demo: migrate
-	$(BIN)/python -m orchestrator.demo
+	$(BIN)/python -m bench.demo
 
 # The benchmark against ../shared/limit/pipeline.py (docs/benchmark.md); it migrates and empties
 # a database of its own (BENCH_DATABASE_URL, default orchestrator_bench), never the one above.
 bench: migrate
-	$(BIN)/python -m orchestrator.bench
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

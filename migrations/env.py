@@ -9,7 +9,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from orchestrator.schema import metadata
+from orchestrator.adapters.postgres.schema import metadata
 
 config = context.config
 target_metadata = metadata

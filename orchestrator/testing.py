@@ -20,16 +20,16 @@ from typing import Any
 
 import orjson
 
-from orchestrator.definitions import Workflow
-from orchestrator.engine import OutgoingCommand, Saga, saga_id_for
-from orchestrator.machine import DEFAULT_MAX_PARKED
-from orchestrator.messages import Message, dump
-from orchestrator.operations import Applied, OperatorAction, apply_action, start_saga
-from orchestrator.replay import verify
-from orchestrator.routing import Registry
-from orchestrator.service import BatchResult, Envelope, Verdict, fire_due_deadlines, process_batch
-from orchestrator.store import JournalEntry
-from orchestrator.store_memory import MemoryStore
+from orchestrator.adapters.memory import MemoryStore
+from orchestrator.core.definitions import Workflow
+from orchestrator.core.engine import OutgoingCommand, Saga, saga_id_for
+from orchestrator.core.machine import DEFAULT_MAX_PARKED
+from orchestrator.core.messages import Message, dump
+from orchestrator.core.replay import verify
+from orchestrator.core.routing import Registry
+from orchestrator.service.batch import BatchResult, Envelope, Verdict, fire_due_deadlines, process_batch
+from orchestrator.service.operations import Applied, OperatorAction, apply_action, start_saga
+from orchestrator.service.store import JournalEntry
 
 __all__ = ["WorkflowTestKit"]
 

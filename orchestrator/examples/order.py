@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from orchestrator.core.steps import saga, step
 from orchestrator.examples.contracts import (
     ChargePayment,
     OrderPlaced,
@@ -20,7 +21,6 @@ from orchestrator.examples.contracts import (
     StockReleased,
     StockReserved,
 )
-from orchestrator.steps import saga, step
 
 
 @saga(starts_on=OrderPlaced, key="order_id", name="order")

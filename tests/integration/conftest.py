@@ -27,10 +27,10 @@ import orjson
 import pytest
 import pytest_asyncio
 
-from orchestrator.amqp import wait_for_consumers
-from orchestrator.definitions import FINISHED
-from orchestrator.engine import Saga, saga_id_for
-from orchestrator.store_postgres import PostgresStore
+from orchestrator.adapters.amqp.broker import wait_for_consumers
+from orchestrator.adapters.postgres.store import PostgresStore
+from orchestrator.core.definitions import FINISHED
+from orchestrator.core.engine import Saga, saga_id_for
 from tests.integration.private_broker import PrivateBroker
 
 ROOT = Path(__file__).resolve().parents[2]

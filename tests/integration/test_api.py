@@ -17,18 +17,18 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import delete
 
-from orchestrator.api import ApiContext, create_app
-from orchestrator.definitions import FAIL, Status, Workflow
+from orchestrator.adapters.metrics import Metrics
+from orchestrator.adapters.postgres.queries import Queries
+from orchestrator.adapters.postgres.schema import deadlines
+from orchestrator.adapters.postgres.store import PostgresStore
+from orchestrator.core.definitions import FAIL, Status, Workflow
+from orchestrator.core.routing import Registry
+from orchestrator.entrypoints.api.app import ApiContext, create_app
+from orchestrator.entrypoints.settings import Settings
 from orchestrator.examples import WORKFLOWS
 from orchestrator.examples.contracts import BuyerSigned, EscrowOpened, RequestBuyerSignature
-from orchestrator.metrics import Metrics
-from orchestrator.operations import Applied
-from orchestrator.queries import Queries
-from orchestrator.routing import Registry
-from orchestrator.schema import deadlines
-from orchestrator.service import Envelope, process_batch
-from orchestrator.settings import Settings
-from orchestrator.store_postgres import PostgresStore
+from orchestrator.service.batch import Envelope, process_batch
+from orchestrator.service.operations import Applied
 
 from .conftest import migrated_database
 
@@ -203,11 +203,11 @@ async def test_operator_actions_go_through_the_engine_and_the_journal_keeps_who_
 async def test_the_log_lines_of_a_start_and_an_action_carry_the_saga_and_message_ids(
     api: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="orchestrator.api")
+    caplog.set_level(logging.INFO, logger="orchestrator.entrypoints.api.app")
     saga = await api.start()
     await api.act(saga, "cancel", reason="customer called")
 
-    lines = [r for r in caplog.records if r.name == "orchestrator.api"]
+    lines = [r for r in caplog.records if r.name == "orchestrator.entrypoints.api.app"]
     history = (await api.client.get(f"/sagas/{saga['id']}/history")).json()["items"]
     journaled = [e["message"]["message_id"] for e in history]
     assert [(r.saga_id, r.message_id) for r in lines] == [(saga["id"], m) for m in journaled]  # type: ignore[attr-defined]

@@ -24,14 +24,14 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from orchestrator.api import ApiContext, create_app
-from orchestrator.engine import saga_id_for
+from orchestrator.adapters.metrics import Metrics
+from orchestrator.adapters.postgres.queries import Queries
+from orchestrator.adapters.postgres.store import PostgresStore
+from orchestrator.core.engine import saga_id_for
+from orchestrator.core.routing import Registry
+from orchestrator.entrypoints.api.app import ApiContext, create_app
+from orchestrator.entrypoints.settings import Settings
 from orchestrator.examples import WORKFLOWS
-from orchestrator.metrics import Metrics
-from orchestrator.queries import Queries
-from orchestrator.routing import Registry
-from orchestrator.settings import Settings
-from orchestrator.store_postgres import PostgresStore
 
 from .conftest import ADMIN_DSN, migrated_database
 

@@ -1,4 +1,4 @@
-"""``python -m orchestrator.bench --quick`` runs every scenario to the end and writes its JSON.
+"""``python -m bench --quick`` runs every scenario to the end and writes its JSON.
 
 Only that it works is checked here, never how fast: timings on a shared two-core box say nothing
 in a test. The figures are ``make bench``'s business.
@@ -30,7 +30,7 @@ def test_quick_bench_runs_every_scenario(tmp_path: Path) -> None:
             [
                 sys.executable,
                 "-m",
-                "orchestrator.bench",
+                "bench",
                 "--quick",
                 "--out",
                 str(out),

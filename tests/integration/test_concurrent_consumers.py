@@ -16,7 +16,7 @@ import aio_pika.abc
 import orjson
 import pytest
 
-from orchestrator.engine import saga_id_for
+from orchestrator.core.engine import saga_id_for
 
 from .conftest import Bench
 

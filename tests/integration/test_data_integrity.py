@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from orchestrator.engine import Saga, saga_id_for
+from orchestrator.core.engine import Saga, saga_id_for
 
 from .conftest import Bench, unique
 

@@ -16,10 +16,10 @@ import aio_pika
 import orjson
 import pytest
 
-from orchestrator.amqp import services_of
-from orchestrator.bootstrap import load_workflows
-from orchestrator.routing import Registry
-from orchestrator.topology import Topology, declare
+from orchestrator.adapters.amqp.broker import services_of
+from orchestrator.adapters.amqp.topology import Topology, declare
+from orchestrator.core.routing import Registry
+from orchestrator.entrypoints.bootstrap import load_workflows
 
 from .conftest import ROOT, Bench, unique
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from orchestrator.engine import saga_id_for
+from orchestrator.core.engine import saga_id_for
 
 from .conftest import Bench, migrated_database, unique
 from .test_recovery import assert_each_decided_once

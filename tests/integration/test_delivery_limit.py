@@ -19,8 +19,8 @@ import aio_pika
 import pytest
 import pytest_asyncio
 
-from orchestrator.amqp import Delivery, QueueConsumer
-from orchestrator.topology import ORCHESTRATOR_DELIVERY_LIMIT, Topology, declare
+from orchestrator.adapters.amqp.broker import Delivery, QueueConsumer
+from orchestrator.adapters.amqp.topology import ORCHESTRATOR_DELIVERY_LIMIT, Topology, declare
 
 from .conftest import AMQP_URL, delete_namespace
 

@@ -38,16 +38,17 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from pamqp import commands, header
 
-import orchestrator.amqp
-from orchestrator import ingress
-from orchestrator.app import Orchestrator
-from orchestrator.bootstrap import load_workflows
-from orchestrator.engine import saga_id_for
-from orchestrator.ingress import Envelope, Reason
-from orchestrator.routing import Registry
-from orchestrator.service import Verdict
-from orchestrator.settings import Settings
-from orchestrator.store_postgres import PostgresStore
+from orchestrator.adapters.amqp import broker as amqp_broker
+from orchestrator.adapters.postgres import store as postgres_store
+from orchestrator.adapters.postgres.store import PostgresStore
+from orchestrator.core import ingress
+from orchestrator.core.engine import saga_id_for
+from orchestrator.core.ingress import Envelope, Reason
+from orchestrator.core.routing import Registry
+from orchestrator.entrypoints.bootstrap import load_workflows
+from orchestrator.entrypoints.runtime import Orchestrator
+from orchestrator.entrypoints.settings import Settings
+from orchestrator.service.batch import Verdict
 from tests.integration import raw_amqp
 from tests.integration.conftest import migrated_database
 
@@ -485,7 +486,7 @@ def test_any_batch_of_deliveries_ends_accepted_duplicate_or_dead(rig: Rig, batch
         assert envelope.refused is None or envelope.refused.reason in set(Reason)
         # what the dead-letter record of it would be is always storable
         letter = ingress.dead_letter_of(envelope, envelope.refused or ingress.Refused(Reason.UNKNOWN, "x"))
-        orchestrator.store_postgres._dumps(letter.properties)
+        postgres_store._dumps(letter.properties)
         if raw.smuggled is not None:
             envelope = replace(envelope, message_id=raw.smuggled, type=raw.made_for or "orders.OrderPlaced")
             envelope = replace(envelope, refused=None)
@@ -518,7 +519,7 @@ odd_value = st.one_of(property_value, headers, st.integers(), st.floats(), st.da
 @st.composite
 def delivered_messages(draw: st.DrawFn) -> DeliveredMessage:
     if draw(st.integers(0, 9)) == 0:
-        properties: Any = orchestrator.amqp.UndecodableProperties()
+        properties: Any = amqp_broker.UndecodableProperties()
         properties.error = draw(any_text)
         properties.raw = draw(st.binary(max_size=50))
     elif draw(st.integers(0, 19)) == 0:
@@ -545,10 +546,10 @@ def delivered_messages(draw: st.DrawFn) -> DeliveredMessage:
 @FUZZ
 @given(message=delivered_messages())
 def test_envelope_of_any_delivery_never_raises(message: DeliveredMessage) -> None:
-    envelope = orchestrator.amqp.envelope_of(message)
+    envelope = amqp_broker.envelope_of(message)
     assert isinstance(envelope, Envelope)
     assert isinstance(envelope.exchange, str) and isinstance(envelope.routing_key, str)
-    if isinstance(getattr(message.header, "properties", None), orchestrator.amqp.UndecodableProperties):
+    if isinstance(getattr(message.header, "properties", None), amqp_broker.UndecodableProperties):
         assert envelope.refused is not None and envelope.refused.reason is Reason.BAD_PROPERTY
     if envelope.refused is None:
         for text in (envelope.type, envelope.message_id, envelope.correlation_id, envelope.workflow):
@@ -621,7 +622,7 @@ def test_any_content_header_decodes_and_gives_an_envelope(
     assert (consumed, channel) == (len(data), 1)
     assert isinstance(decoded, header.ContentHeader)
     properties = decoded.properties
-    if isinstance(properties, orchestrator.amqp.UndecodableProperties):
+    if isinstance(properties, amqp_broker.UndecodableProperties):
         event(f"undecodable: {properties.error.split(':')[0]}")
     else:
         for name, sent in shortstrs.items():  # what came decodes back to the very bytes sent
@@ -629,7 +630,7 @@ def test_any_content_header_decodes_and_gives_an_envelope(
             assert value.encode("utf-8", "surrogateescape") == sent
         event("decoded")
     delivery = commands.Basic.Deliver("ctag", 1, False, "fuzz.events", "rk")
-    envelope = orchestrator.amqp.envelope_of(DeliveredMessage(delivery, decoded, body, None))  # type: ignore[arg-type]
+    envelope = amqp_broker.envelope_of(DeliveredMessage(delivery, decoded, body, None))  # type: ignore[arg-type]
     assert isinstance(envelope, Envelope)
     event(f"frame envelope: {envelope.refused.reason if envelope.refused else 'ok'}")
 

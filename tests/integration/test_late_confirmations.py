@@ -15,16 +15,16 @@ import orjson
 import pytest
 import pytest_asyncio
 
-from orchestrator.api import ApiContext, create_app
-from orchestrator.engine import OutgoingCommand
-from orchestrator.metrics import Metrics
-from orchestrator.operations import Applied
-from orchestrator.queries import Queries
-from orchestrator.replay import differences, replay
-from orchestrator.routing import Registry
-from orchestrator.service import Envelope, process_batch
-from orchestrator.settings import Settings
-from orchestrator.store_postgres import PostgresStore
+from orchestrator.adapters.metrics import Metrics
+from orchestrator.adapters.postgres.queries import Queries
+from orchestrator.adapters.postgres.store import PostgresStore
+from orchestrator.core.engine import OutgoingCommand
+from orchestrator.core.replay import differences, replay
+from orchestrator.core.routing import Registry
+from orchestrator.entrypoints.api.app import ApiContext, create_app
+from orchestrator.entrypoints.settings import Settings
+from orchestrator.service.batch import Envelope, process_batch
+from orchestrator.service.operations import Applied
 from tests.unit.test_late_confirmations import WORKFLOW, FlightBooked, FlightCancelled
 
 from .conftest import migrated_database

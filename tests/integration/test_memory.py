@@ -20,7 +20,7 @@ import aio_pika
 import orjson
 import pytest
 
-from orchestrator.settings import Settings
+from orchestrator.entrypoints.settings import Settings
 from tests.integration.conftest import Bench
 
 pytestmark = pytest.mark.integration

@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from orchestrator.bootstrap import load_workflows
-from orchestrator.engine import saga_id_for
-from orchestrator.replay import differences, replay
-from orchestrator.routing import Registry
+from orchestrator.core.engine import saga_id_for
+from orchestrator.core.replay import differences, replay
+from orchestrator.core.routing import Registry
+from orchestrator.entrypoints.bootstrap import load_workflows
 
 from .conftest import ROOT, Bench, unique
 

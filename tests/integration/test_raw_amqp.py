@@ -25,7 +25,7 @@ import aio_pika
 import pytest
 import pytest_asyncio
 
-import orchestrator.amqp
+from orchestrator.adapters.amqp import broker as amqp_broker
 from tests.integration.conftest import AMQP_URL
 from tests.integration.raw_amqp import BrokerClosed, PublishReturned, RawPublisher
 
@@ -151,9 +151,9 @@ async def test_an_invalid_utf8_shortstr_arrives_with_the_orchestrator_s_tolerant
     """The broker takes the message. Plain aio-pika cannot decode its ContentHeader frame: aiormq's
     reader fails with ``InvalidFrameError`` (from pamqp's strict ``UnicodeDecodeError``), closes
     the whole connection, and the broker hands the message back to the next consumer, forever.
-    Importing ``orchestrator.amqp`` (as this test session does) makes pamqp decode such a
+    Importing ``orchestrator.adapters.amqp.broker`` (as this test session does) makes pamqp decode such a
     ``shortstr`` with ``surrogateescape``: the message arrives, and the bytes are all there."""
-    assert orchestrator.amqp  # the import installs the tolerant decoding
+    assert amqp_broker  # the import installs the tolerant decoding
     await rig.publish(b"{}", properties=properties, headers=headers)
     assert await rig.ready() == 1
 

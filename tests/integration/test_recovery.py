@@ -10,7 +10,7 @@ import subprocess
 import asyncpg
 import pytest
 
-from orchestrator.engine import saga_id_for
+from orchestrator.core.engine import saga_id_for
 
 from .conftest import Bench, unique
 

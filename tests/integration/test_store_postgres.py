@@ -13,17 +13,17 @@ import asyncpg
 import orjson
 import pytest
 
-from orchestrator.engine import Deadline, saga_id_for
+from orchestrator.adapters.memory import MemoryStore
+from orchestrator.adapters.postgres.store import PostgresStore, driver_dsn
+from orchestrator.core.engine import Deadline, saga_id_for
+from orchestrator.core.messages import Message, dump
+from orchestrator.core.replay import differences, replay
+from orchestrator.core.routing import Registry
 from orchestrator.examples import WORKFLOWS
 from orchestrator.examples.contracts import EscrowOpened, Line, OrderPlaced, PaymentCharged, StockReserved
-from orchestrator.faults import Fault, classify
-from orchestrator.messages import Message, dump
-from orchestrator.replay import differences, replay
-from orchestrator.routing import Registry
-from orchestrator.service import BatchResult, Envelope, Verdict, fire_due_deadlines, process_batch
-from orchestrator.store import Changes
-from orchestrator.store_memory import MemoryStore
-from orchestrator.store_postgres import PostgresStore, driver_dsn
+from orchestrator.service.batch import BatchResult, Envelope, Verdict, fire_due_deadlines, process_batch
+from orchestrator.service.faults import Fault, classify
+from orchestrator.service.store import Changes
 from tests.integration.conftest import migrated_database
 from tests.integration.workflows import WORKFLOWS as FAST
 

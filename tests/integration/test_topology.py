@@ -20,8 +20,8 @@ import aio_pika.abc
 import pytest
 import pytest_asyncio
 
-from orchestrator.amqp_decoding import UndecodableProperties
-from orchestrator.topology import (
+from orchestrator.adapters.amqp.decoding import UndecodableProperties
+from orchestrator.adapters.amqp.topology import (
     ORCHESTRATOR_DELIVERY_LIMIT,
     Topology,
     TopologyError,
@@ -210,7 +210,7 @@ async def test_a_message_with_bytes_that_are_not_utf8_is_moved_whole(
     ns: str, connection: aio_pika.abc.AbstractConnection
 ) -> None:
     """Another client may put bytes in a short string that are not UTF-8. Plain pamqp cannot
-    decode such a message; with the orchestrator's tolerant decoding (orchestrator.amqp) the
+    decode such a message; with the orchestrator's tolerant decoding (orchestrator.adapters.amqp.broker) the
     migration reads it and republishes the very same bytes, so it reaches the quorum queue and is
     dead-lettered there, with its reason, like any bad message."""
     topology = Topology(ns)

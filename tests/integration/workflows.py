@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from orchestrator.definitions import Retry
+from orchestrator.core.definitions import Retry
+from orchestrator.core.steps import saga, step
 from orchestrator.examples.contracts import (
     ChargePayment,
     OrderPlaced,
@@ -21,7 +22,6 @@ from orchestrator.examples.contracts import (
     StockReleased,
     StockReserved,
 )
-from orchestrator.steps import saga, step
 
 RETRY = Retry(every=timedelta(seconds=1), backoff=2.0, max_every=timedelta(seconds=2))
 

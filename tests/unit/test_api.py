@@ -13,13 +13,13 @@ import pytest
 import pytest_asyncio
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from orchestrator.api import ApiContext, create_app
+from orchestrator.adapters.metrics import Metrics
+from orchestrator.adapters.postgres.queries import Queries
+from orchestrator.adapters.postgres.store import PostgresStore
+from orchestrator.core.routing import Registry
+from orchestrator.entrypoints.api.app import ApiContext, create_app
+from orchestrator.entrypoints.settings import Settings
 from orchestrator.examples import WORKFLOWS
-from orchestrator.metrics import Metrics
-from orchestrator.queries import Queries
-from orchestrator.routing import Registry
-from orchestrator.settings import Settings
-from orchestrator.store_postgres import PostgresStore
 
 NOWHERE = "postgresql+asyncpg://postgres@127.0.0.1:1/none"
 SAGA = "/sagas/0b5a7b8e-6d5c-4b7a-9c1e-3f2a1b0c9d8e"

@@ -18,18 +18,18 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import exc
 
-from orchestrator.api import ApiContext, create_app
-from orchestrator.engine import Saga, saga_id_for
+from orchestrator.adapters.memory import MemoryStore
+from orchestrator.adapters.metrics import Metrics
+from orchestrator.adapters.postgres.queries import HistoryRow, Queries, SagaFilter, SagaPage, Timer
+from orchestrator.adapters.postgres.store import make_engine
+from orchestrator.core.engine import Saga, saga_id_for
+from orchestrator.core.routing import Registry
+from orchestrator.entrypoints.api.app import ApiContext, create_app
+from orchestrator.entrypoints.settings import Settings
 from orchestrator.examples import WORKFLOWS
-from orchestrator.faults import Fault, from_database
-from orchestrator.metrics import Metrics
-from orchestrator.operations import Applied
-from orchestrator.queries import HistoryRow, Queries, SagaFilter, SagaPage, Timer
-from orchestrator.routing import Registry
-from orchestrator.settings import Settings
-from orchestrator.store import Changes, DueDeadline
-from orchestrator.store_memory import MemoryStore
-from orchestrator.store_postgres import make_engine
+from orchestrator.service.faults import Fault, from_database
+from orchestrator.service.operations import Applied
+from orchestrator.service.store import Changes, DueDeadline
 
 ORDER = {"customer_id": "c-1", "lines": [{"sku": "sku-1", "quantity": 1}], "amount_cents": 1200}
 

@@ -9,16 +9,16 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from orchestrator import cli
-from orchestrator.bootstrap import configure_logging
-from orchestrator.deadlines import DeadlineAlarm
-from orchestrator.engine import Incoming, OutgoingCommand
+from orchestrator.adapters.metrics import Histogram, Metrics
+from orchestrator.core.engine import Incoming, OutgoingCommand
+from orchestrator.core.routing import Registry
+from orchestrator.entrypoints import cli
+from orchestrator.entrypoints.bootstrap import configure_logging
+from orchestrator.entrypoints.settings import Settings
 from orchestrator.examples import WORKFLOWS
-from orchestrator.metrics import Histogram, Metrics
-from orchestrator.relay import Relay
-from orchestrator.routing import Registry
-from orchestrator.settings import Settings
-from orchestrator.store import JournalEntry
+from orchestrator.service.deadlines import DeadlineAlarm
+from orchestrator.service.relay import Relay
+from orchestrator.service.store import JournalEntry
 
 
 def test_a_histogram_counts_into_cumulative_buckets() -> None:
@@ -83,7 +83,7 @@ def test_a_fired_deadline_counts_its_lateness_and_logs_its_saga_and_message(
         "s-1", 4, message, {"from": "charge", "to": "compensating_reserve"}, due + timedelta(seconds=2)
     )
 
-    with caplog.at_level(logging.INFO, "orchestrator.deadlines"):
+    with caplog.at_level(logging.INFO, "orchestrator.service.deadlines"):
         alarm._observe([entry])
 
     assert alarm.metrics.deadlines_fired["deadline"] == 1

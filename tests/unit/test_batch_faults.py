@@ -14,16 +14,16 @@ from typing import Any
 import orjson
 import pytest
 
-from orchestrator.app import Orchestrator
-from orchestrator.engine import saga_id_for
+from orchestrator.adapters.memory import InboxConflict, MemoryStore
+from orchestrator.core.engine import saga_id_for
+from orchestrator.core.ingress import Envelope
+from orchestrator.core.routing import Registry
+from orchestrator.entrypoints.runtime import Orchestrator
+from orchestrator.entrypoints.settings import Settings
 from orchestrator.examples import WORKFLOWS
-from orchestrator.faults import Fault, classify
-from orchestrator.ingress import Envelope
-from orchestrator.routing import Registry
-from orchestrator.service import Verdict
-from orchestrator.settings import Settings
-from orchestrator.store import Changes
-from orchestrator.store_memory import InboxConflict, MemoryStore
+from orchestrator.service.batch import Verdict
+from orchestrator.service.faults import Fault, classify
+from orchestrator.service.store import Changes
 
 
 class PostgresLikeError(Exception):
@@ -275,8 +275,8 @@ async def test_a_retry_timer_for_a_state_the_workflow_no_longer_has_is_dropped_n
     from dataclasses import replace
     from datetime import UTC, datetime, timedelta
 
-    from orchestrator.engine import Deadline
-    from orchestrator.service import fire_due_deadlines, process_batch
+    from orchestrator.core.engine import Deadline
+    from orchestrator.service.batch import fire_due_deadlines, process_batch
 
     store, registry, now = MemoryStore(), Registry(WORKFLOWS), datetime.now(UTC)
     await process_batch(registry, store, [start("o-gone")], now)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.bench.report import histogram_percentiles, histogram_quantile
-from orchestrator.metrics import Metrics
+from bench.report import histogram_percentiles, histogram_quantile
+from orchestrator.adapters.metrics import Metrics
 
 
 def test_a_quantile_is_interpolated_within_its_bucket() -> None:

@@ -14,10 +14,10 @@ from datetime import UTC, datetime
 
 import orjson
 
-from orchestrator.definitions import Status
-from orchestrator.engine import Incoming, Outcome, decide
+from orchestrator.core.definitions import Status
+from orchestrator.core.engine import Incoming, Outcome, decide
+from orchestrator.core.machine import CompiledWorkflow
 from orchestrator.examples import OrderSaga, escrow
-from orchestrator.machine import CompiledWorkflow
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 ORDER = CompiledWorkflow(OrderSaga.workflow)  # type: ignore[attr-defined]

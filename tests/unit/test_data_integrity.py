@@ -12,18 +12,18 @@ from typing import Any
 import orjson
 import pytest
 
-from orchestrator.definitions import DefinitionError, Workflow
-from orchestrator.engine import Incoming, Outcome, decide
+from orchestrator.core.definitions import DefinitionError, Workflow
+from orchestrator.core.engine import Incoming, Outcome, decide
+from orchestrator.core.ingress import Reason
+from orchestrator.core.machine import CompiledWorkflow
+from orchestrator.core.messages import Command, Event, dump
+from orchestrator.core.replay import differences, replay
+from orchestrator.core.steps import saga, step
 from orchestrator.examples import OrderSaga
 from orchestrator.examples.contracts import Line, OrderPlaced
-from orchestrator.ingress import Reason
-from orchestrator.machine import CompiledWorkflow
-from orchestrator.messages import Command, Event, dump
-from orchestrator.operations import BadRequest
-from orchestrator.replay import differences, replay
-from orchestrator.service import Envelope, Verdict
-from orchestrator.steps import saga, step
-from orchestrator.store import JournalEntry
+from orchestrator.service.batch import Envelope, Verdict
+from orchestrator.service.operations import BadRequest
+from orchestrator.service.store import JournalEntry
 from orchestrator.testing import WorkflowTestKit
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)

@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from orchestrator.dead_letters import (
+from orchestrator.core.ingress import Reason, envelope
+from orchestrator.service.dead_letters import (
     DeadLetterRow,
     broker_dead_letter,
     death_of,
     republished,
     why_not_replayable,
 )
-from orchestrator.ingress import Reason, envelope
 
 
 def _x_death(reason: Any = "rejected", **extra: Any) -> dict[str, Any]:

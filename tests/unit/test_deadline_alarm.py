@@ -9,12 +9,12 @@ from typing import Any
 import asyncpg
 import pytest
 
-from orchestrator import deadlines
-from orchestrator.deadlines import DeadlineAlarm
+from orchestrator.adapters.memory import MemoryStore
+from orchestrator.core.routing import Registry
 from orchestrator.examples import WORKFLOWS
-from orchestrator.routing import Registry
-from orchestrator.service import BatchResult
-from orchestrator.store_memory import MemoryStore
+from orchestrator.service import deadlines
+from orchestrator.service.batch import BatchResult
+from orchestrator.service.deadlines import DeadlineAlarm
 
 
 def alarm_failing_with(

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from orchestrator.definitions import CANCEL, DEADLINE, IGNORE, DefinitionError, Status, Undo, Workflow
-from orchestrator.engine import Incoming, Outcome, decide
-from orchestrator.machine import CompiledWorkflow
-from orchestrator.messages import Command, Event
-from orchestrator.steps import saga, step
+from orchestrator.core.definitions import CANCEL, DEADLINE, IGNORE, DefinitionError, Status, Undo, Workflow
+from orchestrator.core.engine import Incoming, Outcome, decide
+from orchestrator.core.machine import CompiledWorkflow
+from orchestrator.core.messages import Command, Event
+from orchestrator.core.steps import saga, step
 from tests.unit.trips import BookFlight, CancelFlight, FlightBooked, FlightCancelled, TripRequested
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

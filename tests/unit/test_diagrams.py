@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from orchestrator.definitions import PARK, Retry, Workflow
-from orchestrator.diagrams import describe, mermaid
+from orchestrator.core.definitions import PARK, Retry, Workflow
+from orchestrator.core.diagrams import describe, mermaid
+from orchestrator.core.routing import Registry
 from orchestrator.examples import WORKFLOWS, escrow
 from orchestrator.examples.contracts import BuyerSigned, EscrowOpened, RequestBuyerSignature, SellerSigned
-from orchestrator.routing import Registry
 
 compiled = Registry(WORKFLOWS).workflows
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator.definitions import DEADLINE, FAIL, RETRY, Status, Workflow
-from orchestrator.engine import (
+from orchestrator.core.definitions import DEADLINE, FAIL, RETRY, Status, Workflow
+from orchestrator.core.engine import (
     Deadline,
     Decision,
     Incoming,
@@ -24,10 +24,10 @@ from orchestrator.engine import (
     decide,
     saga_id_for,
 )
+from orchestrator.core.machine import CompiledWorkflow
+from orchestrator.core.messages import Command, Event
 from orchestrator.examples import OrderSaga, escrow
 from orchestrator.examples.contracts import EscrowOpened, FundsReceived
-from orchestrator.machine import CompiledWorkflow
-from orchestrator.messages import Command, Event
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from orchestrator import engine
-from orchestrator.definitions import Status
-from orchestrator.engine import Decision, Outcome, OutgoingCommand, Saga
-from orchestrator.messages import Command, Event
-from orchestrator.operations import ActionRefused, BadRequest
-from orchestrator.steps import saga, step
+from orchestrator.core import engine
+from orchestrator.core.definitions import Status
+from orchestrator.core.engine import Decision, Outcome, OutgoingCommand, Saga
+from orchestrator.core.messages import Command, Event
+from orchestrator.core.steps import saga, step
+from orchestrator.service.operations import ActionRefused, BadRequest
 from orchestrator.testing import WorkflowTestKit
 from tests.unit.trips import BookFlight, CancelFlight, FlightBooked, FlightCancelled, TripRequested
 
@@ -216,8 +216,8 @@ def before(monkeypatch: pytest.MonkeyPatch) -> None:
     def old_summary(self: Decision) -> dict[str, Any]:
         return {k: v for k, v in summary(self).items() if k != "operators"}
 
-    monkeypatch.setattr("orchestrator.service.decide", old_decide)
-    monkeypatch.setattr("orchestrator.operations.decide", old_decide)
+    monkeypatch.setattr("orchestrator.service.batch.decide", old_decide)
+    monkeypatch.setattr("orchestrator.service.operations.decide", old_decide)
     monkeypatch.setattr(Decision, "summary", old_summary)
 
 
@@ -244,7 +244,7 @@ def test_replay_rebuilds_a_journal_begun_before_these_rules_and_continued_after(
     with monkeypatch.context() as old:
         decide, summary = engine.decide, Decision.summary
         old.setattr(
-            "orchestrator.service.decide", lambda *a, **k: decide(*a, **{**k, "before_operators": True})
+            "orchestrator.service.batch.decide", lambda *a, **k: decide(*a, **{**k, "before_operators": True})
         )
         old.setattr(
             Decision, "summary", lambda self: {k: v for k, v in summary(self).items() if k != "operators"}

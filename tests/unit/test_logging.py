@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from orchestrator.bootstrap import MAX_FIELD, MAX_MESSAGE, configure_logging
-from orchestrator.settings import Settings
+from orchestrator.entrypoints.bootstrap import MAX_FIELD, MAX_MESSAGE, configure_logging
+from orchestrator.entrypoints.settings import Settings
 
 FORGED = "\n2026-01-01 INFO orchestrator: forged"
 

@@ -7,8 +7,8 @@ from datetime import timedelta
 
 import pytest
 
-from orchestrator.definitions import FAIL, Status, Workflow
-from orchestrator.engine import Saga
+from orchestrator.core.definitions import FAIL, Status, Workflow
+from orchestrator.core.engine import Saga
 from orchestrator.examples import WORKFLOWS
 from orchestrator.examples.contracts import (
     BuyerSigned,
@@ -20,7 +20,7 @@ from orchestrator.examples.contracts import (
     StockReleased,
     StockReserved,
 )
-from orchestrator.operations import ActionRefused, BadRequest, SagaNotFound
+from orchestrator.service.operations import ActionRefused, BadRequest, SagaNotFound
 from orchestrator.testing import WorkflowTestKit
 
 ORDER = {"customer_id": "c-1", "lines": [{"sku": "sku-1", "quantity": 1}], "amount_cents": 1200}

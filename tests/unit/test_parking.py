@@ -11,8 +11,14 @@ from typing import Any
 import orjson
 import pytest
 
-from orchestrator.definitions import DEADLINE, FAIL, PARK, Status, Workflow
-from orchestrator.engine import OPERATOR, Decision, Incoming, Outcome, Saga, decide, saga_id_for
+from orchestrator.adapters.memory import MemoryStore
+from orchestrator.core.definitions import DEADLINE, FAIL, PARK, Status, Workflow
+from orchestrator.core.engine import OPERATOR, Decision, Incoming, Outcome, Saga, decide, saga_id_for
+from orchestrator.core.machine import DEFAULT_MAX_PARKED, CompiledWorkflow
+from orchestrator.core.messages import Message, dump
+from orchestrator.core.replay import differences, replay
+from orchestrator.core.routing import Registry
+from orchestrator.entrypoints.settings import Settings
 from orchestrator.examples import escrow
 from orchestrator.examples.contracts import (
     BuyerRefused,
@@ -23,14 +29,8 @@ from orchestrator.examples.contracts import (
     FundsReturned,
     SellerSigned,
 )
-from orchestrator.machine import DEFAULT_MAX_PARKED, CompiledWorkflow
-from orchestrator.messages import Message, dump
-from orchestrator.replay import differences, replay
-from orchestrator.routing import Registry
-from orchestrator.service import Envelope, Verdict, process_batch
-from orchestrator.settings import Settings
-from orchestrator.store import JournalEntry
-from orchestrator.store_memory import MemoryStore
+from orchestrator.service.batch import Envelope, Verdict, process_batch
+from orchestrator.service.store import JournalEntry
 from orchestrator.testing import WorkflowTestKit
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

@@ -11,8 +11,9 @@ from typing import Any
 import orjson
 import pytest
 
-from orchestrator.definitions import DefinitionError, Retry, Undo, Workflow
-from orchestrator.engine import Outcome, OutgoingCommand, saga_id_for
+from orchestrator.core.definitions import DefinitionError, Retry, Undo, Workflow
+from orchestrator.core.engine import Outcome, OutgoingCommand, saga_id_for
+from orchestrator.core.ingress import Reason
 from orchestrator.examples import WORKFLOWS, escrow
 from orchestrator.examples.contracts import (
     BuyerRefused,
@@ -28,8 +29,7 @@ from orchestrator.examples.contracts import (
     StockReserved,
     VoidDocuments,
 )
-from orchestrator.ingress import Reason
-from orchestrator.service import Envelope, Verdict
+from orchestrator.service.batch import Envelope, Verdict
 from orchestrator.testing import WorkflowTestKit
 
 E1 = saga_id_for("escrow", "e-1")
@@ -253,11 +253,11 @@ async def test_a_reply_to_a_saga_that_failed_at_its_start_is_journaled_not_a_cra
 
     import orjson
 
-    from orchestrator.engine import saga_id_for
+    from orchestrator.adapters.memory import MemoryStore
+    from orchestrator.core.engine import saga_id_for
+    from orchestrator.core.routing import Registry
     from orchestrator.examples import WORKFLOWS
-    from orchestrator.routing import Registry
-    from orchestrator.service import Envelope, Verdict, process_batch
-    from orchestrator.store_memory import MemoryStore
+    from orchestrator.service.batch import Envelope, Verdict, process_batch
 
     registry, store, now = Registry(WORKFLOWS), MemoryStore(), datetime.now(UTC)
     start = {"order_id": "o-big", "customer_id": "c", "lines": [{"sku": "s", "quantity": 1}]}

@@ -6,7 +6,8 @@ from datetime import timedelta
 
 import pytest
 
-from orchestrator.definitions import Retry, Status
+from orchestrator.core.definitions import Retry, Status
+from orchestrator.core.steps import saga, step
 from orchestrator.examples.contracts import (
     ChargePayment,
     Line,
@@ -20,7 +21,6 @@ from orchestrator.examples.contracts import (
     StockReleased,
     StockReserved,
 )
-from orchestrator.steps import saga, step
 from orchestrator.testing import WorkflowTestKit
 
 

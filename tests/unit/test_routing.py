@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from orchestrator.definitions import DEADLINE
-from orchestrator.engine import saga_id_for
+from orchestrator.core.definitions import DEADLINE
+from orchestrator.core.engine import saga_id_for
+from orchestrator.core.routing import Registry, Rejected
 from orchestrator.examples import WORKFLOWS, OrderSaga, escrow
-from orchestrator.routing import Registry, Rejected
 
 REGISTRY = Registry(WORKFLOWS)
 

@@ -11,8 +11,13 @@ from typing import Any
 import orjson
 import pytest
 
-from orchestrator.definitions import DEADLINE, Retry, Status
-from orchestrator.engine import Deadline, Outcome, OutgoingCommand, saga_id_for
+from orchestrator.adapters.memory import MemoryStore
+from orchestrator.core.definitions import DEADLINE, Retry, Status
+from orchestrator.core.engine import Deadline, Outcome, OutgoingCommand, saga_id_for
+from orchestrator.core.messages import Message, dump
+from orchestrator.core.routing import Registry
+from orchestrator.core.steps import saga as saga_of
+from orchestrator.core.steps import step
 from orchestrator.examples import WORKFLOWS
 from orchestrator.examples.contracts import (
     BuyerRefused,
@@ -36,13 +41,8 @@ from orchestrator.examples.contracts import (
     StockReleased,
     StockReserved,
 )
-from orchestrator.messages import Message, dump
-from orchestrator.routing import Registry
-from orchestrator.service import Envelope, Verdict, fire_due_deadlines, process_batch
-from orchestrator.steps import saga as saga_of
-from orchestrator.steps import step
-from orchestrator.store import Changes
-from orchestrator.store_memory import MemoryStore
+from orchestrator.service.batch import Envelope, Verdict, fire_due_deadlines, process_batch
+from orchestrator.service.store import Changes
 from orchestrator.testing import WorkflowTestKit
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

@@ -1,4 +1,4 @@
-"""``orchestrator verify``'s comparisons (orchestrator.replay): the row, the pending timers, the
+"""``orchestrator verify``'s comparisons (orchestrator.core.replay): the row, the pending timers, the
 commands each entry records and the unsent outbox against what the journal implies, with each
 command's payload journaled."""
 
@@ -10,8 +10,17 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from orchestrator.definitions import Retry, Status
-from orchestrator.engine import Deadline, Incoming, OutgoingCommand
+from orchestrator.core.definitions import Retry, Status
+from orchestrator.core.engine import Deadline, Incoming, OutgoingCommand
+from orchestrator.core.replay import (
+    command_differences,
+    outbox_differences,
+    rebuild,
+    timer_differences,
+    verify,
+)
+from orchestrator.core.routing import Registry
+from orchestrator.core.steps import saga, step
 from orchestrator.examples.contracts import (
     ChargePayment,
     Line,
@@ -25,10 +34,7 @@ from orchestrator.examples.contracts import (
     StockReleased,
     StockReserved,
 )
-from orchestrator.replay import command_differences, outbox_differences, rebuild, timer_differences, verify
-from orchestrator.routing import Registry
-from orchestrator.steps import saga, step
-from orchestrator.store import DueDeadline, JournalEntry
+from orchestrator.service.store import DueDeadline, JournalEntry
 from orchestrator.testing import WorkflowTestKit
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from orchestrator.messages import Command, Event
+from orchestrator.core.messages import Command, Event
 
 __all__ = ["BookFlight", "CancelFlight", "FlightBooked", "FlightCancelled", "TripRequested"]
 

@@ -1,0 +1,229 @@
+"""``make demo``: the orchestrator, six participants and a mixed batch of orders and escrows.
+
+Starts every process the way a user would, places orders (some complete, some are declined,
+some run out of stock) and opens escrows (some close, some are refused), waits for every saga
+to finish, prints the outcomes per status and exits 0 only when each saga reached the status it
+should, each escrow's last reply (``bank.FundsReleased``, which nothing waits for, and
+``seller.DocumentsVoided``, which ends a refused escrow) is in its journal, and the dead-letter
+table has no row for the demo's namespace. It
+runs in a namespace of its own and removes its queues afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+
+import aio_pika
+import orjson
+from sqlalchemy import text
+
+from orchestrator.adapters.amqp.broker import wait_for_consumers
+from orchestrator.adapters.postgres.store import PostgresStore
+from orchestrator.core.engine import saga_id_for
+from orchestrator.entrypoints.settings import Settings
+
+PARTICIPANTS = {
+    "inventory": ["--out-of-stock", "unobtainium"],
+    "payment": ["--decline-over", "50000"],
+    "shipping": [],
+    "buyer": ["--refuse-over", "1000000"],
+    "seller": [],
+    "bank": [],
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    workflow: str
+    key: str
+    kind: str
+    expected: str  # the final status
+    message_type: str
+    body: dict[str, object]
+    #: the reply to a command sent on entering the final state, which nothing waits for: it must
+    #: be journaled on the saga (as ignored), never dead-lettered
+    last_reply: str | None = None
+
+
+def cases(run: str) -> list[Case]:
+    made: list[Case] = []
+    for i in range(40):
+        kind, sku, amount, expected = "ok", "sku-1", 2_500, "completed"
+        if i % 8 == 3:
+            kind, amount, expected = "declined", 75_000, "compensated"
+        elif i % 8 == 6:
+            kind, sku, expected = "out of stock", "unobtainium", "compensated"
+        key = f"order-{run}-{i}"
+        body = {
+            "order_id": key,
+            "customer_id": f"c-{i}",
+            "lines": [{"sku": sku, "quantity": 1}],
+            "amount_cents": amount,
+        }
+        made.append(Case("order", key, kind, expected, "orders.OrderPlaced", body))
+    for i in range(10):
+        kind, amount, expected, last = "ok", 300_000, "completed", "bank.FundsReleased"
+        if i % 5 == 4:
+            kind, amount, expected, last = (
+                "refused by buyer",
+                2_000_000,
+                "compensated",
+                "seller.DocumentsVoided",
+            )
+        key = f"escrow-{run}-{i}"
+        body = {"escrow_id": key, "buyer_id": f"b-{i}", "seller_id": f"s-{i}", "amount_cents": amount}
+        made.append(Case("escrow", key, kind, expected, "escrow.EscrowOpened", body, last))
+    return made
+
+
+async def wait_for_last_replies(store: PostgresStore, batch: list[Case], timeout: float) -> list[str]:
+    """Wait until each saga's journal holds the reply nobody waits for that its last command
+    gets; the ones still missing after ``timeout`` seconds, as ``key: type``."""
+    missing = {c.key: c for c in batch if c.last_reply is not None}
+    deadline = time.monotonic() + timeout
+    while missing and time.monotonic() < deadline:
+        for key, case in list(missing.items()):
+            entries = await store.journal(saga_id_for(case.workflow, key))
+            if any(e.message.type == case.last_reply for e in entries):
+                del missing[key]
+        if missing:
+            await asyncio.sleep(0.2)
+    return [f"{key}: {case.last_reply}" for key, case in missing.items()]
+
+
+async def dead_letters_of(store: PostgresStore, namespace: str) -> list[tuple[str, str | None, str]]:
+    """The rows of the dead-letter table for ``namespace`` (their exchange is ``{ns}.*``)."""
+    query = text(
+        "SELECT reason, message_type, detail FROM dead_letters"
+        " WHERE starts_with(exchange, :prefix) ORDER BY id"
+    )
+    async with store.engine.connect() as connection:
+        rows = await connection.execute(query, {"prefix": f"{namespace}."})
+        return [(row.reason, row.message_type, row.detail) for row in rows]
+
+
+def spawn(args: list[str], env: dict[str, str], log: str) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        return subprocess.Popen([sys.executable, "-m", *args], env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+async def demo() -> int:
+    settings = Settings.from_env()
+    namespace = f"demo-{uuid.uuid4().hex[:6]}"
+    run = uuid.uuid4().hex[:6]
+    # The REST API gets a token of the demo's own (unless one is set) and any free port, so the demo
+    # runs beside an orchestrator already serving on 8000.
+    token = os.environ.get("ORCHESTRATOR_API_TOKEN") or secrets.token_urlsafe(24)
+    env = {
+        **os.environ,
+        "ORCHESTRATOR_NAMESPACE": namespace,
+        "ORCHESTRATOR_API_TOKEN": token,
+        "PYTHONUNBUFFERED": "1",
+    }
+    logs = os.environ.get("DEMO_LOGS", f"/tmp/orchestrator-{namespace}")
+    os.makedirs(logs, exist_ok=True)
+    processes = [spawn(["orchestrator", "run", "--port", "0"], env, f"{logs}/orchestrator.log")]
+    processes += [
+        spawn(["participants", name, *options], env, f"{logs}/{name}.log")
+        for name, options in PARTICIPANTS.items()
+    ]
+    connection = await aio_pika.connect(settings.amqp_url)
+    store = PostgresStore.from_url(settings.database_url, pool_size=2)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        queues = [f"{namespace}.orchestrator.events", *(f"{namespace}.{n}" for n in PARTICIPANTS)]
+        try:
+            await wait_for_consumers(connection, queues, timeout=60)
+        except TimeoutError as error:
+            raise SystemExit(f"demo: {error}") from None
+        events = await channel.get_exchange(f"{namespace}.events")
+        batch = cases(run)
+        started = time.monotonic()
+        for case in batch:
+            message = aio_pika.Message(
+                orjson.dumps(case.body),
+                type=case.message_type,
+                message_id=str(uuid.uuid4()),
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            )
+            await events.publish(message, routing_key=case.message_type)
+        print(
+            f"demo: placed {sum(c.workflow == 'order' for c in batch)} orders and opened "
+            f"{sum(c.workflow == 'escrow' for c in batch)} escrows (namespace {namespace}, logs in {logs})"
+        )
+
+        outcome: dict[str, str] = {}
+        deadline = time.monotonic() + 120
+        while len(outcome) < len(batch) and time.monotonic() < deadline:
+            for case in batch:
+                if case.key not in outcome:
+                    saga = await store.get_saga(saga_id_for(case.workflow, case.key))
+                    if saga is not None and saga.finished:
+                        outcome[case.key] = f"{saga.status} ({saga.state})"
+            await asyncio.sleep(0.2)
+        elapsed = time.monotonic() - started
+
+        table: Counter[tuple[str, str, str, str]] = Counter()
+        wrong = 0
+        for case in batch:
+            got = outcome.get(case.key, "unfinished")
+            table[(case.workflow, case.kind, case.expected, got)] += 1
+            wrong += not got.startswith(case.expected)
+        print()
+        print(f"{'workflow':<9} {'case':<17} {'expected':<12} {'got':<28} {'sagas':>5}")
+        print("-" * 75)
+        for (workflow, kind, expected, got), count in sorted(table.items()):
+            mark = "" if got.startswith(expected) else "   <-- wrong"
+            print(f"{workflow:<9} {kind:<17} {expected:<12} {got:<28} {count:>5}{mark}")
+        print("-" * 75)
+        print(f"{len(batch) - wrong} of {len(batch)} sagas reached the status they should, in {elapsed:.1f}s")
+        unanswered = await wait_for_last_replies(store, batch, timeout=30)
+        dead = await dead_letters_of(store, namespace)
+        if unanswered:
+            print(
+                f"demo: FAILED: {len(unanswered)} last replies never journaled: {', '.join(unanswered[:5])}"
+            )
+        if dead:
+            print(f"demo: FAILED: the dead-letter table has {len(dead)} rows for namespace {namespace}:")
+            for reason, message_type, detail in dead[:10]:
+                print(f"  {reason:<18} {message_type or '-':<28} {detail}")
+        else:
+            print(f"demo: the dead-letter table has no rows for namespace {namespace}")
+        return 1 if wrong or dead or unanswered else 0
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        await store.close()
+        channel = await connection.channel()
+        for name in ["orchestrator.events", "dead-letter", *PARTICIPANTS]:
+            with contextlib.suppress(Exception):
+                await channel.queue_delete(f"{namespace}.{name}")
+        for name in ["events", "commands", "dead"]:
+            with contextlib.suppress(Exception):
+                await channel.exchange_delete(f"{namespace}.{name}")
+        await connection.close()
+
+
+def main() -> None:
+    sys.exit(asyncio.run(demo()))
+
+
+if __name__ == "__main__":
+    main()

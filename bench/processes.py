@@ -1,0 +1,262 @@
+"""The processes under test, started exactly as a user starts them, and the floor.
+
+The orchestrator, the responder and the floor are separate processes so that they compete for
+the machine's cores as the floor's own processes do; the benchmark driver only publishes start
+events and reads the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from bench.config import Stack
+
+__all__ = ["Orchestrator", "Responder", "has_port_flag", "migrate", "run_floor"]
+
+READY = "orchestrator running"
+WORKFLOWS = "bench.workflows"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def has_port_flag(python: str, root: Path) -> bool:
+    """Whether ``orchestrator run`` serves the REST API (and so needs a free port of its own)."""
+    result = subprocess.run(
+        [python, "-m", "orchestrator", "run", "--help"], cwd=root, capture_output=True, text=True, timeout=60
+    )
+    return "--port" in result.stdout
+
+
+def migrate(stack: Stack, namespace: str) -> None:
+    """Create and migrate the benchmark's database, as ``orchestrator migrate`` does for a user. It
+    migrates a broker topology too: under ``namespace``, for the caller to delete, never a user's."""
+    env = {
+        **os.environ,
+        "ORCHESTRATOR_DATABASE_URL": stack.database_url,
+        "ORCHESTRATOR_AMQP_URL": stack.amqp_url,
+        "ORCHESTRATOR_NAMESPACE": namespace,
+    }
+    result = subprocess.run(
+        [stack.python, "-m", "orchestrator", "migrate", "--workflows", WORKFLOWS],
+        cwd=stack.root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"orchestrator migrate failed:\n{result.stdout}{result.stderr}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process, from /proc (0 where there is no /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def _status_kib(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {key} in /proc/{pid}/status")
+
+
+class _Child:
+    """A subprocess whose output goes to a log file, which is where we look for its readiness."""
+
+    def __init__(self, name: str, log: Path) -> None:
+        self.name = name
+        self.log = log
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def spawn(self, argv: list[str], env: dict[str, str], cwd: Path) -> None:
+        with self.log.open("ab") as handle:
+            handle.write(f"--- {' '.join(argv)}\n".encode())
+            handle.flush()
+            self.popen = subprocess.Popen(argv, cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    async def wait_for(self, text: str, after: int, timeout: float) -> None:
+        """Wait until ``text`` appears in the log past offset ``after`` (earlier runs share the file)."""
+        assert self.popen is not None
+        deadline = time.monotonic() + timeout
+        while text not in self.output()[after:]:
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"{self.name} exited {self.popen.returncode}:\n{self.output()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} never said {text!r}:\n{self.output()[-3000:]}")
+            await asyncio.sleep(0.01)
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.pid)
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    async def terminate(self, timeout: float = 60) -> int | None:
+        if self.popen is None:
+            return None
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while self.popen.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            if self.popen.poll() is None:
+                self.popen.kill()
+                self.popen.wait(10)
+        return self.popen.returncode
+
+
+class Orchestrator(_Child):
+    """``python -m orchestrator run`` with the benchmark's workflows, under one namespace."""
+
+    def __init__(self, stack: Stack, namespace: str, log: Path, deadline_seconds: float = 10.0) -> None:
+        super().__init__("orchestrator", log)
+        self.stack = stack
+        self.namespace = namespace
+        self.deadline_seconds = deadline_seconds
+        self.token = secrets.token_hex(16)
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "ORCHESTRATOR_DATABASE_URL": self.stack.database_url,
+            "ORCHESTRATOR_AMQP_URL": self.stack.amqp_url,
+            "ORCHESTRATOR_NAMESPACE": self.namespace,
+            # The REST API, where it exists, refuses to start without a token; nobody calls it here.
+            "ORCHESTRATOR_API_TOKEN": self.token,
+            "BENCH_DEADLINE_SECONDS": str(self.deadline_seconds),
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    def launch(self) -> int:
+        """Spawn without waiting; the log offset to wait for readiness from."""
+        argv = [self.stack.python, "-m", "orchestrator", "run", "--workflows", WORKFLOWS]
+        if self.stack.api_port_flag:
+            argv += ["--port", "0"]  # any free port: scenarios and other runs must not collide
+        offset = len(self.output())
+        self.spawn(argv, self.env(), self.stack.root)
+        return offset
+
+    async def start(self, timeout: float = 120) -> float:
+        """Start and wait until it says it runs; the seconds that took."""
+        began = time.monotonic()
+        offset = self.launch()
+        await self.wait_for(READY, offset, timeout)
+        return time.monotonic() - began
+
+    def kill(self) -> None:
+        """kill -9: no chance to finish a batch, drain the relay or close a connection."""
+        assert self.popen is not None
+        os.kill(self.popen.pid, signal.SIGKILL)
+        self.popen.wait(30)
+
+    async def metrics(self) -> str | None:
+        """Its ``/metrics`` page, read off the port it logged; None where it serves no API."""
+        found = re.findall(r"api listening on (http://\S+)", self.output())
+        if not found:
+            return None
+        request = urllib.request.Request(
+            f"{found[-1]}/metrics", headers={"Authorization": f"Bearer {self.token}"}
+        )
+
+        def read() -> str:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.read().decode()  # type: ignore[no-any-return]
+
+        return await asyncio.to_thread(read)
+
+    def rss_kib(self) -> int:
+        return _status_kib(self.pid, "VmRSS")
+
+    def peak_rss_kib(self) -> int:
+        return _status_kib(self.pid, "VmHWM")
+
+    def log_problems(self) -> dict[str, Any]:
+        """Errors and warnings it logged: a figure from a struggling run is not to be taken at face value."""
+        lines = self.output().splitlines()
+        errors = [line for line in lines if " ERROR " in line or "Traceback" in line]
+        warnings = [line for line in lines if " WARNING " in line]
+        return {"errors": len(errors), "warnings": len(warnings), "first": (errors + warnings)[:3]}
+
+
+class Responder(_Child):
+    """The participants that answer at once (bench/responder.py), in a process of their own."""
+
+    def __init__(self, stack: Stack, namespace: str, log: Path) -> None:
+        super().__init__("responder", log)
+        self.stack = stack
+        self.namespace = namespace
+        self.record: Path | None = None
+
+    async def start(self, services: tuple[str, ...], record: Path | None = None) -> None:
+        self.record = record
+        argv = [
+            self.stack.python,
+            "-m",
+            "bench.responder",
+            "--amqp-url",
+            self.stack.amqp_url,
+            "--namespace",
+            self.namespace,
+            "--services",
+            ",".join(services),
+        ]
+        if record is not None:
+            argv += ["--record", str(record)]
+        offset = len(self.output())
+        self.spawn(argv, {**os.environ, "PYTHONUNBUFFERED": "1"}, self.stack.root)
+        await self.wait_for("responder ready", offset, 60)
+
+    async def stop(self) -> dict[str, Any] | None:
+        """Stop it; what it recorded, if it was asked to."""
+        await self.terminate()
+        if self.record is None or not self.record.exists():
+            return None
+        data: dict[str, Any] = json.loads(self.record.read_bytes())
+        return data
+
+
+async def run_floor(
+    stack: Stack, sagas: int, steps: int = 3, rate: float = 0.0, batch: int = 128
+) -> tuple[dict[str, Any] | None, str]:
+    """Run pipeline.py; its JSON line, or None and why not (a missing floor is noted, not fatal)."""
+    if not stack.floor.is_file():
+        return None, f"floor not found at {stack.floor} (set BENCH_FLOOR)"
+    argv = [stack.python, str(stack.floor), "--sagas", str(sagas), "--steps", str(steps)]
+    argv += ["--batch", str(batch), "--timeout", "900"]
+    if rate:
+        argv += ["--rate", f"{rate:.1f}"]
+    env = {**os.environ, "AMQP_URL": stack.amqp_url, "LIMIT_DSN": stack.dsn}
+    process = await asyncio.create_subprocess_exec(
+        *argv, cwd=stack.root, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await process.communicate()
+    lines = out.decode(errors="replace").strip().splitlines()
+    if process.returncode != 0 or not lines:
+        tail = err.decode(errors="replace").strip().splitlines()[-3:]
+        return None, f"floor failed (exit {process.returncode}): {' | '.join(tail)}"
+    try:
+        result: dict[str, Any] = json.loads(lines[-1])
+    except json.JSONDecodeError:
+        return None, f"floor printed no JSON: {lines[-1][:200]}"
+    return result, " ".join(argv[1:])

@@ -1,0 +1,134 @@
+"""An in-memory store for unit tests and the user's test kit: the same contract, no database."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+
+from orchestrator.core.engine import Deadline, OutgoingCommand, Saga
+from orchestrator.core.ingress import DeadLetter
+from orchestrator.service.store import Changes, DueDeadline, JournalEntry, Records
+
+__all__ = ["InboxConflict", "MemoryStore"]
+
+
+class InboxConflict(Exception):
+    """A batch took a message the inbox holds already: PostgreSQL's unique violation on ``inbox``
+    (SQLSTATE 23505), which ``faults.classify`` calls a conflict, so the batch is tried again and
+    its retry reads the message as a duplicate instead of deciding it twice. Overwriting the id
+    would hide that race from every test that runs on this store."""
+
+    sqlstate = "23505"
+
+
+class _MemoryTransaction:
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+
+    async def lock_sagas(self, saga_ids: Iterable[str]) -> dict[str, Saga]:
+        return {i: self.store.sagas[i] for i in saga_ids if i in self.store.sagas}
+
+    async def read_batch(
+        self, saga_ids: Iterable[str], message_ids: Iterable[str]
+    ) -> tuple[dict[str, Saga], set[str]]:
+        return await self.lock_sagas(saga_ids), {m for m in message_ids if m in self.store.inbox}
+
+    async def claim_due(
+        self, now: datetime, limit: int, workflows: Collection[str] | None = None
+    ) -> tuple[dict[str, Saga], list[DueDeadline]]:
+        due = sorted(
+            (d.due_at, saga_id, kind, d.state, version)
+            for (saga_id, kind), (d, version) in self.store.deadlines.items()
+            if d.due_at <= now and self.store.decides(saga_id, workflows)
+        )
+        sagas = list(dict.fromkeys(saga_id for _, saga_id, *_ in due))[:limit]
+        taken = set(sagas)
+        rows = [DueDeadline(s, state, version, at, kind) for at, s, kind, state, version in due if s in taken]
+        return await self.lock_sagas(sorted(sagas)), rows
+
+    async def save(self, changes: Changes) -> None:
+        store = self.store
+        taken = [message_id for message_id in changes.inbox if message_id in store.inbox]
+        if taken:  # before anything is written: a failed save leaves nothing, as a rollback does
+            raise InboxConflict(f"the inbox already holds message {', '.join(taken)}")
+        for entry in changes.journal:
+            entries = store.journals.setdefault(entry.saga_id, [])
+            if entries and entries[-1].seq >= entry.seq:
+                raise ValueError(f"journal {entry.saga_id} already has seq {entry.seq}")
+            entries.append(entry)
+        store.sagas.update(changes.sagas)
+        for command in changes.commands:
+            store.outbox[command.message_id] = (command, changes.journal[-1].recorded_at)
+        store.inbox.update(changes.inbox)
+        for message_id in changes.duplicates:
+            store.duplicate_counts[message_id] = store.duplicate_counts.get(message_id, 0) + 1
+        store.dead_letters.extend(changes.dead_letters)
+        for timer, (deadline, version) in changes.deadlines.items():
+            if deadline is None:
+                if timer in store.deadlines and store.deadlines[timer][1] <= version:
+                    del store.deadlines[timer]
+            else:
+                store.deadlines[timer] = (deadline, version)
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self.sagas: dict[str, Saga] = {}
+        self.journals: dict[str, list[JournalEntry]] = {}
+        self.outbox: dict[str, tuple[OutgoingCommand, datetime]] = {}
+        self.inbox: dict[str, str | None] = {}
+        self.duplicate_counts: dict[str, int] = {}
+        self.deadlines: dict[tuple[str, str], tuple[Deadline, int]] = {}
+        self.dead_letters: list[DeadLetter] = []
+        self._lock = asyncio.Lock()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_MemoryTransaction]:
+        async with self._lock:
+            yield _MemoryTransaction(self)
+
+    async def get_saga(self, saga_id: str) -> Saga | None:
+        return self.sagas.get(saga_id)
+
+    async def journal(self, saga_id: str) -> list[JournalEntry]:
+        return list(self.journals.get(saga_id, []))
+
+    async def snapshot(self, saga_id: str) -> tuple[Saga | None, list[JournalEntry]]:
+        return self.sagas.get(saga_id), list(self.journals.get(saga_id, []))
+
+    async def records(self, saga_id: str) -> Records:
+        timers = [
+            DueDeadline(s, d.state, version, d.due_at, kind)
+            for (s, kind), (d, version) in sorted(self.deadlines.items())
+            if s == saga_id
+        ]
+        outbox = [c for c, _ in self.outbox.values() if c.saga_id == saga_id]
+        return Records(self.sagas.get(saga_id), list(self.journals.get(saga_id, [])), timers, outbox)
+
+    async def saga_ids(self, workflow: str | None = None) -> list[str]:
+        return [s.id for s in self.sagas.values() if workflow is None or s.workflow == workflow]
+
+    async def next_deadline(self, workflows: Collection[str] | None = None) -> datetime | None:
+        return min(
+            (d.due_at for (saga_id, _), (d, _) in self.deadlines.items() if self.decides(saga_id, workflows)),
+            default=None,
+        )
+
+    def decides(self, saga_id: str, workflows: Collection[str] | None) -> bool:
+        """Whether a process that loads ``workflows`` (None: any) takes this saga's timers; a
+        timer of a saga that does not exist is taken by any, to be removed."""
+        saga = self.sagas.get(saga_id)
+        return workflows is None or saga is None or saga.workflow in workflows
+
+    async def unsent(self, limit: int, older_than: datetime | None = None) -> list[OutgoingCommand]:
+        rows = [c for c, at in self.outbox.values() if older_than is None or at <= older_than]
+        return rows[:limit]
+
+    async def mark_sent(self, message_ids: Sequence[str]) -> None:
+        for message_id in message_ids:
+            self.outbox.pop(message_id, None)
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,1 @@
+"""PostgreSQL: the store (asyncpg on the hot path), its tables, and the read model's queries."""

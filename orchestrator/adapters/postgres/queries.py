@@ -1,0 +1,247 @@
+"""The read model for the REST API and the metrics: SQLAlchemy Core queries over the saga tables.
+
+Reads never lock and never go through the service layer: the saga row is already the read model,
+written in the same transaction as the journal. Lists page by keyset (newest first, by
+``(created_at, id)``), so a page costs the same however deep it is and a saga created meanwhile
+never shifts the pages after it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import ColumnElement, and_, exists, func, literal, select, text, tuple_
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from orchestrator.adapters.metrics import DatabaseGauges
+from orchestrator.adapters.postgres.schema import deadlines, journal, outbox, sagas
+from orchestrator.core.definitions import Status
+
+__all__ = [
+    "BadCursor",
+    "HistoryRow",
+    "Queries",
+    "SagaFilter",
+    "SagaPage",
+    "SagaRow",
+    "StateCount",
+    "Timer",
+]
+
+#: Sagas still in progress: what "stuck" can apply to.
+UNFINISHED = (str(Status.RUNNING), str(Status.COMPENSATING))
+
+
+class BadCursor(ValueError):
+    """A cursor this API did not hand out (or one mangled on the way back)."""
+
+
+@dataclass(frozen=True)
+class SagaFilter:
+    workflow: str | None = None
+    status: str | None = None
+    state: str | None = None
+    key: str | None = None
+    started_after: datetime | None = None
+    started_before: datetime | None = None
+    updated_after: datetime | None = None
+    updated_before: datetime | None = None
+    #: only stuck sagas: unfinished, no pending timer, not updated since this time
+    stuck_since: datetime | None = None
+
+
+@dataclass(frozen=True)
+class SagaRow:
+    """A saga as a list shows it: identity and where it stands, not its data."""
+
+    id: str
+    workflow: str
+    key: str
+    state: str
+    status: str
+    version: int
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class SagaPage:
+    items: list[SagaRow]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class Timer:
+    kind: str
+    state: str
+    due_at: datetime
+    version: int
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    seq: int
+    kind: str
+    message: dict[str, Any]
+    decision: dict[str, Any]
+    actor: str | None
+    recorded_at: datetime
+
+
+@dataclass(frozen=True)
+class StateCount:
+    workflow: str
+    state: str
+    status: str
+    sagas: int
+
+
+def encode_cursor(created_at: datetime, saga_id: str) -> str:
+    raw = orjson.dumps([created_at.isoformat(), saga_id])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, saga_id = orjson.loads(raw)
+        if not isinstance(created_at, str) or not isinstance(saga_id, str) or "\x00" in saga_id:
+            raise ValueError(cursor)
+        when = datetime.fromisoformat(created_at)
+        if when.tzinfo is None:
+            raise ValueError(cursor)
+        return when.astimezone(UTC), saga_id  # as the database compares; out of range is bad input
+    except (ValueError, TypeError, OverflowError, binascii.Error, orjson.JSONDecodeError):
+        raise BadCursor("cursor is not one this API handed out: pass next_cursor back unchanged") from None
+
+
+_SUMMARY = (
+    sagas.c.id,
+    sagas.c.workflow,
+    sagas.c.key,
+    sagas.c.state,
+    sagas.c.status,
+    sagas.c.version,
+    sagas.c.last_error,
+    sagas.c.created_at,
+    sagas.c.updated_at,
+)
+
+
+def _no_timer() -> ColumnElement[bool]:
+    return ~exists().where(deadlines.c.saga_id == sagas.c.id)
+
+
+def _conditions(f: SagaFilter) -> list[ColumnElement[bool]]:
+    c = sagas.c
+    found: list[ColumnElement[bool]] = []
+    for column, value in (
+        (c.workflow, f.workflow),
+        (c.status, f.status),
+        (c.state, f.state),
+        (c.key, f.key),
+    ):
+        if value is not None:
+            found.append(column == value)
+    if f.started_after is not None:
+        found.append(c.created_at > f.started_after)
+    if f.started_before is not None:
+        found.append(c.created_at < f.started_before)
+    if f.updated_after is not None:
+        found.append(c.updated_at > f.updated_after)
+    if f.updated_before is not None:
+        found.append(c.updated_at < f.updated_before)
+    if f.stuck_since is not None:
+        found += [c.status.in_(UNFINISHED), c.updated_at < f.stuck_since, _no_timer()]
+    return found
+
+
+class Queries:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+
+    async def sagas(self, f: SagaFilter, limit: int, cursor: str | None = None) -> SagaPage:
+        """A page of sagas, newest first; ``next_cursor`` is None on the last page."""
+        query = select(*_SUMMARY).where(*_conditions(f))
+        if cursor is not None:
+            created_at, saga_id = decode_cursor(cursor)
+            query = query.where(
+                tuple_(sagas.c.created_at, sagas.c.id) < tuple_(literal(created_at), literal(saga_id))
+            )
+        query = query.order_by(sagas.c.created_at.desc(), sagas.c.id.desc()).limit(limit + 1)
+        async with self.engine.connect() as connection:
+            rows = [SagaRow(**r._mapping) for r in await connection.execute(query)]
+        more = len(rows) > limit
+        rows = rows[:limit]
+        last = rows[-1] if more else None
+        return SagaPage(rows, encode_cursor(last.created_at, last.id) if last else None)
+
+    async def timers(self, saga_id: str) -> list[Timer]:
+        """The saga's pending deadline and retry, soonest first."""
+        query = (
+            select(deadlines.c.kind, deadlines.c.state, deadlines.c.due_at, deadlines.c.version)
+            .where(deadlines.c.saga_id == saga_id)
+            .order_by(deadlines.c.due_at)
+        )
+        async with self.engine.connect() as connection:
+            return [Timer(**r._mapping) for r in await connection.execute(query)]
+
+    async def history(self, saga_id: str, after: int, limit: int) -> list[HistoryRow]:
+        """Journal entries after sequence number ``after``, oldest first."""
+        query = (
+            select(
+                journal.c.seq,
+                journal.c.kind,
+                journal.c.message,
+                journal.c.decision,
+                journal.c.actor,
+                journal.c.recorded_at,
+            )
+            .where(and_(journal.c.saga_id == saga_id, journal.c.seq > after))
+            .order_by(journal.c.seq)
+            .limit(limit)
+        )
+        async with self.engine.connect() as connection:
+            return [HistoryRow(**r._mapping) for r in await connection.execute(query)]
+
+    async def exists(self, saga_id: str) -> bool:
+        async with self.engine.connect() as connection:
+            found = await connection.execute(select(sagas.c.id).where(sagas.c.id == saga_id))
+            return found.first() is not None
+
+    async def state_counts(self, workflows: Sequence[str] | None = None) -> list[StateCount]:
+        """Sagas per workflow, state and status, for the live view of a workflow."""
+        query = select(sagas.c.workflow, sagas.c.state, sagas.c.status, func.count().label("sagas")).group_by(
+            sagas.c.workflow, sagas.c.state, sagas.c.status
+        )
+        if workflows is not None:
+            query = query.where(sagas.c.workflow.in_(list(workflows)))
+        async with self.engine.connect() as connection:
+            return [StateCount(**r._mapping) for r in await connection.execute(query)]
+
+    async def gauges(self, stuck_since: datetime) -> DatabaseGauges:
+        """What ``/metrics`` reports about the database, read in one connection at scrape time."""
+        by_status = select(sagas.c.workflow, sagas.c.status, func.count()).group_by(
+            sagas.c.workflow, sagas.c.status
+        )
+        stuck = (
+            select(sagas.c.workflow, func.count())
+            .where(*_conditions(SagaFilter(stuck_since=stuck_since)))
+            .group_by(sagas.c.workflow)
+        )
+        async with self.engine.connect() as connection:
+            counts = {(w, s): n for w, s, n in await connection.execute(by_status)}
+            stuck_counts = {w: n for w, n in await connection.execute(stuck)}
+            backlog = (await connection.execute(select(func.count()).select_from(outbox))).scalar_one()
+        return DatabaseGauges(counts, stuck_counts, backlog)

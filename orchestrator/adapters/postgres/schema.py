@@ -1,0 +1,116 @@
+"""The tables, as SQLAlchemy Core metadata. Alembic's migrations create them; the hot path
+writes them with Core statements in batches, never through an ORM session."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData()
+
+sagas = Table(
+    "sagas",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("workflow", Text, nullable=False),
+    Column("key", Text, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("data", JSONB, nullable=False),
+    Column("parked", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    Column("last_error", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("awaiting", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    Column("attempt", Integer, nullable=False, server_default=text("0")),
+    Column("timed_out", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    UniqueConstraint("workflow", "key", name="sagas_workflow_key"),
+    Index("sagas_status_updated", "status", "updated_at"),
+    Index("sagas_workflow_state", "workflow", "state"),
+    Index("sagas_created", text("created_at DESC"), text("id DESC")),
+)
+
+journal = Table(
+    "journal",
+    metadata,
+    Column("saga_id", Text, nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("kind", Text, nullable=False),  # event | deadline | operator
+    Column("message_type", Text, nullable=False),
+    Column("message_id", Text, nullable=False),
+    Column("message", JSONB, nullable=False),
+    Column("decision", JSONB, nullable=False),
+    Column("actor", Text),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("saga_id", "seq", name="journal_pk"),
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("message_id", Text, primary_key=True),
+    Column("saga_id", Text, nullable=False),
+    Column("workflow", Text, nullable=False),
+    Column("message_type", Text, nullable=False),
+    Column("payload", JSONB, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+inbox = Table(
+    "inbox",
+    metadata,
+    Column("message_id", Text, primary_key=True),
+    Column("saga_id", Text),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("duplicates", Integer, nullable=False, server_default=text("0")),
+)
+
+deadlines = Table(
+    "deadlines",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("saga_id", Text, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("due_at", DateTime(timezone=True), nullable=False),
+    Column("kind", Text, nullable=False, server_default="deadline"),  # deadline | retry
+    UniqueConstraint("saga_id", "kind", name="deadlines_one_per_kind"),
+    Index("deadlines_due", "due_at"),
+)
+
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("dead_at", DateTime(timezone=True), nullable=False),
+    Column("source", Text, nullable=False),  # orchestrator | broker
+    Column("reason", Text, nullable=False),  # an orchestrator.core.ingress.Reason
+    Column("detail", Text, nullable=False),
+    Column("message_id", Text),
+    Column("message_type", Text),
+    Column("correlation_id", Text),
+    Column("exchange", Text, nullable=False),
+    Column("routing_key", Text, nullable=False),
+    Column("properties", JSONB, nullable=False),  # headers included, under "headers"
+    Column("body", LargeBinary, nullable=False),  # up to ORCHESTRATOR_MAX_MESSAGE_BYTES
+    Column("body_size", Integer, nullable=False),  # as received
+    Column("replayed_at", DateTime(timezone=True)),
+    Column("replayed_by", Text),
+    Index("dead_letters_dead_at", text("dead_at DESC"), text("id DESC")),
+    Index("dead_letters_reason", "reason"),
+)

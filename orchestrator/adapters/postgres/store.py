@@ -1,0 +1,458 @@
+"""The PostgreSQL store: SQLAlchemy Core over asyncpg, one transaction per batch of messages.
+
+Writes are set-based (one multi-row statement per table per batch), so a batch of 100 messages
+costs a handful of round trips, not hundreds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+from sqlalchemy import func, or_, select
+from sqlalchemy.engine import Row, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from orchestrator.adapters.postgres.schema import deadlines, journal, outbox, sagas
+from orchestrator.core.definitions import Status
+from orchestrator.core.engine import Incoming, OutgoingCommand, Saga
+from orchestrator.core.ingress import DeadLetter
+from orchestrator.service.store import Changes, DueDeadline, JournalEntry, Records
+
+__all__ = ["PostgresStore", "make_engine"]
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def make_engine(url: str, pool_size: int = 5) -> AsyncEngine:
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        json_serializer=_dumps,
+        json_deserializer=orjson.loads,
+    )
+
+
+def saga_of(row: Mapping[Any, Any]) -> Saga:
+    """A saga from its row, whichever driver read it (an asyncpg record, a SQLAlchemy mapping)."""
+    return Saga(
+        id=row["id"],
+        workflow=row["workflow"],
+        key=row["key"],
+        state=row["state"],
+        status=Status(row["status"]),
+        version=row["version"],
+        data=row["data"],
+        parked=tuple(row["parked"]),
+        last_error=row["last_error"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        awaiting=tuple(row["awaiting"]),
+        attempt=row["attempt"],
+        timed_out=tuple(row["timed_out"]),
+    )
+
+
+def _saga(row: Row[Any]) -> Saga:
+    return saga_of(row._mapping)
+
+
+#: Everything of a saga row that a decision may change (not its identity, not created_at).
+_UPDATED = (
+    "state",
+    "status",
+    "version",
+    "data",
+    "parked",
+    "last_error",
+    "updated_at",
+    "awaiting",
+    "attempt",
+    "timed_out",
+)
+
+
+_SAGA_COLUMNS = (
+    "id, workflow, key, state, status, version, data, parked, last_error,"
+    " created_at, updated_at, awaiting, attempt, timed_out"
+)
+
+#: The SQL types of ``_SAGA_COLUMNS``, in order, for the NULLs beside an inbox row in ``_READ_BATCH``.
+_SAGA_TYPES = (
+    "text", "text", "text", "text", "text", "int", "jsonb", "jsonb", "text",
+    "timestamptz", "timestamptz", "jsonb", "int", "jsonb",
+)  # fmt: skip
+
+#: The whole of a batch's writes in one statement, one round trip: each CTE takes its rows as
+#: parallel arrays (jsonb travels as text and is cast), and an empty array writes nothing.
+_SAVE = f"""
+WITH saved_sagas AS (
+    INSERT INTO sagas ({_SAGA_COLUMNS})
+    SELECT id, workflow, key, state, status, version, data::jsonb, parked::jsonb, last_error,
+           created_at, updated_at, awaiting::jsonb, attempt, timed_out::jsonb
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[], $7::text[],
+                $8::text[], $9::text[], $10::timestamptz[], $11::timestamptz[], $12::text[], $13::int[],
+                $14::text[])
+         AS t(id, workflow, key, state, status, version, data, parked, last_error,
+              created_at, updated_at, awaiting, attempt, timed_out)
+    ON CONFLICT (id) DO UPDATE SET {", ".join(f"{c} = excluded.{c}" for c in _UPDATED)}
+    RETURNING 1
+), journaled AS (
+    INSERT INTO journal (saga_id, seq, kind, message_type, message_id, message, decision, actor, recorded_at)
+    SELECT saga_id, seq, kind, message_type, message_id, message::jsonb, decision::jsonb, actor, $24
+    FROM unnest($15::text[], $16::int[], $17::text[], $18::text[], $19::text[], $20::text[], $21::text[],
+                $22::text[])
+         AS t(saga_id, seq, kind, message_type, message_id, message, decision, actor)
+    RETURNING 1
+), queued AS (
+    INSERT INTO outbox (message_id, saga_id, workflow, message_type, payload, created_at)
+    SELECT message_id, saga_id, workflow, message_type, payload::jsonb, $24
+    FROM unnest($25::text[], $26::text[], $27::text[], $28::text[], $29::text[])
+         AS t(message_id, saga_id, workflow, message_type, payload)
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+), taken AS (
+    -- No ON CONFLICT: a message another transaction took while this one waited for the saga's
+    -- lock (its inbox read is from before that commit) must fail this batch, whose retry then
+    -- sees the duplicate, instead of being decided twice.
+    INSERT INTO inbox (message_id, saga_id, received_at, duplicates)
+    SELECT message_id, saga_id, $24, duplicates
+    FROM unnest($30::text[], $31::text[], $39::int[]) AS t(message_id, saga_id, duplicates)
+    RETURNING 1
+), counted AS (
+    UPDATE inbox i SET duplicates = i.duplicates + t.n
+    FROM unnest($23::text[], $40::int[]) AS t(message_id, n) WHERE i.message_id = t.message_id
+    RETURNING 1
+), cancelled AS (
+    DELETE FROM deadlines d USING unnest($32::text[], $33::text[], $52::int[]) AS t(saga_id, kind, version)
+    WHERE d.saga_id = t.saga_id AND d.kind = t.kind AND d.version <= t.version
+    RETURNING 1
+), timed AS (
+    INSERT INTO deadlines (saga_id, kind, state, version, due_at)
+    SELECT * FROM unnest($34::text[], $35::text[], $36::text[], $37::int[], $38::timestamptz[])
+    ON CONFLICT (saga_id, kind) DO UPDATE
+        SET state = excluded.state, version = excluded.version, due_at = excluded.due_at
+    RETURNING 1
+), dead AS (
+    INSERT INTO dead_letters (dead_at, source, reason, detail, message_id, message_type, correlation_id,
+                              exchange, routing_key, properties, body, body_size)
+    SELECT $24, source, reason, detail, message_id, message_type, correlation_id, exchange, routing_key,
+           properties::jsonb, body, body_size
+    FROM unnest($41::text[], $42::text[], $43::text[], $44::text[], $45::text[], $46::text[], $47::text[],
+                $48::text[], $49::text[], $50::bytea[], $51::int[])
+         AS t(source, reason, detail, message_id, message_type, correlation_id, exchange, routing_key,
+              properties, body, body_size)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM journaled)
+"""
+
+
+#: A batch's one read: its sagas, locked in a stable order (two replicas never deadlock on a
+#: batch), and which of its message ids the inbox already holds, told apart by ``seen``.
+_READ_BATCH = f"""
+WITH locked AS MATERIALIZED (
+    SELECT {_SAGA_COLUMNS} FROM sagas WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE
+)
+SELECT *, NULL::text AS seen FROM locked
+UNION ALL
+SELECT {", ".join(f"NULL::{t}" for t in _SAGA_TYPES)}, message_id
+FROM inbox WHERE message_id = ANY($2::text[])
+"""
+
+
+def _save_arguments(changes: Changes, now: datetime) -> list[Any]:
+    saga_rows = list(changes.sagas.values())
+    # One entry per (saga, kind): the statement never removes and sets the same timer row, and a
+    # removal takes only the version it names or an older one, never a timer set after it.
+    cancels = [(timer, version) for timer, (d, version) in changes.deadlines.items() if d is None]
+    timers = [(timer, d, version) for timer, (d, version) in changes.deadlines.items() if d is not None]
+    # A duplicate of a message taken in this same batch counts on the row being inserted: the
+    # UPDATE cannot see a row that a sibling CTE of the same statement inserts.
+    duplicates = Counter(changes.duplicates)
+    earlier = {m: n for m, n in duplicates.items() if m not in changes.inbox}
+    return [
+        [s.id for s in saga_rows],
+        [s.workflow for s in saga_rows],
+        [s.key for s in saga_rows],
+        [s.state for s in saga_rows],
+        [str(s.status) for s in saga_rows],
+        [s.version for s in saga_rows],
+        [_dumps(s.data) for s in saga_rows],
+        [_dumps(list(s.parked)) for s in saga_rows],
+        [s.last_error for s in saga_rows],
+        [s.created_at for s in saga_rows],
+        [s.updated_at for s in saga_rows],
+        [_dumps(list(s.awaiting)) for s in saga_rows],
+        [s.attempt for s in saga_rows],
+        [_dumps(list(s.timed_out)) for s in saga_rows],
+        [e.saga_id for e in changes.journal],
+        [e.seq for e in changes.journal],
+        [e.message.kind for e in changes.journal],
+        [e.message.type for e in changes.journal],
+        [e.message.message_id for e in changes.journal],
+        [_dumps(e.message.as_json()) for e in changes.journal],
+        [_dumps(e.decision) for e in changes.journal],
+        [e.message.actor for e in changes.journal],
+        list(earlier),
+        now,
+        [c.message_id for c in changes.commands],
+        [c.saga_id for c in changes.commands],
+        [c.workflow for c in changes.commands],
+        [c.type for c in changes.commands],
+        [_dumps(c.payload) for c in changes.commands],
+        list(changes.inbox),
+        list(changes.inbox.values()),
+        [saga_id for (saga_id, _), _ in cancels],
+        [kind for (_, kind), _ in cancels],
+        [saga_id for (saga_id, _), _, _ in timers],
+        [kind for (_, kind), _, _ in timers],
+        [d.state for _, d, _ in timers],
+        [version for _, _, version in timers],
+        [d.due_at for _, d, _ in timers],
+        [duplicates.get(m, 0) for m in changes.inbox],
+        list(earlier.values()),
+        *_dead_letter_arguments(changes.dead_letters),
+        [version for _, version in cancels],
+    ]
+
+
+def _dead_letter_arguments(letters: Sequence[DeadLetter]) -> list[list[Any]]:
+    return [
+        [d.source for d in letters],
+        [d.reason for d in letters],
+        [d.detail for d in letters],
+        [d.message_id for d in letters],
+        [d.message_type for d in letters],
+        [d.correlation_id for d in letters],
+        [d.exchange for d in letters],
+        [d.routing_key for d in letters],
+        [_dumps(d.properties) for d in letters],
+        [d.body for d in letters],
+        [d.body_size for d in letters],
+    ]
+
+
+class _PostgresTransaction:
+    """The hot path, on asyncpg directly: prepared statements, arrays in, one round trip a step."""
+
+    def __init__(self, connection: asyncpg.Connection) -> None:
+        self.connection = connection
+
+    async def lock_sagas(self, saga_ids: Iterable[str]) -> dict[str, Saga]:
+        ids = sorted(set(saga_ids))  # a stable lock order: two replicas never deadlock on a batch
+        if not ids:
+            return {}
+        rows = await self.connection.fetch(
+            f"SELECT {_SAGA_COLUMNS} FROM sagas WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE", ids
+        )
+        return {row["id"]: saga_of(row) for row in rows}
+
+    async def read_batch(
+        self, saga_ids: Iterable[str], message_ids: Iterable[str]
+    ) -> tuple[dict[str, Saga], set[str]]:
+        ids, messages = sorted(set(saga_ids)), list(set(message_ids))
+        if not ids and not messages:  # every message of the batch was refused before this
+            return {}, set()
+        rows = await self.connection.fetch(_READ_BATCH, ids, messages)
+        current: dict[str, Saga] = {}
+        seen: set[str] = set()
+        for row in rows:
+            if row["seen"] is None:
+                current[row["id"]] = saga_of(row)
+            else:
+                seen.add(row["seen"])
+        return current, seen
+
+    async def claim_due(
+        self, now: datetime, limit: int, workflows: Collection[str] | None = None
+    ) -> tuple[dict[str, Saga], list[DueDeadline]]:
+        # Which sagas have timers due: read without locking anything. Then the sagas, locked in
+        # id order as a batch locks them; then their timer rows, read anew after the locks (a
+        # batch that held a saga may have moved or removed its timers meanwhile). Every writer of
+        # a saga's timer rows holds the saga's lock, so this order (sagas, then timers) is the
+        # only one, and a second replica's sweep waits for the sagas and then finds their rows gone.
+        # Only sagas of ``workflows`` (those this process can decide; a timer of a saga that does
+        # not exist is taken too, to be removed): another process's timers are left to it.
+        ids = await self.connection.fetch(
+            "SELECT d.saga_id FROM deadlines d LEFT JOIN sagas s ON s.id = d.saga_id"
+            " WHERE d.due_at <= $1 AND (s.id IS NULL OR $3::text[] IS NULL OR s.workflow = ANY($3::text[]))"
+            " GROUP BY d.saga_id ORDER BY min(d.due_at), d.saga_id LIMIT $2",
+            now,
+            limit,
+            None if workflows is None else list(workflows),
+        )
+        if not ids:
+            return {}, []
+        saga_ids = [r["saga_id"] for r in ids]
+        current = await self.lock_sagas(saga_ids)
+        # A timer of a saga that does not exist (no lock protects it) is locked here, to be removed.
+        rows = await self.connection.fetch(
+            "SELECT saga_id, state, version, due_at, kind FROM deadlines"
+            " WHERE saga_id = ANY($1::text[]) AND due_at <= $2 ORDER BY due_at, saga_id, kind FOR UPDATE",
+            saga_ids,
+            now,
+        )
+        due = [DueDeadline(r["saga_id"], r["state"], r["version"], r["due_at"], r["kind"]) for r in rows]
+        return current, due
+
+    async def save(self, changes: Changes) -> None:
+        now = changes.journal[-1].recorded_at if changes.journal else datetime.now(UTC)
+        await self.connection.fetchval(_SAVE, *_save_arguments(changes, now))
+
+
+async def _journal(connection: AsyncConnection, saga_id: str) -> list[JournalEntry]:
+    result = await connection.execute(
+        select(journal).where(journal.c.saga_id == saga_id).order_by(journal.c.seq)
+    )
+    return [
+        JournalEntry(r.saga_id, r.seq, Incoming.from_json(r.message), r.decision, r.recorded_at)
+        for r in result
+    ]
+
+
+def driver_dsn(url: str) -> str:
+    """The SQLAlchemy URL as asyncpg takes it."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def _init_connection(connection: asyncpg.Connection) -> None:
+    await connection.set_type_codec(
+        "jsonb", schema="pg_catalog", encoder=_dumps, decoder=orjson.loads, format="text"
+    )
+
+
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """The pool's reset, which asyncpg runs on every release after rolling back an open
+    transaction: nothing more, because the store never changes a session (no SET, LISTEN,
+    advisory lock or cursor outlives a transaction), and the default reset is one more round
+    trip for every batch and every outbox delete."""
+
+
+class PostgresStore:
+    """Writes go through an asyncpg pool (the hot path); reads and the relay's bookkeeping through
+    SQLAlchemy, which the REST read model shares."""
+
+    def __init__(self, engine: AsyncEngine, pool_size: int = 5) -> None:
+        self.engine = engine
+        self.pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._pool_lock = asyncio.Lock()
+
+    @classmethod
+    def from_url(cls, url: str, pool_size: int = 5) -> PostgresStore:
+        return cls(make_engine(url, pool_size), pool_size)
+
+    async def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            async with self._pool_lock:
+                if self._pool is None:
+                    self._pool = await asyncpg.create_pool(
+                        driver_dsn(self.engine.url.render_as_string(hide_password=False)),
+                        min_size=min(2, self.pool_size),
+                        max_size=self.pool_size,
+                        init=_init_connection,
+                        reset=_keep_session,
+                        # The hot path's statements take arrays, so a custom plan is no better than
+                        # the generic one, and planning it anew on each call was a third of the
+                        # save's time in the database.
+                        server_settings={"plan_cache_mode": "force_generic_plan"},
+                    )
+        return self._pool
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_PostgresTransaction]:
+        pool = await self.pool()
+        async with pool.acquire() as connection, connection.transaction():
+            yield _PostgresTransaction(connection)
+
+    async def get_saga(self, saga_id: str) -> Saga | None:
+        async with self.engine.connect() as connection:
+            row = (await connection.execute(select(sagas).where(sagas.c.id == saga_id))).first()
+        return _saga(row) if row is not None else None
+
+    async def journal(self, saga_id: str) -> list[JournalEntry]:
+        async with self.engine.connect() as connection:
+            return await _journal(connection, saga_id)
+
+    async def snapshot(self, saga_id: str) -> tuple[Saga | None, list[JournalEntry]]:
+        """The row and its journal as of one moment, so that a commit in between cannot differ them."""
+        async with self.engine.connect() as connection:
+            await connection.execution_options(isolation_level="REPEATABLE READ")
+            async with connection.begin():
+                row = (await connection.execute(select(sagas).where(sagas.c.id == saga_id))).first()
+                entries = await _journal(connection, saga_id)
+        return (_saga(row) if row is not None else None), entries
+
+    async def records(self, saga_id: str) -> Records:
+        """Row, journal, timers and outbox in one REPEATABLE READ snapshot, as :meth:`snapshot`."""
+        async with self.engine.connect() as connection:
+            await connection.execution_options(isolation_level="REPEATABLE READ")
+            async with connection.begin():
+                row = (await connection.execute(select(sagas).where(sagas.c.id == saga_id))).first()
+                entries = await _journal(connection, saga_id)
+                timers = await connection.execute(
+                    select(deadlines).where(deadlines.c.saga_id == saga_id).order_by(deadlines.c.kind)
+                )
+                queued = await connection.execute(
+                    select(outbox)
+                    .where(outbox.c.saga_id == saga_id)
+                    .order_by(outbox.c.created_at, outbox.c.message_id)
+                )
+                return Records(
+                    _saga(row) if row is not None else None,
+                    entries,
+                    [DueDeadline(t.saga_id, t.state, t.version, t.due_at, t.kind) for t in timers],
+                    [
+                        OutgoingCommand(q.message_id, q.message_type, q.payload, q.saga_id, q.workflow)
+                        for q in queued
+                    ],
+                )
+
+    async def saga_ids(self, workflow: str | None = None) -> list[str]:
+        query = select(sagas.c.id).order_by(sagas.c.created_at, sagas.c.id)
+        if workflow is not None:
+            query = query.where(sagas.c.workflow == workflow)
+        async with self.engine.connect() as connection:
+            return list((await connection.execute(query)).scalars())
+
+    async def next_deadline(self, workflows: Collection[str] | None = None) -> datetime | None:
+        query = select(func.min(deadlines.c.due_at))
+        if workflows is not None:
+            query = query.select_from(deadlines.outerjoin(sagas, sagas.c.id == deadlines.c.saga_id)).where(
+                or_(sagas.c.id.is_(None), sagas.c.workflow.in_(list(workflows)))
+            )
+        async with self.engine.connect() as connection:
+            return (await connection.execute(query)).scalar()  # type: ignore[no-any-return]
+
+    async def unsent(self, limit: int, older_than: datetime | None = None) -> list[OutgoingCommand]:
+        query = select(outbox).order_by(outbox.c.created_at).limit(limit)
+        if older_than is not None:
+            query = query.where(outbox.c.created_at <= older_than)
+        async with self.engine.connect() as connection:
+            result = await connection.execute(query)
+            return [
+                OutgoingCommand(r.message_id, r.message_type, r.payload, r.saga_id, r.workflow)
+                for r in result
+            ]
+
+    async def mark_sent(self, message_ids: Sequence[str]) -> None:
+        if not message_ids:
+            return
+        pool = await self.pool()
+        await pool.execute("DELETE FROM outbox WHERE message_id = ANY($1::text[])", list(message_ids))
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+        await self.engine.dispose()

@@ -1,0 +1,389 @@
+"""Workflow definitions: plain data that says what a saga does, compiled onto ``transitions`` later.
+
+Two ways to write one, both ending in the same :class:`Workflow`:
+
+* a free state machine, ``Workflow(...)`` with ``state()`` and ``on()`` (the escrow);
+* a step sequence, ``@saga`` on a class whose ``@step`` methods build commands (the order), which
+  :mod:`orchestrator.core.steps` turns into states and rules.
+
+Nothing here runs I/O or reads a clock: a definition is a value, so a journal replayed through it
+gives the same saga every time.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from datetime import timedelta
+from typing import Any, cast
+
+from orchestrator.core.messages import Command, Event, Message, load
+
+__all__ = [
+    "CANCEL",
+    "DEADLINE",
+    "FAIL",
+    "IGNORE",
+    "PARK",
+    "RETRY",
+    "CommandBuilder",
+    "DefinitionError",
+    "Policy",
+    "Retry",
+    "Rule",
+    "SagaView",
+    "StateSpec",
+    "Status",
+    "Undo",
+    "Workflow",
+]
+
+
+class DefinitionError(ValueError):
+    """A workflow definition contradicts itself; raised when it is written, never at run time."""
+
+
+class Status(enum.StrEnum):
+    RUNNING = "running"
+    COMPENSATING = "compensating"
+    COMPLETED = "completed"
+    COMPENSATED = "compensated"
+    FAILED = "failed"  # an operator is needed
+
+
+FINISHED = frozenset({Status.COMPLETED, Status.COMPENSATED, Status.FAILED})
+
+
+class Policy(enum.StrEnum):
+    """What an event does in a state where it moves nothing."""
+
+    PARK = "park"  # keep it; apply it when the saga reaches a state where it fits
+    IGNORE = "ignore"  # record it in the journal and change nothing
+    FAIL = "fail"  # the saga fails: an operator must look
+
+
+PARK = Policy.PARK
+IGNORE = Policy.IGNORE
+FAIL = Policy.FAIL
+
+#: The trigger a fired deadline sends through the machine.
+DEADLINE = "saga.DeadlineExpired"
+#: The message a retry timer feeds through the engine: send the waiting state's commands again.
+RETRY = "saga.RetryDue"
+#: The trigger an operator's cancel sends through the machine: compensate from where the saga is.
+#: A state that declares no ``on_cancel`` is cancelled the way its deadline would end it.
+CANCEL = "saga.CancelRequested"
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Send a waiting state's commands again (same message ids) until a reply or the deadline.
+
+    The n-th resend waits ``every * backoff**(n-1)``, at most ``max_every``.
+    """
+
+    every: timedelta
+    backoff: float = 2.0
+    max_every: timedelta | None = None
+
+    def __post_init__(self) -> None:
+        if self.every <= timedelta(0) or self.backoff < 1:
+            raise DefinitionError("Retry needs every > 0 and backoff >= 1")
+
+    def delay(self, attempt: int) -> timedelta:
+        """The wait before resend number ``attempt + 1`` (attempt 0: the first resend)."""
+        wait = self.every * (self.backoff**attempt)
+        return min(wait, self.max_every) if self.max_every is not None else wait
+
+
+@dataclass(frozen=True)
+class SagaView:
+    """What a command builder may read: the saga's identity and data, never the clock."""
+
+    saga_id: str
+    workflow: str
+    key: str
+    data: Mapping[str, Any]
+
+
+CommandBuilder = Callable[[SagaView], Message]
+
+
+def builder_for(send: type[Message] | CommandBuilder) -> CommandBuilder:
+    """A message class becomes a builder that fills its fields from the saga's data by name."""
+    if isinstance(send, type) and issubclass(send, Message):
+        cls = send
+        names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+
+        def build(view: SagaView) -> Message:
+            return load(cls, {name: view.data.get(name) for name in names})
+
+        build.__qualname__ = f"build_{cls.__name__}"
+        build.message_type = cls.TYPE  # type: ignore[attr-defined]
+        return build
+    return cast(CommandBuilder, send)
+
+
+@dataclass(frozen=True)
+class Undo:
+    """A command a final state sends that waits for its reply, with a deadline and a retry like
+    any compensation: ``state("expired", final=True, compensate=[Undo(ReturnFunds,
+    done=FundsReturned, deadline=..., retry=...)])``.
+
+    A fire-and-forget undo is lost when its participant is down, and its reply has nothing to
+    confirm; an ``Undo`` is re-sent until confirmed, and the saga ends failed (an operator is
+    needed) when it is refused (``failed``) or its deadline passes."""
+
+    send: type[Command] | CommandBuilder
+    done: type[Event]
+    failed: type[Event] | None = None
+    deadline: timedelta | None = None
+    retry: Retry | None = None
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    name: str
+    status: Status = Status.RUNNING
+    final: bool = False
+    deadline: timedelta | None = None
+    on_deadline: str | None = None
+    on_enter: tuple[CommandBuilder, ...] = ()
+    retry: Retry | None = None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """An event in a source state: move to ``dest`` sending ``send``, or apply a policy."""
+
+    event: str
+    source: str
+    dest: str | None = None
+    send: tuple[CommandBuilder, ...] = ()
+    policy: Policy | None = None
+
+
+def _listify(send: Any) -> list[Any]:
+    if send is None:
+        return []
+    if isinstance(send, list | tuple):
+        return list(send)
+    return [send]
+
+
+@dataclass
+class Workflow:
+    """A workflow: states, the rules that move between them, and the event that starts it.
+
+    ``key`` names the field of the starting event that identifies the business transaction
+    (``order_id``): the same key always means the same saga.
+    """
+
+    name: str
+    starts_on: type[Event]
+    key: str
+    initial: str | None = None
+    unexpected: Policy = IGNORE
+    description: str = ""
+    states: dict[str, StateSpec] = field(default_factory=dict)
+    rules: list[Rule] = field(default_factory=list)
+    events: dict[str, type[Message]] = field(default_factory=dict)
+    #: state -> (its success event, the undo to send if that success arrives after the deadline)
+    late_success: dict[str, tuple[str, tuple[CommandBuilder, ...]]] = field(default_factory=dict)
+    #: event type -> the start event's fields that event may change in the saga's data
+    #: (declared with ``on(..., updates=...)`` or ``@step(..., updates=...)``); no other does
+    updates: dict[str, frozenset[str]] = field(default_factory=dict)
+    #: final state -> the first of the compensating states that send its ``Undo`` commands: a
+    #: move declared into that final state enters there instead
+    entries: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if "." in self.name or not self.name:
+            raise DefinitionError(f"workflow name {self.name!r} must be non-empty and contain no dot")
+        if self.key not in {f.name for f in fields(self.starts_on)}:  # type: ignore[arg-type]
+            raise DefinitionError(f"{self.starts_on.__name__} has no field {self.key!r} to key sagas by")
+        self.events[self.starts_on.TYPE] = self.starts_on
+
+    def state(
+        self,
+        name: str,
+        *,
+        deadline: timedelta | None = None,
+        on_deadline: str | None = None,
+        send: type[Command] | CommandBuilder | Sequence[type[Command] | CommandBuilder] | None = None,
+        final: bool = False,
+        status: Status | None = None,
+        compensate: Sequence[type[Command] | CommandBuilder | Undo] | None = None,
+        retry: Retry | None = None,
+        on_cancel: str | None = None,
+    ) -> Workflow:
+        """Declare a state. ``send`` goes out on entering it; a final state with ``compensate``
+        sends those commands, in order, and ends the saga ``compensated``. ``on_cancel`` is where
+        an operator's cancel leads (default: where the deadline leads).
+
+        ``compensate`` of :class:`Undo` items waits for each reply in turn, in a compensating
+        state of its own (``<name>_undo_1``, ...), before the saga ends in ``name``; a refused or
+        timed-out one ends it in ``<name>_failed``."""
+        if name in self.states:
+            raise DefinitionError(f"{self.name}: state {name!r} declared twice")
+        if deadline is not None and on_deadline is None:
+            raise DefinitionError(f"{self.name}.{name}: a deadline needs on_deadline=<state>")
+        if final and (deadline is not None or retry is not None):
+            raise DefinitionError(
+                f"{self.name}.{name}: a final state cannot wait for a deadline or retry; to give"
+                " its compensating commands a deadline and a retry, declare them as"
+                " compensate=[Undo(<command>, done=<reply>, deadline=..., retry=...)]"
+            )
+        undos = [c for c in _listify(compensate) if isinstance(c, Undo)]
+        if undos:
+            if not final or len(undos) != len(_listify(compensate)):
+                raise DefinitionError(
+                    f"{self.name}.{name}: Undo belongs in compensate= of a final state, and there"
+                    " every command is an Undo or none is"
+                )
+            self._undo_chain(name, undos)
+            compensate = None
+            status = Status.COMPENSATED if status is None else status
+        on_deadline = self.entries.get(on_deadline, on_deadline) if on_deadline is not None else None
+        on_cancel = self.entries.get(on_cancel, on_cancel) if on_cancel is not None else None
+        if status is None:
+            status = (Status.COMPENSATED if compensate else Status.COMPLETED) if final else Status.RUNNING
+        if final != (status in FINISHED):
+            raise DefinitionError(f"{self.name}.{name}: status {status} does not fit final={final}")
+        builders = [builder_for(s) for s in [*_listify(send), *_listify(compensate)]]
+        self.states[name] = StateSpec(name, status, final, deadline, on_deadline, tuple(builders), retry)
+        if deadline is not None and on_deadline is not None:
+            self.rules.append(Rule(DEADLINE, name, on_deadline))
+        if on_cancel is not None:
+            if final:
+                raise DefinitionError(f"{self.name}.{name}: a final state cannot be cancelled")
+            self.rules.append(Rule(CANCEL, name, on_cancel))
+        if self.initial is None and not final:
+            self.initial = name
+        return self
+
+    def on(
+        self,
+        event: type[Event],
+        *,
+        source: str | Iterable[str],
+        dest: str | None = None,
+        send: type[Command] | CommandBuilder | Sequence[type[Command] | CommandBuilder] | None = None,
+        then: Policy | None = None,
+        updates: Iterable[str] = (),
+    ) -> Workflow:
+        """What ``event`` does in ``source``: move to ``dest`` (sending ``send``), or ``then`` a policy.
+
+        ``updates`` names fields of the start event that ``event`` may change in the saga's data
+        (wherever it is taken): by default the start event's fields are fixed once the saga has
+        started, and only the fields the event declares that the start event does not enter it."""
+        if (dest is None) == (then is None):
+            raise DefinitionError(f"{self.name}: {event.TYPE} needs exactly one of dest= or then=")
+        self.events[event.TYPE] = event
+        self.allow_updates(event, updates)
+        dest = self.entries.get(dest, dest) if dest is not None else None
+        sources = [source] if isinstance(source, str) else list(source)
+        builders = tuple(builder_for(s) for s in _listify(send))
+        for src in sources:
+            self.rules.append(Rule(event.TYPE, src, dest, builders, then))
+        return self
+
+    def _undo_chain(self, final: str, undos: list[Undo]) -> None:
+        """A compensating state per ``Undo``, each moving to the next on its reply and the last to
+        ``final``; moves already declared into ``final`` are pointed at the first."""
+        names = [f"{final}_undo_{n}" for n in range(1, len(undos) + 1)]
+        failed = f"{final}_failed"
+        for taken in [*names, failed]:
+            if taken in self.states:
+                raise DefinitionError(
+                    f"{self.name}: state {taken!r} is declared; {final}'s Undo needs the name"
+                )
+        self.entries[final] = names[0]
+        initial = self.initial  # a chain declared first is still not where sagas start
+        self.rules = [replace(rule, dest=names[0]) if rule.dest == final else rule for rule in self.rules]
+        self.states = {
+            n: replace(s, on_deadline=names[0]) if s.on_deadline == final else s
+            for n, s in self.states.items()
+        }
+        for index, (state, undo) in enumerate(zip(names, undos, strict=True)):
+            self.state(
+                state,
+                status=Status.COMPENSATING,
+                send=undo.send,
+                deadline=undo.deadline,
+                on_deadline=failed if undo.deadline is not None else None,
+                retry=undo.retry,
+            )
+            following = names[index + 1] if index + 1 < len(names) else final
+            self.rules.append(Rule(undo.done.TYPE, state, following))
+            self.events[undo.done.TYPE] = undo.done
+            if undo.failed is not None:
+                self.rules.append(Rule(undo.failed.TYPE, state, failed))
+                self.events[undo.failed.TYPE] = undo.failed
+        self.state(failed, final=True, status=Status.FAILED)
+        self.initial = initial
+
+    def allow_updates(self, event: type[Event], names: Iterable[str]) -> None:
+        """Let ``event`` change the start event's fields ``names`` in the saga's data. Each must be
+        a field of both events and not the key: a saga's key never changes."""
+        names = [names] if isinstance(names, str) else list(names)
+        if not names:
+            return
+        carried = {f.name for f in fields(event)}  # type: ignore[arg-type]
+        started = {f.name for f in fields(self.starts_on)}  # type: ignore[arg-type]
+        for name in names:
+            if name == self.key:
+                raise DefinitionError(f"{self.name}: {self.key!r} is the saga's key; no event updates it")
+            if name not in carried:
+                raise DefinitionError(f"{self.name}: {event.TYPE} has no field {name!r} to update")
+            if name not in started:
+                raise DefinitionError(
+                    f"{self.name}: {name!r} is not a field of {self.starts_on.TYPE}:"
+                    f" {event.TYPE} sets it without updates="
+                )
+        self.updates[event.TYPE] = self.updates.get(event.TYPE, frozenset()) | frozenset(names)
+
+    def fixed_fields(self, event_type: str) -> frozenset[str]:
+        """The fields of the saga's data that ``event_type`` may not change: the key and the start
+        event's fields, less those the workflow lets this event update."""
+        started = frozenset(f.name for f in fields(self.starts_on))  # type: ignore[arg-type]
+        return (started | {self.key}) - self.updates.get(event_type, frozenset())
+
+    def with_deadlines(self, name: str, deadline: timedelta) -> Workflow:
+        """The same workflow under another name, every deadline set to ``deadline``: to run a
+        bundled saga on another clock (the benchmark parks sagas for an hour) without a copy of
+        its definition that could drift from it."""
+        states = {
+            n: replace(s, deadline=deadline if s.deadline is not None else None)
+            for n, s in self.states.items()
+        }
+        return replace(
+            self,
+            name=name,
+            states=states,
+            rules=list(self.rules),
+            events=dict(self.events),
+            late_success=dict(self.late_success),
+            updates=dict(self.updates),
+            entries=dict(self.entries),
+        )
+
+    def rule_for(self, state: str, event_type: str) -> Rule | None:
+        for rule in self.rules:
+            if rule.source == state and rule.event == event_type:
+                return rule
+        return None
+
+    def check(self) -> Workflow:
+        """Refuse a definition that names states it never declared; called when it is compiled."""
+        if self.initial is None:
+            raise DefinitionError(f"{self.name}: no non-final state to start in")
+        for rule in self.rules:
+            for name in (rule.source, rule.dest):
+                if name is not None and name not in self.states:
+                    raise DefinitionError(f"{self.name}: {rule.event} names unknown state {name!r}")
+        for spec in self.states.values():
+            if spec.on_deadline is not None and spec.on_deadline not in self.states:
+                raise DefinitionError(f"{self.name}.{spec.name}: on_deadline {spec.on_deadline!r} is unknown")
+        return self

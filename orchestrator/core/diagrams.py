@@ -1,0 +1,186 @@
+"""A workflow as operators read it: its definition as plain data, and a mermaid state diagram.
+
+Pure, and drawn from the :class:`~orchestrator.core.definitions.Workflow` data rather than from a
+``transitions`` GraphMachine: a GraphMachine keeps a graph per model forever, and the workflow's
+own tables already say everything the diagram shows (moves, deadlines, cancels, parked and
+ignored events), so the picture cannot disagree with what the engine does.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from orchestrator.core.definitions import CANCEL, DEADLINE, Rule, Workflow
+
+__all__ = ["RuleView", "StateView", "WorkflowView", "describe", "mermaid"]
+
+_PLAIN_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: Words mermaid's state grammar reads as keywords, so never used bare as a state id.
+_RESERVED = {"state", "note", "end", "direction", "classDef", "class", "as", "left", "right", "of"}
+
+
+@dataclass(frozen=True)
+class RetryView:
+    every_seconds: float
+    backoff: float
+    max_every_seconds: float | None
+
+
+@dataclass(frozen=True)
+class StateView:
+    name: str
+    status: str
+    final: bool
+    initial: bool
+    deadline_seconds: float | None
+    on_deadline: str | None
+    retry: RetryView | None
+    sends: list[str]
+
+
+@dataclass(frozen=True)
+class RuleView:
+    event: str
+    source: str
+    dest: str | None
+    policy: str | None
+    sends: list[str]
+
+
+@dataclass(frozen=True)
+class WorkflowView:
+    name: str
+    description: str
+    starts_on: str
+    key: str
+    initial: str
+    unexpected: str
+    events: list[str]
+    states: list[StateView]
+    rules: list[RuleView]
+
+
+def command_name(builder: Any) -> str:
+    """What a builder sends: its message type when it declares one, else the builder's name."""
+    message_type = getattr(builder, "message_type", None)
+    if isinstance(message_type, str):
+        return message_type
+    return str(getattr(builder, "__qualname__", None) or getattr(builder, "__name__", None) or builder)
+
+
+def _seconds(value: timedelta | None) -> float | None:
+    return value.total_seconds() if value is not None else None
+
+
+def describe(workflow: Workflow) -> WorkflowView:
+    states = [
+        StateView(
+            name=spec.name,
+            status=str(spec.status),
+            final=spec.final,
+            initial=spec.name == workflow.initial,
+            deadline_seconds=_seconds(spec.deadline),
+            on_deadline=spec.on_deadline,
+            retry=RetryView(
+                spec.retry.every.total_seconds(), spec.retry.backoff, _seconds(spec.retry.max_every)
+            )
+            if spec.retry is not None
+            else None,
+            sends=[command_name(b) for b in spec.on_enter],
+        )
+        for spec in workflow.states.values()
+    ]
+    rules = [
+        RuleView(
+            rule.event,
+            rule.source,
+            rule.dest,
+            str(rule.policy) if rule.policy is not None else None,
+            [command_name(b) for b in rule.send],
+        )
+        for rule in workflow.rules
+    ]
+    return WorkflowView(
+        name=workflow.name,
+        description=workflow.description.strip(),
+        starts_on=workflow.starts_on.TYPE,
+        key=workflow.key,
+        initial=workflow.initial or "",
+        unexpected=str(workflow.unexpected),
+        events=sorted(workflow.events),
+        states=states,
+        rules=rules,
+    )
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+def _label(text: str) -> str:
+    """Edge and note text: mermaid ends a label at a newline and reads ``:`` and ``;`` as syntax."""
+    return re.sub(r"[\r\n:;#]", " ", text).strip()
+
+
+def mermaid(workflow: Workflow, moves: Iterable[Rule] | None = None) -> str:
+    """``stateDiagram-v2`` source: every move, deadline and cancel as an edge, policies as notes.
+
+    ``moves`` are the compiled workflow's moves when it has them: they include the cancels the
+    compiler derives for states that declare none, which the definition alone does not list.
+    """
+    ids: dict[str, str] = {}
+    lines = ["stateDiagram-v2"]
+    for index, name in enumerate(workflow.states):
+        if _PLAIN_ID.match(name) and name not in _RESERVED:
+            ids[name] = name
+        else:
+            ids[name] = f"s{index}"
+            lines.append(f'    state "{_label(name).replace(chr(34), chr(39))}" as s{index}')
+    if workflow.initial is not None:
+        lines.append(f"    [*] --> {ids[workflow.initial]}: {_label(workflow.starts_on.TYPE)}")
+    edges: dict[tuple[str, str], list[str]] = {}
+    for rule in workflow.rules if moves is None else moves:
+        if rule.dest is None or rule.source not in ids or rule.dest not in ids:
+            continue
+        if rule.event == DEADLINE:
+            deadline = workflow.states[rule.source].deadline
+            label = f"deadline {_duration(deadline.total_seconds())}" if deadline else "deadline"
+        elif rule.event == CANCEL:
+            label = "cancel"
+        else:
+            label = rule.event
+        labels = edges.setdefault((rule.source, rule.dest), [])
+        if label not in labels:
+            labels.append(label)
+    for (source, dest), labels in edges.items():
+        lines.append(f"    {ids[source]} --> {ids[dest]}: {_label(' / '.join(labels))}")
+    policies: dict[str, list[str]] = {}
+    for rule in workflow.rules:
+        if rule.policy is not None:
+            policies.setdefault(rule.source, []).append(f"{rule.policy} {rule.event}")
+    for state, notes in policies.items():
+        lines.append(f"    note right of {ids[state]}: {_label(', '.join(notes))}")
+    for spec in workflow.states.values():
+        if spec.final:
+            lines.append(f"    {ids[spec.name]} --> [*]")
+    by_status: dict[str, list[str]] = {}
+    for spec in workflow.states.values():
+        by_status.setdefault(str(spec.status), []).append(ids[spec.name])
+    styles = {
+        "compensating": "fill:#fff3cd,stroke:#b58900",
+        "completed": "fill:#d4edda,stroke:#2e7d32",
+        "compensated": "fill:#e2e3e5,stroke:#6c757d",
+        "failed": "fill:#f8d7da,stroke:#c62828",
+    }
+    for status, style in styles.items():
+        if status in by_status:
+            lines.append(f"    classDef status_{status} {style}")
+            lines.append(f"    class {','.join(by_status[status])} status_{status}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,770 @@
+"""``decide``: the pure heart. A saga, a message and the time in; a decision, as data, out.
+
+No I/O, no clock reads, no asyncio: the service layer loads the saga, calls ``decide``, and
+writes the decision in one transaction. The same journal fed through ``decide`` again gives the
+same sagas, which is what makes replay (and ``orchestrator verify``) possible.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from orchestrator.core.definitions import CANCEL, DEADLINE, FINISHED, RETRY, Policy, SagaView, Status
+from orchestrator.core.ingress import Reason, check_json
+from orchestrator.core.machine import CompiledWorkflow, MachineError
+from orchestrator.core.messages import dump, load
+
+__all__ = [
+    "ACTIONS",
+    "OPERATOR",
+    "Deadline",
+    "Decision",
+    "Incoming",
+    "Outcome",
+    "OutgoingCommand",
+    "Saga",
+    "command_message_id",
+    "decide",
+    "saga_id_for",
+]
+
+_SAGA_NAMESPACE = uuid.UUID("8f1f7c64-5be4-4a39-9c39-3c1f0b6f3a51")
+
+#: An operator's action is a message of type ``operator.<action>``, journaled like any other.
+OPERATOR = "operator."
+ACTIONS = ("retry", "cancel", "resume", "fire-deadline", "skip")
+
+
+#: The statuses a saga never leaves. A failed saga keeps its parked events: ``resume`` applies them.
+_CLOSED = FINISHED - {Status.FAILED}
+
+
+def _uuid5(namespace: bytes, name: str) -> str:
+    """``str(uuid.uuid5(...))`` without building two UUID objects: it runs for every message."""
+    digest = bytearray(hashlib.sha1(namespace + name.encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def saga_id_for(workflow: str, key: str) -> str:
+    """A saga's id follows from its workflow and key, so the same start twice is one saga."""
+    return _uuid5(_SAGA_NAMESPACE.bytes, f"{workflow}\x00{key}")
+
+
+def command_message_id(saga_id: str, version: int, index: int) -> str:
+    """Stable across replays and re-sends: participants dedupe on it."""
+    return _uuid5(bytes.fromhex(saga_id.replace("-", "")), f"{version}:{index}")
+
+
+def _with(saga: Saga, **changes: Any) -> Saga:
+    """``dataclasses.replace`` for the hot path: a copy of the frozen snapshot with ``changes``,
+    without running ``__init__`` (replace costs more than the rest of a small decision)."""
+    copy = object.__new__(Saga)
+    copy.__dict__.update(saga.__dict__, **changes)
+    return copy
+
+
+class Outcome(enum.StrEnum):
+    STARTED = "started"
+    MOVED = "moved"
+    PARKED = "parked"
+    IGNORED = "ignored"
+    FAILED = "failed"
+    RETRIED = "retried"  # the waiting state's commands sent again
+    LATE_UNDONE = "late_undone"  # a success after its deadline: its undo was sent
+    #: an operator's action that does not fit the saga, or an event to park past the saga's
+    #: parking cap: never journaled, the saga unchanged
+    REFUSED = "refused"
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A message for one saga: a participant's event, a fired deadline, or an operator's action."""
+
+    type: str
+    message_id: str
+    payload: Mapping[str, Any]
+    kind: str = "event"  # event | deadline | operator
+    actor: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "message_id": self.message_id,
+            "payload": dict(self.payload),
+            "kind": self.kind,
+            "actor": self.actor,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Incoming:
+        return cls(
+            data["type"], data["message_id"], data["payload"], data.get("kind", "event"), data.get("actor")
+        )
+
+
+@dataclass(frozen=True)
+class Saga:
+    """The snapshot of one saga: what its row holds."""
+
+    id: str
+    workflow: str
+    key: str
+    state: str
+    status: Status
+    version: int
+    data: Mapping[str, Any]
+    parked: tuple[Mapping[str, Any], ...] = ()
+    last_error: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    #: the commands the current state sent on entering: what it waits on, what a retry resends
+    awaiting: tuple[Mapping[str, Any], ...] = ()
+    #: resends so far in the current state
+    attempt: int = 0
+    #: steps whose deadline passed: a success that still arrives for one gets its undo; and the
+    #: compensation a failed saga gave up on at its deadline: its late confirmation carries it on
+    timed_out: tuple[str, ...] = ()
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    def view(self) -> SagaView:
+        return SagaView(self.id, self.workflow, self.key, self.data)
+
+
+@dataclass(frozen=True)
+class OutgoingCommand:
+    message_id: str
+    type: str
+    payload: Mapping[str, Any]
+    saga_id: str
+    workflow: str
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """A timer of a saga: its state's deadline, or its next retry (``kind="retry"``)."""
+
+    state: str
+    due_at: datetime
+    kind: str = "deadline"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Everything one message changes, for the service layer to write in one transaction.
+
+    ``deadline_changed`` says the saga's pending deadline must be replaced by ``deadline``
+    (``None``: no deadline is pending any more).
+    """
+
+    saga: Saga
+    outcome: Outcome
+    previous_state: str | None
+    commands: tuple[OutgoingCommand, ...] = ()
+    deadline: Deadline | None = None
+    deadline_changed: bool = False
+    reason: str | None = None
+    applied_parked: tuple[str, ...] = field(default=())
+    retry: Deadline | None = None
+    retry_changed: bool = False
+    #: events the saga still held parked when it closed (completed or compensated): they are
+    #: removed from it by this decision, and the journal lists them
+    dropped_parked: tuple[str, ...] = ()
+    #: the fields of the saga's data the message (and the parked events it applied) wrote
+    merged: tuple[str, ...] = ()
+    #: set when the message is journaled (outcome IGNORED, with the reason) and dead-lettered
+    #: too: a reply whose key contradicts its saga's
+    dead_letter: Reason | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """The decision as the journal keeps it."""
+        return {
+            "outcome": str(self.outcome),
+            "from": self.previous_state,
+            "to": self.saga.state,
+            "status": str(self.saga.status),
+            # with each payload, so the journal shows exactly what was sent (and verify compares
+            # the outbox with it); entries journaled before this have no "payload"
+            "commands": [
+                {"type": c.type, "message_id": c.message_id, "payload": dict(c.payload)}
+                for c in self.commands
+            ],
+            "deadline": self.deadline
+            and {"state": self.deadline.state, "due_at": self.deadline.due_at.isoformat()},
+            "retry": self.retry and self.retry.due_at.isoformat(),
+            "reason": self.reason,
+            "applied_parked": list(self.applied_parked),
+            "dropped_parked": list(self.dropped_parked),
+            # also says the entry was decided by the declared-fields rule (replay.py)
+            "merged": list(self.merged),
+            # says the entry was decided by the rules for operators and late confirmations
+            # (issue 11, items 5-8): replay.py decides an entry without it as before them
+            "operators": 2,
+        } | ({"dead_letter": str(self.dead_letter)} if self.dead_letter is not None else {})
+
+
+class _Draft:
+    """The saga being changed while one decision is made."""
+
+    def __init__(
+        self,
+        compiled: CompiledWorkflow,
+        saga: Saga,
+        now: datetime,
+        merge_all: bool = False,
+        before_operators: bool = False,
+    ) -> None:
+        self.compiled = compiled
+        self.saga = saga
+        self.now = now
+        self.merge_all = merge_all
+        self.before_operators = before_operators
+        self.merged: list[str] = []
+        self.commands: list[OutgoingCommand] = []
+        self.deadline_changed = False
+        self.deadline: Deadline | None = None
+        self.retry_changed = False
+        self.retry: Deadline | None = None
+        self.applied_parked: list[str] = []
+        self.failure: str | None = None
+
+    def merge(self, event_type: str, payload: Mapping[str, Any], starting: bool = False) -> None:
+        """Take an event's payload into the saga's data: its declared fields as its schema reads
+        them, less the fields the saga fixed at its start (the key, the start event's fields)
+        that the workflow does not let this event update. ``merge_all``: a journal entry from
+        before that rule, which merged the payload whole."""
+        if not payload:
+            return
+        if self.merge_all:
+            self.saga = _with(self.saga, data={**self.saga.data, **payload})
+            return
+        data = _declared(self.compiled, event_type, payload)
+        fixed = frozenset() if starting else self.compiled.fixed_fields(event_type)
+        taken = {name: value for name, value in data.items() if name not in fixed}
+        if taken:
+            self.saga = _with(self.saga, data={**self.saga.data, **taken})
+            self.merged.extend(name for name in taken if name not in self.merged)
+
+    def build(self, builders: tuple[Any, ...]) -> list[OutgoingCommand]:
+        view = self.saga.view()
+        built = []
+        for build in builders:
+            message = build(view)
+            payload = dump(message)
+            # The schema may read a value the ingress rules let through as text ("1" * 25 for an
+            # int field) into one nothing can encode: fail the saga here, not every later commit.
+            check_json(payload, message.TYPE)
+            command = OutgoingCommand(
+                command_message_id(self.saga.id, self.saga.version, len(self.commands)),
+                message.TYPE,
+                payload,
+                self.saga.id,
+                self.saga.workflow,
+            )
+            self.commands.append(command)
+            built.append(command)
+        return built
+
+    def enter(self, dest: str, sends: tuple[Any, ...], entered: tuple[Any, ...]) -> None:
+        spec = self.compiled.workflow.states[dest]
+        self.saga = _with(self.saga, state=dest, status=spec.status, attempt=0)
+        self.build(sends)
+        awaiting = self.build(entered)
+        self.saga = _with(self.saga, awaiting=tuple(_awaiting(c) for c in awaiting))
+        if spec.status is Status.FAILED:
+            self.saga = _with(self.saga, last_error=self.failure or f"entered {dest}")
+        self.deadline_changed = True
+        self.deadline = Deadline(dest, self.now + spec.deadline) if spec.deadline is not None else None
+        self.retry_changed = True
+        self.retry = None
+        if spec.retry is not None and awaiting:
+            self.retry = Deadline(dest, self.now + spec.retry.delay(0), "retry")
+
+    def policy_for(self, event_type: str) -> Policy | None:
+        """None when the event moves the saga; otherwise what to do with it."""
+        state = self.saga.state
+        if self.compiled.moves_on(state, event_type):
+            return None
+        return self.compiled.policies.get((state, event_type), self.compiled.workflow.unexpected)
+
+    def move(self, trigger: str, data: Mapping[str, Any] | None = None, failure: str | None = None) -> None:
+        """Fire ``trigger``; ``data`` is business data to merge (an event's payload, never a
+        deadline's); ``failure`` is what ``last_error`` says if the move ends the saga failed."""
+        previous = self.saga.state
+        fired = self.compiled.fire(previous, trigger)
+        if data:
+            self.merge(trigger, data)
+        if trigger in (DEADLINE, CANCEL) and previous in self.compiled.workflow.late_success:
+            # the step's command may still succeed: remember to undo it then
+            self.saga = _with(self.saga, timed_out=(*self.saga.timed_out, previous))
+        if failure is None:
+            late = trigger == DEADLINE
+            failure = f"no reply in {previous} before its deadline" if late else f"{trigger} in {previous}"
+        self.failure = failure
+        gave_up = trigger == DEADLINE and not self.before_operators and self._fails_compensation(fired.dest)
+        awaited = self.saga.awaiting
+        self.enter(fired.dest, fired.sends, fired.entered)
+        if gave_up:
+            # The compensation may still be confirmed: remember where the saga failed (a late
+            # confirmation carries it on from there, and resume starts there by default) and
+            # what it waited on (resume sends the same commands, same message ids).
+            timed_out = self.saga.timed_out
+            if previous not in timed_out:
+                timed_out = (*timed_out, previous)
+            self.saga = _with(self.saga, timed_out=timed_out, awaiting=self.saga.awaiting or awaited)
+
+    def _fails_compensation(self, dest: str) -> bool:
+        """Whether leaving the current state for ``dest`` gives up on a compensation: the saga
+        compensates and ``dest`` is a final failed state."""
+        spec = self.compiled.workflow.states[dest]
+        return self.saga.status is Status.COMPENSATING and spec.final and spec.status is Status.FAILED
+
+    def apply_parked(self) -> None:
+        """After a move, an event kept for later may fit: apply each that does, oldest first."""
+        progress = True
+        while progress and not self.saga.finished:
+            progress = False
+            for index, parked in enumerate(self.saga.parked):
+                if self.policy_for(parked["type"]) is None:
+                    rest = self.saga.parked[:index] + self.saga.parked[index + 1 :]
+                    self.saga = _with(self.saga, parked=rest)
+                    event = Incoming.from_json(parked)
+                    self.move(event.type, event.payload if event.kind == "event" else None)
+                    self.applied_parked.append(parked["message_id"])
+                    progress = True
+                    break
+
+
+def decide(
+    compiled: CompiledWorkflow,
+    saga: Saga | None,
+    message: Incoming,
+    now: datetime,
+    *,
+    replaying: bool = False,
+    merge_all: bool = False,
+    before_operators: bool = False,
+) -> Decision:
+    """Decide what ``message`` does to ``saga`` (None: the message starts a new saga).
+
+    A participant's event to park when the saga already holds ``compiled.max_parked`` parked
+    events is refused (outcome REFUSED, the saga unchanged). ``replaying``: the message comes
+    from the journal, so it was taken when it came; the cap it passed then is not asked again
+    (the setting may have changed since).
+
+    An event's declared fields enter the saga's data as its schema reads them; after the start,
+    the key and the start event's fields change only where the workflow declares ``updates``,
+    and an event whose key field names another saga's key is journaled as ignored and
+    dead-lettered (``Decision.dead_letter``). ``merge_all``: decide as before that rule (a journal
+    entry written then, see replay.py): every payload merged whole, the key never compared.
+
+    A compensation given up on by its deadline is remembered in ``timed_out`` with what it waited
+    on; its late confirmation carries the failed saga on from there. An operator's ``retry``
+    counts as a resend (``attempt``); ``resume`` starts by default where the saga failed, sends
+    the commands it waited on there with their message ids (new ones for ``new_attempt``) and
+    forgets the steps given up on that it takes up again. ``before_operators``: decide as before
+    those rules (a journal entry written then, see replay.py)."""
+    workflow = compiled.workflow
+    if saga is None:
+        key = str(message.payload[workflow.key])
+        saga_id = saga_id_for(workflow.name, key)
+        fresh = Saga(saga_id, workflow.name, key, "", Status.RUNNING, 1, {}, created_at=now, updated_at=now)
+        draft = _Draft(compiled, fresh, now, merge_all, before_operators)
+        try:
+            draft.merge(workflow.starts_on.TYPE, message.payload, starting=True)
+            first = compiled.enter()
+            draft.enter(first.dest, first.sends, first.entered)
+        except Exception as error:  # a user's command builder failed: the saga needs an operator
+            return _failed(draft.saga, "", error, now)
+        return _decision(draft, Outcome.STARTED, None)
+
+    previous = saga.state
+    bumped = _with(saga, version=saga.version + 1, updated_at=now)
+    if message.type.startswith(OPERATOR):
+        return _operate(compiled, bumped, previous, message, now, merge_all, before_operators)
+    if message.kind == "event" and not merge_all:
+        contradiction = _key_contradiction(compiled, saga, message)
+        if contradiction is not None:
+            return Decision(
+                bumped, Outcome.IGNORED, previous, reason=contradiction, dead_letter=Reason.KEY_MISMATCH
+            )
+    late = _late_step(compiled, saga, message)
+    if late is not None:
+        return _undo_late(compiled, bumped, late, previous, now)
+    if saga.status is Status.FAILED and not before_operators:
+        confirmed = _late_confirmation(compiled, bumped, previous, message, now, merge_all)
+        if confirmed is not None:
+            return confirmed
+    if saga.finished:
+        return Decision(bumped, Outcome.IGNORED, previous, reason=f"saga is already {saga.status}")
+    if message.kind == "event" and message.type not in workflow.events:
+        # a reply to a command nobody waits for (a compensation without done=, a command sent on
+        # entering a final state), or any other type the workflow takes nowhere: journaled on
+        # the saga it is correlated to, never dead-lettered
+        reason = f"{message.type} is not an event of workflow {workflow.name}: nothing waits for it"
+        return Decision(bumped, Outcome.IGNORED, previous, reason=reason)
+    if message.type == RETRY:
+        return _retry(compiled, bumped, previous, now)
+    draft = _Draft(compiled, bumped, now, merge_all, before_operators)
+    policy = draft.policy_for(message.type)
+    if policy is Policy.IGNORE:
+        return Decision(
+            bumped, Outcome.IGNORED, previous, reason=f"{message.type} is not expected in {previous}"
+        )
+    if policy is Policy.PARK:
+        # A fired timer is never refused: fire_due_deadlines journals every decision it gets.
+        if len(saga.parked) >= compiled.max_parked and message.kind == "event" and not replaying:
+            reason = (
+                f"parking full: {len(saga.parked)} events parked for this saga"
+                f" (ORCHESTRATOR_MAX_PARKED={compiled.max_parked})"
+            )
+            return Decision(saga, Outcome.REFUSED, previous, reason=reason)
+        parked = _with(bumped, parked=(*bumped.parked, message.as_json()))
+        return Decision(parked, Outcome.PARKED, previous, reason=f"{message.type} kept until it fits")
+    if policy is Policy.FAIL:
+        reason = f"{message.type} is not allowed in {previous}"
+        return _failed(bumped, previous, reason, now)
+    try:
+        draft.move(message.type, message.payload if message.kind == "event" else None)
+        draft.apply_parked()
+    except MachineError as error:  # the compiled tables and the machine disagree: a bug, say so
+        return _failed(bumped, previous, error, now)
+    except Exception as error:  # a user's command builder raised
+        return _failed(bumped, previous, error, now)
+    return _decision(draft, Outcome.MOVED, previous)
+
+
+def _declared(compiled: CompiledWorkflow, event_type: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The payload as its event's schema reads it: the declared fields only, JSON-ready (the same
+    value whichever way the event came in: ``"3"`` for an int field is stored as ``3``)."""
+    cls = compiled.workflow.events.get(event_type)
+    if cls is None:  # not an event of this workflow: it declares nothing
+        return {}
+    data = dump(load(cls, payload))
+    check_json(data, event_type)  # "1" * 25 for an int field: fail the saga, not every commit
+    return data
+
+
+def _key_contradiction(compiled: CompiledWorkflow, saga: Saga, message: Incoming) -> str | None:
+    """Why ``message`` cannot be for ``saga``: its key field names another saga. None: it fits."""
+    key = compiled.workflow.key
+    cls = compiled.workflow.events.get(message.type)
+    if cls is None or key not in getattr(cls, "__dataclass_fields__", {}):
+        return None
+    given = message.payload.get(key)
+    if given is None or str(given) == saga.key:
+        return None
+    return f"{message.type} says {key}={str(given)!r} but saga {saga.id} has {key}={saga.key!r}"
+
+
+def _awaiting(command: OutgoingCommand) -> dict[str, Any]:
+    return {"message_id": command.message_id, "type": command.type, "payload": dict(command.payload)}
+
+
+def _late_step(compiled: CompiledWorkflow, saga: Saga, message: Incoming) -> str | None:
+    """The timed-out step this message is the late success of, if any."""
+    if message.kind != "event":
+        return None
+    for step in saga.timed_out:
+        late = compiled.workflow.late_success.get(step)  # None: a compensation given up on
+        if late is not None and late[0] == message.type:
+            return step
+    return None
+
+
+def _given_up(compiled: CompiledWorkflow, saga: Saga) -> str | None:
+    """The compensating state a failed saga gave up on at its deadline, if that is how it failed."""
+    current = compiled.workflow.states.get(saga.state)  # none: it failed at its start
+    if saga.status is not Status.FAILED or current is None or not current.final:
+        return None
+    for state in reversed(saga.timed_out):
+        spec = compiled.workflow.states.get(state)
+        if spec is not None and spec.status is Status.COMPENSATING:
+            return state
+    return None
+
+
+def _reopen(compiled: CompiledWorkflow, saga: Saga, state: str) -> Saga:
+    """The failed saga back in the compensation it gave up on, for that compensation's outcome."""
+    return _with(
+        saga,
+        state=state,
+        status=compiled.workflow.states[state].status,
+        last_error=None,
+        timed_out=tuple(s for s in saga.timed_out if s != state),
+    )
+
+
+def _late_confirmation(
+    compiled: CompiledWorkflow,
+    saga: Saga,
+    previous: str,
+    message: Incoming,
+    now: datetime,
+    merge_all: bool = False,
+) -> Decision | None:
+    """A failed saga gave up on a compensation at its deadline; this event confirms it after all:
+    it is proof the compensation happened, so the saga carries on from that state as if the
+    confirmation had come in time. None: the message is no such confirmation."""
+    state = _given_up(compiled, saga) if message.kind == "event" else None
+    if state is None or not compiled.moves_on(state, message.type):
+        return None
+    if compiled.workflow.states[compiled.fire(state, message.type).dest].status is Status.FAILED:
+        # The compensation failed after all: the saga stays failed, and forgets the commands it
+        # waited on there, so that a resume sends them anew (their replies were taken already:
+        # sent again with the same ids, they would come back as duplicates and change nothing).
+        forgotten = _with(saga, awaiting=())
+        reason = f"{message.type}: {state} failed after its deadline too; the saga stays failed"
+        return Decision(forgotten, Outcome.IGNORED, previous, reason=reason)
+    draft = _Draft(compiled, _reopen(compiled, saga, state), now, merge_all)
+    try:
+        draft.move(message.type, message.payload)
+        draft.apply_parked()
+    except Exception as error:  # a user's command builder raised
+        return _failed(saga, previous, error, now)
+    return _decision(draft, Outcome.MOVED, previous, f"{message.type} confirmed {state} after its deadline")
+
+
+def _undo_late(compiled: CompiledWorkflow, saga: Saga, step: str, previous: str, now: datetime) -> Decision:
+    """The step went through after all, after its deadline gave up on it: undo it now."""
+    draft = _Draft(compiled, _with(saga, timed_out=tuple(s for s in saga.timed_out if s != step)), now)
+    _, undo = compiled.workflow.late_success[step]
+    try:
+        draft.build(undo)
+    except Exception as error:
+        return _failed(saga, previous, error, now)
+    reason = f"{step} succeeded after its deadline: undone"
+    return Decision(draft.saga, Outcome.LATE_UNDONE, previous, tuple(draft.commands), reason=reason)
+
+
+def _retry(compiled: CompiledWorkflow, saga: Saga, previous: str, now: datetime) -> Decision:
+    """Send the waiting state's commands again, with the same message ids, and set the next retry."""
+    spec = compiled.workflow.states.get(saga.state)  # none: this version of the workflow dropped it
+    if saga.finished or spec is None or spec.retry is None or not saga.awaiting:
+        return Decision(saga, Outcome.IGNORED, previous, retry_changed=True, reason="nothing to retry")
+    commands = tuple(
+        OutgoingCommand(c["message_id"], c["type"], c["payload"], saga.id, saga.workflow)
+        for c in saga.awaiting
+    )
+    attempt = saga.attempt + 1
+    retry = Deadline(saga.state, now + spec.retry.delay(attempt), "retry")
+    return Decision(
+        _with(saga, attempt=attempt),
+        Outcome.RETRIED,
+        previous,
+        commands,
+        retry=retry,
+        retry_changed=True,
+        reason=f"resend {attempt}",
+    )
+
+
+def _operate(
+    compiled: CompiledWorkflow,
+    saga: Saga,
+    previous: str,
+    message: Incoming,
+    now: datetime,
+    merge_all: bool = False,
+    before_operators: bool = False,
+) -> Decision:
+    """An operator's action, decided like an event: journaled with who asked and why, or refused
+    (outcome REFUSED, with the reason) where it does not fit the saga as it stands."""
+    action = message.type.removeprefix(OPERATOR)
+    args = message.payload
+    said = f": {args['reason']}" if args.get("reason") else ""
+    who = f"{action} by {message.actor or 'an operator'}{said}"
+
+    def refuse(why: str) -> Decision:
+        return Decision(saga, Outcome.REFUSED, previous, reason=why)
+
+    state = saga.state
+    if action == "resume":
+        if before_operators:
+            return _resume(compiled, saga, previous, args.get("step") or state, who, now, merge_all, True)
+        step = args.get("step") or _given_up(compiled, saga) or state
+        return _resume(
+            compiled, saga, previous, step, who, now, merge_all, new_attempt=bool(args.get("new_attempt"))
+        )
+    given_up = _given_up(compiled, saga) if action == "skip" and not before_operators else None
+    as_it_was = saga  # a skip that fails to move leaves the saga failed where it failed
+    if given_up is not None:
+        # The compensation the saga gave up on at its deadline: an operator who knows how it
+        # ended takes that as its outcome, as its late reply would be taken.
+        saga = _reopen(compiled, saga, given_up)
+        state = given_up
+    if saga.finished:
+        return refuse(
+            f"saga is already {saga.status}" + (": resume it" if saga.status is Status.FAILED else "")
+        )
+    if action == "retry":
+        if not saga.awaiting:
+            return refuse(f"nothing to retry: {state} waits on no command")
+        if before_operators:  # an operator's resend was not counted then
+            commands = tuple(
+                OutgoingCommand(c["message_id"], c["type"], c["payload"], saga.id, saga.workflow)
+                for c in saga.awaiting
+            )
+            return Decision(saga, Outcome.RETRIED, previous, commands, reason=who)
+        # A resend like the retry timer's: same message ids, counted in ``attempt``; a new
+        # attempt (``new_attempt``) gets new message ids, so a participant takes it afresh.
+        fresh = bool(args.get("new_attempt"))
+        commands = tuple(
+            OutgoingCommand(
+                command_message_id(saga.id, saga.version, index) if fresh else c["message_id"],
+                c["type"],
+                c["payload"],
+                saga.id,
+                saga.workflow,
+            )
+            for index, c in enumerate(saga.awaiting)
+        )
+        resent = _with(saga, attempt=saga.attempt + 1, awaiting=tuple(_awaiting(c) for c in commands))
+        return Decision(resent, Outcome.RETRIED, previous, commands, reason=who)
+    data: Mapping[str, Any] | None = None
+    if action == "cancel":
+        if saga.status is Status.COMPENSATING:
+            return refuse(f"saga is already compensating (in {state})")
+        if not compiled.moves_on(state, CANCEL):
+            return refuse(
+                f"{state} has no cancel route: the workflow declares no on_cancel or deadline for it"
+            )
+        trigger = CANCEL
+    elif action == "fire-deadline":
+        current = compiled.workflow.states.get(state)
+        if current is None or current.deadline is None or not compiled.moves_on(state, DEADLINE):
+            return refuse(f"no deadline is pending in {state}")
+        trigger = DEADLINE
+    elif action == "skip":
+        trigger = str(args.get("outcome") or "")
+        if not compiled.moves_on(state, trigger):
+            takes = sorted(e for s, e in compiled.moves if s == state and not e.startswith("saga."))
+            return refuse(
+                f"{trigger or 'no outcome'} is not an outcome of {state}; it takes {', '.join(takes)}"
+            )
+        data = args.get("data") or None
+        event = compiled.workflow.events.get(trigger)
+        carries_key = compiled.workflow.key in getattr(event, "__dataclass_fields__", {})
+        if data and carries_key and not merge_all:
+            # the data the outcome would have carried, for this saga: its key is the saga's
+            data = {**data, compiled.workflow.key: saga.key}
+    else:
+        return refuse(f"unknown action {action!r}")
+    draft = _Draft(compiled, saga, now, merge_all, before_operators)
+    try:
+        draft.move(trigger, data, failure=who)
+        draft.apply_parked()
+    except Exception as error:  # a user's command builder raised
+        return _failed(as_it_was, previous, error, now)
+    return _decision(draft, Outcome.MOVED, previous, who)
+
+
+def _resume(
+    compiled: CompiledWorkflow,
+    saga: Saga,
+    previous: str,
+    step: str,
+    who: str,
+    now: datetime,
+    merge_all: bool = False,
+    before_operators: bool = False,
+    *,
+    new_attempt: bool = False,
+) -> Decision:
+    """A failed saga enters ``step`` again as if it had just arrived there: its commands are sent
+    again and its deadline starts over. Resumed into the compensation it gave up on at its
+    deadline, the commands it waited on there keep their message ids (a participant that took
+    them takes them as duplicates) unless the operator asks for a ``new_attempt``; after any other
+    failure a reply to them may have been taken, so they are new. The steps it takes up again are
+    no longer given up on
+    (``timed_out``): resumed into a step, none is; resumed into a compensation, the steps still
+    given up on stay so. ``before_operators``: as before those rules, new message ids always and
+    ``timed_out`` kept."""
+    if saga.status is not Status.FAILED:
+        return Decision(
+            saga, Outcome.REFUSED, previous, reason=f"saga is {saga.status}: only a failed saga resumes"
+        )
+    spec = compiled.workflow.states.get(step)
+    if spec is None or spec.final:
+        choices = ", ".join(s.name for s in compiled.workflow.states.values() if not s.final)
+        what = "a final state" if spec is not None else "not a state of " + compiled.workflow.name
+        return Decision(
+            saga, Outcome.REFUSED, previous, reason=f"{step} is {what}; resume from one of {choices}"
+        )
+    resumed = _with(saga, last_error=None)
+    if not before_operators:
+        timed_out: tuple[str, ...] = ()
+        if spec.status is Status.COMPENSATING:
+            states = compiled.workflow.states
+            timed_out = tuple(
+                s for s in saga.timed_out if s not in states or states[s].status is not Status.COMPENSATING
+            )
+        resumed = _with(resumed, timed_out=timed_out)
+    # Only a compensation given up at its deadline is resent with its message ids: nothing
+    # answered those. A saga that failed otherwise may have taken the reply already (its next
+    # command could not be built), and the same ids would only bring that reply back as a
+    # duplicate.
+    given_up = _given_up(compiled, saga)
+    draft = _Draft(compiled, resumed, now, merge_all, before_operators)
+    try:
+        draft.enter(step, (), spec.on_enter)
+        if not before_operators and not new_attempt and step == given_up:
+            _resend_awaited(draft, saga.awaiting)
+        draft.apply_parked()
+    except Exception as error:
+        return _failed(saga, previous, error, now)
+    return _decision(draft, Outcome.MOVED, previous, who)
+
+
+def _resend_awaited(draft: _Draft, awaited: tuple[Mapping[str, Any], ...]) -> None:
+    """The commands ``draft`` just built on entering the state again are the ones the saga waited
+    on there when it failed: send those, with their message ids, instead."""
+    built = draft.commands
+    if not awaited or [c.type for c in built] != [c["type"] for c in awaited]:
+        return
+    saga = draft.saga
+    draft.commands = [
+        OutgoingCommand(c["message_id"], c["type"], c["payload"], saga.id, saga.workflow) for c in awaited
+    ]
+    draft.saga = _with(saga, awaiting=tuple(dict(c) for c in awaited))
+
+
+def _decision(draft: _Draft, outcome: Outcome, previous: str | None, reason: str | None = None) -> Decision:
+    saga = draft.saga
+    dropped: tuple[str, ...] = ()
+    if saga.parked and saga.status in _CLOSED:  # nothing will apply them any more
+        dropped = tuple(p["message_id"] for p in saga.parked)
+        saga = _with(saga, parked=())
+    return Decision(
+        saga,
+        outcome,
+        previous,
+        tuple(draft.commands),
+        draft.deadline,
+        draft.deadline_changed,
+        applied_parked=tuple(draft.applied_parked),
+        retry=draft.retry,
+        retry_changed=draft.retry_changed,
+        reason=reason,
+        dropped_parked=dropped,
+        merged=tuple(draft.merged),
+    )
+
+
+def _failed(saga: Saga, previous: str, error: Exception | str, now: datetime) -> Decision:
+    reason = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    failed = _with(saga, status=Status.FAILED, last_error=reason, updated_at=now)
+    return Decision(
+        failed, Outcome.FAILED, previous or None, deadline_changed=True, retry_changed=True, reason=reason
+    )

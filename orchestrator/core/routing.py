@@ -1,0 +1,101 @@
+"""Which saga an incoming event is for, or why it is for none (and so is dead-lettered).
+
+Pure: it reads the message and the registered workflows, never the database. Saga ids follow
+from (workflow, key), so finding a saga by the key in its payload needs no lookup; whether the
+saga exists is for the service layer to check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.core.definitions import Workflow
+from orchestrator.core.engine import saga_id_for
+from orchestrator.core.ingress import Reason, Refused
+from orchestrator.core.machine import DEFAULT_MAX_PARKED, CompiledWorkflow
+from orchestrator.core.messages import InvalidPayload, load
+
+__all__ = ["Registry", "Rejected", "Target"]
+
+
+#: the name this module used before the ingress rules gave every refusal a reason code
+Rejected = Refused
+
+
+@dataclass(frozen=True)
+class Target:
+    """One saga a message is for. ``starts`` says it may create the saga."""
+
+    workflow: CompiledWorkflow
+    saga_id: str | None  # from the workflow's key in the payload; None where the payload has none
+    starts: bool
+    payload: Mapping[str, Any]
+
+
+class Registry:
+    """The workflows a service runs, indexed by the event types they take. ``max_parked``: how
+    many events one saga may keep parked (``ORCHESTRATOR_MAX_PARKED``)."""
+
+    def __init__(self, workflows: Iterable[Workflow], max_parked: int = DEFAULT_MAX_PARKED) -> None:
+        self.workflows: dict[str, CompiledWorkflow] = {}
+        for workflow in workflows:
+            if workflow.name in self.workflows:
+                raise ValueError(f"two workflows are called {workflow.name!r}")
+            self.workflows[workflow.name] = CompiledWorkflow(workflow, max_parked)
+        self.by_type: dict[str, list[CompiledWorkflow]] = {}
+        for compiled in self.workflows.values():
+            for type_name in compiled.workflow.events:
+                self.by_type.setdefault(type_name, []).append(compiled)
+
+    def command_types(self) -> set[str]:
+        """Every command type some workflow may send, to declare its participant's queue."""
+        types: set[str] = set()
+        for compiled in self.workflows.values():
+            spec_sends = [b for s in compiled.workflow.states.values() for b in s.on_enter]
+            rule_sends = [b for r in compiled.workflow.rules for b in r.send]
+            for build in spec_sends + rule_sends:
+                message_type = getattr(build, "message_type", None)
+                if message_type:
+                    types.add(message_type)
+        return types
+
+    def route(
+        self,
+        type_name: str,
+        payload: Any,
+        *,
+        saga_workflow: str | None = None,
+        workflow_header: str | None = None,
+    ) -> list[Target]:
+        """The sagas a message is for. ``saga_workflow`` is set when the message's correlation id
+        named an existing saga; ``workflow_header`` when the sender named a workflow."""
+        if not isinstance(payload, dict):
+            raise Refused(Reason.NOT_AN_OBJECT, "body is not a JSON object")
+        if workflow_header is not None and workflow_header not in self.workflows:
+            raise Refused(Reason.UNKNOWN_WORKFLOW, f"unknown workflow {workflow_header!r}")
+        candidates = self.by_type.get(type_name)
+        if not candidates:
+            raise Refused(Reason.UNKNOWN_TYPE, f"no workflow takes messages of type {type_name!r}")
+        if saga_workflow is not None:
+            candidates = [c for c in candidates if c.workflow.name == saga_workflow]
+            if not candidates:
+                raise Refused(Reason.UNKNOWN_WORKFLOW, f"workflow {saga_workflow!r} takes no {type_name!r}")
+        if workflow_header is not None:
+            candidates = [c for c in candidates if c.workflow.name == workflow_header]
+            if not candidates:
+                raise Refused(Reason.UNKNOWN_WORKFLOW, f"workflow {workflow_header!r} takes no {type_name!r}")
+        targets = []
+        for compiled in candidates:
+            workflow = compiled.workflow
+            cls = workflow.events[type_name]
+            try:
+                load(cls, payload)
+            except InvalidPayload as error:
+                raise Refused(Reason.SCHEMA, str(error)) from None
+            starts = type_name == workflow.starts_on.TYPE
+            key = payload.get(workflow.key)
+            saga_id = saga_id_for(workflow.name, str(key)) if key not in (None, "") else None
+            targets.append(Target(compiled, saga_id, starts, payload))
+        return targets

@@ -1,0 +1,229 @@
+"""The step-sequence way to write a workflow: each step a command, its replies, its compensation.
+
+    @saga(starts_on=OrderPlaced, key="order_id")
+    class OrderSaga:
+        @step(done=StockReserved, failed=OutOfStock, deadline=timedelta(seconds=30))
+        def reserve(self, order: OrderPlaced) -> ReserveStock: ...
+
+        @reserve.compensate(done=StockReleased)
+        def release(self, order: OrderPlaced) -> ReleaseStock: ...
+
+compiles to a :class:`~orchestrator.core.definitions.Workflow`: a waiting state per step, a
+``compensating_<step>`` state per compensation that waits for a reply, and the final states
+``completed``, ``compensated`` and ``failed``. When a step fails or its deadline passes, the
+completed steps are compensated newest first, one at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from typing import Any, TypeVar, get_type_hints, overload
+
+from orchestrator.core.definitions import (
+    CANCEL,
+    DefinitionError,
+    Policy,
+    Retry,
+    Rule,
+    SagaView,
+    Status,
+    Workflow,
+)
+from orchestrator.core.messages import Command, Event, Message, load
+
+__all__ = ["Step", "saga", "step"]
+
+T = TypeVar("T")
+StepMethod = Callable[[Any, Any], Command]
+
+
+@dataclass
+class Compensation:
+    method: StepMethod
+    done: type[Event] | None
+    failed: type[Event] | None
+    deadline: timedelta | None
+    retry: Retry | None = None
+
+
+class Step:
+    """A step of a step saga; also the decorator ``@<step>.compensate`` for its undo."""
+
+    def __init__(
+        self,
+        method: StepMethod,
+        done: type[Event],
+        failed: type[Event] | None,
+        deadline: timedelta | None,
+        retry: Retry | None = None,
+        updates: tuple[str, ...] = (),
+    ) -> None:
+        self.name = method.__name__
+        self.retry = retry
+        self.updates = updates
+        self.method = method
+        self.done = done
+        self.failed = failed
+        self.deadline = deadline
+        self.compensation: Compensation | None = None
+
+    @overload
+    def compensate(self, method: StepMethod) -> Compensation: ...
+
+    @overload
+    def compensate(
+        self,
+        method: None = None,
+        *,
+        done: type[Event] | None = None,
+        failed: type[Event] | None = None,
+        deadline: timedelta | None = None,
+        retry: Retry | None = None,
+    ) -> Callable[[StepMethod], Compensation]: ...
+
+    def compensate(
+        self,
+        method: StepMethod | None = None,
+        *,
+        done: type[Event] | None = None,
+        failed: type[Event] | None = None,
+        deadline: timedelta | None = None,
+        retry: Retry | None = None,
+    ) -> Compensation | Callable[[StepMethod], Compensation]:
+        """Declare the command that undoes this step. Without ``done`` it is sent and not waited for."""
+
+        def register(fn: StepMethod) -> Compensation:
+            self.compensation = Compensation(fn, done, failed, deadline, retry)
+            return self.compensation
+
+        return register(method) if method is not None else register
+
+
+def step(
+    *,
+    done: type[Event],
+    failed: type[Event] | None = None,
+    deadline: timedelta | None = None,
+    retry: Retry | None = None,
+    updates: tuple[str, ...] = (),
+) -> Callable[[StepMethod], Step]:
+    """Mark a method as a step: it returns the command to send; ``done``/``failed`` are its replies.
+
+    With ``retry`` the command is sent again, same message id, until a reply or the deadline.
+    ``updates`` names fields of the start event that ``done`` may change in the saga's data (the
+    later steps then read the new values); without it a reply never changes them."""
+    updates = (updates,) if isinstance(updates, str) else tuple(updates)
+
+    def register(method: StepMethod) -> Step:
+        return Step(method, done, failed, deadline, retry, updates)
+
+    return register
+
+
+def _builder(cls: type, method: StepMethod, starts_on: type[Event]) -> Callable[[SagaView], Message]:
+    def build(view: SagaView) -> Message:
+        instance: Any = object.__new__(cls)
+        instance.saga_id = view.saga_id
+        instance.key = view.key
+        instance.data = view.data
+        start = load(starts_on, view.data)
+        return method(instance, start)
+
+    build.__qualname__ = f"{cls.__name__}.{method.__name__}"
+    try:
+        returns = get_type_hints(method).get("return")
+    except Exception:  # an annotation that cannot be resolved only costs the queue declaration
+        returns = None
+    if isinstance(returns, type) and issubclass(returns, Message):
+        build.message_type = returns.TYPE  # type: ignore[attr-defined]
+    return build
+
+
+def compile_steps(
+    cls: type, starts_on: type[Event], key: str, name: str, unexpected: Policy = Policy.IGNORE
+) -> Workflow:
+    steps = [value for value in vars(cls).values() if isinstance(value, Step)]
+    if not steps:
+        raise DefinitionError(f"{cls.__name__} declares no @step")
+    names = {s.name for s in steps}
+    if names & {"completed", "compensated", "failed"}:
+        raise DefinitionError(f"{cls.__name__}: a step cannot be called completed, compensated or failed")
+
+    workflow = Workflow(
+        name, starts_on=starts_on, key=key, unexpected=unexpected, description=(cls.__doc__ or "").strip()
+    )
+
+    def undo_from(index: int) -> tuple[str, list[Callable[[SagaView], Message]]]:
+        """Where a failure at step ``index`` leads: the fire-and-forget undos sent on the way, then
+        the first compensation that waits for its reply, or ``compensated`` if none is left."""
+        sends: list[Callable[[SagaView], Message]] = []
+        for earlier in reversed(steps[:index]):
+            comp = earlier.compensation
+            if comp is None:
+                continue
+            if comp.done is None:
+                sends.append(_builder(cls, comp.method, starts_on))
+                continue
+            return f"compensating_{earlier.name}", sends
+        return "compensated", sends
+
+    for index, s in enumerate(steps):
+        failure_dest, failure_sends = undo_from(index)
+        workflow.state(
+            s.name,
+            deadline=s.deadline,
+            on_deadline=failure_dest if s.deadline else None,
+            send=_builder(cls, s.method, starts_on),
+            retry=s.retry,
+        )
+        if s.compensation is not None:
+            # A success that arrives after a deadline or a cancel gave up on this step is undone.
+            undo = _builder(cls, s.compensation.method, starts_on)
+            workflow.late_success[s.name] = (s.done.TYPE, (undo,))
+        if s.deadline is not None and failure_sends:
+            # The deadline rule was added by state(); it must send the same undos as a failure.
+            workflow.rules[-1] = replace(workflow.rules[-1], send=tuple(failure_sends))
+        # An operator's cancel undoes what was done, as a failure of this step would.
+        workflow.rules.append(Rule(CANCEL, s.name, failure_dest, tuple(failure_sends)))
+        following = steps[index + 1].name if index + 1 < len(steps) else "completed"
+        workflow.on(s.done, source=s.name, dest=following, updates=s.updates)
+        if s.failed is not None:
+            workflow.on(s.failed, source=s.name, dest=failure_dest, send=failure_sends)
+
+    for index, s in enumerate(steps):
+        comp = s.compensation
+        if comp is None or comp.done is None:
+            continue
+        state = f"compensating_{s.name}"
+        next_dest, next_sends = undo_from(index)
+        workflow.state(
+            state,
+            status=Status.COMPENSATING,
+            deadline=comp.deadline,
+            on_deadline="failed" if comp.deadline else None,
+            send=_builder(cls, comp.method, starts_on),
+            retry=comp.retry,
+        )
+        workflow.on(comp.done, source=state, dest=next_dest, send=next_sends)
+        if comp.failed is not None:
+            workflow.on(comp.failed, source=state, dest="failed")
+
+    workflow.state("completed", final=True)
+    workflow.state("compensated", final=True, status=Status.COMPENSATED)
+    workflow.state("failed", final=True, status=Status.FAILED)
+    return workflow.check()
+
+
+def saga(
+    *, starts_on: type[Event], key: str, name: str | None = None, unexpected: Policy = Policy.IGNORE
+) -> Callable[[type[T]], type[T]]:
+    """Compile the decorated class's steps into a workflow, kept on the class as ``workflow``."""
+
+    def register(cls: type[T]) -> type[T]:
+        workflow_name = name or cls.__name__.removesuffix("Saga").lower() or cls.__name__.lower()
+        cls.workflow = compile_steps(cls, starts_on, key, workflow_name, unexpected)  # type: ignore[attr-defined]
+        return cls
+
+    return register

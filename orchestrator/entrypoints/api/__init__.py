@@ -1,0 +1,2 @@
+"""The REST API (FastAPI): the app and its routes, the request and response models, the body
+size limit."""

@@ -1,0 +1,372 @@
+"""``/sagas``: read sagas and their journals, start sagas, and the operator actions.
+
+Reads go straight to the saga rows and journal; starts and actions go through
+:mod:`orchestrator.service.operations`, which decides them with the engine and journals them with who
+asked and why, and their commands and timers are then handed to the running service.
+"""
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import APIRouter, Body, Header, HTTPException, Path, Query, Response
+from fastapi.params import Depends
+
+from orchestrator.adapters.postgres.queries import HistoryRow, SagaFilter
+from orchestrator.core.engine import Saga
+from orchestrator.core.ingress import MAX_KEY_LENGTH
+from orchestrator.core.replay import replay
+from orchestrator.entrypoints.api import models as m
+from orchestrator.entrypoints.api.context import DEFAULT_ACTOR, ApiContext, answers, storable, utc
+from orchestrator.service.faults import from_database
+from orchestrator.service.operations import Applied, OperatorAction, apply_action, start_saga
+
+__all__ = ["sagas_router"]
+
+log = logging.getLogger("orchestrator.entrypoints.api.app")
+
+SagaId = Annotated[UUID, Path(description="the saga's id")]
+Actor = Annotated[
+    str | None,
+    Header(
+        alias="X-Actor",
+        min_length=1,
+        max_length=200,
+        pattern=r"^[!-~]([ -~]*[!-~])?$",
+        description=f"who asks, kept in the journal (default {DEFAULT_ACTOR!r}); printable ASCII",
+    ),
+]
+OptionalAction = Annotated[m.ActionRequest | None, Body()]
+
+#: From a started saga to what can be done with it (OpenAPI links: clients and fuzzers follow them).
+_LINKS = {
+    name: {"operationId": operation, "parameters": {"saga_id": "$response.body#/id"}}
+    for name, operation in (
+        ("get", "get_saga"),
+        ("history", "saga_history"),
+        ("retry", "retry_saga"),
+        ("cancel", "cancel_saga"),
+        ("resume", "resume_saga"),
+        ("fire-deadline", "fire_deadline"),
+        ("skip", "skip_step"),
+    )
+}
+
+
+def state_fields(ctx: ApiContext, saga: Saga) -> dict[str, Any]:
+    waiting = [] if saga.finished else ctx.waiting.get(saga.workflow, {}).get(saga.state, [])
+    return {
+        "id": saga.id,
+        "workflow": saga.workflow,
+        "key": saga.key,
+        "state": saga.state,
+        "status": saga.status,
+        "version": saga.version,
+        "data": dict(saga.data),
+        "last_error": saga.last_error,
+        "created_at": saga.created_at,
+        "updated_at": saga.updated_at,
+        "parked": [m.ParkedEvent(type=p["type"], message_id=p["message_id"]) for p in saga.parked],
+        "awaiting": [m.Command(type=c["type"], message_id=c["message_id"]) for c in saga.awaiting],
+        "attempt": saga.attempt,
+        "timed_out": list(saga.timed_out),
+        "waiting_for": list(waiting),
+    }
+
+
+async def detail(ctx: ApiContext, saga: Saga) -> m.SagaDetail:
+    timers = [m.Timer.model_validate(t) for t in await ctx.queries.timers(saga.id)]
+    return m.SagaDetail(**state_fields(ctx, saga), timers=timers)
+
+
+def timers_set_by(applied: Applied) -> list[m.Timer]:
+    """The timers a start's commit wrote: all that a saga it created has."""
+    found: dict[str, m.Timer] = {}
+    for decision in applied.decisions:
+        version = decision.saga.version
+        for kind, changed, timer in (
+            ("deadline", decision.deadline_changed, decision.deadline),
+            ("retry", decision.retry_changed, decision.retry),
+        ):
+            if changed:
+                found.pop(kind, None)
+                if timer is not None:
+                    found[kind] = m.Timer(kind=kind, state=timer.state, due_at=timer.due_at, version=version)
+    return sorted(found.values(), key=lambda t: t.due_at)
+
+
+async def written(ctx: ApiContext, applied: Applied) -> m.SagaWritten:
+    """The answer to a start or an action whose transaction committed: the saga as the commit left
+    it. A saga the request created has the timers its commit set; otherwise they are read, and if
+    the database fails now, the answer says so instead of turning a done write into an error."""
+    saga = applied.saga
+    fields = state_fields(ctx, saga)
+    if applied.created:
+        return m.SagaWritten(**fields, timers=timers_set_by(applied))
+    try:
+        timers = [m.Timer.model_validate(t) for t in await ctx.queries.timers(saga.id)]
+    except Exception as error:
+        if from_database(error) is None:
+            raise
+        log.warning("saga %s committed, but its timers could not be read for the answer: %r", saga.id, error)
+        note = (
+            "committed; its timers could not be read afterwards (the database failed):"
+            f" GET /sagas/{saga.id} shows them"
+        )
+        return m.SagaWritten(**fields, timers=None, note=note)
+    return m.SagaWritten(**fields, timers=timers)
+
+
+def hand_over(ctx: ApiContext, applied: Applied) -> None:
+    """Committed: its commands to the relay, its timers to the alarm. Should that fail, the outbox
+    sweep and the alarm's safety sweep find them in the database: the request is done anyway."""
+    try:
+        ctx.dispatch(applied)
+    except Exception:
+        log.exception("saga %s committed, but its commands could not be handed over now", applied.saga.id)
+
+
+def history_entry(row: HistoryRow) -> m.HistoryEntry:
+    message, decision = row.message, row.decision
+    return m.HistoryEntry(
+        seq=row.seq,
+        recorded_at=row.recorded_at,
+        kind=row.kind,
+        actor=row.actor,
+        message=m.Incoming(
+            type=str(message.get("type", "")),
+            message_id=str(message.get("message_id", "")),
+            payload=dict(message.get("payload") or {}),
+        ),
+        outcome=decision.get("outcome"),
+        from_state=decision.get("from"),
+        to_state=decision.get("to"),
+        status=decision.get("status"),
+        reason=decision.get("reason"),
+        commands=[
+            m.SentCommand(type=c["type"], message_id=c["message_id"], payload=c.get("payload"))
+            for c in decision.get("commands") or []
+        ],
+        decision=decision,
+    )
+
+
+def sagas_router(ctx: ApiContext, reads: Sequence[Depends], writes: Sequence[Depends]) -> APIRouter:
+    """The routes, with ``reads``/``writes`` the token checks the settings ask for (maybe none)."""
+    read_auth = (401,) if reads else ()
+    write_auth = (401,) if writes else ()
+    workflow_names = sorted(ctx.registry.workflows)
+    all_states = sorted({s for c in ctx.registry.workflows.values() for s in c.workflow.states})
+    router = APIRouter()
+    viewing = APIRouter(
+        prefix="/sagas", tags=["sagas"], dependencies=reads, responses=answers(*read_auth, 422)
+    )
+    acting = APIRouter(
+        prefix="/sagas",
+        tags=["operator actions"],
+        dependencies=writes,
+        responses=answers(400, *write_auth, 404, 409, 413, 422),
+    )
+
+    @viewing.get("", operation_id="list_sagas", response_model=m.SagaPage)
+    async def list_sagas(
+        workflow: Annotated[
+            str | None, Query(max_length=200, json_schema_extra={"enum": workflow_names})
+        ] = None,
+        status: m.Status | None = None,
+        state: Annotated[str | None, Query(max_length=200, json_schema_extra={"enum": all_states})] = None,
+        key: Annotated[str | None, Query(max_length=MAX_KEY_LENGTH)] = None,
+        started_after: datetime | None = None,
+        started_before: datetime | None = None,
+        updated_after: datetime | None = None,
+        updated_before: datetime | None = None,
+        stuck: Annotated[
+            bool, Query(description="only unfinished sagas with no pending timer and no progress for a while")
+        ] = False,
+        cursor: Annotated[
+            str | None, Query(max_length=1000, description="next_cursor of the page before")
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    ) -> m.SagaPage:
+        """Sagas, newest first, a page at a time. A time without a zone is taken as UTC."""
+        if workflow is not None and workflow not in ctx.registry.workflows:
+            raise HTTPException(422, f"workflow: unknown {workflow!r}; known: {', '.join(workflow_names)}")
+        if state is not None:
+            known = ctx.registry.workflows[workflow].workflow.states if workflow else all_states
+            if state not in known:
+                raise HTTPException(
+                    422, f"state: no state {state!r}" + (f" in {workflow}" if workflow else "")
+                )
+        storable(key, "key")
+        stuck_since = ctx.clock() - timedelta(seconds=ctx.settings.stuck_after_seconds) if stuck else None
+        found = SagaFilter(
+            workflow=workflow,
+            status=str(status) if status is not None else None,
+            state=state,
+            key=key,
+            started_after=utc(started_after, "started_after"),
+            started_before=utc(started_before, "started_before"),
+            updated_after=utc(updated_after, "updated_after"),
+            updated_before=utc(updated_before, "updated_before"),
+            stuck_since=stuck_since,
+        )
+        page = await ctx.queries.sagas(found, limit, cursor)
+        return m.SagaPage(
+            items=[m.SagaSummary.model_validate(r) for r in page.items], next_cursor=page.next_cursor
+        )
+
+    @viewing.get("/{saga_id}", operation_id="get_saga", response_model=m.SagaDetail, responses=answers(404))
+    async def get_saga(saga_id: SagaId) -> m.SagaDetail:
+        """A saga: where it stands, its data, its pending timers and the events it waits for."""
+        saga = await ctx.store.get_saga(str(saga_id))
+        if saga is None:
+            raise HTTPException(404, f"no saga {saga_id}")
+        return await detail(ctx, saga)
+
+    @viewing.get(
+        "/{saga_id}/history",
+        operation_id="saga_history",
+        response_model=m.HistoryPage,
+        responses=answers(404),
+    )
+    async def history(
+        saga_id: SagaId,
+        after: Annotated[int, Query(ge=0, le=2**31 - 1, description="entries after this seq")] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> m.HistoryPage:
+        """The saga's journal: what came in, what was decided, what was sent, when, and who asked."""
+        rows = await ctx.queries.history(str(saga_id), after, limit + 1)  # one more: is there a next page?
+        if not rows and not await ctx.queries.exists(str(saga_id)):
+            raise HTTPException(404, f"no saga {saga_id}")
+        page = rows[:limit]
+        next_after = page[-1].seq if len(rows) > limit else None
+        return m.HistoryPage(items=[history_entry(r) for r in page], next_after=next_after)
+
+    @viewing.get(
+        "/{saga_id}/state", operation_id="saga_state_at", response_model=m.SagaAt, responses=answers(404, 409)
+    )
+    async def state_at(
+        saga_id: SagaId, at: Annotated[datetime, Query(description="a time; without a zone, UTC")]
+    ) -> m.SagaAt:
+        """The saga as it stood at ``at``, rebuilt from its journal through its workflow."""
+        when = utc(at, "at")
+        assert when is not None
+        row, entries = await ctx.store.snapshot(str(saga_id))
+        if row is None:
+            raise HTTPException(404, f"no saga {saga_id}")
+        compiled = ctx.registry.workflows.get(row.workflow)
+        if compiled is None:
+            raise HTTPException(
+                409, f"workflow {row.workflow!r} is not loaded: its journal cannot be replayed"
+            )
+        upto = [e for e in entries if e.recorded_at <= when]
+        if not upto:
+            raise HTTPException(404, f"saga {saga_id} did not exist yet at {when.isoformat()}")
+        try:
+            rebuilt = replay(compiled, upto)
+        except Exception as error:  # a journal the loaded definition cannot replay: say so, not 500
+            raise HTTPException(409, f"the journal cannot be replayed by this definition: {error}") from None
+        assert rebuilt is not None
+        return m.SagaAt(**state_fields(ctx, rebuilt), at=when, seq=upto[-1].seq)
+
+    @acting.post(
+        "",
+        operation_id="start_saga",
+        status_code=201,
+        response_model=m.SagaWritten,
+        responses={
+            200: {"model": m.SagaWritten, "description": "the saga this key had already", "links": _LINKS},
+            201: {"description": "the saga, started", "links": _LINKS},
+        },
+    )
+    async def start(body: m.StartRequest, response: Response, actor: Actor = None) -> m.SagaWritten:
+        """Start a saga as its starting event would; the same workflow and key again is the same saga.
+
+        Once the start committed the answer is 201 (or 200), whatever fails after; a 503 means it
+        did not commit, or its commit was cut off: the same start again answers 200 if it did."""
+        who = actor or DEFAULT_ACTOR
+        applied = await start_saga(
+            ctx.registry, ctx.store, body.workflow, body.key, body.data, who, ctx.clock()
+        )
+        hand_over(ctx, applied)
+        saga = applied.saga
+        response.status_code = 201 if applied.created else 200
+        response.headers["Location"] = f"/sagas/{saga.id}"
+        if applied.created:
+            ctx.metrics.operator_actions["start"] += 1
+            log.info(
+                "%s started %s saga %s (key %s)",
+                who,
+                saga.workflow,
+                saga.id,
+                saga.key,
+                extra=_extra(applied, who),
+            )
+        return await written(ctx, applied)
+
+    async def act(saga_id: UUID, action: OperatorAction) -> m.SagaWritten:
+        applied = await apply_action(ctx.registry, ctx.store, str(saga_id), action, ctx.clock())
+        hand_over(ctx, applied)
+        ctx.metrics.operator_actions[action.name] += 1
+        saga = applied.saga
+        log.info(
+            "%s applied %s to saga %s: now %s (%s); reason: %r",
+            action.actor,
+            action.name,
+            saga.id,
+            saga.state,
+            saga.status,
+            action.reason,
+            extra=_extra(applied, action.actor),
+        )
+        return await written(ctx, applied)
+
+    @acting.post("/{saga_id}/retry", operation_id="retry_saga", response_model=m.SagaWritten)
+    async def retry(
+        saga_id: SagaId, body: Annotated[m.RetryRequest | None, Body()] = None, actor: Actor = None
+    ) -> m.SagaWritten:
+        """Send the current step's commands again now, with the same message ids (new ones for
+        ``new_attempt``)."""
+        reason, fresh = (body.reason, body.new_attempt) if body else (None, False)
+        return await act(saga_id, OperatorAction("retry", actor or DEFAULT_ACTOR, reason, new_attempt=fresh))
+
+    @acting.post("/{saga_id}/cancel", operation_id="cancel_saga", response_model=m.SagaWritten)
+    async def cancel(saga_id: SagaId, body: OptionalAction = None, actor: Actor = None) -> m.SagaWritten:
+        """Give up on the saga: compensate what was done, now."""
+        reason = body.reason if body else None
+        return await act(saga_id, OperatorAction("cancel", actor or DEFAULT_ACTOR, reason))
+
+    @acting.post("/{saga_id}/resume", operation_id="resume_saga", response_model=m.SagaWritten)
+    async def resume(
+        saga_id: SagaId, body: Annotated[m.ResumeRequest | None, Body()] = None, actor: Actor = None
+    ) -> m.SagaWritten:
+        """Take a failed saga up again from a step (default: the one it failed in)."""
+        reason, step, fresh = (body.reason, body.step, body.new_attempt) if body else (None, None, False)
+        action = OperatorAction("resume", actor or DEFAULT_ACTOR, reason, step=step, new_attempt=fresh)
+        return await act(saga_id, action)
+
+    @acting.post("/{saga_id}/fire-deadline", operation_id="fire_deadline", response_model=m.SagaWritten)
+    async def fire_deadline(
+        saga_id: SagaId, body: OptionalAction = None, actor: Actor = None
+    ) -> m.SagaWritten:
+        """Fire the pending deadline now, as if its time had come."""
+        reason = body.reason if body else None
+        return await act(saga_id, OperatorAction("fire-deadline", actor or DEFAULT_ACTOR, reason))
+
+    @acting.post("/{saga_id}/skip", operation_id="skip_step", response_model=m.SagaWritten)
+    async def skip(saga_id: SagaId, body: m.SkipRequest, actor: Actor = None) -> m.SagaWritten:
+        """Take the given event as the current step's outcome, as if its participant had sent it."""
+        action = OperatorAction(
+            "skip", actor or DEFAULT_ACTOR, body.reason, outcome=body.outcome, data=body.data
+        )
+        return await act(saga_id, action)
+
+    router.include_router(viewing)
+    router.include_router(acting)
+    return router
+
+
+def _extra(applied: Applied, actor: str) -> dict[str, Any]:
+    return {"saga_id": applied.saga.id, "message_id": applied.message_id, "actor": actor}

@@ -1,0 +1,309 @@
+"""``orchestrator migrate | run | verify | dead-letters``: the command line, with one-line errors,
+not tracebacks."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from orchestrator.entrypoints.settings import Settings, mask_url
+
+__all__ = ["main"]
+
+
+class Unreachable(Exception):
+    """A service the orchestrator needs cannot be reached; the message says which and why."""
+
+
+def _run(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
+
+
+def migrations_path() -> Path:
+    return Path(__file__).resolve().parents[2] / "migrations"
+
+
+def migrations_head() -> str | None:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(migrations_path()))
+    return ScriptDirectory.from_config(config).get_current_head()
+
+
+async def ensure_database(url: str) -> None:
+    """Create the database the URL names, if it is absent."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    target = make_url(url)
+    admin = target.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
+    try:
+        connection = await asyncpg.connect(admin, timeout=10)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as error:
+        raise Unreachable(f"cannot reach PostgreSQL at {mask_url(url)}: {error}") from None
+    try:
+        exists = await connection.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", target.database)
+        if not exists:
+            await connection.execute(f'CREATE DATABASE "{target.database}"')
+    finally:
+        await connection.close()
+
+
+def migrate(url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    _run(ensure_database(url))
+    config = Config()
+    config.set_main_option("script_location", str(migrations_path()))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    command.upgrade(config, "head")
+
+
+async def migrate_broker(settings: Settings) -> list[str]:
+    """Bring the namespace's topology up to this version's (``adapters.amqp.topology``): what was
+    done."""
+    from orchestrator.adapters.amqp.broker import services_of
+    from orchestrator.adapters.amqp.topology import Topology, TopologyError, migrate_topology
+    from orchestrator.core.routing import Registry
+    from orchestrator.entrypoints.bootstrap import load_workflows
+
+    services = services_of(Registry(load_workflows(settings.workflows)).command_types())
+    await _check_amqp(settings.amqp_url)
+    try:
+        return await migrate_topology(settings.amqp_url, Topology(settings.namespace), services)
+    except TopologyError as error:
+        raise Unreachable(f"cannot migrate the topology of namespace {settings.namespace}: {error}") from None
+
+
+async def _check_topology(settings: Settings) -> None:
+    """Refuse to run on a topology an earlier version left: this one would not consume from it."""
+    from orchestrator.adapters.amqp.topology import Topology, pending_migrations
+
+    pending = await pending_migrations(settings.amqp_url, Topology(settings.namespace))
+    if pending:
+        raise Unreachable(
+            f"the topology of namespace {settings.namespace} needs migrating ({'; '.join(pending)}):"
+            " run 'orchestrator migrate'"
+        )
+
+
+async def _check_amqp(url: str) -> None:
+    import logging
+
+    import aio_pika
+
+    noisy = logging.getLogger("aiormq.connection")
+    level = noisy.level
+    noisy.setLevel(logging.CRITICAL)  # the one-line error below says it better
+    try:
+        connection = await asyncio.wait_for(aio_pika.connect(url), 10)
+    except (OSError, TimeoutError, aio_pika.exceptions.AMQPError) as error:
+        raise Unreachable(
+            f"cannot reach RabbitMQ at {mask_url(url)}: {error or type(error).__name__}"
+        ) from None
+    finally:
+        noisy.setLevel(level)
+    await connection.close()
+
+
+def _check_api(settings: Settings) -> None:
+    """Refuse to serve operator actions to anyone who can reach the port, unless told to."""
+    if not 0 <= settings.api_port <= 65535:
+        raise Unreachable(f"--port must be between 0 and 65535, not {settings.api_port}")
+    if not settings.api_token and not settings.api_insecure:
+        raise Unreachable(
+            "ORCHESTRATOR_API_TOKEN is not set: set it to protect the REST API's actions,"
+            " or pass --insecure to serve them without a token"
+        )
+    if settings.api_protect_reads and not settings.api_token:
+        raise Unreachable(
+            "ORCHESTRATOR_API_PROTECT_READS is set but ORCHESTRATOR_API_TOKEN is not:"
+            " reads cannot be protected without a token, and --insecure would leave them open"
+        )
+
+
+async def _serve(settings: Settings) -> int:
+    from orchestrator.entrypoints.bootstrap import build
+    from orchestrator.entrypoints.server import CannotListen, listen
+
+    await ensure_database_reachable(settings.database_url)
+    await _check_amqp(settings.amqp_url)
+    await _check_topology(settings)
+    try:
+        sock = listen(settings.api_host, settings.api_port)
+    except CannotListen as error:
+        raise Unreachable(str(error)) from None
+    if not settings.api_token:
+        import logging
+
+        logging.getLogger("orchestrator").warning("the REST API runs --insecure: its actions need no token")
+    orchestrator = build(settings, sock)
+    return await orchestrator.run_until_signalled()
+
+
+async def ensure_database_reachable(url: str) -> None:
+    from sqlalchemy import text
+
+    from orchestrator.adapters.postgres.store import make_engine
+
+    engine = make_engine(url, pool_size=1)
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT 1 FROM sagas LIMIT 1"))
+            revision = (await connection.execute(text("SELECT version_num FROM alembic_version"))).scalar()
+        head = migrations_head()
+        if revision != head:
+            raise Unreachable(
+                f"the database at {mask_url(url)} is at revision {revision}, not {head}:"
+                " run 'orchestrator migrate'"
+            )
+    except Unreachable:
+        raise
+    except OSError as error:
+        raise Unreachable(f"cannot reach PostgreSQL at {mask_url(url)}: {error}") from None
+    except Exception as error:
+        text_ = str(error).splitlines()[0]
+        if "sagas" in text_ and "does not exist" in text_:
+            raise Unreachable(
+                f"the database at {mask_url(url)} is not migrated: run 'orchestrator migrate'"
+            ) from None
+        raise Unreachable(f"cannot use PostgreSQL at {mask_url(url)}: {text_}") from None
+    finally:
+        await engine.dispose()
+
+
+async def _verify(settings: Settings, saga_id: str | None) -> int:
+    """Replay each saga's journal and compare the row, its pending timers, the commands each entry
+    records and its unsent outbox with what the journal implies. Exit 1 if any saga differs; else
+    3 if some could not be verified (their workflow is not among ``settings.workflows``, as ``run``
+    loads them); else 0."""
+    from orchestrator.adapters.postgres.store import PostgresStore
+    from orchestrator.core.replay import verify
+    from orchestrator.core.routing import Registry
+    from orchestrator.entrypoints.bootstrap import load_workflows
+
+    await ensure_database_reachable(settings.database_url)
+    registry = Registry(load_workflows(settings.workflows))
+    store = PostgresStore.from_url(settings.database_url)
+    bad = checked = 0
+    unloaded: dict[str, int] = {}
+    try:
+        ids = [saga_id] if saga_id else await store.saga_ids()
+        for sid in ids:
+            records = await store.records(sid)
+            row = records.saga
+            if row is None:
+                print(f"{sid}: no such saga")
+                bad += 1
+                continue
+            compiled = registry.workflows.get(row.workflow)
+            if compiled is None:
+                print(f"{sid}: not verified: workflow {row.workflow!r} is not loaded")
+                unloaded[row.workflow] = unloaded.get(row.workflow, 0) + 1
+                continue
+            found = verify(compiled, records)
+            checked += 1
+            if found:
+                bad += 1
+                print(f"{sid} ({row.workflow} {row.key}):")
+                for line in found:
+                    print(f"  {line}")
+    finally:
+        await store.close()
+    print(f"verified {checked} sagas: {bad} differ from their journal")
+    if unloaded:
+        names = ", ".join(f"{name} ({count})" for name, count in sorted(unloaded.items()))
+        print(
+            f"not verified {sum(unloaded.values())} sagas whose workflow is not loaded: {names};"
+            f" load it with --workflows or ORCHESTRATOR_WORKFLOWS (now {settings.workflows!r})"
+        )
+    return 1 if bad else 3 if unloaded else 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="orchestrator", description="A saga orchestrator on RabbitMQ and PostgreSQL."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    migration = sub.add_parser(
+        "migrate", help="create the database if absent, apply its migrations, then the broker topology's"
+    )
+    migration.add_argument("--workflows", help="module(s) defining the workflows, whose queues it declares")
+    migration.add_argument("--namespace", help="prefix of exchanges and queues (ORCHESTRATOR_NAMESPACE)")
+    run = sub.add_parser("run", help="run the service until SIGTERM or SIGINT")
+    run.add_argument("--workflows", help="module(s) defining the workflows (default: the bundled examples)")
+    run.add_argument("--namespace", help="prefix of exchanges and queues (ORCHESTRATOR_NAMESPACE)")
+    run.add_argument("--host", help="address the REST API listens on (ORCHESTRATOR_API_HOST, 127.0.0.1)")
+    run.add_argument(
+        "--port", type=int, help="port of the REST API, 0 for any free one (ORCHESTRATOR_API_PORT, 8000)"
+    )
+    run.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="serve the REST API without ORCHESTRATOR_API_TOKEN: anyone who reaches it may act on sagas",
+    )
+    verify = sub.add_parser(
+        "verify",
+        help="replay journals; report sagas whose row, timers, sent or unsent commands differ from them",
+    )
+    verify.add_argument("--saga", help="verify only this saga id")
+    verify.add_argument(
+        "--workflows",
+        help="module(s) defining the workflows, as for run"
+        " (ORCHESTRATOR_WORKFLOWS; default: the bundled examples)",
+    )
+    from orchestrator.entrypoints import cli_dead_letters
+
+    cli_dead_letters.add_parser(sub)
+    args = parser.parse_args(argv)
+
+    settings = Settings.from_env(
+        workflows=getattr(args, "workflows", None),
+        namespace=getattr(args, "namespace", None),
+        api_host=getattr(args, "host", None),
+        api_port=getattr(args, "port", None),
+        api_insecure=getattr(args, "insecure", None),
+    )
+    try:
+        if args.command == "migrate":
+            migrate(settings.database_url)
+            print(f"migrated {mask_url(settings.database_url)}")
+            done = _run(migrate_broker(settings))
+            for line in done:
+                print(f"topology of namespace {settings.namespace}: {line}")
+            if not done:
+                print(f"topology of namespace {settings.namespace} is up to date")
+        elif args.command == "run":
+            from orchestrator.entrypoints.bootstrap import configure_logging
+
+            _check_api(settings)
+            configure_logging(settings)
+            sys.exit(_run(_serve(settings)))
+        elif args.command == "verify":
+            sys.exit(_run(_verify(settings, args.saga)))
+        elif args.command == "dead-letters":
+            sys.exit(_run(cli_dead_letters.run(args, settings)))
+    except Unreachable as error:
+        print(f"orchestrator: {error}", file=sys.stderr)
+        sys.exit(2)
+    except cli_dead_letters.CommandError as error:
+        print(f"orchestrator: {error}", file=sys.stderr)
+        sys.exit(error.code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

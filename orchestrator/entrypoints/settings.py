@@ -1,0 +1,138 @@
+"""Settings, from the environment: one object, read once at start."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
+
+__all__ = ["Settings", "mask_url"]
+
+
+def mask_url(url: str) -> str:
+    """A URL fit for a log line: the password replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable url>"
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _set(name: str) -> str | None:
+    """The variable's value; None when unset or empty, which both mean the default."""
+    return os.environ.get(name) or None
+
+
+def _int(name: str, default: int, minimum: int | None = None) -> int:
+    raw = _set(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SystemExit(f"orchestrator: {name} must be an integer, not {raw!r}") from None
+    if minimum is not None and value < minimum:
+        raise SystemExit(f"orchestrator: {name} must be at least {minimum}, not {raw!r}")
+    return value
+
+
+_A_CENTURY = 100 * 365.25 * 86400
+
+
+def _float(name: str, default: float) -> float:
+    raw = _set(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= _A_CENTURY:  # inf or 1e13 seconds would overflow every timedelta made of it
+        raise SystemExit(
+            f"orchestrator: {name} must be a positive number of seconds up to {_A_CENTURY:.0f}, not {raw!r}"
+        )
+    return value
+
+
+def _bool(name: str) -> bool:
+    return os.environ.get(name, "").lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/orchestrator"
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    namespace: str = "saga"
+    workflows: str = "orchestrator.examples"
+    prefetch: int = 1024
+    batch_size: int = 256
+    relay_in_flight: int = 4096
+    outbox_sweep_seconds: float = 5.0
+    #: SIGTERM, or a part of the service failing for good, to exit: the whole stop gets this
+    #: long for the work in hand, plus at most 5 s to close connections; a watchdog ends the
+    #: process 10 s past it whatever the event loop is doing
+    shutdown_seconds: float = 10.0
+    log_level: str = "INFO"
+    log_json: bool = False
+    #: the REST API: where it listens (port 0: any free port, logged at start)
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    #: the bearer token mutating endpoints need; never logged, never in repr
+    api_token: str | None = field(default=None, repr=False)
+    #: reads need the token too
+    api_protect_reads: bool = False
+    #: serve without a token: anyone who reaches the port may act on sagas (``run --insecure``)
+    api_insecure: bool = False
+    #: the largest request body the API reads; a larger one is a 413
+    api_max_body_bytes: int = 1024 * 1024
+    #: a running saga with no pending timer and no progress for this long is stuck
+    stuck_after_seconds: float = 300.0
+    #: how many events one saga may keep parked; one more that would park is dead-lettered
+    max_parked: int = 100
+    #: the largest message body taken over AMQP; a larger one is dead-lettered unparsed
+    max_message_bytes: int = 1024 * 1024
+    #: the body bytes the process may hold unsettled: the prefetch is capped at this divided by
+    #: max_message_bytes (RabbitMQ ignores a prefetch size in bytes)
+    max_bytes_in_hand: int = 64 * 1024 * 1024
+    #: messages in hand and no batch committed for this long: /readyz answers 503
+    stall_seconds: float = 30.0
+    #: a test hook (``ORCHESTRATOR_TEST_FAIL_TASK=<task>[:<seconds>]``): that task raises after
+    #: that long, every time it starts (orchestrator.service.supervisor)
+    test_fail_task: str | None = None
+
+    @property
+    def effective_prefetch(self) -> int:
+        """The prefetch count, capped so that a full prefetch of the largest messages fits the
+        budget of bytes in hand."""
+        return max(1, min(self.prefetch, self.max_bytes_in_hand // self.max_message_bytes))
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        env = os.environ
+        values: dict[str, object] = {
+            "database_url": env.get("ORCHESTRATOR_DATABASE_URL", cls.database_url),
+            "amqp_url": env.get("ORCHESTRATOR_AMQP_URL", cls.amqp_url),
+            "namespace": env.get("ORCHESTRATOR_NAMESPACE", cls.namespace),
+            "workflows": env.get("ORCHESTRATOR_WORKFLOWS", cls.workflows),
+            "prefetch": _int("ORCHESTRATOR_PREFETCH", cls.prefetch),
+            "batch_size": _int("ORCHESTRATOR_BATCH_SIZE", cls.batch_size),
+            "log_level": env.get("ORCHESTRATOR_LOG_LEVEL", cls.log_level).upper(),
+            "log_json": _bool("ORCHESTRATOR_LOG_JSON"),
+            "api_host": env.get("ORCHESTRATOR_API_HOST", cls.api_host),
+            "api_port": _int("ORCHESTRATOR_API_PORT", cls.api_port),
+            "api_token": env.get("ORCHESTRATOR_API_TOKEN") or None,
+            "api_protect_reads": _bool("ORCHESTRATOR_API_PROTECT_READS"),
+            "api_max_body_bytes": _int("ORCHESTRATOR_API_MAX_BODY_BYTES", cls.api_max_body_bytes, minimum=1),
+            "stuck_after_seconds": _float("ORCHESTRATOR_STUCK_AFTER_SECONDS", cls.stuck_after_seconds),
+            "max_message_bytes": _int("ORCHESTRATOR_MAX_MESSAGE_BYTES", cls.max_message_bytes, minimum=1024),
+            "max_bytes_in_hand": _int("ORCHESTRATOR_MAX_BYTES_IN_HAND", cls.max_bytes_in_hand, minimum=1024),
+            "stall_seconds": _float("ORCHESTRATOR_STALL_SECONDS", cls.stall_seconds),
+            "max_parked": _int("ORCHESTRATOR_MAX_PARKED", cls.max_parked, minimum=1),
+            "shutdown_seconds": _float("ORCHESTRATOR_SHUTDOWN_SECONDS", cls.shutdown_seconds),
+            "test_fail_task": env.get("ORCHESTRATOR_TEST_FAIL_TASK") or None,
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]

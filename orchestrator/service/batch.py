@@ -1,0 +1,269 @@
+"""The service layer: a batch of incoming messages in, one transaction out.
+
+For each message: parse it, find its saga, skip it if its id was taken before, let the pure
+engine decide, and gather everything into one :class:`~orchestrator.service.store.Changes`, written in
+one transaction. Messages that cannot be taken get a dead-letter reason instead. Nothing here
+knows about RabbitMQ: the consumer hands in envelopes and acks by the verdicts it gets back.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from orchestrator.core.definitions import DEADLINE, RETRY
+from orchestrator.core.engine import Decision, Incoming, Outcome, OutgoingCommand, Saga, decide
+from orchestrator.core.ingress import (
+    DEFAULT_LIMITS,
+    MAX_KEY_LENGTH,
+    Envelope,
+    Limits,
+    Reason,
+    Refused,
+    check_json,
+    dead_letter_of,
+)
+from orchestrator.core.routing import Registry
+from orchestrator.service.store import Changes, JournalEntry, Store
+
+__all__ = ["BatchResult", "Envelope", "Verdict", "fire_due_deadlines", "process_batch"]
+
+
+class Verdict(enum.StrEnum):
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    DEAD = "dead"
+
+
+@dataclass
+class BatchResult:
+    verdicts: list[Verdict] = field(default_factory=list)
+    #: per message, why it was dead-lettered (None where it was not)
+    refusals: list[Refused | None] = field(default_factory=list)
+    commands: list[OutgoingCommand] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)
+    #: the journal entries committed (a fired timer's carries its due time and message id)
+    journal: list[JournalEntry] = field(default_factory=list)
+
+    @property
+    def reasons(self) -> list[str | None]:
+        """Per message, the dead-letter detail (None where it was not dead-lettered)."""
+        return [r.detail if r is not None else None for r in self.refusals]
+
+    def refuse(self, index: int, refused: Refused) -> None:
+        self.verdicts[index] = Verdict.DEAD
+        self.refusals[index] = refused
+
+
+@dataclass
+class _Parsed:
+    index: int
+    envelope: Envelope
+    payload: dict[str, Any]
+    type: str
+    message_id: str
+    keyed: list[tuple[Any, str | None, bool]]  # (compiled workflow, saga id from the key, starts)
+    #: why no workflow takes this type (unknown_type, unknown_workflow): held until it is known
+    #: whether its correlation id names a saga of ours, which journals it instead
+    unrouted: Refused | None = None
+
+
+def _parse(index: int, envelope: Envelope, registry: Registry) -> _Parsed:
+    if envelope.refused is not None:
+        raise envelope.refused
+    if not envelope.type:
+        raise Refused(Reason.NO_TYPE, "message has no type property")
+    if not envelope.message_id:
+        raise Refused(Reason.NO_MESSAGE_ID, "message has no message_id property")
+    try:
+        payload = orjson.loads(envelope.body)
+    except orjson.JSONDecodeError as error:
+        raise Refused(Reason.NOT_JSON, f"body is not JSON: {error}") from None
+    if not isinstance(payload, dict):
+        raise Refused(Reason.NOT_AN_OBJECT, "body is not a JSON object")
+    try:
+        check_json(payload, "body")
+    except ValueError as error:
+        raise Refused(Reason.UNSTORABLE, str(error)) from None
+    try:
+        targets = registry.route(envelope.type, payload, workflow_header=envelope.workflow)
+    except Refused as refused:
+        if envelope.correlation_id and refused.reason in (Reason.UNKNOWN_TYPE, Reason.UNKNOWN_WORKFLOW):
+            return _Parsed(index, envelope, payload, envelope.type, envelope.message_id, [], refused)
+        raise
+    for target in targets:
+        key = payload.get(target.workflow.workflow.key)
+        if key is not None and len(str(key)) > MAX_KEY_LENGTH:
+            raise Refused(
+                Reason.KEY_TOO_LONG,
+                f"{target.workflow.workflow.key} is {len(str(key))} characters, over {MAX_KEY_LENGTH}",
+            )
+    keyed = [(t.workflow, t.saga_id, t.starts) for t in targets]
+    return _Parsed(index, envelope, payload, envelope.type, envelope.message_id, keyed)
+
+
+async def process_batch(
+    registry: Registry,
+    store: Store,
+    envelopes: Sequence[Envelope],
+    now: datetime,
+    limits: Limits = DEFAULT_LIMITS,
+) -> BatchResult:
+    """Decide every message of the batch and commit all of it in one transaction; ``limits`` are
+    the service's, by which a refused message's dead letter keeps its body."""
+    result = BatchResult(verdicts=[Verdict.ACCEPTED] * len(envelopes), refusals=[None] * len(envelopes))
+    parsed: list[_Parsed] = []
+    for index, envelope in enumerate(envelopes):
+        try:
+            parsed.append(_parse(index, envelope, registry))
+        except Refused as refused:
+            result.refuse(index, refused)
+
+    wanted: set[str] = set()
+    for p in parsed:
+        if p.envelope.correlation_id:
+            wanted.add(p.envelope.correlation_id)
+        wanted.update(saga_id for _, saga_id, _ in p.keyed if saga_id)
+
+    changes = Changes()
+    async with store.transaction() as tx:
+        current, seen = await tx.read_batch(wanted, (p.message_id for p in parsed))
+        for p in parsed:
+            if p.message_id in seen or p.message_id in changes.inbox:
+                result.verdicts[p.index] = Verdict.DUPLICATE
+                changes.duplicates.append(p.message_id)
+                continue
+            try:
+                targets = _targets(p, registry, current)
+            except Refused as refused:
+                result.refuse(p.index, refused)
+                continue
+            message = Incoming(p.type, p.message_id, p.payload)
+            decisions = [decide(compiled, saga, message, now) for compiled, saga in targets]
+            full = [d.reason for d in decisions if d.outcome is Outcome.REFUSED]
+            if full:  # past a saga's parking cap: dead-lettered, recorded for none of its sagas
+                result.refuse(p.index, Refused(Reason.PARKING_FULL, full[0] or "parking full"))
+                continue
+            first_saga: str | None = None
+            for decision in decisions:
+                current[decision.saga.id] = decision.saga
+                changes.record(message, decision, now)
+                result.decisions.append(decision)
+                first_saga = first_saga or decision.saga.id
+            wrong = next((d for d in decisions if d.dead_letter is not None), None)
+            if wrong is not None and wrong.dead_letter is not None:  # journaled, and dead-lettered
+                result.refuse(p.index, Refused(wrong.dead_letter, wrong.reason or str(wrong.dead_letter)))
+                continue  # not in the inbox, as no dead letter is: fixed and sent again, it is taken
+            changes.inbox[p.message_id] = first_saga
+        for index, refusal in enumerate(result.refusals):
+            if refusal is not None:
+                changes.dead_letters.append(dead_letter_of(envelopes[index], refusal, limits=limits))
+        if changes:
+            await tx.save(changes)
+    result.commands = changes.commands
+    result.journal = changes.journal
+    return result
+
+
+async def fire_due_deadlines(
+    registry: Registry, store: Store, now: datetime, limit: int = 500
+) -> BatchResult:
+    """Feed every deadline due by ``now`` through the engine as a journaled message.
+
+    A deadline only fires if its saga is still in the state it was set for; otherwise the saga
+    moved on and the row is stale (it is removed all the same). The version is not compared with
+    the saga's: parked and ignored events bump it without leaving the state, and the deadline
+    still holds. It is compared with a timer of the same kind that a decision of this sweep set
+    or cancelled already (a deadline and a retry of one saga both due): that write is newer, the
+    row is superseded, and neither fires nor removes it.
+
+    The sagas are locked first, in id order, as a batch of messages locks them, and the timer rows
+    are read after (:meth:`~orchestrator.service.store.Transaction.claim_due`): one lock order everywhere.
+    """
+    result = BatchResult()
+    changes = Changes()
+    async with store.transaction() as tx:
+        current, due = await tx.claim_due(now, limit, registry.workflows.keys())
+        if not due:
+            return result
+        for deadline in due:
+            timer = (deadline.saga_id, deadline.kind)
+            pending = changes.deadlines.get(timer)
+            if pending is not None and pending[1] > deadline.version:
+                continue  # set anew (or cancelled) by this sweep's own decision: that write stands
+            saga = current.get(deadline.saga_id)
+            compiled = registry.workflows.get(saga.workflow) if saga is not None else None
+            if saga is not None and compiled is None:
+                continue  # not a workflow of this process (claim_due leaves those): never removed
+            stale = saga is None or saga.finished or saga.state != deadline.state
+            if stale or compiled is None or saga is None:
+                changes.deadlines[timer] = (None, deadline.version)
+                continue
+            retry = deadline.kind == "retry"
+            message = Incoming(
+                RETRY if retry else DEADLINE,
+                f"{deadline.kind}:{deadline.saga_id}:{deadline.version}",
+                {"state": deadline.state, "due_at": deadline.due_at.isoformat()},
+                kind=deadline.kind,
+            )
+            decision = decide(compiled, saga, message, now)
+            current[saga.id] = decision.saga
+            changes.record(message, decision, now)
+            if not (decision.retry_changed if retry else decision.deadline_changed):
+                changes.deadlines[timer] = (None, deadline.version)
+            result.decisions.append(decision)
+        await tx.save(changes)
+    result.commands = changes.commands
+    result.journal = changes.journal
+    return result
+
+
+def _targets(p: _Parsed, registry: Registry, current: Mapping[str, Saga]) -> list[tuple[Any, Saga | None]]:
+    """The sagas a message goes to, with the saga (None where the message starts it).
+
+    A start event (its type starts every workflow it is routed to) is identified by its key
+    alone: a ``correlation_id`` on it is not read. Any other event is a reply: its
+    ``correlation_id`` names its saga, and one naming no saga is refused (``unknown_saga``),
+    whatever its key says; a reply without one is matched by its key (the fallback). A reply
+    correlated to a saga whose workflow takes no such type goes to that saga all the same, which
+    journals it as ignored (a reply nobody waits for): it is never dead-lettered.
+    """
+    cid = p.envelope.correlation_id
+    starting = bool(p.keyed) and all(starts for _, _, starts in p.keyed)
+    if cid and not starting:
+        correlated = current.get(cid)
+        header = p.envelope.workflow
+        if correlated is None:
+            if p.unrouted is not None:
+                raise p.unrouted
+            raise Refused(Reason.UNKNOWN_SAGA, f"correlation id {cid!r} names no saga")
+        compiled = registry.workflows.get(correlated.workflow)
+        if header is not None and header != correlated.workflow:
+            raise Refused(
+                Reason.UNKNOWN_WORKFLOW,
+                f"x-workflow {header!r} but correlation id {cid!r} names a {correlated.workflow} saga",
+            )
+        if compiled is None:
+            raise Refused(Reason.UNKNOWN_WORKFLOW, f"workflow {correlated.workflow!r} is not loaded here")
+        # _parse already validated the payload against every workflow that takes this type.
+        return [(compiled, correlated)]
+    if p.unrouted is not None:
+        raise p.unrouted
+    targets: list[tuple[Any, Saga | None]] = []
+    for compiled, saga_id, starts in p.keyed:
+        workflow = compiled.workflow
+        saga = current.get(saga_id) if saga_id else None
+        if saga is None and not starts:
+            raise Refused(
+                Reason.UNKNOWN_SAGA,
+                f"no {workflow.name} saga for {workflow.key}={p.payload.get(workflow.key)!r}",
+            )
+        if saga is None and saga_id is None:
+            raise Refused(Reason.NO_KEY, f"{p.type} starts {workflow.name} but has no {workflow.key!r}")
+        targets.append((compiled, saga))
+    return targets

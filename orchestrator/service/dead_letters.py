@@ -1,0 +1,554 @@
+"""Dead letters an operator can work with: the broker's drained into the table, and the table's
+listed, shown, replayed and purged, by the CLI (``orchestrator dead-letters``) and the REST API
+(``/dead-letters``) alike.
+
+Everything the orchestrator refuses is recorded as a row in the transaction that acks it
+(:mod:`orchestrator.service.batch`). What the broker dead-letters (a participant's rejected command, an
+event past the orchestrator's queue's delivery limit) reaches ``{ns}.dead-letter``; the running
+orchestrator drains that queue into the same table (:class:`DeadLetterDrain`), with the reason the
+broker's ``x-death`` header gives and the exchange and routing key the message was first sent to,
+so that a replay knows where to send it.
+
+A replay republishes the stored body and properties to the recorded exchange with the recorded
+routing key (persistent, mandatory, confirmed) and marks the row: the message then goes through
+the same checks as any other, and if it is still bad it gets a new row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import ColumnElement, delete, func, literal, select, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from orchestrator.adapters.amqp.broker import Delivery, QueueConsumer, Unpublishable
+from orchestrator.adapters.amqp.topology import Topology
+from orchestrator.adapters.metrics import Metrics
+from orchestrator.adapters.postgres.queries import BadCursor
+from orchestrator.adapters.postgres.schema import dead_letters
+from orchestrator.core.ingress import (
+    DEFAULT_LIMITS,
+    DeadLetter,
+    Envelope,
+    Limits,
+    Reason,
+    Refused,
+    clip,
+    dead_letter_of,
+    printable,
+)
+from orchestrator.service.faults import Fault, classify
+from orchestrator.service.store import Changes, Store
+from orchestrator.service.supervisor import Spawn, bounded, unsupervised
+
+__all__ = [
+    "SOURCES",
+    "DeadLetterDrain",
+    "DeadLetterFilter",
+    "DeadLetterPage",
+    "DeadLetterRow",
+    "DeadLetters",
+    "Death",
+    "NotReplayable",
+    "Publish",
+    "ReplayOutcome",
+    "broker_dead_letter",
+    "death_of",
+    "replay",
+    "republished",
+    "why_not_replayable",
+]
+
+log = logging.getLogger("orchestrator.service.dead_letters")
+
+#: who set a dead letter aside: the orchestrator refused it, or the broker dead-lettered it
+SOURCES = ("orchestrator", "broker")
+
+# The broker's side --------------------------------------------------------------------------------
+#: RabbitMQ's x-death reasons, and the reason codes they are recorded as
+_BROKER_REASONS = {
+    "rejected": Reason.REJECTED,
+    "expired": Reason.EXPIRED,
+    "maxlen": Reason.MAXLEN,
+    "delivery_limit": Reason.DELIVERY_LIMIT,
+}
+
+
+@dataclass(frozen=True)
+class Death:
+    """Why and where the broker dead-lettered a message, from its ``x-death`` header."""
+
+    reason: Reason
+    detail: str
+    #: where the message was first sent (None: the header does not say)
+    exchange: str | None = None
+    routing_key: str | None = None
+
+
+def _text(value: object) -> str:
+    return clip(printable(value), 300)
+
+
+def death_of(headers: object) -> Death:
+    """The reason, a detail, and the original exchange and routing key, from a delivery's headers.
+
+    RabbitMQ puts the latest death first in ``x-death``: ``reason`` (``rejected``, ``expired``,
+    ``maxlen``, ``delivery_limit``), the ``queue`` it died in, ``count`` (how many times it died
+    there for that reason), and the ``exchange`` and ``routing-keys`` it was published with.
+    Anything else, or no ``x-death`` at all (someone published to ``{ns}.dead`` by hand, or an
+    earlier orchestrator republished it there), is :attr:`Reason.UNKNOWN`. Never raises."""
+    try:
+        return _death_of(headers)
+    except Exception as error:  # a header of a shape no one foresaw: still recorded
+        return Death(Reason.UNKNOWN, f"the x-death header cannot be read: {type(error).__name__}")
+
+
+def _death_of(headers: object) -> Death:
+    if not isinstance(headers, Mapping):
+        headers = {}
+    deaths = headers.get("x-death")
+    first = deaths[0] if isinstance(deaths, list | tuple) and deaths else None
+    if not isinstance(first, Mapping):
+        detail = "no x-death header: it was published to the dead-letter exchange, not dead-lettered"
+        legacy = headers.get("x-death-reason")  # what earlier orchestrators republished with
+        if legacy is not None:
+            detail += f"; x-death-reason: {_text(legacy)}"
+        exchange, routing_key = headers.get("x-original-exchange"), headers.get("x-original-routing-key")
+        return Death(
+            Reason.UNKNOWN,
+            detail,
+            _text(exchange) if exchange is not None else None,
+            _text(routing_key) if routing_key is not None else None,
+        )
+    raw = first.get("reason")
+    raw_reason = printable(raw) if raw is not None else ""
+    reason = _BROKER_REASONS.get(raw_reason, Reason.UNKNOWN)
+    queue = _text(first.get("queue") or "?")
+    count = first.get("count")
+    times = f"{count} time{'' if count == 1 else 's'}" if isinstance(count, int) else "? times"
+    said = raw_reason if reason is not Reason.UNKNOWN else f"x-death reason {clip(raw_reason, 100)!r}"
+    detail = f"{said} in queue {queue}, {times}"
+    exchange = first.get("exchange")
+    keys = first.get("routing-keys")
+    routing_key = keys[0] if isinstance(keys, list | tuple) and keys else None
+    if not exchange and headers.get("x-original-exchange"):  # moved into its queue by migrate
+        exchange, routing_key = headers["x-original-exchange"], headers.get("x-original-routing-key")
+    return Death(
+        reason,
+        detail,
+        _text(exchange) if exchange is not None else None,
+        _text(routing_key) if routing_key is not None else None,
+    )
+
+
+def broker_dead_letter(envelope: Envelope, limits: Limits = DEFAULT_LIMITS) -> DeadLetter:
+    """The record of a message taken from ``{ns}.dead-letter``. Never raises."""
+    headers = envelope.properties.get("headers") if isinstance(envelope.properties, Mapping) else None
+    death = death_of(headers)
+    detail = death.detail
+    if envelope.refused is not None:  # worth knowing before a replay: it would be refused here
+        detail += f"; it also breaks a rule here: {envelope.refused}"
+    letter = dead_letter_of(envelope, Refused(death.reason, detail), source="broker", limits=limits)
+    return replace(
+        letter,
+        exchange=death.exchange if death.exchange is not None else letter.exchange,
+        routing_key=death.routing_key if death.routing_key is not None else letter.routing_key,
+    )
+
+
+class DeadLetterDrain:
+    """Drains ``{ns}.dead-letter`` into the dead-letter table, over a connection of its own.
+
+    Deliveries are recorded a batch per transaction and acked only after it commits; while the
+    database is away the batch waits, unacked, and is tried again with backoff: nothing is dropped.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        topology: Topology,
+        store: Store,
+        metrics: Metrics,
+        limits: Limits = DEFAULT_LIMITS,
+        prefetch: int = 32,
+    ) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.limits = limits
+        self.consumer = QueueConsumer(
+            url, topology.dead_letter_queue, prefetch, "orchestrator-dead-letters", limits=limits
+        )
+        self.batch_size = prefetch
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, spawn: Spawn = unsupervised) -> None:
+        self.consumer.start(spawn)
+        self._task = spawn("dead-letter-drain", self._work)
+
+    async def stop_taking(self, timeout: float) -> None:
+        """Take no more dead letters (the stop's first step, with the broker or without)."""
+        self._stopping.set()
+        await self.consumer.stop(timeout)
+
+    async def stop(self, timeout: float) -> None:
+        """Stop taking messages, finish the batch in hand (up to ``timeout``), close."""
+        await self.stop_taking(min(timeout, 5.0))
+        if self._task is not None and not await bounded(
+            "recording the dead letters in hand", asyncio.shield(self._task), timeout
+        ):
+            self._task.cancel()  # they stay in the queue, unacked
+            await asyncio.wait({self._task}, timeout=1.0)
+        await self.consumer.close(min(timeout, 5.0))
+
+    async def _work(self) -> None:
+        while batch := await self.consumer.batch(self.batch_size, self._stopping):
+            await self.record(batch)
+
+    async def record(self, batch: Sequence[Delivery]) -> None:
+        """Record a batch in one transaction, then ack it. Should the database refuse the batch
+        (not be away: a value it cannot store), each is recorded alone, and one it still refuses
+        is recorded bare (without its body and properties, saying so): nothing is dropped."""
+        letters = [broker_dead_letter(d.envelope, self.limits) for d in batch]
+        if await self._save(letters):
+            self._recorded(letters)
+            await self.consumer.ack(batch)
+            return
+        for delivery, letter in zip(batch, letters, strict=True):
+            if not await self._save([letter]):
+                letter = _bare(letter)
+                while not await self._save([letter]):
+                    await asyncio.sleep(5.0)
+            self._recorded([letter])
+            await self.consumer.ack([delivery], multiple_ok=False)
+
+    async def _save(self, letters: list[DeadLetter]) -> bool:
+        """True once committed; False when the database refused them. While it is away, retried
+        with backoff."""
+        delay = 0.1
+        while True:
+            try:
+                async with self.store.transaction() as tx:
+                    await tx.save(Changes(dead_letters=letters))
+                return True
+            except Exception as error:
+                if classify(error) is not Fault.UNAVAILABLE:
+                    log.error("could not record %d dead letters: %s", len(letters), printable(error)[:300])
+                    return False
+                log.error(
+                    "cannot record %d dead letters (%s), retrying in %.1fs",
+                    len(letters),
+                    printable(error)[:300],
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _recorded(self, letters: Sequence[DeadLetter]) -> None:
+        for letter in letters:
+            self.metrics.dead_lettered[letter.reason] += 1
+            log.warning(
+                "dead letter from the broker: message %s (type %s) sent to %s with %s: %s: %s",
+                letter.message_id,
+                letter.message_type,
+                letter.exchange or '""',
+                letter.routing_key or '""',
+                letter.reason,
+                letter.detail,
+                extra={"saga_id": letter.correlation_id, "message_id": letter.message_id},
+            )
+
+
+def _bare(letter: DeadLetter) -> DeadLetter:
+    return replace(
+        letter,
+        detail=clip(letter.detail + "; its body and properties could not be stored", 600),
+        properties={"undecodable": "not stored"},
+        body=b"",
+    )
+
+
+# The table ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DeadLetterFilter:
+    """Which rows: every condition given must hold."""
+
+    ids: tuple[int, ...] | None = None
+    reason: str | None = None
+    source: str | None = None
+    #: dead at or after
+    since: datetime | None = None
+    #: dead before
+    until: datetime | None = None
+    replayed: bool | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self == DeadLetterFilter()
+
+
+@dataclass(frozen=True)
+class DeadLetterRow:
+    id: int
+    dead_at: datetime
+    source: str
+    reason: str
+    detail: str
+    message_id: str | None
+    message_type: str | None
+    correlation_id: str | None
+    exchange: str
+    routing_key: str
+    properties: dict[str, Any]
+    body_size: int
+    #: how many bytes of the body are stored (fewer than ``body_size`` when it was cut)
+    body_stored: int
+    replayed_at: datetime | None
+    replayed_by: str | None
+    #: the stored body; None in a list
+    body: bytes | None = None
+
+    @property
+    def body_text(self) -> str | None:
+        """The body as text when it is UTF-8, else None."""
+        if self.body is None:
+            return None
+        try:
+            return self.body.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+
+    @property
+    def body_base64(self) -> str | None:
+        return base64.b64encode(self.body).decode("ascii") if self.body is not None else None
+
+
+@dataclass(frozen=True)
+class DeadLetterPage:
+    items: list[DeadLetterRow]
+    next_cursor: str | None
+
+
+_c = dead_letters.c
+_LISTED = (
+    _c.id,
+    _c.dead_at,
+    _c.source,
+    _c.reason,
+    _c.detail,
+    _c.message_id,
+    _c.message_type,
+    _c.correlation_id,
+    _c.exchange,
+    _c.routing_key,
+    _c.properties,
+    _c.body_size,
+    func.octet_length(_c.body).label("body_stored"),
+    _c.replayed_at,
+    _c.replayed_by,
+)
+
+
+def _conditions(f: DeadLetterFilter) -> list[ColumnElement[bool]]:
+    found: list[ColumnElement[bool]] = []
+    if f.ids is not None:
+        found.append(_c.id.in_(list(f.ids)))
+    if f.reason is not None:
+        found.append(_c.reason == f.reason)
+    if f.source is not None:
+        found.append(_c.source == f.source)
+    if f.since is not None:
+        found.append(_c.dead_at >= f.since)
+    if f.until is not None:
+        found.append(_c.dead_at < f.until)
+    if f.replayed is not None:
+        found.append(_c.replayed_at.is_not(None) if f.replayed else _c.replayed_at.is_(None))
+    return found
+
+
+def _encode_cursor(dead_at: datetime, letter_id: int) -> str:
+    raw = orjson.dumps([dead_at.isoformat(), letter_id])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, int]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        dead_at, letter_id = orjson.loads(raw)
+        if not isinstance(dead_at, str) or type(letter_id) is not int or not 0 <= letter_id < 2**63:
+            raise ValueError(cursor)
+        when = datetime.fromisoformat(dead_at)
+        if when.tzinfo is None:
+            raise ValueError(cursor)
+        return when.astimezone(UTC), letter_id
+    except (ValueError, TypeError, OverflowError, binascii.Error, orjson.JSONDecodeError):
+        raise BadCursor("cursor is not one this API handed out: pass next_cursor back unchanged") from None
+
+
+class DeadLetters:
+    """The dead-letter table's queries, over SQLAlchemy Core (the REST read model's engine)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def page(self, f: DeadLetterFilter, limit: int, cursor: str | None = None) -> DeadLetterPage:
+        """A page of dead letters (without their bodies), newest first."""
+        query = select(*_LISTED).where(*_conditions(f))
+        if cursor is not None:
+            dead_at, letter_id = _decode_cursor(cursor)
+            query = query.where(tuple_(_c.dead_at, _c.id) < tuple_(literal(dead_at), literal(letter_id)))
+        query = query.order_by(_c.dead_at.desc(), _c.id.desc()).limit(limit + 1)
+        async with self.engine.connect() as connection:
+            rows = [DeadLetterRow(**r._mapping) for r in await connection.execute(query)]
+        last = rows[limit - 1] if len(rows) > limit else None
+        return DeadLetterPage(rows[:limit], _encode_cursor(last.dead_at, last.id) if last else None)
+
+    async def get(self, letter_id: int) -> DeadLetterRow | None:
+        rows = await self.rows(DeadLetterFilter(ids=(letter_id,)), 1)
+        return rows[0] if rows else None
+
+    async def rows(self, f: DeadLetterFilter, limit: int) -> list[DeadLetterRow]:
+        """Whole rows, bodies included, oldest first (the order a replay sends them in)."""
+        query = select(*_LISTED, _c.body).where(*_conditions(f)).order_by(_c.dead_at, _c.id).limit(limit)
+        async with self.engine.connect() as connection:
+            return [DeadLetterRow(**r._mapping) for r in await connection.execute(query)]
+
+    async def count(self, f: DeadLetterFilter) -> int:
+        query = select(func.count()).select_from(dead_letters).where(*_conditions(f))
+        async with self.engine.connect() as connection:
+            return int((await connection.execute(query)).scalar_one())
+
+    async def purge(self, f: DeadLetterFilter) -> int:
+        """Delete the rows ``f`` selects (an empty filter: all of them); how many there were."""
+        async with self.engine.begin() as connection:
+            result = await connection.execute(delete(dead_letters).where(*_conditions(f)))
+        return int(result.rowcount)
+
+    async def mark_replayed(self, letter_id: int, actor: str, at: datetime) -> None:
+        async with self.engine.begin() as connection:
+            await connection.execute(
+                update(dead_letters)
+                .where(_c.id == letter_id)
+                .values(replayed_at=at, replayed_by=clip(printable(actor), 200))
+            )
+
+
+# Replay -------------------------------------------------------------------------------------------
+class NotReplayable(Exception):
+    """This dead letter cannot be replayed as it is stored; the message says why."""
+
+
+#: publishes a body with properties to an exchange with a routing key: persistent, mandatory,
+#: confirmed (:meth:`orchestrator.adapters.amqp.broker.Republisher.publish`); raises
+#: :class:`~orchestrator.adapters.amqp.broker.Unpublishable`
+Publish = Callable[[str, str, bytes, Mapping[str, Any]], Awaitable[None]]
+
+#: headers a replay leaves out: ours (``x-original-*``, and ``x-death-reason`` of earlier
+#: versions) and the broker's bookkeeping of earlier deaths and deliveries
+_DROPPED_HEADERS = ("x-death", "x-death-reason", "x-delivery-count")
+_DROPPED_PREFIXES = ("x-original-", "x-first-death-", "x-last-death-")
+
+
+def why_not_replayable(row: DeadLetterRow, again: bool = False) -> str | None:
+    """Why ``row`` cannot be replayed, or None when it can."""
+    if row.body is not None and row.body_size > len(row.body):
+        return f"its body was cut: {len(row.body)} of {row.body_size} bytes are stored"
+    if row.body is None and row.body_size > row.body_stored:
+        return f"its body was cut: {row.body_stored} of {row.body_size} bytes are stored"
+    if "undecodable" in row.properties:
+        return "its properties could not be decoded when it came; they are not stored"
+    headers = row.properties.get("headers")
+    if "…" in row.properties or (isinstance(headers, Mapping) and "…" in headers):
+        return "its headers were too large and were cut"
+    if not row.message_id:
+        return "it has no message_id: the broker could not say whether it was routed"
+    if row.replayed_at is not None and not again:
+        when = row.replayed_at.isoformat(timespec="seconds")
+        return f"it was replayed already, at {when} by {row.replayed_by}; replay it again explicitly"
+    return None
+
+
+def republished(row: DeadLetterRow) -> dict[str, Any]:
+    """The properties a replay sends (as aiormq names them): what identifies and describes the
+    message, and its headers without those of its earlier deaths."""
+    properties = row.properties
+    headers = properties.get("headers")
+    kept = (
+        {
+            key: value
+            for key, value in headers.items()
+            if key not in _DROPPED_HEADERS and not key.startswith(_DROPPED_PREFIXES)
+        }
+        if isinstance(headers, Mapping)
+        else {}
+    )
+    out: dict[str, Any] = {"delivery_mode": 2, "headers": kept}
+    for stored, sent in (
+        ("type", "message_type"),
+        ("message_id", "message_id"),
+        ("correlation_id", "correlation_id"),
+        ("content_type", "content_type"),
+    ):
+        value = properties.get(stored)
+        if isinstance(value, str) and value:
+            out[sent] = value
+    return out
+
+
+@dataclass
+class ReplayOutcome:
+    replayed: list[DeadLetterRow]
+    #: (id, why not) for each that was not replayed
+    refused: list[tuple[int, str]]
+    #: the broker could not be reached: the rest were not tried
+    unavailable: bool = False
+
+
+async def replay(
+    table: DeadLetters,
+    rows: Sequence[DeadLetterRow],
+    publish: Publish,
+    actor: str,
+    again: bool = False,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> ReplayOutcome:
+    """Republish each row (oldest first) and mark it replayed by ``actor`` once confirmed. A row
+    that cannot be replayed, or that the broker refuses, is reported and the next one is tried;
+    with the broker away the rest are reported as not tried."""
+    outcome = ReplayOutcome([], [])
+    for row in rows:
+        if outcome.unavailable:
+            outcome.refused.append((row.id, "not tried: the broker is unavailable"))
+            continue
+        why = why_not_replayable(row, again)
+        if why is not None:
+            outcome.refused.append((row.id, why))
+            continue
+        assert row.body is not None
+        try:
+            await publish(row.exchange, row.routing_key, row.body, republished(row))
+        except Unpublishable as error:
+            outcome.refused.append((row.id, str(error)))
+            outcome.unavailable = error.unavailable
+            continue
+        at = now()
+        await table.mark_replayed(row.id, actor, at)
+        outcome.replayed.append(replace(row, replayed_at=at, replayed_by=actor))
+        log.info(
+            "%s replayed dead letter %d (%s) to %s with %s",
+            actor,
+            row.id,
+            row.reason,
+            row.exchange or '""',
+            row.routing_key or '""',
+            extra={"message_id": row.message_id, "actor": actor},
+        )
+    return outcome

@@ -1,0 +1,210 @@
+"""The service layer for what an operator (or the REST API) asks: start a saga, act on one.
+
+Each request is one transaction, like a batch of events: lock the saga, let the pure engine
+decide, write the decision with its journal entry (kind ``operator``, with who asked and why).
+An action the engine refuses writes nothing and raises :class:`ActionRefused` with its reason.
+The caller hands the resulting commands to the relay and the decisions to the deadline alarm.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from orchestrator.core.definitions import Workflow
+from orchestrator.core.engine import (
+    ACTIONS,
+    OPERATOR,
+    Decision,
+    Incoming,
+    Outcome,
+    OutgoingCommand,
+    Saga,
+    decide,
+    saga_id_for,
+)
+from orchestrator.core.ingress import check_json
+from orchestrator.core.messages import InvalidPayload, dump, load
+from orchestrator.core.routing import Registry
+from orchestrator.service.store import Changes, Store
+
+__all__ = [
+    "ACTIONS",
+    "ActionRefused",
+    "Applied",
+    "BadRequest",
+    "OperatorAction",
+    "SagaNotFound",
+    "apply_action",
+    "start_saga",
+]
+
+
+class SagaNotFound(LookupError):
+    """No saga has this id."""
+
+
+class BadRequest(ValueError):
+    """The request names something that does not exist or carries data that does not fit."""
+
+
+class ActionRefused(Exception):
+    """The action does not fit the saga as it stands; the text says why."""
+
+
+@dataclass(frozen=True)
+class OperatorAction:
+    name: str
+    actor: str
+    reason: str | None = None
+    #: resume: the state to resume from (default: the state the saga failed in)
+    step: str | None = None
+    #: skip: the event type to take as the current step's outcome
+    outcome: str | None = None
+    #: skip: business data that outcome carries; its declared fields enter the saga's data as a
+    #: reply's would (the key and the start event's fields only where the workflow says so)
+    data: Mapping[str, Any] = field(default_factory=dict)
+    #: retry, resume: send the commands with new message ids, as a new attempt a participant
+    #: takes afresh (default: the same message ids, which a participant takes as duplicates)
+    new_attempt: bool = False
+
+    def payload(self) -> dict[str, Any]:
+        values: dict[str, Any] = {
+            "reason": self.reason,
+            "step": self.step,
+            "outcome": self.outcome,
+            "data": dict(self.data),
+        }
+        if self.new_attempt:
+            values["new_attempt"] = True
+        return {k: v for k, v in values.items() if v not in (None, {})}
+
+
+@dataclass
+class Applied:
+    saga: Saga
+    created: bool
+    commands: list[OutgoingCommand]
+    decisions: list[Decision]
+    #: the id the request was journaled under, for the log lines about it
+    message_id: str = ""
+
+
+async def start_saga(
+    registry: Registry,
+    store: Store,
+    workflow: str,
+    key: str,
+    data: Mapping[str, Any],
+    actor: str,
+    now: datetime,
+) -> Applied:
+    """Start a saga as its starting event would; the same key again returns the saga it started."""
+    compiled = registry.workflows.get(workflow)
+    if compiled is None:
+        raise BadRequest(f"unknown workflow {workflow!r}; known: {', '.join(sorted(registry.workflows))}")
+    spec = compiled.workflow
+    if not key:
+        raise BadRequest("key must not be empty")
+    given = data.get(spec.key)
+    if given is not None and str(given) != key:
+        raise BadRequest(f"data.{spec.key} is {given!r} but key is {key!r}")
+    try:
+        # Stored as a participant would have sent it: validated, coerced, nothing extra.
+        payload = dump(load(spec.starts_on, {**data, spec.key: key}))
+    except InvalidPayload as error:
+        raise BadRequest(f"data does not fit {spec.starts_on.TYPE}: {error}") from None
+    saga_id = saga_id_for(spec.name, key)
+    message = Incoming(spec.starts_on.TYPE, f"api-start:{saga_id}", payload, kind="operator", actor=actor)
+    for attempt in range(2):
+        try:
+            async with store.transaction() as tx:
+                existing = (await tx.lock_sagas([saga_id])).get(saga_id)
+                if existing is not None:
+                    return Applied(existing, False, [], [], message.message_id)
+                decision = decide(compiled, None, message, now)
+                changes = Changes()
+                changes.record(message, decision, now)
+                changes.inbox[message.message_id] = saga_id
+                await tx.save(changes)
+                return Applied(decision.saga, True, changes.commands, [decision], message.message_id)
+        except Exception:
+            if attempt:  # a second failure is not a race any more: let it be seen
+                raise
+            # The starting event, or the same request, may have created it meanwhile (the
+            # journal's key refused ours): look again, and take that one.
+    raise AssertionError("unreachable")
+
+
+async def apply_action(
+    registry: Registry, store: Store, saga_id: str, action: OperatorAction, now: datetime
+) -> Applied:
+    if action.name not in ACTIONS:
+        raise BadRequest(f"unknown action {action.name!r}; actions: {', '.join(ACTIONS)}")
+    message = Incoming(
+        OPERATOR + action.name,
+        f"operator:{uuid.uuid4()}",
+        action.payload(),
+        kind="operator",
+        actor=action.actor,
+    )
+    async with store.transaction() as tx:
+        saga = (await tx.lock_sagas([saga_id])).get(saga_id)
+        if saga is None:
+            raise SagaNotFound(f"no saga {saga_id}")
+        compiled = registry.workflows.get(saga.workflow)
+        if compiled is None:
+            raise ActionRefused(f"workflow {saga.workflow!r} is not loaded by this service")
+        _check_names(compiled.workflow.states, compiled.workflow.events, action)
+        decision = decide(compiled, saga, message, now)
+        if decision.outcome is Outcome.REFUSED:
+            raise ActionRefused(decision.reason or "refused")
+        if action.name == "skip":
+            _check_outcome_data(compiled.workflow, saga, action)
+        changes = Changes()
+        changes.record(message, decision, now)
+        await tx.save(changes)
+    return Applied(decision.saga, False, changes.commands, [decision], message.message_id)
+
+
+def _check_names(states: Mapping[str, Any], events: Mapping[str, Any], action: OperatorAction) -> None:
+    """Names that exist nowhere in the workflow are bad input (422), not a conflict (409)."""
+    if action.new_attempt and action.name not in ("retry", "resume"):
+        raise BadRequest(f"new_attempt is for retry and resume, not {action.name}")
+    if action.step is not None and action.step not in states:
+        raise BadRequest(f"no state {action.step!r}; states: {', '.join(states)}")
+    if action.name == "skip":
+        if not action.outcome:
+            raise BadRequest("skip needs an outcome: the event type to take as the step's result")
+        if action.outcome not in events:
+            raise BadRequest(f"no event type {action.outcome!r} in this workflow")
+
+
+def _check_outcome_data(workflow: Workflow, saga: Saga, action: OperatorAction) -> None:
+    """A skip's data is what the outcome's event would have carried: it must fit that event, and
+    it cannot rename the saga (its key) by merging a different value into the saga's data."""
+    event, key_field = workflow.events[str(action.outcome)], workflow.key
+    given = action.data.get(key_field)
+    if given is not None and str(given) != saga.key:
+        raise BadRequest(f"data.{key_field} is {given!r} but the saga's key is {saga.key!r}")
+    carries_key = key_field in getattr(event, "__dataclass_fields__", {})
+    try:
+        read = dump(load(event, {**action.data, **({key_field: saga.key} if carries_key else {})}))
+    except InvalidPayload as error:
+        raise BadRequest(f"data does not fit {event.TYPE}: {error}") from None
+    try:  # the schema may read text into a value nothing can store ("1" * 25 for an int)
+        check_json(read, "data")
+    except ValueError as error:
+        raise BadRequest(f"data does not fit {event.TYPE}: {error}") from None
+    # The rule every reply obeys: the start event's fields stay as they started unless the
+    # workflow lets this event update them. An operator is told, not silently ignored.
+    fixed = workflow.fixed_fields(event.TYPE) - {key_field}
+    changed = sorted(n for n in fixed if n in action.data and n in read and read[n] != saga.data.get(n))
+    if changed:
+        raise BadRequest(
+            f"data would change {', '.join(changed)}, fixed since the saga started:"
+            f" the workflow does not let {event.TYPE} update them"
+        )

@@ -1,0 +1,101 @@
+"""The persistence port: what the service layer needs from a journal store, whatever backs it.
+
+Adapters: :mod:`orchestrator.adapters.postgres.store` (the product) and :mod:`orchestrator.adapters.memory`
+(the test kit and unit tests). One contract test runs against both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from orchestrator.core.engine import Deadline, Decision, Incoming, OutgoingCommand, Saga
+from orchestrator.core.ingress import DeadLetter
+from orchestrator.core.journal import DueDeadline, JournalEntry, Records
+
+__all__ = ["Changes", "DueDeadline", "JournalEntry", "Records", "Store", "Transaction"]
+
+
+@dataclass
+class Changes:
+    """Everything one batch writes, in one transaction."""
+
+    sagas: dict[str, Saga] = field(default_factory=dict)
+    journal: list[JournalEntry] = field(default_factory=list)
+    commands: list[OutgoingCommand] = field(default_factory=list)
+    inbox: dict[str, str | None] = field(default_factory=dict)  # message id -> saga id
+    duplicates: list[str] = field(default_factory=list)
+    #: (saga, kind) -> (the timer to set, or None to remove it; the saga's version it is of).
+    #: One entry per timer, the latest decision's, so a save never both removes and sets one row.
+    #: A removal takes only a row of that version or older: never a timer set after it.
+    deadlines: dict[tuple[str, str], tuple[Deadline | None, int]] = field(default_factory=dict)
+    #: messages refused in this batch, recorded in the same transaction that acks them
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+
+    def record(self, message: Incoming, decision: Decision, now: datetime) -> None:
+        saga = decision.saga
+        self.sagas[saga.id] = saga
+        self.journal.append(JournalEntry(saga.id, saga.version, message, decision.summary(), now))
+        self.commands.extend(decision.commands)
+        if decision.deadline_changed:
+            self.deadlines[(saga.id, "deadline")] = (decision.deadline, saga.version)
+        if decision.retry_changed:
+            self.deadlines[(saga.id, "retry")] = (decision.retry, saga.version)
+
+    def __bool__(self) -> bool:
+        return bool(self.sagas or self.inbox or self.duplicates or self.dead_letters)
+
+
+class Transaction(Protocol):
+    async def lock_sagas(self, saga_ids: Iterable[str]) -> dict[str, Saga]:
+        """The sagas that exist among ``saga_ids``, locked until the transaction ends."""
+
+    async def read_batch(
+        self, saga_ids: Iterable[str], message_ids: Iterable[str]
+    ) -> tuple[dict[str, Saga], set[str]]:
+        """What a batch of messages needs before it is decided, in one read: the sagas that
+        exist among ``saga_ids``, locked until the transaction ends, and which of
+        ``message_ids`` were taken already (the inbox)."""
+
+    async def claim_due(
+        self, now: datetime, limit: int, workflows: Collection[str] | None = None
+    ) -> tuple[dict[str, Saga], list[DueDeadline]]:
+        """The timers due by ``now`` of at most ``limit`` sagas, earliest first, with those sagas;
+        only sagas of ``workflows`` when given (a process takes only the timers it can decide).
+
+        The sagas are locked first, in id order, as :meth:`read_batch` locks them, and the timer
+        rows read after that, so the sweep sees what a batch committed meanwhile and takes locks in
+        the same order as every batch (sagas, then their timer rows): the two never deadlock, and
+        no other replica fires the same timers (it waits for the sagas, then finds them gone)."""
+
+    async def save(self, changes: Changes) -> None: ...
+
+
+class Store(Protocol):
+    def transaction(self) -> AbstractAsyncContextManager[Transaction]: ...
+
+    async def get_saga(self, saga_id: str) -> Saga | None: ...
+
+    async def journal(self, saga_id: str) -> list[JournalEntry]: ...
+
+    async def snapshot(self, saga_id: str) -> tuple[Saga | None, list[JournalEntry]]:
+        """The saga row and its journal, read at one moment."""
+
+    async def records(self, saga_id: str) -> Records:
+        """The saga row, its journal, its timers and its outbox rows, read at one moment."""
+
+    async def saga_ids(self, workflow: str | None = None) -> list[str]: ...
+
+    async def next_deadline(self, workflows: Collection[str] | None = None) -> datetime | None:
+        """When the earliest pending deadline (of a saga of ``workflows``, when given) falls due,
+        to set the alarm."""
+
+    async def unsent(self, limit: int, older_than: datetime | None = None) -> list[OutgoingCommand]:
+        """Outbox rows not yet confirmed by the broker, oldest first."""
+
+    async def mark_sent(self, message_ids: Sequence[str]) -> None: ...
+
+    async def close(self) -> None: ...
