@@ -33,7 +33,10 @@ def load_workflows(module_names: str) -> list[Workflow]:
             module = importlib.import_module(name)
         except ModuleNotFoundError as error:
             if error.name and (name == error.name or name.startswith(error.name + ".")):
-                raise SystemExit(f"orchestrator: no workflow module {name!r}") from None
+                raise SystemExit(
+                    f"orchestrator: no workflow module {name!r}: it must be importable, installed in"
+                    " this environment or on PYTHONPATH (PYTHONPATH=. for the current directory)"
+                ) from None
             raise
         candidates: list[Any] = list(getattr(module, "WORKFLOWS", [])) or list(vars(module).values())
         for value in candidates:
