@@ -26,7 +26,7 @@ CONTEXT_FIELDS = ("saga_id", "message_id", "actor")
 
 def load_workflows(module_names: str) -> list[Workflow]:
     """Every workflow a module (or comma-separated modules) defines: ``Workflow`` objects at top
-    level, and classes that ``@saga`` compiled (they carry ``workflow``)."""
+    level, and ``Saga`` subclasses (they carry ``workflow``)."""
     found: list[Workflow] = []
     for name in [n.strip() for n in module_names.split(",") if n.strip()]:
         try:
