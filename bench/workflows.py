@@ -15,8 +15,7 @@ import os
 from dataclasses import dataclass
 from datetime import timedelta
 
-from orchestrator.core.messages import Command, Event
-from orchestrator.core.steps import saga, step
+from orchestrator import Command, Event, Saga, step
 from orchestrator.examples.order import OrderSaga
 
 ORDER = "bench_order"
@@ -44,8 +43,7 @@ class HoldPlaced(Event):
     hold_id: str
 
 
-@saga(starts_on=HoldRequested, key="hold_id", name=HOLD)
-class BenchHoldSaga:
+class BenchHoldSaga(Saga, starts_on=HoldRequested, key="hold_id", name=HOLD):
     """One step nobody answers: the saga ends ``compensated`` when its deadline fires."""
 
     @step(done=HoldPlaced, deadline=HOLD_DEADLINE)
@@ -54,5 +52,5 @@ class BenchHoldSaga:
 
 
 #: The order saga of orchestrator.examples, every deadline an hour.
-BENCH_ORDER = OrderSaga.workflow.with_deadlines(ORDER, PARKED)  # type: ignore[attr-defined]
-WORKFLOWS = [BENCH_ORDER, BenchHoldSaga.workflow]  # type: ignore[attr-defined]
+BENCH_ORDER = OrderSaga.workflow.with_deadlines(ORDER, PARKED)
+WORKFLOWS = [BENCH_ORDER, BenchHoldSaga.workflow]

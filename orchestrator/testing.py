@@ -1,5 +1,7 @@
 """The test kit for teams writing workflows: no broker, no database, a clock you move by hand.
 
+    from orchestrator.testing import WorkflowTestKit
+
     kit = WorkflowTestKit(OrderSaga.workflow)
     kit.publish(OrderPlaced("o-1", "c-1", [Line("sku", 1)], 500))
     assert kit.sent_types() == ["inventory.ReserveStock"]
@@ -8,6 +10,12 @@
 
 It runs the same service layer and engine as the real service, over the in-memory store, so
 a workflow that passes here behaves the same against RabbitMQ and PostgreSQL.
+
+A public module (see :mod:`orchestrator`): ``WorkflowTestKit``; ``ActionRefused``, which
+:meth:`WorkflowTestKit.act` raises for an action that does not fit the saga (the REST API's 409);
+and the types the kit hands back, named so that a test's helpers can be annotated:
+``SagaSnapshot`` (``kit.saga(key)``: state, status, data, ...) and ``OutgoingCommand`` (each
+command in ``kit.sent``).
 """
 
 from __future__ import annotations
@@ -28,13 +36,26 @@ from orchestrator.core.messages import Message, dump
 from orchestrator.core.replay import verify
 from orchestrator.core.routing import Registry
 from orchestrator.service.batch import BatchResult, Envelope, Verdict, fire_due_deadlines, process_batch
-from orchestrator.service.operations import Applied, OperatorAction, apply_action, start_saga
+from orchestrator.service.operations import (
+    ActionRefused,
+    Applied,
+    OperatorAction,
+    apply_action,
+    start_saga,
+)
 from orchestrator.service.store import JournalEntry
 
-__all__ = ["WorkflowTestKit"]
+__all__ = ["ActionRefused", "OutgoingCommand", "SagaSnapshot", "WorkflowTestKit"]
+
+#: What ``kit.saga(key)`` returns: one saga as its row holds it. Another name than the engine's
+#: ``Saga`` because ``orchestrator.Saga`` is the base class step sagas are written on.
+SagaSnapshot = Saga
 
 
 class WorkflowTestKit:
+    """Workflows run over the in-memory store, driven by hand: ``publish`` or ``reply`` events,
+    ``advance`` the clock, look at ``sent`` and ``saga(key)``. Call ``close()`` when done."""
+
     def __init__(
         self, *workflows: Workflow, now: datetime | None = None, max_parked: int = DEFAULT_MAX_PARKED
     ) -> None:
@@ -108,7 +129,7 @@ class WorkflowTestKit:
         self.now = target
         return fired
 
-    def saga(self, key: str, workflow: str | None = None) -> Saga:
+    def saga(self, key: str, workflow: str | None = None) -> SagaSnapshot:
         name = workflow or next(iter(self.registry.workflows))
         found = self.store.sagas.get(saga_id_for(name, key))
         if found is None:

@@ -3,7 +3,7 @@
 Two ways to write one, both ending in the same :class:`Workflow`:
 
 * a free state machine, ``Workflow(...)`` with ``state()`` and ``on()`` (the escrow);
-* a step sequence, ``@saga`` on a class whose ``@step`` methods build commands (the order), which
+* a step sequence, a ``Saga`` subclass whose ``@step`` methods build commands (the order), which
   :mod:`orchestrator.core.steps` turns into states and rules.
 
 Nothing here runs I/O or reads a clock: a definition is a value, so a journal replayed through it

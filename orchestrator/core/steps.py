@@ -1,7 +1,6 @@
 """The step-sequence way to write a workflow: each step a command, its replies, its compensation.
 
-    @saga(starts_on=OrderPlaced, key="order_id")
-    class OrderSaga:
+    class OrderSaga(Saga, starts_on=OrderPlaced, key="order_id"):
         @step(done=StockReserved, failed=OutOfStock, deadline=timedelta(seconds=30))
         def reserve(self, order: OrderPlaced) -> ReserveStock: ...
 
@@ -16,10 +15,10 @@ completed steps are compensated newest first, one at a time.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import Any, TypeVar, get_type_hints, overload
+from typing import Any, ClassVar, get_type_hints, overload
 
 from orchestrator.core.definitions import (
     CANCEL,
@@ -33,9 +32,8 @@ from orchestrator.core.definitions import (
 )
 from orchestrator.core.messages import Command, Event, Message, load
 
-__all__ = ["Step", "saga", "step"]
+__all__ = ["Saga", "Step", "step"]
 
-T = TypeVar("T")
 StepMethod = Callable[[Any, Any], Command]
 
 
@@ -122,9 +120,9 @@ def step(
     return register
 
 
-def _builder(cls: type, method: StepMethod, starts_on: type[Event]) -> Callable[[SagaView], Message]:
+def _builder(cls: type[Saga], method: StepMethod, starts_on: type[Event]) -> Callable[[SagaView], Message]:
     def build(view: SagaView) -> Message:
-        instance: Any = object.__new__(cls)
+        instance = object.__new__(cls)
         instance.saga_id = view.saga_id
         instance.key = view.key
         instance.data = view.data
@@ -142,7 +140,7 @@ def _builder(cls: type, method: StepMethod, starts_on: type[Event]) -> Callable[
 
 
 def compile_steps(
-    cls: type, starts_on: type[Event], key: str, name: str, unexpected: Policy = Policy.IGNORE
+    cls: type[Saga], starts_on: type[Event], key: str, name: str, unexpected: Policy = Policy.IGNORE
 ) -> Workflow:
     steps = [value for value in vars(cls).values() if isinstance(value, Step)]
     if not steps:
@@ -216,14 +214,39 @@ def compile_steps(
     return workflow.check()
 
 
-def saga(
-    *, starts_on: type[Event], key: str, name: str | None = None, unexpected: Policy = Policy.IGNORE
-) -> Callable[[type[T]], type[T]]:
-    """Compile the decorated class's steps into a workflow, kept on the class as ``workflow``."""
+class Saga:
+    """The base of a step saga: its subclass's ``@step`` methods are compiled into ``workflow``
+    when the class is defined, from the keywords it is declared with::
 
-    def register(cls: type[T]) -> type[T]:
+        class OrderSaga(Saga, starts_on=OrderPlaced, key="order_id", name="order"): ...
+
+    A base class rather than a decorator so that ``OrderSaga.workflow`` and, in a step method,
+    ``self.data`` are attributes a type checker knows: user code needs no ``# type: ignore``.
+
+    A step method is called on an instance made for the one saga whose command it builds: its
+    argument is the start event, read from the saga's data (with the fields the workflow lets
+    replies update), and ``self.data`` is all of that data, so a compensation reads there what a
+    later reply brought (``self.data["charge_id"]``). The instance is made without ``__init__``
+    and lives for one call: keep nothing on it.
+    """
+
+    #: the compiled workflow: what ``WorkflowTestKit`` and ``orchestrator run`` take
+    workflow: ClassVar[Workflow]
+    #: the saga the command is built for: its id, its key (the start event's ``key`` field)
+    saga_id: str
+    key: str
+    #: the saga's data: the start event's fields, and the declared fields of every reply taken
+    data: Mapping[str, Any]
+
+    def __init_subclass__(
+        cls,
+        *,
+        starts_on: type[Event],
+        key: str,
+        name: str | None = None,
+        unexpected: Policy = Policy.IGNORE,
+        **kwargs: Any,
+    ) -> None:
+        super().__init_subclass__(**kwargs)
         workflow_name = name or cls.__name__.removesuffix("Saga").lower() or cls.__name__.lower()
-        cls.workflow = compile_steps(cls, starts_on, key, workflow_name, unexpected)  # type: ignore[attr-defined]
-        return cls
-
-    return register
+        cls.workflow = compile_steps(cls, starts_on, key, workflow_name, unexpected)

@@ -26,14 +26,17 @@ CONTEXT_FIELDS = ("saga_id", "message_id", "actor")
 
 def load_workflows(module_names: str) -> list[Workflow]:
     """Every workflow a module (or comma-separated modules) defines: ``Workflow`` objects at top
-    level, and classes that ``@saga`` compiled (they carry ``workflow``)."""
+    level, and ``Saga`` subclasses (they carry ``workflow``)."""
     found: list[Workflow] = []
     for name in [n.strip() for n in module_names.split(",") if n.strip()]:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as error:
             if error.name and (name == error.name or name.startswith(error.name + ".")):
-                raise SystemExit(f"orchestrator: no workflow module {name!r}") from None
+                raise SystemExit(
+                    f"orchestrator: no workflow module {name!r}: it must be importable, installed in"
+                    " this environment or on PYTHONPATH (PYTHONPATH=. for the current directory)"
+                ) from None
             raise
         candidates: list[Any] = list(getattr(module, "WORKFLOWS", [])) or list(vars(module).values())
         for value in candidates:

@@ -3,6 +3,6 @@
 from orchestrator.examples.escrow import escrow
 from orchestrator.examples.order import OrderSaga
 
-WORKFLOWS = [OrderSaga.workflow, escrow]  # type: ignore[attr-defined]
+WORKFLOWS = [OrderSaga.workflow, escrow]
 
 __all__ = ["WORKFLOWS", "OrderSaga", "escrow"]

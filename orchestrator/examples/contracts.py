@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from orchestrator.core.messages import Command, Event
+from orchestrator import Command, Event
 
 
 @dataclass(frozen=True)

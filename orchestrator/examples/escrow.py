@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from orchestrator.core.definitions import IGNORE, PARK, Retry, Undo, Workflow
+from orchestrator import IGNORE, PARK, Retry, Undo, Workflow
 from orchestrator.examples.contracts import (
     BuyerRefused,
     BuyerSigned,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from orchestrator.core.steps import saga, step
+from orchestrator import Saga, step
 from orchestrator.examples.contracts import (
     ChargePayment,
     OrderPlaced,
@@ -23,8 +23,7 @@ from orchestrator.examples.contracts import (
 )
 
 
-@saga(starts_on=OrderPlaced, key="order_id", name="order")
-class OrderSaga:
+class OrderSaga(Saga, starts_on=OrderPlaced, key="order_id", name="order"):
     """Reserve stock, charge, ship; on failure undo what was done, newest first."""
 
     @step(done=StockReserved, failed=OutOfStock, deadline=timedelta(seconds=30))

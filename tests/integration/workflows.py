@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from orchestrator.core.definitions import Retry
-from orchestrator.core.steps import saga, step
+from orchestrator import Retry, Saga, step
 from orchestrator.examples.contracts import (
     ChargePayment,
     OrderPlaced,
@@ -26,8 +25,7 @@ from orchestrator.examples.contracts import (
 RETRY = Retry(every=timedelta(seconds=1), backoff=2.0, max_every=timedelta(seconds=2))
 
 
-@saga(starts_on=OrderPlaced, key="order_id", name="order")
-class FastOrderSaga:
+class FastOrderSaga(Saga, starts_on=OrderPlaced, key="order_id", name="order"):
     @step(done=StockReserved, failed=OutOfStock, deadline=timedelta(seconds=8), retry=RETRY)
     def reserve(self, order: OrderPlaced) -> ReserveStock:
         return ReserveStock(order.order_id, order.lines)
@@ -49,4 +47,4 @@ class FastOrderSaga:
         return ShipOrder(order.order_id, order.lines)
 
 
-WORKFLOWS = [FastOrderSaga.workflow]  # type: ignore[attr-defined]
+WORKFLOWS = [FastOrderSaga.workflow]

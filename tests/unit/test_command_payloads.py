@@ -20,7 +20,7 @@ from orchestrator.core.machine import CompiledWorkflow
 from orchestrator.examples import OrderSaga, escrow
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-ORDER = CompiledWorkflow(OrderSaga.workflow)  # type: ignore[attr-defined]
+ORDER = CompiledWorkflow(OrderSaga.workflow)
 ESCROW = CompiledWorkflow(escrow)
 HUGE = "1" * 25  # valid JSON text, an int to the schema, past 64 bits
 

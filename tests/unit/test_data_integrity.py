@@ -12,13 +12,13 @@ from typing import Any
 import orjson
 import pytest
 
+from orchestrator import Saga, step
 from orchestrator.core.definitions import DefinitionError, Workflow
 from orchestrator.core.engine import Incoming, Outcome, decide
 from orchestrator.core.ingress import Reason
 from orchestrator.core.machine import CompiledWorkflow
 from orchestrator.core.messages import Command, Event, dump
 from orchestrator.core.replay import differences, replay
-from orchestrator.core.steps import saga, step
 from orchestrator.examples import OrderSaga
 from orchestrator.examples.contracts import Line, OrderPlaced
 from orchestrator.service.batch import Envelope, Verdict
@@ -27,7 +27,7 @@ from orchestrator.service.store import JournalEntry
 from orchestrator.testing import WorkflowTestKit
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
-ORDER = OrderSaga.workflow  # type: ignore[attr-defined]
+ORDER = OrderSaga.workflow
 
 
 def placed(order_id: str = "o-1") -> OrderPlaced:
@@ -174,9 +174,8 @@ class Billed(Event):
     booking_id: str
 
 
-def _hotel(**updates: Any) -> type:
-    @saga(starts_on=Booked, key="booking_id", name="hotel")
-    class Hotel:
+def _hotel(**updates: Any) -> type[Saga]:
+    class Hotel(Saga, starts_on=Booked, key="booking_id", name="hotel"):
         @step(done=Quoted, **updates)
         def quote(self, booking: Booked) -> Quote:
             return Quote(booking.booking_id, booking.nights)
@@ -189,7 +188,7 @@ def _hotel(**updates: Any) -> type:
 
 
 def _quoted(updates: dict[str, Any]) -> dict[str, Any]:
-    kit = WorkflowTestKit(_hotel(**updates).workflow)  # type: ignore[attr-defined]
+    kit = WorkflowTestKit(_hotel(**updates).workflow)
     try:
         kit.publish(Booked("b-1", 3, 100))
         saga = kit.saga("b-1")
@@ -253,7 +252,7 @@ def test_updates_refuse_a_field_the_start_event_does_not_have() -> None:
 
 # skip obeys the same rule -------------------------------------------------------------------------
 def test_skip_data_cannot_change_a_fixed_field_and_drops_undeclared_ones() -> None:
-    kit = WorkflowTestKit(_hotel().workflow)  # type: ignore[attr-defined]
+    kit = WorkflowTestKit(_hotel().workflow)
     try:
         kit.publish(Booked("b-1", 3, 100))
         saga = kit.saga("b-1")
@@ -278,7 +277,7 @@ def test_skip_data_cannot_change_a_fixed_field_and_drops_undeclared_ones() -> No
 
 
 def test_skip_may_change_a_field_its_outcome_updates() -> None:
-    kit = WorkflowTestKit(_hotel(updates=("rate_cents",)).workflow)  # type: ignore[attr-defined]
+    kit = WorkflowTestKit(_hotel(updates=("rate_cents",)).workflow)
     try:
         kit.publish(Booked("b-1", 3, 100))
         applied = kit.act(
@@ -291,7 +290,7 @@ def test_skip_may_change_a_field_its_outcome_updates() -> None:
 
 
 def test_skip_data_the_schema_reads_into_an_unstorable_value_is_a_bad_request() -> None:
-    kit = WorkflowTestKit(_hotel(updates=("rate_cents",)).workflow)  # type: ignore[attr-defined]
+    kit = WorkflowTestKit(_hotel(updates=("rate_cents",)).workflow)
     try:
         kit.publish(Booked("b-1", 3, 100))
         saga = kit.saga("b-1")
@@ -306,7 +305,7 @@ def test_skip_data_the_schema_reads_into_an_unstorable_value_is_a_bad_request() 
 
 # 2. one rule for JSON types on both paths ---------------------------------------------------------
 def test_start_data_is_the_event_as_its_schema_reads_it_over_amqp_and_rest() -> None:
-    kit = WorkflowTestKit(_hotel().workflow)  # type: ignore[attr-defined]
+    kit = WorkflowTestKit(_hotel().workflow)
     try:
         kit.deliver(raw("hotel.Booked", {"booking_id": "amqp", "nights": "3", "rate_cents": 100, "x": 1}))
         kit.start("hotel", "rest", {"nights": "3", "rate_cents": 100, "x": 1})

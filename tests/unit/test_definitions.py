@@ -1,4 +1,4 @@
-"""Workflow definitions: what ``Workflow`` refuses, and what the ``@saga``/``@step`` compiler produces."""
+"""Workflow definitions: what ``Workflow`` refuses, and what the step compiler (``Saga``, ``@step``) makes."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
+from orchestrator import Saga, step
 from orchestrator.core.definitions import CANCEL, DEADLINE, IGNORE, DefinitionError, Status, Undo, Workflow
 from orchestrator.core.engine import Incoming, Outcome, decide
 from orchestrator.core.machine import CompiledWorkflow
 from orchestrator.core.messages import Command, Event
-from orchestrator.core.steps import saga, step
 from tests.unit.trips import BookFlight, CancelFlight, FlightBooked, FlightCancelled, TripRequested
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -177,7 +177,7 @@ def test_a_state_with_a_deadline_adds_the_deadline_rule():
 def test_with_deadlines_is_the_same_workflow_on_another_clock():
     from orchestrator.examples.order import OrderSaga
 
-    order: Workflow = OrderSaga.workflow  # type: ignore[attr-defined]
+    order: Workflow = OrderSaga.workflow
     slow = order.with_deadlines("slow_order", timedelta(hours=1))
 
     assert slow.name == "slow_order" and order.name == "order"
@@ -195,26 +195,23 @@ def test_with_deadlines_is_the_same_workflow_on_another_clock():
 
 
 def test_a_step_saga_needs_a_step():
-    class EmptySaga:
-        pass
-
     with pytest.raises(DefinitionError, match="declares no @step"):
-        saga(starts_on=TripRequested, key="trip_id")(EmptySaga)
+
+        class EmptySaga(Saga, starts_on=TripRequested, key="trip_id"):
+            pass
 
 
 def test_a_step_cannot_take_the_name_of_a_final_state():
-    class ClashSaga:
-        @step(done=FlightBooked)
-        def completed(self, trip: TripRequested) -> BookFlight:
-            return BookFlight(trip.trip_id)
-
     with pytest.raises(DefinitionError, match="cannot be called completed"):
-        saga(starts_on=TripRequested, key="trip_id")(ClashSaga)
+
+        class ClashSaga(Saga, starts_on=TripRequested, key="trip_id"):
+            @step(done=FlightBooked)
+            def completed(self, trip: TripRequested) -> BookFlight:
+                return BookFlight(trip.trip_id)
 
 
-# the @saga / @step compiler ----------------------------------------------------------------------------
-@saga(starts_on=TripRequested, key="trip_id")
-class TripSaga:
+# the Saga / @step compiler -----------------------------------------------------------------------------
+class TripSaga(Saga, starts_on=TripRequested, key="trip_id"):
     """Book a flight, a hotel, charge the card."""
 
     @step(done=FlightBooked, deadline=timedelta(seconds=30))
@@ -255,7 +252,7 @@ def _rules(workflow: Workflow, event: str | None = None) -> list[tuple[Any, ...]
 
 
 def test_a_cancel_undoes_what_each_step_did_as_its_failure_would():
-    workflow = QuickTripSaga.workflow  # type: ignore[attr-defined]
+    workflow = QuickTripSaga.workflow
 
     assert _rules(workflow, CANCEL) == [
         (CANCEL, "flight", "compensated", []),
@@ -265,7 +262,7 @@ def test_a_cancel_undoes_what_each_step_did_as_its_failure_would():
 
 
 def test_the_compiler_names_the_workflow_after_the_class():
-    workflow = TripSaga.workflow  # type: ignore[attr-defined]
+    workflow = TripSaga.workflow
 
     assert (workflow.name, workflow.key, workflow.starts_on, workflow.initial) == (
         "trip",
@@ -277,7 +274,7 @@ def test_the_compiler_names_the_workflow_after_the_class():
 
 
 def test_the_compiler_produces_a_state_per_step_and_per_waiting_compensation():
-    assert _states(TripSaga.workflow) == {  # type: ignore[attr-defined]
+    assert _states(TripSaga.workflow) == {
         "flight": (Status.RUNNING, False, timedelta(seconds=30), "compensated", ["flights.BookFlight"]),
         "hotel": (Status.RUNNING, False, None, None, ["hotels.BookHotel"]),
         "charge": (
@@ -302,7 +299,7 @@ def test_the_compiler_produces_a_state_per_step_and_per_waiting_compensation():
 
 
 def test_the_compiler_produces_the_rules_of_the_steps():
-    assert _rules(TripSaga.workflow) == [  # type: ignore[attr-defined]
+    assert _rules(TripSaga.workflow) == [
         (DEADLINE, "flight", "compensated", []),
         ("flights.FlightBooked", "flight", "hotel", []),
         ("hotels.HotelBooked", "hotel", "charge", []),
@@ -316,7 +313,7 @@ def test_the_compiler_produces_the_rules_of_the_steps():
 
 
 def test_the_compiled_step_saga_runs_and_compensates():
-    compiled = CompiledWorkflow(TripSaga.workflow)  # type: ignore[attr-defined]
+    compiled = CompiledWorkflow(TripSaga.workflow)
     trip = {"trip_id": "t-1", "city": "Lisbon"}
 
     def send(saga_, type_name: str) -> Any:
@@ -343,8 +340,7 @@ def test_the_compiled_step_saga_runs_and_compensates():
 
 
 # fire-and-forget compensation ---------------------------------------------------------------------------
-@saga(starts_on=TripRequested, key="trip_id", name="quicktrip")
-class QuickTripSaga:
+class QuickTripSaga(Saga, starts_on=TripRequested, key="trip_id", name="quicktrip"):
     @step(done=FlightBooked)
     def flight(self, trip: TripRequested) -> BookFlight:
         return BookFlight(trip.trip_id)
@@ -367,7 +363,7 @@ class QuickTripSaga:
 
 
 def test_a_fire_and_forget_compensation_has_no_waiting_state():
-    workflow = QuickTripSaga.workflow  # type: ignore[attr-defined]
+    workflow = QuickTripSaga.workflow
 
     assert list(workflow.states) == [
         "flight",
@@ -389,7 +385,7 @@ def test_a_fire_and_forget_compensation_has_no_waiting_state():
 
 
 def _quick_trip_at_charge() -> tuple[CompiledWorkflow, Any]:
-    compiled = CompiledWorkflow(QuickTripSaga.workflow)  # type: ignore[attr-defined]
+    compiled = CompiledWorkflow(QuickTripSaga.workflow)
     saga_ = decide(
         compiled, None, Incoming(TripRequested.TYPE, "m-0", {"trip_id": "t-1", "city": "Oslo"}), NOW
     )
@@ -438,8 +434,7 @@ def test_a_fire_and_forget_compensation_is_sent_newest_first(message):
 
 
 def test_a_fire_and_forget_compensation_alone_goes_straight_to_compensated():
-    @saga(starts_on=TripRequested, key="trip_id", name="hotelonly")
-    class HotelOnlySaga:
+    class HotelOnlySaga(Saga, starts_on=TripRequested, key="trip_id", name="hotelonly"):
         @step(done=HotelBooked)
         def hotel(self, trip: TripRequested) -> BookHotel:
             return BookHotel(trip.trip_id, trip.city)
@@ -452,7 +447,7 @@ def test_a_fire_and_forget_compensation_alone_goes_straight_to_compensated():
         def charge(self, trip: TripRequested) -> ChargeCard:
             return ChargeCard(trip.trip_id)
 
-    workflow = HotelOnlySaga.workflow  # type: ignore[attr-defined]
+    workflow = HotelOnlySaga.workflow
     assert list(workflow.states) == ["hotel", "charge", "completed", "compensated", "failed"]
     rule = workflow.rule_for("charge", CardDeclined.TYPE)
     assert rule is not None
@@ -465,8 +460,7 @@ class NoHotelsIn(Exception):
     pass
 
 
-@saga(starts_on=TripRequested, key="trip_id", name="brokentrip")
-class BrokenTripSaga:
+class BrokenTripSaga(Saga, starts_on=TripRequested, key="trip_id", name="brokentrip"):
     @step(done=FlightBooked)
     def flight(self, trip: TripRequested) -> BookFlight:
         if trip.city == "Atlantis":
@@ -478,7 +472,7 @@ class BrokenTripSaga:
         raise NoHotelsIn(f"no hotels in {trip.city}")
 
 
-BROKEN = CompiledWorkflow(BrokenTripSaga.workflow)  # type: ignore[attr-defined]
+BROKEN = CompiledWorkflow(BrokenTripSaga.workflow)
 
 
 def test_a_step_builder_that_raises_at_the_start_fails_the_saga():

@@ -31,7 +31,7 @@ from orchestrator.examples.contracts import EscrowOpened, FundsReceived
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
-ORDER = CompiledWorkflow(OrderSaga.workflow)  # type: ignore[attr-defined]
+ORDER = CompiledWorkflow(OrderSaga.workflow)
 ESCROW = CompiledWorkflow(escrow)
 
 ORDER_ID = "o-1"

@@ -11,13 +11,12 @@ from typing import Any
 
 import pytest
 
+from orchestrator import Command, Event, Saga, step
 from orchestrator.core import engine
 from orchestrator.core.definitions import Status
-from orchestrator.core.engine import Decision, Outcome, OutgoingCommand, Saga
-from orchestrator.core.messages import Command, Event
-from orchestrator.core.steps import saga, step
+from orchestrator.core.engine import Decision, Outcome
 from orchestrator.service.operations import ActionRefused, BadRequest
-from orchestrator.testing import WorkflowTestKit
+from orchestrator.testing import OutgoingCommand, SagaSnapshot, WorkflowTestKit
 from tests.unit.trips import BookFlight, CancelFlight, FlightBooked, FlightCancelled, TripRequested
 
 
@@ -45,8 +44,7 @@ class RefundCard(Command):
     trip_id: str
 
 
-@saga(starts_on=TripRequested, key="trip_id")
-class TripSaga:
+class TripSaga(Saga, starts_on=TripRequested, key="trip_id"):
     @step(done=FlightBooked, deadline=timedelta(seconds=30))
     def flight(self, trip: TripRequested) -> BookFlight:
         return BookFlight(trip.trip_id)
@@ -64,7 +62,7 @@ class TripSaga:
         return RefundCard(trip.trip_id)
 
 
-WORKFLOW = TripSaga.workflow  # type: ignore[attr-defined]
+WORKFLOW = TripSaga.workflow
 
 
 @pytest.fixture
@@ -74,7 +72,7 @@ def kit() -> Iterator[WorkflowTestKit]:
     made.close()
 
 
-def at_charge(kit: WorkflowTestKit) -> tuple[Saga, OutgoingCommand]:
+def at_charge(kit: WorkflowTestKit) -> tuple[SagaSnapshot, OutgoingCommand]:
     kit.publish(TripRequested("t-1", "Oslo"))
     (book,) = kit.take_sent()
     kit.reply(book, FlightBooked("t-1"))
@@ -83,7 +81,9 @@ def at_charge(kit: WorkflowTestKit) -> tuple[Saga, OutgoingCommand]:
     return kit.saga("t-1"), charge
 
 
-def failed_on_the_cancel_deadline(kit: WorkflowTestKit) -> tuple[Saga, OutgoingCommand, OutgoingCommand]:
+def failed_on_the_cancel_deadline(
+    kit: WorkflowTestKit,
+) -> tuple[SagaSnapshot, OutgoingCommand, OutgoingCommand]:
     """charge times out, the flight's cancel is sent, its deadline passes: the saga failed."""
     _, charge = at_charge(kit)
     kit.advance(timedelta(minutes=2, seconds=1))
@@ -298,8 +298,7 @@ class CardRefunded(Event):
     trip_id: str
 
 
-@saga(starts_on=TripRequested, key="trip_id", name="brittle")
-class BrittleTripSaga:
+class BrittleTripSaga(Saga, starts_on=TripRequested, key="trip_id", name="brittle"):
     """The flight's cancel cannot be built: reached after the card's refund, the saga fails."""
 
     @step(done=FlightBooked)
@@ -324,7 +323,7 @@ class BrittleTripSaga:
 
 
 def test_a_skip_on_a_given_up_compensation_whose_move_fails_leaves_the_saga_where_it_was() -> None:
-    kit = WorkflowTestKit(BrittleTripSaga.workflow)  # type: ignore[attr-defined]
+    kit = WorkflowTestKit(BrittleTripSaga.workflow)
     try:
         kit.publish(TripRequested("t-1", "Oslo"))
         kit.reply(kit.take_sent()[0], FlightBooked("t-1"))

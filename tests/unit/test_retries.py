@@ -6,8 +6,8 @@ from datetime import timedelta
 
 import pytest
 
+from orchestrator import Saga, step
 from orchestrator.core.definitions import Retry, Status
-from orchestrator.core.steps import saga, step
 from orchestrator.examples.contracts import (
     ChargePayment,
     Line,
@@ -24,8 +24,7 @@ from orchestrator.examples.contracts import (
 from orchestrator.testing import WorkflowTestKit
 
 
-@saga(starts_on=OrderPlaced, key="order_id", name="retrying")
-class RetryingOrder:
+class RetryingOrder(Saga, starts_on=OrderPlaced, key="order_id", name="retrying"):
     @step(
         done=StockReserved,
         deadline=timedelta(seconds=60),
@@ -56,7 +55,7 @@ ORDER = OrderPlaced("o-1", "c-1", [Line("sku", 1)], 700)
 
 @pytest.fixture
 def kit() -> WorkflowTestKit:
-    return WorkflowTestKit(RetryingOrder.workflow)  # type: ignore[attr-defined]
+    return WorkflowTestKit(RetryingOrder.workflow)
 
 
 def test_a_step_is_resent_with_the_same_message_id_and_backoff(kit: WorkflowTestKit) -> None:

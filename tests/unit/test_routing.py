@@ -183,7 +183,7 @@ def test_command_types_lists_every_command_of_both_examples():
     ("workflow", "expected"),
     [
         (
-            OrderSaga.workflow,  # type: ignore[attr-defined]
+            OrderSaga.workflow,
             {
                 "inventory.ReserveStock",
                 "inventory.ReleaseStock",

@@ -11,13 +11,12 @@ from typing import Any
 import orjson
 import pytest
 
+from orchestrator import Saga, step
 from orchestrator.adapters.memory import MemoryStore
 from orchestrator.core.definitions import DEADLINE, Retry, Status
 from orchestrator.core.engine import Deadline, Outcome, OutgoingCommand, saga_id_for
 from orchestrator.core.messages import Message, dump
 from orchestrator.core.routing import Registry
-from orchestrator.core.steps import saga as saga_of
-from orchestrator.core.steps import step
 from orchestrator.examples import WORKFLOWS
 from orchestrator.examples.contracts import (
     BuyerRefused,
@@ -299,8 +298,7 @@ async def test_a_deadline_of_an_unknown_saga_is_dropped(store):
     assert store.deadlines == {}
 
 
-@saga_of(starts_on=OrderPlaced, key="order_id", name="late_retry")
-class LateRetryOrder:
+class LateRetryOrder(Saga, starts_on=OrderPlaced, key="order_id", name="late_retry"):
     """A charge whose retry falls due after its deadline, and a compensation that retries."""
 
     @step(done=StockReserved, failed=OutOfStock)
@@ -325,7 +323,7 @@ async def test_a_stale_retry_in_the_same_sweep_keeps_the_retry_its_deadline_set(
     """Both timers of the charge due in one sweep (the service was down): the deadline moves the
     saga to compensating_reserve and sets that state's retry; the charge's own retry row, stale
     now, must not remove it, or the release is never sent again."""
-    registry = Registry([LateRetryOrder.workflow])  # type: ignore[attr-defined]
+    registry = Registry([LateRetryOrder.workflow])
     saga_id = saga_id_for("late_retry", "o-1")
     await process_batch(registry, store, [envelope(placed(), "m-1")], NOW)
     await process_batch(registry, store, [envelope(StockReserved("o-1", "r-1"), "m-2")], NOW)

@@ -10,7 +10,7 @@ from orchestrator.testing import WorkflowTestKit
 
 
 def test_the_readme_example() -> None:
-    kit = WorkflowTestKit(OrderSaga.workflow)  # type: ignore[attr-defined]
+    kit = WorkflowTestKit(OrderSaga.workflow)
     kit.publish(OrderPlaced("o-1", "c-1", [Line("sku-1", 1)], 500))
     [reserve] = kit.take_sent()
     kit.reply(reserve, StockReserved("o-1", "r-1"))

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from orchestrator import Saga, step
 from orchestrator.core.definitions import Retry, Status
 from orchestrator.core.engine import Deadline, Incoming, OutgoingCommand
 from orchestrator.core.replay import (
@@ -20,7 +21,6 @@ from orchestrator.core.replay import (
     verify,
 )
 from orchestrator.core.routing import Registry
-from orchestrator.core.steps import saga, step
 from orchestrator.examples.contracts import (
     ChargePayment,
     Line,
@@ -38,8 +38,7 @@ from orchestrator.service.store import DueDeadline, JournalEntry
 from orchestrator.testing import WorkflowTestKit
 
 
-@saga(starts_on=OrderPlaced, key="order_id", name="audited")
-class AuditedOrder:
+class AuditedOrder(Saga, starts_on=OrderPlaced, key="order_id", name="audited"):
     @step(
         done=StockReserved,
         deadline=timedelta(seconds=60),
@@ -67,7 +66,7 @@ ORDER_TIME = datetime(2026, 1, 1, tzinfo=UTC)
 
 @pytest.fixture
 def kit() -> Iterator[WorkflowTestKit]:
-    kit = WorkflowTestKit(AuditedOrder.workflow)  # type: ignore[attr-defined]
+    kit = WorkflowTestKit(AuditedOrder.workflow)
     yield kit
     kit.close()
 
@@ -229,8 +228,7 @@ def test_an_outbox_row_of_another_workflow_is_reported(kit: WorkflowTestKit) -> 
 
 
 # the commands each entry records, against what deciding it again sends ----------------------------
-@saga(starts_on=OrderPlaced, key="order_id", name="audited")
-class ChangedOrder:
+class ChangedOrder(Saga, starts_on=OrderPlaced, key="order_id", name="audited"):
     """``AuditedOrder`` with the charge's builder changed: the same states, another amount."""
 
     @step(
@@ -299,7 +297,7 @@ def test_a_recorded_payload_the_workflow_does_not_send_is_reported(kit: Workflow
 def test_a_builder_changed_since_the_journal_was_written_is_reported(kit: WorkflowTestKit) -> None:
     charge = _charged(kit)
     saga_ = kit.saga("o-1")
-    changed = Registry([ChangedOrder.workflow]).workflows["audited"]  # type: ignore[attr-defined]
+    changed = Registry([ChangedOrder.workflow]).workflows["audited"]
     records = kit._loop.run_until_complete(kit.store.records(saga_.id))
     found = verify(changed, records)
     now = dict(charge.payload) | {"amount_cents": 800}
