@@ -209,8 +209,9 @@ class Decision:
             # also says the entry was decided by the declared-fields rule (replay.py)
             "merged": list(self.merged),
             # says the entry was decided by the rules for operators and late confirmations
-            # (issue 11, items 5-8): replay.py decides an entry without it as before them
-            "operators": 2,
+            # (issue 11, items 5-8): replay.py decides an entry without it as before them; 3:
+            # a late success's reply enters the data before its undo is built
+            "operators": 3,
         } | ({"dead_letter": str(self.dead_letter)} if self.dead_letter is not None else {})
 
 
@@ -355,6 +356,7 @@ def decide(
     replaying: bool = False,
     merge_all: bool = False,
     before_operators: bool = False,
+    late_merge: bool = True,
 ) -> Decision:
     """Decide what ``message`` does to ``saga`` (None: the message starts a new saga).
 
@@ -374,7 +376,11 @@ def decide(
     counts as a resend (``attempt``); ``resume`` starts by default where the saga failed, sends
     the commands it waited on there with their message ids (new ones for ``new_attempt``) and
     forgets the steps given up on that it takes up again. ``before_operators``: decide as before
-    those rules (a journal entry written then, see replay.py)."""
+    those rules (a journal entry written then, see replay.py).
+
+    A step's success that arrives after its deadline gave up on the step is undone; its declared
+    fields enter the data first, so the undo can name what it undoes (the charge's id).
+    ``late_merge=False``: as before that (a journal entry written then)."""
     workflow = compiled.workflow
     if saga is None:
         key = str(message.payload[workflow.key])
@@ -401,7 +407,7 @@ def decide(
             )
     late = _late_step(compiled, saga, message)
     if late is not None:
-        return _undo_late(compiled, bumped, late, previous, now)
+        return _undo_late(compiled, bumped, late, previous, message if late_merge else None, now)
     if saga.status is Status.FAILED and not before_operators:
         confirmed = _late_confirmation(compiled, bumped, previous, message, now, merge_all)
         if confirmed is not None:
@@ -536,16 +542,28 @@ def _late_confirmation(
     return _decision(draft, Outcome.MOVED, previous, f"{message.type} confirmed {state} after its deadline")
 
 
-def _undo_late(compiled: CompiledWorkflow, saga: Saga, step: str, previous: str, now: datetime) -> Decision:
-    """The step went through after all, after its deadline gave up on it: undo it now."""
+def _undo_late(
+    compiled: CompiledWorkflow, saga: Saga, step: str, previous: str, success: Incoming | None, now: datetime
+) -> Decision:
+    """The step went through after all, after its deadline gave up on it: undo it now, built from
+    the data with ``success``'s declared fields in it (None: a journal entry from before that)."""
     draft = _Draft(compiled, _with(saga, timed_out=tuple(s for s in saga.timed_out if s != step)), now)
     _, undo = compiled.workflow.late_success[step]
     try:
+        if success is not None:
+            draft.merge(success.type, success.payload)
         draft.build(undo)
     except Exception as error:
         return _failed(saga, previous, error, now)
     reason = f"{step} succeeded after its deadline: undone"
-    return Decision(draft.saga, Outcome.LATE_UNDONE, previous, tuple(draft.commands), reason=reason)
+    return Decision(
+        draft.saga,
+        Outcome.LATE_UNDONE,
+        previous,
+        tuple(draft.commands),
+        reason=reason,
+        merged=tuple(draft.merged),
+    )
 
 
 def _retry(compiled: CompiledWorkflow, saga: Saga, previous: str, now: datetime) -> Decision:

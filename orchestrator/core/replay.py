@@ -67,6 +67,7 @@ def rebuild(compiled: CompiledWorkflow, entries: Sequence[JournalEntry]) -> Rebu
             replaying=True,
             merge_all=before_declared,
             before_operators="operators" not in entry.decision,
+            late_merge=entry.decision.get("operators", 0) >= 3,
         )
         if decision.dropped_parked and saga is not None and "dropped_parked" not in entry.decision:
             kept = set(decision.dropped_parked)

@@ -15,6 +15,7 @@ from orchestrator import Command, Event, Saga, step
 from orchestrator.core import engine
 from orchestrator.core.definitions import Status
 from orchestrator.core.engine import Decision, Outcome
+from orchestrator.core.machine import CompiledWorkflow
 from orchestrator.service.operations import ActionRefused, BadRequest
 from orchestrator.testing import OutgoingCommand, SagaSnapshot, WorkflowTestKit
 from tests.unit.trips import BookFlight, CancelFlight, FlightBooked, FlightCancelled, TripRequested
@@ -345,5 +346,75 @@ def test_a_skip_on_a_given_up_compensation_whose_move_fails_leaves_the_saga_wher
         assert after.timed_out == failed.timed_out  # so resume still starts in compensating_charge
         assert after.last_error == "RuntimeError: the flight desk is closed"
         assert kit.replay_differences(after) == []
+    finally:
+        kit.close()
+
+
+# a late success's undo reads that success's fields ------------------------------------------------------
+@dataclass(frozen=True)
+class SeatHeld(Event):
+    TYPE = "seats.SeatHeld"
+    trip_id: str
+    hold_id: str
+
+
+@dataclass(frozen=True)
+class HoldSeat(Command):
+    TYPE = "seats.HoldSeat"
+    trip_id: str
+
+
+@dataclass(frozen=True)
+class ReleaseHold(Command):
+    TYPE = "seats.ReleaseHold"
+    trip_id: str
+    hold_id: str
+
+
+class HeldTripSaga(Saga, starts_on=TripRequested, key="trip_id", name="held_trip"):
+    @step(done=SeatHeld, deadline=timedelta(seconds=30))
+    def seat(self, trip: TripRequested) -> HoldSeat:
+        return HoldSeat(trip.trip_id)
+
+    @seat.compensate
+    def release_hold(self, trip: TripRequested) -> ReleaseHold:
+        return ReleaseHold(trip.trip_id, hold_id=self.data["hold_id"])  # SeatHeld's
+
+
+def test_a_success_after_its_deadline_is_undone_with_its_own_fields() -> None:
+    """The undo of a late success names what it undoes: the hold's id came with that success.
+    It used to be built from the data as it was, without it, and the saga failed instead."""
+    kit = WorkflowTestKit(HeldTripSaga.workflow)
+    try:
+        kit.publish(TripRequested("t-1", "Oslo"))
+        (hold,) = kit.take_sent()
+        kit.advance(timedelta(seconds=31))  # the deadline gives up on the seat: compensated
+        assert kit.saga("t-1").status == Status.COMPENSATED
+
+        kit.reply(hold, SeatHeld("t-1", "h-9"))
+
+        (release,) = [c for c in kit.take_sent() if c.type == "seats.ReleaseHold"]
+        assert dict(release.payload) == {"trip_id": "t-1", "hold_id": "h-9"}
+        saga = kit.saga("t-1")
+        assert (saga.status, saga.data["hold_id"]) == (Status.COMPENSATED, "h-9")
+        assert kit.journal(saga)[-1].decision["merged"] == ["hold_id"]
+        assert kit.replay_differences(saga) == []
+    finally:
+        kit.close()
+
+
+def test_a_late_undo_journaled_before_that_replays_as_it_was_decided() -> None:
+    kit = WorkflowTestKit(HeldTripSaga.workflow)
+    try:
+        kit.publish(TripRequested("t-1", "Oslo"))
+        (hold,) = kit.take_sent()
+        kit.advance(timedelta(seconds=31))
+        saga = kit.saga("t-1")
+        message = engine.Incoming(SeatHeld.TYPE, "m-late", {"trip_id": "t-1", "hold_id": "h-9"})
+
+        compiled = CompiledWorkflow(HeldTripSaga.workflow)
+        old = engine.decide(compiled, saga, message, saga.updated_at, late_merge=False)
+
+        assert old.outcome is Outcome.FAILED  # the builder found no hold_id, as it did then
     finally:
         kit.close()
