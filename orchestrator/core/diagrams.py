@@ -1,20 +1,25 @@
 """A workflow as operators read it: its definition as plain data, and a mermaid state diagram.
 
-Pure, and drawn from the :class:`~orchestrator.core.definitions.Workflow` data rather than from a
-``transitions`` GraphMachine: a GraphMachine keeps a graph per model forever, and the workflow's
-own tables already say everything the diagram shows (moves, deadlines, cancels, parked and
-ignored events), so the picture cannot disagree with what the engine does.
+Pure. The diagram's edges are the compiled workflow's moves, the machine's own answers (see
+:mod:`orchestrator.core.machine`), so it draws what the engine does, derived cancels included;
+what the machine does not hold (deadline durations, park/ignore/fail policies, statuses) comes
+from the definition. It is not ``transitions``' own mermaid output (``GraphMachine(graph_engine=
+"mermaid")``, 0.9): that draws a model's graph (a model attached, with its current state styled),
+writes a state's name unquoted after ``as`` (a name with ``:`` or a space breaks the diagram), and
+knows nothing of deadlines, policies or statuses, so it could not give this shape without being
+parsed and rewritten.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from orchestrator.core.definitions import CANCEL, DEADLINE, Rule, Workflow
+from orchestrator.core.definitions import CANCEL, DEADLINE, Workflow
+from orchestrator.core.machine import Fired
 
 __all__ = ["RuleView", "StateView", "WorkflowView", "describe", "mermaid"]
 
@@ -129,11 +134,12 @@ def _label(text: str) -> str:
     return re.sub(r"[\r\n:;#]", " ", text).strip()
 
 
-def mermaid(workflow: Workflow, moves: Iterable[Rule] | None = None) -> str:
+def mermaid(workflow: Workflow, moves: Mapping[tuple[str, str], Fired] | None = None) -> str:
     """``stateDiagram-v2`` source: every move, deadline and cancel as an edge, policies as notes.
 
-    ``moves`` are the compiled workflow's moves when it has them: they include the cancels the
-    compiler derives for states that declare none, which the definition alone does not list.
+    ``moves`` are the compiled workflow's (:attr:`~orchestrator.core.machine.CompiledWorkflow.moves`):
+    the machine's answers, which include the cancels the compiler derives for states that declare
+    none. Without them the edges are the definition's rules, as declared.
     """
     ids: dict[str, str] = {}
     lines = ["stateDiagram-v2"]
@@ -146,17 +152,21 @@ def mermaid(workflow: Workflow, moves: Iterable[Rule] | None = None) -> str:
     if workflow.initial is not None:
         lines.append(f"    [*] --> {ids[workflow.initial]}: {_label(workflow.starts_on.TYPE)}")
     edges: dict[tuple[str, str], list[str]] = {}
-    for rule in workflow.rules if moves is None else moves:
-        if rule.dest is None or rule.source not in ids or rule.dest not in ids:
+    if moves is None:
+        declared = [(r.source, r.event, r.dest) for r in workflow.rules]
+    else:
+        declared = [(source, event, fired.dest) for (source, event), fired in moves.items()]
+    for source, event, dest in declared:
+        if dest is None or source not in ids or dest not in ids:
             continue
-        if rule.event == DEADLINE:
-            deadline = workflow.states[rule.source].deadline
+        if event == DEADLINE:
+            deadline = workflow.states[source].deadline
             label = f"deadline {_duration(deadline.total_seconds())}" if deadline else "deadline"
-        elif rule.event == CANCEL:
+        elif event == CANCEL:
             label = "cancel"
         else:
-            label = rule.event
-        labels = edges.setdefault((rule.source, rule.dest), [])
+            label = event
+        labels = edges.setdefault((source, dest), [])
         if label not in labels:
             labels.append(label)
     for (source, dest), labels in edges.items():

@@ -444,7 +444,7 @@ def decide(
     try:
         draft.move(message.type, message.payload if message.kind == "event" else None)
         draft.apply_parked()
-    except MachineError as error:  # the compiled tables and the machine disagree: a bug, say so
+    except MachineError as error:  # fired where the machine has no move: a bug, say so
         return _failed(bumped, previous, error, now)
     except Exception as error:  # a user's command builder raised
         return _failed(bumped, previous, error, now)

@@ -1,9 +1,17 @@
-"""One ``transitions`` machine per workflow, shared by all its sagas.
+"""One ``transitions`` machine per workflow, shared by all its sagas, and the table it fills.
 
-A saga is a row, not an object kept in memory: while one message is decided, a small model
-carrying the saga's state is attached to the workflow's machine, the trigger is fired, and the
-model is detached again. The machine's callbacks collect the commands to send into the model, so
-the machine stays the single authority on which event moves which state where.
+The machine is the authority on which trigger moves which state where, and on which commands that
+sends: a rule's own ``send`` in ``before``, then the destination's ``on_enter``, in the order the
+library calls them. Its answer depends on the state and the trigger alone (the callbacks only
+collect builders), so each (state, trigger) the machine knows is fired once, when the workflow is
+compiled, and the answers kept in :attr:`CompiledWorkflow.moves`. The engine reads only that
+table: firing the machine per message (attaching a model, then detaching it) cost more than the
+rest of a decision, and the table cannot say anything the machine did not.
+
+What the machine does not hold, the workflow's definition does: what an event that moves nothing
+does (:attr:`CompiledWorkflow.policies`, else the workflow's ``unexpected``), each state's status,
+deadline and retry, the fields an event may not change, and the commands the initial state sends
+(a saga's start is no transition).
 """
 
 from __future__ import annotations
@@ -49,8 +57,8 @@ def _collect_entered(builders: tuple[CommandBuilder, ...], event: Any) -> None:
 
 
 class CompiledWorkflow:
-    """A workflow compiled onto its ``transitions`` machine, with the number of events one of
-    its sagas may keep parked."""
+    """A workflow compiled onto its ``transitions`` machine, with the machine's answers
+    (:attr:`moves`) and the number of events one of its sagas may keep parked."""
 
     def __init__(self, workflow: Workflow, max_parked: int = DEFAULT_MAX_PARKED) -> None:
         if max_parked < 1:
@@ -71,13 +79,12 @@ class CompiledWorkflow:
             auto_transitions=False,
             send_event=True,
         )
-        self.moves: dict[tuple[str, str], Rule] = {}
         for rule in [*workflow.rules, *_derived_cancels(workflow)]:
             if rule.dest is None:
                 continue
-            if (rule.source, rule.event) in self.moves:
+            event = self.machine.events.get(rule.event)
+            if event is not None and event.transitions.get(rule.source):
                 raise DefinitionError(f"{workflow.name}: {rule.event} in {rule.source} is declared twice")
-            self.moves[(rule.source, rule.event)] = rule
             self.machine.add_transition(
                 # ``before``: a transition's own sends go out ahead of the destination's on_enter,
                 # which keeps fire-and-forget undos newest first.
@@ -86,7 +93,10 @@ class CompiledWorkflow:
                 rule.dest,
                 before=[partial(_collect, rule.send)],
             )
-        self._fired: dict[tuple[str, str], Fired] = {}
+        #: Every (state, trigger) the machine moves on, with what firing it does, each state's in
+        #: the order of the workflow's states (the diagram draws them so). Filled from the machine
+        #: here and never otherwise: nothing else says what moves.
+        self.moves: dict[tuple[str, str], Fired] = self._ask_all()
         self._fixed: dict[str, frozenset[str]] = {}
         self.policies = {(r.source, r.event): r.policy for r in workflow.rules if r.policy is not None}
 
@@ -106,24 +116,39 @@ class CompiledWorkflow:
         return Fired(spec.name, (), spec.on_enter)
 
     def fire(self, state: str, event_type: str) -> Fired:
-        """Fire ``event_type`` on a saga in ``state``; raises MachineError where it does not move.
-
-        The machine's answer depends on the state and the trigger alone (its callbacks only
-        collect builders), so it is asked once per pair and remembered: attaching a model costs
-        more than everything else a decision does."""
-        known = self._fired.get((state, event_type))
-        if known is None:
-            known = self._fired[(state, event_type)] = self._ask(state, event_type)
-        return known
-
-    def _ask(self, state: str, event_type: str) -> Fired:
-        model = _Model(state)
-        self.machine.add_model(model, initial=state)
+        """What firing ``event_type`` on a saga in ``state`` does, as the machine answered it at
+        compile time; MachineError where the machine has no such move."""
         try:
-            model.trigger(event_type)  # type: ignore[attr-defined]
+            return self.moves[(state, event_type)]
+        except KeyError:
+            raise MachineError(f"{self.workflow.name}: {event_type} does not move {state}") from None
+
+    def _ask_all(self) -> dict[tuple[str, str], Fired]:
+        """Fire every transition the machine has, once, on one model moved from state to state
+        (attaching a model for each question costs about 50 µs)."""
+        rank = {name: index for index, name in enumerate(self.machine.states)}
+        pairs = sorted(
+            (
+                (source, trigger)
+                for trigger, event in self.machine.events.items()
+                for source in event.transitions
+            ),
+            key=lambda pair: rank[pair[0]],
+        )
+        answers: dict[tuple[str, str], Fired] = {}
+        if not pairs:
+            return answers
+        model = _Model(pairs[0][0])
+        self.machine.add_model(model, initial=model.state)
+        try:
+            for source, trigger in pairs:
+                self.machine.set_state(source, model)
+                model.sends, model.entered = [], []
+                model.trigger(trigger)  # type: ignore[attr-defined]
+                answers[(source, trigger)] = Fired(model.state, tuple(model.sends), tuple(model.entered))
         finally:
             self.machine.remove_model(model)
-        return Fired(model.state, tuple(model.sends), tuple(model.entered))
+        return answers
 
 
 def _derived_cancels(workflow: Workflow) -> list[Rule]:

@@ -16,9 +16,15 @@ from orchestrator.adapters.postgres.store import PostgresStore
 from orchestrator.core.definitions import Workflow
 from orchestrator.core.routing import Registry
 from orchestrator.entrypoints.runtime import Orchestrator
-from orchestrator.entrypoints.settings import Settings
+from orchestrator.entrypoints.settings import ConfigurationError, Settings
 
-__all__ = ["build", "configure_logging", "load_workflows"]
+__all__ = ["BootstrapError", "build", "configure_logging", "load_workflows"]
+
+
+class BootstrapError(ConfigurationError):
+    """The service cannot be put together from what it was given (no such workflow module, no
+    workflows in it); the message says which."""
+
 
 #: Extras a log line about a message or a saga carries (``log.info(..., extra={...})``).
 CONTEXT_FIELDS = ("saga_id", "message_id", "actor")
@@ -33,8 +39,8 @@ def load_workflows(module_names: str) -> list[Workflow]:
             module = importlib.import_module(name)
         except ModuleNotFoundError as error:
             if error.name and (name == error.name or name.startswith(error.name + ".")):
-                raise SystemExit(
-                    f"orchestrator: no workflow module {name!r}: it must be importable, installed in"
+                raise BootstrapError(
+                    f"no workflow module {name!r}: it must be importable, installed in"
                     " this environment or on PYTHONPATH (PYTHONPATH=. for the current directory)"
                 ) from None
             raise
@@ -46,7 +52,7 @@ def load_workflows(module_names: str) -> list[Workflow]:
             if isinstance(value, Workflow) and all(value is not w for w in found):
                 found.append(value)
     if not found:
-        raise SystemExit(f"orchestrator: no workflows found in {module_names!r}")
+        raise BootstrapError(f"no workflows found in {module_names!r}")
     return found
 
 

@@ -268,15 +268,16 @@ def main(argv: list[str] | None = None) -> None:
 
     cli_dead_letters.add_parser(sub)
     args = parser.parse_args(argv)
+    from orchestrator.entrypoints.settings import ConfigurationError  # a setting, or a workflow module
 
-    settings = Settings.from_env(
-        workflows=getattr(args, "workflows", None),
-        namespace=getattr(args, "namespace", None),
-        api_host=getattr(args, "host", None),
-        api_port=getattr(args, "port", None),
-        api_insecure=getattr(args, "insecure", None),
-    )
     try:
+        settings = Settings.from_env(
+            workflows=getattr(args, "workflows", None),
+            namespace=getattr(args, "namespace", None),
+            api_host=getattr(args, "host", None),
+            api_port=getattr(args, "port", None),
+            api_insecure=getattr(args, "insecure", None),
+        )
         if args.command == "migrate":
             migrate(settings.database_url)
             print(f"migrated {mask_url(settings.database_url)}")
@@ -295,6 +296,9 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(_run(_verify(settings, args.saga)))
         elif args.command == "dead-letters":
             sys.exit(_run(cli_dead_letters.run(args, settings)))
+    except ConfigurationError as error:  # what it was given cannot be used: exit 1, as ever
+        print(f"orchestrator: {error}", file=sys.stderr)
+        sys.exit(1)
     except Unreachable as error:
         print(f"orchestrator: {error}", file=sys.stderr)
         sys.exit(2)

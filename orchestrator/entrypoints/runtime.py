@@ -198,12 +198,9 @@ class Orchestrator:
         await bounded("closing the database pool", self.store.close(), 1.0)
 
     async def _work(self) -> None:
-        consumer, limit = self.broker.consumer, self.settings.batch_size
-        while batch := await consumer.batch(limit, self._stopping):
-            await self._handle(batch)
-        # Stopping: what was handed out already is taken, not returned (a return counts as a
-        # delivery toward the queue's limit, and would be redelivered anyway).
-        while batch := consumer.taken_waiting(limit):
+        """Consume, then decide, commit and ack each batch, until stopping (the consumer says
+        what it still hands out then)."""
+        async for batch in self.broker.consumer.batches(self.settings.batch_size, self._stopping):
             await self._handle(batch)
 
     def stalled(self) -> str | None:

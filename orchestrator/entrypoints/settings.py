@@ -1,4 +1,9 @@
-"""Settings, from the environment: one object, read once at start."""
+"""Settings, from the environment: one object, read once at start.
+
+A value that cannot be used raises :class:`SettingsError`, whose message names the variable and
+says what it must be: the command line prints it as its one line (``orchestrator.entrypoints.cli``),
+and anything else that builds settings (a test, the benchmark) can catch it.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,17 @@ import os
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["Settings", "mask_url"]
+__all__ = ["ConfigurationError", "Settings", "SettingsError", "mask_url"]
+
+
+class ConfigurationError(Exception):
+    """What the service was given to run with cannot be used; the message says what and why, in
+    one line. Defined here, beside the settings, so that the command line can catch it without
+    importing what the service is built of."""
+
+
+class SettingsError(ConfigurationError, ValueError):
+    """A setting's value cannot be used; the message names the variable and what it must be."""
 
 
 def mask_url(url: str) -> str:
@@ -33,9 +48,9 @@ def _int(name: str, default: int, minimum: int | None = None) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise SystemExit(f"orchestrator: {name} must be an integer, not {raw!r}") from None
+        raise SettingsError(f"{name} must be an integer, not {raw!r}") from None
     if minimum is not None and value < minimum:
-        raise SystemExit(f"orchestrator: {name} must be at least {minimum}, not {raw!r}")
+        raise SettingsError(f"{name} must be at least {minimum}, not {raw!r}")
     return value
 
 
@@ -51,8 +66,8 @@ def _float(name: str, default: float) -> float:
     except ValueError:
         value = -1.0
     if not 0 < value <= _A_CENTURY:  # inf or 1e13 seconds would overflow every timedelta made of it
-        raise SystemExit(
-            f"orchestrator: {name} must be a positive number of seconds up to {_A_CENTURY:.0f}, not {raw!r}"
+        raise SettingsError(
+            f"{name} must be a positive number of seconds up to {_A_CENTURY:.0f}, not {raw!r}"
         )
     return value
 

@@ -28,7 +28,8 @@ from orchestrator.core.ingress import (
     check_json,
     dead_letter_of,
 )
-from orchestrator.core.routing import Registry
+from orchestrator.core.machine import CompiledWorkflow
+from orchestrator.core.routing import Registry, Target
 from orchestrator.service.store import Changes, JournalEntry, Store
 
 __all__ = ["BatchResult", "Envelope", "Verdict", "fire_due_deadlines", "process_batch"]
@@ -67,7 +68,8 @@ class _Parsed:
     payload: dict[str, Any]
     type: str
     message_id: str
-    keyed: list[tuple[Any, str | None, bool]]  # (compiled workflow, saga id from the key, starts)
+    #: the workflows that take it, each with the saga id its key gives and whether it starts one
+    keyed: list[Target]
     #: why no workflow takes this type (unknown_type, unknown_workflow): held until it is known
     #: whether its correlation id names a saga of ours, which journals it instead
     unrouted: Refused | None = None
@@ -103,8 +105,7 @@ def _parse(index: int, envelope: Envelope, registry: Registry) -> _Parsed:
                 Reason.KEY_TOO_LONG,
                 f"{target.workflow.workflow.key} is {len(str(key))} characters, over {MAX_KEY_LENGTH}",
             )
-    keyed = [(t.workflow, t.saga_id, t.starts) for t in targets]
-    return _Parsed(index, envelope, payload, envelope.type, envelope.message_id, keyed)
+    return _Parsed(index, envelope, payload, envelope.type, envelope.message_id, targets)
 
 
 async def process_batch(
@@ -128,7 +129,7 @@ async def process_batch(
     for p in parsed:
         if p.envelope.correlation_id:
             wanted.add(p.envelope.correlation_id)
-        wanted.update(saga_id for _, saga_id, _ in p.keyed if saga_id)
+        wanted.update(t.saga_id for t in p.keyed if t.saga_id)
 
     changes = Changes()
     async with store.transaction() as tx:
@@ -223,7 +224,9 @@ async def fire_due_deadlines(
     return result
 
 
-def _targets(p: _Parsed, registry: Registry, current: Mapping[str, Saga]) -> list[tuple[Any, Saga | None]]:
+def _targets(
+    p: _Parsed, registry: Registry, current: Mapping[str, Saga]
+) -> list[tuple[CompiledWorkflow, Saga | None]]:
     """The sagas a message goes to, with the saga (None where the message starts it).
 
     A start event (its type starts every workflow it is routed to) is identified by its key
@@ -234,7 +237,7 @@ def _targets(p: _Parsed, registry: Registry, current: Mapping[str, Saga]) -> lis
     journals it as ignored (a reply nobody waits for): it is never dead-lettered.
     """
     cid = p.envelope.correlation_id
-    starting = bool(p.keyed) and all(starts for _, _, starts in p.keyed)
+    starting = bool(p.keyed) and all(t.starts for t in p.keyed)
     if cid and not starting:
         correlated = current.get(cid)
         header = p.envelope.workflow
@@ -254,11 +257,12 @@ def _targets(p: _Parsed, registry: Registry, current: Mapping[str, Saga]) -> lis
         return [(compiled, correlated)]
     if p.unrouted is not None:
         raise p.unrouted
-    targets: list[tuple[Any, Saga | None]] = []
-    for compiled, saga_id, starts in p.keyed:
+    targets: list[tuple[CompiledWorkflow, Saga | None]] = []
+    for target in p.keyed:
+        compiled, saga_id = target.workflow, target.saga_id
         workflow = compiled.workflow
         saga = current.get(saga_id) if saga_id else None
-        if saga is None and not starts:
+        if saga is None and not target.starts:
             raise Refused(
                 Reason.UNKNOWN_SAGA,
                 f"no {workflow.name} saga for {workflow.key}={p.payload.get(workflow.key)!r}",

@@ -158,7 +158,7 @@ async def apply_action(
         compiled = registry.workflows.get(saga.workflow)
         if compiled is None:
             raise ActionRefused(f"workflow {saga.workflow!r} is not loaded by this service")
-        _check_names(compiled.workflow.states, compiled.workflow.events, action)
+        _check_names(compiled.workflow, action)
         decision = decide(compiled, saga, message, now)
         if decision.outcome is Outcome.REFUSED:
             raise ActionRefused(decision.reason or "refused")
@@ -170,8 +170,9 @@ async def apply_action(
     return Applied(decision.saga, False, changes.commands, [decision], message.message_id)
 
 
-def _check_names(states: Mapping[str, Any], events: Mapping[str, Any], action: OperatorAction) -> None:
+def _check_names(workflow: Workflow, action: OperatorAction) -> None:
     """Names that exist nowhere in the workflow are bad input (422), not a conflict (409)."""
+    states, events = workflow.states, workflow.events
     if action.new_attempt and action.name not in ("retry", "resume"):
         raise BadRequest(f"new_attempt is for retry and resume, not {action.name}")
     if action.step is not None and action.step not in states:

@@ -18,7 +18,7 @@ from orchestrator.adapters.postgres.queries import Queries
 from orchestrator.adapters.postgres.store import PostgresStore
 from orchestrator.core.routing import Registry
 from orchestrator.entrypoints.api.app import ApiContext, create_app
-from orchestrator.entrypoints.settings import Settings
+from orchestrator.entrypoints.settings import Settings, SettingsError
 from orchestrator.examples import WORKFLOWS
 
 NOWHERE = "postgresql+asyncpg://postgres@127.0.0.1:1/none"
@@ -190,5 +190,5 @@ async def test_a_body_over_the_cap_is_a_413_declared_or_streamed() -> None:
 
 def test_the_body_cap_must_be_positive(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ORCHESTRATOR_API_MAX_BODY_BYTES", "0")
-    with pytest.raises(SystemExit, match="ORCHESTRATOR_API_MAX_BODY_BYTES must be at least 1"):
+    with pytest.raises(SettingsError, match="ORCHESTRATOR_API_MAX_BODY_BYTES must be at least 1"):
         Settings.from_env()

@@ -14,7 +14,7 @@ from orchestrator.core.engine import Incoming, OutgoingCommand
 from orchestrator.core.routing import Registry
 from orchestrator.entrypoints import cli
 from orchestrator.entrypoints.bootstrap import configure_logging
-from orchestrator.entrypoints.settings import Settings
+from orchestrator.entrypoints.settings import Settings, SettingsError
 from orchestrator.examples import WORKFLOWS
 from orchestrator.service.deadlines import DeadlineAlarm
 from orchestrator.service.relay import Relay
@@ -135,7 +135,7 @@ def test_the_token_is_read_from_the_environment_and_never_shown(monkeypatch: pyt
 def test_a_bad_stuck_threshold_is_refused(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
     monkeypatch.setenv("ORCHESTRATOR_STUCK_AFTER_SECONDS", raw)
 
-    with pytest.raises(SystemExit, match="ORCHESTRATOR_STUCK_AFTER_SECONDS must be a positive number"):
+    with pytest.raises(SettingsError, match="ORCHESTRATOR_STUCK_AFTER_SECONDS must be a positive number"):
         Settings.from_env()
 
 

@@ -18,7 +18,7 @@ from orchestrator.core.machine import DEFAULT_MAX_PARKED, CompiledWorkflow
 from orchestrator.core.messages import Message, dump
 from orchestrator.core.replay import differences, replay
 from orchestrator.core.routing import Registry
-from orchestrator.entrypoints.settings import Settings
+from orchestrator.entrypoints.settings import Settings, SettingsError
 from orchestrator.examples import escrow
 from orchestrator.examples.contracts import (
     BuyerRefused,
@@ -67,7 +67,7 @@ def test_the_cap_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("ORCHESTRATOR_MAX_PARKED", "5")
     assert Settings.from_env().max_parked == 5
     monkeypatch.setenv("ORCHESTRATOR_MAX_PARKED", "0")
-    with pytest.raises(SystemExit, match="ORCHESTRATOR_MAX_PARKED must be at least 1"):
+    with pytest.raises(SettingsError, match="ORCHESTRATOR_MAX_PARKED must be at least 1"):
         Settings.from_env()
 
 

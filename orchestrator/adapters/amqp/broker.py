@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -222,6 +222,16 @@ class QueueConsumer:
             return True
         waiting.cancel()
         return False
+
+    async def batches(self, limit: int, stopping: asyncio.Event) -> AsyncIterator[list[Delivery]]:
+        """Batches of at most ``limit`` deliveries, each as soon as one is in hand, until
+        ``stopping`` is set; then, without waiting, the ones handed out already. Those are taken
+        to be acked, not left to return with the connection: a quorum queue counts a return as a
+        delivery toward its delivery limit, and would hand them out again anyway."""
+        while batch := await self.batch(limit, stopping):
+            yield batch
+        while batch := self.taken_waiting(limit):
+            yield batch
 
     async def batch(self, limit: int, stopping: asyncio.Event) -> list[Delivery]:
         """The deliveries in hand and not yet taken, at least one and at most ``limit``; an empty

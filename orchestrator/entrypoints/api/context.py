@@ -66,7 +66,7 @@ class ApiContext:
         for name, compiled in self.registry.workflows.items():
             self.views[name] = (
                 describe(compiled.workflow),
-                mermaid(compiled.workflow, compiled.moves.values()),
+                mermaid(compiled.workflow, compiled.moves),
             )
             self.waiting[name] = _waiting_for(compiled)
 
