@@ -45,8 +45,10 @@ run: migrate
 demo: migrate
 	$(BIN)/python -m bench.demo
 
-# The benchmark against ../shared/limit/pipeline.py (docs/benchmark.md); it migrates and empties
-# a database of its own (BENCH_DATABASE_URL, default orchestrator_bench), never the one above.
+# The benchmark (docs/benchmark.md), beside the floor script BENCH_FLOOR names, as in
+# `make bench BENCH_FLOOR=/path/to/pipeline.py`; without one it measures the orchestrator alone and
+# says so. It migrates and empties a database of its own (BENCH_DATABASE_URL, default
+# orchestrator_bench), never the one above.
 bench: migrate
 	$(BIN)/python -m bench
 

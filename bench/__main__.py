@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.config import FULL, QUICK, SCENARIOS, Sizes, Stack
+from bench.config import FULL, QUICK, SCENARIOS, Sizes, Stack, floor_from_env, floor_missing
 from bench.infra import Broker, Database
 from bench.processes import has_port_flag, migrate
 from bench.report import git_commit, load_average, machine, table
@@ -59,6 +59,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--amqp-url", default=os.environ.get("ORCHESTRATOR_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    )
+    parser.add_argument(
+        "--floor",
+        type=Path,
+        default=floor_from_env(),
+        help="the floor script, pipeline.py (BENCH_FLOOR); without one the orchestrator is measured alone",
     )
     parser.add_argument(
         "--logs", type=Path, help="directory for the processes' logs (default: a temporary one)"
@@ -104,9 +110,13 @@ async def bench(args: argparse.Namespace) -> int:
     log_dir = args.logs or Path(tempfile.mkdtemp(prefix="orchestrator-bench-"))
     log_dir.mkdir(parents=True, exist_ok=True)
     python = sys.executable
-    stack = Stack.make(ROOT, python, args.database_url, args.amqp_url, log_dir, has_port_flag(python, ROOT))
+    stack = Stack.make(
+        ROOT, python, args.database_url, args.amqp_url, log_dir, has_port_flag(python, ROOT), args.floor
+    )
+    no_floor = floor_missing(stack.floor)
     began = time.monotonic()
     print(f"orchestrator bench: {', '.join(names)}{' (quick)' if args.quick else ''}; logs in {log_dir}")
+    print(no_floor or f"floor: {stack.floor}")
     scratch = f"bench-{secrets.token_hex(4)}"
     migrate(stack, scratch)
     db = await Database.connect(stack.dsn)
@@ -119,7 +129,8 @@ async def bench(args: argparse.Namespace) -> int:
         "git_commit": git_commit(ROOT),
         "machine": machine(await db.server_version(), broker.server_version()),
         "sizes": dataclasses.asdict(sizes),
-        "floor": str(stack.floor),
+        "floor": None if no_floor else str(stack.floor),
+        "floor_note": no_floor,
         "logs": str(log_dir),
         "scenarios": names,
     }
@@ -146,6 +157,8 @@ async def bench(args: argparse.Namespace) -> int:
         await broker.close()
     print()
     print(table(results))
+    if no_floor:
+        print(f"\n{no_floor}")
     print(f"\n{args.out} written in {results['duration_s']:.0f} s")
     return 1 if failed else 0
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["FULL", "QUICK", "SCENARIOS", "Sizes", "Stack"]
+__all__ = ["FULL", "QUICK", "SCENARIOS", "Sizes", "Stack", "floor_from_env", "floor_missing"]
 
 SCENARIOS = ("throughput", "latency", "recovery", "deadlines", "memory")
 
@@ -50,8 +50,29 @@ QUICK = Sizes(
 )
 
 
-def _default_floor(root: Path) -> Path:
-    return Path(os.environ.get("BENCH_FLOOR") or root / ".." / "shared" / "limit" / "pipeline.py")
+def floor_from_env() -> Path | None:
+    """``BENCH_FLOOR``, the one setting that names the floor: the floor script is not part of this
+    repository, so there is no default to fall back on (docs/benchmark.md says what it must do)."""
+    value = os.environ.get("BENCH_FLOOR", "").strip()
+    return Path(value).expanduser() if value else None
+
+
+def floor_missing(floor: Path | None) -> str | None:
+    """Why this run has no floor, in words for the output and the JSON; None when it has one.
+
+    Said once at the start and again under the table: without a floor the ratios are null, and a
+    reader of the figures must not have to guess why."""
+    if floor is None:
+        return (
+            "no floor: BENCH_FLOOR is not set, so the orchestrator is measured alone"
+            " (the floor's figures and the ratios to it are null)"
+        )
+    if not floor.is_file():
+        return (
+            f"no floor: BENCH_FLOOR names {floor}, which is not a file"
+            " (the floor's figures and the ratios to it are null)"
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -63,7 +84,7 @@ class Stack:
     database_url: str  # the SQLAlchemy form the orchestrator takes: postgresql+asyncpg://...
     amqp_url: str
     log_dir: Path
-    floor: Path = field(default=Path())
+    floor: Path | None = None  # the floor script, pipeline.py (BENCH_FLOOR); None: the run has none
     api_port_flag: bool = False  # `orchestrator run` takes --port (the REST API is built in)
 
     @property
@@ -73,6 +94,13 @@ class Stack:
 
     @classmethod
     def make(
-        cls, root: Path, python: str, database_url: str, amqp_url: str, log_dir: Path, api_port_flag: bool
+        cls,
+        root: Path,
+        python: str,
+        database_url: str,
+        amqp_url: str,
+        log_dir: Path,
+        api_port_flag: bool,
+        floor: Path | None = None,
     ) -> Stack:
-        return cls(root, python, database_url, amqp_url, log_dir, _default_floor(root), api_port_flag)
+        return cls(root, python, database_url, amqp_url, log_dir, floor, api_port_flag)

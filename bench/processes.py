@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench.config import Stack
+from bench.config import Stack, floor_missing
 
 __all__ = ["Orchestrator", "Responder", "has_port_flag", "migrate", "run_floor"]
 
@@ -240,8 +240,10 @@ async def run_floor(
     stack: Stack, sagas: int, steps: int = 3, rate: float = 0.0, batch: int = 128
 ) -> tuple[dict[str, Any] | None, str]:
     """Run pipeline.py; its JSON line, or None and why not (a missing floor is noted, not fatal)."""
-    if not stack.floor.is_file():
-        return None, f"floor not found at {stack.floor} (set BENCH_FLOOR)"
+    missing = floor_missing(stack.floor)
+    if missing is not None:
+        return None, missing
+    assert stack.floor is not None  # floor_missing said so
     argv = [stack.python, str(stack.floor), "--sagas", str(sagas), "--steps", str(steps)]
     argv += ["--batch", str(batch), "--timeout", "900"]
     if rate:

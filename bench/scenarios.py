@@ -189,7 +189,7 @@ async def throughput(ctx: Context) -> dict[str, Any]:
         }
         if floors
         else None,
-        "floor_note": "; ".join(notes) or None,
+        "floor_note": "; ".join(dict.fromkeys(notes)) or None,  # each repeat says the same
         "ratio": ratio,
         "target": 0.7,
         "meets_target": ratio >= 0.7 if ratio is not None else None,

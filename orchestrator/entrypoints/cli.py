@@ -28,7 +28,19 @@ def _run(coroutine: Coroutine[Any, Any, Any]) -> Any:
 
 
 def migrations_path() -> Path:
-    return Path(__file__).resolve().parents[2] / "migrations"
+    """The Alembic scripts: ``_migrations`` inside the package when it has one, else the top-level
+    ``migrations/`` of the source tree the package is imported from.
+
+    The migrations live at the top of the repository, where Alembic and people look for them; a
+    wheel cannot reach that folder once installed, so the build maps it into the package as
+    ``orchestrator/_migrations`` (pyproject.toml). An installed wheel therefore has the packaged
+    copy; a clone or an editable install has no such folder and uses the repository's own, so
+    a migration written there runs without a rebuild."""
+    import orchestrator
+
+    package = Path(orchestrator.__file__).resolve().parent
+    packaged = package / "_migrations"
+    return packaged if packaged.is_dir() else package.parent / "migrations"
 
 
 def migrations_head() -> str | None:
