@@ -30,7 +30,7 @@ from sqlalchemy import text
 from orchestrator.adapters.amqp.broker import wait_for_consumers
 from orchestrator.adapters.postgres.store import PostgresStore
 from orchestrator.core.engine import saga_id_for
-from orchestrator.entrypoints.settings import Settings
+from orchestrator.entrypoints.settings import ConfigurationError, Settings
 
 PARTICIPANTS = {
     "inventory": ["--out-of-stock", "unobtainium"],
@@ -222,7 +222,11 @@ async def demo() -> int:
 
 
 def main() -> None:
-    sys.exit(asyncio.run(demo()))
+    try:
+        sys.exit(asyncio.run(demo()))
+    except ConfigurationError as error:  # a bad setting: one line, as the command line says it
+        print(f"demo: {error}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
