@@ -174,6 +174,40 @@ def test_an_installed_wheel_migrates_and_runs_outside_the_clone(venv: Path, else
         drop_database(name)
 
 
+def test_the_readme_workflow_type_checks_and_runs_in_a_project_of_its_own(
+    venv: Path, elsewhere: Path
+) -> None:
+    """The issue's test of done: a workflow written from the README alone, in a project that
+    installs this one as a wheel, passes ``mypy --strict`` and runs under the test kit."""
+    from tests.unit.test_readme import README, program
+
+    (elsewhere / "my_workflows.py").write_text(program(README.read_text()))
+    python = str(venv / "bin" / "python")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "MYPYPATH")}
+    checked = subprocess.run(
+        [
+            python,
+            "-m",
+            "mypy",
+            "--strict",
+            "--config-file=",
+            "--cache-dir",
+            str(elsewhere / ".mypy"),
+            "my_workflows.py",
+        ],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    ran = subprocess.run([python, "my_workflows.py"], cwd=elsewhere, env=env, capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    where = run([python, "-c", "import orchestrator; print(orchestrator.__file__)"], cwd=elsewhere, env=env)
+    assert Path(where.strip()).is_relative_to(venv)
+
+
 @contextlib.contextmanager
 def running(command: Path, cwd: Path, env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
     """``orchestrator run --port 0``, its output in a file; killed if a check fails before SIGTERM."""
