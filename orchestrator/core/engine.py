@@ -414,6 +414,12 @@ def decide(
             return confirmed
     if saga.finished:
         return Decision(bumped, Outcome.IGNORED, previous, reason=f"saga is already {saga.status}")
+    if previous not in workflow.states:
+        # The workflow as loaded has no such state (a step renamed or removed since the saga
+        # entered it): nothing here can decide the saga. It fails, for an operator to resume it
+        # into a state that exists, rather than ignore every message it gets from now on.
+        why = f"{previous} is not a state of workflow {workflow.name} as loaded"
+        return _failed(bumped, previous, f"{why}: {message.type} cannot be decided", now)
     if message.kind == "event" and message.type not in workflow.events:
         # a reply to a command nobody waits for (a compensation without done=, a command sent on
         # entering a final state), or any other type the workflow takes nowhere: journaled on

@@ -270,8 +270,9 @@ async def test_messages_waiting_in_the_queue_while_none_are_taken_make_the_servi
         watcher.cancel()
 
 
-async def test_a_retry_timer_for_a_state_the_workflow_no_longer_has_is_dropped_not_a_failed_sweep() -> None:
-    """One such timer used to raise KeyError and fail the whole sweep, every time, for every saga."""
+async def test_a_retry_timer_for_a_state_the_workflow_no_longer_has_fails_its_saga_not_the_sweep() -> None:
+    """One such timer used to raise KeyError and fail the whole sweep, every time, for every saga.
+    Now its saga, which nothing loaded can decide, fails with the reason, and the timer goes."""
     from dataclasses import replace
     from datetime import UTC, datetime, timedelta
 
@@ -288,5 +289,8 @@ async def test_a_retry_timer_for_a_state_the_workflow_no_longer_has_is_dropped_n
 
     result = await fire_due_deadlines(registry, store, now + timedelta(seconds=1))
 
-    assert [d.outcome for d in result.decisions] == ["ignored"]
+    assert [d.outcome for d in result.decisions] == ["failed"]
+    assert store.sagas[saga_id].last_error == (
+        "reserve_v0 is not a state of workflow order as loaded: saga.RetryDue cannot be decided"
+    )
     assert (saga_id, "retry") not in store.deadlines

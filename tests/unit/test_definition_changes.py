@@ -1,0 +1,105 @@
+"""A workflow deployed with a state its running sagas are in renamed or removed (issue 13, item 3,
+before versions exist): such a saga fails with the reason on its next message, for an operator,
+instead of raising (which stopped every saga) or ignoring every message; the rest go on."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from orchestrator import Saga, step
+from orchestrator.core.definitions import Status
+from orchestrator.examples import OrderSaga
+from orchestrator.examples.contracts import (
+    ChargePayment,
+    Line,
+    OrderPlaced,
+    OrderShipped,
+    OutOfStock,
+    PaymentCharged,
+    PaymentDeclined,
+    PaymentRefunded,
+    RefundPayment,
+    ReleaseStock,
+    ReserveStock,
+    ShipmentFailed,
+    ShipOrder,
+    StockReleased,
+    StockReserved,
+)
+from orchestrator.testing import WorkflowTestKit
+
+
+class RenamedOrderSaga(Saga, starts_on=OrderPlaced, key="order_id", name="order"):
+    """The order saga with its ``charge`` step renamed ``payment``."""
+
+    @step(done=StockReserved, failed=OutOfStock, deadline=timedelta(seconds=30))
+    def reserve(self, order: OrderPlaced) -> ReserveStock:
+        return ReserveStock(order.order_id, order.lines)
+
+    @reserve.compensate(done=StockReleased)
+    def release(self, order: OrderPlaced) -> ReleaseStock:
+        return ReleaseStock(order.order_id)
+
+    @step(done=PaymentCharged, failed=PaymentDeclined, deadline=timedelta(minutes=2))
+    def payment(self, order: OrderPlaced) -> ChargePayment:
+        return ChargePayment(order.order_id, order.customer_id, order.amount_cents)
+
+    @payment.compensate(done=PaymentRefunded)
+    def refund(self, order: OrderPlaced) -> RefundPayment:
+        return RefundPayment(order.order_id)
+
+    @step(done=OrderShipped, failed=ShipmentFailed, deadline=timedelta(minutes=5))
+    def ship(self, order: OrderPlaced) -> ShipOrder:
+        return ShipOrder(order.order_id, order.lines)
+
+
+def placed(key: str) -> OrderPlaced:
+    return OrderPlaced(key, "c-1", [Line("sku-1", 1)], 1000)
+
+
+def test_a_saga_in_a_state_the_loaded_workflow_lacks_fails_with_the_reason_and_the_rest_go_on() -> None:
+    before = WorkflowTestKit(OrderSaga.workflow)
+    before.publish(placed("o-1"))
+    before.publish(StockReserved("o-1", "r-1"))
+    assert before.saga("o-1").state == "charge"
+    after = WorkflowTestKit(RenamedOrderSaga.workflow)  # the new deployment, on the same store
+    after.store = before.store
+    try:
+        result = after.publish(PaymentCharged("o-1", "ch-1"))
+
+        saga = after.saga("o-1")
+        assert (saga.state, saga.status) == ("charge", Status.FAILED)
+        assert saga.last_error == (
+            "charge is not a state of workflow order as loaded: payment.PaymentCharged cannot be decided"
+        )
+        assert [d.outcome.value for d in result.decisions] == ["failed"]
+        after.publish(placed("o-2"))  # the service goes on
+        after.publish(StockReserved("o-2", "r-2"))
+        assert after.saga("o-2").state == "payment"
+
+        resumed = after.act(saga, "resume", step="payment")  # an operator puts it where it belongs
+        assert (resumed.saga.state, [c.type for c in resumed.commands]) == (
+            "payment",
+            ["payment.ChargePayment"],
+        )
+        assert after.replay_differences(after.saga("o-2")) == []
+    finally:
+        before.close()
+        after.close()
+
+
+def test_a_deadline_of_a_state_the_loaded_workflow_lacks_fails_the_saga_too() -> None:
+    before = WorkflowTestKit(OrderSaga.workflow)
+    before.publish(placed("o-1"))
+    before.publish(StockReserved("o-1", "r-1"))
+    after = WorkflowTestKit(RenamedOrderSaga.workflow, now=before.now)
+    after.store = before.store
+    try:
+        after.advance(timedelta(minutes=3))  # charge's deadline falls due
+
+        saga = after.saga("o-1")
+        assert (saga.state, saga.status) == ("charge", Status.FAILED)
+        assert "charge is not a state of workflow order as loaded" in (saga.last_error or "")
+    finally:
+        before.close()
+        after.close()
