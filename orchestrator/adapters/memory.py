@@ -23,6 +23,13 @@ class InboxConflict(Exception):
     sqlstate = "23505"
 
 
+class JournalConflict(Exception):
+    """A batch journals a seq its saga has already: PostgreSQL's unique violation on ``journal``'s
+    key (23505), a conflict the batch is tried again for, never a half-written save."""
+
+    sqlstate = "23505"
+
+
 class _MemoryTransaction:
     def __init__(self, store: MemoryStore) -> None:
         self.store = store
@@ -53,11 +60,15 @@ class _MemoryTransaction:
         taken = [message_id for message_id in changes.inbox if message_id in store.inbox]
         if taken:  # before anything is written: a failed save leaves nothing, as a rollback does
             raise InboxConflict(f"the inbox already holds message {', '.join(taken)}")
+        last: dict[str, int] = {}
         for entry in changes.journal:
-            entries = store.journals.setdefault(entry.saga_id, [])
-            if entries and entries[-1].seq >= entry.seq:
-                raise ValueError(f"journal {entry.saga_id} already has seq {entry.seq}")
-            entries.append(entry)
+            entries = store.journals.get(entry.saga_id)
+            before = last.get(entry.saga_id, entries[-1].seq if entries else 0)
+            if before >= entry.seq:
+                raise JournalConflict(f"journal {entry.saga_id} already has seq {entry.seq}")
+            last[entry.saga_id] = entry.seq
+        for entry in changes.journal:
+            store.journals.setdefault(entry.saga_id, []).append(entry)
         store.sagas.update(changes.sagas)
         for command in changes.commands:
             store.outbox[command.message_id] = (command, changes.journal[-1].recorded_at)

@@ -7,6 +7,7 @@ import asyncio
 import random
 import uuid
 from collections.abc import Awaitable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -110,6 +111,29 @@ async def test_a_message_the_inbox_holds_taken_again_conflicts_and_the_save_writ
             assert await _timers(store, other) == []
             again = await process_batch(REGISTRY, store, [delivery], NOW)
             assert again.verdicts == [Verdict.DUPLICATE]
+    finally:
+        await postgres.close()
+
+
+async def test_a_journal_seq_taken_already_conflicts_and_the_save_writes_nothing(database_url: str) -> None:
+    """Two batches deciding one saga from the same row: the second's journal entry has a seq the
+    first wrote; it must fail as a conflict (tried again), and write no other saga's entry."""
+    _, delivery = _order_placed()
+    postgres = PostgresStore.from_url(database_url, pool_size=2)
+    memory = MemoryStore()
+    try:
+        for store in (postgres, memory):
+            first = (await process_batch(REGISTRY, store, [delivery], NOW)).journal[0]
+            _, other_delivery = _order_placed()
+            other = (await process_batch(REGISTRY, store, [other_delivery], NOW)).journal[0]
+            late = Changes()
+            late.journal.append(replace(other, seq=other.seq + 1))  # fine on its own
+            late.journal.append(first)  # seq 1 of its saga again
+            with pytest.raises(Exception) as raised:
+                async with store.transaction() as tx:
+                    await tx.save(late)
+            assert classify(raised.value) is Fault.CONFLICT, raised.value
+            assert [e.seq for e in await store.journal(other.saga_id)] == [1]
     finally:
         await postgres.close()
 
