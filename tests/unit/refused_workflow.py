@@ -3,10 +3,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 
-from orchestrator import Workflow
-from tests.unit.test_checks import Started
+from orchestrator import Event, Workflow
 
-refused = Workflow("refused", starts_on=Started, key="id")
+
+@dataclass(frozen=True)
+class Opened(Event):
+    TYPE = "refused.Opened"
+    id: str
+
+
+refused = Workflow("refused", starts_on=Opened, key="id")
 refused.state("start", deadline=timedelta(minutes=1))  # no on_deadline=: refused here
