@@ -19,7 +19,7 @@ Errors (a saga could sit somewhere forever, or the definition says something tha
 Warnings (true of the definition, maybe intended):
 
 * ``unhandled_event``: an event type the workflow declares (it takes it from the broker) that no
-  rule of a reachable state handles, the start event apart: each one is ignored, parked or fails
+  rule of a reachable non-final state handles, the start event apart: each one is ignored, parked or fails
   its saga, as the workflow's ``unexpected`` says;
 * ``uncompensated_step``: in a step saga (a ``Saga`` subclass), a step without a compensation
   followed by a step that can fail (``failed=`` or a deadline): when that one fails, this step
@@ -249,10 +249,11 @@ def _unhandled(graph: _Graph) -> list[Finding]:
         if event_type == workflow.starts_on.TYPE:
             continue
         handled_in = [r.source for r in workflow.rules if r.event == event_type]
-        if any(source in graph.reachable for source in handled_in):
+        if any(source in graph.reachable and not graph.final(source) for source in handled_in):
             continue
         said = (
-            f"only states no saga reaches ({', '.join(sorted(set(handled_in)))}) have a rule for it"
+            f"only states where no saga waits ({', '.join(sorted(set(handled_in)))}: unreachable or"
+            " final) have a rule for it"
             if handled_in
             else "no state has a rule for it"
         )

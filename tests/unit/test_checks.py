@@ -155,18 +155,21 @@ def test_an_event_declared_but_handled_nowhere_is_a_warning() -> None:
     workflow.state("orphan", deadline=MINUTE, on_deadline="done")
     workflow.on(Nobody, source=[], dest="done")  # declares the type, and no rule
     workflow.on(Back, source="orphan", dest="done")  # handled only where no saga gets
+    workflow.on(Stop, source="done", then=IGNORE)  # a finished saga ignores everything anyway
 
     found = [f for f in check(workflow) if f.severity is Severity.WARNING]
 
     assert codes(found) == [
         ("warning", "unhandled_event", None, "t.Nobody"),
         ("warning", "unhandled_event", None, "t.Back"),
+        ("warning", "unhandled_event", None, "t.Stop"),
     ]
     assert found[0].line() == (
         "warning: free: event t.Nobody: declared (taken from the broker) but handled nowhere: no state"
         " has a rule for it; each one is journaled as ignored (unexpected=ignore) [unhandled_event]"
     )
-    assert "only states no saga reaches (orphan) have a rule for it" in found[1].message
+    assert "only states where no saga waits (orphan: unreachable or final) have a rule" in found[1].message
+    assert "only states where no saga waits (done: unreachable or final)" in found[2].message
 
 
 def test_an_event_handled_nowhere_says_what_unexpected_does_with_it() -> None:
