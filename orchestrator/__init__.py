@@ -8,7 +8,7 @@ The public API is two modules, and only what their ``__all__`` names:
 
 Everything else (``orchestrator.core``, ``.service``, ``.adapters``, ``.entrypoints`` and the
 bundled ``.examples``) is internal: it may change in any release without notice. The command
-line (``orchestrator migrate | run | verify | dead-letters``), the REST API and the wire protocol
+line (``orchestrator migrate | run | verify | check | dead-letters``), the REST API and the wire protocol
 are the other interfaces, documented in the README and docs/.
 
 Everything here is typed, so that a workflow module passes ``mypy --strict`` as it is.

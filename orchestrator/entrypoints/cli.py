@@ -1,4 +1,4 @@
-"""``orchestrator migrate | run | verify | dead-letters``: the command line, with one-line errors,
+"""``orchestrator migrate | run | verify | check | dead-letters``: the command line, with one-line errors,
 not tracebacks."""
 
 from __future__ import annotations
@@ -243,6 +243,33 @@ async def _verify(settings: Settings, saga_id: str | None) -> int:
     return 1 if bad else 3 if unloaded else 0
 
 
+def _check(settings: Settings) -> int:
+    """Check the definitions of the workflows ``settings.workflows`` names, as ``run`` loads them
+    (no database, no broker): print the findings, errors first, then a summary line. Exit 1 if
+    there is an error, else 0 (warnings alone pass)."""
+    from orchestrator.core.checks import Severity, check_all
+    from orchestrator.core.definitions import DefinitionError
+    from orchestrator.entrypoints.bootstrap import load_workflows
+
+    try:
+        workflows = load_workflows(settings.workflows)
+    except DefinitionError as error:  # raised while the module declared its workflows
+        print(f"error: {settings.workflows}: the definition is refused: {error} [refused]")
+        print("checked 0 workflows: 1 error, 0 warnings")
+        return 1
+    findings = check_all(workflows)
+    for finding in findings:
+        print(finding.line())
+    errors = sum(1 for f in findings if f.severity is Severity.ERROR)
+    warnings = len(findings) - errors
+    names = ", ".join(w.name for w in workflows)
+    print(
+        f"checked {len(workflows)} workflow{'s' * (len(workflows) != 1)} ({names}):"
+        f" {errors} error{'s' * (errors != 1)}, {warnings} warning{'s' * (warnings != 1)}"
+    )
+    return 1 if errors else 0
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="orchestrator", description="A saga orchestrator on RabbitMQ and PostgreSQL."
@@ -272,6 +299,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     verify.add_argument("--saga", help="verify only this saga id")
     verify.add_argument(
+        "--workflows",
+        help="module(s) defining the workflows, as for run"
+        " (ORCHESTRATOR_WORKFLOWS; default: the bundled examples)",
+    )
+    checking = sub.add_parser(
+        "check",
+        help="check the workflows' definitions (no database): states a saga could never leave or"
+        " never reach, events handled nowhere, steps not undone, replies nobody waits for",
+    )
+    checking.add_argument(
         "--workflows",
         help="module(s) defining the workflows, as for run"
         " (ORCHESTRATOR_WORKFLOWS; default: the bundled examples)",
@@ -306,11 +343,13 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(_run(_serve(settings)))
         elif args.command == "verify":
             sys.exit(_run(_verify(settings, args.saga)))
+        elif args.command == "check":
+            sys.exit(_check(settings))
         elif args.command == "dead-letters":
             sys.exit(_run(cli_dead_letters.run(args, settings)))
     except ConfigurationError as error:  # what it was given cannot be used: exit 1, as ever
         print(f"orchestrator: {error}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(2 if args.command == "check" else 1)  # check's 1 means: the definitions have errors
     except Unreachable as error:
         print(f"orchestrator: {error}", file=sys.stderr)
         sys.exit(2)

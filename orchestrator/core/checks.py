@@ -1,0 +1,351 @@
+"""What a workflow's definition says about itself, before any saga runs it (``orchestrator check``).
+
+Pure: a :class:`~orchestrator.core.definitions.Workflow` in, findings out, read from the moves
+its machine answers (:attr:`CompiledWorkflow.moves`, the same table the engine reads, so the
+cancels the compiler derives are in it) and from the definition (states, finals, deadlines). Each
+finding names the workflow, and the state and the event it is about where there is one.
+
+Errors (a saga could sit somewhere forever, or the definition says something that cannot happen):
+
+* ``refused``: the definition is refused when compiled (an unknown state, a move declared twice);
+* ``no_way_out``: a non-final state without a deadline that no event moves out of (a self-loop
+  or an operator's cancel is no way out: without an operator the saga stays there);
+* ``never_finishes``: a non-final state whose ways out all lead to states that never reach a
+  final state (a cycle without deadline or exit);
+* ``unreachable``: a state that neither the initial state nor any move (an event, a deadline, a
+  cancel) leads to. A final state of status ``failed`` is not reported: a step saga always has
+  one (``failed``) and an ``Undo`` chain its ``<name>_failed``, whether or not anything leads there.
+
+Warnings (true of the definition, maybe intended):
+
+* ``unhandled_event``: an event type the workflow declares (it takes it from the broker) that no
+  rule of a reachable non-final state handles, the start event apart: each one is ignored, parked or fails
+  its saga, as the workflow's ``unexpected`` says;
+* ``uncompensated_step``: in a step saga (a ``Saga`` subclass), a step without a compensation
+  followed by a step that can fail (``failed=`` or a deadline): when that one fails, this step
+  stays done. Read from the class's ``Step`` objects: a compiled workflow does not say which of
+  its states are steps (a free machine's states have no compensation to declare), so a free
+  ``Workflow`` gets no such finding;
+* ``reply_not_awaited``: a command nobody waits for, sent on a move into a final state (the
+  move's own ``send=``, the final state's ``send=`` or plain ``compensate=``) or, in a step saga,
+  a compensation without ``done=``: its reply, if the participant sends one, is journaled on the
+  saga as ignored. One finding per state, event and command: a cancel that sends the same as the
+  state's deadline (the cancel the compiler derives from it) is not listed again. A command a
+  move sends into a non-final state is not reported: the state may take its reply, and the
+  reply's type is not declared anywhere to tell. Nor is a step's undo sent for a late success
+  (``late_success``): that is by design, the saga having moved on.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, get_type_hints
+
+from orchestrator.core.definitions import CANCEL, DefinitionError, Policy, Status, Workflow
+from orchestrator.core.machine import CompiledWorkflow
+from orchestrator.core.steps import Saga, Step
+
+__all__ = ["Finding", "Severity", "check", "check_all", "command_label", "saga_class"]
+
+
+class Severity(enum.StrEnum):
+    ERROR = "error"
+    WARNING = "warning"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing the check found: ``state`` and ``event`` are None where it is about none."""
+
+    severity: Severity
+    code: str
+    workflow: str
+    message: str
+    state: str | None = None
+    event: str | None = None
+
+    def line(self) -> str:
+        """``error: order: state reserve, event inventory.StockReserved: <message> [code]``."""
+        where = ", ".join(
+            part
+            for part in (
+                f"state {self.state}" if self.state is not None else "",
+                f"event {self.event}" if self.event is not None else "",
+            )
+            if part
+        )
+        place = f"{self.workflow}: {where}: " if where else f"{self.workflow}: "
+        return f"{self.severity}: {place}{self.message} [{self.code}]"
+
+
+def command_label(build: Callable[..., Any]) -> str:
+    """A command builder's message type when it declares one, else its name (the type unknown)."""
+    message_type = getattr(build, "message_type", None)
+    if isinstance(message_type, str) and message_type:
+        return message_type
+    return f"{getattr(build, '__qualname__', repr(build))} (type unknown)"
+
+
+def saga_class(workflow: Workflow) -> type[Saga] | None:
+    """The ``Saga`` subclass ``workflow`` was compiled from, if it was (a copy made with
+    ``with_deadlines`` is not: it is checked as a free machine)."""
+    pending: list[type[Saga]] = list(Saga.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        if vars(cls).get("workflow") is workflow:
+            return cls
+        pending.extend(cls.__subclasses__())
+    return None
+
+
+def check_all(workflows: Iterable[Workflow]) -> list[Finding]:
+    """The findings of every workflow, errors first, then warnings, each in workflow order; two
+    workflows of one name are an error (``orchestrator run`` refuses them)."""
+    found: list[Finding] = []
+    seen: set[str] = set()
+    for workflow in workflows:
+        if workflow.name in seen:
+            found.append(Finding(Severity.ERROR, "refused", workflow.name, "two workflows are called so"))
+            continue
+        seen.add(workflow.name)
+        found.extend(check(workflow))
+    return sorted(found, key=lambda f: f.severity is not Severity.ERROR)
+
+
+def check(workflow: Workflow) -> list[Finding]:
+    """What is wrong, or worth knowing, about one workflow's definition: errors, then warnings."""
+    try:
+        compiled = CompiledWorkflow(workflow)
+    except DefinitionError as error:
+        return [Finding(Severity.ERROR, "refused", workflow.name, f"the definition is refused: {error}")]
+    cls = saga_class(workflow)
+    steps = [v for v in vars(cls).values() if isinstance(v, Step)] if cls is not None else []
+    graph = _Graph(compiled)
+    errors = [*_stuck(graph), *_unreachable(graph)]
+    warnings = [
+        *_unhandled(graph),
+        *_uncompensated(workflow, steps),
+        *_not_awaited(graph, cls.__name__ if cls is not None else "", steps),
+    ]
+    return errors + warnings
+
+
+class _Graph:
+    """The moves as edges: ``out[state]`` lists (trigger, dest) in the workflow's order."""
+
+    def __init__(self, compiled: CompiledWorkflow) -> None:
+        self.compiled = compiled
+        self.workflow = compiled.workflow
+        self.states = list(self.workflow.states)
+        self.out: dict[str, list[tuple[str, str]]] = {name: [] for name in self.states}
+        for (source, trigger), fired in compiled.moves.items():
+            self.out[source].append((trigger, fired.dest))
+        #: the states some saga can be in: the initial one, and where any move from those leads
+        self.reachable = self._reach([self.workflow.initial] if self.workflow.initial else [])
+
+    def _reach(self, start: Sequence[str]) -> set[str]:
+        seen = set(start)
+        pending = list(start)
+        while pending:
+            for _, dest in self.out[pending.pop()]:
+                if dest not in seen:
+                    seen.add(dest)
+                    pending.append(dest)
+        return seen
+
+    def final(self, state: str) -> bool:
+        return self.workflow.states[state].final
+
+    def finishes(self) -> set[str]:
+        """The states from which some sequence of events and deadlines (no operator) reaches a
+        final state."""
+        into: dict[str, list[str]] = {name: [] for name in self.states}
+        for source, moves in self.out.items():
+            for trigger, dest in moves:
+                if trigger != CANCEL:
+                    into[dest].append(source)
+        seen = {name for name in self.states if self.final(name)}
+        pending = list(seen)
+        while pending:
+            for source in into[pending.pop()]:
+                if source not in seen:
+                    seen.add(source)
+                    pending.append(source)
+        return seen
+
+
+def _stuck(graph: _Graph) -> list[Finding]:
+    found: list[Finding] = []
+    finishes = graph.finishes()
+    name = graph.workflow.name
+    for state in graph.states:
+        spec = graph.workflow.states[state]
+        if spec.final:
+            continue
+        exits = [(t, d) for t, d in graph.out[state] if d != state and t != CANCEL]
+        if not exits and spec.deadline is None:
+            cancel = [d for t, d in graph.out[state] if t == CANCEL]
+            how = f"; only an operator's cancel leads out (to {cancel[0]})" if cancel else ""
+            found.append(
+                Finding(
+                    Severity.ERROR,
+                    "no_way_out",
+                    name,
+                    f"a saga here waits forever: no deadline, and no event moves it out{how}",
+                    state,
+                )
+            )
+        elif state not in finishes:
+            leads = ", ".join(sorted({d for _, d in exits}))
+            said = (
+                f"every way out leads to states ({leads}) from which no event or deadline reaches a"
+                " final state"
+                if exits
+                else "its deadline leads back to it, and no event moves it out"
+            )
+            found.append(
+                Finding(Severity.ERROR, "never_finishes", name, f"a saga here never finishes: {said}", state)
+            )
+    return found
+
+
+def _unreachable(graph: _Graph) -> list[Finding]:
+    found: list[Finding] = []
+    for state in graph.states:
+        spec = graph.workflow.states[state]
+        if state in graph.reachable or (spec.final and spec.status is Status.FAILED):
+            continue
+        sources = sorted({s for s, moves in graph.out.items() for _, d in moves if d == state and s != state})
+        if sources:
+            said = f"only {', '.join(sources)} lead{'s' * (len(sources) == 1)} to it, and no saga gets there"
+        else:
+            said = "no event, deadline or cancel leads to it"
+        found.append(
+            Finding(
+                Severity.ERROR,
+                "unreachable",
+                graph.workflow.name,
+                f"no saga can be in this state: it is not where sagas start, and {said}",
+                state,
+            )
+        )
+    return found
+
+
+#: What the engine does with an event no rule of the saga's state names (the workflow's ``unexpected``).
+_UNEXPECTED = {
+    Policy.IGNORE: "is journaled as ignored",
+    Policy.PARK: "is parked and never fits",
+    Policy.FAIL: "fails the saga it comes to",
+}
+
+
+def _unhandled(graph: _Graph) -> list[Finding]:
+    workflow = graph.workflow
+    found: list[Finding] = []
+    for event_type in workflow.events:
+        if event_type == workflow.starts_on.TYPE:
+            continue
+        handled_in = [r.source for r in workflow.rules if r.event == event_type]
+        if any(source in graph.reachable and not graph.final(source) for source in handled_in):
+            continue
+        said = (
+            f"only states where no saga waits ({', '.join(sorted(set(handled_in)))}: unreachable or"
+            " final) have a rule for it"
+            if handled_in
+            else "no state has a rule for it"
+        )
+        found.append(
+            Finding(
+                Severity.WARNING,
+                "unhandled_event",
+                workflow.name,
+                f"declared (taken from the broker) but handled nowhere: {said}; each one"
+                f" {_UNEXPECTED[workflow.unexpected]} (unexpected={workflow.unexpected})",
+                event=event_type,
+            )
+        )
+    return found
+
+
+def _can_fail(s: Step) -> bool:
+    return s.failed is not None or s.deadline is not None
+
+
+def _uncompensated(workflow: Workflow, steps: Sequence[Step]) -> list[Finding]:
+    found: list[Finding] = []
+    for index, s in enumerate(steps):
+        if s.compensation is not None:
+            continue
+        failing = [later.name for later in steps[index + 1 :] if _can_fail(later)]
+        if not failing:
+            continue
+        found.append(
+            Finding(
+                Severity.WARNING,
+                "uncompensated_step",
+                workflow.name,
+                f"this step has no compensation, and a later step can fail ({', '.join(failing)}):"
+                f" when it does, what {s.name} did is not undone",
+                s.name,
+                s.done.TYPE,
+            )
+        )
+    return found
+
+
+def _not_awaited(graph: _Graph, saga: str, steps: Sequence[Step]) -> list[Finding]:
+    workflow = graph.workflow
+    found: list[Finding] = []
+    forgotten: set[str] = set()  # reported per step below, not per move that sends them
+    for s in steps:
+        comp = s.compensation
+        if comp is None or comp.done is not None:
+            continue
+        forgotten.add(f"{saga}.{comp.method.__name__}")  # its builder's name (steps._builder)
+        label = _step_label(comp.method)
+        found.append(
+            Finding(
+                Severity.WARNING,
+                "reply_not_awaited",
+                workflow.name,
+                f"its compensation {label} has no done=: it is sent and nobody waits for its reply,"
+                " which is journaled as ignored; an undo that is lost is not sent again",
+                s.name,
+            )
+        )
+    said: set[tuple[str, str, str]] = set()
+    # a cancel that sends what the same state's deadline sends, to the same state, is said once
+    moves = sorted(graph.compiled.moves.items(), key=lambda move: move[0][1] == CANCEL)
+    for (source, trigger), fired in moves:
+        if not graph.final(fired.dest):
+            continue
+        for build in [*fired.sends, *fired.entered]:
+            where = (source, fired.dest, command_label(build))
+            if getattr(build, "__qualname__", None) in forgotten or (trigger == CANCEL and where in said):
+                continue
+            said.add(where)
+            found.append(
+                Finding(
+                    Severity.WARNING,
+                    "reply_not_awaited",
+                    workflow.name,
+                    f"sends {command_label(build)} on the way into final state {fired.dest}: nobody"
+                    " waits for its reply, which is journaled as ignored",
+                    source,
+                    trigger,
+                )
+            )
+    return found
+
+
+def _step_label(method: Callable[..., Any]) -> str:
+    """A compensation's command type, read from its return annotation as the compiler reads it."""
+    try:
+        returns = get_type_hints(method).get("return")
+    except Exception:  # an annotation that cannot be resolved: name the method instead
+        returns = None
+    message_type = getattr(returns, "TYPE", None)
+    return message_type if isinstance(message_type, str) else f"{method.__qualname__} (type unknown)"
