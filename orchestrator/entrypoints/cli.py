@@ -350,6 +350,15 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigurationError as error:  # what it was given cannot be used: exit 1, as ever
         print(f"orchestrator: {error}", file=sys.stderr)
         sys.exit(2 if args.command == "check" else 1)  # check's 1 means: the definitions have errors
+    except ValueError as error:
+        from orchestrator.core.definitions import DefinitionError  # not imported for every verb
+
+        if not isinstance(error, DefinitionError):
+            raise
+        # a workflow module that contradicts itself (imported or compiled): one line, not a
+        # traceback; `orchestrator check` says the same as a finding
+        print(f"orchestrator: the workflow definition is refused: {error}", file=sys.stderr)
+        sys.exit(1)
     except Unreachable as error:
         print(f"orchestrator: {error}", file=sys.stderr)
         sys.exit(2)

@@ -63,3 +63,17 @@ def test_a_workflow_module_that_gives_nothing_raises_and_the_command_line_says_i
     assert isinstance(raised.value, ConfigurationError)
     assert exited.value.code == 1
     assert capsys.readouterr().err == f"orchestrator: {says}\n"
+
+
+def test_a_workflow_module_that_contradicts_itself_is_one_line_and_exit_1(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli, "migrate", lambda url: None)  # the database's part, not this test's
+
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["migrate", "--workflows", "tests.unit.refused_workflow"])
+
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("orchestrator: the workflow definition is refused: refused.start:")
+    assert err.count("\n") == 1 and "Traceback" not in err
