@@ -574,7 +574,7 @@ def _undo_late(
 
 def _retry(compiled: CompiledWorkflow, saga: Saga, previous: str, now: datetime) -> Decision:
     """Send the waiting state's commands again, with the same message ids, and set the next retry."""
-    spec = compiled.workflow.states.get(saga.state)  # none: this version of the workflow dropped it
+    spec = compiled.workflow.states.get(saga.state)  # decide() fails a saga whose state is gone
     if saga.finished or spec is None or spec.retry is None or not saga.awaiting:
         return Decision(saga, Outcome.IGNORED, previous, retry_changed=True, reason="nothing to retry")
     commands = tuple(
