@@ -39,10 +39,28 @@ sagas = Table(
     Column("awaiting", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
     Column("attempt", Integer, nullable=False, server_default=text("0")),
     Column("timed_out", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    Column("release", Text, nullable=False, server_default=text("'1'")),
     UniqueConstraint("workflow", "key", name="sagas_workflow_key"),
     Index("sagas_status_updated", "status", "updated_at"),
     Index("sagas_workflow_state", "workflow", "state"),
     Index("sagas_created", text("created_at DESC"), text("id DESC")),
+    Index(
+        "sagas_in_flight",
+        "workflow",
+        "release",
+        "state",
+        postgresql_where=text("status IN ('running', 'compensating')"),
+    ),
+)
+
+workflow_releases = Table(
+    "workflow_releases",
+    metadata,
+    Column("workflow", Text, nullable=False),
+    Column("release", Text, nullable=False),
+    Column("fingerprint", Text, nullable=False),
+    Column("first_run_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("workflow", "release", name="workflow_releases_pk"),
 )
 
 journal = Table(
