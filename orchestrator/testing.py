@@ -119,7 +119,7 @@ class WorkflowTestKit:
         target = self.now + by
         fired = []
         while True:
-            due = self._loop.run_until_complete(self.store.next_deadline(self.registry.workflows.keys()))
+            due = self._loop.run_until_complete(self.store.next_deadline(self.registry.loaded()))
             if due is None or due > target:
                 break
             self.now = max(self.now, due)
@@ -150,7 +150,8 @@ class WorkflowTestKit:
         """What replaying the saga's journal gives that ``saga`` (its row), its pending timers,
         the commands its journal records and its unsent commands do not, as ``orchestrator
         verify`` reports it (empty: all is well)."""
-        compiled = self.registry.workflows[saga.workflow]
+        compiled = self.registry.for_saga(saga)
+        assert compiled is not None, f"release {saga.release} of {saga.workflow} is not loaded"
         records = self._loop.run_until_complete(self.store.records(saga.id))
         return verify(compiled, replace(records, saga=saga))
 

@@ -43,7 +43,7 @@ class _MemoryTransaction:
         return await self.lock_sagas(saga_ids), {m for m in message_ids if m in self.store.inbox}
 
     async def claim_due(
-        self, now: datetime, limit: int, workflows: Collection[str] | None = None
+        self, now: datetime, limit: int, workflows: Collection[tuple[str, str]] | None = None
     ) -> tuple[dict[str, Saga], list[DueDeadline]]:
         due = sorted(
             (d.due_at, saga_id, kind, d.state, version)
@@ -121,17 +121,17 @@ class MemoryStore:
     async def saga_ids(self, workflow: str | None = None) -> list[str]:
         return [s.id for s in self.sagas.values() if workflow is None or s.workflow == workflow]
 
-    async def next_deadline(self, workflows: Collection[str] | None = None) -> datetime | None:
+    async def next_deadline(self, workflows: Collection[tuple[str, str]] | None = None) -> datetime | None:
         return min(
             (d.due_at for (saga_id, _), (d, _) in self.deadlines.items() if self.decides(saga_id, workflows)),
             default=None,
         )
 
-    def decides(self, saga_id: str, workflows: Collection[str] | None) -> bool:
+    def decides(self, saga_id: str, workflows: Collection[tuple[str, str]] | None) -> bool:
         """Whether a process that loads ``workflows`` (None: any) takes this saga's timers; a
         timer of a saga that does not exist is taken by any, to be removed."""
         saga = self.sagas.get(saga_id)
-        return workflows is None or saga is None or saga.workflow in workflows
+        return workflows is None or saga is None or (saga.workflow, saga.release) in workflows
 
     async def unsent(self, limit: int, older_than: datetime | None = None) -> list[OutgoingCommand]:
         rows = [c for c, at in self.outbox.values() if older_than is None or at <= older_than]

@@ -102,15 +102,29 @@ def saga_class(workflow: Workflow) -> type[Saga] | None:
 
 def check_all(workflows: Iterable[Workflow]) -> list[Finding]:
     """The findings of every workflow, errors first, then warnings, each in workflow order; two
-    workflows of one name are an error (``orchestrator run`` refuses them)."""
+    workflows of one name and release are an error (``orchestrator run`` refuses them), and so
+    are several releases of one name none or more than one of which is marked current."""
     found: list[Finding] = []
-    seen: set[str] = set()
+    seen: set[tuple[str, str]] = set()
+    named: dict[str, list[Workflow]] = {}
     for workflow in workflows:
-        if workflow.name in seen:
+        if (workflow.name, workflow.release) in seen:
             found.append(Finding(Severity.ERROR, "refused", workflow.name, "two workflows are called so"))
             continue
-        seen.add(workflow.name)
+        seen.add((workflow.name, workflow.release))
+        named.setdefault(workflow.name, []).append(workflow)
         found.extend(check(workflow))
+    for name, loaded in named.items():
+        if len(loaded) > 1 and sum(w.current for w in loaded) != 1:
+            releases = ", ".join(sorted(w.release for w in loaded))
+            found.append(
+                Finding(
+                    Severity.ERROR,
+                    "refused",
+                    name,
+                    f"releases {releases} are loaded: mark exactly one current=True",
+                )
+            )
     return sorted(found, key=lambda f: f.severity is not Severity.ERROR)
 
 

@@ -13,6 +13,9 @@ gives the same saga every time.
 from __future__ import annotations
 
 import enum
+import hashlib
+import json
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta
@@ -164,6 +167,9 @@ class Rule:
     policy: Policy | None = None
 
 
+_RELEASE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
 def _listify(send: Any) -> list[Any]:
     if send is None:
         return []
@@ -197,10 +203,20 @@ class Workflow:
     #: final state -> the first of the compensating states that send its ``Undo`` commands: a
     #: move declared into that final state enters there instead
     entries: dict[str, str] = field(default_factory=dict)
+    #: which release of the workflow this is: a saga is decided by the release it started on until
+    #: it finishes, so a changed definition gets a new release and both are loaded while sagas of
+    #: the old one are in flight (not ``version``: that is a saga's revision)
+    release: str = "1"
+    #: the release new sagas start on, where several releases of one workflow are loaded
+    current: bool = False
 
     def __post_init__(self) -> None:
         if "." in self.name or not self.name:
             raise DefinitionError(f"workflow name {self.name!r} must be non-empty and contain no dot")
+        if not _RELEASE.fullmatch(self.release):
+            raise DefinitionError(
+                f"{self.name}: release {self.release!r} must be 1 to 64 letters, digits, '.', '_' or '-'"
+            )
         if self.key not in {f.name for f in fields(self.starts_on)}:  # type: ignore[arg-type]
             raise DefinitionError(f"{self.starts_on.__name__} has no field {self.key!r} to key sagas by")
         self.events[self.starts_on.TYPE] = self.starts_on
@@ -368,6 +384,55 @@ class Workflow:
             updates=dict(self.updates),
             entries=dict(self.entries),
         )
+
+    def fingerprint(self) -> str:
+        """A digest of the definition's structure: its states, rules, timers, events and their
+        fields, and the command types it sends. Kept with the release the first time it runs, so
+        that the same release over a changed structure is caught before it decides a saga. What a
+        command builder computes inside is code, not structure: it is not covered."""
+
+        def builders(sends: Iterable[CommandBuilder]) -> list[str]:
+            return [str(getattr(b, "message_type", None) or getattr(b, "__qualname__", "?")) for b in sends]
+
+        def seconds(delay: timedelta | None) -> float | None:
+            return None if delay is None else delay.total_seconds()
+
+        structure = {
+            "name": self.name,
+            "starts_on": self.starts_on.TYPE,
+            "key": self.key,
+            "initial": self.initial,
+            "unexpected": str(self.unexpected),
+            "states": [
+                [
+                    s.name,
+                    str(s.status),
+                    s.final,
+                    seconds(s.deadline),
+                    s.on_deadline,
+                    builders(s.on_enter),
+                    None
+                    if s.retry is None
+                    else [seconds(s.retry.every), s.retry.backoff, seconds(s.retry.max_every)],
+                ]
+                for s in sorted(self.states.values(), key=lambda spec: spec.name)
+            ],
+            "rules": sorted(
+                [r.event, r.source, r.dest, builders(r.send), None if r.policy is None else str(r.policy)]
+                for r in self.rules
+            ),
+            "events": {
+                type_name: sorted(f.name for f in fields(cls))  # type: ignore[arg-type]
+                for type_name, cls in sorted(self.events.items())
+            },
+            "late_success": {
+                s: [event, builders(undo)] for s, (event, undo) in sorted(self.late_success.items())
+            },
+            "updates": {event: sorted(names) for event, names in sorted(self.updates.items())},
+            "entries": dict(sorted(self.entries.items())),
+        }
+        canonical = json.dumps(structure, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def rule_for(self, state: str, event_type: str) -> Rule | None:
         for rule in self.rules:

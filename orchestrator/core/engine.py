@@ -133,6 +133,9 @@ class Saga:
     #: steps whose deadline passed: a success that still arrives for one gets its undo; and the
     #: compensation a failed saga gave up on at its deadline: its late confirmation carries it on
     timed_out: tuple[str, ...] = ()
+    #: the release of its workflow the saga is pinned to: it started on it, and is decided by it
+    #: until it finishes (or an operator migrates it to another)
+    release: str = "1"
 
     @property
     def finished(self) -> bool:
@@ -189,7 +192,7 @@ class Decision:
 
     def summary(self) -> dict[str, Any]:
         """The decision as the journal keeps it."""
-        return {
+        summary = {
             "outcome": str(self.outcome),
             "from": self.previous_state,
             "to": self.saga.state,
@@ -213,6 +216,9 @@ class Decision:
             # a late success's reply enters the data before its undo is built
             "operators": 3,
         } | ({"dead_letter": str(self.dead_letter)} if self.dead_letter is not None else {})
+        if self.saga.version == 1:  # the release a saga starts on, for replay and ``state?at=``
+            summary["release"] = self.saga.release
+        return summary
 
 
 class _Draft:
@@ -385,7 +391,18 @@ def decide(
     if saga is None:
         key = str(message.payload[workflow.key])
         saga_id = saga_id_for(workflow.name, key)
-        fresh = Saga(saga_id, workflow.name, key, "", Status.RUNNING, 1, {}, created_at=now, updated_at=now)
+        fresh = Saga(
+            saga_id,
+            workflow.name,
+            key,
+            "",
+            Status.RUNNING,
+            1,
+            {},
+            created_at=now,
+            updated_at=now,
+            release=workflow.release,
+        )
         draft = _Draft(compiled, fresh, now, merge_all, before_operators)
         try:
             draft.merge(workflow.starts_on.TYPE, message.payload, starting=True)

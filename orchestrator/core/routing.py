@@ -11,8 +11,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.core.definitions import Workflow
-from orchestrator.core.engine import saga_id_for
+from orchestrator.core.definitions import DefinitionError, Workflow
+from orchestrator.core.engine import Saga, saga_id_for
 from orchestrator.core.ingress import Reason, Refused
 from orchestrator.core.machine import DEFAULT_MAX_PARKED, CompiledWorkflow
 from orchestrator.core.messages import InvalidPayload, load
@@ -36,23 +36,56 @@ class Target:
 
 class Registry:
     """The workflows a service runs, indexed by the event types they take. ``max_parked``: how
-    many events one saga may keep parked (``ORCHESTRATOR_MAX_PARKED``)."""
+    many events one saga may keep parked (``ORCHESTRATOR_MAX_PARKED``).
+
+    Several releases of one workflow may be loaded side by side: each saga is decided by the one
+    it is pinned to (:meth:`for_saga`), and a new saga starts on the workflow's current release
+    (:attr:`workflows`): the only one loaded, or else the one marked ``current=True``."""
 
     def __init__(self, workflows: Iterable[Workflow], max_parked: int = DEFAULT_MAX_PARKED) -> None:
-        self.workflows: dict[str, CompiledWorkflow] = {}
+        #: (workflow, release) -> its definition, compiled
+        self.releases: dict[tuple[str, str], CompiledWorkflow] = {}
+        named: dict[str, list[Workflow]] = {}
         for workflow in workflows:
-            if workflow.name in self.workflows:
-                raise ValueError(f"two workflows are called {workflow.name!r}")
-            self.workflows[workflow.name] = CompiledWorkflow(workflow, max_parked)
+            if (workflow.name, workflow.release) in self.releases:
+                raise DefinitionError(
+                    f"two workflows are called {workflow.name!r} with release {workflow.release!r}"
+                )
+            self.releases[(workflow.name, workflow.release)] = CompiledWorkflow(workflow, max_parked)
+            named.setdefault(workflow.name, []).append(workflow)
+        #: workflow name -> its current release: where new sagas start
+        self.workflows: dict[str, CompiledWorkflow] = {}
+        for name, loaded in named.items():
+            marked = [w for w in loaded if w.current] if len(loaded) > 1 else loaded
+            if len(marked) != 1:
+                releases = ", ".join(sorted(w.release for w in loaded))
+                raise DefinitionError(
+                    f"{name}: releases {releases} are loaded and {len(marked)} of them marked"
+                    " current=True: mark exactly one, the release new sagas start on"
+                )
+            self.workflows[name] = self.releases[(name, marked[0].release)]
         self.by_type: dict[str, list[CompiledWorkflow]] = {}
         for compiled in self.workflows.values():
             for type_name in compiled.workflow.events:
                 self.by_type.setdefault(type_name, []).append(compiled)
+        for compiled in self.releases.values():  # a type only an older release still takes
+            for type_name in compiled.workflow.events:
+                takers = self.by_type.setdefault(type_name, [])
+                if all(c.workflow.name != compiled.workflow.name for c in takers):
+                    takers.append(compiled)
+
+    def for_saga(self, saga: Saga) -> CompiledWorkflow | None:
+        """The definition a saga is decided by: the release it is pinned to, if loaded here."""
+        return self.releases.get((saga.workflow, saga.release))
+
+    def loaded(self) -> list[tuple[str, str]]:
+        """Every (workflow, release) loaded here: the sagas whose timers this process fires."""
+        return list(self.releases)
 
     def command_types(self) -> set[str]:
         """Every command type some workflow may send, to declare its participant's queue."""
         types: set[str] = set()
-        for compiled in self.workflows.values():
+        for compiled in self.releases.values():
             spec_sends = [b for s in compiled.workflow.states.values() for b in s.on_enter]
             rule_sends = [b for r in compiled.workflow.rules for b in r.send]
             for build in spec_sends + rule_sends:

@@ -140,7 +140,13 @@ def _builder(cls: type[Saga], method: StepMethod, starts_on: type[Event]) -> Cal
 
 
 def compile_steps(
-    cls: type[Saga], starts_on: type[Event], key: str, name: str, unexpected: Policy = Policy.IGNORE
+    cls: type[Saga],
+    starts_on: type[Event],
+    key: str,
+    name: str,
+    unexpected: Policy = Policy.IGNORE,
+    release: str = "1",
+    current: bool = False,
 ) -> Workflow:
     steps = [value for value in vars(cls).values() if isinstance(value, Step)]
     if not steps:
@@ -150,7 +156,13 @@ def compile_steps(
         raise DefinitionError(f"{cls.__name__}: a step cannot be called completed, compensated or failed")
 
     workflow = Workflow(
-        name, starts_on=starts_on, key=key, unexpected=unexpected, description=(cls.__doc__ or "").strip()
+        name,
+        starts_on=starts_on,
+        key=key,
+        unexpected=unexpected,
+        description=(cls.__doc__ or "").strip(),
+        release=release,
+        current=current,
     )
 
     def undo_from(index: int) -> tuple[str, list[Callable[[SagaView], Message]]]:
@@ -245,8 +257,10 @@ class Saga:
         key: str,
         name: str | None = None,
         unexpected: Policy = Policy.IGNORE,
+        release: str = "1",
+        current: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init_subclass__(**kwargs)
         workflow_name = name or cls.__name__.removesuffix("Saga").lower() or cls.__name__.lower()
-        cls.workflow = compile_steps(cls, starts_on, key, workflow_name, unexpected)
+        cls.workflow = compile_steps(cls, starts_on, key, workflow_name, unexpected, release, current)

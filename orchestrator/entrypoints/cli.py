@@ -8,9 +8,12 @@ import asyncio
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.entrypoints.settings import Settings, mask_url
+
+if TYPE_CHECKING:
+    from orchestrator.entrypoints.runtime import Orchestrator
 
 __all__ = ["main"]
 
@@ -145,7 +148,7 @@ def _check_api(settings: Settings) -> None:
         )
 
 
-async def _serve(settings: Settings) -> int:
+async def _serve(settings: Settings, *, accept_changed: bool = False, fail_dropped: bool = False) -> int:
     from orchestrator.entrypoints.bootstrap import build
     from orchestrator.entrypoints.server import CannotListen, listen
 
@@ -161,7 +164,44 @@ async def _serve(settings: Settings) -> int:
 
         logging.getLogger("orchestrator").warning("the REST API runs --insecure: its actions need no token")
     orchestrator = build(settings, sock)
+    try:
+        await _admit_releases(orchestrator, accept_changed=accept_changed, fail_dropped=fail_dropped)
+    except BaseException:
+        sock.close()
+        await orchestrator.store.close()
+        raise
     return await orchestrator.run_until_signalled()
+
+
+async def _admit_releases(orchestrator: Orchestrator, *, accept_changed: bool, fail_dropped: bool) -> None:
+    """The release gate (:mod:`orchestrator.service.releases`): refused, it is one line and exit 1."""
+    import logging
+    from datetime import UTC, datetime
+
+    from orchestrator.adapters.postgres.releases import PostgresReleaseBook
+    from orchestrator.adapters.postgres.store import PostgresStore
+    from orchestrator.entrypoints.settings import ConfigurationError
+    from orchestrator.service.releases import ReleaseRefused, admit_releases
+
+    assert isinstance(orchestrator.store, PostgresStore)
+    book = PostgresReleaseBook(orchestrator.store.engine)
+    try:
+        admitted = await admit_releases(
+            book,
+            orchestrator.registry,
+            datetime.now(UTC),
+            accept_changed=accept_changed,
+            fail_dropped=fail_dropped,
+        )
+    except ReleaseRefused as error:
+        raise ConfigurationError(str(error)) from None
+    log = logging.getLogger("orchestrator.releases")
+    for workflow, release in admitted.new:
+        log.info("release %s of %s runs here for the first time; its fingerprint is kept", release, workflow)
+    for workflow, release in admitted.accepted:
+        log.warning("release %s of %s changed; its new fingerprint is accepted", release, workflow)
+    for (workflow, release), count in admitted.failed.items():
+        log.warning("failed %d sagas in flight on dropped release %s of %s", count, release, workflow)
 
 
 async def ensure_database_reachable(url: str) -> None:
@@ -219,10 +259,13 @@ async def _verify(settings: Settings, saga_id: str | None) -> int:
                 print(f"{sid}: no such saga")
                 bad += 1
                 continue
-            compiled = registry.workflows.get(row.workflow)
+            compiled = registry.for_saga(row)
             if compiled is None:
-                print(f"{sid}: not verified: workflow {row.workflow!r} is not loaded")
-                unloaded[row.workflow] = unloaded.get(row.workflow, 0) + 1
+                loaded = row.workflow in registry.workflows
+                shown = f"release {row.release} of {row.workflow}" if loaded else f"workflow {row.workflow!r}"
+                print(f"{sid}: not verified: {shown} is not loaded")
+                what = f"{row.workflow} release {row.release}" if loaded else row.workflow
+                unloaded[what] = unloaded.get(what, 0) + 1
                 continue
             found = verify(compiled, records)
             checked += 1
@@ -293,6 +336,18 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="serve the REST API without ORCHESTRATOR_API_TOKEN: anyone who reaches it may act on sagas",
     )
+    run.add_argument(
+        "--accept-changed-releases",
+        action="store_true",
+        help="run a release whose definition changed since it first ran, keeping its new fingerprint"
+        " (only for a change that cannot alter what its sagas in flight do)",
+    )
+    run.add_argument(
+        "--fail-dropped-releases",
+        action="store_true",
+        help="fail the sagas in flight on a release the workflows no longer include (journaled,"
+        " with the reason), instead of refusing to start",
+    )
     verify = sub.add_parser(
         "verify",
         help="replay journals; report sagas whose row, timers, sent or unsent commands differ from them",
@@ -340,7 +395,15 @@ def main(argv: list[str] | None = None) -> None:
 
             _check_api(settings)
             configure_logging(settings)
-            sys.exit(_run(_serve(settings)))
+            sys.exit(
+                _run(
+                    _serve(
+                        settings,
+                        accept_changed=args.accept_changed_releases,
+                        fail_dropped=args.fail_dropped_releases,
+                    )
+                )
+            )
         elif args.command == "verify":
             sys.exit(_run(_verify(settings, args.saga)))
         elif args.command == "check":

@@ -76,6 +76,7 @@ class Orchestrator:
         self._worker: asyncio.Task[None] | None = None
         self._database_trouble: str | None = None
         self._last_commit = time.monotonic()
+        self._left_logged = 0.0  # when leaving messages was last logged: once per 10 s at most
         #: messages the broker says wait in the queue while none are in hand, and since when
         self._waiting: tuple[int, float] = (0, time.monotonic())
         self.metrics.in_hand = lambda: (self.broker.consumer.unsettled, self.broker.consumer.bytes_in_hand)
@@ -264,7 +265,31 @@ class Orchestrator:
                     envelope.type,
                     extra={"saga_id": envelope.correlation_id, "message_id": envelope.message_id},
                 )
+        left = [d for d, verdict in zip(batch, result.verdicts, strict=True) if verdict is Verdict.LEFT]
+        if left:
+            await self._leave(left)
+            batch = [
+                d for d, verdict in zip(batch, result.verdicts, strict=True) if verdict is not Verdict.LEFT
+            ]
         await self.broker.consumer.ack(batch)
+
+    async def _leave(self, left: list[Delivery]) -> None:
+        """Give back messages for sagas on a release of their workflow this process does not load
+        (a rolling deploy: a process of the other release takes them). Requeued before the rest of
+        the batch is acked, so no ``multiple`` ack takes them along; a batch of nothing else waits
+        a moment first, so that a process alone with them does not spin on them."""
+        now = time.monotonic()
+        if now - self._left_logged > 10:
+            self._left_logged = now
+            log.warning(
+                "left %d messages for sagas on a release this process does not load (loaded: %s);"
+                " a process that loads it takes them",
+                len(left),
+                ", ".join(f"{name} {release}" for name, release in self.registry.loaded()),
+            )
+        if len(left) == self.broker.consumer.unsettled:
+            await asyncio.sleep(0.5)
+        await self.broker.consumer.requeue(left)
 
     async def _commit(
         self, envelopes: list[Envelope], arrived: list[float], *, split: bool = False, last: bool = False

@@ -39,6 +39,18 @@ class Verdict(enum.StrEnum):
     ACCEPTED = "accepted"
     DUPLICATE = "duplicate"
     DEAD = "dead"
+    #: for a saga pinned to a release of its workflow this process does not load (a rolling
+    #: deploy): neither decided nor refused here, but given back to the queue for a process that
+    #: loads it
+    LEFT = "left"
+
+
+class _Leave(Exception):
+    """The message is for a saga this process cannot decide, and another may: leave it."""
+
+    def __init__(self, saga: Saga) -> None:
+        super().__init__(f"saga {saga.id} is on release {saga.release} of {saga.workflow}, not loaded here")
+        self.saga = saga
 
 
 @dataclass
@@ -144,6 +156,9 @@ async def process_batch(
             except Refused as refused:
                 result.refuse(p.index, refused)
                 continue
+            except _Leave:
+                result.verdicts[p.index] = Verdict.LEFT
+                continue
             message = Incoming(p.type, p.message_id, p.payload)
             decisions = [decide(compiled, saga, message, now) for compiled, saga in targets]
             full = [d.reason for d in decisions if d.outcome is Outcome.REFUSED]
@@ -189,7 +204,7 @@ async def fire_due_deadlines(
     result = BatchResult()
     changes = Changes()
     async with store.transaction() as tx:
-        current, due = await tx.claim_due(now, limit, registry.workflows.keys())
+        current, due = await tx.claim_due(now, limit, registry.loaded())
         if not due:
             return result
         for deadline in due:
@@ -198,9 +213,9 @@ async def fire_due_deadlines(
             if pending is not None and pending[1] > deadline.version:
                 continue  # set anew (or cancelled) by this sweep's own decision: that write stands
             saga = current.get(deadline.saga_id)
-            compiled = registry.workflows.get(saga.workflow) if saga is not None else None
+            compiled = registry.for_saga(saga) if saga is not None else None
             if saga is not None and compiled is None:
-                continue  # not a workflow of this process (claim_due leaves those): never removed
+                continue  # not a release of this process (claim_due leaves those): never removed
             stale = saga is None or saga.finished or saga.state != deadline.state
             if stale or compiled is None or saga is None:
                 changes.deadlines[timer] = (None, deadline.version)
@@ -235,6 +250,10 @@ def _targets(
     whatever its key says; a reply without one is matched by its key (the fallback). A reply
     correlated to a saga whose workflow takes no such type goes to that saga all the same, which
     journals it as ignored (a reply nobody waits for): it is never dead-lettered.
+
+    A saga is decided by the release of its workflow it is pinned to; where that release is not
+    loaded here but the workflow is (a rolling deploy), the message is left for a process that
+    loads it (:class:`_Leave`), never decided by another release nor refused.
     """
     cid = p.envelope.correlation_id
     starting = bool(p.keyed) and all(t.starts for t in p.keyed)
@@ -245,13 +264,15 @@ def _targets(
             if p.unrouted is not None:
                 raise p.unrouted
             raise Refused(Reason.UNKNOWN_SAGA, f"correlation id {cid!r} names no saga")
-        compiled = registry.workflows.get(correlated.workflow)
+        compiled = registry.for_saga(correlated)
         if header is not None and header != correlated.workflow:
             raise Refused(
                 Reason.UNKNOWN_WORKFLOW,
                 f"x-workflow {header!r} but correlation id {cid!r} names a {correlated.workflow} saga",
             )
         if compiled is None:
+            if correlated.workflow in registry.workflows:
+                raise _Leave(correlated)
             raise Refused(Reason.UNKNOWN_WORKFLOW, f"workflow {correlated.workflow!r} is not loaded here")
         # _parse already validated the payload against every workflow that takes this type.
         return [(compiled, correlated)]
@@ -269,5 +290,17 @@ def _targets(
             )
         if saga is None and saga_id is None:
             raise Refused(Reason.NO_KEY, f"{p.type} starts {workflow.name} but has no {workflow.key!r}")
+        if saga is not None:
+            pinned = registry.for_saga(saga)
+            if pinned is None:
+                raise _Leave(saga)
+            compiled = pinned
+        elif compiled is not registry.workflows[workflow.name]:
+            current_release = registry.workflows[workflow.name].workflow.release
+            raise Refused(
+                Reason.UNKNOWN_TYPE,
+                f"{p.type} starts release {workflow.release} of {workflow.name} only, and new"
+                f" sagas start on release {current_release}",
+            )
         targets.append((compiled, saga))
     return targets

@@ -116,7 +116,7 @@ class DeadlineAlarm:
                     if not result.decisions:
                         break
                 self.armed_for = None
-                upcoming = await self.store.next_deadline(self.registry.workflows.keys())
+                upcoming = await self.store.next_deadline(self.registry.loaded())
                 if upcoming is not None:
                     self._arm(upcoming)
                 self.failures = 0

@@ -155,8 +155,13 @@ async def apply_action(
         saga = (await tx.lock_sagas([saga_id])).get(saga_id)
         if saga is None:
             raise SagaNotFound(f"no saga {saga_id}")
-        compiled = registry.workflows.get(saga.workflow)
+        compiled = registry.for_saga(saga)
         if compiled is None:
+            if saga.workflow in registry.workflows:
+                raise ActionRefused(
+                    f"saga is on release {saga.release} of {saga.workflow}, which this service does"
+                    f" not load (it loads release {registry.workflows[saga.workflow].workflow.release})"
+                )
             raise ActionRefused(f"workflow {saga.workflow!r} is not loaded by this service")
         _check_names(compiled.workflow, action)
         decision = decide(compiled, saga, message, now)

@@ -61,10 +61,11 @@ class Transaction(Protocol):
         ``message_ids`` were taken already (the inbox)."""
 
     async def claim_due(
-        self, now: datetime, limit: int, workflows: Collection[str] | None = None
+        self, now: datetime, limit: int, workflows: Collection[tuple[str, str]] | None = None
     ) -> tuple[dict[str, Saga], list[DueDeadline]]:
         """The timers due by ``now`` of at most ``limit`` sagas, earliest first, with those sagas;
-        only sagas of ``workflows`` when given (a process takes only the timers it can decide).
+        only sagas of ``workflows`` when given, as (workflow, release) pairs (a process takes only
+        the timers it can decide).
 
         The sagas are locked first, in id order, as :meth:`read_batch` locks them, and the timer
         rows read after that, so the sweep sees what a batch committed meanwhile and takes locks in
@@ -89,9 +90,9 @@ class Store(Protocol):
 
     async def saga_ids(self, workflow: str | None = None) -> list[str]: ...
 
-    async def next_deadline(self, workflows: Collection[str] | None = None) -> datetime | None:
-        """When the earliest pending deadline (of a saga of ``workflows``, when given) falls due,
-        to set the alarm."""
+    async def next_deadline(self, workflows: Collection[tuple[str, str]] | None = None) -> datetime | None:
+        """When the earliest pending deadline (of a saga of ``workflows``, (workflow, release)
+        pairs, when given) falls due, to set the alarm."""
 
     async def unsent(self, limit: int, older_than: datetime | None = None) -> list[OutgoingCommand]:
         """Outbox rows not yet confirmed by the broker, oldest first."""

@@ -105,6 +105,29 @@ def database_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def template_database() -> Iterator[str]:
+    """A migrated database nobody connects to, which each bench's database is copied from."""
+    with migrated_database("orchestrator_template") as url:
+        yield url.rsplit("/", 1)[1]
+
+
+@contextlib.asynccontextmanager
+async def cloned_database(template: str) -> AsyncIterator[str]:
+    """A database of the test's own, a copy of ``template`` (fast: no migration to run): a test
+    that runs ``orchestrator run`` sees no saga, journal or release another test left."""
+    name = f"orchestrator_test_{uuid.uuid4().hex[:10]}"
+    connection = await asyncpg.connect(ADMIN_DSN)
+    try:
+        await connection.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    finally:
+        await connection.close()
+    try:
+        yield database_url_of(name)
+    finally:
+        await asyncio.to_thread(drop_database, name)
+
+
+@pytest.fixture(scope="session")
 def private_broker_node() -> Iterator[PrivateBroker]:
     """A RabbitMQ node of the session's own, started once (it takes seconds) and removed at the
     end: for tests that stop the broker, which the shared one on 5672 must never be."""
@@ -348,23 +371,32 @@ class Bench:
 
 
 @pytest_asyncio.fixture
-async def bench(database_url: str, tmp_path: Path) -> AsyncIterator[Bench]:
+async def bench(template_database: str, tmp_path: Path) -> AsyncIterator[Bench]:
     namespace = f"test-{uuid.uuid4().hex[:8]}"
-    setup = Bench(namespace, database_url, tmp_path)
-    await setup.connect()
-    setup.store = PostgresStore.from_url(database_url, pool_size=2)
-    try:
-        yield setup
-    finally:
-        await setup.cleanup()
+    async with cloned_database(template_database) as database_url:
+        setup = Bench(namespace, database_url, tmp_path)
+        await setup.connect()
+        setup.store = PostgresStore.from_url(database_url, pool_size=2)
+        try:
+            yield setup
+        finally:
+            await setup.cleanup()
 
 
 @pytest_asyncio.fixture
 async def private_bench(
-    database_url: str, tmp_path: Path, private_broker: PrivateBroker
+    template_database: str, tmp_path: Path, private_broker: PrivateBroker
 ) -> AsyncIterator[Bench]:
     """A bench whose processes use the private RabbitMQ node, its namespace's topology declared
     there by ``orchestrator migrate``: for tests that stop, freeze or restart the broker."""
+    async with cloned_database(template_database) as database_url:
+        async for setup in _private_bench(database_url, tmp_path, private_broker):
+            yield setup
+
+
+async def _private_bench(
+    database_url: str, tmp_path: Path, private_broker: PrivateBroker
+) -> AsyncIterator[Bench]:
     namespace = f"test-{uuid.uuid4().hex[:8]}"
     setup = Bench(namespace, database_url, tmp_path, amqp_url=private_broker.url)
     await asyncio.to_thread(

@@ -221,8 +221,8 @@ async def test_a_process_leaves_the_timers_of_a_workflow_it_does_not_load(timers
 
             assert saga_id not in {d.saga.id for d in swept.decisions}
             assert await _timers(store, saga_id) == set_before
-            assert await store.next_deadline(["order"]) != set_before[0][3]
-            assert await store.next_deadline(["escrow"]) <= set_before[0][3]  # type: ignore[operator]
+            assert await store.next_deadline([("order", "1")]) != set_before[0][3]
+            assert await store.next_deadline([("escrow", "1")]) <= set_before[0][3]  # type: ignore[operator]
             fired = await fire_due_deadlines(REGISTRY, store, later)
             assert saga_id in {d.saga.id for d in fired.decisions}  # the process that has it fires it
     finally:

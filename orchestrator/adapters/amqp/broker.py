@@ -306,6 +306,26 @@ class QueueConsumer:
         finally:
             self.settled(deliveries)
 
+    async def requeue(self, deliveries: Sequence[Delivery]) -> None:
+        """Give deliveries back to the queue, for another consumer (one that can decide them).
+        Each is settled one by one, before any later ``multiple`` ack could take it along."""
+        try:
+            for delivery in deliveries:
+                try:
+                    await delivery.channel.basic_nack(delivery.delivery_tag, multiple=False, requeue=True)
+                except (Exception, asyncio.CancelledError) as error:
+                    if not isinstance(error, Exception) and not lost_connection(error):
+                        raise
+                    log.warning(  # the broker requeues it with the channel anyway
+                        "%s: could not requeue message %s: %s",
+                        self.name,
+                        delivery.envelope.message_id,
+                        error,
+                        extra={"message_id": delivery.envelope.message_id},
+                    )
+        finally:
+            self.settled(deliveries)
+
     def settled(self, deliveries: Sequence[Delivery]) -> None:
         """Deliveries the service is done with (acked, or given up to a dead connection)."""
         for delivery in deliveries:

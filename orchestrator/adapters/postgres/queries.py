@@ -20,7 +20,7 @@ from sqlalchemy import ColumnElement, and_, exists, func, literal, select, text,
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from orchestrator.adapters.metrics import DatabaseGauges
-from orchestrator.adapters.postgres.schema import deadlines, journal, outbox, sagas
+from orchestrator.adapters.postgres.schema import deadlines, journal, outbox, sagas, workflow_releases
 from orchestrator.core.definitions import Status
 
 __all__ = [
@@ -229,6 +229,27 @@ class Queries:
             query = query.where(sagas.c.workflow.in_(list(workflows)))
         async with self.engine.connect() as connection:
             return [StateCount(**r._mapping) for r in await connection.execute(query)]
+
+    async def in_flight(self, workflow: str) -> dict[tuple[str, str], int]:
+        """Sagas running or compensating of one workflow, per (release, state): read through the
+        partial index ``sagas_in_flight``, so finished sagas, however many, are never read."""
+        query = (
+            select(sagas.c.release, sagas.c.state, func.count())
+            .where(
+                sagas.c.workflow == workflow,
+                sagas.c.status.in_([str(Status.RUNNING), str(Status.COMPENSATING)]),
+            )
+            .group_by(sagas.c.release, sagas.c.state)
+        )
+        async with self.engine.connect() as connection:
+            return {(release, state): n for release, state, n in await connection.execute(query)}
+
+    async def fingerprints(self, workflow: str) -> dict[str, tuple[str, datetime]]:
+        """Each release of ``workflow`` that has run: its fingerprint, and when it first ran."""
+        table = workflow_releases.c
+        query = select(table.release, table.fingerprint, table.first_run_at).where(table.workflow == workflow)
+        async with self.engine.connect() as connection:
+            return {r: (f, at) for r, f, at in await connection.execute(query)}
 
     async def gauges(self, stuck_since: datetime) -> DatabaseGauges:
         """What ``/metrics`` reports about the database, read in one connection at scrape time."""

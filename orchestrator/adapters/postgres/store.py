@@ -15,7 +15,7 @@ from typing import Any
 
 import asyncpg
 import orjson
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, or_, select, tuple_
 from sqlalchemy.engine import Row, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -60,6 +60,7 @@ def saga_of(row: Mapping[Any, Any]) -> Saga:
         awaiting=tuple(row["awaiting"]),
         attempt=row["attempt"],
         timed_out=tuple(row["timed_out"]),
+        release=row["release"],
     )
 
 
@@ -79,18 +80,19 @@ _UPDATED = (
     "awaiting",
     "attempt",
     "timed_out",
+    "release",
 )
 
 
 _SAGA_COLUMNS = (
     "id, workflow, key, state, status, version, data, parked, last_error,"
-    " created_at, updated_at, awaiting, attempt, timed_out"
+    " created_at, updated_at, awaiting, attempt, timed_out, release"
 )
 
 #: The SQL types of ``_SAGA_COLUMNS``, in order, for the NULLs beside an inbox row in ``_READ_BATCH``.
 _SAGA_TYPES = (
     "text", "text", "text", "text", "text", "int", "jsonb", "jsonb", "text",
-    "timestamptz", "timestamptz", "jsonb", "int", "jsonb",
+    "timestamptz", "timestamptz", "jsonb", "int", "jsonb", "text",
 )  # fmt: skip
 
 #: The whole of a batch's writes in one statement, one round trip: each CTE takes its rows as
@@ -99,12 +101,12 @@ _SAVE = f"""
 WITH saved_sagas AS (
     INSERT INTO sagas ({_SAGA_COLUMNS})
     SELECT id, workflow, key, state, status, version, data::jsonb, parked::jsonb, last_error,
-           created_at, updated_at, awaiting::jsonb, attempt, timed_out::jsonb
+           created_at, updated_at, awaiting::jsonb, attempt, timed_out::jsonb, release
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[], $7::text[],
                 $8::text[], $9::text[], $10::timestamptz[], $11::timestamptz[], $12::text[], $13::int[],
-                $14::text[])
+                $14::text[], $53::text[])
          AS t(id, workflow, key, state, status, version, data, parked, last_error,
-              created_at, updated_at, awaiting, attempt, timed_out)
+              created_at, updated_at, awaiting, attempt, timed_out, release)
     ON CONFLICT (id) DO UPDATE SET {", ".join(f"{c} = excluded.{c}" for c in _UPDATED)}
     RETURNING 1
 ), journaled AS (
@@ -224,6 +226,7 @@ def _save_arguments(changes: Changes, now: datetime) -> list[Any]:
         list(earlier.values()),
         *_dead_letter_arguments(changes.dead_letters),
         [version for _, version in cancels],
+        [s.release for s in saga_rows],
     ]
 
 
@@ -275,7 +278,7 @@ class _PostgresTransaction:
         return current, seen
 
     async def claim_due(
-        self, now: datetime, limit: int, workflows: Collection[str] | None = None
+        self, now: datetime, limit: int, workflows: Collection[tuple[str, str]] | None = None
     ) -> tuple[dict[str, Saga], list[DueDeadline]]:
         # Which sagas have timers due: read without locking anything. Then the sagas, locked in
         # id order as a batch locks them; then their timer rows, read anew after the locks (a
@@ -286,11 +289,13 @@ class _PostgresTransaction:
         # not exist is taken too, to be removed): another process's timers are left to it.
         ids = await self.connection.fetch(
             "SELECT d.saga_id FROM deadlines d LEFT JOIN sagas s ON s.id = d.saga_id"
-            " WHERE d.due_at <= $1 AND (s.id IS NULL OR $3::text[] IS NULL OR s.workflow = ANY($3::text[]))"
+            " WHERE d.due_at <= $1 AND (s.id IS NULL OR $3::text[] IS NULL"
+            " OR (s.workflow, s.release) IN (SELECT * FROM unnest($3::text[], $4::text[])))"
             " GROUP BY d.saga_id ORDER BY min(d.due_at), d.saga_id LIMIT $2",
             now,
             limit,
-            None if workflows is None else list(workflows),
+            None if workflows is None else [name for name, _ in workflows],
+            None if workflows is None else [release for _, release in workflows],
         )
         if not ids:
             return {}, []
@@ -426,11 +431,11 @@ class PostgresStore:
         async with self.engine.connect() as connection:
             return list((await connection.execute(query)).scalars())
 
-    async def next_deadline(self, workflows: Collection[str] | None = None) -> datetime | None:
+    async def next_deadline(self, workflows: Collection[tuple[str, str]] | None = None) -> datetime | None:
         query = select(func.min(deadlines.c.due_at))
         if workflows is not None:
             query = query.select_from(deadlines.outerjoin(sagas, sagas.c.id == deadlines.c.saga_id)).where(
-                or_(sagas.c.id.is_(None), sagas.c.workflow.in_(list(workflows)))
+                or_(sagas.c.id.is_(None), tuple_(sagas.c.workflow, sagas.c.release).in_(list(workflows)))
             )
         async with self.engine.connect() as connection:
             return (await connection.execute(query)).scalar()  # type: ignore[no-any-return]

@@ -308,6 +308,7 @@ def _workflow_routes(app: FastAPI, ctx: ApiContext, reads: Sequence[DependsParam
             per_status[c.status] = per_status.get(c.status, 0) + c.sagas
         return m.WorkflowDetail(
             **_summary(view, per_status).model_dump(),
+            releases=await _releases(ctx, name),
             initial=view.initial,
             unexpected=view.unexpected,
             events=view.events,
@@ -318,6 +319,34 @@ def _workflow_routes(app: FastAPI, ctx: ApiContext, reads: Sequence[DependsParam
             rules=[m.RuleSpec.model_validate(r) for r in view.rules],
             mermaid=diagram,
         )
+
+
+async def _releases(ctx: ApiContext, name: str) -> list[m.ReleaseSpec]:
+    """Every release of a workflow that is loaded or that sagas in flight are on, with their
+    counts per state: what tells an operator when an old release can be dropped."""
+    counts = await ctx.queries.in_flight(name)
+    kept = await ctx.queries.fingerprints(name)
+    loaded = {r: c for (w, r), c in ctx.registry.releases.items() if w == name}
+    current = ctx.registry.workflows[name].workflow.release
+    found = sorted(set(loaded) | {release for release, _ in counts})
+    specs = []
+    for release in found:
+        states = {state: n for (r, state), n in sorted(counts.items()) if r == release}
+        fingerprint, first_run_at = kept.get(release, (None, None))
+        if fingerprint is None and release in loaded:
+            fingerprint = loaded[release].workflow.fingerprint()
+        specs.append(
+            m.ReleaseSpec(
+                release=release,
+                current=release == current,
+                loaded=release in loaded,
+                fingerprint=fingerprint,
+                first_run_at=first_run_at,
+                in_flight=sum(states.values()),
+                states=states,
+            )
+        )
+    return specs
 
 
 def _summary(view: WorkflowView, per_status: Mapping[str, int]) -> m.WorkflowSummary:

@@ -231,7 +231,21 @@ class WorkflowSummary(BaseModel):
     sagas: dict[str, int] = Field(description="sagas per status now")
 
 
+class ReleaseSpec(_Model):
+    release: str
+    current: bool = Field(description="new sagas start on it")
+    loaded: bool = Field(description="this process decides its sagas; False: only sagas in flight need it")
+    fingerprint: str | None = Field(description="of its structure, as kept when it first ran")
+    first_run_at: datetime | None
+    in_flight: int = Field(description="sagas running or compensating on it now")
+    states: dict[str, int] = Field(description="those sagas per state")
+
+
 class WorkflowDetail(WorkflowSummary):
+    releases: list[ReleaseSpec] = Field(
+        description="the releases loaded, and those sagas in flight are on; the definition below"
+        " is the current one's"
+    )
     initial: str
     unexpected: str = Field(description="what an event no rule names does: ignore, park or fail")
     events: list[str]

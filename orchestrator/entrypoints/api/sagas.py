@@ -256,10 +256,12 @@ def sagas_router(ctx: ApiContext, reads: Sequence[Depends], writes: Sequence[Dep
         row, entries = await ctx.store.snapshot(str(saga_id))
         if row is None:
             raise HTTPException(404, f"no saga {saga_id}")
-        compiled = ctx.registry.workflows.get(row.workflow)
+        compiled = ctx.registry.for_saga(row)
         if compiled is None:
             raise HTTPException(
-                409, f"workflow {row.workflow!r} is not loaded: its journal cannot be replayed"
+                409,
+                f"release {row.release} of workflow {row.workflow!r} is not loaded: its journal"
+                " cannot be replayed",
             )
         upto = [e for e in entries if e.recorded_at <= when]
         if not upto:
