@@ -75,7 +75,7 @@ class Metrics:
     """Every number the service exposes; one instance per running service (and per test app)."""
 
     def __init__(self, process: bool = True) -> None:
-        self.messages_in: Counter[str] = Counter()  # by verdict: accepted, duplicate, dead
+        self.messages_in: Counter[str] = Counter()  # by verdict: accepted, duplicate, dead, left
         self.dead_lettered: Counter[str] = Counter()  # by reason code (orchestrator.core.ingress.Reason)
         self.batch_failures: Counter[str] = Counter()  # by fault (orchestrator.service.faults.Fault)
         self.commands_out = 0  # confirmed by the broker
@@ -122,7 +122,7 @@ class _Collector:
                 "Messages taken off the orchestrator queue, by verdict",
                 labels=["verdict"],
             ),
-            {v: m.messages_in[v] for v in ("accepted", "duplicate", "dead")},
+            {v: m.messages_in[v] for v in ("accepted", "duplicate", "dead", "left")},
         )
         yield CounterMetricFamily(
             "orchestrator_duplicates",
