@@ -153,7 +153,7 @@ class WorkflowTestKit:
         compiled = self.registry.for_saga(saga)
         assert compiled is not None, f"release {saga.release} of {saga.workflow} is not loaded"
         records = self._loop.run_until_complete(self.store.records(saga.id))
-        return verify(compiled, replace(records, saga=saga))
+        return verify(compiled, replace(records, saga=saga), self.registry.releases_of(saga.workflow))
 
     def reply(self, command: OutgoingCommand, event: Message) -> BatchResult:
         """Answer a command the way a participant does: same correlation id, a stable reply id."""

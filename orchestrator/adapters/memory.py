@@ -121,6 +121,11 @@ class MemoryStore:
     async def saga_ids(self, workflow: str | None = None) -> list[str]:
         return [s.id for s in self.sagas.values() if workflow is None or s.workflow == workflow]
 
+    async def movable(self, workflow: str, release: str) -> list[str]:
+        moving = {"running", "compensating", "failed"}
+        found = [s for s in self.sagas.values() if s.workflow == workflow and s.release == release]
+        return sorted(s.id for s in found if s.status in moving)
+
     async def next_deadline(self, workflows: Collection[tuple[str, str]] | None = None) -> datetime | None:
         return min(
             (d.due_at for (saga_id, _), (d, _) in self.deadlines.items() if self.decides(saga_id, workflows)),

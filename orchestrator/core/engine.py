@@ -80,6 +80,7 @@ class Outcome(enum.StrEnum):
     FAILED = "failed"
     RETRIED = "retried"  # the waiting state's commands sent again
     LATE_UNDONE = "late_undone"  # a success after its deadline: its undo was sent
+    MIGRATED = "migrated"  # moved by an operator to another release of its workflow (migration.py)
     #: an operator's action that does not fit the saga, or an event to park past the saga's
     #: parking cap: never journaled, the saga unchanged
     REFUSED = "refused"
@@ -216,8 +217,8 @@ class Decision:
             # a late success's reply enters the data before its undo is built
             "operators": 3,
         } | ({"dead_letter": str(self.dead_letter)} if self.dead_letter is not None else {})
-        if self.saga.version == 1:  # the release a saga starts on, for replay and ``state?at=``
-            summary["release"] = self.saga.release
+        if self.saga.version == 1 or self.outcome is Outcome.MIGRATED:
+            summary["release"] = self.saga.release  # for replay and ``state?at=`` to know it
         return summary
 
 

@@ -9,13 +9,14 @@ each unsent command (an outbox row) must be one of them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from orchestrator.core.engine import Deadline, OutgoingCommand, Saga, decide
 from orchestrator.core.journal import DueDeadline, JournalEntry, Records
 from orchestrator.core.machine import CompiledWorkflow
+from orchestrator.core.migration import DROPPED, MIGRATE, drop_release, migrate
 
 __all__ = [
     "Rebuilt",
@@ -43,7 +44,22 @@ class Rebuilt:
     commands: tuple[tuple[OutgoingCommand, ...], ...] = ()
 
 
-def rebuild(compiled: CompiledWorkflow, entries: Sequence[JournalEntry]) -> Rebuilt:
+#: the definition of a release of the saga's workflow, by release (None: not loaded)
+Releases = Callable[[str], CompiledWorkflow | None]
+
+
+class ReleaseNotLoaded(LookupError):
+    """The journal names a release of the workflow that is not loaded: it cannot be replayed."""
+
+
+def _start_release(entries: Sequence[JournalEntry]) -> str:
+    """The release the saga started on: its first entry says (before releases existed: ``1``)."""
+    return str(entries[0].decision.get("release", "1")) if entries else "1"
+
+
+def rebuild(
+    compiled: CompiledWorkflow, entries: Sequence[JournalEntry], releases: Releases | None = None
+) -> Rebuilt:
     """The saga its journal gives, and its timers. Every journaled message was taken when it came,
     so none is refused for the parking cap now. A closing entry journaled before closing sagas
     dropped their parked events (its summary has no ``dropped_parked``) keeps them, as its row did.
@@ -53,22 +69,41 @@ def rebuild(compiled: CompiledWorkflow, entries: Sequence[JournalEntry]) -> Rebu
     as it was then: see ``decide``'s ``before_operators``.
 
     Timers as the store writes them (``Changes.record``): a decision that changes a kind sets or
-    cancels it, and a timer that fired is removed unless the decision it gave set it anew."""
+    cancels it, and a timer that fired is removed unless the decision it gave set it anew.
+
+    ``releases`` gives the definition of each release of the workflow: the journal is replayed
+    through the release the saga started on, and, after a migration entry, the release it moved
+    to (:class:`ReleaseNotLoaded` if one is not given). Without it, ``compiled`` decides it all."""
+    if releases is not None and entries:
+        first = releases(_start_release(entries))
+        if first is None:
+            raise ReleaseNotLoaded(f"release {_start_release(entries)} is not loaded")
+        compiled = first
     saga: Saga | None = None
     timers: dict[str, tuple[Deadline, int]] = {}
     sent: list[tuple[OutgoingCommand, ...]] = []
     for entry in entries:
         before_declared = "merged" not in entry.decision
-        decision = decide(
-            compiled,
-            saga,
-            entry.message,
-            entry.recorded_at,
-            replaying=True,
-            merge_all=before_declared,
-            before_operators="operators" not in entry.decision,
-            late_merge=entry.decision.get("operators", 0) >= 3,
-        )
+        if entry.message.type == MIGRATE and saga is not None:
+            to_release = str(entry.message.payload["to_release"])
+            target = releases(to_release) if releases is not None else None
+            if target is None:
+                raise ReleaseNotLoaded(f"release {to_release} (migrated to) is not loaded")
+            compiled = target
+            decision = migrate(compiled, saga, entry.message, entry.recorded_at)
+        elif entry.message.type == DROPPED and saga is not None:
+            decision = drop_release(saga, entry.message, entry.recorded_at)
+        else:
+            decision = decide(
+                compiled,
+                saga,
+                entry.message,
+                entry.recorded_at,
+                replaying=True,
+                merge_all=before_declared,
+                before_operators="operators" not in entry.decision,
+                late_merge=entry.decision.get("operators", 0) >= 3,
+            )
         if decision.dropped_parked and saga is not None and "dropped_parked" not in entry.decision:
             kept = set(decision.dropped_parked)
             parked = tuple(p for p in saga.parked if p["message_id"] in kept)
@@ -89,9 +124,11 @@ def rebuild(compiled: CompiledWorkflow, entries: Sequence[JournalEntry]) -> Rebu
     return Rebuilt(saga, timers, tuple(sent))
 
 
-def replay(compiled: CompiledWorkflow, entries: Sequence[JournalEntry]) -> Saga | None:
+def replay(
+    compiled: CompiledWorkflow, entries: Sequence[JournalEntry], releases: Releases | None = None
+) -> Saga | None:
     """The saga its journal gives (:func:`rebuild` without the timers)."""
-    return rebuild(compiled, entries).saga
+    return rebuild(compiled, entries, releases).saga
 
 
 def differences(row: Saga | None, rebuilt: Saga | None) -> list[str]:
@@ -199,11 +236,15 @@ def outbox_differences(
     return found
 
 
-def verify(compiled: CompiledWorkflow, records: Records) -> list[str]:
+def verify(compiled: CompiledWorkflow, records: Records, releases: Releases | None = None) -> list[str]:
     """All that a saga's records hold and its journal does not imply: the row field by field, its
     pending timers, the commands each entry records against those ``compiled`` sends deciding it
-    again, and its outbox rows (``orchestrator verify``, the test kit)."""
-    rebuilt = rebuild(compiled, records.journal)
+    again, and its outbox rows (``orchestrator verify``, the test kit). ``releases``: as for
+    :func:`rebuild`; a release the journal needs and that is not loaded is a difference."""
+    try:
+        rebuilt = rebuild(compiled, records.journal, releases)
+    except ReleaseNotLoaded as error:
+        return [f"journal not replayed: {error}"]
     found = differences(records.saga, rebuilt.saga)
     found += timer_differences(records.timers, rebuilt.timers)
     found += command_differences(records.journal, rebuilt.commands)

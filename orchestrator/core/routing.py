@@ -7,7 +7,7 @@ saga exists is for the service layer to check.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +77,10 @@ class Registry:
     def for_saga(self, saga: Saga) -> CompiledWorkflow | None:
         """The definition a saga is decided by: the release it is pinned to, if loaded here."""
         return self.releases.get((saga.workflow, saga.release))
+
+    def releases_of(self, workflow: str) -> Callable[[str], CompiledWorkflow | None]:
+        """Each loaded release of ``workflow`` by its name, for replay to follow a migration."""
+        return lambda release: self.releases.get((workflow, release))
 
     def loaded(self) -> list[tuple[str, str]]:
         """Every (workflow, release) loaded here: the sagas whose timers this process fires."""

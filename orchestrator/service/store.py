@@ -90,6 +90,9 @@ class Store(Protocol):
 
     async def saga_ids(self, workflow: str | None = None) -> list[str]: ...
 
+    async def movable(self, workflow: str, release: str) -> list[str]:
+        """The sagas of a release running, compensating or failed: those a migration may move."""
+
     async def next_deadline(self, workflows: Collection[tuple[str, str]] | None = None) -> datetime | None:
         """When the earliest pending deadline (of a saga of ``workflows``, (workflow, release)
         pairs, when given) falls due, to set the alarm."""

@@ -9,6 +9,7 @@ import asyncio
 import subprocess
 import sys
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -211,4 +212,78 @@ async def test_run_refuses_to_drop_a_release_sagas_need_and_fails_them_only_when
         assert timers == 0  # failed sagas wait for an operator, not for a deadline
     finally:
         assert told.stop() == 0
+        await delete_namespace(bench.namespace, ("notifications",))
+
+
+async def test_a_migration_dry_run_then_applied_over_rest_and_the_journal_verifies(bench: Bench) -> None:
+    old = await bench.start_orchestrator()
+    await bench.place_order("m-1")
+    await reach(bench, {"m-1": "reserve"})
+    await reply(bench, "m-1", StockReserved("m-1", "res-m"))
+    await reach(bench, {"m-1": "charge"})
+    assert old.stop() == 0
+    before_migration = datetime.now(UTC)
+
+    new = await bench.start_orchestrator(*BOTH)
+    try:
+        cli = ["sagas", "migrate", "--workflow", "order", "--from", "1", "--to", "2", *BOTH]
+        dry = subprocess.run(
+            [sys.executable, "-m", "orchestrator", *cli, "--state", "charge=payment"],
+            env=bench.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert dry.returncode == 0, dry.stdout + dry.stderr
+        assert "m-1: charge -> payment (running)" in dry.stdout
+        assert "would move 1 sagas of order from release 1 to 2, 0 cannot move; a dry run" in dry.stdout
+        unmapped = subprocess.run(
+            [sys.executable, "-m", "orchestrator", *cli],
+            env=bench.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        assert unmapped.returncode == 1 and "cannot move: state 'charge' has no mapping" in unmapped.stdout
+        saga = await bench.saga("order", "m-1")
+        assert saga is not None and (saga.release, saga.state) == ("1", "charge")  # nothing written
+
+        async with bench.api(actor="alice") as api:
+            bad = await api.post(
+                "/workflows/order/migrations",
+                json={"from_release": "1", "to_release": "2", "states": {"charge": "nowhere"}, "apply": True},
+            )
+            assert bad.status_code == 422 and "'nowhere' is not a state of release 2" in bad.text
+            applied = await api.post(
+                "/workflows/order/migrations",
+                json={"from_release": "1", "to_release": "2", "states": {"charge": "payment"}, "apply": True},
+            )
+            assert applied.status_code == 200, applied.text
+            assert applied.json()["moved"] == 1 and applied.json()["applied"] is True
+            saga = await bench.saga("order", "m-1")
+            assert saga is not None and (saga.release, saga.state) == ("2", "payment")
+
+            await reply(bench, "m-1", PaymentCharged("m-1", "ch-m"))
+            await reach(bench, {"m-1": "ship"})
+            await reply(bench, "m-1", OrderShipped("m-1", "t-m"))
+            await reach(bench, {"m-1": "confirm"})
+            await reply(bench, "m-1", OrderConfirmed("m-1"))
+            await bench.finished("order", ["m-1"])
+
+            then = await api.get(f"/sagas/{saga.id}/state", params={"at": before_migration.isoformat()})
+            assert then.status_code == 200, then.text
+            assert (then.json()["release"], then.json()["state"]) == ("1", "charge")
+            now = await api.get(f"/sagas/{saga.id}/state", params={"at": datetime.now(UTC).isoformat()})
+            assert (now.json()["release"], now.json()["state"], now.json()["status"]) == (
+                "2",
+                "completed",
+                "completed",
+            )
+        history = [e.message.type for e in await bench.store.journal(saga.id)]  # type: ignore[union-attr]
+        assert "operator.migrate" in history
+        verified = bench.verify(*BOTH)
+        assert verified.returncode == 0 and "verified 1 sagas: 0 differ" in verified.stdout, verified.stdout
+    finally:
+        assert new.stop() == 0
         await delete_namespace(bench.namespace, ("notifications",))

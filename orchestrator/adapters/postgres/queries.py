@@ -69,6 +69,7 @@ class SagaRow:
     last_error: str | None
     created_at: datetime
     updated_at: datetime
+    release: str = "1"
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 _SUMMARY = (
     sagas.c.id,
     sagas.c.workflow,
+    sagas.c.release,
     sagas.c.key,
     sagas.c.state,
     sagas.c.status,

@@ -15,11 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from orchestrator.adapters.postgres.schema import sagas, workflow_releases
 from orchestrator.core.definitions import Status
+from orchestrator.core.migration import DROPPED
 
 __all__ = ["DROPPED", "PostgresReleaseBook"]
 
-#: the journal's message type for a saga failed because its release was dropped
-DROPPED = "operator.release-dropped"
 
 _IN_FLIGHT = (str(Status.RUNNING), str(Status.COMPENSATING))
 
@@ -81,7 +80,8 @@ class PostgresReleaseBook:
 
     async def fail_in_flight(self, workflow: str, release: str, reason: str, now: datetime) -> int:
         actor = "orchestrator run --fail-dropped-releases"
-        message = {"type": DROPPED, "payload": {"release": release}, "kind": "operator", "actor": actor}
+        payload = {"release": release, "reason": reason}
+        message = {"type": DROPPED, "payload": payload, "kind": "operator", "actor": actor}
         decision: dict[str, Any] = {
             "outcome": "failed",
             "status": str(Status.FAILED),

@@ -431,6 +431,19 @@ class PostgresStore:
         async with self.engine.connect() as connection:
             return list((await connection.execute(query)).scalars())
 
+    async def movable(self, workflow: str, release: str) -> list[str]:
+        query = (
+            select(sagas.c.id)
+            .where(
+                sagas.c.workflow == workflow,
+                sagas.c.release == release,
+                sagas.c.status.in_(["running", "compensating", "failed"]),
+            )
+            .order_by(sagas.c.id)
+        )
+        async with self.engine.connect() as connection:
+            return list((await connection.execute(query)).scalars())
+
     async def next_deadline(self, workflows: Collection[tuple[str, str]] | None = None) -> datetime | None:
         query = select(func.min(deadlines.c.due_at))
         if workflows is not None:

@@ -34,6 +34,7 @@ from orchestrator.entrypoints.api import models as m
 from orchestrator.entrypoints.api.body_limit import BodyLimit
 from orchestrator.entrypoints.api.context import RETRY_AFTER, UNAVAILABLE_DETAIL, ApiContext, answers
 from orchestrator.entrypoints.api.dead_letters import dead_letters_router
+from orchestrator.entrypoints.api.migrations import migrations_router
 from orchestrator.entrypoints.api.sagas import sagas_router
 from orchestrator.service.faults import Fault, from_database
 from orchestrator.service.operations import ActionRefused, BadRequest, SagaNotFound
@@ -62,6 +63,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.include_router(dead_letters_router(ctx, reads, writes))
     _health_routes(app, ctx, reads)
     _workflow_routes(app, ctx, reads)
+    app.include_router(migrations_router(ctx, writes))
     _document_starts(app, ctx.registry)
     return app
 

@@ -60,7 +60,7 @@ class ApiContext:
     #: per workflow, its definition and diagram, built once: both are pure and fixed for the process
     views: dict[str, tuple[WorkflowView, str]] = field(default_factory=dict, init=False)
     #: per workflow and state, the participants' events that move a saga on
-    waiting: dict[str, dict[str, list[str]]] = field(default_factory=dict, init=False)
+    waiting: dict[tuple[str, str], dict[str, list[str]]] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         for name, compiled in self.registry.workflows.items():
@@ -68,7 +68,8 @@ class ApiContext:
                 describe(compiled.workflow),
                 mermaid(compiled.workflow, compiled.moves),
             )
-            self.waiting[name] = _waiting_for(compiled)
+        for pair, compiled in self.registry.releases.items():
+            self.waiting[pair] = _waiting_for(compiled)
 
 
 def _waiting_for(compiled: CompiledWorkflow) -> dict[str, list[str]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any, Literal, Self
+from uuid import UUID
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -89,6 +90,7 @@ class _SagaFields(_Model):
 
     id: str
     workflow: str
+    release: str = Field(description="the release of its workflow the saga is decided by")
     key: str
     state: str
     status: Status
@@ -374,3 +376,38 @@ class DeadLetterPurgeRequest(_Request):
 
 class DeadLetterPurgeResult(BaseModel):
     purged: int = Field(description="how many were deleted")
+
+
+# Migrations between releases ----------------------------------------------------------------------
+Release = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
+StateName = Annotated[Text, Field(min_length=1, max_length=200)]
+
+
+class MigrationRequest(_Request):
+    from_release: Release = Field(description="the release the sagas are on")
+    to_release: Release = Field(description="the release they move to; loaded by this process")
+    states: dict[StateName, StateName] = Field(
+        default_factory=dict,
+        max_length=1000,
+        description="state in from_release -> state in to_release; a state the target has keeps its name",
+    )
+    sagas: list[UUID] | None = Field(
+        default=None, max_length=10_000, description="only these sagas (default: all in flight or failed)"
+    )
+    apply: bool = Field(default=False, description="false: a dry run, nothing is written")
+
+
+class MigratedSaga(_Model):
+    saga_id: str
+    key: str
+    from_state: str
+    to_state: str | None = Field(description="where it goes; null: it cannot move")
+    status: str
+    refused: str | None = Field(description="why it cannot move; the others go on")
+
+
+class MigrationReport(_Model):
+    applied: bool = Field(description="false: a dry run; nothing was written")
+    moved: int = Field(description="sagas moved (or, in a dry run, that would move)")
+    refused: int = Field(description="sagas that cannot move, each with its reason")
+    sagas: list[MigratedSaga]

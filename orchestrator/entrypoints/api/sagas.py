@@ -56,10 +56,11 @@ _LINKS = {
 
 
 def state_fields(ctx: ApiContext, saga: Saga) -> dict[str, Any]:
-    waiting = [] if saga.finished else ctx.waiting.get(saga.workflow, {}).get(saga.state, [])
+    waiting = [] if saga.finished else ctx.waiting.get((saga.workflow, saga.release), {}).get(saga.state, [])
     return {
         "id": saga.id,
         "workflow": saga.workflow,
+        "release": saga.release,
         "key": saga.key,
         "state": saga.state,
         "status": saga.status,
@@ -158,7 +159,7 @@ def sagas_router(ctx: ApiContext, reads: Sequence[Depends], writes: Sequence[Dep
     read_auth = (401,) if reads else ()
     write_auth = (401,) if writes else ()
     workflow_names = sorted(ctx.registry.workflows)
-    all_states = sorted({s for c in ctx.registry.workflows.values() for s in c.workflow.states})
+    all_states = sorted({s for c in ctx.registry.releases.values() for s in c.workflow.states})
     router = APIRouter()
     viewing = APIRouter(
         prefix="/sagas", tags=["sagas"], dependencies=reads, responses=answers(*read_auth, 422)
@@ -194,7 +195,11 @@ def sagas_router(ctx: ApiContext, reads: Sequence[Depends], writes: Sequence[Dep
         if workflow is not None and workflow not in ctx.registry.workflows:
             raise HTTPException(422, f"workflow: unknown {workflow!r}; known: {', '.join(workflow_names)}")
         if state is not None:
-            known = ctx.registry.workflows[workflow].workflow.states if workflow else all_states
+            known = (
+                {s for (w, _), c in ctx.registry.releases.items() if w == workflow for s in c.workflow.states}
+                if workflow
+                else set(all_states)
+            )
             if state not in known:
                 raise HTTPException(
                     422, f"state: no state {state!r}" + (f" in {workflow}" if workflow else "")
@@ -267,7 +272,7 @@ def sagas_router(ctx: ApiContext, reads: Sequence[Depends], writes: Sequence[Dep
         if not upto:
             raise HTTPException(404, f"saga {saga_id} did not exist yet at {when.isoformat()}")
         try:
-            rebuilt = replay(compiled, upto)
+            rebuilt = replay(compiled, upto, ctx.registry.releases_of(row.workflow))
         except Exception as error:  # a journal the loaded definition cannot replay: say so, not 500
             raise HTTPException(409, f"the journal cannot be replayed by this definition: {error}") from None
         assert rebuilt is not None

@@ -1,0 +1,55 @@
+"""``POST /workflows/{name}/migrations``: move sagas between releases of their workflow, a dry run
+unless ``apply`` (:mod:`orchestrator.service.migrations`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated
+
+from fastapi import APIRouter, Path
+from fastapi.params import Depends
+
+from orchestrator.entrypoints.api import models as m
+from orchestrator.entrypoints.api.context import DEFAULT_ACTOR, ApiContext, answers
+from orchestrator.entrypoints.api.sagas import Actor
+from orchestrator.service.migrations import migrate_sagas
+
+
+def migrations_router(ctx: ApiContext, writes: Sequence[Depends]) -> APIRouter:
+    write_auth = (401,) if writes else ()
+    router = APIRouter(
+        prefix="/workflows",
+        tags=["workflows"],
+        dependencies=writes,
+        responses=answers(400, *write_auth, 413, 422),
+    )
+
+    @router.post("/{name}/migrations", operation_id="migrate_sagas", response_model=m.MigrationReport)
+    async def migrate(
+        name: Annotated[str, Path(max_length=200)], body: m.MigrationRequest, actor: Actor = None
+    ) -> m.MigrationReport:
+        """Move sagas from one release of the workflow to another with a state mapping: a dry run
+        (nothing written) unless ``apply``. Each saga moved is journaled (``operator.migrate``)
+        and ``verify`` replays it; one that cannot move is listed with the reason and left as it
+        is. Nothing is sent: the saga keeps waiting for what it sent; its new state's deadline runs
+        from now. A bad plan (unknown release or state, a final state as target) is a 422."""
+        report = await migrate_sagas(
+            ctx.registry,
+            ctx.store,
+            name,
+            body.from_release,
+            body.to_release,
+            body.states,
+            actor=actor or DEFAULT_ACTOR,
+            now=ctx.clock(),
+            apply=body.apply,
+            saga_ids=None if body.sagas is None else [str(s) for s in body.sagas],
+        )
+        return m.MigrationReport(
+            applied=report.applied,
+            moved=report.moved,
+            refused=report.refused,
+            sagas=[m.MigratedSaga.model_validate(s) for s in report.sagas],
+        )
+
+    return router

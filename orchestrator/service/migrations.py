@@ -1,0 +1,128 @@
+"""An operator moves sagas from one release of their workflow to another, with an explicit state
+mapping: a dry run first (what would move where, and what cannot), then the same with ``apply``.
+
+Each saga moves in its own right: locked, decided by the pure :func:`orchestrator.core.migration
+.migrate`, journaled as an ``operator.migrate`` entry that ``verify`` replays; one that cannot
+move (a state with no place in the target, a saga finished meanwhile) is reported and left as
+it is, and the others go on. Sagas move in small transactions, so a migration of many does not
+hold the hot path's locks for long.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from orchestrator.core.engine import OutgoingCommand
+from orchestrator.core.migration import MigrationRefused, migrate, migration_message
+from orchestrator.core.routing import Registry
+from orchestrator.service.operations import BadRequest
+from orchestrator.service.store import Changes, Store
+
+__all__ = ["MigrationReport", "Moved", "migrate_sagas"]
+
+#: sagas moved per transaction
+BATCH = 200
+
+
+@dataclass(frozen=True)
+class Moved:
+    """One saga in a migration: where it was, where it goes (or why it cannot)."""
+
+    saga_id: str
+    key: str
+    from_state: str
+    to_state: str | None
+    status: str
+    refused: str | None = None
+
+
+@dataclass
+class MigrationReport:
+    applied: bool
+    sagas: list[Moved] = field(default_factory=list)
+    #: what moving them sends: nothing today (a migration keeps what the saga waits on)
+    commands: list[OutgoingCommand] = field(default_factory=list)
+
+    @property
+    def moved(self) -> int:
+        return sum(1 for s in self.sagas if s.refused is None)
+
+    @property
+    def refused(self) -> int:
+        return sum(1 for s in self.sagas if s.refused is not None)
+
+
+def _check_plan(
+    registry: Registry, workflow: str, from_release: str, to_release: str, states: Mapping[str, str]
+) -> None:
+    """A plan that cannot be right for any saga is bad input, refused before any saga is read."""
+    if workflow not in registry.workflows:
+        raise BadRequest(f"unknown workflow {workflow!r}; known: {', '.join(sorted(registry.workflows))}")
+    if from_release == to_release:
+        raise BadRequest(f"the sagas are on release {from_release} already")
+    target = registry.releases.get((workflow, to_release))
+    if target is None:
+        loaded = ", ".join(sorted(r for w, r in registry.releases if w == workflow))
+        raise BadRequest(f"release {to_release} of {workflow} is not loaded here (loaded: {loaded})")
+    source = registry.releases.get((workflow, from_release))
+    for old, new in states.items():
+        if source is not None and old not in source.workflow.states:
+            raise BadRequest(f"{old!r} is not a state of release {from_release} of {workflow}")
+        spec = target.workflow.states.get(new)
+        if spec is None:
+            raise BadRequest(f"{new!r} is not a state of release {to_release} of {workflow}")
+        if spec.final:
+            raise BadRequest(f"{new!r} is a final state: a migration leaves a saga in flight")
+
+
+async def migrate_sagas(
+    registry: Registry,
+    store: Store,
+    workflow: str,
+    from_release: str,
+    to_release: str,
+    states: Mapping[str, str],
+    *,
+    actor: str,
+    now: datetime,
+    apply: bool = False,
+    saga_ids: Sequence[str] | None = None,
+) -> MigrationReport:
+    """Move the sagas in flight or failed on ``from_release`` (or those of ``saga_ids``) to
+    ``to_release``, each state mapped by ``states`` (a state the target has keeps its name
+    unless mapped). Without ``apply`` nothing is written: the report says what would happen."""
+    _check_plan(registry, workflow, from_release, to_release, states)
+    target = registry.releases[(workflow, to_release)]
+    ids = list(saga_ids) if saga_ids is not None else await store.movable(workflow, from_release)
+    report = MigrationReport(applied=apply)
+    for start in range(0, len(ids), BATCH):
+        chunk = ids[start : start + BATCH]
+        changes = Changes()
+        async with store.transaction() as tx:
+            current = await tx.lock_sagas(chunk)
+            for saga_id in chunk:
+                saga = current.get(saga_id)
+                if saga is None:
+                    report.sagas.append(Moved(saga_id, "", "", None, "", "no such saga"))
+                    continue
+                message = migration_message(
+                    f"migrate:{uuid.uuid4()}", from_release, to_release, states, actor
+                )
+                try:
+                    decision = migrate(target, saga, message, now)
+                except MigrationRefused as refused:
+                    report.sagas.append(
+                        Moved(saga.id, saga.key, saga.state, None, str(saga.status), str(refused))
+                    )
+                    continue
+                report.sagas.append(
+                    Moved(saga.id, saga.key, saga.state, decision.saga.state, str(decision.saga.status))
+                )
+                changes.record(message, decision, now)
+            if apply and changes:
+                await tx.save(changes)
+        report.commands.extend(changes.commands if apply else [])
+    return report
