@@ -365,6 +365,44 @@ def decide(
     before_operators: bool = False,
     late_merge: bool = True,
 ) -> Decision:
+    """Decide what ``message`` does to ``saga`` (None: the message starts a new saga); a saga the
+    definition cannot decide (it raises: a definition changed under the saga, a bug) fails, with
+    the reason, for an operator: nothing raises out of the engine for one saga. Being a pure
+    function of its inputs, the same entry replayed fails the same way."""
+    try:
+        return _decide(
+            compiled,
+            saga,
+            message,
+            now,
+            replaying=replaying,
+            merge_all=merge_all,
+            before_operators=before_operators,
+            late_merge=late_merge,
+        )
+    except Exception as error:
+        if saga is None:
+            raise
+        workflow = compiled.workflow
+        reason = (
+            f"release {workflow.release} of {workflow.name} cannot decide {message.type} in"
+            f" {saga.state}: {type(error).__name__}: {error}"
+        )
+        bumped = _with(saga, version=saga.version + 1, updated_at=now)
+        return _failed(bumped, saga.state, reason, now)
+
+
+def _decide(
+    compiled: CompiledWorkflow,
+    saga: Saga | None,
+    message: Incoming,
+    now: datetime,
+    *,
+    replaying: bool = False,
+    merge_all: bool = False,
+    before_operators: bool = False,
+    late_merge: bool = True,
+) -> Decision:
     """Decide what ``message`` does to ``saga`` (None: the message starts a new saga).
 
     A participant's event to park when the saga already holds ``compiled.max_parked`` parked

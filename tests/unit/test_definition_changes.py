@@ -4,7 +4,8 @@ instead of raising (which stopped every saga) or ignoring every message; the res
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from orchestrator import Saga, step
 from orchestrator.core.definitions import Status
@@ -103,3 +104,73 @@ def test_a_deadline_of_a_state_the_loaded_workflow_lacks_fails_the_saga_too() ->
     finally:
         before.close()
         after.close()
+
+
+async def test_a_definition_that_raises_fails_that_saga_only_and_the_batch_goes_on() -> None:
+    """Nothing raises out of the engine for one saga: a definition that raises while deciding it
+    (here a move table pointing at a state that does not exist) fails that saga with the reason,
+    and the other messages of the batch are decided as ever."""
+    import orjson
+
+    from orchestrator.adapters.memory import MemoryStore
+    from orchestrator.core.engine import Outcome, saga_id_for
+    from orchestrator.core.machine import Fired
+    from orchestrator.core.messages import dump
+    from orchestrator.core.routing import Registry
+    from orchestrator.service.batch import Envelope, Verdict, process_batch
+
+    registry = Registry([OrderSaga.workflow])
+    compiled = registry.workflows["order"]
+    store = MemoryStore()
+    now = datetime(2026, 11, 25, 12, tzinfo=UTC)
+
+    def envelope(message: Any, message_id: str, correlation_id: str | None = None) -> Envelope:
+        return Envelope(orjson.dumps(dump(message)), message.TYPE, message_id, correlation_id)
+
+    await process_batch(
+        registry, store, [envelope(placed("o-a"), "p-a"), envelope(placed("o-b"), "p-b")], now
+    )
+    compiled.moves[("reserve", StockReserved.TYPE)] = Fired("nowhere", ())  # a broken definition
+    a, b = saga_id_for("order", "o-a"), saga_id_for("order", "o-b")
+    result = await process_batch(
+        registry,
+        store,
+        [envelope(StockReserved("o-a", "r-a"), "r-a", a), envelope(OutOfStock("o-b", "sku-1"), "r-b", b)],
+        now,
+    )
+    assert result.verdicts == [Verdict.ACCEPTED, Verdict.ACCEPTED]
+    failed, other = await store.get_saga(a), await store.get_saga(b)
+    assert failed is not None and failed.status is Status.FAILED and failed.state == "reserve"
+    assert failed.last_error is not None
+    assert "KeyError" in failed.last_error and "nowhere" in failed.last_error
+    assert other is not None and other.status is Status.COMPENSATED
+    assert [d.outcome for d in result.decisions] == [Outcome.FAILED, Outcome.MOVED]
+
+
+def test_whatever_a_definition_raises_while_deciding_fails_the_saga_and_replays_the_same() -> None:
+    from orchestrator.core.engine import Incoming, Outcome, decide
+    from orchestrator.core.machine import CompiledWorkflow
+
+    class Exploding(dict[Any, Any]):
+        def get(self, *args: Any) -> Any:
+            raise RuntimeError("boom")
+
+        def __contains__(self, key: object) -> bool:
+            raise RuntimeError("boom")
+
+    kit = WorkflowTestKit(OrderSaga.workflow)
+    kit.publish(placed("o-x"))
+    saga = kit.store.sagas[kit.saga("o-x").id]
+    kit.close()
+    compiled = CompiledWorkflow(OrderSaga.workflow)
+    compiled.moves = Exploding(compiled.moves)
+    now = datetime(2026, 11, 25, 12, tzinfo=UTC)
+    message = Incoming(StockReserved.TYPE, "m-x", {"order_id": "o-x", "reservation_id": "r"})
+    first, again = decide(compiled, saga, message, now), decide(compiled, saga, message, now)
+    assert first.outcome is Outcome.FAILED and first.saga.status is Status.FAILED
+    assert first.saga.version == saga.version + 1 and first.deadline_changed and first.retry_changed
+    assert (
+        first.reason
+        == "release 1 of order cannot decide inventory.StockReserved in reserve: RuntimeError: boom"
+    )
+    assert again == first  # pure: a replay fails it the same way
