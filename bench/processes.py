@@ -8,6 +8,7 @@ events and reads the database.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import re
@@ -28,12 +29,24 @@ WORKFLOWS = "bench.workflows"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def has_port_flag(python: str, root: Path) -> bool:
-    """Whether ``orchestrator run`` serves the REST API (and so needs a free port of its own)."""
+@functools.cache
+def _run_help(python: str, root: Path) -> str:
     result = subprocess.run(
         [python, "-m", "orchestrator", "run", "--help"], cwd=root, capture_output=True, text=True, timeout=60
     )
-    return "--port" in result.stdout
+    return result.stdout
+
+
+def has_port_flag(python: str, root: Path) -> bool:
+    """Whether ``orchestrator run`` serves the REST API (and so needs a free port of its own)."""
+    return "--port" in _run_help(python, root)
+
+
+def accepts_changed_releases(python: str, root: Path) -> bool:
+    """Whether ``orchestrator run`` keeps fingerprints of releases: the benchmark then says that
+    ``bench_hold`` changing its deadline from one scenario to the next is meant
+    (``--accept-changed-releases``), as it runs one database through every scenario."""
+    return "--accept-changed-releases" in _run_help(python, root)
 
 
 def migrate(stack: Stack, namespace: str) -> None:
@@ -153,6 +166,8 @@ class Orchestrator(_Child):
         argv = [self.stack.python, "-m", "orchestrator", "run", "--workflows", WORKFLOWS]
         if self.stack.api_port_flag:
             argv += ["--port", "0"]  # any free port: scenarios and other runs must not collide
+        if accepts_changed_releases(self.stack.python, self.stack.root):
+            argv += ["--accept-changed-releases"]
         offset = len(self.output())
         self.spawn(argv, self.env(), self.stack.root)
         return offset

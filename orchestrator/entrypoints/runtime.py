@@ -109,9 +109,17 @@ class Orchestrator:
         spawn("queue-watch", self._watch_queue)
         log.info(
             "orchestrator running: workflows %s, namespace %s",
-            ", ".join(sorted(self.registry.workflows)),
+            ", ".join(self._loaded_names()),
             self.settings.namespace,
         )
+
+    def _loaded_names(self) -> list[str]:
+        """Each loaded workflow release, the current one of each workflow marked."""
+        current = {name: c.workflow.release for name, c in self.registry.workflows.items()}
+        return [
+            f"{name} release {release}{' (current)' if current[name] == release else ''}"
+            for name, release in sorted(self.registry.loaded())
+        ]
 
     async def run_until_signalled(self) -> int:
         """Serve until SIGTERM or SIGINT (exit code 0), or until a part of the service fails for
