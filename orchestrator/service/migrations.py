@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from orchestrator.core.engine import OutgoingCommand
+from orchestrator.core.engine import Decision, OutgoingCommand
 from orchestrator.core.migration import MigrationRefused, migrate, migration_message
 from orchestrator.core.routing import Registry
 from orchestrator.service.operations import BadRequest
@@ -45,6 +45,8 @@ class MigrationReport:
     sagas: list[Moved] = field(default_factory=list)
     #: what moving them sends: nothing today (a migration keeps what the saga waits on)
     commands: list[OutgoingCommand] = field(default_factory=list)
+    #: the decisions committed (none in a dry run): their timers, for the alarm
+    decisions: list[Decision] = field(default_factory=list)
 
     @property
     def moved(self) -> int:
@@ -122,6 +124,8 @@ async def migrate_sagas(
                     Moved(saga.id, saga.key, saga.state, decision.saga.state, str(decision.saga.status))
                 )
                 changes.record(message, decision, now)
+                if apply:
+                    report.decisions.append(decision)
             if apply and changes:
                 await tx.save(changes)
         report.commands.extend(changes.commands if apply else [])

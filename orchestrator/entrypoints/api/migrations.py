@@ -11,8 +11,9 @@ from fastapi.params import Depends
 
 from orchestrator.entrypoints.api import models as m
 from orchestrator.entrypoints.api.context import DEFAULT_ACTOR, ApiContext, answers
-from orchestrator.entrypoints.api.sagas import Actor
+from orchestrator.entrypoints.api.sagas import Actor, hand_over
 from orchestrator.service.migrations import migrate_sagas
+from orchestrator.service.operations import Applied
 
 
 def migrations_router(ctx: ApiContext, writes: Sequence[Depends]) -> APIRouter:
@@ -45,6 +46,9 @@ def migrations_router(ctx: ApiContext, writes: Sequence[Depends]) -> APIRouter:
             apply=body.apply,
             saga_ids=None if body.sagas is None else [str(s) for s in body.sagas],
         )
+        if report.decisions:  # the new states' deadlines, armed now rather than at the next sweep
+            last = report.decisions[-1].saga
+            hand_over(ctx, Applied(last, False, report.commands, report.decisions, "migrate"))
         return m.MigrationReport(
             applied=report.applied,
             moved=report.moved,
