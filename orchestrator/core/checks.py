@@ -38,6 +38,7 @@ Warnings (true of the definition, maybe intended):
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -113,7 +114,12 @@ def check_all(workflows: Iterable[Workflow]) -> list[Finding]:
             continue
         seen.add((workflow.name, workflow.release))
         named.setdefault(workflow.name, []).append(workflow)
-        found.extend(check(workflow))
+    for workflow in [w for loaded in named.values() for w in loaded]:
+        findings = check(workflow)
+        if len(named[workflow.name]) > 1:  # say which release each finding is about
+            label = f"{workflow.name} release {workflow.release}"
+            findings = [dataclasses.replace(f, workflow=label) for f in findings]
+        found.extend(findings)
     for name, loaded in named.items():
         if len(loaded) > 1 and sum(w.current for w in loaded) != 1:
             releases = ", ".join(sorted(w.release for w in loaded))

@@ -195,3 +195,9 @@ async def test_an_old_process_restarted_mid_deploy_starts_and_leaves_the_newer_r
     book = FakeBook(kept, {("order", "1"): 3, ("order", "2"): 5})
     admitted = await admit_releases(book, Registry([V1, escrow]), NOW)
     assert admitted.ahead == {("order", "2"): 5} and not admitted.failed
+
+
+def test_check_names_the_release_of_a_finding_where_several_are_loaded() -> None:
+    lines = [f.line() for f in check_all([V1, V2])]
+    assert any(line.startswith("warning: order release 2: state ship") for line in lines), lines
+    assert not any("order release 1" in line for line in lines)  # release 1 has nothing to say
