@@ -93,13 +93,15 @@ def _parse(index: int, envelope: Envelope, registry: Registry) -> _Parsed:
     except ValueError as error:
         raise Refused(Reason.UNSTORABLE, str(error)) from None
     try:
-        targets = registry.route(envelope.type, payload, workflow_header=envelope.workflow)
+        targets = registry.route(
+            envelope.type, payload, workflow_header=envelope.workflow, schema=envelope.schema_version
+        )
     except Refused as refused:
         if envelope.correlation_id and refused.reason in (Reason.UNKNOWN_TYPE, Reason.UNKNOWN_WORKFLOW):
             return _Parsed(index, envelope, payload, envelope.type, envelope.message_id, [], refused)
         raise
     for target in targets:
-        key = payload.get(target.workflow.workflow.key)
+        key = target.payload.get(target.workflow.workflow.key)  # as upcast
         if key is not None and len(str(key)) > MAX_KEY_LENGTH:
             raise Refused(
                 Reason.KEY_TOO_LONG,
@@ -144,7 +146,8 @@ async def process_batch(
             except Refused as refused:
                 result.refuse(p.index, refused)
                 continue
-            message = Incoming(p.type, p.message_id, p.payload)
+            # journaled as it came, with its schema version: decide() upcasts it
+            message = Incoming(p.type, p.message_id, p.payload, schema=p.envelope.schema_version)
             decisions = [decide(compiled, saga, message, now) for compiled, saga in targets]
             full = [d.reason for d in decisions if d.outcome is Outcome.REFUSED]
             if full:  # past a saga's parking cap: dead-lettered, recorded for none of its sagas

@@ -288,7 +288,14 @@ def sagas_router(ctx: ApiContext, reads: Sequence[Depends], writes: Sequence[Dep
         did not commit, or its commit was cut off: the same start again answers 200 if it did."""
         who = actor or DEFAULT_ACTOR
         applied = await start_saga(
-            ctx.registry, ctx.store, body.workflow, body.key, body.data, who, ctx.clock()
+            ctx.registry,
+            ctx.store,
+            body.workflow,
+            body.key,
+            body.data,
+            who,
+            ctx.clock(),
+            schema_version=body.schema_version,
         )
         hand_over(ctx, applied)
         saga = applied.saga
