@@ -527,3 +527,24 @@ def test_the_test_kit_publishes_a_message_in_the_version_its_class_reads(kit2: W
     kit2.publish(PlacedV2("o-1", 7, "EUR"))
     [entry] = kit2.journal(kit2.saga("o-1"))
     assert entry.message.schema == 2 and kit2.saga("o-1").data["amount_cents"] == 7
+
+
+def test_orchestrator_check_warns_of_an_upcaster_missing_on_the_way() -> None:
+    from orchestrator.core.checks import check
+
+    @dataclass(frozen=True)
+    class Skipped(Event):
+        TYPE = "shop.OrderPlaced"
+        SCHEMA = 3
+        order_id: str
+        amount_cents: int
+        currency: str
+
+    upcaster(Skipped, from_schema=2)(currency_in_capitals)
+    [finding] = [f for f in check(shop(Skipped)) if f.code == "upcaster_missing"]
+    assert finding.line() == (
+        "warning: shop: event shop.OrderPlaced: schema 3 has no upcaster from 1 to 2: a message of"
+        " schema 1 or older is dead-lettered (schema_version), and a journal entry of one cannot be"
+        " replayed [upcaster_missing]"
+    )
+    assert [f for f in check(shop(PlacedV3)) if f.code == "upcaster_missing"] == []
