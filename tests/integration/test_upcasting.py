@@ -121,6 +121,26 @@ async def test_versions_1_and_2_are_taken_and_the_journal_verifies_clean_at_vers
     assert taken.data["currency"] == "EUR"
     await bench.publish("uppay.Paid", {"order_id": v2}, correlation_id=two.id)
     await in_state(bench, v2, "paid")
-    for key in (v1, v2, too_new):
+
+    # POST /sagas says its version in the request, with the same rules
+    rest = keys()
+    async with bench.api(actor="checkout") as api:
+        history = (await api.get(f"/sagas/{one.id}/history")).json()["items"]
+        assert history[0]["message"]["schema_version"] == 1
+        history = (await api.get(f"/sagas/{two.id}/history")).json()["items"]
+        assert history[0]["message"]["schema_version"] == 2
+        started = await api.post("/sagas", json={"workflow": "upshop", "key": rest, "data": {"total": "3"}})
+        assert started.status_code == 201, started.text
+        assert started.json()["data"] == {"order_id": rest, "amount_cents": 300, "currency": "EUR"}
+        refused = await api.post(
+            "/sagas",
+            json={"workflow": "upshop", "key": keys(), "data": {"total": "3"}, "schema_version": 4},
+        )
+        assert refused.status_code == 422
+        assert (
+            "upshop.OrderPlaced of schema 4 is newer than this orchestrator reads (schema 3)" in refused.text
+        )
+
+    for key in (v1, v2, too_new, rest):
         again = bench.verify("--saga", saga_id_for("upshop", key), *V3)
         assert again.returncode == 0, again.stdout + again.stderr

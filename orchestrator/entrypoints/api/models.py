@@ -175,6 +175,9 @@ class Incoming(BaseModel):
     type: str
     message_id: str
     payload: dict[str, Any]
+    schema_version: int = Field(
+        default=1, description="the schema version payload is written in, as it came (docs/protocol.md)"
+    )
 
 
 class HistoryEntry(BaseModel):

@@ -139,6 +139,7 @@ def history_entry(row: HistoryRow) -> m.HistoryEntry:
             type=str(message.get("type", "")),
             message_id=str(message.get("message_id", "")),
             payload=dict(message.get("payload") or {}),
+            schema_version=int(message.get("schema") or 1),
         ),
         outcome=decision.get("outcome"),
         from_state=decision.get("from"),
