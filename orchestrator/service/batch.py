@@ -148,7 +148,11 @@ async def process_batch(
                 continue
             # journaled as it came, with its schema version: decide() upcasts it
             message = Incoming(p.type, p.message_id, p.payload, schema=p.envelope.schema_version)
-            decisions = [decide(compiled, saga, message, now) for compiled, saga in targets]
+            try:
+                decisions = [decide(compiled, saga, message, now) for compiled, saga in targets]
+            except Refused as refused:  # decide() upcasts: a class _parse did not read it with
+                result.refuse(p.index, refused)
+                continue
             full = [d.reason for d in decisions if d.outcome is Outcome.REFUSED]
             if full:  # past a saga's parking cap: dead-lettered, recorded for none of its sagas
                 result.refuse(p.index, Refused(Reason.PARKING_FULL, full[0] or "parking full"))

@@ -548,3 +548,45 @@ def test_orchestrator_check_warns_of_an_upcaster_missing_on_the_way() -> None:
         " replayed [upcaster_missing]"
     )
     assert [f for f in check(shop(PlacedV3)) if f.code == "upcaster_missing"] == []
+
+
+def test_a_message_decide_cannot_upcast_is_dead_lettered_and_the_batch_goes_on() -> None:
+    """``decide`` upcasts with the class of the definition that decides the saga; should it fail
+    where routing did not (an impure upcaster here; a saga decided by another definition of its
+    workflow than routing read), that message is refused, not the batch."""
+
+    @dataclass(frozen=True)
+    class Flaky(Event):
+        TYPE = "shop.OrderPlaced"
+        SCHEMA = 2
+        order_id: str
+        amount_cents: int
+        currency: str
+
+    calls: list[str] = []
+
+    @upcaster(Flaky, from_schema=1)
+    def second_time_fails(payload: dict[str, Any]) -> dict[str, Any]:  # impure: what not to do
+        calls.append(payload["order_id"])
+        if payload["order_id"] == "o-1" and calls.count("o-1") > 1:
+            raise RuntimeError("read twice")
+        return euros_to_cents(payload)
+
+    kit = WorkflowTestKit(shop(Flaky))
+    try:
+        envelopes = [
+            envelope(
+                orjson.dumps({"order_id": key, "total": "1"}), {"type": "shop.OrderPlaced", "message_id": key}
+            )
+            for key in ("o-0", "o-1", "o-2")
+        ]
+        result = kit._loop.run_until_complete(_batch(kit, envelopes))
+        assert result.verdicts == [Verdict.ACCEPTED, Verdict.DEAD, Verdict.ACCEPTED]
+        assert (
+            result.reasons[1]
+            == "shop.OrderPlaced: the upcaster from schema 1 raised RuntimeError: read twice"
+        )
+        assert [d.message_id for d in kit.store.dead_letters] == ["o-1"]
+        assert kit.saga("o-2").data["amount_cents"] == 100
+    finally:
+        kit.close()
