@@ -590,3 +590,21 @@ def test_a_message_decide_cannot_upcast_is_dead_lettered_and_the_batch_goes_on()
         assert kit.saga("o-2").data["amount_cents"] == 100
     finally:
         kit.close()
+
+
+def test_the_api_schema_says_which_version_a_start_s_fields_are() -> None:
+    from orchestrator.adapters.metrics import Metrics
+    from orchestrator.adapters.postgres.queries import Queries
+    from orchestrator.adapters.postgres.store import PostgresStore
+    from orchestrator.core.routing import Registry
+    from orchestrator.entrypoints.api.app import ApiContext, create_app
+    from orchestrator.entrypoints.settings import Settings
+
+    store = PostgresStore.from_url("postgresql+asyncpg://postgres@127.0.0.1:1/none", pool_size=1)
+    context = ApiContext(
+        Registry([shop(PlacedV2)]), store, Queries(store.engine), Settings(), Metrics(process=False)
+    )
+    schema = create_app(context).openapi()["components"]["schemas"]["Start_shop"]
+    said = schema["properties"]["schema_version"]
+    assert said["default"] == 1 and "is schema version 2: send 2" in said["description"]
+    assert set(schema["properties"]["data"]["properties"]) == {"amount_cents", "currency"}
