@@ -29,6 +29,7 @@ from orchestrator.core.definitions import (
 )
 from orchestrator.core.messages import Command, Event, Message
 from orchestrator.core.steps import Saga, step
+from orchestrator.core.upcasting import upcaster
 
 __all__ = [
     "FAIL",
@@ -47,4 +48,5 @@ __all__ = [
     "Undo",
     "Workflow",
     "step",
+    "upcaster",
 ]

@@ -84,6 +84,7 @@ class WorkflowTestKit:
             message_id or str(uuid.uuid4()),
             correlation_id,
             workflow,
+            schema_version=message.SCHEMA,  # dumped from its class: in the schema it reads
         )
         return self.deliver(envelope)
 
@@ -96,10 +97,15 @@ class WorkflowTestKit:
         self.sent.extend(result.commands)
         return result
 
-    def start(self, workflow: str, key: str, data: dict[str, Any], actor: str = "test") -> Applied:
-        """Start a saga as ``POST /sagas`` does."""
+    def start(
+        self, workflow: str, key: str, data: dict[str, Any], actor: str = "test", schema_version: int = 1
+    ) -> Applied:
+        """Start a saga as ``POST /sagas`` does: ``data`` in schema version ``schema_version``
+        of the starting event (absent: 1, as the request's ``schema_version``)."""
         applied = self._loop.run_until_complete(
-            start_saga(self.registry, self.store, workflow, key, data, actor, self.now)
+            start_saga(
+                self.registry, self.store, workflow, key, data, actor, self.now, schema_version=schema_version
+            )
         )
         self.sent.extend(applied.commands)
         return applied

@@ -33,7 +33,11 @@ Warnings (true of the definition, maybe intended):
   state's deadline (the cancel the compiler derives from it) is not listed again. A command a
   move sends into a non-final state is not reported: the state may take its reply, and the
   reply's type is not declared anywhere to tell. Nor is a step's undo sent for a late success
-  (``late_success``): that is by design, the saga having moved on.
+  (``late_success``): that is by design, the saga having moved on;
+* ``upcaster_missing``: an event class at ``SCHEMA`` n > 1 without an upcaster from some version
+  below n: a message of that version or older is dead-lettered (``schema_version``), and a
+  journal entry of it cannot be replayed (``verify`` reports it). Intended where no sender and no
+  journal holds those versions any more.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from typing import Any, get_type_hints
 from orchestrator.core.definitions import CANCEL, DefinitionError, Policy, Status, Workflow
 from orchestrator.core.machine import CompiledWorkflow
 from orchestrator.core.steps import Saga, Step
+from orchestrator.core.upcasting import registered
 
 __all__ = ["Finding", "Severity", "check", "check_all", "command_label", "saga_class"]
 
@@ -148,6 +153,7 @@ def check(workflow: Workflow) -> list[Finding]:
         *_unhandled(graph),
         *_uncompensated(workflow, steps),
         *_not_awaited(graph, cls.__name__ if cls is not None else "", steps),
+        *_upcasters_missing(workflow),
     ]
     return errors + warnings
 
@@ -287,6 +293,27 @@ def _unhandled(graph: _Graph) -> list[Finding]:
                 event=event_type,
             )
         )
+    return found
+
+
+def _upcasters_missing(workflow: Workflow) -> list[Finding]:
+    found: list[Finding] = []
+    for event_type, cls in workflow.events.items():
+        chain = registered(cls)
+        missing = [version for version in range(1, cls.SCHEMA) if version not in chain]
+        if missing:
+            last = missing[-1]
+            found.append(
+                Finding(
+                    Severity.WARNING,
+                    "upcaster_missing",
+                    workflow.name,
+                    f"schema {cls.SCHEMA} has no upcaster from {last} to {last + 1}: a message of"
+                    f" schema {last} or older is dead-lettered (schema_version), and a journal"
+                    " entry of one cannot be replayed",
+                    event=event_type,
+                )
+            )
     return found
 
 

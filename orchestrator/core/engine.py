@@ -16,9 +16,10 @@ from datetime import datetime
 from typing import Any
 
 from orchestrator.core.definitions import CANCEL, DEADLINE, FINISHED, RETRY, Policy, SagaView, Status
-from orchestrator.core.ingress import Reason, check_json
+from orchestrator.core.ingress import Reason, Refused, check_json
 from orchestrator.core.machine import CompiledWorkflow, MachineError
 from orchestrator.core.messages import dump, load
+from orchestrator.core.upcasting import upcast
 
 __all__ = [
     "ACTIONS",
@@ -32,6 +33,7 @@ __all__ = [
     "command_message_id",
     "decide",
     "saga_id_for",
+    "upcast_message",
 ]
 
 _SAGA_NAMESPACE = uuid.UUID("8f1f7c64-5be4-4a39-9c39-3c1f0b6f3a51")
@@ -88,27 +90,40 @@ class Outcome(enum.StrEnum):
 
 @dataclass(frozen=True)
 class Incoming:
-    """A message for one saga: a participant's event, a fired deadline, or an operator's action."""
+    """A message for one saga: a participant's event, a fired deadline, or an operator's action.
+
+    ``payload`` is as it came, written in schema version ``schema`` (the sender's
+    ``x-schema-version``); ``decide`` upcasts it to the schema its event class reads, each time
+    it decides it, so the journal and the parked events keep what came and a replay reads an old
+    entry through today's upcasters (:mod:`orchestrator.core.upcasting`)."""
 
     type: str
     message_id: str
     payload: Mapping[str, Any]
     kind: str = "event"  # event | deadline | operator
     actor: str | None = None
+    schema: int = 1
 
     def as_json(self) -> dict[str, Any]:
+        # "schema" only beyond 1: rows written before schema versions (none) read as 1, and the
+        # rows of types that never changed stay as they were, byte for byte
         return {
             "type": self.type,
             "message_id": self.message_id,
             "payload": dict(self.payload),
             "kind": self.kind,
             "actor": self.actor,
-        }
+        } | ({"schema": self.schema} if self.schema != 1 else {})
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Incoming:
         return cls(
-            data["type"], data["message_id"], data["payload"], data.get("kind", "event"), data.get("actor")
+            data["type"],
+            data["message_id"],
+            data["payload"],
+            data.get("kind", "event"),
+            data.get("actor"),
+            data.get("schema", 1),
         )
 
 
@@ -347,7 +362,8 @@ class _Draft:
                 if self.policy_for(parked["type"]) is None:
                     rest = self.saga.parked[:index] + self.saga.parked[index + 1 :]
                     self.saga = _with(self.saga, parked=rest)
-                    event = Incoming.from_json(parked)
+                    # parked in the schema it came in: read as the class reads it now
+                    event = upcast_message(self.compiled, Incoming.from_json(parked))
                     self.move(event.type, event.payload if event.kind == "event" else None)
                     self.applied_parked.append(parked["message_id"])
                     progress = True
@@ -381,8 +397,8 @@ def decide(
             late_merge=late_merge,
         )
     except Exception as error:
-        if saga is None:
-            raise
+        if saga is None or (isinstance(error, Refused) and _unreadable(compiled, message)):
+            raise  # about the message, not the saga: the service layer refuses the message
         workflow = compiled.workflow
         reason = (
             f"release {workflow.release} of {workflow.name} cannot decide {message.type} in"
@@ -390,6 +406,15 @@ def decide(
         )
         bumped = _with(saga, version=saga.version + 1, updated_at=now)
         return _failed(bumped, saga.state, reason, now)
+
+
+def _unreadable(compiled: CompiledWorkflow, message: Incoming) -> bool:
+    """Whether the message itself cannot be upcast to what the definition reads."""
+    try:
+        upcast_message(compiled, message)
+    except Refused:
+        return True
+    return False
 
 
 def _decide(
@@ -425,8 +450,14 @@ def _decide(
 
     A step's success that arrives after its deadline gave up on the step is undone; its declared
     fields enter the data first, so the undo can name what it undoes (the charge's id).
-    ``late_merge=False``: as before that (a journal entry written then)."""
+    ``late_merge=False``: as before that (a journal entry written then).
+
+    The message's payload is first upcast to the schema version its event class reads
+    (:func:`upcast_message`); a payload that cannot be raises ``Refused`` (the service layer
+    refused such a message before it got here). A parked event is kept as it came."""
     workflow = compiled.workflow
+    given = message
+    message = upcast_message(compiled, message)
     if saga is None:
         key = str(message.payload[workflow.key])
         saga_id = saga_id_for(workflow.name, key)
@@ -498,7 +529,7 @@ def _decide(
                 f" (ORCHESTRATOR_MAX_PARKED={compiled.max_parked})"
             )
             return Decision(saga, Outcome.REFUSED, previous, reason=reason)
-        parked = _with(bumped, parked=(*bumped.parked, message.as_json()))
+        parked = _with(bumped, parked=(*bumped.parked, given.as_json()))
         return Decision(parked, Outcome.PARKED, previous, reason=f"{message.type} kept until it fits")
     if policy is Policy.FAIL:
         reason = f"{message.type} is not allowed in {previous}"
@@ -511,6 +542,17 @@ def _decide(
     except Exception as error:  # a user's command builder raised
         return _failed(bumped, previous, error, now)
     return _decision(draft, Outcome.MOVED, previous)
+
+
+def upcast_message(compiled: CompiledWorkflow, message: Incoming) -> Incoming:
+    """``message`` with its payload in the schema version its event class in ``compiled`` reads
+    (the message itself where it is there already, or is no event of the workflow: a timer, an
+    operator's action, a reply nobody waits for). Raises ``Refused`` where it cannot be."""
+    cls = compiled.workflow.events.get(message.type)
+    if cls is None or message.schema == cls.SCHEMA:
+        return message
+    payload = upcast(cls, message.payload, message.schema)
+    return Incoming(message.type, message.message_id, payload, message.kind, message.actor, cls.SCHEMA)
 
 
 def _declared(compiled: CompiledWorkflow, event_type: str, payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -735,6 +777,8 @@ def _operate(
             )
         data = args.get("data") or None
         event = compiled.workflow.events.get(trigger)
+        if data and event is not None:  # written in the outcome's schema then (none said: 1)
+            data = upcast(event, data, args.get("schema", 1))
         carries_key = compiled.workflow.key in getattr(event, "__dataclass_fields__", {})
         if data and carries_key and not merge_all:
             # the data the outcome would have carried, for this saga: its key is the saga's

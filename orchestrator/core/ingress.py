@@ -77,6 +77,11 @@ class Reason(enum.StrEnum):
     NO_KEY = "no_key"
     #: the body does not fit its type's schema
     SCHEMA = "schema"
+    #: its x-schema-version is newer than its type's class reads, or an upcaster is missing on
+    #: the way from it to the class's (docs/protocol.md, section 5)
+    SCHEMA_VERSION = "schema_version"
+    #: an upcaster raised on its body, or returned what is not a storable JSON object
+    UPCAST_FAILED = "upcast_failed"
     #: a reply whose key field names another saga than the one its correlation id names
     #: (journaled on that saga as ignored, with this reason)
     KEY_MISMATCH = "key_mismatch"
@@ -230,6 +235,8 @@ class Envelope:
     routing_key: str = ""
     #: every property as received (headers included, under "headers"), for the dead-letter record
     properties: Mapping[str, Any] = field(default_factory=dict)
+    #: the schema version its body was written in (header x-schema-version; absent: 1)
+    schema_version: int = 1
 
     def refuse(self, refused: Refused) -> Envelope:
         return replace(self, refused=refused)
@@ -305,6 +312,18 @@ def _check_header(value: object, path: str, depth: int, budget: list[int]) -> No
         raise Refused(Reason.BAD_HEADER, "the headers are too large")
 
 
+def _schema_version(value: object) -> int:
+    """The header ``x-schema-version``: an AMQP integer >= 1, or absent (1: senders from before
+    schema versions). Text such as ``"2"`` is refused, not guessed at: one meaning per header."""
+    if value is None:
+        return 1
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Refused(Reason.BAD_HEADER, f"x-schema-version is not an integer but {type(value).__name__}")
+    if not 1 <= value <= 2**31 - 1:
+        raise Refused(Reason.BAD_HEADER, f"x-schema-version must be from 1 to 2147483647, not {value}")
+    return value
+
+
 def envelope(
     body: bytes,
     properties: Mapping[str, Any],
@@ -338,6 +357,7 @@ def envelope(
             raise Refused(Reason.BAD_HEADER, f"x-workflow is not text but {type(workflow).__name__}")
         if workflow is not None and len(workflow) > 200:
             raise Refused(Reason.BAD_HEADER, "x-workflow is longer than 200 characters")
+        schema_version = _schema_version(headers.get("x-schema-version"))
         return Envelope(
             body=body,
             type=texts["type"],
@@ -347,6 +367,7 @@ def envelope(
             exchange=exchange,
             routing_key=routing_key,
             properties=kept,
+            schema_version=schema_version,
         )
     except Refused as broken:
         return Envelope(

@@ -12,13 +12,23 @@ from typing import Any, ClassVar, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 
-__all__ = ["Command", "Event", "InvalidPayload", "Message", "dump", "load", "service_of"]
+__all__ = ["Command", "Event", "InvalidPayload", "Message", "dump", "load", "schema_of", "service_of"]
 
 
 class Message:
-    """Base of every message class; subclasses are ``@dataclass(frozen=True)`` and set ``TYPE``."""
+    """Base of every message class; subclasses are ``@dataclass(frozen=True)`` and set ``TYPE``.
+
+    ``SCHEMA`` is the version of the payload's shape the class reads (1 unless it says more): an
+    event whose shape changed says ``SCHEMA = 2`` and registers an upcaster from 1
+    (:mod:`orchestrator.core.upcasting`), so that senders still on 1 keep being understood."""
 
     TYPE: ClassVar[str]
+    SCHEMA: ClassVar[int] = 1
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "SCHEMA" in cls.__dict__:
+            schema_of(cls)  # refused where it is written, not at the first message
 
 
 class Event(Message):
@@ -62,6 +72,14 @@ def dump(message: Message) -> dict[str, Any]:
     if not dataclasses.is_dataclass(message):
         raise TypeError(f"{type(message).__name__} must be a dataclass to be sent")
     return _adapter(type(message)).dump_python(message, mode="json")
+
+
+def schema_of(cls: type[Message]) -> int:
+    """The schema version ``cls`` reads; a TypeError names a ``SCHEMA`` that is no integer >= 1."""
+    schema = cls.SCHEMA
+    if isinstance(schema, bool) or not isinstance(schema, int) or schema < 1:
+        raise TypeError(f"{cls.__name__}.SCHEMA must be an integer >= 1, not {schema!r}")
+    return schema
 
 
 def service_of(type_name: str) -> str:

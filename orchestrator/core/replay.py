@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from orchestrator.core.engine import Deadline, OutgoingCommand, Saga, decide
+from orchestrator.core.ingress import Refused
 from orchestrator.core.journal import DueDeadline, JournalEntry, Records
 from orchestrator.core.machine import CompiledWorkflow
 from orchestrator.core.migration import DROPPED, MIGRATE, drop_release, migrate
@@ -240,11 +241,15 @@ def verify(compiled: CompiledWorkflow, records: Records, releases: Releases | No
     """All that a saga's records hold and its journal does not imply: the row field by field, its
     pending timers, the commands each entry records against those ``compiled`` sends deciding it
     again, and its outbox rows (``orchestrator verify``, the test kit). ``releases``: as for
-    :func:`rebuild`; a release the journal needs and that is not loaded is a difference."""
+    :func:`rebuild`; a release the journal needs and that is not loaded is a difference, and so
+    is a journal entry the loaded definition cannot upcast (an upcaster removed, or raising on
+    it): one difference, not a crash of the whole verify."""
     try:
         rebuilt = rebuild(compiled, records.journal, releases)
     except ReleaseNotLoaded as error:
         return [f"journal not replayed: {error}"]
+    except Refused as refused:
+        return [f"the journal cannot be replayed: {refused}"]
     found = differences(records.saga, rebuilt.saga)
     found += timer_differences(records.timers, rebuilt.timers)
     found += command_differences(records.journal, rebuilt.commands)

@@ -16,6 +16,7 @@ from orchestrator.core.engine import Saga, saga_id_for
 from orchestrator.core.ingress import Reason, Refused
 from orchestrator.core.machine import DEFAULT_MAX_PARKED, CompiledWorkflow
 from orchestrator.core.messages import InvalidPayload, load
+from orchestrator.core.upcasting import upcast
 
 __all__ = ["Registry", "Rejected", "Target"]
 
@@ -31,6 +32,7 @@ class Target:
     workflow: CompiledWorkflow
     saga_id: str | None  # from the workflow's key in the payload; None where the payload has none
     starts: bool
+    #: the payload as this workflow's event class reads it (upcast to its schema version)
     payload: Mapping[str, Any]
 
 
@@ -105,9 +107,12 @@ class Registry:
         *,
         saga_workflow: str | None = None,
         workflow_header: str | None = None,
+        schema: int = 1,
     ) -> list[Target]:
         """The sagas a message is for. ``saga_workflow`` is set when the message's correlation id
-        named an existing saga; ``workflow_header`` when the sender named a workflow."""
+        named an existing saga; ``workflow_header`` when the sender named a workflow; ``schema``
+        is the schema version the payload was written in (x-schema-version): it is upcast to
+        each workflow's event class before it is validated and its key read."""
         if not isinstance(payload, dict):
             raise Refused(Reason.NOT_AN_OBJECT, "body is not a JSON object")
         if workflow_header is not None and workflow_header not in self.workflows:
@@ -127,12 +132,13 @@ class Registry:
         for compiled in candidates:
             workflow = compiled.workflow
             cls = workflow.events[type_name]
+            current = upcast(cls, payload, schema)  # Refused: schema_version, upcast_failed
             try:
-                load(cls, payload)
+                load(cls, current)
             except InvalidPayload as error:
                 raise Refused(Reason.SCHEMA, str(error)) from None
             starts = type_name == workflow.starts_on.TYPE
-            key = payload.get(workflow.key)
+            key = current.get(workflow.key)
             saga_id = saga_id_for(workflow.name, str(key)) if key not in (None, "") else None
-            targets.append(Target(compiled, saga_id, starts, payload))
+            targets.append(Target(compiled, saga_id, starts, current))
         return targets

@@ -105,13 +105,15 @@ def _parse(index: int, envelope: Envelope, registry: Registry) -> _Parsed:
     except ValueError as error:
         raise Refused(Reason.UNSTORABLE, str(error)) from None
     try:
-        targets = registry.route(envelope.type, payload, workflow_header=envelope.workflow)
+        targets = registry.route(
+            envelope.type, payload, workflow_header=envelope.workflow, schema=envelope.schema_version
+        )
     except Refused as refused:
         if envelope.correlation_id and refused.reason in (Reason.UNKNOWN_TYPE, Reason.UNKNOWN_WORKFLOW):
             return _Parsed(index, envelope, payload, envelope.type, envelope.message_id, [], refused)
         raise
     for target in targets:
-        key = payload.get(target.workflow.workflow.key)
+        key = target.payload.get(target.workflow.workflow.key)  # as upcast
         if key is not None and len(str(key)) > MAX_KEY_LENGTH:
             raise Refused(
                 Reason.KEY_TOO_LONG,
@@ -159,8 +161,13 @@ async def process_batch(
             except _Leave:
                 result.verdicts[p.index] = Verdict.LEFT
                 continue
-            message = Incoming(p.type, p.message_id, p.payload)
-            decisions = [decide(compiled, saga, message, now) for compiled, saga in targets]
+            # journaled as it came, with its schema version: decide() upcasts it
+            message = Incoming(p.type, p.message_id, p.payload, schema=p.envelope.schema_version)
+            try:
+                decisions = [decide(compiled, saga, message, now) for compiled, saga in targets]
+            except Refused as refused:  # decide() upcasts: a class _parse did not read it with
+                result.refuse(p.index, refused)
+                continue
             full = [d.reason for d in decisions if d.outcome is Outcome.REFUSED]
             if full:  # past a saga's parking cap: dead-lettered, recorded for none of its sagas
                 result.refuse(p.index, Refused(Reason.PARKING_FULL, full[0] or "parking full"))

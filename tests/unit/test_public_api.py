@@ -37,6 +37,7 @@ def test_the_package_exports_what_a_workflow_is_written_with() -> None:
             "Undo",
             "Workflow",
             "step",
+            "upcaster",
         ]
     )
     assert sorted(orchestrator.testing.__all__) == [

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from orchestrator import (
     FAIL,
@@ -24,6 +25,7 @@ from orchestrator import (
     Undo,
     Workflow,
     step,
+    upcaster,
 )
 from orchestrator.testing import OutgoingCommand, SagaSnapshot, WorkflowTestKit
 
@@ -79,8 +81,14 @@ class CardCharged(Event):
 @dataclass(frozen=True)
 class CardDeclined(Event):
     TYPE = "card.CardDeclined"
+    SCHEMA = 2  # version 1 called the reason "why"
     trip_id: str
     reason: str
+
+
+@upcaster(CardDeclined, from_schema=1)
+def why_is_reason(payload: dict[str, Any]) -> dict[str, Any]:
+    return {"trip_id": payload["trip_id"], "reason": payload.get("why", "")}
 
 
 # a step saga ---------------------------------------------------------------------------------------
@@ -160,5 +168,6 @@ def check() -> None:
         assert (paid.state, paid.status) == ("paid", Status.COMPLETED)
         assert [c.payload for c in kit.take_sent()] == [{"trip_id": "t-2", "nights": 3}]
         assert kit.replay_differences(paid) == []
+        assert why_is_reason({"trip_id": "t-3", "why": "stolen"}) == {"trip_id": "t-3", "reason": "stolen"}
     finally:
         kit.close()

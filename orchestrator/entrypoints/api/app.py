@@ -98,6 +98,12 @@ def _document_starts(app: FastAPI, registry: Registry) -> None:
             variant["properties"]["workflow"] = {"type": "string", "const": name, "title": "Workflow"}
             variant["properties"]["data"] = {**data, "description": base["properties"]["data"]["description"]}
             variant["required"] = ["workflow", "key", "data"] if data["required"] else ["workflow", "key"]
+            if workflow.starts_on.SCHEMA != 1:  # the fields above are that version's: say so
+                variant["properties"]["schema_version"] = {
+                    **base["properties"]["schema_version"],
+                    "description": f"data as described here is schema version {workflow.starts_on.SCHEMA}:"
+                    f" send {workflow.starts_on.SCHEMA}; an older version's data is upcast (default 1)",
+                }
             components[f"Start_{name}"] = variant
             variants.append({"$ref": f"#/components/schemas/Start_{name}"})
         components["StartRequest"] = {"oneOf": variants, "title": "StartRequest"}

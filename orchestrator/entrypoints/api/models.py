@@ -177,6 +177,9 @@ class Incoming(BaseModel):
     type: str
     message_id: str
     payload: dict[str, Any]
+    schema_version: int = Field(
+        default=1, description="the schema version payload is written in, as it came (docs/protocol.md)"
+    )
 
 
 class HistoryEntry(BaseModel):
@@ -268,6 +271,15 @@ class StartRequest(_Request):
     )
     data: JsonObject = Field(
         default_factory=dict, description="the starting event's fields; the key field may be left out"
+    )
+    schema_version: int = Field(
+        default=1,
+        ge=1,
+        le=2**31 - 1,
+        strict=True,
+        description="the schema version data is written in, as the header x-schema-version says it"
+        " of an event (docs/protocol.md, section 5): upcast to the starting event's schema before"
+        " it is read. Absent: 1, as from a client that predates schema versions",
     )
 
 

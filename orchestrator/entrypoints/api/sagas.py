@@ -140,6 +140,7 @@ def history_entry(row: HistoryRow) -> m.HistoryEntry:
             type=str(message.get("type", "")),
             message_id=str(message.get("message_id", "")),
             payload=dict(message.get("payload") or {}),
+            schema_version=int(message.get("schema") or 1),
         ),
         outcome=decision.get("outcome"),
         from_state=decision.get("from"),
@@ -295,7 +296,14 @@ def sagas_router(ctx: ApiContext, reads: Sequence[Depends], writes: Sequence[Dep
         did not commit, or its commit was cut off: the same start again answers 200 if it did."""
         who = actor or DEFAULT_ACTOR
         applied = await start_saga(
-            ctx.registry, ctx.store, body.workflow, body.key, body.data, who, ctx.clock()
+            ctx.registry,
+            ctx.store,
+            body.workflow,
+            body.key,
+            body.data,
+            who,
+            ctx.clock(),
+            schema_version=body.schema_version,
         )
         hand_over(ctx, applied)
         saga = applied.saga
