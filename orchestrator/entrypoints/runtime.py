@@ -18,7 +18,7 @@ import time
 from datetime import UTC, datetime
 
 from orchestrator.adapters.amqp.broker import Broker, Delivery, Topology, services_of
-from orchestrator.adapters.metrics import Metrics
+from orchestrator.adapters.metrics import Metrics, count_finished
 from orchestrator.core.ingress import Envelope, Limits, Reason, Refused, printable
 from orchestrator.core.routing import Registry
 from orchestrator.entrypoints.server import ApiServer
@@ -85,6 +85,7 @@ class Orchestrator:
         """After a start or an operator action committed: its commands out, its timers armed."""
         self.relay.submit(applied.commands)
         self.deadlines.committed(applied.decisions)
+        count_finished(self.metrics, applied.decisions, self.registry.workflows)
 
     async def broker_checks(self) -> dict[str, str]:
         """Readiness: both broker connections up (either may be reconnecting), and the consumer
@@ -309,6 +310,7 @@ class Orchestrator:
             first = min(arrived) if arrived else None
             self.relay.submit(result.commands, received_at=first)
             self.deadlines.committed(result.decisions)
+            count_finished(self.metrics, result.decisions, self.registry.workflows)
             return result
 
     async def _isolate(
