@@ -15,10 +15,12 @@ import os
 import signal
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from orchestrator.adapters.amqp.broker import Broker, Delivery, Topology, services_of
 from orchestrator.adapters.metrics import Metrics, count_finished
+from orchestrator.adapters.postgres.retention import Pruner
+from orchestrator.adapters.postgres.store import PostgresStore
 from orchestrator.core.ingress import Envelope, Limits, Reason, Refused, printable
 from orchestrator.core.routing import Registry
 from orchestrator.entrypoints.server import ApiServer
@@ -80,6 +82,7 @@ class Orchestrator:
         self._waiting: tuple[int, float] = (0, time.monotonic())
         self.metrics.in_hand = lambda: (self.broker.consumer.unsettled, self.broker.consumer.bytes_in_hand)
         self.metrics.stalled = self.stalled
+        self.pruner = _pruner(settings, store)
 
     def dispatch(self, applied: Applied) -> None:
         """After a start or an operator action committed: its commands out, its timers armed."""
@@ -107,6 +110,8 @@ class Orchestrator:
         self.drain.start(spawn)
         self._worker = spawn("worker", self._work)
         spawn("queue-watch", self._watch_queue)
+        if self.pruner is not None:
+            spawn("prune", self.pruner.run)
         log.info(
             "orchestrator running: workflows %s, namespace %s",
             ", ".join(sorted(self.registry.workflows)),
@@ -342,7 +347,22 @@ class Orchestrator:
 
 #: the tasks that hold nothing in hand, so that starting them again after an unexpected end is
 #: safe; any other task's end stops the service (orchestrator.service.supervisor)
-_RESTARTABLE = {"queue-watch": Restart(), "outbox-sweep": Restart()}
+_RESTARTABLE = {"queue-watch": Restart(), "outbox-sweep": Restart(), "prune": Restart()}
+
+
+def _pruner(settings: Settings, store: Store) -> Pruner | None:
+    """The periodic prune (docs/retention.md), on PostgreSQL, unless its interval is 0."""
+    if not isinstance(store, PostgresStore) or settings.prune_interval_seconds <= 0:
+        return None
+    return Pruner(
+        store.pool,
+        settings.prune_interval_seconds,
+        timedelta(days=settings.inbox_retention_days),
+        timedelta(days=settings.dead_letter_retention_days),
+        timedelta(days=settings.tombstone_retention_days),
+    )
+
+
 #: past the shutdown bound, closing connections takes at most this long
 _CLOSE_SECONDS = 4.5
 #: past the shutdown bound, the watchdog ends the process whatever its event loop is doing

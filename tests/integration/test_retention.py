@@ -20,12 +20,13 @@ import pytest_asyncio
 
 from orchestrator.adapters.metrics import Metrics
 from orchestrator.adapters.postgres.queries import Queries
-from orchestrator.adapters.postgres.retention import prune
+from orchestrator.adapters.postgres.retention import Pruner, prune
 from orchestrator.adapters.postgres.store import PostgresStore
 from orchestrator.core.engine import saga_id_for
 from orchestrator.core.messages import Message, dump
 from orchestrator.core.routing import Registry
 from orchestrator.entrypoints.api.app import ApiContext, create_app
+from orchestrator.entrypoints.runtime import _pruner
 from orchestrator.entrypoints.settings import Settings
 from orchestrator.examples import WORKFLOWS
 from orchestrator.examples.contracts import (
@@ -294,3 +295,31 @@ async def test_prune_takes_what_outlived_its_lifetime_and_nothing_else(store: Po
     assert [s["saga_id"] for s in stones] == [f"young-{run}"]
     assert report.dead_letters >= 1 and report.tombstones >= 1
     assert await store.get_saga(old) is not None  # pruning the inbox leaves the saga and its journal
+
+
+async def test_the_service_prunes_in_rounds_each_from_where_the_last_ended(store: PostgresStore) -> None:
+    run = uuid.uuid4().hex[:8]
+    first = await _completed_order(store, f"round1-{run}")
+    pruner = Pruner(store.pool, 3600, timedelta(days=7), timedelta(days=30), timedelta(days=400))
+    inbox = "SELECT count(*) FROM inbox WHERE saga_id = $1"
+
+    await pruner.once(FINISHED_AT + timedelta(days=8))  # the saga finished 8 days before
+    assert await _count(store, inbox, first) == 0
+    assert pruner.inbox_until == FINISHED_AT + timedelta(days=1)
+
+    # a saga that finished before the last round's limit is not read again: the next round starts there
+    second = await _completed_order(store, f"round2-{run}")
+    later = await _compensated_order(store, f"round2b-{run}")
+    pool = await store.pool()
+    await pool.execute(
+        "UPDATE sagas SET updated_at = $2 WHERE id = $1", later, FINISHED_AT + timedelta(days=2)
+    )
+    await pruner.once(FINISHED_AT + timedelta(days=10))
+    assert await _count(store, inbox, second) == 4  # behind the mark: left for `orchestrator prune`
+    assert await _count(store, inbox, later) == 0
+    assert pruner.rounds == 2
+
+    service = _pruner(replace(Settings(), prune_interval_seconds=60), store)
+    assert service is not None and service.interval == 60
+    assert service.lifetimes == (timedelta(days=7), timedelta(days=30), timedelta(days=400))
+    assert _pruner(replace(Settings(), prune_interval_seconds=0), store) is None

@@ -11,8 +11,10 @@ tombstones, inbox rows of sagas finished long ago) a few thousand at a time.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -20,7 +22,9 @@ import asyncpg
 
 from orchestrator.adapters.archive import ArchiveWriter, saga_record
 
-__all__ = ["ArchiveReport", "PruneReport", "archive", "prune", "prune_inbox"]
+__all__ = ["ArchiveReport", "PruneReport", "Pruner", "archive", "prune", "prune_inbox"]
+
+log = logging.getLogger("orchestrator")
 
 #: The statuses ``archive`` takes by default: finished, nothing left for an operator to do.
 #: A failed saga waits for an operator; it is archived only when asked (``--include-failed``).
@@ -236,3 +240,57 @@ async def prune(
     )
     report.seconds = time.monotonic() - started
     return report
+
+
+class Pruner:
+    """The running service's periodic prune (``ORCHESTRATOR_PRUNE_INTERVAL_SECONDS``): the same
+    as ``orchestrator prune``, every interval, the first a minute after the start (or sooner, for
+    a shorter interval). A failure (the database away) is logged and waits for the next round:
+    pruning is never urgent, and never a reason to stop the service. It remembers how far the
+    inbox was pruned, so each round reads only the sagas that finished since the last one."""
+
+    def __init__(
+        self,
+        pool: Callable[[], Awaitable[asyncpg.Pool]],
+        interval: float,
+        inbox_after: timedelta,
+        dead_letters_after: timedelta,
+        tombstones_after: timedelta,
+    ) -> None:
+        self.pool = pool
+        self.interval = interval
+        self.lifetimes = (inbox_after, dead_letters_after, tombstones_after)
+        self.inbox_until: datetime | None = None
+        self.rounds = 0
+
+    async def once(self, now: datetime) -> PruneReport:
+        inbox_after, dead_letters_after, tombstones_after = self.lifetimes
+        report = await prune(
+            await self.pool(),
+            now,
+            inbox_after=inbox_after,
+            dead_letters_after=dead_letters_after,
+            tombstones_after=tombstones_after,
+            inbox_since=self.inbox_until,
+        )
+        self.inbox_until = report.inbox_until
+        self.rounds += 1
+        return report
+
+    async def run(self) -> None:
+        await asyncio.sleep(min(60.0, self.interval))
+        while True:
+            try:
+                report = await self.once(datetime.now(UTC))
+            except Exception as error:
+                log.warning("prune failed, trying again in %gs: %s", self.interval, error)
+            else:
+                if report.inbox or report.dead_letters or report.tombstones:
+                    log.info(
+                        "pruned %d inbox rows, %d dead letters, %d tombstones in %.1fs",
+                        report.inbox,
+                        report.dead_letters,
+                        report.tombstones,
+                        report.seconds,
+                    )
+            await asyncio.sleep(self.interval)
