@@ -134,10 +134,11 @@ async def measure(url: str, sagas: int, entries: int, archive_share: float) -> d
     finally:
         await connection.close()
 
+    stuck_since = datetime.now(UTC) - timedelta(minutes=5)
+    figures.update(await _server_times(url, stuck_since))
     store = PostgresStore.from_url(url, pool_size=2)
     queries = Queries(store.engine)
     try:
-        stuck_since = datetime.now(UTC) - timedelta(minutes=5)
         await queries.gauges(stuck_since)  # warm the connection and the plans
         figures["metrics_ms"] = await _timed(20, lambda: queries.gauges(stuck_since))
         figures["listing_ms"] = await _timed(20, lambda: queries.sagas(SagaFilter(), 50))
@@ -183,6 +184,44 @@ async def measure(url: str, sagas: int, entries: int, archive_share: float) -> d
     finally:
         await store.close()
     return figures
+
+
+#: what the scrape ran before this version: every saga ever, grouped
+_OLD_GAUGE = "SELECT workflow, status, count(*) FROM sagas GROUP BY workflow, status"
+
+
+async def _server_times(url: str, stuck_since: datetime) -> dict[str, float]:
+    """Each query's execution time in the server (EXPLAIN ANALYZE, the median of 5), without the
+    client's round trip: the scrape's three saga queries, the one they replace, the first page."""
+    from sqlalchemy.dialects import postgresql
+
+    from orchestrator.adapters.postgres.queries import SagaFilter, gauge_queries, listing_query
+    from orchestrator.adapters.postgres.store import driver_dsn
+
+    def sql(query: Any) -> str:
+        return str(query.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
+
+    in_flight, failed, stuck = gauge_queries(stuck_since)
+    statements = {
+        "server_in_flight_ms": sql(in_flight),
+        "server_failed_ms": sql(failed),
+        "server_stuck_ms": sql(stuck),
+        "server_old_group_by_ms": _OLD_GAUGE,
+        "server_first_page_ms": sql(listing_query(SagaFilter(), 51)),
+        "server_first_page_failed_ms": sql(listing_query(SagaFilter(status="failed"), 51)),
+    }
+    connection = await asyncpg.connect(driver_dsn(url))
+    found: dict[str, float] = {}
+    try:
+        for name, statement in statements.items():
+            times = []
+            for _ in range(5):
+                raw = await connection.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {statement}")
+                times.append(json.loads(raw)[0]["Execution Time"] / 1000)
+            found[name] = _median_ms(times)
+    finally:
+        await connection.close()
+    return found
 
 
 async def _database(name: str, drop: bool) -> None:
