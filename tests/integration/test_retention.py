@@ -168,6 +168,13 @@ async def test_an_archive_round_trip(store: PostgresStore, retention_database: s
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert "verified 4 archived sagas: 0 differ" in verified.stdout
 
+    # with the workflow not loaded, nothing differs but nothing is verified either: exit 3
+    other = _cli(
+        retention_database, "verify", "--archive", str(target), "--workflows", "tests.unit.user_workflow"
+    )
+    assert other.returncode == 3, other.stdout + other.stderr
+    assert "not verified 4 sagas whose workflow is not loaded: order (4)" in other.stdout
+
     # a line tampered with is reported, with its saga
     tampered_lines = list(lines)
     first = tampered_lines[1]
