@@ -193,13 +193,14 @@ _OLD_GAUGE = "SELECT workflow, status, count(*) FROM sagas GROUP BY workflow, st
 async def _server_times(url: str, stuck_since: datetime) -> dict[str, float]:
     """Each query's execution time in the server (EXPLAIN ANALYZE, the median of 5), without the
     client's round trip: the scrape's three saga queries, the one they replace, the first page."""
-    from sqlalchemy.dialects import postgresql
+    from sqlalchemy import Select
+    from sqlalchemy.dialects.postgresql.base import PGDialect
 
     from orchestrator.adapters.postgres.queries import SagaFilter, gauge_queries, listing_query
     from orchestrator.adapters.postgres.store import driver_dsn
 
-    def sql(query: Any) -> str:
-        return str(query.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
+    def sql(query: Select[Any]) -> str:
+        return str(query.compile(dialect=PGDialect(), compile_kwargs={"literal_binds": True}))
 
     in_flight, failed, stuck = gauge_queries(stuck_since)
     statements = {
