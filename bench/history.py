@@ -200,7 +200,8 @@ async def _server_times(url: str, stuck_since: datetime) -> dict[str, float]:
     from orchestrator.adapters.postgres.store import driver_dsn
 
     def sql(query: Select[Any]) -> str:
-        return str(query.compile(dialect=PGDialect(), compile_kwargs={"literal_binds": True}))
+        dialect = PGDialect()  # type: ignore[no-untyped-call]
+        return str(query.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
 
     in_flight, failed, stuck = gauge_queries(stuck_since)
     statements = {
