@@ -175,6 +175,10 @@ async def measure(url: str, sagas: int, entries: int, archive_share: float) -> d
     figures["prune_seconds_with_process_start"] = round(seconds, 1)
     figures["prune_seconds"] = float(said.rsplit(" in ", 1)[1].rstrip("s"))
     figures["prune_said"] = said
+    # then the tombstones the archive left, all at once (a lifetime of a second)
+    seconds, said = _cli(url, "prune", "--tombstone-days", str(1 / 86400))
+    figures["prune_tombstones_seconds"] = float(said.rsplit(" in ", 1)[1].rstrip("s"))
+    figures["prune_tombstones_said"] = said
 
     store = PostgresStore.from_url(url, pool_size=2)
     queries = Queries(store.engine)
