@@ -24,7 +24,22 @@ from orchestrator.core.definitions import Status
 from orchestrator.core.engine import Incoming, Saga
 from orchestrator.core.journal import DueDeadline, JournalEntry, Records
 
-__all__ = ["FORMAT", "VERSION", "ArchiveWriter", "ArchivedSaga", "Unreadable", "read_archive", "records_of"]
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "ArchiveWriteError",
+    "ArchiveWriter",
+    "ArchivedSaga",
+    "Unreadable",
+    "read_archive",
+    "records_of",
+]
+
+
+class ArchiveWriteError(Exception):
+    """The archive file could not be written (disk full, permissions): told apart from a
+    database's connection error, which is an ``OSError`` too."""
+
 
 FORMAT = "orchestrator-archive"
 VERSION = 1
@@ -55,9 +70,12 @@ class ArchiveWriter:
             return
         member = gzip.compress(b"".join(self._pending), compresslevel=6, mtime=0)
         self._pending.clear()
-        self._file.write(member)
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        try:
+            self._file.write(member)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as error:
+            raise ArchiveWriteError(f"cannot write {self.path}: {error.strerror or error}") from None
 
     def discard(self) -> None:
         """Forget what was written since the last commit point (its transaction failed)."""

@@ -100,6 +100,7 @@ def add_parser(sub: Any) -> None:
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
     """``archive`` or ``prune``; the exit status."""
+    from orchestrator.adapters.archive import ArchiveWriteError
     from orchestrator.adapters.postgres.store import PostgresStore
     from orchestrator.entrypoints.cli import ensure_database_reachable
 
@@ -111,8 +112,8 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         return await _prune(store, args, settings)
     except CommandError:
         raise
-    except OSError as error:  # the file: disk full, permissions
-        raise CommandError(f"archive: cannot write {args.to}: {error.strerror or error}", 1) from None
+    except ArchiveWriteError as error:  # the file: disk full, permissions; nothing more was deleted
+        raise CommandError(f"archive: {error}", 1) from None
     except Exception as error:  # the database went away meanwhile, or refused
         text = printable(str(error).splitlines()[0] if str(error) else type(error).__name__)
         raise CommandError(f"cannot use PostgreSQL at {mask_url(settings.database_url)}: {text}") from None

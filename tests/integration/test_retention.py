@@ -197,6 +197,12 @@ async def test_an_archive_round_trip(store: PostgresStore, retention_database: s
         again.stderr.strip()
         == f"orchestrator: archive: {target} exists already; an archive is never overwritten"
     )
+    nowhere = tmp_path / "no-such-folder" / "a.gz"
+    refused = _cli(retention_database, "archive", "--finished-before", "2026-03-02", "--to", str(nowhere))
+    assert (refused.returncode, refused.stderr.strip()) == (
+        1,
+        f"orchestrator: archive: cannot write {nowhere}: No such file or directory",
+    )
 
 
 async def test_a_start_for_an_archived_saga_starts_nothing(
