@@ -3,6 +3,7 @@ REST, and the pruning of inbox rows, dead letters and tombstones by age (docs/re
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import os
 import subprocess
@@ -38,7 +39,7 @@ from orchestrator.examples.contracts import (
     StockReserved,
 )
 from orchestrator.service.batch import Envelope, Verdict, process_batch
-from tests.integration.conftest import ROOT, migrated_database
+from tests.integration.conftest import ROOT, Bench, migrated_database
 
 pytestmark = pytest.mark.integration
 
@@ -336,3 +337,64 @@ async def test_the_service_prunes_in_rounds_each_from_where_the_last_ended(store
     assert service is not None and service.interval == 60
     assert service.lifetimes == (timedelta(days=7), timedelta(days=30), timedelta(days=400))
     assert _pruner(replace(Settings(), prune_interval_seconds=0), store) is None
+
+
+async def test_a_late_start_over_amqp_and_rest_for_an_archived_saga_starts_nothing(
+    retention_database: str, tmp_path: Path
+) -> None:
+    """The real service: an order completes through the participants, is archived, and then its
+    start event comes again (a producer's retry, a new message id) and POST /sagas names its key."""
+    setup = Bench(f"test-{uuid.uuid4().hex[:8]}", retention_database, tmp_path)
+    await setup.connect()
+    setup.store = PostgresStore.from_url(retention_database, pool_size=2)
+    try:
+        await setup.start_orchestrator()
+        for service in ("inventory", "payment", "shipping"):
+            await setup.start_participant(service)
+        key = f"amqp-{uuid.uuid4().hex[:8]}"
+        await setup.place_order(key)
+        saga = (await setup.finished("order", [key]))[key]
+        assert saga.status == "completed"
+        for _ in range(100):  # the relay deletes the last command's outbox row on its confirm
+            if await _count(setup.store, "SELECT count(*) FROM outbox WHERE saga_id = $1", saga.id) == 0:
+                break
+            await asyncio.sleep(0.1)
+        soon = (datetime.now(UTC) + timedelta(minutes=1)).isoformat()
+        done = _cli(retention_database, "archive", "--finished-before", soon, "--to", str(tmp_path / "a.gz"))
+        assert done.returncode == 0, done.stderr
+        assert await setup.saga("order", key) is None
+
+        async with setup.api() as api:
+            before = _duplicates((await api.get("/metrics")).text)
+            await setup.place_order(key)
+            for _ in range(100):
+                if _duplicates((await api.get("/metrics")).text) > before:
+                    break
+                await asyncio.sleep(0.1)
+            assert _duplicates((await api.get("/metrics")).text) == before + 1
+            answer = await api.post(
+                "/sagas",
+                json={
+                    "workflow": "order",
+                    "key": key,
+                    "data": {
+                        "customer_id": "c-1",
+                        "lines": [{"sku": "sku-1", "quantity": 1}],
+                        "amount_cents": 5,
+                    },
+                },
+            )
+        assert answer.status_code == 200, answer.text
+        assert (answer.json()["id"], answer.json()["status"]) == (saga.id, "completed")
+        assert answer.json()["note"].startswith("archived at ")
+        assert await setup.saga("order", key) is None  # nothing started, by either
+        assert await _count(setup.store, "SELECT count(*) FROM journal WHERE saga_id = $1", saga.id) == 0
+    finally:
+        await setup.cleanup()
+
+
+def _duplicates(metrics: str) -> float:
+    line = next(
+        x for x in metrics.splitlines() if x.startswith('orchestrator_messages_in_total{verdict="duplicate"}')
+    )
+    return float(line.rsplit(" ", 1)[1])
