@@ -398,3 +398,26 @@ def _duplicates(metrics: str) -> float:
         x for x in metrics.splitlines() if x.startswith('orchestrator_messages_in_total{verdict="duplicate"}')
     )
     return float(line.rsplit(" ", 1)[1])
+
+
+async def test_a_failed_saga_is_archived_only_when_asked(
+    store: PostgresStore, retention_database: str, tmp_path: Path
+) -> None:
+    key = f"failed-{uuid.uuid4().hex[:8]}"
+    saga_id = await _compensated_order(store, key)
+    await _send_everything(store)
+    pool = await store.pool()
+    await pool.execute("UPDATE sagas SET status = 'failed' WHERE id = $1", saga_id)  # as if for an operator
+    finished_before = ["--finished-before", "2026-03-02"]
+
+    kept = _cli(retention_database, "archive", *finished_before, "--to", str(tmp_path / "a.gz"))
+    assert kept.returncode == 0, kept.stderr
+    assert await store.get_saga(saga_id) is not None
+
+    asked = _cli(
+        retention_database, "archive", *finished_before, "--include-failed", "--to", str(tmp_path / "b.gz")
+    )
+    assert asked.returncode == 0, asked.stderr
+    assert "1 failed" in asked.stdout
+    assert await store.get_saga(saga_id) is None
+    assert await pool.fetchval("SELECT status FROM tombstones WHERE saga_id = $1", saga_id) == "failed"
