@@ -9,7 +9,7 @@ from datetime import datetime
 
 from orchestrator.core.engine import Deadline, OutgoingCommand, Saga
 from orchestrator.core.ingress import DeadLetter
-from orchestrator.service.store import Changes, DueDeadline, JournalEntry, Records
+from orchestrator.service.store import Changes, DueDeadline, JournalEntry, Records, Tombstone
 
 __all__ = ["InboxConflict", "MemoryStore"]
 
@@ -41,6 +41,9 @@ class _MemoryTransaction:
         self, saga_ids: Iterable[str], message_ids: Iterable[str]
     ) -> tuple[dict[str, Saga], set[str]]:
         return await self.lock_sagas(saga_ids), {m for m in message_ids if m in self.store.inbox}
+
+    async def tombstones(self, saga_ids: Iterable[str]) -> dict[str, Tombstone]:
+        return {i: self.store.tombstones[i] for i in saga_ids if i in self.store.tombstones}
 
     async def claim_due(
         self, now: datetime, limit: int, workflows: Collection[tuple[str, str]] | None = None
@@ -93,6 +96,8 @@ class MemoryStore:
         self.duplicate_counts: dict[str, int] = {}
         self.deadlines: dict[tuple[str, str], tuple[Deadline, int]] = {}
         self.dead_letters: list[DeadLetter] = []
+        #: archived sagas (by id), as ``orchestrator archive`` leaves them in PostgreSQL
+        self.tombstones: dict[str, Tombstone] = {}
         self._lock = asyncio.Lock()
 
     @asynccontextmanager

@@ -3,15 +3,17 @@
 The service is one event loop, so the consumer, the relay and the alarm bump plain ints and
 lock-free histograms here; ``prometheus_client``'s own metric objects take a lock per update,
 which a few thousand messages a second need not pay. Gauges that describe the database (sagas
-per workflow and status, stuck sagas, the outbox) are read by the ``/metrics`` handler just
-before it renders, never per message.
+in flight and failed per workflow and status, stuck sagas, the outbox) are read by the
+``/metrics`` handler just before it renders, never per message, and only from rows that are
+still of interest (a partial index of the sagas in flight): finished sagas, which only grow, are
+a counter of this process (``orchestrator_sagas_finished_total``), not a count of the table.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -22,7 +24,11 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-__all__ = ["CONTENT_TYPE", "DatabaseGauges", "Histogram", "Metrics"]
+from orchestrator.core.definitions import Status
+from orchestrator.core.engine import Decision
+from orchestrator.core.machine import CompiledWorkflow
+
+__all__ = ["CONTENT_TYPE", "DatabaseGauges", "Histogram", "Metrics", "count_finished"]
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
@@ -66,7 +72,8 @@ class Histogram:
 class DatabaseGauges:
     """What the database says at scrape time."""
 
-    sagas: dict[tuple[str, str], int] = field(default_factory=dict)  # (workflow, status) -> sagas
+    #: (workflow, status) -> sagas, for running, compensating and failed (never a finished status)
+    sagas: dict[tuple[str, str], int] = field(default_factory=dict)
     stuck: dict[str, int] = field(default_factory=dict)  # workflow -> stuck sagas
     outbox: int = 0
 
@@ -82,6 +89,8 @@ class Metrics:
         self.deadlines_fired: Counter[str] = Counter()  # by kind: deadline, retry
         self.operator_actions: Counter[str] = Counter()  # by action, including start
         self.task_restarts: Counter[str] = Counter()  # by task (orchestrator.service.supervisor)
+        #: sagas this process saw finish (completed, compensated), by (workflow, status)
+        self.sagas_finished: Counter[tuple[str, str]] = Counter()
         self.step_latency = Histogram(STEP_LATENCY_BUCKETS)
         self.deadline_lateness = Histogram(LATENESS_BUCKETS)
         self.in_flight: Callable[[], int] = lambda: 0
@@ -99,6 +108,26 @@ class Metrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
+
+def count_finished(
+    metrics: Metrics, decisions: Iterable[Decision], workflows: Mapping[str, CompiledWorkflow]
+) -> None:
+    """Count the decisions that closed a saga (completed or compensated) from a status that was
+    not closed: the state it left says what it was (a failed saga keeps the state it failed in,
+    whose status is not a closed one, so its late way to ``compensated`` counts too)."""
+    for decision in decisions:
+        saga = decision.saga
+        if saga.status not in _CLOSED:
+            continue
+        compiled = workflows.get(saga.workflow)
+        before = decision.previous_state
+        spec = compiled.workflow.states.get(before) if compiled is not None and before else None
+        if spec is not None and spec.status in _CLOSED:
+            continue  # it was closed already (a late reply journaled on it, say)
+        metrics.sagas_finished[(saga.workflow, str(saga.status))] += 1
+
+
+_CLOSED = frozenset({Status.COMPLETED, Status.COMPENSATED})
 
 _Family = TypeVar("_Family", CounterMetricFamily, GaugeMetricFamily)
 
@@ -174,6 +203,14 @@ class _Collector:
         )
         yield _labelled(
             CounterMetricFamily(
+                "orchestrator_sagas_finished",
+                "Sagas this process saw finish (completed or compensated), by workflow and status",
+                labels=["workflow", "status"],
+            ),
+            m.sagas_finished,
+        )
+        yield _labelled(
+            CounterMetricFamily(
                 "orchestrator_task_restarts",
                 "Tasks of the service started again after an unexpected end",
                 labels=["task"],
@@ -205,7 +242,9 @@ class _Collector:
             return
         yield _labelled(
             GaugeMetricFamily(
-                "orchestrator_sagas", "Sagas by workflow and status", labels=["workflow", "status"]
+                "orchestrator_sagas",
+                "Sagas in flight (running, compensating) and failed, by workflow and status",
+                labels=["workflow", "status"],
             ),
             database.sagas,
         )

@@ -1,5 +1,5 @@
-"""``orchestrator migrate | run | verify | check | dead-letters``: the command line, with one-line errors,
-not tracebacks."""
+"""``orchestrator migrate | run | verify | check | dead-letters | archive | prune``: the command
+line, with one-line errors, not tracebacks."""
 
 from __future__ import annotations
 
@@ -359,6 +359,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     verify.add_argument("--saga", help="verify only this saga id")
     verify.add_argument(
+        "--archive", type=Path, metavar="FILE", help="verify the sagas of this archive instead (no database)"
+    )
+    verify.add_argument(
         "--workflows",
         help="module(s) defining the workflows, as for run"
         " (ORCHESTRATOR_WORKFLOWS; default: the bundled examples)",
@@ -379,6 +382,9 @@ def main(argv: list[str] | None = None) -> None:
     from orchestrator.entrypoints import cli_sagas
 
     cli_sagas.add_parser(sub)
+    from orchestrator.entrypoints import cli_retention
+
+    cli_retention.add_parser(sub)
     args = parser.parse_args(argv)
     from orchestrator.entrypoints.settings import ConfigurationError  # a setting, or a workflow module
 
@@ -412,6 +418,10 @@ def main(argv: list[str] | None = None) -> None:
                     )
                 )
             )
+        elif args.command == "verify" and args.archive is not None:
+            if args.saga:
+                raise cli_dead_letters.CommandError("verify: --saga and --archive do not go together")
+            sys.exit(cli_retention.verify_archive(settings, args.archive))
         elif args.command == "verify":
             sys.exit(_run(_verify(settings, args.saga)))
         elif args.command == "check":
@@ -420,6 +430,8 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(_run(cli_dead_letters.run(args, settings)))
         elif args.command == "sagas":
             sys.exit(_run(cli_sagas.run(args, settings)))
+        elif args.command in ("archive", "prune"):
+            sys.exit(_run(cli_retention.run(args, settings)))
     except ConfigurationError as error:  # what it was given cannot be used: exit 1, as ever
         print(f"orchestrator: {error}", file=sys.stderr)
         sys.exit(2 if args.command == "check" else 1)  # check's 1 means: the definitions have errors

@@ -15,10 +15,12 @@ import os
 import signal
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from orchestrator.adapters.amqp.broker import Broker, Delivery, Topology, services_of
-from orchestrator.adapters.metrics import Metrics
+from orchestrator.adapters.metrics import Metrics, count_finished
+from orchestrator.adapters.postgres.retention import Pruner
+from orchestrator.adapters.postgres.store import PostgresStore
 from orchestrator.core.ingress import Envelope, Limits, Reason, Refused, printable
 from orchestrator.core.routing import Registry
 from orchestrator.entrypoints.server import ApiServer
@@ -81,11 +83,13 @@ class Orchestrator:
         self._waiting: tuple[int, float] = (0, time.monotonic())
         self.metrics.in_hand = lambda: (self.broker.consumer.unsettled, self.broker.consumer.bytes_in_hand)
         self.metrics.stalled = self.stalled
+        self.pruner = _pruner(settings, store)
 
     def dispatch(self, applied: Applied) -> None:
         """After a start or an operator action committed: its commands out, its timers armed."""
         self.relay.submit(applied.commands)
         self.deadlines.committed(applied.decisions)
+        count_finished(self.metrics, applied.decisions, self.registry.workflows)
 
     async def broker_checks(self) -> dict[str, str]:
         """Readiness: both broker connections up (either may be reconnecting), and the consumer
@@ -107,6 +111,8 @@ class Orchestrator:
         self.drain.start(spawn)
         self._worker = spawn("worker", self._work)
         spawn("queue-watch", self._watch_queue)
+        if self.pruner is not None:
+            spawn("prune", self.pruner.run)
         log.info(
             "orchestrator running: workflows %s, namespace %s",
             ", ".join(self._loaded_names()),
@@ -342,6 +348,7 @@ class Orchestrator:
             first = min(arrived) if arrived else None
             self.relay.submit(result.commands, received_at=first)
             self.deadlines.committed(result.decisions)
+            count_finished(self.metrics, result.decisions, self.registry.workflows)
             return result
 
     async def _isolate(
@@ -373,7 +380,22 @@ class Orchestrator:
 
 #: the tasks that hold nothing in hand, so that starting them again after an unexpected end is
 #: safe; any other task's end stops the service (orchestrator.service.supervisor)
-_RESTARTABLE = {"queue-watch": Restart(), "outbox-sweep": Restart()}
+_RESTARTABLE = {"queue-watch": Restart(), "outbox-sweep": Restart(), "prune": Restart()}
+
+
+def _pruner(settings: Settings, store: Store) -> Pruner | None:
+    """The periodic prune (docs/retention.md), on PostgreSQL, unless its interval is 0."""
+    if not isinstance(store, PostgresStore) or settings.prune_interval_seconds <= 0:
+        return None
+    return Pruner(
+        store.pool,
+        settings.prune_interval_seconds,
+        timedelta(days=settings.inbox_retention_days),
+        timedelta(days=settings.dead_letter_retention_days),
+        timedelta(days=settings.tombstone_retention_days),
+    )
+
+
 #: past the shutdown bound, closing connections takes at most this long
 _CLOSE_SECONDS = 4.5
 #: past the shutdown bound, the watchdog ends the process whatever its event loop is doing

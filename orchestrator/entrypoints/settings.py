@@ -72,6 +72,20 @@ def _float(name: str, default: float) -> float:
     return value
 
 
+def _days(name: str, default: float) -> float:
+    """A number of days: positive, at most a century, as ``_float`` reads seconds."""
+    raw = _set(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= _A_CENTURY / 86400:
+        raise SettingsError(f"{name} must be a positive number of days up to 36525, not {raw!r}")
+    return value
+
+
 def _bool(name: str) -> bool:
     return os.environ.get(name, "").lower() in {"1", "true", "yes", "on"}
 
@@ -117,6 +131,15 @@ class Settings:
     #: a test hook (``ORCHESTRATOR_TEST_FAIL_TASK=<task>[:<seconds>]``): that task raises after
     #: that long, every time it starts (orchestrator.service.supervisor)
     test_fail_task: str | None = None
+    #: retention (docs/retention.md): the inbox rows of a saga finished (completed or
+    #: compensated) this many days ago are pruned; a redelivery after that is not known as one
+    inbox_retention_days: float = 7.0
+    #: dead letters this old are pruned, replayed or not
+    dead_letter_retention_days: float = 30.0
+    #: tombstones of sagas archived this long ago are pruned; a start for such a key starts anew
+    tombstone_retention_days: float = 400.0
+    #: how often the running service prunes; 0: never (``orchestrator prune`` by hand or cron)
+    prune_interval_seconds: float = 3600.0
 
     @property
     def effective_prefetch(self) -> int:
@@ -148,6 +171,18 @@ class Settings:
             "max_parked": _int("ORCHESTRATOR_MAX_PARKED", cls.max_parked, minimum=1),
             "shutdown_seconds": _float("ORCHESTRATOR_SHUTDOWN_SECONDS", cls.shutdown_seconds),
             "test_fail_task": env.get("ORCHESTRATOR_TEST_FAIL_TASK") or None,
+            "inbox_retention_days": _days("ORCHESTRATOR_INBOX_RETENTION_DAYS", cls.inbox_retention_days),
+            "dead_letter_retention_days": _days(
+                "ORCHESTRATOR_DEAD_LETTER_RETENTION_DAYS", cls.dead_letter_retention_days
+            ),
+            "tombstone_retention_days": _days(
+                "ORCHESTRATOR_TOMBSTONE_RETENTION_DAYS", cls.tombstone_retention_days
+            ),
+            "prune_interval_seconds": (
+                0.0
+                if _set("ORCHESTRATOR_PRUNE_INTERVAL_SECONDS") == "0"
+                else _float("ORCHESTRATOR_PRUNE_INTERVAL_SECONDS", cls.prune_interval_seconds)
+            ),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

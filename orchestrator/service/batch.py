@@ -31,6 +31,7 @@ from orchestrator.core.ingress import (
 from orchestrator.core.machine import CompiledWorkflow
 from orchestrator.core.routing import Registry, Target
 from orchestrator.service.store import Changes, JournalEntry, Store
+from orchestrator.service.tombstones import archived_refusal, live_starts
 
 __all__ = ["BatchResult", "Envelope", "Verdict", "fire_due_deadlines", "process_batch"]
 
@@ -148,15 +149,21 @@ async def process_batch(
     changes = Changes()
     async with store.transaction() as tx:
         current, seen = await tx.read_batch(wanted, (p.message_id for p in parsed))
+        missing = wanted - current.keys()  # archived, maybe: one more read, only then
+        archived = await tx.tombstones(missing) if missing else {}
         for p in parsed:
-            if p.message_id in seen or p.message_id in changes.inbox:
+            live = live_starts(p.keyed, archived)
+            if p.message_id in seen or p.message_id in changes.inbox or live is None:
                 result.verdicts[p.index] = Verdict.DUPLICATE
                 changes.duplicates.append(p.message_id)
                 continue
+            p.keyed = live
             try:
                 targets = _targets(p, registry, current)
             except Refused as refused:
-                result.refuse(p.index, refused)
+                result.refuse(
+                    p.index, archived_refusal(refused, p.envelope.correlation_id, p.keyed, archived)
+                )
                 continue
             except _Leave:
                 result.verdicts[p.index] = Verdict.LEFT

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from orchestrator.adapters.metrics import Metrics
+from orchestrator.adapters.metrics import Metrics, count_finished
 from orchestrator.core.engine import Decision, OutgoingCommand
 from orchestrator.core.routing import Registry
 from orchestrator.service.batch import fire_due_deadlines
@@ -110,6 +110,7 @@ class DeadlineAlarm:
                         continue
                     conflicts = 0
                     self._observe(result.journal)
+                    count_finished(self.metrics, result.decisions, self.registry.workflows)
                     self.fired += len(result.decisions)
                     self.send(result.commands)
                     self.committed(result.decisions)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from orchestrator.core.definitions import Workflow
+from orchestrator.core.definitions import Status, Workflow
 from orchestrator.core.engine import (
     ACTIONS,
     OPERATOR,
@@ -30,7 +30,7 @@ from orchestrator.core.ingress import Refused, check_json
 from orchestrator.core.messages import InvalidPayload, dump, load
 from orchestrator.core.routing import Registry
 from orchestrator.core.upcasting import upcast
-from orchestrator.service.store import Changes, Store
+from orchestrator.service.store import Changes, Store, Tombstone
 
 __all__ = [
     "ACTIONS",
@@ -92,6 +92,8 @@ class Applied:
     decisions: list[Decision]
     #: the id the request was journaled under, for the log lines about it
     message_id: str = ""
+    #: a start for a key whose saga was archived: its tombstone (``saga`` is made of it, no data)
+    archived: Tombstone | None = None
 
 
 async def start_saga(
@@ -104,7 +106,8 @@ async def start_saga(
     now: datetime,
     schema_version: int = 1,
 ) -> Applied:
-    """Start a saga as its starting event would; the same key again returns the saga it started.
+    """Start a saga as its starting event would; the same key again returns the saga it started,
+    or, when that saga was archived, what its tombstone says of it (nothing starts again).
 
     ``data`` is written in schema version ``schema_version`` of the starting event (1, as an
     event without ``x-schema-version``): it is upcast to the class's schema first, by the same
@@ -142,6 +145,9 @@ async def start_saga(
                 existing = (await tx.lock_sagas([saga_id])).get(saga_id)
                 if existing is not None:
                     return Applied(existing, False, [], [], message.message_id)
+                gone = (await tx.tombstones([saga_id])).get(saga_id)
+                if gone is not None:
+                    return Applied(_of_tombstone(gone), False, [], [], message.message_id, gone)
                 decision = decide(compiled, None, message, now)
                 changes = Changes()
                 changes.record(message, decision, now)
@@ -154,6 +160,22 @@ async def start_saga(
             # The starting event, or the same request, may have created it meanwhile (the
             # journal's key refused ours): look again, and take that one.
     raise AssertionError("unreachable")
+
+
+def _of_tombstone(gone: Tombstone) -> Saga:
+    """The archived saga as far as its tombstone knows it: where it ended, not its data."""
+    return Saga(
+        id=gone.saga_id,
+        workflow=gone.workflow,
+        key=gone.key,
+        state=gone.state,
+        status=Status(gone.status),
+        version=gone.version,
+        data={},
+        created_at=gone.created_at,
+        updated_at=gone.finished_at,
+        release=gone.release,
+    )
 
 
 async def apply_action(

@@ -16,7 +16,25 @@ from orchestrator.core.engine import Deadline, Decision, Incoming, OutgoingComma
 from orchestrator.core.ingress import DeadLetter
 from orchestrator.core.journal import DueDeadline, JournalEntry, Records
 
-__all__ = ["Changes", "DueDeadline", "JournalEntry", "Records", "Store", "Transaction"]
+__all__ = ["Changes", "DueDeadline", "JournalEntry", "Records", "Store", "Tombstone", "Transaction"]
+
+
+@dataclass(frozen=True)
+class Tombstone:
+    """What is left of an archived saga (``orchestrator archive``): enough to know its start again,
+    so that a late duplicate does not start the business twice, and to answer for it; its data and
+    journal are in the archive file."""
+
+    saga_id: str
+    workflow: str
+    key: str
+    release: str
+    state: str
+    status: str
+    version: int
+    created_at: datetime
+    finished_at: datetime
+    archived_at: datetime
 
 
 @dataclass
@@ -59,6 +77,10 @@ class Transaction(Protocol):
         """What a batch of messages needs before it is decided, in one read: the sagas that
         exist among ``saga_ids``, locked until the transaction ends, and which of
         ``message_ids`` were taken already (the inbox)."""
+
+    async def tombstones(self, saga_ids: Iterable[str]) -> dict[str, Tombstone]:
+        """The tombstones of archived sagas among ``saga_ids``: asked only for ids no saga row
+        has, so a batch of replies to sagas that exist never pays for it."""
 
     async def claim_due(
         self, now: datetime, limit: int, workflows: Collection[tuple[str, str]] | None = None

@@ -73,7 +73,7 @@ async def test_a_saga_started_over_rest_completes_and_is_counted(bench: Bench) -
     assert (
         samples(metrics, "orchestrator_step_latency_seconds_count") >= 2
     )  # charge and ship followed replies
-    assert samples(metrics, 'orchestrator_sagas{status="completed",workflow="order"}') >= 1
+    assert samples(metrics, 'orchestrator_sagas_finished_total{status="completed",workflow="order"}') >= 1
     assert f"saga_id={done['id']}" in orchestrator.output()  # the start's log line names the saga
     assert orchestrator.stop() == 0
 

@@ -104,6 +104,9 @@ class _Transaction:
     async def read_batch(self, saga_ids: Iterable[str], message_ids: Iterable[str]) -> Any:
         return await self.inner.read_batch(saga_ids, message_ids)
 
+    async def tombstones(self, saga_ids: Iterable[str]) -> Any:
+        return await self.inner.tombstones(saga_ids)
+
     async def claim_due(self, now: datetime, limit: int, workflows: Any = None) -> list[DueDeadline]:
         return await self.inner.claim_due(now, limit, workflows)  # type: ignore[no-any-return]
 

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, and_, exists, func, literal, select, text, tuple_
+from sqlalchemy import ColumnElement, Select, and_, exists, func, literal, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from orchestrator.adapters.metrics import DatabaseGauges
@@ -36,6 +36,12 @@ __all__ = [
 
 #: Sagas still in progress: what "stuck" can apply to.
 UNFINISHED = (str(Status.RUNNING), str(Status.COMPENSATING))
+
+
+def _in_flight() -> ColumnElement[bool]:
+    """``status IN ('running', 'compensating')`` written out, not bound: only then can PostgreSQL
+    match it with the predicate of the partial index ``sagas_in_flight`` in a generic plan too."""
+    return text("sagas.status IN ('running', 'compensating')")  # type: ignore[return-value]
 
 
 class BadCursor(ValueError):
@@ -161,8 +167,40 @@ def _conditions(f: SagaFilter) -> list[ColumnElement[bool]]:
     if f.updated_before is not None:
         found.append(c.updated_at < f.updated_before)
     if f.stuck_since is not None:
-        found += [c.status.in_(UNFINISHED), c.updated_at < f.stuck_since, _no_timer()]
+        found += [_in_flight(), c.updated_at < f.stuck_since, _no_timer()]
     return found
+
+
+def listing_query(f: SagaFilter, limit: int, cursor: str | None = None) -> Select[Any]:
+    """A page of ``GET /sagas``: newest first along the index ``sagas_created``, from ``cursor``."""
+    query = select(*_SUMMARY).where(*_conditions(f))
+    if cursor is not None:
+        created_at, saga_id = decode_cursor(cursor)
+        query = query.where(
+            tuple_(sagas.c.created_at, sagas.c.id) < tuple_(literal(created_at), literal(saga_id))
+        )
+    return query.order_by(sagas.c.created_at.desc(), sagas.c.id.desc()).limit(limit)
+
+
+def gauge_queries(stuck_since: datetime) -> tuple[Select[Any], Select[Any], Select[Any]]:
+    """The scrape's saga queries: in flight and failed by workflow and status, stuck by workflow
+    (tests/integration/test_history_scale.py reads their plans)."""
+    in_flight = (
+        select(sagas.c.workflow, sagas.c.status, func.count())
+        .where(_in_flight())
+        .group_by(sagas.c.workflow, sagas.c.status)
+    )
+    failed = (
+        select(sagas.c.workflow, sagas.c.status, func.count())
+        .where(text("sagas.status = 'failed'"))
+        .group_by(sagas.c.workflow, sagas.c.status)
+    )
+    stuck = (
+        select(sagas.c.workflow, func.count())
+        .where(*_conditions(SagaFilter(stuck_since=stuck_since)))
+        .group_by(sagas.c.workflow)
+    )
+    return in_flight, failed, stuck
 
 
 class Queries:
@@ -175,13 +213,7 @@ class Queries:
 
     async def sagas(self, f: SagaFilter, limit: int, cursor: str | None = None) -> SagaPage:
         """A page of sagas, newest first; ``next_cursor`` is None on the last page."""
-        query = select(*_SUMMARY).where(*_conditions(f))
-        if cursor is not None:
-            created_at, saga_id = decode_cursor(cursor)
-            query = query.where(
-                tuple_(sagas.c.created_at, sagas.c.id) < tuple_(literal(created_at), literal(saga_id))
-            )
-        query = query.order_by(sagas.c.created_at.desc(), sagas.c.id.desc()).limit(limit + 1)
+        query = listing_query(f, limit + 1, cursor)
         async with self.engine.connect() as connection:
             rows = [SagaRow(**r._mapping) for r in await connection.execute(query)]
         more = len(rows) > limit
@@ -254,17 +286,17 @@ class Queries:
             return {r: (f, at) for r, f, at in await connection.execute(query)}
 
     async def gauges(self, stuck_since: datetime) -> DatabaseGauges:
-        """What ``/metrics`` reports about the database, read in one connection at scrape time."""
-        by_status = select(sagas.c.workflow, sagas.c.status, func.count()).group_by(
-            sagas.c.workflow, sagas.c.status
-        )
-        stuck = (
-            select(sagas.c.workflow, func.count())
-            .where(*_conditions(SagaFilter(stuck_since=stuck_since)))
-            .group_by(sagas.c.workflow)
-        )
+        """What ``/metrics`` reports about the database, read in one connection at scrape time.
+
+        Only rows still of interest are read, never the history: the sagas in flight through the
+        partial index ``sagas_in_flight`` (its predicate is this query's), the failed ones through
+        ``sagas_status_updated``. Finished sagas are a counter of the process instead
+        (``orchestrator_sagas_finished_total``): counting them here read every row ever finished,
+        at every scrape."""
+        in_flight, failed, stuck = gauge_queries(stuck_since)
         async with self.engine.connect() as connection:
-            counts = {(w, s): n for w, s, n in await connection.execute(by_status)}
+            counts = {(w, s): n for w, s, n in await connection.execute(in_flight)}
+            counts.update({(w, s): n for w, s, n in await connection.execute(failed)})
             stuck_counts = {w: n for w, n in await connection.execute(stuck)}
             backlog = (await connection.execute(select(func.count()).select_from(outbox))).scalar_one()
         return DatabaseGauges(counts, stuck_counts, backlog)

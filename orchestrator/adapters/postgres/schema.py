@@ -132,3 +132,24 @@ dead_letters = Table(
     Index("dead_letters_dead_at", text("dead_at DESC"), text("id DESC")),
     Index("dead_letters_reason", "reason"),
 )
+
+#: the inbox rows of a saga, for the archive and the inbox pruning (migration 0006)
+Index("inbox_saga", inbox.c.saga_id)
+
+#: One row per archived saga (``orchestrator archive``): enough to recognise its start again and
+#: answer for it, not its data or journal, which are in the archive file.
+tombstones = Table(
+    "tombstones",
+    metadata,
+    Column("saga_id", Text, primary_key=True),
+    Column("workflow", Text, nullable=False),
+    Column("key", Text, nullable=False),
+    Column("release", Text, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=False),
+    Column("archived_at", DateTime(timezone=True), nullable=False),
+    Index("tombstones_archived_at", "archived_at"),
+)

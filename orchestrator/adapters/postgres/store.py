@@ -23,7 +23,7 @@ from orchestrator.adapters.postgres.schema import deadlines, journal, outbox, sa
 from orchestrator.core.definitions import Status
 from orchestrator.core.engine import Incoming, OutgoingCommand, Saga
 from orchestrator.core.ingress import DeadLetter
-from orchestrator.service.store import Changes, DueDeadline, JournalEntry, Records
+from orchestrator.service.store import Changes, DueDeadline, JournalEntry, Records, Tombstone
 
 __all__ = ["PostgresStore", "make_engine"]
 
@@ -173,6 +173,13 @@ FROM inbox WHERE message_id = ANY($2::text[])
 """
 
 
+#: The tombstones of archived sagas among some ids (the primary key: one index probe each).
+_TOMBSTONES = (
+    "SELECT saga_id, workflow, key, release, state, status, version, created_at, finished_at, archived_at"
+    " FROM tombstones WHERE saga_id = ANY($1::text[])"
+)
+
+
 def _save_arguments(changes: Changes, now: datetime) -> list[Any]:
     saga_rows = list(changes.sagas.values())
     # One entry per (saga, kind): the statement never removes and sets the same timer row, and a
@@ -276,6 +283,13 @@ class _PostgresTransaction:
             else:
                 seen.add(row["seen"])
         return current, seen
+
+    async def tombstones(self, saga_ids: Iterable[str]) -> dict[str, Tombstone]:
+        ids = sorted(set(saga_ids))
+        if not ids:
+            return {}
+        rows = await self.connection.fetch(_TOMBSTONES, ids)
+        return {row["saga_id"]: Tombstone(**dict(row)) for row in rows}
 
     async def claim_due(
         self, now: datetime, limit: int, workflows: Collection[tuple[str, str]] | None = None

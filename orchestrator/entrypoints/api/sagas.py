@@ -319,6 +319,12 @@ def sagas_router(ctx: ApiContext, reads: Sequence[Depends], writes: Sequence[Dep
                 saga.key,
                 extra=_extra(applied, who),
             )
+        if applied.archived is not None:  # nothing to read: its row, timers and journal are gone
+            note = (
+                f"archived at {applied.archived.archived_at.isoformat()}: the saga finished"
+                f" {applied.archived.status} and its data and journal are in the archive, not here"
+            )
+            return m.SagaWritten(**state_fields(ctx, saga), timers=[], note=note)
         return await written(ctx, applied)
 
     async def act(saga_id: UUID, action: OperatorAction) -> m.SagaWritten:
