@@ -1,5 +1,5 @@
-"""``orchestrator migrate | run | verify | check | dead-letters``: the command line, with one-line errors,
-not tracebacks."""
+"""``orchestrator migrate | run | verify | check [--journals] | dead-letters``: the command line, with
+one-line errors, not tracebacks."""
 
 from __future__ import annotations
 
@@ -8,9 +8,13 @@ import asyncio
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.entrypoints.settings import Settings, mask_url
+
+if TYPE_CHECKING:  # imported where used, so that each verb loads only what it needs
+    from orchestrator.core.definitions import Workflow
+    from orchestrator.core.dry_run import DefinitionFor
 
 __all__ = ["main"]
 
@@ -243,10 +247,12 @@ async def _verify(settings: Settings, saga_id: str | None) -> int:
     return 1 if bad else 3 if unloaded else 0
 
 
-def _check(settings: Settings) -> int:
+def _check(settings: Settings, journals: bool = False, finished_sample: int = 0) -> int:
     """Check the definitions of the workflows ``settings.workflows`` names, as ``run`` loads them
-    (no database, no broker): print the findings, errors first, then a summary line. Exit 1 if
-    there is an error, else 0 (warnings alone pass)."""
+    (no database, no broker): print the findings, errors first, then a summary line. With
+    ``journals``, then replay the journals of the sagas in flight, and of the ``finished_sample``
+    most recently finished ones, through those definitions (:func:`_dry_run`). Exit 1 if there is
+    an error (a definition's, or a saga in flight that would break), else 0 (warnings alone pass)."""
     from orchestrator.core.checks import Severity, check_all
     from orchestrator.core.definitions import DefinitionError
     from orchestrator.entrypoints.bootstrap import load_workflows
@@ -267,7 +273,59 @@ def _check(settings: Settings) -> int:
         f"checked {len(workflows)} workflow{'s' * (len(workflows) != 1)} ({names}):"
         f" {errors} error{'s' * (errors != 1)}, {warnings} warning{'s' * (warnings != 1)}"
     )
-    return 1 if errors else 0
+    if not journals:
+        return 1 if errors else 0
+    try:
+        definition_for = _definitions(workflows)
+    except ValueError as error:  # refused by the compiler, or two of one name: reported above
+        print(f"journals not replayed: the workflows cannot be compiled: {error}")
+        return 1
+    breaking = _run(_dry_run(settings, definition_for, finished_sample))
+    return 1 if errors or breaking else 0
+
+
+def _definitions(workflows: list[Workflow]) -> DefinitionFor:
+    """The definition the loaded module would decide a saga of ``(workflow, release)`` by, None
+    when it has none: the dry run's one view of the new definitions. Today's Registry holds one
+    definition per workflow name, so the release is not read yet; a Registry that holds several
+    releases per name answers here, and nowhere else."""
+    from orchestrator.core.machine import CompiledWorkflow
+    from orchestrator.core.routing import Registry
+
+    registry = Registry(workflows)
+
+    def definition_for(workflow: str, release: str) -> CompiledWorkflow | None:
+        return registry.workflows.get(workflow)
+
+    return definition_for
+
+
+async def _dry_run(settings: Settings, definition_for: DefinitionFor, finished_sample: int) -> int:
+    """Replay the journals of the sagas in flight (running, compensating, failed) and of the
+    ``finished_sample`` most recently finished ones through ``definition_for``, read in one
+    streamed query (``adapters.postgres.journals``); print one line per saga that would go
+    otherwise, errors (in flight) first, then the summary. How many in flight would break."""
+    from orchestrator.adapters.postgres.journals import read_journals
+    from orchestrator.core.dry_run import DryRun, compare
+
+    await ensure_database_reachable(settings.database_url)
+    run = DryRun()
+    try:
+        async for journal in read_journals(settings.database_url, finished_sample=finished_sample):
+            run.add(compare(journal, definition_for))
+    except (OSError, TimeoutError) as error:
+        raise Unreachable(f"cannot reach PostgreSQL at {mask_url(settings.database_url)}: {error}") from None
+    except Exception as error:
+        import asyncpg
+
+        if not isinstance(error, asyncpg.PostgresError):
+            raise
+        raise Unreachable(f"cannot read the journals at {mask_url(settings.database_url)}: {error}") from None
+    for report in run.reported():
+        print(report.line())
+    for line in run.summary():
+        print(line)
+    return run.breaking
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -313,10 +371,27 @@ def main(argv: list[str] | None = None) -> None:
         help="module(s) defining the workflows, as for run"
         " (ORCHESTRATOR_WORKFLOWS; default: the bundled examples)",
     )
+    checking.add_argument(
+        "--journals",
+        action="store_true",
+        help="also replay the journals of the sagas in flight (running, compensating, failed) through"
+        " these definitions, read from ORCHESTRATOR_DATABASE_URL: exit 1 if one would break",
+    )
+    checking.add_argument(
+        "--finished-sample",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --journals, replay the N most recently finished sagas too: their changes are warnings",
+    )
     from orchestrator.entrypoints import cli_dead_letters
 
     cli_dead_letters.add_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "check" and args.finished_sample and not args.journals:
+        parser.error("check: --finished-sample needs --journals")
+    if args.command == "check" and args.finished_sample < 0:
+        parser.error(f"check: --finished-sample must be 0 or more, not {args.finished_sample}")
     from orchestrator.entrypoints.settings import ConfigurationError  # a setting, or a workflow module
 
     try:
@@ -344,7 +419,7 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "verify":
             sys.exit(_run(_verify(settings, args.saga)))
         elif args.command == "check":
-            sys.exit(_check(settings))
+            sys.exit(_check(settings, args.journals, args.finished_sample))
         elif args.command == "dead-letters":
             sys.exit(_run(cli_dead_letters.run(args, settings)))
     except ConfigurationError as error:  # what it was given cannot be used: exit 1, as ever
