@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
@@ -310,6 +311,11 @@ async def _dry_run(settings: Settings, definition_for: DefinitionFor, finished_s
 
     await ensure_database_reachable(settings.database_url)
     run = DryRun()
+    # Hundreds of thousands of journal entries become millions of short-lived dicts, and the
+    # cyclic collector, run every few hundred allocations, rescans the chunk in hand each time:
+    # with it, reading took three times as long (docs/benchmark.md). Nothing here makes cycles
+    # that reference counting would not free.
+    gc.disable()
     try:
         async for journal in read_journals(settings.database_url, finished_sample=finished_sample):
             run.add(compare(journal, definition_for))
@@ -321,6 +327,8 @@ async def _dry_run(settings: Settings, definition_for: DefinitionFor, finished_s
         if not isinstance(error, asyncpg.PostgresError):
             raise
         raise Unreachable(f"cannot read the journals at {mask_url(settings.database_url)}: {error}") from None
+    finally:
+        gc.enable()
     for report in run.reported():
         print(report.line())
     for line in run.summary():
