@@ -35,8 +35,10 @@ break.
 from __future__ import annotations
 
 import enum
+import heapq
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from orchestrator.core.definitions import Status
 from orchestrator.core.journal import JournalEntry
@@ -266,6 +268,24 @@ class DryRun:
             else:
                 self.differing += 1
                 self.warnings.append(report)
+
+    @classmethod
+    def merged(cls, runs: Iterable[DryRun]) -> DryRun:
+        """Runs over disjoint parts of the sagas (one per process) as one, its reports in saga id
+        order as each part's are."""
+        runs = list(runs)
+        whole = cls()
+        for run in runs:
+            whole.in_flight += run.in_flight
+            whole.finished += run.finished
+            whole.breaking += run.breaking
+            whole.differing += run.differing
+            for kind, count in run.counts.items():
+                whole.counts[kind] = whole.counts.get(kind, 0) + count
+        by_id: Callable[[SagaReport], str] = attrgetter("saga_id")
+        whole.errors = list(heapq.merge(*(r.errors for r in runs), key=by_id))
+        whole.warnings = list(heapq.merge(*(r.warnings for r in runs), key=by_id))
+        return whole
 
     def reported(self) -> list[SagaReport]:
         """The sagas with findings: those in flight (errors), then finished ones (warnings)."""

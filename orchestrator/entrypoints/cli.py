@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
@@ -248,12 +247,13 @@ async def _verify(settings: Settings, saga_id: str | None) -> int:
     return 1 if bad else 3 if unloaded else 0
 
 
-def _check(settings: Settings, journals: bool = False, finished_sample: int = 0) -> int:
+def _check(settings: Settings, journals: bool = False, finished_sample: int = 0, jobs: int = 1) -> int:
     """Check the definitions of the workflows ``settings.workflows`` names, as ``run`` loads them
     (no database, no broker): print the findings, errors first, then a summary line. With
     ``journals``, then replay the journals of the sagas in flight, and of the ``finished_sample``
-    most recently finished ones, through those definitions (:func:`_dry_run`). Exit 1 if there is
-    an error (a definition's, or a saga in flight that would break), else 0 (warnings alone pass)."""
+    most recently finished ones, through those definitions, in ``jobs`` processes
+    (:func:`_dry_run`). Exit 1 if there is an error (a definition's, or a saga in flight that
+    would break), else 0 (warnings alone pass)."""
     from orchestrator.core.checks import Severity, check_all
     from orchestrator.core.definitions import DefinitionError
     from orchestrator.entrypoints.bootstrap import load_workflows
@@ -281,7 +281,8 @@ def _check(settings: Settings, journals: bool = False, finished_sample: int = 0)
     except ValueError as error:  # refused by the compiler, or two of one name: reported above
         print(f"journals not replayed: the workflows cannot be compiled: {error}")
         return 1
-    breaking = _run(_dry_run(settings, definition_for, finished_sample))
+    sys.stdout.flush()  # before the processes fork: what is printed is printed once
+    breaking = _dry_run(settings, definition_for, finished_sample, jobs)
     return 1 if errors or breaking else 0
 
 
@@ -301,39 +302,24 @@ def _definitions(workflows: list[Workflow]) -> DefinitionFor:
     return definition_for
 
 
-async def _dry_run(settings: Settings, definition_for: DefinitionFor, finished_sample: int) -> int:
+def _dry_run(settings: Settings, definition_for: DefinitionFor, finished_sample: int, jobs: int) -> int:
     """Replay the journals of the sagas in flight (running, compensating, failed) and of the
-    ``finished_sample`` most recently finished ones through ``definition_for``, read in one
-    streamed query (``adapters.postgres.journals``); print one line per saga that would go
-    otherwise, errors (in flight) first, then the summary. How many in flight would break."""
-    from orchestrator.adapters.postgres.journals import read_journals
-    from orchestrator.core.dry_run import DryRun, compare
+    ``finished_sample`` most recently finished ones through ``definition_for``, read in streamed
+    queries (``adapters.postgres.journals``) by ``jobs`` processes (``entrypoints.dry_run``);
+    print one line per saga that would go otherwise, errors (in flight) first, in saga id order,
+    then the summary. How many in flight would break."""
+    from orchestrator.entrypoints import dry_run
 
-    await ensure_database_reachable(settings.database_url)
-    run = DryRun()
-    # Hundreds of thousands of journal entries become millions of short-lived dicts, and the
-    # cyclic collector, run every few hundred allocations, rescans the chunk in hand each time:
-    # with it, reading took three times as long (docs/benchmark.md). Nothing here makes cycles
-    # that reference counting would not free.
-    gc.disable()
+    _run(ensure_database_reachable(settings.database_url))
     try:
-        async for journal in read_journals(settings.database_url, finished_sample=finished_sample):
-            run.add(compare(journal, definition_for))
-    except (OSError, TimeoutError) as error:
-        raise Unreachable(f"cannot reach PostgreSQL at {mask_url(settings.database_url)}: {error}") from None
-    except Exception as error:
-        import asyncpg
-
-        if not isinstance(error, asyncpg.PostgresError):
-            raise
-        raise Unreachable(f"cannot read the journals at {mask_url(settings.database_url)}: {error}") from None
-    finally:
-        gc.enable()
-    for report in run.reported():
+        done = dry_run.run(settings.database_url, definition_for, finished_sample, jobs)
+    except dry_run.JournalsUnreadable as error:
+        raise Unreachable(str(error)) from None
+    for report in done.reported():
         print(report.line())
-    for line in run.summary():
+    for line in done.summary():
         print(line)
-    return run.breaking
+    return done.breaking
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -392,6 +378,12 @@ def main(argv: list[str] | None = None) -> None:
         metavar="N",
         help="with --journals, replay the N most recently finished sagas too: their changes are warnings",
     )
+    checking.add_argument(
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="with --journals, processes that replay them (default: one per CPU, at most 4)",
+    )
     from orchestrator.entrypoints import cli_dead_letters
 
     cli_dead_letters.add_parser(sub)
@@ -400,6 +392,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("check: --finished-sample needs --journals")
     if args.command == "check" and args.finished_sample < 0:
         parser.error(f"check: --finished-sample must be 0 or more, not {args.finished_sample}")
+    if args.command == "check" and args.jobs is not None and (args.jobs < 1 or not args.journals):
+        parser.error("check: --jobs needs --journals, and 1 or more")
     from orchestrator.entrypoints.settings import ConfigurationError  # a setting, or a workflow module
 
     try:
@@ -427,7 +421,10 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "verify":
             sys.exit(_run(_verify(settings, args.saga)))
         elif args.command == "check":
-            sys.exit(_check(settings, args.journals, args.finished_sample))
+            from orchestrator.entrypoints.dry_run import default_jobs
+
+            jobs = args.jobs if args.jobs is not None else default_jobs()
+            sys.exit(_check(settings, args.journals, args.finished_sample, jobs))
         elif args.command == "dead-letters":
             sys.exit(_run(cli_dead_letters.run(args, settings)))
     except ConfigurationError as error:  # what it was given cannot be used: exit 1, as ever

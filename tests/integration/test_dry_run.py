@@ -208,3 +208,20 @@ def test_journals_are_streamed_whole_in_saga_id_order_whatever_the_chunk(databas
         "e-1": 1,
         "g-1": 1,
     }
+
+
+def test_partitions_share_the_sagas_out_and_any_number_of_processes_reports_the_same(database: str) -> None:
+    async def keys(partition: tuple[int, int]) -> list[str]:
+        return [j.saga_id async for j in read_journals(database, partition=partition)]
+
+    parts = [asyncio.run(keys((k, 3))) for k in range(3)]
+    whole = asyncio.run(keys((0, 1)))
+    one = check(database, "--workflows", "tests.integration.dry_run_after", "--journals", "--jobs", "1")
+    three = check(database, "--workflows", "tests.integration.dry_run_after", "--journals", "--jobs", "3")
+
+    assert sorted(k for part in parts for k in part) == whole and len(whole) == 6
+    assert all(part == sorted(part) for part in parts) and sum(1 for part in parts if part) >= 2
+    assert (one.returncode, three.returncode) == (1, 1)
+    assert one.stdout == three.stdout  # the same lines in the same order: saga id order
+    ids = [line.split("(id ", 1)[1].split(",", 1)[0] for line in one.stdout.splitlines() if "(id " in line]
+    assert ids == sorted(ids) and len(ids) == 5

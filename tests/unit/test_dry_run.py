@@ -303,6 +303,17 @@ def test_a_report_line_names_the_saga_even_without_a_state() -> None:
     )
 
 
+def test_runs_over_parts_merge_into_one_in_saga_id_order(kit: WorkflowTestKit) -> None:
+    journals = sorted((journal(kit, key) for key in KEYS), key=lambda j: j.saga_id)
+    definition = by(RenamedOrderSaga.workflow)
+
+    whole = dry_run(journals, definition)
+    merged = DryRun.merged([dry_run(journals[0::2], definition), dry_run(journals[1::2], definition)])
+
+    assert merged == whole
+    assert [r.saga_id for r in merged.errors] == sorted(r.saga_id for r in merged.errors)
+
+
 # the command line, where no database is needed ----------------------------------------------------
 def test_a_finished_sample_without_journals_is_a_bad_invocation(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
@@ -310,6 +321,17 @@ def test_a_finished_sample_without_journals_is_a_bad_invocation(capsys: pytest.C
 
     assert exited.value.code == 2
     assert "check: --finished-sample needs --journals" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args", [["--jobs", "2"], ["--journals", "--jobs", "0"]])
+def test_jobs_without_journals_or_below_one_is_a_bad_invocation(
+    capsys: pytest.CaptureFixture[str], args: list[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["check", *args])
+
+    assert exited.value.code == 2
+    assert "check: --jobs needs --journals, and 1 or more" in capsys.readouterr().err
 
 
 def test_check_without_journals_reads_no_database(

@@ -35,13 +35,15 @@ CHUNK = 5000
 FINISHED_STATUSES = ("completed", "compensated")
 
 #: The sagas in flight, and the ``$2`` most recently finished (by ``updated_at``: the ones the
-#: latest definitions wrote), each row with one journal entry, in saga id then seq order.
+#: latest definitions wrote), each row with one journal entry, in saga id then seq order; only
+#: those of partition ``$5`` out of ``$4`` (by a hash of the id, so each saga is in one).
 _QUERY = """
 SELECT s.id, s.workflow, s.release, s.key, s.state, s.status,
        j.seq, j.message, j.decision, j.recorded_at
 FROM sagas s JOIN journal j ON j.saga_id = s.id
-WHERE s.status = ANY($1::text[])
-   OR s.id IN (SELECT id FROM sagas WHERE status = ANY($3::text[]) ORDER BY updated_at DESC, id LIMIT $2)
+WHERE (s.status = ANY($1::text[])
+       OR s.id IN (SELECT id FROM sagas WHERE status = ANY($3::text[]) ORDER BY updated_at DESC, id LIMIT $2))
+  AND ($4::int = 1 OR mod(hashtext(s.id) & 2147483647, $4::int) = $5::int)
 ORDER BY s.id, j.seq
 """
 
@@ -69,16 +71,23 @@ def _journal(rows: Sequence[asyncpg.Record]) -> Journal:
     )
 
 
-async def read_journals(url: str, *, finished_sample: int = 0, chunk: int = CHUNK) -> AsyncIterator[Journal]:
+async def read_journals(
+    url: str, *, finished_sample: int = 0, chunk: int = CHUNK, partition: tuple[int, int] = (0, 1)
+) -> AsyncIterator[Journal]:
     """Every saga in flight (status running, compensating or failed) with its journal, and the
     ``finished_sample`` most recently updated finished ones, one :class:`Journal` each, in saga id
-    order. The next chunk is fetched while the caller works on this one."""
+    order. The next chunk is fetched while the caller works on this one. ``partition``: ``(k, n)``
+    reads only the k-th of n disjoint parts, for n processes to share the work (each reads in a
+    snapshot of its own)."""
+    index, parts = partition
+    if not 0 <= index < parts:
+        raise ValueError(f"partition {index} of {parts}")
     connection = await asyncpg.connect(driver_dsn(url), timeout=10)
     try:
         await _init(connection)
         async with connection.transaction(isolation="repeatable_read", readonly=True):
             cursor = await connection.cursor(
-                _QUERY, sorted(IN_FLIGHT), max(finished_sample, 0), list(FINISHED_STATUSES)
+                _QUERY, sorted(IN_FLIGHT), max(finished_sample, 0), list(FINISHED_STATUSES), parts, index
             )
             chunks: asyncio.Queue[list[asyncpg.Record] | Exception] = asyncio.Queue(maxsize=2)
 
