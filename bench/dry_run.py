@@ -11,7 +11,8 @@ quarter of them wait in each of ``reserve``, ``charge``, ``ship`` and ``compensa
 
 * ``read``: reading the journals alone (``adapters.postgres.journals.read_journals``);
 * ``check``: ``python -m orchestrator check --journals`` as an operator runs it, with the
-  bundled definitions (every saga unchanged), process start and imports included;
+  bundled definitions (every saga unchanged), process start and imports included, with one
+  process (``--jobs 1``) and with the default (one per CPU, at most 4);
 * ``check, changed``: the same with ``bench.dry_run_changed`` (the order saga's ``charge`` step
   renamed), where three sagas in four would break and each gets its line.
 
@@ -44,6 +45,7 @@ from orchestrator.core.engine import Incoming, Saga, decide
 from orchestrator.core.machine import CompiledWorkflow
 from orchestrator.core.messages import Message, dump
 from orchestrator.entrypoints.cli import migrate
+from orchestrator.entrypoints.dry_run import default_jobs
 from orchestrator.examples import OrderSaga
 from orchestrator.examples.contracts import Line, OrderPlaced, PaymentCharged, PaymentDeclined, StockReserved
 
@@ -149,7 +151,7 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def check(url: str, workflows: str) -> tuple[int, float, float, list[str], int]:
+def check(url: str, workflows: str, jobs: int) -> tuple[int, float, float, list[str], int]:
     """``orchestrator check --journals`` as a user runs it: exit status, wall time, its CPU time
     (user and system: on a shared box, wall time says as much about the neighbours), the summary
     lines, and how many lines it printed."""
@@ -157,7 +159,7 @@ def check(url: str, workflows: str) -> tuple[int, float, float, list[str], int]:
     cpu = _children_cpu()
     started = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "orchestrator", "check", "--journals"],
+        [sys.executable, "-m", "orchestrator", "check", "--journals", "--jobs", str(jobs)],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -204,14 +206,18 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"read:  {read} sagas, {read_entries} entries in {seconds:.1f}s (the journals alone, in process)"
         )
-        runs = [("check", "orchestrator.examples")]
+        jobs = default_jobs()
+        runs = [("check", "orchestrator.examples", 1)]
+        if jobs > 1:
+            runs.append(("check", "orchestrator.examples", jobs))
         if not args.no_changed:
-            runs.append(("check, changed", "bench.dry_run_changed"))
-        for name, workflows in runs:
-            status, seconds, cpu, summary, printed = check(database, workflows)
+            runs.append(("check, changed", "bench.dry_run_changed", jobs))
+        for name, workflows, processes in runs:
+            load = os.getloadavg()[0]
+            status, seconds, cpu, summary, printed = check(database, workflows, processes)
             print(
-                f"{name}: exit {status}, {seconds:.1f}s wall, {cpu:.1f}s CPU, {printed} lines printed"
-                f" ({workflows}); load average {os.getloadavg()[0]:.1f}"
+                f"{name}, --jobs {processes}: exit {status}, {seconds:.1f}s wall, {cpu:.1f}s CPU,"
+                f" {printed} lines printed ({workflows}); load average {load:.1f} before"
             )
             for line in summary:
                 print(f"    {line}")
