@@ -14,6 +14,7 @@ import asyncio
 import gc
 import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
 
 from orchestrator.core.dry_run import DefinitionFor, DryRun, compare
 from orchestrator.entrypoints.settings import mask_url
@@ -42,8 +43,11 @@ def run(url: str, definition_for: DefinitionFor, finished_sample: int = 0, jobs:
     global _DEFINITION_FOR
     _DEFINITION_FOR = definition_for
     try:
-        with multiprocessing.get_context("fork").Pool(jobs) as pool:
-            parts = pool.starmap(_worker, [(url, finished_sample, (k, jobs)) for k in range(jobs)])
+        # an executor, not a Pool: a process that dies makes it raise (BrokenProcessPool), not hang
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+            parts = list(
+                pool.map(_worker, [url] * jobs, [finished_sample] * jobs, [(k, jobs) for k in range(jobs)])
+            )
     finally:
         _DEFINITION_FOR = None
     for part in parts:
