@@ -14,9 +14,11 @@ from orchestrator import Event, Saga, Workflow, step
 from orchestrator.core.dry_run import Change, DryRun, Journal, SagaReport, compare, dry_run
 from orchestrator.core.machine import CompiledWorkflow
 from orchestrator.entrypoints import cli
-from orchestrator.examples import OrderSaga
+from orchestrator.examples import OrderSaga, escrow
 from orchestrator.examples.contracts import (
+    BuyerSigned,
     ChargePayment,
+    EscrowOpened,
     Line,
     OrderPlaced,
     OrderShipped,
@@ -27,6 +29,7 @@ from orchestrator.examples.contracts import (
     RefundPayment,
     ReleaseStock,
     ReserveStock,
+    SellerSigned,
     ShipmentFailed,
     ShipOrder,
     StockReleased,
@@ -161,6 +164,28 @@ def test_journals_written_by_the_same_definition_replay_unchanged(kit: WorkflowT
     assert run.reported() == []
     assert (run.in_flight, run.finished, run.breaking, run.differing) == (4, 3, 0, 0)
     assert run.counts == {(Change.UNCHANGED, True): 4, (Change.UNCHANGED, False): 3}
+
+
+def test_escrow_journals_with_parked_ignored_retried_and_failed_entries_replay_unchanged() -> None:
+    """Every kind of entry the engine journals (parked, ignored, a deadline, undo retries, a
+    failure at an undo's deadline) replays as written by the definition that wrote it."""
+    kit = WorkflowTestKit(escrow)
+    for key in ("e-1", "e-2", "e-3"):
+        kit.publish(EscrowOpened(key, "b-1", "s-1", 100))
+    kit.publish(SellerSigned("e-1"))  # parked until the buyer signs
+    kit.publish(BuyerSigned("e-1"))
+    kit.publish(BuyerSigned("e-1"))  # ignored: signed already
+    kit.publish(BuyerSigned("e-2"))
+    kit.advance(timedelta(days=4))  # the deadlines, the undos' retries, then their own deadlines
+    sagas = [journal(kit, key) for key in ("e-1", "e-2", "e-3")]
+
+    run = dry_run(sagas, by(escrow))
+
+    assert {j.status for j in sagas} == {"failed"} and all(len(j.entries) > 5 for j in sagas)
+    kinds = {e.decision["outcome"] for j in sagas for e in j.entries}
+    assert {"parked", "ignored", "retried", "moved"} <= kinds
+    assert (run.in_flight, run.breaking, run.reported()) == (3, 0, [])
+    kit.close()
 
 
 def test_a_renamed_state_is_gone_and_the_moves_into_it_go_elsewhere(kit: WorkflowTestKit) -> None:
