@@ -138,9 +138,11 @@ class SagaReport:
         )
 
 
-def _and_more(found: Sequence[str], what: str) -> str:
+def _and_more(found: Sequence[str], one: str, many: str) -> str:
+    """The first difference: the ones after it mostly follow from it (a saga that went elsewhere
+    goes on differing), so they are counted, not listed."""
     more = len(found) - 1
-    return found[0] + (f" (and {more} more {what}{'s' * (more != 1)})" if more else "")
+    return found[0] + (f" (and {more} more {one if more == 1 else many})" if more else "")
 
 
 def _outcome(outcome: str, to: str, status: str) -> str:
@@ -209,7 +211,7 @@ def compare(journal: Journal, definition_for: DefinitionFor) -> SagaReport:
         findings.append(Finding(Change.REFUSED, said))
         return report(*findings)
     if commands:
-        findings.append(Finding(Change.DIFFERENT_COMMAND, _and_more(commands, "difference")))
+        findings.append(Finding(Change.DIFFERENT_COMMAND, _and_more(commands, "difference", "differences")))
     outcomes = []
     for entry, (outcome, to, status) in zip(journal.entries, rebuilt.decided, strict=True):
         recorded = entry.decision
@@ -220,7 +222,7 @@ def compare(journal: Journal, definition_for: DefinitionFor) -> SagaReport:
                 f" the new definition gives {_outcome(outcome, to, status)}"
             )
     if outcomes:
-        findings.append(Finding(Change.DIFFERENT_OUTCOME, _and_more(outcomes, "entry")))
+        findings.append(Finding(Change.DIFFERENT_OUTCOME, _and_more(outcomes, "entry", "entries")))
     return report(*findings)
 
 

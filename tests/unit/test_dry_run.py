@@ -231,6 +231,10 @@ def test_a_step_added_sends_another_command_and_moves_elsewhere(kit: WorkflowTes
     )
     # sagas that never got that far are not touched by the new step
     assert compare(journal(kit, "charge"), by(RecheckedOrderSaga.workflow)).findings == ()
+    # one that went on from there differs at each entry after it: the first one is said
+    completed = compare(journal(kit, "completed"), by(RecheckedOrderSaga.workflow))
+    assert completed.kinds == (Change.DIFFERENT_COMMAND, Change.DIFFERENT_OUTCOME)
+    assert completed.findings[1].detail.endswith("moved to recheck (running) (and 1 more entry)")
 
 
 def test_a_command_whose_payload_changed_is_a_different_command_and_nothing_else(
