@@ -358,7 +358,8 @@ def main(argv: list[str] | None = None) -> None:
     checking = sub.add_parser(
         "check",
         help="check the workflows' definitions (no database): states a saga could never leave or"
-        " never reach, events handled nowhere, steps not undone, replies nobody waits for",
+        " never reach, events handled nowhere, steps not undone, replies nobody waits for; with"
+        " --journals, what they would change for the sagas in flight (the dry run before a deploy)",
     )
     checking.add_argument(
         "--workflows",
