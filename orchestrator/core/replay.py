@@ -43,6 +43,9 @@ class Rebuilt:
     timers: dict[str, tuple[Deadline, int]] = field(default_factory=dict)
     #: the commands deciding each journal entry again sends, entry by entry in the journal's order
     commands: tuple[tuple[OutgoingCommand, ...], ...] = ()
+    #: what deciding each entry again gives, entry by entry, as its journal summary says it:
+    #: ``(outcome, to, status)``, for the dry run to compare with what the entry records
+    decided: tuple[tuple[str, str, str], ...] = ()
 
 
 #: the definition of a release of the saga's workflow, by release (None: not loaded)
@@ -83,6 +86,7 @@ def rebuild(
     saga: Saga | None = None
     timers: dict[str, tuple[Deadline, int]] = {}
     sent: list[tuple[OutgoingCommand, ...]] = []
+    decided: list[tuple[str, str, str]] = []
     for entry in entries:
         before_declared = "merged" not in entry.decision
         if entry.message.type == MIGRATE and saga is not None:
@@ -112,6 +116,7 @@ def rebuild(
         else:
             saga = decision.saga
         sent.append(decision.commands)
+        decided.append((str(decision.outcome), decision.saga.state, str(decision.saga.status)))
         changed = {"deadline": decision.deadline_changed, "retry": decision.retry_changed}
         for kind, timer in (("deadline", decision.deadline), ("retry", decision.retry)):
             if changed[kind]:
@@ -122,7 +127,7 @@ def rebuild(
         fired = entry.message.kind
         if fired in TIMER_KINDS and not changed[fired]:
             timers.pop(fired, None)
-    return Rebuilt(saga, timers, tuple(sent))
+    return Rebuilt(saga, timers, tuple(sent), tuple(decided))
 
 
 def replay(

@@ -1,5 +1,5 @@
-"""``orchestrator migrate | run | verify | check | dead-letters | archive | prune``: the command
-line, with one-line errors, not tracebacks."""
+"""``orchestrator migrate | run | verify | check [--journals] | dead-letters | archive | prune |
+sagas migrate``: the command line, with one-line errors, not tracebacks."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.entrypoints.settings import Settings, mask_url
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported where used, so that each verb loads only what it needs
+    from orchestrator.core.definitions import Workflow
+    from orchestrator.core.dry_run import DefinitionFor
     from orchestrator.entrypoints.runtime import Orchestrator
 
 __all__ = ["main"]
@@ -291,10 +293,13 @@ async def _verify(settings: Settings, saga_id: str | None) -> int:
     return 1 if bad else 3 if unloaded else 0
 
 
-def _check(settings: Settings) -> int:
+def _check(settings: Settings, journals: bool = False, finished_sample: int = 0, jobs: int = 1) -> int:
     """Check the definitions of the workflows ``settings.workflows`` names, as ``run`` loads them
-    (no database, no broker): print the findings, errors first, then a summary line. Exit 1 if
-    there is an error, else 0 (warnings alone pass)."""
+    (no database, no broker): print the findings, errors first, then a summary line. With
+    ``journals``, then replay the journals of the sagas in flight, and of the ``finished_sample``
+    most recently finished ones, through those definitions, in ``jobs`` processes
+    (:func:`_dry_run`). Exit 1 if there is an error (a definition's, or a saga in flight that
+    would break), else 0 (warnings alone pass)."""
     from orchestrator.core.checks import Severity, check_all
     from orchestrator.core.definitions import DefinitionError
     from orchestrator.entrypoints.bootstrap import load_workflows
@@ -315,7 +320,50 @@ def _check(settings: Settings) -> int:
         f"checked {len(workflows)} workflow{'s' * (len(workflows) != 1)} ({names}):"
         f" {errors} error{'s' * (errors != 1)}, {warnings} warning{'s' * (warnings != 1)}"
     )
-    return 1 if errors else 0
+    if not journals:
+        return 1 if errors else 0
+    try:
+        definition_for = _definitions(workflows)
+    except ValueError as error:  # refused by the compiler, or two of one name: reported above
+        print(f"journals not replayed: the workflows cannot be compiled: {error}")
+        return 1
+    sys.stdout.flush()  # before the processes fork: what is printed is printed once
+    breaking = _dry_run(settings, definition_for, finished_sample, jobs)
+    return 1 if errors or breaking else 0
+
+
+def _definitions(workflows: list[Workflow]) -> DefinitionFor:
+    """The definition the loaded module would decide a saga of ``(workflow, release)`` by, None
+    when it has none (the release is dropped): the dry run's one view of the new definitions."""
+    from orchestrator.core.machine import CompiledWorkflow
+    from orchestrator.core.routing import Registry
+
+    registry = Registry(workflows)
+
+    def definition_for(workflow: str, release: str) -> CompiledWorkflow | None:
+        return registry.releases.get((workflow, release))
+
+    return definition_for
+
+
+def _dry_run(settings: Settings, definition_for: DefinitionFor, finished_sample: int, jobs: int) -> int:
+    """Replay the journals of the sagas in flight (running, compensating, failed) and of the
+    ``finished_sample`` most recently finished ones through ``definition_for``, read in streamed
+    queries (``adapters.postgres.journals``) by ``jobs`` processes (``entrypoints.dry_run``);
+    print one line per saga that would go otherwise, errors (in flight) first, in saga id order,
+    then the summary. How many in flight would break."""
+    from orchestrator.entrypoints import dry_run
+
+    _run(ensure_database_reachable(settings.database_url))
+    try:
+        done = dry_run.run(settings.database_url, definition_for, finished_sample, jobs)
+    except dry_run.JournalsUnreadable as error:
+        raise Unreachable(str(error)) from None
+    for report in done.reported():
+        print(report.line())
+    for line in done.summary():
+        print(line)
+    return done.breaking
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -369,12 +417,32 @@ def main(argv: list[str] | None = None) -> None:
     checking = sub.add_parser(
         "check",
         help="check the workflows' definitions (no database): states a saga could never leave or"
-        " never reach, events handled nowhere, steps not undone, replies nobody waits for",
+        " never reach, events handled nowhere, steps not undone, replies nobody waits for; with"
+        " --journals, what they would change for the sagas in flight (the dry run before a deploy)",
     )
     checking.add_argument(
         "--workflows",
         help="module(s) defining the workflows, as for run"
         " (ORCHESTRATOR_WORKFLOWS; default: the bundled examples)",
+    )
+    checking.add_argument(
+        "--journals",
+        action="store_true",
+        help="also replay the journals of the sagas in flight (running, compensating, failed) through"
+        " these definitions, read from ORCHESTRATOR_DATABASE_URL: exit 1 if one would break",
+    )
+    checking.add_argument(
+        "--finished-sample",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --journals, replay the N most recently finished sagas too: their changes are warnings",
+    )
+    checking.add_argument(
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="with --journals, processes that replay them (default: one per CPU, at most 4)",
     )
     from orchestrator.entrypoints import cli_dead_letters
 
@@ -386,6 +454,12 @@ def main(argv: list[str] | None = None) -> None:
 
     cli_retention.add_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "check" and args.finished_sample and not args.journals:
+        parser.error("check: --finished-sample needs --journals")
+    if args.command == "check" and args.finished_sample < 0:
+        parser.error(f"check: --finished-sample must be 0 or more, not {args.finished_sample}")
+    if args.command == "check" and args.jobs is not None and (args.jobs < 1 or not args.journals):
+        parser.error("check: --jobs needs --journals, and 1 or more")
     from orchestrator.entrypoints.settings import ConfigurationError  # a setting, or a workflow module
 
     try:
@@ -425,7 +499,10 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "verify":
             sys.exit(_run(_verify(settings, args.saga)))
         elif args.command == "check":
-            sys.exit(_check(settings))
+            from orchestrator.entrypoints.dry_run import default_jobs
+
+            jobs = args.jobs if args.jobs is not None else default_jobs()
+            sys.exit(_check(settings, args.journals, args.finished_sample, jobs))
         elif args.command == "dead-letters":
             sys.exit(_run(cli_dead_letters.run(args, settings)))
         elif args.command == "sagas":
