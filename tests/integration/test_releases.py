@@ -48,6 +48,18 @@ async def reach(bench: Bench, states: dict[str, str], timeout: float = 20) -> No
     raise AssertionError(f"not reached {states}: { {k: s and s.state for k, s in now.items()} }")
 
 
+def dry_run(bench: Bench, module: str) -> subprocess.CompletedProcess[str]:
+    """``orchestrator check --journals`` of the sagas in flight against ``module``."""
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", "check", "--workflows", module, "--journals", "--jobs", "1"],
+        env=bench.env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def run_refused(bench: Bench, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "orchestrator", "run", "--port", "0", *args],
@@ -98,6 +110,19 @@ async def test_a_rolling_change_of_the_order_saga_runs_both_releases_until_the_o
     old = await bench.start_orchestrator()
     parked = await park_in_every_state(bench, "r")
     assert old.stop() == 0
+
+    # The dry run first: release 2 beside release 1 changes nothing in flight; the same change
+    # made in place (no new release) would strand the sagas in charge; dropping release 1 would
+    # leave every one of them without a definition.
+    kept = dry_run(bench, "tests.releases.order_v2")
+    assert kept.returncode == 0, kept.stdout + kept.stderr
+    assert "5 unchanged" in kept.stdout, kept.stdout
+    in_place = dry_run(bench, "tests.releases.order_renamed_in_place")
+    assert in_place.returncode == 1, in_place.stdout
+    charge_lines = [line for line in in_place.stdout.splitlines() if "r-charge" in line]
+    assert charge_lines and "[gone_state]" in in_place.stdout, in_place.stdout
+    dropped = dry_run(bench, "tests.releases.order_v2_only")
+    assert dropped.returncode == 1 and dropped.stdout.count("[no_definition]") == 5, dropped.stdout
 
     new = await bench.start_orchestrator(*BOTH)
     new_api = bench.api_url
