@@ -126,6 +126,9 @@ class MemoryStore:
     async def saga_ids(self, workflow: str | None = None) -> list[str]:
         return [s.id for s in self.sagas.values() if workflow is None or s.workflow == workflow]
 
+    async def hold(self) -> int:
+        return 1  # one process: every row is its own
+
     async def movable(self, workflow: str, release: str) -> list[str]:
         moving = {"running", "compensating", "failed"}
         found = [s for s in self.sagas.values() if s.workflow == workflow and s.release == release]

@@ -105,6 +105,8 @@ class Orchestrator:
     async def start(self) -> None:
         spawn = self._spawn
         await self.broker.connect(services_of(self.registry.command_types()))
+        holder = await self.store.hold()  # before anything commits: its outbox rows name it
+        log.info("replica %d: other replicas' outbox sweeps leave the commands it commits to it", holder)
         await self.relay.start(spawn)
         await self.deadlines.start()
         await self.broker.start_consuming(spawn)

@@ -119,8 +119,13 @@ class Store(Protocol):
         """When the earliest pending deadline (of a saga of ``workflows``, (workflow, release)
         pairs, when given) falls due, to set the alarm."""
 
+    async def hold(self) -> int:
+        """Claim the outbox rows this replica commits from now on, for as long as it lives: other
+        replicas' sweeps (:meth:`unsent`) leave them to it. The claim's key."""
+
     async def unsent(self, limit: int, older_than: datetime | None = None) -> list[OutgoingCommand]:
-        """Outbox rows not yet confirmed by the broker, oldest first."""
+        """Outbox rows not yet confirmed by the broker, oldest first: this replica's, nobody's,
+        and a dead replica's; never those a live replica holds."""
 
     async def mark_sent(self, message_ids: Sequence[str]) -> None: ...
 

@@ -312,3 +312,31 @@ async def test_deadline_sweeps_and_batches_on_the_same_sagas_never_deadlock(time
     finally:
         await worker.close()
         await alarm.close()
+
+
+async def test_a_sweep_leaves_a_live_replicas_outbox_rows_and_takes_a_dead_ones(database_url: str) -> None:
+    """Issue 14, item 1: each replica's outbox rows name its advisory lock; another replica's
+    sweep re-sends them only once that lock is gone (the replica's session ended: it died)."""
+    first = PostgresStore.from_url(database_url, pool_size=2)
+    second = PostgresStore.from_url(database_url, pool_size=2)
+    try:
+        mine = await first.hold()
+        theirs = await second.hold()
+        assert mine != theirs
+        _, envelope = _order_placed()
+        result = await process_batch(REGISTRY, first, [envelope], NOW)
+        [command] = result.commands
+        by_first = {c.message_id for c in await first.unsent(5000)}
+        by_second = {c.message_id for c in await second.unsent(5000)}
+        assert command.message_id in by_first  # its own
+        assert command.message_id not in by_second  # a live replica's: left to it
+        await first.close()  # the replica is gone: PostgreSQL releases its lock
+        for _ in range(50):
+            if command.message_id in {c.message_id for c in await second.unsent(5000)}:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the dead replica's command was never swept")
+    finally:
+        await first.close()
+        await second.close()

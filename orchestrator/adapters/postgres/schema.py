@@ -87,6 +87,8 @@ outbox = Table(
     Column("message_type", Text, nullable=False),
     Column("payload", JSONB, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    #: the advisory lock key of the replica that committed it (migration 0007): its own to send
+    Column("holder", Integer),
 )
 
 inbox = Table(

@@ -7,6 +7,8 @@ costs a handful of round trips, not hundreds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import secrets
 from collections import Counter
 from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -15,7 +17,7 @@ from typing import Any
 
 import asyncpg
 import orjson
-from sqlalchemy import func, or_, select, tuple_
+from sqlalchemy import func, or_, select, text, tuple_
 from sqlalchemy.engine import Row, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -41,6 +43,11 @@ def make_engine(url: str, pool_size: int = 5) -> AsyncEngine:
         json_serializer=_dumps,
         json_deserializer=orjson.loads,
     )
+
+
+#: the first key of every replica's advisory lock (``pg_try_advisory_lock(HOLDER_LOCKS, holder)``):
+#: "SAGA" in ASCII, so that the locks are told apart from any other use of advisory locks
+HOLDER_LOCKS = 0x53414741
 
 
 def saga_of(row: Mapping[Any, Any]) -> Saga:
@@ -117,8 +124,8 @@ WITH saved_sagas AS (
          AS t(saga_id, seq, kind, message_type, message_id, message, decision, actor)
     RETURNING 1
 ), queued AS (
-    INSERT INTO outbox (message_id, saga_id, workflow, message_type, payload, created_at)
-    SELECT message_id, saga_id, workflow, message_type, payload::jsonb, $24
+    INSERT INTO outbox (message_id, saga_id, workflow, message_type, payload, created_at, holder)
+    SELECT message_id, saga_id, workflow, message_type, payload::jsonb, $24, $54::int
     FROM unnest($25::text[], $26::text[], $27::text[], $28::text[], $29::text[])
          AS t(message_id, saga_id, workflow, message_type, payload)
     ON CONFLICT DO NOTHING
@@ -180,7 +187,7 @@ _TOMBSTONES = (
 )
 
 
-def _save_arguments(changes: Changes, now: datetime) -> list[Any]:
+def _save_arguments(changes: Changes, now: datetime, holder: int | None = None) -> list[Any]:
     saga_rows = list(changes.sagas.values())
     # One entry per (saga, kind): the statement never removes and sets the same timer row, and a
     # removal takes only the version it names or an older one, never a timer set after it.
@@ -234,6 +241,7 @@ def _save_arguments(changes: Changes, now: datetime) -> list[Any]:
         *_dead_letter_arguments(changes.dead_letters),
         [version for _, version in cancels],
         [s.release for s in saga_rows],
+        holder,
     ]
 
 
@@ -256,8 +264,9 @@ def _dead_letter_arguments(letters: Sequence[DeadLetter]) -> list[list[Any]]:
 class _PostgresTransaction:
     """The hot path, on asyncpg directly: prepared statements, arrays in, one round trip a step."""
 
-    def __init__(self, connection: asyncpg.Connection) -> None:
+    def __init__(self, connection: asyncpg.Connection, holder: int | None = None) -> None:
         self.connection = connection
+        self.holder = holder
 
     async def lock_sagas(self, saga_ids: Iterable[str]) -> dict[str, Saga]:
         ids = sorted(set(saga_ids))  # a stable lock order: two replicas never deadlock on a batch
@@ -327,7 +336,7 @@ class _PostgresTransaction:
 
     async def save(self, changes: Changes) -> None:
         now = changes.journal[-1].recorded_at if changes.journal else datetime.now(UTC)
-        await self.connection.fetchval(_SAVE, *_save_arguments(changes, now))
+        await self.connection.fetchval(_SAVE, *_save_arguments(changes, now, self.holder))
 
 
 async def _journal(connection: AsyncConnection, saga_id: str) -> list[JournalEntry]:
@@ -367,6 +376,10 @@ class PostgresStore:
         self.pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self._pool_lock = asyncio.Lock()
+        #: the key of the advisory lock this replica holds while it lives (:meth:`hold`): the
+        #: outbox rows it commits carry it, and other replicas' sweeps leave them to it
+        self.holder: int | None = None
+        self._holding: asyncpg.Connection | None = None
 
     @classmethod
     def from_url(cls, url: str, pool_size: int = 5) -> PostgresStore:
@@ -393,7 +406,7 @@ class PostgresStore:
     async def transaction(self) -> AsyncIterator[_PostgresTransaction]:
         pool = await self.pool()
         async with pool.acquire() as connection, connection.transaction():
-            yield _PostgresTransaction(connection)
+            yield _PostgresTransaction(connection, self.holder)
 
     async def get_saga(self, saga_id: str) -> Saga | None:
         async with self.engine.connect() as connection:
@@ -467,8 +480,49 @@ class PostgresStore:
         async with self.engine.connect() as connection:
             return (await connection.execute(query)).scalar()  # type: ignore[no-any-return]
 
+    async def hold(self) -> int:
+        """Take this replica's advisory lock on a connection of its own, kept while it lives: the
+        outbox rows it commits then name it, and other replicas' sweeps leave them to it. Taken
+        again (under another key) after that connection was lost; meanwhile its rows are fair
+        game for any sweep, which at worst sends a command twice (participants dedupe)."""
+        if self._holding is not None and not self._holding.is_closed():
+            assert self.holder is not None
+            return self.holder
+        connection = await asyncpg.connect(driver_dsn(self.engine.url.render_as_string(hide_password=False)))
+        try:
+            while True:
+                key = secrets.randbelow(2**31 - 1) + 1
+                if await connection.fetchval("SELECT pg_try_advisory_lock($1, $2)", HOLDER_LOCKS, key):
+                    break
+        except BaseException:
+            await connection.close()
+            raise
+        self._holding, self.holder = connection, key
+        return key
+
     async def unsent(self, limit: int, older_than: datetime | None = None) -> list[OutgoingCommand]:
-        query = select(outbox).order_by(outbox.c.created_at).limit(limit)
+        """Unsent rows, oldest first: this replica's own, nobody's, and those of replicas whose
+        advisory lock is gone (dead); never a live replica's, which it is sending itself."""
+        if self.holder is not None:
+            with contextlib.suppress(Exception):  # not held now: our rows are anybody's meanwhile
+                await self.hold()
+        live = (
+            select(text("objid::int"))
+            .select_from(text("pg_locks"))
+            .where(text(f"locktype = 'advisory' AND classid = {HOLDER_LOCKS} AND objsubid = 2 AND granted"))
+        )
+        query = (
+            select(outbox)
+            .where(
+                or_(
+                    outbox.c.holder.is_(None),
+                    outbox.c.holder == (self.holder or 0),
+                    outbox.c.holder.not_in(live.scalar_subquery()),
+                )
+            )
+            .order_by(outbox.c.created_at)
+            .limit(limit)
+        )
         if older_than is not None:
             query = query.where(outbox.c.created_at <= older_than)
         async with self.engine.connect() as connection:
@@ -485,6 +539,9 @@ class PostgresStore:
         await pool.execute("DELETE FROM outbox WHERE message_id = ANY($1::text[])", list(message_ids))
 
     async def close(self) -> None:
+        if self._holding is not None:
+            with contextlib.suppress(Exception):
+                await self._holding.close()
         if self._pool is not None:
             await self._pool.close()
         await self.engine.dispose()
