@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 
 from orchestrator.core.engine import Deadline, OutgoingCommand, Saga
 from orchestrator.core.ingress import DeadLetter
@@ -125,6 +125,9 @@ class MemoryStore:
 
     async def saga_ids(self, workflow: str | None = None) -> list[str]:
         return [s.id for s in self.sagas.values() if workflow is None or s.workflow == workflow]
+
+    async def database_now(self) -> datetime:
+        return datetime.now(UTC)
 
     async def hold(self) -> int:
         return 1  # one process: every row is its own

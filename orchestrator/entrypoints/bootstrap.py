@@ -76,6 +76,7 @@ def build(settings: Settings, api_socket: socket.socket | None = None) -> Orches
             dispatch=orchestrator.dispatch,
             checks=orchestrator.broker_checks,
             republish=orchestrator.broker.republish,
+            clock=orchestrator.clock.now,
         )
         orchestrator.api = ApiServer(create_app(context), api_socket, settings.shutdown_seconds)
     return orchestrator

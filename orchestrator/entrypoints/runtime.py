@@ -15,7 +15,7 @@ import os
 import signal
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from orchestrator.adapters.amqp.broker import Broker, Delivery, Topology, services_of
 from orchestrator.adapters.metrics import Metrics, count_finished
@@ -26,6 +26,7 @@ from orchestrator.core.routing import Registry
 from orchestrator.entrypoints.server import ApiServer
 from orchestrator.entrypoints.settings import Settings
 from orchestrator.service.batch import BatchResult, Verdict, process_batch
+from orchestrator.service.clock import DatabaseClock
 from orchestrator.service.dead_letters import DeadLetterDrain
 from orchestrator.service.deadlines import DeadlineAlarm
 from orchestrator.service.faults import Fault, classify
@@ -66,7 +67,11 @@ class Orchestrator:
         )
         self.relay.metrics = self.metrics
         self.metrics.in_flight = lambda: len(self.relay.in_flight)
-        self.deadlines = DeadlineAlarm(registry, store, self.relay.submit, metrics=self.metrics)
+        #: "now" as the database has it: decisions and deadlines agree across replicas' hosts
+        self.clock = DatabaseClock(store.database_now)
+        self.deadlines = DeadlineAlarm(
+            registry, store, self.relay.submit, metrics=self.metrics, clock=self.clock
+        )
         self.counts = self.metrics.messages_in  # by verdict, for the stop line and the metrics alike
         self.api: ApiServer | None = None
         self._stopping = asyncio.Event()
@@ -105,6 +110,13 @@ class Orchestrator:
     async def start(self) -> None:
         spawn = self._spawn
         await self.broker.connect(services_of(self.registry.command_types()))
+        offset = await self.clock.sync()  # before anything is decided: "now" is the database's
+        spawn("clock-sync", self.clock.keep_in_sync)
+        if abs(offset.total_seconds()) >= 1:
+            log.warning(
+                "this host's clock is %.3fs off the database's: the database's is used",
+                -offset.total_seconds(),
+            )
         holder = await self.store.hold()  # before anything commits: its outbox rows name it
         log.info("replica %d: other replicas' outbox sweeps leave the commands it commits to it", holder)
         await self.relay.start(spawn)
@@ -318,7 +330,7 @@ class Orchestrator:
         delay, attempts = 0.1, 0
         while True:
             try:
-                now = datetime.now(UTC)
+                now = self.clock.now()
                 result = await process_batch(self.registry, self.store, envelopes, now, self.limits)
             except Exception as error:
                 fault = Fault.UNAVAILABLE if last else classify(error)
@@ -382,7 +394,12 @@ class Orchestrator:
 
 #: the tasks that hold nothing in hand, so that starting them again after an unexpected end is
 #: safe; any other task's end stops the service (orchestrator.service.supervisor)
-_RESTARTABLE = {"queue-watch": Restart(), "outbox-sweep": Restart(), "prune": Restart()}
+_RESTARTABLE = {
+    "queue-watch": Restart(),
+    "outbox-sweep": Restart(),
+    "prune": Restart(),
+    "clock-sync": Restart(),
+}
 
 
 def _pruner(settings: Settings, store: Store) -> Pruner | None:

@@ -21,6 +21,7 @@ from orchestrator.adapters.metrics import Metrics, count_finished
 from orchestrator.core.engine import Decision, OutgoingCommand
 from orchestrator.core.routing import Registry
 from orchestrator.service.batch import fire_due_deadlines
+from orchestrator.service.clock import DatabaseClock
 from orchestrator.service.faults import Fault, classify
 from orchestrator.service.store import JournalEntry, Store
 
@@ -33,6 +34,11 @@ _ALARM = "deadline-alarm"
 _CONFLICT_TRIES = 5
 
 
+async def _local_now() -> datetime:
+    """This host's clock, where no database clock is given (a test, one process)."""
+    return datetime.now(UTC)
+
+
 class DeadlineAlarm:
     def __init__(
         self,
@@ -41,11 +47,14 @@ class DeadlineAlarm:
         send: Callable[[Iterable[OutgoingCommand]], None],
         safety_sweep_seconds: float = 15.0,
         metrics: Metrics | None = None,
+        clock: DatabaseClock | None = None,
     ) -> None:
         self.registry = registry
         self.store = store
         self.metrics = metrics or Metrics(process=False)
         self.send = send
+        #: "now" as the database has it, so that replicas on hosts whose clocks differ agree
+        self.clock = clock or DatabaseClock(_local_now)
         self.safety_sweep_seconds = safety_sweep_seconds
         self.scheduler = AsyncIOScheduler(
             timezone=UTC, job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 1}
@@ -79,7 +88,8 @@ class DeadlineAlarm:
 
     def _arm(self, when: datetime) -> None:
         self.armed_for = when
-        self.scheduler.add_job(self._ring, "date", run_date=when, id=_ALARM, replace_existing=True)
+        run_date = self.clock.local(when)  # a database time, as this host's clock shows it
+        self.scheduler.add_job(self._ring, "date", run_date=run_date, id=_ALARM, replace_existing=True)
 
     async def _ring(self) -> None:
         """The alarm's job only starts the sweep and returns: a job still running when the sweep
@@ -98,7 +108,7 @@ class DeadlineAlarm:
             conflicts = 0
             try:
                 while True:
-                    now = datetime.now(UTC)
+                    now = self.clock.now()
                     try:
                         result = await fire_due_deadlines(self.registry, self.store, now)
                     except Exception as error:
@@ -127,7 +137,7 @@ class DeadlineAlarm:
                 self.failures += 1
                 wait = min(self.safety_sweep_seconds, 0.5 * 2 ** min(self.failures, 10))
                 log.warning("deadline sweep failed, trying again in %.1fs: %s", wait, error)
-                self._arm(datetime.now(UTC) + timedelta(seconds=wait))
+                self._arm(self.clock.now() + timedelta(seconds=wait))
 
     def _observe(self, entries: list[JournalEntry]) -> None:
         """Lateness and a log line per timer fired, from the journal entries the sweep committed."""

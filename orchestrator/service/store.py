@@ -119,6 +119,9 @@ class Store(Protocol):
         """When the earliest pending deadline (of a saga of ``workflows``, (workflow, release)
         pairs, when given) falls due, to set the alarm."""
 
+    async def database_now(self) -> datetime:
+        """The database's clock: the one "now" every replica decides and sets deadlines by."""
+
     async def hold(self) -> int:
         """Claim the outbox rows this replica commits from now on, for as long as it lives: other
         replicas' sweeps (:meth:`unsent`) leave them to it. The claim's key."""

@@ -480,6 +480,11 @@ class PostgresStore:
         async with self.engine.connect() as connection:
             return (await connection.execute(query)).scalar()  # type: ignore[no-any-return]
 
+    async def database_now(self) -> datetime:
+        pool = await self.pool()
+        async with pool.acquire() as connection:
+            return await connection.fetchval("SELECT clock_timestamp()")  # type: ignore[no-any-return]
+
     async def hold(self) -> int:
         """Take this replica's advisory lock on a connection of its own, kept while it lives: the
         outbox rows it commits then name it, and other replicas' sweeps leave them to it. Taken
