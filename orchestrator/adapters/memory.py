@@ -9,9 +9,10 @@ from datetime import UTC, datetime
 
 from orchestrator.core.engine import Deadline, OutgoingCommand, Saga
 from orchestrator.core.ingress import DeadLetter
+from orchestrator.service.partitions import Survey
 from orchestrator.service.store import Changes, DueDeadline, JournalEntry, Records, Tombstone
 
-__all__ = ["InboxConflict", "MemoryStore"]
+__all__ = ["InboxConflict", "MemoryPartitionLocks", "MemoryStore"]
 
 
 class InboxConflict(Exception):
@@ -159,3 +160,27 @@ class MemoryStore:
 
     async def close(self) -> None:
         return None
+
+
+class MemoryPartitionLocks:
+    """Partition ownership for one process alone (a store that is not shared): it is the only
+    replica, and holds every partition it asks for."""
+
+    def __init__(self) -> None:
+        self.held: set[int] = set()
+
+    async def open(self) -> None:
+        pass
+
+    async def survey(self) -> Survey:
+        return Survey(replicas=1, taken=frozenset(self.held), mine=frozenset(self.held))
+
+    async def take(self, partition: int) -> bool:
+        self.held.add(partition)
+        return True
+
+    async def give_up(self, partition: int) -> None:
+        self.held.discard(partition)
+
+    async def close(self) -> None:
+        self.held.clear()

@@ -98,6 +98,8 @@ class Metrics:
         self.in_hand: Callable[[], tuple[int, int]] = lambda: (0, 0)
         #: why the consumer is not making progress, or None while it is
         self.stalled: Callable[[], str | None] = lambda: None
+        #: partition queues this replica consumes (0 with one queue: docs/scaling.md)
+        self.partitions_owned: Callable[[], int] = lambda: 0
         self.database: DatabaseGauges | None = None  # None: the last scrape could not read it
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
@@ -183,6 +185,9 @@ class _Collector:
             "orchestrator_consumer_stalled",
             "1 while messages wait and no batch has committed for ORCHESTRATOR_STALL_SECONDS",
             m.stalled() is not None,
+        )
+        yield GaugeMetricFamily(
+            "orchestrator_partitions_owned", "Partition queues this replica consumes", m.partitions_owned()
         )
         yield CounterMetricFamily(
             "orchestrator_commands_out", "Commands the broker confirmed", m.commands_out

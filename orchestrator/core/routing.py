@@ -88,6 +88,11 @@ class Registry:
         """Every (workflow, release) loaded here: the sagas whose timers this process fires."""
         return list(self.releases)
 
+    def start_types(self) -> set[str]:
+        """Every event type that starts a saga of some loaded release: with partitions, these
+        go to the queue any replica takes from, and the rest by saga (docs/scaling.md)."""
+        return {compiled.workflow.starts_on.TYPE for compiled in self.releases.values()}
+
     def command_types(self) -> set[str]:
         """Every command type some workflow may send, to declare its participant's queue."""
         types: set[str] = set()

@@ -95,19 +95,31 @@ async def migrate_broker(settings: Settings) -> list[str]:
     from orchestrator.core.routing import Registry
     from orchestrator.entrypoints.bootstrap import load_workflows
 
-    services = services_of(Registry(load_workflows(settings.workflows)).command_types())
+    registry = Registry(load_workflows(settings.workflows))
+    services = services_of(registry.command_types())
+    topology = Topology(settings.namespace, settings.partitions)
     await _check_amqp(settings.amqp_url)
     try:
-        return await migrate_topology(settings.amqp_url, Topology(settings.namespace), services)
+        return await migrate_topology(settings.amqp_url, topology, services, registry.start_types())
     except TopologyError as error:
         raise Unreachable(f"cannot migrate the topology of namespace {settings.namespace}: {error}") from None
 
 
 async def _check_topology(settings: Settings) -> None:
     """Refuse to run on a topology an earlier version left: this one would not consume from it."""
-    from orchestrator.adapters.amqp.topology import Topology, pending_migrations
+    from orchestrator.adapters.amqp.topology import (
+        Topology,
+        TopologyError,
+        pending_migrations,
+        require_partitioning,
+    )
 
-    pending = await pending_migrations(settings.amqp_url, Topology(settings.namespace))
+    topology = Topology(settings.namespace, settings.partitions)
+    try:
+        await require_partitioning(settings.amqp_url, topology)
+    except TopologyError as error:
+        raise Unreachable(str(error)) from None
+    pending = await pending_migrations(settings.amqp_url, topology)
     if pending:
         raise Unreachable(
             f"the topology of namespace {settings.namespace} needs migrating ({'; '.join(pending)}):"

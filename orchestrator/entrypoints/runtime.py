@@ -18,9 +18,11 @@ import time
 from datetime import timedelta
 
 from orchestrator.adapters.amqp.broker import Broker, Delivery, Topology, services_of
+from orchestrator.adapters.memory import MemoryPartitionLocks
 from orchestrator.adapters.metrics import Metrics, count_finished
+from orchestrator.adapters.postgres.partitions import PostgresPartitionLocks
 from orchestrator.adapters.postgres.retention import Pruner
-from orchestrator.adapters.postgres.store import PostgresStore
+from orchestrator.adapters.postgres.store import PostgresStore, driver_dsn
 from orchestrator.core.ingress import Envelope, Limits, Reason, Refused, printable
 from orchestrator.core.routing import Registry
 from orchestrator.entrypoints.server import ApiServer
@@ -31,6 +33,7 @@ from orchestrator.service.dead_letters import DeadLetterDrain
 from orchestrator.service.deadlines import DeadlineAlarm
 from orchestrator.service.faults import Fault, classify
 from orchestrator.service.operations import Applied
+from orchestrator.service.partitions import PartitionLocks, PartitionOwner
 from orchestrator.service.relay import Relay
 from orchestrator.service.store import Store
 from orchestrator.service.supervisor import Restart, Supervisor, TaskFactory, bounded, parse_injection
@@ -52,12 +55,12 @@ class Orchestrator:
         self.limits = limits = Limits(max_message_bytes=settings.max_message_bytes)
         # The budget of bytes in hand is shared: an eighth of it for the dead-letter drain.
         drain_prefetch = max(1, min(32, settings.effective_prefetch // 8))
+        topology = Topology(settings.namespace, settings.partitions)
         self.broker = Broker(
-            settings.amqp_url,
-            Topology(settings.namespace),
-            max(1, settings.effective_prefetch - drain_prefetch),
-            limits,
+            settings.amqp_url, topology, max(1, settings.effective_prefetch - drain_prefetch), limits
         )
+        #: which partitions this replica consumes (docs/scaling.md); None with one queue
+        self.ownership = _ownership(settings, store, self.broker, topology)
         #: takes what the broker dead-letters (to {ns}.dead-letter) into the dead-letter table
         self.drain = DeadLetterDrain(
             settings.amqp_url, Topology(settings.namespace), store, self.metrics, limits, drain_prefetch
@@ -89,6 +92,8 @@ class Orchestrator:
         self.metrics.in_hand = lambda: (self.broker.consumer.unsettled, self.broker.consumer.bytes_in_hand)
         self.metrics.stalled = self.stalled
         self.pruner = _pruner(settings, store)
+        if (ownership := self.ownership) is not None:
+            self.metrics.partitions_owned = lambda: len(ownership.owned)
 
     def dispatch(self, applied: Applied) -> None:
         """After a start or an operator action committed: its commands out, its timers armed."""
@@ -109,19 +114,16 @@ class Orchestrator:
 
     async def start(self) -> None:
         spawn = self._spawn
-        await self.broker.connect(services_of(self.registry.command_types()))
-        offset = await self.clock.sync()  # before anything is decided: "now" is the database's
+        await self.broker.connect(services_of(self.registry.command_types()), self.registry.start_types())
+        await self.clock.sync()  # before anything is decided: "now" is the database's
         spawn("clock-sync", self.clock.keep_in_sync)
-        if abs(offset.total_seconds()) >= 1:
-            log.warning(
-                "this host's clock is %.3fs off the database's: the database's is used",
-                -offset.total_seconds(),
-            )
         holder = await self.store.hold()  # before anything commits: its outbox rows name it
         log.info("replica %d: other replicas' outbox sweeps leave the commands it commits to it", holder)
         await self.relay.start(spawn)
         await self.deadlines.start()
         await self.broker.start_consuming(spawn)
+        if self.ownership is not None:
+            spawn("partitions", self.ownership.run)
         self.drain.start(spawn)
         self._worker = spawn("worker", self._work)
         spawn("queue-watch", self._watch_queue)
@@ -223,6 +225,8 @@ class Orchestrator:
         stuck = await self.supervisor.cancel_all(1.0)
         if stuck:
             log.warning("tasks still running at exit: %s", ", ".join(stuck))
+        if self.ownership is not None:
+            await bounded("giving up the partitions", self.ownership.close(), 2.5)
         await bounded("closing the broker connections", self.broker.close(0.5), 1.5)
         await bounded("closing the database pool", self.store.close(), 1.0)
 
@@ -399,7 +403,24 @@ _RESTARTABLE = {
     "outbox-sweep": Restart(),
     "prune": Restart(),
     "clock-sync": Restart(),
+    "partitions": Restart(),
 }
+
+
+def _ownership(settings: Settings, store: Store, broker: Broker, topology: Topology) -> PartitionOwner | None:
+    """Partition ownership when there are partitions: shared with the other replicas through
+    PostgreSQL; a store of one process alone owns them all."""
+    if settings.partitions == 1:
+        return None
+    locks: PartitionLocks
+    if isinstance(store, PostgresStore):
+        dsn = driver_dsn(store.engine.url.render_as_string(hide_password=False))
+        locks = PostgresPartitionLocks(dsn, settings.namespace)
+    else:
+        locks = MemoryPartitionLocks()
+    return PartitionOwner(
+        locks, broker.consumer, topology.partition_queue, settings.partitions, settings.rebalance_seconds
+    )
 
 
 def _pruner(settings: Settings, store: Store) -> Pruner | None:

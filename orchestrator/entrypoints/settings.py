@@ -41,7 +41,7 @@ def _set(name: str) -> str | None:
     return os.environ.get(name) or None
 
 
-def _int(name: str, default: int, minimum: int | None = None) -> int:
+def _int(name: str, default: int, minimum: int | None = None, maximum: int | None = None) -> int:
     raw = _set(name)
     if raw is None:
         return default
@@ -51,6 +51,8 @@ def _int(name: str, default: int, minimum: int | None = None) -> int:
         raise SettingsError(f"{name} must be an integer, not {raw!r}") from None
     if minimum is not None and value < minimum:
         raise SettingsError(f"{name} must be at least {minimum}, not {raw!r}")
+    if maximum is not None and value > maximum:
+        raise SettingsError(f"{name} must be at most {maximum}, not {raw!r}")
     return value
 
 
@@ -140,6 +142,12 @@ class Settings:
     tombstone_retention_days: float = 400.0
     #: how often the running service prunes; 0: never (``orchestrator prune`` by hand or cron)
     prune_interval_seconds: float = 3600.0
+    #: how many partition queues correlated messages are spread over by saga (docs/scaling.md);
+    #: 1: one queue, every replica takes from it. A change goes through ``orchestrator migrate``
+    partitions: int = 1
+    #: how often each replica looks at who owns which partition, and takes or gives some up: a
+    #: dead replica's partitions are taken within about this long
+    rebalance_seconds: float = 1.0
 
     @property
     def effective_prefetch(self) -> int:
@@ -178,6 +186,8 @@ class Settings:
             "tombstone_retention_days": _days(
                 "ORCHESTRATOR_TOMBSTONE_RETENTION_DAYS", cls.tombstone_retention_days
             ),
+            "partitions": _int("ORCHESTRATOR_PARTITIONS", cls.partitions, minimum=1, maximum=256),
+            "rebalance_seconds": _float("ORCHESTRATOR_REBALANCE_SECONDS", cls.rebalance_seconds),
             "prune_interval_seconds": (
                 0.0
                 if _set("ORCHESTRATOR_PRUNE_INTERVAL_SECONDS") == "0"

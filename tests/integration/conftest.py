@@ -63,9 +63,16 @@ def migrated_database(prefix: str = "orchestrator_test") -> Iterator[str]:
         drop_database(name)
 
 
-#: every queue a namespace may have: the orchestrator's, its predecessor's, the participants'
-QUEUES = ("orchestrator.events", "orchestrator", "dead-letter", *SERVICES)
-EXCHANGES = ("events", "commands", "dead")
+#: every queue a namespace may have: the orchestrator's, its predecessor's, its partitions (as
+#: many as a test uses), the participants'
+QUEUES = (
+    "orchestrator.events",
+    "orchestrator",
+    *(f"orchestrator.p{partition}" for partition in range(16)),
+    "dead-letter",
+    *SERVICES,
+)
+EXCHANGES = ("events", "commands", "dead", "orchestrator.route", "orchestrator.by-saga")
 
 
 async def delete_namespace(namespace: str, queues: tuple[str, ...] = QUEUES, url: str = AMQP_URL) -> None:

@@ -11,6 +11,7 @@ per-message handling, and a message nobody holds is never acked.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -87,10 +88,14 @@ class Delivery:
     #: when it arrived (``time.monotonic()``), where step latency begins
     arrived: float
     size: int
+    #: the queue it came from: a partition given up waits until its deliveries are settled
+    queue: str = ""
 
 
 class QueueConsumer:
-    """Takes one queue's messages into ``inbound`` over a connection of its own, forever.
+    """Takes queues' messages into ``inbound`` over a connection of its own, forever: ``queue``
+    from the start, and those :meth:`add` gives it (partitions this replica owns) until
+    :meth:`remove` takes them away.
 
     It reconnects by itself with backoff, and after every (re)connect it takes messages one at a
     time with ``basic.get`` until it sees one never delivered before (or the queue is empty),
@@ -98,7 +103,8 @@ class QueueConsumer:
     held and a quorum queue counts a delivery for each: taken one at a time, the returned
     messages are settled alone, so a message that kills the connection (one the client cannot
     decode) is the only one that climbs to the queue's delivery limit and is dead-lettered by the
-    broker, and the innocent ones handed out beside it are not.
+    broker, and the innocent ones handed out beside it are not. A queue added to a running
+    session is opened the same way, each message it returns settled before the next is taken.
     """
 
     def __init__(
@@ -106,6 +112,10 @@ class QueueConsumer:
     ) -> None:
         self.url = url
         self.queue = queue
+        #: the queues it consumes, the first one always
+        self.queues: list[str] = [queue]
+        #: how many queues share ``prefetch``: each consumer gets its part of it
+        self.share = 1
         self.prefetch = prefetch
         self.name = name
         self.limits = limits
@@ -120,7 +130,15 @@ class QueueConsumer:
         self._all_settled.set()
         self._connection: aiormq.abc.AbstractConnection | None = None
         self._channel: aiormq.abc.AbstractChannel | None = None
-        self._consumer_tag: str | None = None
+        #: in this session: queue -> its consumer tag, and back
+        self._consumers: dict[str, str] = {}
+        self._queue_of: dict[str, str] = {}
+        #: deliveries in hand, by the queue they came from
+        self._in_hand: collections.Counter[str] = collections.Counter()
+        #: deliveries taken one at a time, whose settling the opening of their queue waits for
+        self._awaited: dict[int, asyncio.Future[None]] = {}
+        self._live: tuple[aiormq.abc.AbstractChannel, asyncio.Future[None]] | None = None
+        self._opening = asyncio.Lock()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
 
@@ -147,7 +165,9 @@ class QueueConsumer:
                 log.warning("%s: connection lost (%s); reconnecting in %.1fs", self.name, self.problem, delay)
             finally:
                 self.connected.clear()
-                self._consumer_tag = None
+                self._live = None
+                self._consumers.clear()
+                self._queue_of.clear()
                 await self._close_connection()
             if self._stopping:
                 break
@@ -160,12 +180,15 @@ class QueueConsumer:
         channel = await connection.channel()
         self._channel = channel
         ended = self._ended(connection, channel)
-        await channel.basic_qos(prefetch_count=self.prefetch)
         self.connected.set()
         self.problem = None
-        if await self._take_one_at_a_time(channel, ended) and not self._stopping:
-            consume = await channel.basic_consume(self.queue, self._on_delivery, no_ack=False)
-            self._consumer_tag = consume.consumer_tag
+        self._live = (channel, ended)
+        async with self._opening:
+            # what an earlier connection handed out is settled first (its acks fail; it came back)
+            if await self._settled_or(ended):
+                for queue in list(self.queues):
+                    if not await self._open(channel, queue, ended):
+                        break
         await ended  # raises what ended it; returns when we closed it ourselves
 
     def _ended(
@@ -194,23 +217,75 @@ class QueueConsumer:
         ended.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no warning
         return ended
 
-    async def _take_one_at_a_time(
-        self, channel: aiormq.abc.AbstractChannel, ended: asyncio.Future[None]
+    async def _open(
+        self, channel: aiormq.abc.AbstractChannel, queue: str, ended: asyncio.Future[None]
     ) -> bool:
-        """``basic.get`` until a message never delivered before, or none: then widen. First,
-        what an earlier connection handed out is settled (its acks fail; it came back anyway)."""
-        if not await self._settled_or(ended):
-            return False
-        while not self._stopping:
-            message = await channel.basic_get(self.queue, no_ack=False)
+        """``basic.get`` until a message never delivered before, or none, each settled before the
+        next is taken: then consume with this queue's part of the prefetch. False if the session
+        ended first."""
+        while not self._stopping and queue in self.queues:
+            message = await channel.basic_get(queue, no_ack=False)
             if not isinstance(message.delivery, aiormq.spec.Basic.GetOk):
-                return True  # the queue is empty
-            delivery = self._hold(message)
-            if not await self._settled_or(ended):
+                break  # the queue is empty
+            delivery = self._hold(message, queue)
+            settled = asyncio.get_running_loop().create_future()
+            self._awaited[id(delivery)] = settled
+            await asyncio.wait({settled, ended}, return_when=asyncio.FIRST_COMPLETED)
+            if not settled.done():
+                self._awaited.pop(id(delivery), None)
                 return False
             if not delivery.redelivered:
-                return True
-        return False
+                break
+        if self._stopping or queue not in self.queues or ended.done():
+            return not ended.done()
+        await channel.basic_qos(prefetch_count=max(1, self.prefetch // max(1, self.share)))
+        consume = await channel.basic_consume(queue, self._on_delivery, no_ack=False)
+        tag = consume.consumer_tag
+        assert tag is not None
+        self._consumers[queue], self._queue_of[tag] = tag, queue
+        return True
+
+    async def add(self, queue: str) -> None:
+        """Consume ``queue`` too: now, if connected, else from the next connection on."""
+        if queue in self.queues:
+            return
+        self.queues.append(queue)
+        live = self._live
+        if live is None:
+            return
+        async with self._opening:
+            if self._live is not live or queue in self._consumers or queue not in self.queues:
+                return
+            channel, ended = live
+            try:
+                await self._open(channel, queue, ended)
+            except (Exception, asyncio.CancelledError) as error:
+                if not isinstance(error, Exception) and not lost_connection(error):
+                    raise
+                # the channel broke: the session ends, and the next one opens every queue
+                log.warning("%s: could not consume %s yet: %s", self.name, queue, _said(error))
+
+    async def remove(self, queue: str, timeout: float) -> bool:
+        """Stop consuming ``queue`` and wait, at most ``timeout``, until the deliveries in hand
+        from it are settled; whether they were. Unsettled ones stay in hand: they are acked after
+        their commit as usual, or return to the queue with the connection."""
+        if queue not in self.queues or queue == self.queue:
+            return True
+        self.queues.remove(queue)
+        async with self._opening:
+            tag = self._consumers.pop(queue, None)
+        live = self._live
+        if tag is not None and live is not None and self.is_connected:
+            try:
+                await asyncio.wait_for(live[0].basic_cancel(tag), timeout)
+            except (Exception, asyncio.CancelledError) as error:
+                if not isinstance(error, Exception) and not lost_connection(error):
+                    raise
+                log.warning("%s: could not cancel the consumer of %s: %s", self.name, queue, _said(error))
+        until = time.monotonic() + timeout
+        while self._in_hand[queue] > 0 and time.monotonic() < until:
+            await asyncio.sleep(0.02)
+        return self._in_hand[queue] <= 0
 
     async def _settled_or(self, ended: asyncio.Future[None]) -> bool:
         """Wait until nothing is in hand; False if the session ended first."""
@@ -252,7 +327,7 @@ class QueueConsumer:
             batch.append(self.inbound.get_nowait())
         return batch
 
-    def _hold(self, message: DeliveredMessage) -> Delivery:
+    def _hold(self, message: DeliveredMessage, queue: str) -> Delivery:
         delivery = message.delivery
         body = message.body or b""
         held = Delivery(
@@ -262,7 +337,9 @@ class QueueConsumer:
             redelivered=bool(getattr(delivery, "redelivered", False)),
             arrived=time.monotonic(),
             size=len(body),
+            queue=queue,
         )
+        self._in_hand[queue] += 1
         if not self.unsettled:
             self.busy_since = held.arrived  # where "no commit for how long" starts counting
         self.unsettled += 1
@@ -272,7 +349,8 @@ class QueueConsumer:
         return held
 
     async def _on_delivery(self, message: DeliveredMessage) -> None:
-        self._hold(message)
+        tag = getattr(message.delivery, "consumer_tag", None)
+        self._hold(message, self._queue_of.get(tag or "", self.queue))
 
     async def ack(self, deliveries: Sequence[Delivery], multiple_ok: bool = True) -> None:
         """Ack settled deliveries: one ``multiple`` ack per channel where that is safe (every
@@ -331,6 +409,9 @@ class QueueConsumer:
         for delivery in deliveries:
             self.unsettled -= 1
             self.bytes_in_hand -= delivery.size
+            self._in_hand[delivery.queue] -= 1
+            if self._awaited and (waiting := self._awaited.pop(id(delivery), None)) and not waiting.done():
+                waiting.set_result(None)
         if self.unsettled <= 0:
             self.unsettled = 0
             self.bytes_in_hand = 0
@@ -340,15 +421,18 @@ class QueueConsumer:
         """Stop taking messages; those in hand stay unacked until settled or the connection closes.
         With the connection down there is no consumer to cancel: no wait for the broker."""
         self._stopping = True
-        if self.is_connected and self._channel is not None and self._consumer_tag is not None:
+        tags, self._consumers = list(self._consumers.values()), {}
+        for tag in tags:
+            if not self.is_connected or self._channel is None:
+                break
             try:
-                await asyncio.wait_for(self._channel.basic_cancel(self._consumer_tag), timeout)
+                await asyncio.wait_for(self._channel.basic_cancel(tag), timeout)
             except (Exception, asyncio.CancelledError) as error:
                 if not isinstance(error, Exception) and not lost_connection(error):
                     raise
                 # the channel may be gone already; unacked messages return anyway
                 log.warning("%s: could not cancel the consumer: %s", self.name, _said(error))
-        self._consumer_tag = None
+                break
 
     async def close(self, timeout: float = 5.0) -> None:
         self._stopping = True
@@ -485,12 +569,12 @@ class Broker:
     def inbound(self) -> asyncio.Queue[Delivery]:
         return self.consumer.inbound
 
-    async def connect(self, services: Iterable[str]) -> None:
+    async def connect(self, services: Iterable[str], start_types: Iterable[str] = ()) -> None:
         self._publish_connection = await aio_pika.connect_robust(
             self.url, client_properties={"connection_name": "orchestrator-publish"}
         )
         channel = await self._publish_connection.channel(publisher_confirms=True, on_return_raises=True)
-        await declare(channel, self.topology, services)
+        await declare(channel, self.topology, services, start_types)
         self._publish_channel = channel
 
     async def start_consuming(self, spawn: Spawn = unsupervised) -> None:
@@ -498,15 +582,19 @@ class Broker:
         await self.consumer.connected.wait()
 
     async def waiting(self) -> int | None:
-        """How many messages wait in the orchestrator's queue, as the broker counts them (ready,
-        not handed out); None when the broker cannot be asked."""
+        """How many messages wait in the queues this process consumes (the orchestrator's queue,
+        and the partitions it owns), as the broker counts them (ready, not handed out); None when
+        the broker cannot be asked."""
         if self._publish_connection is None or self._publish_connection.is_closed:
             return None
         try:
             channel = await self._publish_connection.channel()
             try:
-                queue = await channel.declare_queue(self.topology.orchestrator_queue, passive=True)
-                return int(queue.declaration_result.message_count or 0)
+                count = 0
+                for name in list(self.consumer.queues):
+                    queue = await channel.declare_queue(name, passive=True)
+                    count += int(queue.declaration_result.message_count or 0)
+                return count
             finally:
                 with contextlib.suppress(Exception):
                     await channel.close()

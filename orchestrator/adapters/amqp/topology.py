@@ -44,8 +44,12 @@ healthy message in a backlog (each one counts) while still stopping a crash loop
 the message then waits in ``{ns}.dead-letter`` with RabbitMQ's ``x-death`` reason
 ``delivery_limit``."""
 
+#: each partition queue's weight in the consistent-hash ring: all alike
+PARTITION_WEIGHT = "1"
 #: messages taken from a queue being moved before their confirms are awaited and they are acked
 MOVE_BATCH = 200
+#: the most partition queues ``orchestrator migrate`` looks for (the setting allows 256)
+MAX_PARTITION_PROBE = 1024
 #: seconds any one broker operation of a migration may take before it gives up with an error
 OPERATION_TIMEOUT = 60.0
 
@@ -55,6 +59,8 @@ class Topology:
     """Exchange and queue names, all under one namespace so tests and tenants stay apart."""
 
     namespace: str = "saga"
+    #: partition queues for correlated messages (docs/scaling.md); 1: one queue takes everything
+    partitions: int = 1
 
     @property
     def commands(self) -> str:
@@ -72,6 +78,22 @@ class Topology:
     def orchestrator_queue(self) -> str:
         """A new name: the classic queue it replaces cannot become a quorum queue under its own."""
         return f"{self.namespace}.orchestrator.events"
+
+    @property
+    def by_saga(self) -> str:
+        """The consistent-hash exchange that spreads correlated messages over the partitions by
+        their ``correlation_id`` (plugin ``rabbitmq_consistent_hash_exchange``)."""
+        return f"{self.namespace}.orchestrator.by-saga"
+
+    @property
+    def route(self) -> str:
+        """Where ``{ns}.events`` sends everything once partitioned: start events, by type, to the
+        orchestrator queue that any replica takes from; the rest, through its alternate exchange,
+        to :attr:`by_saga`. A topic exchange has no "else" binding; an alternate exchange is one."""
+        return f"{self.namespace}.orchestrator.route"
+
+    def partition_queue(self, partition: int) -> str:
+        return f"{self.namespace}.orchestrator.p{partition}"
 
     @property
     def legacy_orchestrator_queue(self) -> str:
@@ -103,9 +125,15 @@ class Topology:
         }
 
 
-async def declare(channel: AbstractChannel, topology: Topology, services: Iterable[str]) -> None:
+async def declare(
+    channel: AbstractChannel,
+    topology: Topology,
+    services: Iterable[str],
+    start_types: Iterable[str] = (),
+) -> None:
     """Declare everything (idempotent). Participant queues too, so commands wait while a
-    participant is down, or has never started."""
+    participant is down, or has never started. ``start_types``: the event types that start a
+    saga, which a partitioned topology routes to the queue every replica takes from."""
     events = await channel.declare_exchange(topology.events, aio_pika.ExchangeType.TOPIC, durable=True)
     commands = await channel.declare_exchange(topology.commands, aio_pika.ExchangeType.TOPIC, durable=True)
     dead = await channel.declare_exchange(topology.dead, aio_pika.ExchangeType.FANOUT, durable=True)
@@ -114,12 +142,59 @@ async def declare(channel: AbstractChannel, topology: Topology, services: Iterab
     queue = await channel.declare_queue(
         topology.orchestrator_queue, durable=True, arguments=topology.orchestrator_queue_arguments
     )
-    await queue.bind(events, routing_key="#")
+    if topology.partitions == 1:
+        await queue.bind(events, routing_key="#")
+    else:
+        await declare_partitions(channel, topology, start_types)
     for service in sorted(set(services)):
         participant = await channel.declare_queue(
             topology.participant_queue(service), durable=True, arguments=topology.queue_arguments
         )
         await participant.bind(commands, routing_key=f"{service}.#")
+
+
+async def declare_partitions(
+    channel: AbstractChannel, topology: Topology, start_types: Iterable[str]
+) -> None:
+    """The partitioned path: ``{ns}.events`` -> :attr:`Topology.route` -> start types to the
+    orchestrator queue, the rest (alternate exchange) -> :attr:`Topology.by_saga` -> one of the
+    partition queues by ``correlation_id``. Each partition is bound before ``{ns}.events`` feeds
+    the path, so nothing is routed into an empty ring; the queue of the highest partition is
+    declared last, as ``orchestrator migrate`` counts the partitions by their queues. A message
+    without a correlation id that is no start event hashes to one fixed partition."""
+    events = await channel.declare_exchange(topology.events, aio_pika.ExchangeType.TOPIC, durable=True)
+    by_saga = await declare_ring(channel, topology)
+    route = await channel.declare_exchange(
+        topology.route,
+        aio_pika.ExchangeType.TOPIC,
+        durable=True,
+        arguments={"alternate-exchange": topology.by_saga},
+    )
+    for partition in range(topology.partitions):
+        queue = await channel.declare_queue(
+            topology.partition_queue(partition), durable=True, arguments=topology.orchestrator_queue_arguments
+        )
+        await queue.bind(by_saga, routing_key=PARTITION_WEIGHT)
+    starts = await channel.get_queue(topology.orchestrator_queue, ensure=False)
+    for start_type in sorted(set(start_types)):
+        await starts.bind(route, routing_key=start_type)
+    await route.bind(events, routing_key="#")
+    await starts.unbind(events, routing_key="#")  # the single queue's binding, if it is still there
+
+
+async def declare_ring(channel: AbstractChannel, topology: Topology) -> aio_pika.abc.AbstractExchange:
+    """The consistent-hash exchange, or :class:`TopologyError` if the broker has no such type."""
+    try:
+        return await channel.declare_exchange(
+            topology.by_saga, "x-consistent-hash", durable=True, arguments={"hash-property": "correlation_id"}
+        )
+    except aio_pika.exceptions.AMQPError as error:  # COMMAND_INVALID closes the connection
+        if "exchange type" not in str(error).lower():
+            raise
+        raise TopologyError(
+            f"ORCHESTRATOR_PARTITIONS={topology.partitions} needs RabbitMQ's consistent-hash exchange:"
+            " run 'rabbitmq-plugins enable rabbitmq_consistent_hash_exchange' on every node"
+        ) from None
 
 
 class TopologyError(Exception):
@@ -207,12 +282,23 @@ def _refuse_consumers(name: str, state: QueueState) -> None:
         raise TopologyError(f"stop the running orchestrator first: {name} has {state.consumers} consumers")
 
 
-async def _delete_if_drained(connection: AbstractConnection, name: str) -> bool:
+async def _delete_if_drained(connection: AbstractConnection, name: str, quorum: bool = False) -> bool:
     """Delete the queue only if it is empty and unused: RabbitMQ checks both atomically, so a
-    message that arrives late, or a consumer that starts late, keeps it (and closes the channel)."""
+    message that arrives late, or a consumer that starts late, keeps it (and closes the channel).
+    A quorum queue takes neither condition: it is asked first and deleted if empty and unused,
+    which is safe only for a queue nothing routes to any more (a partition unbound from the ring)."""
+    if quorum:
+        state = await queue_state(connection, name)
+        if state is None:
+            return True
+        _refuse_consumers(name, state)
+        if state.messages:
+            return False
     channel = await connection.channel()
     try:
-        await asyncio.wait_for(channel.queue_delete(name, if_unused=True, if_empty=True), OPERATION_TIMEOUT)
+        await asyncio.wait_for(
+            channel.queue_delete(name, if_unused=not quorum, if_empty=not quorum), OPERATION_TIMEOUT
+        )
     except aio_pika.exceptions.ChannelPreconditionFailed:
         return False
     except aio_pika.exceptions.ChannelNotFoundEntity:
@@ -303,10 +389,88 @@ async def _republish(raw: aiormq.abc.AbstractChannel, message: DeliveredMessage,
     )
 
 
+async def _partition_count(connection: AbstractConnection, topology: Topology) -> int:
+    """How many partition queues the broker has: they are numbered from 0 without a gap, and the
+    highest is declared last."""
+    count = 0
+    while count < MAX_PARTITION_PROBE and await queue_state(connection, topology.partition_queue(count)):
+        count += 1
+    return count
+
+
+def _wanted(topology: Topology) -> int:
+    return topology.partitions if topology.partitions > 1 else 0
+
+
+async def _partitions_differ(connection: AbstractConnection, topology: Topology) -> str | None:
+    found = await _partition_count(connection, topology)
+    if found == _wanted(topology):
+        return None
+    if not found and await queue_state(connection, topology.orchestrator_queue) is None:
+        return None  # a new install: ``run`` declares the partitions as it declares the rest
+    has = f"{found} partition queues" if found else f"one queue, {topology.orchestrator_queue}"
+    return f"ORCHESTRATOR_PARTITIONS is {topology.partitions} and the broker has {has}"
+
+
+async def _repartition(connection: AbstractConnection, topology: Topology) -> list[str]:
+    """Fewer partitions (or one queue again): the partitions to go are unbound from the ring, so
+    nothing new reaches them, their messages moved to the orchestrator queue that every replica
+    takes from, and they are deleted once drained. More partitions: nothing to do here, the
+    declaration that follows adds them; the ring then sends some sagas' messages to a new queue
+    while older ones wait in the old one, which row locks make harmless."""
+    found, wanted = await _partition_count(connection, topology), _wanted(topology)
+    if found == wanted:
+        return []
+    for name in [topology.orchestrator_queue, *map(topology.partition_queue, range(found))]:
+        state = await queue_state(connection, name)
+        if state is not None:
+            _refuse_consumers(name, state)
+    if found < wanted:
+        return []
+    done: list[str] = []
+    channel = await connection.channel()
+    try:
+        events = await channel.declare_exchange(topology.events, aio_pika.ExchangeType.TOPIC, durable=True)
+        starts = await channel.declare_queue(
+            topology.orchestrator_queue, durable=True, arguments=topology.orchestrator_queue_arguments
+        )
+        if not wanted:  # the single queue takes everything again before the path is cut
+            await starts.bind(events, routing_key="#")
+            route = await channel.get_exchange(topology.route, ensure=False)
+            await route.unbind(events, routing_key="#")
+            done.append(f"bound {topology.orchestrator_queue} to {topology.events} for every message")
+        by_saga = await channel.get_exchange(topology.by_saga, ensure=False)
+        for partition in range(wanted, found):
+            queue = await channel.get_queue(topology.partition_queue(partition), ensure=False)
+            await queue.unbind(by_saga, routing_key=PARTITION_WEIGHT)
+    finally:
+        with contextlib.suppress(Exception):
+            await channel.close()
+    for partition in reversed(range(wanted, found)):  # the highest first: the count stays true
+        name = topology.partition_queue(partition)
+        moved = await move_messages(connection, name, topology.orchestrator_queue)
+        if not await _delete_if_drained(connection, name, quorum=True):
+            raise TopologyError(
+                f"{name} kept getting messages while it was moved; run 'orchestrator migrate' again"
+            )
+        done.append(f"moved {moved} messages from {name} to {topology.orchestrator_queue} and deleted it")
+    if not wanted:
+        channel = await connection.channel()
+        try:
+            await channel.exchange_delete(topology.route)
+            await channel.exchange_delete(topology.by_saga)
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
+        done.append(f"deleted {topology.route} and {topology.by_saga}")
+    return done
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         "classic orchestrator queue -> quorum queue", _legacy_queue_remains, _quorum_orchestrator_queue
     ),
+    Migration("partition queues", _partitions_differ, _repartition),
 )
 """In the order they apply; a step may count on those before it being done."""
 
@@ -325,7 +489,22 @@ async def pending_migrations(url: str, topology: Topology) -> list[str]:
         await connection.close()
 
 
-async def migrate_topology(url: str, topology: Topology, services: Iterable[str]) -> list[str]:
+async def require_partitioning(url: str, topology: Topology) -> None:
+    """Partitions need the consistent-hash exchange: :class:`TopologyError` saying how to enable
+    it when the broker lacks it (declaring the ring's exchange is the only way to ask)."""
+    if topology.partitions == 1:
+        return
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel()
+        await declare_ring(channel, topology)
+    finally:
+        await connection.close()
+
+
+async def migrate_topology(
+    url: str, topology: Topology, services: Iterable[str], start_types: Iterable[str] = ()
+) -> list[str]:
     """Every pending step in order, then the whole current topology declared; what was done, one
     line each (nothing when it was all done already)."""
     connection = await aio_pika.connect(url)  # not robust: a passive declare must ask the broker
@@ -334,7 +513,7 @@ async def migrate_topology(url: str, topology: Topology, services: Iterable[str]
         for migration in MIGRATIONS:
             done += [f"{migration.name}: {line}" for line in await migration.apply(connection, topology)]
         channel = await connection.channel()
-        await declare(channel, topology, services)
+        await declare(channel, topology, services, start_types)
         await channel.close()
         return done
     except aio_pika.exceptions.AMQPError as error:  # e.g. a queue declared by hand with other arguments

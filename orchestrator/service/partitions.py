@@ -1,0 +1,180 @@
+"""Which replica consumes which partition queue (docs/scaling.md).
+
+Correlated messages are spread over P partition queues by saga. Each partition is consumed by
+one live replica at a time, and the replicas hold about P/N each: every replica holds a lock per
+partition it owns in the database they all use already (PostgreSQL advisory locks on a
+connection of its own, released by PostgreSQL when the replica dies), and every ``interval`` it
+counts the live replicas, gives up what it holds beyond its share and takes free partitions up
+to it. A share is P/N rounded up, so the shares always cover every partition.
+
+Ownership is an optimisation, not the guarantee: a batch taken before a handover may commit
+after it, and two replicas may briefly take the same saga's messages. Row locks and the inbox
+make each message decided once whoever decides it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = ["PartitionLocks", "PartitionOwner", "Survey", "share_of"]
+
+log = logging.getLogger("orchestrator.partitions")
+
+
+@dataclass(frozen=True)
+class Survey:
+    """Who holds what, as the database sees it now."""
+
+    #: live replicas of this namespace, this one included
+    replicas: int
+    #: partitions some replica holds
+    taken: frozenset[int]
+    #: partitions this replica holds
+    mine: frozenset[int]
+
+
+class PartitionLocks(Protocol):
+    """The port: locks that die with their holder."""
+
+    async def open(self) -> None:
+        """Connect, and count this replica among the live ones while the connection lives."""
+
+    async def survey(self) -> Survey: ...
+
+    async def take(self, partition: int) -> bool:
+        """Take the partition's lock if nobody holds it; whether it was taken."""
+
+    async def give_up(self, partition: int) -> None: ...
+
+    async def close(self) -> None:
+        """Release everything (closing the connection does)."""
+
+
+class PartitionConsumer(Protocol):
+    """What the owner drives: the consumer of this replica's queues."""
+
+    share: int
+
+    async def add(self, queue: str) -> None: ...
+
+    async def remove(self, queue: str, timeout: float) -> bool: ...
+
+
+def share_of(partitions: int, replicas: int) -> int:
+    """The most partitions one replica holds: P/N rounded up, so that N shares cover P."""
+    return -(-partitions // max(1, replicas))
+
+
+class PartitionOwner:
+    """Keeps this replica's share of the partitions, as a supervised task (:meth:`run`)."""
+
+    def __init__(
+        self,
+        locks: PartitionLocks,
+        consumer: PartitionConsumer,
+        queue_of: Callable[[int], str],
+        partitions: int,
+        interval: float,
+        handover_seconds: float = 10.0,
+    ) -> None:
+        self.locks = locks
+        self.consumer = consumer
+        self.queue_of = queue_of
+        self.partitions = partitions
+        self.interval = interval
+        #: how long giving a partition up waits for its messages in hand to be settled
+        self.handover_seconds = handover_seconds
+        self.owned: set[int] = set()
+        self.replicas = 0
+        self._open = False
+
+    async def run(self) -> None:
+        """Rebalance every ``interval`` until cancelled. When the database is away the locks
+        are gone with the connection: the partitions are given up at once (another replica may
+        hold them by now) and taken again once it answers."""
+        delay = self.interval
+        while True:
+            try:
+                if not self._open:
+                    await self.locks.open()
+                    self._open = True
+                await self.rebalance()
+                delay = self.interval
+            except Exception as error:
+                log.warning(
+                    "partition ownership lost (%s: %s); giving up %d partitions, trying again in %.1fs",
+                    type(error).__name__,
+                    error,
+                    len(self.owned),
+                    delay,
+                )
+                await self._drop_all()
+                delay = min(delay * 2, 5.0)
+            await asyncio.sleep(delay)
+
+    async def rebalance(self) -> None:
+        """One round: give up what is beyond this replica's share, take free ones up to it."""
+        survey = await self.locks.survey()
+        for partition in sorted(self.owned - survey.mine):  # not ours any more, somehow
+            await self._stop_consuming(partition)
+        share = share_of(self.partitions, survey.replicas)
+        self.consumer.share = share + 1  # the partitions and the queue of start events
+        before, self.replicas = set(self.owned), survey.replicas
+        if len(self.owned) > share:
+            for partition in random.sample(sorted(self.owned), len(self.owned) - share):
+                await self._stop_consuming(partition)
+                await self.locks.give_up(partition)
+        elif len(self.owned) < share:
+            free = [p for p in range(self.partitions) if p not in survey.taken]
+            random.shuffle(free)
+            for partition in free:
+                if len(self.owned) >= share:
+                    break
+                if await self.locks.take(partition):
+                    self.owned.add(partition)
+                    await self.consumer.add(self.queue_of(partition))
+        if self.owned != before:
+            log.info(
+                "partitions: this replica holds %s (%d replicas, %d partitions)",
+                _ranges(self.owned) or "none",
+                survey.replicas,
+                self.partitions,
+            )
+
+    async def _stop_consuming(self, partition: int, wait: bool = True) -> None:
+        self.owned.discard(partition)
+        timeout = self.handover_seconds if wait else 0.0
+        if not await self.consumer.remove(self.queue_of(partition), timeout) and wait:
+            log.warning(
+                "partition %d given up with messages still in hand: they are settled after their"
+                " commit, or return to the queue",
+                partition,
+            )
+
+    async def _drop_all(self) -> None:
+        for partition in sorted(self.owned):  # no wait: what is in hand cannot commit now anyway
+            await self._stop_consuming(partition, wait=False)
+        self._open = False
+        await self.locks.close()
+
+    async def close(self) -> None:
+        """At the stop, after the consumer stopped: the locks go with the connection."""
+        self.owned.clear()
+        self._open = False
+        await self.locks.close()
+
+
+def _ranges(partitions: set[int]) -> str:
+    """``0-3, 7`` for {0, 1, 2, 3, 7}: a log line that stays short with many partitions."""
+    parts: list[str] = []
+    for partition in sorted(partitions):
+        if parts and partition == int(parts[-1].split("-")[-1]) + 1:
+            parts[-1] = f"{parts[-1].split('-')[0]}-{partition}"
+        else:
+            parts.append(str(partition))
+    return ", ".join(parts)

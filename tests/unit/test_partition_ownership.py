@@ -1,0 +1,134 @@
+"""Partition ownership converges: every partition held by exactly one replica, about P/N each,
+as replicas come and go (orchestrator.service.partitions), against a fake of the lock table."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.service.partitions import PartitionOwner, Survey, share_of
+
+
+class LockTable:
+    """What PostgreSQL's advisory locks are to the replicas: one holder per partition, and a
+    replica's locks gone when it dies."""
+
+    def __init__(self) -> None:
+        self.holders: dict[int, int] = {}
+        self.replicas: set[int] = set()
+
+
+class FakeLocks:
+    def __init__(self, table: LockTable, replica: int) -> None:
+        self.table = table
+        self.replica = replica
+
+    async def open(self) -> None:
+        self.table.replicas.add(self.replica)
+
+    async def survey(self) -> Survey:
+        if self.replica not in self.table.replicas:
+            raise ConnectionError("the ownership connection is closed")
+        holders = self.table.holders
+        return Survey(
+            replicas=len(self.table.replicas),
+            taken=frozenset(holders),
+            mine=frozenset(p for p, r in holders.items() if r == self.replica),
+        )
+
+    async def take(self, partition: int) -> bool:
+        if partition in self.table.holders:
+            return False
+        self.table.holders[partition] = self.replica
+        return True
+
+    async def give_up(self, partition: int) -> None:
+        if self.table.holders.get(partition) == self.replica:
+            del self.table.holders[partition]
+
+    async def close(self) -> None:
+        self.die()
+
+    def die(self) -> None:
+        self.table.replicas.discard(self.replica)
+        for partition in [p for p, r in self.table.holders.items() if r == self.replica]:
+            del self.table.holders[partition]
+
+
+class FakeConsumer:
+    def __init__(self) -> None:
+        self.share = 1
+        self.queues: list[str] = []
+
+    async def add(self, queue: str) -> None:
+        assert queue not in self.queues
+        self.queues.append(queue)
+
+    async def remove(self, queue: str, timeout: float) -> bool:
+        self.queues.remove(queue)
+        return True
+
+
+P = 8
+
+
+def replica(table: LockTable, number: int) -> tuple[PartitionOwner, FakeLocks, FakeConsumer]:
+    locks, consumer = FakeLocks(table, number), FakeConsumer()
+    owner = PartitionOwner(locks, consumer, lambda p: f"ns.orchestrator.p{p}", P, interval=0.01)
+    return owner, locks, consumer
+
+
+async def settle(owners: list[PartitionOwner], locks: list[FakeLocks]) -> None:
+    for lock in locks:
+        if lock.replica not in lock.table.replicas:
+            await lock.open()
+    for _ in range(4):
+        for owner in owners:
+            await owner.rebalance()
+
+
+def assert_spread(table: LockTable, owners: list[PartitionOwner], consumers: list[FakeConsumer]) -> None:
+    assert sorted(table.holders) == list(range(P)), "every partition has a holder"
+    share = share_of(P, len(owners))
+    for owner, consumer in zip(owners, consumers, strict=True):
+        assert len(owner.owned) <= share
+        assert sorted(consumer.queues) == sorted(f"ns.orchestrator.p{p}" for p in owner.owned)
+    held = [p for owner in owners for p in owner.owned]
+    assert sorted(held) == list(range(P)), "no partition consumed twice"
+
+
+@pytest.mark.parametrize(("partitions", "replicas", "share"), [(8, 1, 8), (8, 3, 3), (8, 8, 1), (2, 3, 1)])
+def test_shares_cover_every_partition(partitions: int, replicas: int, share: int) -> None:
+    assert share_of(partitions, replicas) == share
+    assert share * replicas >= partitions
+
+
+async def test_replicas_spread_the_partitions_and_take_a_dead_ones() -> None:
+    table = LockTable()
+    first = replica(table, 1)
+    await settle([first[0]], [first[1]])
+    assert len(first[0].owned) == P  # alone, it holds everything
+
+    second, third = replica(table, 2), replica(table, 3)
+    trio = [first, second, third]
+    await settle([r[0] for r in trio], [r[1] for r in trio])
+    assert_spread(table, [r[0] for r in trio], [r[2] for r in trio])
+    assert sorted(len(r[0].owned) for r in trio) == [2, 3, 3]
+
+    third[1].die()  # kill -9: PostgreSQL drops its session and its locks
+    pair = [first, second]
+    await settle([r[0] for r in pair], [r[1] for r in pair])
+    assert_spread(table, [r[0] for r in pair], [r[2] for r in pair])
+    assert [len(r[0].owned) for r in pair] == [4, 4]
+
+
+async def test_a_replica_that_loses_its_connection_stops_consuming_until_it_holds_again() -> None:
+    table = LockTable()
+    owner, locks, consumer = replica(table, 1)
+    await settle([owner], [locks])
+    locks.die()  # the database restarted under it: its locks are gone
+    with pytest.raises(ConnectionError):
+        await owner.rebalance()
+    await owner._drop_all()  # what run() does on any error
+    assert consumer.queues == [] and owner.owned == set()
+    await settle([owner], [locks])
+    assert len(owner.owned) == P and len(consumer.queues) == P
