@@ -61,6 +61,8 @@ class Orchestrator:
         )
         #: which partitions this replica consumes (docs/scaling.md); None with one queue
         self.ownership = _ownership(settings, store, self.broker, topology)
+        if self.ownership is not None:  # until it knows its share: as if it held them all
+            self.broker.consumer.share = settings.partitions + 1
         #: takes what the broker dead-letters (to {ns}.dead-letter) into the dead-letter table
         self.drain = DeadLetterDrain(
             settings.amqp_url, Topology(settings.namespace), store, self.metrics, limits, drain_prefetch

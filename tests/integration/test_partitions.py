@@ -197,3 +197,35 @@ async def test_two_replicas_share_the_partitions_and_survive_each_others_death(b
         assert max(taken.values()) == 1, (key, taken)
     assert second.popen.poll() is None
     assert bench.verify().returncode == 0
+
+
+async def test_run_refuses_a_layout_that_does_not_match_the_setting(bench: Bench) -> None:
+    """A replica started with another partition count than the broker's layout would consume
+    queues nothing routes to, or leave partitions unconsumed: it refuses, and says what to do."""
+    first = await bench.start_orchestrator()  # one queue: the layout of ORCHESTRATOR_PARTITIONS=1
+    first.stop()
+    refused = bench.spawn(
+        "orchestrator",
+        "orchestrator",
+        "run",
+        "--port",
+        "0",
+        env={**bench.env, "ORCHESTRATOR_PARTITIONS": "4"},
+    )
+    assert refused.popen.wait(60) == 2
+    assert "ORCHESTRATOR_PARTITIONS is 4 and the broker has one queue" in refused.output()
+    assert "run 'orchestrator migrate'" in refused.output()
+
+
+async def test_run_says_how_to_enable_the_plugin_a_broker_lacks(private_bench: Bench) -> None:
+    """The private node runs without plugins, like a broker nobody prepared for partitions."""
+    refused = private_bench.spawn(
+        "orchestrator",
+        "orchestrator",
+        "run",
+        "--port",
+        "0",
+        env={**private_bench.env, "ORCHESTRATOR_PARTITIONS": "4"},
+    )
+    assert refused.popen.wait(60) == 2
+    assert "rabbitmq-plugins enable rabbitmq_consistent_hash_exchange" in refused.output()
