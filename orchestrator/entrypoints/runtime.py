@@ -17,7 +17,7 @@ import threading
 import time
 from datetime import timedelta
 
-from orchestrator.adapters.amqp.broker import Broker, Delivery, Topology, services_of
+from orchestrator.adapters.amqp.broker import Broker, Delivery, Topology, Unpublishable, services_of
 from orchestrator.adapters.memory import MemoryPartitionLocks
 from orchestrator.adapters.metrics import Metrics, count_finished
 from orchestrator.adapters.postgres.partitions import PostgresPartitionLocks
@@ -301,17 +301,21 @@ class Orchestrator:
                 )
         left = [d for d, verdict in zip(batch, result.verdicts, strict=True) if verdict is Verdict.LEFT]
         if left:
-            await self._leave(left)
+            handed = await self._leave(left)
             batch = [
                 d for d, verdict in zip(batch, result.verdicts, strict=True) if verdict is not Verdict.LEFT
-            ]
+            ] + handed
         await self.broker.consumer.ack(batch)
 
-    async def _leave(self, left: list[Delivery]) -> None:
-        """Give back messages for sagas on a release of their workflow this process does not load
-        (a rolling deploy: a process of the other release takes them). Requeued before the rest of
-        the batch is acked, so no ``multiple`` ack takes them along; a batch of nothing else waits
-        a moment first, so that a process alone with them does not spin on them."""
+    async def _leave(self, left: list[Delivery]) -> list[Delivery]:
+        """Hand over messages for sagas on a release of their workflow this process does not load
+        (a rolling deploy: a process that loads it takes them): each is published to the queue
+        every replica takes from, and acked with the rest of the batch (returned). Not given back
+        to its own queue, which would hand it to this process again when it owns the partition,
+        and whose delivery limit counts a return. A batch of nothing else waits a moment first,
+        so that a process alone with them does not spin on them. What cannot be handed over (the
+        broker refuses, or it went round too often) is requeued before the rest is acked, so no
+        ``multiple`` ack takes it along."""
         now = time.monotonic()
         if now - self._left_logged > 10:
             self._left_logged = now
@@ -323,7 +327,17 @@ class Orchestrator:
             )
         if len(left) == self.broker.consumer.unsettled:
             await asyncio.sleep(0.5)
-        await self.broker.consumer.requeue(left)
+        handed: list[Delivery] = []
+        kept: list[Delivery] = []
+        for delivery in left:
+            try:
+                (handed if await self.broker.hand_over(delivery) else kept).append(delivery)
+            except Unpublishable as error:
+                log.warning("could not hand over message %s: %s", delivery.envelope.message_id, error)
+                kept.append(delivery)
+        if kept:
+            await self.broker.consumer.requeue(kept)
+        return handed
 
     async def _commit(
         self, envelopes: list[Envelope], arrived: list[float], *, split: bool = False, last: bool = False

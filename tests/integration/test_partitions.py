@@ -27,6 +27,8 @@ from orchestrator.adapters.amqp.topology import (
 from orchestrator.adapters.postgres.partitions import lock_classes
 from orchestrator.adapters.postgres.store import driver_dsn
 from orchestrator.core.engine import saga_id_for
+from orchestrator.examples.contracts import StockReserved
+from tests.integration.test_releases import BOTH, reach, reply
 
 from .conftest import AMQP_URL, Bench, delete_namespace
 
@@ -229,3 +231,28 @@ async def test_run_says_how_to_enable_the_plugin_a_broker_lacks(private_bench: B
     )
     assert refused.popen.wait(60) == 2
     assert "rabbitmq-plugins enable rabbitmq_consistent_hash_exchange" in refused.output()
+
+
+async def test_a_replica_without_a_sagas_release_hands_its_messages_to_one_with_it(bench: Bench) -> None:
+    """A rolling deploy on partitions: release 2's replies that hash into the old replica's
+    partition are handed over to the queue every replica takes from, not given back to a queue
+    only the old replica reads (whose delivery limit would dead-letter them), and the new one
+    decides them."""
+    env = {"ORCHESTRATOR_PARTITIONS": "2", "ORCHESTRATOR_REBALANCE_SECONDS": "0.5"}
+    new = await bench.start_orchestrator(*BOTH, env=env)
+    new_api = bench.api_url
+    old = await bench.start_orchestrator(env=env)
+    bench.api_url = new_api
+    await wait_for_holders(bench, [1, 1])
+    keys = [f"roll-{uuid.uuid4().hex[:6]}-{i}" for i in range(20)]
+    async with bench.api() as api:
+        for key in keys:
+            body = {"customer_id": "c-1", "lines": [{"sku": "sku-1", "quantity": 1}], "amount_cents": 1000}
+            started = await api.post("/sagas", json={"workflow": "order", "key": key, "data": body})
+            assert started.status_code in (200, 201), started.text
+    for key in keys:
+        await reply(bench, key, StockReserved(key, f"res-{key}"))
+    await reach(bench, {key: "payment" for key in keys}, timeout=60)  # release 2's state
+    assert "for sagas on a release this process does not load" in old.output()
+    assert await bench.dead_letters(1, timeout=2) == []
+    assert new.popen.poll() is None and old.popen.poll() is None

@@ -32,7 +32,16 @@ from orchestrator.core.ingress import DEFAULT_LIMITS, Envelope, Limits, Reason, 
 from orchestrator.core.messages import service_of
 from orchestrator.service.supervisor import Spawn, bounded, lost_connection, unsupervised
 
-__all__ = ["Broker", "Delivery", "QueueConsumer", "Republisher", "Topology", "Unpublishable", "envelope_of"]
+__all__ = [
+    "Broker",
+    "Delivery",
+    "QueueConsumer",
+    "Republisher",
+    "Topology",
+    "Unpublishable",
+    "envelope_of",
+    "handed_over",
+]
 
 log = logging.getLogger("orchestrator.adapters.amqp.broker")
 
@@ -558,6 +567,18 @@ class Broker:
             raise Unpublishable("the publishing connection is down", unavailable=True)
         return transport.connection
 
+    async def hand_over(self, delivery: Delivery) -> bool:
+        """Publish a message this process cannot decide (its saga's release is not loaded here)
+        to the queue every replica takes from, as it came, for a replica that can; False once it
+        was handed over :data:`MAX_HAND_OVERS` times (then it goes back to its own queue, whose
+        delivery limit ends it in the dead letters). :class:`Unpublishable` if the broker did
+        not take it."""
+        properties = handed_over(delivery.envelope)
+        if properties["headers"][HAND_OVER_HEADER] > MAX_HAND_OVERS:
+            return False
+        await self.republish("", self.topology.orchestrator_queue, delivery.envelope.body, properties)
+        return True
+
     async def republish(
         self, exchange: str, routing_key: str, body: bytes, properties: Mapping[str, Any]
     ) -> None:
@@ -642,6 +663,34 @@ class Broker:
         await self._republisher.close(timeout)
         if self._publish_connection is not None:
             await bounded("closing orchestrator-publish", self._publish_connection.close(), timeout)
+
+
+#: counts how often a message was handed over between replicas
+HAND_OVER_HEADER = "x-orchestrator-handed-over"
+#: how often at most: with one replica in three loading the release, the chance that 30 hand-overs
+#: all land on the others is (2/3)^30, about 5 in a million
+MAX_HAND_OVERS = 30
+#: properties a hand-over does not keep: the broker refuses a user id other than the connection's,
+#: and an expiration would start again
+_NOT_HANDED_OVER = frozenset({"user_id", "expiration"})
+
+
+def handed_over(envelope: Envelope) -> dict[str, Any]:
+    """The properties a hand-over publishes (as aiormq names them): those it came with, its
+    first routing in ``x-original-*`` headers (for a dead letter's replay), one hand-over more."""
+    out: dict[str, Any] = {}
+    for name in _PROPERTIES:
+        value = envelope.properties.get("type" if name == "message_type" else name)
+        if value is not None and name not in _NOT_HANDED_OVER:
+            out[name] = value
+    headers = dict(out.get("headers") or {})
+    headers.setdefault("x-original-exchange", envelope.exchange)
+    headers.setdefault("x-original-routing-key", envelope.routing_key)
+    count = headers.get(HAND_OVER_HEADER)
+    headers[HAND_OVER_HEADER] = (count if isinstance(count, int) else 0) + 1
+    out["headers"] = headers
+    out["delivery_mode"] = 2
+    return out
 
 
 def services_of(command_types: Iterable[str]) -> set[str]:
