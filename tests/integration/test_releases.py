@@ -235,6 +235,10 @@ async def test_run_refuses_to_drop_a_release_sagas_need_and_fails_them_only_when
         finally:
             await connection.close()
         assert timers == 0  # failed sagas wait for an operator, not for a deadline
+        # what the gate wrote in SQL is what replaying the journal gives (core/migration.py)
+        verified = bench.verify(*BOTH)
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        assert "verified 5 sagas: 0 differ" in verified.stdout
     finally:
         assert told.stop() == 0
         await delete_namespace(bench.namespace, ("notifications",))
