@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -60,6 +61,9 @@ class PartitionConsumer(Protocol):
 
     share: int
 
+    @property
+    def is_connected(self) -> bool: ...
+
     async def add(self, queue: str) -> None: ...
 
     async def remove(self, queue: str, timeout: float) -> bool: ...
@@ -81,6 +85,7 @@ class PartitionOwner:
         partitions: int,
         interval: float,
         handover_seconds: float = 10.0,
+        now: Callable[[], float] = time.monotonic,
     ) -> None:
         self.locks = locks
         self.consumer = consumer
@@ -89,9 +94,13 @@ class PartitionOwner:
         self.interval = interval
         #: how long giving a partition up waits for its messages in hand to be settled
         self.handover_seconds = handover_seconds
+        #: a replica without a broker connection this long gives its partitions up to the others
+        self.disconnected_grace = max(5.0, 3 * interval)
+        self.now = now
         self.owned: set[int] = set()
         self.replicas = 0
         self._open = False
+        self._disconnected_since: float | None = None
 
     async def run(self) -> None:
         """Rebalance every ``interval`` until cancelled. When the database is away the locks
@@ -100,11 +109,8 @@ class PartitionOwner:
         delay = self.interval
         while True:
             try:
-                if not self._open:
-                    await self.locks.open()
-                    self._open = True
-                await self.rebalance()
-                delay = self.interval
+                if await self.step():
+                    delay = self.interval
             except Exception as error:
                 log.warning(
                     "partition ownership lost (%s: %s); giving up %d partitions, trying again in %.1fs",
@@ -116,6 +122,29 @@ class PartitionOwner:
                 await self._drop_all()
                 delay = min(delay * 2, 5.0)
             await asyncio.sleep(delay)
+
+    async def step(self) -> bool:
+        """One round of :meth:`run`: whether it held its share. A replica whose broker connection
+        is down holds partitions nobody consumes: past a grace it gives them up, and stops
+        counting as a live replica, so that the others' shares grow to take them."""
+        if not self.consumer.is_connected:
+            if self._disconnected_since is None:
+                self._disconnected_since = self.now()
+            since = self._disconnected_since
+            if self._open and self.now() - since >= self.disconnected_grace:
+                log.warning(
+                    "no broker connection for %.0fs: giving up %d partitions to the other replicas",
+                    self.now() - since,
+                    len(self.owned),
+                )
+                await self._drop_all()
+            return False
+        self._disconnected_since = None
+        if not self._open:
+            await self.locks.open()
+            self._open = True
+        await self.rebalance()
+        return True
 
     async def rebalance(self) -> None:
         """One round: give up what is beyond this replica's share, take free ones up to it."""

@@ -9,6 +9,7 @@ its sagas, each message decided once. Migration: 1 -> 4 -> 2 -> 1 partitions los
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -31,6 +32,7 @@ from orchestrator.examples.contracts import StockReserved
 from tests.integration.test_releases import BOTH, reach, reply
 
 from .conftest import AMQP_URL, Bench, delete_namespace
+from .proxy import Proxy
 
 pytestmark = pytest.mark.integration
 
@@ -256,3 +258,31 @@ async def test_a_replica_without_a_sagas_release_hands_its_messages_to_one_with_
     assert "for sagas on a release this process does not load" in old.output()
     assert await bench.dead_letters(1, timeout=2) == []
     assert new.popen.poll() is None and old.popen.poll() is None
+
+
+async def test_a_replica_cut_off_from_the_broker_lets_the_other_take_its_partitions(bench: Bench) -> None:
+    """The database still answers it, so its locks would live on while it consumes nothing: it
+    gives them up after a grace, and the other replica finishes the sagas alone."""
+    proxy = Proxy(target_port=5672)
+    await proxy.open()
+    env = {"ORCHESTRATOR_PARTITIONS": "4", "ORCHESTRATOR_REBALANCE_SECONDS": "0.5"}
+    cut_off_url = f"amqp://guest:guest@127.0.0.1:{proxy.port}/"
+    try:
+        first = await bench.start_orchestrator(env={**env, "ORCHESTRATOR_AMQP_URL": cut_off_url})
+        second = await bench.start_orchestrator(env=env)
+        await wait_for_holders(bench, [2, 2])
+        await bench.start_participants()
+        await proxy.cut()
+        await wait_for_holders(bench, [4])
+        await bench.wait_for_log(first, "giving up 2 partitions to the other replicas")
+        keys = [f"cut-{uuid.uuid4().hex[:6]}-{i}" for i in range(40)]
+        for key in keys:
+            await bench.place_order(key)
+        sagas = await bench.finished("order", keys, timeout=60)
+        assert {s.status for s in sagas.values()} <= {"completed", "compensated"}
+        await proxy.open()  # back: the two share again
+        await wait_for_holders(bench, [2, 2], timeout=60)
+        assert first.popen.poll() is None and second.popen.poll() is None
+    finally:
+        with contextlib.suppress(Exception):
+            await proxy.cut()

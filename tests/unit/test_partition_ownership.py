@@ -58,6 +58,7 @@ class FakeConsumer:
     def __init__(self) -> None:
         self.share = 1
         self.queues: list[str] = []
+        self.is_connected = True
 
     async def add(self, queue: str) -> None:
         assert queue not in self.queues
@@ -71,9 +72,21 @@ class FakeConsumer:
 P = 8
 
 
-def replica(table: LockTable, number: int) -> tuple[PartitionOwner, FakeLocks, FakeConsumer]:
+class Clock:
+    def __init__(self) -> None:
+        self.time = 0.0
+
+    def __call__(self) -> float:
+        return self.time
+
+
+def replica(
+    table: LockTable, number: int, clock: Clock | None = None
+) -> tuple[PartitionOwner, FakeLocks, FakeConsumer]:
     locks, consumer = FakeLocks(table, number), FakeConsumer()
-    owner = PartitionOwner(locks, consumer, lambda p: f"ns.orchestrator.p{p}", P, interval=0.01)
+    owner = PartitionOwner(
+        locks, consumer, lambda p: f"ns.orchestrator.p{p}", P, interval=0.01, now=clock or Clock()
+    )
     return owner, locks, consumer
 
 
@@ -132,3 +145,29 @@ async def test_a_replica_that_loses_its_connection_stops_consuming_until_it_hold
     assert consumer.queues == [] and owner.owned == set()
     await settle([owner], [locks])
     assert len(owner.owned) == P and len(consumer.queues) == P
+
+
+async def test_a_replica_cut_off_from_the_broker_gives_its_partitions_to_the_others() -> None:
+    """It still holds its locks (the database is fine) but consumes nothing: past the grace it
+    lets them go and stops counting as live, so the other's share grows to take them."""
+    table, clock = LockTable(), Clock()
+    (a, _, a_consumer), (b, _, b_consumer) = replica(table, 1, clock), replica(table, 2, clock)
+    for _ in range(3):
+        assert await a.step() and await b.step()
+    assert len(a.owned) == len(b.owned) == 4
+
+    a_consumer.is_connected = False
+    assert not await a.step()  # the grace begins: a blip of the broker changes nothing
+    assert len(a.owned) == 4 and await b.step() and len(b.owned) == 4
+    clock.time += a.disconnected_grace
+    assert not await a.step()
+    assert a.owned == set() and a_consumer.queues == [] and 1 not in table.replicas
+    assert await b.step() and len(b.owned) == P  # alone now: all of them
+    assert_spread(table, [b], [b_consumer])
+
+    a_consumer.is_connected = True  # back: it counts again, and the two share once more
+    for _ in range(3):
+        await a.step()
+        await b.step()
+    assert len(a.owned) == len(b.owned) == 4
+    assert_spread(table, [a, b], [a_consumer, b_consumer])
