@@ -54,13 +54,18 @@ class Orchestrator:
         drain_prefetch = max(1, min(32, settings.effective_prefetch // 8))
         self.broker = Broker(
             settings.amqp_url,
-            Topology(settings.namespace),
+            Topology(settings.namespace, settings.queue_type),
             max(1, settings.effective_prefetch - drain_prefetch),
             limits,
         )
         #: takes what the broker dead-letters (to {ns}.dead-letter) into the dead-letter table
         self.drain = DeadLetterDrain(
-            settings.amqp_url, Topology(settings.namespace), store, self.metrics, limits, drain_prefetch
+            settings.amqp_url,
+            Topology(settings.namespace, settings.queue_type),
+            store,
+            self.metrics,
+            limits,
+            drain_prefetch,
         )
         self.relay = Relay(
             store, self.broker.publish_command, settings.relay_in_flight, settings.outbox_sweep_seconds
