@@ -194,3 +194,33 @@ async def test_migrate_rebuilds_the_queues_as_quorum_and_a_new_participant_takes
         answered.add(message.correlation_id)
     assert answered == {f"saga-{i}" for i in range(COMMANDS)}
     assert len(ids) == COMMANDS
+
+
+async def test_run_refuses_queues_of_the_other_type_and_says_to_migrate(
+    ns: str, connection: aio_pika.abc.AbstractConnection, database_url: str
+) -> None:
+    """``orchestrator run`` would otherwise fail later, declaring, with RabbitMQ's bare 406."""
+    channel = await connection.channel()
+    await declare(channel, Topology(ns), ["inventory", "payment", "shipping"])
+    await channel.close()
+    env = {
+        **os.environ,
+        "ORCHESTRATOR_AMQP_URL": AMQP_URL,
+        "ORCHESTRATOR_DATABASE_URL": database_url,
+        "ORCHESTRATOR_NAMESPACE": ns,
+        "ORCHESTRATOR_QUEUE_TYPE": "quorum",
+        "ORCHESTRATOR_API_TOKEN": "t",
+    }
+    run = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "orchestrator", "run", "--port", "0"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode != 0
+    assert f"the topology of namespace {ns} needs migrating" in run.stderr, run.stderr
+    assert f"{ns}.inventory is not a quorum queue" in run.stderr
+    assert "run 'orchestrator migrate'" in run.stderr
