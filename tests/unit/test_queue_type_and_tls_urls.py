@@ -134,3 +134,9 @@ def test_aiormq_takes_amqps_with_a_ca_file() -> None:
     assert connection.url.scheme == "amqps"
     assert connection.url.port == 5671
     assert connection.ssl_certs.cafile == "/etc/ssl/ca.pem"
+
+
+def test_a_topology_of_an_unknown_type_is_refused() -> None:
+    """Anything else would declare classic queues where the caller asked for something else."""
+    with pytest.raises(ValueError, match="queue type must be one of classic, quorum"):
+        Topology("ns", "stream")

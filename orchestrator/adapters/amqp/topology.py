@@ -77,6 +77,10 @@ class Topology:
     #: own queue is a quorum queue whatever this says)
     queue_type: str = "classic"
 
+    def __post_init__(self) -> None:
+        if self.queue_type not in QUEUE_TYPES:  # another would declare classic queues unasked
+            raise ValueError(f"queue type must be one of {', '.join(QUEUE_TYPES)}, not {self.queue_type!r}")
+
     @property
     def commands(self) -> str:
         return f"{self.namespace}.commands"
