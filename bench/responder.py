@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 import time
@@ -28,6 +29,8 @@ from pathlib import Path
 import aio_pika
 import aio_pika.abc
 import orjson
+
+from orchestrator.adapters.amqp.topology import Topology
 
 __all__ = ["REPLIES", "main"]
 
@@ -66,16 +69,20 @@ class Responder:
             channel = await consume.channel()
             await channel.set_qos(prefetch_count=self.prefetch)
             ns = self.namespace
+            # declared as the orchestrator declares them, or RabbitMQ refuses one of the two
+            topology = Topology(ns, queue_type=os.environ.get("ORCHESTRATOR_QUEUE_TYPE") or "classic")
             commands = await channel.declare_exchange(f"{ns}.commands", "topic", durable=True)
             dead = await channel.declare_exchange(f"{ns}.dead", "fanout", durable=True)
-            dead_letters = await channel.declare_queue(f"{ns}.dead-letter", durable=True)
+            dead_letters = await channel.declare_queue(
+                f"{ns}.dead-letter", durable=True, arguments=topology.dead_letter_queue_arguments
+            )
             await dead_letters.bind(dead, "")
             publish_channel = await publish.channel(publisher_confirms=True)
             self._events = await publish_channel.declare_exchange(f"{ns}.events", "topic", durable=True)
             tags: list[tuple[aio_pika.abc.AbstractQueue, str]] = []
             for service in self.services:
                 queue = await channel.declare_queue(
-                    f"{ns}.{service}", durable=True, arguments={"x-dead-letter-exchange": f"{ns}.dead"}
+                    f"{ns}.{service}", durable=True, arguments=topology.queue_arguments
                 )
                 await queue.bind(commands, f"{service}.#")
                 tags.append((queue, await queue.consume(self._on_command)))

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit
 
 from participants.common import Options
-from participants.runner import Participant, Settings, mask_url
+from participants.runner import QUEUE_TYPES, Participant, Settings, mask_url
 from participants.services import SERVICES, Service
 
 __all__ = ["main", "parse_args"]
@@ -31,6 +31,7 @@ EPILOG = """\
 environment (an option given on the command line wins over its variable):
   ORCHESTRATOR_AMQP_URL      --amqp-url       (default amqp://guest:guest@127.0.0.1:5672/)
   ORCHESTRATOR_NAMESPACE     --namespace      (default saga)
+  ORCHESTRATOR_QUEUE_TYPE    --queue-type     (classic or quorum, default classic)
   PARTICIPANT_SHUTDOWN_GRACE --shutdown-grace (default 10)
   PARTICIPANT_NEVER_ANSWER   --never-answer   (1/true/yes/on or 0/false/no/off)
   PARTICIPANT_DELAY          --delay
@@ -65,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--amqp-url", metavar="URL", help="RabbitMQ URL (env ORCHESTRATOR_AMQP_URL)")
     parser.add_argument(
         "--namespace", metavar="NS", help="prefix of every exchange and queue (env ORCHESTRATOR_NAMESPACE)"
+    )
+    parser.add_argument(
+        "--queue-type",
+        metavar="TYPE",
+        help="classic or quorum: how the queues are declared, as the orchestrator declares them"
+        " (default classic, env ORCHESTRATOR_QUEUE_TYPE)",
     )
     parser.add_argument(
         "--prefetch", metavar="N", type=int, default=100, help="commands in flight at once (default 100)"
@@ -169,6 +176,10 @@ def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str]) -> tuple[
 
     namespace = args.namespace if args.namespace is not None else environ.get("ORCHESTRATOR_NAMESPACE")
     namespace = namespace or DEFAULT_NAMESPACE
+    queue_type_raw, queue_type_source = pick(args.queue_type, "--queue-type", "ORCHESTRATOR_QUEUE_TYPE")
+    queue_type = (queue_type_raw or "classic").strip().lower()
+    if queue_type not in QUEUE_TYPES:
+        parser.error(f"{queue_type_source} must be one of {', '.join(QUEUE_TYPES)}, got {queue_type_raw!r}")
     amqp_url = args.amqp_url if args.amqp_url is not None else environ.get("ORCHESTRATOR_AMQP_URL")
     amqp_url = amqp_url or DEFAULT_AMQP_URL
     if not _looks_like_amqp(amqp_url):
@@ -198,6 +209,7 @@ def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str]) -> tuple[
     settings = Settings(
         amqp_url=amqp_url,
         namespace=namespace,
+        queue_type=queue_type,
         prefetch=args.prefetch,
         delay=number(*pick(args.delay, "--delay", "PARTICIPANT_DELAY"), low=0.0) or 0.0,
         never_answer=never_answer,

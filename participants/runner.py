@@ -32,7 +32,16 @@ from participants.services import Service
 
 V = TypeVar("V")
 
-__all__ = ["EXIT_BROKER", "EXIT_HUNG", "Participant", "Settings", "mask_url"]
+__all__ = [
+    "EXIT_BROKER",
+    "EXIT_HUNG",
+    "QUEUE_TYPES",
+    "Participant",
+    "Settings",
+    "dead_letter_queue_arguments",
+    "mask_url",
+    "queue_arguments",
+]
 
 EXIT_BROKER = 2
 """Exit code when the broker cannot be reached or refuses the topology at start."""
@@ -46,14 +55,38 @@ CONNECT_TIMEOUT = 10.0
 MAX_REMEMBERED = 100_000
 """Bound on the in-memory answers, so a long run cannot grow without limit."""
 
-DEAD_LETTER_ARGUMENTS_KEY = "x-dead-letter-exchange"
 COPIED_HEADERS = ("x-saga-id", "x-workflow")
+QUEUE_TYPES = ("classic", "quorum")
+DELIVERY_LIMIT = 20
+"""Of a quorum participant queue (docs/protocol.md, section 2): written out here rather than
+imported, as a participant in another language would, and held equal to the orchestrator's by a
+unit test, because RabbitMQ refuses the second of two declarations that differ."""
+
+
+def queue_arguments(namespace: str, queue_type: str) -> dict[str, Any]:
+    """The arguments of the participant's own queue ``{ns}.S``, exactly as every party declares it."""
+    if queue_type == "quorum":
+        return {
+            "x-queue-type": "quorum",
+            "x-delivery-limit": DELIVERY_LIMIT,
+            "x-dead-letter-exchange": f"{namespace}.dead",
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        }
+    return {"x-dead-letter-exchange": f"{namespace}.dead"}
+
+
+def dead_letter_queue_arguments(queue_type: str) -> dict[str, Any]:
+    """The arguments of ``{ns}.dead-letter``: its type, nothing more."""
+    return {"x-queue-type": "quorum"} if queue_type == "quorum" else {}
 
 
 @dataclass(frozen=True)
 class Settings:
     amqp_url: str
     namespace: str = "saga"
+    #: ORCHESTRATOR_QUEUE_TYPE, which the orchestrator reads too: both must declare alike
+    queue_type: str = "classic"
     prefetch: int = 100
     delay: float = 0.0
     never_answer: bool = False
@@ -141,6 +174,13 @@ class Participant:
             pass
         except aio_pika.exceptions.AMQPError as error:
             self.log.error("RabbitMQ at %s refused the topology: %s", url, self._safe(error))
+            if isinstance(error, aio_pika.exceptions.ChannelPreconditionFailed):
+                # The usual cause: the queues were migrated to the other type (docs/protocol.md,
+                # section 2); its commands wait there for a participant that declares alike.
+                self.log.error(
+                    "declared as %s queues (ORCHESTRATOR_QUEUE_TYPE): is the broker's of the other type?",
+                    self.settings.queue_type,
+                )
             await self._bounded(connection.close(), CONNECT_TIMEOUT)
             return EXIT_BROKER
         if queue is not None:
@@ -156,7 +196,7 @@ class Participant:
 
     def _describe(self) -> str:
         """The settings that shape the answers, so a log reader knows why a reply failed."""
-        parts = [f"prefetch {self.settings.prefetch}"]
+        parts = [f"{self.settings.queue_type} queue", f"prefetch {self.settings.prefetch}"]
         if self.settings.never_answer:
             parts.append("never answering")
         if self.settings.delay:
@@ -292,12 +332,16 @@ class Participant:
         await consume_channel.declare_exchange(self.events_exchange, topic, durable=True)
         dead = await consume_channel.declare_exchange(self.dead_exchange, fanout, durable=True)
         # Declared here too so that a command rejected before the orchestrator ever ran is kept.
-        dead_letters = await consume_channel.declare_queue(self.dead_letter_queue, durable=True)
+        dead_letters = await consume_channel.declare_queue(
+            self.dead_letter_queue,
+            durable=True,
+            arguments=dead_letter_queue_arguments(self.settings.queue_type),
+        )
         await dead_letters.bind(dead, routing_key="")
         queue = await consume_channel.declare_queue(
             self.queue_name,
             durable=True,
-            arguments={DEAD_LETTER_ARGUMENTS_KEY: self.dead_exchange},
+            arguments=queue_arguments(self.settings.namespace, self.settings.queue_type),
         )
         await queue.bind(commands, routing_key=f"{self.service.name}.#")
 

@@ -62,8 +62,10 @@ async def ensure_database(url: str) -> None:
     import asyncpg
     from sqlalchemy.engine import make_url
 
+    from orchestrator.adapters.postgres.store import driver_dsn
+
     target = make_url(url)
-    admin = target.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
+    admin = driver_dsn(target.set(database="postgres").render_as_string(hide_password=False))
     try:
         connection = await asyncpg.connect(admin, timeout=10)
     except (OSError, asyncpg.PostgresError, TimeoutError) as error:
@@ -97,7 +99,7 @@ async def migrate_broker(settings: Settings) -> list[str]:
 
     registry = Registry(load_workflows(settings.workflows))
     services = services_of(registry.command_types())
-    topology = Topology(settings.namespace, settings.partitions)
+    topology = Topology(settings.namespace, partitions=settings.partitions, queue_type=settings.queue_type)
     await _check_amqp(settings.amqp_url)
     try:
         return await migrate_topology(settings.amqp_url, topology, services, registry.start_types())
@@ -107,19 +109,23 @@ async def migrate_broker(settings: Settings) -> list[str]:
 
 async def _check_topology(settings: Settings) -> None:
     """Refuse to run on a topology an earlier version left: this one would not consume from it."""
+    from orchestrator.adapters.amqp.broker import services_of
     from orchestrator.adapters.amqp.topology import (
         Topology,
         TopologyError,
         pending_migrations,
         require_partitioning,
     )
+    from orchestrator.core.routing import Registry
+    from orchestrator.entrypoints.bootstrap import load_workflows
 
-    topology = Topology(settings.namespace, settings.partitions)
+    services = services_of(Registry(load_workflows(settings.workflows)).command_types())
+    topology = Topology(settings.namespace, partitions=settings.partitions, queue_type=settings.queue_type)
     try:
         await require_partitioning(settings.amqp_url, topology)
     except TopologyError as error:
         raise Unreachable(str(error)) from None
-    pending = await pending_migrations(settings.amqp_url, topology)
+    pending = await pending_migrations(settings.amqp_url, topology, services)
     if pending:
         raise Unreachable(
             f"the topology of namespace {settings.namespace} needs migrating ({'; '.join(pending)}):"

@@ -55,7 +55,9 @@ class Orchestrator:
         self.limits = limits = Limits(max_message_bytes=settings.max_message_bytes)
         # The budget of bytes in hand is shared: an eighth of it for the dead-letter drain.
         drain_prefetch = max(1, min(32, settings.effective_prefetch // 8))
-        topology = Topology(settings.namespace, settings.partitions)
+        topology = Topology(
+            settings.namespace, partitions=settings.partitions, queue_type=settings.queue_type
+        )
         self.broker = Broker(
             settings.amqp_url, topology, max(1, settings.effective_prefetch - drain_prefetch), limits
         )
@@ -65,7 +67,12 @@ class Orchestrator:
             self.broker.consumer.share = settings.partitions + 1
         #: takes what the broker dead-letters (to {ns}.dead-letter) into the dead-letter table
         self.drain = DeadLetterDrain(
-            settings.amqp_url, Topology(settings.namespace), store, self.metrics, limits, drain_prefetch
+            settings.amqp_url,
+            topology,
+            store,
+            self.metrics,
+            limits,
+            drain_prefetch,
         )
         self.relay = Relay(
             store, self.broker.publish_command, settings.relay_in_flight, settings.outbox_sweep_seconds

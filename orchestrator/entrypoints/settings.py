@@ -9,9 +9,23 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-__all__ = ["ConfigurationError", "Settings", "SettingsError", "mask_url"]
+__all__ = [
+    "QUEUE_TYPES",
+    "SSL_MODES",
+    "ConfigurationError",
+    "Settings",
+    "SettingsError",
+    "database_url",
+    "mask_url",
+]
+
+#: the values of ORCHESTRATOR_QUEUE_TYPE (as orchestrator.adapters.amqp.topology.QUEUE_TYPES,
+#: which the settings do not import: the command line reads them before loading any adapter)
+QUEUE_TYPES = ("classic", "quorum")
+#: libpq's sslmode values, which asyncpg takes as its ``ssl`` argument
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 
 class ConfigurationError(Exception):
@@ -34,6 +48,36 @@ def mask_url(url: str) -> str:
         return url
     netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def database_url(url: str, name: str = "ORCHESTRATOR_DATABASE_URL") -> str:
+    """The URL with libpq's ``sslmode=`` spelled ``ssl=``, as SQLAlchemy's asyncpg dialect passes
+    its query to ``asyncpg.connect`` as keywords: ``sslmode`` would be an unexpected one there,
+    while ``ssl`` takes the same values. (Where the service hands a URL to asyncpg as a DSN,
+    ``driver_dsn`` turns it back: a DSN reads ``sslmode``, and would send ``ssl`` to the server
+    as a setting.) A PostgreSQL URL as any libpq tool takes it thus works unchanged."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url  # the engine says what is wrong with it, with the URL masked
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    keys = [key for key, _ in query]
+    if "sslmode" not in keys and "ssl" not in keys:
+        return url
+    if "sslmode" in keys and "ssl" in keys:
+        raise SettingsError(f"{name} may give sslmode or ssl, not both")
+    renamed = [("ssl" if key == "sslmode" else key, value) for key, value in query]
+    for key, value in renamed:
+        if key == "ssl" and value not in SSL_MODES:
+            raise SettingsError(f"{name}'s sslmode must be one of {', '.join(SSL_MODES)}, not {value!r}")
+    return urlunsplit(parts._replace(query=urlencode(renamed, safe="/:")))
+
+
+def _queue_type(name: str) -> str:
+    raw = (_set(name) or "classic").strip().lower()
+    if raw not in QUEUE_TYPES:
+        raise SettingsError(f"{name} must be one of {', '.join(QUEUE_TYPES)}, not {raw!r}")
+    return raw
 
 
 def _set(name: str) -> str | None:
@@ -97,6 +141,9 @@ class Settings:
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/orchestrator"
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     namespace: str = "saga"
+    #: of the participant queues and {ns}.dead-letter (docs/protocol.md, section 2): every party
+    #: must agree, so the participants read the same variable
+    queue_type: str = "classic"
     workflows: str = "orchestrator.examples"
     prefetch: int = 1024
     batch_size: int = 256
@@ -159,9 +206,10 @@ class Settings:
     def from_env(cls, **overrides: object) -> Settings:
         env = os.environ
         values: dict[str, object] = {
-            "database_url": env.get("ORCHESTRATOR_DATABASE_URL", cls.database_url),
+            "database_url": database_url(env.get("ORCHESTRATOR_DATABASE_URL") or cls.database_url),
             "amqp_url": env.get("ORCHESTRATOR_AMQP_URL", cls.amqp_url),
             "namespace": env.get("ORCHESTRATOR_NAMESPACE", cls.namespace),
+            "queue_type": _queue_type("ORCHESTRATOR_QUEUE_TYPE"),
             "workflows": env.get("ORCHESTRATOR_WORKFLOWS", cls.workflows),
             "prefetch": _int("ORCHESTRATOR_PREFETCH", cls.prefetch),
             "batch_size": _int("ORCHESTRATOR_BATCH_SIZE", cls.batch_size),

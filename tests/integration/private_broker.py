@@ -3,7 +3,7 @@
 The shared broker on 127.0.0.1:5672 serves every other test (and maybe a person's orchestrator):
 stopping it would break them, so a fault test runs its own node beside it. The node shares only
 the installed RabbitMQ and the machine's epmd; it has its own name, AMQP and distribution ports,
-Erlang cookie, config, database and log directories, and no plugins (the management plugin
+Erlang cookie, config, database and log directories, and no plugins unless asked (the management plugin
 would want port 15672, which the shared node holds, and costs start time).
 
 The node runs in a process group of its own, as a child of the test process, not with
@@ -92,9 +92,15 @@ def _bin_dir() -> Path:
 class PrivateBroker:
     """One RabbitMQ node for one test session; see the module docstring."""
 
-    def __init__(self, prefix: str = "test") -> None:
+    def __init__(
+        self, prefix: str = "test", *, cookie: str | None = None, plugins: tuple[str, ...] = ()
+    ) -> None:
+        """``cookie``: the Erlang cookie, the same for nodes that are to form a cluster (random
+        when not given); ``plugins``: those to enable, from the installed ones."""
         token = secrets.token_hex(4)
         self.node = f"{prefix}-{token}@localhost"
+        self.cookie = cookie or "".join(secrets.choice(string.ascii_uppercase) for _ in range(20))
+        self.plugins = plugins
         self.directory = Path(tempfile.mkdtemp(prefix=f"private-rabbitmq-{token}-"))
         self.bin = _bin_dir()
         self.port = 0
@@ -124,9 +130,9 @@ class PrivateBroker:
         (self.directory / "mnesia").mkdir()
         (self.directory / "log").mkdir()
         cookie = self.directory / "home" / ".erlang.cookie"
-        cookie.write_text("".join(secrets.choice(string.ascii_uppercase) for _ in range(20)))
+        cookie.write_text(self.cookie)
         cookie.chmod(0o400)  # Erlang refuses a cookie others can read
-        (self.directory / "enabled_plugins").write_text("[].\n")
+        (self.directory / "enabled_plugins").write_text(f"[{','.join(self.plugins)}].\n")
         # Not the machine's /etc/rabbitmq files: they name the shared node and its port 5672.
         (self.directory / "rabbitmq.conf").write_text("loopback_users.guest = true\n")
         (self.directory / "rabbitmq-env.conf").write_text("")

@@ -99,7 +99,7 @@ async def test_starts_go_to_the_shared_queue_and_each_saga_to_one_partition(name
 
 async def test_the_partition_count_changes_through_migrate_and_loses_nothing(namespace: str) -> None:
     def topology(partitions: int) -> Topology:
-        return Topology(namespace, partitions)
+        return Topology(namespace, partitions=partitions)
 
     await migrate_topology(AMQP_URL, topology(1), SERVICES, {START})
     connection = await aio_pika.connect(AMQP_URL)
@@ -135,7 +135,7 @@ async def test_the_partition_count_changes_through_migrate_and_loses_nothing(nam
 
 
 async def test_migrate_refuses_while_a_replica_consumes(namespace: str) -> None:
-    await migrate_topology(AMQP_URL, Topology(namespace, 1), SERVICES, {START})
+    await migrate_topology(AMQP_URL, Topology(namespace, partitions=1), SERVICES, {START})
     connection = await aio_pika.connect(AMQP_URL)
     try:
         channel = await connection.channel()
@@ -146,7 +146,7 @@ async def test_migrate_refuses_while_a_replica_consumes(namespace: str) -> None:
 
         await queue.consume(hold)
         with pytest.raises(Exception, match="stop the running orchestrator first"):
-            await migrate_topology(AMQP_URL, Topology(namespace, 4), SERVICES, {START})
+            await migrate_topology(AMQP_URL, Topology(namespace, partitions=4), SERVICES, {START})
     finally:
         await connection.close()
 

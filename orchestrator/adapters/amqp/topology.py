@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 import aio_pika
@@ -25,6 +25,8 @@ from orchestrator.adapters.amqp.decoding import UndecodableProperties
 __all__ = [
     "MIGRATIONS",
     "ORCHESTRATOR_DELIVERY_LIMIT",
+    "PARTICIPANT_DELIVERY_LIMIT",
+    "QUEUE_TYPES",
     "Migration",
     "Topology",
     "TopologyError",
@@ -46,6 +48,22 @@ the message then waits in ``{ns}.dead-letter`` with RabbitMQ's ``x-death`` reaso
 
 #: each partition queue's weight in the consistent-hash ring: all alike
 PARTITION_WEIGHT = "1"
+PARTICIPANT_DELIVERY_LIMIT = 20
+"""How often a quorum participant queue hands out one command before dead-lettering it.
+
+Higher than the orchestrator's: a participant's own shutdown requeues the commands it holds
+(docs/protocol.md, section 10), and a participant in another language may requeue on purpose to
+try later; each such round counts. 20 is what RabbitMQ 4 sets on every quorum queue when none is
+given, so a participant queue behaves the same on 3.10 and on 4; it still stops a command that
+crashes its participant from doing so forever. A command dead-lettered this way is a
+``delivery_limit`` row of the dead-letter table: its saga's timeout resends it, or an operator
+replays it."""
+
+QUEUE_TYPES = ("classic", "quorum")
+"""The values of ``ORCHESTRATOR_QUEUE_TYPE``: the type of the participant queues and of
+``{ns}.dead-letter``. ``classic`` is the default because a queue cannot change its type in
+place: an existing install keeps its queues until its operator migrates them."""
+
 #: messages taken from a queue being moved before their confirms are awaited and they are acked
 MOVE_BATCH = 200
 #: the most partition queues ``orchestrator migrate`` looks for (the setting allows 256)
@@ -59,8 +77,16 @@ class Topology:
     """Exchange and queue names, all under one namespace so tests and tenants stay apart."""
 
     namespace: str = "saga"
+    _: KW_ONLY
     #: partition queues for correlated messages (docs/scaling.md); 1: one queue takes everything
     partitions: int = 1
+    #: of the participant queues and ``{ns}.dead-letter``, one of QUEUE_TYPES (the orchestrator's
+    #: own queue is a quorum queue whatever this says)
+    queue_type: str = "classic"
+
+    def __post_init__(self) -> None:
+        if self.queue_type not in QUEUE_TYPES:  # another would declare classic queues unasked
+            raise ValueError(f"queue type must be one of {', '.join(QUEUE_TYPES)}, not {self.queue_type!r}")
 
     @property
     def commands(self) -> str:
@@ -109,7 +135,27 @@ class Topology:
 
     @property
     def queue_arguments(self) -> dict[str, Any]:
+        """Of a participant queue: every party declares it with exactly these, or RabbitMQ refuses
+        the second one. The quorum ones dead-letter as the orchestrator's queue does (at least
+        once, hence ``reject-publish``), with a higher delivery limit (PARTICIPANT_DELIVERY_LIMIT)."""
+        if self.queue_type == "quorum":
+            return {
+                "x-queue-type": "quorum",
+                "x-delivery-limit": PARTICIPANT_DELIVERY_LIMIT,
+                "x-dead-letter-exchange": self.dead,
+                "x-dead-letter-strategy": "at-least-once",
+                "x-overflow": "reject-publish",
+            }
         return {"x-dead-letter-exchange": self.dead}
+
+    @property
+    def dead_letter_queue_arguments(self) -> dict[str, Any]:
+        """Of ``{ns}.dead-letter``: it is the end of the line, so no delivery limit and no
+        dead-lettering of its own; a limit would drop a dead letter the orchestrator's drain lost
+        with its connection a few times (it holds them until PostgreSQL commits their rows)."""
+        if self.queue_type == "quorum":
+            return {"x-queue-type": "quorum"}
+        return {}
 
     @property
     def orchestrator_queue_arguments(self) -> dict[str, Any]:
@@ -137,7 +183,9 @@ async def declare(
     events = await channel.declare_exchange(topology.events, aio_pika.ExchangeType.TOPIC, durable=True)
     commands = await channel.declare_exchange(topology.commands, aio_pika.ExchangeType.TOPIC, durable=True)
     dead = await channel.declare_exchange(topology.dead, aio_pika.ExchangeType.FANOUT, durable=True)
-    dead_queue = await channel.declare_queue(topology.dead_letter_queue, durable=True)
+    dead_queue = await channel.declare_queue(
+        topology.dead_letter_queue, durable=True, arguments=topology.dead_letter_queue_arguments
+    )
     await dead_queue.bind(dead)
     queue = await channel.declare_queue(
         topology.orchestrator_queue, durable=True, arguments=topology.orchestrator_queue_arguments
@@ -226,21 +274,26 @@ async def queue_state(connection: AbstractConnection, name: str) -> QueueState |
 @dataclass(frozen=True)
 class Migration:
     """One change of the topology: ``pending`` says why it is still to do (None once done);
-    ``apply`` does what is left of it and says what it did (nothing, when it was done already)."""
+    ``apply`` does what is left of it and says what it did (nothing, when it was done already).
+    Both get the services whose queues the orchestrator declares."""
 
     name: str
-    pending: Callable[[AbstractConnection, Topology], Awaitable[str | None]]
-    apply: Callable[[AbstractConnection, Topology], Awaitable[list[str]]]
+    pending: Callable[[AbstractConnection, Topology, Sequence[str]], Awaitable[str | None]]
+    apply: Callable[[AbstractConnection, Topology, Sequence[str]], Awaitable[list[str]]]
 
 
-async def _legacy_queue_remains(connection: AbstractConnection, topology: Topology) -> str | None:
+async def _legacy_queue_remains(
+    connection: AbstractConnection, topology: Topology, services: Sequence[str] = ()
+) -> str | None:
     state = await queue_state(connection, topology.legacy_orchestrator_queue)
     if state is None:
         return None
     return f"{topology.legacy_orchestrator_queue} still exists ({state.messages} messages)"
 
 
-async def _quorum_orchestrator_queue(connection: AbstractConnection, topology: Topology) -> list[str]:
+async def _quorum_orchestrator_queue(
+    connection: AbstractConnection, topology: Topology, services: Sequence[str] = ()
+) -> list[str]:
     """New events go to the quorum queue before the classic one stops getting them, so none is
     routed nowhere in between; one may reach both, and the orchestrator takes it once (it dedupes
     by ``message_id``). Then what the classic queue holds is moved over, and it is deleted."""
@@ -282,23 +335,21 @@ def _refuse_consumers(name: str, state: QueueState) -> None:
         raise TopologyError(f"stop the running orchestrator first: {name} has {state.consumers} consumers")
 
 
-async def _delete_if_drained(connection: AbstractConnection, name: str, quorum: bool = False) -> bool:
+async def _delete_if_drained(connection: AbstractConnection, name: str, *, classic: bool = True) -> bool:
     """Delete the queue only if it is empty and unused: RabbitMQ checks both atomically, so a
     message that arrives late, or a consumer that starts late, keeps it (and closes the channel).
-    A quorum queue takes neither condition: it is asked first and deleted if empty and unused,
-    which is safe only for a queue nothing routes to any more (a partition unbound from the ring)."""
-    if quorum:
+    A quorum queue refuses both conditions (NOT_IMPLEMENTED, closing the whole connection), so one
+    is deleted outright once found empty and unused a moment before: only a queue already unbound
+    from its exchange, which nothing routes to any more (a holding queue, or the old queue of a
+    migration back to classic), is deleted so."""
+    if not classic:
         state = await queue_state(connection, name)
-        if state is None:
-            return True
-        _refuse_consumers(name, state)
-        if state.messages:
+        if state is not None and (state.messages or state.consumers):
             return False
     channel = await connection.channel()
     try:
-        await asyncio.wait_for(
-            channel.queue_delete(name, if_unused=not quorum, if_empty=not quorum), OPERATION_TIMEOUT
-        )
+        conditions = {"if_unused": True, "if_empty": True} if classic else {}
+        await asyncio.wait_for(channel.queue_delete(name, **conditions), OPERATION_TIMEOUT)
     except aio_pika.exceptions.ChannelPreconditionFailed:
         return False
     except aio_pika.exceptions.ChannelNotFoundEntity:
@@ -402,7 +453,9 @@ def _wanted(topology: Topology) -> int:
     return topology.partitions if topology.partitions > 1 else 0
 
 
-async def _partitions_differ(connection: AbstractConnection, topology: Topology) -> str | None:
+async def _partitions_differ(
+    connection: AbstractConnection, topology: Topology, services: Sequence[str] = ()
+) -> str | None:
     found = await _partition_count(connection, topology)
     if found == _wanted(topology):
         return None
@@ -412,7 +465,9 @@ async def _partitions_differ(connection: AbstractConnection, topology: Topology)
     return f"ORCHESTRATOR_PARTITIONS is {topology.partitions} and the broker has {has}"
 
 
-async def _repartition(connection: AbstractConnection, topology: Topology) -> list[str]:
+async def _repartition(
+    connection: AbstractConnection, topology: Topology, services: Sequence[str] = ()
+) -> list[str]:
     """Fewer partitions (or one queue again): the partitions to go are unbound from the ring, so
     nothing new reaches them, their messages moved to the orchestrator queue that every replica
     takes from, and they are deleted once drained. More partitions: nothing to do here, the
@@ -448,11 +503,7 @@ async def _repartition(connection: AbstractConnection, topology: Topology) -> li
             await channel.close()
     for partition in reversed(range(wanted, found)):  # the highest first: the count stays true
         name = topology.partition_queue(partition)
-        moved = await move_messages(connection, name, topology.orchestrator_queue)
-        if not await _delete_if_drained(connection, name, quorum=True):
-            raise TopologyError(
-                f"{name} kept getting messages while it was moved; run 'orchestrator migrate' again"
-            )
+        moved = await _drain_into(connection, name, topology.orchestrator_queue, classic=False)
         done.append(f"moved {moved} messages from {name} to {topology.orchestrator_queue} and deleted it")
     if not wanted:
         channel = await connection.channel()
@@ -466,22 +517,168 @@ async def _repartition(connection: AbstractConnection, topology: Topology) -> li
     return done
 
 
+# -- participant queues and {ns}.dead-letter: ORCHESTRATOR_QUEUE_TYPE --------------------------
+
+
+@dataclass(frozen=True)
+class _Typed:
+    """A queue whose arguments follow ``ORCHESTRATOR_QUEUE_TYPE``, and its one binding."""
+
+    name: str
+    arguments: dict[str, Any]
+    exchange: str
+    exchange_type: aio_pika.ExchangeType
+    routing_key: str
+
+    @property
+    def holding(self) -> str:
+        """Where its messages wait while it is rebuilt under its own name."""
+        return f"{self.name}.migrating"
+
+
+def _typed_queues(topology: Topology, services: Sequence[str]) -> list[_Typed]:
+    topic, fanout = aio_pika.ExchangeType.TOPIC, aio_pika.ExchangeType.FANOUT
+    found = [
+        _Typed(topology.participant_queue(s), topology.queue_arguments, topology.commands, topic, f"{s}.#")
+        for s in sorted(set(services))
+    ]
+    found.append(
+        _Typed(topology.dead_letter_queue, topology.dead_letter_queue_arguments, topology.dead, fanout, "")
+    )
+    return found
+
+
+async def _declares_as(connection: AbstractConnection, name: str, arguments: dict[str, Any]) -> bool:
+    """Whether the queue, which exists, has these arguments: RabbitMQ says so only by refusing a
+    declaration with others (and closing its channel, hence one of its own)."""
+    channel = await connection.channel()
+    try:
+        await asyncio.wait_for(
+            channel.declare_queue(name, durable=True, arguments=arguments), OPERATION_TIMEOUT
+        )
+    except aio_pika.exceptions.ChannelPreconditionFailed:
+        return False
+    finally:
+        with contextlib.suppress(Exception):
+            await channel.close()
+    return True
+
+
+async def _queue_type_differs(
+    connection: AbstractConnection, topology: Topology, services: Sequence[str]
+) -> str | None:
+    why = []
+    for queue in _typed_queues(topology, services):
+        if await queue_state(connection, queue.holding) is not None:
+            why.append(f"{queue.holding} still exists (an interrupted migration)")
+        elif await queue_state(connection, queue.name) is not None and not await _declares_as(
+            connection, queue.name, queue.arguments
+        ):
+            why.append(f"{queue.name} is not a {topology.queue_type} queue with this version's arguments")
+    return "; ".join(why) or None
+
+
+async def _rebind(
+    connection: AbstractConnection, queue: _Typed, target: str, arguments: dict[str, Any], source: str
+) -> None:
+    """Declare ``target``, bind it, then unbind ``source``: a message published meanwhile is
+    routed to one of them, or both, never to neither."""
+    channel = await connection.channel()
+    try:
+        exchange = await channel.declare_exchange(queue.exchange, queue.exchange_type, durable=True)
+        declared = await channel.declare_queue(target, durable=True, arguments=arguments)
+        await declared.bind(exchange, routing_key=queue.routing_key)
+        old = await channel.get_queue(source, ensure=False)
+        await old.unbind(exchange, routing_key=queue.routing_key)
+        if queue.exchange_type == aio_pika.ExchangeType.FANOUT:  # aio-pika's default key: the name
+            await old.unbind(exchange, routing_key=source)
+    finally:
+        with contextlib.suppress(Exception):
+            await channel.close()
+
+
+async def _drain_into(connection: AbstractConnection, source: str, target: str, *, classic: bool) -> int:
+    """Move ``source`` into ``target`` and delete it once empty and unused; the number moved."""
+    moved = 0
+    for attempt in range(3):  # a publisher may still send straight to the source while it drains
+        if attempt:  # and a quorum queue's count may lag its acks for a moment
+            await asyncio.sleep(0.5 * attempt)
+        moved += await move_messages(connection, source, target)
+        state = await queue_state(connection, source)
+        if state is None:
+            return moved
+        if not state.consumers and await _delete_if_drained(connection, source, classic=classic):
+            return moved
+        state = await queue_state(connection, source)
+        if state is None:
+            return moved
+        if state.consumers:
+            raise TopologyError(
+                f"{source} got {state.consumers} consumers while it was moved: stop them"
+                " (a participant started with the old ORCHESTRATOR_QUEUE_TYPE?) and migrate again"
+            )
+    raise TopologyError(
+        f"{source} kept getting messages while it was moved; run 'orchestrator migrate' again"
+    )
+
+
+async def _retype_queues(
+    connection: AbstractConnection, topology: Topology, services: Sequence[str]
+) -> list[str]:
+    """Rebuild each participant queue, and ``{ns}.dead-letter``, that is not of the set type,
+    under its own name, through a holding queue ``NAME.migrating`` of the new type: bound before
+    the old queue is unbound, filled with confirms, emptied into the rebuilt queue the same way.
+
+    The same name, not a new one, so that a party still declaring the old way cannot go on
+    unnoticed: its declaration is refused (PRECONDITION_FAILED) and it stops at start, rather
+    than recreating the old queue beside the new one, bound to the same commands, and carrying
+    out copies of them. The queue must have no consumer: stop its participants (or, for
+    ``{ns}.dead-letter``, every orchestrator) first."""
+    done: list[str] = []
+    for queue in _typed_queues(topology, services):
+        state = await queue_state(connection, queue.name)
+        if state is not None and not await _declares_as(connection, queue.name, queue.arguments):
+            if state.consumers:
+                raise TopologyError(
+                    f"stop what consumes {queue.name} first ({state.consumers} consumers): it is"
+                    f" rebuilt as a {topology.queue_type} queue, and its consumers must then declare"
+                    f" it with ORCHESTRATOR_QUEUE_TYPE={topology.queue_type}"
+                )
+            await _rebind(connection, queue, queue.holding, queue.arguments, queue.name)
+            old_is_classic = topology.queue_type != "classic"  # it is not of the type set
+            moved = await _drain_into(connection, queue.name, queue.holding, classic=old_is_classic)
+            done.append(f"moved {moved} messages from {queue.name} to {queue.holding} and deleted it")
+        if await queue_state(connection, queue.holding) is None:
+            continue
+        await _rebind(connection, queue, queue.name, queue.arguments, queue.holding)
+        holding_is_classic = topology.queue_type == "classic"
+        moved = await _drain_into(connection, queue.holding, queue.name, classic=holding_is_classic)
+        done.append(f"declared {queue.name} as a {topology.queue_type} queue and moved {moved} messages back")
+    return done
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         "classic orchestrator queue -> quorum queue", _legacy_queue_remains, _quorum_orchestrator_queue
     ),
     Migration("partition queues", _partitions_differ, _repartition),
+    Migration(
+        "participant queues and dead-letter queue -> ORCHESTRATOR_QUEUE_TYPE",
+        _queue_type_differs,
+        _retype_queues,
+    ),
 )
 """In the order they apply; a step may count on those before it being done."""
 
 
-async def pending_migrations(url: str, topology: Topology) -> list[str]:
+async def pending_migrations(url: str, topology: Topology, services: Iterable[str] = ()) -> list[str]:
     """Each step still to do, with why: what ``orchestrator run`` refuses to start with."""
+    services = sorted(set(services))
     connection = await aio_pika.connect(url)  # not robust: a passive declare must ask the broker
     try:
         found = []
         for migration in MIGRATIONS:
-            why = await migration.pending(connection, topology)
+            why = await migration.pending(connection, topology, services)
             if why is not None:
                 found.append(f"{migration.name}: {why}")
         return found
@@ -507,11 +704,13 @@ async def migrate_topology(
 ) -> list[str]:
     """Every pending step in order, then the whole current topology declared; what was done, one
     line each (nothing when it was all done already)."""
+    services = sorted(set(services))
     connection = await aio_pika.connect(url)  # not robust: a passive declare must ask the broker
     try:
         done = []
         for migration in MIGRATIONS:
-            done += [f"{migration.name}: {line}" for line in await migration.apply(connection, topology)]
+            lines = await migration.apply(connection, topology, services)
+            done += [f"{migration.name}: {line}" for line in lines]
         channel = await connection.channel()
         await declare(channel, topology, services, start_types)
         await channel.close()

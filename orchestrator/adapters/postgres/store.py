@@ -350,8 +350,13 @@ async def _journal(connection: AsyncConnection, saga_id: str) -> list[JournalEnt
 
 
 def driver_dsn(url: str) -> str:
-    """The SQLAlchemy URL as asyncpg takes it."""
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    """The SQLAlchemy URL as asyncpg takes it as a DSN: the dialect's ``ssl`` is ``sslmode``
+    there (a DSN's ``ssl`` would go to the server as a setting, which it refuses)."""
+    parsed = make_url(url).set(drivername="postgresql")
+    if "ssl" in parsed.query and "sslmode" not in parsed.query:
+        query = {("sslmode" if k == "ssl" else k): v for k, v in parsed.query.items()}
+        parsed = parsed.set(query=query)
+    return parsed.render_as_string(hide_password=False)
 
 
 async def _init_connection(connection: asyncpg.Connection) -> None:
