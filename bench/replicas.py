@@ -38,6 +38,7 @@ from bench.report import git_commit, load_average, machine, percentiles
 from bench.scenarios import COMPLETED, ORDER_SERVICES, STEPS, Context, Scene
 from bench.workflows import ORDER
 from orchestrator.adapters.postgres.partitions import lock_classes
+from orchestrator.adapters.postgres.store import HOLDER_LOCKS
 from orchestrator.service.partitions import share_of
 
 __all__ = ["Replica", "main"]
@@ -54,6 +55,14 @@ HOLDERS = """
 SELECT objid::int AS partition, pid FROM pg_locks
 WHERE locktype = 'advisory' AND objsubid = 2 AND granted AND classid::bigint = $1
   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
+
+# The victim's unsent commands: outbox rows naming the holder lock one of its sessions held.
+VICTIMS_OUTBOX = """
+SELECT DISTINCT saga_id FROM outbox WHERE holder IN (
+  SELECT objid::int FROM pg_locks
+  WHERE locktype = 'advisory' AND objsubid = 2 AND granted AND classid::bigint = $1
+    AND pid = ANY($2::int[]))
 """
 
 
@@ -277,7 +286,7 @@ class Kill:
     t0: float
     held: list[int]
     in_flight: list[str]
-    unsent: set[str]  # sagas with a command in the outbox at t0: a dead replica's wait for a sweep
+    unsent: set[str]  # sagas with a command in the victim's outbox at t0: they wait for a sweep
     lock_gap_ms: float = 0.0  # from t0 to the signal: the in-flight snapshot is taken between
     released_s: float | None = None
     takeover_s: float | None = None
@@ -301,7 +310,7 @@ async def _kill(
     snapshot = time.monotonic()
     t0 = float(await db.value("SELECT extract(epoch FROM clock_timestamp())"))
     rows = await db.rows(IN_FLIGHT)
-    unsent = {str(r["saga_id"]) for r in await db.rows("SELECT DISTINCT saga_id FROM outbox")}
+    unsent = {str(r["saga_id"]) for r in await db.rows(VICTIMS_OUTBOX, HOLDER_LOCKS, sorted(mine))}
     killed = time.monotonic()
     victim.kill()
     kill = Kill(victim.name, round(killed - began, 2), t0, held, [str(r["id"]) for r in rows], unsent)
@@ -356,7 +365,8 @@ async def _progressed(db: Database, kill: Kill) -> dict[str, Any]:
         "all_progressed_s": _s(max(waits)) if waits and not stuck else None,
         "progress_s": percentiles(waits),
         # the split that explains the tail: a command the victim committed but had not sent waits
-        # for a survivor's outbox sweep; the rest wait only for the takeover and the redelivery
+        # for a survivor's outbox sweep (every 5 s, rows older than 5 s); the rest wait only
+        # for the takeover and the redelivery
         "progress_s_command_unsent_at_t0": percentiles(swept),
         "progress_s_others": percentiles(rest),
         "finished_across_t0": across,
