@@ -487,6 +487,12 @@ async def failover(ctx: Context, options: Options) -> dict[str, Any]:
         "in_flight_progressed_s_command_unsent_at_t0": percentiles(worst("progress_s_command_unsent_at_t0")),
         "in_flight_progressed_s_others": percentiles(worst("progress_s_others")),
         "in_flight_never_progressed": sum(k["never_progressed"] for k in per_kill),
+        "restart_to_running_s": percentiles([k["restart_to_running_s"] for k in per_kill]),
+        # a replica back but never given its share would show here, not as a takeover
+        "restart_to_rebalanced_s": percentiles(
+            [k["restart_to_rebalanced_s"] for k in per_kill if k["restart_to_rebalanced_s"] is not None]
+        ),
+        "rebalance_missing": sum(1 for k in per_kill if k["restart_to_rebalanced_s"] is None),
         "per_kill": per_kill,
         "audit": audit,
         "log": problems,
@@ -591,6 +597,8 @@ def table(results: dict[str, Any]) -> str:
             ("in-flight progressed (s)", prog),
             ("  command unsent at t0", fail["in_flight_progressed_s_command_unsent_at_t0"]),
             ("  the others", fail["in_flight_progressed_s_others"]),
+            ("restart to running (s)", fail["restart_to_running_s"]),
+            ("restart to even spread (s)", fail["restart_to_rebalanced_s"]),
         )
         for label, data in rows:
             lines.append(f"  {label:<28}{_fmt(data['p50']):>8}{_fmt(data['p99']):>8}{_fmt(data['max']):>8}")
