@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export ORCHESTRATOR_DATABASE_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/orchestrator
 export ORCHESTRATOR_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
 
-.PHONY: venv install lint types test unit integration demo migrate run bench clean
+.PHONY: venv install lint types test unit integration demo migrate run bench bench-replicas clean
 
 venv: $(STAMP)
 
@@ -51,6 +51,11 @@ demo: migrate
 # orchestrator_bench), never the one above.
 bench: migrate
 	$(BIN)/python -m bench
+
+# Throughput with 1, 2 and 3 replicas and the failover time under SIGKILL (docs/benchmark.md,
+# "Replicas"), on the same database of its own as bench.
+bench-replicas: migrate
+	$(BIN)/python -m bench.replicas
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -21,6 +21,7 @@ import orjson
 
 from bench.workflows import HOLD, ORDER, SILENT_SERVICE, HoldRequested
 from orchestrator.adapters.amqp.broker import wait_for_consumers
+from orchestrator.adapters.amqp.topology import Topology
 from orchestrator.examples.contracts import OrderPlaced
 
 __all__ = ["Broker", "Database", "Started"]
@@ -181,17 +182,24 @@ class Broker:
         assert self.channel is not None
         await self.channel.declare_exchange(f"{namespace}.events", "topic", durable=True)
 
-    async def cleanup(self, namespace: str) -> None:
-        """Delete the namespace's queues and exchanges, so runs leave nothing behind."""
+    async def cleanup(self, namespace: str, partitions: int = 0) -> None:
+        """Delete the namespace's queues and exchanges, so runs leave nothing behind; with
+        ``partitions`` (bench/replicas.py) the partition queues and the exchanges in front of them
+        too, which a partitioned ``orchestrator run`` declares on its own."""
         assert self.connection is not None
+        topology = Topology(namespace, max(1, partitions))
+        queues = [f"{namespace}.{queue}" for queue in QUEUES]
+        queues += [topology.partition_queue(p) for p in range(partitions)]
+        exchanges = [f"{namespace}.{exchange}" for exchange in EXCHANGES]
+        exchanges += [topology.route, topology.by_saga] if partitions else []
         channel = await self.connection.channel()
         try:
-            for queue in QUEUES:
+            for queue in queues:
                 with contextlib.suppress(Exception):
-                    await channel.queue_delete(f"{namespace}.{queue}")
-            for exchange in EXCHANGES:
+                    await channel.queue_delete(queue)
+            for exchange in exchanges:
                 with contextlib.suppress(Exception):
-                    await channel.exchange_delete(f"{namespace}.{exchange}")
+                    await channel.exchange_delete(exchange)
         finally:
             with contextlib.suppress(Exception):
                 await channel.close()
