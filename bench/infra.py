@@ -187,7 +187,7 @@ class Broker:
         ``partitions`` (bench/replicas.py) the partition queues and the exchanges in front of them
         too, which a partitioned ``orchestrator run`` declares on its own."""
         assert self.connection is not None
-        topology = Topology(namespace, max(1, partitions))
+        topology = Topology(namespace, partitions=max(1, partitions))
         queues = [f"{namespace}.{queue}" for queue in QUEUES]
         queues += [topology.partition_queue(p) for p in range(partitions)]
         exchanges = [f"{namespace}.{exchange}" for exchange in EXCHANGES]
