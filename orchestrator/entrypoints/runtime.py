@@ -81,6 +81,9 @@ class Orchestrator:
         self.metrics.in_flight = lambda: len(self.relay.in_flight)
         #: "now" as the database has it: decisions and deadlines agree across replicas' hosts
         self.clock = DatabaseClock(store.database_now)
+        self.relay.now = self.clock.now
+        if self.ownership is not None:
+            self.ownership.replica_gone = self.relay.sweep_soon
         self.deadlines = DeadlineAlarm(
             registry, store, self.relay.submit, metrics=self.metrics, clock=self.clock
         )

@@ -86,6 +86,7 @@ class PartitionOwner:
         interval: float,
         handover_seconds: float = 10.0,
         now: Callable[[], float] = time.monotonic,
+        replica_gone: Callable[[], None] = lambda: None,
     ) -> None:
         self.locks = locks
         self.consumer = consumer
@@ -97,6 +98,9 @@ class PartitionOwner:
         #: a replica without a broker connection this long gives its partitions up to the others
         self.disconnected_grace = max(5.0, 3 * interval)
         self.now = now
+        #: called when fewer replicas live than at the last round: one died (its outbox is the
+        #: others' now; the relay sweeps at once rather than at its next interval)
+        self.replica_gone = replica_gone
         self.owned: set[int] = set()
         self.replicas = 0
         self._open = False
@@ -151,6 +155,8 @@ class PartitionOwner:
         survey = await self.locks.survey()
         for partition in sorted(self.owned - survey.mine):  # not ours any more, somehow
             await self._stop_consuming(partition)
+        if 0 < survey.replicas < self.replicas:
+            self.replica_gone()
         share = share_of(self.partitions, survey.replicas)
         self.consumer.share = share + 1  # the partitions and the queue of start events
         before, self.replicas = set(self.owned), survey.replicas

@@ -10,6 +10,7 @@ same message id, and participants dedupe.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -46,6 +47,9 @@ class Relay:
         self.metrics = Metrics(process=False)
         #: message id -> when the event that caused it arrived (time.monotonic), for the step latency
         self.received: dict[str, float] = {}
+        #: "now" as the outbox rows' times are written: the database's (service/clock.py)
+        self.now: Callable[[], datetime] = lambda: datetime.now(UTC)
+        self._wake = asyncio.Event()
 
     def submit(self, commands: Iterable[OutgoingCommand], received_at: float | None = None) -> None:
         for command in commands:
@@ -71,11 +75,18 @@ class Relay:
             if len(rows) < 5000:
                 return total
 
+    def sweep_soon(self) -> None:
+        """Sweep now, not at the next interval: a replica died, and the commands it committed and
+        did not send are anybody's (the store gives a dead replica's rows whatever their age)."""
+        self._wake.set()
+
     async def _sweep_forever(self) -> None:
         while True:
-            await asyncio.sleep(self.sweep_seconds)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.sweep_seconds)
+            self._wake.clear()
             try:
-                found = await self.sweep(datetime.now(UTC) - timedelta(seconds=self.sweep_seconds))
+                found = await self.sweep(self.now() - timedelta(seconds=self.sweep_seconds))
                 if found:
                     log.info("outbox sweep found %d unsent commands", found)
             except Exception as error:

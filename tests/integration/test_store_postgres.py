@@ -330,9 +330,12 @@ async def test_a_sweep_leaves_a_live_replicas_outbox_rows_and_takes_a_dead_ones(
         by_second = {c.message_id for c in await second.unsent(5000)}
         assert command.message_id in by_first  # its own
         assert command.message_id not in by_second  # a live replica's: left to it
+        long_ago = NOW - timedelta(days=1)  # what the periodic sweep asks: rows at least this old
+        assert command.message_id not in {c.message_id for c in await first.unsent(5000, long_ago)}
         await first.close()  # the replica is gone: PostgreSQL releases its lock
         for _ in range(50):
-            if command.message_id in {c.message_id for c in await second.unsent(5000)}:
+            # a dead replica's rows, however young: nobody else is about to send them
+            if command.message_id in {c.message_id for c in await second.unsent(5000, long_ago)}:
                 break
             await asyncio.sleep(0.1)
         else:

@@ -171,3 +171,16 @@ async def test_a_replica_cut_off_from_the_broker_gives_its_partitions_to_the_oth
         await b.step()
     assert len(a.owned) == len(b.owned) == 4
     assert_spread(table, [a, b], [a_consumer, b_consumer])
+
+
+async def test_a_replica_that_dies_makes_the_others_sweep_its_outbox_at_once() -> None:
+    table = LockTable()
+    gone: list[int] = []
+    trio = [replica(table, number) for number in (1, 2, 3)]
+    for owner, _, _ in trio:
+        owner.replica_gone = lambda owner=owner: gone.append(id(owner))
+    await settle([r[0] for r in trio], [r[1] for r in trio])
+    assert gone == []  # replicas joining is no reason
+    trio[2][1].die()
+    await settle([r[0] for r in trio[:2]], [r[1] for r in trio[:2]])
+    assert sorted(gone) == sorted(id(r[0]) for r in trio[:2])  # each survivor, once

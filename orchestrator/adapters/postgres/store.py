@@ -17,7 +17,7 @@ from typing import Any
 
 import asyncpg
 import orjson
-from sqlalchemy import func, or_, select, text, tuple_
+from sqlalchemy import and_, func, or_, select, text, tuple_
 from sqlalchemy.engine import Row, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -511,8 +511,9 @@ class PostgresStore:
         return key
 
     async def unsent(self, limit: int, older_than: datetime | None = None) -> list[OutgoingCommand]:
-        """Unsent rows, oldest first: this replica's own, nobody's, and those of replicas whose
-        advisory lock is gone (dead); never a live replica's, which it is sending itself."""
+        """Unsent rows, oldest first: this replica's own and nobody's (created by ``older_than``),
+        and those of replicas whose advisory lock is gone (dead), of any age; never a live
+        replica's, which it is sending itself."""
         if self.holder is not None:
             with contextlib.suppress(Exception):  # not held now: our rows are anybody's meanwhile
                 await self.hold()
@@ -521,20 +522,11 @@ class PostgresStore:
             .select_from(text("pg_locks"))
             .where(text(f"locktype = 'advisory' AND classid = {HOLDER_LOCKS} AND objsubid = 2 AND granted"))
         )
-        query = (
-            select(outbox)
-            .where(
-                or_(
-                    outbox.c.holder.is_(None),
-                    outbox.c.holder == (self.holder or 0),
-                    outbox.c.holder.not_in(live.scalar_subquery()),
-                )
-            )
-            .order_by(outbox.c.created_at)
-            .limit(limit)
-        )
-        if older_than is not None:
-            query = query.where(outbox.c.created_at <= older_than)
+        mine = or_(outbox.c.holder.is_(None), outbox.c.holder == (self.holder or 0))
+        if older_than is not None:  # younger ones this replica's relay is about to send
+            mine = and_(mine, outbox.c.created_at <= older_than)
+        dead = outbox.c.holder.not_in(live.scalar_subquery())  # whatever their age: nobody sends them
+        query = select(outbox).where(or_(mine, dead)).order_by(outbox.c.created_at).limit(limit)
         async with self.engine.connect() as connection:
             result = await connection.execute(query)
             return [
