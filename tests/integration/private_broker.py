@@ -92,7 +92,10 @@ def _bin_dir() -> Path:
 class PrivateBroker:
     """One RabbitMQ node for one test session; see the module docstring."""
 
-    def __init__(self, prefix: str = "test") -> None:
+    def __init__(self, prefix: str = "test", plugins: tuple[str, ...] = ()) -> None:
+        #: plugins to enable at boot (the chaos suite wants rabbitmq_consistent_hash_exchange); none
+        #: by default, for the start time
+        self.plugins = plugins
         token = secrets.token_hex(4)
         self.node = f"{prefix}-{token}@localhost"
         self.directory = Path(tempfile.mkdtemp(prefix=f"private-rabbitmq-{token}-"))
@@ -126,7 +129,7 @@ class PrivateBroker:
         cookie = self.directory / "home" / ".erlang.cookie"
         cookie.write_text("".join(secrets.choice(string.ascii_uppercase) for _ in range(20)))
         cookie.chmod(0o400)  # Erlang refuses a cookie others can read
-        (self.directory / "enabled_plugins").write_text("[].\n")
+        (self.directory / "enabled_plugins").write_text(f"[{','.join(self.plugins)}].\n")
         # Not the machine's /etc/rabbitmq files: they name the shared node and its port 5672.
         (self.directory / "rabbitmq.conf").write_text("loopback_users.guest = true\n")
         (self.directory / "rabbitmq-env.conf").write_text("")
