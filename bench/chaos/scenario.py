@@ -13,14 +13,15 @@ from typing import Any
 
 __all__ = ["KINDS", "Fault", "Scenario", "schedule"]
 
-#: the faults, each with its weight in the draw
-KINDS: dict[str, float] = {
-    "kill_replica": 3.0,  # SIGKILL one replica, start it again after `down`
-    "restart_broker": 1.0,  # stop_app on the private node, start_app after `down`
-    "terminate_sessions": 2.0,  # pg_terminate_backend of every orchestrator session
-    "stop_participant_short": 1.5,  # a service away for less than the step deadline
-    "stop_participant_long": 1.5,  # away for longer: its steps time out and compensate
-}
+#: the faults; a round of the schedule does each of them once, a replica kill twice
+KINDS = (
+    "kill_replica",  # SIGKILL one replica, start it again after `down`
+    "restart_broker",  # stop_app on the private node, start_app after `down`
+    "terminate_sessions",  # pg_terminate_backend of every orchestrator session
+    "stop_participant_short",  # a service away for less than the step deadline
+    "stop_participant_long",  # away for longer: its steps time out and compensate
+)
+ROUND = ("kill_replica", *KINDS)
 
 
 @dataclass(frozen=True)
@@ -69,20 +70,25 @@ class Scenario:
 def schedule(scenario: Scenario) -> list[Fault]:
     """The faults of a run, in time order, from its seed alone.
 
+    Kinds are drawn in shuffled rounds rather than one by one, so that even a short run does
+    every kind of fault, in an order the seed decides.
+
     Participant stops are measured against the deadline: "short" ends well before it (the step
     only waits), "long" lasts one and a half to two and a half deadlines (the step times out and
     the late reply has to be undone). A stop also costs the responder's restart, about a second,
     which "short" leaves room for."""
     rng = random.Random(scenario.seed)
-    kinds = list(KINDS)
-    weights = [KINDS[k] for k in kinds]
     faults: list[Fault] = []
+    bag: list[str] = []
     at = 2.0
     while True:
         at += rng.uniform(0.5, 1.5) * scenario.fault_every
         if at >= scenario.chaos_seconds:
             return faults
-        kind = rng.choices(kinds, weights)[0]
+        if not bag:
+            bag = list(ROUND)
+            rng.shuffle(bag)
+        kind = bag.pop()
         if kind == "kill_replica":
             fault = Fault(at, kind, str(rng.randrange(scenario.replicas)), rng.uniform(0.5, 3.0))
         elif kind == "restart_broker":
