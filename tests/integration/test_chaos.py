@@ -21,8 +21,8 @@ from .conftest import ADMIN_DSN, ROOT
 
 pytestmark = pytest.mark.integration
 
-SAGAS = 300
-RATE = 5.0  # a minute of faults
+SAGAS = 400
+RATE = 5.0  # 80 s of faults
 FAULT_EVERY = 3.0
 
 
