@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
 import tempfile
 import traceback
@@ -96,6 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     # The tap's and the publisher's reconnections during a broker restart are meant: not news.
     for name in ("aio_pika", "aiormq"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
+    # SIGTERM as Ctrl-C: the run's cleanup (processes, broker node, database) runs either way.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     sys.exit(asyncio.run(chaos(parse(argv))))
 
 

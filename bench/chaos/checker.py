@@ -77,6 +77,9 @@ class Evidence:
     outbox_left: int = 0
     verify_exit: int | None = None
     verify_output: str = ""
+    #: the dead-letter table's rows, described: the suite sends nothing a participant or the
+    #: orchestrator should refuse, so any row is a message that went nowhere
+    dead_letters: list[str] = field(default_factory=list)
     #: processes (replicas, responders) that exited when no fault stopped them
     crashes: list[str] = field(default_factory=list)
     #: known orchestrator bugs by check name: the check still fails, the report names the bug
@@ -166,6 +169,7 @@ def check(evidence: Evidence) -> list[Check]:
             "`orchestrator verify` finds every saga as its journal says",
             [] if e.verify_exit == 0 else [f"exit {e.verify_exit}: {_tail(e.verify_output)}"],
         ),
+        _check("no_dead_letters", "nothing was dead-lettered", e.dead_letters),
         _check("no_crash", "no replica or participant exited without a fault stopping it", e.crashes),
     ]
     for result in results:

@@ -17,9 +17,11 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aio_pika
 import aio_pika.abc
@@ -56,7 +58,9 @@ class Outcome:
     database: str
     namespace: str
     logs: Path
-    statuses: dict[str, int] = field(default_factory=dict)
+    #: counts that show the faults bit: statuses, journal outcomes (deadlines fired, late
+    #: successes undone), redeliveries absorbed
+    stats: dict[str, Any] = field(default_factory=dict)
 
 
 class Replica(Orchestrator):
@@ -316,7 +320,17 @@ async def settle(pool: asyncpg.Pool, tap: Tap, expected: int, scenario: Scenario
     return False
 
 
-async def collect(pool: asyncpg.Pool) -> tuple[list[SagaRow], list[Entry], int]:
+@dataclass
+class Tables:
+    sagas: list[SagaRow]
+    journal: list[Entry]
+    outbox: int
+    dead_letters: list[str]
+    #: redeliveries the inbox absorbed (acked, decided nothing): the faults' echo
+    duplicates: int
+
+
+async def collect(pool: asyncpg.Pool) -> Tables:
     sagas = [
         SagaRow(r["id"], r["key"], r["status"], r["state"])
         for r in await pool.fetch("SELECT id, key, status, state FROM sagas")
@@ -333,7 +347,16 @@ async def collect(pool: asyncpg.Pool) -> tuple[list[SagaRow], list[Entry], int]:
             )
         )
     outbox = int(await pool.fetchval("SELECT count(*) FROM outbox") or 0)
-    return sagas, entries, outbox
+    dead = [
+        f"{r['source']} {r['reason']}: {r['message_type']} {r['message_id']} saga {r['correlation_id']}"
+        f" ({r['detail']})"
+        for r in await pool.fetch(
+            "SELECT source, reason, message_type, message_id, correlation_id, detail"
+            " FROM dead_letters ORDER BY id"
+        )
+    ]
+    duplicates = int(await pool.fetchval("SELECT coalesce(sum(duplicates), 0) FROM inbox") or 0)
+    return Tables(sagas, entries, outbox, dead, duplicates)
 
 
 def verify(stack: Stack, namespace: str, deadline: float) -> subprocess.CompletedProcess[str]:
@@ -384,7 +407,9 @@ async def run(scenario: Scenario, admin_dsn: str, log_dir: Path, keep_database: 
     tap: Tap | None = None
     pool: asyncpg.Pool | None = None
     try:
-        await asyncio.to_thread(broker.start)
+        # In this thread, not a worker: the node then gets SIGTERM when this process dies, even
+        # by SIGKILL (PrivateBroker's PR_SET_PDEATHSIG is only set from the main thread).
+        broker.start()
         await _create_database(admin_dsn, database)
         python = sys.executable
         stack = Stack.make(
@@ -423,7 +448,7 @@ async def run(scenario: Scenario, admin_dsn: str, log_dir: Path, keep_database: 
         settled = await settle(pool, tap, len(keys), scenario)
         durations["settle_s"] = time.monotonic() - began_settle
         print(f"  settled in {durations['settle_s']:.0f}s" if settled else "  did not settle", flush=True)
-        sagas, entries, outbox = await collect(pool)
+        tables = await collect(pool)
         await system.stop_all()  # verify reads a journal nothing writes any more
         began_verify = time.monotonic()
         checked = await asyncio.to_thread(verify, stack, namespace, scenario.deadline)
@@ -432,22 +457,27 @@ async def run(scenario: Scenario, admin_dsn: str, log_dir: Path, keep_database: 
         evidence = Evidence(
             workflow=WORKFLOW,
             published=confirmed,
-            sagas=sagas,
-            journal=entries,
+            sagas=tables.sagas,
+            journal=tables.journal,
             wire=list(tap.seen),
             replies={command: (reply,) for command, (reply, _) in REPLIES.items()},
             undo=UNDO,
             expected=scenario.expected,
-            outbox_left=outbox,
+            outbox_left=tables.outbox,
             verify_exit=checked.returncode,
             verify_output=checked.stdout + checked.stderr,
             crashes=list(system.crashes),
+            dead_letters=tables.dead_letters,
         )
-        statuses: dict[str, int] = {}
-        for saga in sagas:
-            statuses[saga.status] = statuses.get(saga.status, 0) + 1
+        stats = {
+            "by_status": dict(Counter(saga.status for saga in tables.sagas)),
+            "journal_by_outcome": dict(Counter(entry.outcome for entry in tables.journal)),
+            "journal_by_kind": dict(Counter(entry.kind for entry in tables.journal)),
+            "duplicates_absorbed": tables.duplicates,
+            "settled": settled,
+        }
         durations["total_s"] = time.monotonic() - began
-        return Outcome(evidence, done, durations, database, namespace, log_dir, statuses)
+        return Outcome(evidence, done, durations, database, namespace, log_dir, stats)
     finally:
         if tap is not None:
             await tap.close()

@@ -8,7 +8,10 @@ finds is in the JSON it writes: the assertion shows the table, which names the s
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -28,35 +31,42 @@ FAULT_EVERY = 3.0
 
 def test_sagas_survive_the_faults_and_every_check_passes(tmp_path: Path) -> None:
     out = tmp_path / "chaos.json"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.chaos",
-            "--sagas",
-            str(SAGAS),
-            "--rate",
-            str(RATE),
-            "--fault-every",
-            str(FAULT_EVERY),
-            "--seed",
-            "14",
-            "--out",
-            str(out),
-            "--logs",
-            str(tmp_path / "logs"),
-            "--admin-dsn",
-            ADMIN_DSN,
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=1200,  # a bound on a hung run, not an assertion about its speed
+    argv = [
+        sys.executable,
+        "-m",
+        "bench.chaos",
+        "--sagas",
+        str(SAGAS),
+        "--rate",
+        str(RATE),
+        "--fault-every",
+        str(FAULT_EVERY),
+        "--seed",
+        "14",
+        "--out",
+        str(out),
+        "--logs",
+        str(tmp_path / "logs"),
+        "--admin-dsn",
+        ADMIN_DSN,
+    ]
+    # A session of its own: if the run hangs, one signal to the group ends it and its replicas.
+    run = subprocess.Popen(
+        argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
-    assert out.exists(), f"the run could not be done (exit {result.returncode}):\n{result.stderr[-5000:]}"
+    try:
+        output, _ = run.communicate(timeout=1200)  # a bound on a hung run, not a measure of speed
+    except subprocess.TimeoutExpired:
+        run.send_signal(signal.SIGINT)  # its own cleanup first: broker node, database
+        output, _ = run.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.pid, signal.SIGKILL)
+        run.wait()
+    assert out.exists(), f"the run could not be done (exit {run.returncode}):\n{output[-5000:]}"
     data = json.loads(out.read_text())
     assert data["ok"], table(data)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert run.returncode == 0, output[-3000:]
     assert data["sagas"]["published"] == SAGAS
     done = {f["kind"] for f in data["faults"] if not f["skipped"] and not f["error"]}
     assert done == {
