@@ -57,7 +57,9 @@ def table(data: dict[str, Any]) -> str:
     lines = [
         f"chaos: {s['sagas']} sagas, {s['replicas']} replicas, seed {s['seed']}, {s['rate']}/s,"
         f" deadline {s['deadline']}s",
-        "faults: " + (", ".join(f"{k} {v}" for k, v in sorted(data["fault_counts"].items())) or "none"),
+        "faults: "
+        + (", ".join(f"{k} {v}" for k, v in sorted(data["fault_counts"].items())) or "none")
+        + f" ({sum(f['skipped'] for f in data['faults'])} skipped: their target was still away)",
     ]
     failed_faults = [f for f in data["faults"] if f["error"]]
     if failed_faults:
@@ -68,6 +70,12 @@ def table(data: dict[str, Any]) -> str:
         "sagas: "
         + ", ".join(f"{k} {v}" for k, v in sorted(data["sagas"]["by_status"].items()))
         + f" (of {data['sagas']['published']} started)"
+    )
+    m = data["messages"]
+    lines.append(
+        f"journal: {m['journal_entries']} entries ("
+        + ", ".join(f"{k} {v}" for k, v in sorted(m["journal_by_outcome"].items()))
+        + f"); {m['on_the_wire']} messages on the wire; {m['duplicates_absorbed']} redeliveries absorbed"
     )
     lines.append(
         "durations: " + ", ".join(f"{k.removesuffix('_s')} {v:.0f}s" for k, v in data["durations_s"].items())

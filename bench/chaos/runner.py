@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
 import subprocess
 import sys
@@ -93,6 +92,10 @@ class System:
         self.pool: asyncpg.Pool | None = None
         self.broker_up = asyncio.Event()
         self.broker_up.set()
+        #: broker restarts so far, and the count each responder started under: the benchmark
+        #: responder does not reconnect, so one started before the latest restart serves nothing
+        self.restarts = 0
+        self._started_under: dict[str, int] = {}
         self._held: set[str] = set()
         self._stopped: set[str] = set()  # replicas and services down on purpose
         self.crashes: list[str] = []
@@ -106,6 +109,7 @@ class System:
         (self._held.add if held else self._held.discard)(target)
 
     async def kill_replica(self, index: int) -> None:
+        self._note_crash(f"replica-{index}", self.replicas[index])
         self._stopped.add(f"replica-{index}")
         self.replicas[index].kill()
 
@@ -115,6 +119,7 @@ class System:
 
     async def stop_broker(self) -> None:
         self.broker_up.clear()
+        self.restarts += 1
         await asyncio.to_thread(self.broker.stop_app)
 
     async def start_broker(self) -> None:
@@ -125,7 +130,7 @@ class System:
         for service, responder in self.responders.items():
             if service not in self._stopped:
                 await responder.terminate(15)
-                await self._start(functools.partial(responder.start, (service,)))
+                await self._start_responder(service)
 
     async def terminate_sessions(self) -> int:
         assert self.pool is not None
@@ -138,15 +143,32 @@ class System:
         return int(ended or 0)
 
     async def stop_service(self, service: str) -> None:
+        self._note_crash(f"responder-{service}", self.responders[service])
         self._stopped.add(service)
         await self.responders[service].terminate(15)
 
     async def start_service(self, service: str) -> None:
-        responder = self.responders[service]
-        await self._start(functools.partial(responder.start, (service,)))
+        await self._start_responder(service)
         self._stopped.discard(service)
 
     # -- the rest ---------------------------------------------------------------------------------
+
+    def _note_crash(self, name: str, process: Orchestrator | Responder) -> None:
+        """A process found dead that no fault stopped died by itself: a finding."""
+        key = name.removeprefix("responder-")
+        if process.popen is not None and not process.alive() and key not in self._stopped:
+            self.crashes.append(
+                f"{name} exited {process.popen.returncode} by itself: {process.output()[-500:]}"
+            )
+
+    async def _start_responder(self, service: str) -> None:
+        responder = self.responders[service]
+
+        async def start() -> None:
+            self._started_under[service] = self.restarts  # the broker is up: _start waited
+            await responder.start((service,))
+
+        await self._start(start)
 
     async def _start(self, start: Callable[[], Awaitable[object]]) -> None:
         """Start a process once the broker is up; a start that the broker's going away failed
@@ -163,8 +185,8 @@ class System:
 
     async def start_all(self) -> None:
         await asyncio.gather(*(r.start() for r in self.replicas))
-        for service, responder in self.responders.items():
-            await responder.start((service,))
+        for service in self.responders:
+            await self._start_responder(service)
 
     async def heal(self) -> None:
         """Everything running again after the last fault: what a fault left down, and what died
@@ -173,13 +195,15 @@ class System:
             await self.start_broker()
         for i, replica in enumerate(self.replicas):
             if not replica.alive():
-                if f"replica-{i}" not in self._stopped:
-                    self.crashes.append(f"replica-{i} exited by itself: {replica.output()[-500:]}")
+                self._note_crash(f"replica-{i}", replica)
                 await self.start_replica(i)
         for service, responder in self.responders.items():
             if not responder.alive():
-                if service not in self._stopped:
-                    self.crashes.append(f"responder-{service} exited by itself: {responder.output()[-500:]}")
+                self._note_crash(f"responder-{service}", responder)
+                await self.start_service(service)
+            elif self._started_under.get(service) != self.restarts:
+                # connected to the broker before its last restart, and never started again since
+                await responder.terminate(15)
                 await self.start_service(service)
 
     async def stop_all(self) -> None:
