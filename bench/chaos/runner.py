@@ -217,10 +217,10 @@ class Tap:
 
     Durable and acked after it is noted, so a broker restart loses nothing of it; a redelivery
     is noted twice, which the checks (sets of message ids) do not mind. It reconnects by its own
-    loop, not aio-pika's robust connection: in one 10,000-saga run a robust connection came back
-    from a broker restart without its consumer, the tap went deaf, and the checks blamed the
-    orchestrator for commands the tap had simply not read. ``depth`` lets the runner wait until
-    the tap has read everything the broker holds for it."""
+    loop, not aio-pika's robust connection: in one 10,000-saga run the tap on a robust
+    connection stopped receiving after a broker restart (it read 4,853 of about 70,000
+    messages), and the checks blamed the orchestrator for commands the tap had not read.
+    ``depth`` lets the runner wait until the tap has read everything the broker holds for it."""
 
     def __init__(self, url: str, namespace: str) -> None:
         self.url = url
