@@ -96,6 +96,11 @@ class System:
         #: responder does not reconnect, so one started before the latest restart serves nothing
         self.restarts = 0
         self._started_under: dict[str, int] = {}
+        #: one fault at a time per service: a broker restart starting a responder again while a
+        #: participant stop of the same service ran left a responder nobody stopped
+        self._locks = {s: asyncio.Lock() for s in scenario.services}
+        #: every process ever started, for ``stop_all`` to leave none behind
+        self._spawned: list[subprocess.Popen[bytes]] = []
         self._held: set[str] = set()
         self._stopped: set[str] = set()  # replicas and services down on purpose
         self.crashes: list[str] = []
@@ -114,7 +119,8 @@ class System:
         self.replicas[index].kill()
 
     async def start_replica(self, index: int) -> None:
-        await self._start(self.replicas[index].start)
+        replica = self.replicas[index]
+        await self._start(replica, replica.start)
         self._stopped.discard(f"replica-{index}")
 
     async def stop_broker(self) -> None:
@@ -128,9 +134,10 @@ class System:
         await asyncio.to_thread(self.broker.start_app)
         self.broker_up.set()
         for service, responder in self.responders.items():
-            if service not in self._stopped:
-                await responder.terminate(15)
-                await self._start_responder(service)
+            async with self._locks[service]:
+                if service not in self._stopped:
+                    await responder.terminate(15)
+                    await self._start_responder(service)
 
     async def terminate_sessions(self) -> int:
         assert self.pool is not None
@@ -143,13 +150,15 @@ class System:
         return int(ended or 0)
 
     async def stop_service(self, service: str) -> None:
-        self._note_crash(f"responder-{service}", self.responders[service])
-        self._stopped.add(service)
-        await self.responders[service].terminate(15)
+        async with self._locks[service]:
+            self._note_crash(f"responder-{service}", self.responders[service])
+            self._stopped.add(service)
+            await self.responders[service].terminate(15)
 
     async def start_service(self, service: str) -> None:
-        await self._start_responder(service)
-        self._stopped.discard(service)
+        async with self._locks[service]:
+            await self._start_responder(service)
+            self._stopped.discard(service)
 
     # -- the rest ---------------------------------------------------------------------------------
 
@@ -168,23 +177,27 @@ class System:
             self._started_under[service] = self.restarts  # the broker is up: _start waited
             await responder.start((service,))
 
-        await self._start(start)
+        await self._start(responder, start)
 
-    async def _start(self, start: Callable[[], Awaitable[object]]) -> None:
+    async def _start(self, process: Orchestrator | Responder, start: Callable[[], Awaitable[object]]) -> None:
         """Start a process once the broker is up; a start that the broker's going away failed
-        (it checks the broker at start and exits) is tried again."""
+        (it checks the broker at start and exits) is tried again, the failed one ended first."""
         for attempt in range(1, START_ATTEMPTS + 1):
             await self.broker_up.wait()
             try:
                 await start()
                 return
             except RuntimeError:
+                await process.terminate(15)
                 if attempt == START_ATTEMPTS:
                     raise
                 await asyncio.sleep(1)
+            finally:
+                if process.popen is not None and process.popen not in self._spawned:
+                    self._spawned.append(process.popen)
 
     async def start_all(self) -> None:
-        await asyncio.gather(*(r.start() for r in self.replicas))
+        await asyncio.gather(*(self._start(r, r.start) for r in self.replicas))
         for service in self.responders:
             await self._start_responder(service)
 
@@ -203,13 +216,18 @@ class System:
                 await self.start_service(service)
             elif self._started_under.get(service) != self.restarts:
                 # connected to the broker before its last restart, and never started again since
-                await responder.terminate(15)
+                async with self._locks[service]:
+                    await responder.terminate(15)
                 await self.start_service(service)
 
     async def stop_all(self) -> None:
         for process in [*self.replicas, *self.responders.values()]:
             with contextlib.suppress(Exception):
                 await process.terminate(30)
+        for popen in self._spawned:  # one a race left behind: never, we hope, but never leak it
+            if popen.poll() is None:
+                popen.kill()
+                popen.wait(10)
 
 
 class Tap:
