@@ -6,6 +6,7 @@ and stops participants; then a checker reads the journal and a tap on the wire a
 anything was lost, decided twice or left undone. See docs/chaos.md.
 
 Modules: ``scenario`` (what runs and the fault schedule), ``faults`` (doing a fault),
-``runner`` (the processes, the tap, the publisher), ``checker`` (the assertions, pure),
-``report`` (table and JSON), ``workflow`` (the saga the replicas run).
+``system`` (the processes the faults hit), ``wire`` (the start publisher and the tap),
+``runner`` (one run, setup to teardown), ``checker`` (the assertions, pure), ``report`` (table
+and JSON), ``workflow`` (the saga the replicas run).
 """
