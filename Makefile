@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export ORCHESTRATOR_DATABASE_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/orchestrator
 export ORCHESTRATOR_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
 
-.PHONY: venv install lint types test unit integration demo migrate run bench bench-replicas clean
+.PHONY: venv install lint types test unit integration demo migrate run bench bench-replicas chaos clean
 
 venv: $(STAMP)
 
@@ -56,6 +56,18 @@ bench: migrate
 # "Replicas"), on the same database of its own as bench.
 bench-replicas: migrate
 	$(BIN)/python -m bench.replicas
+
+# The chaos suite (docs/chaos.md): CHAOS_SAGAS sagas through CHAOS_REPLICAS replicas while a fault
+# loop drawn from CHAOS_SEED kills replicas, restarts a private broker node, ends database sessions
+# and stops participants; exits non-zero if any check fails. It creates and drops a database of its
+# own (CHAOS_ADMIN_DSN's server) and never touches the shared broker. Other CHAOS_* variables
+# (CHAOS_RATE, CHAOS_DEADLINE, CHAOS_FAULT_EVERY, CHAOS_OUT) reach it through the environment.
+CHAOS_SAGAS ?= 10000
+CHAOS_REPLICAS ?= 3
+CHAOS_SEED ?= 1
+# CHAOS_PARTITIONS (6): the replicas' ORCHESTRATOR_PARTITIONS; 1 runs them on one shared queue
+chaos: venv
+	$(BIN)/python -m bench.chaos --sagas $(CHAOS_SAGAS) --replicas $(CHAOS_REPLICAS) --seed $(CHAOS_SEED)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

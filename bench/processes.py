@@ -49,7 +49,7 @@ def accepts_changed_releases(python: str, root: Path) -> bool:
     return "--accept-changed-releases" in _run_help(python, root)
 
 
-def migrate(stack: Stack, namespace: str) -> None:
+def migrate(stack: Stack, namespace: str, workflows: str = WORKFLOWS) -> None:
     """Create and migrate the benchmark's database, as ``orchestrator migrate`` does for a user. It
     migrates a broker topology too: under ``namespace``, for the caller to delete, never a user's."""
     env = {
@@ -59,7 +59,7 @@ def migrate(stack: Stack, namespace: str) -> None:
         "ORCHESTRATOR_NAMESPACE": namespace,
     }
     result = subprocess.run(
-        [stack.python, "-m", "orchestrator", "migrate", "--workflows", WORKFLOWS],
+        [stack.python, "-m", "orchestrator", "migrate", "--workflows", workflows],
         cwd=stack.root,
         env=env,
         capture_output=True,
@@ -142,8 +142,17 @@ class _Child:
 class Orchestrator(_Child):
     """``python -m orchestrator run`` with the benchmark's workflows, under one namespace."""
 
-    def __init__(self, stack: Stack, namespace: str, log: Path, deadline_seconds: float = 10.0) -> None:
-        super().__init__("orchestrator", log)
+    def __init__(
+        self,
+        stack: Stack,
+        namespace: str,
+        log: Path,
+        deadline_seconds: float = 10.0,
+        workflows: str = WORKFLOWS,
+        name: str = "orchestrator",
+    ) -> None:
+        super().__init__(name, log)
+        self.workflows = workflows  # the chaos suite runs its own (bench/chaos/workflow.py)
         self.stack = stack
         self.namespace = namespace
         self.deadline_seconds = deadline_seconds
@@ -163,7 +172,7 @@ class Orchestrator(_Child):
 
     def launch(self) -> int:
         """Spawn without waiting; the log offset to wait for readiness from."""
-        argv = [self.stack.python, "-m", "orchestrator", "run", "--workflows", WORKFLOWS]
+        argv = [self.stack.python, "-m", "orchestrator", "run", "--workflows", self.workflows]
         if self.stack.api_port_flag:
             argv += ["--port", "0"]  # any free port: scenarios and other runs must not collide
         if accepts_changed_releases(self.stack.python, self.stack.root):
@@ -217,8 +226,8 @@ class Orchestrator(_Child):
 class Responder(_Child):
     """The participants that answer at once (bench/responder.py), in a process of their own."""
 
-    def __init__(self, stack: Stack, namespace: str, log: Path) -> None:
-        super().__init__("responder", log)
+    def __init__(self, stack: Stack, namespace: str, log: Path, name: str = "responder") -> None:
+        super().__init__(name, log)
         self.stack = stack
         self.namespace = namespace
         self.record: Path | None = None

@@ -1,0 +1,115 @@
+"""``python -m bench.chaos [--sagas N] [--replicas N] [--seed N] [--out FILE] ...``.
+
+Exits 1 when any check fails, 2 when the run itself could not be done; every option also has a
+``CHAOS_*`` variable, which is how ``make chaos CHAOS_SAGAS=N`` reaches it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+from bench.chaos import checker, report, runner
+from bench.chaos.scenario import Scenario
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_OUT = ROOT / "bench-results" / "chaos.json"  # bench-results/ is gitignored
+ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name) or default
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    d = Scenario()
+    parser = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sagas", type=int, default=int(_env("CHAOS_SAGAS", str(d.sagas))))
+    parser.add_argument("--replicas", type=int, default=int(_env("CHAOS_REPLICAS", str(d.replicas))))
+    parser.add_argument("--seed", type=int, default=int(_env("CHAOS_SEED", str(d.seed))))
+    parser.add_argument(
+        "--rate", type=float, default=float(_env("CHAOS_RATE", str(d.rate))), help="start events per second"
+    )
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        default=float(_env("CHAOS_DEADLINE", str(d.deadline))),
+        help="the reserve and charge steps' deadline, seconds",
+    )
+    parser.add_argument(
+        "--fault-every",
+        type=float,
+        default=float(_env("CHAOS_FAULT_EVERY", str(d.fault_every))),
+        help="mean seconds between faults",
+    )
+    parser.add_argument(
+        "--settle-timeout", type=float, default=float(_env("CHAOS_SETTLE_TIMEOUT", str(d.settle_timeout)))
+    )
+    parser.add_argument("--out", type=Path, default=Path(_env("CHAOS_OUT", str(DEFAULT_OUT))))
+    parser.add_argument("--logs", type=Path, help="the processes' logs (default: a temporary directory)")
+    parser.add_argument(
+        "--admin-dsn",
+        default=_env("CHAOS_ADMIN_DSN", ADMIN_DSN),
+        help="a PostgreSQL database to create the run's own database from",
+    )
+    parser.add_argument("--keep-database", action="store_true", help="do not drop the run's database")
+    parser.add_argument(
+        "--partitions",
+        type=int,
+        default=int(_env("CHAOS_PARTITIONS", _env("ORCHESTRATOR_PARTITIONS", "6"))),
+        help="ORCHESTRATOR_PARTITIONS of the replicas (docs/scaling.md); 1: one shared queue",
+    )
+    return parser.parse_args(argv)
+
+
+def scenario_of(args: argparse.Namespace) -> Scenario:
+    return Scenario(
+        sagas=args.sagas,
+        replicas=args.replicas,
+        seed=args.seed,
+        rate=args.rate,
+        deadline=args.deadline,
+        fault_every=args.fault_every,
+        settle_timeout=args.settle_timeout,
+    )
+
+
+async def chaos(args: argparse.Namespace) -> int:
+    scenario = scenario_of(args)
+    # the replicas, `migrate` and `verify` take the caller's environment: the partitions go there
+    os.environ["ORCHESTRATOR_PARTITIONS"] = str(args.partitions)
+    print(f"chaos: replicas on {args.partitions} partition queues", flush=True)
+    logs = args.logs or Path(tempfile.mkdtemp(prefix="orchestrator-chaos-"))
+    try:
+        outcome = await runner.run(scenario, args.admin_dsn, logs, args.keep_database)
+    except Exception:
+        traceback.print_exc()
+        print(f"the run could not be done; logs in {logs}", file=sys.stderr)
+        return 2
+    checks = checker.check(outcome.evidence)
+    data = report.results(scenario, outcome, checks, ROOT)
+    report.write(args.out, data)
+    print()
+    print(report.table(data))
+    print(f"\n{args.out} written; logs in {logs}")
+    return 0 if data["ok"] else 1
+
+
+def main(argv: list[str] | None = None) -> None:
+    # The tap's and the publisher's reconnections during a broker restart are meant: not news.
+    for name in ("aio_pika", "aiormq"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    # SIGTERM as Ctrl-C: the run's cleanup (processes, broker node, database) runs either way.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    sys.exit(asyncio.run(chaos(parse(argv))))
+
+
+if __name__ == "__main__":
+    main()

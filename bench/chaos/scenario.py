@@ -1,0 +1,102 @@
+"""What a chaos run does: how many sagas, how fast, and the faults, drawn once from a seed.
+
+The whole schedule is drawn before anything starts, so a seed names a run: the same seed gives
+the same faults at the same moments against the same targets, and a finding can be chased by
+running its seed again (timing on a loaded machine still varies; the schedule does not).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["KINDS", "Fault", "Scenario", "schedule"]
+
+#: the faults; a round of the schedule does each of them once, a replica kill twice
+KINDS = (
+    "kill_replica",  # SIGKILL one replica, start it again after `down`
+    "restart_broker",  # stop_app on the private node, start_app after `down`
+    "terminate_sessions",  # pg_terminate_backend of every orchestrator session
+    "stop_participant_short",  # a service away for less than the step deadline
+    "stop_participant_long",  # away for longer: its steps time out and compensate
+)
+ROUND = ("kill_replica", *KINDS)
+
+
+@dataclass(frozen=True)
+class Fault:
+    at: float  # seconds after the first start was published
+    kind: str
+    target: str  # replica index, service name, or "" for the broker and the database
+    down: float  # seconds the target stays away (0 for terminate_sessions)
+
+    def label(self) -> str:
+        target = f" {self.target}" if self.target else ""
+        return f"{self.kind}{target} for {self.down:.1f}s" if self.down else f"{self.kind}{target}"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    sagas: int = 10_000
+    replicas: int = 3
+    seed: int = 1
+    #: start events per second; the faults run for as long as they are published
+    rate: float = 40.0
+    #: reserve's and charge's deadline (the workflow's CHAOS_DEADLINE_SECONDS)
+    deadline: float = 5.0
+    #: mean seconds between two faults
+    fault_every: float = 6.0
+    #: how long the system may take to settle once the faults stop
+    settle_timeout: float = 600.0
+    #: seconds without any new journal entry or message on the wire that count as settled
+    quiet: float = 10.0
+    services: tuple[str, ...] = ("inventory", "payment", "shipping")
+    #: the final statuses the faults may cause: a participant stopped past its deadline makes
+    #: its sagas compensate; the workflow gives nothing a way to make a saga failed
+    expected: frozenset[str] = field(default_factory=lambda: frozenset({"completed", "compensated"}))
+
+    @property
+    def chaos_seconds(self) -> float:
+        return self.sagas / self.rate
+
+    def as_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["expected"] = sorted(self.expected)
+        data["services"] = list(self.services)
+        return data
+
+
+def schedule(scenario: Scenario) -> list[Fault]:
+    """The faults of a run, in time order, from its seed alone.
+
+    Kinds are drawn in shuffled rounds rather than one by one, so that even a short run does
+    every kind of fault, in an order the seed decides.
+
+    Participant stops are measured against the deadline: "short" ends well before it (the step
+    only waits), "long" lasts one and a half to two and a half deadlines (the step times out and
+    the late reply has to be undone). A stop also costs the responder's restart, about a second,
+    which "short" leaves room for."""
+    rng = random.Random(scenario.seed)
+    faults: list[Fault] = []
+    bag: list[str] = []
+    at = 2.0
+    while True:
+        at += rng.uniform(0.5, 1.5) * scenario.fault_every
+        if at >= scenario.chaos_seconds:
+            return faults
+        if not bag:
+            bag = list(ROUND)
+            rng.shuffle(bag)
+        kind = bag.pop()
+        if kind == "kill_replica":
+            fault = Fault(at, kind, str(rng.randrange(scenario.replicas)), rng.uniform(0.5, 3.0))
+        elif kind == "restart_broker":
+            fault = Fault(at, kind, "", rng.uniform(1.0, 5.0))
+        elif kind == "terminate_sessions":
+            fault = Fault(at, kind, "", 0.0)
+        elif kind == "stop_participant_short":
+            fault = Fault(at, kind, rng.choice(scenario.services), rng.uniform(0.1, 0.4) * scenario.deadline)
+        else:
+            fault = Fault(at, kind, rng.choice(scenario.services), rng.uniform(1.5, 2.5) * scenario.deadline)
+        faults.append(fault)

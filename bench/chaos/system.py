@@ -1,0 +1,195 @@
+"""The processes of a chaos run, and what each fault does to them.
+
+Replicas are ``orchestrator run`` processes, participants are benchmark responders, one process
+per service so that a service can be stopped alone; both started as ``bench.processes`` starts
+them for the benchmark. The broker is the run's private node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import asyncpg
+
+from bench.chaos.scenario import Scenario
+from bench.config import Stack
+from bench.processes import Orchestrator, Responder
+from tests.integration.private_broker import PrivateBroker
+
+__all__ = ["APPLICATION", "MODULE", "Replica", "System"]
+
+MODULE = "bench.chaos.workflow"
+APPLICATION = "chaos-suite"  # our own sessions: terminate_sessions spares them
+START_ATTEMPTS = 10
+
+
+class Replica(Orchestrator):
+    """A replica with the workflow's deadline in its environment, and its name in its log."""
+
+    def __init__(self, stack: Stack, namespace: str, log: Path, deadline: float, index: int) -> None:
+        super().__init__(stack, namespace, log, workflows=MODULE, name=f"replica-{index}")
+        self.deadline = deadline
+
+    def env(self) -> dict[str, str]:
+        return {**super().env(), "CHAOS_DEADLINE_SECONDS": str(self.deadline)}
+
+
+class System:
+    """The processes of a run, and the faults done to them (``faults.System``)."""
+
+    def __init__(self, scenario: Scenario, stack: Stack, broker: PrivateBroker, namespace: str) -> None:
+        self.scenario = scenario
+        self.stack = stack
+        self.broker = broker
+        self.namespace = namespace
+        self.replicas = [
+            Replica(stack, namespace, stack.log_dir / f"replica-{i}.log", scenario.deadline, i)
+            for i in range(scenario.replicas)
+        ]
+        self.responders = {
+            s: Responder(stack, namespace, stack.log_dir / f"responder-{s}.log", name=f"responder-{s}")
+            for s in scenario.services
+        }
+        self.pool: asyncpg.Pool | None = None
+        self.broker_up = asyncio.Event()
+        self.broker_up.set()
+        #: broker restarts so far, and the count each responder started under: the benchmark
+        #: responder does not reconnect, so one started before the latest restart serves nothing
+        self.restarts = 0
+        self._started_under: dict[str, int] = {}
+        #: one fault at a time per service: a broker restart starting a responder again while a
+        #: participant stop of the same service ran left a responder nobody stopped
+        self._locks = {s: asyncio.Lock() for s in scenario.services}
+        #: every process ever started, for ``stop_all`` to leave none behind
+        self._spawned: list[subprocess.Popen[bytes]] = []
+        self._held: set[str] = set()
+        self._stopped: set[str] = set()  # replicas and services down on purpose
+        self.crashes: list[str] = []
+
+    # -- faults.System ----------------------------------------------------------------------------
+
+    def busy(self, target: str) -> bool:
+        return target in self._held
+
+    def hold(self, target: str, held: bool) -> None:
+        (self._held.add if held else self._held.discard)(target)
+
+    async def kill_replica(self, index: int) -> None:
+        self._note_crash(f"replica-{index}", self.replicas[index])
+        self._stopped.add(f"replica-{index}")
+        self.replicas[index].kill()
+
+    async def start_replica(self, index: int) -> None:
+        replica = self.replicas[index]
+        await self._start(replica, replica.start)
+        self._stopped.discard(f"replica-{index}")
+
+    async def stop_broker(self) -> None:
+        self.broker_up.clear()
+        self.restarts += 1
+        await asyncio.to_thread(self.broker.stop_app)
+
+    async def start_broker(self) -> None:
+        """The bench responder does not reconnect (the orchestrator's own consumers do, and that is
+        what is under test): it is started again once the broker is back."""
+        await asyncio.to_thread(self.broker.start_app)
+        self.broker_up.set()
+        for service, responder in self.responders.items():
+            async with self._locks[service]:
+                if service not in self._stopped:
+                    await responder.terminate(15)
+                    await self._start_responder(service)
+
+    async def terminate_sessions(self) -> int:
+        assert self.pool is not None
+        ended = await self.pool.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            " AND application_name <> $1",
+            APPLICATION,
+        )
+        return int(ended or 0)
+
+    async def stop_service(self, service: str) -> None:
+        async with self._locks[service]:
+            self._note_crash(f"responder-{service}", self.responders[service])
+            self._stopped.add(service)
+            await self.responders[service].terminate(15)
+
+    async def start_service(self, service: str) -> None:
+        async with self._locks[service]:
+            await self._start_responder(service)
+            self._stopped.discard(service)
+
+    # -- the rest ---------------------------------------------------------------------------------
+
+    def _note_crash(self, name: str, process: Orchestrator | Responder) -> None:
+        """A process found dead that no fault stopped died by itself: a finding."""
+        key = name.removeprefix("responder-")
+        if process.popen is not None and not process.alive() and key not in self._stopped:
+            self.crashes.append(
+                f"{name} exited {process.popen.returncode} by itself: {process.output()[-500:]}"
+            )
+
+    async def _start_responder(self, service: str) -> None:
+        responder = self.responders[service]
+
+        async def start() -> None:
+            self._started_under[service] = self.restarts  # the broker is up: _start waited
+            await responder.start((service,))
+
+        await self._start(responder, start)
+
+    async def _start(self, process: Orchestrator | Responder, start: Callable[[], Awaitable[object]]) -> None:
+        """Start a process once the broker is up; a start that the broker's going away failed
+        (it checks the broker at start and exits) is tried again, the failed one ended first."""
+        for attempt in range(1, START_ATTEMPTS + 1):
+            await self.broker_up.wait()
+            try:
+                await start()
+                return
+            except RuntimeError:
+                await process.terminate(15)
+                if attempt == START_ATTEMPTS:
+                    raise
+                await asyncio.sleep(1)
+            finally:
+                if process.popen is not None and process.popen not in self._spawned:
+                    self._spawned.append(process.popen)
+
+    async def start_all(self) -> None:
+        await asyncio.gather(*(self._start(r, r.start) for r in self.replicas))
+        for service in self.responders:
+            await self._start_responder(service)
+
+    async def heal(self) -> None:
+        """Everything running again after the last fault: what a fault left down, and what died
+        on its own (which is a finding: noted as a crash)."""
+        if not self.broker.app_running():
+            await self.start_broker()
+        for i, replica in enumerate(self.replicas):
+            if not replica.alive():
+                self._note_crash(f"replica-{i}", replica)
+                await self.start_replica(i)
+        for service, responder in self.responders.items():
+            if not responder.alive():
+                self._note_crash(f"responder-{service}", responder)
+                await self.start_service(service)
+            elif self._started_under.get(service) != self.restarts:
+                # connected to the broker before its last restart, and never started again since
+                async with self._locks[service]:
+                    await responder.terminate(15)
+                await self.start_service(service)
+
+    async def stop_all(self) -> None:
+        for process in [*self.replicas, *self.responders.values()]:
+            with contextlib.suppress(Exception):
+                await process.terminate(30)
+        for popen in self._spawned:  # one a race left behind: never, we hope, but never leak it
+            if popen.poll() is None:
+                popen.kill()
+                popen.wait(10)

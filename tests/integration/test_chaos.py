@@ -1,0 +1,80 @@
+"""The chaos suite, small: a few hundred sagas through three replicas while replicas are killed,
+the broker restarted, sessions ended and participants stopped; every check must pass.
+
+It runs ``python -m bench.chaos`` as a user runs it (``make chaos``), in a process of its own,
+which owns its private broker node and its database and removes both however it ends. What it
+finds is in the JSON it writes: the assertion shows the table, which names the saga ids.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.chaos.report import table
+
+from .conftest import ADMIN_DSN, ROOT
+
+pytestmark = pytest.mark.integration
+
+SAGAS = 400
+RATE = 5.0  # 80 s of faults
+FAULT_EVERY = 3.0
+
+
+def test_sagas_survive_the_faults_and_every_check_passes(tmp_path: Path) -> None:
+    out = tmp_path / "chaos.json"
+    argv = [
+        sys.executable,
+        "-m",
+        "bench.chaos",
+        "--sagas",
+        str(SAGAS),
+        "--rate",
+        str(RATE),
+        "--fault-every",
+        str(FAULT_EVERY),
+        "--seed",
+        "14",
+        "--out",
+        str(out),
+        "--logs",
+        str(tmp_path / "logs"),
+        "--admin-dsn",
+        ADMIN_DSN,
+    ]
+    # A session of its own: if the run hangs, one signal to the group ends it and its replicas.
+    run = subprocess.Popen(
+        argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    try:
+        output, _ = run.communicate(timeout=1200)  # a bound on a hung run, not a measure of speed
+    except subprocess.TimeoutExpired:
+        run.send_signal(signal.SIGINT)  # its own cleanup first: broker node, database
+        output, _ = run.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.pid, signal.SIGKILL)
+        run.wait()
+    assert out.exists(), f"the run could not be done (exit {run.returncode}):\n{output[-5000:]}"
+    data = json.loads(out.read_text())
+    assert data["ok"], table(data)
+    assert run.returncode == 0, output[-3000:]
+    assert data["sagas"]["published"] == SAGAS
+    done = {f["kind"] for f in data["faults"] if not f["skipped"] and not f["error"]}
+    assert done == {
+        "kill_replica",
+        "restart_broker",
+        "terminate_sessions",
+        "stop_participant_short",
+        "stop_participant_long",
+    }
+    # a participant stopped past its deadline must have made some sagas compensate
+    assert data["sagas"]["by_status"].get("compensated", 0) > 0

@@ -1,0 +1,150 @@
+"""The chaos checker fails when the evidence shows a bug: a checker that can only pass proves
+nothing, so each check is shown here a journal and a tap that break it, beside a clean run."""
+
+from __future__ import annotations
+
+from bench.chaos.checker import Check, Command, Entry, Evidence, SagaRow, Wire, check, reply_id
+from bench.chaos.workflow import UNDO, WORKFLOW
+from bench.responder import REPLIES
+from orchestrator.core.engine import saga_id_for
+
+START = "orders.OrderPlaced"
+
+
+def command_id(saga: str, n: int) -> str:
+    return f"{saga}:cmd:{n}"
+
+
+def reply(
+    saga: str, seq: int, command: Command, outcome: str = "moved", sends: tuple[Command, ...] = ()
+) -> Entry:
+    reply_type = REPLIES[command.type][0]
+    return Entry(saga, seq, "event", reply_type, reply_id(command.message_id, reply_type), outcome, sends)
+
+
+def completed(key: str) -> tuple[SagaRow, list[Entry]]:
+    """A saga that went through every step: the journal a healthy run writes."""
+    saga = saga_id_for(WORKFLOW, key)
+    reserve = Command("inventory.ReserveStock", command_id(saga, 1))
+    charge = Command("payment.ChargePayment", command_id(saga, 2))
+    ship = Command("shipping.ShipOrder", command_id(saga, 3))
+    entries = [
+        Entry(saga, 1, "event", START, f"start-{key}", "started", (reserve,)),
+        reply(saga, 2, reserve, sends=(charge,)),
+        reply(saga, 3, charge, sends=(ship,)),
+        reply(saga, 4, ship),
+    ]
+    return SagaRow(saga, key, "completed", "completed"), entries
+
+
+def compensated(key: str, *, undo_answered: bool = True) -> tuple[SagaRow, list[Entry]]:
+    """Charging timed out after the stock was reserved: the stock is released; the charge's late
+    success is refunded."""
+    saga = saga_id_for(WORKFLOW, key)
+    reserve = Command("inventory.ReserveStock", command_id(saga, 1))
+    charge = Command("payment.ChargePayment", command_id(saga, 2))
+    release = Command("inventory.ReleaseStock", command_id(saga, 3))
+    refund = Command("payment.RefundPayment", command_id(saga, 4))
+    entries = [
+        Entry(saga, 1, "event", START, f"start-{key}", "started", (reserve,)),
+        reply(saga, 2, reserve, sends=(charge,)),
+        Entry(saga, 3, "deadline", "saga.DeadlineExpired", f"{saga}:deadline:3", "moved", (release,)),
+        reply(saga, 4, release),
+        reply(saga, 5, charge, outcome="late_undone", sends=(refund,)),
+    ]
+    if undo_answered:
+        entries.append(reply(saga, 6, refund, outcome="ignored"))
+    return SagaRow(saga, key, "compensated", "compensated"), entries
+
+
+def wire_of(entries: list[Entry]) -> list[Wire]:
+    sent = [Wire("commands", c.type, c.message_id, e.saga_id) for e in entries for c in e.commands]
+    taken = [Wire("events", e.message_type, e.message_id, e.saga_id) for e in entries if e.kind == "event"]
+    return sent + taken
+
+
+def evidence(sagas: list[tuple[SagaRow, list[Entry]]], published: set[str] | None = None) -> Evidence:
+    journal = [e for _, entries in sagas for e in entries]
+    return Evidence(
+        workflow=WORKFLOW,
+        published=published if published is not None else {row.key for row, _ in sagas},
+        sagas=[row for row, _ in sagas],
+        journal=journal,
+        wire=wire_of(journal),
+        replies={command: (reply_type,) for command, (reply_type, _) in REPLIES.items()},
+        undo=UNDO,
+        verify_exit=0,
+    )
+
+
+def failing(checks: list[Check]) -> dict[str, Check]:
+    return {c.name: c for c in checks if not c.ok}
+
+
+def test_a_clean_run_passes_every_check() -> None:
+    assert failing(check(evidence([completed("a"), compensated("b")]))) == {}
+
+
+def test_a_message_decided_twice_is_flagged() -> None:
+    row, entries = completed("a")
+    entries.append(Entry(row.id, 5, "event", entries[3].message_type, entries[3].message_id, "ignored"))
+    found = failing(check(evidence([(row, entries)])))
+    assert set(found) == {"decided_once"}
+    assert entries[3].message_id in found["decided_once"].examples[0]
+
+
+def test_a_start_without_a_saga_is_lost() -> None:
+    found = failing(check(evidence([completed("a")], published={"a", "gone"})))
+    assert set(found) == {"none_lost"}
+    assert saga_id_for(WORKFLOW, "gone") in found["none_lost"].examples[0]
+
+
+def test_a_compensation_whose_undo_was_never_answered_is_flagged() -> None:
+    found = failing(check(evidence([compensated("b", undo_answered=False)])))
+    assert set(found) == {"undone", "answered"}
+    assert "payment.PaymentRefunded never taken" in found["undone"].examples[0]
+
+
+def test_a_success_never_undone_is_flagged_even_when_only_the_wire_saw_it() -> None:
+    row, entries = compensated("b")
+    saga = row.id
+    charge = entries[1].commands[0]
+    kept = [e for e in entries if e.seq < 5]  # the late charge and its refund never journaled
+    data = evidence([(row, kept)])
+    late = REPLIES[charge.type][0]
+    data.wire.append(Wire("events", late, reply_id(charge.message_id, late), saga))
+    found = failing(check(data))
+    assert "undone" in found
+    assert "payment.RefundPayment never sent" in found["undone"].examples[0]
+
+
+def test_a_step_sent_under_two_message_ids_is_flagged() -> None:
+    row, entries = completed("a")
+    data = evidence([(row, entries)])
+    data.wire.append(Wire("commands", "payment.ChargePayment", "another-id", row.id))
+    found = failing(check(data))
+    assert set(found) == {"one_id_per_step"}
+
+
+def test_unfinished_failed_unverified_and_crashed_runs_fail() -> None:
+    row, entries = completed("a")
+    stuck = SagaRow(row.id, row.key, "running", "ship")
+    data = evidence([(stuck, entries[:3])])
+    data.sagas.append(SagaRow(saga_id_for(WORKFLOW, "f"), "f", "failed", "compensating_reserve"))
+    data.published.add("f")
+    data.verify_exit, data.verify_output = 1, "verified 2 sagas: 1 differ from their journal"
+    data.outbox_left = 3
+    data.crashes = ["replica-1 exited by itself"]
+    data.dead_letters = ["broker delivery_limit: inventory.StockReserved ..."]
+    found = failing(check(data))
+    expected = {"final", "expected_outcome", "verify", "outbox_empty", "no_crash", "no_dead_letters"}
+    assert expected | {"answered"} == set(found)
+
+
+def test_a_known_bug_still_fails_but_is_named() -> None:
+    row, entries = completed("a")
+    entries.append(Entry(row.id, 5, "event", entries[3].message_type, entries[3].message_id, "ignored"))
+    data = evidence([(row, entries)])
+    data.known = {"decided_once": "issue 99"}
+    found = failing(check(data))
+    assert found["decided_once"].known_bug == "issue 99"
