@@ -124,9 +124,10 @@ def test_the_dialect_hands_asyncpg_an_ssl_keyword() -> None:
 # -- RabbitMQ: amqps:// -------------------------------------------------------------------------
 
 
-def test_aiormq_takes_amqps_with_a_ca_file() -> None:
+async def test_aiormq_takes_amqps_with_a_ca_file() -> None:
     """aiormq reads amqps:// as TLS on 5671 by default, and cafile, certfile, keyfile and
-    no_verify_ssl from the query; the URL is passed through as it is, nothing to translate."""
+    no_verify_ssl from the query; the URL is passed through as it is, nothing to translate.
+    (Async: aiormq's connection takes the running event loop, which a sync test may not have.)"""
     from aiormq.connection import Connection
 
     url = URL("amqps://app:secret@mq.example/vhost?cafile=/etc/ssl/ca.pem")
