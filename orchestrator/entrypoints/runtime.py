@@ -22,7 +22,7 @@ from orchestrator.adapters.memory import MemoryPartitionLocks
 from orchestrator.adapters.metrics import Metrics, count_finished
 from orchestrator.adapters.postgres.partitions import PostgresPartitionLocks
 from orchestrator.adapters.postgres.retention import Pruner
-from orchestrator.adapters.postgres.store import PostgresStore, driver_dsn
+from orchestrator.adapters.postgres.store import PostgresStore
 from orchestrator.core.ingress import Envelope, Limits, Reason, Refused, printable
 from orchestrator.core.routing import Registry
 from orchestrator.entrypoints.server import ApiServer
@@ -440,8 +440,7 @@ def _ownership(settings: Settings, store: Store, broker: Broker, topology: Topol
         return None
     locks: PartitionLocks
     if isinstance(store, PostgresStore):
-        dsn = driver_dsn(store.engine.url.render_as_string(hide_password=False))
-        locks = PostgresPartitionLocks(dsn, settings.namespace)
+        locks = PostgresPartitionLocks(store.dsn, settings.namespace)
     else:
         locks = MemoryPartitionLocks()
     return PartitionOwner(

@@ -206,10 +206,10 @@ class PartitionOwner:
 
 def _ranges(partitions: set[int]) -> str:
     """``0-3, 7`` for {0, 1, 2, 3, 7}: a log line that stays short with many partitions."""
-    parts: list[str] = []
+    runs: list[list[int]] = []
     for partition in sorted(partitions):
-        if parts and partition == int(parts[-1].split("-")[-1]) + 1:
-            parts[-1] = f"{parts[-1].split('-')[0]}-{partition}"
+        if runs and partition == runs[-1][-1] + 1:
+            runs[-1].append(partition)
         else:
-            parts.append(str(partition))
-    return ", ".join(parts)
+            runs.append([partition])
+    return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)

@@ -184,3 +184,11 @@ async def test_a_replica_that_dies_makes_the_others_sweep_its_outbox_at_once() -
     trio[2][1].die()
     await settle([r[0] for r in trio[:2]], [r[1] for r in trio[:2]])
     assert sorted(gone) == sorted(id(r[0]) for r in trio[:2])  # each survivor, once
+
+
+def test_the_log_line_names_runs_of_partitions() -> None:
+    from orchestrator.service.partitions import _ranges
+
+    assert _ranges({0, 1, 2, 3, 7}) == "0-3, 7"
+    assert _ranges({1, 3, 4}) == "1, 3-4"
+    assert _ranges(set()) == ""

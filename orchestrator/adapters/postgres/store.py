@@ -395,7 +395,7 @@ class PostgresStore:
             async with self._pool_lock:
                 if self._pool is None:
                     self._pool = await asyncpg.create_pool(
-                        driver_dsn(self.engine.url.render_as_string(hide_password=False)),
+                        self.dsn,
                         min_size=min(2, self.pool_size),
                         max_size=self.pool_size,
                         init=_init_connection,
@@ -490,6 +490,12 @@ class PostgresStore:
         async with pool.acquire() as connection:
             return await connection.fetchval("SELECT clock_timestamp()")  # type: ignore[no-any-return]
 
+    @property
+    def dsn(self) -> str:
+        """The database's address as asyncpg takes it, for connections of their own outside the
+        pool (the holder's lock, the partition locks)."""
+        return driver_dsn(self.engine.url.render_as_string(hide_password=False))
+
     async def hold(self) -> int:
         """Take this replica's advisory lock on a connection of its own, kept while it lives: the
         outbox rows it commits then name it, and other replicas' sweeps leave them to it. Taken
@@ -498,7 +504,7 @@ class PostgresStore:
         if self._holding is not None and not self._holding.is_closed():
             assert self.holder is not None
             return self.holder
-        connection = await asyncpg.connect(driver_dsn(self.engine.url.render_as_string(hide_password=False)))
+        connection = await asyncpg.connect(self.dsn)
         try:
             while True:
                 key = secrets.randbelow(2**31 - 1) + 1
