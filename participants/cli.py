@@ -13,15 +13,20 @@ import math
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
+
+from orchestrator.entrypoints.settings import QUEUE_TYPES, SettingsError, mask_url
+from orchestrator.participant import Participant, Settings, Worker
+from orchestrator.participant.worker import EXIT_DATABASE
 from participants.common import Options
-from participants.runner import QUEUE_TYPES, Participant, Settings, mask_url
-from participants.services import SERVICES, Service
+from participants.services import SERVICES
 
 __all__ = ["main", "parse_args"]
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/participants"
 DEFAULT_NAMESPACE = "saga"
 DEFAULT_SHUTDOWN_GRACE = 10.0
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
@@ -32,6 +37,10 @@ environment (an option given on the command line wins over its variable):
   ORCHESTRATOR_AMQP_URL      --amqp-url       (default amqp://guest:guest@127.0.0.1:5672/)
   ORCHESTRATOR_NAMESPACE     --namespace      (default saga)
   ORCHESTRATOR_QUEUE_TYPE    --queue-type     (classic or quorum, default classic)
+  PARTICIPANT_DATABASE_URL   --database-url   (default postgresql://postgres@127.0.0.1:5432/participants,
+                                               created when missing; each service has a schema of its own)
+  PARTICIPANT_CONCURRENCY    --concurrency    (default 10)
+  PARTICIPANT_MAX_ATTEMPTS   --max-attempts   (default 5)
   PARTICIPANT_SHUTDOWN_GRACE --shutdown-grace (default 10)
   PARTICIPANT_NEVER_ANSWER   --never-answer   (1/true/yes/on or 0/false/no/off)
   PARTICIPANT_DELAY          --delay
@@ -48,6 +57,7 @@ failure replies chosen by --fail-rate:
 exit codes: 0 stopped by SIGTERM/SIGINT (within --shutdown-grace, whatever the broker does),
   2 bad usage or RabbitMQ unreachable or refusing the topology at start,
   3 the shutdown overran its bound by 3 s and the watchdog ended it,
+  4 the database unreachable or its tables not created at start,
   130/143 a second SIGINT/SIGTERM during the shutdown (128 + the signal's number).
 The wire contract is in docs/protocol.md.
 """
@@ -74,7 +84,19 @@ def _parser() -> argparse.ArgumentParser:
         " (default classic, env ORCHESTRATOR_QUEUE_TYPE)",
     )
     parser.add_argument(
-        "--prefetch", metavar="N", type=int, default=100, help="commands in flight at once (default 100)"
+        "--database-url",
+        metavar="URL",
+        help="the service's own PostgreSQL, created when missing (env PARTICIPANT_DATABASE_URL)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        metavar="N",
+        help="commands handled at once, a database connection each (default 10, env PARTICIPANT_CONCURRENCY)",
+    )
+    parser.add_argument(
+        "--max-attempts",
+        metavar="N",
+        help="failed tries of a command before it is dead-lettered (default 5, env PARTICIPANT_MAX_ATTEMPTS)",
     )
     parser.add_argument(
         "--shutdown-grace",
@@ -121,18 +143,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str]) -> tuple[Service, Settings, Options]:
+def parse_args(
+    argv: Sequence[str] | None, environ: Mapping[str, str]
+) -> tuple[Participant, Settings, Options]:
     """Options, else environment, else defaults; exits with status 2 on a bad value, as argparse does."""
     parser = _parser()
     args = parser.parse_args(argv)
-    service = SERVICES[args.name]
 
     for option, owner in (
         ("out_of_stock", "inventory"),
         ("decline_over", "payment"),
         ("refuse_over", "buyer"),
     ):
-        if getattr(args, option) is not None and service.name != owner:
+        if getattr(args, option) is not None and args.name != owner:
             parser.error(f"--{option.replace('_', '-')} applies to the {owner} service only")
 
     def pick(option: str | None, flag: str, variable: str) -> tuple[str | None, str]:
@@ -171,8 +194,16 @@ def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str]) -> tuple[
             parser.error(f"PARTICIPANT_NEVER_ANSWER must be 1/true/yes/on or 0/false/no/off, got {raw!r}")
         never_answer = raw in TRUE_WORDS
 
-    if not 1 <= args.prefetch <= 65535:
-        parser.error(f"--prefetch must be between 1 and 65535, got {args.prefetch}")
+    def whole(value: str | None, source: str, *, low: int, high: int, default: int) -> int:
+        if value is None or value.strip() == "":
+            return default
+        try:
+            parsed = int(value)
+        except ValueError:
+            parsed = low - 1
+        if not low <= parsed <= high:
+            parser.error(f"{source} must be a whole number between {low} and {high}, got {value!r}")
+        return parsed
 
     namespace = args.namespace if args.namespace is not None else environ.get("ORCHESTRATOR_NAMESPACE")
     namespace = namespace or DEFAULT_NAMESPACE
@@ -196,29 +227,47 @@ def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str]) -> tuple[
         or 0.0,
         out_of_stock=(
             frozenset(sku.strip() for sku in out_of_stock_raw.split(",") if sku.strip())
-            if service.name == "inventory"
+            if args.name == "inventory"
             else frozenset()
         ),
         decline_over=cents(*pick(args.decline_over, "--decline-over", "PAYMENT_DECLINE_OVER"))
-        if service.name == "payment"
+        if args.name == "payment"
         else None,
         refuse_over=cents(*pick(args.refuse_over, "--refuse-over", "BUYER_REFUSE_OVER"))
-        if service.name == "buyer"
+        if args.name == "buyer"
         else None,
     )
-    settings = Settings(
-        amqp_url=amqp_url,
-        namespace=namespace,
-        queue_type=queue_type,
-        prefetch=args.prefetch,
-        delay=number(*pick(args.delay, "--delay", "PARTICIPANT_DELAY"), low=0.0) or 0.0,
-        never_answer=never_answer,
-        shutdown_grace=_default(
-            number(*pick(args.shutdown_grace, "--shutdown-grace", "PARTICIPANT_SHUTDOWN_GRACE"), low=0.0),
-            DEFAULT_SHUTDOWN_GRACE,
-        ),
+    database_url = (
+        args.database_url if args.database_url is not None else environ.get("PARTICIPANT_DATABASE_URL")
     )
-    return service, settings, options
+    try:
+        settings = Settings(
+            database_url=database_url or DEFAULT_DATABASE_URL,
+            amqp_url=amqp_url,
+            namespace=namespace,
+            queue_type=queue_type,
+            concurrency=whole(
+                *pick(args.concurrency, "--concurrency", "PARTICIPANT_CONCURRENCY"),
+                low=1,
+                high=1000,
+                default=10,
+            ),
+            max_attempts=whole(
+                *pick(args.max_attempts, "--max-attempts", "PARTICIPANT_MAX_ATTEMPTS"),
+                low=1,
+                high=1000,
+                default=5,
+            ),
+            reply_delay=number(*pick(args.delay, "--delay", "PARTICIPANT_DELAY"), low=0.0) or 0.0,
+            never_answer=never_answer,
+            shutdown_grace=_default(
+                number(*pick(args.shutdown_grace, "--shutdown-grace", "PARTICIPANT_SHUTDOWN_GRACE"), low=0.0),
+                DEFAULT_SHUTDOWN_GRACE,
+            ),
+        )
+    except SettingsError as error:
+        parser.error(str(error))
+    return SERVICES[args.name](options), settings, options
 
 
 def _default(value: float | None, default: float) -> float:
@@ -234,8 +283,32 @@ def _looks_like_amqp(url: str) -> bool:
         return False
 
 
+async def ensure_database(url: str) -> None:
+    """Create the examples' database when it is missing, so ``make demo`` needs no step by hand; a
+    real service's database is made by whoever runs it, so the kit itself never creates one."""
+    dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    parts = urlsplit(dsn)
+    name = parts.path.lstrip("/")
+    if not name:
+        return
+    try:
+        connection = await asyncpg.connect(dsn, timeout=10)
+    except asyncpg.InvalidCatalogNameError:
+        pass
+    else:
+        await connection.close()
+        return
+    admin = await asyncpg.connect(urlunsplit(parts._replace(path="/postgres")), timeout=10)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
+        pass  # another service of the demo, starting at the same time, made it
+    finally:
+        await admin.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    service, settings, options = parse_args(argv, os.environ)
+    participant, settings, _ = parse_args(argv, os.environ)
     logging.basicConfig(
         stream=sys.stderr,
         level=logging.INFO,
@@ -245,14 +318,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     # a second time, and their debug chatter would drown the one line per command.
     logging.getLogger("aio_pika").setLevel(logging.WARNING)
     logging.getLogger("aiormq").setLevel(logging.CRITICAL)
-    participant = Participant(service, settings, options)
+    worker = Worker(participant, settings)
     runner = asyncio.Runner()
     try:
-        code = runner.run(participant.run())
+        try:
+            runner.run(ensure_database(settings.database_url))
+        except (OSError, asyncpg.PostgresError) as error:
+            logging.getLogger(f"participant.{participant.service}").error(
+                "cannot reach the database at %s: %s", mask_url(settings.database_url), error
+            )
+            return EXIT_DATABASE
+        code = runner.run(worker.run())
     except KeyboardInterrupt:
         runner.close()
         return 130
-    if participant.abandoned:
+    if worker.abandoned:
         # Closing the loop would cancel, and wait for, calls left hanging on a broker that is
         # away; the broker redelivers whatever they held, so skip the teardown instead.
         logging.shutdown()

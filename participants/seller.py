@@ -1,19 +1,58 @@
 """Seller: always signs, and voids its documents when the escrow unwinds.
 
-The seller has no failure reply in the contract, so ``--fail-rate`` has nothing to inject here.
+Table (schema ``seller``): ``documents``, one row per signature, voided or not. The seller has no
+failure reply in the contract, so ``--fail-rate`` has nothing to inject here.
 """
 
 from __future__ import annotations
 
-from participants.common import Body, InvalidCommand, Options, Reply, require_str
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from orchestrator.examples.contracts import (
+    DocumentsVoided,
+    RequestSellerSignature,
+    SellerSigned,
+    VoidDocuments,
+)
+from orchestrator.participant import Context, Participant
+from participants.common import Options, create_tables_of
 
 SERVICE = "seller"
-COMMANDS = frozenset({"seller.RequestSignature", "seller.VoidDocuments"})
+
+TABLES = """
+CREATE TABLE IF NOT EXISTS seller.documents (
+    id bigserial PRIMARY KEY,
+    escrow_id text NOT NULL,
+    signed_at timestamptz NOT NULL DEFAULT now(),
+    voided_at timestamptz);
+"""
 
 
-def handle(command_type: str, body: Body, options: Options) -> Reply:
-    if command_type == "seller.RequestSignature":
-        return "seller.SellerSigned", {"escrow_id": require_str(body, "escrow_id")}
-    if command_type == "seller.VoidDocuments":
-        return "seller.DocumentsVoided", {"escrow_id": require_str(body, "escrow_id")}
-    raise InvalidCommand(f"{SERVICE} does not handle {command_type!r}")
+async def create_tables(connection: AsyncConnection) -> None:
+    await create_tables_of(connection, TABLES)
+
+
+def build(options: Options) -> Participant:
+    seller = Participant(SERVICE)
+    seller.setup(create_tables)
+
+    @seller.handles(RequestSellerSignature)
+    async def sign(command: RequestSellerSignature, context: Context) -> SellerSigned:
+        await context.connection.execute(
+            text("INSERT INTO seller.documents (escrow_id) VALUES (:escrow)"), {"escrow": command.escrow_id}
+        )
+        return SellerSigned(command.escrow_id)
+
+    @seller.handles(VoidDocuments)
+    async def void(command: VoidDocuments, context: Context) -> DocumentsVoided:
+        await context.connection.execute(
+            text(
+                "UPDATE seller.documents SET voided_at = now()"
+                " WHERE escrow_id = :escrow AND voided_at IS NULL"
+            ),
+            {"escrow": command.escrow_id},
+        )
+        return DocumentsVoided(command.escrow_id)
+
+    return seller

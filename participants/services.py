@@ -1,28 +1,20 @@
-"""The services ``python -m participants NAME`` can run, so the runner stays generic."""
+"""The services ``python -m participants NAME`` can run, so the command line stays generic."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
+from orchestrator.participant import Participant
 from participants import bank, buyer, inventory, payment, seller, shipping
-from participants.common import Body, Options, Reply
+from participants.common import Options
 
-__all__ = ["SERVICES", "Service"]
+__all__ = ["SERVICES"]
 
-
-@dataclass(frozen=True)
-class Service:
-    name: str
-    commands: frozenset[str]
-    handle: Callable[[str, Body, Options], Reply]
-
-
-SERVICES: dict[str, Service] = {
-    "inventory": Service(inventory.SERVICE, inventory.COMMANDS, inventory.handle),
-    "payment": Service(payment.SERVICE, payment.COMMANDS, payment.handle),
-    "shipping": Service(shipping.SERVICE, shipping.COMMANDS, shipping.handle),
-    "buyer": Service(buyer.SERVICE, buyer.COMMANDS, buyer.handle),
-    "seller": Service(seller.SERVICE, seller.COMMANDS, seller.handle),
-    "bank": Service(bank.SERVICE, bank.COMMANDS, bank.handle),
+SERVICES: dict[str, Callable[[Options], Participant]] = {
+    "inventory": inventory.build,
+    "payment": payment.build,
+    "shipping": shipping.build,
+    "buyer": buyer.build,
+    "seller": seller.build,
+    "bank": bank.build,
 }

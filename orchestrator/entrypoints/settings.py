@@ -46,8 +46,10 @@ def mask_url(url: str) -> str:
         return "<unparsable url>"
     if parts.password is None:
         return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    # the host part as written: .port would raise on a port out of range, and the URL being
+    # masked is often a bad one on its way into an error message
+    hostinfo = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{hostinfo}"))
 
 
 def database_url(url: str, name: str = "ORCHESTRATOR_DATABASE_URL") -> str:

@@ -116,6 +116,17 @@ def _death_of(headers: object) -> Death:
         headers = {}
     deaths = headers.get("x-death")
     first = deaths[0] if isinstance(deaths, list | tuple) and deaths else None
+    if not isinstance(first, Mapping) and headers.get("x-participant-reason") is not None:
+        # A participant kit's dead letter (orchestrator.participant): published with its reason,
+        # which a plain reject would have lost (docs/protocol.md section 9).
+        who = _text(headers.get("x-participant") or "?")
+        exchange, routing_key = headers.get("x-original-exchange"), headers.get("x-original-routing-key")
+        return Death(
+            Reason.REJECTED,
+            f"rejected by participant {who}: {_text(headers['x-participant-reason'])}",
+            _text(exchange) if exchange is not None else None,
+            _text(routing_key) if routing_key is not None else None,
+        )
     if not isinstance(first, Mapping):
         detail = "no x-death header: it was published to the dead-letter exchange, not dead-lettered"
         legacy = headers.get("x-death-reason")  # what earlier orchestrators republished with
@@ -453,7 +464,7 @@ Publish = Callable[[str, str, bytes, Mapping[str, Any]], Awaitable[None]]
 
 #: headers a replay leaves out: ours (``x-original-*``, and ``x-death-reason`` of earlier
 #: versions) and the broker's bookkeeping of earlier deaths and deliveries
-_DROPPED_HEADERS = ("x-death", "x-death-reason", "x-delivery-count")
+_DROPPED_HEADERS = ("x-death", "x-death-reason", "x-delivery-count", "x-participant", "x-participant-reason")
 _DROPPED_PREFIXES = ("x-original-", "x-first-death-", "x-last-death-")
 
 

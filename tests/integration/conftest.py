@@ -105,6 +105,34 @@ def drop_database(name: str) -> None:
     asyncio.run(drop())
 
 
+@pytest.fixture(scope="session", autouse=True)
+def participant_database() -> Iterator[str]:
+    """A database for the example participants a test starts without a bench (which gives them
+    its own): set as PARTICIPANT_DATABASE_URL for the session, so that none of them writes into
+    the default ``participants`` database of a developer's demo. Dropped at the end."""
+    name = f"participants_test_{uuid.uuid4().hex[:10]}"
+
+    async def create() -> None:
+        connection = await asyncpg.connect(ADMIN_DSN)
+        try:
+            await connection.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await connection.close()
+
+    asyncio.run(create())
+    url = database_url_of(name)
+    previous = os.environ.get("PARTICIPANT_DATABASE_URL")
+    os.environ["PARTICIPANT_DATABASE_URL"] = url
+    try:
+        yield url
+    finally:
+        if previous is None:
+            os.environ.pop("PARTICIPANT_DATABASE_URL", None)
+        else:
+            os.environ["PARTICIPANT_DATABASE_URL"] = previous
+        drop_database(name)
+
+
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
     with migrated_database() as url:
@@ -198,6 +226,9 @@ class Bench:
         return {
             **os.environ,
             "ORCHESTRATOR_DATABASE_URL": self.database_url,
+            # the example participants keep their tables (a schema per service) in the test's
+            # own database too, so that no test sees another's stock, payments or inbox
+            "PARTICIPANT_DATABASE_URL": self.database_url,
             "ORCHESTRATOR_AMQP_URL": self.amqp_url,
             "ORCHESTRATOR_NAMESPACE": self.namespace,
             "ORCHESTRATOR_API_TOKEN": self.api_token,

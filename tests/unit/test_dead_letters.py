@@ -88,6 +88,23 @@ def test_no_readable_x_death_is_unknown_and_never_raises(headers: Any) -> None:
     assert death.reason is Reason.UNKNOWN
 
 
+def test_a_participant_kits_dead_letter_is_rejected_with_its_reason_and_destination() -> None:
+    death = death_of(
+        {
+            "x-participant": "payment",
+            "x-participant-reason": "the handler failed 5 times, last: RuntimeError: gateway down",
+            "x-original-exchange": "saga.commands",
+            "x-original-routing-key": "payment.ChargePayment",
+        }
+    )
+    assert death.reason is Reason.REJECTED
+    assert (
+        death.detail
+        == "rejected by participant payment: the handler failed 5 times, last: RuntimeError: gateway down"
+    )
+    assert (death.exchange, death.routing_key) == ("saga.commands", "payment.ChargePayment")
+
+
 def test_a_letter_republished_by_an_earlier_orchestrator_keeps_its_reason_and_destination() -> None:
     death = death_of(
         {

@@ -53,4 +53,21 @@ def test_every_layer_has_its_modules() -> None:
         "adapters",
         "entrypoints",
         "examples",
+        "participant",
+    }
+
+
+@pytest.mark.parametrize("path", modules("participant"), ids=lambda p: p.name)
+def test_the_participant_kit_stands_apart_from_the_orchestrators_service(path: Path) -> None:
+    """The kit runs in participant processes: it shares the wire (messages, topology) and the
+    settings' rules with the orchestrator, never its service layer or its wiring."""
+    found = imports(path)
+    assert (
+        sorted(m for m in found if m.startswith(("orchestrator.service", "orchestrator.adapters.postgres")))
+        == []
+    )
+    entry = {m for m in found if m.startswith("orchestrator.entrypoints")}
+    assert entry <= {"orchestrator.entrypoints.settings"} | {
+        f"orchestrator.entrypoints.settings.{name}"
+        for name in ("QUEUE_TYPES", "SettingsError", "database_url", "mask_url")
     }

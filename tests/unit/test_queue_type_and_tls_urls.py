@@ -19,19 +19,10 @@ from orchestrator.adapters.amqp.topology import Topology
 from orchestrator.adapters.postgres.store import driver_dsn
 from orchestrator.entrypoints.settings import QUEUE_TYPES, Settings, SettingsError, database_url
 from participants.cli import parse_args
-from participants.runner import QUEUE_TYPES as PARTICIPANT_QUEUE_TYPES
-from participants.runner import dead_letter_queue_arguments, queue_arguments
 
 
-@pytest.mark.parametrize("queue_type", QUEUE_TYPES)
-def test_participants_declare_exactly_what_the_orchestrator_declares(queue_type: str) -> None:
-    topology = Topology("ns", queue_type=queue_type)
-    assert queue_arguments("ns", queue_type) == topology.queue_arguments
-    assert dead_letter_queue_arguments(queue_type) == topology.dead_letter_queue_arguments
-
-
-def test_the_three_lists_of_queue_types_agree() -> None:
-    assert QUEUE_TYPES == TOPOLOGY_QUEUE_TYPES == PARTICIPANT_QUEUE_TYPES
+def test_the_lists_of_queue_types_agree() -> None:
+    assert QUEUE_TYPES == TOPOLOGY_QUEUE_TYPES
 
 
 def test_quorum_participant_queues_dead_letter_at_least_once() -> None:

@@ -1,9 +1,17 @@
-"""The generic AMQP side of a participant: everything a service module need not know about.
+"""The participant's process: consume its queue, run handlers in the inbox's transaction, publish
+replies with confirms, and stop within one bound.
 
-One runner serves every service so that the wire contract (docs/protocol.md) is implemented once:
-topology, parsing, dead-lettering of unparsable commands, idempotent replies, failure injection
-that is not business logic (delay, never answering), and a shutdown that loses no command and
-ends within its bound whatever the broker does.
+Per command, in this order (docs/protocol.md section 6, with the inbox of section 7):
+
+1. check the properties and the body; what no retry can fix is dead-lettered at once;
+2. in one transaction: claim the message id in the inbox (a command seen before returns its
+   recorded reply and does nothing else), run the handler, record its reply, commit;
+3. publish the reply and wait for the broker's confirm, then ack the command.
+
+A crash anywhere loses nothing: before the commit nothing happened, after it the command comes
+back and its reply is published from the inbox. A handler that raises has its try counted in a
+table of its own and the command goes back to the queue after a backoff; after ``max_attempts``
+tries it is dead-lettered with the last error, so nothing retries forever.
 """
 
 from __future__ import annotations
@@ -16,141 +24,130 @@ import signal
 import threading
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import FrameType
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import aio_pika
 import aio_pika.abc
 import aio_pika.exceptions
 import orjson
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from participants.common import InvalidCommand, Options, reply_message_id
-from participants.services import Service
+from orchestrator.adapters.amqp.topology import Topology
+from orchestrator.entrypoints.settings import mask_url
+from orchestrator.participant.handlers import Defer, InvalidCommand, Participant
+from orchestrator.participant.inbox import Recorded
+from orchestrator.participant.processing import CommandProcessor, DeadLetter, TryAgain
+from orchestrator.participant.settings import Settings
 
 V = TypeVar("V")
 
-__all__ = [
-    "EXIT_BROKER",
-    "EXIT_HUNG",
-    "QUEUE_TYPES",
-    "Participant",
-    "Settings",
-    "dead_letter_queue_arguments",
-    "mask_url",
-    "queue_arguments",
-]
+__all__ = ["EXIT_BROKER", "EXIT_DATABASE", "EXIT_HUNG", "Worker", "run"]
 
 EXIT_BROKER = 2
 """Exit code when the broker cannot be reached or refuses the topology at start."""
 EXIT_HUNG = 3
 """Exit code when the watchdog ends a shutdown that overran its bound (a hung event loop)."""
+EXIT_DATABASE = 4
+"""Exit code when the participant's database cannot be reached or its tables created at start."""
 WATCHDOG_MARGIN = 3.0
 """Seconds past ``shutdown_grace`` before the watchdog gives up on the event loop: enough for an
 orderly exit that is merely late, short enough that a supervisor never needs SIGKILL."""
-
 CONNECT_TIMEOUT = 10.0
-MAX_REMEMBERED = 100_000
-"""Bound on the in-memory answers, so a long run cannot grow without limit."""
-
 COPIED_HEADERS = ("x-saga-id", "x-workflow")
-QUEUE_TYPES = ("classic", "quorum")
-DELIVERY_LIMIT = 20
-"""Of a quorum participant queue (docs/protocol.md, section 2): written out here rather than
-imported, as a participant in another language would, and held equal to the orchestrator's by a
-unit test, because RabbitMQ refuses the second of two declarations that differ."""
-
-
-def queue_arguments(namespace: str, queue_type: str) -> dict[str, Any]:
-    """The arguments of the participant's own queue ``{ns}.S``, exactly as every party declares it."""
-    if queue_type == "quorum":
-        return {
-            "x-queue-type": "quorum",
-            "x-delivery-limit": DELIVERY_LIMIT,
-            "x-dead-letter-exchange": f"{namespace}.dead",
-            "x-dead-letter-strategy": "at-least-once",
-            "x-overflow": "reject-publish",
-        }
-    return {"x-dead-letter-exchange": f"{namespace}.dead"}
-
-
-def dead_letter_queue_arguments(queue_type: str) -> dict[str, Any]:
-    """The arguments of ``{ns}.dead-letter``: its type, nothing more."""
-    return {"x-queue-type": "quorum"} if queue_type == "quorum" else {}
-
-
-@dataclass(frozen=True)
-class Settings:
-    amqp_url: str
-    namespace: str = "saga"
-    #: ORCHESTRATOR_QUEUE_TYPE, which the orchestrator reads too: both must declare alike
-    queue_type: str = "classic"
-    prefetch: int = 100
-    delay: float = 0.0
-    never_answer: bool = False
-    shutdown_grace: float = 10.0
+MAX_REASON = 500
+"""Characters of a dead letter's reason header: the full error stays in the attempts table."""
 
 
 class _Stopped(Exception):
-    """A signal arrived while the runner was still connecting or declaring."""
+    """A signal arrived while the worker was still connecting or declaring."""
 
 
-@dataclass(frozen=True)
-class _Answer:
-    type: str
-    body: bytes
-    message_id: str
-
-
-def mask_url(url: str) -> str:
-    """The URL with its password hidden, because URLs end up in logs and CI output."""
+def run(participant: Participant, settings: Settings | None = None) -> int:
+    """Serve ``participant`` until SIGTERM or SIGINT, with settings from the environment unless
+    given; returns the exit code (``raise SystemExit(run(payment))`` in a ``__main__``)."""
+    settings = settings or Settings.from_env()
+    worker = Worker(participant, settings)
+    runner = asyncio.Runner()
     try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    userinfo, at, hostinfo = parts.netloc.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
-    user = userinfo.split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:******@{hostinfo}"))
+        code = runner.run(worker.run())
+    except KeyboardInterrupt:
+        runner.close()
+        return 130
+    if worker.abandoned:
+        # Closing the loop would cancel, and wait for, calls left hanging on a broker that is
+        # away; the broker redelivers whatever they held, so skip the teardown instead.
+        logging.shutdown()
+        os._exit(code)
+    runner.close()
+    return code
 
 
-def _password(url: str) -> str | None:
-    try:
-        return urlsplit(url).password
-    except ValueError:
-        return None
-
-
-class Participant:
+class Worker:
     """Consumes ``{ns}.{service}`` and answers every command on ``{ns}.events``."""
 
-    def __init__(self, service: Service, settings: Settings, options: Options) -> None:
-        self.service = service
+    def __init__(self, participant: Participant, settings: Settings) -> None:
+        self.participant = participant
         self.settings = settings
-        self.options = options
-        self.log = logging.getLogger(f"participants.{service.name}")
-        ns = settings.namespace
-        self.commands_exchange = f"{ns}.commands"
-        self.events_exchange = f"{ns}.events"
-        self.dead_exchange = f"{ns}.dead"
-        self.dead_letter_queue = f"{ns}.dead-letter"
-        self.queue_name = f"{ns}.{service.name}"
-        self._answers: dict[str, _Answer] = {}
+        self.log = logging.getLogger(f"participant.{participant.service}")
+        self.topology = Topology(settings.namespace, queue_type=settings.queue_type)
+        self.queue_name = self.topology.participant_queue(participant.service)
         self._inflight: set[asyncio.Task[object]] = set()
         self._stopping = asyncio.Event()
         self._deadline: float | None = None
         #: whether the shutdown left broker calls or commands behind when its bound ran out
         self.abandoned = False
         self._events: aio_pika.abc.AbstractExchange | None = None
+        self._dead: aio_pika.abc.AbstractExchange | None = None
+        self._engine: AsyncEngine | None = None
+        self._processor: CommandProcessor | None = None
 
+    # -- life cycle ----------------------------------------------------------------------------------
     async def run(self) -> int:
-        """Serve until SIGTERM or SIGINT; the exit code to use."""
+        """Serve until SIGTERM or SIGINT (or :meth:`stop`); the exit code to use."""
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self._on_signal, signum)
+        with contextlib.suppress(RuntimeError, ValueError):  # not the main thread: stop() only
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, self._on_signal, signum)
+        try:
+            if not await self._open_database():
+                return EXIT_DATABASE
+            return await self._serve_broker()
+        finally:
+            if self._engine is not None:
+                await self._bounded(self._engine.dispose(), max(self._left(), 1.0))
+            for signum in (signal.SIGTERM, signal.SIGINT):  # a worker inside a host's own loop
+                with contextlib.suppress(RuntimeError, ValueError):
+                    loop.remove_signal_handler(signum)
+
+    async def _open_database(self) -> bool:
+        url = mask_url(self.settings.database_url)
+        # One connection per command in flight, and one for counting a failed try meanwhile.
+        self._engine = create_async_engine(
+            self.settings.engine_url,
+            pool_size=self.settings.concurrency + 1,
+            max_overflow=0,
+            pool_pre_ping=True,
+        )
+        self._processor = CommandProcessor(
+            self.participant,
+            self._engine,
+            max_attempts=self.settings.max_attempts,
+            retry_backoff=self.settings.retry_backoff,
+            scrub=self._scrub,
+        )
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT * 3):
+                await self._processor.prepare()
+        except Exception as error:  # any failure here is fatal, said in one line
+            self.log.error("cannot prepare the database at %s: %s", url, self._safe(error))
+            await self._engine.dispose()
+            return False
+        return True
+
+    async def _serve_broker(self) -> int:
         url = mask_url(self.settings.amqp_url)
         try:
             connection = await self._unless_stopping(
@@ -187,7 +184,7 @@ class Participant:
             self.log.info("consuming %s on %s (%s)", self.queue_name, url, self._describe())
 
             def reconnected(sender: aio_pika.abc.AbstractRobustConnection | None, /) -> None:
-                self.log.info("reconnected to %s: answers given before are still remembered", url)
+                self.log.info("reconnected to %s", url)
 
             connection.reconnect_callbacks.add(reconnected)
             await self._stopping.wait()
@@ -196,19 +193,16 @@ class Participant:
 
     def _describe(self) -> str:
         """The settings that shape the answers, so a log reader knows why a reply failed."""
-        parts = [f"{self.settings.queue_type} queue", f"prefetch {self.settings.prefetch}"]
+        parts = [
+            f"{self.settings.queue_type} queue",
+            f"concurrency {self.settings.concurrency}",
+            f"{self.settings.max_attempts} attempts",
+            f"database {mask_url(self.settings.database_url)}",
+        ]
         if self.settings.never_answer:
             parts.append("never answering")
-        if self.settings.delay:
-            parts.append(f"delay {self.settings.delay:g}s")
-        if self.options.fail_rate:
-            parts.append(f"fail rate {self.options.fail_rate:g}")
-        if self.options.out_of_stock:
-            parts.append(f"out of stock {','.join(sorted(self.options.out_of_stock))}")
-        if self.options.decline_over is not None:
-            parts.append(f"decline over {self.options.decline_over} cents")
-        if self.options.refuse_over is not None:
-            parts.append(f"refuse over {self.options.refuse_over} cents")
+        if self.settings.reply_delay:
+            parts.append(f"delay {self.settings.reply_delay:g}s")
         return ", ".join(parts)
 
     def stop(self) -> None:
@@ -231,7 +225,6 @@ class Participant:
             loop.remove_signal_handler(other)
             signal.signal(other, _exit_at_once)
         # The last resort if the event loop itself is stuck, which nothing in it could notice.
-        # Here and not in stop(): ending the whole process is for the process's own signal.
         threading.Thread(
             target=_watchdog,
             args=(self.settings.shutdown_grace + WATCHDOG_MARGIN,),
@@ -281,8 +274,8 @@ class Participant:
         """Stop taking commands, let the ones in flight finish, then close, all within one bound.
 
         Whatever is still open when the bound runs out is left: commands not acked yet are
-        redelivered by the broker once the connection is gone, and replies already confirmed
-        were published before their command was acked, so exiting early loses nothing."""
+        redelivered by the broker once the connection is gone, and their replies, if committed,
+        are in the inbox for that redelivery, so exiting early loses nothing."""
         self.log.info("stopping: %d command(s) in flight", len(self._inflight))
         abandoned: list[str] = []
         # With the broker away the consumer went with the connection, and a robust channel's
@@ -314,9 +307,15 @@ class Participant:
             self.log.info("stopped")
 
     def _safe(self, error: BaseException) -> str:
-        text = str(error) or type(error).__name__
-        password = _password(self.settings.amqp_url)
-        return text.replace(password, "******") if password else text
+        """An error's text with no password of either URL in it."""
+        return self._scrub(str(error) or type(error).__name__)
+
+    def _scrub(self, text: str) -> str:
+        for url in (self.settings.amqp_url, self.settings.database_url):
+            password = _password(url)
+            if password:
+                text = text.replace(password, "******")
+        return text
 
     async def _declare_and_consume(
         self, connection: aio_pika.abc.AbstractRobustConnection
@@ -324,31 +323,30 @@ class Participant:
         # Consuming and publishing on separate channels keeps a slow publisher confirm from
         # holding back deliveries, and lets the prefetch apply to commands only.
         consume_channel = await connection.channel(publisher_confirms=False)
-        await consume_channel.set_qos(prefetch_count=self.settings.prefetch)
+        await consume_channel.set_qos(prefetch_count=self.settings.concurrency)
         publish_channel = await connection.channel(publisher_confirms=True)
 
+        topology = self.topology
         topic, fanout = aio_pika.ExchangeType.TOPIC, aio_pika.ExchangeType.FANOUT
-        commands = await consume_channel.declare_exchange(self.commands_exchange, topic, durable=True)
-        await consume_channel.declare_exchange(self.events_exchange, topic, durable=True)
-        dead = await consume_channel.declare_exchange(self.dead_exchange, fanout, durable=True)
+        commands = await consume_channel.declare_exchange(topology.commands, topic, durable=True)
+        await consume_channel.declare_exchange(topology.events, topic, durable=True)
+        dead = await consume_channel.declare_exchange(topology.dead, fanout, durable=True)
         # Declared here too so that a command rejected before the orchestrator ever ran is kept.
         dead_letters = await consume_channel.declare_queue(
-            self.dead_letter_queue,
-            durable=True,
-            arguments=dead_letter_queue_arguments(self.settings.queue_type),
+            topology.dead_letter_queue, durable=True, arguments=topology.dead_letter_queue_arguments
         )
         await dead_letters.bind(dead, routing_key="")
         queue = await consume_channel.declare_queue(
-            self.queue_name,
-            durable=True,
-            arguments=queue_arguments(self.settings.namespace, self.settings.queue_type),
+            self.queue_name, durable=True, arguments=topology.queue_arguments
         )
-        await queue.bind(commands, routing_key=f"{self.service.name}.#")
+        await queue.bind(commands, routing_key=f"{self.participant.service}.#")
 
-        self._events = await publish_channel.declare_exchange(self.events_exchange, topic, durable=True)
+        self._events = await publish_channel.declare_exchange(topology.events, topic, durable=True)
+        self._dead = await publish_channel.declare_exchange(topology.dead, fanout, durable=True)
         tag = await queue.consume(self._on_message)
         return queue, tag
 
+    # -- one command ------------------------------------------------------------------------------
     async def _on_message(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
         if self._stopping.is_set():
             # Intake stopped with the signal; a delivery that raced it (or came with a reconnect)
@@ -367,75 +365,120 @@ class Participant:
                 self._inflight.discard(task)
 
     async def _serve(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        assert self._processor is not None
         label = f"{message.type or '<no type>'} id={message.message_id or '<none>'}"
         try:
-            answer, repeat = self._answer(message)
+            body = self._parse(message)
+            label = f"{label} saga={message.correlation_id}"
+            outcome = await self._processor.process(
+                message_id=message.message_id or "",
+                saga_id=message.correlation_id or "",
+                command_type=message.type or "",
+                body=body,
+                headers=message.headers,
+            )
         except InvalidCommand as error:
-            self.log.warning("%s rejected to %s: %s", label, self.dead_exchange, error)
-            await self._settle(message.reject(requeue=False))
+            await self._dead_letter(message, f"invalid command: {error}", label)
             return
-        except Exception:
-            # A bug in a handler would fail again on every redelivery: dead-letter, do not loop.
-            self.log.exception("%s rejected to %s: handler failed", label, self.dead_exchange)
-            await self._settle(message.reject(requeue=False))
+        except DeadLetter as dead:
+            await self._dead_letter(message, str(dead), label)
             return
-        label = f"{label} saga={message.correlation_id}"
+        except Defer as deferred:
+            self.log.info("%s -> no reply yet (deferred: %s)", label, deferred)
+            await self._settle(message.ack())
+            return
+        except TryAgain as retry:
+            self.log.warning("%s -> back to the queue in %gs: %s", label, retry.after, retry)
+            await self._pause(retry.after)  # cut short by a shutdown: the queue keeps it either way
+            await self._settle(message.nack(requeue=True))
+            return
+        recorded = outcome.reply
         if self.settings.never_answer:
             self.log.info("%s -> no answer (never-answer)", label)
             await self._settle(message.ack())
             return
-        if self.settings.delay > 0 and not await self._pause(self.settings.delay):
+        if self.settings.reply_delay > 0 and not await self._pause(self.settings.reply_delay):
             self.log.info("%s -> requeued: stopping during the delay", label)
             await self._settle(message.nack(requeue=True))
             return
         try:
-            await self._publish(message, answer)
+            await self._publish(message, recorded)
         except Exception as error:
-            self.log.error("%s -> %s not published, requeueing: %s", label, answer.type, error)
+            self.log.error("%s -> %s not published, requeueing: %s", label, recorded.reply_type, error)
             await self._settle(message.nack(requeue=True))
             return
         await self._settle(message.ack())
-        self.log.info("%s -> %s%s", label, answer.type, " (repeated answer)" if repeat else "")
+        self.log.info("%s -> %s%s", label, recorded.reply_type, " (recorded reply)" if outcome.repeat else "")
 
-    def _answer(self, message: aio_pika.abc.AbstractIncomingMessage) -> tuple[_Answer, bool]:
-        """The reply to a command, and whether it was already given; raises InvalidCommand."""
+    def _parse(self, message: aio_pika.abc.AbstractIncomingMessage) -> dict[str, Any]:
+        """The body of a command whose properties are all there; InvalidCommand otherwise."""
         if not message.type:
             raise InvalidCommand("no type property")
         if not message.message_id:
             raise InvalidCommand("no message_id property")
-        body = _decode(message.body)
         if not message.correlation_id:
             raise InvalidCommand("no correlation_id property: the reply could not name its saga")
-        known = self._answers.get(message.message_id)
-        if known is not None:
-            return known, True
-        reply_type, reply_body = self.service.handle(message.type, body, self.options)
-        answer = _Answer(
-            type=reply_type,
-            body=orjson.dumps(reply_body),
-            message_id=reply_message_id(message.message_id, reply_type),
-        )
-        _put_bounded(self._answers, message.message_id, answer)
-        return answer, False
+        try:
+            body = orjson.loads(message.body)
+        except orjson.JSONDecodeError as error:
+            raise InvalidCommand(f"body is not JSON: {error}") from None
+        if not isinstance(body, dict):
+            raise InvalidCommand(f"body is a JSON {type(body).__name__}, not an object")
+        return body
 
-    async def _publish(self, command: aio_pika.abc.AbstractIncomingMessage, answer: _Answer) -> None:
+    async def _publish(self, command: aio_pika.abc.AbstractIncomingMessage, recorded: Recorded) -> None:
         if self._events is None:
             raise RuntimeError("events exchange not declared yet")
         headers = {name: command.headers[name] for name in COPIED_HEADERS if name in command.headers}
         reply = aio_pika.Message(
-            body=answer.body,
+            body=recorded.reply_body,
             content_type="application/json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            type=answer.type,
-            message_id=answer.message_id,
+            type=recorded.reply_type,
+            message_id=recorded.reply_message_id,
             correlation_id=command.correlation_id,
             headers=headers,
             timestamp=datetime.now(UTC),
-            app_id=f"participants.{self.service.name}",
+            app_id=f"participant.{self.participant.service}",
         )
         # With publisher confirms this returns only once the broker has the reply, so acking
         # the command afterwards can never lose both.
-        await self._events.publish(reply, routing_key=answer.type)
+        await self._events.publish(reply, routing_key=recorded.reply_type)
+
+    async def _dead_letter(
+        self, message: aio_pika.abc.AbstractIncomingMessage, reason: str, label: str
+    ) -> None:
+        """Publish the command to ``{ns}.dead`` with the reason, then ack it; if that publish
+        fails, reject it, which dead-letters it through the queue argument without the reason."""
+        self.log.warning("%s dead-lettered: %s", label, reason)
+        if self._dead is not None:
+            headers: dict[str, Any] = dict(message.headers)
+            headers.update(
+                {
+                    "x-participant": self.participant.service,
+                    "x-participant-reason": reason[:MAX_REASON],
+                    "x-original-exchange": message.exchange or self.topology.commands,
+                    "x-original-routing-key": message.routing_key or (message.type or ""),
+                }
+            )
+            copy = aio_pika.Message(
+                body=message.body,
+                content_type=message.content_type,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                type=message.type,
+                message_id=message.message_id,
+                correlation_id=message.correlation_id,
+                headers=headers,
+                timestamp=message.timestamp,
+            )
+            try:
+                await self._dead.publish(copy, routing_key=message.routing_key or "")
+            except Exception as error:
+                self.log.warning("%s: the dead letter was not published (%s), rejecting it", label, error)
+            else:
+                await self._settle(message.ack())
+                return
+        await self._settle(message.reject(requeue=False))
 
     async def _pause(self, seconds: float) -> bool:
         """Sleep without blocking other commands; False if the participant is stopping meanwhile."""
@@ -449,6 +492,13 @@ class Participant:
             await settling
         except Exception as error:
             self.log.warning("could not settle the message (it will be redelivered): %s", error)
+
+
+def _password(url: str) -> str | None:
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
 
 
 def _exit_at_once(signum: int, frame: FrameType | None) -> None:
@@ -469,19 +519,3 @@ def _abandon(task: asyncio.Future[Any]) -> None:
     """Cancel and forget; its outcome is retrieved so asyncio does not log it as never retrieved."""
     task.cancel()
     task.add_done_callback(lambda done: done.cancelled() or done.exception())
-
-
-def _decode(raw: bytes) -> dict[str, object]:
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as error:
-        raise InvalidCommand(f"body is not JSON: {error}") from None
-    if not isinstance(body, dict):
-        raise InvalidCommand(f"body is a JSON {type(body).__name__}, not an object")
-    return body
-
-
-def _put_bounded(store: dict[str, V], key: str, value: V) -> None:
-    store[key] = value
-    while len(store) > MAX_REMEMBERED:
-        del store[next(iter(store))]

@@ -1,0 +1,173 @@
+"""The participant's own records in its PostgreSQL: the inbox (with the reply) and attempt counts.
+
+The inbox row is written in the transaction of the business writes, so a command either left both
+its effect and its recorded reply, or neither: a command seen again returns the recorded reply
+and does nothing else. The same row serves as the outbox, since a reply is published before its
+command is acked: after a crash between commit and publish the command comes back and finds its
+reply waiting.
+
+Attempts are counted in a table of their own, in a transaction of their own, because the failed
+handler's transaction is rolled back and a classic queue keeps no delivery count.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+__all__ = ["Inbox", "Recorded"]
+
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+MAX_ERROR = 2000
+"""Characters of an error kept in the attempts table: enough for a traceback's last lines."""
+
+
+@dataclass(frozen=True)
+class Recorded:
+    reply_type: str
+    reply_body: bytes
+    reply_message_id: str
+
+
+class Inbox:
+    """The kit's two tables in ``schema``; created at start by :meth:`create`."""
+
+    def __init__(self, engine: AsyncEngine, schema: str) -> None:
+        if not _IDENTIFIER.fullmatch(schema):
+            raise ValueError(f"the schema must be a lower-case SQL identifier, got {schema!r}")
+        self.engine = engine
+        self.schema = schema
+        self._inbox = f'"{schema}".participant_inbox'
+        self._attempts = f'"{schema}".participant_attempts'
+
+    async def create(self, connection: AsyncConnection) -> None:
+        """Create the schema and tables if missing; under a lock, since several instances of one
+        service start at once and CREATE ... IF NOT EXISTS is not safe against itself."""
+        await connection.execute(text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": self._inbox})
+        await connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
+        await connection.execute(
+            text(
+                f"""CREATE TABLE IF NOT EXISTS {self._inbox} (
+                    message_id text PRIMARY KEY,
+                    command_type text NOT NULL,
+                    saga_id text NOT NULL,
+                    reply_type text NOT NULL,
+                    reply_body bytea NOT NULL,
+                    reply_message_id text NOT NULL,
+                    handled_at timestamptz NOT NULL DEFAULT now())"""
+            )
+        )
+        await connection.execute(
+            text(
+                f"""CREATE TABLE IF NOT EXISTS {self._attempts} (
+                    message_id text PRIMARY KEY,
+                    command_type text NOT NULL,
+                    attempts integer NOT NULL,
+                    last_error text NOT NULL,
+                    dead_lettered_at timestamptz,
+                    updated_at timestamptz NOT NULL DEFAULT now())"""
+            )
+        )
+
+    async def claim(self, connection: AsyncConnection, message_id: str) -> Recorded | None:
+        """The reply recorded for ``message_id``, or None after taking a lock on it.
+
+        The lock is the row lock of a provisional claim: a second delivery of the same command
+        running at the same time waits here until the first commits (and then finds its reply)
+        or rolls back (and then does the work itself). So concurrent duplicates never both act."""
+        inserted = await connection.execute(
+            text(
+                f"""INSERT INTO {self._inbox}
+                    (message_id, command_type, saga_id, reply_type, reply_body, reply_message_id)
+                    VALUES (:id, '', '', '', '', '') ON CONFLICT (message_id) DO NOTHING
+                    RETURNING 1"""
+            ),
+            {"id": message_id},
+        )
+        if inserted.first() is not None:
+            return None
+        row = (
+            await connection.execute(
+                text(
+                    f"SELECT reply_type, reply_body, reply_message_id FROM {self._inbox}"
+                    " WHERE message_id = :id"
+                ),
+                {"id": message_id},
+            )
+        ).first()
+        if row is None:  # claimed, then rolled back between the two statements: claim again
+            return await self.claim(connection, message_id)
+        return Recorded(row.reply_type, bytes(row.reply_body), row.reply_message_id)
+
+    async def record(
+        self,
+        connection: AsyncConnection,
+        *,
+        message_id: str,
+        command_type: str,
+        saga_id: str,
+        reply_type: str,
+        reply_body: bytes,
+        reply_message_id: str,
+    ) -> None:
+        await connection.execute(
+            text(
+                f"""UPDATE {self._inbox} SET command_type = :command_type, saga_id = :saga_id,
+                    reply_type = :reply_type, reply_body = :reply_body,
+                    reply_message_id = :reply_message_id, handled_at = now()
+                    WHERE message_id = :id"""
+            ),
+            {
+                "id": message_id,
+                "command_type": command_type,
+                "saga_id": saga_id,
+                "reply_type": reply_type,
+                "reply_body": reply_body,
+                "reply_message_id": reply_message_id,
+            },
+        )
+
+    async def attempts(self, connection: AsyncConnection, message_id: str) -> tuple[int, bool]:
+        """How many tries of ``message_id`` failed before, and whether it was dead-lettered."""
+        row = (
+            await connection.execute(
+                text(f"SELECT attempts, dead_lettered_at FROM {self._attempts} WHERE message_id = :id"),
+                {"id": message_id},
+            )
+        ).first()
+        if row is None:
+            return 0, False
+        return int(row.attempts), row.dead_lettered_at is not None
+
+    async def count_failure(self, message_id: str, command_type: str, error: str, *, limit: int) -> int:
+        """Count one more failed try, durably; marks it dead-lettered when it reaches ``limit``.
+        Returns the count."""
+        async with self.engine.begin() as connection:
+            row = (
+                await connection.execute(
+                    text(
+                        f"""INSERT INTO {self._attempts} AS a (message_id, command_type, attempts, last_error)
+                            VALUES (:id, :type, 1, :error)
+                            ON CONFLICT (message_id) DO UPDATE SET attempts = a.attempts + 1,
+                                last_error = EXCLUDED.last_error, updated_at = now()
+                            RETURNING attempts"""
+                    ),
+                    {"id": message_id, "type": command_type, "error": error[-MAX_ERROR:]},
+                )
+            ).one()
+            count = int(row.attempts)
+            if count >= limit:
+                await self._mark_dead(connection, message_id)
+            return count
+
+    async def _mark_dead(self, connection: AsyncConnection, message_id: str) -> None:
+        await connection.execute(
+            text(
+                f"UPDATE {self._attempts} SET dead_lettered_at = coalesce(dead_lettered_at, now())"
+                " WHERE message_id = :id"
+            ),
+            {"id": message_id},
+        )

@@ -1,0 +1,179 @@
+"""One command, exactly once: the inbox claim, the handler and the recorded reply in one
+transaction, and what happens when the handler fails. No broker here, so that a participant's
+handlers can be tested against their real database without one (:class:`CommandProcessor` is what
+the tests and :mod:`orchestrator.participant.worker` both call)."""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from orchestrator.participant.handlers import Context, Defer, InvalidCommand, Participant, reply_message_id
+from orchestrator.participant.inbox import Inbox, Recorded
+
+__all__ = ["CommandProcessor", "DeadLetter", "Outcome", "TryAgain", "is_outage"]
+
+MAX_BACKOFF = 30.0
+
+
+class DeadLetter(Exception):
+    """The command goes to the dead letters, with this as the reason."""
+
+
+class TryAgain(Exception):
+    """The command goes back to the queue after ``after`` seconds."""
+
+    def __init__(self, reason: str, after: float) -> None:
+        super().__init__(reason)
+        self.after = after
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The reply to publish, and whether it was recorded by an earlier delivery."""
+
+    reply: Recorded
+    repeat: bool
+
+
+class CommandProcessor:
+    """Runs commands through ``participant``'s handlers with the inbox of ``schema`` in ``engine``.
+
+    :meth:`process` returns the reply to publish, or raises :class:`DeadLetter`,
+    :class:`TryAgain` or :class:`~orchestrator.participant.handlers.Defer`."""
+
+    def __init__(
+        self,
+        participant: Participant,
+        engine: AsyncEngine,
+        *,
+        max_attempts: int = 5,
+        retry_backoff: float = 0.5,
+        scrub: Callable[[str], str] = lambda text: text,
+    ) -> None:
+        self.participant = participant
+        self.engine = engine
+        self.inbox = Inbox(engine, participant.schema)
+        self.max_attempts = max_attempts
+        self.retry_backoff = retry_backoff
+        #: removes secrets from error texts before they are stored or logged
+        self.scrub = scrub
+
+    async def prepare(self) -> None:
+        """Create the kit's tables and run the participant's setup functions, in one transaction."""
+        async with self.engine.begin() as connection:
+            await self.inbox.create(connection)
+            for setup in self.participant.setups:
+                await setup(connection)
+
+    async def process(
+        self,
+        *,
+        message_id: str,
+        saga_id: str,
+        command_type: str,
+        body: Mapping[str, Any],
+        headers: Mapping[str, Any] | None = None,
+    ) -> Outcome:
+        """Carry out one command, or return the reply recorded for its ``message_id``."""
+        command = self.participant.decode(command_type, body)  # InvalidCommand: dead-lettered
+        headers = dict(headers or {})
+        try:
+            async with self.engine.begin() as connection:
+                known = await self.inbox.claim(connection, message_id)
+                if known is not None:
+                    return Outcome(known, repeat=True)
+                failed, dead = await self.inbox.attempts(connection, message_id)
+                if dead or failed >= self.max_attempts:
+                    raise DeadLetter(f"dead-lettered before, after {failed} failed tries")
+                session = AsyncSession(bind=connection, expire_on_commit=False)
+                workflow = headers.get("x-workflow")
+                context = Context(
+                    session=session,
+                    connection=connection,
+                    message_id=message_id,
+                    saga_id=saga_id,
+                    workflow=workflow if isinstance(workflow, str) else None,
+                    attempt=failed + 1,
+                    headers=headers,
+                )
+                try:
+                    reply = await self.participant.handle(command_type, command, context)
+                    await session.flush()
+                finally:
+                    await session.close()
+                recorded = Recorded(
+                    reply.type, orjson.dumps(reply.body), reply_message_id(message_id, reply.type)
+                )
+                await self.inbox.record(
+                    connection,
+                    message_id=message_id,
+                    command_type=command_type,
+                    saga_id=saga_id,
+                    reply_type=recorded.reply_type,
+                    reply_body=recorded.reply_body,
+                    reply_message_id=recorded.reply_message_id,
+                )
+            return Outcome(recorded, repeat=False)
+        except (DeadLetter, Defer):
+            raise
+        except InvalidCommand as error:  # raised by the handler: no retry makes it valid
+            raise DeadLetter(f"invalid command: {error}") from None
+        except Exception as error:
+            if is_outage(error):
+                # Not this command's fault: it waits for the database without a try counted.
+                raise TryAgain(f"database unavailable: {self.scrub(str(error))}", self.backoff(1)) from None
+            raise await self._failed(message_id, command_type, error) from None
+
+    async def _failed(self, message_id: str, command_type: str, error: Exception) -> Exception:
+        """Count the failed try durably; the outcome to raise."""
+        detail = self.scrub("".join(traceback.format_exception_only(error)).strip())
+        full = self.scrub("".join(traceback.format_exception(error)))
+        try:
+            count = await self.inbox.count_failure(message_id, command_type, full, limit=self.max_attempts)
+        except Exception as counting:
+            reason = f"{detail}; the try could not be counted: {self.scrub(str(counting))}"
+            return TryAgain(reason, self.backoff(1))
+        if count >= self.max_attempts:
+            return DeadLetter(f"the handler failed {count} times, last: {detail}")
+        return TryAgain(
+            f"the handler failed (try {count} of {self.max_attempts}):\n{full}", self.backoff(count)
+        )
+
+    def backoff(self, tries: int) -> float:
+        return min(self.retry_backoff * 2.0 ** (tries - 1), MAX_BACKOFF)
+
+
+_OUTAGES = {
+    "ConnectionDoesNotExistError",
+    "CannotConnectNowError",
+    "ConnectionFailureError",
+    "AdminShutdownError",
+    "TooManyConnectionsError",
+}
+"""asyncpg's errors that say the server or the connection is away (by name: the kit does not
+import asyncpg itself, SQLAlchemy wraps its errors)."""
+
+
+def is_outage(error: BaseException) -> bool:
+    """Whether ``error`` says the database is away rather than that the handler failed: such a
+    try is not counted, since no handler fix would make it pass."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
+            return True
+        if isinstance(current, sa_exc.TimeoutError | sa_exc.InterfaceError | OSError):
+            return True
+        if type(current).__name__ in _OUTAGES:
+            return True
+        orig = getattr(current, "orig", None)
+        current = orig if isinstance(orig, BaseException) else (current.__cause__ or current.__context__)
+    return False

@@ -1,0 +1,122 @@
+"""A participant's settings, from the environment by default, with the orchestrator's names where
+both read the same thing (the broker, the namespace, the queue type): one value configures both."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from orchestrator.entrypoints.settings import QUEUE_TYPES, SettingsError, database_url, mask_url
+
+__all__ = ["DEFAULT_AMQP_URL", "Settings", "SettingsError"]
+
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+@dataclass(frozen=True)
+class Settings:
+    #: the participant's own PostgreSQL (``postgresql://`` or ``postgresql+asyncpg://``)
+    database_url: str
+    amqp_url: str = DEFAULT_AMQP_URL
+    namespace: str = "saga"
+    #: ORCHESTRATOR_QUEUE_TYPE, which the orchestrator reads too: both must declare alike
+    queue_type: str = "classic"
+    #: commands handled at once, each holding one database connection while it runs
+    concurrency: int = 10
+    #: failed tries of one message id before it is dead-lettered with its last error
+    max_attempts: int = 5
+    #: seconds before a failed try goes back to the queue, doubled per try, at most 30
+    retry_backoff: float = 0.5
+    #: after SIGTERM/SIGINT, the one bound on finishing the commands in flight and closing
+    shutdown_grace: float = 10.0
+    #: fault injection for testing a workflow's deadlines: wait this long before each reply
+    reply_delay: float = 0.0
+    #: fault injection: commit and ack every command, never reply
+    never_answer: bool = False
+
+    def __post_init__(self) -> None:
+        if self.queue_type not in QUEUE_TYPES:
+            raise SettingsError(
+                f"the queue type must be one of {', '.join(QUEUE_TYPES)}, not {self.queue_type!r}"
+            )
+        if not 1 <= self.concurrency <= 1000:
+            raise SettingsError(f"the concurrency must be between 1 and 1000, not {self.concurrency}")
+        if not 1 <= self.max_attempts <= 1000:
+            raise SettingsError(f"the attempts must be between 1 and 1000, not {self.max_attempts}")
+        for name in ("retry_backoff", "shutdown_grace", "reply_delay"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise SettingsError(f"{name} must be a number of seconds from 0, not {value!r}")
+        if not _looks_like_amqp(self.amqp_url):
+            # aio-pika would retry such a URL forever instead of failing at start.
+            raise SettingsError(
+                "the AMQP URL must look like amqp://user:password@host:5672/vhost,"
+                f" got {mask_url(self.amqp_url)}"
+            )
+        if not self.database_url.startswith(("postgresql://", "postgresql+asyncpg://", "postgres://")):
+            raise SettingsError(
+                "the database URL must be a PostgreSQL one (postgresql://user@host:5432/db),"
+                f" got {mask_url(self.database_url)}"
+            )
+
+    @property
+    def engine_url(self) -> str:
+        """The URL for SQLAlchemy's asyncpg dialect, whichever way the user spelled it."""
+        url = database_url(self.database_url, "PARTICIPANT_DATABASE_URL")
+        for prefix in ("postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+asyncpg://" + url.removeprefix(prefix)
+        return url
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from the environment; SettingsError names the variable that is wrong."""
+        env = os.environ if environ is None else environ
+
+        def value(name: str) -> str | None:
+            return env.get(name) or None
+
+        url = value("PARTICIPANT_DATABASE_URL")
+        if url is None:
+            raise SettingsError("PARTICIPANT_DATABASE_URL is not set: the participant's own PostgreSQL")
+        return cls(
+            database_url=url,
+            amqp_url=value("ORCHESTRATOR_AMQP_URL") or DEFAULT_AMQP_URL,
+            namespace=value("ORCHESTRATOR_NAMESPACE") or "saga",
+            queue_type=(value("ORCHESTRATOR_QUEUE_TYPE") or "classic").strip().lower(),
+            concurrency=_int(env, "PARTICIPANT_CONCURRENCY", 10),
+            max_attempts=_int(env, "PARTICIPANT_MAX_ATTEMPTS", 5),
+            retry_backoff=_float(env, "PARTICIPANT_RETRY_BACKOFF", 0.5),
+            shutdown_grace=_float(env, "PARTICIPANT_SHUTDOWN_GRACE", 10.0),
+        )
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name) or None
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, not {raw!r}") from None
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name) or None
+    if raw is None:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, not {raw!r}") from None
+
+
+def _looks_like_amqp(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        return parts.scheme in ("amqp", "amqps") and bool(parts.hostname) and parts.port != 0
+    except ValueError:
+        return False

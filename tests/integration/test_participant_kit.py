@@ -1,0 +1,343 @@
+"""The participant kit's exactly-once processing against a real PostgreSQL, without a broker:
+the inbox, concurrent duplicates, counted failures, deferrals, outages and restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+import asyncpg
+import orjson
+import pytest
+import pytest_asyncio
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from orchestrator import Command, Event
+from orchestrator.adapters.amqp.broker import wait_for_consumers
+from orchestrator.participant import (
+    Context,
+    Defer,
+    InvalidCommand,
+    Participant,
+    Reply,
+    Settings,
+    Worker,
+    reply_message_id,
+)
+from orchestrator.participant.processing import CommandProcessor, DeadLetter, TryAgain
+from tests.integration.conftest import ADMIN_DSN, AMQP_URL, database_url_of, delete_namespace, drop_database
+
+
+@dataclass(frozen=True)
+class Debit(Command):
+    TYPE = "wallet.Debit"
+    account: str
+    cents: int
+
+
+@dataclass(frozen=True)
+class Debited(Event):
+    TYPE = "wallet.Debited"
+    account: str
+    balance: int
+
+
+@dataclass
+class Wallet:
+    """A participant whose handler's behaviour a test steers, and which counts its calls."""
+
+    participant: Participant
+    calls: int = 0
+    #: what the next calls do: "ok", "raise", "defer", "invalid", "slow"
+    mode: str = "ok"
+
+
+def wallet() -> Wallet:
+    state = Wallet(Participant("wallet", schema="wallet_kit"))
+    participant = state.participant
+
+    @participant.setup
+    async def tables(connection: AsyncConnection) -> None:
+        await connection.execute(
+            text(
+                "CREATE TABLE IF NOT EXISTS wallet_kit.moves"
+                " (id bigserial PRIMARY KEY, account text, cents int)"
+            )
+        )
+
+    @participant.handles(Debit)
+    async def debit(command: Debit, context: Context) -> Debited:
+        state.calls += 1
+        await context.connection.execute(
+            text("INSERT INTO wallet_kit.moves (account, cents) VALUES (:a, :c)"),
+            {"a": command.account, "c": -command.cents},
+        )
+        if state.mode == "slow":
+            await asyncio.sleep(0.3)
+        if state.mode == "raise":
+            raise RuntimeError(f"boom on try {context.attempt}")
+        if state.mode == "defer":
+            raise Defer("the ledger is closed for the night")
+        if state.mode == "invalid":
+            raise InvalidCommand("no such account")
+        balance = (
+            await context.connection.execute(
+                text("SELECT sum(cents) FROM wallet_kit.moves WHERE account = :a"), {"a": command.account}
+            )
+        ).scalar_one()
+        return Debited(command.account, int(balance))
+
+    @participant.handles("wallet.Ping")
+    async def ping(body: dict[str, Any], context: Context) -> Reply:
+        return Reply("wallet.Pong", {"echo": body.get("n"), "attempt": context.attempt})
+
+    return state
+
+
+@pytest_asyncio.fixture
+async def database() -> AsyncIterator[str]:
+    name = f"kit_test_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(ADMIN_DSN)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield database_url_of(name)
+    finally:
+        await asyncio.to_thread(drop_database, name)
+
+
+@pytest_asyncio.fixture
+async def engine(database: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(database, pool_size=5)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+async def processor_for(state: Wallet, engine: AsyncEngine, **options: Any) -> CommandProcessor:
+    processor = CommandProcessor(state.participant, engine, retry_backoff=0.01, **options)
+    await processor.prepare()
+    return processor
+
+
+async def moves(engine: AsyncEngine) -> int:
+    async with engine.connect() as connection:
+        return int((await connection.execute(text("SELECT count(*) FROM wallet_kit.moves"))).scalar_one())
+
+
+def debit(message_id: str, cents: int = 100) -> dict[str, Any]:
+    return {
+        "message_id": message_id,
+        "saga_id": "saga-1",
+        "command_type": "wallet.Debit",
+        "body": {"account": "a-1", "cents": cents},
+        "headers": {"x-workflow": "checkout"},
+    }
+
+
+async def test_a_command_seen_before_returns_its_recorded_reply_and_does_nothing(engine: AsyncEngine) -> None:
+    state = wallet()
+    processor = await processor_for(state, engine)
+    first = await processor.process(**debit("m-1"))
+    second = await processor.process(**debit("m-1"))
+
+    assert (first.repeat, second.repeat) == (False, True)
+    assert first.reply == second.reply
+    assert first.reply.reply_type == "wallet.Debited"
+    assert first.reply.reply_message_id == reply_message_id("m-1", "wallet.Debited")
+    assert state.calls == 1 and await moves(engine) == 1
+
+    other = await processor.process(**debit("m-2"))  # another command: carried out
+    assert not other.repeat and state.calls == 2 and await moves(engine) == 2
+
+
+async def test_the_record_outlives_the_process(engine: AsyncEngine) -> None:
+    state = wallet()
+    first = await (await processor_for(state, engine)).process(**debit("m-1"))
+    restarted = wallet()  # a new process: nothing in memory
+    again = await (await processor_for(restarted, engine)).process(**debit("m-1"))
+    assert again.repeat and again.reply == first.reply
+    assert restarted.calls == 0 and await moves(engine) == 1
+
+
+async def test_concurrent_duplicates_act_once(engine: AsyncEngine) -> None:
+    state = wallet()
+    state.mode = "slow"  # the first holds its transaction open while the second arrives
+    processor = await processor_for(state, engine)
+    outcomes = await asyncio.gather(*(processor.process(**debit("m-1")) for _ in range(4)))
+
+    assert sorted(o.repeat for o in outcomes) == [False, True, True, True]
+    assert len({o.reply for o in outcomes}) == 1
+    assert state.calls == 1 and await moves(engine) == 1
+
+
+async def test_a_failing_handler_is_counted_rolled_back_and_dead_lettered_after_the_limit(
+    engine: AsyncEngine,
+) -> None:
+    state = wallet()
+    state.mode = "raise"
+    processor = await processor_for(state, engine, max_attempts=3)
+    for attempt in (1, 2):
+        with pytest.raises(TryAgain) as retry:
+            await processor.process(**debit("m-1"))
+        assert f"try {attempt} of 3" in str(retry.value)
+    with pytest.raises(DeadLetter, match="failed 3 times, last: RuntimeError: boom on try 3"):
+        await processor.process(**debit("m-1"))
+    assert await moves(engine) == 0  # every failed try's writes were rolled back
+
+    # counted in the database, so a new process goes on counting; the handler no longer runs
+    restarted = wallet()
+    with pytest.raises(DeadLetter, match="dead-lettered before"):
+        await (await processor_for(restarted, engine, max_attempts=3)).process(**debit("m-1"))
+    assert restarted.calls == 0
+    async with engine.connect() as connection:
+        row = (
+            await connection.execute(
+                text("SELECT attempts, last_error, dead_lettered_at FROM wallet_kit.participant_attempts")
+            )
+        ).one()
+    assert row.attempts == 3 and "boom on try 3" in row.last_error and row.dead_lettered_at is not None
+
+
+async def test_a_try_that_fails_then_succeeds_knows_its_attempt(engine: AsyncEngine) -> None:
+    state = wallet()
+    processor = await processor_for(state, engine)
+    state.mode = "raise"
+    with pytest.raises(TryAgain):
+        await processor.process(**debit("m-1"))
+    state.mode = "ok"
+    outcome = await processor.process(**debit("m-1"))
+    assert outcome.reply.reply_type == "wallet.Debited" and await moves(engine) == 1
+    pong = await processor.process(
+        message_id="p-1", saga_id="s", command_type="wallet.Ping", body={"n": 7}, headers={}
+    )
+    assert pong.reply.reply_body == b'{"echo":7,"attempt":1}'
+
+
+async def test_a_deferred_command_records_nothing_and_runs_again(engine: AsyncEngine) -> None:
+    state = wallet()
+    state.mode = "defer"
+    processor = await processor_for(state, engine)
+    with pytest.raises(Defer):
+        await processor.process(**debit("m-1"))
+    assert await moves(engine) == 0
+    state.mode = "ok"
+    outcome = await processor.process(**debit("m-1"))
+    assert not outcome.repeat and state.calls == 2 and await moves(engine) == 1
+
+
+async def test_invalid_commands_are_dead_lettered_at_once(engine: AsyncEngine) -> None:
+    state = wallet()
+    processor = await processor_for(state, engine)
+    with pytest.raises(InvalidCommand, match=r"wallet\.Debit does not fit its schema"):
+        await processor.process(**{**debit("m-1"), "body": {"account": "a-1"}})
+    with pytest.raises(InvalidCommand, match=r"does not handle 'wallet\.Credit'"):
+        await processor.process(**{**debit("m-2"), "command_type": "wallet.Credit"})
+    state.mode = "invalid"  # the handler itself says no retry can help
+    with pytest.raises(DeadLetter, match="invalid command: no such account"):
+        await processor.process(**debit("m-3"))
+    assert state.calls == 1 and await moves(engine) == 0
+
+
+async def test_a_database_outage_is_not_counted_as_a_failed_try(engine: AsyncEngine) -> None:
+    state = wallet()
+    processor = await processor_for(state, engine, max_attempts=1)
+    away = create_async_engine("postgresql+asyncpg://postgres@127.0.0.1:1/nowhere")
+    try:
+        unreachable = CommandProcessor(state.participant, away, max_attempts=1)
+        for _ in range(3):
+            with pytest.raises(TryAgain, match="database unavailable"):
+                await unreachable.process(**debit("m-1"))
+    finally:
+        await away.dispose()
+    # with max_attempts=1 one counted failure would have dead-lettered it
+    outcome = await processor.process(**debit("m-1"))
+    assert outcome.reply.reply_type == "wallet.Debited"
+
+
+def test_a_handler_for_another_service_is_refused() -> None:
+    participant = Participant("wallet")
+    with pytest.raises(ValueError, match=r"wallet receives wallet\.\* commands only"):
+        participant.handles("bank.Debit")
+    participant.handles(Debit)(lambda command, context: None)
+    with pytest.raises(ValueError, match="has a handler already"):
+        participant.handles(Debit)
+
+
+async def test_the_worker_answers_once_defers_and_dead_letters_with_the_reason(database: str) -> None:
+    """The kit's process over the real broker: confirmed replies, a repeated command answered from
+    the inbox, a deferral acked without a reply, a failing handler dead-lettered with its reason."""
+    namespace = f"test-kit-{uuid.uuid4().hex[:8]}"
+    state = wallet()
+    settings = Settings(
+        database_url=database,
+        amqp_url=AMQP_URL,
+        namespace=namespace,
+        max_attempts=2,
+        retry_backoff=0.05,
+        shutdown_grace=5,
+    )
+    worker = Worker(state.participant, settings)
+    running = asyncio.create_task(worker.run())
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        await wait_for_consumers(connection, [f"{namespace}.wallet"], 30)
+        channel = await connection.channel(publisher_confirms=True)
+        replies = await channel.declare_queue(exclusive=True)
+        await replies.bind(f"{namespace}.events", "#")
+        commands = await channel.get_exchange(f"{namespace}.commands")
+
+        async def send(message_id: str, body: dict[str, Any]) -> None:
+            message = aio_pika.Message(
+                orjson.dumps(body), type="wallet.Debit", message_id=message_id, correlation_id="saga-1"
+            )
+            await commands.publish(message, routing_key="wallet.Debit")
+
+        async def next_message(queue: aio_pika.abc.AbstractQueue) -> aio_pika.abc.AbstractIncomingMessage:
+            async with asyncio.timeout(20):
+                while (message := await queue.get(no_ack=True, fail=False)) is None:
+                    await asyncio.sleep(0.05)
+            return message
+
+        await send("m-1", {"account": "a-1", "cents": 5})
+        first = await next_message(replies)
+        await send("m-1", {"account": "a-1", "cents": 5})
+        second = await next_message(replies)
+        assert first.type == second.type == "wallet.Debited"
+        assert first.message_id == second.message_id == reply_message_id("m-1", "wallet.Debited")
+        assert first.body == second.body == b'{"account":"a-1","balance":-5}'
+        assert first.correlation_id == "saga-1" and state.calls == 1
+
+        state.mode = "raise"
+        await send("m-2", {"account": "a-1", "cents": 5})
+        dead_letters = await channel.declare_queue(f"{namespace}.dead-letter", passive=True)
+        dead = await next_message(dead_letters)
+        assert dead.message_id == "m-2" and dead.headers["x-participant"] == "wallet"
+        assert str(dead.headers["x-participant-reason"]).startswith(
+            "the handler failed 2 times, last: RuntimeError"
+        )
+        assert dead.headers["x-original-exchange"] == f"{namespace}.commands"
+
+        state.mode = "defer"
+        calls = state.calls
+        await send("m-3", {"account": "a-1", "cents": 5})
+        async with asyncio.timeout(20):
+            while state.calls == calls:
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        assert await replies.get(no_ack=True, fail=False) is None  # deferred: no reply
+        queue = await channel.declare_queue(f"{namespace}.wallet", passive=True)
+        assert queue.declaration_result.message_count == 0  # and acked, not left in the queue
+    finally:
+        worker.stop()
+        assert await asyncio.wait_for(running, 15) == 0
+        await connection.close()
+        await delete_namespace(namespace, queues=("wallet", "dead-letter"))
