@@ -250,7 +250,10 @@ async function main() {
 
   let connection;
   try {
-    connection = await amqp.connect(settings.amqpUrl, { timeout: 10_000 });
+    connection = await amqp.connect(settings.amqpUrl, {
+      timeout: 10_000,
+      clientProperties: { connection_name: `${ns}.${SERVICE} (node, pid ${process.pid})` },
+    });
   } catch (error) {
     die(`cannot connect to RabbitMQ at ${mask(settings.amqpUrl)}: ${/** @type {Error} */ (error).message}`);
     return;

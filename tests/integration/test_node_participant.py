@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import aio_pika
 import aio_pika.abc
@@ -29,6 +30,7 @@ from orchestrator.core.engine import saga_id_for
 from participants.common import injected_failure
 
 from .conftest import ADMIN_DSN, ROOT, Bench, Process, database_url_of, drop_database, unique
+from .private_broker import PrivateBroker
 
 pytestmark = pytest.mark.integration
 
@@ -305,6 +307,24 @@ async def test_invalid_commands_are_dead_lettered_and_the_node_shipping_keeps_se
         sagas = await bench.finished("order", [key])
         assert sagas[key].status == Status.COMPLETED
         assert [r["status"] for r in await shipping.shipments([key])] == ["shipped"]
+        assert shipping.process.stop() == 0  # SIGTERM: an orderly stop
+        assert shipping.output().rstrip().endswith("info shipping-node: stopped")
+        password = urlsplit(bench.amqp_url).password
+        assert password and f":{password}@" not in shipping.output()
+
+
+async def test_the_node_shipping_exits_1_when_it_loses_the_broker(
+    private_bench: Bench, private_broker: PrivateBroker
+) -> None:
+    """No reconnection: it exits 1, for a supervisor to start it again; its unacked commands
+    went back to the queue with the connection."""
+    require_node_modules()
+    async with participant_database(private_bench) as database_url:
+        shipping = NodeShipping(private_bench, database_url, {})
+        process = await shipping.start()
+        await asyncio.to_thread(private_broker.stop_app)
+        assert await asyncio.to_thread(process.popen.wait, 30) == 1
+        assert "lost the connection to RabbitMQ" in shipping.output()
 
 
 async def test_kill_9_mid_flow_and_resent_commands_make_one_shipment_per_order(bench: Bench) -> None:
