@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export ORCHESTRATOR_DATABASE_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/orchestrator
 export ORCHESTRATOR_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
 
-.PHONY: venv install lint types test unit integration demo migrate run bench bench-replicas chaos clean
+.PHONY: venv install node-deps lint types test unit integration demo migrate run bench bench-replicas chaos clean
 
 venv: $(STAMP)
 
@@ -19,6 +19,17 @@ $(STAMP): pyproject.toml
 
 install: venv
 
+# The Node.js participant's dependencies (participants/node/README.md), exactly as the lock file
+# says; again only when the lock file changed. Its integration test needs them.
+NODE_DIR := participants/node
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed
+
+node-deps: $(NODE_STAMP)
+
+$(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund
+	touch $(NODE_STAMP)
+
 lint: venv
 	$(BIN)/ruff check orchestrator participants bench tests migrations
 	$(BIN)/ruff format --check orchestrator participants bench tests migrations
@@ -29,10 +40,10 @@ types: venv
 unit: venv
 	$(BIN)/pytest tests/unit -q
 
-integration: venv
+integration: venv node-deps
 	$(BIN)/pytest tests/integration -q
 
-test: venv lint types
+test: venv node-deps lint types
 	$(BIN)/pytest -q
 
 migrate: venv
