@@ -28,6 +28,7 @@ __all__ = [
 ]
 
 C = TypeVar("C", bound=Command)
+R = TypeVar("R", bound="Message | Reply")
 
 
 class InvalidCommand(ValueError):
@@ -100,12 +101,14 @@ class Participant:
     @overload
     def handles(
         self, command: type[C]
-    ) -> Callable[[Callable[[C, Context], Awaitable[HandlerResult]]], Any]: ...
+    ) -> Callable[[Callable[[C, Context], Awaitable[R]]], Callable[[C, Context], Awaitable[R]]]: ...
 
     @overload
     def handles(
         self, command: str
-    ) -> Callable[[Callable[[dict[str, Any], Context], Awaitable[HandlerResult]]], Any]: ...
+    ) -> Callable[
+        [Callable[[dict[str, Any], Context], Awaitable[R]]], Callable[[dict[str, Any], Context], Awaitable[R]]
+    ]: ...
 
     def handles(self, command: type[Command] | str) -> Callable[[Any], Any]:
         """Register the handler of one command type: a Command class (the body is loaded into it,

@@ -20,6 +20,9 @@ from tests.integration.conftest import Bench, Process, unique
 SKUS = ("apple", "pear", "plum", "fig", "kiwi")
 INITIAL_STOCK = 1_000_000  # participants.inventory.INITIAL_STOCK: what a SKU starts with
 FAIL_RATES = {"inventory": "0.1", "payment": "0.15", "shipping": "0.25"}
+#: each participant waits this long between its commit and its reply and ack (``--delay``), so a
+#: kill finds commands done but not acked: the redeliveries the inbox is there for
+DELAY = "0.2"
 ORDERS = 160
 KILLS = 10
 
@@ -30,7 +33,7 @@ async def test_no_order_is_charged_shipped_or_moved_twice_while_processes_are_ki
     rng = random.Random(15)
     processes: dict[str, Process] = {}
     for service, rate in FAIL_RATES.items():
-        processes[service] = await bench.start_participant(service, "--fail-rate", rate)
+        processes[service] = await bench.start_participant(service, "--fail-rate", rate, "--delay", DELAY)
     processes["orchestrator"] = await bench.start_orchestrator()
 
     orders: dict[str, list[tuple[str, int]]] = {}
@@ -61,7 +64,9 @@ async def test_no_order_is_charged_shipped_or_moved_twice_while_processes_are_ki
         if victim == "orchestrator":
             processes[victim] = await bench.start_orchestrator()
         else:
-            processes[victim] = await bench.start_participant(victim, "--fail-rate", FAIL_RATES[victim])
+            processes[victim] = await bench.start_participant(
+                victim, "--fail-rate", FAIL_RATES[victim], "--delay", DELAY
+            )
     await placing
     assert set(killed) - {"orchestrator"}, f"no participant was killed: {killed}"
 
@@ -129,3 +134,7 @@ async def test_no_order_is_charged_shipped_or_moved_twice_while_processes_are_ki
     assert stock == {sku: INITIAL_STOCK - completed_units[sku] for sku in stock}
     assert dead == 0
     assert handled >= ORDERS  # every order's first command at least went through an inbox
+    # and the run did what it is for: commands carried out before a kill came back and were
+    # answered from the inbox (without such redeliveries the counts above would prove nothing)
+    repeated = sum(p.output().count("(recorded reply)") for p in bench.processes if p.name in FAIL_RATES)
+    assert repeated > 0
