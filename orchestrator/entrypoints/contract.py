@@ -25,7 +25,6 @@ The shape (docs/protocol.md, "Machine-readable contract"):
 from __future__ import annotations
 
 import importlib.metadata
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -57,7 +56,8 @@ class _Kind:
     classes: list[type[Message]] = field(default_factory=list)
     #: workflows that send it (a command) or take it (an event)
     workflows: set[str] = field(default_factory=set)
-    starts: set[str] = field(default_factory=set)  # workflows it starts (an event)
+    #: workflow -> its key field, for each workflow it starts (an event)
+    starts: dict[str, str] = field(default_factory=dict)
 
     def add(self, cls: type[Message] | None, workflow: str) -> None:
         if cls is not None and all(cls is not known for known in self.classes):
@@ -138,8 +138,10 @@ def _replies(workflow: Workflow) -> dict[str, set[str]]:
 
 def _schemas(kind: _Kind, schemas: dict[str, Any]) -> dict[str, Any]:
     """The payload of a message type; nested types go into ``schemas`` (components/schemas) under
-    the type's name, so two classes that both call a nested type ``Line`` never collide. A type
-    two loaded classes read must fit both (the orchestrator validates it against each)."""
+    the type's name, so two classes that both call a nested type ``Line`` never collide. Where
+    two loaded classes differ (two workflows take one event type, or releases of a workflow send
+    a command in two shapes), an event must fit each class the orchestrator validates it with
+    (``allOf``) and a command is one of the shapes it may send (``anyOf``)."""
     if not kind.classes:
         return {"type": "object", "description": "its message class is not declared: any JSON object"}
     payloads = []
@@ -151,7 +153,9 @@ def _schemas(kind: _Kind, schemas: dict[str, Any]) -> dict[str, Any]:
         for name, definition in payload.pop("$defs", {}).items():
             schemas[f"{prefix}.{name}"] = definition
         payloads.append(payload)
-    return payloads[0] if len(payloads) == 1 else {"allOf": payloads}
+    if len(payloads) == 1:
+        return payloads[0]
+    return {"anyOf": payloads} if kind.command else {"allOf": payloads}
 
 
 def _headers(kind: _Kind) -> dict[str, Any]:
@@ -181,7 +185,7 @@ def _headers(kind: _Kind) -> dict[str, Any]:
             "x-schema-version": {
                 "type": "integer",
                 "minimum": 1,
-                "maximum": max(versions),
+                "maximum": min(versions),
                 "description": "the schema version of the body, an AMQP integer; absent means 1. Older"
                 " versions are upcast (docs/protocol.md, section 5)",
             },
@@ -189,12 +193,12 @@ def _headers(kind: _Kind) -> dict[str, Any]:
     }
 
 
-def _message(kind: _Kind, payload: dict[str, Any], key_fields: Mapping[str, str]) -> dict[str, Any]:
+def _message(kind: _Kind, payload: dict[str, Any]) -> dict[str, Any]:
     service = service_of(kind.name)
     if kind.command:
         summary = f"A command to the {service} service."
     elif kind.starts:
-        keys = ", ".join(f"{key_fields[w]} for {w}" for w in sorted(kind.starts))
+        keys = ", ".join(f"{key} for {w}" for w, key in sorted(kind.starts.items()))
         summary = f"A start event: the saga is found or made by its key field ({keys})."
     else:
         summary = f"A reply of the {service} service."
@@ -232,26 +236,26 @@ def asyncapi_document(registry: Registry, settings: Settings) -> dict[str, Any]:
     kinds: dict[str, _Kind] = {}
     replies: dict[str, set[str]] = {}
     unnamed: set[str] = set()
-    key_fields: dict[str, str] = {}
     workflows = [c.workflow for _, c in sorted(registry.releases.items())]
     for workflow in workflows:
-        key_fields.setdefault(workflow.name, workflow.key)
-        for type_name, event_class in workflow.events.items():
-            kinds.setdefault(type_name, _Kind(type_name, command=False)).add(event_class, workflow.name)
-        kinds[workflow.starts_on.TYPE].starts.add(workflow.name)
         for _, builder in _sends(workflow):
             message_type, cls = _builder_message(builder)
             if message_type is None:
                 unnamed.add(str(getattr(builder, "__qualname__", builder)))
                 continue
-            kind = kinds.setdefault(message_type, _Kind(message_type, command=True))
-            if not kind.command:
-                raise DefinitionError(
-                    f"{message_type} is both a command and an event: a type names one message"
-                )
-            kind.add(cls, workflow.name)
+            kinds.setdefault(message_type, _Kind(message_type, command=True)).add(cls, workflow.name)
         for command, answering in _replies(workflow).items():
             replies.setdefault(command, set()).update(answering)
+    # An event is validated against the class of each workflow that takes it, as the registry
+    # routes it (its current release's, or an older one's for a type only that release takes).
+    for type_name, takers in sorted(registry.by_type.items()):
+        if type_name in kinds:
+            raise DefinitionError(f"{type_name} is both a command and an event: a type names one message")
+        kind = kinds[type_name] = _Kind(type_name, command=False)
+        for compiled in sorted(takers, key=lambda c: c.workflow.name):
+            kind.add(compiled.workflow.events[type_name], compiled.workflow.name)
+            if type_name == compiled.workflow.starts_on.TYPE:
+                kind.starts[compiled.workflow.name] = compiled.workflow.key
 
     commands = sorted(t for t, k in kinds.items() if k.command)
     events = sorted(t for t, k in kinds.items() if not k.command)
@@ -260,7 +264,7 @@ def asyncapi_document(registry: Registry, settings: Settings) -> dict[str, Any]:
         raise DefinitionError(f"a participant service cannot be called {ORCHESTRATOR!r}")
 
     schemas: dict[str, Any] = {}
-    messages = {t: _message(kinds[t], _schemas(kinds[t], schemas), key_fields) for t in sorted(kinds)}
+    messages = {t: _message(kinds[t], _schemas(kinds[t], schemas)) for t in sorted(kinds)}
 
     def exchange(name: str) -> dict[str, Any]:
         return {

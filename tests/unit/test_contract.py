@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
 
+from orchestrator import Command, Event, Message, SagaView, Undo, Workflow
 from orchestrator.adapters.amqp.topology import Topology
-from orchestrator.core.messages import Command, dump
+from orchestrator.core.messages import dump
 from orchestrator.core.routing import Registry
 from orchestrator.entrypoints import cli
 from orchestrator.entrypoints.contract import asyncapi_document
@@ -39,6 +41,84 @@ REPLIES = {
     "bank.ReleaseFunds": [],  # sent on closing: nobody waits for its reply (section 8)
 }
 STARTS = ["escrow.EscrowOpened", "orders.OrderPlaced"]
+
+
+@dataclass(frozen=True)
+class Opened(Event):
+    TYPE = "desk.Opened"
+    desk_id: str
+
+
+@dataclass(frozen=True)
+class OpenedOnAFloor(Event):
+    TYPE = "desk.Opened"
+    desk_id: str
+    floor: int
+
+
+@dataclass(frozen=True)
+class Hold(Command):
+    TYPE = "vault.Hold"
+    desk_id: str
+
+
+@dataclass(frozen=True)
+class HoldOnAFloor(Command):
+    TYPE = "vault.Hold"
+    desk_id: str
+    floor: int
+
+
+@dataclass(frozen=True)
+class Held(Event):
+    TYPE = "vault.Held"
+    desk_id: str
+
+
+@dataclass(frozen=True)
+class HoldRefused(Event):
+    TYPE = "vault.HoldRefused"
+    desk_id: str
+
+
+@dataclass(frozen=True)
+class Unhold(Command):
+    TYPE = "vault.Unhold"
+    desk_id: str
+
+
+@dataclass(frozen=True)
+class Unheld(Event):
+    TYPE = "vault.Unheld"
+    desk_id: str
+
+
+@dataclass(frozen=True)
+class UnholdRefused(Event):
+    TYPE = "vault.UnholdRefused"
+    desk_id: str
+
+
+@dataclass(frozen=True)
+class Ping(Command):
+    TYPE = "pager.Ping"
+    desk_id: str
+
+
+def page(view: SagaView) -> Message:
+    return Ping(view.key)
+
+
+def desk(release: str, opened: type[Event], hold: type[Command]) -> Workflow:
+    """A free state machine with an ``Undo`` that can be refused, and a command built by a function
+    that declares no type."""
+    flow = Workflow("desk", starts_on=opened, key="desk_id", release=release, current=release == "2")
+    flow.state("holding", send=hold, deadline=timedelta(minutes=1), on_deadline="undone")
+    flow.state("done", final=True, send=page)
+    flow.state("undone", final=True, compensate=[Undo(Unhold, done=Unheld, failed=UnholdRefused)])
+    flow.on(Held, source="holding", dest="done")
+    flow.on(HoldRefused, source="holding", dest="undone")
+    return flow
 
 
 def document(**settings: Any) -> dict[str, Any]:
@@ -229,3 +309,27 @@ def test_orchestrator_contract_says_what_is_wrong_with_the_workflows(
 
     assert exited.value.code == 1
     assert capsys.readouterr().err.startswith("orchestrator: no workflow module 'no_such_package.workflows'")
+
+
+def test_undo_replies_two_releases_and_an_untyped_command() -> None:
+    made = asyncapi_document(
+        Registry([desk("1", Opened, Hold), desk("2", OpenedOnAFloor, HoldOnAFloor)]), Settings()
+    )
+    operations = made["operations"]
+
+    def replies(command: str) -> list[str]:
+        reply = operations[f"vault.receive.{command}"]["reply"]
+        return [m["$ref"].rsplit("/", 1)[1] for m in reply["messages"]]
+
+    assert asyncapi_errors(made) == []
+    assert replies("vault.Hold") == ["vault.Held", "vault.HoldRefused"]
+    assert replies("vault.Unhold") == ["vault.Unheld", "vault.UnholdRefused"]
+    assert made["info"]["x-commands-without-type"] == ["page"]
+    # both releases' sagas may send vault.Hold: either shape
+    hold = {"desk_id": "d-1"}
+    assert message_errors(made, "vault.Hold", "payload", hold) == []
+    assert message_errors(made, "vault.Hold", "payload", {**hold, "floor": 3}) == []
+    assert message_errors(made, "vault.Hold", "payload", {}) != []
+    # a start goes to the current release: its class is the one that validates it
+    assert message_errors(made, "desk.Opened", "payload", {"desk_id": "d-1", "floor": 3}) == []
+    assert message_errors(made, "desk.Opened", "payload", {"desk_id": "d-1"}) != []
