@@ -228,106 +228,118 @@ def _ref(*path: str) -> dict[str, str]:
     return {"$ref": "#/" + "/".join(p.replace("~", "~0").replace("/", "~1") for p in path)}
 
 
-def asyncapi_document(registry: Registry, settings: Settings) -> dict[str, Any]:
-    """The AsyncAPI 3.0.0 document of every loaded workflow (all releases), for ``settings``'
-    namespace, queue type and broker."""
-    topology = Topology(settings.namespace, queue_type=settings.queue_type)
-    server, vhost = _server(settings.amqp_url)
-    kinds: dict[str, _Kind] = {}
-    replies: dict[str, set[str]] = {}
-    unnamed: set[str] = set()
-    workflows = [c.workflow for _, c in sorted(registry.releases.items())]
-    for workflow in workflows:
+@dataclass
+class _Loaded:
+    """The message types of the loaded workflows, and which replies answer which command."""
+
+    kinds: dict[str, _Kind] = field(default_factory=dict)
+    #: command type -> the reply types that answer it
+    replies: dict[str, set[str]] = field(default_factory=dict)
+    #: command builders that declare no message type: they cannot be documented
+    unnamed: set[str] = field(default_factory=set)
+
+    @property
+    def commands(self) -> list[str]:
+        return sorted(t for t, k in self.kinds.items() if k.command)
+
+    @property
+    def events(self) -> list[str]:
+        return sorted(t for t, k in self.kinds.items() if not k.command)
+
+    @property
+    def services(self) -> list[str]:
+        return sorted({service_of(t) for t in self.commands})
+
+    def answers(self, command: str) -> list[str]:
+        return sorted(self.replies.get(command, ()))
+
+
+def _load(registry: Registry) -> _Loaded:
+    loaded = _Loaded()
+    for _, compiled in sorted(registry.releases.items()):  # every release: old sagas still send
+        workflow = compiled.workflow
         for _, builder in _sends(workflow):
             message_type, cls = _builder_message(builder)
             if message_type is None:
-                unnamed.add(str(getattr(builder, "__qualname__", builder)))
+                loaded.unnamed.add(str(getattr(builder, "__qualname__", builder)))
                 continue
-            kinds.setdefault(message_type, _Kind(message_type, command=True)).add(cls, workflow.name)
+            kind = loaded.kinds.setdefault(message_type, _Kind(message_type, command=True))
+            kind.add(cls, workflow.name)
         for command, answering in _replies(workflow).items():
-            replies.setdefault(command, set()).update(answering)
+            loaded.replies.setdefault(command, set()).update(answering)
     # An event is validated against the class of each workflow that takes it, as the registry
     # routes it (its current release's, or an older one's for a type only that release takes).
     for type_name, takers in sorted(registry.by_type.items()):
-        if type_name in kinds:
+        if type_name in loaded.kinds:
             raise DefinitionError(f"{type_name} is both a command and an event: a type names one message")
-        kind = kinds[type_name] = _Kind(type_name, command=False)
+        kind = loaded.kinds[type_name] = _Kind(type_name, command=False)
         for compiled in sorted(takers, key=lambda c: c.workflow.name):
             kind.add(compiled.workflow.events[type_name], compiled.workflow.name)
             if type_name == compiled.workflow.starts_on.TYPE:
                 kind.starts[compiled.workflow.name] = compiled.workflow.key
-
-    commands = sorted(t for t, k in kinds.items() if k.command)
-    events = sorted(t for t, k in kinds.items() if not k.command)
-    services = sorted({service_of(t) for t in commands})
-    if ORCHESTRATOR in services:
+    if ORCHESTRATOR in loaded.services:
         raise DefinitionError(f"a participant service cannot be called {ORCHESTRATOR!r}")
+    return loaded
 
-    schemas: dict[str, Any] = {}
-    messages = {t: _message(kinds[t], _schemas(kinds[t], schemas)) for t in sorted(kinds)}
 
-    def exchange(name: str) -> dict[str, Any]:
-        return {
-            "amqp": {
-                "is": "routingKey",
-                "exchange": {
-                    "name": name,
-                    "type": "topic",
-                    "durable": True,
-                    "autoDelete": False,
-                    "vhost": vhost,
-                },
-                "bindingVersion": AMQP_BINDING,
-            }
-        }
+def _exchange_binding(name: str, vhost: str) -> dict[str, Any]:
+    exchange = {"name": name, "type": "topic", "durable": True, "autoDelete": False, "vhost": vhost}
+    return {"amqp": {"is": "routingKey", "exchange": exchange, "bindingVersion": AMQP_BINDING}}
+
+
+def _queue_binding(topology: Topology, service: str, vhost: str) -> dict[str, Any]:
+    """The AMQP binding has no field for queue arguments, and a participant that declares its
+    queue with other arguments is refused by RabbitMQ: they go in ``x-arguments``, exactly as
+    :attr:`Topology.queue_arguments` declares them."""
+    queue = {
+        "name": topology.participant_queue(service),
+        "durable": True,
+        "exclusive": False,
+        "autoDelete": False,
+        "vhost": vhost,
+        "x-arguments": dict(sorted(topology.queue_arguments.items())),
+        "x-binding-key": f"{service}.#",
+    }
+    return {"amqp": {"is": "queue", "queue": queue, "bindingVersion": AMQP_BINDING}}
+
+
+def _channels(loaded: _Loaded, topology: Topology, vhost: str) -> dict[str, Any]:
+    def messages(types: list[str]) -> dict[str, Any]:
+        return {t: _ref("components", "messages", t) for t in types}
 
     channels: dict[str, Any] = {}
-    for type_name in commands:
-        channels[f"command.{type_name}"] = {
-            "address": type_name,
-            "title": f"{type_name} on {topology.commands}",
+    for command in loaded.commands:
+        channels[f"command.{command}"] = {
+            "address": command,
+            "title": f"{command} on {topology.commands}",
             "description": f"Published to the topic exchange {topology.commands} with routing key"
-            f" {type_name}; it reaches the queue {topology.participant_queue(service_of(type_name))}.",
-            "messages": {type_name: _ref("components", "messages", type_name)},
-            "bindings": exchange(topology.commands),
+            f" {command}; it reaches the queue {topology.participant_queue(service_of(command))}.",
+            "messages": messages([command]),
+            "bindings": _exchange_binding(topology.commands, vhost),
         }
-    for type_name in events:
-        channels[f"event.{type_name}"] = {
-            "address": type_name,
-            "title": f"{type_name} on {topology.events}",
-            "description": f"Published to the topic exchange {topology.events} with routing key {type_name}.",
-            "messages": {type_name: _ref("components", "messages", type_name)},
-            "bindings": exchange(topology.events),
+    for event in loaded.events:
+        channels[f"event.{event}"] = {
+            "address": event,
+            "title": f"{event} on {topology.events}",
+            "description": f"Published to the topic exchange {topology.events} with routing key {event}.",
+            "messages": messages([event]),
+            "bindings": _exchange_binding(topology.events, vhost),
         }
-    for service in services:
+    for service in loaded.services:
         queue = topology.participant_queue(service)
         channels[f"queue.{service}"] = {
             "address": queue,
             "title": f"the queue {queue}",
             "description": f"The {service} service's queue, bound to {topology.commands} with {service}.#;"
-            f" declared by the orchestrator and by the participant with exactly the arguments in"
+            " declared by the orchestrator and by the participant with exactly the arguments in"
             f" x-arguments (ORCHESTRATOR_QUEUE_TYPE={topology.queue_type}), and dead-lettering to"
-            f" {topology.dead} (docs/protocol.md, section 2).",
-            "messages": {t: _ref("components", "messages", t) for t in commands if service_of(t) == service},
-            "bindings": {
-                "amqp": {
-                    "is": "queue",
-                    "queue": {
-                        "name": queue,
-                        "durable": True,
-                        "exclusive": False,
-                        "autoDelete": False,
-                        "vhost": vhost,
-                        "x-arguments": dict(sorted(topology.queue_arguments.items())),
-                        "x-binding-key": f"{service}.#",
-                    },
-                    "bindingVersion": AMQP_BINDING,
-                }
-            },
+            f" {topology.dead} ({PROTOCOL_DOC}, section 2).",
+            "messages": messages([c for c in loaded.commands if service_of(c) == service]),
+            "bindings": _queue_binding(topology, service, vhost),
         }
-    for command in commands:
-        answers = sorted(replies.get(command, ()))
-        if answers:
+    for command in loaded.commands:
+        answers = loaded.answers(command)
+        if answers:  # one channel for all of them: an operation's reply names one channel
             channels[f"replies.{command}"] = {
                 "address": "{reply}",
                 "title": f"the replies to {command}",
@@ -336,26 +348,31 @@ def asyncapi_document(registry: Registry, settings: Settings) -> dict[str, Any]:
                 "parameters": {
                     "reply": {"enum": answers, "description": "the reply's type, which is its routing key"}
                 },
-                "messages": {t: _ref("components", "messages", t) for t in answers},
-                "bindings": exchange(topology.events),
+                "messages": messages(answers),
+                "bindings": _exchange_binding(topology.events, vhost),
             }
+    return channels
 
-    publish = {"amqp": {"deliveryMode": 2, "bindingVersion": AMQP_BINDING}}
-    consume = {"amqp": {"ack": True, "bindingVersion": AMQP_BINDING}}
+
+PUBLISH = {"amqp": {"deliveryMode": 2, "bindingVersion": AMQP_BINDING}}
+CONSUME = {"amqp": {"ack": True, "bindingVersion": AMQP_BINDING}}
+
+
+def _participant_operations(loaded: _Loaded) -> dict[str, Any]:
     operations: dict[str, Any] = {}
-    for service in services:
+    for service in loaded.services:
         sent: set[str] = set()
-        for command in (c for c in commands if service_of(c) == service):
-            answers = sorted(replies.get(command, ()))
+        for command in (c for c in loaded.commands if service_of(c) == service):
+            answers = loaded.answers(command)
             sent.update(answers)
             operation: dict[str, Any] = {
                 "action": "receive",
                 "channel": _ref("channels", f"queue.{service}"),
                 "title": f"{service} handles {command}",
                 "summary": "Reject it without requeue if it does not parse; answer it with one reply,"
-                " published with publisher confirms, then ack (docs/protocol.md, section 6).",
+                f" published with publisher confirms, then ack ({PROTOCOL_DOC}, section 6).",
                 "messages": [_ref("channels", f"queue.{service}", "messages", command)],
-                "bindings": consume,
+                "bindings": CONSUME,
                 "x-service": service,
             }
             if answers:
@@ -366,10 +383,11 @@ def asyncapi_document(registry: Registry, settings: Settings) -> dict[str, Any]:
             else:
                 operation["description"] = (
                     "Nobody waits for its reply: whatever the service answers is taken and journaled"
-                    " as ignored (docs/protocol.md, section 8)."
+                    f" as ignored ({PROTOCOL_DOC}, section 8)."
                 )
             operations[f"{service}.receive.{command}"] = operation
-        sent.update(t for t in events if service_of(t) == service and not kinds[t].starts)
+        # and the events of its own that a workflow takes unasked, if any
+        sent.update(t for t in loaded.events if service_of(t) == service and not loaded.kinds[t].starts)
         for reply in sorted(sent):
             operations[f"{service}.send.{reply}"] = {
                 "action": "send",
@@ -378,21 +396,33 @@ def asyncapi_document(registry: Registry, settings: Settings) -> dict[str, Any]:
                 "summary": "message_id: uuid5(NAMESPACE_OID, '<command message_id>:<reply type>');"
                 " correlation_id, x-saga-id and x-workflow copied from the command.",
                 "messages": [_ref("channels", f"event.{reply}", "messages", reply)],
-                "bindings": publish,
+                "bindings": PUBLISH,
                 "x-service": service,
             }
-    for command in commands:
+    return operations
+
+
+def _orchestrator_operations(loaded: _Loaded, topology: Topology) -> dict[str, Any]:
+    operations: dict[str, Any] = {}
+    for command in loaded.commands:
         operations[f"{ORCHESTRATOR}.send.{command}"] = {
             "action": "send",
             "channel": _ref("channels", f"command.{command}"),
             "title": f"the orchestrator sends {command}",
             "summary": "correlation_id and x-saga-id: the saga id; re-sent with the same message_id.",
             "messages": [_ref("channels", f"command.{command}", "messages", command)],
-            "bindings": publish,
+            "bindings": PUBLISH,
             "x-service": ORCHESTRATOR,
         }
-    for event in events:
-        starts = sorted(kinds[event].starts)
+    if topology.partitions > 1:
+        queues = (
+            f"{topology.orchestrator_queue} (start events) and, by correlation_id, from"
+            f" {topology.partition_queue(0)} to {topology.partition_queue(topology.partitions - 1)}"
+        )
+    else:
+        queues = f"{topology.orchestrator_queue} (bound to {topology.events} with #)"
+    for event in loaded.events:
+        starts = sorted(loaded.kinds[event].starts)
         operations[f"{ORCHESTRATOR}.receive.{event}"] = {
             "action": "receive",
             "channel": _ref("channels", f"event.{event}"),
@@ -402,13 +432,24 @@ def asyncapi_document(registry: Registry, settings: Settings) -> dict[str, Any]:
                 if starts
                 else "A reply: it goes to the saga its correlation_id names."
             ),
-            "description": f"Consumed from {topology.orchestrator_queue} (bound to {topology.events}"
-            " with #); what it cannot take is dead-lettered (docs/protocol.md, section 9).",
+            "description": f"Consumed from {queues}; what it cannot take is dead-lettered"
+            f" ({PROTOCOL_DOC}, section 9).",
             "messages": [_ref("channels", f"event.{event}", "messages", event)],
-            "bindings": consume,
+            "bindings": CONSUME,
             "x-service": ORCHESTRATOR,
         }
+    return operations
 
+
+def asyncapi_document(registry: Registry, settings: Settings) -> dict[str, Any]:
+    """The AsyncAPI 3.0.0 document of every loaded workflow (all releases), for ``settings``'
+    namespace, queue type, partitions and broker."""
+    topology = Topology(settings.namespace, partitions=settings.partitions, queue_type=settings.queue_type)
+    server, vhost = _server(settings.amqp_url)
+    loaded = _load(registry)
+    schemas: dict[str, Any] = {}
+    messages = {t: _message(kind, _schemas(kind, schemas)) for t, kind in sorted(loaded.kinds.items())}
+    operations = {**_participant_operations(loaded), **_orchestrator_operations(loaded, topology)}
     info: dict[str, Any] = {
         "title": "Saga orchestrator: the wire protocol",
         "version": _package_version(),
@@ -419,15 +460,15 @@ def asyncapi_document(registry: Registry, settings: Settings) -> dict[str, Any]:
         ),
         "license": {"name": "Apache-2.0"},
     }
-    if unnamed:
-        info["x-commands-without-type"] = sorted(unnamed)
+    if loaded.unnamed:
+        info["x-commands-without-type"] = sorted(loaded.unnamed)
     return {
         "asyncapi": ASYNCAPI_VERSION,
         "id": f"urn:saga-orchestrator:{settings.namespace}",
         "info": info,
         "defaultContentType": "application/json",
         "servers": {"rabbitmq": server},
-        "channels": channels,
+        "channels": _channels(loaded, topology, vhost),
         "operations": dict(sorted(operations.items())),
         "components": {"messages": messages, "schemas": dict(sorted(schemas.items()))},
     }
