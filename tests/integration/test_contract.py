@@ -100,6 +100,42 @@ async def take(queue: aio_pika.abc.AbstractQueue, into: list[Tapped]) -> None:
         )
 
 
+async def declared_as_documented(bench: Bench, document: dict[str, Any]) -> None:
+    """Declaring each queue and exchange of the document's bindings, as a participant written from
+    it would, is accepted by RabbitMQ next to what the orchestrator and the participants declared:
+    a queue declared with other arguments, or an exchange of another type, is refused."""
+    connection = await aio_pika.connect(bench.amqp_url)
+    try:
+        for channel in document["channels"].values():
+            binding = channel["bindings"]["amqp"]
+            declaring = await connection.channel()
+            if binding["is"] == "queue":
+                queue = binding["queue"]
+                assert queue["name"] == channel["address"]
+                await declaring.declare_queue(
+                    queue["name"],
+                    durable=queue["durable"],
+                    exclusive=queue["exclusive"],
+                    auto_delete=queue["autoDelete"],
+                    arguments=queue["x-arguments"],
+                )
+            else:
+                exchange = binding["exchange"]
+                await declaring.declare_exchange(
+                    exchange["name"],
+                    exchange["type"],
+                    durable=exchange["durable"],
+                    auto_delete=exchange["autoDelete"],
+                )
+            await declaring.close()
+        otherwise = await connection.channel()
+        queue = document["channels"]["queue.inventory"]["bindings"]["amqp"]["queue"]
+        with pytest.raises(aio_pika.exceptions.ChannelPreconditionFailed):
+            await otherwise.declare_queue(queue["name"], durable=True, arguments={"x-queue-type": "quorum"})
+    finally:
+        await connection.close()
+
+
 def reply_id(command: Tapped, reply_type: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_OID, f"{command.message_id}:{reply_type}"))
 
@@ -119,6 +155,8 @@ async def test_what_the_service_sends_and_takes_fits_its_contract(bench: Bench) 
         buyer=("--refuse-over", "100000"),
         bank=("--fail-rate", "0.5"),
     )
+
+    await declared_as_documented(bench, document)
 
     # every reply of both workflows: shipped, failed shipment, out of stock, declined charge;
     # closed, declined funds, refused signature
