@@ -2,7 +2,8 @@
 and every reply the example participants really give, tapped off the exchanges, is in the
 document served at ``GET /asyncapi.json``, fits its payload and headers schemas, goes where its
 channel says, answers the command the document pairs it with; and a start built from the
-document is taken, while one the document refuses is refused by the service too."""
+document is taken, while one the document refuses is refused by the service too; and its
+queues and exchanges, declared as its bindings say, are what RabbitMQ holds."""
 
 from __future__ import annotations
 
