@@ -124,6 +124,7 @@ def builder_for(send: type[Message] | CommandBuilder) -> CommandBuilder:
 
         build.__qualname__ = f"build_{cls.__name__}"
         build.message_type = cls.TYPE  # type: ignore[attr-defined]
+        build.message_class = cls  # type: ignore[attr-defined]  # its body's schema, for the contract
         return build
     return cast(CommandBuilder, send)
 

@@ -12,7 +12,17 @@ from typing import Any, ClassVar, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 
-__all__ = ["Command", "Event", "InvalidPayload", "Message", "dump", "load", "schema_of", "service_of"]
+__all__ = [
+    "Command",
+    "Event",
+    "InvalidPayload",
+    "Message",
+    "body_schema",
+    "dump",
+    "load",
+    "schema_of",
+    "service_of",
+]
 
 
 class Message:
@@ -72,6 +82,19 @@ def dump(message: Message) -> dict[str, Any]:
     if not dataclasses.is_dataclass(message):
         raise TypeError(f"{type(message).__name__} must be a dataclass to be sent")
     return _adapter(type(message)).dump_python(message, mode="json")
+
+
+def body_schema(
+    cls: type[Message], *, ref_template: str = "#/$defs/{model}", sends: bool = False
+) -> dict[str, Any]:
+    """The JSON Schema of a message's body, from the same pydantic adapter :func:`load` validates
+    with and :func:`dump` writes with, so that what the REST API's OpenAPI and the AsyncAPI
+    contract publish is what the orchestrator really accepts (``sends=False``) or writes
+    (``sends=True``, for the commands it sends). Nested types go to ``$defs``, referenced by
+    ``ref_template``: the caller puts them where its document keeps schemas."""
+    return _adapter(cls).json_schema(
+        ref_template=ref_template, mode="serialization" if sends else "validation"
+    )
 
 
 def schema_of(cls: type[Message]) -> int:

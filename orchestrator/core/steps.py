@@ -136,6 +136,7 @@ def _builder(cls: type[Saga], method: StepMethod, starts_on: type[Event]) -> Cal
         returns = None
     if isinstance(returns, type) and issubclass(returns, Message):
         build.message_type = returns.TYPE  # type: ignore[attr-defined]
+        build.message_class = returns  # type: ignore[attr-defined]  # its body's schema, for the contract
     return build
 
 

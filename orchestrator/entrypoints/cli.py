@@ -1,5 +1,5 @@
-"""``orchestrator migrate | run | verify | check [--journals] | dead-letters | archive | prune |
-sagas migrate``: the command line, with one-line errors, not tracebacks."""
+"""``orchestrator migrate | run | verify | check [--journals] | contract | dead-letters | archive |
+prune | sagas migrate``: the command line, with one-line errors, not tracebacks."""
 
 from __future__ import annotations
 
@@ -384,6 +384,29 @@ def _dry_run(settings: Settings, definition_for: DefinitionFor, finished_sample:
     return done.breaking
 
 
+def _contract(settings: Settings) -> int:
+    """Print the AsyncAPI 3 document of the workflows ``settings.workflows`` names, as ``run``
+    loads them, for its namespace, queue type and broker: what ``GET /asyncapi.json`` serves,
+    without a running service, a database or a broker (to commit it, or hand it to a team that
+    writes a participant)."""
+    import json
+    import os
+
+    from orchestrator.core.routing import Registry
+    from orchestrator.entrypoints.bootstrap import load_workflows
+    from orchestrator.entrypoints.contract import asyncapi_document
+
+    registry = Registry(load_workflows(settings.workflows), settings.max_parked)
+    text = json.dumps(asyncapi_document(registry, settings), indent=2, ensure_ascii=False) + "\n"
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `orchestrator contract | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit either
+        return 141
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="orchestrator", description="A saga orchestrator on RabbitMQ and PostgreSQL."
@@ -462,6 +485,17 @@ def main(argv: list[str] | None = None) -> None:
         metavar="N",
         help="with --journals, processes that replay them (default: one per CPU, at most 4)",
     )
+    contract = sub.add_parser(
+        "contract",
+        help="print the wire protocol of the workflows as an AsyncAPI 3.0.0 document (JSON; no"
+        " database, no broker): what GET /asyncapi.json serves",
+    )
+    contract.add_argument(
+        "--workflows",
+        help="module(s) defining the workflows, as for run"
+        " (ORCHESTRATOR_WORKFLOWS; default: the bundled examples)",
+    )
+    contract.add_argument("--namespace", help="prefix of exchanges and queues (ORCHESTRATOR_NAMESPACE)")
     from orchestrator.entrypoints import cli_dead_letters
 
     cli_dead_letters.add_parser(sub)
@@ -521,6 +555,8 @@ def main(argv: list[str] | None = None) -> None:
 
             jobs = args.jobs if args.jobs is not None else default_jobs()
             sys.exit(_check(settings, args.journals, args.finished_sample, jobs))
+        elif args.command == "contract":
+            sys.exit(_contract(settings))
         elif args.command == "dead-letters":
             sys.exit(_run(cli_dead_letters.run(args, settings)))
         elif args.command == "sagas":

@@ -21,7 +21,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.params import Depends as DependsParam
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import TypeAdapter
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -29,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from orchestrator.adapters.metrics import CONTENT_TYPE
 from orchestrator.adapters.postgres.queries import BadCursor
 from orchestrator.core.diagrams import WorkflowView
+from orchestrator.core.messages import body_schema
 from orchestrator.core.routing import Registry
 from orchestrator.entrypoints.api import models as m
 from orchestrator.entrypoints.api.body_limit import BodyLimit
@@ -63,6 +63,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.include_router(dead_letters_router(ctx, reads, writes))
     _health_routes(app, ctx, reads)
     _workflow_routes(app, ctx, reads)
+    _contract_route(app, ctx, reads)
     app.include_router(migrations_router(ctx, writes))
     _document_starts(app, ctx.registry)
     return app
@@ -85,9 +86,7 @@ def _document_starts(app: FastAPI, registry: Registry) -> None:
         variants = []
         for name in sorted(registry.workflows):
             workflow = registry.workflows[name].workflow
-            data = TypeAdapter(workflow.starts_on).json_schema(
-                ref_template=f"#/components/schemas/{name}_{{model}}"
-            )
+            data = body_schema(workflow.starts_on, ref_template=f"#/components/schemas/{name}_{{model}}")
             for nested, definition in data.pop("$defs", {}).items():
                 components[f"{name}_{nested}"] = definition
             data["properties"].pop(workflow.key, None)  # it is the request's key
@@ -327,6 +326,37 @@ def _workflow_routes(app: FastAPI, ctx: ApiContext, reads: Sequence[DependsParam
             rules=[m.RuleSpec.model_validate(r) for r in view.rules],
             mermaid=diagram,
         )
+
+
+def _contract_route(app: FastAPI, ctx: ApiContext, reads: Sequence[DependsParam]) -> None:
+    """The wire contract as AsyncAPI 3 (:mod:`orchestrator.entrypoints.contract`), a read like the
+    workflows it is made from. Built once, on the first request: the workflows and settings it
+    depends on do not change while the service runs, and it needs neither the database nor the
+    broker, so it answers while they are away."""
+    from orchestrator.entrypoints.contract import asyncapi_document
+
+    built: list[dict[str, Any]] = []
+
+    @app.get(
+        "/asyncapi.json",
+        operation_id="asyncapi",
+        tags=["workflows"],
+        dependencies=reads,
+        response_class=JSONResponse,
+        responses={
+            200: {
+                "content": {"application/json": {"schema": {"type": "object"}}},
+                "description": "an AsyncAPI 3.0.0 document (docs/protocol.md, Machine-readable contract)",
+            },
+            **answers(*((401,) if reads else ())),
+        },
+    )
+    async def asyncapi() -> JSONResponse:
+        """The wire protocol of the workflows this service runs, as an AsyncAPI 3.0.0 document:
+        every command and reply a participant handles, their bodies' JSON Schemas, the channels."""
+        if not built:
+            built.append(asyncapi_document(ctx.registry, ctx.settings))
+        return JSONResponse(built[0])
 
 
 async def _releases(ctx: ApiContext, name: str) -> list[m.ReleaseSpec]:
