@@ -24,6 +24,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 import aio_pika
+import asyncpg
 import orjson
 from sqlalchemy import text
 
@@ -112,6 +113,79 @@ async def dead_letters_of(store: PostgresStore, namespace: str) -> list[tuple[st
         return [(row.reason, row.message_type, row.detail) for row in rows]
 
 
+#: the example participants' database unless PARTICIPANT_DATABASE_URL names another
+#: (participants.cli.DEFAULT_DATABASE_URL)
+PARTICIPANTS_DATABASE = "postgresql://postgres@127.0.0.1:5432/participants"
+
+
+async def effects_of(database_url: str, batch: list[Case], outcome: dict[str, str]) -> list[str]:
+    """What the participants did, from their own tables, and what is wrong with it: each
+    completed order charged, reserved and shipped once, each compensated one given back all it
+    was charged and all the stock it held, and each escrow's funds where its outcome says."""
+    orders = [c.key for c in batch if c.workflow == "order"]
+    escrows = [c.key for c in batch if c.workflow == "escrow"]
+    connection = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    try:
+        ledger = await connection.fetch(
+            "SELECT order_id, kind, count(*) AS n, sum(amount_cents) AS cents FROM payment.ledger"
+            " WHERE order_id = any($1) GROUP BY order_id, kind",
+            orders,
+        )
+        held = dict(
+            await connection.fetch(
+                "SELECT order_id, -sum(delta) FROM inventory.stock_moves"
+                " WHERE order_id = any($1) GROUP BY order_id",
+                orders,
+            )
+        )
+        shipped = dict(
+            await connection.fetch(
+                "SELECT order_id, count(*) FROM shipping.shipments"
+                " WHERE order_id = any($1) GROUP BY order_id",
+                orders,
+            )
+        )
+        funds = await connection.fetch(
+            "SELECT escrow_id, kind, count(*) AS n FROM bank.moves"
+            " WHERE escrow_id = any($1) GROUP BY escrow_id, kind",
+            escrows,
+        )
+    finally:
+        await connection.close()
+    charged = {(r["order_id"], r["kind"]): (r["n"], r["cents"]) for r in ledger}
+    moved = {(r["escrow_id"], r["kind"]): r["n"] for r in funds}
+    problems = []
+    for case in batch:
+        completed = outcome.get(case.key, "").startswith("completed")
+        if case.workflow == "order":
+            charges, charged_cents = charged.get((case.key, "charge"), (0, 0))
+            refunds, refunded_cents = charged.get((case.key, "refund"), (0, 0))
+            effects = (charges, held.get(case.key, 0) > 0, shipped.get(case.key, 0))
+            if completed and (effects != (1, True, 1) or refunds):
+                problems.append(
+                    f"{case.key} completed: {charges} charge(s), {shipped.get(case.key, 0)} shipment(s)"
+                )
+            if not completed and (charged_cents != refunded_cents or held.get(case.key, 0) or effects[2]):
+                problems.append(f"{case.key} compensated but not given back")
+        else:
+            collected, back, released = (
+                moved.get((case.key, kind), 0) for kind in ("collect", "return", "release")
+            )
+            if completed and (collected, back, released) != (1, 0, 1):
+                problems.append(f"{case.key} closed: collected {collected}, released {released}")
+            if not completed and collected != back:
+                problems.append(f"{case.key} unwound: collected {collected}, returned {back}")
+    charges_total = sum(n for (_, kind), (n, _) in charged.items() if kind == "charge")
+    refunds_total = sum(n for (_, kind), (n, _) in charged.items() if kind == "refund")
+    print(
+        f"participants' tables: {charges_total} charges and {refunds_total} refunds (payment.ledger),"
+        f" {sum(shipped.values())} shipments, {sum(1 for units in held.values() if units > 0)} orders"
+        f" holding stock (inventory.stock_moves), {sum(moved.values())} bank moves;"
+        f" {'every effect as it should be' if not problems else f'{len(problems)} wrong'}"
+    )
+    return problems
+
+
 def spawn(args: list[str], env: dict[str, str], log: str) -> subprocess.Popen[bytes]:
     with open(log, "wb") as out:
         return subprocess.Popen([sys.executable, "-m", *args], env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -189,6 +263,11 @@ async def demo() -> int:
         print("-" * 75)
         print(f"{len(batch) - wrong} of {len(batch)} sagas reached the status they should, in {elapsed:.1f}s")
         unanswered = await wait_for_last_replies(store, batch, timeout=30)
+        wrong_effects = await effects_of(
+            os.environ.get("PARTICIPANT_DATABASE_URL") or PARTICIPANTS_DATABASE, batch, outcome
+        )
+        for problem in wrong_effects[:10]:
+            print(f"demo: FAILED: {problem}")
         dead = await dead_letters_of(store, namespace)
         if unanswered:
             print(
@@ -200,7 +279,7 @@ async def demo() -> int:
                 print(f"  {reason:<18} {message_type or '-':<28} {detail}")
         else:
             print(f"demo: the dead-letter table has no rows for namespace {namespace}")
-        return 1 if wrong or dead or unanswered else 0
+        return 1 if wrong or dead or unanswered or wrong_effects else 0
     finally:
         for process in processes:
             if process.poll() is None:
