@@ -171,3 +171,26 @@ class Inbox:
             ),
             {"id": message_id},
         )
+
+    async def prune(self, older_than_days: float, *, batch: int = 10_000) -> int:
+        """Delete inbox and attempt rows older than ``older_than_days``, in batches so that no
+        transaction holds many locks; the rows deleted. A command delivered again after its row
+        is gone is carried out again: keep rows longer than any saga can re-send its commands."""
+        deleted = 0
+        for table, column in ((self._inbox, "handled_at"), (self._attempts, "updated_at")):
+            while True:
+                async with self.engine.begin() as connection:
+                    result = await connection.execute(
+                        text(
+                            f"""DELETE FROM {table} WHERE message_id IN (
+                                SELECT message_id FROM {table}
+                                WHERE {column} < now() - make_interval(secs => :seconds)
+                                LIMIT :batch FOR UPDATE SKIP LOCKED)"""
+                        ),
+                        {"seconds": older_than_days * 86400, "batch": batch},
+                    )
+                count = result.rowcount or 0
+                deleted += count
+                if count < batch:
+                    break
+        return deleted

@@ -32,6 +32,9 @@ class Settings:
     retry_backoff: float = 0.5
     #: after SIGTERM/SIGINT, the one bound on finishing the commands in flight and closing
     shutdown_grace: float = 10.0
+    #: days the inbox keeps a command's record (None: for ever); pruned hourly. A command seen
+    #: again after its record went is carried out again, so keep it beyond any saga's life
+    inbox_retention_days: float | None = None
     #: fault injection for testing a workflow's deadlines: wait this long before each reply
     reply_delay: float = 0.0
     #: fault injection: commit and ack every command, never reply
@@ -46,6 +49,12 @@ class Settings:
             raise SettingsError(f"the concurrency must be between 1 and 1000, not {self.concurrency}")
         if not 1 <= self.max_attempts <= 1000:
             raise SettingsError(f"the attempts must be between 1 and 1000, not {self.max_attempts}")
+        if self.inbox_retention_days is not None and not (
+            math.isfinite(self.inbox_retention_days) and self.inbox_retention_days > 0
+        ):
+            raise SettingsError(
+                f"the inbox retention must be a number of days above 0, not {self.inbox_retention_days!r}"
+            )
         for name in ("retry_backoff", "shutdown_grace", "reply_delay"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
@@ -91,6 +100,11 @@ class Settings:
             max_attempts=_int(env, "PARTICIPANT_MAX_ATTEMPTS", 5),
             retry_backoff=_float(env, "PARTICIPANT_RETRY_BACKOFF", 0.5),
             shutdown_grace=_float(env, "PARTICIPANT_SHUTDOWN_GRACE", 10.0),
+            inbox_retention_days=(
+                _float(env, "PARTICIPANT_INBOX_RETENTION_DAYS", 0.0)
+                if value("PARTICIPANT_INBOX_RETENTION_DAYS")
+                else None
+            ),
         )
 
 

@@ -57,6 +57,8 @@ WATCHDOG_MARGIN = 3.0
 orderly exit that is merely late, short enough that a supervisor never needs SIGKILL."""
 CONNECT_TIMEOUT = 10.0
 COPIED_HEADERS = ("x-saga-id", "x-workflow")
+PRUNE_EVERY = 3600.0
+"""Seconds between two prunings of the inbox, when PARTICIPANT_INBOX_RETENTION_DAYS is set."""
 MAX_REASON = 500
 """Characters of a dead letter's reason header: the full error stays in the attempts table."""
 
@@ -180,6 +182,9 @@ class Worker:
                 )
             await self._bounded(connection.close(), CONNECT_TIMEOUT)
             return EXIT_BROKER
+        pruning: asyncio.Task[None] | None = None
+        if queue is not None and self.settings.inbox_retention_days is not None:
+            pruning = asyncio.create_task(self._prune_hourly(self.settings.inbox_retention_days))
         if queue is not None:
             self.log.info("consuming %s on %s (%s)", self.queue_name, url, self._describe())
 
@@ -188,8 +193,23 @@ class Worker:
 
             connection.reconnect_callbacks.add(reconnected)
             await self._stopping.wait()
+        if pruning is not None:
+            pruning.cancel()
         await self._shutdown(connection, queue, tag)
         return 0
+
+    async def _prune_hourly(self, days: float) -> None:
+        """Keep the inbox to ``days`` of records; a failed round is logged and tried next hour."""
+        assert self._processor is not None
+        while True:
+            try:
+                deleted = await self._processor.inbox.prune(days)
+            except Exception as error:  # the database away: the next round catches up
+                self.log.warning("pruning the inbox failed: %s", self._safe(error))
+            else:
+                if deleted:
+                    self.log.info("pruned %d inbox record(s) older than %g days", deleted, days)
+            await asyncio.sleep(PRUNE_EVERY)
 
     def _describe(self) -> str:
         """The settings that shape the answers, so a log reader knows why a reply failed."""

@@ -341,3 +341,30 @@ async def test_the_worker_answers_once_defers_and_dead_letters_with_the_reason(d
         assert await asyncio.wait_for(running, 15) == 0
         await connection.close()
         await delete_namespace(namespace, queues=("wallet", "dead-letter"))
+
+
+async def test_pruning_forgets_old_records_only(engine: AsyncEngine) -> None:
+    state = wallet()
+    processor = await processor_for(state, engine, max_attempts=5)
+    await processor.process(**debit("old"))
+    await processor.process(**debit("new"))
+    state.mode = "raise"
+    with pytest.raises(TryAgain):
+        await processor.process(**debit("old-failure"))
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(
+                "UPDATE wallet_kit.participant_inbox SET handled_at = now() - interval '10 days'"
+                " WHERE message_id = 'old'"
+            )
+        )
+        await connection.execute(
+            text("UPDATE wallet_kit.participant_attempts SET updated_at = now() - interval '10 days'")
+        )
+
+    assert await processor.inbox.prune(7) == 2
+    assert await processor.inbox.prune(7) == 0
+    state.mode = "ok"
+    assert (await processor.process(**debit("new"))).repeat  # a recent record stays
+    # what the retention setting warns about: a command seen again after its record went runs again
+    assert not (await processor.process(**debit("old"))).repeat
