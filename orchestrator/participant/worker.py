@@ -141,8 +141,10 @@ class Worker:
             scrub=self._scrub,
         )
         try:
-            async with asyncio.timeout(CONNECT_TIMEOUT * 3):
-                await self._processor.prepare()
+            await self._unless_stopping(asyncio.wait_for(self._processor.prepare(), CONNECT_TIMEOUT * 3))
+        except _Stopped:
+            self.abandoned = True  # the connection attempt, left to the database's whims
+            return True  # the broker part sees the stop at once and ends without connecting
         except Exception as error:  # any failure here is fatal, said in one line
             self.log.error("cannot prepare the database at %s: %s", url, self._safe(error))
             await self._engine.dispose()
@@ -151,6 +153,9 @@ class Worker:
 
     async def _serve_broker(self) -> int:
         url = mask_url(self.settings.amqp_url)
+        if self._stopping.is_set():  # stopped while the database was being prepared
+            self.log.info("stopped before reaching RabbitMQ at %s", url)
+            return 0
         try:
             connection = await self._unless_stopping(
                 asyncio.wait_for(

@@ -150,10 +150,19 @@ def template_database() -> Iterator[str]:
 async def cloned_database(template: str) -> AsyncIterator[str]:
     """A database of the test's own, a copy of ``template`` (fast: no migration to run): a test
     that runs ``orchestrator run`` sees no saga, journal or release another test left."""
-    name = f"orchestrator_test_{uuid.uuid4().hex[:10]}"
+    async with empty_database("orchestrator_test", template=template) as url:
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def empty_database(prefix: str, *, template: str | None = None) -> AsyncIterator[str]:
+    """A database of the test's own (empty, or a copy of ``template``), dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     connection = await asyncpg.connect(ADMIN_DSN)
     try:
-        await connection.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+        await connection.execute(
+            f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")
+        )
     finally:
         await connection.close()
     try:

@@ -29,7 +29,7 @@ from orchestrator.core.definitions import Status
 from orchestrator.core.engine import saga_id_for
 from participants.common import injected_failure
 
-from .conftest import ADMIN_DSN, ROOT, Bench, Process, database_url_of, drop_database, unique
+from .conftest import ROOT, Bench, Process, unique
 from .private_broker import PrivateBroker
 
 pytestmark = pytest.mark.integration
@@ -52,23 +52,12 @@ def reply_id(command_message_id: str, reply_type: str) -> str:
 
 @contextlib.asynccontextmanager
 async def participant_database(bench: Bench) -> AsyncIterator[str]:
-    """PARTICIPANT_DATABASE_URL: the bench's if it has one, else a database of the test's own,
-    dropped afterwards. Spelled ``postgresql+asyncpg://``, as the Python side spells it, which the
-    participant must accept."""
-    existing = bench.env.get("PARTICIPANT_DATABASE_URL")
-    if existing:
-        yield existing
-        return
-    name = f"participant_node_test_{uuid.uuid4().hex[:10]}"
-    connection = await asyncpg.connect(ADMIN_DSN)
-    try:
-        await connection.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await connection.close()
-    try:
-        yield database_url_of(name)
-    finally:
-        await asyncio.to_thread(drop_database, name)
+    """PARTICIPANT_DATABASE_URL: the bench's own database, the Python participants' too (each
+    in a schema of its own). Spelled ``postgresql+asyncpg://``, as the Python side spells it,
+    which the participant must accept."""
+    url = bench.env["PARTICIPANT_DATABASE_URL"]
+    assert url.startswith("postgresql+asyncpg://")
+    yield url
 
 
 class NodeShipping:

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
-import asyncpg
 import orjson
 import pytest
 import pytest_asyncio
@@ -30,7 +29,7 @@ from orchestrator.participant import (
     reply_message_id,
 )
 from orchestrator.participant.processing import CommandProcessor, DeadLetter, TryAgain
-from tests.integration.conftest import ADMIN_DSN, AMQP_URL, database_url_of, delete_namespace, drop_database
+from tests.integration.conftest import AMQP_URL, delete_namespace, empty_database
 
 
 @dataclass(frozen=True)
@@ -101,16 +100,8 @@ def wallet() -> Wallet:
 
 @pytest_asyncio.fixture
 async def database() -> AsyncIterator[str]:
-    name = f"kit_test_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(ADMIN_DSN)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield database_url_of(name)
-    finally:
-        await asyncio.to_thread(drop_database, name)
+    async with empty_database("kit_test") as url:
+        yield url
 
 
 @pytest_asyncio.fixture
@@ -368,3 +359,27 @@ async def test_pruning_forgets_old_records_only(engine: AsyncEngine) -> None:
     assert (await processor.process(**debit("new"))).repeat  # a recent record stays
     # what the retention setting warns about: a command seen again after its record went runs again
     assert not (await processor.process(**debit("old"))).repeat
+
+
+async def test_a_worker_stopped_while_its_database_never_answers_ends_at_once() -> None:
+    """The kit's setup waits on a hung server: stop() must not wait out its timeout (30 s)."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        settings = Settings(database_url=f"postgresql://postgres@127.0.0.1:{port}/x", shutdown_grace=2)
+        worker = Worker(wallet().participant, settings)
+        running = asyncio.create_task(worker.run())
+        async with asyncio.timeout(20):
+            while not accepted:
+                await asyncio.sleep(0.05)
+        worker.stop()
+        assert await asyncio.wait_for(running, 5) == 0
+    finally:
+        for writer in accepted:
+            writer.close()
+        server.close()

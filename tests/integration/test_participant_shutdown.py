@@ -260,3 +260,40 @@ async def test_sigterm_while_connecting_to_a_frozen_broker_exits_at_once(
     assert await shipping.exit_code(MARGIN) == 0, shipping.output()
     assert time.monotonic() - started < MARGIN
     assert "stopped before reaching RabbitMQ" in shipping.output()
+
+
+async def test_sigterm_while_the_database_never_answers_exits_at_once(
+    shipping: Shipping, private_broker: PrivateBroker
+) -> None:
+    """A database that accepts the connection and never answers: the signal must not wait out the
+    connect timeout (10 s) of the start."""
+    async with silent_server() as (port, accepted):
+        url = f"postgresql://postgres@127.0.0.1:{port}/participants"
+        await shipping.start("--shutdown-grace", "2", "--database-url", url, wait=False)
+        deadline = time.monotonic() + 20
+        while not accepted and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert accepted, shipping.output()
+
+        started = time.monotonic()
+        shipping.signal()
+        assert await shipping.exit_code(MARGIN) == 0, shipping.output()
+        assert time.monotonic() - started < MARGIN
+        assert "stopped before reaching the database" in shipping.output()
+
+
+@contextlib.asynccontextmanager
+async def silent_server() -> AsyncIterator[tuple[int, list[asyncio.StreamWriter]]]:
+    """A TCP port that accepts connections and never sends a byte: a hung server."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1], accepted
+    finally:
+        for writer in accepted:
+            writer.close()
+        server.close()
