@@ -52,6 +52,14 @@ class Scenario:
     #: seconds without any new journal entry or message on the wire that count as settled
     quiet: float = 10.0
     services: tuple[str, ...] = ("inventory", "payment", "shipping")
+    #: ``kit``: the example services on the participant kit, whose business tables are checked;
+    #: ``responder``: the benchmark responders, which keep nothing and never fail
+    participants: str = "kit"
+    #: the kit's ``--fail-rate`` at every service: sagas that compensate by a business failure
+    #: (out of stock, declined, shipment failed) besides those a stop makes time out
+    fail_rate: float = 0.02
+    #: the kit's ``--concurrency``: commands each service handles at once
+    concurrency: int = 10
     #: the final statuses the faults may cause: a participant stopped past its deadline makes
     #: its sagas compensate; the workflow gives nothing a way to make a saga failed
     expected: frozenset[str] = field(default_factory=lambda: frozenset({"completed", "compensated"}))

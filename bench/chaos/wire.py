@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from typing import Any
 
 import aio_pika
 import aio_pika.abc
@@ -19,7 +20,7 @@ from bench.chaos.checker import Wire
 from bench.chaos.workflow import WORKFLOW
 from orchestrator.examples.contracts import OrderPlaced
 
-__all__ = ["Tap", "publish"]
+__all__ = ["ORDER", "Tap", "publish"]
 
 IN_FLIGHT = 500
 
@@ -107,15 +108,16 @@ class Tap:
                 await self._task
 
 
+#: what every order of the run asks for (the checker counts the kit's effects against it)
+ORDER: dict[str, Any] = {
+    "customer_id": "c-1",
+    "lines": [{"sku": "sku-1", "quantity": 1}],
+    "amount_cents": 1000,
+}
+
+
 def start_body(key: str) -> bytes:
-    return orjson.dumps(
-        {
-            "order_id": key,
-            "customer_id": "c-1",
-            "lines": [{"sku": "sku-1", "quantity": 1}],
-            "amount_cents": 1000,
-        }
-    )
+    return orjson.dumps({"order_id": key, **ORDER})
 
 
 class _Starts:
