@@ -28,7 +28,7 @@ from bench.chaos import faults
 from bench.chaos.checker import Command, Effects, Entry, Evidence, LedgerRow, Move, SagaRow
 from bench.chaos.scenario import Fault, Scenario, schedule
 from bench.chaos.system import APPLICATION, MODULE, System
-from bench.chaos.wire import ORDER, Tap, publish
+from bench.chaos.wire import Tap, order, publish
 from bench.chaos.workflow import UNDO, WORKFLOW
 from bench.config import Stack
 from bench.processes import has_port_flag, migrate
@@ -160,7 +160,7 @@ async def collect(pool: asyncpg.Pool) -> Tables:
 
 async def collect_effects(pool: asyncpg.Pool, keys: list[str]) -> Effects:
     """The kit's example services' business tables, as they are once everything settled; the
-    orders are what the run published (every start asks for the same ``ORDER``)."""
+    orders are what the run published, each as ``wire.order`` makes it from its key."""
     ledger = [
         LedgerRow(r["order_id"], r["kind"], int(r["amount_cents"]))
         for r in await pool.fetch("SELECT order_id, kind, amount_cents FROM payment.ledger")
@@ -173,17 +173,21 @@ async def collect_effects(pool: asyncpg.Pool, keys: list[str]) -> Effects:
     stock = {
         r["sku"]: int(r["on_hand"]) for r in await pool.fetch("SELECT sku, on_hand FROM inventory.stock")
     }
-    lines: Counter[str] = Counter()
-    for line in ORDER["lines"]:
-        lines[line["sku"]] += line["quantity"]
+    orders = {key: order(key) for key in keys}
+    lines: dict[str, dict[str, int]] = {}
+    for key, asked in orders.items():
+        units: Counter[str] = Counter()
+        for line in asked["lines"]:
+            units[line["sku"]] += line["quantity"]
+        lines[key] = dict(units)
     return Effects(
         ledger=ledger,
         moves=moves,
         shipments=shipments,
         stock=stock,
         initial_stock=INITIAL_STOCK,
-        lines={key: dict(lines) for key in keys},
-        amounts=dict.fromkeys(keys, int(ORDER["amount_cents"])),
+        lines=lines,
+        amounts={key: int(asked["amount_cents"]) for key, asked in orders.items()},
     )
 
 
