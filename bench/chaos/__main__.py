@@ -80,6 +80,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="kit only: the services' --concurrency",
     )
     parser.add_argument(
+        "--participant-delay",
+        type=float,
+        default=float(_env("CHAOS_PARTICIPANT_DELAY", str(d.delay))),
+        help="kit only: the services' --delay, seconds between commit and ack, where a kill"
+        " makes a command come again after it was carried out",
+    )
+    parser.add_argument(
         "--partitions",
         type=int,
         default=int(_env("CHAOS_PARTITIONS", _env("ORCHESTRATOR_PARTITIONS", "6"))),
@@ -100,6 +107,7 @@ def scenario_of(args: argparse.Namespace) -> Scenario:
         participants=args.participants,
         fail_rate=args.fail_rate if args.participants == "kit" else 0.0,
         concurrency=args.concurrency,
+        delay=args.participant_delay if args.participants == "kit" else 0.0,
     )
 
 

@@ -84,7 +84,8 @@ def table(data: dict[str, Any]) -> str:
         lines.append(
             f"participants' tables: {effects['charges']} charges, {effects['refunds']} refunds,"
             f" {effects['stock_moves']} stock moves, {effects['shipments']} shipments;"
-            f" {effects['participant_commands']} commands carried out"
+            f" {effects['participant_commands']} commands carried out,"
+            f" {effects.get('answered_from_inbox', 0)} answered again from the inbox"
         )
     lines.append(
         "durations: " + ", ".join(f"{k.removesuffix('_s')} {v:.0f}s" for k, v in data["durations_s"].items())

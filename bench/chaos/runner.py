@@ -209,6 +209,14 @@ def verify(stack: Stack, namespace: str, deadline: float) -> subprocess.Complete
     )
 
 
+def _repeats(logs: Path) -> int:
+    """Commands a participant got again after carrying them out and answered from its inbox (the
+    kit logs those with "(recorded reply)"): the redeliveries the effect checks are about."""
+    return sum(
+        path.read_text(errors="replace").count("(recorded reply)") for path in logs.glob("participant-*.log")
+    )
+
+
 async def _handled(pool: asyncpg.Pool) -> int:
     """Commands the kit carried out (one inbox row each, repeats answered from it)."""
     return int(
@@ -331,6 +339,7 @@ async def run(scenario: Scenario, admin_dsn: str, log_dir: Path, keep_database: 
                 "stock_moves": len(effects.moves),
                 "shipments": len(effects.shipments),
                 "participant_commands": await _handled(pool),
+                "answered_from_inbox": _repeats(stack.log_dir),
             }
         durations["total_s"] = time.monotonic() - began
         return Outcome(evidence, done, durations, database, namespace, log_dir, stats)

@@ -62,6 +62,10 @@ class Scenario:
     fail_rate: float = 0.02
     #: the kit's ``--concurrency``: commands each service handles at once
     concurrency: int = 10
+    #: the kit's ``--delay``: seconds between a participant's commit and its reply and ack. A kill
+    #: there makes the broker deliver again a command already carried out, the case the inbox is
+    #: for; without a delay that window is a few milliseconds and a kill seldom lands in it
+    delay: float = 0.0
     #: the final statuses the faults may cause: a participant stopped past its deadline makes
     #: its sagas compensate; the workflow gives nothing a way to make a saga failed
     expected: frozenset[str] = field(default_factory=lambda: frozenset({"completed", "compensated"}))

@@ -56,6 +56,8 @@ class Kit(_Child):
         argv = [self.stack.python, "-m", "participants", self.service]
         argv += ["--fail-rate", str(self.scenario.fail_rate)]
         argv += ["--concurrency", str(self.scenario.concurrency)]
+        if self.scenario.delay:
+            argv += ["--delay", str(self.scenario.delay)]
         env = {
             **os.environ,
             "PARTICIPANT_DATABASE_URL": self.stack.database_url,
