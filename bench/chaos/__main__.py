@@ -61,6 +61,32 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--keep-database", action="store_true", help="do not drop the run's database")
     parser.add_argument(
+        "--participants",
+        choices=("kit", "responder"),
+        default=_env("CHAOS_PARTICIPANTS", d.participants),
+        help="kit: the example services on the participant kit, their business tables checked;"
+        " responder: the benchmark responders, which keep nothing",
+    )
+    parser.add_argument(
+        "--fail-rate",
+        type=float,
+        default=float(_env("CHAOS_FAIL_RATE", str(d.fail_rate))),
+        help="kit only: the services' --fail-rate, sagas that compensate by a business failure",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=int(_env("CHAOS_CONCURRENCY", str(d.concurrency))),
+        help="kit only: the services' --concurrency",
+    )
+    parser.add_argument(
+        "--participant-delay",
+        type=float,
+        default=float(_env("CHAOS_PARTICIPANT_DELAY", str(d.delay))),
+        help="kit only: the services' --delay, seconds between commit and ack, where a kill"
+        " makes a command come again after it was carried out",
+    )
+    parser.add_argument(
         "--partitions",
         type=int,
         default=int(_env("CHAOS_PARTITIONS", _env("ORCHESTRATOR_PARTITIONS", "6"))),
@@ -78,6 +104,10 @@ def scenario_of(args: argparse.Namespace) -> Scenario:
         deadline=args.deadline,
         fault_every=args.fault_every,
         settle_timeout=args.settle_timeout,
+        participants=args.participants,
+        fail_rate=args.fail_rate if args.participants == "kit" else 0.0,
+        concurrency=args.concurrency,
+        delay=args.participant_delay if args.participants == "kit" else 0.0,
     )
 
 

@@ -15,7 +15,20 @@ from dataclasses import dataclass, field
 
 from orchestrator.core.engine import saga_id_for
 
-__all__ = ["Check", "Command", "Entry", "Evidence", "SagaRow", "Wire", "check", "reply_id"]
+__all__ = [
+    "Check",
+    "Command",
+    "Effects",
+    "Entry",
+    "Evidence",
+    "LedgerRow",
+    "Move",
+    "SagaRow",
+    "Wire",
+    "check",
+    "check_effects",
+    "reply_id",
+]
 
 FINAL = frozenset({"completed", "compensated", "failed"})
 EXAMPLES = 5
@@ -60,6 +73,45 @@ class Wire:
     key: str | None = None
 
 
+@dataclass(frozen=True)
+class LedgerRow:
+    """A row of ``payment.ledger``: ``kind`` is ``charge`` or ``refund``."""
+
+    order_id: str
+    kind: str
+    amount_cents: int
+
+
+@dataclass(frozen=True)
+class Move:
+    """A row of ``inventory.stock_moves``: ``kind`` is ``reserve`` or ``release``."""
+
+    order_id: str
+    sku: str
+    delta: int
+    kind: str
+
+
+@dataclass
+class Effects:
+    """What the participants did, from their own tables (the kit's example services), and what
+    each order asked for: the journal says what the orchestrator decided, these say what a
+    customer would see, and a command carried out twice shows only here."""
+
+    ledger: list[LedgerRow]
+    moves: list[Move]
+    #: ``shipping.shipments``, one order id per row
+    shipments: list[str]
+    #: ``inventory.stock``: SKU -> units on hand at the end
+    stock: dict[str, int]
+    #: what every SKU had before the run (the example inventory's INITIAL_STOCK)
+    initial_stock: int
+    #: order key -> SKU -> units, as its start event asked
+    lines: dict[str, dict[str, int]]
+    #: order key -> the amount its start event asked to charge
+    amounts: dict[str, int]
+
+
 @dataclass
 class Evidence:
     workflow: str
@@ -84,6 +136,8 @@ class Evidence:
     crashes: list[str] = field(default_factory=list)
     #: known orchestrator bugs by check name: the check still fails, the report names the bug
     known: dict[str, str] = field(default_factory=dict)
+    #: the participants' business tables, when they keep any (``--participants kit``)
+    effects: Effects | None = None
 
 
 @dataclass
@@ -172,10 +226,107 @@ def check(evidence: Evidence) -> list[Check]:
         _check("no_dead_letters", "nothing was dead-lettered", e.dead_letters),
         _check("no_crash", "no replica or participant exited without a fault stopping it", e.crashes),
     ]
+    if e.effects is not None:
+        results += check_effects(e.effects, {s.key: s.status for s in e.sagas})
     for result in results:
         if result.name in e.known and not result.ok:
             result.known_bug = e.known[result.name]
     return results
+
+
+def check_effects(effects: Effects, status: dict[str, str]) -> list[Check]:
+    """The business effects, order by order (``status``: saga key -> final status).
+
+    A redelivered command that a participant carried out again, or an undo that ran twice or not
+    at all, leaves the journal looking right and only shows in these tables. Orders that ended
+    neither completed nor compensated are judged only where their status does not matter (at
+    most one charge, no SKU reserved twice): ``expected_outcome`` already names them."""
+    charges: dict[str, list[int]] = defaultdict(list)
+    refunds: dict[str, list[int]] = defaultdict(list)
+    for row in effects.ledger:
+        (charges if row.kind == "charge" else refunds)[row.order_id].append(row.amount_cents)
+    reserves: dict[tuple[str, str], int] = defaultdict(int)
+    net: dict[str, int] = defaultdict(int)
+    for move in effects.moves:
+        if move.kind == "reserve":
+            reserves[move.order_id, move.sku] += 1
+        net[move.order_id] += move.delta
+    shipped: dict[str, int] = defaultdict(int)
+    for order_id in effects.shipments:
+        shipped[order_id] += 1
+    orders = sorted(set(status) | set(charges) | set(refunds) | set(net) | set(shipped))
+
+    def described(order: str) -> str:
+        return f"{order} ({status.get(order, 'no saga')})"
+
+    def charged_once() -> Iterable[str]:
+        for order in orders:
+            if len(charges[order]) > 1:
+                yield f"{described(order)} charged {len(charges[order])} times: {charges[order]}"
+            elif status.get(order) == "completed" and charges[order] != [effects.amounts.get(order)]:
+                yield f"{described(order)} charged {charges[order]}, asked {effects.amounts.get(order)}"
+
+    def refunded() -> Iterable[str]:
+        for order in orders:
+            state = status.get(order)
+            if state == "compensated" and sorted(refunds[order]) != sorted(charges[order]):
+                yield f"{described(order)}: charged {charges[order]}, refunded {refunds[order]}"
+            elif state != "compensated" and refunds[order]:
+                yield f"{described(order)}: refunded {refunds[order]}, charged {charges[order]}"
+
+    def reserved_once() -> Iterable[str]:
+        for (order, sku), count in sorted(reserves.items()):
+            if count > 1:
+                yield f"{described(order)} reserved {sku} {count} times"
+
+    def moves_net() -> Iterable[str]:
+        for order in orders:
+            state = status.get(order)
+            units = sum(effects.lines.get(order, {}).values())
+            if state == "completed" and net[order] != -units:
+                yield f"{described(order)} holds {-net[order]} units, asked {units}"
+            elif state == "compensated" and net[order] != 0:
+                yield f"{described(order)} still holds {-net[order]} units"
+
+    def shipped_once() -> Iterable[str]:
+        for order in orders:
+            if shipped[order] != (1 if status.get(order) == "completed" else 0):
+                yield f"{described(order)} shipped {shipped[order]} times"
+
+    def on_hand() -> Iterable[str]:
+        taken: dict[str, int] = defaultdict(int)
+        for order, state in status.items():
+            if state == "completed":
+                for sku, units in effects.lines.get(order, {}).items():
+                    taken[sku] += units
+        for sku in sorted(set(effects.stock) | set(taken)):
+            want = effects.initial_stock - taken[sku]
+            if effects.stock.get(sku, effects.initial_stock) != want:
+                took = f"completed orders took {taken[sku]}"
+                yield f"{sku}: {effects.stock.get(sku)} on hand, {want} expected ({took})"
+
+    return [
+        _check(
+            "charged_once",
+            "no order charged twice; every completed order charged once, its amount",
+            charged_once(),
+        ),
+        _check(
+            "refunded_once",
+            "every charge of a compensated order refunded exactly once, for its amount; no other refund",
+            refunded(),
+        ),
+        _check("reserved_once", "no order reserved one SKU twice", reserved_once()),
+        _check(
+            "stock_moves",
+            "a compensated order's stock moves sum to zero, a completed order's to minus its units",
+            moves_net(),
+        ),
+        _check("shipped_once", "one shipment per completed order, none for any other", shipped_once()),
+        _check(
+            "stock_on_hand", "every SKU's stock is its initial less the completed orders' units", on_hand()
+        ),
+    ]
 
 
 def _lost(e: Evidence, by_id: dict[str, SagaRow]) -> Iterable[str]:

@@ -41,6 +41,7 @@ def results(scenario: Scenario, outcome: Outcome, checks: list[Check], root: Pat
             "journal_by_kind": outcome.stats["journal_by_kind"],
             "duplicates_absorbed": outcome.stats["duplicates_absorbed"],
         },
+        "effects": outcome.stats.get("effects"),
         "settled": outcome.stats["settled"],
         "faults": faults,
         "fault_counts": dict(Counter(d.fault.kind for d in outcome.faults if not d.skipped)),
@@ -56,7 +57,8 @@ def table(data: dict[str, Any]) -> str:
     s = data["scenario"]
     lines = [
         f"chaos: {s['sagas']} sagas, {s['replicas']} replicas, seed {s['seed']}, {s['rate']}/s,"
-        f" deadline {s['deadline']}s",
+        f" deadline {s['deadline']}s, participants {s.get('participants', 'responder')}"
+        + (f" (fail rate {s['fail_rate']})" if s.get("participants") == "kit" else ""),
         "faults: "
         + (", ".join(f"{k} {v}" for k, v in sorted(data["fault_counts"].items())) or "none")
         + f" ({sum(f['skipped'] for f in data['faults'])} skipped: their target was still away)",
@@ -77,6 +79,14 @@ def table(data: dict[str, Any]) -> str:
         + ", ".join(f"{k} {v}" for k, v in sorted(m["journal_by_outcome"].items()))
         + f"); {m['on_the_wire']} messages on the wire; {m['duplicates_absorbed']} redeliveries absorbed"
     )
+    effects = data.get("effects")
+    if effects:
+        lines.append(
+            f"participants' tables: {effects['charges']} charges, {effects['refunds']} refunds,"
+            f" {effects['stock_moves']} stock moves, {effects['shipments']} shipments;"
+            f" {effects['participant_commands']} commands carried out,"
+            f" {effects.get('answered_from_inbox', 0)} answered again from the inbox"
+        )
     lines.append(
         "durations: " + ", ".join(f"{k.removesuffix('_s')} {v:.0f}s" for k, v in data["durations_s"].items())
     )

@@ -1,4 +1,4 @@
-"""One chaos run: a private broker, a fresh database, replicas, responders, a tap, the faults.
+"""One chaos run: a private broker, a fresh database, replicas, participants, a tap, the faults.
 
 The runner talks to the orchestrator only as an operator would: ``orchestrator migrate``, ``run``
 and ``verify`` on the command line, ``ORCHESTRATOR_*`` variables (the caller's are passed on, so a
@@ -25,20 +25,46 @@ import asyncpg
 import orjson
 
 from bench.chaos import faults
-from bench.chaos.checker import Command, Entry, Evidence, SagaRow
+from bench.chaos.checker import Command, Effects, Entry, Evidence, LedgerRow, Move, SagaRow
 from bench.chaos.scenario import Fault, Scenario, schedule
 from bench.chaos.system import APPLICATION, MODULE, System
-from bench.chaos.wire import Tap, publish
+from bench.chaos.wire import Tap, order, publish
 from bench.chaos.workflow import UNDO, WORKFLOW
 from bench.config import Stack
 from bench.processes import has_port_flag, migrate
 from bench.responder import REPLIES
+from orchestrator.examples.contracts import (
+    ChargePayment,
+    OrderShipped,
+    OutOfStock,
+    PaymentCharged,
+    PaymentDeclined,
+    PaymentRefunded,
+    RefundPayment,
+    ReleaseStock,
+    ReserveStock,
+    ShipmentFailed,
+    ShipOrder,
+    StockReleased,
+    StockReserved,
+)
+from participants.inventory import INITIAL_STOCK
 from tests.integration.private_broker import PrivateBroker
 
 __all__ = ["Outcome", "run"]
 
 ROOT = Path(__file__).resolve().parents[2]
 PLUGINS = ("rabbitmq_consistent_hash_exchange",)
+
+#: command type -> the replies the kit's example services may give it (``--fail-rate`` makes the
+#: steps fail; compensations never do); the responders give only the first
+KIT_REPLIES: dict[str, tuple[str, ...]] = {
+    ReserveStock.TYPE: (StockReserved.TYPE, OutOfStock.TYPE),
+    ReleaseStock.TYPE: (StockReleased.TYPE,),
+    ChargePayment.TYPE: (PaymentCharged.TYPE, PaymentDeclined.TYPE),
+    RefundPayment.TYPE: (PaymentRefunded.TYPE,),
+    ShipOrder.TYPE: (OrderShipped.TYPE, ShipmentFailed.TYPE),
+}
 
 
 @dataclass
@@ -132,6 +158,39 @@ async def collect(pool: asyncpg.Pool) -> Tables:
     return Tables(sagas, entries, outbox, dead, duplicates)
 
 
+async def collect_effects(pool: asyncpg.Pool, keys: list[str]) -> Effects:
+    """The kit's example services' business tables, as they are once everything settled; the
+    orders are what the run published, each as ``wire.order`` makes it from its key."""
+    ledger = [
+        LedgerRow(r["order_id"], r["kind"], int(r["amount_cents"]))
+        for r in await pool.fetch("SELECT order_id, kind, amount_cents FROM payment.ledger")
+    ]
+    moves = [
+        Move(r["order_id"], r["sku"], int(r["delta"]), r["kind"])
+        for r in await pool.fetch("SELECT order_id, sku, delta, kind FROM inventory.stock_moves")
+    ]
+    shipments = [r["order_id"] for r in await pool.fetch("SELECT order_id FROM shipping.shipments")]
+    stock = {
+        r["sku"]: int(r["on_hand"]) for r in await pool.fetch("SELECT sku, on_hand FROM inventory.stock")
+    }
+    orders = {key: order(key) for key in keys}
+    lines: dict[str, dict[str, int]] = {}
+    for key, asked in orders.items():
+        units: Counter[str] = Counter()
+        for line in asked["lines"]:
+            units[line["sku"]] += line["quantity"]
+        lines[key] = dict(units)
+    return Effects(
+        ledger=ledger,
+        moves=moves,
+        shipments=shipments,
+        stock=stock,
+        initial_stock=INITIAL_STOCK,
+        lines=lines,
+        amounts={key: int(asked["amount_cents"]) for key, asked in orders.items()},
+    )
+
+
 def verify(stack: Stack, namespace: str, deadline: float) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
@@ -147,6 +206,26 @@ def verify(stack: Stack, namespace: str, deadline: float) -> subprocess.Complete
         capture_output=True,
         text=True,
         timeout=3600,
+    )
+
+
+def _repeats(logs: Path) -> int:
+    """Commands a participant got again after carrying them out and answered from its inbox (the
+    kit logs those with "(recorded reply)"): the redeliveries the effect checks are about."""
+    return sum(
+        path.read_text(errors="replace").count("(recorded reply)") for path in logs.glob("participant-*.log")
+    )
+
+
+async def _handled(pool: asyncpg.Pool) -> int:
+    """Commands the kit carried out (one inbox row each, repeats answered from it)."""
+    return int(
+        await pool.fetchval(
+            "SELECT (SELECT count(*) FROM inventory.participant_inbox)"
+            " + (SELECT count(*) FROM payment.participant_inbox)"
+            " + (SELECT count(*) FROM shipping.participant_inbox)"
+        )
+        or 0
     )
 
 
@@ -222,6 +301,7 @@ async def run(scenario: Scenario, admin_dsn: str, log_dir: Path, keep_database: 
         durations["settle_s"] = time.monotonic() - began_settle
         print(f"  settled in {durations['settle_s']:.0f}s" if settled else "  did not settle", flush=True)
         tables = await collect(pool)
+        effects = await collect_effects(pool, keys) if system.kit else None
         await system.stop_all()  # verify reads a journal nothing writes any more
         began_verify = time.monotonic()
         checked = await asyncio.to_thread(verify, stack, namespace, scenario.deadline)
@@ -233,7 +313,9 @@ async def run(scenario: Scenario, admin_dsn: str, log_dir: Path, keep_database: 
             sagas=tables.sagas,
             journal=tables.journal,
             wire=list(tap.seen),
-            replies={command: (reply,) for command, (reply, _) in REPLIES.items()},
+            replies=KIT_REPLIES
+            if system.kit
+            else {command: (reply,) for command, (reply, _) in REPLIES.items()},
             undo=UNDO,
             expected=scenario.expected,
             outbox_left=tables.outbox,
@@ -241,6 +323,7 @@ async def run(scenario: Scenario, admin_dsn: str, log_dir: Path, keep_database: 
             verify_output=checked.stdout + checked.stderr,
             crashes=list(system.crashes),
             dead_letters=tables.dead_letters,
+            effects=effects,
         )
         stats = {
             "by_status": dict(Counter(saga.status for saga in tables.sagas)),
@@ -249,6 +332,15 @@ async def run(scenario: Scenario, admin_dsn: str, log_dir: Path, keep_database: 
             "duplicates_absorbed": tables.duplicates,
             "settled": settled,
         }
+        if effects is not None:
+            stats["effects"] = {
+                "charges": sum(row.kind == "charge" for row in effects.ledger),
+                "refunds": sum(row.kind == "refund" for row in effects.ledger),
+                "stock_moves": len(effects.moves),
+                "shipments": len(effects.shipments),
+                "participant_commands": await _handled(pool),
+                "answered_from_inbox": _repeats(stack.log_dir),
+            }
         durations["total_s"] = time.monotonic() - began
         return Outcome(evidence, done, durations, database, namespace, log_dir, stats)
     finally:

@@ -1,14 +1,17 @@
 """The processes of a chaos run, and what each fault does to them.
 
-Replicas are ``orchestrator run`` processes, participants are benchmark responders, one process
-per service so that a service can be stopped alone; both started as ``bench.processes`` starts
-them for the benchmark. The broker is the run's private node.
+Replicas are ``orchestrator run`` processes. Participants are, with ``--participants kit``, the
+example services (``python -m participants NAME``, on the participant kit, keeping their business
+tables in the run's database), or with ``responder`` the benchmark responders, which keep
+nothing; one process per service either way, so that a service can be stopped alone. The broker
+is the run's private node.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -17,10 +20,10 @@ import asyncpg
 
 from bench.chaos.scenario import Scenario
 from bench.config import Stack
-from bench.processes import Orchestrator, Responder
+from bench.processes import Orchestrator, Responder, _Child
 from tests.integration.private_broker import PrivateBroker
 
-__all__ = ["APPLICATION", "MODULE", "Replica", "System"]
+__all__ = ["APPLICATION", "MODULE", "Kit", "Replica", "System"]
 
 MODULE = "bench.chaos.workflow"
 APPLICATION = "chaos-suite"  # our own sessions: terminate_sessions spares them
@@ -38,6 +41,43 @@ class Replica(Orchestrator):
         return {**super().env(), "CHAOS_DEADLINE_SECONDS": str(self.deadline)}
 
 
+class Kit(_Child):
+    """One example service on the participant kit, as a user starts it: its commands run in
+    transactions of its own database (the run's), and it reconnects to the broker by itself."""
+
+    def __init__(self, stack: Stack, namespace: str, log: Path, service: str, scenario: Scenario) -> None:
+        super().__init__(f"participant-{service}", log)
+        self.stack = stack
+        self.namespace = namespace
+        self.service = service
+        self.scenario = scenario
+
+    async def start(self, timeout: float = 60) -> None:
+        argv = [self.stack.python, "-m", "participants", self.service]
+        argv += ["--fail-rate", str(self.scenario.fail_rate)]
+        argv += ["--concurrency", str(self.scenario.concurrency)]
+        if self.scenario.delay:
+            argv += ["--delay", str(self.scenario.delay)]
+        env = {
+            **os.environ,
+            "PARTICIPANT_DATABASE_URL": self.stack.database_url,
+            "ORCHESTRATOR_AMQP_URL": self.stack.amqp_url,
+            "ORCHESTRATOR_NAMESPACE": self.namespace,
+            "PYTHONUNBUFFERED": "1",
+        }
+        offset = len(self.output())
+        self.spawn(argv, env, self.stack.root)
+        await self.wait_for("consuming ", offset, timeout)
+
+    def kill(self) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(10)
+
+
+Participant = Responder | Kit
+
+
 class System:
     """The processes of a run, and the faults done to them (``faults.System``)."""
 
@@ -50,10 +90,15 @@ class System:
             Replica(stack, namespace, stack.log_dir / f"replica-{i}.log", scenario.deadline, i)
             for i in range(scenario.replicas)
         ]
-        self.responders = {
-            s: Responder(stack, namespace, stack.log_dir / f"responder-{s}.log", name=f"responder-{s}")
+        self.kit = scenario.participants == "kit"
+        self.responders: dict[str, Participant] = {
+            s: Kit(stack, namespace, stack.log_dir / f"participant-{s}.log", s, scenario)
+            if self.kit
+            else Responder(stack, namespace, stack.log_dir / f"responder-{s}.log", name=f"responder-{s}")
             for s in scenario.services
         }
+        #: participant stops so far per service: with the kit every other one is a SIGKILL
+        self._stops = dict.fromkeys(scenario.services, 0)
         self.pool: asyncpg.Pool | None = None
         self.broker_up = asyncio.Event()
         self.broker_up.set()
@@ -95,9 +140,12 @@ class System:
 
     async def start_broker(self) -> None:
         """The bench responder does not reconnect (the orchestrator's own consumers do, and that is
-        what is under test): it is started again once the broker is back."""
+        what is under test): it is started again once the broker is back. The kit's participants
+        reconnect by themselves, and must: they are left alone."""
         await asyncio.to_thread(self.broker.start_app)
         self.broker_up.set()
+        if self.kit:
+            return
         for service, responder in self.responders.items():
             async with self._locks[service]:
                 if service not in self._stopped:
@@ -114,11 +162,20 @@ class System:
         )
         return int(ended or 0)
 
-    async def stop_service(self, service: str) -> None:
+    async def stop_service(self, service: str) -> str:
+        """SIGTERM, or with the kit every other time SIGKILL: a participant killed between its
+        commit and its ack gets the command again, and only its inbox stands between that and a
+        second charge. The first stop of each service is a kill."""
         async with self._locks[service]:
-            self._note_crash(f"responder-{service}", self.responders[service])
+            participant = self.responders[service]
+            self._note_crash(participant.name, participant)
             self._stopped.add(service)
-            await self.responders[service].terminate(15)
+            self._stops[service] += 1
+            if isinstance(participant, Kit) and self._stops[service] % 2 == 1:
+                participant.kill()
+                return "SIGKILL"
+            await participant.terminate(15)
+            return "SIGTERM"
 
     async def start_service(self, service: str) -> None:
         async with self._locks[service]:
@@ -127,9 +184,9 @@ class System:
 
     # -- the rest ---------------------------------------------------------------------------------
 
-    def _note_crash(self, name: str, process: Orchestrator | Responder) -> None:
+    def _note_crash(self, name: str, process: Orchestrator | Participant) -> None:
         """A process found dead that no fault stopped died by itself: a finding."""
-        key = name.removeprefix("responder-")
+        key = name.removeprefix("responder-").removeprefix("participant-")
         if process.popen is not None and not process.alive() and key not in self._stopped:
             self.crashes.append(
                 f"{name} exited {process.popen.returncode} by itself: {process.output()[-500:]}"
@@ -140,11 +197,16 @@ class System:
 
         async def start() -> None:
             self._started_under[service] = self.restarts  # the broker is up: _start waited
-            await responder.start((service,))
+            if isinstance(responder, Kit):
+                await responder.start()
+            else:
+                await responder.start((service,))
 
         await self._start(responder, start)
 
-    async def _start(self, process: Orchestrator | Responder, start: Callable[[], Awaitable[object]]) -> None:
+    async def _start(
+        self, process: Orchestrator | Participant, start: Callable[[], Awaitable[object]]
+    ) -> None:
         """Start a process once the broker is up; a start that the broker's going away failed
         (it checks the broker at start and exits) is tried again, the failed one ended first."""
         for attempt in range(1, START_ATTEMPTS + 1):
@@ -177,9 +239,9 @@ class System:
                 await self.start_replica(i)
         for service, responder in self.responders.items():
             if not responder.alive():
-                self._note_crash(f"responder-{service}", responder)
+                self._note_crash(responder.name, responder)
                 await self.start_service(service)
-            elif self._started_under.get(service) != self.restarts:
+            elif not self.kit and self._started_under.get(service) != self.restarts:
                 # connected to the broker before its last restart, and never started again since
                 async with self._locks[service]:
                     await responder.terminate(15)

@@ -10,6 +10,8 @@ import asyncio
 import contextlib
 import time
 import uuid
+import zlib
+from typing import Any
 
 import aio_pika
 import aio_pika.abc
@@ -19,7 +21,7 @@ from bench.chaos.checker import Wire
 from bench.chaos.workflow import WORKFLOW
 from orchestrator.examples.contracts import OrderPlaced
 
-__all__ = ["Tap", "publish"]
+__all__ = ["Tap", "order", "publish"]
 
 IN_FLIGHT = 500
 
@@ -107,15 +109,26 @@ class Tap:
                 await self._task
 
 
+#: the SKUs the orders of a run are spread over: one SKU for every order made every reservation wait
+#: for the one row of the kit's inventory (``SELECT ... FOR UPDATE``), and at 40 orders a second
+#: that queue, not the orchestrator, made the reserve step time out
+SKUS = 50
+
+
+def order(key: str) -> dict[str, Any]:
+    """What the order ``key`` asks for, from its key alone, so that the checker can count the kit's
+    effects against it: one to three units of one SKU, 1,000 cents a unit."""
+    digest = zlib.crc32(key.encode())
+    units = 1 + digest % 3
+    return {
+        "customer_id": f"c-{digest % 7}",
+        "lines": [{"sku": f"sku-{digest // 3 % SKUS}", "quantity": units}],
+        "amount_cents": 1000 * units,
+    }
+
+
 def start_body(key: str) -> bytes:
-    return orjson.dumps(
-        {
-            "order_id": key,
-            "customer_id": "c-1",
-            "lines": [{"sku": "sku-1", "quantity": 1}],
-            "amount_cents": 1000,
-        }
-    )
+    return orjson.dumps({"order_id": key, **order(key)})
 
 
 class _Starts:

@@ -1,5 +1,6 @@
 """The chaos suite, small: a few hundred sagas through three replicas while replicas are killed,
-the broker restarted, sessions ended and participants stopped; every check must pass.
+the broker restarted, sessions ended and participants stopped (or killed); every check must pass,
+the business-effect checks over the kit participants' own tables among them.
 
 It runs ``python -m bench.chaos`` as a user runs it (``make chaos``), in a process of its own,
 which owns its private broker node and its database and removes both however it ends. What it
@@ -27,6 +28,15 @@ pytestmark = pytest.mark.integration
 SAGAS = 400
 RATE = 5.0  # 80 s of faults
 FAULT_EVERY = 3.0
+DELAY = 0.3  # between a participant's commit and its ack: the window a kill has to land in
+EFFECT_CHECKS = {
+    "charged_once",
+    "refunded_once",
+    "reserved_once",
+    "stock_moves",
+    "shipped_once",
+    "stock_on_hand",
+}
 
 
 def test_sagas_survive_the_faults_and_every_check_passes(tmp_path: Path) -> None:
@@ -49,6 +59,10 @@ def test_sagas_survive_the_faults_and_every_check_passes(tmp_path: Path) -> None
         str(tmp_path / "logs"),
         "--admin-dsn",
         ADMIN_DSN,
+        "--participants",
+        "kit",
+        "--participant-delay",
+        str(DELAY),
     ]
     # A session of its own: if the run hangs, one signal to the group ends it and its replicas.
     run = subprocess.Popen(
@@ -78,3 +92,13 @@ def test_sagas_survive_the_faults_and_every_check_passes(tmp_path: Path) -> None
     }
     # a participant stopped past its deadline must have made some sagas compensate
     assert data["sagas"]["by_status"].get("compensated", 0) > 0
+    # the effects were counted, not skipped: the checks ran over tables with charges and refunds in
+    # them, and at least one participant died by SIGKILL, the stop that can fall between commit and ack
+    checks = {c["name"] for c in data["checks"]}
+    assert checks >= EFFECT_CHECKS, checks
+    assert data["effects"]["charges"] > 0 and data["effects"]["refunds"] > 0, data["effects"]
+    assert data["effects"]["shipments"] == data["sagas"]["by_status"]["completed"]
+    stops = [f for f in data["faults"] if f["kind"].startswith("stop_participant") and not f["skipped"]]
+    assert any(f["detail"] == "SIGKILL" for f in stops), stops
+    # and some command came again after it was carried out: what the effect checks are about
+    assert data["effects"]["answered_from_inbox"] > 0, data["effects"]

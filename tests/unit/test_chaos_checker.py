@@ -3,7 +3,20 @@ nothing, so each check is shown here a journal and a tap that break it, beside a
 
 from __future__ import annotations
 
-from bench.chaos.checker import Check, Command, Entry, Evidence, SagaRow, Wire, check, reply_id
+from bench.chaos.checker import (
+    Check,
+    Command,
+    Effects,
+    Entry,
+    Evidence,
+    LedgerRow,
+    Move,
+    SagaRow,
+    Wire,
+    check,
+    check_effects,
+    reply_id,
+)
 from bench.chaos.workflow import UNDO, WORKFLOW
 from bench.responder import REPLIES
 from orchestrator.core.engine import saga_id_for
@@ -148,3 +161,127 @@ def test_a_known_bug_still_fails_but_is_named() -> None:
     data.known = {"decided_once": "issue 99"}
     found = failing(check(data))
     assert found["decided_once"].known_bug == "issue 99"
+
+
+# -- the participants' business tables (--participants kit) ---------------------------------------
+
+INITIAL = 100
+STATUS = {"done": "completed", "back": "compensated", "never": "compensated"}
+
+
+def effects() -> Effects:
+    """What a healthy run leaves: ``done`` reserved 2 units, was charged and shipped; ``back`` was
+    reserved and charged, then released and refunded; ``never`` failed at its first step."""
+    return Effects(
+        ledger=[
+            LedgerRow("done", "charge", 1000),
+            LedgerRow("back", "charge", 500),
+            LedgerRow("back", "refund", 500),
+        ],
+        moves=[
+            Move("done", "sku-1", -2, "reserve"),
+            Move("back", "sku-1", -1, "reserve"),
+            Move("back", "sku-1", 1, "release"),
+        ],
+        shipments=["done"],
+        stock={"sku-1": INITIAL - 2},
+        initial_stock=INITIAL,
+        lines={"done": {"sku-1": 2}, "back": {"sku-1": 1}, "never": {"sku-1": 3}},
+        amounts={"done": 1000, "back": 500, "never": 300},
+    )
+
+
+def test_clean_business_tables_pass_every_effect_check() -> None:
+    checks = check_effects(effects(), STATUS)
+    assert [c.name for c in checks] == [
+        "charged_once",
+        "refunded_once",
+        "reserved_once",
+        "stock_moves",
+        "shipped_once",
+        "stock_on_hand",
+    ]
+    assert failing(checks) == {}
+
+
+def test_a_double_charge_is_caught() -> None:
+    data = effects()
+    data.ledger.append(LedgerRow("done", "charge", 1000))  # a redelivered ChargePayment carried out again
+    found = failing(check_effects(data, STATUS))
+    assert set(found) == {"charged_once"}
+    assert found["charged_once"].examples == ["done (completed) charged 2 times: [1000, 1000]"]
+
+
+def test_a_double_charge_refunded_twice_is_still_a_double_charge() -> None:
+    data = effects()
+    data.ledger += [LedgerRow("back", "charge", 500), LedgerRow("back", "refund", 500)]
+    assert set(failing(check_effects(data, STATUS))) == {"charged_once"}
+
+
+def test_a_charge_of_a_compensated_order_not_refunded_or_refunded_twice_is_caught() -> None:
+    missing = effects()
+    missing.ledger.remove(LedgerRow("back", "refund", 500))
+    assert set(failing(check_effects(missing, STATUS))) == {"refunded_once"}
+    twice = effects()
+    twice.ledger.append(LedgerRow("back", "refund", 500))
+    assert set(failing(check_effects(twice, STATUS))) == {"refunded_once"}
+    short = effects()
+    short.ledger[2] = LedgerRow("back", "refund", 499)
+    assert set(failing(check_effects(short, STATUS))) == {"refunded_once"}
+    completed_refunded = effects()
+    completed_refunded.ledger.append(LedgerRow("done", "refund", 1000))
+    assert set(failing(check_effects(completed_refunded, STATUS))) == {"refunded_once"}
+
+
+def test_a_completed_order_never_charged_or_charged_the_wrong_amount_is_caught() -> None:
+    data = effects()
+    data.ledger[0] = LedgerRow("done", "charge", 999)
+    assert set(failing(check_effects(data, STATUS))) == {"charged_once"}
+    data.ledger.pop(0)
+    assert set(failing(check_effects(data, STATUS))) == {"charged_once"}
+
+
+def test_a_sku_reserved_twice_and_stock_left_held_are_caught() -> None:
+    data = effects()
+    data.moves.append(Move("done", "sku-1", -2, "reserve"))
+    data.stock["sku-1"] -= 2
+    found = failing(check_effects(data, STATUS))
+    assert set(found) == {"reserved_once", "stock_moves", "stock_on_hand"}
+    assert found["reserved_once"].examples == ["done (completed) reserved sku-1 2 times"]
+
+
+def test_a_compensated_order_whose_release_never_ran_is_caught() -> None:
+    data = effects()
+    data.moves.remove(Move("back", "sku-1", 1, "release"))
+    data.stock["sku-1"] -= 1
+    found = failing(check_effects(data, STATUS))
+    assert set(found) == {"stock_moves", "stock_on_hand"}
+    assert found["stock_moves"].examples == ["back (compensated) still holds 1 units"]
+
+
+def test_shipments_twice_or_for_a_compensated_order_are_caught() -> None:
+    twice = effects()
+    twice.shipments.append("done")
+    assert set(failing(check_effects(twice, STATUS))) == {"shipped_once"}
+    compensated_shipped = effects()
+    compensated_shipped.shipments.append("back")
+    assert set(failing(check_effects(compensated_shipped, STATUS))) == {"shipped_once"}
+    never = effects()
+    never.shipments.clear()
+    assert set(failing(check_effects(never, STATUS))) == {"shipped_once"}
+
+
+def test_effects_of_an_order_with_no_saga_are_caught() -> None:
+    data = effects()
+    data.ledger.append(LedgerRow("ghost", "refund", 5))
+    data.shipments.append("ghost")
+    assert set(failing(check_effects(data, STATUS))) == {"refunded_once", "shipped_once"}
+
+
+def test_check_judges_the_effects_when_the_evidence_has_them() -> None:
+    data = evidence([completed("done"), compensated("back")])
+    data.effects = effects()
+    data.effects.lines.pop("never")
+    assert failing(check(data)) == {}
+    data.effects.ledger.append(LedgerRow("done", "charge", 1000))
+    assert set(failing(check(data))) == {"charged_once"}
