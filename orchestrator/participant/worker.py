@@ -56,6 +56,9 @@ WATCHDOG_MARGIN = 3.0
 """Seconds past ``shutdown_grace`` before the watchdog gives up on the event loop: enough for an
 orderly exit that is merely late, short enough that a supervisor never needs SIGKILL."""
 CONNECT_TIMEOUT = 10.0
+RECONNECT_INTERVAL = 1.0
+"""Seconds between reconnection attempts after the broker went away (aio-pika's default is 5):
+a broker restarted in a second should cost a participant about that, not a step's deadline."""
 COPIED_HEADERS = ("x-saga-id", "x-workflow")
 PRUNE_EVERY = 3600.0
 """Seconds between two prunings of the inbox, when PARTICIPANT_INBOX_RETENTION_DAYS is set."""
@@ -159,7 +162,12 @@ class Worker:
         try:
             connection = await self._unless_stopping(
                 asyncio.wait_for(
-                    aio_pika.connect_robust(self.settings.amqp_url, timeout=CONNECT_TIMEOUT),
+                    aio_pika.connect_robust(
+                        self.settings.amqp_url,
+                        timeout=CONNECT_TIMEOUT,
+                        reconnect_interval=RECONNECT_INTERVAL,
+                        client_properties={"connection_name": f"participant-{self.participant.service}"},
+                    ),
                     CONNECT_TIMEOUT + 5,
                 )
             )
