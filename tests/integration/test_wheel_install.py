@@ -202,7 +202,9 @@ def test_the_readme_workflow_type_checks_and_runs_in_a_project_of_its_own(
         timeout=300,
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    ran = subprocess.run([python, "my_workflows.py"], cwd=elsewhere, env=env, capture_output=True, text=True)
+    ran = subprocess.run(  # bounded: a README block that serves forever must fail here, not hang CI
+        [python, "my_workflows.py"], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300
+    )
     assert ran.returncode == 0, ran.stdout + ran.stderr
     where = run([python, "-c", "import orchestrator; print(orchestrator.__file__)"], cwd=elsewhere, env=env)
     assert Path(where.strip()).is_relative_to(venv)
