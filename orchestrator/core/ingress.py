@@ -37,6 +37,7 @@ __all__ = [
     "envelope",
     "printable",
     "printable_json",
+    "text_property",
 ]
 
 #: how deep a JSON body or a header table may nest
@@ -258,7 +259,10 @@ _TEXT_PROPERTIES = (
 _MAX_PROPERTY = 255
 
 
-def _text_property(name: str, value: object) -> str | None:
+def text_property(name: str, value: object) -> str | None:
+    """A text property (``type``, ``message_id``, ...) as the rules take it, None when absent:
+    UTF-8 without NUL (which PostgreSQL cannot store), a shortstr's 255 bytes at most;
+    :class:`Refused` (``bad_property``) otherwise. The participant kit applies it too."""
     if value is None or value == "":
         return None
     if isinstance(value, bytes | bytearray):
@@ -342,7 +346,7 @@ def envelope(
                 f"the body is {len(body)} bytes,"
                 f" over ORCHESTRATOR_MAX_MESSAGE_BYTES={limits.max_message_bytes}",
             )
-        texts = {name: _text_property(name, properties.get(name)) for name in _TEXT_PROPERTIES}
+        texts = {name: text_property(name, properties.get(name)) for name in _TEXT_PROPERTIES}
         headers = properties.get("headers") or {}
         if not isinstance(headers, Mapping):
             raise Refused(Reason.BAD_HEADER, f"the headers are not a table but {type(headers).__name__}")

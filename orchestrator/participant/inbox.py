@@ -78,29 +78,32 @@ class Inbox:
         The lock is the row lock of a provisional claim: a second delivery of the same command
         running at the same time waits here until the first commits (and then finds its reply)
         or rolls back (and then does the work itself). So concurrent duplicates never both act."""
-        inserted = await connection.execute(
-            text(
-                f"""INSERT INTO {self._inbox}
-                    (message_id, command_type, saga_id, reply_type, reply_body, reply_message_id)
-                    VALUES (:id, '', '', '', '', '') ON CONFLICT (message_id) DO NOTHING
-                    RETURNING 1"""
-            ),
-            {"id": message_id},
-        )
-        if inserted.first() is not None:
-            return None
-        row = (
-            await connection.execute(
+        # Twice at most: a record found on conflict but gone before it was read was pruned in
+        # between (its commit is long past), so the second insert meets no conflict.
+        for _ in range(2):
+            inserted = await connection.execute(
                 text(
-                    f"SELECT reply_type, reply_body, reply_message_id FROM {self._inbox}"
-                    " WHERE message_id = :id"
+                    f"""INSERT INTO {self._inbox}
+                        (message_id, command_type, saga_id, reply_type, reply_body, reply_message_id)
+                        VALUES (:id, '', '', '', '', '') ON CONFLICT (message_id) DO NOTHING
+                        RETURNING 1"""
                 ),
                 {"id": message_id},
             )
-        ).first()
-        if row is None:  # claimed, then rolled back between the two statements: claim again
-            return await self.claim(connection, message_id)
-        return Recorded(row.reply_type, bytes(row.reply_body), row.reply_message_id)
+            if inserted.first() is not None:
+                return None
+            row = (
+                await connection.execute(
+                    text(
+                        f"SELECT reply_type, reply_body, reply_message_id FROM {self._inbox}"
+                        " WHERE message_id = :id"
+                    ),
+                    {"id": message_id},
+                )
+            ).first()
+            if row is not None:
+                return Recorded(row.reply_type, bytes(row.reply_body), row.reply_message_id)
+        raise RuntimeError(f"the inbox record of {message_id} keeps vanishing between insert and read")
 
     async def record(
         self,

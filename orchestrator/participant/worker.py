@@ -36,6 +36,7 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from orchestrator.adapters.amqp.topology import Topology
+from orchestrator.core.ingress import Refused, clip, printable, text_property
 from orchestrator.entrypoints.settings import mask_url
 from orchestrator.participant.handlers import Defer, InvalidCommand, Participant
 from orchestrator.participant.inbox import Recorded
@@ -399,7 +400,9 @@ class Worker:
 
     async def _serve(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
         assert self._processor is not None
-        label = f"{message.type or '<no type>'} id={message.message_id or '<none>'}"
+        # the properties are anybody's: shown escaped and bounded until they pass the rules
+        shown_type = clip(printable(message.type or "<no type>"), 100)
+        label = f"{shown_type} id={clip(printable(message.message_id or '<none>'), 100)}"
         try:
             body = self._parse(message)
             label = f"{label} saga={message.correlation_id}"
@@ -444,7 +447,13 @@ class Worker:
         self.log.info("%s -> %s%s", label, recorded.reply_type, " (recorded reply)" if outcome.repeat else "")
 
     def _parse(self, message: aio_pika.abc.AbstractIncomingMessage) -> dict[str, Any]:
-        """The body of a command whose properties are all there; InvalidCommand otherwise."""
+        """The body of a command whose properties are all there and pass the orchestrator's own
+        rules for properties (core.ingress: one set of input rules); InvalidCommand otherwise."""
+        try:
+            for name in ("type", "message_id", "correlation_id"):
+                text_property(name, getattr(message, name))
+        except Refused as refused:
+            raise InvalidCommand(refused.detail) from None
         if not message.type:
             raise InvalidCommand("no type property")
         if not message.message_id:
@@ -489,7 +498,7 @@ class Worker:
             headers.update(
                 {
                     "x-participant": self.participant.service,
-                    "x-participant-reason": reason[:MAX_REASON],
+                    "x-participant-reason": clip(printable(reason), MAX_REASON),
                     "x-original-exchange": message.exchange or self.topology.commands,
                     "x-original-routing-key": message.routing_key or (message.type or ""),
                 }

@@ -317,6 +317,16 @@ async def test_the_worker_answers_once_defers_and_dead_letters_with_the_reason(d
         )
         assert dead.headers["x-original-exchange"] == f"{namespace}.commands"
 
+        # the orchestrator's rules for properties hold here too: a NUL never reaches the inbox
+        calls = state.calls
+        await send("m\x00nul", {"account": "a-1", "cents": 5})
+        refused = await next_message(dead_letters)
+        assert (
+            refused.headers["x-participant-reason"]
+            == "invalid command: message_id must not contain NUL characters: m\\x00nul"
+        )
+        assert state.calls == calls
+
         state.mode = "defer"
         calls = state.calls
         await send("m-3", {"account": "a-1", "cents": 5})
