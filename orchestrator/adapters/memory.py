@@ -56,7 +56,11 @@ class _MemoryTransaction:
         )
         sagas = list(dict.fromkeys(saga_id for _, saga_id, *_ in due))[:limit]
         taken = set(sagas)
-        rows = [DueDeadline(s, state, version, at, kind) for at, s, kind, state, version in due if s in taken]
+        rows = [
+            DueDeadline(s, state, version, at, kind, self.store.deadlines[(s, kind)][0].trace)
+            for at, s, kind, state, version in due
+            if s in taken
+        ]
         return await self.lock_sagas(sorted(sagas)), rows
 
     async def save(self, changes: Changes) -> None:

@@ -103,6 +103,9 @@ class Incoming:
     kind: str = "event"  # event | deadline | operator
     actor: str | None = None
     schema: int = 1
+    #: the trace context it came with (:func:`orchestrator.core.ingress.trace_of`), opaque here:
+    #: what it causes (commands, timers) carries it on. Never journaled, never compared.
+    trace: str | None = field(default=None, compare=False)
 
     def as_json(self) -> dict[str, Any]:
         # "schema" only beyond 1: rows written before schema versions (none) read as 1, and the
@@ -168,6 +171,8 @@ class OutgoingCommand:
     payload: Mapping[str, Any]
     saga_id: str
     workflow: str
+    #: the trace context of what caused it (opaque), sent on as its ``traceparent``/``tracestate``
+    trace: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -177,6 +182,8 @@ class Deadline:
     state: str
     due_at: datetime
     kind: str = "deadline"
+    #: the trace context of the message that set it: a fired timer continues that trace
+    trace: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

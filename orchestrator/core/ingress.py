@@ -38,6 +38,8 @@ __all__ = [
     "printable",
     "printable_json",
     "text_property",
+    "trace_headers",
+    "trace_of",
 ]
 
 #: how deep a JSON body or a header table may nest
@@ -238,6 +240,8 @@ class Envelope:
     properties: Mapping[str, Any] = field(default_factory=dict)
     #: the schema version its body was written in (header x-schema-version; absent: 1)
     schema_version: int = 1
+    #: its W3C trace context (headers traceparent, tracestate), opaque: :func:`trace_of`
+    trace: str | None = None
 
     def refuse(self, refused: Refused) -> Envelope:
         return replace(self, refused=refused)
@@ -362,6 +366,7 @@ def envelope(
         if workflow is not None and len(workflow) > 200:
             raise Refused(Reason.BAD_HEADER, "x-workflow is longer than 200 characters")
         schema_version = _schema_version(headers.get("x-schema-version"))
+        traceparent = headers.get("traceparent")
         return Envelope(
             body=body,
             type=texts["type"],
@@ -372,6 +377,7 @@ def envelope(
             routing_key=routing_key,
             properties=kept,
             schema_version=schema_version,
+            trace=trace_of(traceparent, headers.get("tracestate")) if traceparent is not None else None,
         )
     except Refused as broken:
         return Envelope(
@@ -380,6 +386,41 @@ def envelope(
     except Exception as error:  # a value of a kind no rule foresaw: still about this message only
         unforeseen = Refused(Reason.BAD_PROPERTY, f"cannot read the message: {type(error).__name__}: {error}")
         return Envelope(body=body, refused=unforeseen, properties=kept)
+
+
+#: a W3C traceparent: version, trace id, parent id, flags (a later version may append fields)
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(-[0-9a-f-]{0,200})?")
+#: the longest tracestate carried on (W3C: 32 members of at most 256 characters; 512 keeps it small)
+MAX_TRACESTATE = 512
+
+
+def trace_of(traceparent: object, tracestate: object = None) -> str | None:
+    """The trace context of a message (or an HTTP request) as one opaque string: the
+    ``traceparent``, then the ``tracestate`` after a space when there is one. None when the
+    traceparent is absent or malformed: a broken trace context never refuses a message, it is just
+    not carried on. The string is stored (outbox, timers) and sent on as it is, so what carried it
+    in never needs to know OpenTelemetry."""
+    if isinstance(traceparent, bytes | bytearray):
+        traceparent = bytes(traceparent).decode("ascii", "replace")
+    if not isinstance(traceparent, str) or not _TRACEPARENT.fullmatch(traceparent):
+        return None
+    if traceparent.startswith("ff") or traceparent[3:35] == "0" * 32 or traceparent[36:52] == "0" * 16:
+        return None  # invalid by the W3C rules: a new trace starts instead
+    if isinstance(tracestate, bytes | bytearray):
+        tracestate = bytes(tracestate).decode("ascii", "replace")
+    if isinstance(tracestate, str) and tracestate and len(tracestate) <= MAX_TRACESTATE:
+        state = tracestate.strip()
+        if state and all(" " < c <= "~" or c == " " for c in state):
+            return f"{traceparent} {state}"
+    return traceparent
+
+
+def trace_headers(trace: str | None) -> dict[str, str]:
+    """The ``traceparent`` and ``tracestate`` headers of an opaque trace context (empty for None)."""
+    if not trace:
+        return {}
+    parent, _, state = trace.partition(" ")
+    return {"traceparent": parent, "tracestate": state} if state else {"traceparent": parent}
 
 
 @dataclass(frozen=True)

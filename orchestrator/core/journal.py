@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -28,6 +28,8 @@ class DueDeadline:
     version: int
     due_at: datetime
     kind: str = "deadline"
+    #: the trace context of the message that set it (opaque; migration 0008)
+    trace: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import socket
 import sys
 from typing import Any
 
+from orchestrator.adapters import tracing
 from orchestrator.adapters.metrics import Metrics
 from orchestrator.adapters.postgres.store import PostgresStore
 from orchestrator.core.definitions import Workflow
@@ -61,7 +62,9 @@ def build(settings: Settings, api_socket: socket.socket | None = None) -> Orches
     registry = Registry(load_workflows(settings.workflows), settings.max_parked)
     store = PostgresStore.from_url(settings.database_url)
     metrics = Metrics()
-    orchestrator = Orchestrator(settings, registry, store, metrics)
+    tracer = tracing.setup("orchestrator")  # None unless the OTEL_* variables ask for traces
+    tracing.install(tracer)
+    orchestrator = Orchestrator(settings, registry, store, metrics, tracer)
     if api_socket is not None:
         from orchestrator.adapters.postgres.queries import Queries
         from orchestrator.entrypoints.api.app import ApiContext, create_app

@@ -15,6 +15,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 from orchestrator.adapters.amqp.broker import Broker, Delivery, Topology, Unpublishable, services_of
@@ -23,6 +24,8 @@ from orchestrator.adapters.metrics import Metrics, count_finished
 from orchestrator.adapters.postgres.partitions import PostgresPartitionLocks
 from orchestrator.adapters.postgres.retention import Pruner
 from orchestrator.adapters.postgres.store import PostgresStore
+from orchestrator.adapters.tracing import OtelTracer, publishing
+from orchestrator.core.engine import OutgoingCommand
 from orchestrator.core.ingress import Envelope, Limits, Reason, Refused, printable
 from orchestrator.core.routing import Registry
 from orchestrator.entrypoints.server import ApiServer
@@ -46,9 +49,16 @@ log = logging.getLogger("orchestrator")
 
 class Orchestrator:
     def __init__(
-        self, settings: Settings, registry: Registry, store: Store, metrics: Metrics | None = None
+        self,
+        settings: Settings,
+        registry: Registry,
+        store: Store,
+        metrics: Metrics | None = None,
+        tracer: OtelTracer | None = None,
     ) -> None:
         self.settings = settings
+        #: None unless the OTEL_* variables ask for traces (docs/tracing.md)
+        self.tracer = tracer
         self.registry = registry
         self.store = store
         self.metrics = metrics or Metrics()
@@ -74,9 +84,10 @@ class Orchestrator:
             limits,
             drain_prefetch,
         )
-        self.relay = Relay(
-            store, self.broker.publish_command, settings.relay_in_flight, settings.outbox_sweep_seconds
-        )
+        publish: Callable[[OutgoingCommand], Awaitable[None]] = self.broker.publish_command
+        if tracer is not None:
+            publish = publishing(tracer, publish, topology.commands)
+        self.relay = Relay(store, publish, settings.relay_in_flight, settings.outbox_sweep_seconds)
         self.relay.metrics = self.metrics
         self.metrics.in_flight = lambda: len(self.relay.in_flight)
         #: "now" as the database has it: decisions and deadlines agree across replicas' hosts
@@ -85,7 +96,7 @@ class Orchestrator:
         if self.ownership is not None:
             self.ownership.replica_gone = self.relay.sweep_soon
         self.deadlines = DeadlineAlarm(
-            registry, store, self.relay.submit, metrics=self.metrics, clock=self.clock
+            registry, store, self.relay.submit, metrics=self.metrics, clock=self.clock, tracer=tracer
         )
         self.counts = self.metrics.messages_in  # by verdict, for the stop line and the metrics alike
         self.api: ApiServer | None = None
@@ -241,6 +252,8 @@ class Orchestrator:
             await bounded("giving up the partitions", self.ownership.close(), 2.5)
         await bounded("closing the broker connections", self.broker.close(0.5), 1.5)
         await bounded("closing the database pool", self.store.close(), 1.0)
+        if self.tracer is not None:  # the spans buffered: out before the process ends
+            await bounded("exporting the spans", asyncio.to_thread(self.tracer.flush, 2.0), 2.5)
 
     async def _work(self) -> None:
         """Consume, then decide, commit and ack each batch, until stopping (the consumer says
@@ -361,7 +374,9 @@ class Orchestrator:
         while True:
             try:
                 now = self.clock.now()
-                result = await process_batch(self.registry, self.store, envelopes, now, self.limits)
+                result = await process_batch(
+                    self.registry, self.store, envelopes, now, self.limits, self.tracer
+                )
             except Exception as error:
                 fault = Fault.UNAVAILABLE if last else classify(error)
                 self.metrics.batch_failures[fault.value] += 1

@@ -35,8 +35,9 @@ import aio_pika.exceptions
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from orchestrator.adapters import tracing
 from orchestrator.adapters.amqp.topology import Topology
-from orchestrator.core.ingress import Refused, clip, printable, text_property
+from orchestrator.core.ingress import Refused, clip, printable, text_property, trace_headers, trace_of
 from orchestrator.entrypoints.settings import mask_url
 from orchestrator.participant.handlers import Defer, InvalidCommand, Participant
 from orchestrator.participant.inbox import Recorded
@@ -75,13 +76,18 @@ def run(participant: Participant, settings: Settings | None = None) -> int:
     """Serve ``participant`` until SIGTERM or SIGINT, with settings from the environment unless
     given; returns the exit code (``raise SystemExit(run(payment))`` in a ``__main__``)."""
     settings = settings or Settings.from_env()
-    worker = Worker(participant, settings)
+    # a tracer provider of its own, named OTEL_SERVICE_NAME or the service (docs/tracing.md)
+    tracer = tracing.setup(participant.service)
+    worker = Worker(participant, settings, tracer)
     runner = asyncio.Runner()
     try:
         code = runner.run(worker.run())
     except KeyboardInterrupt:
         runner.close()
         return 130
+    finally:
+        if tracer is not None:  # the spans buffered: out before the process ends, however it ends
+            tracer.flush(2.0)
     if worker.abandoned:
         # Closing the loop would cancel, and wait for, calls left hanging on a broker that is
         # away; the broker redelivers whatever they held, so skip the teardown instead.
@@ -94,9 +100,13 @@ def run(participant: Participant, settings: Settings | None = None) -> int:
 class Worker:
     """Consumes ``{ns}.{service}`` and answers every command on ``{ns}.events``."""
 
-    def __init__(self, participant: Participant, settings: Settings) -> None:
+    def __init__(
+        self, participant: Participant, settings: Settings, tracer: tracing.OtelTracer | None = None
+    ) -> None:
         self.participant = participant
         self.settings = settings
+        #: None unless the OTEL_* variables ask for traces; the trace context is passed on either way
+        self.tracer = tracer
         self.log = logging.getLogger(f"participant.{participant.service}")
         self.topology = Topology(settings.namespace, queue_type=settings.queue_type)
         self.queue_name = self.topology.participant_queue(participant.service)
@@ -399,6 +409,33 @@ class Worker:
                 self._inflight.discard(task)
 
     async def _serve(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        """One command, in a ``handle <type>`` span when tracing is on: a child of the command's
+        ``traceparent``, and the parent of the reply (or dead letter) it causes. Off, the
+        command's trace context goes on to the reply as it came."""
+        headers = message.headers
+        trace = trace_of(headers.get("traceparent"), headers.get("tracestate"))
+        if self.tracer is None:
+            await self._serve_traced(message, trace)
+            return
+        attributes = {
+            "messaging.system": "rabbitmq",
+            "messaging.operation.type": "process",
+            "messaging.message.id": printable(message.message_id or ""),
+            "messaging.destination.name": printable(message.exchange or ""),
+            "messaging.rabbitmq.destination.routing_key": printable(message.routing_key or ""),
+            "orchestrator.saga.id": printable(message.correlation_id or ""),
+            "orchestrator.workflow": printable(headers.get("x-workflow") or ""),
+            "orchestrator.message.type": printable(message.type or ""),
+            "orchestrator.service": self.participant.service,
+        }
+        name = f"handle {clip(printable(message.type or '<no type>'), 100)}"
+        span = self.tracer.start(name, trace, attributes, kind="consumer")
+        try:
+            await self._serve_traced(message, span.trace)
+        finally:
+            span.end()
+
+    async def _serve_traced(self, message: aio_pika.abc.AbstractIncomingMessage, trace: str | None) -> None:
         assert self._processor is not None
         # the properties are anybody's: shown escaped and bounded until they pass the rules
         shown_type = clip(printable(message.type or "<no type>"), 100)
@@ -414,10 +451,10 @@ class Worker:
                 headers=message.headers,
             )
         except InvalidCommand as error:
-            await self._dead_letter(message, f"invalid command: {error}", label)
+            await self._dead_letter(message, f"invalid command: {error}", label, trace)
             return
         except DeadLetter as dead:
-            await self._dead_letter(message, str(dead), label)
+            await self._dead_letter(message, str(dead), label, trace)
             return
         except Defer as deferred:
             self.log.info("%s -> no reply yet (deferred: %s)", label, deferred)
@@ -438,7 +475,7 @@ class Worker:
             await self._settle(message.nack(requeue=True))
             return
         try:
-            await self._publish(message, recorded)
+            await self._publish(message, recorded, trace)
         except Exception as error:
             self.log.error("%s -> %s not published, requeueing: %s", label, recorded.reply_type, error)
             await self._settle(message.nack(requeue=True))
@@ -468,10 +505,15 @@ class Worker:
             raise InvalidCommand(f"body is a JSON {type(body).__name__}, not an object")
         return body
 
-    async def _publish(self, command: aio_pika.abc.AbstractIncomingMessage, recorded: Recorded) -> None:
+    async def _publish(
+        self, command: aio_pika.abc.AbstractIncomingMessage, recorded: Recorded, trace: str | None = None
+    ) -> None:
         if self._events is None:
             raise RuntimeError("events exchange not declared yet")
-        headers = {name: command.headers[name] for name in COPIED_HEADERS if name in command.headers}
+        headers: dict[str, Any] = {
+            name: command.headers[name] for name in COPIED_HEADERS if name in command.headers
+        }
+        headers.update(trace_headers(trace))  # the saga's trace goes on (docs/protocol.md)
         reply = aio_pika.Message(
             body=recorded.reply_body,
             content_type="application/json",
@@ -488,7 +530,7 @@ class Worker:
         await self._events.publish(reply, routing_key=recorded.reply_type)
 
     async def _dead_letter(
-        self, message: aio_pika.abc.AbstractIncomingMessage, reason: str, label: str
+        self, message: aio_pika.abc.AbstractIncomingMessage, reason: str, label: str, trace: str | None = None
     ) -> None:
         """Publish the command to ``{ns}.dead`` with the reason, then ack it; if that publish
         fails, reject it, which dead-letters it through the queue argument without the reason."""
@@ -503,6 +545,7 @@ class Worker:
                     "x-original-routing-key": message.routing_key or (message.type or ""),
                 }
             )
+            headers.update(trace_headers(trace))
             copy = aio_pika.Message(
                 body=message.body,
                 content_type=message.content_type,

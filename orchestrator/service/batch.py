@@ -9,6 +9,7 @@ knows about RabbitMQ: the consumer hands in envelopes and acks by the verdicts i
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,6 +33,7 @@ from orchestrator.core.machine import CompiledWorkflow
 from orchestrator.core.routing import Registry, Target
 from orchestrator.service.store import Changes, JournalEntry, Store
 from orchestrator.service.tombstones import archived_refusal, live_starts
+from orchestrator.service.tracing import Span, Tracer
 
 __all__ = ["BatchResult", "Envelope", "Verdict", "fire_due_deadlines", "process_batch"]
 
@@ -129,9 +131,14 @@ async def process_batch(
     envelopes: Sequence[Envelope],
     now: datetime,
     limits: Limits = DEFAULT_LIMITS,
+    tracer: Tracer | None = None,
 ) -> BatchResult:
     """Decide every message of the batch and commit all of it in one transaction; ``limits`` are
-    the service's, by which a refused message's dead letter keeps its body."""
+    the service's, by which a refused message's dead letter keeps its body.
+
+    With a ``tracer``, each message decided gets a ``decide`` span (a child of the context it came
+    with), whose context its commands and timers carry on, and a ``commit`` span under it for the
+    batch's commit. Without one, the context it came with is carried on as it is."""
     result = BatchResult(verdicts=[Verdict.ACCEPTED] * len(envelopes), refusals=[None] * len(envelopes))
     parsed: list[_Parsed] = []
     for index, envelope in enumerate(envelopes):
@@ -147,6 +154,8 @@ async def process_batch(
         wanted.update(t.saga_id for t in p.keyed if t.saga_id)
 
     changes = Changes()
+    decided: list[str | None] = []  # the decide spans' contexts, for the commit spans under them
+    committing = 0
     async with store.transaction() as tx:
         current, seen = await tx.read_batch(wanted, (p.message_id for p in parsed))
         missing = wanted - current.keys()  # archived, maybe: one more read, only then
@@ -168,17 +177,29 @@ async def process_batch(
             except _Leave:
                 result.verdicts[p.index] = Verdict.LEFT
                 continue
+            span = _decide_span(tracer, p, targets) if tracer is not None else None
             # journaled as it came, with its schema version: decide() upcasts it
-            message = Incoming(p.type, p.message_id, p.payload, schema=p.envelope.schema_version)
+            message = Incoming(
+                p.type,
+                p.message_id,
+                p.payload,
+                schema=p.envelope.schema_version,
+                trace=p.envelope.trace if span is None else span.trace,
+            )
             try:
                 decisions = [decide(compiled, saga, message, now) for compiled, saga in targets]
             except Refused as refused:  # decide() upcasts: a class _parse did not read it with
                 result.refuse(p.index, refused)
+                _refused_span(span, refused)
                 continue
             full = [d.reason for d in decisions if d.outcome is Outcome.REFUSED]
             if full:  # past a saga's parking cap: dead-lettered, recorded for none of its sagas
                 result.refuse(p.index, Refused(Reason.PARKING_FULL, full[0] or "parking full"))
+                _refused_span(span, Refused(Reason.PARKING_FULL, full[0] or "parking full"))
                 continue
+            if span is not None:
+                _decided_span(span, decisions)
+                decided.append(span.trace)
             first_saga: str | None = None
             for decision in decisions:
                 current[decision.saga.id] = decision.saga
@@ -194,14 +215,55 @@ async def process_batch(
             if refusal is not None:
                 changes.dead_letters.append(dead_letter_of(envelopes[index], refusal, limits=limits))
         if changes:
+            committing = time.time_ns()
             await tx.save(changes)
+    if decided and tracer is not None:
+        size = {"orchestrator.batch.size": len(envelopes)}
+        tracer.record("commit", decided, committing, time.time_ns(), size)
     result.commands = changes.commands
     result.journal = changes.journal
     return result
 
 
+def _decide_span(tracer: Tracer, p: _Parsed, targets: Sequence[tuple[CompiledWorkflow, Saga | None]]) -> Span:
+    compiled, saga = targets[0]
+    attributes: dict[str, str | int | bool] = {
+        "messaging.system": "rabbitmq",
+        "messaging.message.id": p.message_id,
+        "messaging.destination.name": p.envelope.exchange,
+        "messaging.rabbitmq.destination.routing_key": p.envelope.routing_key,
+        "orchestrator.message.type": p.type,
+        "orchestrator.workflow": compiled.workflow.name,
+    }
+    if saga is not None:
+        attributes["orchestrator.saga.id"] = saga.id
+        attributes["orchestrator.state.before"] = saga.state
+    return tracer.start(f"decide {p.type}", p.envelope.trace, attributes, kind="consumer")
+
+
+def _decided_span(span: Span, decisions: Sequence[Decision]) -> None:
+    first = decisions[0]
+    span.set(
+        {
+            "orchestrator.saga.id": first.saga.id,
+            "orchestrator.workflow": first.saga.workflow,
+            "orchestrator.state.before": first.previous_state or "",
+            "orchestrator.state.after": first.saga.state,
+            "orchestrator.outcome": str(first.outcome),
+            "orchestrator.commands": sum(len(d.commands) for d in decisions),
+        }
+    )
+    span.end()
+
+
+def _refused_span(span: Span | None, refused: Refused) -> None:
+    if span is not None:
+        span.fail(f"{refused.reason}: {refused.detail}")
+        span.end()
+
+
 async def fire_due_deadlines(
-    registry: Registry, store: Store, now: datetime, limit: int = 500
+    registry: Registry, store: Store, now: datetime, limit: int = 500, tracer: Tracer | None = None
 ) -> BatchResult:
     """Feed every deadline due by ``now`` through the engine as a journaled message.
 
@@ -214,9 +276,14 @@ async def fire_due_deadlines(
 
     The sagas are locked first, in id order, as a batch of messages locks them, and the timer rows
     are read after (:meth:`~orchestrator.service.store.Transaction.claim_due`): one lock order everywhere.
+
+    A timer fires in the trace of the message that set it (its row keeps that context): with a
+    ``tracer``, a ``fire <kind>`` span there, and the ``decide`` span under it.
     """
     result = BatchResult()
     changes = Changes()
+    decided: list[str | None] = []
+    committing = 0
     async with store.transaction() as tx:
         current, due = await tx.claim_due(now, limit, registry.loaded())
         if not due:
@@ -235,19 +302,42 @@ async def fire_due_deadlines(
                 changes.deadlines[timer] = (None, deadline.version)
                 continue
             retry = deadline.kind == "retry"
+            message_id = f"{deadline.kind}:{deadline.saga_id}:{deadline.version}"
+            trace, span = deadline.trace, None
+            if tracer is not None:
+                attributes: dict[str, str | int | bool] = {
+                    "orchestrator.saga.id": saga.id,
+                    "orchestrator.workflow": saga.workflow,
+                    "orchestrator.timer.kind": deadline.kind,
+                    "orchestrator.timer.due_at": deadline.due_at.isoformat(),
+                    "orchestrator.state.before": saga.state,
+                    "messaging.message.id": message_id,
+                }
+                fired = tracer.start(f"fire {deadline.kind}", trace, attributes)
+                fired.end()
+                span = tracer.start(f"decide {RETRY if retry else DEADLINE}", fired.trace, attributes)
+                trace = span.trace
             message = Incoming(
                 RETRY if retry else DEADLINE,
-                f"{deadline.kind}:{deadline.saga_id}:{deadline.version}",
+                message_id,
                 {"state": deadline.state, "due_at": deadline.due_at.isoformat()},
                 kind=deadline.kind,
+                trace=trace,
             )
             decision = decide(compiled, saga, message, now)
+            if span is not None:
+                _decided_span(span, [decision])
+                decided.append(span.trace)
             current[saga.id] = decision.saga
             changes.record(message, decision, now)
             if not (decision.retry_changed if retry else decision.deadline_changed):
                 changes.deadlines[timer] = (None, deadline.version)
             result.decisions.append(decision)
+        committing = time.time_ns()
         await tx.save(changes)
+    if decided and tracer is not None:
+        size = {"orchestrator.batch.size": len(decided)}
+        tracer.record("commit", decided, committing, time.time_ns(), size)
     result.commands = changes.commands
     result.journal = changes.journal
     return result

@@ -24,6 +24,7 @@ from orchestrator.service.batch import fire_due_deadlines
 from orchestrator.service.clock import DatabaseClock
 from orchestrator.service.faults import Fault, classify
 from orchestrator.service.store import JournalEntry, Store
+from orchestrator.service.tracing import Tracer
 
 __all__ = ["DeadlineAlarm"]
 
@@ -48,8 +49,11 @@ class DeadlineAlarm:
         safety_sweep_seconds: float = 15.0,
         metrics: Metrics | None = None,
         clock: DatabaseClock | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.registry = registry
+        #: a fired timer's spans continue the trace that set it (None: untraced)
+        self.tracer = tracer
         self.store = store
         self.metrics = metrics or Metrics(process=False)
         self.send = send
@@ -110,7 +114,7 @@ class DeadlineAlarm:
                 while True:
                     now = self.clock.now()
                     try:
-                        result = await fire_due_deadlines(self.registry, self.store, now)
+                        result = await fire_due_deadlines(self.registry, self.store, now, tracer=self.tracer)
                     except Exception as error:
                         conflicts += 1
                         if classify(error) is not Fault.CONFLICT or conflicts >= _CONFLICT_TRIES:

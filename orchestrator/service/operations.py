@@ -105,13 +105,15 @@ async def start_saga(
     actor: str,
     now: datetime,
     schema_version: int = 1,
+    trace: str | None = None,
 ) -> Applied:
     """Start a saga as its starting event would; the same key again returns the saga it started,
     or, when that saga was archived, what its tombstone says of it (nothing starts again).
 
     ``data`` is written in schema version ``schema_version`` of the starting event (1, as an
     event without ``x-schema-version``): it is upcast to the class's schema first, by the same
-    upcasters and with the same refusals as an event over AMQP, and journaled at that schema."""
+    upcasters and with the same refusals as an event over AMQP, and journaled at that schema.
+    ``trace``: the request's trace context, which the saga's first commands and timers carry on."""
     compiled = registry.workflows.get(workflow)
     if compiled is None:
         raise BadRequest(f"unknown workflow {workflow!r}; known: {', '.join(sorted(registry.workflows))}")
@@ -138,6 +140,7 @@ async def start_saga(
         kind="operator",
         actor=actor,
         schema=spec.starts_on.SCHEMA,
+        trace=trace,
     )
     for attempt in range(2):
         try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Protocol
 
@@ -57,11 +57,18 @@ class Changes:
         saga = decision.saga
         self.sagas[saga.id] = saga
         self.journal.append(JournalEntry(saga.id, saga.version, message, decision.summary(), now))
-        self.commands.extend(decision.commands)
+        trace = message.trace
+        if trace is None:  # the common case untraced: nothing to carry, nothing copied
+            self.commands.extend(decision.commands)
+            deadline, retry = decision.deadline, decision.retry
+        else:  # what it causes continues its trace, through the outbox and the timer rows
+            self.commands.extend(replace(c, trace=trace) for c in decision.commands)
+            deadline = decision.deadline and replace(decision.deadline, trace=trace)
+            retry = decision.retry and replace(decision.retry, trace=trace)
         if decision.deadline_changed:
-            self.deadlines[(saga.id, "deadline")] = (decision.deadline, saga.version)
+            self.deadlines[(saga.id, "deadline")] = (deadline, saga.version)
         if decision.retry_changed:
-            self.deadlines[(saga.id, "retry")] = (decision.retry, saga.version)
+            self.deadlines[(saga.id, "retry")] = (retry, saga.version)
 
     def __bool__(self) -> bool:
         return bool(self.sagas or self.inbox or self.duplicates or self.dead_letters)

@@ -24,7 +24,9 @@ def alarm_failing_with(
     calls: list[Any] = []
     pending = list(errors)
 
-    async def fire(registry: Any, store: Any, now: datetime, limit: int = 500) -> BatchResult:
+    async def fire(
+        registry: Any, store: Any, now: datetime, limit: int = 500, tracer: Any = None
+    ) -> BatchResult:
         calls.append(now)
         if pending:
             raise pending.pop(0)

@@ -28,7 +28,16 @@ from aiormq.abc import DeliveredMessage
 from orchestrator.adapters.amqp.decoding import UndecodableProperties
 from orchestrator.adapters.amqp.topology import Topology, declare
 from orchestrator.core.engine import OutgoingCommand
-from orchestrator.core.ingress import DEFAULT_LIMITS, Envelope, Limits, Reason, Refused, envelope, printable
+from orchestrator.core.ingress import (
+    DEFAULT_LIMITS,
+    Envelope,
+    Limits,
+    Reason,
+    Refused,
+    envelope,
+    printable,
+    trace_headers,
+)
 from orchestrator.core.messages import service_of
 from orchestrator.service.supervisor import Spawn, bounded, lost_connection, unsupervised
 
@@ -638,7 +647,7 @@ class Broker:
             message_type=command.type,
             message_id=command.message_id,
             correlation_id=command.saga_id,
-            headers={"x-saga-id": command.saga_id, "x-workflow": command.workflow},
+            headers=_command_headers(command),
         )
         await channel.basic_publish(
             orjson.dumps(command.payload),
@@ -673,6 +682,15 @@ MAX_HAND_OVERS = 30
 #: properties a hand-over does not keep: the broker refuses a user id other than the connection's,
 #: and an expiration would start again
 _NOT_HANDED_OVER = frozenset({"user_id", "expiration"})
+
+
+def _command_headers(command: OutgoingCommand) -> dict[str, Any]:
+    """A command's headers: its saga and workflow, and the trace context of what caused it (the
+    W3C ``traceparent``/``tracestate``, which the participant passes on to its reply)."""
+    headers: dict[str, Any] = {"x-saga-id": command.saga_id, "x-workflow": command.workflow}
+    if command.trace is not None:
+        headers.update(trace_headers(command.trace))
+    return headers
 
 
 def handed_over(envelope: Envelope) -> dict[str, Any]:

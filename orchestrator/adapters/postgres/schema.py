@@ -89,6 +89,8 @@ outbox = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     #: the advisory lock key of the replica that committed it (migration 0007): its own to send
     Column("holder", Integer),
+    #: the trace context of the message that caused it (migration 0008): its publish continues it
+    Column("trace", Text),
 )
 
 inbox = Table(
@@ -109,6 +111,8 @@ deadlines = Table(
     Column("version", Integer, nullable=False),
     Column("due_at", DateTime(timezone=True), nullable=False),
     Column("kind", Text, nullable=False, server_default="deadline"),  # deadline | retry
+    #: the trace context of the message that set it (migration 0008): it fires in that trace
+    Column("trace", Text),
     UniqueConstraint("saga_id", "kind", name="deadlines_one_per_kind"),
     Index("deadlines_due", "due_at"),
 )

@@ -124,10 +124,10 @@ WITH saved_sagas AS (
          AS t(saga_id, seq, kind, message_type, message_id, message, decision, actor)
     RETURNING 1
 ), queued AS (
-    INSERT INTO outbox (message_id, saga_id, workflow, message_type, payload, created_at, holder)
-    SELECT message_id, saga_id, workflow, message_type, payload::jsonb, $24, $54::int
-    FROM unnest($25::text[], $26::text[], $27::text[], $28::text[], $29::text[])
-         AS t(message_id, saga_id, workflow, message_type, payload)
+    INSERT INTO outbox (message_id, saga_id, workflow, message_type, payload, created_at, holder, trace)
+    SELECT message_id, saga_id, workflow, message_type, payload::jsonb, $24, $54::int, trace
+    FROM unnest($25::text[], $26::text[], $27::text[], $28::text[], $29::text[], $55::text[])
+         AS t(message_id, saga_id, workflow, message_type, payload, trace)
     ON CONFLICT DO NOTHING
     RETURNING 1
 ), taken AS (
@@ -147,10 +147,11 @@ WITH saved_sagas AS (
     WHERE d.saga_id = t.saga_id AND d.kind = t.kind AND d.version <= t.version
     RETURNING 1
 ), timed AS (
-    INSERT INTO deadlines (saga_id, kind, state, version, due_at)
-    SELECT * FROM unnest($34::text[], $35::text[], $36::text[], $37::int[], $38::timestamptz[])
+    INSERT INTO deadlines (saga_id, kind, state, version, due_at, trace)
+    SELECT * FROM unnest($34::text[], $35::text[], $36::text[], $37::int[], $38::timestamptz[], $56::text[])
     ON CONFLICT (saga_id, kind) DO UPDATE
-        SET state = excluded.state, version = excluded.version, due_at = excluded.due_at
+        SET state = excluded.state, version = excluded.version, due_at = excluded.due_at,
+            trace = excluded.trace
     RETURNING 1
 ), dead AS (
     INSERT INTO dead_letters (dead_at, source, reason, detail, message_id, message_type, correlation_id,
@@ -242,6 +243,8 @@ def _save_arguments(changes: Changes, now: datetime, holder: int | None = None) 
         [version for _, version in cancels],
         [s.release for s in saga_rows],
         holder,
+        [c.trace for c in changes.commands],
+        [d.trace for _, d, _ in timers],
     ]
 
 
@@ -326,12 +329,15 @@ class _PostgresTransaction:
         current = await self.lock_sagas(saga_ids)
         # A timer of a saga that does not exist (no lock protects it) is locked here, to be removed.
         rows = await self.connection.fetch(
-            "SELECT saga_id, state, version, due_at, kind FROM deadlines"
+            "SELECT saga_id, state, version, due_at, kind, trace FROM deadlines"
             " WHERE saga_id = ANY($1::text[]) AND due_at <= $2 ORDER BY due_at, saga_id, kind FOR UPDATE",
             saga_ids,
             now,
         )
-        due = [DueDeadline(r["saga_id"], r["state"], r["version"], r["due_at"], r["kind"]) for r in rows]
+        due = [
+            DueDeadline(r["saga_id"], r["state"], r["version"], r["due_at"], r["kind"], trace=r["trace"])
+            for r in rows
+        ]
         return current, due
 
     async def save(self, changes: Changes) -> None:
@@ -536,7 +542,7 @@ class PostgresStore:
         async with self.engine.connect() as connection:
             result = await connection.execute(query)
             return [
-                OutgoingCommand(r.message_id, r.message_type, r.payload, r.saga_id, r.workflow)
+                OutgoingCommand(r.message_id, r.message_type, r.payload, r.saga_id, r.workflow, r.trace)
                 for r in result
             ]
 

@@ -11,10 +11,11 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Body, Header, HTTPException, Path, Query, Response
+from fastapi import APIRouter, Body, Header, HTTPException, Path, Query, Request, Response
 from fastapi.params import Depends
 
 from orchestrator.adapters.postgres.queries import HistoryRow, SagaFilter
+from orchestrator.adapters.tracing import request_span
 from orchestrator.core.engine import Saga
 from orchestrator.core.ingress import MAX_KEY_LENGTH
 from orchestrator.core.replay import replay
@@ -289,22 +290,27 @@ def sagas_router(ctx: ApiContext, reads: Sequence[Depends], writes: Sequence[Dep
             201: {"description": "the saga, started", "links": _LINKS},
         },
     )
-    async def start(body: m.StartRequest, response: Response, actor: Actor = None) -> m.SagaWritten:
+    async def start(
+        body: m.StartRequest, request: Request, response: Response, actor: Actor = None
+    ) -> m.SagaWritten:
         """Start a saga as its starting event would; the same workflow and key again is the same saga.
 
         Once the start committed the answer is 201 (or 200), whatever fails after; a 503 means it
         did not commit, or its commit was cut off: the same start again answers 200 if it did."""
         who = actor or DEFAULT_ACTOR
-        applied = await start_saga(
-            ctx.registry,
-            ctx.store,
-            body.workflow,
-            body.key,
-            body.data,
-            who,
-            ctx.clock(),
-            schema_version=body.schema_version,
-        )
+        # tracing (docs/tracing.md): the request's traceparent is the saga's trace
+        with request_span("POST /sagas", request.headers, {"orchestrator.workflow": body.workflow}) as trace:
+            applied = await start_saga(
+                ctx.registry,
+                ctx.store,
+                body.workflow,
+                body.key,
+                body.data,
+                who,
+                ctx.clock(),
+                schema_version=body.schema_version,
+                trace=trace,
+            )
         hand_over(ctx, applied)
         saga = applied.saga
         response.status_code = 201 if applied.created else 200
