@@ -33,7 +33,7 @@ from orchestrator.core.machine import CompiledWorkflow
 from orchestrator.core.routing import Registry, Target
 from orchestrator.service.store import Changes, JournalEntry, Store
 from orchestrator.service.tombstones import archived_refusal, live_starts
-from orchestrator.service.tracing import Span, Tracer
+from orchestrator.service.tracing import Span, Tracer, decided
 
 __all__ = ["BatchResult", "Envelope", "Verdict", "fire_due_deadlines", "process_batch"]
 
@@ -154,7 +154,7 @@ async def process_batch(
         wanted.update(t.saga_id for t in p.keyed if t.saga_id)
 
     changes = Changes()
-    decided: list[str | None] = []  # the decide spans' contexts, for the commit spans under them
+    traced: list[str | None] = []  # the decide spans' contexts, for the commit spans under them
     committing = 0
     async with store.transaction() as tx:
         current, seen = await tx.read_batch(wanted, (p.message_id for p in parsed))
@@ -198,8 +198,8 @@ async def process_batch(
                 _refused_span(span, Refused(Reason.PARKING_FULL, full[0] or "parking full"))
                 continue
             if span is not None:
-                _decided_span(span, decisions)
-                decided.append(span.trace)
+                decided(span, decisions)
+                traced.append(span.trace)
             first_saga: str | None = None
             for decision in decisions:
                 current[decision.saga.id] = decision.saga
@@ -217,9 +217,9 @@ async def process_batch(
         if changes:
             committing = time.time_ns()
             await tx.save(changes)
-    if decided and tracer is not None:
+    if traced and tracer is not None:
         size = {"orchestrator.batch.size": len(envelopes)}
-        tracer.record("commit", decided, committing, time.time_ns(), size)
+        tracer.record("commit", traced, committing, time.time_ns(), size)
     result.commands = changes.commands
     result.journal = changes.journal
     return result
@@ -239,21 +239,6 @@ def _decide_span(tracer: Tracer, p: _Parsed, targets: Sequence[tuple[CompiledWor
         attributes["orchestrator.saga.id"] = saga.id
         attributes["orchestrator.state.before"] = saga.state
     return tracer.start(f"decide {p.type}", p.envelope.trace, attributes, kind="consumer")
-
-
-def _decided_span(span: Span, decisions: Sequence[Decision]) -> None:
-    first = decisions[0]
-    span.set(
-        {
-            "orchestrator.saga.id": first.saga.id,
-            "orchestrator.workflow": first.saga.workflow,
-            "orchestrator.state.before": first.previous_state or "",
-            "orchestrator.state.after": first.saga.state,
-            "orchestrator.outcome": str(first.outcome),
-            "orchestrator.commands": sum(len(d.commands) for d in decisions),
-        }
-    )
-    span.end()
 
 
 def _refused_span(span: Span | None, refused: Refused) -> None:
@@ -282,7 +267,7 @@ async def fire_due_deadlines(
     """
     result = BatchResult()
     changes = Changes()
-    decided: list[str | None] = []
+    traced: list[str | None] = []
     committing = 0
     async with store.transaction() as tx:
         current, due = await tx.claim_due(now, limit, registry.loaded())
@@ -326,8 +311,8 @@ async def fire_due_deadlines(
             )
             decision = decide(compiled, saga, message, now)
             if span is not None:
-                _decided_span(span, [decision])
-                decided.append(span.trace)
+                decided(span, [decision])
+                traced.append(span.trace)
             current[saga.id] = decision.saga
             changes.record(message, decision, now)
             if not (decision.retry_changed if retry else decision.deadline_changed):
@@ -335,9 +320,9 @@ async def fire_due_deadlines(
             result.decisions.append(decision)
         committing = time.time_ns()
         await tx.save(changes)
-    if decided and tracer is not None:
-        size = {"orchestrator.batch.size": len(decided)}
-        tracer.record("commit", decided, committing, time.time_ns(), size)
+    if traced and tracer is not None:
+        size = {"orchestrator.batch.size": len(traced)}
+        tracer.record("commit", traced, committing, time.time_ns(), size)
     result.commands = changes.commands
     result.journal = changes.journal
     return result

@@ -31,6 +31,7 @@ from orchestrator.core.messages import InvalidPayload, dump, load
 from orchestrator.core.routing import Registry
 from orchestrator.core.upcasting import upcast
 from orchestrator.service.store import Changes, Store, Tombstone
+from orchestrator.service.tracing import Tracer, decided
 
 __all__ = [
     "ACTIONS",
@@ -106,6 +107,7 @@ async def start_saga(
     now: datetime,
     schema_version: int = 1,
     trace: str | None = None,
+    tracer: Tracer | None = None,
 ) -> Applied:
     """Start a saga as its starting event would; the same key again returns the saga it started,
     or, when that saga was archived, what its tombstone says of it (nothing starts again).
@@ -113,7 +115,8 @@ async def start_saga(
     ``data`` is written in schema version ``schema_version`` of the starting event (1, as an
     event without ``x-schema-version``): it is upcast to the class's schema first, by the same
     upcasters and with the same refusals as an event over AMQP, and journaled at that schema.
-    ``trace``: the request's trace context, which the saga's first commands and timers carry on."""
+    ``trace``: the request's trace context, which the saga's first commands and timers carry on
+    (under a ``decide`` span of ``tracer``'s when there is one)."""
     compiled = registry.workflows.get(workflow)
     if compiled is None:
         raise BadRequest(f"unknown workflow {workflow!r}; known: {', '.join(sorted(registry.workflows))}")
@@ -133,6 +136,16 @@ async def start_saga(
     except InvalidPayload as error:
         raise BadRequest(f"data does not fit {spec.starts_on.TYPE}: {error}") from None
     saga_id = saga_id_for(spec.name, key)
+    span = None
+    if tracer is not None:
+        attributes = {
+            "orchestrator.saga.id": saga_id,
+            "orchestrator.workflow": spec.name,
+            "orchestrator.message.type": spec.starts_on.TYPE,
+            "messaging.message.id": f"api-start:{saga_id}",
+        }
+        span = tracer.start(f"decide {spec.starts_on.TYPE}", trace, attributes)
+        trace = span.trace
     message = Incoming(
         spec.starts_on.TYPE,
         f"api-start:{saga_id}",
@@ -147,11 +160,18 @@ async def start_saga(
             async with store.transaction() as tx:
                 existing = (await tx.lock_sagas([saga_id])).get(saga_id)
                 if existing is not None:
+                    if span is not None:  # started before: nothing decided
+                        span.end()
                     return Applied(existing, False, [], [], message.message_id)
                 gone = (await tx.tombstones([saga_id])).get(saga_id)
                 if gone is not None:
+                    if span is not None:
+                        span.end()
                     return Applied(_of_tombstone(gone), False, [], [], message.message_id, gone)
                 decision = decide(compiled, None, message, now)
+                if span is not None:
+                    decided(span, [decision])
+                    span = None
                 changes = Changes()
                 changes.record(message, decision, now)
                 changes.inbox[message.message_id] = saga_id

@@ -10,9 +10,12 @@ participant's trace is not broken by an untraced orchestrator, and pays for noth
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-__all__ = ["Attributes", "Span", "Tracer"]
+if TYPE_CHECKING:
+    from orchestrator.core.engine import Decision
+
+__all__ = ["Attributes", "Span", "Tracer", "decided"]
 
 Attributes = Mapping[str, str | int | bool]
 
@@ -39,3 +42,19 @@ class Tracer(Protocol):
     ) -> None:
         """One finished span per parent, over the same time: something many messages shared (a
         batch's commit) shown in each of their traces."""
+
+
+def decided(span: Span, decisions: Sequence[Decision]) -> None:
+    """End a ``decide`` span with what the decision did: the saga, its state before and after."""
+    first = decisions[0]
+    span.set(
+        {
+            "orchestrator.saga.id": first.saga.id,
+            "orchestrator.workflow": first.saga.workflow,
+            "orchestrator.state.before": first.previous_state or "",
+            "orchestrator.state.after": first.saga.state,
+            "orchestrator.outcome": str(first.outcome),
+            "orchestrator.commands": sum(len(d.commands) for d in decisions),
+        }
+    )
+    span.end()

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Body, Header, HTTPException, Path, Query, Request
 from fastapi.params import Depends
 
 from orchestrator.adapters.postgres.queries import HistoryRow, SagaFilter
-from orchestrator.adapters.tracing import request_span
+from orchestrator.adapters.tracing import active, request_span
 from orchestrator.core.engine import Saga
 from orchestrator.core.ingress import MAX_KEY_LENGTH
 from orchestrator.core.replay import replay
@@ -310,6 +310,7 @@ def sagas_router(ctx: ApiContext, reads: Sequence[Depends], writes: Sequence[Dep
                 ctx.clock(),
                 schema_version=body.schema_version,
                 trace=trace,
+                tracer=active(),
             )
         hand_over(ctx, applied)
         saga = applied.saga
