@@ -18,6 +18,11 @@ const SCHEMA = "shipping_node"; // its own schema, so it can share a database wi
 const EXIT_SETTINGS = 2; // a bad setting, or the broker or database unreachable or refusing at start
 const EXIT_LOST = 1; // the connection to RabbitMQ was lost: a supervisor restarts us
 const RETRY_PAUSE_MS = 1000; // before giving a command back after a database error
+// The headers a reply carries on from its command (docs/protocol.md, section 6): the saga's, and
+// the W3C trace context, so that the saga stays one trace across every service (docs/tracing.md).
+// No OpenTelemetry SDK here: passing the context on keeps the trace whole, a span of its own
+// would only add this service to it.
+const PASSED_ON = ["x-saga-id", "x-workflow", "traceparent", "tracestate"];
 
 // ---------------------------------------------------------------------------------------------
 // Settings
@@ -318,7 +323,7 @@ async function main() {
           correlationId: command.properties.correlationId,
           contentType: "application/json",
           deliveryMode: 2,
-          headers: Object.fromEntries(["x-saga-id", "x-workflow"].filter((k) => k in headers).map((k) => [k, headers[k]])),
+          headers: Object.fromEntries(PASSED_ON.filter((k) => k in headers).map((k) => [k, headers[k]])),
           timestamp: Math.floor(Date.now() / 1000),
           appId: "participants.node.shipping",
         },

@@ -190,6 +190,10 @@ async def send_command(bench: Bench, message: aio_pika.abc.AbstractIncomingMessa
     )
 
 
+#: a command's W3C trace context, which its reply must carry on
+TRACE = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "tracestate": "a=1"}
+
+
 def order_ids(failing: int, passing: int) -> tuple[list[str], list[str]]:
     """Fresh order ids of which ``failing`` fail at shipping under FAIL_RATE and ``passing`` do not."""
     fails: list[str] = []
@@ -409,7 +413,7 @@ async def test_with_quorum_queues_the_node_shipping_declares_its_queue_as_the_or
                 type="shipping.ShipOrder",
                 message_id=message_id,
                 correlation_id=saga_id,
-                headers={"x-saga-id": saga_id, "x-workflow": "order"},
+                headers={"x-saga-id": saga_id, "x-workflow": "order", **TRACE},
                 content_type="application/json",
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             ),
@@ -423,5 +427,7 @@ async def test_with_quorum_queues_the_node_shipping_declares_its_queue_as_the_or
         [reply] = tap.replies
         assert reply.message_id == reply_id(message_id, "shipping.OrderShipped")
         assert reply.correlation_id == saga_id
+        # the trace context goes on from the command to its reply (docs/tracing.md)
+        assert {k: reply.headers[k] for k in TRACE} == TRACE
         for process in bench.processes:  # before its database is dropped
             process.stop()
