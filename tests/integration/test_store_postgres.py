@@ -343,3 +343,26 @@ async def test_a_sweep_leaves_a_live_replicas_outbox_rows_and_takes_a_dead_ones(
     finally:
         await first.close()
         await second.close()
+
+
+async def test_the_trace_context_survives_the_outbox_and_the_timer_rows(database_url: str) -> None:
+    """A command published after a restart, and a deadline fired later, keep the trace context
+    their message came with (migration 0008): read back from the rows, not from memory."""
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    _, delivery = _order_placed()
+    traced = replace(delivery, trace=f"{traceparent} a=1")
+    postgres = PostgresStore.from_url(database_url, pool_size=2)
+    try:
+        result = await process_batch(REGISTRY, postgres, [traced], NOW)
+        [command] = result.commands
+        unsent = {c.message_id: c.trace for c in await postgres.unsent(5000)}
+        assert unsent[command.message_id] == f"{traceparent} a=1"
+        mine: list[str | None] = []
+        for _ in range(50):  # the module's other sagas have timers due too: 500 at a time
+            fired = await fire_due_deadlines(REGISTRY, postgres, NOW + timedelta(minutes=5))
+            mine += [e.message.trace for e in fired.journal if e.saga_id == command.saga_id]
+            if mine or not fired.journal:
+                break
+        assert mine == [f"{traceparent} a=1"]
+    finally:
+        await postgres.close()
