@@ -158,6 +158,18 @@ def _schemas(kind: _Kind, schemas: dict[str, Any]) -> dict[str, Any]:
     return {"anyOf": payloads} if kind.command else {"allOf": payloads}
 
 
+#: the W3C trace context (docs/tracing.md): optional on every message, passed on from a command
+#: to its reply
+_TRACE_HEADERS = {
+    "traceparent": {
+        "type": "string",
+        "description": "W3C trace context; a reply copies it from its command (or sets its own span's,"
+        " a child of it); ignored when malformed",
+    },
+    "tracestate": {"type": "string", "description": "W3C trace state; passed on with traceparent"},
+}
+
+
 def _headers(kind: _Kind) -> dict[str, Any]:
     workflow = {"type": "string", "enum": sorted(kind.workflows)}
     if kind.command:
@@ -167,6 +179,7 @@ def _headers(kind: _Kind) -> dict[str, Any]:
             "properties": {
                 "x-saga-id": {"type": "string", "description": "the saga id, the same as correlation_id"},
                 "x-workflow": {**workflow, "description": "the workflow of the saga that sends it"},
+                **_TRACE_HEADERS,
             },
         }
     versions = sorted({schema_of(cls) for cls in kind.classes}) or [1]
@@ -189,6 +202,7 @@ def _headers(kind: _Kind) -> dict[str, Any]:
                 "description": "the schema version of the body, an AMQP integer; absent means 1. Older"
                 " versions are upcast (docs/protocol.md, section 5)",
             },
+            **_TRACE_HEADERS,
         },
     }
 
@@ -394,7 +408,8 @@ def _participant_operations(loaded: _Loaded) -> dict[str, Any]:
                 "channel": _ref("channels", f"event.{reply}"),
                 "title": f"{service} sends {reply}",
                 "summary": "message_id: uuid5(NAMESPACE_OID, '<command message_id>:<reply type>');"
-                " correlation_id, x-saga-id and x-workflow copied from the command.",
+                " correlation_id, x-saga-id, x-workflow, traceparent and tracestate copied from the"
+                " command.",
                 "messages": [_ref("channels", f"event.{reply}", "messages", reply)],
                 "bindings": PUBLISH,
                 "x-service": service,
