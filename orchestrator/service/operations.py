@@ -202,17 +202,51 @@ def _of_tombstone(gone: Tombstone) -> Saga:
 
 
 async def apply_action(
-    registry: Registry, store: Store, saga_id: str, action: OperatorAction, now: datetime
+    registry: Registry,
+    store: Store,
+    saga_id: str,
+    action: OperatorAction,
+    now: datetime,
+    tracer: Tracer | None = None,
 ) -> Applied:
+    """An operator's action on a saga, decided and committed as a message of its own. With a
+    ``tracer`` it is decided in an ``operator <action>`` span, whose context the commands it sends
+    carry on: a trace of its own (the saga's start context is not kept on its row), named by the
+    saga id, from which the participants' work on those commands hangs."""
     if action.name not in ACTIONS:
         raise BadRequest(f"unknown action {action.name!r}; actions: {', '.join(ACTIONS)}")
+    message_id = f"operator:{uuid.uuid4()}"
+    span = None
+    if tracer is not None:
+        attributes = {
+            "orchestrator.saga.id": saga_id,
+            "orchestrator.operator.action": action.name,
+            "messaging.message.id": message_id,
+        }
+        span = tracer.start(f"operator {action.name}", None, attributes)
     message = Incoming(
         OPERATOR + action.name,
-        f"operator:{uuid.uuid4()}",
+        message_id,
         action.payload(),
         kind="operator",
         actor=action.actor,
+        trace=span.trace if span is not None else None,
     )
+    try:
+        applied = await _apply(registry, store, saga_id, action, message, now)
+    except Exception as error:
+        if span is not None:
+            span.fail(f"{type(error).__name__}: {error}")
+            span.end()
+        raise
+    if span is not None:
+        decided(span, applied.decisions)
+    return applied
+
+
+async def _apply(
+    registry: Registry, store: Store, saga_id: str, action: OperatorAction, message: Incoming, now: datetime
+) -> Applied:
     async with store.transaction() as tx:
         saga = (await tx.lock_sagas([saga_id])).get(saga_id)
         if saga is None:

@@ -23,6 +23,7 @@ from orchestrator.core.routing import Registry
 from orchestrator.examples import WORKFLOWS
 from orchestrator.examples.contracts import Line, OrderPlaced
 from orchestrator.service.batch import fire_due_deadlines, process_batch
+from orchestrator.service.operations import OperatorAction, apply_action
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 REGISTRY = Registry(WORKFLOWS)
@@ -142,3 +143,22 @@ async def test_with_a_tracer_the_decide_span_stands_between_the_message_and_its_
     publish_span = next(s for s in exporter.get_finished_spans() if s.name.startswith("publish "))
     assert publish_span.parent.span_id == decide.context.span_id
     assert sent[0].trace == f"00-{decide.context.trace_id:032x}-{publish_span.context.span_id:016x}-01"
+
+
+async def test_an_operator_action_is_decided_in_a_span_its_commands_continue() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = tracing.OtelTracer(provider, "orchestrator")
+    store = MemoryStore()
+    saga_id = (await process_batch(REGISTRY, store, [placed()], NOW)).decisions[0].saga.id
+
+    applied = await apply_action(REGISTRY, store, saga_id, OperatorAction("retry", "alice"), NOW, tracer)
+
+    [span] = [s for s in exporter.get_finished_spans() if s.name == "operator retry"]
+    assert span.parent is None  # a trace of its own: the saga's start context is not on its row
+    assert span.attributes["orchestrator.saga.id"] == saga_id
+    assert span.attributes["orchestrator.state.after"] == "reserve"
+    assert applied.commands and {c.trace for c in applied.commands} == {
+        f"00-{span.context.trace_id:032x}-{span.context.span_id:016x}-{int(span.context.trace_flags):02x}"
+    }

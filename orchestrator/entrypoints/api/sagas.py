@@ -335,7 +335,7 @@ def sagas_router(ctx: ApiContext, reads: Sequence[Depends], writes: Sequence[Dep
         return await written(ctx, applied)
 
     async def act(saga_id: UUID, action: OperatorAction) -> m.SagaWritten:
-        applied = await apply_action(ctx.registry, ctx.store, str(saga_id), action, ctx.clock())
+        applied = await apply_action(ctx.registry, ctx.store, str(saga_id), action, ctx.clock(), active())
         hand_over(ctx, applied)
         ctx.metrics.operator_actions[action.name] += 1
         saga = applied.saga
