@@ -32,6 +32,7 @@ from orchestrator.core.messages import body_schema
 from orchestrator.core.routing import Registry
 from orchestrator.entrypoints.api import models as m
 from orchestrator.entrypoints.api.body_limit import BodyLimit
+from orchestrator.entrypoints.api.console import mount_console
 from orchestrator.entrypoints.api.context import RETRY_AFTER, UNAVAILABLE_DETAIL, ApiContext, answers
 from orchestrator.entrypoints.api.dead_letters import dead_letters_router
 from orchestrator.entrypoints.api.migrations import migrations_router
@@ -66,6 +67,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     _contract_route(app, ctx, reads)
     app.include_router(migrations_router(ctx, writes))
     _document_starts(app, ctx.registry)
+    mount_console(app)
     return app
 
 

@@ -1,0 +1,261 @@
+"""The web console in a real browser: Debian's headless ``chromium``, driven by Playwright, against
+a real ``orchestrator run`` with participants and sagas in several states.
+
+An operator filters the list, opens a waiting saga, sees its timeline and its state highlighted
+in the diagram, logs in when the service asks, fires its deadline through the confirmation and
+sees the saga move; a refusal shows the API's words. Markup and script sent in a saga's key and
+payload are shown as text and never run. With protected reads, no token or a wrong one shows the
+login prompt and no saga data.
+
+Chromium must be installed (``make browser``): without it these tests fail, they never skip.
+With ``CONSOLE_SCREENSHOTS=<dir>`` (``make screenshots``) the first test also saves the pictures
+of docs/console.md there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright, expect
+
+from .conftest import Bench, unique
+
+pytestmark = pytest.mark.integration
+
+keys = unique("console")
+ORDER = {"customer_id": "c-1", "lines": [{"sku": "sku-1", "quantity": 1}], "amount_cents": 1000}
+ESCROW = {"buyer_id": "b-1", "seller_id": "s-1", "amount_cents": 5000}
+#: markup and script in a key and a payload: a page that parsed them would set these flags
+HOSTILE_KEY = "<img src=x onerror=window.__pwned_key=1><script>window.__pwned_key=2</script>"
+HOSTILE_CUSTOMER = "<script>window.__pwned_data=1</script><svg onload=window.__pwned_data=2>"
+SHOTS = os.environ.get("CONSOLE_SCREENSHOTS")
+
+
+def chromium() -> str:
+    path = shutil.which("chromium")
+    if path is None:
+        pytest.fail("Debian's chromium is not installed: run `make browser` (apt-get install -y chromium)")
+    return path
+
+
+@pytest_asyncio.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=chromium(), headless=True)
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+class Watched:
+    """A page whose console and uncaught errors are kept, to show that nothing was blocked or ran."""
+
+    def __init__(self, page: Page) -> None:
+        self.page = page
+        self.console: list[str] = []
+        self.errors: list[str] = []
+        page.on("console", self._console)
+        page.on("pageerror", lambda error: self.errors.append(str(error)))
+
+    def _console(self, message: ConsoleMessage) -> None:
+        self.console.append(f"{message.type}: {message.text}")
+
+    def problems(self) -> list[str]:
+        """Uncaught errors and console errors, but for the browser's line about each answer that
+        is an HTTP error (the 401s and 409 the test provokes, the 404 of an API without /me)."""
+        noted = [m for m in self.console if m.startswith("error") and "Failed to load resource" not in m]
+        return self.errors + noted
+
+
+async def shot(page: Page, name: str) -> None:
+    if SHOTS:
+        Path(SHOTS).mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=str(Path(SHOTS) / f"{name}.png"), full_page=True)
+
+
+async def wait_for(api: httpx.AsyncClient, saga_id: str, state: str, timeout: float = 30) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        saga: dict[str, Any] = (await api.get(f"/sagas/{saga_id}")).json()
+        if saga["state"] == state:
+            return saga
+        assert time.monotonic() < deadline, f"saga never reached {state}: {saga}"
+        await asyncio.sleep(0.1)
+
+
+async def test_an_operator_finds_a_waiting_saga_sees_why_and_acts_on_it(
+    bench: Bench, browser: Browser
+) -> None:
+    await bench.start_orchestrator()
+    await bench.start_participants(inventory=("--out-of-stock", "unobtainium"), bank=("--never-answer",))
+    completed, compensated, waiting = keys(), keys(), keys()
+    async with bench.api(actor="checkout") as api:
+        for key, data in (
+            (completed, ORDER),
+            (compensated, {**ORDER, "lines": [{"sku": "unobtainium", "quantity": 1}]}),
+            (HOSTILE_KEY, {**ORDER, "customer_id": HOSTILE_CUSTOMER}),
+        ):
+            started = await api.post("/sagas", json={"workflow": "order", "key": key, "data": data})
+            assert started.status_code == 201, started.text
+        escrow = (
+            await api.post("/sagas", json={"workflow": "escrow", "key": waiting, "data": ESCROW})
+        ).json()
+        hostile = (await api.get("/sagas", params={"key": HOSTILE_KEY})).json()["items"][0]
+        await bench.finished("order", [completed, compensated, HOSTILE_KEY])
+        await wait_for(api, escrow["id"], "awaiting_funds")  # the bank never answers: it waits there
+
+    watched = Watched(await browser.new_page(viewport={"width": 1300, "height": 900}))
+    page = watched.page
+    await page.goto(f"{bench.api_url}/console/#/sagas")
+
+    # The list: every saga (reads are open), then filtered by status, then by workflow and key.
+    rows = page.locator("#saga-table tbody tr")
+    await expect(rows).to_have_count(4)
+    await expect(page.locator("#who")).to_have_text("not logged in")
+    await shot(page, "sagas")
+    await page.select_option("#status", "compensated")
+    await page.get_by_role("button", name="Filter").click()
+    await expect(rows).to_have_count(1)
+    await expect(rows.first).to_contain_text(compensated)
+    await expect(rows.first.locator(".badge")).to_have_text("compensated")
+    assert "status=compensated" in page.url
+    await page.get_by_role("button", name="Clear").click()
+    await expect(rows).to_have_count(4)
+    await page.select_option("#workflow", "escrow")  # submits on change
+    await expect(rows).to_have_count(1)
+    await page.fill("#key", waiting)
+    await page.get_by_role("button", name="Filter").click()
+    await expect(rows).to_have_count(1)
+    await page.get_by_role("link", name=waiting).click()
+
+    # The saga: where it stands, why (what it waits for), its timeline and its place in the diagram.
+    await expect(page.locator("#saga-state")).to_have_text("awaiting_funds")
+    await expect(page.locator("#saga-status")).to_have_text("running")
+    await expect(page.get_by_text("bank.FundsDeclined, bank.FundsReceived")).to_be_visible()
+    # the buyer's and seller's signatures come in either order (one may be parked a while)
+    entries = page.locator("#timeline > li")
+    await expect(entries.first).to_contain_text("Started by operator (escrow.EscrowOpened)")
+    await expect(entries.first).to_contain_text("by checkout")
+    collect = entries.filter(has_text="Sent bank.CollectFunds")
+    await expect(collect).to_have_count(1)
+    await expect(collect).to_contain_text("Deadline set for awaiting_funds")
+    before = await entries.count()
+    await expect(page.locator("#saga-timers")).to_contain_text("awaiting_funds")
+    current = page.locator("#saga-diagram svg g.node.current")
+    await expect(current).to_have_count(1)
+    assert await current.get_attribute("data-state") == "awaiting_funds"
+    visited = await page.locator("#saga-diagram g.node.visited").evaluate_all(
+        "ns => ns.map(n => n.dataset.state)"
+    )
+    assert visited[0] == "awaiting_buyer" and "awaiting_funds" in visited
+    assert await page.locator("#saga-diagram g.edge.taken").count() == len(visited) - 1
+    await shot(page, "saga")
+
+    # An action without a token: the service asks for one, the console shows the login prompt.
+    await page.get_by_role("button", name="Fire deadline").click()
+    await expect(page.locator("#confirm")).to_be_visible()
+    await expect(page.locator("#confirm-what")).to_contain_text(
+        "Fire deadline fires the deadline of state awaiting_funds now"
+    )
+    await expect(page.locator("#confirm-what")).to_contain_text(f"saga {waiting} (escrow, {escrow['id']})")
+    await page.get_by_role("button", name="Confirm").click()
+    await expect(page.locator("#login-form")).to_be_visible()
+    await expect(page.locator("#login-error")).to_contain_text("valid token")
+    await page.fill("#login-token", bench.api_token)
+    await page.fill("#login-actor", "ops-carol")
+    await page.locator("#login-form button[type=submit]").click()
+    await expect(page.locator("#saga-state")).to_have_text("awaiting_funds")
+    assert bench.api_token not in page.url
+
+    # Logged in: the confirmation, then the saga moves, seen on the page without a reload.
+    await page.get_by_role("button", name="Fire deadline").click()
+    await page.fill("#action-reason", "the bank lost it")
+    await page.get_by_role("button", name="Confirm").click()
+    await expect(page.locator("#confirm")).to_be_hidden()
+    await expect(page.locator("#saga-state")).to_have_text("expired_undo_1")
+    await expect(page.locator("#saga-status")).to_have_text("compensating")
+    await expect(page.locator("#flash")).to_contain_text("Fire deadline done")
+    await expect(entries).to_have_count(before + 1)
+    fired = entries.last
+    await expect(fired).to_contain_text("Operator: fire-deadline")
+    await expect(fired).to_contain_text("Operator's reason: the bank lost it")
+    await expect(fired).to_contain_text("awaiting_funds → expired_undo_1")
+    assert await current.get_attribute("data-state") == "expired_undo_1"
+
+    # A refusal is the API's own words, in the dialog, which stays open.
+    await page.get_by_role("button", name="Cancel saga").click()
+    await page.get_by_role("button", name="Confirm").click()
+    refusal = page.locator("#confirm-error")
+    await expect(refusal).to_have_text("Refused (409): saga is already compensating (in expired_undo_1)")
+    await expect(page.locator("#confirm")).to_be_visible()
+    await page.locator("#confirm-cancel").click()
+    await expect(page.locator("#confirm")).to_be_hidden()
+
+    # The workflow's page: its diagram with the sagas per state now.
+    await page.goto(f"{bench.api_url}/console/#/workflows/order")
+    await expect(page.locator('#workflow-diagram g.node[data-state="completed"]')).to_contain_text("2 sagas")
+    await expect(page.locator('#workflow-diagram g.node[data-state="compensated"]')).to_contain_text("1 saga")
+    await shot(page, "workflow")
+
+    # Markup and script in a key and a payload are text: no element made, nothing run.
+    await page.goto(f"{bench.api_url}/console/#/sagas/{hostile['id']}")
+    await expect(page.locator("#saga-key")).to_have_text(HOSTILE_KEY)
+    await expect(page.locator("#saga-data")).to_contain_text(HOSTILE_CUSTOMER)
+    await expect(page.locator("#timeline > li")).to_have_count(4)
+    await page.goto(f"{bench.api_url}/console/#/sagas")
+    await expect(page.get_by_role("link", name=HOSTILE_KEY)).to_be_visible()
+    flags = await page.evaluate("[window.__pwned_key, window.__pwned_data]")
+    assert flags == [None, None]
+    assert await page.locator("img, svg[onload], main script").count() == 0
+    assert await page.evaluate("document.scripts.length") == 1  # the console's own
+    assert watched.problems() == []
+    assert not [m for m in watched.console if "Content Security Policy" in m]
+
+
+async def test_with_protected_reads_no_token_or_a_wrong_one_shows_the_login_and_no_data(
+    bench: Bench, browser: Browser
+) -> None:
+    await bench.start_orchestrator(env={"ORCHESTRATOR_API_PROTECT_READS": "1"})
+    key = keys()
+    async with bench.api() as api:
+        started = await api.post("/sagas", json={"workflow": "order", "key": key, "data": ORDER})
+        assert started.status_code == 201, started.text
+    watched = Watched(await browser.new_page())
+    page = watched.page
+
+    for where in (f"#/sagas/{started.json()['id']}", "#/workflows/order", "#/dead-letters", "#/sagas"):
+        await page.goto(f"{bench.api_url}/console/{where}")
+        await expect(page.locator("#login-form")).to_be_visible()
+        await expect(page.locator("#login-token")).to_have_attribute("type", "password")
+        assert key not in await page.content()
+        assert await page.locator("main table, main svg").count() == 0
+
+    await page.fill("#login-token", "not-the-token")
+    await page.locator("#login-form button[type=submit]").click()
+    await expect(page.locator("#login-error")).to_have_text("The token was refused.")
+    await expect(page.locator("#login-form")).to_be_visible()
+    assert key not in await page.content()
+    assert await page.evaluate("sessionStorage.length") == 0  # a refused token is not kept
+
+    await page.fill("#login-token", bench.api_token)
+    await page.locator("#login-form button[type=submit]").click()
+    await expect(page.get_by_role("link", name=key)).to_be_visible()
+    assert bench.api_token not in page.url
+
+    await page.get_by_role("button", name="Log out").click()
+    await expect(page.locator("#login-form")).to_be_visible()
+    assert key not in await page.content()
+    assert await page.evaluate("sessionStorage.length") == 0
+    await page.reload()  # nothing kept: the prompt again
+    await expect(page.locator("#login-form")).to_be_visible()
+    assert watched.problems() == []
