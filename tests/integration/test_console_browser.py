@@ -37,6 +37,7 @@ ESCROW = {"buyer_id": "b-1", "seller_id": "s-1", "amount_cents": 5000}
 #: markup and script in a key and a payload: a page that parsed them would set these flags
 HOSTILE_KEY = "<img src=x onerror=window.__pwned_key=1><script>window.__pwned_key=2</script>"
 HOSTILE_CUSTOMER = "<script>window.__pwned_data=1</script><svg onload=window.__pwned_data=2>"
+GONE = "<img src=x onerror=window.__pwned_letter=1>"
 SHOTS = os.environ.get("CONSOLE_SCREENSHOTS")
 
 
@@ -113,6 +114,9 @@ async def test_an_operator_finds_a_waiting_saga_sees_why_and_acts_on_it(
         hostile = (await api.get("/sagas", params={"key": HOSTILE_KEY})).json()["items"][0]
         await bench.finished("order", [completed, compensated, HOSTILE_KEY])
         await wait_for(api, escrow["id"], "awaiting_funds")  # the bank never answers: it waits there
+    # a reply for an order nobody placed: a dead letter (unknown_saga), markup in its body too
+    await bench.publish("inventory.StockReserved", {"order_id": GONE, "reservation_id": "r-1"})
+    [letter] = await bench.dead_letters(1)
 
     watched = Watched(await browser.new_page(viewport={"width": 1300, "height": 900}))
     page = watched.page
@@ -207,6 +211,25 @@ async def test_an_operator_finds_a_waiting_saga_sees_why_and_acts_on_it(
     await expect(page.locator('#workflow-diagram g.node[data-state="compensated"]')).to_contain_text("1 saga")
     await shot(page, "workflow")
 
+    # Dead letters: the list with reasons, one opened, replayed through the confirmation; still
+    # unknown, the replayed message is dead-lettered again, a new row.
+    await page.goto(f"{bench.api_url}/console/#/dead-letters")
+    letters = page.locator("main table tbody tr")
+    await expect(letters).to_have_count(1)
+    await expect(letters.first).to_contain_text("unknown_saga")
+    await shot(page, "dead-letters")
+    await page.get_by_role("link", name=str(letter["id"]), exact=True).click()
+    await expect(page.locator("#dl-body")).to_contain_text(GONE)
+    await expect(page.locator("#dl-replayed")).to_have_text("no")
+    await page.get_by_role("button", name="Replay").click()
+    await expect(page.locator("#confirm-what")).to_contain_text(
+        f"Replay publishes this inventory.StockReserved (message id {letter['message_id']}) again"
+    )
+    await page.get_by_role("button", name="Confirm").click()
+    await expect(page.locator("#dl-replayed")).not_to_have_text("no")
+    await page.goto(f"{bench.api_url}/console/#/dead-letters")
+    await expect(letters).to_have_count(2)
+
     # Markup and script in a key and a payload are text: no element made, nothing run.
     await page.goto(f"{bench.api_url}/console/#/sagas/{hostile['id']}")
     await expect(page.locator("#saga-key")).to_have_text(HOSTILE_KEY)
@@ -214,8 +237,8 @@ async def test_an_operator_finds_a_waiting_saga_sees_why_and_acts_on_it(
     await expect(page.locator("#timeline > li")).to_have_count(4)
     await page.goto(f"{bench.api_url}/console/#/sagas")
     await expect(page.get_by_role("link", name=HOSTILE_KEY)).to_be_visible()
-    flags = await page.evaluate("[window.__pwned_key, window.__pwned_data]")
-    assert flags == [None, None]
+    flags = await page.evaluate("[window.__pwned_key, window.__pwned_data, window.__pwned_letter]")
+    assert flags == [None, None, None]
     assert await page.locator("img, svg[onload], main script").count() == 0
     assert await page.evaluate("document.scripts.length") == 1  # the console's own
     assert watched.problems() == []

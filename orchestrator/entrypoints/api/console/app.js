@@ -819,7 +819,7 @@ async function deadLetterPage(id) {
       ["Reason", h("code", {}, d.reason)], ["Detail", d.detail], ["Dead at", time(d.dead_at)], ["Source", d.source],
       ["Type", d.message_type || ""], ["Message id", d.message_id || ""], ["Correlation id", d.correlation_id || ""],
       ["Exchange", d.exchange], ["Routing key", d.routing_key], ["Body", `${d.body_size} bytes (${d.body_stored} stored)`],
-      ["Replayed", d.replayed_at ? h("span", {}, time(d.replayed_at), ` by ${d.replayed_by || "?"}`) : "no"],
+      ["Replayed", h("span", { id: "dl-replayed" }, d.replayed_at ? [time(d.replayed_at), ` by ${d.replayed_by || "?"}`] : "no")],
     ]),
     h("h2", {}, "Body"), h("pre", { id: "dl-body" }, d.body_text !== null ? d.body_text : `base64: ${d.body_base64}`),
     h("h2", {}, "Properties"), json(d.properties));
