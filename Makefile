@@ -55,7 +55,7 @@ test: venv node-deps browser lint types
 # The console's pictures in docs/console/ (docs/console.md, README "Console"), taken by its browser
 # test against a real service with sagas in several states.
 screenshots: venv browser
-	CONSOLE_SCREENSHOTS=docs/console $(BIN)/pytest tests/integration/test_console_browser.py -q -k operator
+	CONSOLE_SCREENSHOTS=docs/console $(BIN)/pytest tests/integration/test_console_browser.py -q -k stuck
 
 migrate: venv
 	$(BIN)/orchestrator migrate

@@ -94,12 +94,13 @@ async def wait_for(api: httpx.AsyncClient, saga_id: str, state: str, timeout: fl
         await asyncio.sleep(0.1)
 
 
-async def test_an_operator_finds_a_waiting_saga_sees_why_and_acts_on_it(
+async def test_an_operator_finds_a_stuck_order_sees_why_and_acts_on_it(
     bench: Bench, browser: Browser
 ) -> None:
-    await bench.start_orchestrator()
+    # stuck: unfinished, no timer and no progress for a second
+    await bench.start_orchestrator(env={"ORCHESTRATOR_STUCK_AFTER_SECONDS": "1"})
     await bench.start_participants(inventory=("--out-of-stock", "unobtainium"), bank=("--never-answer",))
-    completed, compensated, waiting = keys(), keys(), keys()
+    completed, compensated, waiting, stuck = keys(), keys(), keys(), keys()
     async with bench.api(actor="checkout") as api:
         for key, data in (
             (completed, ORDER),
@@ -114,6 +115,17 @@ async def test_an_operator_finds_a_waiting_saga_sees_why_and_acts_on_it(
         hostile = (await api.get("/sagas", params={"key": HOSTILE_KEY})).json()["items"][0]
         await bench.finished("order", [completed, compensated, HOSTILE_KEY])
         await wait_for(api, escrow["id"], "awaiting_funds")  # the bank never answers: it waits there
+        # The stuck order: with payment away it waits in charge; with inventory away too, a
+        # cancel sends it into compensating_reserve, which has no deadline, and ReleaseStock is
+        # never answered.
+        [payment] = [p for p in bench.processes if p.name == "payment"]
+        [inventory] = [p for p in bench.processes if p.name == "inventory"]
+        payment.stop()
+        order = (await api.post("/sagas", json={"workflow": "order", "key": stuck, "data": ORDER})).json()
+        await wait_for(api, order["id"], "charge")
+        inventory.stop()
+        cancelled = await api.post(f"/sagas/{order['id']}/cancel", json={"reason": "customer called"})
+        assert cancelled.json()["state"] == "compensating_reserve", cancelled.text
     # a reply for an order nobody placed: a dead letter (unknown_saga), markup in its body too
     await bench.publish("inventory.StockReserved", {"order_id": GONE, "reservation_id": "r-1"})
     [letter] = await bench.dead_letters(1)
@@ -124,7 +136,7 @@ async def test_an_operator_finds_a_waiting_saga_sees_why_and_acts_on_it(
 
     # The list: every saga (reads are open), then filtered by status, then by workflow and key.
     rows = page.locator("#saga-table tbody tr")
-    await expect(rows).to_have_count(4)
+    await expect(rows).to_have_count(5)
     await expect(page.locator("#who")).to_have_text("not logged in")
     await shot(page, "sagas")
     await page.select_option("#status", "compensated")
@@ -134,7 +146,52 @@ async def test_an_operator_finds_a_waiting_saga_sees_why_and_acts_on_it(
     await expect(rows.first.locator(".badge")).to_have_text("compensated")
     assert "status=compensated" in page.url
     await page.get_by_role("button", name="Clear").click()
-    await expect(rows).to_have_count(4)
+    await expect(rows).to_have_count(5)
+
+    # The stuck order: found by the filter, why it is stuck on its page, acted on.
+    await page.check("#stuck")
+    await page.get_by_role("button", name="Filter").click()
+    await expect(rows).to_have_count(1)
+    await expect(rows.first).to_contain_text(stuck)
+    await expect(rows.first.locator(".badge.stuck")).to_have_text("stuck")
+    await page.get_by_role("link", name=stuck).click()
+    await expect(page.locator("#saga-state")).to_have_text("compensating_reserve")
+    await expect(page.locator("#saga-why")).to_contain_text(
+        "Nothing will move this saga on its own: it has no pending deadline or retry, and it waits for"
+        " inventory.StockReleased, the reply to inventory.ReleaseStock from service inventory."
+    )
+    await expect(page.locator("#timeline > li").last).to_contain_text("Operator's reason: customer called")
+    await shot(page, "stuck")
+    # An action without a token: the service asks for one, the console shows the login prompt.
+    await page.get_by_role("button", name="Retry").click()
+    await expect(page.locator("#confirm")).to_be_visible()
+    await expect(page.locator("#confirm-what")).to_have_text(
+        "Retry sends the command of step compensating_reserve again now: inventory.ReleaseStock to"
+        " service inventory, with the same message ids unless you ask for new ones."
+        f" This acts on saga {stuck} (order, {order['id']})."
+    )
+    await page.get_by_role("button", name="Confirm").click()
+    await expect(page.locator("#login-form")).to_be_visible()
+    await expect(page.locator("#login-error")).to_contain_text("valid token")
+    await page.fill("#login-token", bench.api_token)
+    await page.fill("#login-actor", "ops-carol")
+    await page.locator("#login-form button[type=submit]").click()
+    await expect(page.locator("#saga-state")).to_have_text("compensating_reserve")
+    assert bench.api_token not in page.url
+    await page.get_by_role("button", name="Retry").click()
+    await page.fill("#action-reason", "inventory is back")
+    await page.get_by_role("button", name="Confirm").click()
+    await expect(page.locator("#flash")).to_contain_text("Retry done")
+    retried = page.locator("#timeline > li").last
+    await expect(retried).to_contain_text("Operator: retry")
+    await expect(retried).to_contain_text("Sent inventory.ReleaseStock")
+    # inventory back: it takes the ReleaseStock waiting in its queue, and the page shows the end
+    await bench.start_participant("inventory")
+    await expect(page.locator("#saga-state")).to_have_text("compensated", timeout=20_000)
+    await expect(page.locator("#saga-status")).to_have_text("compensated")
+    await page.goto(f"{bench.api_url}/console/#/sagas")
+    await expect(rows).to_have_count(5)
+
     await page.select_option("#workflow", "escrow")  # submits on change
     await expect(rows).to_have_count(1)
     await page.fill("#key", waiting)
@@ -165,21 +222,14 @@ async def test_an_operator_finds_a_waiting_saga_sees_why_and_acts_on_it(
     assert await page.locator("#saga-diagram g.edge.taken").count() == len(visited) - 1
     await shot(page, "saga")
 
-    # An action without a token: the service asks for one, the console shows the login prompt.
     await page.get_by_role("button", name="Fire deadline").click()
-    await expect(page.locator("#confirm")).to_be_visible()
     await expect(page.locator("#confirm-what")).to_contain_text(
         "Fire deadline fires the deadline of state awaiting_funds now"
     )
     await expect(page.locator("#confirm-what")).to_contain_text(f"saga {waiting} (escrow, {escrow['id']})")
-    await page.get_by_role("button", name="Confirm").click()
-    await expect(page.locator("#login-form")).to_be_visible()
-    await expect(page.locator("#login-error")).to_contain_text("valid token")
-    await page.fill("#login-token", bench.api_token)
-    await page.fill("#login-actor", "ops-carol")
-    await page.locator("#login-form button[type=submit]").click()
+    await page.locator("#confirm-cancel").click()  # changed one's mind: nothing happens
+    await expect(page.locator("#confirm")).to_be_hidden()
     await expect(page.locator("#saga-state")).to_have_text("awaiting_funds")
-    assert bench.api_token not in page.url
 
     # Logged in: the confirmation, then the saga moves, seen on the page without a reload.
     await page.get_by_role("button", name="Fire deadline").click()
@@ -208,7 +258,9 @@ async def test_an_operator_finds_a_waiting_saga_sees_why_and_acts_on_it(
     # The workflow's page: its diagram with the sagas per state now.
     await page.goto(f"{bench.api_url}/console/#/workflows/order")
     await expect(page.locator('#workflow-diagram g.node[data-state="completed"]')).to_contain_text("2 sagas")
-    await expect(page.locator('#workflow-diagram g.node[data-state="compensated"]')).to_contain_text("1 saga")
+    await expect(page.locator('#workflow-diagram g.node[data-state="compensated"]')).to_contain_text(
+        "2 sagas"
+    )
     await shot(page, "workflow")
 
     # Dead letters: the list with reasons, one opened, replayed through the confirmation; still

@@ -379,8 +379,8 @@ function sagaTable(page, filters) {
   const rows = page.items.map((s) => h("tr", { dataset: { sagaId: s.id } },
     h("td", { class: "text" }, h("a", { href: `#/sagas/${encodeURIComponent(s.id)}` }, s.key)),
     h("td", {}, h("a", { href: `#/workflows/${encodeURIComponent(s.workflow)}` }, s.workflow)),
-    h("td", { class: "text" }, s.state),
-    h("td", {}, badge(s.status)),
+    h("td", {}, s.state),
+    h("td", {}, badge(s.status), filters.stuck ? [" ", h("span", { class: "badge stuck" }, "stuck")] : null),
     h("td", {}, time(s.updated_at)),
     h("td", {}, time(s.created_at)),
     h("td", { class: "text" }, s.last_error || "")));
@@ -431,7 +431,7 @@ async function sagaPage(id) {
       version = now.version;
       renderSaga(now, await historyOf(id), workflow, true);
     } else {
-      refreshTimers(now);
+      refreshTimers(now, workflow);
     }
   });
 }
@@ -451,9 +451,10 @@ function renderSaga(saga, history, workflow, quietly = false) {
     ["Waiting for", saga.waiting_for.length ? saga.waiting_for.join(", ") : finished ? "nothing: finished" : "an operator (no event moves it on)"],
     ["Awaiting replies to", saga.awaiting.length ? h("ul", {}, saga.awaiting.map((c) => h("li", {}, `${c.type} `, h("span", { class: "mono note" }, c.message_id)))) : "nothing"],
     ["Resends", String(saga.attempt)],
-    saga.timed_out.length ? ["Given up on (deadline)", saga.timed_out.join(", ")] : null,
+    saga.timed_out.length ? ["Given up on", saga.timed_out.join(", ")] : null,
     saga.parked.length ? ["Parked events", h("ul", {}, saga.parked.map((p) => h("li", {}, `${p.type} `, h("span", { class: "mono note" }, p.message_id))))] : null,
   ]);
+  const why = h("p", { id: "saga-why", class: "why" }, whyOf(saga, workflow));
   const path = pathOf(history);
   const picture = workflow
     ? h("div", { class: "diagram", id: "saga-diagram" }, diagram(workflow, {
@@ -470,7 +471,7 @@ function renderSaga(saga, history, workflow, quietly = false) {
     actionsOf(saga, workflow),
     h("section", { "aria-labelledby": "h-diagram" }, h("h2", { id: "h-diagram" }, `Workflow ${saga.workflow}: where the saga is and the way it came`), picture, legend),
     h("div", { class: "grid" },
-      h("section", { "aria-labelledby": "h-summary" }, h("h2", { id: "h-summary" }, "Where it stands"), summary),
+      h("section", { "aria-labelledby": "h-summary" }, h("h2", { id: "h-summary" }, "Where it stands"), why, summary),
       h("section", { "aria-labelledby": "h-timers" },
         h("h2", { id: "h-timers" }, "Pending timers"), h("div", { id: "saga-timers" }, timersOf(saga)),
         h("h2", {}, "Data"), h("div", { id: "saga-data" }, json(saga.data)))),
@@ -480,15 +481,41 @@ function renderSaga(saga, history, workflow, quietly = false) {
   if (quietly) announce(`The saga changed: now ${saga.state} (${saga.status})`);
 }
 
+// Why the saga is where it is, and what will move it: what an operator needs to decide.
+function whyOf(saga, workflow) {
+  if (FINISHED.has(saga.status)) return `Finished ${saga.status} in ${saga.state}.`;
+  const replies = saga.awaiting.length
+    ? `the reply to ${saga.awaiting.map((c) => `${c.type} from service ${serviceOf(c.type)}`).join(" and ")}`
+    : null;
+  const events = saga.waiting_for.length ? saga.waiting_for.join(" or ") : null;
+  if (saga.status === "failed") {
+    return `Failed in ${saga.state}${saga.last_error ? `: ${saga.last_error}` : ""}. Nothing moves it but an operator: Resume (from a step) or Skip (take an outcome).`;
+  }
+  const waits = [events, replies].filter(Boolean).join(", ");
+  if (saga.timers === null) return `It waits for ${waits || "an operator"}; its timers could not be read.`;
+  const deadline = saga.timers.find((t) => t.kind === "deadline");
+  const retry = saga.timers.find((t) => t.kind === "retry");
+  if (!deadline && !retry) {
+    return `Nothing will move this saga on its own: it has no pending deadline or retry, and it waits for ${waits || "nothing an event can give"}. If that never comes, act: Retry sends the command again, Skip takes an outcome, Cancel compensates.`;
+  }
+  const state = workflow ? workflow.states.find((s) => s.name === saga.state) : null;
+  const parts = [`It waits for ${waits || "its timer"}.`];
+  if (deadline) parts.push(`Its deadline fires ${ago(deadline.due_at)} (${when(deadline.due_at)})${state && state.on_deadline ? ` and moves it to ${state.on_deadline}` : ""}.`);
+  if (retry) parts.push(`Its commands are sent again ${ago(retry.due_at)}.`);
+  return parts.join(" ");
+}
+
 function timersOf(saga) {
   if (!saga.timers || !saga.timers.length) return h("p", { class: "note" }, saga.timers === null ? "Could not be read." : "None.");
   return table("Deadline and retry, soonest first", ["Kind", "State", "Due", ""],
     saga.timers.map((t) => h("tr", {}, h("td", {}, t.kind), h("td", {}, t.state), h("td", {}, time(t.due_at)), h("td", { class: "note" }, ago(t.due_at)))));
 }
 
-function refreshTimers(saga) {
+function refreshTimers(saga, workflow) {
   const holder = document.getElementById("saga-timers");
   if (holder) holder.replaceChildren(timersOf(saga));
+  const why = document.getElementById("saga-why");
+  if (why) why.textContent = whyOf(saga, workflow);
 }
 
 function describeEntry(entry) {

@@ -2,11 +2,12 @@
 // from the initial state, moves as arrows. Every name comes from the API and is set as text.
 
 const SVG = "http://www.w3.org/2000/svg";
-const NODE_W = 150;
+const NODE_W = 142;
 const NODE_H = 46;
-const GAP_X = 50;
+const GAP_X = 38;
 const GAP_Y = 22;
 const PAD = 16;
+const ARC = 30;
 
 function el(name, attrs = {}, text) {
   const node = document.createElementNS(SVG, name);
@@ -111,9 +112,10 @@ export function diagram(workflow, { current = null, path = [], counts = null, la
   const columns = layers(workflow, edges);
   const position = new Map();
   const tallest = Math.max(...columns.map((c) => c.length));
-  const height = PAD * 2 + tallest * NODE_H + (tallest - 1) * GAP_Y;
+  // room above and below the boxes for the arcs of long and backward moves
+  const height = PAD * 2 + 2 * ARC + tallest * NODE_H + (tallest - 1) * GAP_Y;
   columns.forEach((column, x) => {
-    const top = (height - (column.length * NODE_H + (column.length - 1) * GAP_Y)) / 2;
+    const top = ARC + PAD + (tallest - column.length) * (NODE_H + GAP_Y) / 2;
     column.forEach((name, y) => {
       position.set(name, { x: PAD + x * (NODE_W + GAP_X), y: top + y * (NODE_H + GAP_Y), column: x });
     });
@@ -148,10 +150,15 @@ export function diagram(workflow, { current = null, path = [], counts = null, la
     g.dataset.source = edge.source;
     g.dataset.dest = edge.dest;
     let d;
-    if (!back) {
+    if (!back && to.column - from.column === 1) {
       const x1 = from.x + NODE_W, y1 = from.y + NODE_H / 2, x2 = to.x, y2 = to.y + NODE_H / 2;
       const mid = (x1 + x2) / 2;
       d = `M ${x1} ${y1} C ${mid} ${y1}, ${mid} ${y2}, ${x2} ${y2}`;
+    } else if (!back) {
+      // over several columns: an arc above the boxes between, not through them
+      const x1 = from.x + NODE_W / 2, y1 = from.y, x2 = to.x + NODE_W / 2 - 10, y2 = to.y;
+      const rise = Math.min(y1, y2) - GAP_Y - 10;
+      d = `M ${x1} ${y1} C ${x1} ${rise}, ${x2} ${rise}, ${x2} ${y2}`;
     } else {
       // backwards or within a column: a loop below the boxes
       const x1 = from.x + NODE_W / 2, y1 = from.y + NODE_H, x2 = to.x + NODE_W / 2 + 10, y2 = to.y + NODE_H;
@@ -175,7 +182,7 @@ export function diagram(workflow, { current = null, path = [], counts = null, la
     g.dataset.state = state.name;
     g.append(el("rect", { width: NODE_W, height: NODE_H, rx: state.final ? 18 : 6 }));
     const hasCount = counts !== null;
-    g.append(el("text", { x: 10, y: hasCount ? 19 : 28 }, shorten(state.name, 22)));
+    g.append(el("text", { x: 10, y: hasCount ? 19 : 28 }, shorten(state.name, 20)));
     if (hasCount) {
       const n = counts[state.name] || 0;
       g.append(el("text", { x: 10, y: 37, class: n ? "count" : "" }, `${n} saga${n === 1 ? "" : "s"}`));
