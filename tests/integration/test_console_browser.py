@@ -148,6 +148,21 @@ async def test_an_operator_finds_a_stuck_order_sees_why_and_acts_on_it(
     await page.get_by_role("button", name="Clear").click()
     await expect(rows).to_have_count(5)
 
+    # Paging: two a page, older pages through the API's cursor.
+    await page.goto(f"{bench.api_url}/console/#/sagas?limit=2")
+    await expect(rows).to_have_count(2)
+    newest = await rows.first.locator("th").inner_text()
+    await page.get_by_role("link", name="Next page (older)").click()
+    await expect(rows.first).not_to_have_text(newest)
+    await expect(rows).to_have_count(2)
+    await page.get_by_role("link", name="Next page (older)").click()
+    await expect(rows).to_have_count(1)
+    await expect(page.get_by_role("link", name="Next page (older)")).to_have_count(0)
+    await page.get_by_role("link", name="First page").click()
+    await expect(rows.first.locator("th")).to_have_text(newest)
+    await page.get_by_role("button", name="Clear").click()
+    await expect(rows).to_have_count(5)
+
     # The stuck order: found by the filter, why it is stuck on its page, acted on.
     await page.check("#stuck")
     await page.get_by_role("button", name="Filter").click()
@@ -254,6 +269,19 @@ async def test_an_operator_finds_a_stuck_order_sees_why_and_acts_on_it(
     await expect(page.locator("#confirm")).to_be_visible()
     await page.locator("#confirm-cancel").click()
     await expect(page.locator("#confirm")).to_be_hidden()
+
+    # Its compensation's deadline too: failed, its page says so, and resume takes it up again.
+    await page.get_by_role("button", name="Fire deadline").click()
+    await page.get_by_role("button", name="Confirm").click()
+    await expect(page.locator("#saga-status")).to_have_text("failed")
+    await expect(page.locator("#saga-state")).to_have_text("expired_failed")
+    await expect(page.locator("#saga-why")).to_contain_text("Failed in expired_failed")
+    await page.get_by_role("button", name="Resume").click()
+    await expect(page.locator("#confirm-what")).to_contain_text("(default: where it failed, expired_undo_1)")
+    await page.get_by_role("button", name="Confirm").click()
+    await expect(page.locator("#saga-state")).to_have_text("expired_undo_1")
+    await expect(page.locator("#saga-status")).to_have_text("compensating")
+    await expect(entries.last).to_contain_text("Operator: resume")
 
     # The workflow's page: its diagram with the sagas per state now.
     await page.goto(f"{bench.api_url}/console/#/workflows/order")

@@ -133,6 +133,14 @@ async function detailOf(response) {
 
 const get = (path) => call("GET", path);
 
+// Live refresh redraws a part only when what the API answered changed.
+function changed(holder, data) {
+  const seen = JSON.stringify(data);
+  if (holder.dataset.seen === seen) return false;
+  holder.dataset.seen = seen;
+  return true;
+}
+
 function query(params) {
   const q = new URLSearchParams();
   for (const [k, v] of Object.entries(params)) if (v !== undefined && v !== null && v !== "") q.set(k, v);
@@ -338,8 +346,10 @@ async function sagasPage(params) {
     key: params.get("key") || "",
     stuck: params.get("stuck") === "true" ? "true" : "",
     cursor: params.get("cursor") || "",
+    limit: /^[1-9][0-9]{0,2}$/.test(params.get("limit") || "") && Number(params.get("limit")) <= 500 ? params.get("limit") : "",
   };
-  const page = await get(`/sagas${query({ ...filters, limit: 50 })}`);
+  const listed = () => get(`/sagas${query({ ...filters, limit: filters.limit || 50 })}`);
+  const page = await listed();
   document.title = "Sagas · Saga console";
   const select = (id, label, options, value) =>
     h("label", { for: id }, label, h("select", { id, name: id },
@@ -353,6 +363,9 @@ async function sagasPage(params) {
     select("state", "State", states, filters.state),
     h("label", { for: "key" }, "Key (exact)", h("input", { id: "key", name: "key", type: "search", value: filters.key, maxlength: 500 })),
     h("label", { class: "inline", for: "stuck" }, h("input", { type: "checkbox", id: "stuck", name: "stuck", checked: filters.stuck === "true" }), "Stuck only"),
+    h("label", { for: "limit" }, "Per page", h("select", { id: "limit", name: "limit" },
+      [...new Set(["20", "50", "100", "500", filters.limit || "50"])].sort((a, b) => a - b)
+        .map((n) => h("option", { value: n, selected: n === (filters.limit || "50") }, n)))),
     h("button", { type: "submit", class: "primary" }, "Filter"),
     h("button", { type: "button", onclick: () => go("#/sagas") }, "Clear"));
   form.addEventListener("submit", (event) => {
@@ -360,31 +373,31 @@ async function sagasPage(params) {
     const data = new FormData(form);
     go(`#/sagas${query({
       workflow: data.get("workflow"), status: data.get("status"), state: data.get("state"),
-      key: data.get("key"), stuck: data.get("stuck") ? "true" : "",
+      key: data.get("key"), stuck: data.get("stuck") ? "true" : "", limit: data.get("limit") === "50" ? "" : data.get("limit"),
     })}`);
   });
   form.querySelector("#workflow").addEventListener("change", () => form.requestSubmit());
   const holder = h("div", { id: "saga-table" });
-  const fill = (found) => holder.replaceChildren(sagaTable(found, filters));
+  const fill = (found) => changed(holder, found) && holder.replaceChildren(sagaTable(found, filters));
   fill(page);
   main().replaceChildren(
     h("h1", {}, filters.stuck ? "Stuck sagas" : "Sagas"),
     form,
     h("div", { class: "toolbar" }, liveToggle()),
     holder);
-  poll(async () => fill(await get(`/sagas${query({ ...filters, limit: 50 })}`)));
+  poll(async () => fill(await listed()));
 }
 
 function sagaTable(page, filters) {
   const rows = page.items.map((s) => h("tr", { dataset: { sagaId: s.id } },
-    h("td", { class: "text" }, h("a", { href: `#/sagas/${encodeURIComponent(s.id)}` }, s.key)),
+    h("th", { scope: "row", class: "text" }, h("a", { href: `#/sagas/${encodeURIComponent(s.id)}` }, s.key)),
     h("td", {}, h("a", { href: `#/workflows/${encodeURIComponent(s.workflow)}` }, s.workflow)),
     h("td", {}, s.state),
     h("td", {}, badge(s.status), filters.stuck ? [" ", h("span", { class: "badge stuck" }, "stuck")] : null),
     h("td", {}, time(s.updated_at)),
     h("td", {}, time(s.created_at)),
     h("td", { class: "text" }, s.last_error || "")));
-  const described = Object.entries(filters).filter(([k, v]) => v && k !== "cursor").map(([k, v]) => `${k} ${v}`);
+  const described = Object.entries(filters).filter(([k, v]) => v && k !== "cursor" && k !== "limit").map(([k, v]) => `${k} ${v}`);
   const caption = `${page.items.length} saga${page.items.length === 1 ? "" : "s"}${filters.cursor ? " (an older page)" : ""}, newest first${described.length ? `; ${described.join(", ")}` : ""}`;
   const pager = h("div", { class: "pager" });
   if (filters.cursor) pager.append(h("a", { href: `#/sagas${query({ ...filters, cursor: "" })}` }, "First page"));
@@ -717,8 +730,12 @@ async function workflowsPage() {
       h("td", {}, w.starts_on), h("td", {}, w.key),
       STATUSES.map((s) => h("td", {}, h("a", { href: `#/sagas${query({ workflow: w.name, status: s })}` }, String(w.sagas[s] || 0)))))));
   const holder = h("div", {}, fill(list));
+  changed(holder, list);
   main().replaceChildren(h("h1", {}, "Workflows"), h("div", { class: "toolbar" }, liveToggle()), holder);
-  poll(async () => holder.replaceChildren(fill(await get("/workflows"))));
+  poll(async () => {
+    const now = await get("/workflows");
+    if (changed(holder, now)) holder.replaceChildren(fill(now));
+  });
 }
 
 async function countUpTo(params) {
@@ -740,6 +757,8 @@ async function workflowPage(name) {
     ]);
     const counts = {};
     for (const s of workflow.states) counts[s.name] = s.sagas;
+    const holder = document.getElementById("workflow-body");
+    if (quietly && holder && !changed(holder, [workflow, stuck, done5, done60, comp60])) return;
     const count = (label, value, href) => h("div", { class: "count" }, h("strong", {}, href ? h("a", { href }, value) : value), label);
     const body = [
       h("p", { class: "note" }, workflow.description),
@@ -769,17 +788,20 @@ async function workflowPage(name) {
       h("h2", {}, "Moves"),
       table("Which event moves a saga from which state to which", ["From", "Event", "To"],
         movesOf(workflow).map((m) => h("tr", {}, h("td", {}, m.source), h("td", {}, m.events.join(", ")), h("td", {}, m.dest)))),
-      h("details", {}, h("summary", {}, "Mermaid source (to copy)"), h("pre", { id: "mermaid" }, workflow.mermaid)),
     ];
-    const holder = document.getElementById("workflow-body");
-    if (holder) holder.replaceChildren(...body);
     document.title = `${name} · Saga console`;
-    if (quietly) return;
+    if (quietly) {
+      holder.replaceChildren(...body);
+      return;
+    }
+    const fresh = h("div", { id: "workflow-body" }, body);
+    changed(fresh, [workflow, stuck, done5, done60, comp60]);
     main().replaceChildren(
       h("p", {}, h("a", { href: "#/workflows" }, "← Workflows")),
       h("h1", {}, `Workflow ${name}`),
       h("div", { class: "toolbar" }, liveToggle()),
-      h("div", { id: "workflow-body" }, body));
+      fresh,
+      h("details", {}, h("summary", {}, "Mermaid source (to copy)"), h("pre", { id: "mermaid" }, workflow.mermaid)));
   };
   await render(false);
   poll(() => render(true));
@@ -823,7 +845,11 @@ async function deadLettersPage(params) {
   };
   const holder = h("div", {}, fill(page));
   main().replaceChildren(h("h1", {}, "Dead letters"), form, h("div", { class: "toolbar" }, liveToggle()), holder);
-  poll(async () => holder.replaceChildren(fill(await get(`/dead-letters${query({ ...filters, limit: 50 })}`))));
+  changed(holder, page);
+  poll(async () => {
+    const now = await get(`/dead-letters${query({ ...filters, limit: 50 })}`);
+    if (changed(holder, now)) holder.replaceChildren(fill(now));
+  });
 }
 
 async function deadLetterPage(id) {
