@@ -25,6 +25,7 @@ from orchestrator.core.definitions import FAIL, Status, Workflow
 from orchestrator.core.routing import Registry
 from orchestrator.entrypoints.api.app import ApiContext, create_app
 from orchestrator.entrypoints.settings import Settings
+from orchestrator.entrypoints.tokens import parse_env
 from orchestrator.examples import WORKFLOWS
 from orchestrator.examples.contracts import BuyerSigned, EscrowOpened, RequestBuyerSignature
 from orchestrator.service.batch import Envelope, process_batch
@@ -452,3 +453,31 @@ async def test_actions_need_the_token_and_reads_only_when_told(api: Harness, dat
         assert (await anonymous.get("/healthz")).status_code == 200
         authorized = await anonymous.get("/sagas", headers={"Authorization": f"Bearer {TOKEN}"})
         assert authorized.status_code == 200
+
+
+async def test_a_named_token_is_journaled_as_its_owner_whatever_x_actor_says(api: Harness) -> None:
+    tokens = parse_env(f"alice:operate:{'a' * 24} robot:read:{'r' * 24}")
+    _, named = app_for(api.store, [], api_tokens=tuple(tokens))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=named), base_url="http://api") as client:
+        alice = {"Authorization": f"Bearer {'a' * 24}", "X-Actor": "mallory"}
+        started = await client.post(
+            "/sagas", json={"workflow": "order", "key": api.key(), "data": ORDER}, headers=alice
+        )
+        saga = started.json()
+        refused = await client.post(
+            f"/sagas/{saga['id']}/retry", headers={"Authorization": f"Bearer {'r' * 24}"}
+        )
+        legacy = await client.post(
+            f"/sagas/{saga['id']}/retry", headers={"Authorization": f"Bearer {TOKEN}", "X-Actor": "ops-desk"}
+        )
+        cancelled = await client.post(f"/sagas/{saga['id']}/cancel", json={"reason": "asked"}, headers=alice)
+        history = (await client.get(f"/sagas/{saga['id']}/history")).json()["items"]
+
+    assert (started.status_code, refused.status_code, legacy.status_code) == (201, 403, 200)
+    assert cancelled.status_code == 200, cancelled.text
+    assert [(e["actor"], e["message"]["type"]) for e in history] == [
+        ("alice", "orders.OrderPlaced"),
+        ("ops-desk", "operator.retry"),  # the unnamed token's caller still names itself
+        ("alice", "operator.cancel"),
+    ]
+    assert history[2]["reason"] == "cancel by alice: asked"

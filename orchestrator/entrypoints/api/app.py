@@ -9,18 +9,16 @@ the database is checked first.
 
 import asyncio
 import copy
-import hmac
 import logging
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Annotated, Any
 
 import asyncpg
-from fastapi import Depends, FastAPI, HTTPException, Path, Request, Response
+from fastapi import FastAPI, HTTPException, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.params import Depends as DependsParam
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -31,6 +29,7 @@ from orchestrator.core.diagrams import WorkflowView
 from orchestrator.core.messages import body_schema
 from orchestrator.core.routing import Registry
 from orchestrator.entrypoints.api import models as m
+from orchestrator.entrypoints.api.auth import Guard, me_router
 from orchestrator.entrypoints.api.body_limit import BodyLimit
 from orchestrator.entrypoints.api.context import RETRY_AFTER, UNAVAILABLE_DETAIL, ApiContext, answers
 from orchestrator.entrypoints.api.dead_letters import dead_letters_router
@@ -49,22 +48,25 @@ def create_app(ctx: ApiContext) -> FastAPI:
         title="Saga orchestrator",
         version="0.1.0",
         description=(
-            "Inspect and operate sagas. Mutating endpoints need `Authorization: Bearer <token>`"
-            " (ORCHESTRATOR_API_TOKEN); reads too when ORCHESTRATOR_API_PROTECT_READS is set. The caller"
-            " names itself in `X-Actor`, which the journal keeps with the action and its reason."
+            "Inspect and operate sagas. Mutating endpoints need `Authorization: Bearer <token>`, reads"
+            " too when ORCHESTRATOR_API_PROTECT_READS is set. A named token (ORCHESTRATOR_API_TOKENS,"
+            " ORCHESTRATOR_API_TOKENS_FILE) has a role: read, operate (starts, actions, replays) or admin"
+            " (purges, migrations), and its owner is the actor the journal keeps with each action. The"
+            " unnamed ORCHESTRATOR_API_TOKEN is an admin token whose caller names itself in `X-Actor`."
         ),
         responses=answers(503),  # any route that reads or writes may find the database away
     )
     _install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=ctx.settings.api_max_body_bytes)
-    writes = _token_check(ctx.settings.api_token)
-    reads = writes if ctx.settings.api_protect_reads else []
-    app.include_router(sagas_router(ctx, reads, writes))
-    app.include_router(dead_letters_router(ctx, reads, writes))
+    guard = Guard(ctx.settings)
+    reads = guard.reads
+    app.include_router(me_router(guard))
+    app.include_router(sagas_router(ctx, guard))
+    app.include_router(dead_letters_router(ctx, guard))
     _health_routes(app, ctx, reads)
     _workflow_routes(app, ctx, reads)
     _contract_route(app, ctx, reads)
-    app.include_router(migrations_router(ctx, writes))
+    app.include_router(migrations_router(ctx, guard))
     _document_starts(app, ctx.registry)
     return app
 
@@ -110,30 +112,6 @@ def _document_starts(app: FastAPI, registry: Registry) -> None:
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-
-
-# Security -----------------------------------------------------------------------------------------
-def _token_check(configured: str | None) -> list[DependsParam]:
-    """The dependency mutating routes carry; none at all when the service runs ``--insecure``."""
-    if not configured:
-        return []
-    token = configured.encode()
-    bearer = HTTPBearer(
-        auto_error=False, scheme_name="token", description="the value of ORCHESTRATOR_API_TOKEN"
-    )
-
-    async def require_token(
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    ) -> None:
-        given = credentials.credentials.encode() if credentials is not None else b""
-        if not hmac.compare_digest(given, token):
-            raise HTTPException(
-                401,
-                "a valid bearer token is needed",
-                headers={"WWW-Authenticate": 'Bearer realm="orchestrator"'},
-            )
-
-    return [Depends(require_token)]
 
 
 # Errors -------------------------------------------------------------------------------------------

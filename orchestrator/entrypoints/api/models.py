@@ -80,6 +80,13 @@ class Ready(BaseModel):
     checks: dict[str, str] = Field(description="per dependency: ok, or what is wrong")
 
 
+class Caller(BaseModel):
+    name: str = Field(description="the token's owner, journaled as the actor of what it does")
+    role: Literal["read", "operate", "admin"] = Field(
+        description="read: reads; operate: also starts, operator actions, replays; admin: everything"
+    )
+
+
 # Reads ------------------------------------------------------------------------------------------
 class _Model(BaseModel):
     model_config = ConfigDict(from_attributes=True)
