@@ -336,6 +336,27 @@ async def test_workflows_show_their_definition_diagram_and_live_counts(api: Harn
     assert missing.status_code == 404
 
 
+async def test_a_workflow_shows_its_activity_over_a_window_and_its_stuck_sagas(api: Harness) -> None:
+    before = (await api.client.get("/workflows/order")).json()["activity"]
+    kept = await api.start()
+    dropped = await api.start()
+    await api.act(dropped, "cancel")  # nothing done yet: compensated at once
+
+    after = (await api.client.get("/workflows/order")).json()["activity"]
+    narrow = await api.client.get("/workflows/order", params={"window": 59})
+    api.offset = timedelta(days=2)  # past the stuck threshold, and the window, for everything above
+    later = (await api.client.get("/workflows/order", params={"window": 60})).json()["activity"]
+    stuck = (await api.client.get("/sagas", params={"workflow": "order", "stuck": "true", "limit": 500})).json()
+
+    assert after["window_seconds"] == 3600
+    assert after["started"] == before["started"] + 2
+    assert after["finished"].get("compensated", 0) == before["finished"].get("compensated", 0) + 1
+    assert narrow.status_code == 422
+    assert (later["started"], later["finished"]) == (0, {})
+    assert later["stuck"] == len(stuck["items"]) and stuck["next_cursor"] is None
+    assert kept["id"] not in {s["id"] for s in stuck["items"]}  # its step has a pending deadline
+
+
 async def test_health_readiness_and_metrics(api: Harness) -> None:
     await api.start()
 

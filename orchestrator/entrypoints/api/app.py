@@ -15,7 +15,7 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 import asyncpg
-from fastapi import FastAPI, HTTPException, Path, Request, Response
+from fastapi import FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.params import Depends as DependsParam
 from fastapi.responses import JSONResponse
@@ -281,10 +281,18 @@ def _workflow_routes(app: FastAPI, ctx: ApiContext, reads: Sequence[DependsParam
     )
     async def workflow(
         name: Annotated[str, Path(max_length=200, json_schema_extra={"enum": names})],
+        window: Annotated[
+            int, Query(ge=60, le=7 * 86400, description="seconds back for the activity's counts")
+        ] = 3600,
     ) -> m.WorkflowDetail:
-        """A workflow's definition, its state diagram (mermaid), and its sagas per state now."""
+        """A workflow's definition, its state diagram (mermaid), its sagas per state now, and its
+        activity: sagas started and finished over the last ``window`` seconds, and stuck now."""
         if name not in ctx.views:
             raise HTTPException(404, f"no workflow {name!r}; known: {', '.join(names)}")
+        now = ctx.clock()
+        activity = await ctx.queries.activity(
+            name, now - timedelta(seconds=window), now - timedelta(seconds=ctx.settings.stuck_after_seconds)
+        )
         view, diagram = ctx.views[name]
         per_state: dict[str, int] = {}
         per_status: dict[str, int] = {}
@@ -303,6 +311,7 @@ def _workflow_routes(app: FastAPI, ctx: ApiContext, reads: Sequence[DependsParam
             ],
             rules=[m.RuleSpec.model_validate(r) for r in view.rules],
             mermaid=diagram,
+            activity=m.WorkflowActivity(window_seconds=window, **vars(activity)),
         )
 
 
