@@ -346,7 +346,9 @@ async def test_a_workflow_shows_its_activity_over_a_window_and_its_stuck_sagas(a
     narrow = await api.client.get("/workflows/order", params={"window": 59})
     api.offset = timedelta(days=2)  # past the stuck threshold, and the window, for everything above
     later = (await api.client.get("/workflows/order", params={"window": 60})).json()["activity"]
-    stuck = (await api.client.get("/sagas", params={"workflow": "order", "stuck": "true", "limit": 500})).json()
+    stuck = (
+        await api.client.get("/sagas", params={"workflow": "order", "stuck": "true", "limit": 500})
+    ).json()
 
     assert after["window_seconds"] == 3600
     assert after["started"] == before["started"] + 2

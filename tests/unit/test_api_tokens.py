@@ -7,22 +7,16 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import pytest_asyncio
 
-from orchestrator.adapters.metrics import Metrics
-from orchestrator.adapters.postgres.queries import Queries
-from orchestrator.adapters.postgres.store import PostgresStore
-from orchestrator.core.routing import Registry
-from orchestrator.entrypoints.api.app import ApiContext, create_app
 from orchestrator.entrypoints.settings import Settings, SettingsError
 from orchestrator.entrypoints.tokens import Role, TokenError, combined, digest, parse_env, read_file
-from orchestrator.examples import WORKFLOWS
+
+from .test_api import build
 
 NOWHERE = "postgresql+asyncpg://postgres@127.0.0.1:1/none"
 SAGA = "/sagas/0b5a7b8e-6d5c-4b7a-9c1e-3f2a1b0c9d8e"
@@ -121,18 +115,6 @@ def test_settings_read_both_sources_and_say_which_variable_is_wrong(
     monkeypatch.setenv("ORCHESTRATOR_API_TOKENS_FILE", str(tmp_path / "missing.toml"))
     with pytest.raises(SettingsError, match=r"ORCHESTRATOR_API_TOKENS_FILE: cannot read .*missing\.toml"):
         Settings.from_env()
-
-
-def build(**settings: Any) -> tuple[ApiContext, Any]:
-    store = PostgresStore.from_url(NOWHERE, pool_size=1)
-    context = ApiContext(
-        Registry(WORKFLOWS),
-        store,
-        Queries(store.engine),
-        replace(Settings(), **settings),
-        Metrics(process=False),
-    )
-    return context, create_app(context)
 
 
 @pytest_asyncio.fixture

@@ -50,6 +50,12 @@ XActor = Annotated[
 ]
 
 
+def unauthorized() -> HTTPException:
+    return HTTPException(
+        401, "a valid bearer token is needed", headers={"WWW-Authenticate": 'Bearer realm="orchestrator"'}
+    )
+
+
 @dataclass(frozen=True)
 class Caller:
     name: str
@@ -92,11 +98,7 @@ class Guard:
         async def require(request: Request, credentials: Credentials) -> None:
             caller = self.identify(credentials)
             if caller is None:
-                raise HTTPException(
-                    401,
-                    "a valid bearer token is needed",
-                    headers={"WWW-Authenticate": 'Bearer realm="orchestrator"'},
-                )
+                raise unauthorized()
             if caller.role < role:
                 raise HTTPException(
                     403, f"{caller.name} has the role {caller.role.label}; this needs {role.label}"
@@ -155,11 +157,7 @@ def me_router(guard: Guard) -> APIRouter:
     async def me(credentials: Credentials) -> m.Caller:
         caller = guard.identify(credentials)
         if caller is None:
-            raise HTTPException(
-                401,
-                "a valid bearer token is needed",
-                headers={"WWW-Authenticate": 'Bearer realm="orchestrator"'},
-            )
+            raise unauthorized()
         return m.Caller(name=caller.name, role=caller.role.label)
 
     return router
