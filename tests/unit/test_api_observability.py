@@ -142,7 +142,7 @@ def test_a_bad_stuck_threshold_is_refused(monkeypatch: pytest.MonkeyPatch, raw: 
 @pytest.mark.parametrize(
     ("argv", "says"),
     [
-        (["run"], "ORCHESTRATOR_API_TOKEN is not set"),
+        (["run"], "no API token is set (ORCHESTRATOR_API_TOKEN"),
         (["run", "--insecure", "--port", "70000"], "--port must be between 0 and 65535"),
     ],
 )
