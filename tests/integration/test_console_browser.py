@@ -18,6 +18,7 @@ import asyncio
 import os
 import shutil
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -289,6 +290,13 @@ async def test_an_operator_finds_a_stuck_order_sees_why_and_acts_on_it(
     await expect(page.locator('#workflow-diagram g.node[data-state="compensated"]')).to_contain_text(
         "2 sagas"
     )
+    async with bench.api() as api:
+        activity = (await api.get("/workflows/order")).json()["activity"]
+    assert activity["finished"]["completed"] == 2
+    counts = page.locator("#workflow-counts")  # the API's activity, as it says
+    await expect(counts).to_contain_text(f"{activity['started']}started, last hour")
+    await expect(counts).to_contain_text("2completed, last hour")
+    await expect(counts).to_contain_text(f"{activity['stuck']}stuck now")
     await shot(page, "workflow")
 
     # Dead letters: the list with reasons, one opened, replayed through the confirmation; still
@@ -328,15 +336,20 @@ async def test_an_operator_finds_a_stuck_order_sees_why_and_acts_on_it(
 async def test_with_protected_reads_no_token_or_a_wrong_one_shows_the_login_and_no_data(
     bench: Bench, browser: Browser
 ) -> None:
-    await bench.start_orchestrator(env={"ORCHESTRATOR_API_PROTECT_READS": "1"})
+    reader, operator = f"reader-{uuid.uuid4().hex}", f"operator-{uuid.uuid4().hex}"
+    tokens = f"rita:read:{reader} otto:operate:{operator}"
+    await bench.start_orchestrator(
+        env={"ORCHESTRATOR_API_PROTECT_READS": "1", "ORCHESTRATOR_API_TOKENS": tokens}
+    )
     key = keys()
     async with bench.api() as api:
         started = await api.post("/sagas", json={"workflow": "order", "key": key, "data": ORDER})
         assert started.status_code == 201, started.text
+    saga = started.json()
     watched = Watched(await browser.new_page())
     page = watched.page
 
-    for where in (f"#/sagas/{started.json()['id']}", "#/workflows/order", "#/dead-letters", "#/sagas"):
+    for where in (f"#/sagas/{saga['id']}", "#/workflows/order", "#/dead-letters", "#/sagas"):
         await page.goto(f"{bench.api_url}/console/{where}")
         await expect(page.locator("#login-form")).to_be_visible()
         await expect(page.locator("#login-token")).to_have_attribute("type", "password")
@@ -350,15 +363,35 @@ async def test_with_protected_reads_no_token_or_a_wrong_one_shows_the_login_and_
     assert key not in await page.content()
     assert await page.evaluate("sessionStorage.length") == 0  # a refused token is not kept
 
-    await page.fill("#login-token", bench.api_token)
+    # A token that may only read: the data, and no action to take.
+    await page.fill("#login-token", reader)
     await page.locator("#login-form button[type=submit]").click()
-    await expect(page.get_by_role("link", name=key)).to_be_visible()
-    assert bench.api_token not in page.url
+    await expect(page.locator("#who")).to_have_text("rita (read)")
+    await page.get_by_role("link", name=key).click()
+    await expect(page.locator("#saga-state")).to_have_text("reserve")
+    await expect(page.locator("#actions")).to_have_text(
+        "Your token may read only: operator actions need the operate role."
+    )
+    assert await page.locator("#actions button").count() == 0
+    assert reader not in page.url
 
+    # Logged out: nothing kept, nothing shown.
     await page.get_by_role("button", name="Log out").click()
     await expect(page.locator("#login-form")).to_be_visible()
     assert key not in await page.content()
     assert await page.evaluate("sessionStorage.length") == 0
-    await page.reload()  # nothing kept: the prompt again
+    await page.reload()
     await expect(page.locator("#login-form")).to_be_visible()
+
+    # An operator: the action, journaled as the token's owner.
+    await page.fill("#login-token", operator)
+    await page.locator("#login-form button[type=submit]").click()
+    await expect(page.locator("#who")).to_have_text("otto (operate)")
+    await expect(page.locator("#saga-state")).to_have_text("reserve")
+    await page.get_by_role("button", name="Cancel saga").click()
+    await expect(page.locator("#confirm-what")).to_contain_text("moving from reserve to compensated")
+    await page.get_by_role("button", name="Confirm").click()
+    await expect(page.locator("#saga-state")).to_have_text("compensated")
+    await expect(page.locator("#timeline > li").last).to_contain_text("Operator: cancel")
+    await expect(page.locator("#timeline > li").last).to_contain_text("by otto")
     assert watched.problems() == []

@@ -158,26 +158,28 @@ async function workflows() {
 
 // ---------------------------------------------------------------------------------------------
 // Who is logged in
+// GET /me: who the token is and its role. Without a token it answers only a service run
+// --insecure (everyone is an anonymous admin); 401 then means "reads may still be open, actions
+// need a login". An API without /me (404) leaves the role unknown: the actions are offered and
+// the API decides.
 async function whoAmI() {
-  if (!session.token) {
-    session.role = null;
-    session.name = null;
-  } else {
-    try {
-      const me = await call("GET", "/me");
-      session.role = me.role;
-      session.name = me.name;
-    } catch (error) {
-      if (error instanceof LoginNeeded) {
+  try {
+    const me = await call("GET", "/me");
+    session.role = me.role;
+    session.name = me.name;
+  } catch (error) {
+    if (error instanceof LoginNeeded) {
+      if (session.token) {
         forget();
         showSession();
         return false;
       }
-      if (error instanceof ApiError && error.status === 404) {
-        session.role = "unknown"; // an API without /me: offer the actions, the API decides
-        session.name = null;
-      } else throw error;
-    }
+      session.role = null;
+      session.name = null;
+    } else if (error instanceof ApiError && error.status === 404) {
+      session.role = session.token ? "unknown" : null;
+      session.name = null;
+    } else throw error;
   }
   showSession();
   return true;
@@ -198,6 +200,10 @@ function showSession() {
     who.textContent = session.name ? `${session.name} (${session.role})` : "logged in";
     loginButton.hidden = true;
     logoutButton.hidden = false;
+  } else if (session.name) {
+    who.textContent = `${session.name} (${session.role}): the service needs no token`;
+    loginButton.hidden = true;
+    logoutButton.hidden = true;
   } else {
     who.textContent = "not logged in";
     loginButton.hidden = false;
@@ -223,7 +229,7 @@ function loginView(message) {
     h("p", {}, "This service needs an API token. The console keeps it in this tab only (session storage) and sends it as a bearer token, never in a URL."),
     error,
     h("div", { class: "field" }, h("label", { for: "login-token" }, "API token"), token),
-    h("div", { class: "field" }, h("label", { for: "login-actor" }, "Your name, journaled with your actions (optional)"), actor),
+    h("div", { class: "field" }, h("label", { for: "login-actor" }, "Your name, journaled with your actions when your token has none of its own (optional)"), actor),
     h("div", { class: "buttons" }, h("button", { type: "submit", class: "primary" }, "Log in")));
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
@@ -738,38 +744,25 @@ async function workflowsPage() {
   });
 }
 
-async function countUpTo(params) {
-  const page = await get(`/sagas${query({ ...params, limit: 500 })}`);
-  return page.next_cursor ? `${page.items.length}+` : String(page.items.length);
-}
-
 async function workflowPage(name) {
   const render = async (quietly) => {
-    const workflow = await get(`/workflows/${encodeURIComponent(name)}`);
-    const hourAgo = new Date(Date.now() - 3600e3).toISOString();
-    const fiveAgo = new Date(Date.now() - 300e3).toISOString();
-    const [stuck, done5, done60, comp60, failedNow] = await Promise.all([
-      countUpTo({ workflow: name, stuck: "true" }),
-      countUpTo({ workflow: name, status: "completed", updated_after: fiveAgo }),
-      countUpTo({ workflow: name, status: "completed", updated_after: hourAgo }),
-      countUpTo({ workflow: name, status: "compensated", updated_after: hourAgo }),
-      String(workflow.sagas.failed || 0),
-    ]);
+    const workflow = await get(`/workflows/${encodeURIComponent(name)}${query({ window: 3600 })}`);
+    const activity = workflow.activity || { window_seconds: 3600, started: 0, finished: {}, stuck: 0 };
+    const span = activity.window_seconds === 3600 ? "last hour" : `last ${Math.round(activity.window_seconds / 60)} min`;
     const counts = {};
     for (const s of workflow.states) counts[s.name] = s.sagas;
     const holder = document.getElementById("workflow-body");
-    if (quietly && holder && !changed(holder, [workflow, stuck, done5, done60, comp60])) return;
+    if (quietly && holder && !changed(holder, workflow)) return;
     const count = (label, value, href) => h("div", { class: "count" }, h("strong", {}, href ? h("a", { href }, value) : value), label);
     const body = [
       h("p", { class: "note" }, workflow.description),
       h("div", { class: "counts", id: "workflow-counts" },
-        count("stuck now", stuck, `#/sagas${query({ workflow: name, stuck: "true" })}`),
-        count("failed now", failedNow, `#/sagas${query({ workflow: name, status: "failed" })}`),
+        count("stuck now", String(activity.stuck), `#/sagas${query({ workflow: name, stuck: "true" })}`),
+        count("failed now", String(workflow.sagas.failed || 0), `#/sagas${query({ workflow: name, status: "failed" })}`),
         count("running", String(workflow.sagas.running || 0), `#/sagas${query({ workflow: name, status: "running" })}`),
         count("compensating", String(workflow.sagas.compensating || 0), `#/sagas${query({ workflow: name, status: "compensating" })}`),
-        count("completed, last 5 min", done5),
-        count("completed, last hour", done60),
-        count("compensated, last hour", comp60)),
+        count(`started, ${span}`, String(activity.started)),
+        ...["completed", "compensated", "failed"].map((status) => count(`${status}, ${span}`, String(activity.finished[status] || 0)))),
       h("h2", {}, "Sagas per state now"),
       h("div", { class: "diagram", id: "workflow-diagram" }, diagram(workflow, { counts, label: `${name}: its states with the sagas in each now` })),
       h("h2", {}, "Releases"),
@@ -795,7 +788,7 @@ async function workflowPage(name) {
       return;
     }
     const fresh = h("div", { id: "workflow-body" }, body);
-    changed(fresh, [workflow, stuck, done5, done60, comp60]);
+    changed(fresh, workflow);
     main().replaceChildren(
       h("p", {}, h("a", { href: "#/workflows" }, "← Workflows")),
       h("h1", {}, `Workflow ${name}`),
