@@ -34,7 +34,7 @@ $(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
 # which fail without it): installed only when missing, from Debian's packages (as root, as CI
 # runs). Playwright drives it; no browser build of Playwright's own is ever downloaded.
 browser:
-	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium; }
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 lint: venv
 	$(BIN)/ruff check orchestrator participants bench tests migrations

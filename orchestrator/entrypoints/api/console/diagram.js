@@ -2,9 +2,9 @@
 // from the initial state, moves as arrows. Every name comes from the API and is set as text.
 
 const SVG = "http://www.w3.org/2000/svg";
-const NODE_W = 142;
+const NODE_W = 152;
 const NODE_H = 46;
-const GAP_X = 38;
+const GAP_X = 34;
 const GAP_Y = 22;
 const PAD = 16;
 const ARC = 30;
