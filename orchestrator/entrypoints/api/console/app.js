@@ -274,13 +274,28 @@ function poll(refresh) {
     if (live.on && !document.hidden && !document.getElementById("confirm").open) {
       try {
         await refresh();
+        trouble(null);
       } catch (error) {
-        if (generation === live.generation) return failed(error);
+        if (generation !== live.generation) return;
+        // the service restarting or its database away: say so, keep the page and try again
+        if (error instanceof ApiError && (error.status === 0 || error.status >= 500)) trouble(error);
+        else return failed(error);
       }
     }
     if (generation === live.generation) live.timer = setTimeout(tick, POLL_MS);
   };
   live.timer = setTimeout(tick, POLL_MS);
+}
+
+function trouble(error) {
+  const old = document.getElementById("trouble");
+  if (!error) {
+    if (old) old.remove();
+    return;
+  }
+  const text = `Live refresh: ${error.status ? `${error.status} ` : ""}${error.detail}. Trying again every ${POLL_MS / 1000} s; what is shown may be out of date.`;
+  if (old) old.textContent = text;
+  else main().prepend(h("p", { id: "trouble", class: "error", role: "alert" }, text));
 }
 
 function liveToggle() {
