@@ -34,13 +34,16 @@ def test_metrics_render_in_prometheus_text() -> None:
     metrics = Metrics(process=False)
     metrics.messages_in["accepted"] += 3
     metrics.messages_in["duplicate"] += 2
-    metrics.step_latency.observe(0.004)
+    metrics.step_latency.observe(("order", "payments.Charge"), 0.004)
 
     text = metrics.render().decode()
 
     assert 'orchestrator_messages_in_total{verdict="accepted"} 3.0' in text
     assert "orchestrator_duplicates_total 2.0" in text
-    assert 'orchestrator_step_latency_seconds_bucket{le="0.005"} 1.0' in text
+    assert (
+        'orchestrator_step_latency_seconds_bucket{command="payments.Charge",le="0.005",workflow="order"} 1.0'
+        in text
+    )
     assert "orchestrator_database_up 0.0" in text  # no scrape has read the database yet
     assert "# TYPE orchestrator_sagas gauge" not in text  # the database gauges: not read yet
 
@@ -68,6 +71,7 @@ async def test_the_relay_counts_confirmed_commands_and_their_step_latency() -> N
 
     assert relay.metrics.commands_out == 2 and store.sent == ["m-ok", "m-swept"]
     assert relay.metrics.step_latency.count == 1  # a command found by the sweep has no arrival time
+    assert list(relay.metrics.step_latency.by) == [("order", "ok")]  # by workflow and command type
     assert relay.received == {}
 
 
@@ -84,10 +88,11 @@ def test_a_fired_deadline_counts_its_lateness_and_logs_its_saga_and_message(
     )
 
     with caplog.at_level(logging.INFO, "orchestrator.service.deadlines"):
-        alarm._observe([entry])
+        alarm._observe([entry], [])
 
     assert alarm.metrics.deadlines_fired["deadline"] == 1
     assert (alarm.metrics.deadline_lateness.count, alarm.metrics.deadline_lateness.sum) == (1, 2.0)
+    assert list(alarm.metrics.deadline_lateness.by) == [("", "deadline")]  # no decision named its workflow
     [record] = caplog.records
     assert (record.saga_id, record.message_id) == ("s-1", "deadline:s-1:3")  # type: ignore[attr-defined]
 
