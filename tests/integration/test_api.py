@@ -302,13 +302,15 @@ async def test_stuck_sagas_are_listed_and_counted(api: Harness) -> None:
     assert lost["id"] not in [s["id"] for s in fresh["items"]]
     stuck = [s["id"] for s in later["items"]]
     assert lost["id"] in stuck and timed["id"] not in stuck
-    # The metric counts what the list shows at the same moment, ``lost`` among them.
-    (counted,) = [
-        float(line.rsplit(" ", 1)[1])
+    # The metric counts what the list shows at the same moment, ``lost`` among them, per state.
+    counted = {
+        line.split('state="', 1)[1].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])
         for line in metrics.splitlines()
-        if line.startswith('orchestrator_stuck_sagas{workflow="order"}')
-    ]
-    assert counted == len([s for s in later["items"] if s["workflow"] == "order"])
+        if line.startswith("orchestrator_stuck_sagas{") and 'workflow="order"' in line
+    }
+    listed = [s for s in later["items"] if s["workflow"] == "order"]
+    assert counted == {state: float(len([s for s in listed if s["state"] == state])) for state in counted}
+    assert sum(counted.values()) == len(listed) and lost["state"] in counted
 
 
 async def test_workflows_show_their_definition_diagram_and_live_counts(api: Harness) -> None:

@@ -191,22 +191,19 @@ def listing_query(f: SagaFilter, limit: int, cursor: str | None = None) -> Selec
 
 
 def gauge_queries(stuck_since: datetime) -> tuple[Select[Any], Select[Any], Select[Any]]:
-    """The scrape's saga queries: in flight and failed by workflow and status, stuck by workflow
-    (tests/integration/test_history_scale.py reads their plans)."""
-    in_flight = (
-        select(sagas.c.workflow, sagas.c.status, func.count())
-        .where(_in_flight())
-        .group_by(sagas.c.workflow, sagas.c.status)
-    )
-    failed = (
-        select(sagas.c.workflow, sagas.c.status, func.count())
-        .where(text("sagas.status = 'failed'"))
-        .group_by(sagas.c.workflow, sagas.c.status)
-    )
+    """The scrape's saga queries: in flight and failed by workflow, release, state and status,
+    stuck by workflow and state (tests/integration/test_history_scale.py reads their plans).
+
+    Grouped by state, the in-flight count still reads only the partial index ``sagas_in_flight``
+    (workflow, release, state) and the heap rows it points to (for the status): sagas in flight,
+    never the finished ones. States are bounded by the definitions, so are the groups."""
+    by_state = (sagas.c.workflow, sagas.c.release, sagas.c.state, sagas.c.status)
+    in_flight = select(*by_state, func.count()).where(_in_flight()).group_by(*by_state)
+    failed = select(*by_state, func.count()).where(text("sagas.status = 'failed'")).group_by(*by_state)
     stuck = (
-        select(sagas.c.workflow, func.count())
+        select(sagas.c.workflow, sagas.c.state, func.count())
         .where(*_conditions(SagaFilter(stuck_since=stuck_since)))
-        .group_by(sagas.c.workflow)
+        .group_by(sagas.c.workflow, sagas.c.state)
     )
     return in_flight, failed, stuck
 
@@ -328,8 +325,8 @@ class Queries:
         at every scrape."""
         in_flight, failed, stuck = gauge_queries(stuck_since)
         async with self.engine.connect() as connection:
-            counts = {(w, s): n for w, s, n in await connection.execute(in_flight)}
-            counts.update({(w, s): n for w, s, n in await connection.execute(failed)})
-            stuck_counts = {w: n for w, n in await connection.execute(stuck)}
+            states = {(w, r, st, s): n for w, r, st, s, n in await connection.execute(in_flight)}
+            states.update({(w, r, st, s): n for w, r, st, s, n in await connection.execute(failed)})
+            stuck_counts = {(w, st): n for w, st, n in await connection.execute(stuck)}
             backlog = (await connection.execute(select(func.count()).select_from(outbox))).scalar_one()
-        return DatabaseGauges(counts, stuck_counts, backlog)
+        return DatabaseGauges.of_states(states, stuck_counts, backlog)
