@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export ORCHESTRATOR_DATABASE_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/orchestrator
 export ORCHESTRATOR_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
 
-.PHONY: venv install node-deps lint types test unit integration demo migrate run bench bench-replicas chaos clean
+.PHONY: venv install node-deps browser lint types test unit integration screenshots demo migrate run bench bench-replicas chaos clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,12 @@ $(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
 	cd $(NODE_DIR) && npm ci --no-audit --no-fund
 	touch $(NODE_STAMP)
 
+# Debian's chromium, for the console's browser tests (tests/integration/test_console_browser.py,
+# which fail without it): installed only when missing, from Debian's packages (as root, as CI
+# runs). Playwright drives it; no browser build of Playwright's own is ever downloaded.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
 lint: venv
 	$(BIN)/ruff check orchestrator participants bench tests migrations
 	$(BIN)/ruff format --check orchestrator participants bench tests migrations
@@ -40,11 +46,16 @@ types: venv
 unit: venv
 	$(BIN)/pytest tests/unit -q
 
-integration: venv node-deps
+integration: venv node-deps browser
 	$(BIN)/pytest tests/integration -q
 
-test: venv node-deps lint types
+test: venv node-deps browser lint types
 	$(BIN)/pytest -q
+
+# The console's pictures in docs/console/ (docs/console.md, README "Console"), taken by its browser
+# test against a real service with sagas in several states.
+screenshots: venv browser
+	CONSOLE_SCREENSHOTS=docs/console $(BIN)/pytest tests/integration/test_console_browser.py -q -k stuck
 
 migrate: venv
 	$(BIN)/orchestrator migrate

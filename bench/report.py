@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -39,14 +40,22 @@ def percentiles(values: Sequence[float]) -> dict[str, float | int | None]:
 
 
 def _buckets(metrics: str, name: str) -> list[tuple[float, float]]:
-    """(upper bound, cumulative count) of a Prometheus histogram in the text exposition format."""
-    found: list[tuple[float, float]] = []
-    prefix = f'{name}_bucket{{le="'
+    """(upper bound, cumulative count) of a Prometheus histogram in the text exposition format,
+    summed over its other labels (the step latency is by workflow and command type), as
+    ``sum by (le)`` would."""
+    found: dict[float, float] = {}
+    prefix = f"{name}_bucket{{"
     for line in metrics.splitlines():
         if line.startswith(prefix):
-            bound, _, count = line[len(prefix) :].partition('"} ')
-            found.append((float(bound), float(count)))
-    return sorted(found)
+            labels, _, count = line[len(prefix) :].rpartition("} ")
+            bound = _LE.search(labels)
+            if bound is not None:
+                le = float(bound.group(1))
+                found[le] = found.get(le, 0.0) + float(count)
+    return sorted(found.items())
+
+
+_LE = re.compile(r'(?:^|,)le="([^"]+)"')
 
 
 def histogram_quantile(buckets: Sequence[tuple[float, float]], q: float) -> float | None:

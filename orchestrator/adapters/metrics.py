@@ -7,6 +7,11 @@ in flight and failed per workflow and status, stuck sagas, the outbox) are read 
 ``/metrics`` handler just before it renders, never per message, and only from rows that are
 still of interest (a partial index of the sagas in flight): finished sagas, which only grow, are
 a counter of this process (``orchestrator_sagas_finished_total``), not a count of the table.
+
+Labels are bounded by the workflow definitions (workflow, release, state, command type, timer
+kind) or by enums in the code (reason, fault, verdict), never by a saga, key or message: a label
+value per saga would make a series per saga. docs/monitoring.md says which question each metric
+answers, and deploy/ holds the alert rules and the dashboard built on them.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from orchestrator.core.definitions import Status
 from orchestrator.core.engine import Decision
 from orchestrator.core.machine import CompiledWorkflow
 
-__all__ = ["CONTENT_TYPE", "DatabaseGauges", "Histogram", "Metrics", "count_finished"]
+__all__ = ["CONTENT_TYPE", "DatabaseGauges", "Histogram", "Histograms", "Metrics", "count_finished"]
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
@@ -68,14 +73,52 @@ class Histogram:
         return out
 
 
+class Histograms:
+    """One :class:`Histogram` per label values (a tuple), made on the first observation: the hot
+    path pays a dict lookup more than an unlabelled histogram, and no lock."""
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.by: dict[tuple[str, ...], Histogram] = {}
+
+    def observe(self, labels: tuple[str, ...], value: float) -> None:
+        histogram = self.by.get(labels)
+        if histogram is None:
+            histogram = self.by[labels] = Histogram(self.bounds)
+        histogram.observe(value)
+
+    @property
+    def count(self) -> int:
+        """Over every label set, for a test or a log line."""
+        return sum(h.count for h in self.by.values())
+
+    @property
+    def sum(self) -> float:
+        return sum(h.sum for h in self.by.values())
+
+
 @dataclass
 class DatabaseGauges:
     """What the database says at scrape time."""
 
     #: (workflow, status) -> sagas, for running, compensating and failed (never a finished status)
     sagas: dict[tuple[str, str], int] = field(default_factory=dict)
-    stuck: dict[str, int] = field(default_factory=dict)  # workflow -> stuck sagas
+    #: (workflow, state) -> stuck sagas: the state says what a stuck saga waits for
+    stuck: dict[tuple[str, str], int] = field(default_factory=dict)
     outbox: int = 0
+    #: (workflow, release, state, status) -> sagas, the same sagas as ``sagas`` one level finer
+    states: dict[tuple[str, str, str, str], int] = field(default_factory=dict)
+
+    @classmethod
+    def of_states(
+        cls, states: dict[tuple[str, str, str, str], int], stuck: dict[tuple[str, str], int], outbox: int
+    ) -> DatabaseGauges:
+        """From the counts per state, the coarser counts per status summed out of them (one query
+        for both, and they cannot disagree)."""
+        sagas: Counter[tuple[str, str]] = Counter()
+        for (workflow, _, _, status), n in states.items():
+            sagas[(workflow, status)] += n
+        return cls(dict(sagas), stuck, outbox, states)
 
 
 class Metrics:
@@ -91,8 +134,14 @@ class Metrics:
         self.task_restarts: Counter[str] = Counter()  # by task (orchestrator.service.supervisor)
         #: sagas this process saw finish (completed, compensated), by (workflow, status)
         self.sagas_finished: Counter[tuple[str, str]] = Counter()
-        self.step_latency = Histogram(STEP_LATENCY_BUCKETS)
-        self.deadline_lateness = Histogram(LATENESS_BUCKETS)
+        #: sagas this process started (over AMQP or REST), by workflow
+        self.sagas_started: Counter[str] = Counter()
+        #: sagas this process saw turn from running to compensating, by workflow
+        self.compensations_started: Counter[str] = Counter()
+        #: by (workflow, command type): which step of which workflow is slow
+        self.step_latency = Histograms(STEP_LATENCY_BUCKETS)
+        #: by (workflow, kind): deadline or retry
+        self.deadline_lateness = Histograms(LATENESS_BUCKETS)
         self.in_flight: Callable[[], int] = lambda: 0
         #: messages and body bytes taken from the broker and not yet settled
         self.in_hand: Callable[[], tuple[int, int]] = lambda: (0, 0)
@@ -114,22 +163,37 @@ class Metrics:
 def count_finished(
     metrics: Metrics, decisions: Iterable[Decision], workflows: Mapping[str, CompiledWorkflow]
 ) -> None:
-    """Count the decisions that closed a saga (completed or compensated) from a status that was
-    not closed: the state it left says what it was (a failed saga keeps the state it failed in,
-    whose status is not a closed one, so its late way to ``compensated`` counts too)."""
+    """Count the turns in a saga's course that its decisions made, where every committed decision
+    passes (the batch, the alarm, a REST start or action), so no path is counted twice or missed:
+
+    - a saga started: no state before;
+    - a saga closed (completed or compensated) from a status that was not closed: the state it
+      left says what it was (a failed saga keeps the state it failed in, whose status is not a
+      closed one, so its late way to ``compensated`` counts too);
+    - a compensation started: from a running state to a compensating one, or straight to
+      compensated (nothing to undo). ``rate()`` of it over that of the starts is the workflow's
+      compensation rate, which a finished counter alone gives only once the undoing is over.
+    """
     for decision in decisions:
         saga = decision.saga
-        if saga.status not in _CLOSED:
+        before = decision.previous_state
+        if before is None:
+            metrics.sagas_started[saga.workflow] += 1
+        status = saga.status
+        if status not in _TURNS:
             continue
         compiled = workflows.get(saga.workflow)
-        before = decision.previous_state
         spec = compiled.workflow.states.get(before) if compiled is not None and before else None
-        if spec is not None and spec.status in _CLOSED:
-            continue  # it was closed already (a late reply journaled on it, say)
-        metrics.sagas_finished[(saga.workflow, str(saga.status))] += 1
+        if status in _CLOSED and (spec is None or spec.status not in _CLOSED):
+            # not closed already (a late reply journaled on a closed saga, say)
+            metrics.sagas_finished[(saga.workflow, str(status))] += 1
+        if status in _UNDOING and spec is not None and spec.status is Status.RUNNING:
+            metrics.compensations_started[saga.workflow] += 1
 
 
 _CLOSED = frozenset({Status.COMPLETED, Status.COMPENSATED})
+_UNDOING = frozenset({Status.COMPENSATING, Status.COMPENSATED})
+_TURNS = _CLOSED | _UNDOING
 
 _Family = TypeVar("_Family", CounterMetricFamily, GaugeMetricFamily)
 
@@ -216,20 +280,39 @@ class _Collector:
         )
         yield _labelled(
             CounterMetricFamily(
+                "orchestrator_sagas_started",
+                "Sagas this process started (over AMQP or REST), by workflow",
+                labels=["workflow"],
+            ),
+            m.sagas_started,
+        )
+        yield _labelled(
+            CounterMetricFamily(
+                "orchestrator_compensations_started",
+                "Sagas this process saw turn from running to compensating (or straight to compensated)",
+                labels=["workflow"],
+            ),
+            m.compensations_started,
+        )
+        yield _labelled(
+            CounterMetricFamily(
                 "orchestrator_task_restarts",
                 "Tasks of the service started again after an unexpected end",
                 labels=["task"],
             ),
             m.task_restarts,
         )
-        yield _histogram(
+        yield _histograms(
             "orchestrator_step_latency_seconds",
-            "From an event's arrival to the broker's confirm of the command it caused",
+            "From an event's arrival to the broker's confirm of the command it caused,"
+            " by workflow and command type",
+            ["workflow", "command"],
             m.step_latency,
         )
-        yield _histogram(
+        yield _histograms(
             "orchestrator_deadline_lateness_seconds",
-            "How long after its due time a deadline or retry fired",
+            "How long after its due time a deadline or retry fired, by workflow and kind",
+            ["workflow", "kind"],
             m.deadline_lateness,
         )
         yield GaugeMetricFamily(
@@ -255,9 +338,18 @@ class _Collector:
         )
         yield _labelled(
             GaugeMetricFamily(
+                "orchestrator_sagas_in_state",
+                "Sagas in flight and failed, by workflow, release, state and status",
+                labels=["workflow", "release", "state", "status"],
+            ),
+            database.states,
+        )
+        yield _labelled(
+            GaugeMetricFamily(
                 "orchestrator_stuck_sagas",
-                "Unfinished sagas with no pending timer and no progress for longer than the threshold",
-                labels=["workflow"],
+                "Unfinished sagas with no pending timer and no progress for longer than the threshold,"
+                " by workflow and the state they wait in",
+                labels=["workflow", "state"],
             ),
             database.stuck,
         )
@@ -268,5 +360,10 @@ class _Collector:
         )
 
 
-def _histogram(name: str, documentation: str, histogram: Histogram) -> HistogramMetricFamily:
-    return HistogramMetricFamily(name, documentation, buckets=histogram.buckets(), sum_value=histogram.sum)
+def _histograms(
+    name: str, documentation: str, labels: list[str], histograms: Histograms
+) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, documentation, labels=labels)
+    for values, histogram in sorted(histograms.by.items()):
+        family.add_metric(list(values), histogram.buckets(), histogram.sum)
+    return family

@@ -156,14 +156,15 @@ def _check_api(settings: Settings) -> None:
     """Refuse to serve operator actions to anyone who can reach the port, unless told to."""
     if not 0 <= settings.api_port <= 65535:
         raise Unreachable(f"--port must be between 0 and 65535, not {settings.api_port}")
-    if not settings.api_token and not settings.api_insecure:
+    if not settings.api_protected and not settings.api_insecure:
         raise Unreachable(
-            "ORCHESTRATOR_API_TOKEN is not set: set it to protect the REST API's actions,"
+            "no API token is set (ORCHESTRATOR_API_TOKEN, ORCHESTRATOR_API_TOKENS or"
+            " ORCHESTRATOR_API_TOKENS_FILE): set one to protect the REST API's actions,"
             " or pass --insecure to serve them without a token"
         )
-    if settings.api_protect_reads and not settings.api_token:
+    if settings.api_protect_reads and not settings.api_protected:
         raise Unreachable(
-            "ORCHESTRATOR_API_PROTECT_READS is set but ORCHESTRATOR_API_TOKEN is not:"
+            "ORCHESTRATOR_API_PROTECT_READS is set but no API token is:"
             " reads cannot be protected without a token, and --insecure would leave them open"
         )
 
@@ -179,7 +180,7 @@ async def _serve(settings: Settings, *, accept_changed: bool = False, fail_dropp
         sock = listen(settings.api_host, settings.api_port)
     except CannotListen as error:
         raise Unreachable(str(error)) from None
-    if not settings.api_token:
+    if not settings.api_protected:
         import logging
 
         logging.getLogger("orchestrator").warning("the REST API runs --insecure: its actions need no token")

@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from orchestrator.entrypoints.tokens import ApiToken, TokenError, combined, parse_env, read_file
+
 __all__ = [
     "QUEUE_TYPES",
     "SSL_MODES",
@@ -134,6 +136,18 @@ def _days(name: str, default: float) -> float:
     return value
 
 
+def _api_tokens() -> tuple[ApiToken, ...]:
+    entries: list[ApiToken] = []
+    try:
+        if raw := _set("ORCHESTRATOR_API_TOKENS"):
+            entries += parse_env(raw)
+        if path := _set("ORCHESTRATOR_API_TOKENS_FILE"):
+            entries += read_file(path)
+        return combined(entries, _set("ORCHESTRATOR_API_TOKEN"))
+    except TokenError as error:
+        raise SettingsError(str(error)) from None
+
+
 def _bool(name: str) -> bool:
     return os.environ.get(name, "").lower() in {"1", "true", "yes", "on"}
 
@@ -162,7 +176,10 @@ class Settings:
     api_port: int = 8000
     #: the bearer token mutating endpoints need; never logged, never in repr
     api_token: str | None = field(default=None, repr=False)
-    #: reads need the token too
+    #: named tokens with roles (orchestrator.entrypoints.tokens), from ORCHESTRATOR_API_TOKENS and
+    #: ORCHESTRATOR_API_TOKENS_FILE; only their hashes, never in repr
+    api_tokens: tuple[ApiToken, ...] = field(default=(), repr=False)
+    #: reads need a token too
     api_protect_reads: bool = False
     #: serve without a token: anyone who reaches the port may act on sagas (``run --insecure``)
     api_insecure: bool = False
@@ -199,6 +216,11 @@ class Settings:
     rebalance_seconds: float = 1.0
 
     @property
+    def api_protected(self) -> bool:
+        """Whether any token is configured, so that the API's actions need one."""
+        return bool(self.api_token or self.api_tokens)
+
+    @property
     def effective_prefetch(self) -> int:
         """The prefetch count, capped so that a full prefetch of the largest messages fits the
         budget of bytes in hand."""
@@ -220,6 +242,7 @@ class Settings:
             "api_host": env.get("ORCHESTRATOR_API_HOST", cls.api_host),
             "api_port": _int("ORCHESTRATOR_API_PORT", cls.api_port),
             "api_token": env.get("ORCHESTRATOR_API_TOKEN") or None,
+            "api_tokens": _api_tokens(),
             "api_protect_reads": _bool("ORCHESTRATOR_API_PROTECT_READS"),
             "api_max_body_bytes": _int("ORCHESTRATOR_API_MAX_BODY_BYTES", cls.api_max_body_bytes, minimum=1),
             "stuck_after_seconds": _float("ORCHESTRATOR_STUCK_AFTER_SECONDS", cls.stuck_after_seconds),

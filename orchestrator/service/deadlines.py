@@ -123,7 +123,7 @@ class DeadlineAlarm:
                         await asyncio.sleep(0.05 * conflicts)
                         continue
                     conflicts = 0
-                    self._observe(result.journal)
+                    self._observe(result.journal, result.decisions)
                     count_finished(self.metrics, result.decisions, self.registry.workflows)
                     self.fired += len(result.decisions)
                     self.send(result.commands)
@@ -143,14 +143,17 @@ class DeadlineAlarm:
                 log.warning("deadline sweep failed, trying again in %.1fs: %s", wait, error)
                 self._arm(self.clock.now() + timedelta(seconds=wait))
 
-    def _observe(self, entries: list[JournalEntry]) -> None:
-        """Lateness and a log line per timer fired, from the journal entries the sweep committed."""
+    def _observe(self, entries: list[JournalEntry], decisions: Iterable[Decision]) -> None:
+        """Lateness (by workflow, from the decisions: a journal entry names only its saga) and a
+        log line per timer fired, from the journal entries the sweep committed."""
+        workflows = {d.saga.id: d.saga.workflow for d in decisions}
         for entry in entries:
             message = entry.message
             self.metrics.deadlines_fired[message.kind] += 1
             try:
                 due_at = datetime.fromisoformat(message.payload["due_at"])
-                self.metrics.deadline_lateness.observe(max(0.0, (entry.recorded_at - due_at).total_seconds()))
+                late = max(0.0, (entry.recorded_at - due_at).total_seconds())
+                self.metrics.deadline_lateness.observe((workflows.get(entry.saga_id, ""), message.kind), late)
             except (KeyError, TypeError, ValueError):
                 pass
             log.info(

@@ -118,10 +118,10 @@ class Relay:
                     )
             confirmed_at = time.monotonic()
             latency = self.metrics.step_latency
-            for message_id in confirmed:
-                received = self.received.get(message_id)
-                if received is not None:
-                    latency.observe(confirmed_at - received)
+            for command, outcome in zip(batch, results, strict=True):
+                received = self.received.get(command.message_id) if outcome is None else None
+                if received is not None:  # by workflow and command type: which step is slow
+                    latency.observe((command.workflow, command.type), confirmed_at - received)
             self.metrics.commands_out += len(confirmed)
             for attempt in range(5):
                 try:

@@ -25,6 +25,7 @@ from orchestrator.core.definitions import FAIL, Status, Workflow
 from orchestrator.core.routing import Registry
 from orchestrator.entrypoints.api.app import ApiContext, create_app
 from orchestrator.entrypoints.settings import Settings
+from orchestrator.entrypoints.tokens import parse_env
 from orchestrator.examples import WORKFLOWS
 from orchestrator.examples.contracts import BuyerSigned, EscrowOpened, RequestBuyerSignature
 from orchestrator.service.batch import Envelope, process_batch
@@ -301,13 +302,15 @@ async def test_stuck_sagas_are_listed_and_counted(api: Harness) -> None:
     assert lost["id"] not in [s["id"] for s in fresh["items"]]
     stuck = [s["id"] for s in later["items"]]
     assert lost["id"] in stuck and timed["id"] not in stuck
-    # The metric counts what the list shows at the same moment, ``lost`` among them.
-    (counted,) = [
-        float(line.rsplit(" ", 1)[1])
+    # The metric counts what the list shows at the same moment, ``lost`` among them, per state.
+    counted = {
+        line.split('state="', 1)[1].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])
         for line in metrics.splitlines()
-        if line.startswith('orchestrator_stuck_sagas{workflow="order"}')
-    ]
-    assert counted == len([s for s in later["items"] if s["workflow"] == "order"])
+        if line.startswith("orchestrator_stuck_sagas{") and 'workflow="order"' in line
+    }
+    listed = [s for s in later["items"] if s["workflow"] == "order"]
+    assert counted == {state: float(len([s for s in listed if s["state"] == state])) for state in counted}
+    assert sum(counted.values()) == len(listed) and lost["state"] in counted
 
 
 async def test_workflows_show_their_definition_diagram_and_live_counts(api: Harness) -> None:
@@ -333,6 +336,29 @@ async def test_workflows_show_their_definition_diagram_and_live_counts(api: Harn
         "sends": [],
     } in (escrow["rules"])
     assert missing.status_code == 404
+
+
+async def test_a_workflow_shows_its_activity_over_a_window_and_its_stuck_sagas(api: Harness) -> None:
+    before = (await api.client.get("/workflows/order")).json()["activity"]
+    kept = await api.start()
+    dropped = await api.start()
+    await api.act(dropped, "cancel")  # nothing done yet: compensated at once
+
+    after = (await api.client.get("/workflows/order")).json()["activity"]
+    narrow = await api.client.get("/workflows/order", params={"window": 59})
+    api.offset = timedelta(days=2)  # past the stuck threshold, and the window, for everything above
+    later = (await api.client.get("/workflows/order", params={"window": 60})).json()["activity"]
+    stuck = (
+        await api.client.get("/sagas", params={"workflow": "order", "stuck": "true", "limit": 500})
+    ).json()
+
+    assert after["window_seconds"] == 3600
+    assert after["started"] == before["started"] + 2
+    assert after["finished"].get("compensated", 0) == before["finished"].get("compensated", 0) + 1
+    assert narrow.status_code == 422
+    assert (later["started"], later["finished"]) == (0, {})
+    assert later["stuck"] == len(stuck["items"]) and stuck["next_cursor"] is None
+    assert kept["id"] not in {s["id"] for s in stuck["items"]}  # its step has a pending deadline
 
 
 async def test_health_readiness_and_metrics(api: Harness) -> None:
@@ -452,3 +478,31 @@ async def test_actions_need_the_token_and_reads_only_when_told(api: Harness, dat
         assert (await anonymous.get("/healthz")).status_code == 200
         authorized = await anonymous.get("/sagas", headers={"Authorization": f"Bearer {TOKEN}"})
         assert authorized.status_code == 200
+
+
+async def test_a_named_token_is_journaled_as_its_owner_whatever_x_actor_says(api: Harness) -> None:
+    tokens = parse_env(f"alice:operate:{'a' * 24} robot:read:{'r' * 24}")
+    _, named = app_for(api.store, [], api_tokens=tuple(tokens))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=named), base_url="http://api") as client:
+        alice = {"Authorization": f"Bearer {'a' * 24}", "X-Actor": "mallory"}
+        started = await client.post(
+            "/sagas", json={"workflow": "order", "key": api.key(), "data": ORDER}, headers=alice
+        )
+        saga = started.json()
+        refused = await client.post(
+            f"/sagas/{saga['id']}/retry", headers={"Authorization": f"Bearer {'r' * 24}"}
+        )
+        legacy = await client.post(
+            f"/sagas/{saga['id']}/retry", headers={"Authorization": f"Bearer {TOKEN}", "X-Actor": "ops-desk"}
+        )
+        cancelled = await client.post(f"/sagas/{saga['id']}/cancel", json={"reason": "asked"}, headers=alice)
+        history = (await client.get(f"/sagas/{saga['id']}/history")).json()["items"]
+
+    assert (started.status_code, refused.status_code, legacy.status_code) == (201, 403, 200)
+    assert cancelled.status_code == 200, cancelled.text
+    assert [(e["actor"], e["message"]["type"]) for e in history] == [
+        ("alice", "orders.OrderPlaced"),
+        ("ops-desk", "operator.retry"),  # the unnamed token's caller still names itself
+        ("alice", "operator.cancel"),
+    ]
+    assert history[2]["reason"] == "cancel by alice: asked"

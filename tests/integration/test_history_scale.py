@@ -71,3 +71,27 @@ async def test_the_scrape_and_the_first_page_read_no_finished_rows(history_datab
     finally:
         await store.close()
     assert gauges.sagas == {("order", "running"): 20, ("order", "compensating"): 20, ("order", "failed"): 6}
+    assert gauges.states == {
+        ("order", "1", "charging", "running"): 20,
+        ("order", "1", "compensating_reserve", "compensating"): 20,
+        ("order", "1", "charging", "failed"): 6,
+    }
+
+
+async def test_the_scrape_s_count_per_state_reads_only_the_rows_in_flight(history_database: str) -> None:
+    """Run, not only planned: every scan of ``sagas`` in the per-state count hands up no more rows
+    than are in flight and filters none away, whatever plan the planner picks (a sequential scan
+    would read the 20,000 finished sagas and remove them by its filter)."""
+    connection = await asyncpg.connect(driver_dsn(history_database))
+    try:
+        if await connection.fetchval("SELECT count(*) FROM sagas") < 20_000:
+            await fill(connection, sagas=20_000, entries=1, in_flight=40, failed=6)
+        in_flight, _, _ = gauge_queries(datetime.now(UTC) - timedelta(minutes=5))
+        raw = await connection.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {_sql(in_flight)}")
+    finally:
+        await connection.close()
+    scans = [n for n in _nodes(orjson.loads(raw)[0]["Plan"]) if n.get("Relation Name") == "sagas"]
+    assert scans, raw
+    for scan in scans:
+        assert scan["Node Type"] != "Seq Scan", scan
+        assert scan["Actual Rows"] <= 40 and scan.get("Rows Removed by Filter", 0) == 0, scan

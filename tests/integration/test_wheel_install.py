@@ -136,6 +136,9 @@ def test_the_wheel_carries_every_package_and_the_migrations_but_no_bench_or_test
     prefix = "orchestrator/_migrations/"
     carried = {name.removeprefix(prefix) for name in names if name.startswith(prefix)}
     assert carried == migration_files()
+    console = "orchestrator/entrypoints/api/console/"
+    shipped = {name.removeprefix(console) for name in names if name.startswith(console)}
+    assert shipped == {p.name for p in (ROOT / console).iterdir()}, "pyproject.toml's package-data"
 
 
 def test_an_installed_wheel_migrates_and_runs_outside_the_clone(venv: Path, elsewhere: Path) -> None:
@@ -167,6 +170,9 @@ def test_an_installed_wheel_migrates_and_runs_outside_the_clone(venv: Path, else
         with running(bin_ / "orchestrator", elsewhere, env) as (process, log):
             url = wait_for_url(process, log)
             assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+            # the console's files came with the wheel
+            for asset in ("", "app.js", "diagram.js", "console.css"):
+                assert httpx.get(f"{url}/console/{asset}", timeout=10).status_code == 200, asset
             process.send_signal(signal.SIGTERM)
             assert process.wait(30) == 0, log.read_text()
     finally:

@@ -51,12 +51,12 @@ def test_the_schema_documents_the_token_and_every_error_answer() -> None:
 
     assert schema["components"]["securitySchemes"]["token"] == {
         "type": "http",
-        "description": "the value of ORCHESTRATOR_API_TOKEN",
+        "description": "a named token (ORCHESTRATOR_API_TOKENS or _FILE), or ORCHESTRATOR_API_TOKEN",
         "scheme": "bearer",
     }
     cancel = schema["paths"]["/sagas/{saga_id}/cancel"]["post"]
     assert cancel["security"] == [{"token": []}]
-    assert set(cancel["responses"]) == {"200", "400", "401", "404", "409", "413", "422", "503"}
+    assert set(cancel["responses"]) == {"200", "400", "401", "403", "404", "409", "413", "422", "503"}
     problem = {"$ref": "#/components/schemas/Problem"}
     assert cancel["responses"]["422"]["content"]["application/json"]["schema"] == problem
     assert "security" not in schema["paths"]["/sagas"]["get"]  # reads are open by default

@@ -9,8 +9,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from orchestrator.adapters.metrics import Histogram, Metrics
-from orchestrator.core.engine import Incoming, OutgoingCommand
+from orchestrator.adapters.metrics import Histogram, Metrics, count_finished
+from orchestrator.core.definitions import Status
+from orchestrator.core.engine import Decision, Incoming, Outcome, OutgoingCommand, Saga
 from orchestrator.core.routing import Registry
 from orchestrator.entrypoints import cli
 from orchestrator.entrypoints.bootstrap import configure_logging
@@ -34,13 +35,16 @@ def test_metrics_render_in_prometheus_text() -> None:
     metrics = Metrics(process=False)
     metrics.messages_in["accepted"] += 3
     metrics.messages_in["duplicate"] += 2
-    metrics.step_latency.observe(0.004)
+    metrics.step_latency.observe(("order", "payments.Charge"), 0.004)
 
     text = metrics.render().decode()
 
     assert 'orchestrator_messages_in_total{verdict="accepted"} 3.0' in text
     assert "orchestrator_duplicates_total 2.0" in text
-    assert 'orchestrator_step_latency_seconds_bucket{le="0.005"} 1.0' in text
+    assert (
+        'orchestrator_step_latency_seconds_bucket{command="payments.Charge",le="0.005",workflow="order"} 1.0'
+        in text
+    )
     assert "orchestrator_database_up 0.0" in text  # no scrape has read the database yet
     assert "# TYPE orchestrator_sagas gauge" not in text  # the database gauges: not read yet
 
@@ -68,6 +72,7 @@ async def test_the_relay_counts_confirmed_commands_and_their_step_latency() -> N
 
     assert relay.metrics.commands_out == 2 and store.sent == ["m-ok", "m-swept"]
     assert relay.metrics.step_latency.count == 1  # a command found by the sweep has no arrival time
+    assert list(relay.metrics.step_latency.by) == [("order", "ok")]  # by workflow and command type
     assert relay.received == {}
 
 
@@ -84,10 +89,20 @@ def test_a_fired_deadline_counts_its_lateness_and_logs_its_saga_and_message(
     )
 
     with caplog.at_level(logging.INFO, "orchestrator.service.deadlines"):
-        alarm._observe([entry])
+        alarm._observe(
+            [entry],
+            [
+                Decision(
+                    Saga("s-1", "order", "k", "compensating_reserve", Status.COMPENSATING, 4, {}),
+                    Outcome.MOVED,
+                    "charge",
+                )
+            ],
+        )
 
     assert alarm.metrics.deadlines_fired["deadline"] == 1
     assert (alarm.metrics.deadline_lateness.count, alarm.metrics.deadline_lateness.sum) == (1, 2.0)
+    assert list(alarm.metrics.deadline_lateness.by) == [("order", "deadline")]  # its saga's workflow
     [record] = caplog.records
     assert (record.saga_id, record.message_id) == ("s-1", "deadline:s-1:3")  # type: ignore[attr-defined]
 
@@ -142,7 +157,7 @@ def test_a_bad_stuck_threshold_is_refused(monkeypatch: pytest.MonkeyPatch, raw: 
 @pytest.mark.parametrize(
     ("argv", "says"),
     [
-        (["run"], "ORCHESTRATOR_API_TOKEN is not set"),
+        (["run"], "no API token is set (ORCHESTRATOR_API_TOKEN"),
         (["run", "--insecure", "--port", "70000"], "--port must be between 0 and 65535"),
     ],
 )
@@ -171,3 +186,34 @@ def test_run_refuses_protected_reads_without_a_token(
 
     assert exited.value.code == 2
     assert "reads cannot be protected without a token" in capsys.readouterr().err
+
+
+def test_the_turns_of_a_saga_s_course_are_counted_once_each() -> None:
+    """Started (no state before), compensation started (running to compensating, or straight to
+    compensated), finished (closed from a status not closed), whatever path the decision took."""
+    workflows = Registry(WORKFLOWS).workflows
+    metrics = Metrics(process=False)
+
+    def turn(before: str | None, state: str, status: Status) -> Decision:
+        saga = Saga("s-1", "order", "k-1", state, status, 1, {})
+        return Decision(saga, Outcome.MOVED, before)
+
+    count_finished(
+        metrics,
+        [
+            turn(None, "reserve", Status.RUNNING),  # started
+            turn(None, "reserve", Status.FAILED),  # started, and failed at once
+            turn("reserve", "charge", Status.RUNNING),
+            turn("charge", "compensating_reserve", Status.COMPENSATING),  # declined: undoing starts
+            turn("compensating_reserve", "compensated", Status.COMPENSATED),  # undone: finished
+            turn("reserve", "compensated", Status.COMPENSATED),  # out of stock: nothing to undo
+            turn("ship", "completed", Status.COMPLETED),
+            turn("completed", "completed", Status.COMPLETED),  # a late reply on a closed saga
+            turn("charge", "charge", Status.FAILED),  # failed: an operator's, not a compensation
+        ],
+        workflows,
+    )
+
+    assert metrics.sagas_started == {"order": 2}
+    assert metrics.compensations_started == {"order": 2}
+    assert metrics.sagas_finished == {("order", "compensated"): 2, ("order", "completed"): 1}

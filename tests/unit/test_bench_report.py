@@ -19,7 +19,9 @@ def test_a_quantile_is_interpolated_within_its_bucket() -> None:
 def test_percentiles_of_the_step_latency_the_orchestrator_exposes() -> None:
     metrics = Metrics(process=False)
     for ms in [2.5] * 50 + [3.5] * 49 + [40.0]:
-        metrics.step_latency.observe(ms / 1000)
+        metrics.step_latency.observe(
+            ("order", "inventory.ReserveStock" if ms < 3 else "payments.Charge"), ms / 1000
+        )
     figures = histogram_percentiles(metrics.render().decode(), "orchestrator_step_latency_seconds")
     assert figures["count"] == 100
     assert figures["p50"] == pytest.approx(3.0)  # rank 50 is the last of the 2-3 ms bucket

@@ -9,18 +9,16 @@ the database is checked first.
 
 import asyncio
 import copy
-import hmac
 import logging
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Annotated, Any
 
 import asyncpg
-from fastapi import Depends, FastAPI, HTTPException, Path, Request, Response
+from fastapi import FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.params import Depends as DependsParam
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -31,7 +29,9 @@ from orchestrator.core.diagrams import WorkflowView
 from orchestrator.core.messages import body_schema
 from orchestrator.core.routing import Registry
 from orchestrator.entrypoints.api import models as m
+from orchestrator.entrypoints.api.auth import Guard, me_router
 from orchestrator.entrypoints.api.body_limit import BodyLimit
+from orchestrator.entrypoints.api.console import mount_console
 from orchestrator.entrypoints.api.context import RETRY_AFTER, UNAVAILABLE_DETAIL, ApiContext, answers
 from orchestrator.entrypoints.api.dead_letters import dead_letters_router
 from orchestrator.entrypoints.api.migrations import migrations_router
@@ -49,23 +49,27 @@ def create_app(ctx: ApiContext) -> FastAPI:
         title="Saga orchestrator",
         version="0.1.0",
         description=(
-            "Inspect and operate sagas. Mutating endpoints need `Authorization: Bearer <token>`"
-            " (ORCHESTRATOR_API_TOKEN); reads too when ORCHESTRATOR_API_PROTECT_READS is set. The caller"
-            " names itself in `X-Actor`, which the journal keeps with the action and its reason."
+            "Inspect and operate sagas. Mutating endpoints need `Authorization: Bearer <token>`, reads"
+            " too when ORCHESTRATOR_API_PROTECT_READS is set. A named token (ORCHESTRATOR_API_TOKENS,"
+            " ORCHESTRATOR_API_TOKENS_FILE) has a role: read, operate (starts, actions, replays) or admin"
+            " (purges, migrations), and its owner is the actor the journal keeps with each action. The"
+            " unnamed ORCHESTRATOR_API_TOKEN is an admin token whose caller names itself in `X-Actor`."
         ),
         responses=answers(503),  # any route that reads or writes may find the database away
     )
     _install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=ctx.settings.api_max_body_bytes)
-    writes = _token_check(ctx.settings.api_token)
-    reads = writes if ctx.settings.api_protect_reads else []
-    app.include_router(sagas_router(ctx, reads, writes))
-    app.include_router(dead_letters_router(ctx, reads, writes))
+    guard = Guard(ctx.settings)
+    reads = guard.reads
+    app.include_router(me_router(guard))
+    app.include_router(sagas_router(ctx, guard))
+    app.include_router(dead_letters_router(ctx, guard))
     _health_routes(app, ctx, reads)
     _workflow_routes(app, ctx, reads)
     _contract_route(app, ctx, reads)
-    app.include_router(migrations_router(ctx, writes))
+    app.include_router(migrations_router(ctx, guard))
     _document_starts(app, ctx.registry)
+    mount_console(app)
     return app
 
 
@@ -110,30 +114,6 @@ def _document_starts(app: FastAPI, registry: Registry) -> None:
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-
-
-# Security -----------------------------------------------------------------------------------------
-def _token_check(configured: str | None) -> list[DependsParam]:
-    """The dependency mutating routes carry; none at all when the service runs ``--insecure``."""
-    if not configured:
-        return []
-    token = configured.encode()
-    bearer = HTTPBearer(
-        auto_error=False, scheme_name="token", description="the value of ORCHESTRATOR_API_TOKEN"
-    )
-
-    async def require_token(
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    ) -> None:
-        given = credentials.credentials.encode() if credentials is not None else b""
-        if not hmac.compare_digest(given, token):
-            raise HTTPException(
-                401,
-                "a valid bearer token is needed",
-                headers={"WWW-Authenticate": 'Bearer realm="orchestrator"'},
-            )
-
-    return [Depends(require_token)]
 
 
 # Errors -------------------------------------------------------------------------------------------
@@ -303,10 +283,18 @@ def _workflow_routes(app: FastAPI, ctx: ApiContext, reads: Sequence[DependsParam
     )
     async def workflow(
         name: Annotated[str, Path(max_length=200, json_schema_extra={"enum": names})],
+        window: Annotated[
+            int, Query(ge=60, le=7 * 86400, description="seconds back for the activity's counts")
+        ] = 3600,
     ) -> m.WorkflowDetail:
-        """A workflow's definition, its state diagram (mermaid), and its sagas per state now."""
+        """A workflow's definition, its state diagram (mermaid), its sagas per state now, and its
+        activity: sagas started and finished over the last ``window`` seconds, and stuck now."""
         if name not in ctx.views:
             raise HTTPException(404, f"no workflow {name!r}; known: {', '.join(names)}")
+        now = ctx.clock()
+        activity = await ctx.queries.activity(
+            name, now - timedelta(seconds=window), now - timedelta(seconds=ctx.settings.stuck_after_seconds)
+        )
         view, diagram = ctx.views[name]
         per_state: dict[str, int] = {}
         per_status: dict[str, int] = {}
@@ -325,6 +313,7 @@ def _workflow_routes(app: FastAPI, ctx: ApiContext, reads: Sequence[DependsParam
             ],
             rules=[m.RuleSpec.model_validate(r) for r in view.rules],
             mermaid=diagram,
+            activity=m.WorkflowActivity(window_seconds=window, **vars(activity)),
         )
 
 

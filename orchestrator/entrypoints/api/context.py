@@ -84,6 +84,7 @@ def _waiting_for(compiled: CompiledWorkflow) -> dict[str, list[str]]:
 _ANSWERS = {
     400: "the body is not JSON",
     401: "missing or wrong bearer token",
+    403: "the token's role is not enough for this (read < operate < admin); detail says which is needed",
     404: "no such saga, workflow or dead letter",
     409: "the action does not fit the saga (or the dead letter) as it stands; detail says why",
     413: "the body is over ORCHESTRATOR_API_MAX_BODY_BYTES",

@@ -7,17 +7,15 @@ service's publishing connection, on a channel of its own.
 """
 
 import logging
-from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query, Response
-from fastapi.params import Depends
 
 from orchestrator.core.ingress import Reason
 from orchestrator.entrypoints.api import models as m
-from orchestrator.entrypoints.api.context import DEFAULT_ACTOR, ApiContext, answers, utc
-from orchestrator.entrypoints.api.sagas import Actor
+from orchestrator.entrypoints.api.auth import Guard, Role
+from orchestrator.entrypoints.api.context import ApiContext, answers, utc
 from orchestrator.service.dead_letters import (
     DeadLetterFilter,
     DeadLetterRow,
@@ -52,9 +50,10 @@ def detail(row: DeadLetterRow) -> m.DeadLetterDetail:
     )
 
 
-def dead_letters_router(ctx: ApiContext, reads: Sequence[Depends], writes: Sequence[Depends]) -> APIRouter:
-    read_auth = (401,) if reads else ()
-    write_auth = (401,) if writes else ()
+def dead_letters_router(ctx: ApiContext, guard: Guard) -> APIRouter:
+    reads, read_auth = guard.reads, guard.errors(Role.READ if guard.protect_reads else None)
+    Actor = Annotated[str, guard.actor()]
+    admin = guard.needs(Role.ADMIN)
     table = DeadLetters(ctx.queries.engine)
     router = APIRouter()
     viewing = APIRouter(
@@ -63,8 +62,8 @@ def dead_letters_router(ctx: ApiContext, reads: Sequence[Depends], writes: Seque
     acting = APIRouter(
         prefix="/dead-letters",
         tags=["dead letters"],
-        dependencies=writes,
-        responses=answers(400, *write_auth, 413, 422),
+        dependencies=guard.needs(Role.OPERATE),
+        responses=answers(400, *guard.errors(Role.OPERATE), 413, 422),
     )
 
     def publisher() -> Publish:
@@ -125,30 +124,28 @@ def dead_letters_router(ctx: ApiContext, reads: Sequence[Depends], writes: Seque
     )
     async def replay_one(
         letter_id: LetterId,
+        actor: Actor,
         again: Annotated[bool, Query(description="replay it even if it was replayed before")] = False,
-        actor: Actor = None,
     ) -> m.DeadLetterDetail:
         """Publish it again to the exchange and routing key it was sent to, with its body and
         properties (not the headers of its death), and mark it replayed. It then goes through the
         same checks as any message: if it is still bad, it becomes a new dead letter."""
-        who = actor or DEFAULT_ACTOR
         row = await table.get(letter_id)
         if row is None:
             raise HTTPException(404, f"no dead letter {letter_id}")
         why = why_not_replayable(row, again)
         if why is not None:
             raise HTTPException(409, f"dead letter {letter_id} cannot be replayed: {why}")
-        outcome = await replay(table, [row], publisher(), who, again=again)
+        outcome = await replay(table, [row], publisher(), actor, again=again)
         unavailable(outcome)
         if outcome.refused:
             raise HTTPException(409, f"dead letter {letter_id} was not replayed: {outcome.refused[0][1]}")
         return detail(outcome.replayed[0])
 
     @acting.post("/replay", operation_id="replay_dead_letters", response_model=m.DeadLetterReplayResult)
-    async def replay_many(body: m.DeadLetterReplayRequest, actor: Actor = None) -> m.DeadLetterReplayResult:
+    async def replay_many(body: m.DeadLetterReplayRequest, actor: Actor) -> m.DeadLetterReplayResult:
         """Replay the dead letters given by id, or those with a reason (not those replayed before,
         unless ``again``), oldest first. Each that cannot be replayed is listed with why."""
-        who = actor or DEFAULT_ACTOR
         if body.ids is not None:
             ids = list(dict.fromkeys(body.ids))
             found = {r.id: r for r in await table.rows(DeadLetterFilter(ids=tuple(ids)), len(ids))}
@@ -162,24 +159,34 @@ def dead_letters_router(ctx: ApiContext, reads: Sequence[Depends], writes: Seque
             )
             rows, missing = await table.rows(selected, body.limit), []
         outcome = (
-            await replay(table, rows, publisher(), who, again=body.again) if rows else ReplayOutcome([], [])
+            await replay(table, rows, publisher(), actor, again=body.again) if rows else ReplayOutcome([], [])
         )
         unavailable(outcome)
         refused = [m.ReplayRefusal(id=i, detail=d) for i, d in [*missing, *outcome.refused]]
         return m.DeadLetterReplayResult(replayed=[r.id for r in outcome.replayed], refused=refused)
 
-    @acting.delete("/{letter_id}", operation_id="delete_dead_letter", status_code=204, responses=answers(404))
-    async def delete_dead_letter(letter_id: LetterId, actor: Actor = None) -> Response:
+    @acting.delete(
+        "/{letter_id}",
+        operation_id="delete_dead_letter",
+        status_code=204,
+        dependencies=admin,
+        responses=answers(404),
+    )
+    async def delete_dead_letter(letter_id: LetterId, actor: Actor) -> Response:
         """Delete one dead letter."""
         if not await table.purge(DeadLetterFilter(ids=(letter_id,))):
             raise HTTPException(404, f"no dead letter {letter_id}")
-        log.info("%s deleted dead letter %d", actor or DEFAULT_ACTOR, letter_id, extra={"actor": actor})
+        log.info("%s deleted dead letter %d", actor, letter_id, extra={"actor": actor})
         return Response(status_code=204)
 
-    @acting.post("/purge", operation_id="purge_dead_letters", response_model=m.DeadLetterPurgeResult)
-    async def purge(body: m.DeadLetterPurgeRequest, actor: Actor = None) -> m.DeadLetterPurgeResult:
+    @acting.post(
+        "/purge",
+        operation_id="purge_dead_letters",
+        dependencies=admin,
+        response_model=m.DeadLetterPurgeResult,
+    )
+    async def purge(body: m.DeadLetterPurgeRequest, actor: Actor) -> m.DeadLetterPurgeResult:
         """Delete the dead letters given by id, or those with a reason and/or dead before a time."""
-        who = actor or DEFAULT_ACTOR
         if body.ids is not None:
             selected = DeadLetterFilter(ids=tuple(dict.fromkeys(body.ids)))
         else:
@@ -188,7 +195,9 @@ def dead_letters_router(ctx: ApiContext, reads: Sequence[Depends], writes: Seque
                 until=utc(body.before, "before"),
             )
         purged = await table.purge(selected)
-        log.info("%s purged %d dead letters (%s)", who, purged, _described(selected), extra={"actor": who})
+        log.info(
+            "%s purged %d dead letters (%s)", actor, purged, _described(selected), extra={"actor": actor}
+        )
         return m.DeadLetterPurgeResult(purged=purged)
 
     router.include_router(viewing)

@@ -1,33 +1,30 @@
 """``POST /workflows/{name}/migrations``: move sagas between releases of their workflow, a dry run
 unless ``apply`` (:mod:`orchestrator.service.migrations`)."""
 
-from __future__ import annotations
-
-from collections.abc import Sequence
 from typing import Annotated
 
 from fastapi import APIRouter, Path
-from fastapi.params import Depends
 
 from orchestrator.entrypoints.api import models as m
-from orchestrator.entrypoints.api.context import DEFAULT_ACTOR, ApiContext, answers
-from orchestrator.entrypoints.api.sagas import Actor, hand_over
+from orchestrator.entrypoints.api.auth import Guard, Role
+from orchestrator.entrypoints.api.context import ApiContext, answers
+from orchestrator.entrypoints.api.sagas import hand_over
 from orchestrator.service.migrations import migrate_sagas
 from orchestrator.service.operations import Applied
 
 
-def migrations_router(ctx: ApiContext, writes: Sequence[Depends]) -> APIRouter:
-    write_auth = (401,) if writes else ()
+def migrations_router(ctx: ApiContext, guard: Guard) -> APIRouter:
     router = APIRouter(
         prefix="/workflows",
         tags=["workflows"],
-        dependencies=writes,
-        responses=answers(400, *write_auth, 413, 422),
+        dependencies=guard.needs(Role.ADMIN),
+        responses=answers(400, *guard.errors(Role.ADMIN), 413, 422),
     )
+    Actor = Annotated[str, guard.actor()]
 
     @router.post("/{name}/migrations", operation_id="migrate_sagas", response_model=m.MigrationReport)
     async def migrate(
-        name: Annotated[str, Path(max_length=200)], body: m.MigrationRequest, actor: Actor = None
+        name: Annotated[str, Path(max_length=200)], body: m.MigrationRequest, actor: Actor
     ) -> m.MigrationReport:
         """Move sagas from one release of the workflow to another with a state mapping: a dry run
         (nothing written) unless ``apply``. Each saga moved is journaled (``operator.migrate``)
@@ -41,7 +38,7 @@ def migrations_router(ctx: ApiContext, writes: Sequence[Depends]) -> APIRouter:
             body.from_release,
             body.to_release,
             body.states,
-            actor=actor or DEFAULT_ACTOR,
+            actor=actor,
             now=ctx.clock(),
             apply=body.apply,
             saga_ids=None if body.sagas is None else [str(s) for s in body.sagas],

@@ -80,6 +80,13 @@ class Ready(BaseModel):
     checks: dict[str, str] = Field(description="per dependency: ok, or what is wrong")
 
 
+class Caller(BaseModel):
+    name: str = Field(description="the token's owner, journaled as the actor of what it does")
+    role: Literal["read", "operate", "admin"] = Field(
+        description="read: reads; operate: also starts, operator actions, replays; admin: everything"
+    )
+
+
 # Reads ------------------------------------------------------------------------------------------
 class _Model(BaseModel):
     model_config = ConfigDict(from_attributes=True)
@@ -246,6 +253,15 @@ class ReleaseSpec(_Model):
     states: dict[str, int] = Field(description="those sagas per state")
 
 
+class WorkflowActivity(_Model):
+    window_seconds: int = Field(description="how far back started and finished count")
+    started: int = Field(description="sagas started in the window")
+    finished: dict[str, int] = Field(
+        description="sagas that came to completed, compensated or failed in the window, per status"
+    )
+    stuck: int = Field(description="sagas stuck now: unfinished, no pending timer, no progress for a while")
+
+
 class WorkflowDetail(WorkflowSummary):
     releases: list[ReleaseSpec] = Field(
         description="the releases loaded, and those sagas in flight are on; the definition below"
@@ -257,6 +273,7 @@ class WorkflowDetail(WorkflowSummary):
     states: list[StateSpec]
     rules: list[RuleSpec]
     mermaid: str = Field(description="a stateDiagram-v2 of the workflow")
+    activity: WorkflowActivity = Field(description="its throughput over the window, and its stuck sagas")
 
 
 # Writes -----------------------------------------------------------------------------------------

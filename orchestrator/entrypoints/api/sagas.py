@@ -6,13 +6,11 @@ asked and why, and their commands and timers are then handed to the running serv
 """
 
 import logging
-from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Body, Header, HTTPException, Path, Query, Request, Response
-from fastapi.params import Depends
+from fastapi import APIRouter, Body, HTTPException, Path, Query, Request, Response
 
 from orchestrator.adapters.postgres.queries import HistoryRow, SagaFilter
 from orchestrator.adapters.tracing import active, request_span
@@ -20,7 +18,8 @@ from orchestrator.core.engine import Saga
 from orchestrator.core.ingress import MAX_KEY_LENGTH
 from orchestrator.core.replay import replay
 from orchestrator.entrypoints.api import models as m
-from orchestrator.entrypoints.api.context import DEFAULT_ACTOR, ApiContext, answers, storable, utc
+from orchestrator.entrypoints.api.auth import Guard, Role
+from orchestrator.entrypoints.api.context import ApiContext, answers, storable, utc
 from orchestrator.service.faults import from_database
 from orchestrator.service.operations import Applied, OperatorAction, apply_action, start_saga
 
@@ -29,16 +28,6 @@ __all__ = ["sagas_router"]
 log = logging.getLogger("orchestrator.entrypoints.api.app")
 
 SagaId = Annotated[UUID, Path(description="the saga's id")]
-Actor = Annotated[
-    str | None,
-    Header(
-        alias="X-Actor",
-        min_length=1,
-        max_length=200,
-        pattern=r"^[!-~]([ -~]*[!-~])?$",
-        description=f"who asks, kept in the journal (default {DEFAULT_ACTOR!r}); printable ASCII",
-    ),
-]
 OptionalAction = Annotated[m.ActionRequest | None, Body()]
 
 #: From a started saga to what can be done with it (OpenAPI links: clients and fuzzers follow them).
@@ -156,10 +145,10 @@ def history_entry(row: HistoryRow) -> m.HistoryEntry:
     )
 
 
-def sagas_router(ctx: ApiContext, reads: Sequence[Depends], writes: Sequence[Depends]) -> APIRouter:
-    """The routes, with ``reads``/``writes`` the token checks the settings ask for (maybe none)."""
-    read_auth = (401,) if reads else ()
-    write_auth = (401,) if writes else ()
+def sagas_router(ctx: ApiContext, guard: Guard) -> APIRouter:
+    """The routes, with the token checks the settings ask for (maybe none)."""
+    reads, read_auth = guard.reads, guard.errors(Role.READ if guard.protect_reads else None)
+    Actor = Annotated[str, guard.actor()]
     workflow_names = sorted(ctx.registry.workflows)
     all_states = sorted({s for c in ctx.registry.releases.values() for s in c.workflow.states})
     router = APIRouter()
@@ -169,8 +158,8 @@ def sagas_router(ctx: ApiContext, reads: Sequence[Depends], writes: Sequence[Dep
     acting = APIRouter(
         prefix="/sagas",
         tags=["operator actions"],
-        dependencies=writes,
-        responses=answers(400, *write_auth, 404, 409, 413, 422),
+        dependencies=guard.needs(Role.OPERATE),
+        responses=answers(400, *guard.errors(Role.OPERATE), 404, 409, 413, 422),
     )
 
     @viewing.get("", operation_id="list_sagas", response_model=m.SagaPage)
@@ -291,13 +280,12 @@ def sagas_router(ctx: ApiContext, reads: Sequence[Depends], writes: Sequence[Dep
         },
     )
     async def start(
-        body: m.StartRequest, request: Request, response: Response, actor: Actor = None
+        body: m.StartRequest, request: Request, response: Response, actor: Actor
     ) -> m.SagaWritten:
         """Start a saga as its starting event would; the same workflow and key again is the same saga.
 
         Once the start committed the answer is 201 (or 200), whatever fails after; a 503 means it
         did not commit, or its commit was cut off: the same start again answers 200 if it did."""
-        who = actor or DEFAULT_ACTOR
         # tracing (docs/tracing.md): the request's traceparent is the saga's trace
         with request_span("POST /sagas", request.headers, {"orchestrator.workflow": body.workflow}) as trace:
             applied = await start_saga(
@@ -306,7 +294,7 @@ def sagas_router(ctx: ApiContext, reads: Sequence[Depends], writes: Sequence[Dep
                 body.workflow,
                 body.key,
                 body.data,
-                who,
+                actor,
                 ctx.clock(),
                 schema_version=body.schema_version,
                 trace=trace,
@@ -320,11 +308,11 @@ def sagas_router(ctx: ApiContext, reads: Sequence[Depends], writes: Sequence[Dep
             ctx.metrics.operator_actions["start"] += 1
             log.info(
                 "%s started %s saga %s (key %s)",
-                who,
+                actor,
                 saga.workflow,
                 saga.id,
                 saga.key,
-                extra=_extra(applied, who),
+                extra=_extra(applied, actor),
             )
         if applied.archived is not None:  # nothing to read: its row, timers and journal are gone
             note = (
@@ -353,42 +341,38 @@ def sagas_router(ctx: ApiContext, reads: Sequence[Depends], writes: Sequence[Dep
 
     @acting.post("/{saga_id}/retry", operation_id="retry_saga", response_model=m.SagaWritten)
     async def retry(
-        saga_id: SagaId, body: Annotated[m.RetryRequest | None, Body()] = None, actor: Actor = None
+        saga_id: SagaId, actor: Actor, body: Annotated[m.RetryRequest | None, Body()] = None
     ) -> m.SagaWritten:
         """Send the current step's commands again now, with the same message ids (new ones for
         ``new_attempt``)."""
         reason, fresh = (body.reason, body.new_attempt) if body else (None, False)
-        return await act(saga_id, OperatorAction("retry", actor or DEFAULT_ACTOR, reason, new_attempt=fresh))
+        return await act(saga_id, OperatorAction("retry", actor, reason, new_attempt=fresh))
 
     @acting.post("/{saga_id}/cancel", operation_id="cancel_saga", response_model=m.SagaWritten)
-    async def cancel(saga_id: SagaId, body: OptionalAction = None, actor: Actor = None) -> m.SagaWritten:
+    async def cancel(saga_id: SagaId, actor: Actor, body: OptionalAction = None) -> m.SagaWritten:
         """Give up on the saga: compensate what was done, now."""
         reason = body.reason if body else None
-        return await act(saga_id, OperatorAction("cancel", actor or DEFAULT_ACTOR, reason))
+        return await act(saga_id, OperatorAction("cancel", actor, reason))
 
     @acting.post("/{saga_id}/resume", operation_id="resume_saga", response_model=m.SagaWritten)
     async def resume(
-        saga_id: SagaId, body: Annotated[m.ResumeRequest | None, Body()] = None, actor: Actor = None
+        saga_id: SagaId, actor: Actor, body: Annotated[m.ResumeRequest | None, Body()] = None
     ) -> m.SagaWritten:
         """Take a failed saga up again from a step (default: the one it failed in)."""
         reason, step, fresh = (body.reason, body.step, body.new_attempt) if body else (None, None, False)
-        action = OperatorAction("resume", actor or DEFAULT_ACTOR, reason, step=step, new_attempt=fresh)
+        action = OperatorAction("resume", actor, reason, step=step, new_attempt=fresh)
         return await act(saga_id, action)
 
     @acting.post("/{saga_id}/fire-deadline", operation_id="fire_deadline", response_model=m.SagaWritten)
-    async def fire_deadline(
-        saga_id: SagaId, body: OptionalAction = None, actor: Actor = None
-    ) -> m.SagaWritten:
+    async def fire_deadline(saga_id: SagaId, actor: Actor, body: OptionalAction = None) -> m.SagaWritten:
         """Fire the pending deadline now, as if its time had come."""
         reason = body.reason if body else None
-        return await act(saga_id, OperatorAction("fire-deadline", actor or DEFAULT_ACTOR, reason))
+        return await act(saga_id, OperatorAction("fire-deadline", actor, reason))
 
     @acting.post("/{saga_id}/skip", operation_id="skip_step", response_model=m.SagaWritten)
-    async def skip(saga_id: SagaId, body: m.SkipRequest, actor: Actor = None) -> m.SagaWritten:
+    async def skip(saga_id: SagaId, body: m.SkipRequest, actor: Actor) -> m.SagaWritten:
         """Take the given event as the current step's outcome, as if its participant had sent it."""
-        action = OperatorAction(
-            "skip", actor or DEFAULT_ACTOR, body.reason, outcome=body.outcome, data=body.data
-        )
+        action = OperatorAction("skip", actor, body.reason, outcome=body.outcome, data=body.data)
         return await act(saga_id, action)
 
     router.include_router(viewing)
