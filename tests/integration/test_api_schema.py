@@ -63,4 +63,4 @@ async def test_the_api_keeps_to_its_schema_and_never_answers_5xx(bench: Bench) -
     assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-2000:]
     assert "passed" in run.stdout
     orchestrator = next(p for p in bench.processes if p.name == "orchestrator")
-    assert "Traceback" not in orchestrator.output()
+    assert "Traceback" not in orchestrator.output(), orchestrator.output()[-6000:]
