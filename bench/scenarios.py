@@ -290,7 +290,10 @@ async def latency(ctx: Context) -> dict[str, Any]:
     }
     floor_p99 = floor.get("step_latency_ms_p99") if floor else None
     result.update(_targets(inside or {}, floor_p99))
-    result["end_to_end"] = _targets(ours, floor_p99)
+    # participant to participant against the floor's own span of the same name (a floor that does
+    # not report it: against its hop through the participant, as before)
+    floor_p2p_p99 = (floor.get("p2p_step_ms_p99") or floor_p99) if floor else None
+    result["end_to_end"] = _targets(ours, floor_p2p_p99)
     return result
 
 
