@@ -58,7 +58,9 @@ async def test_the_scrape_and_the_first_page_read_no_finished_rows(history_datab
         await connection.close()
 
     for name, nodes in plans.items():
-        whole = [n for n in nodes if n["Node Type"] == "Seq Scan"]
+        # the pending timers hold no row of a finished saga (a timer is deleted when it fires or its
+        # state is left), so the planner may read that small table whole; no other
+        whole = [n for n in nodes if n["Node Type"] == "Seq Scan" and n.get("Relation Name") != "deadlines"]
         assert whole == [], f"{name}: {whole}"
     assert any(n.get("Index Name") == "sagas_in_flight" for n in plans["in flight"]), plans["in flight"]
     assert any(n.get("Index Name") == "sagas_in_flight" for n in plans["stuck"]), plans["stuck"]
