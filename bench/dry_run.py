@@ -41,7 +41,7 @@ from sqlalchemy.engine import make_url
 
 from orchestrator.adapters.postgres.journals import read_journals
 from orchestrator.adapters.postgres.store import driver_dsn
-from orchestrator.core.engine import Incoming, Saga, decide
+from orchestrator.core.engine import Incoming, SagaSnapshot, decide
 from orchestrator.core.machine import CompiledWorkflow
 from orchestrator.core.messages import Message, dump
 from orchestrator.entrypoints.cli import migrate
@@ -86,7 +86,7 @@ def sagas(count: int, start: datetime) -> Iterator[tuple[tuple[Any, ...], list[t
         key = f"o-{n:07d}"
         at = start + timedelta(milliseconds=n)
         placed = OrderPlaced(key, f"c-{n % 997}", [Line(f"sku-{n % 13}", 1 + n % 3)], 500 + n % 10_000)
-        saga: Saga | None = None
+        saga: SagaSnapshot | None = None
         rows = []
         for seq, event in enumerate([placed, *_replies(key, n % 4)], start=1):
             message = Incoming(event.TYPE, f"{key}-{seq}", dump(event))

@@ -30,7 +30,7 @@ import orjson
 
 from orchestrator.adapters.memory import MemoryStore
 from orchestrator.core.definitions import Workflow
-from orchestrator.core.engine import OutgoingCommand, Saga, saga_id_for
+from orchestrator.core.engine import OutgoingCommand, SagaSnapshot, saga_id_for
 from orchestrator.core.machine import DEFAULT_MAX_PARKED
 from orchestrator.core.messages import Message, dump
 from orchestrator.core.replay import verify
@@ -46,10 +46,6 @@ from orchestrator.service.operations import (
 from orchestrator.service.store import JournalEntry
 
 __all__ = ["ActionRefused", "OutgoingCommand", "SagaSnapshot", "WorkflowTestKit"]
-
-#: What ``kit.saga(key)`` returns: one saga as its row holds it. Another name than the engine's
-#: ``Saga`` because ``orchestrator.Saga`` is the base class step sagas are written on.
-SagaSnapshot = Saga
 
 
 class WorkflowTestKit:
@@ -110,7 +106,7 @@ class WorkflowTestKit:
         self.sent.extend(applied.commands)
         return applied
 
-    def act(self, saga: Saga, action: str, actor: str = "test", **arguments: Any) -> Applied:
+    def act(self, saga: SagaSnapshot, action: str, actor: str = "test", **arguments: Any) -> Applied:
         """An operator's action (retry, cancel, resume, fire-deadline, skip), as the REST API
         takes it; raises ActionRefused where it does not fit the saga."""
         request = OperatorAction(action, actor, **arguments)
@@ -142,7 +138,7 @@ class WorkflowTestKit:
             raise KeyError(f"no {name} saga with key {key!r}")
         return found
 
-    def journal(self, saga: Saga) -> list[JournalEntry]:
+    def journal(self, saga: SagaSnapshot) -> list[JournalEntry]:
         return list(self.store.journals.get(saga.id, []))
 
     def sent_types(self) -> list[str]:
@@ -152,7 +148,7 @@ class WorkflowTestKit:
         sent, self.sent = self.sent, []
         return sent
 
-    def replay_differences(self, saga: Saga) -> list[str]:
+    def replay_differences(self, saga: SagaSnapshot) -> list[str]:
         """What replaying the saga's journal gives that ``saga`` (its row), its pending timers,
         the commands its journal records and its unsent commands do not, as ``orchestrator
         verify`` reports it (empty: all is well)."""

@@ -21,7 +21,7 @@ from typing import IO, Any
 import orjson
 
 from orchestrator.core.definitions import Status
-from orchestrator.core.engine import Incoming, Saga
+from orchestrator.core.engine import Incoming, SagaSnapshot
 from orchestrator.core.journal import DueDeadline, JournalEntry, Records
 
 __all__ = [
@@ -116,7 +116,7 @@ def saga_record(
 @dataclass(frozen=True)
 class ArchivedSaga:
     line: int
-    saga: Saga
+    saga: SagaSnapshot
     release: str
     records: Records
 
@@ -136,10 +136,10 @@ def _when(value: Any) -> datetime:
     return datetime.fromisoformat(value)
 
 
-def records_of(record: Mapping[str, Any]) -> tuple[Saga, str, Records]:
+def records_of(record: Mapping[str, Any]) -> tuple[SagaSnapshot, str, Records]:
     """The saga, its release and its records as ``verify`` compares them, from one archive line."""
     row = record["saga"]
-    saga = Saga(
+    saga = SagaSnapshot(
         id=row["id"],
         workflow=row["workflow"],
         key=row["key"],

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
-from orchestrator.core.engine import Deadline, OutgoingCommand, Saga
+from orchestrator.core.engine import Deadline, OutgoingCommand, SagaSnapshot
 from orchestrator.core.ingress import DeadLetter
 from orchestrator.service.partitions import Survey
 from orchestrator.service.store import Changes, DueDeadline, JournalEntry, Records, Tombstone
@@ -35,12 +35,12 @@ class _MemoryTransaction:
     def __init__(self, store: MemoryStore) -> None:
         self.store = store
 
-    async def lock_sagas(self, saga_ids: Iterable[str]) -> dict[str, Saga]:
+    async def lock_sagas(self, saga_ids: Iterable[str]) -> dict[str, SagaSnapshot]:
         return {i: self.store.sagas[i] for i in saga_ids if i in self.store.sagas}
 
     async def read_batch(
         self, saga_ids: Iterable[str], message_ids: Iterable[str]
-    ) -> tuple[dict[str, Saga], set[str]]:
+    ) -> tuple[dict[str, SagaSnapshot], set[str]]:
         return await self.lock_sagas(saga_ids), {m for m in message_ids if m in self.store.inbox}
 
     async def tombstones(self, saga_ids: Iterable[str]) -> dict[str, Tombstone]:
@@ -48,7 +48,7 @@ class _MemoryTransaction:
 
     async def claim_due(
         self, now: datetime, limit: int, workflows: Collection[tuple[str, str]] | None = None
-    ) -> tuple[dict[str, Saga], list[DueDeadline]]:
+    ) -> tuple[dict[str, SagaSnapshot], list[DueDeadline]]:
         due = sorted(
             (d.due_at, saga_id, kind, d.state, version)
             for (saga_id, kind), (d, version) in self.store.deadlines.items()
@@ -94,7 +94,7 @@ class _MemoryTransaction:
 
 class MemoryStore:
     def __init__(self) -> None:
-        self.sagas: dict[str, Saga] = {}
+        self.sagas: dict[str, SagaSnapshot] = {}
         self.journals: dict[str, list[JournalEntry]] = {}
         self.outbox: dict[str, tuple[OutgoingCommand, datetime]] = {}
         self.inbox: dict[str, str | None] = {}
@@ -110,13 +110,13 @@ class MemoryStore:
         async with self._lock:
             yield _MemoryTransaction(self)
 
-    async def get_saga(self, saga_id: str) -> Saga | None:
+    async def get_saga(self, saga_id: str) -> SagaSnapshot | None:
         return self.sagas.get(saga_id)
 
     async def journal(self, saga_id: str) -> list[JournalEntry]:
         return list(self.journals.get(saga_id, []))
 
-    async def snapshot(self, saga_id: str) -> tuple[Saga | None, list[JournalEntry]]:
+    async def snapshot(self, saga_id: str) -> tuple[SagaSnapshot | None, list[JournalEntry]]:
         return self.sagas.get(saga_id), list(self.journals.get(saga_id, []))
 
     async def records(self, saga_id: str) -> Records:

@@ -29,7 +29,7 @@ __all__ = [
     "Incoming",
     "Outcome",
     "OutgoingCommand",
-    "Saga",
+    "SagaSnapshot",
     "command_message_id",
     "decide",
     "saga_id_for",
@@ -66,10 +66,10 @@ def command_message_id(saga_id: str, version: int, index: int) -> str:
     return _uuid5(bytes.fromhex(saga_id.replace("-", "")), f"{version}:{index}")
 
 
-def _with(saga: Saga, **changes: Any) -> Saga:
+def _with(saga: SagaSnapshot, **changes: Any) -> SagaSnapshot:
     """``dataclasses.replace`` for the hot path: a copy of the frozen snapshot with ``changes``,
     without running ``__init__`` (replace costs more than the rest of a small decision)."""
-    copy = object.__new__(Saga)
+    copy = object.__new__(SagaSnapshot)
     copy.__dict__.update(saga.__dict__, **changes)
     return copy
 
@@ -131,7 +131,7 @@ class Incoming:
 
 
 @dataclass(frozen=True)
-class Saga:
+class SagaSnapshot:
     """The snapshot of one saga: what its row holds."""
 
     id: str
@@ -194,7 +194,7 @@ class Decision:
     (``None``: no deadline is pending any more).
     """
 
-    saga: Saga
+    saga: SagaSnapshot
     outcome: Outcome
     previous_state: str | None
     commands: tuple[OutgoingCommand, ...] = ()
@@ -250,7 +250,7 @@ class _Draft:
     def __init__(
         self,
         compiled: CompiledWorkflow,
-        saga: Saga,
+        saga: SagaSnapshot,
         now: datetime,
         merge_all: bool = False,
         before_operators: bool = False,
@@ -379,7 +379,7 @@ class _Draft:
 
 def decide(
     compiled: CompiledWorkflow,
-    saga: Saga | None,
+    saga: SagaSnapshot | None,
     message: Incoming,
     now: datetime,
     *,
@@ -426,7 +426,7 @@ def _unreadable(compiled: CompiledWorkflow, message: Incoming) -> bool:
 
 def _decide(
     compiled: CompiledWorkflow,
-    saga: Saga | None,
+    saga: SagaSnapshot | None,
     message: Incoming,
     now: datetime,
     *,
@@ -468,7 +468,7 @@ def _decide(
     if saga is None:
         key = str(message.payload[workflow.key])
         saga_id = saga_id_for(workflow.name, key)
-        fresh = Saga(
+        fresh = SagaSnapshot(
             saga_id,
             workflow.name,
             key,
@@ -573,7 +573,7 @@ def _declared(compiled: CompiledWorkflow, event_type: str, payload: Mapping[str,
     return data
 
 
-def _key_contradiction(compiled: CompiledWorkflow, saga: Saga, message: Incoming) -> str | None:
+def _key_contradiction(compiled: CompiledWorkflow, saga: SagaSnapshot, message: Incoming) -> str | None:
     """Why ``message`` cannot be for ``saga``: its key field names another saga. None: it fits."""
     key = compiled.workflow.key
     cls = compiled.workflow.events.get(message.type)
@@ -589,7 +589,7 @@ def _awaiting(command: OutgoingCommand) -> dict[str, Any]:
     return {"message_id": command.message_id, "type": command.type, "payload": dict(command.payload)}
 
 
-def _late_step(compiled: CompiledWorkflow, saga: Saga, message: Incoming) -> str | None:
+def _late_step(compiled: CompiledWorkflow, saga: SagaSnapshot, message: Incoming) -> str | None:
     """The timed-out step this message is the late success of, if any."""
     if message.kind != "event":
         return None
@@ -600,7 +600,7 @@ def _late_step(compiled: CompiledWorkflow, saga: Saga, message: Incoming) -> str
     return None
 
 
-def _given_up(compiled: CompiledWorkflow, saga: Saga) -> str | None:
+def _given_up(compiled: CompiledWorkflow, saga: SagaSnapshot) -> str | None:
     """The compensating state a failed saga gave up on at its deadline, if that is how it failed."""
     current = compiled.workflow.states.get(saga.state)  # none: it failed at its start
     if saga.status is not Status.FAILED or current is None or not current.final:
@@ -612,7 +612,7 @@ def _given_up(compiled: CompiledWorkflow, saga: Saga) -> str | None:
     return None
 
 
-def _reopen(compiled: CompiledWorkflow, saga: Saga, state: str) -> Saga:
+def _reopen(compiled: CompiledWorkflow, saga: SagaSnapshot, state: str) -> SagaSnapshot:
     """The failed saga back in the compensation it gave up on, for that compensation's outcome."""
     return _with(
         saga,
@@ -625,7 +625,7 @@ def _reopen(compiled: CompiledWorkflow, saga: Saga, state: str) -> Saga:
 
 def _late_confirmation(
     compiled: CompiledWorkflow,
-    saga: Saga,
+    saga: SagaSnapshot,
     previous: str,
     message: Incoming,
     now: datetime,
@@ -654,7 +654,12 @@ def _late_confirmation(
 
 
 def _undo_late(
-    compiled: CompiledWorkflow, saga: Saga, step: str, previous: str, success: Incoming | None, now: datetime
+    compiled: CompiledWorkflow,
+    saga: SagaSnapshot,
+    step: str,
+    previous: str,
+    success: Incoming | None,
+    now: datetime,
 ) -> Decision:
     """The step went through after all, after its deadline gave up on it: undo it now, built from
     the data with ``success``'s declared fields in it (None: a journal entry from before that)."""
@@ -677,7 +682,7 @@ def _undo_late(
     )
 
 
-def _retry(compiled: CompiledWorkflow, saga: Saga, previous: str, now: datetime) -> Decision:
+def _retry(compiled: CompiledWorkflow, saga: SagaSnapshot, previous: str, now: datetime) -> Decision:
     """Send the waiting state's commands again, with the same message ids, and set the next retry."""
     spec = compiled.workflow.states.get(saga.state)  # decide() fails a saga whose state is gone
     if saga.finished or spec is None or spec.retry is None or not saga.awaiting:
@@ -701,7 +706,7 @@ def _retry(compiled: CompiledWorkflow, saga: Saga, previous: str, now: datetime)
 
 def _operate(
     compiled: CompiledWorkflow,
-    saga: Saga,
+    saga: SagaSnapshot,
     previous: str,
     message: Incoming,
     now: datetime,
@@ -803,7 +808,7 @@ def _operate(
 
 def _resume(
     compiled: CompiledWorkflow,
-    saga: Saga,
+    saga: SagaSnapshot,
     previous: str,
     step: str,
     who: str,
@@ -893,7 +898,7 @@ def _decision(draft: _Draft, outcome: Outcome, previous: str | None, reason: str
     )
 
 
-def _failed(saga: Saga, previous: str, error: Exception | str, now: datetime) -> Decision:
+def _failed(saga: SagaSnapshot, previous: str, error: Exception | str, now: datetime) -> Decision:
     reason = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
     failed = _with(saga, status=Status.FAILED, last_error=reason, updated_at=now)
     return Decision(

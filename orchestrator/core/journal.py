@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from orchestrator.core.engine import Incoming, OutgoingCommand, Saga
+from orchestrator.core.engine import Incoming, OutgoingCommand, SagaSnapshot
 
 __all__ = ["DueDeadline", "JournalEntry", "Records"]
 
@@ -37,7 +37,7 @@ class Records:
     """All a saga holds, read at one moment, for ``verify`` to compare with its journal: the row,
     the journal, its pending timers and its unsent commands (the outbox)."""
 
-    saga: Saga | None
+    saga: SagaSnapshot | None
     journal: list[JournalEntry]
     timers: list[DueDeadline]
     outbox: list[OutgoingCommand]

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from datetime import datetime
 
 from orchestrator.core.definitions import FINISHED, Status
-from orchestrator.core.engine import Deadline, Decision, Incoming, Outcome, Saga
+from orchestrator.core.engine import Deadline, Decision, Incoming, Outcome, SagaSnapshot
 from orchestrator.core.machine import CompiledWorkflow
 
 __all__ = ["DROPPED", "MIGRATE", "MigrationRefused", "drop_release", "migrate", "migration_message"]
@@ -38,7 +38,7 @@ def migration_message(
     return Incoming(MIGRATE, message_id, payload, kind="operator", actor=actor)
 
 
-def target_state(target: CompiledWorkflow, saga: Saga, states: Mapping[str, str]) -> str:
+def target_state(target: CompiledWorkflow, saga: SagaSnapshot, states: Mapping[str, str]) -> str:
     """Where the saga lands: its state as mapped, or the same name where the target has it."""
     mapped = states.get(saga.state, saga.state)
     spec = target.workflow.states.get(mapped)
@@ -53,7 +53,7 @@ def target_state(target: CompiledWorkflow, saga: Saga, states: Mapping[str, str]
     return mapped
 
 
-def migrate(target: CompiledWorkflow, saga: Saga, message: Incoming, now: datetime) -> Decision:
+def migrate(target: CompiledWorkflow, saga: SagaSnapshot, message: Incoming, now: datetime) -> Decision:
     """The saga on ``target``'s release, in the state ``message`` maps its state to.
 
     Nothing is sent: the participants already hold what the saga sent in its old state, and
@@ -74,7 +74,7 @@ def migrate(target: CompiledWorkflow, saga: Saga, message: Incoming, now: dateti
     state = target_state(target, saga, payload["states"])
     spec = workflow.states[state]
     status = Status.FAILED if saga.status is Status.FAILED else spec.status
-    moved = Saga(
+    moved = SagaSnapshot(
         **{
             **saga.__dict__,
             "state": state,
@@ -100,12 +100,12 @@ def migrate(target: CompiledWorkflow, saga: Saga, message: Incoming, now: dateti
     )
 
 
-def drop_release(saga: Saga, message: Incoming, now: datetime) -> Decision:
+def drop_release(saga: SagaSnapshot, message: Incoming, now: datetime) -> Decision:
     """The saga failed because its release is no longer loaded (``run --fail-dropped-releases``)."""
     reason = str(message.payload.get("reason", f"release {saga.release} of {saga.workflow} was dropped"))
     if saga.status in FINISHED:
         return Decision(saga, Outcome.IGNORED, saga.state, reason=f"saga is already {saga.status}")
-    failed = Saga(
+    failed = SagaSnapshot(
         **{
             **saga.__dict__,
             "status": Status.FAILED,

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from orchestrator.core.engine import Deadline, OutgoingCommand, Saga, decide
+from orchestrator.core.engine import Deadline, OutgoingCommand, SagaSnapshot, decide
 from orchestrator.core.ingress import Refused
 from orchestrator.core.journal import DueDeadline, JournalEntry, Records
 from orchestrator.core.machine import CompiledWorkflow
@@ -39,7 +39,7 @@ class Rebuilt:
     """What a journal gives: the saga, and its pending timers by kind, each with the saga's
     version that set it (as its row in ``deadlines`` holds it)."""
 
-    saga: Saga | None
+    saga: SagaSnapshot | None
     timers: dict[str, tuple[Deadline, int]] = field(default_factory=dict)
     #: the commands deciding each journal entry again sends, entry by entry in the journal's order
     commands: tuple[tuple[OutgoingCommand, ...], ...] = ()
@@ -83,7 +83,7 @@ def rebuild(
         if first is None:
             raise ReleaseNotLoaded(f"release {_start_release(entries)} is not loaded")
         compiled = first
-    saga: Saga | None = None
+    saga: SagaSnapshot | None = None
     timers: dict[str, tuple[Deadline, int]] = {}
     sent: list[tuple[OutgoingCommand, ...]] = []
     decided: list[tuple[str, str, str]] = []
@@ -132,17 +132,17 @@ def rebuild(
 
 def replay(
     compiled: CompiledWorkflow, entries: Sequence[JournalEntry], releases: Releases | None = None
-) -> Saga | None:
+) -> SagaSnapshot | None:
     """The saga its journal gives (:func:`rebuild` without the timers)."""
     return rebuild(compiled, entries, releases).saga
 
 
-def differences(row: Saga | None, rebuilt: Saga | None) -> list[str]:
+def differences(row: SagaSnapshot | None, rebuilt: SagaSnapshot | None) -> list[str]:
     """Field by field, what the journal says and the row does not."""
     if row is None or rebuilt is None:
         return [] if row is rebuilt else [f"row {row!r} but journal rebuilds {rebuilt!r}"]
     found = []
-    for field_ in fields(Saga):
+    for field_ in fields(SagaSnapshot):
         mine, theirs = getattr(row, field_.name), getattr(rebuilt, field_.name)
         if field_.name == "parked":
             mine, theirs = list(mine), list(theirs)
@@ -213,7 +213,7 @@ def command_differences(
 
 
 def outbox_differences(
-    rows: Iterable[OutgoingCommand], saga: Saga, entries: Sequence[JournalEntry]
+    rows: Iterable[OutgoingCommand], saga: SagaSnapshot, entries: Sequence[JournalEntry]
 ) -> list[str]:
     """The outbox rows that are not a command the journal records as sent by this saga, with the
     same message id, type and payload. A journaled command missing from the outbox was sent (the

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.core.definitions import DefinitionError, Workflow
-from orchestrator.core.engine import Saga, saga_id_for
+from orchestrator.core.engine import SagaSnapshot, saga_id_for
 from orchestrator.core.ingress import Reason, Refused
 from orchestrator.core.machine import DEFAULT_MAX_PARKED, CompiledWorkflow
 from orchestrator.core.messages import InvalidPayload, load
@@ -76,7 +76,7 @@ class Registry:
                 if all(c.workflow.name != compiled.workflow.name for c in takers):
                     takers.append(compiled)
 
-    def for_saga(self, saga: Saga) -> CompiledWorkflow | None:
+    def for_saga(self, saga: SagaSnapshot) -> CompiledWorkflow | None:
         """The definition a saga is decided by: the release it is pinned to, if loaded here."""
         return self.releases.get((saga.workflow, saga.release))
 

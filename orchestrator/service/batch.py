@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from orchestrator.core.definitions import DEADLINE, RETRY
-from orchestrator.core.engine import Decision, Incoming, Outcome, OutgoingCommand, Saga, decide
+from orchestrator.core.engine import Decision, Incoming, Outcome, OutgoingCommand, SagaSnapshot, decide
 from orchestrator.core.ingress import (
     DEFAULT_LIMITS,
     MAX_KEY_LENGTH,
@@ -51,7 +51,7 @@ class Verdict(enum.StrEnum):
 class _Leave(Exception):
     """The message is for a saga this process cannot decide, and another may: leave it."""
 
-    def __init__(self, saga: Saga) -> None:
+    def __init__(self, saga: SagaSnapshot) -> None:
         super().__init__(f"saga {saga.id} is on release {saga.release} of {saga.workflow}, not loaded here")
         self.saga = saga
 
@@ -225,7 +225,9 @@ async def process_batch(
     return result
 
 
-def _decide_span(tracer: Tracer, p: _Parsed, targets: Sequence[tuple[CompiledWorkflow, Saga | None]]) -> Span:
+def _decide_span(
+    tracer: Tracer, p: _Parsed, targets: Sequence[tuple[CompiledWorkflow, SagaSnapshot | None]]
+) -> Span:
     compiled, saga = targets[0]
     attributes: dict[str, str | int | bool] = {
         "messaging.system": "rabbitmq",
@@ -329,8 +331,8 @@ async def fire_due_deadlines(
 
 
 def _targets(
-    p: _Parsed, registry: Registry, current: Mapping[str, Saga]
-) -> list[tuple[CompiledWorkflow, Saga | None]]:
+    p: _Parsed, registry: Registry, current: Mapping[str, SagaSnapshot]
+) -> list[tuple[CompiledWorkflow, SagaSnapshot | None]]:
     """The sagas a message goes to, with the saga (None where the message starts it).
 
     A start event (its type starts every workflow it is routed to) is identified by its key
@@ -367,7 +369,7 @@ def _targets(
         return [(compiled, correlated)]
     if p.unrouted is not None:
         raise p.unrouted
-    targets: list[tuple[CompiledWorkflow, Saga | None]] = []
+    targets: list[tuple[CompiledWorkflow, SagaSnapshot | None]] = []
     for target in p.keyed:
         compiled, saga_id = target.workflow, target.saga_id
         workflow = compiled.workflow

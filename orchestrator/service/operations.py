@@ -22,7 +22,7 @@ from orchestrator.core.engine import (
     Incoming,
     Outcome,
     OutgoingCommand,
-    Saga,
+    SagaSnapshot,
     decide,
     saga_id_for,
 )
@@ -87,7 +87,7 @@ class OperatorAction:
 
 @dataclass
 class Applied:
-    saga: Saga
+    saga: SagaSnapshot
     created: bool
     commands: list[OutgoingCommand]
     decisions: list[Decision]
@@ -185,9 +185,9 @@ async def start_saga(
     raise AssertionError("unreachable")
 
 
-def _of_tombstone(gone: Tombstone) -> Saga:
+def _of_tombstone(gone: Tombstone) -> SagaSnapshot:
     """The archived saga as far as its tombstone knows it: where it ended, not its data."""
-    return Saga(
+    return SagaSnapshot(
         id=gone.saga_id,
         workflow=gone.workflow,
         key=gone.key,
@@ -291,7 +291,7 @@ def _check_names(workflow: Workflow, action: OperatorAction) -> None:
             raise BadRequest(f"no event type {action.outcome!r} in this workflow")
 
 
-def _check_outcome_data(workflow: Workflow, saga: Saga, action: OperatorAction) -> None:
+def _check_outcome_data(workflow: Workflow, saga: SagaSnapshot, action: OperatorAction) -> None:
     """A skip's data is what the outcome's event would have carried: it must fit that event, and
     it cannot rename the saga (its key) by merging a different value into the saga's data."""
     event, key_field = workflow.events[str(action.outcome)], workflow.key

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Protocol
 
-from orchestrator.core.engine import Deadline, Decision, Incoming, OutgoingCommand, Saga
+from orchestrator.core.engine import Deadline, Decision, Incoming, OutgoingCommand, SagaSnapshot
 from orchestrator.core.ingress import DeadLetter
 from orchestrator.core.journal import DueDeadline, JournalEntry, Records
 
@@ -41,7 +41,7 @@ class Tombstone:
 class Changes:
     """Everything one batch writes, in one transaction."""
 
-    sagas: dict[str, Saga] = field(default_factory=dict)
+    sagas: dict[str, SagaSnapshot] = field(default_factory=dict)
     journal: list[JournalEntry] = field(default_factory=list)
     commands: list[OutgoingCommand] = field(default_factory=list)
     inbox: dict[str, str | None] = field(default_factory=dict)  # message id -> saga id
@@ -75,12 +75,12 @@ class Changes:
 
 
 class Transaction(Protocol):
-    async def lock_sagas(self, saga_ids: Iterable[str]) -> dict[str, Saga]:
+    async def lock_sagas(self, saga_ids: Iterable[str]) -> dict[str, SagaSnapshot]:
         """The sagas that exist among ``saga_ids``, locked until the transaction ends."""
 
     async def read_batch(
         self, saga_ids: Iterable[str], message_ids: Iterable[str]
-    ) -> tuple[dict[str, Saga], set[str]]:
+    ) -> tuple[dict[str, SagaSnapshot], set[str]]:
         """What a batch of messages needs before it is decided, in one read: the sagas that
         exist among ``saga_ids``, locked until the transaction ends, and which of
         ``message_ids`` were taken already (the inbox)."""
@@ -91,7 +91,7 @@ class Transaction(Protocol):
 
     async def claim_due(
         self, now: datetime, limit: int, workflows: Collection[tuple[str, str]] | None = None
-    ) -> tuple[dict[str, Saga], list[DueDeadline]]:
+    ) -> tuple[dict[str, SagaSnapshot], list[DueDeadline]]:
         """The timers due by ``now`` of at most ``limit`` sagas, earliest first, with those sagas;
         only sagas of ``workflows`` when given, as (workflow, release) pairs (a process takes only
         the timers it can decide).
@@ -107,11 +107,11 @@ class Transaction(Protocol):
 class Store(Protocol):
     def transaction(self) -> AbstractAsyncContextManager[Transaction]: ...
 
-    async def get_saga(self, saga_id: str) -> Saga | None: ...
+    async def get_saga(self, saga_id: str) -> SagaSnapshot | None: ...
 
     async def journal(self, saga_id: str) -> list[JournalEntry]: ...
 
-    async def snapshot(self, saga_id: str) -> tuple[Saga | None, list[JournalEntry]]:
+    async def snapshot(self, saga_id: str) -> tuple[SagaSnapshot | None, list[JournalEntry]]:
         """The saga row and its journal, read at one moment."""
 
     async def records(self, saga_id: str) -> Records:

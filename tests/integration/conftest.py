@@ -30,7 +30,7 @@ import pytest_asyncio
 from orchestrator.adapters.amqp.broker import wait_for_consumers
 from orchestrator.adapters.postgres.store import PostgresStore
 from orchestrator.core.definitions import FINISHED
-from orchestrator.core.engine import Saga, saga_id_for
+from orchestrator.core.engine import SagaSnapshot, saga_id_for
 from tests.integration.private_broker import PrivateBroker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -354,14 +354,14 @@ class Bench:
         body = {"escrow_id": escrow_id, "buyer_id": "b-1", "seller_id": "s-1", "amount_cents": amount_cents}
         return await self.publish("escrow.EscrowOpened", body)
 
-    async def saga(self, workflow: str, key: str) -> Saga | None:
+    async def saga(self, workflow: str, key: str) -> SagaSnapshot | None:
         assert self.store is not None
         return await self.store.get_saga(saga_id_for(workflow, key))
 
-    async def finished(self, workflow: str, keys: list[str], timeout: float = 60) -> dict[str, Saga]:
+    async def finished(self, workflow: str, keys: list[str], timeout: float = 60) -> dict[str, SagaSnapshot]:
         """Wait until every saga has finished; the sagas by key."""
         deadline = time.monotonic() + timeout
-        found: dict[str, Saga] = {}
+        found: dict[str, SagaSnapshot] = {}
         while time.monotonic() < deadline:
             for key in keys:
                 if key not in found:

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from orchestrator.core.engine import Saga, saga_id_for
+from orchestrator.core.engine import SagaSnapshot, saga_id_for
 
 from .conftest import Bench, unique
 
@@ -15,7 +15,9 @@ pytestmark = pytest.mark.integration
 order_ids = unique("integrity")
 
 
-async def _in_state(bench: Bench, key: str, state: str, version: int = 0, timeout: float = 20) -> Saga:
+async def _in_state(
+    bench: Bench, key: str, state: str, version: int = 0, timeout: float = 20
+) -> SagaSnapshot:
     for _ in range(int(timeout / 0.05)):
         saga = await bench.saga("order", key)
         if saga is not None and saga.state == state and saga.version >= version:

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from orchestrator.core.engine import Saga, saga_id_for
+from orchestrator.core.engine import SagaSnapshot, saga_id_for
 
 from .conftest import ROOT, Bench, unique
 
@@ -23,7 +23,7 @@ V3 = ("--workflows", "tests.integration.upcast_shop_v3")
 keys = unique("upshop")
 
 
-async def in_state(bench: Bench, key: str, state: str, timeout: float = 30) -> Saga:
+async def in_state(bench: Bench, key: str, state: str, timeout: float = 30) -> SagaSnapshot:
     deadline = time.monotonic() + timeout
     while True:
         saga = await bench.saga("upshop", key)

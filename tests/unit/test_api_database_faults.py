@@ -22,7 +22,7 @@ from orchestrator.adapters.memory import MemoryStore
 from orchestrator.adapters.metrics import Metrics
 from orchestrator.adapters.postgres.queries import HistoryRow, Queries, SagaFilter, SagaPage, Timer
 from orchestrator.adapters.postgres.store import make_engine
-from orchestrator.core.engine import Saga, saga_id_for
+from orchestrator.core.engine import SagaSnapshot, saga_id_for
 from orchestrator.core.routing import Registry
 from orchestrator.entrypoints.api.app import ApiContext, create_app
 from orchestrator.entrypoints.settings import Settings
@@ -97,7 +97,7 @@ class _Transaction:
     def __init__(self, inner: Any, faults: Faults) -> None:
         self.inner, self.faults = inner, faults
 
-    async def lock_sagas(self, saga_ids: Iterable[str]) -> dict[str, Saga]:
+    async def lock_sagas(self, saga_ids: Iterable[str]) -> dict[str, SagaSnapshot]:
         self.faults.check("lock")
         return await self.inner.lock_sagas(saga_ids)  # type: ignore[no-any-return]
 
@@ -141,7 +141,7 @@ class FaultyStore(MemoryStore):
                 raise
             self.faults.check("committed")
 
-    async def get_saga(self, saga_id: str) -> Saga | None:
+    async def get_saga(self, saga_id: str) -> SagaSnapshot | None:
         self.faults.check("read")
         return await super().get_saga(saga_id)
 
@@ -189,7 +189,7 @@ class Api:
     async def start(self, key: str) -> httpx.Response:
         return await self.client.post("/sagas", json={"workflow": "order", "key": key, "data": ORDER})
 
-    def saga(self, key: str) -> Saga | None:
+    def saga(self, key: str) -> SagaSnapshot | None:
         return self.store.sagas.get(saga_id_for("order", key))
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from orchestrator.adapters.metrics import Histogram, Metrics, count_finished
 from orchestrator.core.definitions import Status
-from orchestrator.core.engine import Decision, Incoming, Outcome, OutgoingCommand, Saga
+from orchestrator.core.engine import Decision, Incoming, Outcome, OutgoingCommand, SagaSnapshot
 from orchestrator.core.routing import Registry
 from orchestrator.entrypoints import cli
 from orchestrator.entrypoints.bootstrap import configure_logging
@@ -93,7 +93,7 @@ def test_a_fired_deadline_counts_its_lateness_and_logs_its_saga_and_message(
             [entry],
             [
                 Decision(
-                    Saga("s-1", "order", "k", "compensating_reserve", Status.COMPENSATING, 4, {}),
+                    SagaSnapshot("s-1", "order", "k", "compensating_reserve", Status.COMPENSATING, 4, {}),
                     Outcome.MOVED,
                     "charge",
                 )
@@ -195,7 +195,7 @@ def test_the_turns_of_a_saga_s_course_are_counted_once_each() -> None:
     metrics = Metrics(process=False)
 
     def turn(before: str | None, state: str, status: Status) -> Decision:
-        saga = Saga("s-1", "order", "k-1", state, status, 1, {})
+        saga = SagaSnapshot("s-1", "order", "k-1", state, status, 1, {})
         return Decision(saga, Outcome.MOVED, before)
 
     count_finished(

@@ -19,7 +19,7 @@ from orchestrator.core.engine import (
     Decision,
     Incoming,
     Outcome,
-    Saga,
+    SagaSnapshot,
     command_message_id,
     decide,
     saga_id_for,
@@ -79,7 +79,7 @@ def start(compiled: CompiledWorkflow) -> Decision:
     return decide(compiled, None, incoming(compiled.workflow.starts_on.TYPE), NOW)
 
 
-def drive(compiled: CompiledWorkflow, events: Sequence[str]) -> Saga:
+def drive(compiled: CompiledWorkflow, events: Sequence[str]) -> SagaSnapshot:
     """Start a saga and feed it ``events`` in order; every one of them must move it."""
     saga = start(compiled).saga
     for index, type_name in enumerate(events):

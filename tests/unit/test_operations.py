@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 
 from orchestrator.core.definitions import FAIL, Status, Workflow
-from orchestrator.core.engine import Saga
+from orchestrator.core.engine import SagaSnapshot
 from orchestrator.examples import WORKFLOWS
 from orchestrator.examples.contracts import (
     BuyerSigned,
@@ -42,7 +42,7 @@ def kit() -> Iterator[WorkflowTestKit]:
     made.close()
 
 
-def at_charge(kit: WorkflowTestKit, key: str = "o-1") -> Saga:
+def at_charge(kit: WorkflowTestKit, key: str = "o-1") -> SagaSnapshot:
     kit.publish(OrderPlaced(key, "c-1", [Line("sku-1", 1)], 1200))
     (reserve,) = kit.take_sent()
     kit.reply(reserve, StockReserved(key, "r-1"))
@@ -52,7 +52,7 @@ def at_charge(kit: WorkflowTestKit, key: str = "o-1") -> Saga:
     return saga
 
 
-def last_entry(kit: WorkflowTestKit, saga: Saga) -> tuple[str, str | None, str, dict[str, object]]:
+def last_entry(kit: WorkflowTestKit, saga: SagaSnapshot) -> tuple[str, str | None, str, dict[str, object]]:
     entry = kit.journal(saga)[-1]
     return entry.message.kind, entry.message.actor, entry.message.type, entry.decision
 
@@ -212,7 +212,7 @@ def test_a_start_stores_its_data_as_the_event_would_carry_it(kit):
     assert kit.replay_differences(applied.saga) == []
 
 
-def failed_in_signing(kit: WorkflowTestKit) -> Saga:
+def failed_in_signing(kit: WorkflowTestKit) -> SagaSnapshot:
     saga = kit.start("strict", "e-1", ESCROW).saga
     kit.take_sent()
     kit.publish(BuyerSigned("e-1"), correlation_id=saga.id)  # not allowed in signing: FAIL
@@ -287,7 +287,7 @@ def test_actions_on_an_unknown_saga_or_with_an_unknown_name_are_bad_input(kit):
     saga = at_charge(kit)
 
     with pytest.raises(SagaNotFound):
-        kit.act(Saga("missing", "order", "k", "charge", Status.RUNNING, 1, {}), "retry")
+        kit.act(SagaSnapshot("missing", "order", "k", "charge", Status.RUNNING, 1, {}), "retry")
     with pytest.raises(BadRequest, match="unknown action 'explode'"):
         kit.act(saga, "explode")
     with pytest.raises(BadRequest, match="no state 'nowhere'"):

@@ -13,7 +13,7 @@ import pytest
 
 from orchestrator.adapters.memory import MemoryStore
 from orchestrator.core.definitions import DEADLINE, FAIL, PARK, Status, Workflow
-from orchestrator.core.engine import OPERATOR, Decision, Incoming, Outcome, Saga, decide, saga_id_for
+from orchestrator.core.engine import OPERATOR, Decision, Incoming, Outcome, SagaSnapshot, decide, saga_id_for
 from orchestrator.core.machine import DEFAULT_MAX_PARKED, CompiledWorkflow
 from orchestrator.core.messages import Message, dump
 from orchestrator.core.replay import differences, replay
@@ -42,11 +42,11 @@ def event(message: Message, message_id: str) -> Incoming:
     return Incoming(message.TYPE, message_id, dump(message))
 
 
-def opened_saga(compiled: CompiledWorkflow) -> Saga:
+def opened_saga(compiled: CompiledWorkflow) -> SagaSnapshot:
     return decide(compiled, None, Incoming(EscrowOpened.TYPE, "m-open", OPENED), NOW).saga
 
 
-def park(compiled: CompiledWorkflow, saga: Saga, count: int) -> Saga:
+def park(compiled: CompiledWorkflow, saga: SagaSnapshot, count: int) -> SagaSnapshot:
     """``count`` early seller signatures (ids m-seller-0, ...), each parked."""
     for index in range(count):
         decision = decide(compiled, saga, event(SellerSigned("e-1"), f"m-seller-{index}"), NOW)
@@ -220,9 +220,9 @@ def test_a_failed_saga_keeps_its_parked_events_for_resume():
 
 
 # replay -------------------------------------------------------------------------------------------------
-def _journal(compiled: CompiledWorkflow, messages: list[Incoming]) -> tuple[Saga, list[JournalEntry]]:
+def _journal(compiled: CompiledWorkflow, messages: list[Incoming]) -> tuple[SagaSnapshot, list[JournalEntry]]:
     """Decide ``messages`` in turn, journaling each taken decision as the service does."""
-    saga: Saga | None = None
+    saga: SagaSnapshot | None = None
     entries = []
     for index, message in enumerate(messages):
         at = NOW + timedelta(minutes=index)

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from orchestrator.adapters.postgres.schema import deadlines, journal, outbox, sagas
 from orchestrator.core.definitions import Status
-from orchestrator.core.engine import Incoming, OutgoingCommand, Saga
+from orchestrator.core.engine import Incoming, OutgoingCommand, SagaSnapshot
 from orchestrator.core.ingress import DeadLetter
 from orchestrator.service.store import Changes, DueDeadline, JournalEntry, Records, Tombstone
 
@@ -50,9 +50,9 @@ def make_engine(url: str, pool_size: int = 5) -> AsyncEngine:
 HOLDER_LOCKS = 0x53414741
 
 
-def saga_of(row: Mapping[Any, Any]) -> Saga:
+def saga_of(row: Mapping[Any, Any]) -> SagaSnapshot:
     """A saga from its row, whichever driver read it (an asyncpg record, a SQLAlchemy mapping)."""
-    return Saga(
+    return SagaSnapshot(
         id=row["id"],
         workflow=row["workflow"],
         key=row["key"],
@@ -71,7 +71,7 @@ def saga_of(row: Mapping[Any, Any]) -> Saga:
     )
 
 
-def _saga(row: Row[Any]) -> Saga:
+def _saga(row: Row[Any]) -> SagaSnapshot:
     return saga_of(row._mapping)
 
 
@@ -271,7 +271,7 @@ class _PostgresTransaction:
         self.connection = connection
         self.holder = holder
 
-    async def lock_sagas(self, saga_ids: Iterable[str]) -> dict[str, Saga]:
+    async def lock_sagas(self, saga_ids: Iterable[str]) -> dict[str, SagaSnapshot]:
         ids = sorted(set(saga_ids))  # a stable lock order: two replicas never deadlock on a batch
         if not ids:
             return {}
@@ -282,12 +282,12 @@ class _PostgresTransaction:
 
     async def read_batch(
         self, saga_ids: Iterable[str], message_ids: Iterable[str]
-    ) -> tuple[dict[str, Saga], set[str]]:
+    ) -> tuple[dict[str, SagaSnapshot], set[str]]:
         ids, messages = sorted(set(saga_ids)), list(set(message_ids))
         if not ids and not messages:  # every message of the batch was refused before this
             return {}, set()
         rows = await self.connection.fetch(_READ_BATCH, ids, messages)
-        current: dict[str, Saga] = {}
+        current: dict[str, SagaSnapshot] = {}
         seen: set[str] = set()
         for row in rows:
             if row["seen"] is None:
@@ -305,7 +305,7 @@ class _PostgresTransaction:
 
     async def claim_due(
         self, now: datetime, limit: int, workflows: Collection[tuple[str, str]] | None = None
-    ) -> tuple[dict[str, Saga], list[DueDeadline]]:
+    ) -> tuple[dict[str, SagaSnapshot], list[DueDeadline]]:
         # Which sagas have timers due: read without locking anything. Then the sagas, locked in
         # id order as a batch locks them; then their timer rows, read anew after the locks (a
         # batch that held a saga may have moved or removed its timers meanwhile). Every writer of
@@ -419,7 +419,7 @@ class PostgresStore:
         async with pool.acquire() as connection, connection.transaction():
             yield _PostgresTransaction(connection, self.holder)
 
-    async def get_saga(self, saga_id: str) -> Saga | None:
+    async def get_saga(self, saga_id: str) -> SagaSnapshot | None:
         async with self.engine.connect() as connection:
             row = (await connection.execute(select(sagas).where(sagas.c.id == saga_id))).first()
         return _saga(row) if row is not None else None
@@ -428,7 +428,7 @@ class PostgresStore:
         async with self.engine.connect() as connection:
             return await _journal(connection, saga_id)
 
-    async def snapshot(self, saga_id: str) -> tuple[Saga | None, list[JournalEntry]]:
+    async def snapshot(self, saga_id: str) -> tuple[SagaSnapshot | None, list[JournalEntry]]:
         """The row and its journal as of one moment, so that a commit in between cannot differ them."""
         async with self.engine.connect() as connection:
             await connection.execution_options(isolation_level="REPEATABLE READ")

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Body, HTTPException, Path, Query, Request, Respon
 
 from orchestrator.adapters.postgres.queries import HistoryRow, SagaFilter
 from orchestrator.adapters.tracing import active, request_span
-from orchestrator.core.engine import Saga
+from orchestrator.core.engine import SagaSnapshot
 from orchestrator.core.ingress import MAX_KEY_LENGTH
 from orchestrator.core.replay import replay
 from orchestrator.entrypoints.api import models as m
@@ -45,7 +45,7 @@ _LINKS = {
 }
 
 
-def state_fields(ctx: ApiContext, saga: Saga) -> dict[str, Any]:
+def state_fields(ctx: ApiContext, saga: SagaSnapshot) -> dict[str, Any]:
     waiting = [] if saga.finished else ctx.waiting.get((saga.workflow, saga.release), {}).get(saga.state, [])
     return {
         "id": saga.id,
@@ -67,7 +67,7 @@ def state_fields(ctx: ApiContext, saga: Saga) -> dict[str, Any]:
     }
 
 
-async def detail(ctx: ApiContext, saga: Saga) -> m.SagaDetail:
+async def detail(ctx: ApiContext, saga: SagaSnapshot) -> m.SagaDetail:
     timers = [m.Timer.model_validate(t) for t in await ctx.queries.timers(saga.id)]
     return m.SagaDetail(**state_fields(ctx, saga), timers=timers)
 
