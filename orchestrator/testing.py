@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Iterable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -35,14 +36,10 @@ from orchestrator.core.machine import DEFAULT_MAX_PARKED
 from orchestrator.core.messages import Message, dump
 from orchestrator.core.replay import verify
 from orchestrator.core.routing import Registry
-from orchestrator.service.batch import BatchResult, Envelope, Verdict, fire_due_deadlines, process_batch
-from orchestrator.service.operations import (
-    ActionRefused,
-    Applied,
-    OperatorAction,
-    apply_action,
-    start_saga,
-)
+from orchestrator.service.batch import BatchResult, Envelope, Verdict
+from orchestrator.service.bus import MessageBus
+from orchestrator.service.faults import GaveUp
+from orchestrator.service.operations import ActionRefused, Applied, OperatorAction
 from orchestrator.service.store import JournalEntry
 
 __all__ = ["ActionRefused", "OutgoingCommand", "SagaSnapshot", "WorkflowTestKit"]
@@ -53,13 +50,23 @@ class WorkflowTestKit:
     ``advance`` the clock, look at ``sent`` and ``saga(key)``. Call ``close()`` when done."""
 
     def __init__(
-        self, *workflows: Workflow, now: datetime | None = None, max_parked: int = DEFAULT_MAX_PARKED
+        self,
+        *workflows: Workflow,
+        now: datetime | None = None,
+        max_parked: int = DEFAULT_MAX_PARKED,
+        store: MemoryStore | None = None,
     ) -> None:
+        """``store``: another kit's, to run new definitions on what old ones left (a deploy)."""
         self.registry = Registry(workflows, max_parked)
-        self.store = MemoryStore()
+        self.store = store or MemoryStore()
         self.now = now or datetime(2026, 1, 1, tzinfo=UTC)
         self.sent: list[OutgoingCommand] = []
         self.dead: list[tuple[Envelope, str]] = []
+        #: the same bus as the service's: its unit of work and fault policy, with a clock moved by
+        #: hand and no waiting between tries
+        self.bus = MessageBus(
+            self.registry, self.store, outbox=_Sent(self.sent), clock=lambda: self.now, sleep=_no_wait
+        )
         self._loop = asyncio.new_event_loop()
 
     def close(self) -> None:
@@ -86,11 +93,10 @@ class WorkflowTestKit:
 
     def deliver(self, envelope: Envelope) -> BatchResult:
         """Deliver a raw envelope: for tests of bad input."""
-        result = self._loop.run_until_complete(process_batch(self.registry, self.store, [envelope], self.now))
+        result = self._loop.run_until_complete(self.bus.handle([envelope], [0.0]))
         for verdict, reason in zip(result.verdicts, result.reasons, strict=True):
             if verdict is Verdict.DEAD and reason is not None:
                 self.dead.append((envelope, reason))
-        self.sent.extend(result.commands)
         return result
 
     def start(
@@ -98,23 +104,15 @@ class WorkflowTestKit:
     ) -> Applied:
         """Start a saga as ``POST /sagas`` does: ``data`` in schema version ``schema_version``
         of the starting event (absent: 1, as the request's ``schema_version``)."""
-        applied = self._loop.run_until_complete(
-            start_saga(
-                self.registry, self.store, workflow, key, data, actor, self.now, schema_version=schema_version
-            )
+        return self._loop.run_until_complete(
+            self.bus.start(workflow, key, data, actor, schema_version=schema_version)
         )
-        self.sent.extend(applied.commands)
-        return applied
 
     def act(self, saga: SagaSnapshot, action: str, actor: str = "test", **arguments: Any) -> Applied:
         """An operator's action (retry, cancel, resume, fire-deadline, skip), as the REST API
         takes it; raises ActionRefused where it does not fit the saga."""
         request = OperatorAction(action, actor, **arguments)
-        applied = self._loop.run_until_complete(
-            apply_action(self.registry, self.store, saga.id, request, self.now)
-        )
-        self.sent.extend(applied.commands)
-        return applied
+        return self._loop.run_until_complete(self.bus.act(saga.id, request))
 
     def advance(self, by: timedelta) -> list[BatchResult]:
         """Move the clock; every deadline that falls due on the way fires, in order."""
@@ -125,9 +123,13 @@ class WorkflowTestKit:
             if due is None or due > target:
                 break
             self.now = max(self.now, due)
-            result = self._loop.run_until_complete(fire_due_deadlines(self.registry, self.store, self.now))
-            self.sent.extend(result.commands)
+            try:
+                result = self._loop.run_until_complete(self.bus.fire_due())
+            except GaveUp as gave_up:  # the workflow's own error, as the test should see it
+                raise gave_up.error from None
             fired.append(result)
+            if not result.decisions:  # due, yet nothing fired: never loop on it
+                break
         self.now = target
         return fired
 
@@ -145,7 +147,8 @@ class WorkflowTestKit:
         return [c.type for c in self.sent]
 
     def take_sent(self) -> list[OutgoingCommand]:
-        sent, self.sent = self.sent, []
+        sent = list(self.sent)
+        self.sent.clear()  # the list the bus hands commands to
         return sent
 
     def replay_differences(self, saga: SagaSnapshot) -> list[str]:
@@ -161,3 +164,17 @@ class WorkflowTestKit:
         """Answer a command the way a participant does: same correlation id, a stable reply id."""
         reply_id = str(uuid.uuid5(uuid.NAMESPACE_OID, f"{command.message_id}:{event.TYPE}"))
         return self.publish(event, correlation_id=command.saga_id, message_id=reply_id)
+
+
+class _Sent:
+    """The kit's relay: what each commit sends, in order, in the kit's ``sent``."""
+
+    def __init__(self, sent: list[OutgoingCommand]) -> None:
+        self.sent = sent
+
+    def submit(self, commands: Iterable[OutgoingCommand], received_at: float | None = None) -> None:
+        self.sent.extend(commands)
+
+
+async def _no_wait(seconds: float) -> None:
+    """Time in the kit moves by hand: a retry's pause is not waited for."""

@@ -7,9 +7,11 @@ from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
+from orchestrator.adapters.sqlstate import by_sqlstate
 from orchestrator.core.engine import Deadline, OutgoingCommand, SagaSnapshot
 from orchestrator.core.ingress import DeadLetter
-from orchestrator.service.partitions import Survey
+from orchestrator.service.faults import Fault
+from orchestrator.service.ports import Survey
 from orchestrator.service.store import Changes, DueDeadline, JournalEntry, Records, Tombstone
 
 __all__ = ["InboxConflict", "MemoryPartitionLocks", "MemoryStore"]
@@ -161,6 +163,11 @@ class MemoryStore:
     async def mark_sent(self, message_ids: Sequence[str]) -> None:
         for message_id in message_ids:
             self.outbox.pop(message_id, None)
+
+    def classify(self, error: BaseException) -> Fault:
+        """As PostgreSQL's store classifies: this store raises what it would (an inbox conflict
+        as SQLSTATE 23505), and a test that wraps it raises the driver's errors."""
+        return by_sqlstate(error)
 
     async def close(self) -> None:
         return None

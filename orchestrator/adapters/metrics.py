@@ -16,9 +16,8 @@ answers, and deploy/ holds the alert rules and the dashboard built on them.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -29,72 +28,11 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from orchestrator.core.definitions import Status
-from orchestrator.core.engine import Decision
-from orchestrator.core.machine import CompiledWorkflow
+from orchestrator.service.counts import Counts, Histogram, Histograms, count_finished
 
 __all__ = ["CONTENT_TYPE", "DatabaseGauges", "Histogram", "Histograms", "Metrics", "count_finished"]
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
-
-#: from a broker round trip on an idle queue (~1 ms) to a confirm held by a queue sync (~200 ms) and
-#: beyond; millisecond steps up to 10 ms, where a step should land, so a quantile read off them is close
-STEP_LATENCY_BUCKETS = (
-    0.001, 0.002, 0.003, 0.004, 0.005, 0.006, 0.007, 0.008, 0.009, 0.01, 0.0125, 0.015, 0.02,
-    0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-)  # fmt: skip
-#: the alarm rings within milliseconds; the 15 s safety sweep and downtime make the tail
-LATENESS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 30.0, 60.0, 300.0, 3600.0)
-
-
-class Histogram:
-    """Cumulative buckets in plain ints: one event loop writes, the scrape reads between awaits."""
-
-    def __init__(self, bounds: Sequence[float]) -> None:
-        self.bounds = tuple(bounds)
-        self.counts = [0] * (len(self.bounds) + 1)
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.sum += value
-
-    @property
-    def count(self) -> int:
-        return sum(self.counts)
-
-    def buckets(self) -> list[tuple[str, float]]:
-        """As Prometheus wants them: cumulative, ``le`` per bound, then ``+Inf``."""
-        running = 0
-        out = []
-        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
-            running += count
-            out.append(("+Inf" if bound == float("inf") else repr(float(bound)), float(running)))
-        return out
-
-
-class Histograms:
-    """One :class:`Histogram` per label values (a tuple), made on the first observation: the hot
-    path pays a dict lookup more than an unlabelled histogram, and no lock."""
-
-    def __init__(self, bounds: Sequence[float]) -> None:
-        self.bounds = tuple(bounds)
-        self.by: dict[tuple[str, ...], Histogram] = {}
-
-    def observe(self, labels: tuple[str, ...], value: float) -> None:
-        histogram = self.by.get(labels)
-        if histogram is None:
-            histogram = self.by[labels] = Histogram(self.bounds)
-        histogram.observe(value)
-
-    @property
-    def count(self) -> int:
-        """Over every label set, for a test or a log line."""
-        return sum(h.count for h in self.by.values())
-
-    @property
-    def sum(self) -> float:
-        return sum(h.sum for h in self.by.values())
 
 
 @dataclass
@@ -121,34 +59,12 @@ class DatabaseGauges:
         return cls(dict(sagas), stuck, outbox, states)
 
 
-class Metrics:
-    """Every number the service exposes; one instance per running service (and per test app)."""
+class Metrics(Counts):
+    """The service's numbers (:class:`~orchestrator.service.counts.Counts`) as Prometheus scrapes
+    them, with the gauges read from the database just before a render."""
 
     def __init__(self, process: bool = True) -> None:
-        self.messages_in: Counter[str] = Counter()  # by verdict: accepted, duplicate, dead, left
-        self.dead_lettered: Counter[str] = Counter()  # by reason code (orchestrator.core.ingress.Reason)
-        self.batch_failures: Counter[str] = Counter()  # by fault (orchestrator.service.faults.Fault)
-        self.commands_out = 0  # confirmed by the broker
-        self.deadlines_fired: Counter[str] = Counter()  # by kind: deadline, retry
-        self.operator_actions: Counter[str] = Counter()  # by action, including start
-        self.task_restarts: Counter[str] = Counter()  # by task (orchestrator.service.supervisor)
-        #: sagas this process saw finish (completed, compensated), by (workflow, status)
-        self.sagas_finished: Counter[tuple[str, str]] = Counter()
-        #: sagas this process started (over AMQP or REST), by workflow
-        self.sagas_started: Counter[str] = Counter()
-        #: sagas this process saw turn from running to compensating, by workflow
-        self.compensations_started: Counter[str] = Counter()
-        #: by (workflow, command type): which step of which workflow is slow
-        self.step_latency = Histograms(STEP_LATENCY_BUCKETS)
-        #: by (workflow, kind): deadline or retry
-        self.deadline_lateness = Histograms(LATENESS_BUCKETS)
-        self.in_flight: Callable[[], int] = lambda: 0
-        #: messages and body bytes taken from the broker and not yet settled
-        self.in_hand: Callable[[], tuple[int, int]] = lambda: (0, 0)
-        #: why the consumer is not making progress, or None while it is
-        self.stalled: Callable[[], str | None] = lambda: None
-        #: partition queues this replica consumes (0 with one queue: docs/scaling.md)
-        self.partitions_owned: Callable[[], int] = lambda: 0
+        super().__init__()
         self.database: DatabaseGauges | None = None  # None: the last scrape could not read it
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
@@ -156,44 +72,13 @@ class Metrics:
             ProcessCollector(registry=self.registry)
             PlatformCollector(registry=self.registry)
 
+    def read_database(self, gauges: DatabaseGauges | None) -> None:
+        """What the database said just before a scrape (None: it could not be read)."""
+        self.database = gauges
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
-
-def count_finished(
-    metrics: Metrics, decisions: Iterable[Decision], workflows: Mapping[str, CompiledWorkflow]
-) -> None:
-    """Count the turns in a saga's course that its decisions made, where every committed decision
-    passes (the batch, the alarm, a REST start or action), so no path is counted twice or missed:
-
-    - a saga started: no state before;
-    - a saga closed (completed or compensated) from a status that was not closed: the state it
-      left says what it was (a failed saga keeps the state it failed in, whose status is not a
-      closed one, so its late way to ``compensated`` counts too);
-    - a compensation started: from a running state to a compensating one, or straight to
-      compensated (nothing to undo). ``rate()`` of it over that of the starts is the workflow's
-      compensation rate, which a finished counter alone gives only once the undoing is over.
-    """
-    for decision in decisions:
-        saga = decision.saga
-        before = decision.previous_state
-        if before is None:
-            metrics.sagas_started[saga.workflow] += 1
-        status = saga.status
-        if status not in _TURNS:
-            continue
-        compiled = workflows.get(saga.workflow)
-        spec = compiled.workflow.states.get(before) if compiled is not None and before else None
-        if status in _CLOSED and (spec is None or spec.status not in _CLOSED):
-            # not closed already (a late reply journaled on a closed saga, say)
-            metrics.sagas_finished[(saga.workflow, str(status))] += 1
-        if status in _UNDOING and spec is not None and spec.status is Status.RUNNING:
-            metrics.compensations_started[saga.workflow] += 1
-
-
-_CLOSED = frozenset({Status.COMPLETED, Status.COMPENSATED})
-_UNDOING = frozenset({Status.COMPENSATING, Status.COMPENSATED})
-_TURNS = _CLOSED | _UNDOING
 
 _Family = TypeVar("_Family", CounterMetricFamily, GaugeMetricFamily)
 

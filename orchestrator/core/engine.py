@@ -376,6 +376,18 @@ class _Draft:
                     progress = True
                     break
 
+    def resend_awaited(self, awaited: tuple[Mapping[str, Any], ...]) -> None:
+        """The commands this draft just built on entering the state again are the ones the saga waited
+        on there when it failed: send those, with their message ids, instead."""
+        built = self.commands
+        if not awaited or [c.type for c in built] != [c["type"] for c in awaited]:
+            return
+        saga = self.saga
+        self.commands = [
+            OutgoingCommand(c["message_id"], c["type"], c["payload"], saga.id, saga.workflow) for c in awaited
+        ]
+        self.saga = _with(saga, awaiting=tuple(dict(c) for c in awaited))
+
 
 def decide(
     compiled: CompiledWorkflow,
@@ -856,24 +868,11 @@ def _resume(
     try:
         draft.enter(step, (), spec.on_enter)
         if not before_operators and not new_attempt and step == given_up:
-            _resend_awaited(draft, saga.awaiting)
+            draft.resend_awaited(saga.awaiting)
         draft.apply_parked()
     except Exception as error:
         return _failed(saga, previous, error, now)
     return _decision(draft, Outcome.MOVED, previous, who)
-
-
-def _resend_awaited(draft: _Draft, awaited: tuple[Mapping[str, Any], ...]) -> None:
-    """The commands ``draft`` just built on entering the state again are the ones the saga waited
-    on there when it failed: send those, with their message ids, instead."""
-    built = draft.commands
-    if not awaited or [c.type for c in built] != [c["type"] for c in awaited]:
-        return
-    saga = draft.saga
-    draft.commands = [
-        OutgoingCommand(c["message_id"], c["type"], c["payload"], saga.id, saga.workflow) for c in awaited
-    ]
-    draft.saga = _with(saga, awaiting=tuple(dict(c) for c in awaited))
 
 
 def _decision(draft: _Draft, outcome: Outcome, previous: str | None, reason: str | None = None) -> Decision:

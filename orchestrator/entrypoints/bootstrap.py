@@ -9,15 +9,33 @@ import logging
 import re
 import socket
 import sys
+from datetime import timedelta
 from typing import Any
 
 from orchestrator.adapters import tracing
+from orchestrator.adapters.amqp.broker import Broker, Delivery, QueueConsumer
+from orchestrator.adapters.amqp.topology import Topology
+from orchestrator.adapters.memory import MemoryPartitionLocks
 from orchestrator.adapters.metrics import Metrics
+from orchestrator.adapters.postgres.partitions import PostgresPartitionLocks
+from orchestrator.adapters.postgres.retention import Pruner
 from orchestrator.adapters.postgres.store import PostgresStore
+from orchestrator.adapters.scheduler import SchedulerAlarm
+from orchestrator.adapters.tracing import publishing
 from orchestrator.core.definitions import Workflow
+from orchestrator.core.ingress import Limits
 from orchestrator.core.routing import Registry
-from orchestrator.entrypoints.runtime import Orchestrator
+from orchestrator.entrypoints.runtime import Orchestrator, Parts
 from orchestrator.entrypoints.settings import ConfigurationError, Settings
+from orchestrator.service.bus import MessageBus
+from orchestrator.service.clock import DatabaseClock
+from orchestrator.service.dead_letters import DeadLetterDrain
+from orchestrator.service.deadlines import DeadlineAlarm
+from orchestrator.service.intake import Intake
+from orchestrator.service.partitions import PartitionLocks, PartitionOwner
+from orchestrator.service.ports import Publish
+from orchestrator.service.relay import Relay
+from orchestrator.service.store import Store
 
 __all__ = ["BootstrapError", "build", "configure_logging", "load_workflows"]
 
@@ -57,32 +75,155 @@ def load_workflows(module_names: str) -> list[Workflow]:
     return found
 
 
-def build(settings: Settings, api_socket: socket.socket | None = None) -> Orchestrator:
-    """The orchestrator, and its REST API on ``api_socket`` when one is given."""
-    registry = Registry(load_workflows(settings.workflows), settings.max_parked)
-    store = PostgresStore.from_url(settings.database_url)
+def build(
+    settings: Settings,
+    api_socket: socket.socket | None = None,
+    *,
+    registry: Registry | None = None,
+    store: Store | None = None,
+) -> Orchestrator:
+    """The orchestrator, and its REST API on ``api_socket`` when one is given. Every part is
+    built here and handed what it needs; nothing is set on a part after it is built. ``registry``
+    and ``store``: given by a test (the memory store), else from the settings."""
+    registry = registry or Registry(load_workflows(settings.workflows), settings.max_parked)
+    store = store or PostgresStore.from_url(settings.database_url)
     metrics = Metrics()
     tracer = tracing.setup("orchestrator")  # None unless the OTEL_* variables ask for traces
     tracing.install(tracer)
-    orchestrator = Orchestrator(settings, registry, store, metrics, tracer)
+    limits = Limits(max_message_bytes=settings.max_message_bytes)
+    # The budget of bytes in hand is shared: an eighth of it for the dead-letter drain.
+    drain_prefetch = max(1, min(32, settings.effective_prefetch // 8))
+    topology = Topology(settings.namespace, partitions=settings.partitions, queue_type=settings.queue_type)
+    broker = Broker(settings.amqp_url, topology, max(1, settings.effective_prefetch - drain_prefetch), limits)
+    #: "now" as the database has it: decisions and deadlines agree across replicas' hosts
+    clock = DatabaseClock(store.database_now)
+    publish: Publish = broker.publish_command
+    if tracer is not None:
+        publish = publishing(tracer, publish, topology.commands)
+    relay = Relay(
+        store, publish, settings.relay_in_flight, settings.outbox_sweep_seconds, counts=metrics, now=clock.now
+    )
+    deadlines = DeadlineAlarm(registry, store, SchedulerAlarm(), counts=metrics, clock=clock)
+    bus = MessageBus(
+        registry,
+        store,
+        outbox=relay,
+        timers=deadlines,
+        counts=metrics,
+        clock=clock.now,
+        limits=limits,
+        tracer=tracer,
+    )
+    intake = Intake(
+        bus,
+        broker.consumer,
+        broker.hand_over,
+        broker.waiting,
+        registry,
+        metrics,
+        settings.batch_size,
+        settings.stall_seconds,
+    )
+    drain_consumer = QueueConsumer(
+        settings.amqp_url,
+        topology.dead_letter_queue,
+        drain_prefetch,
+        "orchestrator-dead-letters",
+        limits=limits,
+    )
+    drain = DeadLetterDrain(drain_consumer, bus.record_dead_letters, metrics, limits, drain_prefetch)
+    ownership = _ownership(settings, store, broker, topology, relay)
+    metrics.watch(
+        in_flight=lambda: len(relay.in_flight),
+        in_hand=lambda: (broker.consumer.unsettled, broker.consumer.bytes_in_hand),
+        stalled=intake.stalled,
+        partitions_owned=(lambda: len(ownership.owned)) if ownership is not None else None,
+    )
+    api = None
     if api_socket is not None:
         from orchestrator.adapters.postgres.queries import Queries
         from orchestrator.entrypoints.api.app import ApiContext, create_app
         from orchestrator.entrypoints.server import ApiServer
 
+        async def checks() -> dict[str, str]:
+            return broker_checks(broker, intake)
+
         context = ApiContext(
             registry,
             store,
-            Queries(store.engine),
+            Queries(store.engine),  # type: ignore[attr-defined]
             settings,
             metrics,
-            dispatch=orchestrator.dispatch,
-            checks=orchestrator.broker_checks,
-            republish=orchestrator.broker.republish,
-            clock=orchestrator.clock.now,
+            bus=bus,
+            checks=checks,
+            republish=broker.republish,
+            clock=clock.now,
         )
-        orchestrator.api = ApiServer(create_app(context), api_socket, settings.shutdown_seconds)
-    return orchestrator
+        api = ApiServer(create_app(context), api_socket, settings.shutdown_seconds)
+    return Orchestrator(
+        Parts(
+            settings=settings,
+            registry=registry,
+            store=store,
+            metrics=metrics,
+            broker=broker,
+            clock=clock,
+            relay=relay,
+            deadlines=deadlines,
+            bus=bus,
+            intake=intake,
+            drain=drain,
+            ownership=ownership,
+            pruner=_pruner(settings, store),
+            tracer=tracer,
+            api=api,
+        )
+    )
+
+
+def broker_checks(broker: Broker, intake: Intake[Delivery]) -> dict[str, str]:
+    """Readiness: both broker connections up (either may be reconnecting), and the consumer
+    making progress."""
+    checks = {name: "ok" if up else "not connected" for name, up in broker.connections().items()}
+    stalled = intake.stalled()
+    checks["consumer"] = "ok" if stalled is None else stalled
+    return checks
+
+
+def _ownership(
+    settings: Settings, store: Store, broker: Broker, topology: Topology, relay: Relay
+) -> PartitionOwner | None:
+    """Partition ownership when there are partitions: shared with the other replicas through
+    PostgreSQL; a store of one process alone owns them all."""
+    if settings.partitions == 1:
+        return None
+    broker.consumer.split_prefetch(settings.partitions + 1)  # until it knows its share: all of them
+    locks: PartitionLocks
+    if isinstance(store, PostgresStore):
+        locks = PostgresPartitionLocks(store.dsn, settings.namespace)
+    else:
+        locks = MemoryPartitionLocks()
+    return PartitionOwner(
+        locks,
+        broker.consumer,
+        topology.partition_queue,
+        settings.partitions,
+        settings.rebalance_seconds,
+        replica_gone=relay.sweep_soon,
+    )
+
+
+def _pruner(settings: Settings, store: Store) -> Pruner | None:
+    """The periodic prune (docs/retention.md), on PostgreSQL, unless its interval is 0."""
+    if not isinstance(store, PostgresStore) or settings.prune_interval_seconds <= 0:
+        return None
+    return Pruner(
+        store.pool,
+        settings.prune_interval_seconds,
+        timedelta(days=settings.inbox_retention_days),
+        timedelta(days=settings.dead_letter_retention_days),
+        timedelta(days=settings.tombstone_retention_days),
+    )
 
 
 #: The longest message a log line carries, and the longest context field; past it the line says

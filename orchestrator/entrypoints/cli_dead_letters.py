@@ -13,16 +13,17 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from orchestrator.adapters.postgres.dead_letters import PostgresDeadLetters
 from orchestrator.core.ingress import Reason, clip, printable
 from orchestrator.entrypoints.settings import Settings, mask_url
 from orchestrator.service.dead_letters import (
     SOURCES,
     DeadLetterFilter,
     DeadLetterRow,
-    DeadLetters,
     replay,
     why_not_replayable,
 )
+from orchestrator.service.ports import DeadLetterRepository
 
 __all__ = ["CommandError", "add_parser", "run"]
 
@@ -113,7 +114,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
 
     await ensure_database_reachable(settings.database_url)
     engine = make_engine(settings.database_url, pool_size=1)
-    table = DeadLetters(engine)
+    table = PostgresDeadLetters(engine)
     try:
         command = args.dead_letters_command
         if command == "list":
@@ -151,7 +152,7 @@ def _summary(row: DeadLetterRow) -> dict[str, Any]:
     }
 
 
-async def _list(table: DeadLetters, args: argparse.Namespace) -> int:
+async def _list(table: DeadLetterRepository, args: argparse.Namespace) -> int:
     found = DeadLetterFilter(reason=args.reason, source=args.source, since=args.since, until=args.until)
     page = await table.page(found, args.limit)
     if args.json:
@@ -185,7 +186,7 @@ def _body_lines(text: str) -> str:
     return "\n".join(printable(line) for line in text.split("\n"))
 
 
-async def _show(table: DeadLetters, letter_id: int, as_json: bool) -> int:
+async def _show(table: DeadLetterRepository, letter_id: int, as_json: bool) -> int:
     row = await table.get(letter_id)
     if row is None:
         raise CommandError(f"no dead letter {letter_id}", 1)
@@ -236,7 +237,7 @@ async def _show(table: DeadLetters, letter_id: int, as_json: bool) -> int:
     return 0
 
 
-async def _replay(table: DeadLetters, args: argparse.Namespace, settings: Settings) -> int:
+async def _replay(table: DeadLetterRepository, args: argparse.Namespace, settings: Settings) -> int:
     import aiormq
 
     from orchestrator.adapters.amqp.broker import Republisher
@@ -285,7 +286,7 @@ async def _replay(table: DeadLetters, args: argparse.Namespace, settings: Settin
     return 1 if outcome.refused or missing else 0
 
 
-async def _purge(table: DeadLetters, args: argparse.Namespace) -> int:
+async def _purge(table: DeadLetterRepository, args: argparse.Namespace) -> int:
     chosen = [bool(args.ids), args.reason is not None or args.before is not None, args.all]
     if sum(chosen) != 1:
         raise CommandError("purge: give ids, or --reason and/or --before, or --all (one of them)")

@@ -17,7 +17,7 @@ from collections.abc import Generator
 import uvicorn
 from fastapi import FastAPI
 
-from orchestrator.service.supervisor import Spawn, bounded, unsupervised
+from orchestrator.supervision import Spawn, bounded, unsupervised
 
 __all__ = ["ApiServer", "listen"]
 

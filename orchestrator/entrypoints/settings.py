@@ -197,7 +197,7 @@ class Settings:
     #: messages in hand and no batch committed for this long: /readyz answers 503
     stall_seconds: float = 30.0
     #: a test hook (``ORCHESTRATOR_TEST_FAIL_TASK=<task>[:<seconds>]``): that task raises after
-    #: that long, every time it starts (orchestrator.service.supervisor)
+    #: that long, every time it starts (orchestrator.supervision)
     test_fail_task: str | None = None
     #: retention (docs/retention.md): the inbox rows of a saga finished (completed or
     #: compensated) this many days ago are pruned; a redelivery after that is not known as one

@@ -89,6 +89,10 @@ class _Parsed:
     #: whether its correlation id names a saga of ours, which journals it instead
     unrouted: Refused | None = None
 
+    def narrow(self, live: list[Target]) -> None:
+        """Only the workflows whose saga is not archived take it."""
+        self.keyed = live
+
 
 def _parse(index: int, envelope: Envelope, registry: Registry) -> _Parsed:
     if envelope.refused is not None:
@@ -166,7 +170,7 @@ async def process_batch(
                 result.verdicts[p.index] = Verdict.DUPLICATE
                 changes.duplicates.append(p.message_id)
                 continue
-            p.keyed = live
+            p.narrow(live)
             try:
                 targets = _targets(p, registry, current)
             except Refused as refused:

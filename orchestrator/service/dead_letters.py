@@ -17,23 +17,12 @@ the same checks as any other, and if it is still bad it gets a new row.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic
 
-import orjson
-from sqlalchemy import ColumnElement, delete, func, literal, select, tuple_, update
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from orchestrator.adapters.amqp.broker import Delivery, QueueConsumer, Unpublishable
-from orchestrator.adapters.amqp.topology import Topology
-from orchestrator.adapters.metrics import Metrics
-from orchestrator.adapters.postgres.queries import BadCursor
-from orchestrator.adapters.postgres.schema import dead_letters
 from orchestrator.core.ingress import (
     DEFAULT_LIMITS,
     DeadLetter,
@@ -45,17 +34,26 @@ from orchestrator.core.ingress import (
     dead_letter_of,
     printable,
 )
-from orchestrator.service.faults import Fault, classify
-from orchestrator.service.store import Changes, Store
-from orchestrator.service.supervisor import Spawn, bounded, unsupervised
+from orchestrator.service.counts import Counts
+from orchestrator.service.ports import (
+    D,
+    DeadLetterFilter,
+    DeadLetterPage,
+    DeadLetterRepository,
+    DeadLetterRow,
+    DrainConsumer,
+    Sleep,
+    Unpublishable,
+)
+from orchestrator.supervision import Spawn, bounded, unsupervised
 
 __all__ = [
     "SOURCES",
     "DeadLetterDrain",
     "DeadLetterFilter",
     "DeadLetterPage",
+    "DeadLetterRepository",
     "DeadLetterRow",
-    "DeadLetters",
     "Death",
     "NotReplayable",
     "Publish",
@@ -175,29 +173,29 @@ def broker_dead_letter(envelope: Envelope, limits: Limits = DEFAULT_LIMITS) -> D
     )
 
 
-class DeadLetterDrain:
-    """Drains ``{ns}.dead-letter`` into the dead-letter table, over a connection of its own.
+class DeadLetterDrain(Generic[D]):
+    """Drains ``{ns}.dead-letter`` into the dead-letter table, over a consumer of its own.
 
-    Deliveries are recorded a batch per transaction and acked only after it commits; while the
-    database is away the batch waits, unacked, and is tried again with backoff: nothing is dropped.
+    Deliveries are recorded a batch per transaction (by the bus, :meth:`~orchestrator.service.bus.
+    MessageBus.record_dead_letters`) and acked only after it commits; while the database is away
+    the batch waits, unacked, and is tried again with backoff: nothing is dropped.
     """
 
     def __init__(
         self,
-        url: str,
-        topology: Topology,
-        store: Store,
-        metrics: Metrics,
+        consumer: DrainConsumer[D],
+        record: Callable[[list[DeadLetter]], Awaitable[bool]],
+        counts: Counts,
         limits: Limits = DEFAULT_LIMITS,
-        prefetch: int = 32,
+        batch_size: int = 32,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
-        self.store = store
-        self.metrics = metrics
+        self.consumer = consumer
+        self._save = record
+        self.metrics = counts
         self.limits = limits
-        self.consumer = QueueConsumer(
-            url, topology.dead_letter_queue, prefetch, "orchestrator-dead-letters", limits=limits
-        )
-        self.batch_size = prefetch
+        self.batch_size = batch_size
+        self.sleep = sleep
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -224,7 +222,7 @@ class DeadLetterDrain:
         while batch := await self.consumer.batch(self.batch_size, self._stopping):
             await self.record(batch)
 
-    async def record(self, batch: Sequence[Delivery]) -> None:
+    async def record(self, batch: Sequence[D]) -> None:
         """Record a batch in one transaction, then ack it. Should the database refuse the batch
         (not be away: a value it cannot store), each is recorded alone, and one it still refuses
         is recorded bare (without its body and properties, saying so): nothing is dropped."""
@@ -237,31 +235,9 @@ class DeadLetterDrain:
             if not await self._save([letter]):
                 letter = _bare(letter)
                 while not await self._save([letter]):
-                    await asyncio.sleep(5.0)
+                    await self.sleep(5.0)
             self._recorded([letter])
             await self.consumer.ack([delivery], multiple_ok=False)
-
-    async def _save(self, letters: list[DeadLetter]) -> bool:
-        """True once committed; False when the database refused them. While it is away, retried
-        with backoff."""
-        delay = 0.1
-        while True:
-            try:
-                async with self.store.transaction() as tx:
-                    await tx.save(Changes(dead_letters=letters))
-                return True
-            except Exception as error:
-                if classify(error) is not Fault.UNAVAILABLE:
-                    log.error("could not record %d dead letters: %s", len(letters), printable(error)[:300])
-                    return False
-                log.error(
-                    "cannot record %d dead letters (%s), retrying in %.1fs",
-                    len(letters),
-                    printable(error)[:300],
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
 
     def _recorded(self, letters: Sequence[DeadLetter]) -> None:
         for letter in letters:
@@ -287,179 +263,14 @@ def _bare(letter: DeadLetter) -> DeadLetter:
     )
 
 
-# The table ----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class DeadLetterFilter:
-    """Which rows: every condition given must hold."""
-
-    ids: tuple[int, ...] | None = None
-    reason: str | None = None
-    source: str | None = None
-    #: dead at or after
-    since: datetime | None = None
-    #: dead before
-    until: datetime | None = None
-    replayed: bool | None = None
-
-    @property
-    def empty(self) -> bool:
-        return self == DeadLetterFilter()
-
-
-@dataclass(frozen=True)
-class DeadLetterRow:
-    id: int
-    dead_at: datetime
-    source: str
-    reason: str
-    detail: str
-    message_id: str | None
-    message_type: str | None
-    correlation_id: str | None
-    exchange: str
-    routing_key: str
-    properties: dict[str, Any]
-    body_size: int
-    #: how many bytes of the body are stored (fewer than ``body_size`` when it was cut)
-    body_stored: int
-    replayed_at: datetime | None
-    replayed_by: str | None
-    #: the stored body; None in a list
-    body: bytes | None = None
-
-    @property
-    def body_text(self) -> str | None:
-        """The body as text when it is UTF-8, else None."""
-        if self.body is None:
-            return None
-        try:
-            return self.body.decode("utf-8")
-        except UnicodeDecodeError:
-            return None
-
-    @property
-    def body_base64(self) -> str | None:
-        return base64.b64encode(self.body).decode("ascii") if self.body is not None else None
-
-
-@dataclass(frozen=True)
-class DeadLetterPage:
-    items: list[DeadLetterRow]
-    next_cursor: str | None
-
-
-_c = dead_letters.c
-_LISTED = (
-    _c.id,
-    _c.dead_at,
-    _c.source,
-    _c.reason,
-    _c.detail,
-    _c.message_id,
-    _c.message_type,
-    _c.correlation_id,
-    _c.exchange,
-    _c.routing_key,
-    _c.properties,
-    _c.body_size,
-    func.octet_length(_c.body).label("body_stored"),
-    _c.replayed_at,
-    _c.replayed_by,
-)
-
-
-def _conditions(f: DeadLetterFilter) -> list[ColumnElement[bool]]:
-    found: list[ColumnElement[bool]] = []
-    if f.ids is not None:
-        found.append(_c.id.in_(list(f.ids)))
-    if f.reason is not None:
-        found.append(_c.reason == f.reason)
-    if f.source is not None:
-        found.append(_c.source == f.source)
-    if f.since is not None:
-        found.append(_c.dead_at >= f.since)
-    if f.until is not None:
-        found.append(_c.dead_at < f.until)
-    if f.replayed is not None:
-        found.append(_c.replayed_at.is_not(None) if f.replayed else _c.replayed_at.is_(None))
-    return found
-
-
-def _encode_cursor(dead_at: datetime, letter_id: int) -> str:
-    raw = orjson.dumps([dead_at.isoformat(), letter_id])
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, int]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        dead_at, letter_id = orjson.loads(raw)
-        if not isinstance(dead_at, str) or type(letter_id) is not int or not 0 <= letter_id < 2**63:
-            raise ValueError(cursor)
-        when = datetime.fromisoformat(dead_at)
-        if when.tzinfo is None:
-            raise ValueError(cursor)
-        return when.astimezone(UTC), letter_id
-    except (ValueError, TypeError, OverflowError, binascii.Error, orjson.JSONDecodeError):
-        raise BadCursor("cursor is not one this API handed out: pass next_cursor back unchanged") from None
-
-
-class DeadLetters:
-    """The dead-letter table's queries, over SQLAlchemy Core (the REST read model's engine)."""
-
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
-
-    async def page(self, f: DeadLetterFilter, limit: int, cursor: str | None = None) -> DeadLetterPage:
-        """A page of dead letters (without their bodies), newest first."""
-        query = select(*_LISTED).where(*_conditions(f))
-        if cursor is not None:
-            dead_at, letter_id = _decode_cursor(cursor)
-            query = query.where(tuple_(_c.dead_at, _c.id) < tuple_(literal(dead_at), literal(letter_id)))
-        query = query.order_by(_c.dead_at.desc(), _c.id.desc()).limit(limit + 1)
-        async with self.engine.connect() as connection:
-            rows = [DeadLetterRow(**r._mapping) for r in await connection.execute(query)]
-        last = rows[limit - 1] if len(rows) > limit else None
-        return DeadLetterPage(rows[:limit], _encode_cursor(last.dead_at, last.id) if last else None)
-
-    async def get(self, letter_id: int) -> DeadLetterRow | None:
-        rows = await self.rows(DeadLetterFilter(ids=(letter_id,)), 1)
-        return rows[0] if rows else None
-
-    async def rows(self, f: DeadLetterFilter, limit: int) -> list[DeadLetterRow]:
-        """Whole rows, bodies included, oldest first (the order a replay sends them in)."""
-        query = select(*_LISTED, _c.body).where(*_conditions(f)).order_by(_c.dead_at, _c.id).limit(limit)
-        async with self.engine.connect() as connection:
-            return [DeadLetterRow(**r._mapping) for r in await connection.execute(query)]
-
-    async def count(self, f: DeadLetterFilter) -> int:
-        query = select(func.count()).select_from(dead_letters).where(*_conditions(f))
-        async with self.engine.connect() as connection:
-            return int((await connection.execute(query)).scalar_one())
-
-    async def purge(self, f: DeadLetterFilter) -> int:
-        """Delete the rows ``f`` selects (an empty filter: all of them); how many there were."""
-        async with self.engine.begin() as connection:
-            result = await connection.execute(delete(dead_letters).where(*_conditions(f)))
-        return int(result.rowcount)
-
-    async def mark_replayed(self, letter_id: int, actor: str, at: datetime) -> None:
-        async with self.engine.begin() as connection:
-            await connection.execute(
-                update(dead_letters)
-                .where(_c.id == letter_id)
-                .values(replayed_at=at, replayed_by=clip(printable(actor), 200))
-            )
-
-
 # Replay -------------------------------------------------------------------------------------------
 class NotReplayable(Exception):
     """This dead letter cannot be replayed as it is stored; the message says why."""
 
 
 #: publishes a body with properties to an exchange with a routing key: persistent, mandatory,
-#: confirmed (:meth:`orchestrator.adapters.amqp.broker.Republisher.publish`); raises
-#: :class:`~orchestrator.adapters.amqp.broker.Unpublishable`
+#: confirmed (the broker adapter's ``Republisher.publish``); raises
+#: :class:`~orchestrator.service.ports.Unpublishable`
 Publish = Callable[[str, str, bytes, Mapping[str, Any]], Awaitable[None]]
 
 #: headers a replay leaves out: ours (``x-original-*``, and ``x-death-reason`` of earlier
@@ -524,7 +335,7 @@ class ReplayOutcome:
 
 
 async def replay(
-    table: DeadLetters,
+    table: DeadLetterRepository,
     rows: Sequence[DeadLetterRow],
     publish: Publish,
     actor: str,

@@ -1,38 +1,31 @@
-"""The deadline alarm: APScheduler rings, PostgreSQL decides.
+"""The deadline alarm: an alarm clock rings, PostgreSQL decides.
 
 Deadline rows are written in the transaction that enters a waiting state, so they survive any
-crash. APScheduler (memory job store, one job) is only the alarm clock, set for the earliest row
-due; when it rings, the sweeper locks the sagas with timers due (in id order, as a batch locks
-them), then their due timer rows, and feeds each through the engine. A slow periodic sweep covers
-deadlines another replica set. On start the sweep runs at once, so deadlines that fell due while
-the service was down fire right away.
+crash. The alarm clock (the :class:`~orchestrator.service.ports.Alarm` port: APScheduler) is only
+set for the earliest row due; when it rings, the sweep asks the bus to fire what is due (the bus
+locks the sagas with timers due, in id order as a batch locks them, then their due timer rows, and
+feeds each through the engine). A slow periodic sweep covers deadlines another replica set. On
+start the sweep runs at once, so deadlines that fell due while the service was down fire right away.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
 
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
-
-from orchestrator.adapters.metrics import Metrics, count_finished
-from orchestrator.core.engine import Decision, OutgoingCommand
+from orchestrator.core.engine import Decision
 from orchestrator.core.routing import Registry
-from orchestrator.service.batch import fire_due_deadlines
+from orchestrator.service.batch import BatchResult
 from orchestrator.service.clock import DatabaseClock
-from orchestrator.service.faults import Fault, classify
+from orchestrator.service.counts import Counts
+from orchestrator.service.ports import Alarm
 from orchestrator.service.store import JournalEntry, Store
-from orchestrator.service.tracing import Tracer
 
 __all__ = ["DeadlineAlarm"]
 
 log = logging.getLogger("orchestrator.service.deadlines")
-
-_ALARM = "deadline-alarm"
-#: how many times in a row a sweep that lost a race (40P01, 40001, 55P03) is tried before it waits
-_CONFLICT_TRIES = 5
 
 
 async def _local_now() -> datetime:
@@ -41,45 +34,43 @@ async def _local_now() -> datetime:
 
 
 class DeadlineAlarm:
+    """The timer outlet of the bus (:meth:`committed`) and the sweep the alarm clock rings."""
+
     def __init__(
         self,
         registry: Registry,
         store: Store,
-        send: Callable[[Iterable[OutgoingCommand]], None],
+        alarm: Alarm,
         safety_sweep_seconds: float = 15.0,
-        metrics: Metrics | None = None,
+        counts: Counts | None = None,
         clock: DatabaseClock | None = None,
-        tracer: Tracer | None = None,
     ) -> None:
         self.registry = registry
-        #: a fired timer's spans continue the trace that set it (None: untraced)
-        self.tracer = tracer
         self.store = store
-        self.metrics = metrics or Metrics(process=False)
-        self.send = send
+        self.alarm = alarm
+        self.counts = counts or Counts()
         #: "now" as the database has it, so that replicas on hosts whose clocks differ agree
         self.clock = clock or DatabaseClock(_local_now)
         self.safety_sweep_seconds = safety_sweep_seconds
-        self.scheduler = AsyncIOScheduler(
-            timezone=UTC, job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 1}
-        )
         self.armed_for: datetime | None = None
         self.fired = 0
         #: sweeps failed in a row, for the backoff before the next try
         self.failures = 0
+        self._fire: Callable[[], Awaitable[BatchResult]] | None = None
         self._lock = asyncio.Lock()
         self._sweeps: set[asyncio.Task[None]] = set()
 
-    async def start(self) -> None:
-        self.scheduler.start()
-        self.scheduler.add_job(
-            self._ring, "interval", seconds=self.safety_sweep_seconds, id="deadline-safety"
-        )
+    async def start(self, fire: Callable[[], Awaitable[BatchResult]]) -> None:
+        """Sweep with ``fire`` (the bus's :meth:`~orchestrator.service.bus.MessageBus.fire_due`)
+        now, then whenever the alarm rings."""
+        self._fire = fire
+        self.alarm.start(self._ring, self.safety_sweep_seconds)
+        if self.armed_for is not None:  # committed before the start: the alarm was not running
+            self._arm(self.armed_for)
         await self.sweep()
 
     def stop(self) -> None:
-        if self.scheduler.running:
-            self.scheduler.shutdown(wait=False)
+        self.alarm.stop()
         for task in self._sweeps:  # a sweep cut short rolls back; its timers fire on the next start
             task.cancel()
 
@@ -92,8 +83,7 @@ class DeadlineAlarm:
 
     def _arm(self, when: datetime) -> None:
         self.armed_for = when
-        run_date = self.clock.local(when)  # a database time, as this host's clock shows it
-        self.scheduler.add_job(self._ring, "date", run_date=run_date, id=_ALARM, replace_existing=True)
+        self.alarm.set(self.clock.local(when))  # a database time, as this host's clock shows it
 
     async def _ring(self) -> None:
         """The alarm's job only starts the sweep and returns: a job still running when the sweep
@@ -105,29 +95,17 @@ class DeadlineAlarm:
 
     async def sweep(self) -> None:
         """Fire what is due until nothing is, then set the alarm for the next row. A failure
-        neither crashes the service nor loops: a race (a lock conflict, a deadlock another session
-        caused) is tried again at once a few times; anything else, or a race that persists, waits
-        for a retry armed with backoff (at most the safety sweep's interval), from the rows."""
+        neither crashes the service nor loops: the bus tries a race again at once a few times;
+        anything else, or a race that persists, waits for a retry armed with backoff (at most the
+        safety sweep's interval), from the rows."""
+        if self._fire is None:
+            raise RuntimeError("the deadline alarm sweeps once started")
         async with self._lock:
-            conflicts = 0
             try:
                 while True:
-                    now = self.clock.now()
-                    try:
-                        result = await fire_due_deadlines(self.registry, self.store, now, tracer=self.tracer)
-                    except Exception as error:
-                        conflicts += 1
-                        if classify(error) is not Fault.CONFLICT or conflicts >= _CONFLICT_TRIES:
-                            raise
-                        log.info("deadline sweep met a concurrent transaction (%s), again", error)
-                        await asyncio.sleep(0.05 * conflicts)
-                        continue
-                    conflicts = 0
+                    result = await self._fire()
                     self._observe(result.journal, result.decisions)
-                    count_finished(self.metrics, result.decisions, self.registry.workflows)
                     self.fired += len(result.decisions)
-                    self.send(result.commands)
-                    self.committed(result.decisions)
                     if not result.decisions:
                         break
                 self.armed_for = None
@@ -149,11 +127,11 @@ class DeadlineAlarm:
         workflows = {d.saga.id: d.saga.workflow for d in decisions}
         for entry in entries:
             message = entry.message
-            self.metrics.deadlines_fired[message.kind] += 1
+            self.counts.deadlines_fired[message.kind] += 1
             try:
                 due_at = datetime.fromisoformat(message.payload["due_at"])
                 late = max(0.0, (entry.recorded_at - due_at).total_seconds())
-                self.metrics.deadline_lateness.observe((workflows.get(entry.saga_id, ""), message.kind), late)
+                self.counts.deadline_lateness.observe((workflows.get(entry.saga_id, ""), message.kind), late)
             except (KeyError, TypeError, ValueError):
                 pass
             log.info(

@@ -1,29 +1,40 @@
-"""Whose fault a failed batch is: the database's (wait for it), a race (try again), or a message's
-(find it and set it aside).
+"""Whose fault a failed write is, and the one policy for what to do about it.
 
-PostgreSQL says which in its SQLSTATE: class 22 (data exception: a value it cannot store) and 54
-(program limit exceeded: an index row too large) are about what a message carried; class 23
-(integrity constraint), 40001, 40P01 and 55P03 mean another transaction got there first, and a
-retry sees what it did; classes 08, 53, 57 and 58 and a broken connection mean the database is
-not there to ask, and 25 (a read-only standby), 28 (a rotated password), 3D and a missing
-privilege, table or column mean it cannot take any batch as deployed: waited for, like an outage,
-with /readyz at 503. Anything else (a bug, in a workflow or here) is tried a few times and then
-treated as the message's: nothing about one message retries forever.
+The kinds: the database's (wait for it), a race (try again), a message's (find it and set it
+aside), or unknown. The store adapter says which an error is (``Store.classify``; PostgreSQL's
+SQLSTATEs in :mod:`orchestrator.adapters.postgres.faults`), so nothing here knows a driver.
 
-The REST API asks a narrower question of a failed request, :func:`from_database`: did the database
-(or the driver's session with it) fail, whatever the wrapper? SQLAlchemy wraps asyncpg's errors
-(``DBAPIError.orig``, the driver's error as its ``__cause__``), and a session killed mid-request
-can surface as the error of the rollback after it (asyncpg's ``InternalClientError``, "cannot
-switch to state ...; another operation is in progress"), with the first failure as its context:
-the whole chain is looked at.
+:func:`attempt` is the one retry loop. Every write the service makes on its own (a batch, a
+deadline sweep, a dead letter's record, marking commands sent) runs through it with a
+:class:`FaultPolicy` that says how often each kind is tried and how long to wait between tries; a
+kind absent from ``tries`` is tried until it passes (the database's outage, for a batch that holds
+its messages unacked meanwhile). Requests (REST, the shell) are not retried: they answer 503 and
+the caller decides.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TypeVar
 
-__all__ = ["Fault", "classify", "from_database", "links"]
+__all__ = [
+    "BARE",
+    "BATCH",
+    "DATABASE_BACKOFF",
+    "DEADLINES",
+    "DEAD_LETTERS",
+    "MARK_SENT",
+    "SPLIT",
+    "Fault",
+    "FaultPolicy",
+    "GaveUp",
+    "attempt",
+]
+
+T = TypeVar("T")
 
 
 class Fault(enum.Enum):
@@ -37,75 +48,105 @@ class Fault(enum.Enum):
     OTHER = "other"
 
 
-_UNAVAILABLE_CLASSES = {"08", "53", "57", "58", "25", "28", "3D"}
-#: the database as deployed cannot take any batch (no privilege, no table: a migration missing)
-_UNAVAILABLE_CODES = {"42501", "42P01", "42703", "42883"}
+def _database_backoff(tries: int) -> float:
+    """0.1 s, doubling, at most 5 s: quick after a blip, gentle on a database that is down."""
+    return min(0.1 * 2.0 ** (tries - 1), 5.0)
 
 
-def sqlstate(error: BaseException) -> str | None:
-    """The SQLSTATE of a PostgreSQL error, whether asyncpg raised it or SQLAlchemy wrapped it."""
-    for candidate in (error, getattr(error, "orig", None), error.__cause__):
-        code = getattr(candidate, "sqlstate", None)
-        if isinstance(code, str) and len(code) == 5:
-            return code
-    return None
+DATABASE_BACKOFF = _database_backoff
 
 
-def classify(error: BaseException) -> Fault:
-    code = sqlstate(error)
-    if code is not None:
-        if code[:2] in _UNAVAILABLE_CLASSES or code in _UNAVAILABLE_CODES:
-            return Fault.UNAVAILABLE
-        if code[:2] == "23" or code in {"40001", "40P01", "55P03"}:
-            return Fault.CONFLICT
-        if code[:2] in {"22", "54"}:
-            return Fault.MESSAGE
-        return Fault.OTHER
-    import asyncpg  # the driver's own connection errors carry no SQLSTATE
-
-    if isinstance(error, OSError | TimeoutError | ConnectionError | asyncpg.InterfaceError):
-        return Fault.UNAVAILABLE
-    return Fault.OTHER
+def _no_pause(fault: Fault, tries: int) -> float:
+    return 0.0
 
 
-def links(error: BaseException) -> Iterator[BaseException]:
-    """The error, what it wraps (``.orig``), and what caused it or was being handled, each once."""
-    seen: set[int] = set()
-    pending = [error]
-    while pending and len(seen) < 32:
-        current = pending.pop(0)
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        for nested in (getattr(current, "orig", None), current.__cause__, current.__context__):
-            if isinstance(nested, BaseException):
-                pending.append(nested)
+@dataclass(frozen=True)
+class FaultPolicy:
+    """How often a write is tried, by the kind of its failure, and how long between tries."""
+
+    #: tries in all before giving up, per kind; a kind absent is tried until it passes
+    tries: Mapping[Fault, int]
+    #: seconds before the next try, given the kind and how many tries of that kind failed so far
+    pause: Callable[[Fault, int], float] = field(default=_no_pause)
+
+    def gives_up(self, fault: Fault, failed: int) -> bool:
+        limit = self.tries.get(fault)
+        return limit is not None and failed >= limit
 
 
-def from_database(error: BaseException) -> Fault | None:
-    """Whether a request failed in the database, and how: ``None`` when nothing in the error's
-    chain came from PostgreSQL, asyncpg or SQLAlchemy's pool or driver layer (a bug here).
+class GaveUp(Exception):
+    """The policy's tries for this kind of failure are spent; ``error`` is the last one."""
 
-    A broken session (asyncpg's ``InterfaceError`` or ``InternalClientError``, SQLSTATE class 08,
-    57, XX) is ``UNAVAILABLE``; any other database error is classified by its SQLSTATE."""
-    import asyncpg
-    from sqlalchemy import exc
+    def __init__(self, fault: Fault, error: BaseException) -> None:
+        super().__init__(f"{fault.value}: {error}")
+        self.fault = fault
+        self.error = error
 
-    found: Fault | None = None
-    for link in links(error):
-        if isinstance(link, asyncpg.InternalClientError | asyncpg.InterfaceError | exc.TimeoutError):
-            return Fault.UNAVAILABLE
-        if isinstance(link, exc.DisconnectionError) or getattr(link, "connection_invalidated", False):
-            return Fault.UNAVAILABLE
-        code = sqlstate(link)
-        if code is not None and code[:2] == "XX":  # internal_error, data_corrupted: the server's own
-            return Fault.UNAVAILABLE
-        if isinstance(link, asyncpg.PostgresError | exc.DBAPIError) or code is not None:
-            fault = classify(link)
-            if fault is Fault.UNAVAILABLE:
-                return fault
-            found = found or fault
-        elif isinstance(link, OSError | TimeoutError | ConnectionError):
-            return Fault.UNAVAILABLE
-    return found
+
+#: what a caller is told of each failed try: the kind, the error, and the pause before the next
+#: (None: no next, the policy gave up)
+OnFailure = Callable[[Fault, BaseException, float | None], None]
+
+
+def _quiet(fault: Fault, error: BaseException, pause: float | None) -> None:
+    """No word of a failed try: the caller reports what it gives up on."""
+
+
+async def attempt(
+    operation: Callable[[], Awaitable[T]],
+    classify: Callable[[BaseException], Fault],
+    policy: FaultPolicy,
+    on_failure: OnFailure = _quiet,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> T:
+    """``operation()`` until it passes, or :class:`GaveUp` once the policy says so. Tries are
+    counted per kind: an outage between two conflicts does not use up the conflicts' tries."""
+    failed: dict[Fault, int] = {}
+    while True:
+        try:
+            return await operation()
+        except Exception as error:
+            fault = classify(error)
+            failed[fault] = failed.get(fault, 0) + 1
+            if policy.gives_up(fault, failed[fault]):
+                on_failure(fault, error, None)
+                raise GaveUp(fault, error) from error
+            pause = policy.pause(fault, failed[fault])
+            on_failure(fault, error, pause)
+            await sleep(pause)
+
+
+# The policies, one per kind of write --------------------------------------------------------
+def _batch_pause(fault: Fault, failed: int) -> float:
+    """The database's outage backs off to 5 s; a failure of unknown kind gets a few seconds on the
+    whole batch (0.25, 1, 4 s), in case it passes; a race is tried again at once."""
+    if fault is Fault.UNAVAILABLE:
+        return DATABASE_BACKOFF(failed)
+    return 0.25 * 4 ** (failed - 1) if fault is Fault.OTHER else 0.05
+
+
+def _split_pause(fault: Fault, failed: int) -> float:
+    return DATABASE_BACKOFF(failed) if fault is Fault.UNAVAILABLE else 0.05
+
+
+#: a whole batch: held unacked while the database is away; then split by whose fault it is
+BATCH = FaultPolicy({Fault.CONFLICT: 5, Fault.OTHER: 4, Fault.MESSAGE: 1}, _batch_pause)
+#: a part of a batch being split: its parts are not waited on again
+SPLIT = FaultPolicy({Fault.CONFLICT: 5, Fault.OTHER: 2, Fault.MESSAGE: 1}, _split_pause)
+#: a round of the deadline sweep: a race again at once a few times; anything else waits for the
+#: alarm's backoff (the timers are rows: nothing is lost meanwhile)
+DEADLINES = FaultPolicy(
+    {Fault.CONFLICT: 5, Fault.OTHER: 1, Fault.MESSAGE: 1, Fault.UNAVAILABLE: 1},
+    lambda fault, failed: 0.05 * failed,
+)
+#: a dead letter's record: held unacked while the database is away; refused: recorded otherwise
+DEAD_LETTERS = FaultPolicy(
+    {Fault.CONFLICT: 1, Fault.OTHER: 1, Fault.MESSAGE: 1}, lambda fault, failed: DATABASE_BACKOFF(failed)
+)
+#: commands confirmed, their outbox rows deleted: a few tries; failing, sent twice at worst
+#: (participants dedupe)
+MARK_SENT = FaultPolicy(dict.fromkeys(Fault, 5), lambda fault, failed: 0.5 * failed)
+
+
+#: a dead letter's bare record: tried until the database takes it (every failure is its)
+BARE = FaultPolicy({}, _split_pause)

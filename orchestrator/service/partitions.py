@@ -19,47 +19,20 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol
+
+from orchestrator.service.ports import PartitionLocks, Survey
 
 __all__ = ["PartitionLocks", "PartitionOwner", "Survey", "share_of"]
 
 log = logging.getLogger("orchestrator.partitions")
 
 
-@dataclass(frozen=True)
-class Survey:
-    """Who holds what, as the database sees it now."""
-
-    #: live replicas of this namespace, this one included
-    replicas: int
-    #: partitions some replica holds
-    taken: frozenset[int]
-    #: partitions this replica holds
-    mine: frozenset[int]
-
-
-class PartitionLocks(Protocol):
-    """The port: locks that die with their holder."""
-
-    async def open(self) -> None:
-        """Connect, and count this replica among the live ones while the connection lives."""
-
-    async def survey(self) -> Survey: ...
-
-    async def take(self, partition: int) -> bool:
-        """Take the partition's lock if nobody holds it; whether it was taken."""
-
-    async def give_up(self, partition: int) -> None: ...
-
-    async def close(self) -> None:
-        """Release everything (closing the connection does)."""
-
-
 class PartitionConsumer(Protocol):
     """What the owner drives: the consumer of this replica's queues."""
 
-    share: int
+    def split_prefetch(self, queues: int) -> None:
+        """Share the prefetch among this many queues."""
 
     @property
     def is_connected(self) -> bool: ...
@@ -158,7 +131,7 @@ class PartitionOwner:
         if 0 < survey.replicas < self.replicas:
             self.replica_gone()
         share = share_of(self.partitions, survey.replicas)
-        self.consumer.share = share + 1  # the partitions and the queue of start events
+        self.consumer.split_prefetch(share + 1)  # the partitions and the queue of start events
         before, self.replicas = set(self.owned), survey.replicas
         if len(self.owned) > share:
             for partition in random.sample(sorted(self.owned), len(self.owned) - share):

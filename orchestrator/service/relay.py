@@ -13,13 +13,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
-from orchestrator.adapters.metrics import Metrics
 from orchestrator.core.engine import OutgoingCommand
+from orchestrator.service.counts import Counts
+from orchestrator.service.faults import MARK_SENT, Fault, GaveUp, attempt
+from orchestrator.service.ports import Clock, Publish
 from orchestrator.service.store import Store
-from orchestrator.service.supervisor import Spawn, unsupervised
+from orchestrator.supervision import Spawn, unsupervised
 
 __all__ = ["Relay"]
 
@@ -30,9 +32,11 @@ class Relay:
     def __init__(
         self,
         store: Store,
-        publish: Callable[[OutgoingCommand], Awaitable[None]],
+        publish: Publish,
         in_flight: int = 4096,
         sweep_seconds: float = 5.0,
+        counts: Counts | None = None,
+        now: Clock = lambda: datetime.now(UTC),
     ) -> None:
         self.store = store
         self.publish = publish
@@ -44,11 +48,11 @@ class Relay:
         self._runner: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.sent = 0
-        self.metrics = Metrics(process=False)
+        self.metrics = counts or Counts()
         #: message id -> when the event that caused it arrived (time.monotonic), for the step latency
         self.received: dict[str, float] = {}
         #: "now" as the outbox rows' times are written: the database's (service/clock.py)
-        self.now: Callable[[], datetime] = lambda: datetime.now(UTC)
+        self.now = now
         self._wake = asyncio.Event()
 
     def submit(self, commands: Iterable[OutgoingCommand], received_at: float | None = None) -> None:
@@ -122,22 +126,24 @@ class Relay:
                 received = self.received.get(command.message_id) if outcome is None else None
                 if received is not None:  # by workflow and command type: which step is slow
                     latency.observe((command.workflow, command.type), confirmed_at - received)
-            self.metrics.commands_out += len(confirmed)
-            for attempt in range(5):
-                try:
-                    await self.store.mark_sent(confirmed)
-                    break
-                except Exception as error:  # sent twice at worst: participants dedupe
-                    log.warning(
-                        "could not mark %d commands sent (try %d): %s", len(confirmed), attempt + 1, error
-                    )
-                    await asyncio.sleep(0.5 * (attempt + 1))
+            self.metrics.confirmed(len(confirmed))
+            await self._mark_sent(confirmed)
             self.sent += len(confirmed)
         finally:
             for command in batch:
                 self.in_flight.discard(command.message_id)
                 self.received.pop(command.message_id, None)
                 self._slots.release()
+
+    async def _mark_sent(self, message_ids: list[str]) -> None:
+        """Confirmed commands out of the outbox, by the fault policy; failing that, they are sent
+        again by a sweep (participants dedupe), never lost."""
+
+        def note(fault: Fault, error: BaseException, pause: float | None) -> None:
+            log.warning("could not mark %d commands sent (%s): %s", len(message_ids), fault.value, error)
+
+        with contextlib.suppress(GaveUp):
+            await attempt(lambda: self.store.mark_sent(message_ids), self.store.classify, MARK_SENT, note)
 
     async def drain(self, timeout: float) -> bool:
         """Wait until everything handed over is confirmed, for a graceful stop."""

@@ -15,6 +15,7 @@ from typing import Protocol
 from orchestrator.core.engine import Deadline, Decision, Incoming, OutgoingCommand, SagaSnapshot
 from orchestrator.core.ingress import DeadLetter
 from orchestrator.core.journal import DueDeadline, JournalEntry, Records
+from orchestrator.service.faults import Fault
 
 __all__ = ["Changes", "DueDeadline", "JournalEntry", "Records", "Store", "Tombstone", "Transaction"]
 
@@ -138,5 +139,9 @@ class Store(Protocol):
         and a dead replica's; never those a live replica holds."""
 
     async def mark_sent(self, message_ids: Sequence[str]) -> None: ...
+
+    def classify(self, error: BaseException) -> Fault:
+        """Whose fault a failed write is, in the service's terms: the adapter knows its driver's
+        errors, the fault policy (:mod:`orchestrator.service.faults`) only these kinds."""
 
     async def close(self) -> None: ...

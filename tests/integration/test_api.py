@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,6 +22,7 @@ from orchestrator.adapters.postgres.queries import Queries
 from orchestrator.adapters.postgres.schema import deadlines
 from orchestrator.adapters.postgres.store import PostgresStore
 from orchestrator.core.definitions import FAIL, Status, Workflow
+from orchestrator.core.engine import OutgoingCommand
 from orchestrator.core.routing import Registry
 from orchestrator.entrypoints.api.app import ApiContext, create_app
 from orchestrator.entrypoints.settings import Settings
@@ -29,7 +30,7 @@ from orchestrator.entrypoints.tokens import parse_env
 from orchestrator.examples import WORKFLOWS
 from orchestrator.examples.contracts import BuyerSigned, EscrowOpened, RequestBuyerSignature
 from orchestrator.service.batch import Envelope, process_batch
-from orchestrator.service.operations import Applied
+from orchestrator.service.bus import MessageBus
 
 from .conftest import migrated_database
 
@@ -48,11 +49,28 @@ strict.on(BuyerSigned, source="waiting", dest="signed")
 
 
 @dataclass
+class Handed:
+    """What one commit handed on to the relay."""
+
+    commands: list[OutgoingCommand]
+
+
+class Handing:
+    """The bus's outlet for committed commands, recording each commit's."""
+
+    def __init__(self, handed: list[Handed]) -> None:
+        self.handed = handed
+
+    def submit(self, commands: Iterable[OutgoingCommand], received_at: float | None = None) -> None:
+        self.handed.append(Handed(list(commands)))
+
+
+@dataclass
 class Harness:
     client: httpx.AsyncClient
     context: ApiContext
     store: PostgresStore
-    dispatched: list[Applied] = field(default_factory=list)
+    dispatched: list[Handed] = field(default_factory=list)
     offset: timedelta = timedelta(0)
 
     def key(self) -> str:
@@ -72,15 +90,19 @@ class Harness:
         )
 
 
-def app_for(store: PostgresStore, dispatched: list[Applied], **settings: Any) -> tuple[ApiContext, Any]:
+def app_for(store: PostgresStore, dispatched: list[Handed], **settings: Any) -> tuple[ApiContext, Any]:
+    registry, metrics = Registry([*WORKFLOWS, strict]), Metrics(process=False)
+    clock: list[Callable[[], datetime]] = []
+    bus = MessageBus(registry, store, outbox=Handing(dispatched), counts=metrics, clock=lambda: clock[0]())
     context = ApiContext(
-        Registry([*WORKFLOWS, strict]),
+        registry,
         store,
         Queries(store.engine),
         replace(Settings(), api_token=TOKEN, **settings),
-        Metrics(process=False),
-        dispatch=dispatched.append,
+        metrics,
+        bus=bus,
     )
+    clock.append(lambda: context.clock())  # the context's clock, as a test sets it
     return context, create_app(context)
 
 
@@ -95,7 +117,7 @@ def database_url() -> Iterator[str]:
 @pytest_asyncio.fixture
 async def api(database_url: str) -> AsyncIterator[Harness]:
     store = PostgresStore.from_url(database_url, pool_size=2)
-    dispatched: list[Applied] = []
+    dispatched: list[Handed] = []
     context, app = app_for(store, dispatched)
     harness = Harness(httpx.AsyncClient(), context, store, dispatched)
     context.clock = lambda: datetime.now(UTC) + harness.offset

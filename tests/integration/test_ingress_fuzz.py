@@ -5,7 +5,7 @@ bytes or of JSON that sometimes fits a bundled workflow's event and sometimes ho
 surrogates, 70-bit integers, deep nesting or long keys; properties of any kind (text, bytes that
 are not UTF-8, objects, over-long values); header tables of anything. Each goes through
 ``ingress.envelope`` (which must never raise) and then, in batches, through the orchestrator's
-own commit path (``Orchestrator._commit``: retried, split, the culprit dead-lettered) against a
+own commit path (the bus's unit of work: retried, split, the culprit dead-lettered) against a
 real migrated PostgreSQL database. Every message must end accepted, duplicate or dead, every
 dead one with its row in ``dead_letters`` and a reason from ``ingress.Reason``, and every
 accepted start event with its saga.
@@ -404,14 +404,14 @@ class Rig:
 @pytest.fixture(scope="module")
 def rig() -> Iterator[Rig]:
     """A database of its own, migrated once for the module, and an orchestrator that is never
-    started: ``_commit`` needs only the store (the relay and the deadline alarm just queue what it
+    started: its bus needs only the store (the relay and the deadline alarm just queue what it
     hands them in memory; no broker connection is made until ``start``)."""
     with migrated_database("orchestrator_fuzz") as url, asyncio.Runner() as runner:
 
         async def build() -> Rig:
             store = PostgresStore.from_url(url, pool_size=2)
             registry = Registry(load_workflows("orchestrator.examples"), max_parked=3)
-            orchestrator = Orchestrator(Settings(database_url=url), registry, store)
+            orchestrator = build(Settings(database_url=url), registry=registry, store=store)
             connection = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
             return Rig(runner, orchestrator, connection)
 
@@ -421,7 +421,7 @@ def rig() -> Iterator[Rig]:
             # it never connected to anything but PostgreSQL
             assert rig.orchestrator.broker._publish_connection is None
             assert rig.orchestrator.broker.consumer._connection is None
-            assert not rig.orchestrator.deadlines.scheduler.running
+            assert not rig.orchestrator.deadlines.alarm.running  # type: ignore[attr-defined]
         finally:
             runner.run(rig.connection.close())
             runner.run(rig.orchestrator.store.close())
@@ -431,7 +431,7 @@ async def _commit_and_check(rig: Rig, raws: list[Raw], envelopes: list[Envelope]
     connection = rig.connection
     last = await connection.fetchval("SELECT coalesce(max(id), 0) FROM dead_letters")
     arrived = [time.monotonic()] * len(envelopes)
-    result = await rig.orchestrator._commit(envelopes, arrived)  # must not raise
+    result = await rig.orchestrator.bus.handle(envelopes, arrived)  # must not raise
     rig.batches += 1
 
     assert len(result.verdicts) == len(result.refusals) == len(envelopes)
@@ -663,7 +663,7 @@ def test_an_int_the_schema_reads_from_text_fails_its_saga_not_the_next_message(r
             [sent("orders.OrderPlaced", placed), sent("escrow.EscrowOpened", opened)],
             [sent("inventory.StockReserved", reserved)],
         ):
-            result = await rig.orchestrator._commit(batch, [time.monotonic()] * len(batch))
+            result = await rig.orchestrator.bus.handle(batch, [time.monotonic()] * len(batch))
             assert result.verdicts == [Verdict.ACCEPTED] * len(batch), result.reasons
         assert await rig.connection.fetchval("SELECT count(*) FROM dead_letters WHERE id > $1", last) == 0
         for workflow, key in (("order", order_id), ("escrow", escrow_id)):

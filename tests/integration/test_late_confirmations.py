@@ -5,8 +5,8 @@ the cancel with its message id; a late confirmation carries such a saga on; the 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import replace
+from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,7 +24,7 @@ from orchestrator.core.routing import Registry
 from orchestrator.entrypoints.api.app import ApiContext, create_app
 from orchestrator.entrypoints.settings import Settings
 from orchestrator.service.batch import Envelope, process_batch
-from orchestrator.service.operations import Applied
+from orchestrator.service.bus import MessageBus
 from tests.unit.test_late_confirmations import WORKFLOW, FlightBooked, FlightCancelled
 
 from .conftest import migrated_database
@@ -34,10 +34,29 @@ pytestmark = pytest.mark.integration
 TOKEN = "late-confirmations-token"
 
 
+@dataclass
+class Handed:
+    """What one commit handed on to the relay."""
+
+    commands: list[OutgoingCommand]
+
+
+class Handing:
+    """The bus's outlet for committed commands, recording each commit's."""
+
+    def __init__(self, handed: list[Handed]) -> None:
+        self.handed = handed
+
+    def submit(self, commands: Iterable[OutgoingCommand], received_at: float | None = None) -> None:
+        self.handed.append(Handed(list(commands)))
+
+
 class Api:
-    def __init__(self, client: httpx.AsyncClient, context: ApiContext, store: PostgresStore) -> None:
+    def __init__(
+        self, client: httpx.AsyncClient, context: ApiContext, store: PostgresStore, dispatched: list[Handed]
+    ) -> None:
         self.client, self.context, self.store = client, context, store
-        self.dispatched: list[Applied] = []
+        self.dispatched = dispatched
 
     async def act(self, saga_id: str, action: str, **body: Any) -> dict[str, Any]:
         response = await self.client.post(
@@ -70,20 +89,24 @@ def database_url() -> Iterator[str]:
 @pytest_asyncio.fixture
 async def api(database_url: str) -> AsyncIterator[Api]:
     store = PostgresStore.from_url(database_url, pool_size=2)
+    dispatched: list[Handed] = []
+    registry, metrics = Registry([WORKFLOW]), Metrics(process=False)
     context = ApiContext(
-        Registry([WORKFLOW]),
+        registry,
         store,
         Queries(store.engine),
         replace(Settings(), api_token=TOKEN),
-        Metrics(process=False),
+        metrics,
+        bus=MessageBus(
+            registry, store, outbox=Handing(dispatched), counts=metrics, clock=lambda: datetime.now(UTC)
+        ),
     )
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=create_app(context)),
         base_url="http://api",
         headers={"Authorization": f"Bearer {TOKEN}"},
     ) as client:
-        harness = Api(client, context, store)
-        context.dispatch = harness.dispatched.append
+        harness = Api(client, context, store, dispatched)
         yield harness
     await store.close()
 

@@ -27,7 +27,7 @@ from orchestrator.core.engine import saga_id_for
 from orchestrator.core.messages import Message, dump
 from orchestrator.core.routing import Registry
 from orchestrator.entrypoints.api.app import ApiContext, create_app
-from orchestrator.entrypoints.runtime import _pruner
+from orchestrator.entrypoints.bootstrap import _pruner
 from orchestrator.entrypoints.settings import Settings
 from orchestrator.examples import WORKFLOWS
 from orchestrator.examples.contracts import (

@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from orchestrator.adapters.memory import MemoryStore
+from orchestrator.adapters.postgres.faults import classify
 from orchestrator.adapters.postgres.store import PostgresStore, driver_dsn
 from orchestrator.core.engine import Deadline, saga_id_for
 from orchestrator.core.messages import Message, dump
@@ -23,7 +24,7 @@ from orchestrator.core.routing import Registry
 from orchestrator.examples import WORKFLOWS
 from orchestrator.examples.contracts import EscrowOpened, Line, OrderPlaced, PaymentCharged, StockReserved
 from orchestrator.service.batch import BatchResult, Envelope, Verdict, fire_due_deadlines, process_batch
-from orchestrator.service.faults import Fault, classify
+from orchestrator.service.faults import Fault
 from orchestrator.service.store import Changes
 from tests.integration.conftest import migrated_database
 from tests.integration.workflows import WORKFLOWS as FAST

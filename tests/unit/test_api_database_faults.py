@@ -9,7 +9,7 @@ import copy
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -20,15 +20,16 @@ from sqlalchemy import exc
 
 from orchestrator.adapters.memory import MemoryStore
 from orchestrator.adapters.metrics import Metrics
+from orchestrator.adapters.postgres.faults import from_database
 from orchestrator.adapters.postgres.queries import HistoryRow, Queries, SagaFilter, SagaPage, Timer
 from orchestrator.adapters.postgres.store import make_engine
-from orchestrator.core.engine import SagaSnapshot, saga_id_for
+from orchestrator.core.engine import OutgoingCommand, SagaSnapshot, saga_id_for
 from orchestrator.core.routing import Registry
 from orchestrator.entrypoints.api.app import ApiContext, create_app
 from orchestrator.entrypoints.settings import Settings
 from orchestrator.examples import WORKFLOWS
-from orchestrator.service.faults import Fault, from_database
-from orchestrator.service.operations import Applied
+from orchestrator.service.bus import MessageBus
+from orchestrator.service.faults import Fault
 from orchestrator.service.store import Changes, DueDeadline
 
 ORDER = {"customer_id": "c-1", "lines": [{"sku": "sku-1", "quantity": 1}], "amount_cents": 1200}
@@ -184,7 +185,11 @@ class Api:
     context: ApiContext
     store: FaultyStore
     faults: Faults
-    dispatched: list[Applied]
+    relay: Relayed
+
+    @property
+    def dispatched(self) -> list[list[OutgoingCommand]]:
+        return self.relay.handed
 
     async def start(self, key: str) -> httpx.Response:
         return await self.client.post("/sagas", json={"workflow": "order", "key": key, "data": ORDER})
@@ -193,24 +198,39 @@ class Api:
         return self.store.sagas.get(saga_id_for("order", key))
 
 
+class Relayed:
+    """The bus's outlet for committed commands: what each commit handed on, or a relay gone."""
+
+    def __init__(self) -> None:
+        self.handed: list[list[OutgoingCommand]] = []
+        self.broken = False
+
+    def submit(self, commands: Iterable[OutgoingCommand], received_at: float | None = None) -> None:
+        if self.broken:
+            raise RuntimeError("relay gone")
+        self.handed.append(list(commands))
+
+
 @pytest_asyncio.fixture
 async def api() -> AsyncIterator[Api]:
     faults = Faults()
     store = FaultyStore(faults)
-    dispatched: list[Applied] = []
+    relay = Relayed()
+    registry = Registry(WORKFLOWS)
+    metrics = Metrics(process=False)
     context = ApiContext(
-        Registry(WORKFLOWS),
+        registry,
         store,
         FaultyQueries(store),
         replace(Settings(), api_token=None),
-        Metrics(process=False),
-        dispatch=dispatched.append,
+        metrics,
+        bus=MessageBus(registry, store, outbox=relay, counts=metrics, clock=lambda: datetime.now(UTC)),
     )
     app = create_app(context)
     # Whatever escapes as an error is answered 500 here, as uvicorn would, instead of raised.
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
-        yield Api(client, context, store, faults, dispatched)
+        yield Api(client, context, store, faults, relay)
     await context.queries.engine.dispose()
 
 
@@ -321,10 +341,7 @@ async def test_a_start_that_committed_is_a_201_from_its_commit_whatever_fails_af
 
 
 async def test_a_start_whose_commands_cannot_be_handed_over_is_still_a_201(api: Api) -> None:
-    def broken(applied: Applied) -> None:
-        raise RuntimeError("relay gone")
-
-    api.context.dispatch = broken
+    api.relay.broken = True
 
     response = await api.start("o-1")
 

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from orchestrator.adapters.metrics import Histogram, Metrics, count_finished
+from orchestrator.adapters.scheduler import SchedulerAlarm
 from orchestrator.core.definitions import Status
 from orchestrator.core.engine import Decision, Incoming, Outcome, OutgoingCommand, SagaSnapshot
 from orchestrator.core.routing import Registry
@@ -18,6 +19,7 @@ from orchestrator.entrypoints.bootstrap import configure_logging
 from orchestrator.entrypoints.settings import Settings, SettingsError
 from orchestrator.examples import WORKFLOWS
 from orchestrator.service.deadlines import DeadlineAlarm
+from orchestrator.service.faults import Fault
 from orchestrator.service.relay import Relay
 from orchestrator.service.store import JournalEntry
 
@@ -56,6 +58,9 @@ class _Store:
     async def mark_sent(self, message_ids: list[str]) -> None:
         self.sent += message_ids
 
+    def classify(self, error: BaseException) -> Fault:
+        return Fault.OTHER
+
 
 async def test_the_relay_counts_confirmed_commands_and_their_step_latency() -> None:
     async def publish(command: OutgoingCommand) -> None:
@@ -79,7 +84,7 @@ async def test_the_relay_counts_confirmed_commands_and_their_step_latency() -> N
 def test_a_fired_deadline_counts_its_lateness_and_logs_its_saga_and_message(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    alarm = DeadlineAlarm(Registry(WORKFLOWS), None, lambda commands: None)  # type: ignore[arg-type]
+    alarm = DeadlineAlarm(Registry(WORKFLOWS), None, SchedulerAlarm())  # type: ignore[arg-type]
     due = datetime(2030, 1, 1, tzinfo=UTC)
     message = Incoming(
         "saga.DeadlineExpired", "deadline:s-1:3", {"state": "charge", "due_at": due.isoformat()}, "deadline"
@@ -100,9 +105,9 @@ def test_a_fired_deadline_counts_its_lateness_and_logs_its_saga_and_message(
             ],
         )
 
-    assert alarm.metrics.deadlines_fired["deadline"] == 1
-    assert (alarm.metrics.deadline_lateness.count, alarm.metrics.deadline_lateness.sum) == (1, 2.0)
-    assert list(alarm.metrics.deadline_lateness.by) == [("order", "deadline")]  # its saga's workflow
+    assert alarm.counts.deadlines_fired["deadline"] == 1
+    assert (alarm.counts.deadline_lateness.count, alarm.counts.deadline_lateness.sum) == (1, 2.0)
+    assert list(alarm.counts.deadline_lateness.by) == [("order", "deadline")]  # its saga's workflow
     [record] = caplog.records
     assert (record.saga_id, record.message_id) == ("s-1", "deadline:s-1:3")  # type: ignore[attr-defined]
 

@@ -1,28 +1,31 @@
 """A failed batch is about whoever's fault it is: the database's (wait), a race (retry), or one
 message's (split the batch until it stands alone, dead-letter it, commit the rest).
 
-The orchestrator's commit loop runs here over the in-memory store, wrapped so that its save fails
-the way PostgreSQL fails, by SQLSTATE."""
+The bus's unit of work runs here over the in-memory store, wrapped so that its save fails the way
+PostgreSQL fails, by SQLSTATE; the intake on top of it says when the service is unready."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import pytest
 
 from orchestrator.adapters.memory import InboxConflict, MemoryStore
-from orchestrator.core.engine import saga_id_for
+from orchestrator.adapters.postgres.faults import classify
+from orchestrator.core.engine import OutgoingCommand, saga_id_for
 from orchestrator.core.ingress import Envelope
 from orchestrator.core.routing import Registry
-from orchestrator.entrypoints.runtime import Orchestrator
-from orchestrator.entrypoints.settings import Settings
 from orchestrator.examples import WORKFLOWS
 from orchestrator.service.batch import Verdict
-from orchestrator.service.faults import Fault, classify
+from orchestrator.service.bus import MessageBus
+from orchestrator.service.counts import Counts
+from orchestrator.service.faults import Fault
+from orchestrator.service.intake import Intake
 from orchestrator.service.store import Changes
 
 
@@ -66,12 +69,42 @@ def start(order_id: str, message_id: str | None = None) -> Envelope:
     return Envelope(orjson.dumps(body), "orders.OrderPlaced", message_id or f"m-{order_id}")
 
 
-def orchestrator(store: MemoryStore) -> Orchestrator:
-    return Orchestrator(Settings(), Registry(WORKFLOWS), store)
+class _Relay:
+    def submit(self, commands: Iterable[OutgoingCommand], received_at: float | None = None) -> None:
+        return None
 
 
-async def commit(app: Orchestrator, envelopes: list[Envelope]) -> list[Verdict]:
-    result = await app._commit(envelopes, [0.0] * len(envelopes))
+class _Consumer:
+    """Holds nothing: the intake's readiness reads only these two."""
+
+    unsettled = 0
+    busy_since = 0.0
+
+
+async def _nothing_waits() -> int | None:
+    return 0
+
+
+async def _not_handed(delivery: Any) -> bool:
+    return False
+
+
+def orchestrator(
+    store: MemoryStore,
+    *,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    stall_seconds: float = 60.0,
+    waiting: Callable[[], Awaitable[int | None]] = _nothing_waits,
+) -> Intake[Any]:
+    registry, counts = Registry(WORKFLOWS), Counts()
+    bus = MessageBus(
+        registry, store, outbox=_Relay(), counts=counts, clock=lambda: datetime.now(UTC), sleep=sleep
+    )
+    return Intake(bus, _Consumer(), _not_handed, waiting, registry, counts, 100, stall_seconds)  # type: ignore[arg-type]
+
+
+async def commit(app: Intake[Any], envelopes: list[Envelope]) -> list[Verdict]:
+    result = await app.bus.handle(envelopes, [0.0] * len(envelopes))
     return result.verdicts
 
 
@@ -119,7 +152,7 @@ async def test_a_message_postgres_cannot_store_is_found_and_dead_lettered_and_th
     [letter] = store.dead_letters
     assert (letter.reason, letter.message_id) == ("database_refused", bad)
     assert "22021" in letter.detail
-    assert app.metrics.batch_failures["message"] >= 1
+    assert app.counts.batch_failures["message"] >= 1
 
 
 async def test_a_race_is_retried_and_nothing_is_dead_lettered() -> None:
@@ -169,7 +202,7 @@ async def test_a_message_another_batch_took_meanwhile_conflicts_and_its_retry_is
     store.races = 1  # the same message again, read as new: decided, and its save conflicts
     assert await commit(app, [start("o-1")]) == [Verdict.DUPLICATE]
 
-    assert app.metrics.batch_failures == {"conflict": 1}
+    assert app.counts.batch_failures == {"conflict": 1}
     assert store.journals[saga_id] == journaled  # decided once: the retry saw it taken
     assert store.duplicate_counts == {"m-o-1": 1} and store.dead_letters == []
 
@@ -215,7 +248,7 @@ async def test_while_the_database_is_away_the_batch_waits_and_the_service_says_i
     assert verdicts == [Verdict.ACCEPTED] and store.dead_letters == []
     assert any(s is not None and "the database went away" in s for s in seen)
     assert app.stalled() is None
-    assert app.metrics.batch_failures["unavailable"] == 3
+    assert app.counts.batch_failures["unavailable"] == 3
 
 
 async def test_when_even_a_dead_letter_cannot_be_recorded_the_batch_waits_instead_of_recursing(
@@ -231,31 +264,28 @@ async def test_when_even_a_dead_letter_cannot_be_recorded_the_batch_waits_instea
         return None
 
     store = FailingStore(fail)
-    app = orchestrator(store)
-    real_sleep = asyncio.sleep
 
     async def no_backoff(_: float) -> None:
-        await real_sleep(0)
+        await asyncio.sleep(0)
 
-    monkeypatch.setattr(asyncio, "sleep", no_backoff)
+    app = orchestrator(store, sleep=no_backoff)
     verdicts = await asyncio.wait_for(commit(app, [start("o-1")]), 30)
 
     assert verdicts == [Verdict.DEAD]
     [letter] = store.dead_letters
     assert letter.reason == "failed_repeatedly" and letter.message_id == "m-o-1"
-    assert app.metrics.batch_failures["unavailable"] > 0
+    assert app.counts.batch_failures["unavailable"] > 0
 
 
 async def test_messages_waiting_in_the_queue_while_none_are_taken_make_the_service_unready() -> None:
     """A consumer the broker stopped feeding holds nothing, so only the queue's depth shows it."""
-    app = Orchestrator(Settings(stall_seconds=0.5), Registry(WORKFLOWS), MemoryStore())
     depth = {"now": 0}
 
     async def waiting() -> int | None:
         return depth["now"]
 
-    app.broker.waiting = waiting  # type: ignore[method-assign]
-    watcher = asyncio.create_task(app._watch_queue())
+    app = orchestrator(MemoryStore(), stall_seconds=0.5, waiting=waiting)
+    watcher = asyncio.create_task(app.watch_queue(asyncio.Event()))
     try:
         await asyncio.sleep(1.2)
         assert app.stalled() is None  # nothing waits

@@ -4,20 +4,33 @@ fires a deadline early nor late, and sets deadlines by the database's time."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 
 from orchestrator.adapters.memory import MemoryStore
+from orchestrator.adapters.scheduler import SchedulerAlarm
 from orchestrator.core.engine import saga_id_for
 from orchestrator.core.messages import dump
 from orchestrator.core.routing import Registry
 from orchestrator.examples import WORKFLOWS
 from orchestrator.examples.contracts import Line, OrderPlaced
 from orchestrator.service.batch import Envelope, process_batch
+from orchestrator.service.bus import MessageBus
 from orchestrator.service.clock import DatabaseClock
 from orchestrator.service.deadlines import DeadlineAlarm
 
 HOUR = timedelta(hours=1)
+
+
+class _Relay:
+    def submit(self, commands: Any, received_at: float | None = None) -> None:
+        return None
+
+
+def bus_on(registry: Registry, store: MemoryStore, clock: DatabaseClock) -> MessageBus:
+    """The bus, deciding by ``clock``: the alarm's sweep fires through it."""
+    return MessageBus(registry, store, outbox=_Relay(), clock=clock.now)
 
 
 def clock_ahead_by(offset: timedelta) -> DatabaseClock:
@@ -45,15 +58,17 @@ async def test_a_host_whose_clock_is_behind_fires_a_due_deadline_on_the_database
     envelope = Envelope(orjson.dumps(dump(placed)), placed.TYPE, "p-clock")
     await process_batch(registry, store, [envelope], started)
 
-    local = DeadlineAlarm(registry, store, lambda commands: None)  # this host's clock alone
-    await local.sweep()
+    local = DeadlineAlarm(registry, store, SchedulerAlarm())  # this host's clock alone
+    await local.start(bus_on(registry, store, local.clock).fire_due)
+    local.stop()
     saga_id = saga_id_for("order", "o-clock")
     assert (await store.get_saga(saga_id)).state == "reserve"  # type: ignore[union-attr]  # not due for it
 
     clock = clock_ahead_by(HOUR)
     await clock.sync()
-    alarm = DeadlineAlarm(registry, store, lambda commands: None, clock=clock)
-    await alarm.sweep()
+    alarm = DeadlineAlarm(registry, store, SchedulerAlarm(), clock=clock)
+    await alarm.start(bus_on(registry, store, clock).fire_due)
+    alarm.stop()
     saga = await store.get_saga(saga_id)
     assert saga is not None and saga.state != "reserve"  # fired: due by the database's clock
     assert alarm.fired == 1

@@ -1,5 +1,5 @@
-"""The deadline alarm when a sweep fails: a race is tried again at once (a few times), anything
-else is tried again later with a backoff; the alarm never crashes and never loops."""
+"""The deadline alarm when a sweep fails: the bus tries a race again at once (a few times),
+anything else is tried again later with a backoff; the alarm never crashes and never loops."""
 
 from __future__ import annotations
 
@@ -12,17 +12,38 @@ import pytest
 from orchestrator.adapters.memory import MemoryStore
 from orchestrator.core.routing import Registry
 from orchestrator.examples import WORKFLOWS
-from orchestrator.service import deadlines
+from orchestrator.service import bus as bus_module
 from orchestrator.service.batch import BatchResult
+from orchestrator.service.bus import MessageBus
 from orchestrator.service.deadlines import DeadlineAlarm
+from orchestrator.service.faults import DEADLINES, Fault
 
 
-def alarm_failing_with(
+class _Clock:
+    """The alarm clock port, never ringing on its own: each test sweeps by hand."""
+
+    def start(self, ring: Any, interval: float) -> None:
+        return None
+
+    def set(self, when: datetime) -> None:
+        return None
+
+    def stop(self) -> None:
+        return None
+
+
+class _Relay:
+    def submit(self, commands: Any, received_at: float | None = None) -> None:
+        return None
+
+
+async def alarm_failing_with(
     monkeypatch: pytest.MonkeyPatch, *errors: Exception
 ) -> tuple[DeadlineAlarm, list[Any]]:
-    """An alarm whose sweeps fail with ``errors`` in turn, then find nothing due."""
+    """An alarm, started (its first sweep found nothing), whose sweeps then fail with ``errors``
+    in turn, then find nothing due. The bus between them tries a race again without waiting."""
     calls: list[Any] = []
-    pending = list(errors)
+    pending: list[Exception] = []
 
     async def fire(
         registry: Any, store: Any, now: datetime, limit: int = 500, tracer: Any = None
@@ -35,13 +56,18 @@ def alarm_failing_with(
     async def no_pause(seconds: float) -> None:
         return None
 
-    monkeypatch.setattr(deadlines, "fire_due_deadlines", fire)
-    monkeypatch.setattr(deadlines.asyncio, "sleep", no_pause)
-    return DeadlineAlarm(Registry(WORKFLOWS), MemoryStore(), lambda commands: None), calls
+    monkeypatch.setattr(bus_module, "fire_due_deadlines", fire)
+    registry, store = Registry(WORKFLOWS), MemoryStore()
+    bus = MessageBus(registry, store, outbox=_Relay(), clock=lambda: datetime.now(UTC), sleep=no_pause)
+    alarm = DeadlineAlarm(registry, store, _Clock())
+    await alarm.start(bus.fire_due)
+    calls.clear()
+    pending.extend(errors)
+    return alarm, calls
 
 
 async def test_a_sweep_that_meets_a_deadlock_is_tried_again_at_once(monkeypatch):
-    alarm, calls = alarm_failing_with(
+    alarm, calls = await alarm_failing_with(
         monkeypatch, asyncpg.DeadlockDetectedError("deadlock detected"), asyncpg.SerializationError("x")
     )
 
@@ -52,18 +78,20 @@ async def test_a_sweep_that_meets_a_deadlock_is_tried_again_at_once(monkeypatch)
 
 
 async def test_a_race_that_persists_is_not_retried_forever_but_later(monkeypatch):
-    alarm, calls = alarm_failing_with(monkeypatch, *(asyncpg.DeadlockDetectedError("d") for _ in range(50)))
+    alarm, calls = await alarm_failing_with(
+        monkeypatch, *(asyncpg.DeadlockDetectedError("d") for _ in range(50))
+    )
     before = datetime.now(UTC)
 
     await alarm.sweep()  # does not raise
 
-    assert len(calls) == deadlines._CONFLICT_TRIES
+    assert len(calls) == DEADLINES.tries[Fault.CONFLICT]
     assert alarm.failures == 1
     assert alarm.armed_for is not None and before < alarm.armed_for <= before + timedelta(seconds=5)
 
 
 async def test_any_other_failure_is_tried_again_with_a_backoff_bounded_by_the_safety_sweep(monkeypatch):
-    alarm, calls = alarm_failing_with(monkeypatch, *(RuntimeError("bug") for _ in range(9)))
+    alarm, calls = await alarm_failing_with(monkeypatch, *(RuntimeError("bug") for _ in range(9)))
 
     waits = []
     for _ in range(8):

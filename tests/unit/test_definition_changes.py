@@ -63,8 +63,7 @@ def test_a_saga_in_a_state_the_loaded_workflow_lacks_fails_with_the_reason_and_t
     before.publish(placed("o-1"))
     before.publish(StockReserved("o-1", "r-1"))
     assert before.saga("o-1").state == "charge"
-    after = WorkflowTestKit(RenamedOrderSaga.workflow)  # the new deployment, on the same store
-    after.store = before.store
+    after = WorkflowTestKit(RenamedOrderSaga.workflow, store=before.store)  # the new deployment
     try:
         result = after.publish(PaymentCharged("o-1", "ch-1"))
 
@@ -93,8 +92,7 @@ def test_a_deadline_of_a_state_the_loaded_workflow_lacks_fails_the_saga_too() ->
     before = WorkflowTestKit(OrderSaga.workflow)
     before.publish(placed("o-1"))
     before.publish(StockReserved("o-1", "r-1"))
-    after = WorkflowTestKit(RenamedOrderSaga.workflow, now=before.now)
-    after.store = before.store
+    after = WorkflowTestKit(RenamedOrderSaga.workflow, now=before.now, store=before.store)
     try:
         after.advance(timedelta(minutes=3))  # charge's deadline falls due
 

@@ -1,10 +1,13 @@
 """The layers hold (docs/architecture.md): the core imports nothing of the service layer, the
-adapters or the entry points, and no I/O library; the service layer and the adapters import no
-entry point."""
+adapters or the entry points, and no I/O library; the service layer imports no adapter and no
+driver, only its own ports; the adapters import of the service only its ports; neither imports an
+entry point. And parts are wired by their constructors: nothing sets an attribute on an object
+outside that object's own class."""
 
 from __future__ import annotations
 
 import ast
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -44,6 +47,150 @@ def test_the_core_imports_no_other_layer_and_no_io(path: Path) -> None:
 @pytest.mark.parametrize("path", modules("service") + modules("adapters"), ids=lambda p: p.name)
 def test_the_service_layer_and_the_adapters_import_no_entry_point(path: Path) -> None:
     assert sorted(m for m in imports(path) if m.startswith("orchestrator.entrypoints")) == []
+
+
+#: what the service layer may never import: adapters, and the drivers and clocks they wrap
+SERVICE_NEVER = ("orchestrator.adapters", "sqlalchemy", "asyncpg", "aio_pika", "aiormq", "apscheduler")
+#: the service layer's modules an adapter may import: its ports and the kinds they speak in
+PORTS = {
+    "orchestrator.service.ports",
+    "orchestrator.service.store",
+    "orchestrator.service.faults",
+    "orchestrator.service.counts",
+    "orchestrator.service.tracing",
+}
+
+
+@pytest.mark.parametrize("path", modules("service"), ids=lambda p: p.name)
+def test_the_service_layer_imports_no_adapter_and_no_driver(path: Path) -> None:
+    found = imports(path)
+    assert sorted(m for m in found if m == SERVICE_NEVER[0] or m.startswith(SERVICE_NEVER)) == []
+
+
+@pytest.mark.parametrize("path", modules("adapters"), ids=lambda p: p.name)
+def test_an_adapter_imports_of_the_service_only_its_ports(path: Path) -> None:
+    found = {m for m in imports(path) if m.startswith("orchestrator.service")}
+    beyond = sorted(m for m in found if m not in PORTS and m.rsplit(".", 1)[0] not in PORTS)
+    assert beyond == []
+
+
+def test_the_layer_rules_catch_what_they_forbid(tmp_path: Path) -> None:
+    """The checks above read what they should: a forbidden import is found."""
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "import asyncpg\nfrom orchestrator.adapters.metrics import Metrics\n"
+        "def f():\n    from sqlalchemy import select\n"
+    )
+    assert {"asyncpg", "orchestrator.adapters.metrics", "sqlalchemy"} <= imports(bad)
+    assert [o.target for o in foreign_assignments(bad)] == []
+    bad.write_text("class A:\n    def f(self, b):\n        self.relay.metrics = 1\n        b.x += 1\n")
+    assert [o.target for o in foreign_assignments(bad)] == ["self.relay.metrics", "b.x"]
+
+
+# Wiring by constructor ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Assignment:
+    path: str
+    line: int
+    target: str
+
+
+def _built_here(function: ast.AST) -> set[str]:
+    """Names a function binds to an object it builds (``result = BatchResult()``): its own to fill."""
+    built: set[str] = set()
+    for node in ast.walk(function):
+        if isinstance(node, ast.Assign | ast.AnnAssign) and isinstance(node.value, ast.Call):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            built.update(t.id for t in targets if isinstance(t, ast.Name))
+    return built
+
+
+def foreign_assignments(path: Path) -> list[Assignment]:
+    """Every assignment to an attribute of an object other than ``self`` (or ``cls``) and other
+    than one an enclosing function built itself."""
+    tree = ast.parse(path.read_text())
+    parents: dict[int, ast.AST] = {}
+    for node in ast.walk(tree):
+        for child in ast.iter_child_nodes(node):
+            parents[id(child)] = node
+    name = str(path.relative_to(PACKAGE.parent)) if path.is_relative_to(PACKAGE.parent) else path.name
+    found: list[Assignment] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+            targets = [node.target]
+        else:
+            continue
+        built: set[str] = set()
+        up = parents.get(id(node))
+        while up is not None:
+            if isinstance(up, ast.FunctionDef | ast.AsyncFunctionDef):
+                built |= _built_here(up)
+            up = parents.get(id(up))
+        for target in targets:
+            for sub in ast.walk(target):
+                if not (isinstance(sub, ast.Attribute) and isinstance(sub.ctx, ast.Store)):
+                    continue
+                base = sub.value
+                if isinstance(base, ast.Name) and (base.id in ("self", "cls") or base.id in built):
+                    continue
+                found.append(Assignment(name, sub.lineno, ast.unparse(sub)))
+    return found
+
+
+#: (module, target): objects of other libraries, set as those libraries document, and function
+#: objects the definition builders label; each with why
+ALLOWED = {
+    # pamqp taught to read any bytes (adapters/amqp/decoding.py says why): a patch of its functions
+    ("decoding.py", "pamqp_decode.short_str"),
+    ("decoding.py", "pamqp_decode.field_table"),
+    ("decoding.py", "pamqp_decode._orchestrator_tolerant"),
+    ("decoding.py", "header.ContentHeader.unmarshal"),
+    ("decoding.py", "pamqp_encode._string"),
+    ("decoding.py", "pamqp_encode.field_table"),
+    ("decoding.py", "properties.error"),
+    ("decoding.py", "properties.raw"),
+    # aiormq's properties of a message being migrated: its headers, as aiormq has them set
+    ("topology.py", "properties.headers"),
+    # the definition builders (core/steps.py, core/definitions.py) label the functions they make
+    ("steps.py", "build.__qualname__"),
+    ("steps.py", "build.message_type"),
+    ("steps.py", "build.message_class"),
+    ("steps.py", "instance.saga_id"),
+    ("steps.py", "instance.key"),
+    ("steps.py", "instance.data"),
+    ("definitions.py", "build.__qualname__"),
+    ("definitions.py", "build.message_type"),
+    ("definitions.py", "build.message_class"),
+    # transitions' model object: the machine's callbacks fill it as transitions calls them
+    ("machine.py", "model.sends"),
+    ("machine.py", "model.entered"),
+    # FastAPI's and Starlette's documented ways: the OpenAPI hook, a response's status, the state
+    ("app.py", "app.openapi"),
+    ("app.py", "app.openapi_schema"),
+    ("app.py", "response.status_code"),
+    ("sagas.py", "response.status_code"),
+    ("auth.py", "request.state.caller"),
+    # uvicorn's documented way to stop a server it runs
+    ("server.py", "self.server.should_exit"),
+    ("server.py", "self.server.force_exit"),
+    # the standard library's: a daemon thread, a logger's propagation, a record's cached traceback
+    ("runtime.py", "timer.daemon"),
+    ("bootstrap.py", "logging.getLogger(name).propagate"),
+    ("bootstrap.py", "record.exc_text"),
+}
+
+
+def test_nothing_sets_an_attribute_on_another_object() -> None:
+    """Parts get what they need through their constructors (or a method of their own), never by
+    a caller reaching into them after they are built: ``relay.metrics = ...`` hides a dependency
+    from the constructor that should say it."""
+    found = [a for path in sorted(PACKAGE.rglob("*.py")) for a in foreign_assignments(path)]
+    offending = [
+        f"{a.path}:{a.line}: {a.target}" for a in found if (Path(a.path).name, a.target) not in ALLOWED
+    ]
+    assert offending == []
 
 
 def test_every_layer_has_its_modules() -> None:

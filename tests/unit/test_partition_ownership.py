@@ -60,6 +60,9 @@ class FakeConsumer:
         self.queues: list[str] = []
         self.is_connected = True
 
+    def split_prefetch(self, queues: int) -> None:
+        self.share = queues
+
     async def add(self, queue: str) -> None:
         assert queue not in self.queues
         self.queues.append(queue)

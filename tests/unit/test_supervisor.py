@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from orchestrator.service.supervisor import Restart, Supervisor, bounded, lost_connection, parse_injection
+from orchestrator.supervision import Restart, Supervisor, bounded, lost_connection, parse_injection
 
 
 class Fatal:

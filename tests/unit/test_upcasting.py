@@ -115,9 +115,7 @@ def kit2() -> Any:
 
 def released(kit: WorkflowTestKit, placed: type[Event]) -> WorkflowTestKit:
     """The next release of the program on the same database: a kit over the same store."""
-    newer = WorkflowTestKit(shop(placed), now=kit.now)
-    newer.store = kit.store
-    return newer
+    return WorkflowTestKit(shop(placed), now=kit.now, store=kit.store)
 
 
 # the chain --------------------------------------------------------------------------------------------

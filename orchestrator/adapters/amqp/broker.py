@@ -39,7 +39,8 @@ from orchestrator.core.ingress import (
     trace_headers,
 )
 from orchestrator.core.messages import service_of
-from orchestrator.service.supervisor import Spawn, bounded, lost_connection, unsupervised
+from orchestrator.service.ports import Unpublishable
+from orchestrator.supervision import Spawn, bounded, lost_connection, unsupervised
 
 __all__ = [
     "Broker",
@@ -263,6 +264,11 @@ class QueueConsumer:
         self._consumers[queue], self._queue_of[tag] = tag, queue
         return True
 
+    def split_prefetch(self, queues: int) -> None:
+        """Share ``prefetch`` among this many queues (partitions and the start queue): each
+        queue's channel opened from now on gets its part."""
+        self.share = max(1, queues)
+
     async def add(self, queue: str) -> None:
         """Consume ``queue`` too: now, if connected, else from the next connection on."""
         if queue in self.queues:
@@ -474,15 +480,6 @@ class QueueConsumer:
             and channel is not None
             and not channel.is_closed
         )
-
-
-class Unpublishable(Exception):
-    """The broker did not take a message: ``unavailable`` when it could not be reached at all,
-    otherwise it refused this one (no such exchange, no queue bound for the routing key, a nack)."""
-
-    def __init__(self, message: str, unavailable: bool = False) -> None:
-        super().__init__(message)
-        self.unavailable = unavailable
 
 
 #: how long one republish may wait for its confirm

@@ -15,7 +15,7 @@ import zlib
 
 import asyncpg
 
-from orchestrator.service.partitions import Survey
+from orchestrator.service.ports import Survey
 
 __all__ = ["PostgresPartitionLocks", "lock_classes"]
 

@@ -8,18 +8,16 @@ never shifts the pages after it.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-import orjson
 from sqlalchemy import ColumnElement, Select, and_, exists, func, literal, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from orchestrator.adapters.metrics import DatabaseGauges
+from orchestrator.adapters.postgres.cursors import BadCursor, decode_cursor, encode_cursor
 from orchestrator.adapters.postgres.schema import deadlines, journal, outbox, sagas, workflow_releases
 from orchestrator.core.definitions import Status
 
@@ -43,10 +41,6 @@ def _in_flight() -> ColumnElement[bool]:
     """``status IN ('running', 'compensating')`` written out, not bound: only then can PostgreSQL
     match it with the predicate of the partial index ``sagas_in_flight`` in a generic plan too."""
     return text("sagas.status IN ('running', 'compensating')")  # type: ignore[return-value]
-
-
-class BadCursor(ValueError):
-    """A cursor this API did not hand out (or one mangled on the way back)."""
 
 
 @dataclass(frozen=True)
@@ -118,25 +112,6 @@ class StateCount:
     sagas: int
 
 
-def encode_cursor(created_at: datetime, saga_id: str) -> str:
-    raw = orjson.dumps([created_at.isoformat(), saga_id])
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created_at, saga_id = orjson.loads(raw)
-        if not isinstance(created_at, str) or not isinstance(saga_id, str) or "\x00" in saga_id:
-            raise ValueError(cursor)
-        when = datetime.fromisoformat(created_at)
-        if when.tzinfo is None:
-            raise ValueError(cursor)
-        return when.astimezone(UTC), saga_id  # as the database compares; out of range is bad input
-    except (ValueError, TypeError, OverflowError, binascii.Error, orjson.JSONDecodeError):
-        raise BadCursor("cursor is not one this API handed out: pass next_cursor back unchanged") from None
-
-
 _SUMMARY = (
     sagas.c.id,
     sagas.c.workflow,
@@ -183,7 +158,7 @@ def listing_query(f: SagaFilter, limit: int, cursor: str | None = None) -> Selec
     """A page of ``GET /sagas``: newest first along the index ``sagas_created``, from ``cursor``."""
     query = select(*_SUMMARY).where(*_conditions(f))
     if cursor is not None:
-        created_at, saga_id = decode_cursor(cursor)
+        created_at, saga_id = decode_cursor(cursor, str)
         query = query.where(
             tuple_(sagas.c.created_at, sagas.c.id) < tuple_(literal(created_at), literal(saga_id))
         )

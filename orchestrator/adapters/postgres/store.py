@@ -21,10 +21,12 @@ from sqlalchemy import and_, func, or_, select, text, tuple_
 from sqlalchemy.engine import Row, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from orchestrator.adapters.postgres.faults import classify
 from orchestrator.adapters.postgres.schema import deadlines, journal, outbox, sagas
 from orchestrator.core.definitions import Status
 from orchestrator.core.engine import Incoming, OutgoingCommand, SagaSnapshot
 from orchestrator.core.ingress import DeadLetter
+from orchestrator.service.faults import Fault
 from orchestrator.service.store import Changes, DueDeadline, JournalEntry, Records, Tombstone
 
 __all__ = ["PostgresStore", "make_engine"]
@@ -551,6 +553,9 @@ class PostgresStore:
             return
         pool = await self.pool()
         await pool.execute("DELETE FROM outbox WHERE message_id = ANY($1::text[])", list(message_ids))
+
+    def classify(self, error: BaseException) -> Fault:
+        return classify(error)
 
     async def close(self) -> None:
         if self._holding is not None:

@@ -24,6 +24,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from orchestrator.adapters.metrics import CONTENT_TYPE
+from orchestrator.adapters.postgres.faults import from_database
 from orchestrator.adapters.postgres.queries import BadCursor
 from orchestrator.core.diagrams import WorkflowView
 from orchestrator.core.messages import body_schema
@@ -36,7 +37,7 @@ from orchestrator.entrypoints.api.context import RETRY_AFTER, UNAVAILABLE_DETAIL
 from orchestrator.entrypoints.api.dead_letters import dead_letters_router
 from orchestrator.entrypoints.api.migrations import migrations_router
 from orchestrator.entrypoints.api.sagas import sagas_router
-from orchestrator.service.faults import Fault, from_database
+from orchestrator.service.faults import Fault
 from orchestrator.service.operations import ActionRefused, BadRequest, SagaNotFound
 
 __all__ = ["ApiContext", "create_app"]
@@ -245,10 +246,10 @@ def _health_routes(app: FastAPI, ctx: ApiContext, reads: Sequence[DependsParam])
         """Prometheus metrics: the database gauges are read now, the counters are this process's."""
         stuck_since = ctx.clock() - timedelta(seconds=ctx.settings.stuck_after_seconds)
         try:
-            ctx.metrics.database = await asyncio.wait_for(ctx.queries.gauges(stuck_since), 5)
+            ctx.metrics.read_database(await asyncio.wait_for(ctx.queries.gauges(stuck_since), 5))
         except Exception as error:  # the counters are still worth serving
             log.warning("metrics: could not read the database: %s", error)
-            ctx.metrics.database = None
+            ctx.metrics.read_database(None)
         return Response(ctx.metrics.render(), media_type=CONTENT_TYPE)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -12,12 +12,13 @@ from fastapi import HTTPException
 from orchestrator.adapters.metrics import Metrics
 from orchestrator.adapters.postgres.queries import Queries
 from orchestrator.core.diagrams import WorkflowView, describe, mermaid
+from orchestrator.core.engine import OutgoingCommand
 from orchestrator.core.machine import CompiledWorkflow
 from orchestrator.core.routing import Registry
 from orchestrator.entrypoints.api import models as m
 from orchestrator.entrypoints.settings import Settings
+from orchestrator.service.bus import MessageBus
 from orchestrator.service.dead_letters import Publish
-from orchestrator.service.operations import Applied
 from orchestrator.service.store import Store
 
 __all__ = ["DEFAULT_ACTOR", "RETRY_AFTER", "UNAVAILABLE_DETAIL", "ApiContext", "answers", "utc"]
@@ -37,8 +38,12 @@ async def _no_checks() -> dict[str, str]:
     return {}
 
 
-def _ignore(applied: Applied) -> None:
-    """Without a running service (tests of reads), nothing is there to send commands."""
+class _NoRelay:
+    """Without a running service (tests of reads), nothing is there to send commands: the
+    outbox keeps them."""
+
+    def submit(self, commands: Iterable[OutgoingCommand], received_at: float | None = None) -> None:
+        return None
 
 
 @dataclass
@@ -50,8 +55,8 @@ class ApiContext:
     queries: Queries
     settings: Settings
     metrics: Metrics
-    #: hands an action's commands to the relay and its timers to the deadline alarm
-    dispatch: Callable[[Applied], None] = _ignore
+    #: the way in for starts and actions (None: one of its own, sending nothing: a test of reads)
+    bus: MessageBus | None = None
     #: readiness checks besides the database: name -> "ok" or what is wrong
     checks: Callable[[], Awaitable[dict[str, str]]] = _no_checks
     clock: Callable[[], datetime] = _now
@@ -62,7 +67,17 @@ class ApiContext:
     #: per workflow and state, the participants' events that move a saga on
     waiting: dict[tuple[str, str], dict[str, list[str]]] = field(default_factory=dict, init=False)
 
+    @property
+    def way_in(self) -> MessageBus:
+        """The bus starts and actions go through."""
+        assert self.bus is not None  # set at init
+        return self.bus
+
     def __post_init__(self) -> None:
+        if self.bus is None:
+            self.bus = MessageBus(
+                self.registry, self.store, outbox=_NoRelay(), counts=self.metrics, clock=lambda: self.clock()
+            )
         for name, compiled in self.registry.workflows.items():
             self.views[name] = (
                 describe(compiled.workflow),

@@ -12,6 +12,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query, Response
 
+from orchestrator.adapters.postgres.dead_letters import PostgresDeadLetters
 from orchestrator.core.ingress import Reason
 from orchestrator.entrypoints.api import models as m
 from orchestrator.entrypoints.api.auth import Guard, Role
@@ -19,7 +20,6 @@ from orchestrator.entrypoints.api.context import ApiContext, answers, utc
 from orchestrator.service.dead_letters import (
     DeadLetterFilter,
     DeadLetterRow,
-    DeadLetters,
     Publish,
     ReplayOutcome,
     replay,
@@ -54,7 +54,7 @@ def dead_letters_router(ctx: ApiContext, guard: Guard) -> APIRouter:
     reads, read_auth = guard.reads, guard.errors(Role.READ if guard.protect_reads else None)
     Actor = Annotated[str, guard.actor()]
     admin = guard.needs(Role.ADMIN)
-    table = DeadLetters(ctx.queries.engine)
+    table = PostgresDeadLetters(ctx.queries.engine)
     router = APIRouter()
     viewing = APIRouter(
         prefix="/dead-letters", tags=["dead letters"], dependencies=reads, responses=answers(*read_auth, 422)

@@ -8,9 +8,6 @@ from fastapi import APIRouter, Path
 from orchestrator.entrypoints.api import models as m
 from orchestrator.entrypoints.api.auth import Guard, Role
 from orchestrator.entrypoints.api.context import ApiContext, answers
-from orchestrator.entrypoints.api.sagas import hand_over
-from orchestrator.service.migrations import migrate_sagas
-from orchestrator.service.operations import Applied
 
 
 def migrations_router(ctx: ApiContext, guard: Guard) -> APIRouter:
@@ -31,21 +28,15 @@ def migrations_router(ctx: ApiContext, guard: Guard) -> APIRouter:
         and ``verify`` replays it; one that cannot move is listed with the reason and left as it
         is. Nothing is sent: the saga keeps waiting for what it sent; its new state's deadline runs
         from now. A bad plan (unknown release or state, a final state as target) is a 422."""
-        report = await migrate_sagas(
-            ctx.registry,
-            ctx.store,
+        report = await ctx.way_in.migrate(
             name,
             body.from_release,
             body.to_release,
             body.states,
             actor=actor,
-            now=ctx.clock(),
             apply=body.apply,
             saga_ids=None if body.sagas is None else [str(s) for s in body.sagas],
         )
-        if report.decisions:  # the new states' deadlines, armed now rather than at the next sweep
-            last = report.decisions[-1].saga
-            hand_over(ctx, Applied(last, False, report.commands, report.decisions, "migrate"))
         return m.MigrationReport(
             applied=report.applied,
             moved=report.moved,

@@ -12,16 +12,16 @@ from uuid import UUID
 
 from fastapi import APIRouter, Body, HTTPException, Path, Query, Request, Response
 
+from orchestrator.adapters.postgres.faults import from_database
 from orchestrator.adapters.postgres.queries import HistoryRow, SagaFilter
-from orchestrator.adapters.tracing import active, request_span
+from orchestrator.adapters.tracing import request_span
 from orchestrator.core.engine import SagaSnapshot
 from orchestrator.core.ingress import MAX_KEY_LENGTH
 from orchestrator.core.replay import replay
 from orchestrator.entrypoints.api import models as m
 from orchestrator.entrypoints.api.auth import Guard, Role
 from orchestrator.entrypoints.api.context import ApiContext, answers, storable, utc
-from orchestrator.service.faults import from_database
-from orchestrator.service.operations import Applied, OperatorAction, apply_action, start_saga
+from orchestrator.service.operations import Applied, OperatorAction
 
 __all__ = ["sagas_router"]
 
@@ -108,15 +108,6 @@ async def written(ctx: ApiContext, applied: Applied) -> m.SagaWritten:
         )
         return m.SagaWritten(**fields, timers=None, note=note)
     return m.SagaWritten(**fields, timers=timers)
-
-
-def hand_over(ctx: ApiContext, applied: Applied) -> None:
-    """Committed: its commands to the relay, its timers to the alarm. Should that fail, the outbox
-    sweep and the alarm's safety sweep find them in the database: the request is done anyway."""
-    try:
-        ctx.dispatch(applied)
-    except Exception:
-        log.exception("saga %s committed, but its commands could not be handed over now", applied.saga.id)
 
 
 def history_entry(row: HistoryRow) -> m.HistoryEntry:
@@ -288,24 +279,13 @@ def sagas_router(ctx: ApiContext, guard: Guard) -> APIRouter:
         did not commit, or its commit was cut off: the same start again answers 200 if it did."""
         # tracing (docs/tracing.md): the request's traceparent is the saga's trace
         with request_span("POST /sagas", request.headers, {"orchestrator.workflow": body.workflow}) as trace:
-            applied = await start_saga(
-                ctx.registry,
-                ctx.store,
-                body.workflow,
-                body.key,
-                body.data,
-                actor,
-                ctx.clock(),
-                schema_version=body.schema_version,
-                trace=trace,
-                tracer=active(),
+            applied = await ctx.way_in.start(
+                body.workflow, body.key, body.data, actor, schema_version=body.schema_version, trace=trace
             )
-        hand_over(ctx, applied)
         saga = applied.saga
         response.status_code = 201 if applied.created else 200
         response.headers["Location"] = f"/sagas/{saga.id}"
         if applied.created:
-            ctx.metrics.operator_actions["start"] += 1
             log.info(
                 "%s started %s saga %s (key %s)",
                 actor,
@@ -323,9 +303,7 @@ def sagas_router(ctx: ApiContext, guard: Guard) -> APIRouter:
         return await written(ctx, applied)
 
     async def act(saga_id: UUID, action: OperatorAction) -> m.SagaWritten:
-        applied = await apply_action(ctx.registry, ctx.store, str(saga_id), action, ctx.clock(), active())
-        hand_over(ctx, applied)
-        ctx.metrics.operator_actions[action.name] += 1
+        applied = await ctx.way_in.act(str(saga_id), action)
         saga = applied.saga
         log.info(
             "%s applied %s to saga %s: now %s (%s); reason: %r",

@@ -34,7 +34,7 @@ __all__ = [
     "unsupervised",
 ]
 
-log = logging.getLogger("orchestrator.service.supervisor")
+log = logging.getLogger("orchestrator.supervision")
 
 TaskFactory = Callable[[], Coroutine[Any, Any, None]]
 #: how a component starts a long-running task: by name, from a function that makes its coroutine
@@ -115,6 +115,10 @@ class Supervisor:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self._policies: dict[str, tuple[TaskFactory, Restart | None]] = {}
         self._recent: dict[str, deque[float]] = {}
+
+    def stop_watching(self) -> None:
+        """The service is stopping: a task that ends now ends for good, and stops nothing."""
+        self.stopping = True
 
     def spawn(self, name: str, factory: TaskFactory, restart: Restart | None = None) -> asyncio.Task[None]:
         """Start ``factory()`` as the task ``name``, watched; ``restart``: safe to start again."""

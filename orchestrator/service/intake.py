@@ -1,0 +1,159 @@
+"""The broker's way in: batches off the consumer through the bus, then settled by their verdicts.
+
+Nothing is acked before its batch committed. A message for a saga on a release of its workflow
+this process does not load (a rolling deploy) is handed over to a process that loads it. The
+intake also knows whether it makes progress, which readiness reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic
+
+from orchestrator.core.ingress import printable
+from orchestrator.core.routing import Registry
+from orchestrator.service.batch import Verdict
+from orchestrator.service.bus import MessageBus
+from orchestrator.service.counts import Counts
+from orchestrator.service.ports import Consumer, D, Sleep, Unpublishable
+
+__all__ = ["Intake"]
+
+log = logging.getLogger("orchestrator")
+
+
+class Intake(Generic[D]):
+    def __init__(
+        self,
+        bus: MessageBus,
+        consumer: Consumer[D],
+        hand_over: Callable[[D], Awaitable[bool]],
+        waiting: Callable[[], Awaitable[int | None]],
+        registry: Registry,
+        counts: Counts,
+        batch_size: int,
+        stall_seconds: float,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.bus = bus
+        self.consumer = consumer
+        #: publishes a message to the queue every replica takes from; False: it went round too often
+        self.hand_over = hand_over
+        #: how many messages the broker says wait in this process's queues (None: cannot ask)
+        self.waiting = waiting
+        self.registry = registry
+        self.counts = counts
+        self.batch_size = batch_size
+        self.stall_seconds = stall_seconds
+        self.sleep = sleep
+        self._left_logged = 0.0  # when leaving messages was last logged: once per 10 s at most
+        #: messages the broker says wait in the queue while none are in hand, and since when
+        self._waiting: tuple[int, float] = (0, time.monotonic())
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Consume, then decide, commit and ack each batch, until stopping (the consumer says
+        what it still hands out then)."""
+        async for batch in self.consumer.batches(self.batch_size, stopping):
+            await self.take(batch)
+
+    async def take(self, batch: Sequence[D]) -> None:
+        """Decide and commit a batch through the bus, then settle each message by its verdict."""
+        result = await self.bus.handle([d.envelope for d in batch], [d.arrived for d in batch])
+        for delivery, verdict, refusal in zip(batch, result.verdicts, result.refusals, strict=True):
+            self.counts.messages_in[str(verdict)] += 1
+            envelope = delivery.envelope
+            if verdict is Verdict.DEAD and refusal is not None:
+                self.counts.dead_lettered[str(refusal.reason)] += 1
+                log.warning(
+                    "dead-lettered message %s (type %s): %s",
+                    printable(envelope.properties.get("message_id") or envelope.message_id),
+                    printable(envelope.properties.get("type") or envelope.type),
+                    refusal,
+                    extra={"saga_id": envelope.correlation_id, "message_id": envelope.message_id},
+                )
+            elif verdict is Verdict.DUPLICATE:
+                log.info(
+                    "duplicate message %s (type %s) acked",
+                    envelope.message_id,
+                    envelope.type,
+                    extra={"saga_id": envelope.correlation_id, "message_id": envelope.message_id},
+                )
+        settled = list(batch)
+        left = [d for d, verdict in zip(batch, result.verdicts, strict=True) if verdict is Verdict.LEFT]
+        if left:
+            handed = await self._leave(left)
+            settled = [
+                d for d, verdict in zip(batch, result.verdicts, strict=True) if verdict is not Verdict.LEFT
+            ] + handed
+        await self.consumer.ack(settled)
+
+    async def _leave(self, left: list[D]) -> list[D]:
+        """Hand over messages for sagas on a release of their workflow this process does not load
+        (a rolling deploy: a process that loads it takes them): each is published to the queue
+        every replica takes from, and acked with the rest of the batch (returned). Not given back
+        to its own queue, which would hand it to this process again when it owns the partition,
+        and whose delivery limit counts a return. A batch of nothing else waits a moment first,
+        so that a process alone with them does not spin on them. What cannot be handed over (the
+        broker refuses, or it went round too often) is requeued before the rest is acked, so no
+        ``multiple`` ack takes it along."""
+        now = time.monotonic()
+        if now - self._left_logged > 10:
+            self._left_logged = now
+            log.warning(
+                "left %d messages for sagas on a release this process does not load (loaded: %s);"
+                " a process that loads it takes them",
+                len(left),
+                ", ".join(f"{name} {release}" for name, release in self.registry.loaded()),
+            )
+        if len(left) == self.consumer.unsettled:
+            await self.sleep(0.5)
+        handed: list[D] = []
+        kept: list[D] = []
+        for delivery in left:
+            try:
+                (handed if await self.hand_over(delivery) else kept).append(delivery)
+            except Unpublishable as error:
+                log.warning("could not hand over message %s: %s", delivery.envelope.message_id, error)
+                kept.append(delivery)
+        if kept:
+            await self.consumer.requeue(kept)
+        return handed
+
+    def stalled(self) -> str | None:
+        """Why the consumer makes no progress, or None: the database cannot commit; or messages
+        are in hand, or the broker says some wait in the queue while none are, and no batch has
+        committed for longer than ``stall_seconds`` since."""
+        if self.bus.database_trouble is not None:
+            return f"cannot commit: {self.bus.database_trouble}"
+        consumer = self.consumer
+        now = time.monotonic()
+        if consumer.unsettled:
+            idle = now - max(self.bus.last_commit, consumer.busy_since)
+            if idle > self.stall_seconds:
+                return f"{consumer.unsettled} messages in hand and no batch committed for {idle:.0f}s"
+            return None
+        waiting, since = self._waiting
+        idle = now - max(self.bus.last_commit, since)
+        if waiting and idle > self.stall_seconds:
+            return f"{waiting} messages wait in the queue and none was taken for {idle:.0f}s"
+        return None
+
+    async def watch_queue(self, stopping: asyncio.Event) -> None:
+        """Asks the broker, while nothing is in hand, whether messages wait all the same (a
+        consumer the broker stopped feeding): readiness must see that too."""
+        interval = max(1.0, min(5.0, self.stall_seconds / 3))
+        while not stopping.is_set():
+            await asyncio.sleep(interval)
+            if self.consumer.unsettled:
+                self._waiting = (0, time.monotonic())
+                continue
+            count = await self.waiting()
+            if not count:
+                self._waiting = (0, time.monotonic())
+            elif not self._waiting[0]:
+                self._waiting = (count, time.monotonic())
+            else:
+                self._waiting = (count, self._waiting[1])
