@@ -45,7 +45,17 @@ from orchestrator.service.operations import (
 )
 from orchestrator.service.store import JournalEntry
 
-__all__ = ["ActionRefused", "OutgoingCommand", "SagaSnapshot", "WorkflowTestKit"]
+__all__ = [
+    "ActionRefused",
+    "Applied",
+    "BatchResult",
+    "Envelope",
+    "JournalEntry",
+    "OutgoingCommand",
+    "SagaSnapshot",
+    "Verdict",
+    "WorkflowTestKit",
+]
 
 
 class WorkflowTestKit:
