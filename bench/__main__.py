@@ -26,6 +26,7 @@ from bench.processes import has_port_flag, migrate
 from bench.report import git_commit, load_average, machine, table
 from bench.scenarios import SCENARIOS as RUNNERS
 from bench.scenarios import Context
+from orchestrator.settings import DEFAULT_AMQP_URL
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATABASE = "postgresql+asyncpg://postgres@127.0.0.1:5432/orchestrator_bench"
@@ -57,9 +58,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_DATABASE),
         help="a database of its own: it is emptied between scenarios (BENCH_DATABASE_URL)",
     )
-    parser.add_argument(
-        "--amqp-url", default=os.environ.get("ORCHESTRATOR_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-    )
+    parser.add_argument("--amqp-url", default=os.environ.get("ORCHESTRATOR_AMQP_URL", DEFAULT_AMQP_URL))
     parser.add_argument(
         "--floor",
         type=Path,

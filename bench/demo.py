@@ -32,6 +32,7 @@ from orchestrator.adapters.amqp.broker import wait_for_consumers
 from orchestrator.adapters.postgres.store import PostgresStore
 from orchestrator.core.engine import saga_id_for
 from orchestrator.entrypoints.settings import ConfigurationError, Settings
+from participants.cli import DEFAULT_DATABASE_URL
 
 PARTICIPANTS = {
     "inventory": ["--out-of-stock", "unobtainium"],
@@ -114,8 +115,7 @@ async def dead_letters_of(store: PostgresStore, namespace: str) -> list[tuple[st
 
 
 #: the example participants' database unless PARTICIPANT_DATABASE_URL names another
-#: (participants.cli.DEFAULT_DATABASE_URL)
-PARTICIPANTS_DATABASE = "postgresql://postgres@127.0.0.1:5432/participants"
+PARTICIPANTS_DATABASE = DEFAULT_DATABASE_URL
 
 
 async def effects_of(database_url: str, batch: list[Case], outcome: dict[str, str]) -> list[str]:

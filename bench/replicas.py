@@ -40,6 +40,7 @@ from bench.workflows import ORDER
 from orchestrator.adapters.postgres.partitions import lock_classes
 from orchestrator.adapters.postgres.store import HOLDER_LOCKS
 from orchestrator.service.partitions import share_of
+from orchestrator.settings import DEFAULT_AMQP_URL
 
 __all__ = ["Replica", "main"]
 
@@ -555,9 +556,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_DATABASE),
         help="a database of its own: it is emptied between runs (BENCH_DATABASE_URL)",
     )
-    parser.add_argument(
-        "--amqp-url", default=os.environ.get("ORCHESTRATOR_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-    )
+    parser.add_argument("--amqp-url", default=os.environ.get("ORCHESTRATOR_AMQP_URL", DEFAULT_AMQP_URL))
     parser.add_argument("--floor", type=Path, default=floor_from_env(), help="pipeline.py (BENCH_FLOOR)")
     parser.add_argument(
         "--logs", type=Path, help="directory for the processes' logs (default: a temporary one)"

@@ -31,6 +31,7 @@ import aio_pika.abc
 import orjson
 
 from orchestrator.adapters.amqp.topology import Topology
+from orchestrator.settings import DEFAULT_AMQP_URL
 
 __all__ = ["REPLIES", "main"]
 
@@ -156,7 +157,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/")
+    parser.add_argument("--amqp-url", default=DEFAULT_AMQP_URL)
     parser.add_argument("--namespace", required=True)
     parser.add_argument("--services", default="inventory,payment,shipping")
     parser.add_argument("--prefetch", type=int, default=1000)

@@ -8,14 +8,18 @@
     kit.advance(timedelta(seconds=31))            # the reserve deadline passes
     assert kit.saga("o-1").status == "compensated"
 
-It runs the same service layer and engine as the real service, over the in-memory store, so
-a workflow that passes here behaves the same against RabbitMQ and PostgreSQL.
+Every call goes through the service's own message bus (its unit of work and fault policy), over
+the in-memory store, so a workflow that passes here behaves the same against RabbitMQ and
+PostgreSQL. Time moves only by ``advance``: a retry's pause is not waited for.
 
 A public module (see :mod:`orchestrator`): ``WorkflowTestKit``; ``ActionRefused``, which
 :meth:`WorkflowTestKit.act` raises for an action that does not fit the saga (the REST API's 409);
-and the types the kit hands back, named so that a test's helpers can be annotated:
-``SagaSnapshot`` (``kit.saga(key)``: state, status, data, ...) and ``OutgoingCommand`` (each
-command in ``kit.sent``).
+``MemoryStore``, which one kit can hand the next (``WorkflowTestKit(..., store=kit.store)``: new
+definitions over what old ones left); and the types the kit takes and hands back, named so that a
+test's helpers can be annotated: ``SagaSnapshot`` (``kit.saga(key)``: state, status, data, ...),
+``OutgoingCommand`` (each command in ``kit.sent``), ``BatchResult`` and ``Verdict`` (what
+``publish``, ``reply`` and ``deliver`` give), ``Envelope`` (what ``deliver`` takes), ``Applied``
+(what ``start`` and ``act`` give) and ``JournalEntry`` (``kit.journal(saga)``).
 """
 
 from __future__ import annotations
@@ -42,7 +46,18 @@ from orchestrator.service.faults import GaveUp
 from orchestrator.service.operations import ActionRefused, Applied, OperatorAction
 from orchestrator.service.store import JournalEntry
 
-__all__ = ["ActionRefused", "OutgoingCommand", "SagaSnapshot", "WorkflowTestKit"]
+__all__ = [
+    "ActionRefused",
+    "Applied",
+    "BatchResult",
+    "Envelope",
+    "JournalEntry",
+    "MemoryStore",
+    "OutgoingCommand",
+    "SagaSnapshot",
+    "Verdict",
+    "WorkflowTestKit",
+]
 
 
 class WorkflowTestKit:

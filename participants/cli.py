@@ -19,31 +19,43 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from orchestrator.entrypoints.settings import QUEUE_TYPES, SettingsError, mask_url
-from orchestrator.participant import Participant, Settings, run
-from orchestrator.participant.worker import EXIT_DATABASE
+from orchestrator.participant import (
+    DEFAULT_AMQP_URL,
+    DEFAULT_NAMESPACE,
+    DEFAULT_QUEUE_TYPE,
+    EXIT_DATABASE,
+    FALSE_WORDS,
+    QUEUE_TYPES,
+    TRUE_WORDS,
+    Participant,
+    Settings,
+    SettingsError,
+    mask_url,
+    run,
+)
 from participants.common import Options
 from participants.services import SERVICES
 
-__all__ = ["main", "parse_args"]
+__all__ = ["DEFAULT_AMQP_URL", "DEFAULT_DATABASE_URL", "main", "parse_args"]
 
-DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+#: the examples' one database, a schema per service (the kit itself has no default: a real
+#: service names its own); the demo creates it under this name too
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/participants"
-DEFAULT_NAMESPACE = "saga"
-DEFAULT_SHUTDOWN_GRACE = 10.0
-TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
-FALSE_WORDS = frozenset({"", "0", "false", "no", "off"})
+#: the kit's defaults, which a value given here must fall back to alike
+DEFAULT_CONCURRENCY: int = Settings.concurrency
+DEFAULT_MAX_ATTEMPTS: int = Settings.max_attempts
+DEFAULT_SHUTDOWN_GRACE: float = Settings.shutdown_grace
 
-EPILOG = """\
+EPILOG = f"""\
 environment (an option given on the command line wins over its variable):
-  ORCHESTRATOR_AMQP_URL      --amqp-url       (default amqp://guest:guest@127.0.0.1:5672/)
-  ORCHESTRATOR_NAMESPACE     --namespace      (default saga)
-  ORCHESTRATOR_QUEUE_TYPE    --queue-type     (classic or quorum, default classic)
-  PARTICIPANT_DATABASE_URL   --database-url   (default postgresql://postgres@127.0.0.1:5432/participants,
+  ORCHESTRATOR_AMQP_URL      --amqp-url       (default {DEFAULT_AMQP_URL})
+  ORCHESTRATOR_NAMESPACE     --namespace      (default {DEFAULT_NAMESPACE})
+  ORCHESTRATOR_QUEUE_TYPE    --queue-type     ({" or ".join(QUEUE_TYPES)}, default {DEFAULT_QUEUE_TYPE})
+  PARTICIPANT_DATABASE_URL   --database-url   (default {DEFAULT_DATABASE_URL},
                                                created when missing; each service has a schema of its own)
-  PARTICIPANT_CONCURRENCY    --concurrency    (default 10)
-  PARTICIPANT_MAX_ATTEMPTS   --max-attempts   (default 5)
-  PARTICIPANT_SHUTDOWN_GRACE --shutdown-grace (default 10)
+  PARTICIPANT_CONCURRENCY    --concurrency    (default {DEFAULT_CONCURRENCY})
+  PARTICIPANT_MAX_ATTEMPTS   --max-attempts   (default {DEFAULT_MAX_ATTEMPTS})
+  PARTICIPANT_SHUTDOWN_GRACE --shutdown-grace (default {DEFAULT_SHUTDOWN_GRACE:g})
   PARTICIPANT_NEVER_ANSWER   --never-answer   (1/true/yes/on or 0/false/no/off)
   PARTICIPANT_DELAY          --delay
   PARTICIPANT_FAIL_RATE      --fail-rate
@@ -82,8 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--queue-type",
         metavar="TYPE",
-        help="classic or quorum: how the queues are declared, as the orchestrator declares them"
-        " (default classic, env ORCHESTRATOR_QUEUE_TYPE)",
+        help=f"{' or '.join(QUEUE_TYPES)}: how the queues are declared, as the orchestrator declares them"
+        f" (default {DEFAULT_QUEUE_TYPE}, env ORCHESTRATOR_QUEUE_TYPE)",
     )
     parser.add_argument(
         "--database-url",
@@ -93,18 +105,20 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--concurrency",
         metavar="N",
-        help="commands handled at once, a database connection each (default 10, env PARTICIPANT_CONCURRENCY)",
+        help="commands handled at once, a database connection each"
+        f" (default {DEFAULT_CONCURRENCY}, env PARTICIPANT_CONCURRENCY)",
     )
     parser.add_argument(
         "--max-attempts",
         metavar="N",
-        help="failed tries of a command before it is dead-lettered (default 5, env PARTICIPANT_MAX_ATTEMPTS)",
+        help="failed tries of a command before it is dead-lettered"
+        f" (default {DEFAULT_MAX_ATTEMPTS}, env PARTICIPANT_MAX_ATTEMPTS)",
     )
     parser.add_argument(
         "--shutdown-grace",
         metavar="SECONDS",
         help="after SIGTERM/SIGINT, the one bound on finishing the commands in flight and closing,"
-        " broker or not (default 10, env PARTICIPANT_SHUTDOWN_GRACE)",
+        f" broker or not (default {DEFAULT_SHUTDOWN_GRACE:g}, env PARTICIPANT_SHUTDOWN_GRACE)",
     )
 
     failures = parser.add_argument_group("failure injection, any service")
@@ -190,7 +204,7 @@ def parse_args(
         return parsed
 
     never_answer: bool | None = args.never_answer
-    if never_answer is None:
+    if never_answer is None:  # strict, unlike a flag of the kit's: a typo in a fault must not pass unseen
         raw = environ.get("PARTICIPANT_NEVER_ANSWER", "").strip().lower()
         if raw not in TRUE_WORDS | FALSE_WORDS:
             parser.error(f"PARTICIPANT_NEVER_ANSWER must be 1/true/yes/on or 0/false/no/off, got {raw!r}")
@@ -210,7 +224,7 @@ def parse_args(
     namespace = args.namespace if args.namespace is not None else environ.get("ORCHESTRATOR_NAMESPACE")
     namespace = namespace or DEFAULT_NAMESPACE
     queue_type_raw, queue_type_source = pick(args.queue_type, "--queue-type", "ORCHESTRATOR_QUEUE_TYPE")
-    queue_type = (queue_type_raw or "classic").strip().lower()
+    queue_type = (queue_type_raw or DEFAULT_QUEUE_TYPE).strip().lower()
     if queue_type not in QUEUE_TYPES:
         parser.error(f"{queue_type_source} must be one of {', '.join(QUEUE_TYPES)}, got {queue_type_raw!r}")
     amqp_url = args.amqp_url if args.amqp_url is not None else environ.get("ORCHESTRATOR_AMQP_URL")
@@ -247,13 +261,13 @@ def parse_args(
                 *pick(args.concurrency, "--concurrency", "PARTICIPANT_CONCURRENCY"),
                 low=1,
                 high=1000,
-                default=10,
+                default=DEFAULT_CONCURRENCY,
             ),
             max_attempts=whole(
                 *pick(args.max_attempts, "--max-attempts", "PARTICIPANT_MAX_ATTEMPTS"),
                 low=1,
                 high=1000,
-                default=5,
+                default=DEFAULT_MAX_ATTEMPTS,
             ),
             reply_delay=number(*pick(args.delay, "--delay", "PARTICIPANT_DELAY"), low=0.0) or 0.0,
             never_answer=never_answer,

@@ -1,6 +1,7 @@
 """OpenTelemetry tracing, for the orchestrator and the participant kit alike (docs/tracing.md).
 
-Off unless the standard ``OTEL_*`` variables ask for it (:func:`configured`): then
+Off unless the standard ``OTEL_*`` variables ask for it (:func:`configured`, which reads them
+as every setting is read, through :mod:`orchestrator.settings`): then
 :func:`setup` gives an :class:`OtelTracer` with a tracer provider of its own, which exports
 over OTLP/HTTP (or to the console) in a background thread. When it is off nothing of the SDK is
 built, and the callers hold ``None`` instead of a tracer: they pass the incoming W3C trace context
@@ -31,6 +32,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from orchestrator.core.engine import OutgoingCommand
 from orchestrator.core.ingress import trace_headers, trace_of
+from orchestrator.settings import stripped, value, words
 
 #: as the tracing port (orchestrator.service.tracing) has it; said again here, so that the
 #: participant kit, which uses this module too, never imports the orchestrator's service layer
@@ -58,23 +60,25 @@ def configured(environ: Mapping[str, str] | None = None) -> bool:
     ``OTEL_TRACES_EXPORTER=none``. The SDK itself would export to localhost by default; a service
     that nobody asked to trace must not try."""
     env = os.environ if environ is None else environ
-    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+    # the OpenTelemetry spec's boolean: "true" alone, in any case (not the settings' flag words)
+    if (stripped(env, "OTEL_SDK_DISABLED") or "").lower() == "true":
         return False
-    exporters = {e.strip().lower() for e in env.get("OTEL_TRACES_EXPORTER", "").split(",") if e.strip()}
+    exporters = words(env, "OTEL_TRACES_EXPORTER")
     if exporters:
         return bool(exporters & _EXPORTERS)
     return bool(
-        env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
-        or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+        stripped(env, "OTEL_EXPORTER_OTLP_ENDPOINT") or stripped(env, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
     )
 
 
 def _exporters(env: Mapping[str, str]) -> list[SpanExporter]:
-    names = {e.strip().lower() for e in env.get("OTEL_TRACES_EXPORTER", "otlp").split(",") if e.strip()}
+    names = words(env, "OTEL_TRACES_EXPORTER")
     exporters: list[SpanExporter] = []
-    if "otlp" in names or not names:
+    if "otlp" in names or not names:  # none named: an endpoint alone asked for traces
         protocol = (
-            env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or ""
+            value(env, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+            or value(env, "OTEL_EXPORTER_OTLP_PROTOCOL")
+            or ""
         )
         if protocol.strip() and protocol.strip() != "http/protobuf":
             log.warning("tracing: OTLP protocol %r is not installed; exporting over http/protobuf", protocol)
@@ -167,7 +171,7 @@ def setup(service: str, environ: Mapping[str, str] | None = None) -> OtelTracer 
     env = os.environ if environ is None else environ
     if not configured(env):
         return None
-    name = env.get("OTEL_SERVICE_NAME", "").strip() or service
+    name = stripped(env, "OTEL_SERVICE_NAME") or service
     # Resource.create reads OTEL_RESOURCE_ATTRIBUTES; the name given here wins over theirs
     provider = TracerProvider(resource=Resource.create({"service.name": name}), shutdown_on_exit=True)
     for exporter in _exporters(env):

@@ -2,17 +2,37 @@
 
 A value that cannot be used raises :class:`SettingsError`, whose message names the variable and
 says what it must be: the command line prints it as its one line (``orchestrator.entrypoints.cli``),
-and anything else that builds settings (a test, the benchmark) can catch it.
+and anything else that builds settings (a test, the benchmark) can catch it. How a variable is read,
+and the defaults the participants share, are :mod:`orchestrator.settings`'s, so that every party
+reads them alike.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from orchestrator.entrypoints.tokens import ApiToken, TokenError, combined, parse_env, read_file
+from orchestrator.settings import (
+    DEFAULT_AMQP_URL,
+    DEFAULT_DATABASE_URL,
+    DEFAULT_NAMESPACE,
+    DEFAULT_QUEUE_TYPE,
+    QUEUE_TYPES,
+    SSL_MODES,
+    ConfigurationError,
+    SettingsError,
+    database_url,
+    days,
+    flag,
+    integer,
+    mask_url,
+    one_of,
+    seconds,
+    value,
+)
 
+# the shared names are said again here, where the service's code has always found them
 __all__ = [
     "QUEUE_TYPES",
     "SSL_MODES",
@@ -23,143 +43,28 @@ __all__ = [
     "mask_url",
 ]
 
-#: the values of ORCHESTRATOR_QUEUE_TYPE (as orchestrator.adapters.amqp.topology.QUEUE_TYPES,
-#: which the settings do not import: the command line reads them before loading any adapter)
-QUEUE_TYPES = ("classic", "quorum")
-#: libpq's sslmode values, which asyncpg takes as its ``ssl`` argument
-SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
-
-
-class ConfigurationError(Exception):
-    """What the service was given to run with cannot be used; the message says what and why, in
-    one line. Defined here, beside the settings, so that the command line can catch it without
-    importing what the service is built of."""
-
-
-class SettingsError(ConfigurationError, ValueError):
-    """A setting's value cannot be used; the message names the variable and what it must be."""
-
-
-def mask_url(url: str) -> str:
-    """A URL fit for a log line: the password replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable url>"
-    if parts.password is None:
-        return url
-    # the host part as written: .port would raise on a port out of range, and the URL being
-    # masked is often a bad one on its way into an error message
-    hostinfo = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{hostinfo}"))
-
-
-def database_url(url: str, name: str = "ORCHESTRATOR_DATABASE_URL") -> str:
-    """The URL with libpq's ``sslmode=`` spelled ``ssl=``, as SQLAlchemy's asyncpg dialect passes
-    its query to ``asyncpg.connect`` as keywords: ``sslmode`` would be an unexpected one there,
-    while ``ssl`` takes the same values. (Where the service hands a URL to asyncpg as a DSN,
-    ``driver_dsn`` turns it back: a DSN reads ``sslmode``, and would send ``ssl`` to the server
-    as a setting.) A PostgreSQL URL as any libpq tool takes it thus works unchanged."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url  # the engine says what is wrong with it, with the URL masked
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    keys = [key for key, _ in query]
-    if "sslmode" not in keys and "ssl" not in keys:
-        return url
-    if "sslmode" in keys and "ssl" in keys:
-        raise SettingsError(f"{name} may give sslmode or ssl, not both")
-    renamed = [("ssl" if key == "sslmode" else key, value) for key, value in query]
-    for key, value in renamed:
-        if key == "ssl" and value not in SSL_MODES:
-            raise SettingsError(f"{name}'s sslmode must be one of {', '.join(SSL_MODES)}, not {value!r}")
-    return urlunsplit(parts._replace(query=urlencode(renamed, safe="/:")))
-
-
-def _queue_type(name: str) -> str:
-    raw = (_set(name) or "classic").strip().lower()
-    if raw not in QUEUE_TYPES:
-        raise SettingsError(f"{name} must be one of {', '.join(QUEUE_TYPES)}, not {raw!r}")
-    return raw
-
-
-def _set(name: str) -> str | None:
-    """The variable's value; None when unset or empty, which both mean the default."""
-    return os.environ.get(name) or None
-
-
-def _int(name: str, default: int, minimum: int | None = None, maximum: int | None = None) -> int:
-    raw = _set(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be an integer, not {raw!r}") from None
-    if minimum is not None and value < minimum:
-        raise SettingsError(f"{name} must be at least {minimum}, not {raw!r}")
-    if maximum is not None and value > maximum:
-        raise SettingsError(f"{name} must be at most {maximum}, not {raw!r}")
-    return value
-
-
-_A_CENTURY = 100 * 365.25 * 86400
-
-
-def _float(name: str, default: float) -> float:
-    raw = _set(name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 < value <= _A_CENTURY:  # inf or 1e13 seconds would overflow every timedelta made of it
-        raise SettingsError(
-            f"{name} must be a positive number of seconds up to {_A_CENTURY:.0f}, not {raw!r}"
-        )
-    return value
-
-
-def _days(name: str, default: float) -> float:
-    """A number of days: positive, at most a century, as ``_float`` reads seconds."""
-    raw = _set(name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 < value <= _A_CENTURY / 86400:
-        raise SettingsError(f"{name} must be a positive number of days up to 36525, not {raw!r}")
-    return value
-
 
 def _api_tokens() -> tuple[ApiToken, ...]:
+    env = os.environ
     entries: list[ApiToken] = []
     try:
-        if raw := _set("ORCHESTRATOR_API_TOKENS"):
+        if raw := value(env, "ORCHESTRATOR_API_TOKENS"):
             entries += parse_env(raw)
-        if path := _set("ORCHESTRATOR_API_TOKENS_FILE"):
+        if path := value(env, "ORCHESTRATOR_API_TOKENS_FILE"):
             entries += read_file(path)
-        return combined(entries, _set("ORCHESTRATOR_API_TOKEN"))
+        return combined(entries, value(env, "ORCHESTRATOR_API_TOKEN"))
     except TokenError as error:
         raise SettingsError(str(error)) from None
 
 
-def _bool(name: str) -> bool:
-    return os.environ.get(name, "").lower() in {"1", "true", "yes", "on"}
-
-
 @dataclass(frozen=True)
 class Settings:
-    database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/orchestrator"
-    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
-    namespace: str = "saga"
+    database_url: str = DEFAULT_DATABASE_URL
+    amqp_url: str = DEFAULT_AMQP_URL
+    namespace: str = DEFAULT_NAMESPACE
     #: of the participant queues and {ns}.dead-letter (docs/protocol.md, section 2): every party
     #: must agree, so the participants read the same variable
-    queue_type: str = "classic"
+    queue_type: str = DEFAULT_QUEUE_TYPE
     workflows: str = "orchestrator.examples"
     prefetch: int = 1024
     batch_size: int = 256
@@ -233,38 +138,44 @@ class Settings:
             "database_url": database_url(env.get("ORCHESTRATOR_DATABASE_URL") or cls.database_url),
             "amqp_url": env.get("ORCHESTRATOR_AMQP_URL", cls.amqp_url),
             "namespace": env.get("ORCHESTRATOR_NAMESPACE", cls.namespace),
-            "queue_type": _queue_type("ORCHESTRATOR_QUEUE_TYPE"),
+            "queue_type": one_of(env, "ORCHESTRATOR_QUEUE_TYPE", QUEUE_TYPES, cls.queue_type),
             "workflows": env.get("ORCHESTRATOR_WORKFLOWS", cls.workflows),
-            "prefetch": _int("ORCHESTRATOR_PREFETCH", cls.prefetch),
-            "batch_size": _int("ORCHESTRATOR_BATCH_SIZE", cls.batch_size),
+            "prefetch": integer(env, "ORCHESTRATOR_PREFETCH", cls.prefetch),
+            "batch_size": integer(env, "ORCHESTRATOR_BATCH_SIZE", cls.batch_size),
             "log_level": env.get("ORCHESTRATOR_LOG_LEVEL", cls.log_level).upper(),
-            "log_json": _bool("ORCHESTRATOR_LOG_JSON"),
+            "log_json": flag(env, "ORCHESTRATOR_LOG_JSON"),
             "api_host": env.get("ORCHESTRATOR_API_HOST", cls.api_host),
-            "api_port": _int("ORCHESTRATOR_API_PORT", cls.api_port),
-            "api_token": env.get("ORCHESTRATOR_API_TOKEN") or None,
+            "api_port": integer(env, "ORCHESTRATOR_API_PORT", cls.api_port),
+            "api_token": value(env, "ORCHESTRATOR_API_TOKEN"),
             "api_tokens": _api_tokens(),
-            "api_protect_reads": _bool("ORCHESTRATOR_API_PROTECT_READS"),
-            "api_max_body_bytes": _int("ORCHESTRATOR_API_MAX_BODY_BYTES", cls.api_max_body_bytes, minimum=1),
-            "stuck_after_seconds": _float("ORCHESTRATOR_STUCK_AFTER_SECONDS", cls.stuck_after_seconds),
-            "max_message_bytes": _int("ORCHESTRATOR_MAX_MESSAGE_BYTES", cls.max_message_bytes, minimum=1024),
-            "max_bytes_in_hand": _int("ORCHESTRATOR_MAX_BYTES_IN_HAND", cls.max_bytes_in_hand, minimum=1024),
-            "stall_seconds": _float("ORCHESTRATOR_STALL_SECONDS", cls.stall_seconds),
-            "max_parked": _int("ORCHESTRATOR_MAX_PARKED", cls.max_parked, minimum=1),
-            "shutdown_seconds": _float("ORCHESTRATOR_SHUTDOWN_SECONDS", cls.shutdown_seconds),
-            "test_fail_task": env.get("ORCHESTRATOR_TEST_FAIL_TASK") or None,
-            "inbox_retention_days": _days("ORCHESTRATOR_INBOX_RETENTION_DAYS", cls.inbox_retention_days),
-            "dead_letter_retention_days": _days(
-                "ORCHESTRATOR_DEAD_LETTER_RETENTION_DAYS", cls.dead_letter_retention_days
+            "api_protect_reads": flag(env, "ORCHESTRATOR_API_PROTECT_READS"),
+            "api_max_body_bytes": integer(
+                env, "ORCHESTRATOR_API_MAX_BODY_BYTES", cls.api_max_body_bytes, minimum=1
             ),
-            "tombstone_retention_days": _days(
-                "ORCHESTRATOR_TOMBSTONE_RETENTION_DAYS", cls.tombstone_retention_days
+            "stuck_after_seconds": seconds(env, "ORCHESTRATOR_STUCK_AFTER_SECONDS", cls.stuck_after_seconds),
+            "max_message_bytes": integer(
+                env, "ORCHESTRATOR_MAX_MESSAGE_BYTES", cls.max_message_bytes, minimum=1024
             ),
-            "partitions": _int("ORCHESTRATOR_PARTITIONS", cls.partitions, minimum=1, maximum=256),
-            "rebalance_seconds": _float("ORCHESTRATOR_REBALANCE_SECONDS", cls.rebalance_seconds),
+            "max_bytes_in_hand": integer(
+                env, "ORCHESTRATOR_MAX_BYTES_IN_HAND", cls.max_bytes_in_hand, minimum=1024
+            ),
+            "stall_seconds": seconds(env, "ORCHESTRATOR_STALL_SECONDS", cls.stall_seconds),
+            "max_parked": integer(env, "ORCHESTRATOR_MAX_PARKED", cls.max_parked, minimum=1),
+            "shutdown_seconds": seconds(env, "ORCHESTRATOR_SHUTDOWN_SECONDS", cls.shutdown_seconds),
+            "test_fail_task": value(env, "ORCHESTRATOR_TEST_FAIL_TASK"),
+            "inbox_retention_days": days(env, "ORCHESTRATOR_INBOX_RETENTION_DAYS", cls.inbox_retention_days),
+            "dead_letter_retention_days": days(
+                env, "ORCHESTRATOR_DEAD_LETTER_RETENTION_DAYS", cls.dead_letter_retention_days
+            ),
+            "tombstone_retention_days": days(
+                env, "ORCHESTRATOR_TOMBSTONE_RETENTION_DAYS", cls.tombstone_retention_days
+            ),
+            "partitions": integer(env, "ORCHESTRATOR_PARTITIONS", cls.partitions, minimum=1, maximum=256),
+            "rebalance_seconds": seconds(env, "ORCHESTRATOR_REBALANCE_SECONDS", cls.rebalance_seconds),
             "prune_interval_seconds": (
                 0.0
-                if _set("ORCHESTRATOR_PRUNE_INTERVAL_SECONDS") == "0"
-                else _float("ORCHESTRATOR_PRUNE_INTERVAL_SECONDS", cls.prune_interval_seconds)
+                if value(env, "ORCHESTRATOR_PRUNE_INTERVAL_SECONDS") == "0"
+                else seconds(env, "ORCHESTRATOR_PRUNE_INTERVAL_SECONDS", cls.prune_interval_seconds)
             ),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})

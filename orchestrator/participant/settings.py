@@ -1,5 +1,7 @@
 """A participant's settings, from the environment by default, with the orchestrator's names where
-both read the same thing (the broker, the namespace, the queue type): one value configures both."""
+both read the same thing (the broker, the namespace, the queue type): one value configures both.
+Their defaults and the reading of each variable are :mod:`orchestrator.settings`'s, which the
+orchestrator uses too, so the two cannot come to disagree."""
 
 from __future__ import annotations
 
@@ -9,11 +11,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from orchestrator.entrypoints.settings import QUEUE_TYPES, SettingsError, database_url, mask_url
+from orchestrator.settings import (
+    DEFAULT_AMQP_URL,
+    DEFAULT_NAMESPACE,
+    DEFAULT_QUEUE_TYPE,
+    QUEUE_TYPES,
+    SettingsError,
+    database_url,
+    integer,
+    mask_url,
+    number,
+    value,
+)
 
 __all__ = ["DEFAULT_AMQP_URL", "Settings", "SettingsError"]
-
-DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 
 @dataclass(frozen=True)
@@ -21,9 +32,9 @@ class Settings:
     #: the participant's own PostgreSQL (``postgresql://`` or ``postgresql+asyncpg://``)
     database_url: str
     amqp_url: str = DEFAULT_AMQP_URL
-    namespace: str = "saga"
+    namespace: str = DEFAULT_NAMESPACE
     #: ORCHESTRATOR_QUEUE_TYPE, which the orchestrator reads too: both must declare alike
-    queue_type: str = "classic"
+    queue_type: str = DEFAULT_QUEUE_TYPE
     #: commands handled at once, each holding one database connection while it runs
     concurrency: int = 10
     #: failed tries of one message id before it is dead-lettered with its last error
@@ -84,48 +95,25 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Settings from the environment; SettingsError names the variable that is wrong."""
         env = os.environ if environ is None else environ
-
-        def value(name: str) -> str | None:
-            return env.get(name) or None
-
-        url = value("PARTICIPANT_DATABASE_URL")
+        url = value(env, "PARTICIPANT_DATABASE_URL")
         if url is None:
             raise SettingsError("PARTICIPANT_DATABASE_URL is not set: the participant's own PostgreSQL")
         return cls(
             database_url=url,
-            amqp_url=value("ORCHESTRATOR_AMQP_URL") or DEFAULT_AMQP_URL,
-            namespace=value("ORCHESTRATOR_NAMESPACE") or "saga",
-            queue_type=(value("ORCHESTRATOR_QUEUE_TYPE") or "classic").strip().lower(),
-            concurrency=_int(env, "PARTICIPANT_CONCURRENCY", 10),
-            max_attempts=_int(env, "PARTICIPANT_MAX_ATTEMPTS", 5),
-            retry_backoff=_float(env, "PARTICIPANT_RETRY_BACKOFF", 0.5),
-            shutdown_grace=_float(env, "PARTICIPANT_SHUTDOWN_GRACE", 10.0),
+            amqp_url=value(env, "ORCHESTRATOR_AMQP_URL") or cls.amqp_url,
+            namespace=value(env, "ORCHESTRATOR_NAMESPACE") or cls.namespace,
+            # checked by __post_init__, for settings built by hand too
+            queue_type=(value(env, "ORCHESTRATOR_QUEUE_TYPE") or cls.queue_type).strip().lower(),
+            concurrency=integer(env, "PARTICIPANT_CONCURRENCY", cls.concurrency),
+            max_attempts=integer(env, "PARTICIPANT_MAX_ATTEMPTS", cls.max_attempts),
+            retry_backoff=number(env, "PARTICIPANT_RETRY_BACKOFF", cls.retry_backoff),
+            shutdown_grace=number(env, "PARTICIPANT_SHUTDOWN_GRACE", cls.shutdown_grace),
             inbox_retention_days=(
-                _float(env, "PARTICIPANT_INBOX_RETENTION_DAYS", 0.0)
-                if value("PARTICIPANT_INBOX_RETENTION_DAYS")
+                number(env, "PARTICIPANT_INBOX_RETENTION_DAYS", 0.0)
+                if value(env, "PARTICIPANT_INBOX_RETENTION_DAYS")
                 else None
             ),
         )
-
-
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name) or None
-    if raw is None:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be an integer, not {raw!r}") from None
-
-
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name) or None
-    if raw is None:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a number, not {raw!r}") from None
 
 
 def _looks_like_amqp(url: str) -> bool:

@@ -38,11 +38,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from orchestrator.adapters import tracing
 from orchestrator.adapters.amqp.topology import Topology
 from orchestrator.core.ingress import Refused, clip, printable, text_property, trace_headers, trace_of
-from orchestrator.entrypoints.settings import mask_url
 from orchestrator.participant.handlers import Defer, InvalidCommand, Participant
 from orchestrator.participant.inbox import Recorded
 from orchestrator.participant.processing import CommandProcessor, DeadLetter, TryAgain
 from orchestrator.participant.settings import Settings
+from orchestrator.settings import mask_url
 
 V = TypeVar("V")
 

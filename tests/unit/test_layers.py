@@ -1,8 +1,9 @@
 """The layers hold (docs/architecture.md): the core imports nothing of the service layer, the
 adapters or the entry points, and no I/O library; the service layer imports no adapter and no
 driver, only its own ports; the adapters import of the service only its ports; neither imports an
-entry point. And parts are wired by their constructors: nothing sets an attribute on an object
-outside that object's own class."""
+entry point; the participant kit imports none either, and reads its settings through
+``orchestrator.settings``, which imports nothing of the package. And parts are wired by their
+constructors: nothing sets an attribute on an object outside that object's own class."""
 
 from __future__ import annotations
 
@@ -207,14 +208,23 @@ def test_every_layer_has_its_modules() -> None:
 @pytest.mark.parametrize("path", modules("participant"), ids=lambda p: p.name)
 def test_the_participant_kit_stands_apart_from_the_orchestrators_service(path: Path) -> None:
     """The kit runs in participant processes: it shares the wire (messages, topology) and the
-    settings' rules with the orchestrator, never its service layer or its wiring."""
+    settings' rules with the orchestrator (``orchestrator.settings``, the one reader both use),
+    never its service layer or its wiring."""
     found = imports(path)
     assert (
-        sorted(m for m in found if m.startswith(("orchestrator.service", "orchestrator.adapters.postgres")))
+        sorted(
+            m
+            for m in found
+            if m.startswith(
+                ("orchestrator.service", "orchestrator.adapters.postgres", "orchestrator.entrypoints")
+            )
+        )
         == []
     )
-    entry = {m for m in found if m.startswith("orchestrator.entrypoints")}
-    assert entry <= {"orchestrator.entrypoints.settings"} | {
-        f"orchestrator.entrypoints.settings.{name}"
-        for name in ("QUEUE_TYPES", "SettingsError", "database_url", "mask_url")
-    }
+
+
+@pytest.mark.parametrize("path", [PACKAGE / "settings.py"], ids=lambda p: p.name)
+def test_the_settings_reader_imports_nothing_of_the_package(path: Path) -> None:
+    """Every layer and the participant kit read their settings through it: it must not pull in
+    any of them."""
+    assert sorted(m for m in imports(path) if m.split(".")[0] == "orchestrator") == []

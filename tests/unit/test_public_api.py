@@ -42,8 +42,14 @@ def test_the_package_exports_what_a_workflow_is_written_with() -> None:
     )
     assert sorted(orchestrator.testing.__all__) == [
         "ActionRefused",
+        "Applied",
+        "BatchResult",
+        "Envelope",
+        "JournalEntry",
+        "MemoryStore",
         "OutgoingCommand",
         "SagaSnapshot",
+        "Verdict",
         "WorkflowTestKit",
     ]
     for module in (orchestrator, orchestrator.testing):

@@ -22,6 +22,10 @@ from aiormq.abc import DeliveredMessage
 
 from orchestrator.adapters.amqp.decoding import UndecodableProperties
 
+# QUEUE_TYPES is the settings' (the values of ORCHESTRATOR_QUEUE_TYPE), named here as well because
+# the queue type is this module's to declare
+from orchestrator.settings import DEFAULT_NAMESPACE, DEFAULT_QUEUE_TYPE, QUEUE_TYPES
+
 __all__ = [
     "MIGRATIONS",
     "ORCHESTRATOR_DELIVERY_LIMIT",
@@ -59,11 +63,6 @@ crashes its participant from doing so forever. A command dead-lettered this way 
 ``delivery_limit`` row of the dead-letter table: its saga's timeout resends it, or an operator
 replays it."""
 
-QUEUE_TYPES = ("classic", "quorum")
-"""The values of ``ORCHESTRATOR_QUEUE_TYPE``: the type of the participant queues and of
-``{ns}.dead-letter``. ``classic`` is the default because a queue cannot change its type in
-place: an existing install keeps its queues until its operator migrates them."""
-
 #: messages taken from a queue being moved before their confirms are awaited and they are acked
 MOVE_BATCH = 200
 #: the most partition queues ``orchestrator migrate`` looks for (the setting allows 256)
@@ -76,13 +75,13 @@ OPERATION_TIMEOUT = 60.0
 class Topology:
     """Exchange and queue names, all under one namespace so tests and tenants stay apart."""
 
-    namespace: str = "saga"
+    namespace: str = DEFAULT_NAMESPACE
     _: KW_ONLY
     #: partition queues for correlated messages (docs/scaling.md); 1: one queue takes everything
     partitions: int = 1
     #: of the participant queues and ``{ns}.dead-letter``, one of QUEUE_TYPES (the orchestrator's
     #: own queue is a quorum queue whatever this says)
-    queue_type: str = "classic"
+    queue_type: str = DEFAULT_QUEUE_TYPE
 
     def __post_init__(self) -> None:
         if self.queue_type not in QUEUE_TYPES:  # another would declare classic queues unasked
