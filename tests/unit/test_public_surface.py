@@ -121,7 +121,7 @@ def test_the_checks_see_a_bad_import(tmp_path: Path) -> None:
     doc = tmp_path / "README.md"
     doc.write_text(
         "Use `from orchestrator.adapters import tracing`.\n\n"
-        "```python\nfrom orchestrator.testing import (\n    WorkflowTestKit,\n    MemoryStore,\n)\n```\n"
+        "```python\nfrom orchestrator.testing import (\n    WorkflowTestKit,\n    FakeBroker,\n)\n```\n"
     )
     participant = tmp_path / "wallet.py"
     participant.write_text(
@@ -132,7 +132,7 @@ def test_the_checks_see_a_bad_import(tmp_path: Path) -> None:
     )
     assert [p.split(": ", 1)[1] for p in markdown_problems(doc)] == [
         "orchestrator.adapters is not public",
-        "orchestrator.testing.MemoryStore is not in orchestrator.testing.__all__",
+        "orchestrator.testing.FakeBroker is not in orchestrator.testing.__all__",
     ]
     assert [p.split(": ", 1)[1] for p in participant_problems(participant)] == [
         "orchestrator.core.engine is not public",
