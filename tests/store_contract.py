@@ -277,7 +277,7 @@ class StoreContract(abc.ABC):
         """A batch is one transaction at one "now": its journal entries and its outbox rows carry
         the time of its last entry (the service records every decision of a batch at the same
         time; a save does not keep different ones apart)."""
-        await store.hold()  # as a replica does first: see test_unsent_older_than_...
+        await store.hold()  # as a replica does before anything commits (the older_than test says why)
         one, two = a_saga("s-1"), a_saga("s-2")
         changes = a_batch(one, two, commands=[a_command(one, "a")])
         changes.journal[0] = an_entry(one, T0 - timedelta(hours=1))
@@ -750,8 +750,8 @@ class StoreContract(abc.ABC):
         assert second >= first
 
     async def test_close_may_be_called_again(self, store: Store) -> None:
-        """A shutdown may close a store twice (a supervisor's and the runtime's): the second is
-        nothing. The fixture closes it once more."""
+        """Shutdown paths close in ``finally`` blocks and may meet a store closed already: that
+        must not fail, after a claim (:meth:`hold`) too. The fixture closes it a third time."""
         await store.hold()
         await store.close()
         await store.close()
