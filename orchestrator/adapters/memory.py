@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Collection, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 
 from orchestrator.adapters.sqlstate import by_sqlstate
 from orchestrator.core.engine import Deadline, OutgoingCommand, SagaSnapshot
@@ -33,9 +35,33 @@ class JournalConflict(Exception):
     sqlstate = "23505"
 
 
+_ABSENT = object()
+
+
 class _MemoryTransaction:
     def __init__(self, store: MemoryStore) -> None:
         self.store = store
+        #: how to take back what this transaction's saves wrote, run newest first when it ends in
+        #: an exception: PostgreSQL rolls a transaction back whole, whatever failed after its save
+        self._undo: list[Callable[[], None]] = []
+
+    def _keep(self, table: str, key: Any) -> None:
+        """Remember one row of a table (``MemoryStore`` attribute) as it is, to put back on rollback.
+        The table is looked up again then: a test double may have swapped it meanwhile."""
+        before = getattr(self.store, table).get(key, _ABSENT)
+
+        def undo() -> None:
+            rows = getattr(self.store, table)
+            if before is _ABSENT:
+                rows.pop(key, None)
+            else:
+                rows[key] = before
+
+        self._undo.append(undo)
+
+    def roll_back(self) -> None:
+        while self._undo:
+            self._undo.pop()()
 
     async def lock_sagas(self, saga_ids: Iterable[str]) -> dict[str, SagaSnapshot]:
         return {i: self.store.sagas[i] for i in saga_ids if i in self.store.sagas}
@@ -70,23 +96,51 @@ class _MemoryTransaction:
         taken = [message_id for message_id in changes.inbox if message_id in store.inbox]
         if taken:  # before anything is written: a failed save leaves nothing, as a rollback does
             raise InboxConflict(f"the inbox already holds message {', '.join(taken)}")
-        last: dict[str, int] = {}
-        for entry in changes.journal:
-            entries = store.journals.get(entry.saga_id)
-            before = last.get(entry.saga_id, entries[-1].seq if entries else 0)
-            if before >= entry.seq:
+        batch: dict[str, list[JournalEntry]] = {}
+        seqs: dict[str, set[int]] = {}
+        for entry in changes.journal:  # the journal's key is (saga, seq), in any order
+            have = seqs.setdefault(entry.saga_id, {e.seq for e in store.journals.get(entry.saga_id, [])})
+            if entry.seq in have:
                 raise JournalConflict(f"journal {entry.saga_id} already has seq {entry.seq}")
-            last[entry.saga_id] = entry.seq
-        for entry in changes.journal:
-            store.journals.setdefault(entry.saga_id, []).append(entry)
-        store.sagas.update(changes.sagas)
+            have.add(entry.seq)
+            batch.setdefault(entry.saga_id, []).append(entry)
+        # One time for the whole batch, its last entry's, as PostgreSQL stamps the rows of a save.
+        now = changes.journal[-1].recorded_at if changes.journal else datetime.now(UTC)
+        for saga_id, entries in batch.items():
+            self._keep("journals", saga_id)  # replaced below, never changed in place: kept whole
+            # a trace is carried on by what a message causes, never journaled (core/engine.Incoming)
+            written = [replace(e, message=replace(e.message, trace=None), recorded_at=now) for e in entries]
+            journal = [*store.journals.get(saga_id, []), *written]
+            journal.sort(key=lambda e: e.seq)
+            store.journals[saga_id] = journal
+        for saga in changes.sagas.values():
+            self._keep("sagas", saga.id)
+            # what names a saga and when it started stay its first save's (PostgreSQL's upsert)
+            was = store.sagas.get(saga.id)
+            first = (was.workflow, was.key, was.created_at) if was is not None else None
+            if first is not None and first != (saga.workflow, saga.key, saga.created_at):
+                saga = replace(saga, workflow=first[0], key=first[1], created_at=first[2])
+            store.sagas[saga.id] = saga
         for command in changes.commands:
-            store.outbox[command.message_id] = (command, changes.journal[-1].recorded_at)
-        store.inbox.update(changes.inbox)
+            if command.message_id not in store.outbox:  # sent again: the row queued first stays
+                self._keep("outbox", command.message_id)
+                store.outbox[command.message_id] = (command, now)
+        for message_id, taken_by in changes.inbox.items():
+            self._keep("inbox", message_id)
+            store.inbox[message_id] = taken_by
         for message_id in changes.duplicates:
+            self._keep("duplicate_counts", message_id)
             store.duplicate_counts[message_id] = store.duplicate_counts.get(message_id, 0) + 1
-        store.dead_letters.extend(changes.dead_letters)
+        if changes.dead_letters:
+            recorded = len(store.dead_letters)
+
+            def forget_letters() -> None:
+                del self.store.dead_letters[recorded:]
+
+            self._undo.append(forget_letters)
+            store.dead_letters.extend(changes.dead_letters)
         for timer, (deadline, version) in changes.deadlines.items():
+            self._keep("deadlines", timer)
             if deadline is None:
                 if timer in store.deadlines and store.deadlines[timer][1] <= version:
                     del store.deadlines[timer]
@@ -110,7 +164,12 @@ class MemoryStore:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_MemoryTransaction]:
         async with self._lock:
-            yield _MemoryTransaction(self)
+            tx = _MemoryTransaction(self)
+            try:
+                yield tx
+            except BaseException:
+                tx.roll_back()
+                raise
 
     async def get_saga(self, saga_id: str) -> SagaSnapshot | None:
         return self.sagas.get(saga_id)
@@ -127,11 +186,13 @@ class MemoryStore:
             for (s, kind), (d, version) in sorted(self.deadlines.items())
             if s == saga_id
         ]
-        outbox = [c for c, _ in self.outbox.values() if c.saga_id == saga_id]
+        queued = sorted((at, c.message_id, c) for c, at in self.outbox.values() if c.saga_id == saga_id)
+        outbox = [c for _, _, c in queued]
         return Records(self.sagas.get(saga_id), list(self.journals.get(saga_id, [])), timers, outbox)
 
     async def saga_ids(self, workflow: str | None = None) -> list[str]:
-        return [s.id for s in self.sagas.values() if workflow is None or s.workflow == workflow]
+        found = [s for s in self.sagas.values() if workflow is None or s.workflow == workflow]
+        return [s.id for s in sorted(found, key=_created)]
 
     async def database_now(self) -> datetime:
         return datetime.now(UTC)
@@ -157,8 +218,9 @@ class MemoryStore:
         return workflows is None or saga is None or (saga.workflow, saga.release) in workflows
 
     async def unsent(self, limit: int, older_than: datetime | None = None) -> list[OutgoingCommand]:
-        rows = [c for c, at in self.outbox.values() if older_than is None or at <= older_than]
-        return rows[:limit]
+        rows = [(at, c) for c, at in self.outbox.values() if older_than is None or at <= older_than]
+        rows.sort(key=lambda row: row[0])  # oldest first; stable, so a batch's commands keep their order
+        return [c for _, c in rows[:limit]]
 
     async def mark_sent(self, message_ids: Sequence[str]) -> None:
         for message_id in message_ids:
@@ -171,6 +233,11 @@ class MemoryStore:
 
     async def close(self) -> None:
         return None
+
+
+def _created(saga: SagaSnapshot) -> tuple[datetime, str]:
+    """Order of creation, as PostgreSQL lists sagas (a row there always has its time)."""
+    return (saga.created_at or datetime.min.replace(tzinfo=UTC), saga.id)
 
 
 class MemoryPartitionLocks:

@@ -1,5 +1,6 @@
 """The PostgreSQL store's one-statement save, where it differs from a row-at-a-time one: rows a
-sibling CTE inserts are invisible to the rest of the statement."""
+sibling CTE inserts are invisible to the rest of the statement. Its locks, its pool, its replicas'
+outbox claims. What every store must do, the memory store too, is tests/store_contract.py's."""
 
 from __future__ import annotations
 
@@ -15,17 +16,14 @@ import orjson
 import pytest
 
 from orchestrator.adapters.memory import MemoryStore
-from orchestrator.adapters.postgres.faults import classify
 from orchestrator.adapters.postgres.store import PostgresStore, driver_dsn
-from orchestrator.core.engine import Deadline, saga_id_for
+from orchestrator.core.engine import saga_id_for
 from orchestrator.core.messages import Message, dump
 from orchestrator.core.replay import differences, replay
 from orchestrator.core.routing import Registry
 from orchestrator.examples import WORKFLOWS
-from orchestrator.examples.contracts import EscrowOpened, Line, OrderPlaced, PaymentCharged, StockReserved
+from orchestrator.examples.contracts import Line, OrderPlaced, PaymentCharged, StockReserved
 from orchestrator.service.batch import BatchResult, Envelope, Verdict, fire_due_deadlines, process_batch
-from orchestrator.service.faults import Fault
-from orchestrator.service.store import Changes
 from tests.integration.conftest import migrated_database
 from tests.integration.workflows import WORKFLOWS as FAST
 
@@ -61,80 +59,21 @@ async def test_duplicates_are_counted_within_a_batch_and_across_batches(database
         await postgres.close()
 
 
-async def test_read_batch_locks_the_sagas_and_tells_the_messages_seen(database_url: str) -> None:
-    message_id, delivery = _order_placed()
-    postgres = PostgresStore.from_url(database_url, pool_size=2)
-    memory = MemoryStore()
-    try:
-        for store in (postgres, memory):
-            saga_id = (await process_batch(REGISTRY, store, [delivery], NOW)).decisions[0].saga.id
-            async with store.transaction() as tx:
-                assert await tx.read_batch([], []) == ({}, set())
-                current, seen = await tx.read_batch([saga_id, "no-such-saga"], [message_id, "new-message"])
-                assert current == {saga_id: await store.get_saga(saga_id)}
-                assert seen == {message_id}
-                if store is postgres:
-                    other = await asyncpg.connect(driver_dsn(database_url))
-                    try:
-                        with pytest.raises(asyncpg.LockNotAvailableError):
-                            await other.execute(
-                                "SELECT 1 FROM sagas WHERE id = $1 FOR UPDATE NOWAIT", saga_id
-                            )
-                    finally:
-                        await other.close()
-    finally:
-        await postgres.close()
-
-
-async def test_a_message_the_inbox_holds_taken_again_conflicts_and_the_save_writes_nothing(
-    database_url: str,
-) -> None:
-    """Two batches that both read a message as new (the other's commit came after their read):
-    the second save must fail as a conflict, so its retry sees a duplicate, never decide it twice."""
-    message_id, delivery = _order_placed()
-    postgres = PostgresStore.from_url(database_url, pool_size=2)
-    memory = MemoryStore()
-    try:
-        for store in (postgres, memory):
-            saga_id = (await process_batch(REGISTRY, store, [delivery], NOW)).decisions[0].saga.id
-            fresh = f"fresh-{uuid.uuid4().hex[:12]}"
-            other = f"s-{uuid.uuid4().hex[:12]}"
-            late = Changes()
-            late.inbox[fresh] = None
-            late.inbox[message_id] = saga_id
-            late.deadlines[(other, "deadline")] = (Deadline("reserve", NOW), 1)
-            with pytest.raises(Exception) as raised:
-                async with store.transaction() as tx:
-                    await tx.save(late)
-            assert classify(raised.value) is Fault.CONFLICT, raised.value
-            async with store.transaction() as tx:
-                assert (await tx.read_batch([], [message_id, fresh]))[1] == {message_id}
-            assert await _timers(store, other) == []
-            again = await process_batch(REGISTRY, store, [delivery], NOW)
-            assert again.verdicts == [Verdict.DUPLICATE]
-    finally:
-        await postgres.close()
-
-
-async def test_a_journal_seq_taken_already_conflicts_and_the_save_writes_nothing(database_url: str) -> None:
-    """Two batches deciding one saga from the same row: the second's journal entry has a seq the
-    first wrote; it must fail as a conflict (tried again), and write no other saga's entry."""
+async def test_read_batch_locks_the_sagas_until_the_transaction_ends(database_url: str) -> None:
+    """FOR UPDATE in the one statement that also reads the inbox: another session cannot take the
+    saga meanwhile. What read_batch returns is the store contract's (tests/store_contract.py)."""
     _, delivery = _order_placed()
     postgres = PostgresStore.from_url(database_url, pool_size=2)
-    memory = MemoryStore()
     try:
-        for store in (postgres, memory):
-            first = (await process_batch(REGISTRY, store, [delivery], NOW)).journal[0]
-            _, other_delivery = _order_placed()
-            other = (await process_batch(REGISTRY, store, [other_delivery], NOW)).journal[0]
-            late = Changes()
-            late.journal.append(replace(other, seq=other.seq + 1))  # fine on its own
-            late.journal.append(first)  # seq 1 of its saga again
-            with pytest.raises(Exception) as raised:
-                async with store.transaction() as tx:
-                    await tx.save(late)
-            assert classify(raised.value) is Fault.CONFLICT, raised.value
-            assert [e.seq for e in await store.journal(other.saga_id)] == [1]
+        saga_id = (await process_batch(REGISTRY, postgres, [delivery], NOW)).decisions[0].saga.id
+        async with postgres.transaction() as tx:
+            assert saga_id in (await tx.read_batch([saga_id], []))[0]
+            other = await asyncpg.connect(driver_dsn(database_url))
+            try:
+                with pytest.raises(asyncpg.LockNotAvailableError):
+                    await other.execute("SELECT 1 FROM sagas WHERE id = $1 FOR UPDATE NOWAIT", saga_id)
+            finally:
+                await other.close()
     finally:
         await postgres.close()
 
@@ -198,55 +137,6 @@ async def test_a_stale_retry_in_the_same_sweep_keeps_the_retry_its_deadline_set(
             again = await fire_due_deadlines(registry, store, NOW + timedelta(seconds=11))
             resent = [(c.type, c.message_id) for c in again.commands if c.saga_id == saga_id]
             assert resent == [(release.type, release.message_id)]
-    finally:
-        await postgres.close()
-
-
-async def test_a_process_leaves_the_timers_of_a_workflow_it_does_not_load(timers_database: str) -> None:
-    """Two deployments on one database (or a rolling upgrade): a sweep of a process without the
-    escrow neither fires nor removes an escrow's timers, nor sets its alarm for them."""
-    without_escrow = Registry([w for w in WORKFLOWS if w.name != "escrow"])
-    postgres = PostgresStore.from_url(timers_database, pool_size=2)
-    memory = MemoryStore()
-    try:
-        for store in (postgres, memory):
-            key = f"e-{uuid.uuid4().hex[:12]}"
-            saga_id = saga_id_for("escrow", key)
-            opened = EscrowOpened(key, "b-1", "s-1", 1000)
-            await process_batch(REGISTRY, store, [_event(opened, f"opened-{key}")], NOW)
-            later = NOW + timedelta(days=400)  # past every timer any test of this module set
-            set_before = await _timers(store, saga_id)
-            assert [kind for kind, *_ in set_before] == ["deadline"]
-
-            swept = await fire_due_deadlines(without_escrow, store, later)
-
-            assert saga_id not in {d.saga.id for d in swept.decisions}
-            assert await _timers(store, saga_id) == set_before
-            assert await store.next_deadline([("order", "1")]) != set_before[0][3]
-            assert await store.next_deadline([("escrow", "1")]) <= set_before[0][3]  # type: ignore[operator]
-            fired = await fire_due_deadlines(REGISTRY, store, later)
-            assert saga_id in {d.saga.id for d in fired.decisions}  # the process that has it fires it
-    finally:
-        await postgres.close()
-
-
-async def test_a_timer_removal_takes_only_its_own_version_or_older(timers_database: str) -> None:
-    postgres = PostgresStore.from_url(timers_database, pool_size=2)
-    memory = MemoryStore()
-    try:
-        for store in (postgres, memory):
-            saga_id = f"s-{uuid.uuid4().hex[:12]}"
-            for timer in ((Deadline("charge", NOW, "retry"), 3), (None, 2)):
-                changes = Changes()
-                changes.deadlines[(saga_id, "retry")] = timer
-                async with store.transaction() as tx:
-                    await tx.save(changes)
-            assert await _timers(store, saga_id) == [("retry", "charge", 3, NOW)]  # newer than 2: kept
-            changes = Changes()
-            changes.deadlines[(saga_id, "retry")] = (None, 3)
-            async with store.transaction() as tx:
-                await tx.save(changes)
-            assert await _timers(store, saga_id) == []
     finally:
         await postgres.close()
 

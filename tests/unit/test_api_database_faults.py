@@ -140,7 +140,7 @@ class FaultyStore(MemoryStore):
             except BaseException:
                 vars(self).update(before)  # rolled back
                 raise
-            self.faults.check("committed")
+        self.faults.check("committed")  # after the memory store's commit, which an error undoes
 
     async def get_saga(self, saga_id: str) -> SagaSnapshot | None:
         self.faults.check("read")
