@@ -1,5 +1,5 @@
 """``orchestrator migrate | run | verify | check [--journals] | contract | dead-letters | archive |
-prune | sagas migrate``: the command line, with one-line errors, not tracebacks."""
+prune | sagas``: the command line, with one-line errors, not tracebacks."""
 
 from __future__ import annotations
 

@@ -179,7 +179,10 @@ async def _act(wired: Wired, saga_id: str, action: OperatorAction) -> Applied:
                 *(wired.broker.publish_command(c) for c in applied.commands), return_exceptions=True
             )
     except Exception as error:  # unreachable, or no confirm in time: none is known to be sent
-        raise _NotConfirmed(applied, len(applied.commands), out.said(error)) from None
+        why = (
+            f"no confirm within {CONFIRM_SECONDS:g} s" if isinstance(error, TimeoutError) else out.said(error)
+        )
+        raise _NotConfirmed(applied, len(applied.commands), why) from None
     confirmed = [c.message_id for c, outcome in zip(applied.commands, sent, strict=True) if outcome is None]
     try:
         await wired.store.mark_sent(confirmed)
@@ -192,7 +195,6 @@ async def _act(wired: Wired, saga_id: str, action: OperatorAction) -> Applied:
 
 
 async def _action(wired: Wired, saga_id: str, args: argparse.Namespace) -> int:
-
     name = args.sagas_command
     fields: dict[str, Any] = {"reason": args.reason}
     try:  # the REST bodies' own checks: lengths, text PostgreSQL can store
@@ -245,7 +247,6 @@ async def _list(wired: Wired, args: argparse.Namespace) -> int:
 
 
 async def _show(wired: Wired, saga_id: str, as_json: bool) -> int:
-
     saga = await wired.store.get_saga(saga_id)
     if saga is None:
         raise SagaNotFound(f"no saga {saga_id}")
@@ -258,7 +259,6 @@ async def _show(wired: Wired, saga_id: str, as_json: bool) -> int:
 
 
 async def _history(wired: Wired, saga_id: str, args: argparse.Namespace) -> int:
-
     page = await history_page(wired.api, saga_id, args.after, args.limit)
     if page is None:
         raise SagaNotFound(f"no saga {saga_id}")

@@ -1,5 +1,8 @@
 """The arguments of ``orchestrator sagas``: its verbs, their flags as the REST bodies name them, and
-the exit statuses its help and docs/operations.md promise (kept here, beside that text)."""
+the exit statuses its help promises (kept here, beside that text; README "From a shell" too).
+
+The main parser builds these for every verb of ``orchestrator``: this module imports nothing
+heavy, so that ``orchestrator run`` does not pay for the REST API's reads to parse its arguments."""
 
 from __future__ import annotations
 
