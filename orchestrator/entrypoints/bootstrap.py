@@ -9,6 +9,8 @@ import logging
 import re
 import socket
 import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -23,6 +25,7 @@ from orchestrator.adapters.postgres.store import PostgresStore
 from orchestrator.adapters.scheduler import SchedulerAlarm
 from orchestrator.adapters.tracing import publishing
 from orchestrator.core.definitions import Workflow
+from orchestrator.core.engine import OutgoingCommand
 from orchestrator.core.ingress import Limits
 from orchestrator.core.routing import Registry
 from orchestrator.entrypoints.runtime import Orchestrator, Parts
@@ -37,7 +40,15 @@ from orchestrator.service.ports import Publish
 from orchestrator.service.relay import Relay
 from orchestrator.service.store import Store
 
-__all__ = ["BootstrapError", "build", "configure_logging", "load_workflows"]
+__all__ = [
+    "BootstrapError",
+    "Collected",
+    "Shell",
+    "build",
+    "build_shell",
+    "configure_logging",
+    "load_workflows",
+]
 
 
 class BootstrapError(ConfigurationError):
@@ -179,6 +190,48 @@ def build(
             api=api,
         )
     )
+
+
+class Collected:
+    """The shell's outlet for committed commands: kept for the command to publish itself, with
+    confirms, before it exits (it runs no relay; what it cannot send the service's sweep sends)."""
+
+    def __init__(self) -> None:
+        self.commands: list[OutgoingCommand] = []
+
+    def submit(self, commands: Iterable[OutgoingCommand], received_at: float | None = None) -> None:
+        self.commands.extend(commands)
+
+    def take(self) -> list[OutgoingCommand]:
+        taken = list(self.commands)
+        self.commands.clear()
+        return taken
+
+
+@dataclass(frozen=True)
+class Shell:
+    """What a command line verb needs: the registry, the store, the bus its actions go through,
+    what they committed to send, and a broker (connected only when there is something to send)."""
+
+    registry: Registry
+    store: PostgresStore
+    #: the database's clock, synced once before the bus decides by it
+    clock: DatabaseClock
+    bus: MessageBus
+    outbox: Collected
+    broker: Broker
+
+
+def build_shell(settings: Settings, registry: Registry | None = None) -> Shell:
+    """The parts of a shell command (``orchestrator sagas ...``), one connection each: the same
+    bus as the service's, deciding by the database's clock."""
+    registry = registry or Registry(load_workflows(settings.workflows), settings.max_parked)
+    store = PostgresStore.from_url(settings.database_url, pool_size=1)
+    clock = DatabaseClock(store.database_now)
+    outbox = Collected()
+    bus = MessageBus(registry, store, outbox=outbox, clock=clock.now)
+    topology = Topology(settings.namespace, partitions=settings.partitions, queue_type=settings.queue_type)
+    return Shell(registry, store, clock, bus, outbox, Broker(settings.amqp_url, topology, prefetch=1))
 
 
 def broker_checks(broker: Broker, intake: Intake[Delivery]) -> dict[str, str]:

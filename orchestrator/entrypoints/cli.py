@@ -1,5 +1,5 @@
 """``orchestrator migrate | run | verify | check [--journals] | contract | dead-letters | archive |
-prune | sagas migrate``: the command line, with one-line errors, not tracebacks."""
+prune | sagas``: the command line, with one-line errors, not tracebacks."""
 
 from __future__ import annotations
 
@@ -500,9 +500,9 @@ def main(argv: list[str] | None = None) -> None:
     from orchestrator.entrypoints import cli_dead_letters
 
     cli_dead_letters.add_parser(sub)
-    from orchestrator.entrypoints import cli_sagas
+    from orchestrator.entrypoints import cli_sagas_args
 
-    cli_sagas.add_parser(sub)
+    cli_sagas_args.add_parser(sub)
     from orchestrator.entrypoints import cli_retention
 
     cli_retention.add_parser(sub)
@@ -561,6 +561,8 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "dead-letters":
             sys.exit(_run(cli_dead_letters.run(args, settings)))
         elif args.command == "sagas":
+            from orchestrator.entrypoints import cli_sagas  # the REST API's reads: loaded for these only
+
             sys.exit(_run(cli_sagas.run(args, settings)))
         elif args.command in ("archive", "prune"):
             sys.exit(_run(cli_retention.run(args, settings)))

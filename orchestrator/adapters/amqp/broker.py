@@ -597,12 +597,21 @@ class Broker:
         return self.consumer.inbound
 
     async def connect(self, services: Iterable[str], start_types: Iterable[str] = ()) -> None:
-        self._publish_connection = await aio_pika.connect_robust(
-            self.url, client_properties={"connection_name": "orchestrator-publish"}
-        )
-        channel = await self._publish_connection.channel(publisher_confirms=True, on_return_raises=True)
+        channel = await self._open_publishing("orchestrator-publish")
         await declare(channel, self.topology, services, start_types)
         self._publish_channel = channel
+
+    async def connect_publisher(self, name: str = "orchestrator-publish") -> None:
+        """Only the publishing side, on the topology as it is: for a short-lived process (the
+        command line acting on a saga) that sends what it committed, and must not redeclare a
+        topology the running service owns (an older one may wait for ``orchestrator migrate``)."""
+        self._publish_channel = await self._open_publishing(name)
+
+    async def _open_publishing(self, name: str) -> AbstractChannel:
+        self._publish_connection = await aio_pika.connect_robust(
+            self.url, client_properties={"connection_name": name}
+        )
+        return await self._publish_connection.channel(publisher_confirms=True, on_return_raises=True)
 
     async def start_consuming(self, spawn: Spawn = unsupervised) -> None:
         self.consumer.start(spawn)

@@ -72,6 +72,65 @@ async def detail(ctx: ApiContext, saga: SagaSnapshot) -> m.SagaDetail:
     return m.SagaDetail(**state_fields(ctx, saga), timers=timers)
 
 
+def saga_filter(
+    ctx: ApiContext,
+    *,
+    workflow: str | None = None,
+    status: m.Status | None = None,
+    state: str | None = None,
+    key: str | None = None,
+    started_after: datetime | None = None,
+    started_before: datetime | None = None,
+    updated_after: datetime | None = None,
+    updated_before: datetime | None = None,
+    stuck: bool = False,
+) -> SagaFilter:
+    """The filter of ``GET /sagas`` (and ``orchestrator sagas list``), checked against the loaded
+    workflows: a name no workflow has is an HTTP 422, not an empty page that looks like an answer."""
+    if workflow is not None and workflow not in ctx.registry.workflows:
+        known = ", ".join(sorted(ctx.registry.workflows))
+        raise HTTPException(422, f"workflow: unknown {workflow!r}; known: {known}")
+    if state is not None:
+        states = {
+            s
+            for (w, _), c in ctx.registry.releases.items()
+            if workflow is None or w == workflow
+            for s in c.workflow.states
+        }
+        if state not in states:
+            raise HTTPException(422, f"state: no state {state!r}" + (f" in {workflow}" if workflow else ""))
+    storable(key, "key")
+    stuck_since = ctx.clock() - timedelta(seconds=ctx.settings.stuck_after_seconds) if stuck else None
+    return SagaFilter(
+        workflow=workflow,
+        status=str(status) if status is not None else None,
+        state=state,
+        key=key,
+        started_after=utc(started_after, "started_after"),
+        started_before=utc(started_before, "started_before"),
+        updated_after=utc(updated_after, "updated_after"),
+        updated_before=utc(updated_before, "updated_before"),
+        stuck_since=stuck_since,
+    )
+
+
+async def saga_page(ctx: ApiContext, found: SagaFilter, limit: int, cursor: str | None) -> m.SagaPage:
+    page = await ctx.queries.sagas(found, limit, cursor)
+    return m.SagaPage(
+        items=[m.SagaSummary.model_validate(r) for r in page.items], next_cursor=page.next_cursor
+    )
+
+
+async def history_page(ctx: ApiContext, saga_id: str, after: int, limit: int) -> m.HistoryPage | None:
+    """A page of the saga's journal; None when there is no such saga."""
+    rows = await ctx.queries.history(saga_id, after, limit + 1)  # one more: is there a next page?
+    if not rows and not await ctx.queries.exists(saga_id):
+        return None
+    page = rows[:limit]
+    next_after = page[-1].seq if len(rows) > limit else None
+    return m.HistoryPage(items=[history_entry(r) for r in page], next_after=next_after)
+
+
 def timers_set_by(applied: Applied) -> list[m.Timer]:
     """The timers a start's commit wrote: all that a saga it created has."""
     found: dict[str, m.Timer] = {}
@@ -174,35 +233,19 @@ def sagas_router(ctx: ApiContext, guard: Guard) -> APIRouter:
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
     ) -> m.SagaPage:
         """Sagas, newest first, a page at a time. A time without a zone is taken as UTC."""
-        if workflow is not None and workflow not in ctx.registry.workflows:
-            raise HTTPException(422, f"workflow: unknown {workflow!r}; known: {', '.join(workflow_names)}")
-        if state is not None:
-            known = (
-                {s for (w, _), c in ctx.registry.releases.items() if w == workflow for s in c.workflow.states}
-                if workflow
-                else set(all_states)
-            )
-            if state not in known:
-                raise HTTPException(
-                    422, f"state: no state {state!r}" + (f" in {workflow}" if workflow else "")
-                )
-        storable(key, "key")
-        stuck_since = ctx.clock() - timedelta(seconds=ctx.settings.stuck_after_seconds) if stuck else None
-        found = SagaFilter(
+        found = saga_filter(
+            ctx,
             workflow=workflow,
-            status=str(status) if status is not None else None,
+            status=status,
             state=state,
             key=key,
-            started_after=utc(started_after, "started_after"),
-            started_before=utc(started_before, "started_before"),
-            updated_after=utc(updated_after, "updated_after"),
-            updated_before=utc(updated_before, "updated_before"),
-            stuck_since=stuck_since,
+            started_after=started_after,
+            started_before=started_before,
+            updated_after=updated_after,
+            updated_before=updated_before,
+            stuck=stuck,
         )
-        page = await ctx.queries.sagas(found, limit, cursor)
-        return m.SagaPage(
-            items=[m.SagaSummary.model_validate(r) for r in page.items], next_cursor=page.next_cursor
-        )
+        return await saga_page(ctx, found, limit, cursor)
 
     @viewing.get("/{saga_id}", operation_id="get_saga", response_model=m.SagaDetail, responses=answers(404))
     async def get_saga(saga_id: SagaId) -> m.SagaDetail:
@@ -224,12 +267,10 @@ def sagas_router(ctx: ApiContext, guard: Guard) -> APIRouter:
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> m.HistoryPage:
         """The saga's journal: what came in, what was decided, what was sent, when, and who asked."""
-        rows = await ctx.queries.history(str(saga_id), after, limit + 1)  # one more: is there a next page?
-        if not rows and not await ctx.queries.exists(str(saga_id)):
+        page = await history_page(ctx, str(saga_id), after, limit)
+        if page is None:
             raise HTTPException(404, f"no saga {saga_id}")
-        page = rows[:limit]
-        next_after = page[-1].seq if len(rows) > limit else None
-        return m.HistoryPage(items=[history_entry(r) for r in page], next_after=next_after)
+        return page
 
     @viewing.get(
         "/{saga_id}/state", operation_id="saga_state_at", response_model=m.SagaAt, responses=answers(404, 409)
