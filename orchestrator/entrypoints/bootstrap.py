@@ -17,9 +17,9 @@ from typing import Any
 from orchestrator.adapters import tracing
 from orchestrator.adapters.amqp.broker import Broker, Delivery, QueueConsumer
 from orchestrator.adapters.amqp.topology import Topology
-from orchestrator.adapters.memory import MemoryPartitionLocks
 from orchestrator.adapters.metrics import Metrics
 from orchestrator.adapters.postgres.partitions import PostgresPartitionLocks
+from orchestrator.adapters.postgres.releases import PostgresReleaseBook
 from orchestrator.adapters.postgres.retention import Pruner
 from orchestrator.adapters.postgres.store import PostgresStore
 from orchestrator.adapters.scheduler import SchedulerAlarm
@@ -35,10 +35,9 @@ from orchestrator.service.clock import DatabaseClock
 from orchestrator.service.dead_letters import DeadLetterDrain
 from orchestrator.service.deadlines import DeadlineAlarm
 from orchestrator.service.intake import Intake
-from orchestrator.service.partitions import PartitionLocks, PartitionOwner
+from orchestrator.service.partitions import PartitionOwner
 from orchestrator.service.ports import Publish
 from orchestrator.service.relay import Relay
-from orchestrator.service.store import Store
 
 __all__ = [
     "BootstrapError",
@@ -91,11 +90,11 @@ def build(
     api_socket: socket.socket | None = None,
     *,
     registry: Registry | None = None,
-    store: Store | None = None,
+    store: PostgresStore | None = None,
 ) -> Orchestrator:
     """The orchestrator, and its REST API on ``api_socket`` when one is given. Every part is
     built here and handed what it needs; nothing is set on a part after it is built. ``registry``
-    and ``store``: given by a test (the memory store), else from the settings."""
+    and ``store``: given by a test, else from the settings."""
     registry = registry or Registry(load_workflows(settings.workflows), settings.max_parked)
     store = store or PostgresStore.from_url(settings.database_url)
     metrics = Metrics()
@@ -162,7 +161,7 @@ def build(
         context = ApiContext(
             registry,
             store,
-            Queries(store.engine),  # type: ignore[attr-defined]
+            Queries(store.engine),
             settings,
             metrics,
             bus=bus,
@@ -186,6 +185,7 @@ def build(
             drain=drain,
             ownership=ownership,
             pruner=_pruner(settings, store),
+            releases=PostgresReleaseBook(store.engine),
             tracer=tracer,
             api=api,
         )
@@ -244,20 +244,15 @@ def broker_checks(broker: Broker, intake: Intake[Delivery]) -> dict[str, str]:
 
 
 def _ownership(
-    settings: Settings, store: Store, broker: Broker, topology: Topology, relay: Relay
+    settings: Settings, store: PostgresStore, broker: Broker, topology: Topology, relay: Relay
 ) -> PartitionOwner | None:
     """Partition ownership when there are partitions: shared with the other replicas through
-    PostgreSQL; a store of one process alone owns them all."""
+    PostgreSQL."""
     if settings.partitions == 1:
         return None
     broker.consumer.split_prefetch(settings.partitions + 1)  # until it knows its share: all of them
-    locks: PartitionLocks
-    if isinstance(store, PostgresStore):
-        locks = PostgresPartitionLocks(store.dsn, settings.namespace)
-    else:
-        locks = MemoryPartitionLocks()
     return PartitionOwner(
-        locks,
+        PostgresPartitionLocks(store.dsn, settings.namespace),
         broker.consumer,
         topology.partition_queue,
         settings.partitions,
@@ -266,9 +261,9 @@ def _ownership(
     )
 
 
-def _pruner(settings: Settings, store: Store) -> Pruner | None:
-    """The periodic prune (docs/retention.md), on PostgreSQL, unless its interval is 0."""
-    if not isinstance(store, PostgresStore) or settings.prune_interval_seconds <= 0:
+def _pruner(settings: Settings, store: PostgresStore) -> Pruner | None:
+    """The periodic prune (docs/retention.md), unless its interval is 0."""
+    if settings.prune_interval_seconds <= 0:
         return None
     return Pruner(
         store.pool,

@@ -199,13 +199,10 @@ async def _admit_releases(orchestrator: Orchestrator, *, accept_changed: bool, f
     import logging
     from datetime import UTC, datetime
 
-    from orchestrator.adapters.postgres.releases import PostgresReleaseBook
-    from orchestrator.adapters.postgres.store import PostgresStore
     from orchestrator.entrypoints.settings import ConfigurationError
     from orchestrator.service.releases import ReleaseRefused, admit_releases
 
-    assert isinstance(orchestrator.store, PostgresStore)
-    book = PostgresReleaseBook(orchestrator.store.engine)
+    book = orchestrator.releases
     try:
         admitted = await admit_releases(
             book,

@@ -31,6 +31,7 @@ from orchestrator.service.deadlines import DeadlineAlarm
 from orchestrator.service.intake import Intake
 from orchestrator.service.partitions import PartitionOwner
 from orchestrator.service.relay import Relay
+from orchestrator.service.releases import ReleaseBook
 from orchestrator.service.store import Store
 from orchestrator.supervision import Restart, Supervisor, TaskFactory, bounded, parse_injection
 
@@ -58,6 +59,8 @@ class Parts:
     #: which partitions this replica consumes (docs/scaling.md); None with one queue
     ownership: PartitionOwner | None
     pruner: Pruner | None
+    #: the releases run has loaded before (the release gate, orchestrator.service.releases)
+    releases: ReleaseBook
     #: None unless the OTEL_* variables ask for traces (docs/tracing.md)
     tracer: OtelTracer | None
     api: ApiServer | None = None
@@ -79,6 +82,7 @@ class Orchestrator:
         self.drain = parts.drain
         self.ownership = parts.ownership
         self.pruner = parts.pruner
+        self.releases = parts.releases
         self.tracer = parts.tracer
         self.api = parts.api
         self.counts = self.metrics.messages_in  # by verdict, for the stop line and the metrics alike
@@ -172,7 +176,9 @@ class Orchestrator:
         self.supervisor.stop_watching()
         loop = asyncio.get_running_loop()
         until = loop.time() + self.settings.shutdown_seconds
-        watchdog = _watchdog(self.settings.shutdown_seconds + _WATCHDOG_MARGIN, 1)
+        # the exit watchdog, only in a process that exits after (orchestrator run): in a caller's
+        # event loop (a test, the benchmark) a stop that hangs is the caller's to bound
+        watchdog = _watchdog(self.settings.shutdown_seconds + _WATCHDOG_MARGIN, 1) if self._exiting else None
 
         def left() -> float:
             return max(0.0, until - loop.time())
@@ -197,7 +203,7 @@ class Orchestrator:
         log.info("orchestrator stopped: %s", dict(self.counts))
         if self.supervisor.fatal is not None:
             log.error("exiting non-zero: %s", self.supervisor.fatal)
-        if not self._exiting:  # used in a process that goes on (a test, the benchmark)
+        if watchdog is not None and not self._exiting:
             watchdog.cancel()
 
     async def _close(self) -> None:

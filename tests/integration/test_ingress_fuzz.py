@@ -45,7 +45,7 @@ from orchestrator.core import ingress
 from orchestrator.core.engine import saga_id_for
 from orchestrator.core.ingress import Envelope, Reason
 from orchestrator.core.routing import Registry
-from orchestrator.entrypoints.bootstrap import load_workflows
+from orchestrator.entrypoints.bootstrap import build, load_workflows
 from orchestrator.entrypoints.runtime import Orchestrator
 from orchestrator.entrypoints.settings import Settings
 from orchestrator.service.batch import Verdict
@@ -408,14 +408,14 @@ def rig() -> Iterator[Rig]:
     hands them in memory; no broker connection is made until ``start``)."""
     with migrated_database("orchestrator_fuzz") as url, asyncio.Runner() as runner:
 
-        async def build() -> Rig:
+        async def rigged() -> Rig:
             store = PostgresStore.from_url(url, pool_size=2)
             registry = Registry(load_workflows("orchestrator.examples"), max_parked=3)
             orchestrator = build(Settings(database_url=url), registry=registry, store=store)
             connection = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
             return Rig(runner, orchestrator, connection)
 
-        rig = runner.run(build())
+        rig = runner.run(rigged())
         try:
             yield rig
             # it never connected to anything but PostgreSQL

@@ -194,6 +194,24 @@ def test_nothing_sets_an_attribute_on_another_object() -> None:
     assert offending == []
 
 
+def test_no_code_outside_the_adapters_asks_which_store_it_has() -> None:
+    """The bootstrap decides which adapter plugs into a port; no other code branches on it."""
+    asked = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.is_relative_to(PACKAGE / "adapters"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id == "isinstance"
+            ):
+                kinds = ast.unparse(node.args[1]) if len(node.args) > 1 else ""
+                if "Store" in kinds:
+                    asked.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {ast.unparse(node)}")
+    assert asked == []
+
+
 def test_every_layer_has_its_modules() -> None:
     assert {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()} == {
         "core",
