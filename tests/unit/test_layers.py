@@ -8,6 +8,7 @@ constructors: nothing sets an attribute on an object outside that object's own c
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -246,3 +247,14 @@ def test_the_settings_reader_imports_nothing_of_the_package(path: Path) -> None:
     """Every layer and the participant kit read their settings through it: it must not pull in
     any of them."""
     assert sorted(m for m in imports(path) if m.split(".")[0] == "orchestrator") == []
+
+
+def test_the_architecture_pages_tree_names_every_module() -> None:
+    """docs/architecture.md is the reference a newcomer reads first: its tree names every module
+    (by file name, in the line of its folder or one of its own), and no module that is gone."""
+    page = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    tree = page.split("```\norchestrator/\n", 1)[1].split("```", 1)[0]
+    named = set(re.findall(r"\b(\w+\.py)\b", tree))
+    modules = {p.name for p in PACKAGE.rglob("*.py") if p.name != "__init__.py" or p.parent == PACKAGE}
+    assert sorted(modules - named) == []
+    assert sorted(n for n in named - modules if not (PACKAGE.parent / n).exists()) == []
