@@ -163,9 +163,11 @@ class MessageBus:
         self._committed(report.commands, report.decisions)
         return report
 
-    async def record_dead_letters(self, letters: list[DeadLetter]) -> bool:
+    async def record_dead_letters(self, letters: list[DeadLetter], *, bare: bool = False) -> bool:
         """Dead letters the broker set aside, recorded in one transaction: True once committed,
-        False when the database refused them. While it is away, tried again with backoff."""
+        False when the database refused them. While it is away, tried again with backoff.
+        ``bare``: letters cut to what any database takes (no body, no properties), tried until
+        they are recorded, as a batch's bare dead letter is."""
 
         async def save() -> None:
             async with self.store.transaction() as tx:
@@ -178,8 +180,9 @@ class MessageBus:
             else:
                 log.error("cannot record %d dead letters (%s), retrying in %.1fs", len(letters), said, pause)
 
+        classify, policy = (_unavailable, BARE) if bare else (self.store.classify, DEAD_LETTERS)
         try:
-            await attempt(save, self.store.classify, DEAD_LETTERS, note, self.sleep)
+            await attempt(save, classify, policy, note, self.sleep)
         except GaveUp:
             return False
         return True

@@ -21,7 +21,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, Generic
+from typing import Any, Generic, Protocol
 
 from orchestrator.core.ingress import (
     DEFAULT_LIMITS,
@@ -42,7 +42,6 @@ from orchestrator.service.ports import (
     DeadLetterRepository,
     DeadLetterRow,
     DrainConsumer,
-    Sleep,
     Unpublishable,
 )
 from orchestrator.supervision import Spawn, bounded, unsupervised
@@ -173,6 +172,12 @@ def broker_dead_letter(envelope: Envelope, limits: Limits = DEFAULT_LIMITS) -> D
     )
 
 
+class Record(Protocol):
+    """Records dead letters; ``bare``: tried until they are."""
+
+    def __call__(self, letters: list[DeadLetter], *, bare: bool = False) -> Awaitable[bool]: ...
+
+
 class DeadLetterDrain(Generic[D]):
     """Drains ``{ns}.dead-letter`` into the dead-letter table, over a consumer of its own.
 
@@ -184,18 +189,17 @@ class DeadLetterDrain(Generic[D]):
     def __init__(
         self,
         consumer: DrainConsumer[D],
-        record: Callable[[list[DeadLetter]], Awaitable[bool]],
+        record: Record,
         counts: Counts,
         limits: Limits = DEFAULT_LIMITS,
         batch_size: int = 32,
-        sleep: Sleep = asyncio.sleep,
     ) -> None:
         self.consumer = consumer
+        #: the bus's :meth:`~orchestrator.service.bus.MessageBus.record_dead_letters`
         self._save = record
         self.metrics = counts
         self.limits = limits
         self.batch_size = batch_size
-        self.sleep = sleep
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -234,8 +238,7 @@ class DeadLetterDrain(Generic[D]):
         for delivery, letter in zip(batch, letters, strict=True):
             if not await self._save([letter]):
                 letter = _bare(letter)
-                while not await self._save([letter]):
-                    await self.sleep(5.0)
+                await self._save([letter], bare=True)  # tried until the database takes it
             self._recorded([letter])
             await self.consumer.ack([delivery], multiple_ok=False)
 
