@@ -18,10 +18,11 @@ from orchestrator.adapters import tracing
 from orchestrator.adapters.amqp.broker import Broker, Delivery, QueueConsumer
 from orchestrator.adapters.amqp.topology import Topology
 from orchestrator.adapters.metrics import Metrics
+from orchestrator.adapters.postgres.dead_letters import PostgresDeadLetters
 from orchestrator.adapters.postgres.partitions import PostgresPartitionLocks
 from orchestrator.adapters.postgres.releases import PostgresReleaseBook
 from orchestrator.adapters.postgres.retention import Pruner
-from orchestrator.adapters.postgres.store import PostgresStore
+from orchestrator.adapters.postgres.store import PostgresStore, make_engine
 from orchestrator.adapters.scheduler import SchedulerAlarm
 from orchestrator.adapters.tracing import publishing
 from orchestrator.core.definitions import Workflow
@@ -46,7 +47,10 @@ __all__ = [
     "build",
     "build_shell",
     "configure_logging",
+    "dead_letters_of",
     "load_workflows",
+    "registry_of",
+    "store_of",
 ]
 
 
@@ -85,6 +89,21 @@ def load_workflows(module_names: str) -> list[Workflow]:
     return found
 
 
+def registry_of(settings: Settings) -> Registry:
+    """The workflows ``settings`` names, loaded: every command's view of them."""
+    return Registry(load_workflows(settings.workflows), settings.max_parked)
+
+
+def store_of(settings: Settings, pool_size: int = 5) -> PostgresStore:
+    """The store on ``settings``' database (a command's: a small pool)."""
+    return PostgresStore.from_url(settings.database_url, pool_size)
+
+
+def dead_letters_of(settings: Settings) -> PostgresDeadLetters:
+    """The dead-letter repository on ``settings``' database, one connection (close its engine)."""
+    return PostgresDeadLetters(make_engine(settings.database_url, pool_size=1))
+
+
 def build(
     settings: Settings,
     api_socket: socket.socket | None = None,
@@ -95,8 +114,8 @@ def build(
     """The orchestrator, and its REST API on ``api_socket`` when one is given. Every part is
     built here and handed what it needs; nothing is set on a part after it is built. ``registry``
     and ``store``: given by a test, else from the settings."""
-    registry = registry or Registry(load_workflows(settings.workflows), settings.max_parked)
-    store = store or PostgresStore.from_url(settings.database_url)
+    registry = registry or registry_of(settings)
+    store = store or store_of(settings)
     metrics = Metrics()
     tracer = tracing.setup("orchestrator")  # None unless the OTEL_* variables ask for traces
     tracing.install(tracer)
@@ -225,8 +244,8 @@ class Shell:
 def build_shell(settings: Settings, registry: Registry | None = None) -> Shell:
     """The parts of a shell command (``orchestrator sagas ...``), one connection each: the same
     bus as the service's, deciding by the database's clock."""
-    registry = registry or Registry(load_workflows(settings.workflows), settings.max_parked)
-    store = PostgresStore.from_url(settings.database_url, pool_size=1)
+    registry = registry or registry_of(settings)
+    store = store_of(settings, pool_size=1)
     clock = DatabaseClock(store.database_now)
     outbox = Collected()
     bus = MessageBus(registry, store, outbox=outbox, clock=clock.now)

@@ -94,10 +94,9 @@ async def migrate_broker(settings: Settings) -> list[str]:
     done."""
     from orchestrator.adapters.amqp.broker import services_of
     from orchestrator.adapters.amqp.topology import Topology, TopologyError, migrate_topology
-    from orchestrator.core.routing import Registry
-    from orchestrator.entrypoints.bootstrap import load_workflows
+    from orchestrator.entrypoints.bootstrap import registry_of
 
-    registry = Registry(load_workflows(settings.workflows))
+    registry = registry_of(settings)
     services = services_of(registry.command_types())
     topology = Topology(settings.namespace, partitions=settings.partitions, queue_type=settings.queue_type)
     await _check_amqp(settings.amqp_url)
@@ -116,10 +115,9 @@ async def _check_topology(settings: Settings) -> None:
         pending_migrations,
         require_partitioning,
     )
-    from orchestrator.core.routing import Registry
-    from orchestrator.entrypoints.bootstrap import load_workflows
+    from orchestrator.entrypoints.bootstrap import registry_of
 
-    services = services_of(Registry(load_workflows(settings.workflows)).command_types())
+    services = services_of(registry_of(settings).command_types())
     topology = Topology(settings.namespace, partitions=settings.partitions, queue_type=settings.queue_type)
     try:
         await require_partitioning(settings.amqp_url, topology)
@@ -258,14 +256,12 @@ async def _verify(settings: Settings, saga_id: str | None) -> int:
     records and its unsent outbox with what the journal implies. Exit 1 if any saga differs; else
     3 if some could not be verified (their workflow is not among ``settings.workflows``, as ``run``
     loads them); else 0."""
-    from orchestrator.adapters.postgres.store import PostgresStore
     from orchestrator.core.replay import verify
-    from orchestrator.core.routing import Registry
-    from orchestrator.entrypoints.bootstrap import load_workflows
+    from orchestrator.entrypoints.bootstrap import registry_of, store_of
 
     await ensure_database_reachable(settings.database_url)
-    registry = Registry(load_workflows(settings.workflows))
-    store = PostgresStore.from_url(settings.database_url)
+    registry = registry_of(settings)
+    store = store_of(settings)
     bad = checked = 0
     unloaded: dict[str, int] = {}
     try:
@@ -390,11 +386,10 @@ def _contract(settings: Settings) -> int:
     import json
     import os
 
-    from orchestrator.core.routing import Registry
-    from orchestrator.entrypoints.bootstrap import load_workflows
+    from orchestrator.entrypoints.bootstrap import registry_of
     from orchestrator.entrypoints.contract import asyncapi_document
 
-    registry = Registry(load_workflows(settings.workflows), settings.max_parked)
+    registry = registry_of(settings)
     text = json.dumps(asyncapi_document(registry, settings), indent=2, ensure_ascii=False) + "\n"
     try:
         sys.stdout.write(text)

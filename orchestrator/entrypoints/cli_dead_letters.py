@@ -13,7 +13,6 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from orchestrator.adapters.postgres.dead_letters import PostgresDeadLetters
 from orchestrator.core.ingress import Reason, clip, printable
 from orchestrator.entrypoints.settings import Settings, mask_url
 from orchestrator.service.dead_letters import (
@@ -109,12 +108,11 @@ def add_parser(sub: Any) -> None:
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
     """The command ``args`` names; its exit status."""
-    from orchestrator.adapters.postgres.store import make_engine
+    from orchestrator.entrypoints.bootstrap import dead_letters_of
     from orchestrator.entrypoints.cli import ensure_database_reachable
 
     await ensure_database_reachable(settings.database_url)
-    engine = make_engine(settings.database_url, pool_size=1)
-    table = PostgresDeadLetters(engine)
+    table = dead_letters_of(settings)
     try:
         command = args.dead_letters_command
         if command == "list":
@@ -130,7 +128,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         text = printable(str(error).splitlines()[0] if str(error) else type(error).__name__)
         raise CommandError(f"cannot use PostgreSQL at {mask_url(settings.database_url)}: {text}") from None
     finally:
-        await engine.dispose()
+        await table.engine.dispose()
 
 
 def _summary(row: DeadLetterRow) -> dict[str, Any]:

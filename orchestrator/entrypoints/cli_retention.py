@@ -101,11 +101,11 @@ def add_parser(sub: Any) -> None:
 async def run(args: argparse.Namespace, settings: Settings) -> int:
     """``archive`` or ``prune``; the exit status."""
     from orchestrator.adapters.archive import ArchiveWriteError
-    from orchestrator.adapters.postgres.store import PostgresStore
+    from orchestrator.entrypoints.bootstrap import store_of
     from orchestrator.entrypoints.cli import ensure_database_reachable
 
     await ensure_database_reachable(settings.database_url)
-    store = PostgresStore.from_url(settings.database_url, pool_size=2)
+    store = store_of(settings, pool_size=2)
     try:
         if args.command == "archive":
             return await _archive(store, args)
@@ -187,10 +187,9 @@ def verify_archive(settings: Settings, path: Path) -> int:
     were not verified (their workflow is not loaded), else 0. No database is needed."""
     from orchestrator.adapters.archive import ArchivedSaga, Unreadable, read_archive
     from orchestrator.core.replay import verify
-    from orchestrator.core.routing import Registry
-    from orchestrator.entrypoints.bootstrap import load_workflows
+    from orchestrator.entrypoints.bootstrap import registry_of
 
-    registry = Registry(load_workflows(settings.workflows))
+    registry = registry_of(settings)
     if not path.is_file():
         raise CommandError(f"verify: no archive {path}", 1)
     bad = checked = 0

@@ -42,7 +42,7 @@ from orchestrator.entrypoints.api.sagas import (
     timers_set_by,
     written,
 )
-from orchestrator.entrypoints.bootstrap import Shell, build_shell, load_workflows
+from orchestrator.entrypoints.bootstrap import Shell, build_shell, registry_of
 from orchestrator.entrypoints.cli import Unreachable, ensure_database_reachable
 from orchestrator.entrypoints.cli_dead_letters import CommandError, _user
 from orchestrator.entrypoints.cli_sagas_args import (
@@ -153,7 +153,7 @@ async def _wired(settings: Settings) -> AsyncIterator[Wired]:
     and the REST API's context over them, closed at the end."""
     for noisy in ("aio_pika", "aiormq"):  # a broker away is said in one line of ours, not theirs
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
-    registry = Registry(load_workflows(settings.workflows), settings.max_parked)
+    registry = registry_of(settings)
     try:
         await ensure_database_reachable(settings.database_url)
     except Unreachable as error:
@@ -277,7 +277,7 @@ async def _history(wired: Wired, saga_id: str, args: argparse.Namespace) -> int:
 
 async def _migrate(args: argparse.Namespace, settings: Settings) -> int:
     """Print each saga's move (or why it cannot move), then a summary; exit 1 if any cannot."""
-    registry = Registry(load_workflows(settings.workflows), settings.max_parked)
+    registry = registry_of(settings)
     await ensure_database_reachable(settings.database_url)
     shell = build_shell(settings, registry)
     try:
