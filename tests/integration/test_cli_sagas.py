@@ -190,11 +190,14 @@ async def test_reads_print_a_table_and_with_json_what_the_rest_api_answers(shell
 async def test_a_read_of_what_is_not_there_exits_4_and_of_what_cannot_be_exits_2(shell: Shell) -> None:
     nobody = str(uuid.uuid4())
 
-    missing, no_state = await asyncio.gather(
-        shell.cli("history", nobody), shell.cli("list", "--workflow", "order", "--state", "nowhere")
+    missing, not_shown, no_state = await asyncio.gather(
+        shell.cli("history", nobody),
+        shell.cli("show", nobody),
+        shell.cli("list", "--workflow", "order", "--state", "nowhere"),
     )
 
     assert (missing.returncode, missing.stderr) == (4, f"orchestrator: no saga {nobody}\n")
+    assert (not_shown.returncode, not_shown.stderr) == (4, f"orchestrator: no saga {nobody}\n")
     assert no_state.returncode == 2 and "no state 'nowhere' in order" in no_state.stderr
 
 
@@ -233,7 +236,11 @@ async def test_each_action_exits_0_done_3_refused_4_not_found_and_journals_its_a
     )
     nobody = str(uuid.uuid4())
     absent = await asyncio.gather(
-        shell.cli("cancel", nobody), shell.cli("skip", "--workflow", "order", "--key", "never", *reserved)
+        shell.cli("cancel", nobody),
+        shell.cli("skip", "--workflow", "order", "--key", "never", *reserved),
+        shell.cli("retry", nobody),
+        shell.cli("fire-deadline", nobody),
+        shell.cli("resume", nobody),
     )
 
     assert {a: r.returncode for a, r in done.items()} == dict.fromkeys(done, 0), {
@@ -242,7 +249,7 @@ async def test_each_action_exits_0_done_3_refused_4_not_found_and_journals_its_a
     assert {a: r.returncode for a, r in refused.items()} == dict.fromkeys(done, 3), {
         a: r.stderr for a, r in refused.items()
     }
-    assert [r.returncode for r in absent] == [4, 4] and f"no saga {nobody}" in absent[0].stderr
+    assert [r.returncode for r in absent] == [4] * 5 and f"no saga {nobody}" in absent[0].stderr
     assert refused["resume"].stderr == "orchestrator: saga is running: only a failed saga resumes\n"
     assert done["skip"].stdout.startswith(
         f"skip: saga {skipped['id']} (order {skipped['key']}) is now in charge"
