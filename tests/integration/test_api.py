@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,7 +22,6 @@ from orchestrator.adapters.postgres.queries import Queries
 from orchestrator.adapters.postgres.schema import deadlines
 from orchestrator.adapters.postgres.store import PostgresStore
 from orchestrator.core.definitions import FAIL, Status, Workflow
-from orchestrator.core.engine import OutgoingCommand
 from orchestrator.core.routing import Registry
 from orchestrator.entrypoints.api.app import ApiContext, create_app
 from orchestrator.entrypoints.settings import Settings
@@ -31,6 +30,7 @@ from orchestrator.examples import WORKFLOWS
 from orchestrator.examples.contracts import BuyerSigned, EscrowOpened, RequestBuyerSignature
 from orchestrator.service.batch import Envelope, process_batch
 from orchestrator.service.bus import MessageBus
+from tests.outlets import Handed, Handing
 
 from .conftest import migrated_database
 
@@ -46,23 +46,6 @@ strict.state("waiting", send=RequestBuyerSignature)
 strict.state("signed", final=True)
 strict.state("given_up", final=True, status=Status.COMPENSATED)
 strict.on(BuyerSigned, source="waiting", dest="signed")
-
-
-@dataclass
-class Handed:
-    """What one commit handed on to the relay."""
-
-    commands: list[OutgoingCommand]
-
-
-class Handing:
-    """The bus's outlet for committed commands, recording each commit's."""
-
-    def __init__(self, handed: list[Handed]) -> None:
-        self.handed = handed
-
-    def submit(self, commands: Iterable[OutgoingCommand], received_at: float | None = None) -> None:
-        self.handed.append(Handed(list(commands)))
 
 
 @dataclass

@@ -5,8 +5,8 @@ the cancel with its message id; a late confirmation carries such a saga on; the 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +25,7 @@ from orchestrator.entrypoints.api.app import ApiContext, create_app
 from orchestrator.entrypoints.settings import Settings
 from orchestrator.service.batch import Envelope, process_batch
 from orchestrator.service.bus import MessageBus
+from tests.outlets import Handed, Handing
 from tests.unit.test_late_confirmations import WORKFLOW, FlightBooked, FlightCancelled
 
 from .conftest import migrated_database
@@ -32,23 +33,6 @@ from .conftest import migrated_database
 pytestmark = pytest.mark.integration
 
 TOKEN = "late-confirmations-token"
-
-
-@dataclass
-class Handed:
-    """What one commit handed on to the relay."""
-
-    commands: list[OutgoingCommand]
-
-
-class Handing:
-    """The bus's outlet for committed commands, recording each commit's."""
-
-    def __init__(self, handed: list[Handed]) -> None:
-        self.handed = handed
-
-    def submit(self, commands: Iterable[OutgoingCommand], received_at: float | None = None) -> None:
-        self.handed.append(Handed(list(commands)))
 
 
 class Api:

@@ -7,7 +7,7 @@ PostgreSQL fails, by SQLSTATE; the intake on top of it says when the service is 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -17,7 +17,7 @@ import pytest
 
 from orchestrator.adapters.memory import InboxConflict, MemoryStore
 from orchestrator.adapters.postgres.faults import classify
-from orchestrator.core.engine import OutgoingCommand, saga_id_for
+from orchestrator.core.engine import saga_id_for
 from orchestrator.core.ingress import Envelope
 from orchestrator.core.routing import Registry
 from orchestrator.examples import WORKFLOWS
@@ -27,6 +27,7 @@ from orchestrator.service.counts import Counts
 from orchestrator.service.faults import Fault
 from orchestrator.service.intake import Intake
 from orchestrator.service.store import Changes
+from tests.outlets import NoRelay
 
 
 class PostgresLikeError(Exception):
@@ -69,11 +70,6 @@ def start(order_id: str, message_id: str | None = None) -> Envelope:
     return Envelope(orjson.dumps(body), "orders.OrderPlaced", message_id or f"m-{order_id}")
 
 
-class _Relay:
-    def submit(self, commands: Iterable[OutgoingCommand], received_at: float | None = None) -> None:
-        return None
-
-
 class _Consumer:
     """Holds nothing: the intake's readiness reads only these two."""
 
@@ -98,7 +94,7 @@ def orchestrator(
 ) -> Intake[Any]:
     registry, counts = Registry(WORKFLOWS), Counts()
     bus = MessageBus(
-        registry, store, outbox=_Relay(), counts=counts, clock=lambda: datetime.now(UTC), sleep=sleep
+        registry, store, outbox=NoRelay(), counts=counts, clock=lambda: datetime.now(UTC), sleep=sleep
     )
     return Intake(bus, _Consumer(), _not_handed, waiting, registry, counts, 100, stall_seconds)  # type: ignore[arg-type]
 

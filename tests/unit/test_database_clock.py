@@ -4,7 +4,6 @@ fires a deadline early nor late, and sets deadlines by the database's time."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import orjson
 
@@ -19,18 +18,14 @@ from orchestrator.service.batch import Envelope, process_batch
 from orchestrator.service.bus import MessageBus
 from orchestrator.service.clock import DatabaseClock
 from orchestrator.service.deadlines import DeadlineAlarm
+from tests.outlets import NoRelay
 
 HOUR = timedelta(hours=1)
 
 
-class _Relay:
-    def submit(self, commands: Any, received_at: float | None = None) -> None:
-        return None
-
-
 def bus_on(registry: Registry, store: MemoryStore, clock: DatabaseClock) -> MessageBus:
     """The bus, deciding by ``clock``: the alarm's sweep fires through it."""
-    return MessageBus(registry, store, outbox=_Relay(), clock=clock.now)
+    return MessageBus(registry, store, outbox=NoRelay(), clock=clock.now)
 
 
 def clock_ahead_by(offset: timedelta) -> DatabaseClock:

@@ -21,6 +21,7 @@ from orchestrator.service.bus import MessageBus
 from orchestrator.service.counts import Counts
 from orchestrator.service.dead_letters import DeadLetterDrain
 from orchestrator.service.store import Changes
+from tests.outlets import NoRelay
 
 
 class SqlError(Exception):
@@ -81,11 +82,6 @@ class Queue:
         return None
 
 
-class _Relay:
-    def submit(self, commands: Any, received_at: float | None = None) -> None:
-        return None
-
-
 async def _no_wait(seconds: float) -> None:
     await asyncio.sleep(0)
 
@@ -96,7 +92,7 @@ def dead(message_id: str, body: bytes = b"{}") -> Taken:
 
 def drain_on(store: MemoryStore, queue: Queue) -> DeadLetterDrain[Taken]:
     bus = MessageBus(
-        Registry(WORKFLOWS), store, outbox=_Relay(), clock=lambda: datetime.now(UTC), sleep=_no_wait
+        Registry(WORKFLOWS), store, outbox=NoRelay(), clock=lambda: datetime.now(UTC), sleep=_no_wait
     )
     return DeadLetterDrain(queue, bus.record_dead_letters, Counts())
 

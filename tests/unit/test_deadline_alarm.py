@@ -17,6 +17,7 @@ from orchestrator.service.batch import BatchResult
 from orchestrator.service.bus import MessageBus
 from orchestrator.service.deadlines import DeadlineAlarm
 from orchestrator.service.faults import DEADLINES, Fault
+from tests.outlets import NoRelay
 
 
 class _Clock:
@@ -29,11 +30,6 @@ class _Clock:
         return None
 
     def stop(self) -> None:
-        return None
-
-
-class _Relay:
-    def submit(self, commands: Any, received_at: float | None = None) -> None:
         return None
 
 
@@ -58,7 +54,7 @@ async def alarm_failing_with(
 
     monkeypatch.setattr(bus_module, "fire_due_deadlines", fire)
     registry, store = Registry(WORKFLOWS), MemoryStore()
-    bus = MessageBus(registry, store, outbox=_Relay(), clock=lambda: datetime.now(UTC), sleep=no_pause)
+    bus = MessageBus(registry, store, outbox=NoRelay(), clock=lambda: datetime.now(UTC), sleep=no_pause)
     alarm = DeadlineAlarm(registry, store, _Clock())
     await alarm.start(bus.fire_due)
     calls.clear()
