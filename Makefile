@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export ORCHESTRATOR_DATABASE_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/orchestrator
 export ORCHESTRATOR_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
 
-.PHONY: venv install node-deps browser lint types test unit integration screenshots demo migrate run bench bench-replicas chaos clean
+.PHONY: venv install node-deps browser broker-plugins lint types test unit integration screenshots demo migrate run bench bench-replicas chaos clean
 
 venv: $(STAMP)
 
@@ -36,6 +36,16 @@ $(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
 browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
+# The local RabbitMQ's consistent-hash exchange, which partitioned consumption needs
+# (docs/scaling.md) and the partition tests use: enabled only when missing, on the node
+# rabbitmq-plugins reaches (as CI runs, as root); enabling it changes nothing else. Where
+# rabbitmq-plugins is not here (a broker in a container), docker-compose.yml enables it.
+broker-plugins:
+	@if command -v rabbitmq-plugins >/dev/null 2>&1; then \
+		rabbitmq-plugins -q is_enabled rabbitmq_consistent_hash_exchange >/dev/null 2>&1 || \
+			rabbitmq-plugins -q enable rabbitmq_consistent_hash_exchange; \
+	else echo "make: no rabbitmq-plugins here: the broker must have rabbitmq_consistent_hash_exchange enabled"; fi
+
 lint: venv
 	$(BIN)/ruff check orchestrator participants bench tests migrations
 	$(BIN)/ruff format --check orchestrator participants bench tests migrations
@@ -46,11 +56,12 @@ types: venv
 unit: venv
 	$(BIN)/pytest tests/unit -q
 
-integration: venv node-deps browser
+integration: venv node-deps browser broker-plugins
 	$(BIN)/pytest tests/integration -q
 
-test: venv node-deps browser lint types
-	$(BIN)/pytest -q
+# Ends with the 20 slowest tests (docs/testing.md), where the suite's time goes.
+test: venv node-deps browser broker-plugins lint types
+	$(BIN)/pytest -q --durations=20
 
 # The console's pictures in docs/console/ (docs/console.md, README "Console"), taken by its browser
 # test against a real service with sagas in several states.
