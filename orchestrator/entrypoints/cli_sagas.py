@@ -173,7 +173,8 @@ async def _act(wired: Wired, saga_id: str, action: OperatorAction) -> Applied:
     commands it committed and wait for the broker's confirms, as the running service's relay does.
     :class:`_NotConfirmed` if some were not confirmed within :data:`CONFIRM_SECONDS` (the outbox
     keeps them for the service's sweep)."""
-    await wired.shell.clock.sync()  # the database's clock, as the service decides by
+    async with asyncio.timeout(CONFIRM_SECONDS):  # the database's clock, as the service decides by
+        await wired.shell.clock.sync()
     applied = await wired.shell.bus.act(saga_id, action)
     commands = wired.shell.outbox.take()
     if not commands:
@@ -281,7 +282,8 @@ async def _migrate(args: argparse.Namespace, settings: Settings) -> int:
     await ensure_database_reachable(settings.database_url)
     shell = build_shell(settings, registry)
     try:
-        await shell.clock.sync()
+        async with asyncio.timeout(CONFIRM_SECONDS):
+            await shell.clock.sync()
         report = await shell.bus.migrate(
             args.workflow,
             args.from_release,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from orchestrator.core.engine import Decision, OutgoingCommand
@@ -84,7 +84,7 @@ class MessageBus:
     async def handle(self, envelopes: Sequence[Envelope], arrived: Sequence[float]) -> BatchResult:
         """A batch of messages, decided and committed whatever fails on the way: one verdict per
         message. ``arrived`` is when each came in (time.monotonic): step latency runs from there."""
-        return await self._commit(list(envelopes), list(arrived), BATCH)
+        return await self._commit(list(envelopes), list(arrived), BATCH, self.store.classify)
 
     async def fire_due(self) -> BatchResult:
         """One round of the deadline sweep: timers due now fired, in one transaction.
@@ -205,9 +205,14 @@ class MessageBus:
             log.exception("committed, but what it caused could not be handed on now; the sweeps will")
 
     async def _commit(
-        self, envelopes: list[Envelope], arrived: list[float], policy: FaultPolicy
+        self,
+        envelopes: list[Envelope],
+        arrived: list[float],
+        policy: FaultPolicy,
+        classify: Callable[[BaseException], Fault],
     ) -> BatchResult:
-        """``process_batch`` by the policy; given up, the batch is split."""
+        """``process_batch`` by the policy, failures read by ``classify``; given up, the batch is
+        split."""
 
         async def decide_and_commit() -> BatchResult:
             return await process_batch(
@@ -224,7 +229,6 @@ class MessageBus:
                     "batch of %d failed (%s: %s), again in %.2fs", len(envelopes), fault.value, error, pause
                 )
 
-        classify = _unavailable if policy is BARE else self.store.classify
         try:
             result = await attempt(decide_and_commit, classify, policy, note, self.sleep)
         except GaveUp as gave_up:
@@ -240,8 +244,8 @@ class MessageBus:
         """Split a failing batch in halves until the message at fault stands alone; set it aside."""
         if len(envelopes) > 1:
             half = len(envelopes) // 2
-            left = await self._commit(envelopes[:half], arrived[:half], SPLIT)
-            right = await self._commit(envelopes[half:], arrived[half:], SPLIT)
+            left = await self._commit(envelopes[:half], arrived[:half], SPLIT, self.store.classify)
+            right = await self._commit(envelopes[half:], arrived[half:], SPLIT, self.store.classify)
             return _joined(left, right)
         envelope = envelopes[0]
         if envelope.refused is not None:  # even its dead letter failed: record it bare
@@ -249,7 +253,7 @@ class MessageBus:
             bare = Envelope(
                 body=b"", message_id=envelope.message_id, type=envelope.type, refused=envelope.refused
             )
-            return await self._commit([bare], arrived, BARE)
+            return await self._commit([bare], arrived, BARE, _unavailable)
         reason = Reason.DATABASE_REFUSED if fault is Fault.MESSAGE else Reason.FAILED_REPEATEDLY
         refused = Refused(reason, f"{type(error).__name__}: {error}")
         log.error(
@@ -258,7 +262,7 @@ class MessageBus:
             refused,
             extra={"message_id": envelope.message_id},
         )
-        return await self._commit([envelope.refuse(refused)], arrived, SPLIT)
+        return await self._commit([envelope.refuse(refused)], arrived, SPLIT, self.store.classify)
 
 
 def _joined(left: BatchResult, right: BatchResult) -> BatchResult:
