@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# pytest-xdist workers for make test and make integration (docs/testing.md)
+PYTEST_WORKERS ?= 2
 
 export ORCHESTRATOR_DATABASE_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/orchestrator
 export ORCHESTRATOR_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
@@ -57,11 +59,12 @@ unit: venv
 	$(BIN)/pytest tests/unit -q
 
 integration: venv node-deps browser broker-plugins
-	$(BIN)/pytest tests/integration -q
+	$(BIN)/pytest tests/integration -q -n $(PYTEST_WORKERS) --dist loadgroup
 
-# Ends with the 20 slowest tests (docs/testing.md), where the suite's time goes.
+# On two workers (tests that must not run beside each other share an xdist group, tests/conftest.py);
+# ends with the 20 slowest tests and the time per tier (docs/testing.md), where the suite's time goes.
 test: venv node-deps browser broker-plugins lint types
-	$(BIN)/pytest -q --durations=20
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --durations=20
 
 # The console's pictures in docs/console/ (docs/console.md, README "Console"), taken by its browser
 # test against a real service with sagas in several states.

@@ -281,8 +281,11 @@ class Bench:
         return process
 
     async def start_participants(self, **options: tuple[str, ...]) -> None:
+        """The six example services, started together (each interpreter's start is the slow part),
+        then waited for until each consumes its queue."""
         for service in SERVICES:
-            await self.start_participant(service, *options.get(service, ()))
+            self.spawn(service, "participants", service, *options.get(service, ()))
+        await self.wait_for_consumer(*(f"{self.namespace}.{service}" for service in SERVICES), timeout=60)
 
     def verify(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         """``orchestrator verify``, as an operator runs it; ``env`` overrides some of the environment."""
@@ -304,11 +307,11 @@ class Bench:
                 raise AssertionError(f"{process.name} never logged {text!r}:\n{process.output()}")
             await asyncio.sleep(0.05)
 
-    async def wait_for_consumer(self, queue: str, timeout: float = 30) -> None:
+    async def wait_for_consumer(self, *queues: str, timeout: float = 30) -> None:
         # not robust: a passive declare must ask the broker
         connection = await aio_pika.connect(self.amqp_url)
         try:
-            await wait_for_consumers(connection, [queue], timeout)
+            await wait_for_consumers(connection, queues, timeout)
         except TimeoutError as error:
             raise AssertionError(str(error)) from None
         finally:

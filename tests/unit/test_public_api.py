@@ -5,15 +5,17 @@ workflow, and typed: a user module written against it alone passes ``mypy --stri
 from __future__ import annotations
 
 import ast
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import orchestrator
 import orchestrator.testing
 from tests.unit import user_workflow
-from tests.unit.strict_typing import mypy_strict
+from tests.unit.strict_typing import USER_MODULE as TYPED_USER_MODULE
+from tests.unit.strict_typing import StrictTyping
 
 USER_MODULE = Path(user_workflow.__file__)
 
@@ -83,11 +85,9 @@ def test_the_user_module_imports_only_the_public_modules() -> None:
     assert "type: ignore" not in USER_MODULE.read_text()
 
 
-def test_the_user_module_passes_mypy_strict(tmp_path: Path) -> None:
-    shutil.copy(USER_MODULE, tmp_path / "my_workflows.py")
-    result = mypy_strict(tmp_path / "my_workflows.py", tmp_path / ".mypy_cache")
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "Success: no issues found in 1 source file" in result.stdout
+@pytest.mark.xdist_group("mypy")
+def test_the_user_module_passes_mypy_strict(strict_typing: StrictTyping) -> None:
+    assert strict_typing.errors_in(TYPED_USER_MODULE) == []
 
 
 def test_the_user_module_runs_under_the_test_kit() -> None:

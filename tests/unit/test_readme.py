@@ -7,48 +7,12 @@ from __future__ import annotations
 
 import re
 import sys
-import textwrap
 import types
-from dataclasses import dataclass
-from pathlib import Path
 
-from tests.unit.strict_typing import mypy_strict
+import pytest
 
-README = Path(__file__).resolve().parents[2] / "README.md"
-#: a fence, indented as in a list item, and the line before it (for the not-run marker)
-FENCE = re.compile(r"(?P<before>[^\n]*)\n\n?(?P<indent>[ \t]*)```python\n(?P<body>.*?)\n(?P=indent)```", re.S)
-NOT_RUN = re.compile(r"<!--\s*not run:\s*(?P<why>[^>]+?)\s*-->")
-#: the blocks the README marks as not run, by their reason: kept deliberately few
-EXPECTED_NOT_RUN: list[str] = []
-
-
-@dataclass(frozen=True)
-class Block:
-    line: int
-    code: str
-    not_run: str | None
-
-
-def blocks(text: str) -> list[Block]:
-    found = []
-    for match in FENCE.finditer(text):
-        marker = NOT_RUN.search(match["before"])
-        line = text.count("\n", 0, match.start("body")) + 1
-        indent = len(match["indent"])
-        body = textwrap.dedent("\n".join(row[indent:] for row in match["body"].split("\n")))
-        found.append(Block(line, body, marker["why"] if marker else None))
-    return found
-
-
-def program(text: str) -> str:
-    """The blocks that run, as one module; each starts at its own line of the README (blank lines
-    before it), so that a traceback or a mypy error names the README's line."""
-    lines: list[str] = []
-    for block in blocks(text):
-        if block.not_run is None:
-            lines.extend([""] * (block.line - 1 - len(lines)))
-            lines.extend(block.code.split("\n"))
-    return "\n".join(lines) + "\n"
+from tests.unit.readme_program import EXPECTED_NOT_RUN, README, blocks, program
+from tests.unit.strict_typing import README_PROGRAM, StrictTyping
 
 
 def test_the_readme_has_its_python_blocks_and_marks_few_as_not_run() -> None:
@@ -70,11 +34,10 @@ def test_the_readme_program_runs() -> None:
     assert {"OrderSaga", "PatientOrderSaga", "escrow", "kit"} <= set(vars(module))
 
 
-def test_the_readme_program_passes_mypy_strict(tmp_path: Path) -> None:
-    source = tmp_path / "readme_program.py"
-    source.write_text(program(README.read_text()))
-    result = mypy_strict(source, tmp_path / ".mypy_cache")
-    assert result.returncode == 0, result.stdout.replace("readme_program.py", "README.md") + result.stderr
+@pytest.mark.xdist_group("mypy")
+def test_the_readme_program_passes_mypy_strict(strict_typing: StrictTyping) -> None:
+    errors = strict_typing.errors_in(README_PROGRAM)
+    assert errors == [], "\n".join(errors).replace(README_PROGRAM, "README.md")
 
 
 def test_every_curl_that_sends_a_body_says_it_is_json() -> None:
