@@ -11,7 +11,7 @@ import socket
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from orchestrator.adapters import tracing
@@ -39,16 +39,20 @@ from orchestrator.service.intake import Intake
 from orchestrator.service.partitions import PartitionOwner
 from orchestrator.service.ports import Publish
 from orchestrator.service.relay import Relay
+from orchestrator.service.releases import ReleaseRefused, admit_releases
 
 __all__ = [
     "BootstrapError",
     "Collected",
     "Shell",
+    "admit_releases_of",
     "build",
     "build_shell",
     "configure_logging",
     "dead_letters_of",
     "load_workflows",
+    "log_formatter",
+    "quiet_libraries",
     "registry_of",
     "store_of",
 ]
@@ -110,10 +114,11 @@ def build(
     *,
     registry: Registry | None = None,
     store: PostgresStore | None = None,
+    clock: DatabaseClock | None = None,
 ) -> Orchestrator:
     """The orchestrator, and its REST API on ``api_socket`` when one is given. Every part is
-    built here and handed what it needs; nothing is set on a part after it is built. ``registry``
-    and ``store``: given by a test, else from the settings."""
+    built here and handed what it needs; nothing is set on a part after it is built. ``registry``,
+    ``store`` and ``clock`` (on the store's database): given by a test, else from the settings."""
     registry = registry or registry_of(settings)
     store = store or store_of(settings)
     metrics = Metrics()
@@ -125,7 +130,7 @@ def build(
     topology = Topology(settings.namespace, partitions=settings.partitions, queue_type=settings.queue_type)
     broker = Broker(settings.amqp_url, topology, max(1, settings.effective_prefetch - drain_prefetch), limits)
     #: "now" as the database has it: decisions and deadlines agree across replicas' hosts
-    clock = DatabaseClock(store.database_now)
+    clock = clock or DatabaseClock(store.database_now)
     publish: Publish = broker.publish_command
     if tracer is not None:
         publish = publishing(tracer, publish, topology.commands)
@@ -209,6 +214,30 @@ def build(
             api=api,
         )
     )
+
+
+async def admit_releases_of(
+    orchestrator: Orchestrator, *, accept_changed: bool = False, fail_dropped: bool = False
+) -> None:
+    """The release gate (:mod:`orchestrator.service.releases`) before the start; refused, a
+    :class:`ConfigurationError` whose message is the one line ``orchestrator run`` exits 1 with."""
+    try:
+        admitted = await admit_releases(
+            orchestrator.releases,
+            orchestrator.registry,
+            datetime.now(UTC),
+            accept_changed=accept_changed,
+            fail_dropped=fail_dropped,
+        )
+    except ReleaseRefused as error:
+        raise ConfigurationError(str(error)) from None
+    log = logging.getLogger("orchestrator.releases")
+    for workflow, release in admitted.new:
+        log.info("release %s of %s runs here for the first time; its fingerprint is kept", release, workflow)
+    for workflow, release in admitted.accepted:
+        log.warning("release %s of %s changed; its new fingerprint is accepted", release, workflow)
+    for (workflow, release), count in admitted.failed.items():
+        log.warning("failed %d sagas in flight on dropped release %s of %s", count, release, workflow)
 
 
 class Collected:
@@ -371,15 +400,25 @@ class _TextFormatter(logging.Formatter):
         return line
 
 
-def configure_logging(settings: Settings) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JsonFormatter() if settings.log_json else _TextFormatter())
-    logging.basicConfig(level=settings.log_level, handlers=[handler], force=True)
+def log_formatter(settings: Settings) -> logging.Formatter:
+    """The service's log line: JSON (ORCHESTRATOR_LOG_JSON) or plain text with context fields."""
+    return _JsonFormatter() if settings.log_json else _TextFormatter()
+
+
+def quiet_libraries() -> None:
+    """The libraries' chatter off, so that the log is ours."""
     logging.getLogger("aio_pika").setLevel(logging.WARNING)
     logging.getLogger("aiormq").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # reading the migrations' head at start
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # a line per alarm set: the log is ours
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # a line per alarm set
     logging.getLogger("transitions").setLevel(logging.WARNING)  # a line per callback of every transition
     for name in ("uvicorn", "uvicorn.error"):  # uvicorn's own handlers would print past the formatter
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
+
+
+def configure_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(log_formatter(settings))
+    logging.basicConfig(level=settings.log_level, handlers=[handler], force=True)
+    quiet_libraries()

@@ -15,7 +15,6 @@ from orchestrator.entrypoints.settings import Settings, mask_url
 if TYPE_CHECKING:  # imported where used, so that each verb loads only what it needs
     from orchestrator.core.definitions import Workflow
     from orchestrator.core.dry_run import DefinitionFor
-    from orchestrator.entrypoints.runtime import Orchestrator
 
 __all__ = ["main"]
 
@@ -168,7 +167,7 @@ def _check_api(settings: Settings) -> None:
 
 
 async def _serve(settings: Settings, *, accept_changed: bool = False, fail_dropped: bool = False) -> int:
-    from orchestrator.entrypoints.bootstrap import build
+    from orchestrator.entrypoints.bootstrap import admit_releases_of, build
     from orchestrator.entrypoints.server import CannotListen, listen
 
     await ensure_database_reachable(settings.database_url)
@@ -184,40 +183,12 @@ async def _serve(settings: Settings, *, accept_changed: bool = False, fail_dropp
         logging.getLogger("orchestrator").warning("the REST API runs --insecure: its actions need no token")
     orchestrator = build(settings, sock)
     try:
-        await _admit_releases(orchestrator, accept_changed=accept_changed, fail_dropped=fail_dropped)
+        await admit_releases_of(orchestrator, accept_changed=accept_changed, fail_dropped=fail_dropped)
     except BaseException:
         sock.close()
         await orchestrator.store.close()
         raise
     return await orchestrator.run_until_signalled()
-
-
-async def _admit_releases(orchestrator: Orchestrator, *, accept_changed: bool, fail_dropped: bool) -> None:
-    """The release gate (:mod:`orchestrator.service.releases`): refused, it is one line and exit 1."""
-    import logging
-    from datetime import UTC, datetime
-
-    from orchestrator.entrypoints.settings import ConfigurationError
-    from orchestrator.service.releases import ReleaseRefused, admit_releases
-
-    book = orchestrator.releases
-    try:
-        admitted = await admit_releases(
-            book,
-            orchestrator.registry,
-            datetime.now(UTC),
-            accept_changed=accept_changed,
-            fail_dropped=fail_dropped,
-        )
-    except ReleaseRefused as error:
-        raise ConfigurationError(str(error)) from None
-    log = logging.getLogger("orchestrator.releases")
-    for workflow, release in admitted.new:
-        log.info("release %s of %s runs here for the first time; its fingerprint is kept", release, workflow)
-    for workflow, release in admitted.accepted:
-        log.warning("release %s of %s changed; its new fingerprint is accepted", release, workflow)
-    for (workflow, release), count in admitted.failed.items():
-        log.warning("failed %d sagas in flight on dropped release %s of %s", count, release, workflow)
 
 
 async def ensure_database_reachable(url: str) -> None:

@@ -119,6 +119,9 @@ class Orchestrator:
             ", ".join(self._loaded_names()),
             self.settings.namespace,
         )
+        if self.api is not None:  # last: a request finds every part it may use running
+            self.api.start(self._spawn)
+            log.info("api listening on %s (OpenAPI at %s/docs)", self.api.url, self.api.url)
 
     def _loaded_names(self) -> list[str]:
         """Each loaded workflow release, the current one of each workflow marked."""
@@ -145,9 +148,6 @@ class Orchestrator:
             stop.cancel()
             await self.stop()
             raise starting.exception()  # type: ignore[misc]
-        elif self.api is not None:
-            self.api.start(self._spawn)
-            log.info("api listening on %s (OpenAPI at %s/docs)", self.api.url, self.api.url)
         await stop
         await self.stop()
         return 1 if self.supervisor.fatal is not None else 0

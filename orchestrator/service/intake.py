@@ -37,6 +37,7 @@ class Intake(Generic[D]):
         batch_size: int,
         stall_seconds: float,
         sleep: Sleep = asyncio.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.bus = bus
         self.consumer = consumer
@@ -48,10 +49,12 @@ class Intake(Generic[D]):
         self.counts = counts
         self.batch_size = batch_size
         self.stall_seconds = stall_seconds
+        #: the pauses and the seconds of the stall checks: a test's stepped time, else the real
         self.sleep = sleep
+        self.monotonic = monotonic
         self._left_logged = 0.0  # when leaving messages was last logged: once per 10 s at most
         #: messages the broker says wait in the queue while none are in hand, and since when
-        self._waiting: tuple[int, float] = (0, time.monotonic())
+        self._waiting: tuple[int, float] = (0, monotonic())
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Consume, then decide, commit and ack each batch, until stopping (the consumer says
@@ -99,7 +102,7 @@ class Intake(Generic[D]):
         so that a process alone with them does not spin on them. What cannot be handed over (the
         broker refuses, or it went round too often) is requeued before the rest is acked, so no
         ``multiple`` ack takes it along."""
-        now = time.monotonic()
+        now = self.monotonic()
         if now - self._left_logged > 10:
             self._left_logged = now
             log.warning(
@@ -129,7 +132,7 @@ class Intake(Generic[D]):
         if self.bus.database_trouble is not None:
             return f"cannot commit: {self.bus.database_trouble}"
         consumer = self.consumer
-        now = time.monotonic()
+        now = self.monotonic()
         if consumer.unsettled:
             idle = now - max(self.bus.last_commit, consumer.busy_since)
             if idle > self.stall_seconds:
@@ -146,14 +149,14 @@ class Intake(Generic[D]):
         consumer the broker stopped feeding): readiness must see that too."""
         interval = max(1.0, min(5.0, self.stall_seconds / 3))
         while not stopping.is_set():
-            await asyncio.sleep(interval)
+            await self.sleep(interval)
             if self.consumer.unsettled:
-                self._waiting = (0, time.monotonic())
+                self._waiting = (0, self.monotonic())
                 continue
             count = await self.waiting()
             if not count:
-                self._waiting = (0, time.monotonic())
+                self._waiting = (0, self.monotonic())
             elif not self._waiting[0]:
-                self._waiting = (count, time.monotonic())
+                self._waiting = (count, self.monotonic())
             else:
                 self._waiting = (count, self._waiting[1])

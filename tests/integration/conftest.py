@@ -31,6 +31,7 @@ from orchestrator.adapters.amqp.broker import wait_for_consumers
 from orchestrator.adapters.postgres.store import PostgresStore
 from orchestrator.core.definitions import FINISHED
 from orchestrator.core.engine import SagaSnapshot, saga_id_for
+from tests.integration.in_process import Served, serve
 from tests.integration.private_broker import PrivateBroker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -221,6 +222,8 @@ class Bench:
     database_url: str
     tmp_path: Path
     processes: list[Process] = field(default_factory=list)
+    #: orchestrators running in the test's event loop (``serve``)
+    served: list[Served] = field(default_factory=list)
     connection: aio_pika.abc.AbstractConnection | None = None
     channel: aio_pika.abc.AbstractChannel | None = None
     store: PostgresStore | None = None
@@ -267,6 +270,24 @@ class Bench:
         self.api_url = process.output().split("api listening on ", 1)[1].split()[0]
         return process
 
+    async def serve(self, workflows: str = "orchestrator.examples", **options: Any) -> Served:
+        """The orchestrator in the test's event loop (tests/integration/in_process.py), with its
+        REST API on a free port (``api_url``): for tests whose subject is not the process.
+        ``options``: ``hold_clock``, the release gate's flags, any field of ``Settings``."""
+        served = await serve(
+            **{
+                "database_url": self.database_url,
+                "amqp_url": self.amqp_url,
+                "namespace": self.namespace,
+                "api_token": self.api_token,
+                "workflows": workflows,
+                **options,
+            }
+        )
+        self.served.append(served)
+        self.api_url = served.api_url
+        return served
+
     def api(self, *, token: bool = True, actor: str | None = None) -> httpx.AsyncClient:
         """A client of the last started orchestrator's REST API (``async with bench.api() as api``)."""
         assert self.api_url is not None, "start an orchestrator first"
@@ -280,12 +301,15 @@ class Bench:
         await self.wait_for_consumer(f"{self.namespace}.{service}")
         return process
 
-    async def start_participants(self, **options: tuple[str, ...]) -> None:
-        """The six example services, started together (each interpreter's start is the slow part),
-        then waited for until each consumes its queue."""
-        for service in SERVICES:
-            self.spawn(service, "participants", service, *options.get(service, ()))
-        await self.wait_for_consumer(*(f"{self.namespace}.{service}" for service in SERVICES), timeout=60)
+    async def start_participants(self, *services: str, **options: tuple[str, ...]) -> dict[str, Process]:
+        """The example services (all six unless named), started together (each interpreter's
+        start is the slow part), then waited for until each consumes its queue."""
+        started = {
+            service: self.spawn(service, "participants", service, *options.get(service, ()))
+            for service in services or SERVICES
+        }
+        await self.wait_for_consumer(*(f"{self.namespace}.{service}" for service in started), timeout=60)
+        return started
 
     def verify(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         """``orchestrator verify``, as an operator runs it; ``env`` overrides some of the environment."""
@@ -375,7 +399,10 @@ class Bench:
                 return found
             await asyncio.sleep(0.1)
         missing = {k: await self.saga(workflow, k) for k in keys if k not in found}
-        logs = "\n".join(p.output()[-3000:] for p in self.processes if p.name == "orchestrator")
+        logs = "\n".join(
+            [p.output()[-3000:] for p in self.processes if p.name == "orchestrator"]
+            + [s.output()[-3000:] for s in self.served]
+        )
         raise AssertionError(f"not finished in {timeout}s: {missing}\n{logs}")
 
     async def dead_letters(self, count: int, timeout: float = 20) -> list[dict[str, Any]]:
@@ -401,8 +428,12 @@ class Bench:
         return [c["type"] for e in await self.store.journal(saga_id) for c in e.decision["commands"]]
 
     async def cleanup(self) -> None:
-        for process in self.processes:
-            process.stop()
+        for served in self.served:
+            await served.stop()
+        for process in self.processes:  # all told at once, then each waited for
+            if process.popen.poll() is None:
+                process.popen.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(lambda: [process.stop() for process in self.processes])
         if self.store is not None:
             await self.store.close()
         if self.connection is not None:

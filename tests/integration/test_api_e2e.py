@@ -46,7 +46,7 @@ def samples(metrics: str, name: str) -> float:
 
 
 async def test_a_saga_started_over_rest_completes_and_is_counted(bench: Bench) -> None:
-    orchestrator = await bench.start_orchestrator()
+    orchestrator = await bench.serve()
     await bench.start_participants()
     key = keys()
 
@@ -75,11 +75,11 @@ async def test_a_saga_started_over_rest_completes_and_is_counted(bench: Bench) -
     )  # charge and ship followed replies
     assert samples(metrics, 'orchestrator_sagas_finished_total{status="completed",workflow="order"}') >= 1
     assert f"saga_id={done['id']}" in orchestrator.output()  # the start's log line names the saga
-    assert orchestrator.stop() == 0
+    await orchestrator.stop()
 
 
 async def test_operator_actions_on_a_parked_saga_reach_the_broker_and_the_journal(bench: Bench) -> None:
-    orchestrator = await bench.start_orchestrator()
+    orchestrator = await bench.serve()
     await bench.start_participants(bank=("--never-answer",))
 
     async with bench.api(actor="ops-alice") as api:
@@ -131,7 +131,7 @@ async def test_operator_actions_on_a_parked_saga_reach_the_broker_and_the_journa
     assert samples(metrics, 'orchestrator_operator_actions_total{action="fire-deadline"}') == 1
     log = orchestrator.output()
     assert "ops-alice applied fire-deadline" in log and f"saga_id={first['id']}" in log
-    assert orchestrator.stop() == 0
+    await orchestrator.stop()
 
 
 def test_a_port_in_use_is_one_clear_line_and_exit_2(bench: Bench) -> None:

@@ -1,4 +1,5 @@
-"""Schemathesis over the OpenAPI schema of a real ``orchestrator run``, with sagas in the database.
+"""Schemathesis over the OpenAPI schema of the real service (in the test's event loop, as
+``orchestrator run`` builds it), with sagas in the database.
 
 Every operation is fuzzed with valid and invalid input (its coverage, fuzzing and stateful phases:
 the links from a started saga lead to its reads and actions), authenticated with the token so that
@@ -25,7 +26,7 @@ ESCROW = {"buyer_id": "b-1", "seller_id": "s-1", "amount_cents": 5000}
 
 
 async def test_the_api_keeps_to_its_schema_and_never_answers_5xx(bench: Bench) -> None:
-    await bench.start_orchestrator()
+    await bench.serve()
     async with bench.api() as api:
         for workflow, data in (("order", ORDER), ("order", ORDER), ("escrow", ESCROW), ("escrow", ESCROW)):
             started = await api.post("/sagas", json={"workflow": workflow, "key": keys(), "data": data})
@@ -62,5 +63,5 @@ async def test_the_api_keeps_to_its_schema_and_never_answers_5xx(bench: Bench) -
 
     assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-2000:]
     assert "passed" in run.stdout
-    orchestrator = next(p for p in bench.processes if p.name == "orchestrator")
+    [orchestrator] = bench.served
     assert "Traceback" not in orchestrator.output(), orchestrator.output()[-6000:]

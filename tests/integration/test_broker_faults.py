@@ -98,7 +98,7 @@ async def test_two_processes_carry_on_through_a_broker_restart_and_neither_goes_
     private_broker.stop_app()
     for _, url in processes:  # unready while the broker is away, and still running
         await wait_ready(url, bench.api_token, 503)
-    await asyncio.sleep(2)
+    await asyncio.sleep(1)  # away a while longer: both stay up, unready
     private_broker.start_app()
     for _, url in processes:
         await wait_ready(url, bench.api_token, 200)

@@ -99,7 +99,7 @@ async def test_an_operator_finds_a_stuck_order_sees_why_and_acts_on_it(
     bench: Bench, browser: Browser
 ) -> None:
     # stuck: unfinished, no timer and no progress for a second
-    await bench.start_orchestrator(env={"ORCHESTRATOR_STUCK_AFTER_SECONDS": "1"})
+    await bench.serve(stuck_after_seconds=1.0)
     await bench.start_participants(inventory=("--out-of-stock", "unobtainium"), bank=("--never-answer",))
     completed, compensated, waiting, stuck = keys(), keys(), keys(), keys()
     async with bench.api(actor="checkout") as api:

@@ -142,7 +142,7 @@ def reply_id(command: Tapped, reply_type: str) -> str:
 
 
 async def test_what_the_service_sends_and_takes_fits_its_contract(bench: Bench) -> None:
-    await bench.start_orchestrator()
+    await bench.serve()
     async with bench.api() as api:
         served = await api.get("/asyncapi.json")
     assert served.status_code == 200

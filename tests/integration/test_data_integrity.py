@@ -29,7 +29,7 @@ async def _in_state(
 
 
 async def test_a_reply_cannot_change_the_charge_nor_name_another_order(bench: Bench) -> None:
-    await bench.start_orchestrator()  # no participant: the test answers for inventory
+    await bench.serve()  # no participant: the test answers for inventory
     key, other = order_ids(), order_ids()
     body = {
         "order_id": key,

@@ -24,7 +24,7 @@ async def test_a_database_outage_holds_the_batch_and_makes_the_service_unready(b
     await proxy.open()
     proxied = bench.database_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
     assert proxied != bench.database_url
-    orchestrator = await bench.start_orchestrator(env={"ORCHESTRATOR_DATABASE_URL": proxied})
+    orchestrator = await bench.serve(database_url=proxied)
     await bench.start_participants()
     before = f"before-{uuid.uuid4().hex[:6]}"
     await bench.place_order(before)
@@ -57,7 +57,6 @@ async def test_a_database_outage_holds_the_batch_and_makes_the_service_unready(b
             await asyncio.sleep(0.2)
 
     assert await bench.dead_letters(0) == []
-    assert orchestrator.popen.poll() is None  # the same process throughout
-    # In a thread: the proxy runs on this event loop, and the process needs it to stop cleanly.
-    assert await asyncio.to_thread(orchestrator.stop) == 0
+    assert orchestrator.running  # the same service throughout
+    await orchestrator.stop()
     await proxy.cut()

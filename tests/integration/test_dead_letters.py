@@ -78,7 +78,7 @@ async def not_json(bench: Bench) -> str:
 
 
 async def test_a_command_a_participant_rejects_is_drained_into_the_table(bench: Bench) -> None:
-    orchestrator = await bench.start_orchestrator()
+    orchestrator = await bench.serve()
     await bench.start_participant("inventory")
     assert bench.channel is not None
     commands = await bench.channel.get_exchange(f"{bench.namespace}.commands")
@@ -126,7 +126,7 @@ async def test_an_event_past_the_delivery_limit_is_drained_and_replays_into_a_sa
     await setup.close()
     assert deliveries == 6
 
-    await bench.start_orchestrator()
+    await bench.serve()
     [row] = await rows_where(bench, 1, message_id=message_id)
     assert (row["source"], row["reason"]) == ("broker", "delivery_limit")
     assert f"in queue {bench.namespace}.orchestrator.events" in row["detail"]
@@ -143,7 +143,7 @@ async def test_an_event_past_the_delivery_limit_is_drained_and_replays_into_a_sa
 
 
 async def test_list_show_replay_and_purge_over_the_cli(bench: Bench) -> None:
-    await bench.start_orchestrator()  # no participants: the saga waits where it is
+    await bench.serve()  # no participants: the saga waits where it is
     key = keys()
     early = await reply_too_early(bench, key)
     bad = await not_json(bench)
@@ -205,7 +205,7 @@ async def test_list_show_replay_and_purge_over_the_cli(bench: Bench) -> None:
 
 
 async def test_list_show_replay_and_purge_over_rest(bench: Bench) -> None:
-    orchestrator = await bench.start_orchestrator()
+    orchestrator = await bench.serve()
     key = keys()
     early = await reply_too_early(bench, key)
     bad = await not_json(bench)

@@ -1,4 +1,8 @@
-"""Deadlines, retries and late replies on the real stack: the scenario the product exists for."""
+"""Deadlines, retries and late replies on the real stack: the scenario the product exists for.
+
+The orchestrator runs in the test's event loop with its clock held (tests/integration/in_process.py):
+the fast order saga's retries and one-second deadlines fall due when the test moves the clock,
+never because the machine was slow, and no test waits for them."""
 
 from __future__ import annotations
 
@@ -15,7 +19,8 @@ from .test_recovery import assert_each_decided_once
 
 pytestmark = pytest.mark.integration
 
-FAST = ("--workflows", "tests.integration.workflows")
+FAST_MODULE = "tests.integration.workflows"
+FAST = ("--workflows", FAST_MODULE)
 order_ids = unique("order")
 
 
@@ -29,19 +34,28 @@ def database_url() -> Iterator[str]:
 
 
 async def start_all_but_inventory(bench: Bench) -> None:
-    for service in ("payment", "shipping"):
-        await bench.start_participant(service)
+    await bench.start_participants("payment", "shipping")
+
+
+async def wait_until_started(bench: Bench, keys: list[str]) -> None:
+    for _ in range(200):
+        if all([await bench.saga("order", k) for k in keys]):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("not every order started")
 
 
 async def test_inventory_back_within_the_deadline_every_order_completes(bench: Bench) -> None:
-    await bench.start_orchestrator(*FAST)
+    served = await bench.serve(FAST_MODULE, hold_clock=True)
     await start_all_but_inventory(bench)
     inventory = await bench.start_participant("inventory")
     inventory.stop()  # the inventory service goes down while orders keep coming
     keys = [order_ids() for _ in range(30)]
     for key in keys:
         await bench.place_order(key)
-    await asyncio.sleep(3)  # retries pile up in its durable queue, same message ids
+    await wait_until_started(bench, keys)
+    for _ in range(3):  # retries pile up in its durable queue, same message ids; no deadline passes
+        await served.advance(0.25)
     await bench.start_participant("inventory")
 
     sagas = await bench.finished("order", keys, timeout=60)
@@ -56,13 +70,15 @@ async def test_inventory_back_within_the_deadline_every_order_completes(bench: B
 async def test_inventory_away_past_the_deadline_orders_compensate_and_late_stock_is_released(
     bench: Bench,
 ) -> None:
-    await bench.start_orchestrator(*FAST)
+    served = await bench.serve(FAST_MODULE, hold_clock=True)
     await start_all_but_inventory(bench)
     keys = [order_ids() for _ in range(10)]
     for key in keys:
         await bench.place_order(key)
+    await wait_until_started(bench, keys)
+    await served.advance(1.5)  # past the reserve deadline
 
-    sagas = await bench.finished("order", keys, timeout=30)  # the 8 s reserve deadline passes
+    sagas = await bench.finished("order", keys, timeout=30)
     assert {(s.state, s.status) for s in sagas.values()} == {("compensated", "compensated")}
     assert {s.timed_out for s in sagas.values()} == {("reserve",)}
 
@@ -90,20 +106,16 @@ async def test_inventory_away_past_the_deadline_orders_compensate_and_late_stock
 
 
 async def test_deadlines_that_fell_due_while_the_service_was_down_fire_at_start(bench: Bench) -> None:
-    orchestrator = await bench.start_orchestrator(*FAST)
+    first = await bench.serve(FAST_MODULE, hold_clock=True)
     keys = [order_ids() for _ in range(10)]
     for key in keys:
         await bench.place_order(key)
-    for _ in range(100):
-        present = [await bench.saga("order", k) for k in keys]
-        if all(s is not None for s in present):
-            break
-        await asyncio.sleep(0.05)
-    assert orchestrator.stop() == 0
-    await asyncio.sleep(9)  # every reserve deadline falls due while nothing runs
+    await wait_until_started(bench, keys)
+    await first.stop()
 
+    # started again as if two seconds later: every reserve deadline fell due while nothing ran
     started = time.monotonic()
-    await bench.start_orchestrator(*FAST)
+    await bench.serve(FAST_MODULE, hold_clock=True, clock_ahead=2.0)
     sagas = await bench.finished("order", keys, timeout=30)
     assert time.monotonic() - started < 10
     assert {s.status for s in sagas.values()} == {"compensated"}

@@ -22,9 +22,9 @@ COPIES = 4
 
 
 async def test_the_same_start_sent_to_two_replicas_over_amqp_and_rest_starts_one_saga(bench: Bench) -> None:
-    await bench.start_orchestrator()
+    await bench.serve()
     first_api = bench.api_url
-    await bench.start_orchestrator()
+    await bench.serve()
     second_api = bench.api_url
     assert first_api != second_api
     keys = [f"twice-{uuid.uuid4().hex[:6]}-{n}" for n in range(KEYS)]

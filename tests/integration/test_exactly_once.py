@@ -31,9 +31,10 @@ order_ids = unique("exactly-once")
 
 async def test_no_order_is_charged_shipped_or_moved_twice_while_processes_are_killed(bench: Bench) -> None:
     rng = random.Random(15)
-    processes: dict[str, Process] = {}
-    for service, rate in FAIL_RATES.items():
-        processes[service] = await bench.start_participant(service, "--fail-rate", rate, "--delay", DELAY)
+    processes: dict[str, Process] = await bench.start_participants(
+        *FAIL_RATES,
+        **{service: ("--fail-rate", rate, "--delay", DELAY) for service, rate in FAIL_RATES.items()},
+    )
     processes["orchestrator"] = await bench.start_orchestrator()
 
     orders: dict[str, list[tuple[str, int]]] = {}

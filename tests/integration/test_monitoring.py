@@ -42,7 +42,7 @@ async def scrape(bench: Bench) -> str:
 
 
 async def test_the_metrics_count_per_workflow_and_state_and_the_rules_find_theirs(bench: Bench) -> None:
-    await bench.start_orchestrator()
+    await bench.serve()
     waiting, declined = order_ids(), order_ids()
 
     # No participant yet: the first order waits in its first state, counted there.

@@ -111,9 +111,8 @@ async def node_shipping(bench: Bench, **env: str) -> AsyncIterator[NodeShipping]
     """The orchestrator, the Python inventory and payment, and the Node shipping, running."""
     require_node_modules()
     async with participant_database(bench) as database_url:
-        await bench.start_orchestrator()
-        await bench.start_participant("inventory")
-        await bench.start_participant("payment")
+        await bench.serve()
+        await bench.start_participants("inventory", "payment")
         shipping = NodeShipping(bench, database_url, env)
         await shipping.start()
         try:

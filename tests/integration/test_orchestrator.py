@@ -1,4 +1,5 @@
-"""The orchestrator end to end: real RabbitMQ, real PostgreSQL, participants as real processes."""
+"""The orchestrator end to end: real RabbitMQ, real PostgreSQL, participants as real processes; the
+orchestrator in the test's event loop (tests/integration/in_process.py), its process not the subject."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ escrow_ids = unique("escrow")
 
 
 async def test_orders_complete_and_escrows_close(bench: Bench) -> None:
-    await bench.start_orchestrator()
+    await bench.serve()
     await bench.start_participants()
     orders = [order_ids() for _ in range(5)]
     escrows = [escrow_ids() for _ in range(3)]
@@ -53,7 +54,7 @@ async def test_orders_complete_and_escrows_close(bench: Bench) -> None:
 
 
 async def test_failed_steps_are_compensated_newest_first(bench: Bench) -> None:
-    await bench.start_orchestrator()
+    await bench.serve()
     await bench.start_participants(
         inventory=("--out-of-stock", "unobtainium"),
         payment=("--decline-over", "100000"),
@@ -85,7 +86,7 @@ async def test_failed_steps_are_compensated_newest_first(bench: Bench) -> None:
 
 
 async def test_a_duplicate_changes_nothing_and_the_same_start_twice_is_one_saga(bench: Bench) -> None:
-    await bench.start_orchestrator()
+    await bench.serve()
     key = order_ids()
     body = {"order_id": key, "customer_id": "c-1", "lines": [{"sku": "a", "quantity": 1}], "amount_cents": 10}
     first = await bench.publish("orders.OrderPlaced", body)
@@ -111,7 +112,7 @@ async def test_a_duplicate_changes_nothing_and_the_same_start_twice_is_one_saga(
 
 
 async def test_poison_messages_are_dead_lettered_and_nothing_else_is_lost(bench: Bench) -> None:
-    await bench.start_orchestrator()
+    await bench.serve()
     await bench.start_participants()
     good = order_ids()
     await bench.publish("orders.OrderPlaced", None, raw=b"{not json")
@@ -152,12 +153,12 @@ async def test_poison_messages_are_dead_lettered_and_nothing_else_is_lost(bench:
     assert all(row["source"] == "orchestrator" for row in dead)
     sagas = await bench.finished("order", [good])
     assert sagas[good].status == "completed"
-    orchestrator = bench.processes[0]
-    assert orchestrator.popen.poll() is None  # still running
+    [orchestrator] = bench.served
+    assert orchestrator.running
 
 
 async def test_every_journal_replays_to_its_row(bench: Bench) -> None:
-    await bench.start_orchestrator()
+    await bench.serve()
     await bench.start_participants(payment=("--decline-over", "5000"), buyer=("--refuse-over", "900000"))
     orders = [order_ids() for _ in range(4)]
     escrows = [escrow_ids() for _ in range(2)]
@@ -182,7 +183,7 @@ async def test_every_journal_replays_to_its_row(bench: Bench) -> None:
 
 
 async def test_verify_reports_a_row_that_drifted_from_its_journal(bench: Bench) -> None:
-    await bench.start_orchestrator()
+    await bench.serve()
     key = order_ids()
     await bench.place_order(key)
     for _ in range(100):
@@ -226,11 +227,11 @@ async def _placed_and_sent(bench: Bench, key: str, dsn: str) -> str:
 async def test_verify_reports_a_timer_or_an_outbox_row_the_journal_does_not_imply(bench: Bench) -> None:
     import asyncpg
 
-    orchestrator = await bench.start_orchestrator()
+    orchestrator = await bench.serve()
     key = order_ids()
     dsn = bench.database_url.replace("postgresql+asyncpg://", "postgresql://")
     saga_id = await _placed_and_sent(bench, key, dsn)
-    orchestrator.stop()  # no relay sends the rows forged below, no sweep fires the timer moved
+    await orchestrator.stop()  # no relay sends the rows forged below, no sweep fires the timer moved
     connection = await asyncpg.connect(dsn)
     try:
         clean = bench.verify("--saga", saga_id)
@@ -312,7 +313,7 @@ async def test_verify_reports_a_timer_or_an_outbox_row_the_journal_does_not_impl
 
 
 async def test_verify_reports_a_saga_whose_workflow_is_not_loaded(bench: Bench) -> None:
-    await bench.start_orchestrator()
+    await bench.serve()
     key = order_ids()
     dsn = bench.database_url.replace("postgresql+asyncpg://", "postgresql://")
     saga_id = await _placed_and_sent(bench, key, dsn)
@@ -365,7 +366,7 @@ async def test_an_escrow_run_end_to_end_leaves_no_dead_letter(bench: Bench) -> N
     """The reply nobody waits for (bank.FundsReleased on closing) is journaled on its saga as
     ignored, never dead-lettered; a refusal's VoidDocuments is waited for and moves the escrow to
     ``refused`` (issue 11, item 4)."""
-    await bench.start_orchestrator()
+    await bench.serve()
     await bench.start_participants(buyer=("--refuse-over", "900000"))
     escrows = [escrow_ids() for _ in range(2)]
     await bench.open_escrow(escrows[0])

@@ -245,6 +245,7 @@ async def test_a_second_sigterm_exits_at_once(shipping: Shipping, private_broker
     assert "SIGTERM again: exiting at once (143)" in shipping.output()
 
 
+@pytest.mark.realtime("a process's start, then a handshake that hangs: nothing to move but time")
 async def test_sigterm_while_connecting_to_a_frozen_broker_exits_at_once(
     shipping: Shipping, private_broker: PrivateBroker
 ) -> None:

@@ -29,7 +29,7 @@ from orchestrator.adapters.postgres.partitions import lock_classes
 from orchestrator.adapters.postgres.store import driver_dsn
 from orchestrator.core.engine import saga_id_for
 from orchestrator.examples.contracts import StockReserved
-from tests.integration.test_releases import BOTH, reach, reply
+from tests.integration.test_releases import reach, reply
 
 from .conftest import AMQP_URL, Bench, delete_namespace
 from .proxy import Proxy
@@ -240,11 +240,9 @@ async def test_a_replica_without_a_sagas_release_hands_its_messages_to_one_with_
     partition are handed over to the queue every replica takes from, not given back to a queue
     only the old replica reads (whose delivery limit would dead-letter them), and the new one
     decides them."""
-    env = {"ORCHESTRATOR_PARTITIONS": "2", "ORCHESTRATOR_REBALANCE_SECONDS": "0.5"}
-    new = await bench.start_orchestrator(*BOTH, env=env)
-    new_api = bench.api_url
-    old = await bench.start_orchestrator(env=env)
-    bench.api_url = new_api
+    new = await bench.serve("tests.releases.order_v2", partitions=2, rebalance_seconds=0.5)
+    old = await bench.serve(partitions=2, rebalance_seconds=0.5)
+    bench.api_url = new.api_url
     await wait_for_holders(bench, [1, 1])
     keys = [f"roll-{uuid.uuid4().hex[:6]}-{i}" for i in range(20)]
     async with bench.api() as api:
@@ -257,7 +255,7 @@ async def test_a_replica_without_a_sagas_release_hands_its_messages_to_one_with_
     await reach(bench, {key: "payment" for key in keys}, timeout=60)  # release 2's state
     assert "for sagas on a release this process does not load" in old.output()
     assert await bench.dead_letters(1, timeout=2) == []
-    assert new.popen.poll() is None and old.popen.poll() is None
+    assert new.running and old.running
 
 
 async def test_a_replica_cut_off_from_the_broker_lets_the_other_take_its_partitions(bench: Bench) -> None:

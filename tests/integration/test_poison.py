@@ -64,7 +64,7 @@ def _nested(depth: int) -> Any:
 
 
 async def test_every_kind_of_poison_is_dead_lettered_and_the_innocent_go_on(bench: Bench) -> None:
-    orchestrator = await bench.start_orchestrator()
+    orchestrator = await bench.serve()
     await bench.start_participants()
     poisons = _poisons()
     innocent = [f"i-{uuid.uuid4().hex[:8]}" for _ in range(20)]
@@ -89,7 +89,7 @@ async def test_every_kind_of_poison_is_dead_lettered_and_the_innocent_go_on(benc
         (row["reason"], row["detail"]) for row in dead
     ]
     assert all(len(row["detail"]) <= 600 for row in dead)  # a reason, not a copy of the payload
-    assert orchestrator.popen.poll() is None  # the same process, still running
+    assert orchestrator.running  # the same process, still running
     output = orchestrator.output()
     assert "\n2026 INFO forged" not in output  # one log line stays one line
     assert "Traceback" not in output

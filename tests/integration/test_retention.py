@@ -348,9 +348,8 @@ async def test_a_late_start_over_amqp_and_rest_for_an_archived_saga_starts_nothi
     await setup.connect()
     setup.store = PostgresStore.from_url(retention_database, pool_size=2)
     try:
-        await setup.start_orchestrator()
-        for service in ("inventory", "payment", "shipping"):
-            await setup.start_participant(service)
+        await setup.serve()
+        await setup.start_participants("inventory", "payment", "shipping")
         key = f"amqp-{uuid.uuid4().hex[:8]}"
         await setup.place_order(key)
         saga = (await setup.finished("order", [key]))[key]
@@ -360,7 +359,10 @@ async def test_a_late_start_over_amqp_and_rest_for_an_archived_saga_starts_nothi
                 break
             await asyncio.sleep(0.1)
         soon = (datetime.now(UTC) + timedelta(minutes=1)).isoformat()
-        done = _cli(retention_database, "archive", "--finished-before", soon, "--to", str(tmp_path / "a.gz"))
+        # in a thread: the orchestrator in this event loop goes on meanwhile
+        done = await asyncio.to_thread(
+            _cli, retention_database, "archive", "--finished-before", soon, "--to", str(tmp_path / "a.gz")
+        )
         assert done.returncode == 0, done.stderr
         assert await setup.saga("order", key) is None
 

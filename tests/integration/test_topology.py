@@ -364,7 +364,7 @@ async def test_orchestrator_run_refuses_a_legacy_queue_and_migrate_moves_it(benc
     assert f"topology of namespace {bench.namespace} is up to date" in again.stdout
 
     # The orchestrator now starts, and takes the moved events (unknown sagas: dead-lettered).
-    await bench.start_orchestrator()
+    await bench.serve()
     await wait_for_count(bench.connection, topology.orchestrator_queue, 0)
     assert len(await bench.dead_letters(20)) == 20
 

@@ -30,7 +30,7 @@ from tests.integration.conftest import Bench, unique
 
 pytestmark = pytest.mark.integration
 
-FAST = ("--workflows", "tests.integration.workflows")  # 8 s step deadlines
+FAST = "tests.integration.workflows"  # one-second step deadlines, on a clock the test holds
 order_ids = unique("traced")
 
 
@@ -204,7 +204,7 @@ async def test_a_saga_is_one_trace_across_the_orchestrator_and_the_participants(
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
     monkeypatch.delenv("OTEL_SDK_DISABLED", raising=False)
-    orchestrator = await bench.start_orchestrator(*FAST)
+    orchestrator = await bench.serve(FAST, hold_clock=True)
     inventory = await bench.start_participant("inventory")
     payment = await bench.start_participant("payment", "--decline-over", "50000")
     shipping = await bench.start_participant("shipping")
@@ -245,9 +245,16 @@ async def test_a_saga_is_one_trace_across_the_orchestrator_and_the_participants(
     # shipping away (its spans flushed as it stops): the next order's ship step times out
     assert shipping.stop() == 0
     await bench.place_order(timed_out)
+    for _ in range(200):
+        saga = await bench.saga("order", timed_out)
+        if saga is not None and saga.state == "ship":
+            break
+        await asyncio.sleep(0.05)
+    await orchestrator.advance(1.5)  # past the ship step's deadline
     late = await bench.finished("order", [timed_out], timeout=30)
     assert late[timed_out].status == "compensated"
-    for process in (orchestrator, inventory, payment):  # SIGTERM: each flushes what it holds
+    await orchestrator.stop()  # as SIGTERM: each flushes what it holds
+    for process in (inventory, payment):
         assert process.stop() == 0, process.output()[-2000:]
 
     ids = {

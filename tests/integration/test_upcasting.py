@@ -18,8 +18,8 @@ from .conftest import ROOT, Bench, unique
 
 pytestmark = pytest.mark.integration
 
-V2 = ("--workflows", "tests.integration.upcast_shop_v2")
-V3 = ("--workflows", "tests.integration.upcast_shop_v3")
+V2 = "tests.integration.upcast_shop_v2"
+V3 = "tests.integration.upcast_shop_v3"
 keys = unique("upshop")
 
 
@@ -30,13 +30,13 @@ async def in_state(bench: Bench, key: str, state: str, timeout: float = 30) -> S
         if saga is not None and saga.state == state:
             return saga
         if time.monotonic() > deadline:
-            logs = "\n".join(p.output()[-3000:] for p in bench.processes)
+            logs = "\n".join(p.output()[-3000:] for p in [*bench.processes, *bench.served])
             raise AssertionError(f"upshop {key} is {saga and saga.state}, not {state}:\n{logs}")
         await asyncio.sleep(0.05)
 
 
 async def test_versions_1_and_2_are_taken_and_the_journal_verifies_clean_at_version_3(bench: Bench) -> None:
-    orchestrator = await bench.start_orchestrator(*V2)
+    orchestrator = await bench.serve(V2)
     v1, v2, lower, too_new, boom = (keys() for _ in range(5))
     await bench.publish("upshop.OrderPlaced", {"order_id": v1, "total": "12.50"})  # no header: 1
     await bench.publish(
@@ -74,7 +74,7 @@ async def test_versions_1_and_2_are_taken_and_the_journal_verifies_clean_at_vers
     assert dead[failing]["reason"] == "upcast_failed"
     assert "ValueError: cannot read a total of boom" in dead[failing]["detail"]
     assert await bench.saga("upshop", too_new) is None and await bench.saga("upshop", boom) is None
-    assert orchestrator.popen.poll() is None
+    assert orchestrator.running
 
     # the journal keeps each as it came, with its version
     assert bench.store is not None
@@ -82,23 +82,23 @@ async def test_versions_1_and_2_are_taken_and_the_journal_verifies_clean_at_vers
     assert start.message.payload == {"order_id": v1, "total": "12.50"} and start.message.schema == 1
     assert (await bench.store.journal(two.id))[0].message.schema == 2
 
-    assert orchestrator.stop() == 0
+    await orchestrator.stop()
     for key in (v1, v2, lower):
-        at_v2 = bench.verify("--saga", saga_id_for("upshop", key), *V2)
+        at_v2 = bench.verify("--saga", saga_id_for("upshop", key), "--workflows", V2)
         assert at_v2.returncode == 0, at_v2.stdout + at_v2.stderr
     # the next release: schema 3, an upcaster from 2; old entries replayed through 1 -> 2 -> 3
     for key in (v1, v2):
-        at_v3 = bench.verify("--saga", saga_id_for("upshop", key), *V3)
+        at_v3 = bench.verify("--saga", saga_id_for("upshop", key), "--workflows", V3)
         assert at_v3.returncode == 0, at_v3.stdout + at_v3.stderr
         assert "verified 1 sagas: 0 differ from their journal" in at_v3.stdout
     # and the one whose data version 3 reads otherwise ("gbp" is "GBP" now) is reported, not hidden
-    changed = bench.verify("--saga", saga_id_for("upshop", lower), *V3)
+    changed = bench.verify("--saga", saga_id_for("upshop", lower), "--workflows", V3)
     assert changed.returncode == 1, changed.stdout + changed.stderr
     assert "data: row has" in changed.stdout and "'GBP'" in changed.stdout
 
     # the next release runs on the same journal: it takes version 3, and the version 3 message
     # dead-lettered before is taken once replayed from the table
-    await bench.start_orchestrator(*V3)
+    await bench.serve(V3)
     replay = subprocess.run(
         [sys.executable, "-m", "orchestrator", "dead-letters", "replay", str(dead[newer]["id"])],
         env=bench.env,
@@ -133,5 +133,5 @@ async def test_versions_1_and_2_are_taken_and_the_journal_verifies_clean_at_vers
         )
 
     for key in (v1, v2, too_new, rest):
-        again = bench.verify("--saga", saga_id_for("upshop", key), *V3)
+        again = bench.verify("--saga", saga_id_for("upshop", key), "--workflows", V3)
         assert again.returncode == 0, again.stdout + again.stderr

@@ -28,6 +28,7 @@ from orchestrator.service.faults import Fault
 from orchestrator.service.intake import Intake
 from orchestrator.service.store import Changes
 from tests.outlets import NoRelay
+from tests.stepped_time import SteppedTime
 
 
 class PostgresLikeError(Exception):
@@ -91,11 +92,25 @@ def orchestrator(
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     stall_seconds: float = 60.0,
     waiting: Callable[[], Awaitable[int | None]] = _nothing_waits,
+    time: SteppedTime | None = None,
 ) -> Intake[Any]:
     registry, counts = Registry(WORKFLOWS), Counts()
     bus = MessageBus(
         registry, store, outbox=NoRelay(), counts=counts, clock=lambda: datetime.now(UTC), sleep=sleep
     )
+    if time is not None:
+        return Intake(
+            bus,
+            _Consumer(),  # type: ignore[arg-type]
+            _not_handed,
+            waiting,
+            registry,
+            counts,
+            100,
+            stall_seconds,
+            sleep=time.sleep,
+            monotonic=time.monotonic,
+        )
     return Intake(bus, _Consumer(), _not_handed, waiting, registry, counts, 100, stall_seconds)  # type: ignore[arg-type]
 
 
@@ -280,17 +295,20 @@ async def test_messages_waiting_in_the_queue_while_none_are_taken_make_the_servi
     async def waiting() -> int | None:
         return depth["now"]
 
-    app = orchestrator(MemoryStore(), stall_seconds=0.5, waiting=waiting)
+    time = SteppedTime()
+    app = orchestrator(MemoryStore(), stall_seconds=0.5, waiting=waiting, time=time)
     watcher = asyncio.create_task(app.watch_queue(asyncio.Event()))
     try:
-        await asyncio.sleep(1.2)
+        await time.advance(1.2)
         assert app.stalled() is None  # nothing waits
         depth["now"] = 7
-        await asyncio.sleep(2.2)
+        await time.advance(1.2)
+        assert app.stalled() is None  # not for longer than stall_seconds yet
+        await time.advance(1.0)
         stalled = app.stalled()
         assert stalled is not None and stalled.startswith("7 messages wait in the queue")
         depth["now"] = 0
-        await asyncio.sleep(1.2)
+        await time.advance(1.2)
         assert app.stalled() is None
     finally:
         watcher.cancel()

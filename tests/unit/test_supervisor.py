@@ -100,7 +100,7 @@ async def test_cancel_all_names_the_tasks_that_would_not_end():
     async def stubborn() -> None:
         while not released.is_set():
             try:
-                await asyncio.sleep(10)
+                await released.wait()
             except asyncio.CancelledError:
                 continue
 
