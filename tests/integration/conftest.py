@@ -31,7 +31,7 @@ from orchestrator.adapters.amqp.broker import wait_for_consumers
 from orchestrator.adapters.postgres.store import PostgresStore
 from orchestrator.core.definitions import FINISHED
 from orchestrator.core.engine import SagaSnapshot, saga_id_for
-from tests.integration.in_process import Served, serve
+from tests.integration.in_process import Served, Worked, serve, work
 from tests.integration.private_broker import PrivateBroker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -224,6 +224,8 @@ class Bench:
     processes: list[Process] = field(default_factory=list)
     #: orchestrators running in the test's event loop (``serve``)
     served: list[Served] = field(default_factory=list)
+    #: example participants running in the test's event loop (``work``)
+    worked: list[Worked] = field(default_factory=list)
     connection: aio_pika.abc.AbstractConnection | None = None
     channel: aio_pika.abc.AbstractChannel | None = None
     store: PostgresStore | None = None
@@ -308,6 +310,18 @@ class Bench:
             service: self.spawn(service, "participants", service, *options.get(service, ()))
             for service in services or SERVICES
         }
+        await self.wait_for_consumer(*(f"{self.namespace}.{service}" for service in started), timeout=60)
+        return started
+
+    async def work(self, *services: str, **options: tuple[str, ...]) -> dict[str, Worked]:
+        """The example services (all six unless named) in the test's event loop, on the
+        participant kit's worker, waited for until each consumes its queue: for tests whose
+        subject is not the participant's process. ``options``: each one's command-line options."""
+        started = {
+            service: await work(service, options.get(service, ()), self.env)
+            for service in services or SERVICES
+        }
+        self.worked.extend(started.values())
         await self.wait_for_consumer(*(f"{self.namespace}.{service}" for service in started), timeout=60)
         return started
 
@@ -430,6 +444,8 @@ class Bench:
     async def cleanup(self) -> None:
         for served in self.served:
             await served.stop()
+        for worked in self.worked:
+            await worked.stop()
         for process in self.processes:  # all told at once, then each waited for
             if process.popen.poll() is None:
                 process.popen.send_signal(signal.SIGTERM)

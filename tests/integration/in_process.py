@@ -1,4 +1,5 @@
-"""The orchestrator in the test's event loop, for tests whose subject is not the process.
+"""The orchestrator, and the example participants, in the test's event loop, for tests whose
+subject is not the process.
 
 It is built by the bootstrap, exactly as ``orchestrator run`` builds it (the release gate, the
 broker, the relay, the deadline alarm, the REST API on a free port), and runs against the real
@@ -16,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -31,9 +32,11 @@ from orchestrator.entrypoints.bootstrap import (
 from orchestrator.entrypoints.runtime import Orchestrator
 from orchestrator.entrypoints.server import listen
 from orchestrator.entrypoints.settings import Settings
+from orchestrator.participant import Worker
 from orchestrator.service.clock import DatabaseClock
+from participants.cli import ensure_database, parse_args
 
-__all__ = ["LogCapture", "MovableClock", "Served", "serve"]
+__all__ = ["LogCapture", "MovableClock", "Served", "Worked", "serve", "work"]
 
 #: past the shutdown bound, how long a stop may take before the test fails
 STOP_MARGIN = 10.0
@@ -187,3 +190,32 @@ async def serve(
         raise
     assert orchestrator.api is not None
     return Served(orchestrator, clock, capture, orchestrator.api.url)
+
+
+@dataclass
+class Worked:
+    """An example participant served in the test's event loop by the participant kit's
+    ``Worker``, for tests whose subject is neither the participant nor its process."""
+
+    service: str
+    worker: Worker
+    task: asyncio.Task[int]
+
+    async def stop(self) -> int:
+        """Stop as SIGTERM stops it; the exit code its process would have. One that hangs fails
+        the test."""
+        self.worker.stop()
+        bound = self.worker.settings.shutdown_grace + STOP_MARGIN
+        try:
+            return await asyncio.wait_for(asyncio.shield(self.task), bound)
+        except TimeoutError:
+            raise AssertionError(f"participant {self.service} did not stop within {bound}s") from None
+
+
+async def work(service: str, options: tuple[str, ...], environ: Mapping[str, str]) -> Worked:
+    """The example ``service`` with these command-line ``options``, its settings read as
+    ``python -m participants`` reads them, started (not yet consuming: wait for its queue)."""
+    participant, settings, _ = parse_args([service, *options], environ)
+    await ensure_database(settings.database_url)
+    worker = Worker(participant, settings)
+    return Worked(service, worker, asyncio.create_task(worker.run(), name=f"participant {service}"))

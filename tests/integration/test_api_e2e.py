@@ -47,7 +47,7 @@ def samples(metrics: str, name: str) -> float:
 
 async def test_a_saga_started_over_rest_completes_and_is_counted(bench: Bench) -> None:
     orchestrator = await bench.serve()
-    await bench.start_participants()
+    await bench.work()
     key = keys()
 
     async with bench.api(actor="checkout") as api:
@@ -80,7 +80,7 @@ async def test_a_saga_started_over_rest_completes_and_is_counted(bench: Bench) -
 
 async def test_operator_actions_on_a_parked_saga_reach_the_broker_and_the_journal(bench: Bench) -> None:
     orchestrator = await bench.serve()
-    await bench.start_participants(bank=("--never-answer",))
+    await bench.work(bank=("--never-answer",))
 
     async with bench.api(actor="ops-alice") as api:
         first, second = [

@@ -149,7 +149,7 @@ async def test_what_the_service_sends_and_takes_fits_its_contract(bench: Bench) 
     document = served.json()
     assert asyncapi_errors(document) == []
     commands_tap, events_tap = await tap(bench, "commands"), await tap(bench, "events")
-    await bench.start_participants(
+    await bench.work(
         inventory=("--out-of-stock", "unobtainium"),
         payment=("--decline-over", "100000"),
         shipping=("--fail-rate", "0.5"),

@@ -25,7 +25,7 @@ async def test_a_database_outage_holds_the_batch_and_makes_the_service_unready(b
     proxied = bench.database_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
     assert proxied != bench.database_url
     orchestrator = await bench.serve(database_url=proxied)
-    await bench.start_participants()
+    await bench.work()
     before = f"before-{uuid.uuid4().hex[:6]}"
     await bench.place_order(before)
     await bench.finished("order", [before])

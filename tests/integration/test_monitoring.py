@@ -62,7 +62,7 @@ async def test_the_metrics_count_per_workflow_and_state_and_the_rules_find_their
     assert unknown(all_uses(), text, labels=False) == []
 
     # Then one completes and one is declined and compensated.
-    await bench.start_participants(payment=("--decline-over", "100000"))
+    await bench.work(payment=("--decline-over", "100000"))
     await bench.place_order(declined, amount_cents=250_000)
     done = await bench.finished("order", [waiting, declined])
     assert (done[waiting].status, done[declined].status) == ("completed", "compensated")

@@ -1,5 +1,6 @@
-"""The orchestrator end to end: real RabbitMQ, real PostgreSQL, participants as real processes; the
-orchestrator in the test's event loop (tests/integration/in_process.py), its process not the subject."""
+"""The orchestrator end to end: real RabbitMQ, real PostgreSQL, the example participants; the
+orchestrator and the participants in the test's event loop (tests/integration/in_process.py), as
+their processes are not the subject."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ escrow_ids = unique("escrow")
 
 async def test_orders_complete_and_escrows_close(bench: Bench) -> None:
     await bench.serve()
-    await bench.start_participants()
+    await bench.work()
     orders = [order_ids() for _ in range(5)]
     escrows = [escrow_ids() for _ in range(3)]
     for key in orders:
@@ -55,7 +56,7 @@ async def test_orders_complete_and_escrows_close(bench: Bench) -> None:
 
 async def test_failed_steps_are_compensated_newest_first(bench: Bench) -> None:
     await bench.serve()
-    await bench.start_participants(
+    await bench.work(
         inventory=("--out-of-stock", "unobtainium"),
         payment=("--decline-over", "100000"),
         shipping=("--fail-rate", "1"),
@@ -113,7 +114,7 @@ async def test_a_duplicate_changes_nothing_and_the_same_start_twice_is_one_saga(
 
 async def test_poison_messages_are_dead_lettered_and_nothing_else_is_lost(bench: Bench) -> None:
     await bench.serve()
-    await bench.start_participants()
+    await bench.work()
     good = order_ids()
     await bench.publish("orders.OrderPlaced", None, raw=b"{not json")
     await bench.publish("", {"order_id": "x"})
@@ -159,7 +160,7 @@ async def test_poison_messages_are_dead_lettered_and_nothing_else_is_lost(bench:
 
 async def test_every_journal_replays_to_its_row(bench: Bench) -> None:
     await bench.serve()
-    await bench.start_participants(payment=("--decline-over", "5000"), buyer=("--refuse-over", "900000"))
+    await bench.work(payment=("--decline-over", "5000"), buyer=("--refuse-over", "900000"))
     orders = [order_ids() for _ in range(4)]
     escrows = [escrow_ids() for _ in range(2)]
     for index, key in enumerate(orders):
@@ -367,7 +368,7 @@ async def test_an_escrow_run_end_to_end_leaves_no_dead_letter(bench: Bench) -> N
     ignored, never dead-lettered; a refusal's VoidDocuments is waited for and moves the escrow to
     ``refused`` (issue 11, item 4)."""
     await bench.serve()
-    await bench.start_participants(buyer=("--refuse-over", "900000"))
+    await bench.work(buyer=("--refuse-over", "900000"))
     escrows = [escrow_ids() for _ in range(2)]
     await bench.open_escrow(escrows[0])
     await bench.open_escrow(escrows[1], amount_cents=1_000_000)

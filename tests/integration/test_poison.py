@@ -65,7 +65,7 @@ def _nested(depth: int) -> Any:
 
 async def test_every_kind_of_poison_is_dead_lettered_and_the_innocent_go_on(bench: Bench) -> None:
     orchestrator = await bench.serve()
-    await bench.start_participants()
+    await bench.work()
     poisons = _poisons()
     innocent = [f"i-{uuid.uuid4().hex[:8]}" for _ in range(20)]
     async with RawPublisher(AMQP_URL) as publisher:

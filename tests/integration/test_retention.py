@@ -349,7 +349,7 @@ async def test_a_late_start_over_amqp_and_rest_for_an_archived_saga_starts_nothi
     setup.store = PostgresStore.from_url(retention_database, pool_size=2)
     try:
         await setup.serve()
-        await setup.start_participants("inventory", "payment", "shipping")
+        await setup.work("inventory", "payment", "shipping")
         key = f"amqp-{uuid.uuid4().hex[:8]}"
         await setup.place_order(key)
         saga = (await setup.finished("order", [key]))[key]
