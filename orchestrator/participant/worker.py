@@ -170,6 +170,7 @@ class Worker:
         if self._stopping.is_set():  # stopped while the database was being prepared
             self.log.info("stopped before reaching RabbitMQ at %s", url)
             return 0
+        self.log.info("connecting to RabbitMQ at %s", url)
         try:
             connection = await self._unless_stopping(
                 asyncio.wait_for(

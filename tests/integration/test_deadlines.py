@@ -34,7 +34,7 @@ def database_url() -> Iterator[str]:
 
 
 async def start_all_but_inventory(bench: Bench) -> None:
-    await bench.start_participants("payment", "shipping")
+    await bench.work("payment", "shipping")
 
 
 async def wait_until_started(bench: Bench, keys: list[str]) -> None:

@@ -108,7 +108,7 @@ def _event(message: Message, message_id: str, saga_id: str | None = None) -> Env
 
 
 async def test_a_stale_retry_in_the_same_sweep_keeps_the_retry_its_deadline_set(timers_database: str) -> None:
-    """The charge's deadline (t+8s) and its next retry (t+9s) both due in one sweep at t+10s: the
+    """The charge's deadline (t+1s) and its next retry (t+1.25s) both due in one sweep at t+1.5s: the
     deadline moves the saga to compensating_reserve, whose retry row the charge's stale retry
     must not remove, in the statement that saves it nor in the service before it."""
     registry = Registry(FAST)
@@ -121,20 +121,20 @@ async def test_a_stale_retry_in_the_same_sweep_keeps_the_retry_its_deadline_set(
             placed = OrderPlaced(key, "c-1", [Line("sku-1", 1)], 1000)
             await process_batch(registry, store, [_event(placed, f"placed-{key}")], NOW)
             await process_batch(registry, store, [_event(StockReserved(key, "r"), f"r-{key}", saga_id)], NOW)
-            sweep = await fire_due_deadlines(registry, store, NOW + timedelta(seconds=7))
+            sweep = await fire_due_deadlines(registry, store, NOW + timedelta(seconds=0.75))
             [retried] = [d for d in sweep.decisions if d.saga.id == saga_id]
-            assert retried.retry is not None and retried.retry.due_at == NOW + timedelta(seconds=9)
+            assert retried.retry is not None and retried.retry.due_at == NOW + timedelta(seconds=1.25)
 
-            fired = await fire_due_deadlines(registry, store, NOW + timedelta(seconds=10))
+            fired = await fire_due_deadlines(registry, store, NOW + timedelta(seconds=1.5))
 
             [moved] = [d for d in fired.decisions if d.saga.id == saga_id]
             assert moved.saga.state == "compensating_reserve"
             [release] = [c for c in fired.commands if c.saga_id == saga_id]
             version = moved.saga.version
             assert await _timers(store, saga_id) == [
-                ("retry", "compensating_reserve", version, NOW + timedelta(seconds=11))
+                ("retry", "compensating_reserve", version, NOW + timedelta(seconds=1.75))
             ]
-            again = await fire_due_deadlines(registry, store, NOW + timedelta(seconds=11))
+            again = await fire_due_deadlines(registry, store, NOW + timedelta(seconds=1.75))
             resent = [(c.type, c.message_id) for c in again.commands if c.saga_id == saga_id]
             assert resent == [(release.type, release.message_id)]
     finally:
