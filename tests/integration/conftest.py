@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -442,10 +442,16 @@ class Bench:
         return [c["type"] for e in await self.store.journal(saga_id) for c in e.decision["commands"]]
 
     async def cleanup(self) -> None:
-        for served in self.served:
-            await served.stop()
-        for worked in self.worked:
-            await worked.stop()
+        """Everything stopped and removed, whatever fails on the way; a stop that hung fails the
+        test once the rest is cleaned up."""
+        hung: list[AssertionError] = []
+        stops: list[Callable[[], Awaitable[object]]] = [s.stop for s in self.served]
+        stops += [w.stop for w in self.worked]
+        for stop in stops:
+            try:
+                await stop()
+            except AssertionError as error:
+                hung.append(error)
         for process in self.processes:  # all told at once, then each waited for
             if process.popen.poll() is None:
                 process.popen.send_signal(signal.SIGTERM)
@@ -457,6 +463,8 @@ class Bench:
                 await asyncio.wait_for(self.connection.close(), 5)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(delete_namespace(self.namespace, url=self.amqp_url), 10)
+        if hung:
+            raise hung[0]
 
     async def connect(self) -> None:
         """(Again) the test's own connection and channel to publish on."""

@@ -44,7 +44,7 @@ async def wait_ready(url: str, token: str, status: int, timeout: float = 60) -> 
 async def sigterm_with_the_broker_away(bench: Bench, private_broker: PrivateBroker, freeze: bool) -> None:
     env = {"ORCHESTRATOR_SHUTDOWN_SECONDS": str(SHUTDOWN)}
     orchestrator = await bench.start_orchestrator(env=env)
-    await bench.start_participants()
+    await bench.work()
     keys = [order_ids() for _ in range(60)]
     for key in keys:
         await bench.place_order(key)
@@ -89,7 +89,7 @@ async def test_two_processes_carry_on_through_a_broker_restart_and_neither_goes_
         process = await bench.start_orchestrator()
         assert bench.api_url is not None
         processes.append((process, bench.api_url))
-    await bench.start_participants()
+    await bench.work()
     before = [order_ids() for _ in range(40)]
     for key in before:
         await bench.place_order(key)

@@ -79,7 +79,7 @@ async def not_json(bench: Bench) -> str:
 
 async def test_a_command_a_participant_rejects_is_drained_into_the_table(bench: Bench) -> None:
     orchestrator = await bench.serve()
-    await bench.start_participant("inventory")
+    await bench.work("inventory")
     assert bench.channel is not None
     commands = await bench.channel.get_exchange(f"{bench.namespace}.commands")
     message_id = str(uuid.uuid4())

@@ -142,7 +142,7 @@ async def test_a_flood_of_messages_at_the_size_cap_keeps_memory_bounded(bench: B
     [started] = await bench.store.journal(saga.id)
     padding = started.message.payload["padding"]
     assert padding == "p" * len(padding) and "padding" not in saga.data
-    await bench.start_participants()
+    await bench.work()
     canary = f"canary-{uuid.uuid4().hex[:8]}"
     await bench.place_order(canary)
     sagas = await bench.finished("order", [canary], timeout=60)

@@ -184,7 +184,7 @@ async def test_two_replicas_share_the_partitions_and_survive_each_others_death(b
     await wait_for_holders(bench, [4])
     second = await bench.start_orchestrator(env=env)
     await wait_for_holders(bench, [2, 2])  # the first gave up half to the newcomer
-    await bench.start_participants()
+    await bench.work()
     keys = [f"part-{uuid.uuid4().hex[:6]}-{i}" for i in range(ORDERS)]
     for key in keys[: ORDERS // 2]:
         await bench.place_order(key)
@@ -269,7 +269,7 @@ async def test_a_replica_cut_off_from_the_broker_lets_the_other_take_its_partiti
         first = await bench.start_orchestrator(env={**env, "ORCHESTRATOR_AMQP_URL": cut_off_url})
         second = await bench.start_orchestrator(env=env)
         await wait_for_holders(bench, [2, 2])
-        await bench.start_participants()
+        await bench.work()
         await proxy.cut()
         await wait_for_holders(bench, [4])
         await bench.wait_for_log(first, "giving up 2 partitions to the other replicas")

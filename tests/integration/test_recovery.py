@@ -36,7 +36,7 @@ async def assert_each_decided_once(bench: Bench, keys: list[str], *workflows: st
 
 
 async def test_kill_9_at_any_moment_loses_nothing(bench: Bench) -> None:
-    await bench.start_participants()
+    await bench.work()
     orchestrator = await bench.start_orchestrator()
     keys = [order_ids() for _ in range(300)]
     rng = random.Random(7)
@@ -60,7 +60,7 @@ async def test_kill_9_at_any_moment_loses_nothing(bench: Bench) -> None:
 
 
 async def test_sigterm_finishes_the_batch_in_hand_and_the_next_start_goes_on(bench: Bench) -> None:
-    await bench.start_participants()
+    await bench.work()
     orchestrator = await bench.start_orchestrator()
     keys = [order_ids() for _ in range(200)]
     for key in keys:
@@ -78,7 +78,7 @@ async def test_sigterm_finishes_the_batch_in_hand_and_the_next_start_goes_on(ben
 
 
 async def test_a_dropped_broker_connection_is_reopened_without_a_restart(bench: Bench) -> None:
-    await bench.start_participants()
+    await bench.work()
     orchestrator = await bench.start_orchestrator()
     before = [order_ids() for _ in range(20)]
     for key in before:
@@ -102,7 +102,7 @@ async def test_a_dropped_broker_connection_is_reopened_without_a_restart(bench: 
 
 
 async def test_killed_database_sessions_are_retried_and_nothing_is_acked_before_commit(bench: Bench) -> None:
-    await bench.start_participants()
+    await bench.work()
     orchestrator = await bench.start_orchestrator()
     keys = [order_ids() for _ in range(150)]
     dsn = bench.database_url.replace("postgresql+asyncpg://", "postgresql://")
