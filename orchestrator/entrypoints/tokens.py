@@ -131,7 +131,13 @@ def read_file(path: str, variable: str = "ORCHESTRATOR_API_TOKENS_FILE") -> list
 
 
 def combined(entries: list[ApiToken], legacy: str | None) -> tuple[ApiToken, ...]:
-    """The entries, checked for names and tokens given twice (which would make the actor ambiguous)."""
+    """The entries, checked for names and tokens given twice (which would make the actor ambiguous),
+    and the unnamed admin token (``ORCHESTRATOR_API_TOKEN``), held to the length of a named one:
+    it may do the most."""
+    if legacy is not None and (len(legacy) < MIN_TOKEN_LENGTH or not legacy.isprintable()):
+        raise TokenError(
+            f"ORCHESTRATOR_API_TOKEN: the token must be at least {MIN_TOKEN_LENGTH} printable characters"
+        )
     names: set[str] = set()
     hashes = {digest(legacy)} if legacy else set()
     for entry in entries:

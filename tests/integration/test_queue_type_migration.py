@@ -209,7 +209,7 @@ async def test_run_refuses_queues_of_the_other_type_and_says_to_migrate(
         "ORCHESTRATOR_DATABASE_URL": database_url,
         "ORCHESTRATOR_NAMESPACE": ns,
         "ORCHESTRATOR_QUEUE_TYPE": "quorum",
-        "ORCHESTRATOR_API_TOKEN": "t",
+        "ORCHESTRATOR_API_TOKEN": "queue-type-migration-token",
     }
     run = await asyncio.to_thread(
         subprocess.run,

@@ -137,18 +137,25 @@ def test_a_log_line_about_a_message_carries_its_saga_and_message_ids(as_json: bo
 
 
 def test_the_token_is_read_from_the_environment_and_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ORCHESTRATOR_API_TOKEN", "hunter2")
+    monkeypatch.setenv("ORCHESTRATOR_API_TOKEN", "hunter2-hunter2-hunter2")
     monkeypatch.setenv("ORCHESTRATOR_API_PROTECT_READS", "true")
     monkeypatch.setenv("ORCHESTRATOR_STUCK_AFTER_SECONDS", "60")
 
     settings = Settings.from_env(api_port=0)
 
     assert (settings.api_token, settings.api_protect_reads, settings.stuck_after_seconds) == (
-        "hunter2",
+        "hunter2-hunter2-hunter2",
         True,
         60.0,
     )
     assert settings.api_port == 0 and "hunter2" not in repr(settings)
+
+
+def test_a_short_unnamed_token_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORCHESTRATOR_API_TOKEN", "hunter2")
+    with pytest.raises(SettingsError, match="ORCHESTRATOR_API_TOKEN: the token must be at least") as refused:
+        Settings.from_env()
+    assert "hunter2" not in str(refused.value)
 
 
 @pytest.mark.parametrize("raw", ["-5", "0", "soon", "nan", "inf", "1e13"])

@@ -20,7 +20,7 @@ from .test_api import build
 
 NOWHERE = "postgresql+asyncpg://postgres@127.0.0.1:1/none"
 SAGA = "/sagas/0b5a7b8e-6d5c-4b7a-9c1e-3f2a1b0c9d8e"
-READER, OPERATOR, ADMIN, LEGACY = ("r" * 20, "o" * 20, "a" * 20, "legacy-token")
+READER, OPERATOR, ADMIN, LEGACY = ("r" * 20, "o" * 20, "a" * 20, "legacy-token-0123")
 
 
 def test_the_environment_gives_name_role_token_entries_and_a_token_may_hold_colons() -> None:
@@ -84,6 +84,13 @@ def test_a_bad_file_is_refused_with_what_is_wrong(tmp_path: Path, content: str, 
     with pytest.raises(TokenError, match=says) as refused:
         read_file(str(path))
     assert READER not in str(refused.value)
+
+
+@pytest.mark.parametrize("short", ["Q9", "hunter2", "x" * 15, "sixteen-chars\n.."])
+def test_the_unnamed_admin_token_is_held_to_the_length_of_a_named_one(short: str) -> None:
+    with pytest.raises(TokenError, match="ORCHESTRATOR_API_TOKEN: the token must be at least 16") as refused:
+        combined([], short)
+    assert short not in str(refused.value)
 
 
 def test_names_and_tokens_given_twice_are_refused() -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from orchestrator.adapters.amqp.broker import HAND_OVER_HEADER, handed_over
+import pytest
+
+from orchestrator.adapters.amqp.broker import HAND_OVER_HEADER, MAX_HAND_OVERS, handed_over
 from orchestrator.core.ingress import Envelope
 
 
@@ -42,3 +44,26 @@ def test_a_hand_over_keeps_the_properties_and_counts() -> None:
     second = handed_over(again)["headers"]
     assert second[HAND_OVER_HEADER] == 2
     assert second["x-original-routing-key"] == "payment.PaymentCharged"  # the first routing, kept
+
+
+@pytest.mark.parametrize(
+    ("written", "counted"),
+    [
+        (-1_000_000, 1),  # forged: would have gone round the replicas a million times
+        (-1, 1),
+        (True, 1),  # not a count
+        ("29", 1),
+        (10**12, MAX_HAND_OVERS + 2),  # over the limit at once: handed over no more
+        (MAX_HAND_OVERS, MAX_HAND_OVERS + 1),
+    ],
+)
+def test_the_count_a_message_carries_is_bounded_below_and_above(written: object, counted: int) -> None:
+    envelope = Envelope(
+        b"{}",
+        exchange="ns.events",
+        routing_key="payment.PaymentCharged",
+        properties={"headers": {HAND_OVER_HEADER: written}},
+    )
+    count = handed_over(envelope)["headers"][HAND_OVER_HEADER]
+    assert count == counted
+    assert (count > MAX_HAND_OVERS) == (counted > MAX_HAND_OVERS)

@@ -699,6 +699,15 @@ def _command_headers(command: OutgoingCommand) -> dict[str, Any]:
     return headers
 
 
+def hand_overs(count: object) -> int:
+    """How often a message was handed over, as its header says, within 0 and one past the limit:
+    anyone who can publish can write the header, and a negative count would otherwise send a
+    message round the replicas (almost) forever."""
+    if not isinstance(count, int) or isinstance(count, bool):
+        return 0
+    return min(max(count, 0), MAX_HAND_OVERS + 1)
+
+
 def handed_over(envelope: Envelope) -> dict[str, Any]:
     """The properties a hand-over publishes (as aiormq names them): those it came with, its
     first routing in ``x-original-*`` headers (for a dead letter's replay), one hand-over more."""
@@ -710,8 +719,7 @@ def handed_over(envelope: Envelope) -> dict[str, Any]:
     headers = dict(out.get("headers") or {})
     headers.setdefault("x-original-exchange", envelope.exchange)
     headers.setdefault("x-original-routing-key", envelope.routing_key)
-    count = headers.get(HAND_OVER_HEADER)
-    headers[HAND_OVER_HEADER] = (count if isinstance(count, int) else 0) + 1
+    headers[HAND_OVER_HEADER] = hand_overs(headers.get(HAND_OVER_HEADER)) + 1
     out["headers"] = headers
     out["delivery_mode"] = 2
     return out
