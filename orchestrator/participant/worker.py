@@ -443,7 +443,7 @@ class Worker:
         label = f"{shown_type} id={clip(printable(message.message_id or '<none>'), 100)}"
         try:
             body = self._parse(message)
-            label = f"{label} saga={message.correlation_id}"
+            label = f"{label} saga={clip(printable(message.correlation_id or ''), 100)}"
             outcome = await self._processor.process(
                 message_id=message.message_id or "",
                 saga_id=message.correlation_id or "",

@@ -4,6 +4,7 @@ the inbox, concurrent duplicates, counted failures, deferrals, outages and resta
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -263,7 +264,9 @@ def test_a_handler_for_another_service_is_refused() -> None:
         participant.handles(Debit)
 
 
-async def test_the_worker_answers_once_defers_and_dead_letters_with_the_reason(database: str) -> None:
+async def test_the_worker_answers_once_defers_and_dead_letters_with_the_reason(
+    database: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """The kit's process over the real broker: confirmed replies, a repeated command answered from
     the inbox, a deferral acked without a reply, a failing handler dead-lettered with its reason."""
     namespace = f"test-kit-{uuid.uuid4().hex[:8]}"
@@ -286,9 +289,9 @@ async def test_the_worker_answers_once_defers_and_dead_letters_with_the_reason(d
         await replies.bind(f"{namespace}.events", "#")
         commands = await channel.get_exchange(f"{namespace}.commands")
 
-        async def send(message_id: str, body: dict[str, Any]) -> None:
+        async def send(message_id: str, body: dict[str, Any], saga: str = "saga-1") -> None:
             message = aio_pika.Message(
-                orjson.dumps(body), type="wallet.Debit", message_id=message_id, correlation_id="saga-1"
+                orjson.dumps(body), type="wallet.Debit", message_id=message_id, correlation_id=saga
             )
             await commands.publish(message, routing_key="wallet.Debit")
 
@@ -306,6 +309,13 @@ async def test_the_worker_answers_once_defers_and_dead_letters_with_the_reason(d
         assert first.message_id == second.message_id == reply_message_id("m-1", "wallet.Debited")
         assert first.body == second.body == b'{"account":"a-1","balance":-5}'
         assert first.correlation_id == "saga-1" and state.calls == 1
+
+        # a property is anybody's: its log line shows it escaped, on one line
+        caplog.set_level(logging.INFO, logger="participant.wallet")
+        await send("m-forged", {"account": "a-1", "cents": 1}, saga="saga-2\n2026 INFO forged")
+        await next_message(replies)
+        lines = [r.getMessage() for r in caplog.records if "m-forged" in r.getMessage()]
+        assert lines and all("\n" not in line and "saga=saga-2\\n2026" in line for line in lines), lines
 
         state.mode = "raise"
         await send("m-2", {"account": "a-1", "cents": 5})
