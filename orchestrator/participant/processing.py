@@ -106,6 +106,12 @@ class CommandProcessor:
                 try:
                     reply = await self.participant.handle(command_type, command, context)
                     await session.flush()
+                except (Defer, InvalidCommand, DeadLetter):
+                    raise
+                except Exception as error:
+                    if not from_database(error):  # the handler's own I/O: its failure, counted
+                        raise _HandlerFailed(error) from error
+                    raise
                 finally:
                     await session.close()
                 recorded = Recorded(
@@ -125,6 +131,8 @@ class CommandProcessor:
             raise
         except InvalidCommand as error:  # raised by the handler: no retry makes it valid
             raise DeadLetter(f"invalid command: {error}") from None
+        except _HandlerFailed as failed:
+            raise await self._failed(message_id, command_type, failed.error) from None
         except Exception as error:
             if is_outage(error):
                 # Not this command's fault: it waits for the database without a try counted.
@@ -159,6 +167,27 @@ _OUTAGES = {
 }
 """asyncpg's errors that say the server or the connection is away (by name: the kit does not
 import asyncpg itself, SQLAlchemy wraps its errors)."""
+
+
+class _HandlerFailed(Exception):
+    """The handler failed on something other than its database: a network call that timed out
+    is the handler's failure, counted toward the dead-letter limit, never an outage to wait out."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def from_database(error: BaseException) -> bool:
+    """Whether ``error`` came through the database layer (SQLAlchemy or the driver)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, sa_exc.SQLAlchemyError) or type(current).__module__.startswith("asyncpg"):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def is_outage(error: BaseException) -> bool:

@@ -81,6 +81,8 @@ def wallet() -> Wallet:
             await asyncio.sleep(0.3)
         if state.mode == "raise":
             raise RuntimeError(f"boom on try {context.attempt}")
+        if state.mode == "timeout":  # the handler's own network call, not its database
+            raise TimeoutError("the card network did not answer")
         if state.mode == "defer":
             raise Defer("the ledger is closed for the night")
         if state.mode == "invalid":
@@ -237,6 +239,21 @@ async def test_invalid_commands_are_dead_lettered_at_once(engine: AsyncEngine) -
     with pytest.raises(DeadLetter, match="invalid command: no such account"):
         await processor.process(**debit("m-3"))
     assert state.calls == 1 and await moves(engine) == 0
+
+
+async def test_a_handler_timing_out_on_its_own_call_is_counted_not_taken_for_an_outage(
+    engine: AsyncEngine,
+) -> None:
+    """A TimeoutError (an OSError) from the handler's own network call used to be taken for a
+    database outage: requeued every half second, forever, uncounted."""
+    state = wallet()
+    state.mode = "timeout"
+    processor = await processor_for(state, engine, max_attempts=2)
+    with pytest.raises(TryAgain, match="try 1 of 2"):
+        await processor.process(**debit("m-timeout"))
+    with pytest.raises(DeadLetter, match="failed 2 times, last: TimeoutError: the card network"):
+        await processor.process(**debit("m-timeout"))
+    assert await moves(engine) == 0
 
 
 async def test_a_database_outage_is_not_counted_as_a_failed_try(engine: AsyncEngine) -> None:
