@@ -6,7 +6,7 @@ the tests and :mod:`orchestrator.participant.worker` both call)."""
 from __future__ import annotations
 
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,31 +178,32 @@ class _HandlerFailed(Exception):
         self.error = error
 
 
-def from_database(error: BaseException) -> bool:
-    """Whether ``error`` came through the database layer (SQLAlchemy or the driver)."""
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and what it wraps: the driver's error under SQLAlchemy's (``orig``), else its
+    cause or context; each once."""
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, sa_exc.SQLAlchemyError) or type(current).__module__.startswith("asyncpg"):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
+        yield current
+        orig = getattr(current, "orig", None)
+        current = orig if isinstance(orig, BaseException) else (current.__cause__ or current.__context__)
+
+
+def from_database(error: BaseException) -> bool:
+    """Whether ``error`` came through the database layer (SQLAlchemy or the driver)."""
+    return any(
+        isinstance(e, sa_exc.SQLAlchemyError) or type(e).__module__.startswith("asyncpg")
+        for e in _chain(error)
+    )
 
 
 def is_outage(error: BaseException) -> bool:
     """Whether ``error`` says the database is away rather than that the handler failed: such a
     try is not counted, since no handler fix would make it pass."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
-            return True
-        if isinstance(current, sa_exc.TimeoutError | sa_exc.InterfaceError | OSError):
-            return True
-        if type(current).__name__ in _OUTAGES:
-            return True
-        orig = getattr(current, "orig", None)
-        current = orig if isinstance(orig, BaseException) else (current.__cause__ or current.__context__)
-    return False
+    return any(
+        (isinstance(e, sa_exc.DBAPIError) and e.connection_invalidated)
+        or isinstance(e, sa_exc.TimeoutError | sa_exc.InterfaceError | OSError)
+        or type(e).__name__ in _OUTAGES
+        for e in _chain(error)
+    )

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from orchestrator.adapters.amqp.broker import wait_for_consumers
 from orchestrator.adapters.postgres.store import PostgresStore
 from orchestrator.core.definitions import FINISHED
 from orchestrator.core.engine import SagaSnapshot, saga_id_for
+from participants.cli import ensure_database
 from tests.integration.in_process import Served, Worked, serve, work
 from tests.integration.private_broker import PrivateBroker
 
@@ -317,10 +318,9 @@ class Bench:
         """The example services (all six unless named) in the test's event loop, on the
         participant kit's worker, waited for until each consumes its queue: for tests whose
         subject is not the participant's process. ``options``: each one's command-line options."""
-        started = {
-            service: await work(service, options.get(service, ()), self.env)
-            for service in services or SERVICES
-        }
+        await ensure_database(self.env["PARTICIPANT_DATABASE_URL"])  # once, for every service
+        env = self.env
+        started = {service: work(service, options.get(service, ()), env) for service in services or SERVICES}
         self.worked.extend(started.values())
         await self.wait_for_consumer(*(f"{self.namespace}.{service}" for service in started), timeout=60)
         return started
@@ -442,16 +442,14 @@ class Bench:
         return [c["type"] for e in await self.store.journal(saga_id) for c in e.decision["commands"]]
 
     async def cleanup(self) -> None:
-        """Everything stopped and removed, whatever fails on the way; a stop that hung fails the
-        test once the rest is cleaned up."""
-        hung: list[AssertionError] = []
-        stops: list[Callable[[], Awaitable[object]]] = [s.stop for s in self.served]
-        stops += [w.stop for w in self.worked]
-        for stop in stops:
-            try:
-                await stop()
-            except AssertionError as error:
-                hung.append(error)
+        """Everything stopped (what runs in this event loop all at once) and removed, whatever
+        fails on the way; a stop that hung fails the test once the rest is cleaned up."""
+        stopped = await asyncio.gather(
+            *(served.stop() for served in self.served),
+            *(worked.stop() for worked in self.worked),
+            return_exceptions=True,
+        )
+        failed = [result for result in stopped if isinstance(result, BaseException)]
         for process in self.processes:  # all told at once, then each waited for
             if process.popen.poll() is None:
                 process.popen.send_signal(signal.SIGTERM)
@@ -463,8 +461,8 @@ class Bench:
                 await asyncio.wait_for(self.connection.close(), 5)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(delete_namespace(self.namespace, url=self.amqp_url), 10)
-        if hung:
-            raise hung[0]
+        if failed:
+            raise failed[0]
 
     async def connect(self) -> None:
         """(Again) the test's own connection and channel to publish on."""

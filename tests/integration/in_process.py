@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,12 +34,14 @@ from orchestrator.entrypoints.server import listen
 from orchestrator.entrypoints.settings import Settings
 from orchestrator.participant import Worker
 from orchestrator.service.clock import DatabaseClock
-from participants.cli import ensure_database, parse_args
+from participants.cli import parse_args
 
 __all__ = ["LogCapture", "MovableClock", "Served", "Worked", "serve", "work"]
 
 #: past the shutdown bound, how long a stop may take before the test fails
 STOP_MARGIN = 10.0
+#: how long a start, or a sweep the test asks for, may take before the test fails
+STEP_SECONDS = 30.0
 
 
 class MovableClock(DatabaseClock):
@@ -96,7 +98,7 @@ class Served:
     clock: MovableClock
     log: LogCapture
     api_url: str
-    stopped: bool = field(default=False)
+    stopped: bool = False
 
     def output(self) -> str:
         return self.log.text()
@@ -109,7 +111,7 @@ class Served:
     async def advance(self, seconds: float) -> None:
         """Move the clock forward and fire what fell due, as the alarm would have."""
         self.clock.advance(seconds)
-        await self.orchestrator.deadlines.sweep()
+        await asyncio.wait_for(self.orchestrator.deadlines.sweep(), STEP_SECONDS)
 
     async def stop(self) -> None:
         """Stop as SIGTERM stops ``orchestrator run``; one that hangs fails the test."""
@@ -183,10 +185,12 @@ async def serve(
     _attach(capture)
     try:
         await admit_releases_of(orchestrator, accept_changed=accept_changed, fail_dropped=fail_dropped)
-        await asyncio.wait_for(orchestrator.start(), 30)
+        await asyncio.wait_for(orchestrator.start(), STEP_SECONDS)
     except BaseException:
-        await asyncio.wait_for(orchestrator.stop(), config.shutdown_seconds + STOP_MARGIN)
-        _detach(capture)
+        try:
+            await asyncio.wait_for(orchestrator.stop(), config.shutdown_seconds + STOP_MARGIN)
+        finally:
+            _detach(capture)
         raise
     assert orchestrator.api is not None
     return Served(orchestrator, clock, capture, orchestrator.api.url)
@@ -212,10 +216,10 @@ class Worked:
             raise AssertionError(f"participant {self.service} did not stop within {bound}s") from None
 
 
-async def work(service: str, options: tuple[str, ...], environ: Mapping[str, str]) -> Worked:
+def work(service: str, options: tuple[str, ...], environ: Mapping[str, str]) -> Worked:
     """The example ``service`` with these command-line ``options``, its settings read as
-    ``python -m participants`` reads them, started (not yet consuming: wait for its queue)."""
+    ``python -m participants`` reads them, started (not yet consuming: wait for its queue; its
+    database must be there, :func:`participants.cli.ensure_database`)."""
     participant, settings, _ = parse_args([service, *options], environ)
-    await ensure_database(settings.database_url)
     worker = Worker(participant, settings)
     return Worked(service, worker, asyncio.create_task(worker.run(), name=f"participant {service}"))

@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from time import monotonic
 from typing import Any
 
 import orjson
@@ -98,20 +99,18 @@ def orchestrator(
     bus = MessageBus(
         registry, store, outbox=NoRelay(), counts=counts, clock=lambda: datetime.now(UTC), sleep=sleep
     )
-    if time is not None:
-        return Intake(
-            bus,
-            _Consumer(),  # type: ignore[arg-type]
-            _not_handed,
-            waiting,
-            registry,
-            counts,
-            100,
-            stall_seconds,
-            sleep=time.sleep,
-            monotonic=time.monotonic,
-        )
-    return Intake(bus, _Consumer(), _not_handed, waiting, registry, counts, 100, stall_seconds)  # type: ignore[arg-type]
+    return Intake(
+        bus,
+        _Consumer(),  # type: ignore[arg-type]
+        _not_handed,
+        waiting,
+        registry,
+        counts,
+        100,
+        stall_seconds,
+        sleep=time.sleep if time is not None else asyncio.sleep,
+        monotonic=time.monotonic if time is not None else monotonic,
+    )
 
 
 async def commit(app: Intake[Any], envelopes: list[Envelope]) -> list[Verdict]:
