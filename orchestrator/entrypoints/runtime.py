@@ -17,6 +17,7 @@ import signal
 import threading
 from dataclasses import dataclass
 
+from orchestrator.adapters import tracing
 from orchestrator.adapters.amqp.broker import Broker, Delivery, services_of
 from orchestrator.adapters.metrics import Metrics
 from orchestrator.adapters.postgres.retention import Pruner
@@ -218,6 +219,11 @@ class Orchestrator:
         await bounded("closing the database pool", self.store.close(), 1.0)
         if self.tracer is not None:  # the spans buffered: out before the process ends
             await bounded("exporting the spans", asyncio.to_thread(self.tracer.flush, 2.0), 2.5)
+            # and its exporter's thread ended, in a caller's process that goes on (a test, the
+            # benchmark): none left to export, and to log its failures, into what runs next
+            if tracing.active() is self.tracer:
+                tracing.install(None)
+            await bounded("ending the span exporter", asyncio.to_thread(self.tracer.shutdown), 2.5)
 
 
 #: the tasks that hold nothing in hand, so that starting them again after an unexpected end is
