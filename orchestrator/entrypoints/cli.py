@@ -159,11 +159,6 @@ def _check_api(settings: Settings) -> None:
             " ORCHESTRATOR_API_TOKENS_FILE): set one to protect the REST API's actions,"
             " or pass --insecure to serve them without a token"
         )
-    if settings.api_protect_reads and not settings.api_protected:
-        raise Unreachable(
-            "ORCHESTRATOR_API_PROTECT_READS is set but no API token is:"
-            " reads cannot be protected without a token, and --insecure would leave them open"
-        )
 
 
 async def _serve(settings: Settings, *, accept_changed: bool = False, fail_dropped: bool = False) -> int:
@@ -181,6 +176,12 @@ async def _serve(settings: Settings, *, accept_changed: bool = False, fail_dropp
         import logging
 
         logging.getLogger("orchestrator").warning("the REST API runs --insecure: its actions need no token")
+    elif settings.api_open_reads:
+        import logging
+
+        logging.getLogger("orchestrator").warning(
+            "ORCHESTRATOR_API_OPEN_READS: sagas, dead letters and metrics are readable without a token"
+        )
     orchestrator = build(settings, sock)
     try:
         await admit_releases_of(orchestrator, accept_changed=accept_changed, fail_dropped=fail_dropped)

@@ -84,8 +84,10 @@ class Settings:
     #: named tokens with roles (orchestrator.entrypoints.tokens), from ORCHESTRATOR_API_TOKENS and
     #: ORCHESTRATOR_API_TOKENS_FILE; only their hashes, never in repr
     api_tokens: tuple[ApiToken, ...] = field(default=(), repr=False)
-    #: reads need a token too
-    api_protect_reads: bool = False
+    #: reads need no token even where one is set (they need one by default)
+    api_open_reads: bool = False
+    #: serve /docs (Swagger UI, whose scripts come from a CDN) and /openapi.json to anyone
+    api_docs: bool = False
     #: serve without a token: anyone who reaches the port may act on sagas (``run --insecure``)
     api_insecure: bool = False
     #: the largest request body the API reads; a larger one is a 413
@@ -148,7 +150,8 @@ class Settings:
             "api_port": integer(env, "ORCHESTRATOR_API_PORT", cls.api_port),
             "api_token": value(env, "ORCHESTRATOR_API_TOKEN"),
             "api_tokens": _api_tokens(),
-            "api_protect_reads": flag(env, "ORCHESTRATOR_API_PROTECT_READS"),
+            "api_open_reads": flag(env, "ORCHESTRATOR_API_OPEN_READS"),
+            "api_docs": flag(env, "ORCHESTRATOR_API_DOCS"),
             "api_max_body_bytes": integer(
                 env, "ORCHESTRATOR_API_MAX_BODY_BYTES", cls.api_max_body_bytes, minimum=1
             ),

@@ -7,7 +7,8 @@ so that it holds no secret at all), and neither a token nor its hash is ever log
 
 Roles, each including the one before:
 
-- ``read``: every read (they need a token only with ``ORCHESTRATOR_API_PROTECT_READS``);
+- ``read``: every read, ``/metrics`` and ``/openapi.json`` included (unless
+  ``ORCHESTRATOR_API_OPEN_READS`` opens them);
 - ``operate``: starts, operator actions on sagas, dead-letter replays;
 - ``admin``: deleting and purging dead letters, migrating sagas between releases.
 

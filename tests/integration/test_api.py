@@ -461,7 +461,9 @@ async def test_an_actor_header_that_is_not_printable_is_refused(api: Harness) ->
     assert response.status_code == 422 and "X-Actor" in response.json()["detail"]
 
 
-async def test_actions_need_the_token_and_reads_only_when_told(api: Harness, database_url: str) -> None:
+async def test_actions_and_reads_need_the_token_unless_reads_are_opened(
+    api: Harness, database_url: str
+) -> None:
     saga = await api.start()
     transport = api.client._transport
 
@@ -470,19 +472,21 @@ async def test_actions_need_the_token_and_reads_only_when_told(api: Harness, dat
         cancel = await anonymous.post(f"/sagas/{saga['id']}/cancel", headers={"Authorization": "Bearer nope"})
         read = await anonymous.get(f"/sagas/{saga['id']}")
 
-    assert (start.status_code, cancel.status_code, read.status_code) == (401, 401, 200)
-    assert start.headers["www-authenticate"].startswith("Bearer")
+        metrics = await anonymous.get("/metrics")
+        health = await anonymous.get("/healthz")
+
+    assert (start.status_code, cancel.status_code, read.status_code, metrics.status_code) == (401,) * 4
+    assert start.headers["www-authenticate"].startswith("Bearer") and health.status_code == 200
     assert (await api.client.get(f"/sagas/{saga['id']}")).json()["state"] == "reserve"
 
-    _, guarded = app_for(api.store, [], api_protect_reads=True)
+    _, opened = app_for(api.store, [], api_open_reads=True)
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=guarded), base_url="http://api"
+        transport=httpx.ASGITransport(app=opened), base_url="http://api"
     ) as anonymous:
-        assert (await anonymous.get("/sagas")).status_code == 401
-        assert (await anonymous.get("/metrics")).status_code == 401
-        assert (await anonymous.get("/healthz")).status_code == 200
-        authorized = await anonymous.get("/sagas", headers={"Authorization": f"Bearer {TOKEN}"})
-        assert authorized.status_code == 200
+        assert (await anonymous.get(f"/sagas/{saga['id']}")).json()["state"] == "reserve"
+        assert (await anonymous.get("/metrics")).status_code == 200
+        refused = await anonymous.post(f"/sagas/{saga['id']}/cancel")
+        assert refused.status_code == 401
 
 
 async def test_a_named_token_is_journaled_as_its_owner_whatever_x_actor_says(api: Harness) -> None:
@@ -501,7 +505,7 @@ async def test_a_named_token_is_journaled_as_its_owner_whatever_x_actor_says(api
             f"/sagas/{saga['id']}/retry", headers={"Authorization": f"Bearer {TOKEN}", "X-Actor": "ops-desk"}
         )
         cancelled = await client.post(f"/sagas/{saga['id']}/cancel", json={"reason": "asked"}, headers=alice)
-        history = (await client.get(f"/sagas/{saga['id']}/history")).json()["items"]
+        history = (await client.get(f"/sagas/{saga['id']}/history", headers=alice)).json()["items"]
 
     assert (started.status_code, refused.status_code, legacy.status_code) == (201, 403, 200)
     assert cancelled.status_code == 200, cancelled.text

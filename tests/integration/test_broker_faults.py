@@ -28,9 +28,13 @@ def accepted(metrics: str) -> float:
     return 0.0
 
 
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
 async def ready(url: str, token: str) -> int:
     async with httpx.AsyncClient(base_url=url, timeout=5) as api:
-        return (await api.get("/readyz", headers={"Authorization": f"Bearer {token}"})).status_code
+        return (await api.get("/readyz", headers=bearer(token))).status_code
 
 
 async def wait_ready(url: str, token: str, status: int, timeout: float = 60) -> None:
@@ -104,7 +108,7 @@ async def test_two_processes_carry_on_through_a_broker_restart_and_neither_goes_
         await wait_ready(url, bench.api_token, 200)
     counts = []
     for _, url in processes:
-        async with httpx.AsyncClient(base_url=url, timeout=5) as api:
+        async with httpx.AsyncClient(base_url=url, timeout=5, headers=bearer(bench.api_token)) as api:
             counts.append(accepted((await api.get("/metrics")).text))
 
     await bench.connect()
@@ -116,7 +120,7 @@ async def test_two_processes_carry_on_through_a_broker_restart_and_neither_goes_
     assert {s.status for s in sagas.values()} == {"completed"}
     for (process, url), count in zip(processes, counts, strict=True):
         assert process.popen.poll() is None, process.output()
-        async with httpx.AsyncClient(base_url=url, timeout=5) as api:
+        async with httpx.AsyncClient(base_url=url, timeout=5, headers=bearer(bench.api_token)) as api:
             now = accepted((await api.get("/metrics")).text)
         assert now > count, f"{url} took nothing after the restart:\n{process.output()[-3000:]}"
     verify = bench.verify()

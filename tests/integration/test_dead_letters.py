@@ -215,18 +215,17 @@ async def test_list_show_replay_and_purge_over_rest(bench: Bench) -> None:
     [cut] = await rows_where(bench, 1, message_id=big)
 
     async with bench.api(token=False) as anonymous, bench.api(actor="alice") as api:
-        page = (await anonymous.get("/dead-letters", params={"reason": "unknown_saga", "limit": 500})).json()
+        assert (await anonymous.get("/dead-letters")).status_code == 401  # closed: bodies are data
+        page = (await api.get("/dead-letters", params={"reason": "unknown_saga", "limit": 500})).json()
         assert row["id"] in [r["id"] for r in page["items"]]
-        first = (await anonymous.get("/dead-letters", params={"limit": 1})).json()
-        second = (
-            await anonymous.get("/dead-letters", params={"limit": 1, "cursor": first["next_cursor"]})
-        ).json()
+        first = (await api.get("/dead-letters", params={"limit": 1})).json()
+        second = (await api.get("/dead-letters", params={"limit": 1, "cursor": first["next_cursor"]})).json()
         assert first["items"][0]["id"] != second["items"][0]["id"]
         assert (first["items"][0]["dead_at"], first["items"][0]["id"]) >= (
             second["items"][0]["dead_at"],
             second["items"][0]["id"],
         )
-        shown = (await anonymous.get(f"/dead-letters/{row['id']}")).json()
+        shown = (await api.get(f"/dead-letters/{row['id']}")).json()
         assert (shown["reason"], shown["source"], shown["replayable"]) == (
             "unknown_saga",
             "orchestrator",
@@ -234,8 +233,8 @@ async def test_list_show_replay_and_purge_over_rest(bench: Bench) -> None:
         )
         assert orjson.loads(shown["body_text"]) == {"order_id": key, "reservation_id": "r-1"}
         assert shown["properties"]["type"] == "inventory.StockReserved"
-        assert (await anonymous.get("/dead-letters/999999999999")).status_code == 404
-        assert (await anonymous.get("/dead-letters", params={"reason": "nope"})).status_code == 422
+        assert (await api.get("/dead-letters/999999999999")).status_code == 404
+        assert (await api.get("/dead-letters", params={"reason": "nope"})).status_code == 422
 
         assert (await anonymous.post(f"/dead-letters/{row['id']}/replay")).status_code == 401
         cut_replay = await api.post(f"/dead-letters/{cut['id']}/replay")

@@ -26,7 +26,7 @@ from orchestrator.adapters.amqp.topology import queue_state
 from orchestrator.adapters.postgres.store import PostgresStore
 from orchestrator.entrypoints.settings import database_url
 
-from .conftest import ROOT, SERVICES, Bench, Process, delete_namespace, unique
+from .conftest import API_TOKEN, ROOT, SERVICES, Bench, Process, delete_namespace, unique
 from .private_postgres import PrivatePostgres
 from .test_broker_faults import accepted
 
@@ -68,7 +68,9 @@ async def tls_bench(postgres: PrivatePostgres, tmp_path: Path) -> AsyncIterator[
 
 
 async def accepted_by(url: str) -> float:
-    async with httpx.AsyncClient(base_url=url, timeout=10) as api:
+    async with httpx.AsyncClient(
+        base_url=url, timeout=10, headers={"Authorization": f"Bearer {API_TOKEN}"}
+    ) as api:
         return accepted((await api.get("/metrics")).text)
 
 

@@ -39,8 +39,13 @@ def build(**settings: Any) -> tuple[ApiContext, Any]:
 
 @pytest_asyncio.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
+    """A client of an API whose token it holds (reads need one too)."""
     context, app = build(api_token="t0ken")
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as made:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://api",
+        headers={"Authorization": "Bearer t0ken"},
+    ) as made:
         yield made
     await context.store.close()
 
@@ -56,10 +61,10 @@ def test_the_schema_documents_the_token_and_every_error_answer() -> None:
     }
     cancel = schema["paths"]["/sagas/{saga_id}/cancel"]["post"]
     assert cancel["security"] == [{"token": []}]
-    assert set(cancel["responses"]) == {"200", "400", "401", "403", "404", "409", "413", "422", "503"}
+    assert set(cancel["responses"]) == {"200", "400", "401", "403", "404", "409", "413", "422", "429", "503"}
     problem = {"$ref": "#/components/schemas/Problem"}
     assert cancel["responses"]["422"]["content"]["application/json"]["schema"] == problem
-    assert "security" not in schema["paths"]["/sagas"]["get"]  # reads are open by default
+    assert schema["paths"]["/sagas"]["get"]["security"] == [{"token": []}]  # reads are closed by default
     assert schema["paths"]["/sagas"]["get"]["parameters"][0]["schema"]["enum"] == [
         "escrow",
         "order",
@@ -73,7 +78,7 @@ def test_the_schema_documents_the_token_and_every_error_answer() -> None:
 
 def test_without_a_token_nothing_is_secured_and_with_protected_reads_everything_is() -> None:
     _, insecure = build(api_token=None)
-    _, guarded = build(api_token="t0ken", api_protect_reads=True)
+    _, guarded = build(api_token="t0ken", api_open_reads=False)
 
     assert "securitySchemes" not in insecure.openapi().get("components", {})
     paths = guarded.openapi()["paths"]
@@ -83,6 +88,7 @@ def test_without_a_token_nothing_is_secured_and_with_protected_reads_everything_
 
 
 async def test_actions_need_the_token(client: httpx.AsyncClient) -> None:
+    del client.headers["Authorization"]
     missing = await client.post(f"{SAGA}/cancel")
     wrong = await client.post(f"{SAGA}/cancel", headers={"Authorization": "Bearer nope"})
     basic = await client.post(f"{SAGA}/cancel", headers={"Authorization": "Basic dTpw"})

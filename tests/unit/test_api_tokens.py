@@ -127,7 +127,7 @@ def test_settings_read_both_sources_and_say_which_variable_is_wrong(
 @pytest_asyncio.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     tokens = combined(parse_env(f"reader:read:{READER} alice:operate:{OPERATOR} root:admin:{ADMIN}"), LEGACY)
-    context, app = build(api_token=LEGACY, api_tokens=tokens, api_protect_reads=True)
+    context, app = build(api_token=LEGACY, api_tokens=tokens, api_open_reads=False)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as made:
         yield made
     await context.store.close()

@@ -24,7 +24,7 @@ CSP = (
 @pytest_asyncio.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     # reads protected: the page itself holds no data, so it is served without the token
-    context, app = build(api_token="t0ken", api_protect_reads=True)
+    context, app = build(api_token="t0ken", api_open_reads=False)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as made:
         yield made
     await context.store.close()

@@ -266,12 +266,12 @@ def test_it_is_deterministic_and_sorted() -> None:
 
 
 async def test_the_api_serves_it_as_a_read() -> None:
-    context, app = build(api_token="t0ken", api_protect_reads=True)
+    context, app = build(api_token="t0ken")
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as api:
         refused = await api.get("/asyncapi.json")
         served = await api.get("/asyncapi.json", headers={"Authorization": "Bearer t0ken"})
     await context.store.close()
-    _, open_app = build(api_token="t0ken")
+    _, open_app = build(api_token="t0ken", api_open_reads=True)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=open_app), base_url="http://api") as api:
         unguarded = await api.get("/asyncapi.json")
 

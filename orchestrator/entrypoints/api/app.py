@@ -2,7 +2,8 @@
 
 It runs inside ``orchestrator run``, in the service's own event loop (see
 :mod:`orchestrator.entrypoints.runtime`), so an action's commands go straight to the running
-relay. Mutating endpoints need the bearer token; reads need it only when the settings say so.
+relay. Once a token is set, every route needs one (reads the read role) but the health checks;
+``/docs`` is served only when asked for, since its scripts come from a CDN.
 Bad input is a 4xx whose ``detail`` says what was wrong, never a 500: every string that reaches
 the database is checked first.
 """
@@ -17,8 +18,9 @@ from typing import Annotated, Any
 import asyncpg
 from fastapi import FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.params import Depends as DependsParam
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -37,6 +39,7 @@ from orchestrator.entrypoints.api.context import RETRY_AFTER, UNAVAILABLE_DETAIL
 from orchestrator.entrypoints.api.dead_letters import dead_letters_router
 from orchestrator.entrypoints.api.migrations import migrations_router
 from orchestrator.entrypoints.api.sagas import sagas_router
+from orchestrator.entrypoints.api.same_origin import SameOrigin
 from orchestrator.service.faults import Fault
 from orchestrator.service.operations import ActionRefused, BadRequest, SagaNotFound
 
@@ -50,24 +53,31 @@ def create_app(ctx: ApiContext) -> FastAPI:
         title="Saga orchestrator",
         version="0.1.0",
         description=(
-            "Inspect and operate sagas. Mutating endpoints need `Authorization: Bearer <token>`, reads"
-            " too when ORCHESTRATOR_API_PROTECT_READS is set. A named token (ORCHESTRATOR_API_TOKENS,"
+            "Inspect and operate sagas. Every route but /healthz and /readyz needs"
+            " `Authorization: Bearer <token>` (reads the read role; ORCHESTRATOR_API_OPEN_READS opens"
+            " them). A named token (ORCHESTRATOR_API_TOKENS,"
             " ORCHESTRATOR_API_TOKENS_FILE) has a role: read, operate (starts, actions, replays) or admin"
             " (purges, migrations), and its owner is the actor the journal keeps with each action. The"
             " unnamed ORCHESTRATOR_API_TOKEN is an admin token whose caller names itself in `X-Actor`."
         ),
         responses=answers(503),  # any route that reads or writes may find the database away
+        # served below, under the same rule as every read; the UI only when asked for
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     _install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=ctx.settings.api_max_body_bytes)
     guard = Guard(ctx.settings)
-    reads = guard.reads
+    if guard.open:  # no token a browser would have to add: a cross-site form post could act
+        app.add_middleware(SameOrigin)
     app.include_router(me_router(guard))
     app.include_router(sagas_router(ctx, guard))
     app.include_router(dead_letters_router(ctx, guard))
-    _health_routes(app, ctx, reads)
-    _workflow_routes(app, ctx, reads)
-    _contract_route(app, ctx, reads)
+    _health_routes(app, ctx, guard)
+    _workflow_routes(app, ctx, guard)
+    _contract_route(app, ctx, guard)
+    _schema_routes(app, ctx, guard)
     app.include_router(migrations_router(ctx, guard))
     _document_starts(app, ctx.registry)
     mount_console(app)
@@ -202,7 +212,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 
 # Health and metrics -------------------------------------------------------------------------------
-def _health_routes(app: FastAPI, ctx: ApiContext, reads: Sequence[DependsParam]) -> None:
+def _health_routes(app: FastAPI, ctx: ApiContext, guard: Guard) -> None:
     @app.get("/healthz", operation_id="healthz", tags=["health"], response_model=m.Health)
     async def healthz() -> m.Health:
         """The process is up and serving."""
@@ -232,14 +242,14 @@ def _health_routes(app: FastAPI, ctx: ApiContext, reads: Sequence[DependsParam])
         "/metrics",
         operation_id="metrics",
         tags=["health"],
-        dependencies=reads,
+        dependencies=guard.reads,
         response_class=Response,
         responses={
             200: {
                 "content": {"text/plain": {"schema": {"type": "string"}}},
                 "description": "Prometheus text format",
             },
-            **answers(*((401,) if reads else ())),
+            **answers(*guard.read_errors),
         },
     )
     async def metrics() -> Response:
@@ -254,9 +264,9 @@ def _health_routes(app: FastAPI, ctx: ApiContext, reads: Sequence[DependsParam])
 
 
 # Workflows ----------------------------------------------------------------------------------------
-def _workflow_routes(app: FastAPI, ctx: ApiContext, reads: Sequence[DependsParam]) -> None:
+def _workflow_routes(app: FastAPI, ctx: ApiContext, guard: Guard) -> None:
     names = sorted(ctx.registry.workflows)
-    auth = (401,) if reads else ()
+    reads, auth = guard.reads, guard.read_errors
 
     @app.get(
         "/workflows",
@@ -318,7 +328,7 @@ def _workflow_routes(app: FastAPI, ctx: ApiContext, reads: Sequence[DependsParam
         )
 
 
-def _contract_route(app: FastAPI, ctx: ApiContext, reads: Sequence[DependsParam]) -> None:
+def _contract_route(app: FastAPI, ctx: ApiContext, guard: Guard) -> None:
     """The wire contract as AsyncAPI 3 (:mod:`orchestrator.entrypoints.contract`), a read like the
     workflows it is made from. Built once, on the first request: the workflows and settings it
     depends on do not change while the service runs, and it needs neither the database nor the
@@ -331,14 +341,14 @@ def _contract_route(app: FastAPI, ctx: ApiContext, reads: Sequence[DependsParam]
         "/asyncapi.json",
         operation_id="asyncapi",
         tags=["workflows"],
-        dependencies=reads,
+        dependencies=guard.reads,
         response_class=JSONResponse,
         responses={
             200: {
                 "content": {"application/json": {"schema": {"type": "object"}}},
                 "description": "an AsyncAPI 3.0.0 document (docs/protocol.md, Machine-readable contract)",
             },
-            **answers(*((401,) if reads else ())),
+            **answers(*guard.read_errors),
         },
     )
     async def asyncapi() -> JSONResponse:
@@ -347,6 +357,25 @@ def _contract_route(app: FastAPI, ctx: ApiContext, reads: Sequence[DependsParam]
         if not built:
             built.append(asyncapi_document(ctx.registry, ctx.settings))
         return JSONResponse(built[0])
+
+
+def _schema_routes(app: FastAPI, ctx: ApiContext, guard: Guard) -> None:
+    """``/openapi.json`` is a read like any other (it names the workflows and what they take);
+    ``ORCHESTRATOR_API_DOCS`` publishes it with Swagger UI at ``/docs``, for anyone who reaches the
+    port, since that page loads its scripts from a CDN and cannot send a token to fetch it."""
+    published = ctx.settings.api_docs
+    reads: Sequence[DependsParam] = [] if published else guard.reads
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=reads)
+    async def schema() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    if published:
+
+        @app.get("/docs", include_in_schema=False)
+        async def docs(request: Request) -> HTMLResponse:
+            root = request.scope.get("root_path", "").rstrip("/")
+            return get_swagger_ui_html(openapi_url=f"{root}/openapi.json", title=f"{app.title} - docs")
 
 
 async def _releases(ctx: ApiContext, name: str) -> list[m.ReleaseSpec]:

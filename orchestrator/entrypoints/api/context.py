@@ -104,6 +104,10 @@ _ANSWERS = {
     409: "the action does not fit the saga (or the dead letter) as it stands; detail says why",
     413: "the body is over ORCHESTRATOR_API_MAX_BODY_BYTES",
     422: "bad input; detail says which and why",
+    429: (
+        "too many failed authentications from this client lately: refused, even with a good token,"
+        " until Retry-After seconds have passed"
+    ),
     503: (
         "the database is unavailable or failed mid-request, before the request's commit (or during"
         " it, when a repeated start answers 200 with the saga): try again after Retry-After seconds"

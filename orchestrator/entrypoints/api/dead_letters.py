@@ -51,7 +51,7 @@ def detail(row: DeadLetterRow) -> m.DeadLetterDetail:
 
 
 def dead_letters_router(ctx: ApiContext, guard: Guard) -> APIRouter:
-    reads, read_auth = guard.reads, guard.errors(Role.READ if guard.protect_reads else None)
+    reads, read_auth = guard.reads, guard.read_errors
     Actor = Annotated[str, guard.actor()]
     admin = guard.needs(Role.ADMIN)
     table = PostgresDeadLetters(ctx.queries.engine)

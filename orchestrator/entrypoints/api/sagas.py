@@ -197,7 +197,7 @@ def history_entry(row: HistoryRow) -> m.HistoryEntry:
 
 def sagas_router(ctx: ApiContext, guard: Guard) -> APIRouter:
     """The routes, with the token checks the settings ask for (maybe none)."""
-    reads, read_auth = guard.reads, guard.errors(Role.READ if guard.protect_reads else None)
+    reads, read_auth = guard.reads, guard.read_errors
     Actor = Annotated[str, guard.actor()]
     workflow_names = sorted(ctx.registry.workflows)
     all_states = sorted({s for c in ctx.registry.releases.values() for s in c.workflow.states})
