@@ -33,7 +33,7 @@ from orchestrator.entrypoints.runtime import Orchestrator, Parts
 from orchestrator.entrypoints.settings import ConfigurationError, Settings
 from orchestrator.service.bus import MessageBus
 from orchestrator.service.clock import DatabaseClock
-from orchestrator.service.dead_letters import DeadLetterDrain
+from orchestrator.service.dead_letters import DeadLetterDrain, ReplayRoutes
 from orchestrator.service.deadlines import DeadlineAlarm
 from orchestrator.service.intake import Intake
 from orchestrator.service.partitions import PartitionOwner
@@ -106,6 +106,13 @@ def store_of(settings: Settings, pool_size: int = 5) -> PostgresStore:
 def dead_letters_of(settings: Settings) -> PostgresDeadLetters:
     """The dead-letter repository on ``settings``' database, one connection (close its engine)."""
     return PostgresDeadLetters(make_engine(settings.database_url, pool_size=1))
+
+
+def replay_routes(settings: Settings, registry: Registry) -> ReplayRoutes:
+    """Where a dead letter's replay may go: the namespace's exchanges, and the command types the
+    workflows send (a dead letter of one must be proven by its saga's journal)."""
+    topology = Topology(settings.namespace)
+    return ReplayRoutes(topology.commands, topology.events, frozenset(registry.command_types()))
 
 
 def build(

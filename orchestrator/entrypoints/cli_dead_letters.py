@@ -19,7 +19,10 @@ from orchestrator.service.dead_letters import (
     SOURCES,
     DeadLetterFilter,
     DeadLetterRow,
+    ReplayRoutes,
+    pages,
     replay,
+    target_of,
     why_not_replayable,
 )
 from orchestrator.service.ports import DeadLetterRepository
@@ -108,9 +111,10 @@ def add_parser(sub: Any) -> None:
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
     """The command ``args`` names; its exit status."""
-    from orchestrator.entrypoints.bootstrap import dead_letters_of
+    from orchestrator.entrypoints.bootstrap import dead_letters_of, registry_of, replay_routes
     from orchestrator.entrypoints.cli import ensure_database_reachable
 
+    routes = replay_routes(settings, registry_of(settings))
     await ensure_database_reachable(settings.database_url)
     table = dead_letters_of(settings)
     try:
@@ -118,9 +122,9 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         if command == "list":
             return await _list(table, args)
         if command == "show":
-            return await _show(table, args.id, args.json)
+            return await _show(table, args.id, args.json, routes)
         if command == "replay":
-            return await _replay(table, args, settings)
+            return await _replay(table, args, settings, routes)
         return await _purge(table, args)
     except CommandError:
         raise
@@ -184,11 +188,13 @@ def _body_lines(text: str) -> str:
     return "\n".join(printable(line) for line in text.split("\n"))
 
 
-async def _show(table: DeadLetterRepository, letter_id: int, as_json: bool) -> int:
+async def _show(table: DeadLetterRepository, letter_id: int, as_json: bool, routes: ReplayRoutes) -> int:
     row = await table.get(letter_id)
     if row is None:
         raise CommandError(f"no dead letter {letter_id}", 1)
     why = why_not_replayable(row)
+    target = await target_of(row, routes, table.sent_command) if why is None else why
+    why = target if isinstance(target, str) else None
     if as_json:
         text = row.body_text
         print(
@@ -235,7 +241,9 @@ async def _show(table: DeadLetterRepository, letter_id: int, as_json: bool) -> i
     return 0
 
 
-async def _replay(table: DeadLetterRepository, args: argparse.Namespace, settings: Settings) -> int:
+async def _replay(
+    table: DeadLetterRepository, args: argparse.Namespace, settings: Settings, routes: ReplayRoutes
+) -> int:
     import aiormq
 
     from orchestrator.adapters.amqp.broker import Republisher
@@ -247,19 +255,17 @@ async def _replay(table: DeadLetterRepository, args: argparse.Namespace, setting
     actor = args.actor or _user()
     if args.ids:
         ids = list(dict.fromkeys(args.ids))
-        found = {r.id: r for r in await table.rows(DeadLetterFilter(ids=tuple(ids)), len(ids))}
-        rows = [found[i] for i in ids if i in found]
-        missing = [i for i in ids if i not in found]
+        selected, limit = DeadLetterFilter(ids=tuple(ids)), len(ids)
     else:
         unreplayed = None if args.again else False
         selected = DeadLetterFilter(reason=args.reason, since=args.since, replayed=unreplayed)
-        rows, missing = await table.rows(selected, args.limit), []
-    for letter_id in missing:
-        print(f"orchestrator: no dead letter {letter_id}", file=sys.stderr)
-    if not rows:
-        if not missing:
+        limit, ids = args.limit, []
+    if not await table.count(selected):
+        for letter_id in ids:
+            print(f"orchestrator: no dead letter {letter_id}", file=sys.stderr)
+        if not ids:
             print("no dead letters to replay")
-        return 1 if missing else 0
+        return 1 if ids else 0
     try:
         connection = await aiormq.connect(
             settings.amqp_url, client_properties={"connection_name": "orchestrator-dead-letters-replay"}
@@ -273,12 +279,21 @@ async def _replay(table: DeadLetterRepository, args: argparse.Namespace, setting
 
     republisher = Republisher(connected)
     try:
-        outcome = await replay(table, rows, republisher.publish, actor, again=args.again)
+        rows = pages(table, selected, limit)
+        outcome = await replay(table, rows, republisher.publish, actor, routes, again=args.again)
     finally:
         await republisher.close()
         await connection.close()
-    for row in outcome.replayed:
-        print(f"replayed {row.id} ({row.reason}) to {row.exchange!r} with routing key {row.routing_key!r}")
+    seen = {r.id for r in outcome.replayed} | {i for i, _ in outcome.refused}
+    missing = [i for i in ids if i not in seen]
+    for letter_id in missing:
+        print(f"orchestrator: no dead letter {letter_id}", file=sys.stderr)
+    for done in outcome.replayed:
+        target = done.target
+        print(
+            f"replayed {done.id} ({done.reason}) as {target.kind} to {target.exchange!r}"
+            f" with routing key {target.routing_key!r}"
+        )
     for letter_id, why in outcome.refused:
         print(f"orchestrator: cannot replay {letter_id}: {why}", file=sys.stderr)
     return 1 if outcome.refused or missing else 0

@@ -9,19 +9,26 @@ orchestrator drains that queue into the same table (:class:`DeadLetterDrain`), w
 broker's ``x-death`` header gives and the exchange and routing key the message was first sent to,
 so that a replay knows where to send it.
 
-A replay republishes the stored body and properties to the recorded exchange with the recorded
-routing key (persistent, mandatory, confirmed) and marks the row: the message then goes through
-the same checks as any other, and if it is still bad it gets a new row.
+A replay publishes with the orchestrator's own credentials, so it sends only what this service
+may provably send, never to a target read from the message (its headers are whoever published
+it's to write): a command only if its saga's journal holds a command with that id, type and
+payload, and then to ``{ns}.commands`` with its type as the routing key; anything else that does
+not claim to be a command only to the orchestrator's own inbound path (``{ns}.events``, its type
+as the routing key), where it meets every check any message meets, and if it is still bad it
+gets a new row. A replay claims its row first (one transaction), then publishes: a double click
+or two operators send once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Generic, Protocol
+
+import orjson
 
 from orchestrator.core.ingress import (
     DEFAULT_LIMITS,
@@ -42,6 +49,7 @@ from orchestrator.service.ports import (
     DeadLetterRepository,
     DeadLetterRow,
     DrainConsumer,
+    SentCommand,
     Unpublishable,
 )
 from orchestrator.supervision import Spawn, bounded, unsupervised
@@ -57,10 +65,15 @@ __all__ = [
     "NotReplayable",
     "Publish",
     "ReplayOutcome",
+    "ReplayRoutes",
+    "Replayed",
+    "Target",
     "broker_dead_letter",
     "death_of",
+    "pages",
     "replay",
     "republished",
+    "target_of",
     "why_not_replayable",
 ]
 
@@ -301,6 +314,65 @@ def why_not_replayable(row: DeadLetterRow, again: bool = False) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class ReplayRoutes:
+    """Where this service may send what it replays."""
+
+    #: ``{ns}.commands``: a proven command goes there, with its type as the routing key
+    commands: str
+    #: ``{ns}.events``: the orchestrator's inbound path
+    events: str
+    #: the types the loaded workflows send as commands: a dead letter of one of them must be
+    #: proven by a journal, whatever exchange it says it was sent to
+    command_types: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Target:
+    exchange: str
+    routing_key: str
+    #: command (proven by its saga's journal) or inbound
+    kind: str
+
+
+def _json(body: bytes) -> object:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return _NOT_JSON
+
+
+_NOT_JSON = object()
+
+
+async def target_of(
+    row: DeadLetterRow, routes: ReplayRoutes, sent: Callable[[str, str], Awaitable[SentCommand | None]]
+) -> Target | str:
+    """Where a replay of ``row`` goes, or why it goes nowhere. What the row says of where it was
+    sent (its headers, its ``x-death``) only tells whether it claims to be a command: anyone who
+    may publish to ``{ns}.dead`` writes those."""
+    kind = row.message_type
+    claims_command = row.exchange == routes.commands or (kind is not None and kind in routes.command_types)
+    if not claims_command:
+        if not kind:
+            return "it has no type: the orchestrator would refuse it again"
+        return Target(routes.events, kind, "inbound")
+    said = f"command {kind or '(no type)'} {row.message_id}"
+    if not row.correlation_id or not row.message_id:
+        return "it claims to be a command but names no saga (correlation_id) to prove it by"
+    command = await sent(row.correlation_id, row.message_id)
+    if command is None:
+        return (
+            f"it claims to be {said} of saga {row.correlation_id}, which sent no command with that id"
+            " (or is archived): only a command a saga sent is replayed"
+        )
+    if command.type != kind:
+        return f"it claims to be {said}, but saga {row.correlation_id} sent that id as {command.type}"
+    if row.body is None or _json(row.body) != command.payload:
+        return f"its body is not the payload saga {row.correlation_id} sent as {said}"
+    return Target(routes.commands, command.type, "command")
+
+
 def republished(row: DeadLetterRow) -> dict[str, Any]:
     """The properties a replay sends (as aiormq names them): what identifies and describes the
     message, and its headers without those of its earlier deaths."""
@@ -328,52 +400,99 @@ def republished(row: DeadLetterRow) -> dict[str, Any]:
     return out
 
 
+@dataclass(frozen=True)
+class Replayed:
+    id: int
+    reason: str
+    target: Target
+
+
 @dataclass
 class ReplayOutcome:
-    replayed: list[DeadLetterRow]
+    replayed: list[Replayed]
     #: (id, why not) for each that was not replayed
     refused: list[tuple[int, str]]
     #: the broker could not be reached: the rest were not tried
     unavailable: bool = False
 
 
+#: rows a replay holds at once: each may carry a body of up to max_message_bytes
+PAGE = 16
+
+
+async def pages(
+    table: DeadLetterRepository, selected: DeadLetterFilter, limit: int, page: int = PAGE
+) -> AsyncIterator[DeadLetterRow]:
+    """The rows ``selected`` picks, oldest first, ``page`` at a time: a bulk replay of thousands
+    holds a page of bodies, not all of them."""
+    after: tuple[datetime, int] | None = None
+    left = limit
+    while left > 0:
+        rows = await table.rows(selected, min(page, left), after)
+        for row in rows:
+            yield row
+        if len(rows) < min(page, left):
+            return
+        left -= len(rows)
+        after = (rows[-1].dead_at, rows[-1].id)
+
+
+async def _each(rows: Iterable[DeadLetterRow] | AsyncIterator[DeadLetterRow]) -> AsyncIterator[DeadLetterRow]:
+    if isinstance(rows, AsyncIterator):
+        async for row in rows:
+            yield row
+    else:
+        for row in rows:
+            yield row
+
+
 async def replay(
     table: DeadLetterRepository,
-    rows: Sequence[DeadLetterRow],
+    rows: Iterable[DeadLetterRow] | AsyncIterator[DeadLetterRow],
     publish: Publish,
     actor: str,
+    routes: ReplayRoutes,
     again: bool = False,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> ReplayOutcome:
-    """Republish each row (oldest first) and mark it replayed by ``actor`` once confirmed. A row
-    that cannot be replayed, or that the broker refuses, is reported and the next one is tried;
-    with the broker away the rest are reported as not tried."""
+    """Replay each row (oldest first): find where it may go (:func:`target_of`), claim it for
+    ``actor``, publish it, and undo the claim if the broker refused it. A row that cannot be
+    replayed, or that someone else claimed meanwhile, is reported and the next one is tried; with
+    the broker away the rest are reported as not tried."""
     outcome = ReplayOutcome([], [])
-    for row in rows:
+    async for row in _each(rows):
         if outcome.unavailable:
             outcome.refused.append((row.id, "not tried: the broker is unavailable"))
             continue
         why = why_not_replayable(row, again)
-        if why is not None:
-            outcome.refused.append((row.id, why))
+        target = await target_of(row, routes, table.sent_command) if why is None else why
+        if isinstance(target, str):
+            outcome.refused.append((row.id, target))
             continue
         assert row.body is not None
+        at = now()
+        if not await table.claim(row.id, actor, at, row.replayed_at):
+            outcome.refused.append((row.id, "it was replayed meanwhile, by another request"))
+            continue
         try:
-            await publish(row.exchange, row.routing_key, row.body, republished(row))
+            await publish(target.exchange, target.routing_key, row.body, republished(row))
         except Unpublishable as error:
-            outcome.refused.append((row.id, str(error)))
+            if error.maybe_sent:  # the broker may have it: kept as replayed, never sent twice
+                outcome.refused.append((row.id, f"{error}; it may have been sent, and stays marked replayed"))
+            else:
+                await table.unclaim(row.id, at, row.replayed_at, row.replayed_by)
+                outcome.refused.append((row.id, str(error)))
             outcome.unavailable = error.unavailable
             continue
-        at = now()
-        await table.mark_replayed(row.id, actor, at)
-        outcome.replayed.append(replace(row, replayed_at=at, replayed_by=actor))
+        outcome.replayed.append(Replayed(row.id, row.reason, target))
         log.info(
-            "%s replayed dead letter %d (%s) to %s with %s",
+            "%s replayed dead letter %d (%s) as %s to %s with %s",
             actor,
             row.id,
             row.reason,
-            row.exchange or '""',
-            row.routing_key or '""',
+            target.kind,
+            target.exchange,
+            target.routing_key,
             extra={"message_id": row.message_id, "actor": actor},
         )
     return outcome

@@ -44,6 +44,7 @@ __all__ = [
     "MetricsSink",
     "PartitionLocks",
     "Publish",
+    "SentCommand",
     "Sleep",
     "Store",
     "Survey",
@@ -97,11 +98,13 @@ class Delivery(Protocol):
 
 class Unpublishable(Exception):
     """The broker did not take a message: ``unavailable`` when it could not be reached at all,
-    otherwise it refused this one (no such exchange, no queue bound for the routing key, a nack)."""
+    otherwise it refused this one (no such exchange, no queue bound for the routing key, a nack).
+    ``maybe_sent``: the message went out but no confirm came, so the broker may have it."""
 
-    def __init__(self, message: str, unavailable: bool = False) -> None:
+    def __init__(self, message: str, unavailable: bool = False, maybe_sent: bool = False) -> None:
         super().__init__(message)
         self.unavailable = unavailable
+        self.maybe_sent = maybe_sent
 
 
 D = TypeVar("D", bound=Delivery)
@@ -192,6 +195,14 @@ class DeadLetterRow:
 
 
 @dataclass(frozen=True)
+class SentCommand:
+    """A command as a saga's journal says it was sent."""
+
+    type: str
+    payload: Any
+
+
+@dataclass(frozen=True)
 class DeadLetterPage:
     items: list[DeadLetterRow]
     next_cursor: str | None
@@ -206,15 +217,28 @@ class DeadLetterRepository(Protocol):
 
     async def get(self, letter_id: int) -> DeadLetterRow | None: ...
 
-    async def rows(self, f: DeadLetterFilter, limit: int) -> list[DeadLetterRow]:
-        """Whole rows, bodies included, oldest first (the order a replay sends them in)."""
+    async def rows(
+        self, f: DeadLetterFilter, limit: int, after: tuple[datetime, int] | None = None
+    ) -> list[DeadLetterRow]:
+        """Whole rows, bodies included, oldest first (the order a replay sends them in), from
+        past ``after`` (a row's ``dead_at`` and ``id``): a page at a time."""
 
     async def count(self, f: DeadLetterFilter) -> int: ...
 
     async def purge(self, f: DeadLetterFilter) -> int:
         """Delete the rows ``f`` selects (an empty filter: all of them); how many there were."""
 
-    async def mark_replayed(self, letter_id: int, actor: str, at: datetime) -> None: ...
+    async def claim(self, letter_id: int, actor: str, at: datetime, replayed_at: datetime | None) -> bool:
+        """Mark the row replayed by ``actor`` at ``at`` if it is still as read (replayed at
+        ``replayed_at``, None: never); whether it was, so that two replays send once."""
+
+    async def unclaim(
+        self, letter_id: int, at: datetime, replayed_at: datetime | None, replayed_by: str | None
+    ) -> None:
+        """Undo a claim made at ``at`` whose message the broker did not take."""
+
+    async def sent_command(self, saga_id: str, message_id: str) -> SentCommand | None:
+        """The command with that id in the saga's journal, or None (no such saga or command)."""
 
 
 @dataclass(frozen=True)

@@ -267,3 +267,116 @@ async def test_list_show_replay_and_purge_over_rest(bench: Bench) -> None:
     assert "alice replayed dead letter" in orchestrator.output()
     assert "alice purged 3 dead letters" in orchestrator.output()
     assert "Traceback" not in orchestrator.output()
+
+
+# Replay sends only what this service may provably send (issue 27, case 1) ------------------------
+ORDER = {"customer_id": "c-1", "lines": [{"sku": "sku-1", "quantity": 1}], "amount_cents": 1000}
+
+
+async def as_dead_letter(bench: Bench, message: aio_pika.abc.AbstractMessage | aio_pika.Message) -> str:
+    """Publish ``message`` to ``{ns}.dead`` as the participant kit dead-letters a command it
+    rejects (docs/protocol.md, section 9): what anyone who may write there can send."""
+    assert bench.channel is not None
+    dead = await bench.channel.get_exchange(f"{bench.namespace}.dead")
+    headers: dict[str, Any] = {
+        "x-participant": "payment",
+        "x-participant-reason": "declined by the bank",
+        "x-original-exchange": f"{bench.namespace}.commands",
+        "x-original-routing-key": message.type or "",
+    }
+    await dead.publish(
+        aio_pika.Message(
+            message.body,
+            type=message.type,
+            message_id=message.message_id,
+            correlation_id=message.correlation_id,
+            content_type="application/json",
+            headers=headers,
+        ),
+        routing_key="",
+    )
+    assert message.message_id is not None
+    return message.message_id
+
+
+async def waiting_in(bench: Bench, queue: str) -> int:
+    assert bench.channel is not None
+    declared = await bench.channel.declare_queue(queue, passive=True)
+    assert declared.declaration_result.message_count is not None
+    return declared.declaration_result.message_count
+
+
+async def test_a_forged_dead_letter_of_a_command_no_saga_sent_is_never_published(bench: Bench) -> None:
+    await bench.serve()
+    async with bench.api(actor="alice") as api:
+        started = await api.post("/sagas", json={"workflow": "order", "key": keys(), "data": ORDER})
+        saga = started.json()
+        refund = aio_pika.Message(
+            orjson.dumps({"order_id": saga["key"], "amount_cents": 100000}),
+            type="payment.RefundPayment",
+            message_id=str(uuid.uuid4()),
+            correlation_id=saga["id"],
+        )
+        forged = await as_dead_letter(bench, refund)
+        [row] = await rows_where(bench, 1, message_id=forged)
+        before = await waiting_in(bench, f"{bench.namespace}.payment")
+
+        shown = (await api.get(f"/dead-letters/{row['id']}")).json()
+        one = await api.post(f"/dead-letters/{row['id']}/replay")
+        many = await api.post("/dead-letters/replay", json={"reason": "rejected", "limit": 10000})
+        by_cli = await acli(bench, "replay", str(row["id"]))
+
+        assert (shown["replayable"], shown["exchange"]) == (False, f"{bench.namespace}.commands")
+        assert "which sent no command with that id" in shown["not_replayable_because"]
+        assert one.status_code == 409 and "only a command a saga sent is replayed" in one.json()["detail"]
+        assert many.json()["replayed"] == [] and row["id"] in [r["id"] for r in many.json()["refused"]]
+        assert by_cli.returncode == 1 and f"cannot replay {row['id']}: it claims to be" in by_cli.stderr
+        assert await waiting_in(bench, f"{bench.namespace}.payment") == before  # nothing reached payment
+        assert (await api.get(f"/dead-letters/{row['id']}")).json()["replayed_at"] is None
+
+
+async def test_a_command_its_saga_sent_replays_to_its_participant_and_a_changed_one_does_not(
+    bench: Bench,
+) -> None:
+    await bench.serve()
+    assert bench.channel is not None
+    inventory = await bench.channel.declare_queue(f"{bench.namespace}.inventory", passive=True)
+    async with bench.api(actor="alice") as api:
+        started = await api.post("/sagas", json={"workflow": "order", "key": keys(), "data": ORDER})
+        assert started.status_code == 201, started.text
+        sent = await inventory.get(timeout=10)  # the saga's ReserveStock, as a participant takes it
+        await sent.ack()
+        real = await as_dead_letter(bench, sent)
+        changed = aio_pika.Message(
+            orjson.dumps({**orjson.loads(sent.body), "quantity": 1000}),
+            type=sent.type,
+            message_id=sent.message_id,
+            correlation_id=sent.correlation_id,
+        )
+        renamed = aio_pika.Message(
+            sent.body,
+            type="inventory.ReleaseStock",
+            message_id=sent.message_id,
+            correlation_id=sent.correlation_id,
+        )
+        await as_dead_letter(bench, changed)
+        await as_dead_letter(bench, renamed)
+        rows = await rows_where(bench, 3, message_id=real)
+        assert len(rows) == 3, rows
+        by_type = {(r["message_type"], r["body"] == sent.body): r["id"] for r in rows}
+
+        first, second = await asyncio.gather(
+            api.post(f"/dead-letters/{by_type[('inventory.ReserveStock', True)]}/replay"),
+            api.post(f"/dead-letters/{by_type[('inventory.ReserveStock', True)]}/replay"),
+        )
+        tampered = await api.post(f"/dead-letters/{by_type[('inventory.ReserveStock', False)]}/replay")
+        retyped = await api.post(f"/dead-letters/{by_type[('inventory.ReleaseStock', True)]}/replay")
+        again = await inventory.get(timeout=10)
+        await again.ack()
+
+    assert sorted([first.status_code, second.status_code]) == [200, 409]  # claimed once, sent once
+    assert "replayed" in (first if first.status_code == 409 else second).json()["detail"]
+    assert (again.message_id, again.body, again.routing_key) == (sent.message_id, sent.body, sent.type)
+    assert await waiting_in(bench, f"{bench.namespace}.inventory") == 0
+    assert tampered.status_code == 409 and "its body is not the payload" in tampered.json()["detail"]
+    assert retyped.status_code == 409 and "sent that id as inventory.ReserveStock" in retyped.json()["detail"]

@@ -538,7 +538,9 @@ class Republisher:
             except Exception as error:  # the connection broke, or no confirm came in time
                 self._channel = None
                 raise Unpublishable(
-                    f"the broker did not confirm the message: {_said(error)}", unavailable=True
+                    f"the broker did not confirm the message: {_said(error)}",
+                    unavailable=True,
+                    maybe_sent=True,
                 ) from None
 
     async def close(self, timeout: float = 5.0) -> None:

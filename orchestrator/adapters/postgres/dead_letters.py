@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, delete, func, literal, select, tuple_, update
+from sqlalchemy import ColumnElement, delete, func, literal, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from orchestrator.adapters.postgres.cursors import decode_cursor, encode_cursor
 from orchestrator.adapters.postgres.schema import dead_letters
 from orchestrator.core.ingress import clip, printable
-from orchestrator.service.ports import DeadLetterFilter, DeadLetterPage, DeadLetterRow
+from orchestrator.service.ports import DeadLetterFilter, DeadLetterPage, DeadLetterRow, SentCommand
 
 __all__ = ["PostgresDeadLetters"]
 
@@ -74,9 +74,14 @@ class PostgresDeadLetters:
         rows = await self.rows(DeadLetterFilter(ids=(letter_id,)), 1)
         return rows[0] if rows else None
 
-    async def rows(self, f: DeadLetterFilter, limit: int) -> list[DeadLetterRow]:
+    async def rows(
+        self, f: DeadLetterFilter, limit: int, after: tuple[datetime, int] | None = None
+    ) -> list[DeadLetterRow]:
         """Whole rows, bodies included, oldest first (the order a replay sends them in)."""
-        query = select(*_LISTED, _c.body).where(*_conditions(f)).order_by(_c.dead_at, _c.id).limit(limit)
+        query = select(*_LISTED, _c.body).where(*_conditions(f))
+        if after is not None:
+            query = query.where(tuple_(_c.dead_at, _c.id) > tuple_(literal(after[0]), literal(after[1])))
+        query = query.order_by(_c.dead_at, _c.id).limit(limit)
         async with self.engine.connect() as connection:
             return [DeadLetterRow(**r._mapping) for r in await connection.execute(query)]
 
@@ -91,10 +96,42 @@ class PostgresDeadLetters:
             result = await connection.execute(delete(dead_letters).where(*_conditions(f)))
         return int(result.rowcount)
 
-    async def mark_replayed(self, letter_id: int, actor: str, at: datetime) -> None:
+    async def claim(self, letter_id: int, actor: str, at: datetime, replayed_at: datetime | None) -> bool:
+        async with self.engine.begin() as connection:
+            claimed = await connection.execute(
+                update(dead_letters)
+                .where(_c.id == letter_id, _c.replayed_at.is_not_distinct_from(replayed_at))
+                .values(replayed_at=at, replayed_by=clip(printable(actor), 200))
+                .returning(_c.id)
+            )
+            return claimed.first() is not None
+
+    async def unclaim(
+        self, letter_id: int, at: datetime, replayed_at: datetime | None, replayed_by: str | None
+    ) -> None:
         async with self.engine.begin() as connection:
             await connection.execute(
                 update(dead_letters)
-                .where(_c.id == letter_id)
-                .values(replayed_at=at, replayed_by=clip(printable(actor), 200))
+                .where(_c.id == letter_id, _c.replayed_at == at)
+                .values(replayed_at=replayed_at, replayed_by=replayed_by)
             )
+
+    async def sent_command(self, saga_id: str, message_id: str) -> SentCommand | None:
+        async with self.engine.connect() as connection:
+            found = (await connection.execute(_SENT, {"saga_id": saga_id, "message_id": message_id})).first()
+        return SentCommand(found.type, found.payload) if found is not None else None
+
+
+#: a command of a saga's journal by its id, among the saga's own entries (its primary key's prefix)
+_SENT = text(
+    """
+    SELECT c->>'type' AS type, c->'payload' AS payload
+    FROM journal j CROSS JOIN LATERAL jsonb_array_elements(j.decision->'commands') c
+    WHERE j.saga_id = :saga_id
+      AND j.decision->'commands'
+          @> jsonb_build_array(jsonb_build_object('message_id', CAST(:message_id AS text)))
+      AND c->>'message_id' = :message_id
+    ORDER BY j.seq
+    LIMIT 1
+    """
+)

@@ -17,12 +17,15 @@ from orchestrator.core.ingress import Reason
 from orchestrator.entrypoints.api import models as m
 from orchestrator.entrypoints.api.auth import Guard, Role
 from orchestrator.entrypoints.api.context import ApiContext, answers, utc
+from orchestrator.entrypoints.bootstrap import replay_routes
 from orchestrator.service.dead_letters import (
     DeadLetterFilter,
     DeadLetterRow,
     Publish,
     ReplayOutcome,
+    pages,
     replay,
+    target_of,
     why_not_replayable,
 )
 
@@ -37,8 +40,7 @@ def summary(row: DeadLetterRow) -> m.DeadLetterSummary:
     return m.DeadLetterSummary.model_validate(row)
 
 
-def detail(row: DeadLetterRow) -> m.DeadLetterDetail:
-    why = why_not_replayable(row)
+def detail(row: DeadLetterRow, why: str | None) -> m.DeadLetterDetail:
     text = row.body_text
     return m.DeadLetterDetail(
         **summary(row).model_dump(),
@@ -55,7 +57,14 @@ def dead_letters_router(ctx: ApiContext, guard: Guard) -> APIRouter:
     Actor = Annotated[str, guard.actor()]
     admin = guard.needs(Role.ADMIN)
     table = PostgresDeadLetters(ctx.queries.engine)
+    routes = replay_routes(ctx.settings, ctx.registry)
     router = APIRouter()
+
+    async def shown(row: DeadLetterRow) -> m.DeadLetterDetail:
+        why = why_not_replayable(row)
+        target = await target_of(row, routes, table.sent_command) if why is None else why
+        return detail(row, target if isinstance(target, str) else None)
+
     viewing = APIRouter(
         prefix="/dead-letters", tags=["dead letters"], dependencies=reads, responses=answers(*read_auth, 422)
     )
@@ -114,7 +123,7 @@ def dead_letters_router(ctx: ApiContext, guard: Guard) -> APIRouter:
         row = await table.get(letter_id)
         if row is None:
             raise HTTPException(404, f"no dead letter {letter_id}")
-        return detail(row)
+        return await shown(row)
 
     @acting.post(
         "/{letter_id}/replay",
@@ -127,20 +136,23 @@ def dead_letters_router(ctx: ApiContext, guard: Guard) -> APIRouter:
         actor: Actor,
         again: Annotated[bool, Query(description="replay it even if it was replayed before")] = False,
     ) -> m.DeadLetterDetail:
-        """Publish it again to the exchange and routing key it was sent to, with its body and
-        properties (not the headers of its death), and mark it replayed. It then goes through the
-        same checks as any message: if it is still bad, it becomes a new dead letter."""
+        """Mark it replayed and publish it again, with its body and properties (not the headers
+        of its death): a command its saga's journal proves to ``{ns}.commands``, anything else
+        not claiming to be a command to the orchestrator's own inbound path, where it goes
+        through the same checks as any message (still bad, it becomes a new dead letter). What
+        cannot be proven is refused (409) with the reason; ``not_replayable_because`` says it."""
         row = await table.get(letter_id)
         if row is None:
             raise HTTPException(404, f"no dead letter {letter_id}")
         why = why_not_replayable(row, again)
         if why is not None:
             raise HTTPException(409, f"dead letter {letter_id} cannot be replayed: {why}")
-        outcome = await replay(table, [row], publisher(), actor, again=again)
+        outcome = await replay(table, [row], publisher(), actor, routes, again=again)
         unavailable(outcome)
         if outcome.refused:
             raise HTTPException(409, f"dead letter {letter_id} was not replayed: {outcome.refused[0][1]}")
-        return detail(outcome.replayed[0])
+        replayed = await table.get(letter_id)
+        return detail(replayed or row, None)
 
     @acting.post("/replay", operation_id="replay_dead_letters", response_model=m.DeadLetterReplayResult)
     async def replay_many(body: m.DeadLetterReplayRequest, actor: Actor) -> m.DeadLetterReplayResult:
@@ -148,20 +160,22 @@ def dead_letters_router(ctx: ApiContext, guard: Guard) -> APIRouter:
         unless ``again``), oldest first. Each that cannot be replayed is listed with why."""
         if body.ids is not None:
             ids = list(dict.fromkeys(body.ids))
-            found = {r.id: r for r in await table.rows(DeadLetterFilter(ids=tuple(ids)), len(ids))}
-            rows = [found[i] for i in ids if i in found]
-            missing = [(i, "no such dead letter") for i in ids if i not in found]
+            selected, limit = DeadLetterFilter(ids=tuple(ids)), len(ids)
         else:
             selected = DeadLetterFilter(
                 reason=str(body.reason),
                 since=utc(body.since, "since"),
                 replayed=None if body.again else False,
             )
-            rows, missing = await table.rows(selected, body.limit), []
+            limit, ids = body.limit, []
         outcome = (
-            await replay(table, rows, publisher(), actor, again=body.again) if rows else ReplayOutcome([], [])
+            await replay(table, pages(table, selected, limit), publisher(), actor, routes, again=body.again)
+            if limit
+            else ReplayOutcome([], [])
         )
         unavailable(outcome)
+        seen = {r.id for r in outcome.replayed} | {i for i, _ in outcome.refused}
+        missing = [(i, "no such dead letter") for i in ids if i not in seen]
         refused = [m.ReplayRefusal(id=i, detail=d) for i, d in [*missing, *outcome.refused]]
         return m.DeadLetterReplayResult(replayed=[r.id for r in outcome.replayed], refused=refused)
 

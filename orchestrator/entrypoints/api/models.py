@@ -337,7 +337,9 @@ class DeadLetterSummary(_Model):
     message_id: str | None
     message_type: str | None
     correlation_id: str | None
-    exchange: str = Field(description="where it was sent, and where a replay sends it")
+    exchange: str = Field(
+        description="where it says it was sent (its headers): a replay goes where its saga or its type says"
+    )
     routing_key: str
     body_size: int = Field(description="the body's size as received, in bytes")
     body_stored: int = Field(description="how much of it is stored: less when it was cut at the size cap")
