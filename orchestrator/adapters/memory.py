@@ -41,6 +41,8 @@ _ABSENT = object()
 class _MemoryTransaction:
     def __init__(self, store: MemoryStore) -> None:
         self.store = store
+        #: one transaction at a time: no row is ever locked by another
+        self.busy: set[str] = set()
         #: how to take back what this transaction's saves wrote, run newest first when it ends in
         #: an exception: PostgreSQL rolls a transaction back whole, whatever failed after its save
         self._undo: list[Callable[[], None]] = []

@@ -136,6 +136,12 @@ class _Collector:
             m.stalled() is not None,
         )
         yield GaugeMetricFamily(
+            "orchestrator_messages_waiting_on_locks",
+            "Messages set aside because another transaction holds their saga's row (retried, never"
+            " dead-lettered)",
+            m.waiting_on_locks(),
+        )
+        yield GaugeMetricFamily(
             "orchestrator_partitions_owned", "Partition queues this replica consumes", m.partitions_owned()
         )
         yield CounterMetricFamily(

@@ -9,6 +9,9 @@ from orchestrator.service.faults import Fault
 __all__ = ["by_sqlstate", "sqlstate"]
 
 
+#: statement_timeout (or an operator's pg_cancel_backend): the statement took too long, which is
+#: the batch's fault (tried a few times, then split), not the database's away
+QUERY_CANCELED = "57014"
 _UNAVAILABLE_CLASSES = {"08", "53", "57", "58", "25", "28", "3D"}
 #: the database as deployed cannot take any batch (no privilege, no table: a migration missing)
 _UNAVAILABLE_CODES = {"42501", "42P01", "42703", "42883"}
@@ -28,6 +31,8 @@ def by_sqlstate(error: BaseException) -> Fault:
     to read it), or of a lost connection; anything else is OTHER."""
     code = sqlstate(error)
     if code is not None:
+        if code == QUERY_CANCELED:  # statement_timeout: this batch's statement, not the database
+            return Fault.OTHER
         if code[:2] in _UNAVAILABLE_CLASSES or code in _UNAVAILABLE_CODES:
             return Fault.UNAVAILABLE
         if code[:2] == "23" or code in {"40001", "40P01", "55P03"}:

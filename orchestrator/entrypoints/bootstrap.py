@@ -22,7 +22,7 @@ from orchestrator.adapters.postgres.dead_letters import PostgresDeadLetters
 from orchestrator.adapters.postgres.partitions import PostgresPartitionLocks
 from orchestrator.adapters.postgres.releases import PostgresReleaseBook
 from orchestrator.adapters.postgres.retention import Pruner
-from orchestrator.adapters.postgres.store import PostgresStore, make_engine
+from orchestrator.adapters.postgres.store import PostgresStore, Timeouts, make_engine
 from orchestrator.adapters.scheduler import SchedulerAlarm
 from orchestrator.adapters.tracing import publishing
 from orchestrator.core.definitions import Workflow
@@ -100,12 +100,22 @@ def registry_of(settings: Settings) -> Registry:
 
 def store_of(settings: Settings, pool_size: int = 5) -> PostgresStore:
     """The store on ``settings``' database (a command's: a small pool)."""
-    return PostgresStore.from_url(settings.database_url, pool_size)
+    return PostgresStore.from_url(settings.database_url, pool_size, timeouts_of(settings))
+
+
+def timeouts_of(settings: Settings) -> Timeouts:
+    return Timeouts(
+        statement=settings.database_statement_timeout_seconds,
+        lock=settings.database_lock_timeout_seconds,
+        acquire=settings.database_acquire_timeout_seconds,
+    )
 
 
 def dead_letters_of(settings: Settings) -> PostgresDeadLetters:
     """The dead-letter repository on ``settings``' database, one connection (close its engine)."""
-    return PostgresDeadLetters(make_engine(settings.database_url, pool_size=1))
+    return PostgresDeadLetters(
+        make_engine(settings.database_url, pool_size=1, timeouts=timeouts_of(settings))
+    )
 
 
 def replay_routes(settings: Settings, registry: Registry) -> ReplayRoutes:
@@ -178,6 +188,7 @@ def build(
         in_flight=lambda: len(relay.in_flight),
         in_hand=lambda: (broker.consumer.unsettled, broker.consumer.bytes_in_hand),
         stalled=intake.stalled,
+        waiting_on_locks=lambda: intake.set_aside,
         partitions_owned=(lambda: len(ownership.owned)) if ownership is not None else None,
     )
     api = None

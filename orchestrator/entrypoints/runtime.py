@@ -113,6 +113,7 @@ class Orchestrator:
         self.drain.start(spawn)
         self._worker = spawn("worker", lambda: self.intake.run(self._stopping))
         spawn("queue-watch", lambda: self.intake.watch_queue(self._stopping))
+        spawn("set-aside", lambda: self.intake.retry_aside(self._stopping))
         if self.pruner is not None:
             spawn("prune", self.pruner.run)
         log.info(

@@ -118,6 +118,11 @@ class Settings:
     #: how many partition queues correlated messages are spread over by saga (docs/scaling.md);
     #: 1: one queue, every replica takes from it. A change goes through ``orchestrator migrate``
     partitions: int = 1
+    #: how long a statement, a wait for a row lock, and a wait for a pooled connection may take
+    #: (README, "Crashes and outages"): a row locked elsewhere holds up its own saga only
+    database_statement_timeout_seconds: float = 30.0
+    database_lock_timeout_seconds: float = 5.0
+    database_acquire_timeout_seconds: float = 10.0
     #: how often each replica looks at who owns which partition, and takes or gives some up: a
     #: dead replica's partitions are taken within about this long
     rebalance_seconds: float = 1.0
@@ -175,6 +180,15 @@ class Settings:
             ),
             "partitions": integer(env, "ORCHESTRATOR_PARTITIONS", cls.partitions, minimum=1, maximum=256),
             "rebalance_seconds": seconds(env, "ORCHESTRATOR_REBALANCE_SECONDS", cls.rebalance_seconds),
+            "database_statement_timeout_seconds": seconds(
+                env, "ORCHESTRATOR_DATABASE_STATEMENT_TIMEOUT_SECONDS", cls.database_statement_timeout_seconds
+            ),
+            "database_lock_timeout_seconds": seconds(
+                env, "ORCHESTRATOR_DATABASE_LOCK_TIMEOUT_SECONDS", cls.database_lock_timeout_seconds
+            ),
+            "database_acquire_timeout_seconds": seconds(
+                env, "ORCHESTRATOR_DATABASE_ACQUIRE_TIMEOUT_SECONDS", cls.database_acquire_timeout_seconds
+            ),
             "prune_interval_seconds": (
                 0.0
                 if value(env, "ORCHESTRATOR_PRUNE_INTERVAL_SECONDS") == "0"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -46,6 +46,9 @@ class Verdict(enum.StrEnum):
     #: deploy): neither decided nor refused here, but given back to the queue for a process that
     #: loads it
     LEFT = "left"
+    #: for a saga whose row another transaction holds (or behind such a message): neither decided
+    #: nor refused, set aside and taken again after a pause; never a failure, never dead-lettered
+    BUSY = "busy"
 
 
 class _Leave(Exception):
@@ -65,6 +68,9 @@ class BatchResult:
     decisions: list[Decision] = field(default_factory=list)
     #: the journal entries committed (a fired timer's carries its due time and message id)
     journal: list[JournalEntry] = field(default_factory=list)
+    #: per message, the sagas a BUSY one is for (empty for the others): messages for them that
+    #: come later must wait behind it, so that each saga still takes its messages in order
+    waits: list[frozenset[str]] = field(default_factory=list)
 
     @property
     def reasons(self) -> list[str | None]:
@@ -136,14 +142,22 @@ async def process_batch(
     now: datetime,
     limits: Limits = DEFAULT_LIMITS,
     tracer: Tracer | None = None,
+    held: Collection[str] = (),
 ) -> BatchResult:
     """Decide every message of the batch and commit all of it in one transaction; ``limits`` are
     the service's, by which a refused message's dead letter keeps its body.
 
+    A message for a saga whose row another transaction holds, or for a saga in ``held`` (one
+    whose earlier messages wait so already), is BUSY: not decided, and the rest go on.
+
     With a ``tracer``, each message decided gets a ``decide`` span (a child of the context it came
     with), whose context its commands and timers carry on, and a ``commit`` span under it for the
     batch's commit. Without one, the context it came with is carried on as it is."""
-    result = BatchResult(verdicts=[Verdict.ACCEPTED] * len(envelopes), refusals=[None] * len(envelopes))
+    result = BatchResult(
+        verdicts=[Verdict.ACCEPTED] * len(envelopes),
+        refusals=[None] * len(envelopes),
+        waits=[frozenset()] * len(envelopes),
+    )
     parsed: list[_Parsed] = []
     for index, envelope in enumerate(envelopes):
         try:
@@ -164,7 +178,17 @@ async def process_batch(
         current, seen = await tx.read_batch(wanted, (p.message_id for p in parsed))
         missing = wanted - current.keys()  # archived, maybe: one more read, only then
         archived = await tx.tombstones(missing) if missing else {}
+        busy = set(tx.busy) | set(held)
         for p in parsed:
+            if busy:
+                ids = {t.saga_id for t in p.keyed if t.saga_id}
+                if p.envelope.correlation_id:
+                    ids.add(p.envelope.correlation_id)
+                if ids & busy:  # later messages for any of its sagas wait behind it
+                    busy |= ids
+                    result.verdicts[p.index] = Verdict.BUSY
+                    result.waits[p.index] = frozenset(ids)
+                    continue
             live = live_starts(p.keyed, archived)
             if p.message_id in seen or p.message_id in changes.inbox or live is None:
                 result.verdicts[p.index] = Verdict.DUPLICATE

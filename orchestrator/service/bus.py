@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from orchestrator.core.engine import Decision, OutgoingCommand
@@ -81,10 +81,14 @@ class MessageBus:
         self.last_commit = time.monotonic()
 
     # ways in -------------------------------------------------------------------------------------
-    async def handle(self, envelopes: Sequence[Envelope], arrived: Sequence[float]) -> BatchResult:
+    async def handle(
+        self, envelopes: Sequence[Envelope], arrived: Sequence[float], held: Collection[str] = ()
+    ) -> BatchResult:
         """A batch of messages, decided and committed whatever fails on the way: one verdict per
-        message. ``arrived`` is when each came in (time.monotonic): step latency runs from there."""
-        return await self._commit(list(envelopes), list(arrived), BATCH, self.store.classify)
+        message. ``arrived`` is when each came in (time.monotonic): step latency runs from there.
+        ``held``: sagas with messages set aside (BUSY), which this batch's messages for them
+        wait behind."""
+        return await self._commit(list(envelopes), list(arrived), BATCH, self.store.classify, held)
 
     async def fire_due(self) -> BatchResult:
         """One round of the deadline sweep: timers due now fired, in one transaction.
@@ -210,13 +214,14 @@ class MessageBus:
         arrived: list[float],
         policy: FaultPolicy,
         classify: Callable[[BaseException], Fault],
+        held: Collection[str] = (),
     ) -> BatchResult:
         """``process_batch`` by the policy, failures read by ``classify``; given up, the batch is
         split."""
 
         async def decide_and_commit() -> BatchResult:
             return await process_batch(
-                self.registry, self.store, envelopes, self.clock(), self.limits, self.tracer
+                self.registry, self.store, envelopes, self.clock(), self.limits, self.tracer, held
             )
 
         def note(fault: Fault, error: BaseException, pause: float | None) -> None:
@@ -232,20 +237,27 @@ class MessageBus:
         try:
             result = await attempt(decide_and_commit, classify, policy, note, self.sleep)
         except GaveUp as gave_up:
-            return await self._isolate(envelopes, arrived, gave_up.fault, gave_up.error)
+            return await self._isolate(envelopes, arrived, gave_up.fault, gave_up.error, held)
         self.database_trouble = None
         self.last_commit = time.monotonic()
         self._committed(result.commands, result.decisions, min(arrived) if arrived else None)
         return result
 
     async def _isolate(
-        self, envelopes: list[Envelope], arrived: list[float], fault: Fault, error: BaseException
+        self,
+        envelopes: list[Envelope],
+        arrived: list[float],
+        fault: Fault,
+        error: BaseException,
+        held: Collection[str] = (),
     ) -> BatchResult:
-        """Split a failing batch in halves until the message at fault stands alone; set it aside."""
+        """Split a failing batch in halves until the message at fault stands alone; set it aside.
+        A message of the first half that had to wait (BUSY) holds its sagas for the second."""
         if len(envelopes) > 1:
             half = len(envelopes) // 2
-            left = await self._commit(envelopes[:half], arrived[:half], SPLIT, self.store.classify)
-            right = await self._commit(envelopes[half:], arrived[half:], SPLIT, self.store.classify)
+            left = await self._commit(envelopes[:half], arrived[:half], SPLIT, self.store.classify, held)
+            waiting = set(held).union(*left.waits)
+            right = await self._commit(envelopes[half:], arrived[half:], SPLIT, self.store.classify, waiting)
             return _joined(left, right)
         envelope = envelopes[0]
         if envelope.refused is not None:  # even its dead letter failed: record it bare
@@ -272,4 +284,5 @@ def _joined(left: BatchResult, right: BatchResult) -> BatchResult:
         commands=left.commands + right.commands,
         decisions=left.decisions + right.decisions,
         journal=left.journal + right.journal,
+        waits=left.waits + right.waits,
     )

@@ -108,6 +108,8 @@ class Counts:
         self.stalled: Callable[[], str | None] = lambda: None
         #: partition queues this replica consumes (0 with one queue: docs/scaling.md)
         self.partitions_owned: Callable[[], int] = lambda: 0
+        #: messages set aside because their saga's row is locked by another transaction
+        self.waiting_on_locks: Callable[[], int] = lambda: 0
 
     def confirmed(self, commands: int) -> None:
         """Commands the broker confirmed."""
@@ -120,6 +122,7 @@ class Counts:
         in_hand: Callable[[], tuple[int, int]] | None = None,
         stalled: Callable[[], str | None] | None = None,
         partitions_owned: Callable[[], int] | None = None,
+        waiting_on_locks: Callable[[], int] | None = None,
     ) -> None:
         """Gauges read at a scrape from the parts that know them, given once the parts exist."""
         if in_flight is not None:
@@ -130,6 +133,8 @@ class Counts:
             self.stalled = stalled
         if partitions_owned is not None:
             self.partitions_owned = partitions_owned
+        if waiting_on_locks is not None:
+            self.waiting_on_locks = waiting_on_locks
 
 
 def count_finished(

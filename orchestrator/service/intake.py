@@ -1,8 +1,11 @@
 """The broker's way in: batches off the consumer through the bus, then settled by their verdicts.
 
 Nothing is acked before its batch committed. A message for a saga on a release of its workflow
-this process does not load (a rolling deploy) is handed over to a process that loads it. The
-intake also knows whether it makes progress, which readiness reports.
+this process does not load (a rolling deploy) is handed over to a process that loads it. A message
+for a saga whose row another transaction holds (an operator's open ``psql`` session, a stuck
+connection) is set aside, unacked, and taken again after a pause, with every later message for
+that saga behind it: the other sagas go on meanwhile. The intake also knows whether it makes
+progress, which readiness reports.
 """
 
 from __future__ import annotations
@@ -55,17 +58,73 @@ class Intake(Generic[D]):
         self._left_logged = 0.0  # when leaving messages was last logged: once per 10 s at most
         #: messages the broker says wait in the queue while none are in hand, and since when
         self._waiting: tuple[int, float] = (0, monotonic())
+        #: messages set aside for sagas locked elsewhere, in the order they came, each with the
+        #: sagas it is for, and since when the oldest waits
+        self._aside: list[tuple[D, frozenset[str]]] = []
+        self._aside_since = 0.0
+        #: one batch at a time, whether new or set aside: the order of a saga's messages holds
+        self._turn = asyncio.Lock()
+
+    @property
+    def set_aside(self) -> int:
+        """Messages waiting for a saga row another transaction holds."""
+        return len(self._aside)
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Consume, then decide, commit and ack each batch, until stopping (the consumer says
-        what it still hands out then)."""
+        what it still hands out then); then give back what is set aside."""
         async for batch in self.consumer.batches(self.batch_size, stopping):
             await self.take(batch)
+        async with self._turn:
+            aside, self._aside = [d for d, _ in self._aside], []
+            if aside:  # unacked: another replica (or this one, restarted) takes them
+                await self.consumer.requeue(aside)
+
+    async def retry_aside(self, stopping: asyncio.Event) -> None:
+        """Take the messages set aside again, after a pause that grows while their rows stay
+        locked (0.25 s, doubling, at most 2 s): a lock held a moment costs a moment; one held for
+        an hour costs a read every 2 s. Never counted as a failure, never dead-lettered."""
+        pause = 0.25
+        while not stopping.is_set():
+            await self.sleep(pause)
+            async with self._turn:
+                if not self._aside:
+                    pause = 0.25
+                    continue
+                aside, self._aside = self._aside, []
+                before = len(aside)
+                await self._settle([d for d, _ in aside], held=(), since=self._aside_since)
+                pause = 0.25 if len(self._aside) < before else min(pause * 2, 2.0)
 
     async def take(self, batch: Sequence[D]) -> None:
         """Decide and commit a batch through the bus, then settle each message by its verdict."""
-        result = await self.bus.handle([d.envelope for d in batch], [d.arrived for d in batch])
-        for delivery, verdict, refusal in zip(batch, result.verdicts, result.refusals, strict=True):
+        async with self._turn:
+            held = frozenset().union(*(sagas for _, sagas in self._aside))
+            await self._settle(batch, held)
+
+    async def _settle(
+        self, batch: Sequence[D], held: frozenset[str] | tuple[()], since: float | None = None
+    ) -> None:
+        """Settle each of ``batch`` by its verdict: acked, handed over, or set aside (BUSY).
+        ``since``: when the oldest of ``batch`` was first set aside (a retry of those)."""
+        result = await self.bus.handle([d.envelope for d in batch], [d.arrived for d in batch], held)
+        verdicts = result.verdicts
+        busy = [
+            (d, sagas) for d, v, sagas in zip(batch, verdicts, result.waits, strict=True) if v is Verdict.BUSY
+        ]
+        if busy and not self._aside:
+            self._aside_since = since if since is not None else self.monotonic()
+            if since is None:
+                log.warning(
+                    "%d messages wait for saga rows another transaction holds (saga %s first);"
+                    " the other sagas go on",
+                    len(busy),
+                    ", ".join(sorted(busy[0][1])),
+                )
+        self._aside.extend(busy)
+        for delivery, verdict, refusal in zip(batch, verdicts, result.refusals, strict=True):
+            if verdict is Verdict.BUSY:
+                continue
             self.counts.messages_in[str(verdict)] += 1
             envelope = delivery.envelope
             if verdict is Verdict.DEAD and refusal is not None:
@@ -84,14 +143,12 @@ class Intake(Generic[D]):
                     envelope.type,
                     extra={"saga_id": envelope.correlation_id, "message_id": envelope.message_id},
                 )
-        settled = list(batch)
-        left = [d for d, verdict in zip(batch, result.verdicts, strict=True) if verdict is Verdict.LEFT]
+        settled = [d for d, v in zip(batch, verdicts, strict=True) if v not in (Verdict.BUSY, Verdict.LEFT)]
+        left = [d for d, v in zip(batch, verdicts, strict=True) if v is Verdict.LEFT]
         if left:
-            handed = await self._leave(left)
-            settled = [
-                d for d, verdict in zip(batch, result.verdicts, strict=True) if verdict is not Verdict.LEFT
-            ] + handed
-        await self.consumer.ack(settled)
+            settled += await self._leave(left)
+        # a multiple ack would take along the deliveries set aside, which come earlier on the channel
+        await self.consumer.ack(settled, multiple_ok=not self._aside)
 
     async def _leave(self, left: list[D]) -> list[D]:
         """Hand over messages for sagas on a release of their workflow this process does not load
@@ -133,7 +190,12 @@ class Intake(Generic[D]):
             return f"cannot commit: {self.bus.database_trouble}"
         consumer = self.consumer
         now = self.monotonic()
-        if consumer.unsettled:
+        if self._aside and now - self._aside_since > self.stall_seconds:
+            return (
+                f"{len(self._aside)} messages wait for saga rows another transaction holds, the oldest"
+                f" for {now - self._aside_since:.0f}s"
+            )
+        if consumer.unsettled > len(self._aside):
             idle = now - max(self.bus.last_commit, consumer.busy_since)
             if idle > self.stall_seconds:
                 return f"{consumer.unsettled} messages in hand and no batch committed for {idle:.0f}s"

@@ -76,6 +76,10 @@ class Changes:
 
 
 class Transaction(Protocol):
+    #: the sagas among those :meth:`read_batch` was asked for that exist but are locked by another
+    #: transaction: skipped, not waited for (their messages wait, the rest of the batch goes on)
+    busy: set[str]
+
     async def lock_sagas(self, saga_ids: Iterable[str]) -> dict[str, SagaSnapshot]:
         """The sagas that exist among ``saga_ids``, locked until the transaction ends."""
 
@@ -83,8 +87,9 @@ class Transaction(Protocol):
         self, saga_ids: Iterable[str], message_ids: Iterable[str]
     ) -> tuple[dict[str, SagaSnapshot], set[str]]:
         """What a batch of messages needs before it is decided, in one read: the sagas that
-        exist among ``saga_ids``, locked until the transaction ends, and which of
-        ``message_ids`` were taken already (the inbox)."""
+        exist among ``saga_ids``, locked until the transaction ends (those locked elsewhere are
+        left out and added to :attr:`busy`), and which of ``message_ids`` were taken already
+        (the inbox)."""
 
     async def tombstones(self, saga_ids: Iterable[str]) -> dict[str, Tombstone]:
         """The tombstones of archived sagas among ``saga_ids``: asked only for ids no saga row

@@ -30,6 +30,8 @@ def contract_database() -> Iterator[str]:
 
 
 class TestPostgresStore(StoreContract):
+    skips_locked_rows = True
+
     @pytest_asyncio.fixture
     async def store(self, contract_database: str) -> AsyncIterator[Store]:
         connection = await asyncpg.connect(driver_dsn(contract_database))

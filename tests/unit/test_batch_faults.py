@@ -130,6 +130,7 @@ async def commit(app: Intake[Any], envelopes: list[Envelope]) -> list[Verdict]:
         ("57P01", Fault.UNAVAILABLE),  # admin shutdown
         ("53300", Fault.UNAVAILABLE),  # too many connections
         ("55P03", Fault.CONFLICT),  # lock not available
+        ("57014", Fault.OTHER),  # statement_timeout: the batch's statement, not the database away
         ("25006", Fault.UNAVAILABLE),  # read-only transaction: a standby after a failover
         ("28P01", Fault.UNAVAILABLE),  # a rotated password
         ("42P01", Fault.UNAVAILABLE),  # undefined table: a migration missing, not a message's fault

@@ -12,6 +12,7 @@ import secrets
 from collections import Counter
 from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,21 +30,56 @@ from orchestrator.core.ingress import DeadLetter
 from orchestrator.service.faults import Fault
 from orchestrator.service.store import Changes, DueDeadline, JournalEntry, Records, Tombstone
 
-__all__ = ["PostgresStore", "make_engine"]
+__all__ = ["PostgresStore", "Timeouts", "make_engine"]
 
 
 def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def make_engine(url: str, pool_size: int = 5) -> AsyncEngine:
+@dataclass(frozen=True)
+class Timeouts:
+    """How long any one thing may wait on the database (None: as long as it takes), so that a
+    row locked elsewhere or a stuck session holds up one statement, never the service.
+
+    ``statement`` and ``lock`` are PostgreSQL's ``statement_timeout`` and ``lock_timeout`` on every
+    session of the pools; the driver gives up 5 s after the statement's (asyncpg's
+    ``command_timeout``: a connection that stopped answering); ``acquire`` bounds the wait for a
+    free connection of a pool."""
+
+    statement: float | None = None
+    lock: float | None = None
+    acquire: float | None = None
+
+    @property
+    def server_settings(self) -> dict[str, str]:
+        found = {}
+        if self.statement is not None:
+            found["statement_timeout"] = str(max(1, round(self.statement * 1000)))
+        if self.lock is not None:
+            found["lock_timeout"] = str(max(1, round(self.lock * 1000)))
+        return found
+
+    @property
+    def command(self) -> float | None:
+        return None if self.statement is None else self.statement + 5.0
+
+
+def make_engine(url: str, pool_size: int = 5, timeouts: Timeouts = Timeouts()) -> AsyncEngine:
+    connect_args: dict[str, Any] = {}
+    if timeouts.server_settings:
+        connect_args["server_settings"] = timeouts.server_settings
+    if timeouts.command is not None:
+        connect_args["command_timeout"] = timeouts.command
     return create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
+        pool_timeout=timeouts.acquire if timeouts.acquire is not None else 30.0,
         json_serializer=_dumps,
         json_deserializer=orjson.loads,
+        connect_args=connect_args,
     )
 
 
@@ -170,16 +206,22 @@ SELECT (SELECT count(*) FROM journaled)
 """
 
 
-#: A batch's one read: its sagas, locked in a stable order (two replicas never deadlock on a
-#: batch), and which of its message ids the inbox already holds, told apart by ``seen``.
+#: A batch's one read: its sagas, locked; which of its message ids the inbox already holds, told
+#: apart by ``seen``; and which of its sagas exist but are locked by another transaction, told
+#: apart by ``busy`` (a plain read waits for no lock). A saga row held elsewhere (an operator's
+#: open transaction, a stuck session) is skipped, not waited for: its messages are set aside and
+#: the rest of the batch goes on, where one locked row used to stop every saga.
 _READ_BATCH = f"""
 WITH locked AS MATERIALIZED (
-    SELECT {_SAGA_COLUMNS} FROM sagas WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE
+    SELECT {_SAGA_COLUMNS} FROM sagas WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE SKIP LOCKED
 )
-SELECT *, NULL::text AS seen FROM locked
+SELECT *, NULL::text AS seen, NULL::text AS busy FROM locked
 UNION ALL
-SELECT {", ".join(f"NULL::{t}" for t in _SAGA_TYPES)}, message_id
+SELECT {", ".join(f"NULL::{t}" for t in _SAGA_TYPES)}, message_id, NULL
 FROM inbox WHERE message_id = ANY($2::text[])
+UNION ALL
+SELECT {", ".join(f"NULL::{t}" for t in _SAGA_TYPES)}, NULL, id
+FROM sagas WHERE id = ANY($1::text[]) AND id NOT IN (SELECT id FROM locked)
 """
 
 
@@ -272,6 +314,7 @@ class _PostgresTransaction:
     def __init__(self, connection: asyncpg.Connection, holder: int | None = None) -> None:
         self.connection = connection
         self.holder = holder
+        self.busy: set[str] = set()
 
     async def lock_sagas(self, saga_ids: Iterable[str]) -> dict[str, SagaSnapshot]:
         ids = sorted(set(saga_ids))  # a stable lock order: two replicas never deadlock on a batch
@@ -292,10 +335,12 @@ class _PostgresTransaction:
         current: dict[str, SagaSnapshot] = {}
         seen: set[str] = set()
         for row in rows:
-            if row["seen"] is None:
-                current[row["id"]] = saga_of(row)
-            else:
+            if row["seen"] is not None:
                 seen.add(row["seen"])
+            elif row["busy"] is not None:
+                self.busy.add(row["busy"])
+            else:
+                current[row["id"]] = saga_of(row)
         return current, seen
 
     async def tombstones(self, saga_ids: Iterable[str]) -> dict[str, Tombstone]:
@@ -327,12 +372,15 @@ class _PostgresTransaction:
         )
         if not ids:
             return {}, []
-        saga_ids = [r["saga_id"] for r in ids]
-        current = await self.lock_sagas(saga_ids)
-        # A timer of a saga that does not exist (no lock protects it) is locked here, to be removed.
+        # A saga locked elsewhere is skipped, as a batch skips it: its timers wait for a later
+        # sweep, and the other sagas' fire now. A timer of a saga that does not exist (no lock
+        # protects it) is locked here, to be removed.
+        current, _ = await self.read_batch([r["saga_id"] for r in ids], [])
+        saga_ids = [r["saga_id"] for r in ids if r["saga_id"] not in self.busy]
         rows = await self.connection.fetch(
             "SELECT saga_id, state, version, due_at, kind, trace FROM deadlines"
-            " WHERE saga_id = ANY($1::text[]) AND due_at <= $2 ORDER BY due_at, saga_id, kind FOR UPDATE",
+            " WHERE saga_id = ANY($1::text[]) AND due_at <= $2 ORDER BY due_at, saga_id, kind"
+            " FOR UPDATE SKIP LOCKED",
             saga_ids,
             now,
         )
@@ -384,9 +432,10 @@ class PostgresStore:
     """Writes go through an asyncpg pool (the hot path); reads and the relay's bookkeeping through
     SQLAlchemy, which the REST read model shares."""
 
-    def __init__(self, engine: AsyncEngine, pool_size: int = 5) -> None:
+    def __init__(self, engine: AsyncEngine, pool_size: int = 5, timeouts: Timeouts = Timeouts()) -> None:
         self.engine = engine
         self.pool_size = pool_size
+        self.timeouts = timeouts
         self._pool: asyncpg.Pool | None = None
         self._pool_lock = asyncio.Lock()
         #: the key of the advisory lock this replica holds while it lives (:meth:`hold`): the
@@ -395,8 +444,8 @@ class PostgresStore:
         self._holding: asyncpg.Connection | None = None
 
     @classmethod
-    def from_url(cls, url: str, pool_size: int = 5) -> PostgresStore:
-        return cls(make_engine(url, pool_size), pool_size)
+    def from_url(cls, url: str, pool_size: int = 5, timeouts: Timeouts = Timeouts()) -> PostgresStore:
+        return cls(make_engine(url, pool_size, timeouts), pool_size, timeouts)
 
     async def pool(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -411,14 +460,18 @@ class PostgresStore:
                         # The hot path's statements take arrays, so a custom plan is no better than
                         # the generic one, and planning it anew on each call was a third of the
                         # save's time in the database.
-                        server_settings={"plan_cache_mode": "force_generic_plan"},
+                        server_settings={
+                            "plan_cache_mode": "force_generic_plan",
+                            **self.timeouts.server_settings,
+                        },
+                        command_timeout=self.timeouts.command,
                     )
         return self._pool
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_PostgresTransaction]:
         pool = await self.pool()
-        async with pool.acquire() as connection, connection.transaction():
+        async with pool.acquire(timeout=self.timeouts.acquire) as connection, connection.transaction():
             yield _PostgresTransaction(connection, self.holder)
 
     async def get_saga(self, saga_id: str) -> SagaSnapshot | None:
@@ -495,7 +548,7 @@ class PostgresStore:
 
     async def database_now(self) -> datetime:
         pool = await self.pool()
-        async with pool.acquire() as connection:
+        async with pool.acquire(timeout=self.timeouts.acquire) as connection:
             return await connection.fetchval("SELECT clock_timestamp()")  # type: ignore[no-any-return]
 
     @property

@@ -1,0 +1,127 @@
+"""A message whose saga row another transaction holds is set aside, not failed (issue 27, case 4):
+its batch goes on without it, later messages for that saga wait behind it in order, and it is
+taken once the lock goes. Over the in-memory store, whose transactions are told which rows are
+locked; the same against PostgreSQL: tests/integration/test_locked_rows.py."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+
+from orchestrator.adapters.memory import MemoryStore
+from orchestrator.core.engine import SagaSnapshot, saga_id_for
+from orchestrator.core.ingress import Envelope
+from orchestrator.service.batch import Verdict
+
+from .test_batch_faults import orchestrator, start
+
+
+class LockingStore(MemoryStore):
+    """A memory store some of whose saga rows another session holds: a batch's read skips them
+    and says so, as PostgreSQL's ``FOR UPDATE SKIP LOCKED`` read does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.locked: set[str] = set()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Any]:
+        async with super().transaction() as tx:
+            read = tx.read_batch
+
+            async def skipping(
+                saga_ids: Iterable[str], message_ids: Iterable[str]
+            ) -> tuple[dict[str, SagaSnapshot], set[str]]:
+                ids = set(saga_ids)
+                current, seen = await read(ids - self.locked, message_ids)
+                tx.busy.update(i for i in ids & self.locked if i in self.sagas)
+                return current, seen
+
+            tx.read_batch = skipping  # type: ignore[method-assign]
+            yield tx
+
+
+def reply(order_id: str, message_id: str) -> Envelope:
+    body = orjson.dumps({"order_id": order_id, "reservation_id": f"r-{order_id}"})
+    return Envelope(
+        body, "inventory.StockReserved", message_id, correlation_id=saga_id_for("order", order_id)
+    )
+
+
+class Consumer:
+    """Records what the intake settles and how."""
+
+    def __init__(self) -> None:
+        self.unsettled = 0
+        self.busy_since = 0.0
+        self.acked: list[tuple[str | None, bool]] = []
+        self.requeued: list[str | None] = []
+
+    async def ack(self, deliveries: Sequence[Any], multiple_ok: bool = True) -> None:
+        self.acked += [(d.envelope.message_id, multiple_ok) for d in deliveries]
+
+    async def requeue(self, deliveries: Sequence[Any]) -> None:
+        self.requeued += [d.envelope.message_id for d in deliveries]
+
+
+class Delivery:
+    def __init__(self, envelope: Envelope) -> None:
+        self.envelope = envelope
+        self.arrived = 0.0
+
+
+async def test_a_locked_saga_s_message_waits_and_the_rest_of_its_batch_commits() -> None:
+    store = LockingStore()
+    app = orchestrator(store)
+    assert await app.bus.handle([start("o-1"), start("o-2")], [0.0, 0.0])
+    store.locked.add(saga_id_for("order", "o-1"))
+
+    result = await app.bus.handle([reply("o-1", "r-1"), reply("o-2", "r-2"), reply("o-1", "r-1b")], [0.0] * 3)
+
+    assert result.verdicts == [Verdict.BUSY, Verdict.ACCEPTED, Verdict.BUSY]
+    assert result.waits[0] == {saga_id_for("order", "o-1")} and result.waits[1] == frozenset()
+    assert (await store.get_saga(saga_id_for("order", "o-1"))).state == "reserve"  # type: ignore[union-attr]
+    assert (await store.get_saga(saga_id_for("order", "o-2"))).state == "charge"  # type: ignore[union-attr]
+    assert not store.dead_letters
+
+
+async def test_a_message_for_a_saga_held_behind_an_earlier_one_waits_though_its_row_is_free() -> None:
+    store = LockingStore()
+    app = orchestrator(store)
+    await app.bus.handle([start("o-1")], [0.0])
+
+    result = await app.bus.handle([reply("o-1", "r-1")], [0.0], held={saga_id_for("order", "o-1")})
+
+    assert result.verdicts == [Verdict.BUSY]
+
+
+async def test_the_intake_keeps_them_unacked_in_order_and_takes_them_once_the_lock_goes() -> None:
+    store = LockingStore()
+    app = orchestrator(store)
+    consumer = Consumer()
+    app.consumer = consumer  # type: ignore[assignment]
+    await app.take([Delivery(start("o-1")), Delivery(start("o-2"))])
+    store.locked.add(saga_id_for("order", "o-1"))
+
+    await app.take([Delivery(reply("o-1", "r-1")), Delivery(reply("o-2", "r-2"))])
+    store.locked.clear()  # free now, but the next one for o-1 must not overtake the one aside
+    await app.take([Delivery(start("o-1", "m-again"))])
+    held = app.set_aside
+    [[first, _], [again, _]] = [[d.envelope.message_id, s] for d, s in app._aside]
+
+    stopping = asyncio.Event()
+    retry = asyncio.create_task(app.retry_aside(stopping))
+    while app.set_aside:
+        await asyncio.sleep(0.05)
+    stopping.set()
+    await retry
+
+    assert held == 2 and (first, again) == ("r-1", "m-again")
+    assert ("r-2", False) in consumer.acked  # one by one while something is aside
+    assert [m for m, _ in consumer.acked][-2:] == ["r-1", "m-again"]  # in the order they came
+    assert (await store.get_saga(saga_id_for("order", "o-1"))).state == "charge"  # type: ignore[union-attr]
+    assert app.counts.messages_in == {"accepted": 5}  # none counted as busy, failed or dead
