@@ -76,6 +76,14 @@ class _MemoryTransaction:
     async def tombstones(self, saga_ids: Iterable[str]) -> dict[str, Tombstone]:
         return {i: self.store.tombstones[i] for i in saga_ids if i in self.store.tombstones}
 
+    async def sent_commands(self, saga_ids: Iterable[str]) -> dict[str, set[str]]:
+        found: dict[str, set[str]] = {}
+        for saga_id in set(saga_ids):
+            for entry in self.store.journals.get(saga_id, []):
+                for command in entry.decision.get("commands") or []:
+                    found.setdefault(saga_id, set()).add(command["message_id"])
+        return found
+
     async def claim_due(
         self, now: datetime, limit: int, workflows: Collection[tuple[str, str]] | None = None
     ) -> tuple[dict[str, SagaSnapshot], list[DueDeadline]]:

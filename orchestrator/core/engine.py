@@ -32,6 +32,7 @@ __all__ = [
     "SagaSnapshot",
     "command_message_id",
     "decide",
+    "reply_id_for",
     "saga_id_for",
     "upcast_message",
 ]
@@ -64,6 +65,17 @@ def saga_id_for(workflow: str, key: str) -> str:
 def command_message_id(saga_id: str, version: int, index: int) -> str:
     """Stable across replays and re-sends: participants dedupe on it."""
     return _uuid5(bytes.fromhex(saga_id.replace("-", "")), f"{version}:{index}")
+
+
+#: RFC 4122's NAMESPACE_OID, which docs/protocol.md section 6 derives reply ids in
+_REPLY_NAMESPACE = bytes.fromhex("6ba7b8129dad11d180b400c04fd430c8")
+
+
+def reply_id_for(command_id: str, reply_type: str) -> str:
+    """The ``message_id`` a participant gives its reply of ``reply_type`` to the command
+    ``command_id`` (docs/protocol.md, section 6): what tells a reply from a message that only
+    names the saga."""
+    return _uuid5(_REPLY_NAMESPACE, f"{command_id}:{reply_type}")
 
 
 def _with(saga: SagaSnapshot, **changes: Any) -> SagaSnapshot:

@@ -88,6 +88,9 @@ class Reason(enum.StrEnum):
     #: a reply whose key field names another saga than the one its correlation id names
     #: (journaled on that saga as ignored, with this reason)
     KEY_MISMATCH = "key_mismatch"
+    #: it names a saga whose workflow takes no such event, and answers none of the saga's
+    #: commands (its message_id is no reply id of docs/protocol.md, section 6)
+    NOT_AWAITED = "not_awaited"
     #: the saga holds ORCHESTRATOR_MAX_PARKED early events already
     PARKING_FULL = "parking_full"
     #: PostgreSQL refused to store it (a data exception or a program limit); detail is its error

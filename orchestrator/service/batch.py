@@ -18,7 +18,15 @@ from typing import Any
 import orjson
 
 from orchestrator.core.definitions import DEADLINE, RETRY
-from orchestrator.core.engine import Decision, Incoming, Outcome, OutgoingCommand, SagaSnapshot, decide
+from orchestrator.core.engine import (
+    Decision,
+    Incoming,
+    Outcome,
+    OutgoingCommand,
+    SagaSnapshot,
+    decide,
+    reply_id_for,
+)
 from orchestrator.core.ingress import (
     DEFAULT_LIMITS,
     MAX_KEY_LENGTH,
@@ -179,6 +187,17 @@ async def process_batch(
         missing = wanted - current.keys()  # archived, maybe: one more read, only then
         archived = await tx.tombstones(missing) if missing else {}
         busy = set(tx.busy) | set(held)
+        # a message of a type no workflow takes that names a live saga is journaled on it only as
+        # a reply to one of its commands (a reply to a command nobody waits for): anything else
+        # would grow the saga without bound, so what its waits do not explain is looked up
+        asking = {
+            saga.id
+            for p in parsed
+            if (saga := current.get(p.envelope.correlation_id or "")) is not None
+            and _foreign(p, saga, registry) is not None
+            and not _answers(p, saga, ())
+        }
+        sent = await tx.sent_commands(asking) if asking else {}
         for p in parsed:
             if busy:
                 ids = {t.saga_id for t in p.keyed if t.saga_id}
@@ -195,6 +214,11 @@ async def process_batch(
                 changes.duplicates.append(p.message_id)
                 continue
             p.narrow(live)
+            saga = current.get(p.envelope.correlation_id or "")
+            foreign = _foreign(p, saga, registry) if saga is not None else None
+            if saga is not None and foreign is not None and not _answers(p, saga, sent.get(saga.id, ())):
+                result.refuse(p.index, _unanswered(foreign, saga.id))
+                continue
             try:
                 targets = _targets(p, registry, current)
             except Refused as refused:
@@ -251,6 +275,37 @@ async def process_batch(
     result.commands = changes.commands
     result.journal = changes.journal
     return result
+
+
+def _foreign(p: _Parsed, saga: SagaSnapshot, registry: Registry) -> Refused | None:
+    """Why a message that names ``saga`` is nothing its workflow takes (no workflow takes its
+    type, or the saga's does not), or None when it is an event of the saga's workflow, or a
+    start (found by its key), or for a release not loaded here (left to one that loads it)."""
+    if p.unrouted is not None:
+        return p.unrouted
+    if p.keyed and all(t.starts for t in p.keyed):
+        return None
+    compiled = registry.for_saga(saga)
+    if compiled is None or p.type in compiled.workflow.events:
+        return None
+    return Refused(Reason.NOT_AWAITED, f"{p.type} is not an event of workflow {saga.workflow}")
+
+
+def _answers(p: _Parsed, saga: SagaSnapshot, sent: Collection[str]) -> bool:
+    """Whether the message's id is the reply id (docs/protocol.md, section 6) of a command the
+    saga waits on now, or of one of ``sent``."""
+    for command in saga.awaiting:
+        if reply_id_for(command["message_id"], p.type) == p.message_id:
+            return True
+    return any(reply_id_for(command, p.type) == p.message_id for command in sent)
+
+
+def _unanswered(refused: Refused, saga_id: str) -> Refused:
+    return Refused(
+        refused.reason,
+        f"{refused.detail}; and it answers no command saga {saga_id} sent: a reply's message_id is"
+        " uuid5(NAMESPACE_OID, '<command message_id>:<reply type>') (docs/protocol.md, section 6)",
+    )
 
 
 def _decide_span(

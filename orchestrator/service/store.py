@@ -95,6 +95,10 @@ class Transaction(Protocol):
         """The tombstones of archived sagas among ``saga_ids``: asked only for ids no saga row
         has, so a batch of replies to sagas that exist never pays for it."""
 
+    async def sent_commands(self, saga_ids: Iterable[str]) -> dict[str, set[str]]:
+        """The message ids of every command each saga's journal says it sent: asked only for a
+        message that names a saga and answers none of what the saga waits on now."""
+
     async def claim_due(
         self, now: datetime, limit: int, workflows: Collection[tuple[str, str]] | None = None
     ) -> tuple[dict[str, SagaSnapshot], list[DueDeadline]]:

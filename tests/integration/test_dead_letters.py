@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -13,11 +14,13 @@ import uuid
 from typing import Any
 
 import aio_pika
+import asyncpg
 import orjson
 import pytest
 
 from orchestrator.adapters.amqp.broker import services_of
 from orchestrator.adapters.amqp.topology import Topology, declare
+from orchestrator.core.engine import saga_id_for
 from orchestrator.core.routing import Registry
 from orchestrator.entrypoints.bootstrap import load_workflows
 
@@ -380,3 +383,33 @@ async def test_a_command_its_saga_sent_replays_to_its_participant_and_a_changed_
     assert await waiting_in(bench, f"{bench.namespace}.inventory") == 0
     assert tampered.status_code == 409 and "its body is not the payload" in tampered.json()["detail"]
     assert retyped.status_code == 409 and "sent that id as inventory.ReserveStock" in retyped.json()["detail"]
+
+
+async def test_junk_naming_a_live_saga_is_dead_lettered_and_does_not_grow_its_journal(bench: Bench) -> None:
+    """Issue 27, case 2: saga ids are computable, so junk can name any live saga."""
+    await bench.serve()
+    key = keys()
+    await bench.place_order(key)
+    saga_id = saga_id_for("order", key)
+    while (await bench.saga("order", key)) is None:
+        await asyncio.sleep(0.05)
+    before = await bench.saga("order", key)
+    junk = [
+        await bench.publish("x.Junk", {"pad": os.urandom(30_000).hex()}, correlation_id=saga_id)
+        for _ in range(100)
+    ]
+
+    rows = await rows_where(bench, 100, reason="unknown_type", correlation_id=saga_id)
+    connection = await asyncpg.connect(bench.database_url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        journal_bytes = await connection.fetchval(
+            "SELECT sum(pg_column_size(j.*)) FROM journal j WHERE saga_id = $1", saga_id
+        )
+    finally:
+        await connection.close()
+    after = await bench.saga("order", key)
+
+    assert {r["message_id"] for r in rows} == set(junk)
+    assert "answers no command saga" in rows[0]["detail"]
+    assert before is not None and after is not None and after.version == before.version
+    assert journal_bytes < 1024 * 1024, journal_bytes

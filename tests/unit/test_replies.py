@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from orchestrator.core.definitions import DefinitionError, Retry, Undo, Workflow
-from orchestrator.core.engine import Outcome, OutgoingCommand, saga_id_for
+from orchestrator.core.engine import Outcome, OutgoingCommand, reply_id_for, saga_id_for
 from orchestrator.core.ingress import Reason
 from orchestrator.examples import WORKFLOWS, escrow
 from orchestrator.examples.contracts import (
@@ -115,8 +115,11 @@ def test_a_closed_escrow_s_funds_released_is_journaled(kit):
 def test_a_reply_nobody_waits_for_in_a_running_saga_is_ignored_not_parked_nor_failed(kit):
     kit.publish(EscrowOpened("e-1", "b-1", "s-1", 90_000))
     before = kit.saga("e-1", "escrow")
+    command = kit.sent[0].message_id  # a reply of a type nothing waits for, to a command it sent
 
-    result = kit.deliver(raw("bank.FundsReleased", {"escrow_id": "e-1"}, E1))
+    result = kit.deliver(
+        raw("bank.FundsReleased", {"escrow_id": "e-1"}, E1, reply_id_for(command, "bank.FundsReleased"))
+    )
 
     after = kit.saga("e-1", "escrow")
     assert result.verdicts == [Verdict.ACCEPTED]
@@ -131,6 +134,26 @@ def test_a_reply_nobody_waits_for_in_a_running_saga_is_ignored_not_parked_nor_fa
         (),
         before.version + 1,
     )
+
+
+def test_a_message_naming_a_saga_that_answers_none_of_its_commands_is_dead_lettered_not_journaled(kit):
+    """Issue 27, case 2: junk with a live saga's (computable) id must not grow its journal."""
+    kit.publish(EscrowOpened("e-1", "b-1", "s-1", 90_000))
+    kit.publish(OrderPlaced("o-1", "c-1", [Line("sku-1", 1)], 1000))
+    before = kit.saga("e-1", "escrow")
+
+    junk = [kit.deliver(raw("x.Junk", {"pad": "p" * 1000}, E1)) for _ in range(20)]
+    elsewhere = kit.deliver(raw("inventory.StockReserved", {"order_id": "o-1", "reservation_id": "r"}, E1))
+    forged = kit.deliver(
+        raw("bank.FundsReleased", {"escrow_id": "e-1"}, E1, reply_id_for("guess", "bank.FundsReleased"))
+    )
+
+    assert {v for r in junk for v in r.verdicts} == {Verdict.DEAD}
+    assert [r.reason for r in junk[0].refusals] == [Reason.UNKNOWN_TYPE]
+    assert "answers no command saga" in (junk[0].refusals[0].detail if junk[0].refusals[0] else "")
+    assert [r.reason for r in elsewhere.refusals if r] == [Reason.NOT_AWAITED]
+    assert forged.verdicts == [Verdict.DEAD]
+    assert kit.saga("e-1", "escrow").version == before.version  # nothing journaled
 
 
 def test_an_unknown_type_without_a_saga_of_ours_is_still_dead_lettered(kit):

@@ -184,20 +184,22 @@ async def test_a_batch_of_only_poison_writes_nothing(store):
     assert (store.sagas, store.journals, store.inbox, store.outbox) == ({}, {}, {}, {})
 
 
-async def test_a_reply_correlated_to_a_saga_of_another_workflow_is_journaled_there_not_dead(store):
+async def test_a_reply_correlated_to_a_saga_of_another_workflow_is_dead_lettered_not_journaled(store):
+    """Issue 27: a message of a type the saga's workflow takes nowhere is journaled there only as
+    a reply to one of its commands; this one answers none."""
     await run(store, envelope(opened(), "m-1"))
     escrow_id = saga_id_for("escrow", "e-1")
 
     result = await run(store, envelope(StockReserved("o-1", "r-1"), "m-2", correlation_id=escrow_id))
 
-    assert result.verdicts == [Verdict.ACCEPTED]
-    assert [d.outcome for d in result.decisions] == [Outcome.IGNORED]
-    assert result.decisions[0].reason == (
-        "inventory.StockReserved is not an event of workflow escrow: nothing waits for it"
+    assert result.verdicts == [Verdict.DEAD]
+    assert result.refusals[0] is not None and result.refusals[0].reason == "not_awaited"
+    assert result.refusals[0].detail.startswith(
+        "inventory.StockReserved is not an event of workflow escrow; and it answers no command saga"
     )
-    assert [e.seq for e in store.journals[escrow_id]] == [1, 2]
-    assert store.inbox["m-2"] == escrow_id
-    assert store.dead_letters == []
+    assert [e.seq for e in store.journals[escrow_id]] == [1]
+    assert "m-2" not in store.inbox
+    assert [d.reason for d in store.dead_letters] == ["not_awaited"]
 
 
 # chaining ---------------------------------------------------------------------------------------------

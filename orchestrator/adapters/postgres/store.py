@@ -225,6 +225,14 @@ FROM sagas WHERE id = ANY($1::text[]) AND id NOT IN (SELECT id FROM locked)
 """
 
 
+#: Every command some sagas' journals say they sent (the journal's primary key: a range scan each).
+_SENT_COMMANDS = """
+SELECT j.saga_id, c->>'message_id' AS message_id
+FROM journal j CROSS JOIN LATERAL jsonb_array_elements(j.decision->'commands') c
+WHERE j.saga_id = ANY($1::text[]) AND jsonb_typeof(j.decision->'commands') = 'array'
+"""
+
+
 #: The tombstones of archived sagas among some ids (the primary key: one index probe each).
 _TOMBSTONES = (
     "SELECT saga_id, workflow, key, release, state, status, version, created_at, finished_at, archived_at"
@@ -349,6 +357,16 @@ class _PostgresTransaction:
             return {}
         rows = await self.connection.fetch(_TOMBSTONES, ids)
         return {row["saga_id"]: Tombstone(**dict(row)) for row in rows}
+
+    async def sent_commands(self, saga_ids: Iterable[str]) -> dict[str, set[str]]:
+        ids = sorted(set(saga_ids))
+        if not ids:
+            return {}
+        rows = await self.connection.fetch(_SENT_COMMANDS, ids)
+        found: dict[str, set[str]] = {}
+        for row in rows:
+            found.setdefault(row["saga_id"], set()).add(row["message_id"])
+        return found
 
     async def claim_due(
         self, now: datetime, limit: int, workflows: Collection[tuple[str, str]] | None = None
