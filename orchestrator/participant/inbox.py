@@ -12,13 +12,17 @@ handler's transaction is rolled back and a classic queue keeps no delivery count
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
+import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-__all__ = ["Inbox", "Recorded"]
+__all__ = ["Inbox", "Recorded", "Reused", "command_digest"]
 
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 MAX_ERROR = 2000
@@ -30,6 +34,21 @@ class Recorded:
     reply_type: str
     reply_body: bytes
     reply_message_id: str
+    #: what the command was (:func:`command_digest`); empty for a record written before it was kept
+    command_digest: str = ""
+
+
+class Reused(Exception):
+    """A message id recorded for another command (another type, saga or body): its reply is not
+    this command's, and doing this one under that id would make the id mean two things."""
+
+
+def command_digest(command_type: str, saga_id: str, body: Mapping[str, Any]) -> str:
+    """What identifies a command's content: its type, its saga and its body, keys sorted (the
+    orchestrator re-sends a command from its outbox, where the body's keys may come back in
+    another order)."""
+    canonical = orjson.dumps([command_type, saga_id, body], option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).hexdigest()
 
 
 class Inbox:
@@ -71,9 +90,16 @@ class Inbox:
                     updated_at timestamptz NOT NULL DEFAULT now())"""
             )
         )
+        # kept since the kit refuses a message id reused for another command; older rows have none
+        await connection.execute(
+            text(
+                f"ALTER TABLE {self._inbox} ADD COLUMN IF NOT EXISTS command_digest text NOT NULL DEFAULT ''"
+            )
+        )
 
-    async def claim(self, connection: AsyncConnection, message_id: str) -> Recorded | None:
-        """The reply recorded for ``message_id``, or None after taking a lock on it.
+    async def claim(self, connection: AsyncConnection, message_id: str, digest: str = "") -> Recorded | None:
+        """The reply recorded for ``message_id``, or None after taking a lock on it;
+        :class:`Reused` when it was recorded for a command other than ``digest`` says.
 
         The lock is the row lock of a provisional claim: a second delivery of the same command
         running at the same time waits here until the first commits (and then finds its reply)
@@ -95,14 +121,21 @@ class Inbox:
             row = (
                 await connection.execute(
                     text(
-                        f"SELECT reply_type, reply_body, reply_message_id FROM {self._inbox}"
-                        " WHERE message_id = :id"
+                        f"SELECT reply_type, reply_body, reply_message_id, command_digest, command_type,"
+                        f" saga_id FROM {self._inbox} WHERE message_id = :id"
                     ),
                     {"id": message_id},
                 )
             ).first()
             if row is not None:
-                return Recorded(row.reply_type, bytes(row.reply_body), row.reply_message_id)
+                if digest and row.command_digest and row.command_digest != digest:
+                    raise Reused(
+                        f"message id {message_id} was taken before for another command ({row.command_type}"
+                        f" of saga {row.saga_id}, or another body): its reply is not this command's"
+                    )
+                return Recorded(
+                    row.reply_type, bytes(row.reply_body), row.reply_message_id, row.command_digest
+                )
         raise RuntimeError(f"the inbox record of {message_id} keeps vanishing between insert and read")
 
     async def record(
@@ -115,15 +148,17 @@ class Inbox:
         reply_type: str,
         reply_body: bytes,
         reply_message_id: str,
+        digest: str = "",
     ) -> None:
         await connection.execute(
             text(
                 f"""UPDATE {self._inbox} SET command_type = :command_type, saga_id = :saga_id,
                     reply_type = :reply_type, reply_body = :reply_body,
-                    reply_message_id = :reply_message_id, handled_at = now()
+                    reply_message_id = :reply_message_id, command_digest = :digest, handled_at = now()
                     WHERE message_id = :id"""
             ),
             {
+                "digest": digest,
                 "id": message_id,
                 "command_type": command_type,
                 "saga_id": saga_id,
@@ -165,6 +200,19 @@ class Inbox:
             if count >= limit:
                 await self._mark_dead(connection, message_id)
             return count
+
+    async def revive(self, message_id: str) -> None:
+        """Give a dead-lettered command a fresh count of tries: it was sent again (an operator's
+        replay, the saga's resend), not handed back by the broker. Its own transaction, so that
+        the count stays fresh whatever the next try does."""
+        async with self.engine.begin() as connection:
+            await connection.execute(
+                text(
+                    f"UPDATE {self._attempts} SET attempts = 0, dead_lettered_at = NULL, updated_at = now()"
+                    " WHERE message_id = :id AND dead_lettered_at IS NOT NULL"
+                ),
+                {"id": message_id},
+            )
 
     async def _mark_dead(self, connection: AsyncConnection, message_id: str) -> None:
         await connection.execute(

@@ -15,7 +15,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from orchestrator.participant.handlers import Context, Defer, InvalidCommand, Participant, reply_message_id
-from orchestrator.participant.inbox import Inbox, Recorded
+from orchestrator.participant.inbox import Inbox, Recorded, Reused, command_digest
 
 __all__ = ["CommandProcessor", "DeadLetter", "Outcome", "TryAgain", "is_outage"]
 
@@ -80,16 +80,39 @@ class CommandProcessor:
         command_type: str,
         body: Mapping[str, Any],
         headers: Mapping[str, Any] | None = None,
+        redelivered: bool = False,
     ) -> Outcome:
-        """Carry out one command, or return the reply recorded for its ``message_id``."""
+        """Carry out one command, or return the reply recorded for its ``message_id``.
+
+        A command dead-lettered before comes back in two ways: handed back by the broker
+        (``redelivered``: the dead-lettering was cut short) it is dead-lettered again; sent anew
+        (an operator's replay, the saga's resend) it gets a fresh count of tries and runs."""
+        try:
+            return await self._process(message_id, saga_id, command_type, body, headers, redelivered)
+        except _Revive:
+            await self.inbox.revive(message_id)
+            return await self._process(message_id, saga_id, command_type, body, headers, redelivered)
+
+    async def _process(
+        self,
+        message_id: str,
+        saga_id: str,
+        command_type: str,
+        body: Mapping[str, Any],
+        headers: Mapping[str, Any] | None,
+        redelivered: bool,
+    ) -> Outcome:
         command = self.participant.decode(command_type, body)  # InvalidCommand: dead-lettered
         headers = dict(headers or {})
+        digest = command_digest(command_type, saga_id, body)
         try:
             async with self.engine.begin() as connection:
-                known = await self.inbox.claim(connection, message_id)
+                known = await self.inbox.claim(connection, message_id, digest)
                 if known is not None:
                     return Outcome(known, repeat=True)
                 failed, dead = await self.inbox.attempts(connection, message_id)
+                if dead and not redelivered:
+                    raise _Revive()
                 if dead or failed >= self.max_attempts:
                     raise DeadLetter(f"dead-lettered before, after {failed} failed tries")
                 session = AsyncSession(bind=connection, expire_on_commit=False)
@@ -115,7 +138,7 @@ class CommandProcessor:
                 finally:
                     await session.close()
                 recorded = Recorded(
-                    reply.type, orjson.dumps(reply.body), reply_message_id(message_id, reply.type)
+                    reply.type, orjson.dumps(reply.body), reply_message_id(message_id, reply.type), digest
                 )
                 await self.inbox.record(
                     connection,
@@ -125,10 +148,13 @@ class CommandProcessor:
                     reply_type=recorded.reply_type,
                     reply_body=recorded.reply_body,
                     reply_message_id=recorded.reply_message_id,
+                    digest=digest,
                 )
             return Outcome(recorded, repeat=False)
-        except (DeadLetter, Defer):
+        except (DeadLetter, Defer, _Revive):
             raise
+        except Reused as reused:  # no retry makes the id mean one command
+            raise DeadLetter(f"invalid command: {reused}") from None
         except InvalidCommand as error:  # raised by the handler: no retry makes it valid
             raise DeadLetter(f"invalid command: {error}") from None
         except _HandlerFailed as failed:
@@ -167,6 +193,11 @@ _OUTAGES = {
 }
 """asyncpg's errors that say the server or the connection is away (by name: the kit does not
 import asyncpg itself, SQLAlchemy wraps its errors)."""
+
+
+class _Revive(Exception):
+    """A command dead-lettered before, sent anew: its tries are counted afresh, outside the
+    transaction that found it (which rolls back)."""
 
 
 class _HandlerFailed(Exception):

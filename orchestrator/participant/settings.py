@@ -44,8 +44,9 @@ class Settings:
     #: after SIGTERM/SIGINT, the one bound on finishing the commands in flight and closing
     shutdown_grace: float = 10.0
     #: days the inbox keeps a command's record (None: for ever); pruned hourly. A command seen
-    #: again after its record went is carried out again, so keep it beyond any saga's life
-    inbox_retention_days: float | None = None
+    #: again after its record went is carried out again, so keep it beyond any saga's life: 90
+    #: days is beyond the life of a saga whose deadlines are days, and bounds the table
+    inbox_retention_days: float | None = 90.0
     #: fault injection for testing a workflow's deadlines: wait this long before each reply
     reply_delay: float = 0.0
     #: fault injection: commit and ack every command, never reply
@@ -108,11 +109,7 @@ class Settings:
             max_attempts=integer(env, "PARTICIPANT_MAX_ATTEMPTS", cls.max_attempts),
             retry_backoff=number(env, "PARTICIPANT_RETRY_BACKOFF", cls.retry_backoff),
             shutdown_grace=number(env, "PARTICIPANT_SHUTDOWN_GRACE", cls.shutdown_grace),
-            inbox_retention_days=(
-                number(env, "PARTICIPANT_INBOX_RETENTION_DAYS", 0.0)
-                if value(env, "PARTICIPANT_INBOX_RETENTION_DAYS")
-                else None
-            ),
+            inbox_retention_days=_retention(env),
         )
 
 
@@ -122,3 +119,13 @@ def _looks_like_amqp(url: str) -> bool:
         return parts.scheme in ("amqp", "amqps") and bool(parts.hostname) and parts.port != 0
     except ValueError:
         return False
+
+
+def _retention(env: Mapping[str, str]) -> float | None:
+    """``PARTICIPANT_INBOX_RETENTION_DAYS``: days, or ``never`` (kept for ever); 90 when unset."""
+    raw = value(env, "PARTICIPANT_INBOX_RETENTION_DAYS")
+    if raw is None:
+        return Settings.inbox_retention_days
+    if raw.strip().lower() == "never":
+        return None
+    return number(env, "PARTICIPANT_INBOX_RETENTION_DAYS", 0.0)  # checked by __post_init__

@@ -450,6 +450,7 @@ class Worker:
                 command_type=message.type or "",
                 body=body,
                 headers=message.headers,
+                redelivered=bool(message.redelivered),
             )
         except InvalidCommand as error:
             await self._dead_letter(message, f"invalid command: {error}", label, trace)

@@ -187,10 +187,13 @@ async def test_a_failing_handler_is_counted_rolled_back_and_dead_lettered_after_
         await processor.process(**debit("m-1"))
     assert await moves(engine) == 0  # every failed try's writes were rolled back
 
-    # counted in the database, so a new process goes on counting; the handler no longer runs
+    # counted in the database, so a new process goes on counting; handed back by the broker (the
+    # dead-lettering cut short), the handler no longer runs
     restarted = wallet()
     with pytest.raises(DeadLetter, match="dead-lettered before"):
-        await (await processor_for(restarted, engine, max_attempts=3)).process(**debit("m-1"))
+        await (await processor_for(restarted, engine, max_attempts=3)).process(
+            **debit("m-1"), redelivered=True
+        )
     assert restarted.calls == 0
     async with engine.connect() as connection:
         row = (
@@ -199,6 +202,45 @@ async def test_a_failing_handler_is_counted_rolled_back_and_dead_lettered_after_
             )
         ).one()
     assert row.attempts == 3 and "boom on try 3" in row.last_error and row.dead_lettered_at is not None
+
+
+async def test_a_dead_lettered_command_sent_again_under_its_own_id_runs_with_fresh_tries(
+    engine: AsyncEngine,
+) -> None:
+    """Issue 27: an operator's replay (or the saga's resend) of a command dead-lettered before,
+    once its cause is fixed, is carried out, where it was refused for ever."""
+    state = wallet()
+    state.mode = "raise"
+    processor = await processor_for(state, engine, max_attempts=2)
+    with pytest.raises(TryAgain):
+        await processor.process(**debit("m-1"))
+    with pytest.raises(DeadLetter, match="failed 2 times"):
+        await processor.process(**debit("m-1"), redelivered=True)
+
+    state.mode = "raise"  # sent again, still failing: a fresh count, not dead at once
+    with pytest.raises(TryAgain, match="try 1 of 2"):
+        await processor.process(**debit("m-1"))
+    with pytest.raises(DeadLetter, match="failed 2 times"):
+        await processor.process(**debit("m-1"), redelivered=True)
+    state.mode = "ok"  # the cause fixed, replayed once more
+    replayed = await processor.process(**debit("m-1"))
+
+    assert not replayed.repeat and replayed.reply.reply_type == "wallet.Debited"
+    assert await moves(engine) == 1  # the failed tries' writes rolled back, this one kept
+
+
+async def test_a_message_id_reused_for_another_command_is_refused_not_answered(engine: AsyncEngine) -> None:
+    state = wallet()
+    processor = await processor_for(state, engine)
+    first = await processor.process(**debit("m-1", cents=100))
+    same = await processor.process(**{**debit("m-1", cents=100), "body": {"cents": 100, "account": "a-1"}})
+
+    with pytest.raises(DeadLetter, match="message id m-1 was taken before for another command"):
+        await processor.process(**debit("m-1", cents=100_000))
+    with pytest.raises(DeadLetter, match="another command"):
+        await processor.process(**{**debit("m-1"), "saga_id": "saga-2"})
+    assert same.repeat and same.reply == first.reply  # the same command, keys in another order
+    assert state.calls == 1
 
 
 async def test_a_try_that_fails_then_succeeds_knows_its_attempt(engine: AsyncEngine) -> None:

@@ -18,7 +18,9 @@ def test_defaults_and_the_shared_variables() -> None:
         "saga",
         "classic",
     )
-    assert (settings.concurrency, settings.max_attempts, settings.inbox_retention_days) == (10, 5, None)
+    assert (settings.concurrency, settings.max_attempts, settings.inbox_retention_days) == (10, 5, 90.0)
+    kept = Settings.from_env({**DATABASE, "PARTICIPANT_INBOX_RETENTION_DAYS": "never"})
+    assert kept.inbox_retention_days is None
 
     settings = Settings.from_env(
         {
