@@ -38,7 +38,7 @@ from orchestrator.examples.contracts import (
     PaymentCharged,
     StockReserved,
 )
-from orchestrator.service.batch import Envelope, Verdict, process_batch
+from orchestrator.service.batch import Envelope, Verdict, fire_due_deadlines, process_batch
 from tests.integration.conftest import ROOT, Bench, migrated_database
 
 pytestmark = pytest.mark.integration
@@ -423,3 +423,42 @@ async def test_a_failed_saga_is_archived_only_when_asked(
     assert "1 failed" in asked.stdout
     assert await store.get_saga(saga_id) is None
     assert await pool.fetchval("SELECT status FROM tombstones WHERE saga_id = $1", saga_id) == "failed"
+
+
+async def _timed_out_order(store: PostgresStore, key: str, placed_at: datetime) -> str:
+    """An order whose stock never answered: its reservation given up on at its deadline, the saga
+    compensated, with ``reserve`` timed out: a late StockReserved must still be undone."""
+    saga_id = saga_id_for("order", key)
+    await _take(store, _placed(key), now=placed_at)
+    fired = await fire_due_deadlines(REGISTRY, store, placed_at + timedelta(seconds=31))
+    assert saga_id in {d.saga.id for d in fired.decisions}
+    saga = await store.get_saga(saga_id)
+    assert saga is not None and saga.status == "compensated" and saga.timed_out == ("reserve",)
+    return saga_id
+
+
+async def test_a_saga_that_may_still_undo_a_late_success_is_archived_only_after_the_window(
+    store: PostgresStore, retention_database: str, tmp_path: Path
+) -> None:
+    """Issue 27: archived at once, the late success would be dead-lettered unknown_saga, never undone."""
+    now = datetime.now(UTC)
+    key = f"late-{uuid.uuid4().hex[:8]}"
+    recent = await _timed_out_order(store, key, now - timedelta(days=2))
+    old = await _timed_out_order(store, f"late-{uuid.uuid4().hex[:8]}", now - timedelta(days=40))
+    await _send_everything(store)
+
+    archived = _cli(
+        retention_database,
+        "archive",
+        "--finished-before",
+        (now - timedelta(days=1)).isoformat(),
+        "--to",
+        str(tmp_path / "late.gz"),
+    )
+
+    assert archived.returncode == 0, archived.stderr
+    assert await store.get_saga(recent) is not None  # within 30 days of its finish: kept
+    assert await store.get_saga(old) is None
+    late = await process_batch(REGISTRY, store, [_event(StockReserved(key, "r-1"), recent)], now)
+    assert late.verdicts == [Verdict.ACCEPTED]  # its late success is still the saga's to undo
+    assert [c.type for c in late.commands] == ["inventory.ReleaseStock"]

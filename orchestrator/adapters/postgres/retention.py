@@ -35,14 +35,21 @@ _SAGA_COLUMNS = (
     " created_at, updated_at, awaiting, attempt, timed_out"
 )
 
+#: How long after it finished a saga with a step given up on at its deadline (``timed_out``) is
+#: kept: that step's success may still arrive, and only the saga can undo it. Archived before,
+#: the success would be dead-lettered as ``unknown_saga`` and never undone (docs/retention.md).
+LATE_SUCCESS_WINDOW = timedelta(days=30)
+
 #: The next batch of one status, oldest finish first, past the keyset cursor; a saga another
 #: transaction holds is skipped, as is one with commands not yet confirmed by the broker (its
-#: outbox rows would go with it, unsent): both are taken by a later run.
+#: outbox rows would go with it, unsent), and one with a step whose late success it may still
+#: have to undo, until ``LATE_SUCCESS_WINDOW`` after it finished ($6): taken by a later run.
 _CLAIM = f"""
 SELECT {_SAGA_COLUMNS} FROM sagas s
 WHERE s.status = $1 AND s.updated_at < $2
   AND s.updated_at >= $3 AND (s.updated_at > $3 OR s.id > $4)
   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.saga_id = s.id)
+  AND (s.timed_out = '[]'::jsonb OR s.updated_at < $6)
 ORDER BY s.updated_at, s.id
 LIMIT $5
 FOR UPDATE OF s SKIP LOCKED
@@ -140,7 +147,8 @@ async def _archive_batch(
 ) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
     """One batch in one transaction: lock, read, write and fsync, bury. Its sagas and journal."""
     async with pool.acquire() as connection, connection.transaction():
-        rows = await connection.fetch(_CLAIM, status, finished_before, *cursor, size)
+        late_until = now() - LATE_SUCCESS_WINDOW
+        rows = await connection.fetch(_CLAIM, status, finished_before, *cursor, size, late_until)
         if not rows:
             return [], []
         ids = [r["id"] for r in rows]
