@@ -97,6 +97,8 @@ class Reason(enum.StrEnum):
     DATABASE_REFUSED = "database_refused"
     #: taking it failed the same way on every try; detail is the last error
     FAILED_REPEATEDLY = "failed_repeatedly"
+    #: a command of ours the broker would not route (no queue bound for its type), every try
+    UNROUTABLE = "unroutable"
     #: the broker's own reasons, from the x-death header of what reaches {ns}.dead-letter:
     #: a message redelivered past the queue's delivery limit (one the client could not take)
     DELIVERY_LIMIT = "delivery_limit"

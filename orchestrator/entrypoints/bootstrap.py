@@ -152,7 +152,13 @@ def build(
     if tracer is not None:
         publish = publishing(tracer, publish, topology.commands)
     relay = Relay(
-        store, publish, settings.relay_in_flight, settings.outbox_sweep_seconds, counts=metrics, now=clock.now
+        store,
+        publish,
+        settings.relay_in_flight,
+        settings.outbox_sweep_seconds,
+        counts=metrics,
+        now=clock.now,
+        exchange=topology.commands,
     )
     deadlines = DeadlineAlarm(registry, store, SchedulerAlarm(), counts=metrics, clock=clock)
     bus = MessageBus(

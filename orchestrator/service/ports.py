@@ -66,7 +66,9 @@ Publish = Callable[[OutgoingCommand], Awaitable[None]]
 class CommandOutlet(Protocol):
     """Where committed commands go to be published (the relay)."""
 
-    def submit(self, commands: Iterable[OutgoingCommand], received_at: float | None = None) -> None: ...
+    def submit(self, commands: Iterable[OutgoingCommand], received_at: float | None = None) -> object:
+        """Take them to publish; what it returns is the outlet's (the relay says whether it had room:
+        what it has none for stays in the outbox)."""
 
 
 class TimerOutlet(Protocol):

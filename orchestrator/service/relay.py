@@ -5,6 +5,13 @@ by a periodic sweep of outbox rows that are older than the sweep interval (the s
 crash between commit and publish, a publish that failed, another replica that died). A command
 is only deleted from the outbox after the broker confirmed it, so a crash sends it again with the
 same message id, and participants dedupe.
+
+Nothing here waits or grows without a bound: a publish not confirmed within ``publish_timeout``
+is left to the sweep; the commands waiting to be published are at most ``max_pending`` (the rest
+stay in the outbox, where the sweep finds them once the broker takes commands again, say after a
+memory alarm); and a command the broker refuses to route (no queue bound for its type) is tried
+``unroutable_tries`` times, then set aside as a dead letter naming its saga, for an operator to
+bind the queue and replay it, where it was sent every 5 s for ever.
 """
 
 from __future__ import annotations
@@ -16,11 +23,14 @@ import time
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
+import orjson
+
 from orchestrator.core.engine import OutgoingCommand
+from orchestrator.core.ingress import DeadLetter, Reason, clip, printable
 from orchestrator.service.counts import Counts
-from orchestrator.service.faults import MARK_SENT, Fault, GaveUp, attempt
-from orchestrator.service.ports import Clock, Publish
-from orchestrator.service.store import Store
+from orchestrator.service.faults import DEAD_LETTERS, MARK_SENT, Fault, GaveUp, attempt
+from orchestrator.service.ports import Clock, Publish, Unpublishable
+from orchestrator.service.store import Changes, Store
 from orchestrator.supervision import Spawn, unsupervised
 
 __all__ = ["Relay"]
@@ -37,13 +47,29 @@ class Relay:
         sweep_seconds: float = 5.0,
         counts: Counts | None = None,
         now: Clock = lambda: datetime.now(UTC),
+        *,
+        publish_timeout: float = 30.0,
+        max_pending: int | None = None,
+        unroutable_tries: int = 5,
+        exchange: str = "",
     ) -> None:
         self.store = store
         self.publish = publish
         self.sweep_seconds = sweep_seconds
+        self.publish_timeout = publish_timeout
+        self.max_pending = max_pending if max_pending is not None else 4 * in_flight
+        self.unroutable_tries = unroutable_tries
+        #: where commands go ({ns}.commands): named in the dead letter of one that cannot be routed
+        self.exchange = exchange
+        #: refusals to route so far, by message id (a command taken again resets nothing: bounded
+        #: by the outbox, and forgotten once the command is confirmed or set aside)
+        self.refused: dict[str, int] = {}
+        self._full_logged = 0.0
         self.pending: asyncio.Queue[OutgoingCommand] = asyncio.Queue()
         self.in_flight: set[str] = set()
         self._slots = asyncio.Semaphore(in_flight)
+        #: a batch takes a slot per command before it goes: never more than there are slots
+        self._batch = min(512, in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -55,13 +81,25 @@ class Relay:
         self.now = now
         self._wake = asyncio.Event()
 
-    def submit(self, commands: Iterable[OutgoingCommand], received_at: float | None = None) -> None:
+    def submit(self, commands: Iterable[OutgoingCommand], received_at: float | None = None) -> bool:
+        """Take commands to publish; False when some were left to the outbox (the queue is full)."""
         for command in commands:
-            if command.message_id not in self.in_flight:
-                self.in_flight.add(command.message_id)
-                self.pending.put_nowait(command)
-                if received_at is not None:
-                    self.received[command.message_id] = received_at
+            if command.message_id in self.in_flight:
+                continue
+            if self.pending.qsize() >= self.max_pending:
+                now = time.monotonic()
+                if now - self._full_logged > 10:
+                    self._full_logged = now
+                    log.warning(
+                        "%d commands wait for the broker: the next ones stay in the outbox for the sweep",
+                        self.pending.qsize(),
+                    )
+                return False
+            self.in_flight.add(command.message_id)
+            self.pending.put_nowait(command)
+            if received_at is not None:
+                self.received[command.message_id] = received_at
+        return True
 
     async def start(self, spawn: Spawn = unsupervised) -> None:
         await self.sweep(older_than=None)  # whatever a previous run left committed but unsent
@@ -71,12 +109,11 @@ class Relay:
     async def sweep(self, older_than: datetime | None) -> int:
         total = 0
         while True:
-            rows = [
-                r for r in await self.store.unsent(5000, older_than) if r.message_id not in self.in_flight
-            ]
-            self.submit(rows)
+            found = await self.store.unsent(5000, older_than)
+            rows = [r for r in found if r.message_id not in self.in_flight]
+            taken = self.submit(rows)
             total += len(rows)
-            if len(rows) < 5000:
+            if len(found) < 5000 or not taken or not rows:  # all read, or no room: the next sweep
                 return total
 
     def sweep_soon(self) -> None:
@@ -99,7 +136,7 @@ class Relay:
     async def _run(self) -> None:
         while True:
             batch = [await self.pending.get()]
-            while not self.pending.empty() and len(batch) < 512:
+            while not self.pending.empty() and len(batch) < self._batch:
                 batch.append(self.pending.get_nowait())
             for _ in batch:
                 await self._slots.acquire()
@@ -109,9 +146,18 @@ class Relay:
 
     async def _send(self, batch: list[OutgoingCommand]) -> None:
         try:
-            results = await asyncio.gather(*(self.publish(c) for c in batch), return_exceptions=True)
+            results = await asyncio.gather(
+                *(asyncio.wait_for(self.publish(c), self.publish_timeout) for c in batch),
+                return_exceptions=True,
+            )
             confirmed = [c.message_id for c, r in zip(batch, results, strict=True) if r is None]
+            unroutable: list[tuple[OutgoingCommand, BaseException]] = []
             for command, outcome in zip(batch, results, strict=True):
+                if isinstance(outcome, Unpublishable) and not outcome.unavailable:
+                    tries = self.refused[command.message_id] = self.refused.get(command.message_id, 0) + 1
+                    if tries >= self.unroutable_tries:
+                        unroutable.append((command, outcome))
+                        continue
                 if isinstance(outcome, BaseException):
                     log.warning(
                         "publish of %s %s failed, the outbox keeps it: %s",
@@ -129,11 +175,65 @@ class Relay:
             self.metrics.confirmed(len(confirmed))
             await self._mark_sent(confirmed)
             self.sent += len(confirmed)
+            for message_id in confirmed:
+                self.refused.pop(message_id, None)
+            if unroutable:
+                await self._set_aside(unroutable)
         finally:
             for command in batch:
                 self.in_flight.discard(command.message_id)
                 self.received.pop(command.message_id, None)
                 self._slots.release()
+
+    async def _set_aside(self, unroutable: list[tuple[OutgoingCommand, BaseException]]) -> None:
+        """Commands the broker would not route, tries over: recorded as dead letters (naming their
+        saga, replayable once a queue is bound), then out of the outbox. Should the record fail,
+        they stay in the outbox and are tried again: never dropped."""
+        letters = [
+            DeadLetter(
+                reason=Reason.UNROUTABLE,
+                detail=clip(f"refused {self.unroutable_tries} times: {printable(str(error))}", 600),
+                source="orchestrator",
+                message_id=command.message_id,
+                message_type=command.type,
+                correlation_id=command.saga_id,
+                exchange=self.exchange,
+                routing_key=command.type,
+                properties={
+                    "type": command.type,
+                    "message_id": command.message_id,
+                    "correlation_id": command.saga_id,
+                    "content_type": "application/json",
+                    "headers": {"x-workflow": command.workflow},
+                },
+                body=orjson.dumps(command.payload),
+                body_size=len(orjson.dumps(command.payload)),
+            )
+            for command, error in unroutable
+        ]
+
+        async def record() -> None:
+            async with self.store.transaction() as tx:
+                await tx.save(Changes(dead_letters=letters))
+
+        try:
+            await attempt(record, self.store.classify, DEAD_LETTERS)
+        except GaveUp as gave_up:
+            log.error("could not set aside %d unroutable commands: %s", len(letters), gave_up.error)
+            return
+        for command, error in unroutable:
+            self.refused.pop(command.message_id, None)
+            self.metrics.dead_lettered[str(Reason.UNROUTABLE)] += 1
+            log.error(
+                "command %s %s of saga %s cannot be routed (%s): set aside as a dead letter; bind a"
+                " queue for it and replay it",
+                command.type,
+                command.message_id,
+                command.saga_id,
+                error,
+                extra={"saga_id": command.saga_id, "message_id": command.message_id},
+            )
+        await self._mark_sent([command.message_id for command, _ in unroutable])
 
     async def _mark_sent(self, message_ids: list[str]) -> None:
         """Confirmed commands out of the outbox, by the fault policy; failing that, they are sent

@@ -413,3 +413,30 @@ async def test_junk_naming_a_live_saga_is_dead_lettered_and_does_not_grow_its_jo
     assert "answers no command saga" in rows[0]["detail"]
     assert before is not None and after is not None and after.version == before.version
     assert journal_bytes < 1024 * 1024, journal_bytes
+
+
+async def test_a_command_no_queue_takes_is_set_aside_and_replays_once_a_queue_is_bound(bench: Bench) -> None:
+    """Issue 27: it was sent every 5 s for ever; now tried a few times, then a dead letter naming
+    its saga, replayable (its saga's journal proves it) once the participant's queue is bound."""
+    await bench.serve(outbox_sweep_seconds=0.2)
+    assert bench.channel is not None
+    commands = await bench.channel.get_exchange(f"{bench.namespace}.commands")
+    inventory = await bench.channel.declare_queue(f"{bench.namespace}.inventory", passive=True)
+    await inventory.unbind(commands, routing_key="inventory.#")
+    key = keys()
+    saga_id = saga_id_for("order", key)
+    await bench.place_order(key)
+
+    [row] = await rows_where(bench, 1, reason="unroutable", correlation_id=saga_id)
+    await inventory.bind(commands, routing_key="inventory.#")
+    async with bench.api(actor="alice") as api:
+        replayed = await api.post(f"/dead-letters/{row['id']}/replay")
+    delivered = await inventory.get(timeout=10)
+    await delivered.ack()
+
+    assert (row["message_type"], row["exchange"]) == ("inventory.ReserveStock", f"{bench.namespace}.commands")
+    assert "refused 5 times: no queue is bound" in row["detail"]
+    assert replayed.status_code == 200, replayed.text
+    assert (delivered.message_id, delivered.correlation_id) == (row["message_id"], saga_id)
+    assert bench.store is not None
+    assert [c for c in await bench.store.unsent(10_000) if c.saga_id == saga_id] == []

@@ -657,13 +657,18 @@ class Broker:
             correlation_id=command.saga_id,
             headers=_command_headers(command),
         )
-        await channel.basic_publish(
-            orjson.dumps(command.payload),
-            exchange=self.topology.commands,
-            routing_key=command.type,
-            properties=properties,
-            mandatory=True,
-        )
+        try:
+            await channel.basic_publish(
+                orjson.dumps(command.payload),
+                exchange=self.topology.commands,
+                routing_key=command.type,
+                properties=properties,
+                mandatory=True,
+            )
+        except aiormq.exceptions.PublishError:  # returned: the relay sets it aside after a few
+            raise Unpublishable(
+                f"no queue is bound to {self.topology.commands} for routing key {command.type}"
+            ) from None
 
     def connections(self) -> dict[str, bool]:
         """Whether each connection is up now: either may be between reconnects."""
