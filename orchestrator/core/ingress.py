@@ -118,6 +118,12 @@ class Refused(ValueError):
         self.detail = clip(printable(detail), MAX_DETAIL)
         super().__init__(f"{reason}: {self.detail}")
 
+    def without_frames(self) -> Refused:
+        """This refusal, kept as data: without its traceback, nor the error it was raised from
+        (and that one's traceback), whose frames hold whatever their locals held."""
+        self.__traceback__ = self.__context__ = None
+        return self
+
 
 @dataclass(frozen=True)
 class Limits:

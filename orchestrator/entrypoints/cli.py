@@ -23,6 +23,24 @@ class Unreachable(Exception):
     """A service the orchestrator needs cannot be reached; the message says which and why."""
 
 
+def _large_buffers_back_to_the_os() -> None:
+    """glibc's malloc serves a block of 128 KiB or more with its own mmap, unmapped when freed;
+    but each such block freed raises that threshold to its size (up to 32 MiB), so that after the
+    first, message bodies of up to ORCHESTRATOR_MAX_MESSAGE_BYTES come from its heaps, which keep
+    the pages of what was freed in between others. Setting the threshold fixes it where it was.
+    Nothing elsewhere (musl, macOS), nor when MALLOC_MMAP_THRESHOLD_ says otherwise."""
+    import ctypes
+    import os
+
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD, at its default
+
+
 def _run(coroutine: Coroutine[Any, Any, Any]) -> Any:
     try:
         import uvloop
@@ -500,6 +518,7 @@ def main(argv: list[str] | None = None) -> None:
 
             _check_api(settings)
             configure_logging(settings)
+            _large_buffers_back_to_the_os()
             sys.exit(
                 _run(
                     _serve(

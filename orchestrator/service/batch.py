@@ -87,7 +87,9 @@ class BatchResult:
 
     def refuse(self, index: int, refused: Refused) -> None:
         self.verdicts[index] = Verdict.DEAD
-        self.refusals[index] = refused
+        # without its frames: process_batch's and _parse's hold this result and the whole batch,
+        # a reference cycle that only a (rare) full collection frees, message bodies and all
+        self.refusals[index] = refused.without_frames()
 
 
 @dataclass

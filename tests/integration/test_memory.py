@@ -11,6 +11,7 @@ set (VmHWM) must stay under 300 MB, and a canary saga started afterwards must co
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import time
 import uuid
@@ -148,3 +149,46 @@ async def test_a_flood_of_messages_at_the_size_cap_keeps_memory_bounded(bench: B
     sagas = await bench.finished("order", [canary], timeout=60)
     assert sagas[canary].status == "completed"
     assert orchestrator.popen.poll() is None  # the same process, still running
+
+
+JUNK = 500
+DURING_LIMIT = 300 * 1024 * 1024
+AFTER_LIMIT = 200 * 1024 * 1024
+
+
+async def test_a_burst_of_dead_letters_at_the_size_cap_gives_its_memory_back(bench: Bench) -> None:
+    """Issue 27, case 5: 1,000 messages of 1 MiB of a type no workflow knows took the process to
+    905 MiB, and it stayed there: each refusal kept its batch alive in a reference cycle. Here 500
+    (they took it past 400 MiB): under 300 MiB during, and back under 200 MiB after."""
+    orchestrator = await bench.start_orchestrator()
+    pid = orchestrator.popen.pid
+    assert bench.channel is not None
+    exchange = await bench.channel.get_exchange(f"{bench.namespace}.events")
+    slots = asyncio.Semaphore(IN_FLIGHT)
+
+    async def publish() -> None:
+        async with slots:
+            await exchange.publish(
+                aio_pika.Message(os.urandom(1024 * 1024 - 64), type="x.Junk", message_id=str(uuid.uuid4())),
+                routing_key="x.Junk",
+            )
+
+    await asyncio.gather(*(publish() for _ in range(JUNK)))
+    deadline = time.monotonic() + 120
+    while True:
+        counts, in_hand = await _metrics(bench)
+        if counts.get("dead", 0) >= JUNK and not in_hand["messages"]:
+            break
+        assert time.monotonic() < deadline, counts
+        await asyncio.sleep(0.2)
+    peak = _status(pid)["VmHWM"]
+    await asyncio.sleep(2)
+    after = _status(pid)["VmRSS"]
+
+    report = (
+        f"{JUNK} dead letters of 1 MiB: VmHWM {peak / 2**20:.0f} MiB, VmRSS after {after / 2**20:.0f} MiB"
+    )
+    print(report)
+    assert peak < DURING_LIMIT, report
+    assert after < AFTER_LIMIT, report
+    assert orchestrator.popen.poll() is None
