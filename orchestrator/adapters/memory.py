@@ -210,10 +210,16 @@ class MemoryStore:
     async def hold(self) -> int:
         return 1  # one process: every row is its own
 
-    async def movable(self, workflow: str, release: str) -> list[str]:
+    async def get_sagas(self, saga_ids: Collection[str]) -> dict[str, SagaSnapshot]:
+        return {i: self.sagas[i] for i in saga_ids if i in self.sagas}
+
+    async def movable(
+        self, workflow: str, release: str, after: str | None = None, limit: int | None = None
+    ) -> list[str]:
         moving = {"running", "compensating", "failed"}
         found = [s for s in self.sagas.values() if s.workflow == workflow and s.release == release]
-        return sorted(s.id for s in found if s.status in moving)
+        ids = sorted(s.id for s in found if s.status in moving and (after is None or s.id > after))
+        return ids if limit is None else ids[:limit]
 
     async def next_deadline(self, workflows: Collection[tuple[str, str]] | None = None) -> datetime | None:
         return min(

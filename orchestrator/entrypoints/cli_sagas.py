@@ -276,36 +276,49 @@ async def _history(wired: Wired, saga_id: str, args: argparse.Namespace) -> int:
     return DONE
 
 
+#: sagas a migration moves (or plans) per page
+MIGRATION_PAGE = 1000
+
+
 async def _migrate(args: argparse.Namespace, settings: Settings) -> int:
     """Print each saga's move (or why it cannot move), then a summary; exit 1 if any cannot."""
     registry = registry_of(settings)
     await ensure_database_reachable(settings.database_url)
     shell = build_shell(settings, registry)
+    moved = refused = 0
+    after: str | None = None
     try:
         async with asyncio.timeout(CONFIRM_SECONDS):
             await shell.clock.sync()
-        report = await shell.bus.migrate(
-            args.workflow,
-            args.from_release,
-            args.to_release,
-            dict(args.states),
-            actor=args.actor,
-            apply=args.apply,
-            saga_ids=args.sagas,
-        )
+        while True:  # a page at a time: each printed as it comes, none held
+            report = await shell.bus.migrate(
+                args.workflow,
+                args.from_release,
+                args.to_release,
+                dict(args.states),
+                actor=args.actor,
+                apply=args.apply,
+                saga_ids=args.sagas,
+                after=after,
+                limit=None if args.sagas else MIGRATION_PAGE,
+            )
+            for saga in report.sagas:
+                if saga.refused is None:
+                    print(f"{saga.saga_id} {saga.key}: {saga.from_state} -> {saga.to_state} ({saga.status})")
+                else:
+                    print(f"{saga.saga_id} {saga.key}: {saga.from_state or '-'}: cannot move: {saga.refused}")
+            moved, refused = moved + report.moved, refused + report.refused
+            if report.next_after is None:
+                break
+            after = report.next_after
     except BadRequest as error:
         raise CommandError(str(error)) from None
     finally:
         await shell.store.close()
-    for saga in report.sagas:
-        if saga.refused is None:
-            print(f"{saga.saga_id} {saga.key}: {saga.from_state} -> {saga.to_state} ({saga.status})")
-        else:
-            print(f"{saga.saga_id} {saga.key}: {saga.from_state or '-'}: cannot move: {saga.refused}")
-    verb = "moved" if report.applied else "would move"
-    tail = "" if report.applied else "; a dry run: nothing written (--apply to write it)"
+    verb = "moved" if args.apply else "would move"
+    tail = "" if args.apply else "; a dry run: nothing written (--apply to write it)"
     print(
-        f"{verb} {report.moved} sagas of {args.workflow} from release {args.from_release} to"
-        f" {args.to_release}, {report.refused} cannot move{tail}"
+        f"{verb} {moved} sagas of {args.workflow} from release {args.from_release} to"
+        f" {args.to_release}, {refused} cannot move{tail}"
     )
-    return 1 if report.refused else 0
+    return 1 if refused else 0

@@ -149,6 +149,8 @@ class MessageBus:
         actor: str,
         apply: bool = False,
         saga_ids: Sequence[str] | None = None,
+        after: str | None = None,
+        limit: int | None = None,
     ) -> MigrationReport:
         """Sagas moved between releases of their workflow (REST, the shell); their new states'
         deadlines armed at once, not at the next sweep."""
@@ -163,6 +165,8 @@ class MessageBus:
             now=self.clock(),
             apply=apply,
             saga_ids=saga_ids,
+            after=after,
+            limit=limit,
         )
         self._committed(report.commands, report.decisions)
         return report

@@ -15,7 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from orchestrator.core.engine import Decision, OutgoingCommand
+from orchestrator.core.engine import Decision, OutgoingCommand, SagaSnapshot
+from orchestrator.core.machine import CompiledWorkflow
 from orchestrator.core.migration import MigrationRefused, migrate, migration_message
 from orchestrator.core.routing import Registry
 from orchestrator.service.operations import BadRequest
@@ -43,6 +44,8 @@ class Moved:
 class MigrationReport:
     applied: bool
     sagas: list[Moved] = field(default_factory=list)
+    #: more sagas than the page's limit: ask again with ``after`` this (None: that was all)
+    next_after: str | None = None
     #: what moving them sends: nothing today (a migration keeps what the saga waits on)
     commands: list[OutgoingCommand] = field(default_factory=list)
     #: the decisions committed (none in a dry run): their timers, for the alarm
@@ -92,17 +95,40 @@ async def migrate_sagas(
     now: datetime,
     apply: bool = False,
     saga_ids: Sequence[str] | None = None,
+    after: str | None = None,
+    limit: int | None = None,
 ) -> MigrationReport:
     """Move the sagas in flight or failed on ``from_release`` (or those of ``saga_ids``) to
     ``to_release``, each state mapped by ``states`` (a state the target has keeps its name
-    unless mapped). Without ``apply`` nothing is written: the report says what would happen."""
+    unless mapped). Without ``apply`` nothing is written and nothing is locked: the report says
+    what would happen. ``limit``: at most that many sagas, in id order after ``after`` (a page;
+    the report's ``next_after`` is where the next one starts)."""
     _check_plan(registry, workflow, from_release, to_release, states)
     target = registry.releases[(workflow, to_release)]
-    ids = list(saga_ids) if saga_ids is not None else await store.movable(workflow, from_release)
     report = MigrationReport(applied=apply)
+    if saga_ids is not None:
+        ids = list(saga_ids)
+    else:
+        ids = await store.movable(workflow, from_release, after, None if limit is None else limit + 1)
+        if limit is not None and len(ids) > limit:
+            ids = ids[:limit]
+            report.next_after = ids[-1]
     for start in range(0, len(ids), BATCH):
         chunk = ids[start : start + BATCH]
         changes = Changes()
+        if not apply:  # a dry run reads without locks: the hot path never waits for it
+            _plan(
+                report,
+                target,
+                await store.get_sagas(chunk),
+                chunk,
+                from_release,
+                to_release,
+                states,
+                actor,
+                now,
+            )
+            continue
         async with store.transaction() as tx:
             current = await tx.lock_sagas(chunk)
             for saga_id in chunk:
@@ -124,9 +150,36 @@ async def migrate_sagas(
                     Moved(saga.id, saga.key, saga.state, decision.saga.state, str(decision.saga.status))
                 )
                 changes.record(message, decision, now)
-                if apply:
-                    report.decisions.append(decision)
-            if apply and changes:
+                report.decisions.append(decision)
+            if changes:
                 await tx.save(changes)
-        report.commands.extend(changes.commands if apply else [])
+        report.commands.extend(changes.commands)
     return report
+
+
+def _plan(
+    report: MigrationReport,
+    target: CompiledWorkflow,
+    current: Mapping[str, SagaSnapshot],
+    chunk: Sequence[str],
+    from_release: str,
+    to_release: str,
+    states: Mapping[str, str],
+    actor: str,
+    now: datetime,
+) -> None:
+    """A dry run's chunk: where each saga would go, decided as an applied one is, written nowhere."""
+    for saga_id in chunk:
+        saga = current.get(saga_id)
+        if saga is None:
+            report.sagas.append(Moved(saga_id, "", "", None, "", "no such saga"))
+            continue
+        message = migration_message(f"migrate:{uuid.uuid4()}", from_release, to_release, states, actor)
+        try:
+            decision = migrate(target, saga, message, now)
+        except MigrationRefused as refused:
+            report.sagas.append(Moved(saga.id, saga.key, saga.state, None, str(saga.status), str(refused)))
+            continue
+        report.sagas.append(
+            Moved(saga.id, saga.key, saga.state, decision.saga.state, str(decision.saga.status))
+        )

@@ -129,8 +129,14 @@ class Store(Protocol):
 
     async def saga_ids(self, workflow: str | None = None) -> list[str]: ...
 
-    async def movable(self, workflow: str, release: str) -> list[str]:
-        """The sagas of a release running, compensating or failed: those a migration may move."""
+    async def get_sagas(self, saga_ids: Collection[str]) -> dict[str, SagaSnapshot]:
+        """The sagas among ``saga_ids`` that exist, read without a lock (a dry run's)."""
+
+    async def movable(
+        self, workflow: str, release: str, after: str | None = None, limit: int | None = None
+    ) -> list[str]:
+        """The sagas of a release running, compensating or failed: those a migration may move;
+        in id order, after ``after``, at most ``limit`` (a page of them)."""
 
     async def next_deadline(self, workflows: Collection[tuple[str, str]] | None = None) -> datetime | None:
         """When the earliest pending deadline (of a saga of ``workflows``, (workflow, release)

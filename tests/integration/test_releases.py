@@ -279,6 +279,22 @@ async def test_a_migration_dry_run_then_applied_over_rest_and_the_journal_verifi
         assert saga is not None and (saga.release, saga.state) == ("1", "charge")  # nothing written
 
         async with bench.api(actor="alice") as api:
+            # a dry run takes no lock: it answers while an operator's session holds the saga's row
+            locker = await asyncpg.connect(bench.database_url.replace("postgresql+asyncpg", "postgresql"))
+            try:
+                async with locker.transaction():
+                    await locker.execute("SELECT 1 FROM sagas WHERE id = $1 FOR UPDATE", saga.id)
+                    planned = await asyncio.wait_for(
+                        api.post(
+                            "/workflows/order/migrations",
+                            json={"from_release": "1", "to_release": "2", "states": {"charge": "payment"}},
+                        ),
+                        4,  # under the 5 s lock timeout a locking read would wait for
+                    )
+            finally:
+                await locker.close()
+            assert planned.status_code == 200, planned.text
+            assert (planned.json()["moved"], planned.json()["next_after"]) == (1, None)
             bad = await api.post(
                 "/workflows/order/migrations",
                 json={"from_release": "1", "to_release": "2", "states": {"charge": "nowhere"}, "apply": True},

@@ -144,3 +144,58 @@ async def test_a_plan_that_fits_no_saga_is_refused_before_any_saga_is_read(
 ) -> None:
     with pytest.raises(BadRequest, match=message):
         await migrate_sagas(BOTH, MemoryStore(), "order", "1", to, states, actor="x", now=LATER)
+
+
+async def test_a_migration_goes_a_page_at_a_time_in_saga_id_order() -> None:
+    """Issue 27: the dry run listed every saga in one answer; now at most ``limit`` a call."""
+    store = MemoryStore()
+    ids = sorted([await parked(store, f"o-{n}", StockReserved(f"o-{n}", "r")) for n in range(5)])
+
+    first = await migrate_sagas(
+        BOTH, store, "order", "1", "2", {"charge": "payment"}, actor="a", now=LATER, limit=2
+    )
+    second = await migrate_sagas(
+        BOTH,
+        store,
+        "order",
+        "1",
+        "2",
+        {"charge": "payment"},
+        actor="a",
+        now=LATER,
+        limit=2,
+        after=first.next_after,
+    )
+    last = await migrate_sagas(
+        BOTH,
+        store,
+        "order",
+        "1",
+        "2",
+        {"charge": "payment"},
+        actor="a",
+        now=LATER,
+        limit=2,
+        after=second.next_after,
+    )
+    applied = await migrate_sagas(
+        BOTH, store, "order", "1", "2", {"charge": "payment"}, actor="a", now=LATER, limit=3, apply=True
+    )
+    rest = await migrate_sagas(
+        BOTH,
+        store,
+        "order",
+        "1",
+        "2",
+        {"charge": "payment"},
+        actor="a",
+        now=LATER,
+        limit=3,
+        apply=True,
+        after=applied.next_after,
+    )
+
+    assert [s.saga_id for r in (first, second, last) for s in r.sagas] == ids
+    assert (first.next_after, second.next_after, last.next_after) == (ids[1], ids[3], None)
+    assert (applied.moved, applied.next_after, rest.moved, rest.next_after) == (3, ids[2], 2, None)
+    assert [(await store.get_saga(i)).release for i in ids] == ["2"] * 5  # type: ignore[union-attr]

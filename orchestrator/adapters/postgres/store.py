@@ -542,7 +542,16 @@ class PostgresStore:
         async with self.engine.connect() as connection:
             return list((await connection.execute(query)).scalars())
 
-    async def movable(self, workflow: str, release: str) -> list[str]:
+    async def get_sagas(self, saga_ids: Collection[str]) -> dict[str, SagaSnapshot]:
+        if not saga_ids:
+            return {}
+        async with self.engine.connect() as connection:
+            rows = (await connection.execute(select(sagas).where(sagas.c.id.in_(list(saga_ids))))).all()
+        return {row.id: _saga(row) for row in rows}
+
+    async def movable(
+        self, workflow: str, release: str, after: str | None = None, limit: int | None = None
+    ) -> list[str]:
         query = (
             select(sagas.c.id)
             .where(
@@ -552,6 +561,10 @@ class PostgresStore:
             )
             .order_by(sagas.c.id)
         )
+        if after is not None:
+            query = query.where(sagas.c.id > after)
+        if limit is not None:
+            query = query.limit(limit)
         async with self.engine.connect() as connection:
             return list((await connection.execute(query)).scalars())
 

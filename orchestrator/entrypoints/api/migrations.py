@@ -27,7 +27,9 @@ def migrations_router(ctx: ApiContext, guard: Guard) -> APIRouter:
         (nothing written) unless ``apply``. Each saga moved is journaled (``operator.migrate``)
         and ``verify`` replays it; one that cannot move is listed with the reason and left as it
         is. Nothing is sent: the saga keeps waiting for what it sent; its new state's deadline runs
-        from now. A bad plan (unknown release or state, a final state as target) is a 422."""
+        from now. A bad plan (unknown release or state, a final state as target) is a 422. At most
+        ``limit`` sagas a call, in id order: ``next_after`` says where the next page starts; a dry
+        run reads them without a lock."""
         report = await ctx.way_in.migrate(
             name,
             body.from_release,
@@ -36,12 +38,15 @@ def migrations_router(ctx: ApiContext, guard: Guard) -> APIRouter:
             actor=actor,
             apply=body.apply,
             saga_ids=None if body.sagas is None else [str(s) for s in body.sagas],
+            after=None if body.after is None else str(body.after),
+            limit=body.limit,
         )
         return m.MigrationReport(
             applied=report.applied,
             moved=report.moved,
             refused=report.refused,
             sagas=[m.MigratedSaga.model_validate(s) for s in report.sagas],
+            next_after=report.next_after,
         )
 
     return router

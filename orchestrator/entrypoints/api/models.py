@@ -425,7 +425,13 @@ class MigrationRequest(_Request):
     sagas: list[UUID] | None = Field(
         default=None, max_length=10_000, description="only these sagas (default: all in flight or failed)"
     )
-    apply: bool = Field(default=False, description="false: a dry run, nothing is written")
+    apply: bool = Field(default=False, description="false: a dry run, nothing is written nor locked")
+    limit: int = Field(
+        default=1000, ge=1, le=10_000, description="at most this many sagas (without sagas): a page"
+    )
+    after: UUID | None = Field(
+        default=None, description="without sagas: those after this saga id (the last answer's next_after)"
+    )
 
 
 class MigratedSaga(_Model):
@@ -442,3 +448,6 @@ class MigrationReport(_Model):
     moved: int = Field(description="sagas moved (or, in a dry run, that would move)")
     refused: int = Field(description="sagas that cannot move, each with its reason")
     sagas: list[MigratedSaga]
+    next_after: str | None = Field(
+        description="more sagas than limit: send again with after = this for the next page; null: all sent"
+    )
