@@ -153,6 +153,7 @@ def check(workflow: Workflow) -> list[Finding]:
         *_unhandled(graph),
         *_uncompensated(workflow, steps),
         *_not_awaited(graph, cls.__name__ if cls is not None else "", steps),
+        *_replies_from_elsewhere(workflow, steps),
         *_upcasters_missing(workflow),
     ]
     return errors + warnings
@@ -385,6 +386,43 @@ def _not_awaited(graph: _Graph, saga: str, steps: Sequence[Step]) -> list[Findin
                     trigger,
                 )
             )
+    return found
+
+
+def _service(message_type: str) -> str:
+    return message_type.split(".", 1)[0]
+
+
+def _replies_from_elsewhere(workflow: Workflow, steps: Sequence[Step]) -> list[Finding]:
+    """A reply whose type names another service than its command's: a participant answers under
+    its own prefix, and the broker's topic permissions (docs/security.md) refuse it anything else,
+    so that one service cannot answer for another."""
+    found: list[Finding] = []
+    for s in steps:
+        pairs: list[tuple[Callable[..., Any], tuple[type[Any] | None, ...]]] = [
+            (s.method, (s.done, s.failed))
+        ]
+        if s.compensation is not None:
+            pairs.append((s.compensation.method, (s.compensation.done, s.compensation.failed)))
+        for method, replies in pairs:
+            command = _step_label(method)
+            if "." not in command or " " in command:  # the type unknown: nothing to compare
+                continue
+            for reply in replies:
+                reply_type = getattr(reply, "TYPE", None)
+                if isinstance(reply_type, str) and _service(reply_type) != _service(command):
+                    found.append(
+                        Finding(
+                            Severity.WARNING,
+                            "reply_from_another_service",
+                            workflow.name,
+                            f"{reply_type} answers {command}, which goes to service {_service(command)}:"
+                            f" a reply carries its service's prefix, and with one broker user per service"
+                            f" (docs/security.md) {_service(command)} may not publish it",
+                            s.name,
+                            reply_type,
+                        )
+                    )
     return found
 
 

@@ -411,3 +411,38 @@ def test_a_bad_invocation_exits_2(capsys: pytest.CaptureFixture[str], args: list
 
     assert code == 2 and out == ""
     assert says in err
+
+
+@dataclass(frozen=True)
+class Charge(Command):
+    TYPE = "bank.Charge"
+    id: str
+
+
+@dataclass(frozen=True)
+class Shipped(Event):
+    TYPE = "warehouse.Shipped"  # answers the bank's command: another service's prefix
+    id: str
+
+
+@dataclass(frozen=True)
+class Charged(Event):
+    TYPE = "bank.Charged"
+    id: str
+
+
+class CrossedRepliesSaga(Saga, starts_on=Started, key="id", name="crossed_replies"):
+    """The bank's charge answered by a warehouse event: the bank may not publish it."""
+
+    @step(done=Shipped, failed=Charged)
+    def charge(self, start: Started) -> Charge:
+        return Charge(start.id)
+
+
+def test_a_reply_with_another_service_s_prefix_is_a_warning() -> None:
+    """Issue 27: with one broker user per service, a service may publish only its own types."""
+    found = [f for f in check(CrossedRepliesSaga.workflow) if f.code == "reply_from_another_service"]
+
+    assert codes(found) == [("warning", "reply_from_another_service", "charge", "warehouse.Shipped")]
+    assert "goes to service bank" in found[0].message
+    assert not [f for w in WORKFLOWS for f in check(w) if f.code == "reply_from_another_service"]
