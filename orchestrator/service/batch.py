@@ -302,11 +302,13 @@ def _foreign(p: _Parsed, saga: SagaSnapshot, registry: Registry) -> Refused | No
     """Why a message that names ``saga`` is nothing its workflow takes (no workflow takes its
     type, or the saga's does not), or None when it is an event of the saga's workflow, or a
     start (found by its key), or for a release not loaded here (left to one that loads it)."""
+    compiled = registry.for_saga(saga)
+    if compiled is None and saga.workflow in registry.workflows:
+        return None  # a release not loaded here, whose events this process cannot tell: left
     if p.unrouted is not None:
         return p.unrouted
     if p.keyed and all(t.starts for t in p.keyed):
         return None
-    compiled = registry.for_saga(saga)
     if compiled is None or p.type in compiled.workflow.events:
         return None
     return Refused(Reason.NOT_AWAITED, f"{p.type} is not an event of workflow {saga.workflow}")

@@ -24,7 +24,7 @@ from orchestrator.examples import OrderSaga, escrow
 from orchestrator.examples.contracts import Line, OrderPlaced, PaymentCharged, StockReserved
 from orchestrator.service.batch import Envelope, Verdict, fire_due_deadlines, process_batch
 from orchestrator.service.releases import ReleaseRefused, admit_releases
-from tests.releases.order_v2 import OrderSagaV2
+from tests.releases.order_v2 import OrderConfirmed, OrderSagaV2
 
 NOW = datetime(2026, 11, 25, 12, tzinfo=UTC)
 V1 = OrderSaga.workflow
@@ -105,10 +105,12 @@ async def test_a_process_without_a_sagas_release_leaves_its_messages_and_its_tim
     reply = envelope(StockReserved("o-2", "res-3"), "r-2", saga_id)
     by_key = envelope(StockReserved("o-2", "res-3"), "r-2-by-key")
     again = replace(placed("o-2"), message_id="placed-o-2-again")  # the same start, sent again
-    result = await process_batch(old, store, [reply, by_key, again], NOW)
+    # a type only release 2 takes, which this process cannot tell from junk: left too
+    only_new = envelope(OrderConfirmed("o-2"), "c-2", saga_id)
+    result = await process_batch(old, store, [reply, by_key, again, only_new], NOW)
 
-    assert result.verdicts == [Verdict.LEFT, Verdict.LEFT, Verdict.LEFT]
-    assert result.refusals == [None, None, None] and not result.journal
+    assert result.verdicts == [Verdict.LEFT] * 4
+    assert result.refusals == [None] * 4 and not result.journal
     assert await store.records(saga_id) == before  # not decided, not in the inbox, not failed
     swept = await fire_due_deadlines(old, store, NOW + timedelta(days=1))
     assert not swept.decisions and await store.records(saga_id) == before
