@@ -28,10 +28,6 @@ __all__ = ["Intake"]
 log = logging.getLogger("orchestrator")
 
 
-#: verdicts whose delivery is not acked with the batch: set aside, handed over, given back
-_UNSETTLED = frozenset({Verdict.BUSY, Verdict.LEFT, Verdict.FENCED})
-
-
 class Intake(Generic[D]):
     def __init__(
         self,
@@ -45,11 +41,8 @@ class Intake(Generic[D]):
         stall_seconds: float,
         sleep: Sleep = asyncio.sleep,
         monotonic: Callable[[], float] = time.monotonic,
-        fence_of: Callable[[D], tuple[int, int] | None] = lambda delivery: None,
     ) -> None:
         self.bus = bus
-        #: the (partition, epoch) a delivery was taken under, None: from no partition queue
-        self.fence_of = fence_of
         self.consumer = consumer
         #: publishes a message to the queue every replica takes from; False: it went round too often
         self.hand_over = hand_over
@@ -114,13 +107,7 @@ class Intake(Generic[D]):
     ) -> None:
         """Settle each of ``batch`` by its verdict: acked, handed over, or set aside (BUSY).
         ``since``: when the oldest of ``batch`` was first set aside (a retry of those)."""
-        fences = [self.fence_of(d) for d in batch]
-        result = await self.bus.handle(
-            [d.envelope for d in batch],
-            [d.arrived for d in batch],
-            held,
-            fences if any(fences) else None,
-        )
+        result = await self.bus.handle([d.envelope for d in batch], [d.arrived for d in batch], held)
         verdicts = result.verdicts
         busy = [
             (d, sagas) for d, v, sagas in zip(batch, verdicts, result.waits, strict=True) if v is Verdict.BUSY
@@ -156,11 +143,7 @@ class Intake(Generic[D]):
                     envelope.type,
                     extra={"saga_id": envelope.correlation_id, "message_id": envelope.message_id},
                 )
-        settled = [d for d, v in zip(batch, verdicts, strict=True) if v not in _UNSETTLED]
-        fenced = [d for d, v in zip(batch, verdicts, strict=True) if v is Verdict.FENCED]
-        if fenced:  # settled one by one first, so that no multiple ack takes them along
-            log.info("%d messages of partitions handed over since: back to the queue", len(fenced))
-            await self.consumer.requeue(fenced)
+        settled = [d for d, v in zip(batch, verdicts, strict=True) if v not in (Verdict.BUSY, Verdict.LEFT)]
         left = [d for d, v in zip(batch, verdicts, strict=True) if v is Verdict.LEFT]
         if left:
             settled += await self._leave(left)

@@ -125,32 +125,3 @@ async def test_the_intake_keeps_them_unacked_in_order_and_takes_them_once_the_lo
     assert [m for m, _ in consumer.acked][-2:] == ["r-1", "m-again"]  # in the order they came
     assert (await store.get_saga(saga_id_for("order", "o-1"))).state == "charge"  # type: ignore[union-attr]
     assert app.counts.messages_in == {"accepted": 5}  # none counted as busy, failed or dead
-
-
-class FencedStore(MemoryStore):
-    """A store whose every fence is gone: each partition was handed over since."""
-
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Any]:
-        async with super().transaction() as tx:
-
-            async def nothing_holds(fences: Any) -> set[tuple[int, int]]:
-                return set()
-
-            tx.fence = nothing_holds  # type: ignore[method-assign]
-            yield tx
-
-
-async def test_a_message_of_a_partition_handed_over_since_goes_back_to_the_queue() -> None:
-    store = FencedStore()
-    app = orchestrator(store)
-    consumer = Consumer()
-    app.consumer = consumer  # type: ignore[assignment]
-    app.fence_of = lambda d: (3, 1) if d.envelope.message_id == "m-fenced" else None
-
-    await app.take([Delivery(start("o-1", "m-fenced")), Delivery(start("o-2", "m-start"))])
-
-    assert consumer.requeued == ["m-fenced"]
-    assert [m for m, _ in consumer.acked] == ["m-start"]
-    assert await store.get_saga(saga_id_for("order", "o-1")) is None  # nothing decided for it
-    assert app.counts.messages_in == {"fenced": 1, "accepted": 1}

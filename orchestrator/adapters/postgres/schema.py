@@ -159,14 +159,3 @@ tombstones = Table(
     Column("archived_at", DateTime(timezone=True), nullable=False),
     Index("tombstones_archived_at", "archived_at"),
 )
-
-#: A partition's epoch, raised by each replica that takes it: the fence a batch checks before it
-#: commits, so that a batch taken before a hand-over never commits after it (migration 0009).
-partition_epochs = Table(
-    "partition_epochs",
-    metadata,
-    Column("namespace", Text, nullable=False),
-    Column("partition", Integer, nullable=False),
-    Column("epoch", BigInteger, nullable=False),
-    PrimaryKeyConstraint("namespace", "partition", name="partition_epochs_pk"),
-)

@@ -225,15 +225,6 @@ FROM sagas WHERE id = ANY($1::text[]) AND id NOT IN (SELECT id FROM locked)
 """
 
 
-#: The fences of a batch that still hold, share-locked until it commits (migration 0009).
-_FENCE = """
-SELECT partition, epoch FROM partition_epochs
-WHERE namespace = $1 AND (partition, epoch) IN (SELECT * FROM unnest($2::int[], $3::bigint[]))
-ORDER BY partition
-FOR SHARE
-"""
-
-
 #: Every command some sagas' journals say they sent (the journal's primary key: a range scan each).
 _SENT_COMMANDS = """
 SELECT j.saga_id, c->>'message_id' AS message_id
@@ -328,12 +319,9 @@ def _dead_letter_arguments(letters: Sequence[DeadLetter]) -> list[list[Any]]:
 class _PostgresTransaction:
     """The hot path, on asyncpg directly: prepared statements, arrays in, one round trip a step."""
 
-    def __init__(
-        self, connection: asyncpg.Connection, holder: int | None = None, namespace: str = ""
-    ) -> None:
+    def __init__(self, connection: asyncpg.Connection, holder: int | None = None) -> None:
         self.connection = connection
         self.holder = holder
-        self.namespace = namespace
         self.busy: set[str] = set()
 
     async def lock_sagas(self, saga_ids: Iterable[str]) -> dict[str, SagaSnapshot]:
@@ -369,15 +357,6 @@ class _PostgresTransaction:
             return {}
         rows = await self.connection.fetch(_TOMBSTONES, ids)
         return {row["saga_id"]: Tombstone(**dict(row)) for row in rows}
-
-    async def fence(self, fences: Collection[tuple[int, int]]) -> set[tuple[int, int]]:
-        if not fences:
-            return set()
-        pairs = sorted(fences)
-        rows = await self.connection.fetch(
-            _FENCE, self.namespace, [p for p, _ in pairs], [e for _, e in pairs]
-        )
-        return {(row["partition"], row["epoch"]) for row in rows}
 
     async def sent_commands(self, saga_ids: Iterable[str]) -> dict[str, set[str]]:
         ids = sorted(set(saga_ids))
@@ -471,14 +450,10 @@ class PostgresStore:
     """Writes go through an asyncpg pool (the hot path); reads and the relay's bookkeeping through
     SQLAlchemy, which the REST read model shares."""
 
-    def __init__(
-        self, engine: AsyncEngine, pool_size: int = 5, timeouts: Timeouts = Timeouts(), namespace: str = ""
-    ) -> None:
+    def __init__(self, engine: AsyncEngine, pool_size: int = 5, timeouts: Timeouts = Timeouts()) -> None:
         self.engine = engine
         self.pool_size = pool_size
         self.timeouts = timeouts
-        #: whose partitions' fences a batch checks (namespaces may share a database)
-        self.namespace = namespace
         self._pool: asyncpg.Pool | None = None
         self._pool_lock = asyncio.Lock()
         #: the key of the advisory lock this replica holds while it lives (:meth:`hold`): the
@@ -487,10 +462,8 @@ class PostgresStore:
         self._holding: asyncpg.Connection | None = None
 
     @classmethod
-    def from_url(
-        cls, url: str, pool_size: int = 5, timeouts: Timeouts = Timeouts(), namespace: str = ""
-    ) -> PostgresStore:
-        return cls(make_engine(url, pool_size, timeouts), pool_size, timeouts, namespace)
+    def from_url(cls, url: str, pool_size: int = 5, timeouts: Timeouts = Timeouts()) -> PostgresStore:
+        return cls(make_engine(url, pool_size, timeouts), pool_size, timeouts)
 
     async def pool(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -517,7 +490,7 @@ class PostgresStore:
     async def transaction(self) -> AsyncIterator[_PostgresTransaction]:
         pool = await self.pool()
         async with pool.acquire(timeout=self.timeouts.acquire) as connection, connection.transaction():
-            yield _PostgresTransaction(connection, self.holder, self.namespace)
+            yield _PostgresTransaction(connection, self.holder)
 
     async def get_saga(self, saga_id: str) -> SagaSnapshot | None:
         async with self.engine.connect() as connection:
