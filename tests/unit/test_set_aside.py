@@ -16,6 +16,7 @@ from orchestrator.adapters.memory import MemoryStore
 from orchestrator.core.engine import SagaSnapshot, saga_id_for
 from orchestrator.core.ingress import Envelope
 from orchestrator.service.batch import Verdict
+from tests.stepped_time import SteppedTime
 
 from .test_batch_faults import orchestrator, start
 
@@ -125,3 +126,25 @@ async def test_the_intake_keeps_them_unacked_in_order_and_takes_them_once_the_lo
     assert [m for m, _ in consumer.acked][-2:] == ["r-1", "m-again"]  # in the order they came
     assert (await store.get_saga(saga_id_for("order", "o-1"))).state == "charge"  # type: ignore[union-attr]
     assert app.counts.messages_in == {"accepted": 5}  # none counted as busy, failed or dead
+
+
+async def test_readiness_says_so_once_messages_wait_on_a_locked_row_past_the_stall_bound() -> None:
+    """What README's "Crashes and outages" promises: unready only past ORCHESTRATOR_STALL_SECONDS,
+    with the count and how long, while other sagas' batches commit meanwhile."""
+    store = LockingStore()
+    time = SteppedTime()
+    app = orchestrator(store, stall_seconds=30, time=time)
+    app.consumer = Consumer()  # type: ignore[assignment]
+    await app.take([Delivery(start("o-1")), Delivery(start("o-2"))])
+    store.locked.add(saga_id_for("order", "o-1"))
+    await app.take([Delivery(reply("o-1", "r-1"))])
+
+    soon = app.stalled()
+    time.now += 20
+    await app.take([Delivery(reply("o-2", "r-2"))])  # the others go on: a batch commits
+    still = app.stalled()
+    time.now += 15
+    late = app.stalled()
+
+    assert (soon, still) == (None, None)
+    assert late == "1 messages wait for saga rows another transaction holds, the oldest for 35s"
