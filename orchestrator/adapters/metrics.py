@@ -119,6 +119,15 @@ class _Collector:
         )
         yield _labelled(
             CounterMetricFamily(
+                "orchestrator_unchecked_replies",
+                "Messages taken without a section 6 reply id, from the services"
+                " ORCHESTRATOR_UNCHECKED_REPLIES lets by while they move to one",
+                labels=["service"],
+            ),
+            m.unchecked_replies,
+        )
+        yield _labelled(
+            CounterMetricFamily(
                 "orchestrator_batch_failures",
                 "Batches whose commit failed, by whose fault (retried, or split to find the message)",
                 labels=["fault"],

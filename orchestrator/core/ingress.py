@@ -127,12 +127,16 @@ class Refused(ValueError):
 
 @dataclass(frozen=True)
 class Limits:
-    """The sizes a running service accepts, from the settings."""
+    """The sizes a running service accepts, and what it lets by during a migration, from the
+    settings."""
 
     max_message_bytes: int = 1024 * 1024
     max_header_bytes: int = 16 * 1024
     max_depth: int = MAX_DEPTH
     max_key_length: int = MAX_KEY_LENGTH
+    #: services (a type's prefix) whose replies are taken without a section 6 reply id, while
+    #: they move to deriving one (ORCHESTRATOR_UNCHECKED_REPLIES): each is logged and counted
+    unchecked_replies: frozenset[str] = frozenset()
 
 
 #: the limits when the settings say nothing else

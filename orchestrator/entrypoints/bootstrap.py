@@ -141,7 +141,9 @@ def build(
     metrics = Metrics()
     tracer = tracing.setup("orchestrator")  # None unless the OTEL_* variables ask for traces
     tracing.install(tracer)
-    limits = Limits(max_message_bytes=settings.max_message_bytes)
+    limits = Limits(
+        max_message_bytes=settings.max_message_bytes, unchecked_replies=settings.unchecked_replies
+    )
     # The budget of bytes in hand is shared: an eighth of it for the dead-letter drain.
     drain_prefetch = max(1, min(32, settings.effective_prefetch // 8))
     topology = Topology(settings.namespace, partitions=settings.partitions, queue_type=settings.queue_type)

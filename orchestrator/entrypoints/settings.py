@@ -30,6 +30,7 @@ from orchestrator.settings import (
     one_of,
     seconds,
     value,
+    words,
 )
 
 # the shared names are said again here, where the service's code has always found them
@@ -118,6 +119,9 @@ class Settings:
     #: how many partition queues correlated messages are spread over by saga (docs/scaling.md);
     #: 1: one queue, every replica takes from it. A change goes through ``orchestrator migrate``
     partitions: int = 1
+    #: services whose replies are taken without a section 6 reply id while they move to one
+    #: (docs/protocol.md, section 8): logged and counted, each
+    unchecked_replies: frozenset[str] = frozenset()
     #: how long a statement, a wait for a row lock, and a wait for a pooled connection may take
     #: (README, "Crashes and outages"): a row locked elsewhere holds up its own saga only
     database_statement_timeout_seconds: float = 30.0
@@ -180,6 +184,7 @@ class Settings:
             ),
             "partitions": integer(env, "ORCHESTRATOR_PARTITIONS", cls.partitions, minimum=1, maximum=256),
             "rebalance_seconds": seconds(env, "ORCHESTRATOR_REBALANCE_SECONDS", cls.rebalance_seconds),
+            "unchecked_replies": frozenset(words(env, "ORCHESTRATOR_UNCHECKED_REPLIES")),
             "database_statement_timeout_seconds": seconds(
                 env, "ORCHESTRATOR_DATABASE_STATEMENT_TIMEOUT_SECONDS", cls.database_statement_timeout_seconds
             ),

@@ -79,6 +79,9 @@ class BatchResult:
     #: per message, the sagas a BUSY one is for (empty for the others): messages for them that
     #: come later must wait behind it, so that each saga still takes its messages in order
     waits: list[frozenset[str]] = field(default_factory=list)
+    #: the messages taken without a section 6 reply id from a service that may still send such
+    #: (``Limits.unchecked_replies``): (service, message id, saga id)
+    unchecked: list[tuple[str, str, str]] = field(default_factory=list)
 
     @property
     def reasons(self) -> list[str | None]:
@@ -219,8 +222,11 @@ async def process_batch(
             saga = current.get(p.envelope.correlation_id or "")
             foreign = _foreign(p, saga, registry) if saga is not None else None
             if saga is not None and foreign is not None and not _answers(p, saga, sent.get(saga.id, ())):
-                result.refuse(p.index, _unanswered(foreign, saga.id))
-                continue
+                service = p.type.split(".", 1)[0].lower()
+                if service not in limits.unchecked_replies:
+                    result.refuse(p.index, _unanswered(foreign, saga.id))
+                    continue
+                result.unchecked.append((service, p.message_id, saga.id))
             try:
                 targets = _targets(p, registry, current)
             except Refused as refused:

@@ -245,6 +245,15 @@ class MessageBus:
         self.database_trouble = None
         self.last_commit = time.monotonic()
         self._committed(result.commands, result.decisions, min(arrived) if arrived else None)
+        for service, message_id, saga_id in result.unchecked:
+            self.counts.unchecked_replies[service] += 1
+            log.warning(
+                "took %s's message %s without a section 6 reply id (ORCHESTRATOR_UNCHECKED_REPLIES):"
+                " its id should be uuid5(NAMESPACE_OID, '<command message_id>:<reply type>')",
+                service,
+                message_id,
+                extra={"saga_id": saga_id, "message_id": message_id},
+            )
         return result
 
     async def _isolate(
@@ -289,4 +298,5 @@ def _joined(left: BatchResult, right: BatchResult) -> BatchResult:
         decisions=left.decisions + right.decisions,
         journal=left.journal + right.journal,
         waits=left.waits + right.waits,
+        unchecked=left.unchecked + right.unchecked,
     )

@@ -87,6 +87,8 @@ class Counts:
         self.messages_in: Counter[str] = Counter()  # by verdict: accepted, duplicate, dead, left
         self.dead_lettered: Counter[str] = Counter()  # by reason code (orchestrator.core.ingress.Reason)
         self.batch_failures: Counter[str] = Counter()  # by fault (orchestrator.service.faults.Fault)
+        #: by service: messages taken without a section 6 reply id (ORCHESTRATOR_UNCHECKED_REPLIES)
+        self.unchecked_replies: Counter[str] = Counter()
         self.commands_out = 0  # confirmed by the broker
         self.deadlines_fired: Counter[str] = Counter()  # by kind: deadline, retry
         self.operator_actions: Counter[str] = Counter()  # by action, including start

@@ -27,6 +27,7 @@ def filled() -> str:
     m.messages_in.update({"accepted": 3, "duplicate": 1, "dead": 1, "left": 1})
     m.dead_lettered["not_json"] += 1
     m.batch_failures["database"] += 1
+    m.unchecked_replies["bank"] += 1
     m.commands_out += 2
     m.deadlines_fired.update({"deadline": 1, "retry": 1})
     m.operator_actions["retry"] += 1

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import pytest
 
+from orchestrator.adapters.memory import MemoryStore
 from orchestrator.core.definitions import DefinitionError, Retry, Undo, Workflow
 from orchestrator.core.engine import Outcome, OutgoingCommand, reply_id_for, saga_id_for
-from orchestrator.core.ingress import Reason
+from orchestrator.core.ingress import Limits, Reason
+from orchestrator.core.messages import dump
+from orchestrator.core.routing import Registry
 from orchestrator.examples import WORKFLOWS, escrow
 from orchestrator.examples.contracts import (
     BuyerRefused,
@@ -30,7 +33,10 @@ from orchestrator.examples.contracts import (
     VoidDocuments,
 )
 from orchestrator.service.batch import Envelope, Verdict
+from orchestrator.service.bus import MessageBus
+from orchestrator.service.counts import Counts
 from orchestrator.testing import WorkflowTestKit
+from tests.outlets import NoRelay
 
 E1 = saga_id_for("escrow", "e-1")
 O1 = saga_id_for("order", "o-1")
@@ -296,3 +302,30 @@ async def test_a_reply_to_a_saga_that_failed_at_its_start_is_journaled_not_a_cra
 
     assert second.verdicts == [Verdict.ACCEPTED]
     assert [e.decision["outcome"] for e in store.journals[saga_id]][-1] == "ignored"
+
+
+async def test_a_service_moving_to_section_6_ids_is_let_by_logged_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 27: ORCHESTRATOR_UNCHECKED_REPLIES names the services whose replies are still taken
+    without a section 6 reply id, during their migration; every other one is dead-lettered."""
+    store = MemoryStore()
+    registry, counts = Registry(WORKFLOWS), Counts()
+    bus = MessageBus(
+        registry,
+        store,
+        outbox=NoRelay(),
+        counts=counts,
+        clock=lambda: datetime.now(UTC),
+        limits=Limits(unchecked_replies=frozenset({"bank"})),
+    )
+    await bus.handle(
+        [Envelope(orjson.dumps(dump(EscrowOpened("e-1", "b-1", "s-1", 9))), EscrowOpened.TYPE, "m-0")], [0.0]
+    )
+
+    legacy = await bus.handle([raw("bank.FundsReleased", {"escrow_id": "e-1"}, E1)], [0.0])
+    other = await bus.handle([raw("x.Junk", {"escrow_id": "e-1"}, E1)], [0.0])
+
+    assert legacy.verdicts == [Verdict.ACCEPTED] and other.verdicts == [Verdict.DEAD]
+    assert counts.unchecked_replies == {"bank": 1}
+    assert "took bank's message" in caplog.text and "ORCHESTRATOR_UNCHECKED_REPLIES" in caplog.text
