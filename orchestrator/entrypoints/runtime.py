@@ -235,6 +235,7 @@ _RESTARTABLE = {
     "prune": Restart(),
     "clock-sync": Restart(),
     "partitions": Restart(),
+    "set-aside": Restart(),  # what it retries stays in the intake's list
 }
 
 

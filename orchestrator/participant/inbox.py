@@ -47,8 +47,20 @@ def command_digest(command_type: str, saga_id: str, body: Mapping[str, Any]) -> 
     """What identifies a command's content: its type, its saga and its body, keys sorted (the
     orchestrator re-sends a command from its outbox, where the body's keys may come back in
     another order)."""
-    canonical = orjson.dumps([command_type, saga_id, body], option=orjson.OPT_SORT_KEYS)
+    canonical = orjson.dumps([command_type, saga_id, _numbers(body)], option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(canonical).hexdigest()
+
+
+def _numbers(value: Any) -> Any:
+    """Whole numbers written as floats as integers: the orchestrator's outbox (jsonb) gives
+    ``1e20`` back as ``100000000000000000000``, and a resend must read as the same command."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_numbers(v) for v in value]
+    return value
 
 
 class Inbox:
@@ -90,12 +102,23 @@ class Inbox:
                     updated_at timestamptz NOT NULL DEFAULT now())"""
             )
         )
-        # kept since the kit refuses a message id reused for another command; older rows have none
-        await connection.execute(
+        # kept since the kit refuses a message id reused for another command; older rows have none.
+        # Asked first: an ALTER TABLE takes its lock before it finds the column there, and would
+        # queue every inbox query of the service behind the handlers in flight at each start.
+        present = await connection.execute(
             text(
-                f"ALTER TABLE {self._inbox} ADD COLUMN IF NOT EXISTS command_digest text NOT NULL DEFAULT ''"
-            )
+                "SELECT 1 FROM information_schema.columns WHERE table_schema = :schema"
+                " AND table_name = 'participant_inbox' AND column_name = 'command_digest'"
+            ),
+            {"schema": self.schema},
         )
+        if present.first() is None:
+            await connection.execute(
+                text(
+                    f"ALTER TABLE {self._inbox} ADD COLUMN IF NOT EXISTS command_digest text NOT NULL"
+                    " DEFAULT ''"
+                )
+            )
 
     async def claim(self, connection: AsyncConnection, message_id: str, digest: str = "") -> Recorded | None:
         """The reply recorded for ``message_id``, or None after taking a lock on it;

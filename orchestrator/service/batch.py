@@ -194,13 +194,14 @@ async def process_batch(
         busy = set(tx.busy) | set(held)
         # a message of a type no workflow takes that names a live saga is journaled on it only as
         # a reply to one of its commands (a reply to a command nobody waits for): anything else
-        # would grow the saga without bound, so what its waits do not explain is looked up
+        # would grow the saga without bound. Each such saga's commands are looked up, not only
+        # when its waits now do not explain the message: a message before it in this batch may
+        # move the saga on.
         asking = {
             saga.id
             for p in parsed
             if (saga := current.get(p.envelope.correlation_id or "")) is not None
             and _foreign(p, saga, registry) is not None
-            and not _answers(p, saga, ())
         }
         sent = await tx.sent_commands(asking) if asking else {}
         for p in parsed:

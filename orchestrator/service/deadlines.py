@@ -59,6 +59,9 @@ class DeadlineAlarm:
         self._fire: Callable[[], Awaitable[BatchResult]] | None = None
         self._lock = asyncio.Lock()
         self._sweeps: set[asyncio.Task[None]] = set()
+        #: sweeps in a row that left a due timer behind (its saga locked by another transaction):
+        #: the next waits 0.25 s, doubling, rather than ringing at once for ever
+        self.held = 0
 
     async def start(self, fire: Callable[[], Awaitable[BatchResult]]) -> None:
         """Sweep with ``fire`` (the bus's :meth:`~orchestrator.service.bus.MessageBus.fire_due`)
@@ -111,6 +114,14 @@ class DeadlineAlarm:
                 self.armed_for = None
                 upcoming = await self.store.next_deadline(self.registry.loaded())
                 if upcoming is not None:
+                    now = self.clock.now()
+                    if upcoming <= now:  # due, yet no round took it: its saga's row is held elsewhere
+                        self.held += 1
+                        upcoming = now + timedelta(
+                            seconds=min(self.safety_sweep_seconds, 0.25 * 2 ** min(self.held, 6))
+                        )
+                    else:
+                        self.held = 0
                     self._arm(upcoming)
                 self.failures = 0
             except Exception as error:

@@ -61,7 +61,8 @@ class Intake(Generic[D]):
         #: messages set aside for sagas locked elsewhere, in the order they came, each with the
         #: sagas it is for, and since when the oldest waits
         self._aside: list[tuple[D, frozenset[str]]] = []
-        self._aside_since = 0.0
+        #: when each delivery set aside was first (by id): how long the oldest waits
+        self._since: dict[int, float] = {}
         #: one batch at a time, whether new or set aside: the order of a saga's messages holds
         self._turn = asyncio.Lock()
 
@@ -77,6 +78,7 @@ class Intake(Generic[D]):
             await self.take(batch)
         async with self._turn:
             aside, self._aside = [d for d, _ in self._aside], []
+            self._since.clear()
             if aside:  # unacked: another replica (or this one, restarted) takes them
                 await self.consumer.requeue(aside)
 
@@ -93,7 +95,11 @@ class Intake(Generic[D]):
                     continue
                 aside, self._aside = self._aside, []
                 before = len(aside)
-                await self._settle([d for d, _ in aside], held=(), since=self._aside_since)
+                try:
+                    await self._settle([d for d, _ in aside], held=())
+                except BaseException:  # kept, not lost: a later round (or the stop) settles them
+                    self._aside[:0] = [a for a in aside if a not in self._aside]
+                    raise
                 pause = 0.25 if len(self._aside) < before else min(pause * 2, 2.0)
 
     async def take(self, batch: Sequence[D]) -> None:
@@ -102,26 +108,30 @@ class Intake(Generic[D]):
             held = frozenset().union(*(sagas for _, sagas in self._aside))
             await self._settle(batch, held)
 
-    async def _settle(
-        self, batch: Sequence[D], held: frozenset[str] | tuple[()], since: float | None = None
-    ) -> None:
-        """Settle each of ``batch`` by its verdict: acked, handed over, or set aside (BUSY).
-        ``since``: when the oldest of ``batch`` was first set aside (a retry of those)."""
+    async def _settle(self, batch: Sequence[D], held: frozenset[str] | tuple[()]) -> None:
+        """Settle each of ``batch`` by its verdict: acked, handed over, or set aside (BUSY)."""
         result = await self.bus.handle([d.envelope for d in batch], [d.arrived for d in batch], held)
         verdicts = result.verdicts
         busy = [
             (d, sagas) for d, v, sagas in zip(batch, verdicts, result.waits, strict=True) if v is Verdict.BUSY
         ]
-        if busy and not self._aside:
-            self._aside_since = since if since is not None else self.monotonic()
-            if since is None:
-                log.warning(
-                    "%d messages wait for saga rows another transaction holds (saga %s first);"
-                    " the other sagas go on",
-                    len(busy),
-                    ", ".join(sorted(busy[0][1])),
-                )
+        now = self.monotonic()
+        for delivery, verdict in zip(batch, verdicts, strict=True):
+            if verdict is not Verdict.BUSY:
+                self._since.pop(id(delivery), None)
+        fresh = [d for d, _ in busy if id(d) not in self._since]
+        for delivery in fresh:
+            self._since[id(delivery)] = now
+        if fresh and not self._aside:
+            log.warning(
+                "%d messages wait for saga rows another transaction holds (saga %s first);"
+                " the other sagas go on",
+                len(busy),
+                ", ".join(sorted(busy[0][1])),
+            )
         self._aside.extend(busy)
+        if busy:
+            self.consumer.set_aside([d for d, _ in busy])
         for delivery, verdict, refusal in zip(batch, verdicts, result.refusals, strict=True):
             if verdict is Verdict.BUSY:
                 continue
@@ -168,7 +178,7 @@ class Intake(Generic[D]):
                 len(left),
                 ", ".join(f"{name} {release}" for name, release in self.registry.loaded()),
             )
-        if len(left) == self.consumer.unsettled:
+        if len(left) == self.consumer.unsettled - len(self._aside):
             await self.sleep(0.5)
         handed: list[D] = []
         kept: list[D] = []
@@ -190,10 +200,11 @@ class Intake(Generic[D]):
             return f"cannot commit: {self.bus.database_trouble}"
         consumer = self.consumer
         now = self.monotonic()
-        if self._aside and now - self._aside_since > self.stall_seconds:
+        oldest = min((self._since.get(id(d), now) for d, _ in self._aside), default=now)
+        if self._aside and now - oldest > self.stall_seconds:
             return (
                 f"{len(self._aside)} messages wait for saga rows another transaction holds, the oldest"
-                f" for {now - self._aside_since:.0f}s"
+                f" for {now - oldest:.0f}s"
             )
         if consumer.unsettled > len(self._aside):
             idle = now - max(self.bus.last_commit, consumer.busy_since)

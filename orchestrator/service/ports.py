@@ -123,6 +123,10 @@ class Consumer(Protocol[D]):
 
     def batches(self, limit: int, stopping: asyncio.Event) -> AsyncIterator[Sequence[D]]: ...
 
+    def set_aside(self, deliveries: Sequence[D]) -> None:
+        """Deliveries kept unacked a while: in hand, but nothing (a queue being opened, a new
+        session) waits for them to be settled."""
+
     async def ack(self, deliveries: Sequence[D], multiple_ok: bool = True) -> None: ...
 
     async def requeue(self, deliveries: Sequence[D]) -> None: ...

@@ -44,3 +44,24 @@ async def test_batches_end_at_a_stop_with_nothing_in_hand() -> None:
     await stopper
 
     assert batches == []
+
+
+async def test_a_delivery_set_aside_holds_up_neither_the_queue_being_opened_nor_a_new_session() -> None:
+    """Issue 27: a message waiting for a saga row another transaction holds stays unacked, but
+    opening a queue (which waits for its first delivery to be settled) and a new session (which
+    waits until nothing is in hand) go on without it; settled later, it is counted once."""
+    consumer = QueueConsumer("amqp://unused", "queue", 10, "test")
+    aside, other = _delivery(1), _delivery(2)
+    consumer.unsettled = 2  # both in hand, as _hold leaves them
+    consumer._all_settled.clear()
+    opening = asyncio.get_running_loop().create_future()
+    consumer._awaited[id(aside)] = opening
+
+    consumer.set_aside([aside])
+    waits_for_other = not consumer._all_settled.is_set()
+    consumer.settled([other])
+    after_other = consumer._all_settled.is_set()
+    consumer.settled([aside])
+
+    assert opening.done() and waits_for_other and after_other
+    assert (consumer.unsettled, consumer._aside) == (0, set())

@@ -101,3 +101,29 @@ async def test_any_other_failure_is_tried_again_with_a_backoff_bounded_by_the_sa
     await alarm.sweep()  # the last failure
     await alarm.sweep()  # succeeds: the backoff starts over
     assert alarm.failures == 0
+
+
+class _PastDue(MemoryStore):
+    """A store whose earliest timer is due already, yet no sweep takes it: its saga's row is
+    held by another transaction, which the sweep skips."""
+
+    async def next_deadline(self, workflows: Any = None) -> datetime | None:
+        return datetime.now(UTC) - timedelta(seconds=5)
+
+
+async def test_a_due_timer_no_sweep_can_take_waits_with_a_backoff_instead_of_ringing_at_once() -> None:
+    """Issue 27: armed for its (past) due time, the alarm rang again at once, for ever, while the
+    row stayed locked: three queries per turn, without a pause."""
+    registry, store = Registry(WORKFLOWS), _PastDue()
+    bus = MessageBus(registry, store, outbox=NoRelay(), clock=lambda: datetime.now(UTC))
+    alarm = DeadlineAlarm(registry, store, _Clock())
+    await alarm.start(bus.fire_due)
+    first = alarm.armed_for
+    await alarm.sweep()
+    second = alarm.armed_for
+    now = datetime.now(UTC)
+
+    assert first is not None and second is not None
+    assert first > now  # not the past due time: a moment from now
+    assert second - now > first - now - timedelta(seconds=0.2)  # and longer the next time
+    assert alarm.held == 2

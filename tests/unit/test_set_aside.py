@@ -68,6 +68,9 @@ class Consumer:
     async def requeue(self, deliveries: Sequence[Any]) -> None:
         self.requeued += [d.envelope.message_id for d in deliveries]
 
+    def set_aside(self, deliveries: Sequence[Any]) -> None:
+        self.aside = [d.envelope.message_id for d in deliveries]
+
 
 class Delivery:
     def __init__(self, envelope: Envelope) -> None:

@@ -156,6 +156,8 @@ class QueueConsumer:
         self._in_hand: collections.Counter[str] = collections.Counter()
         #: deliveries taken one at a time, whose settling the opening of their queue waits for
         self._awaited: dict[int, asyncio.Future[None]] = {}
+        #: the deliveries in hand that are set aside (:meth:`set_aside`), by id
+        self._aside: set[int] = set()
         self._live: tuple[aiormq.abc.AbstractChannel, asyncio.Future[None]] | None = None
         self._opening = asyncio.Lock()
         self._stopping = False
@@ -434,11 +436,25 @@ class QueueConsumer:
             self.unsettled -= 1
             self.bytes_in_hand -= delivery.size
             self._in_hand[delivery.queue] -= 1
+            self._aside.discard(id(delivery))
             if self._awaited and (waiting := self._awaited.pop(id(delivery), None)) and not waiting.done():
                 waiting.set_result(None)
         if self.unsettled <= 0:
             self.unsettled = 0
             self.bytes_in_hand = 0
+            self._all_settled.set()
+        elif self.unsettled <= len(self._aside):
+            self._all_settled.set()
+
+    def set_aside(self, deliveries: Sequence[Delivery]) -> None:
+        """Deliveries kept unacked a while (their saga's row is held by another transaction):
+        still in hand, but nothing waits for them, so that opening a queue or a new session goes
+        on without them. Settled later, as any other."""
+        for delivery in deliveries:
+            self._aside.add(id(delivery))
+            if self._awaited and (waiting := self._awaited.pop(id(delivery), None)) and not waiting.done():
+                waiting.set_result(None)
+        if self.unsettled <= len(self._aside):
             self._all_settled.set()
 
     async def stop(self, timeout: float = 5.0) -> None:
