@@ -35,7 +35,7 @@ import orjson
 
 from orchestrator.adapters.memory import MemoryStore
 from orchestrator.core.definitions import Workflow
-from orchestrator.core.engine import OutgoingCommand, SagaSnapshot, saga_id_for
+from orchestrator.core.engine import OutgoingCommand, SagaSnapshot, reply_id_for, saga_id_for
 from orchestrator.core.machine import DEFAULT_MAX_PARKED
 from orchestrator.core.messages import Message, dump
 from orchestrator.core.replay import verify
@@ -177,7 +177,7 @@ class WorkflowTestKit:
 
     def reply(self, command: OutgoingCommand, event: Message) -> BatchResult:
         """Answer a command the way a participant does: same correlation id, a stable reply id."""
-        reply_id = str(uuid.uuid5(uuid.NAMESPACE_OID, f"{command.message_id}:{event.TYPE}"))
+        reply_id = reply_id_for(command.message_id, event.TYPE)
         return self.publish(event, correlation_id=command.saga_id, message_id=reply_id)
 
 

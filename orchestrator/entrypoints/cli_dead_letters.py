@@ -22,8 +22,7 @@ from orchestrator.service.dead_letters import (
     ReplayRoutes,
     pages,
     replay,
-    target_of,
-    why_not_replayable,
+    replay_target,
 )
 from orchestrator.service.ports import DeadLetterRepository
 
@@ -192,8 +191,7 @@ async def _show(table: DeadLetterRepository, letter_id: int, as_json: bool, rout
     row = await table.get(letter_id)
     if row is None:
         raise CommandError(f"no dead letter {letter_id}", 1)
-    why = why_not_replayable(row)
-    target = await target_of(row, routes, table.sent_command) if why is None else why
+    target = await replay_target(row, routes, table)
     why = target if isinstance(target, str) else None
     if as_json:
         text = row.body_text

@@ -7,11 +7,11 @@ the outbox, the broker), so a handler is written as if every command arrived exa
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from orchestrator.core.engine import reply_id_for
 from orchestrator.core.messages import Command, InvalidPayload, Message, dump, load
 
 if TYPE_CHECKING:
@@ -168,4 +168,4 @@ class Participant:
 def reply_message_id(command_message_id: str, reply_type: str) -> str:
     """The contract's reply id (docs/protocol.md section 6): a command handled twice yields a reply
     the orchestrator recognises as a duplicate."""
-    return str(uuid.uuid5(uuid.NAMESPACE_OID, f"{command_message_id}:{reply_type}"))
+    return reply_id_for(command_message_id, reply_type)

@@ -72,6 +72,7 @@ __all__ = [
     "death_of",
     "pages",
     "replay",
+    "replay_target",
     "republished",
     "target_of",
     "why_not_replayable",
@@ -373,6 +374,15 @@ async def target_of(
     return Target(routes.commands, command.type, "command")
 
 
+async def replay_target(
+    row: DeadLetterRow, routes: ReplayRoutes, table: DeadLetterRepository, again: bool = False
+) -> Target | str:
+    """Where ``row`` would be replayed now, or why it cannot be: what it holds first
+    (:func:`why_not_replayable`), then what it may be sent as (:func:`target_of`)."""
+    why = why_not_replayable(row, again)
+    return why if why is not None else await target_of(row, routes, table.sent_command)
+
+
 def republished(row: DeadLetterRow) -> dict[str, Any]:
     """The properties a replay sends (as aiormq names them): what identifies and describes the
     message, and its headers without those of its earlier deaths."""
@@ -464,8 +474,7 @@ async def replay(
         if outcome.unavailable:
             outcome.refused.append((row.id, "not tried: the broker is unavailable"))
             continue
-        why = why_not_replayable(row, again)
-        target = await target_of(row, routes, table.sent_command) if why is None else why
+        target = await replay_target(row, routes, table, again)
         if isinstance(target, str):
             outcome.refused.append((row.id, target))
             continue

@@ -11,11 +11,11 @@ hold the hot path's locks for long.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from orchestrator.core.engine import Decision, OutgoingCommand, SagaSnapshot
+from orchestrator.core.engine import Decision, Incoming, OutgoingCommand, SagaSnapshot
 from orchestrator.core.machine import CompiledWorkflow
 from orchestrator.core.migration import MigrationRefused, migrate, migration_message
 from orchestrator.core.routing import Registry
@@ -113,43 +113,20 @@ async def migrate_sagas(
         if limit is not None and len(ids) > limit:
             ids = ids[:limit]
             report.next_after = ids[-1]
+
+    def message() -> Incoming:
+        return migration_message(f"migrate:{uuid.uuid4()}", from_release, to_release, states, actor)
+
     for start in range(0, len(ids), BATCH):
         chunk = ids[start : start + BATCH]
-        changes = Changes()
         if not apply:  # a dry run reads without locks: the hot path never waits for it
-            _plan(
-                report,
-                target,
-                await store.get_sagas(chunk),
-                chunk,
-                from_release,
-                to_release,
-                states,
-                actor,
-                now,
-            )
+            _decide(report, target, await store.get_sagas(chunk), chunk, message, now)
             continue
+        changes = Changes()
         async with store.transaction() as tx:
-            current = await tx.lock_sagas(chunk)
-            for saga_id in chunk:
-                saga = current.get(saga_id)
-                if saga is None:
-                    report.sagas.append(Moved(saga_id, "", "", None, "", "no such saga"))
-                    continue
-                message = migration_message(
-                    f"migrate:{uuid.uuid4()}", from_release, to_release, states, actor
-                )
-                try:
-                    decision = migrate(target, saga, message, now)
-                except MigrationRefused as refused:
-                    report.sagas.append(
-                        Moved(saga.id, saga.key, saga.state, None, str(saga.status), str(refused))
-                    )
-                    continue
-                report.sagas.append(
-                    Moved(saga.id, saga.key, saga.state, decision.saga.state, str(decision.saga.status))
-                )
-                changes.record(message, decision, now)
+            moves = _decide(report, target, await tx.lock_sagas(chunk), chunk, message, now)
+            for incoming, decision in moves:
+                changes.record(incoming, decision, now)
                 report.decisions.append(decision)
             if changes:
                 await tx.save(changes)
@@ -157,29 +134,30 @@ async def migrate_sagas(
     return report
 
 
-def _plan(
+def _decide(
     report: MigrationReport,
     target: CompiledWorkflow,
     current: Mapping[str, SagaSnapshot],
     chunk: Sequence[str],
-    from_release: str,
-    to_release: str,
-    states: Mapping[str, str],
-    actor: str,
+    message: Callable[[], Incoming],
     now: datetime,
-) -> None:
-    """A dry run's chunk: where each saga would go, decided as an applied one is, written nowhere."""
+) -> list[tuple[Incoming, Decision]]:
+    """Where each saga of ``chunk`` goes (or why it cannot), added to ``report``; the moves, for
+    an applied migration to record (a dry run writes them nowhere)."""
+    moves = []
     for saga_id in chunk:
         saga = current.get(saga_id)
         if saga is None:
             report.sagas.append(Moved(saga_id, "", "", None, "", "no such saga"))
             continue
-        message = migration_message(f"migrate:{uuid.uuid4()}", from_release, to_release, states, actor)
+        incoming = message()
         try:
-            decision = migrate(target, saga, message, now)
+            decision = migrate(target, saga, incoming, now)
         except MigrationRefused as refused:
             report.sagas.append(Moved(saga.id, saga.key, saga.state, None, str(saga.status), str(refused)))
             continue
         report.sagas.append(
             Moved(saga.id, saga.key, saga.state, decision.saga.state, str(decision.saga.status))
         )
+        moves.append((incoming, decision))
+    return moves

@@ -189,28 +189,7 @@ class Relay:
         """Commands the broker would not route, tries over: recorded as dead letters (naming their
         saga, replayable once a queue is bound), then out of the outbox. Should the record fail,
         they stay in the outbox and are tried again: never dropped."""
-        letters = [
-            DeadLetter(
-                reason=Reason.UNROUTABLE,
-                detail=clip(f"refused {self.unroutable_tries} times: {printable(str(error))}", 600),
-                source="orchestrator",
-                message_id=command.message_id,
-                message_type=command.type,
-                correlation_id=command.saga_id,
-                exchange=self.exchange,
-                routing_key=command.type,
-                properties={
-                    "type": command.type,
-                    "message_id": command.message_id,
-                    "correlation_id": command.saga_id,
-                    "content_type": "application/json",
-                    "headers": {"x-workflow": command.workflow},
-                },
-                body=orjson.dumps(command.payload),
-                body_size=len(orjson.dumps(command.payload)),
-            )
-            for command, error in unroutable
-        ]
+        letters = [self._letter(command, error) for command, error in unroutable]
 
         async def record() -> None:
             async with self.store.transaction() as tx:
@@ -234,6 +213,28 @@ class Relay:
                 extra={"saga_id": command.saga_id, "message_id": command.message_id},
             )
         await self._mark_sent([command.message_id for command, _ in unroutable])
+
+    def _letter(self, command: OutgoingCommand, error: BaseException) -> DeadLetter:
+        body = orjson.dumps(command.payload)
+        return DeadLetter(
+            reason=Reason.UNROUTABLE,
+            detail=clip(f"refused {self.unroutable_tries} times: {printable(str(error))}", 600),
+            source="orchestrator",
+            message_id=command.message_id,
+            message_type=command.type,
+            correlation_id=command.saga_id,
+            exchange=self.exchange,
+            routing_key=command.type,
+            properties={
+                "type": command.type,
+                "message_id": command.message_id,
+                "correlation_id": command.saga_id,
+                "content_type": "application/json",
+                "headers": {"x-workflow": command.workflow},
+            },
+            body=body,
+            body_size=len(body),
+        )
 
     async def _mark_sent(self, message_ids: list[str]) -> None:
         """Confirmed commands out of the outbox, by the fault policy; failing that, they are sent

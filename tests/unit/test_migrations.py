@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 import pytest
@@ -27,7 +28,7 @@ from orchestrator.examples.contracts import (
     StockReserved,
 )
 from orchestrator.service.batch import Envelope, process_batch
-from orchestrator.service.migrations import migrate_sagas
+from orchestrator.service.migrations import MigrationReport, migrate_sagas
 from orchestrator.service.operations import BadRequest
 from tests.releases.order_v2 import OrderSagaV2
 
@@ -151,49 +152,16 @@ async def test_a_migration_goes_a_page_at_a_time_in_saga_id_order() -> None:
     store = MemoryStore()
     ids = sorted([await parked(store, f"o-{n}", StockReserved(f"o-{n}", "r")) for n in range(5)])
 
-    first = await migrate_sagas(
-        BOTH, store, "order", "1", "2", {"charge": "payment"}, actor="a", now=LATER, limit=2
-    )
-    second = await migrate_sagas(
-        BOTH,
-        store,
-        "order",
-        "1",
-        "2",
-        {"charge": "payment"},
-        actor="a",
-        now=LATER,
-        limit=2,
-        after=first.next_after,
-    )
-    last = await migrate_sagas(
-        BOTH,
-        store,
-        "order",
-        "1",
-        "2",
-        {"charge": "payment"},
-        actor="a",
-        now=LATER,
-        limit=2,
-        after=second.next_after,
-    )
-    applied = await migrate_sagas(
-        BOTH, store, "order", "1", "2", {"charge": "payment"}, actor="a", now=LATER, limit=3, apply=True
-    )
-    rest = await migrate_sagas(
-        BOTH,
-        store,
-        "order",
-        "1",
-        "2",
-        {"charge": "payment"},
-        actor="a",
-        now=LATER,
-        limit=3,
-        apply=True,
-        after=applied.next_after,
-    )
+    async def page(**options: Any) -> MigrationReport:
+        return await migrate_sagas(
+            BOTH, store, "order", "1", "2", {"charge": "payment"}, actor="a", now=LATER, **options
+        )
+
+    first = await page(limit=2)
+    second = await page(limit=2, after=first.next_after)
+    last = await page(limit=2, after=second.next_after)
+    applied = await page(limit=3, apply=True)
+    rest = await page(limit=3, apply=True, after=applied.next_after)
 
     assert [s.saga_id for r in (first, second, last) for s in r.sagas] == ids
     assert (first.next_after, second.next_after, last.next_after) == (ids[1], ids[3], None)

@@ -25,7 +25,7 @@ from orchestrator.service.dead_letters import (
     ReplayOutcome,
     pages,
     replay,
-    target_of,
+    replay_target,
     why_not_replayable,
 )
 
@@ -61,8 +61,7 @@ def dead_letters_router(ctx: ApiContext, guard: Guard) -> APIRouter:
     router = APIRouter()
 
     async def shown(row: DeadLetterRow) -> m.DeadLetterDetail:
-        why = why_not_replayable(row)
-        target = await target_of(row, routes, table.sent_command) if why is None else why
+        target = await replay_target(row, routes, table)
         return detail(row, target if isinstance(target, str) else None)
 
     viewing = APIRouter(
