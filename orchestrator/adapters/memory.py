@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -160,6 +161,8 @@ class _MemoryTransaction:
 
 class MemoryStore:
     def __init__(self) -> None:
+        #: the id key, as migrate stores one in PostgreSQL: the store's own
+        self.key = secrets.token_bytes(32)
         self.sagas: dict[str, SagaSnapshot] = {}
         self.journals: dict[str, list[JournalEntry]] = {}
         self.outbox: dict[str, tuple[OutgoingCommand, datetime]] = {}
@@ -206,6 +209,9 @@ class MemoryStore:
 
     async def database_now(self) -> datetime:
         return datetime.now(UTC)
+
+    async def id_key(self) -> bytes:
+        return self.key
 
     async def hold(self) -> int:
         return 1  # one process: every row is its own

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from orchestrator.core.definitions import CANCEL, DEADLINE, FINISHED, RETRY, Policy, SagaView, Status
+from orchestrator.core.ids import KEYED, VERSIONED, keyed_command_id, uuid_text, versioned_command_id
 from orchestrator.core.ingress import Reason, Refused, check_json
 from orchestrator.core.machine import CompiledWorkflow, MachineError
 from orchestrator.core.messages import dump, load
@@ -26,6 +27,7 @@ __all__ = [
     "OPERATOR",
     "Deadline",
     "Decision",
+    "IdKeyMissing",
     "Incoming",
     "Outcome",
     "OutgoingCommand",
@@ -50,11 +52,7 @@ _CLOSED = FINISHED - {Status.FAILED}
 
 def _uuid5(namespace: bytes, name: str) -> str:
     """``str(uuid.uuid5(...))`` without building two UUID objects: it runs for every message."""
-    digest = bytearray(hashlib.sha1(namespace + name.encode()).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
-    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = digest.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return uuid_text(hashlib.sha1(namespace + name.encode()).digest(), 5)
 
 
 def saga_id_for(workflow: str, key: str) -> str:
@@ -62,9 +60,8 @@ def saga_id_for(workflow: str, key: str) -> str:
     return _uuid5(_SAGA_NAMESPACE.bytes, f"{workflow}\x00{key}")
 
 
-def command_message_id(saga_id: str, version: int, index: int) -> str:
-    """Stable across replays and re-sends: participants dedupe on it."""
-    return _uuid5(bytes.fromhex(saga_id.replace("-", "")), f"{version}:{index}")
+#: the versioned scheme's command id (:mod:`orchestrator.core.ids`), by its older name
+command_message_id = versioned_command_id
 
 
 #: RFC 4122's NAMESPACE_OID, which docs/protocol.md section 6 derives reply ids in
@@ -224,6 +221,8 @@ class Decision:
     #: set when the message is journaled (outcome IGNORED, with the reason) and dead-lettered
     #: too: a reply whose key contradicts its saga's
     dead_letter: Reason | None = None
+    #: the scheme its commands' ids follow (:mod:`orchestrator.core.ids`), for replay to know
+    ids: int = VERSIONED
 
     def summary(self) -> dict[str, Any]:
         """The decision as the journal keeps it."""
@@ -251,9 +250,25 @@ class Decision:
             # a late success's reply enters the data before its undo is built
             "operators": 3,
         } | ({"dead_letter": str(self.dead_letter)} if self.dead_letter is not None else {})
+        if self.ids != VERSIONED:
+            summary["ids"] = self.ids
         if self.saga.version == 1 or self.outcome is Outcome.MIGRATED:
             summary["release"] = self.saga.release  # for replay and ``state?at=`` to know it
         return summary
+
+
+@dataclass(frozen=True, slots=True)
+class _Ids:
+    """How the commands one message causes are named (:mod:`orchestrator.core.ids`): keyed with
+    ``key`` over ``cause`` (the message's id), or versioned where ``key`` is None."""
+
+    key: bytes | None
+    cause: str
+
+    def command(self, saga: SagaSnapshot, index: int) -> str:
+        if self.key is None:
+            return versioned_command_id(saga.id, saga.version, index)
+        return keyed_command_id(self.key, saga.id, self.cause, index)
 
 
 class _Draft:
@@ -264,12 +279,14 @@ class _Draft:
         compiled: CompiledWorkflow,
         saga: SagaSnapshot,
         now: datetime,
+        ids: _Ids,
         merge_all: bool = False,
         before_operators: bool = False,
     ) -> None:
         self.compiled = compiled
         self.saga = saga
         self.now = now
+        self.ids = ids
         self.merge_all = merge_all
         self.before_operators = before_operators
         self.merged: list[str] = []
@@ -308,7 +325,7 @@ class _Draft:
             # int field) into one nothing can encode: fail the saga here, not every later commit.
             check_json(payload, message.TYPE)
             command = OutgoingCommand(
-                command_message_id(self.saga.id, self.saga.version, len(self.commands)),
+                self.ids.command(self.saga, len(self.commands)),
                 message.TYPE,
                 payload,
                 self.saga.id,
@@ -411,17 +428,27 @@ def decide(
     merge_all: bool = False,
     before_operators: bool = False,
     late_merge: bool = True,
+    ids: int | None = None,
 ) -> Decision:
     """Decide what ``message`` does to ``saga`` (None: the message starts a new saga); a saga the
     definition cannot decide (it raises: a definition changed under the saga, a bug) fails, with
     the reason, for an operator: nothing raises out of the engine for one saga. Being a pure
-    function of its inputs, the same entry replayed fails the same way."""
+    function of its inputs, the same entry replayed fails the same way.
+
+    ``ids``: the scheme its commands' ids follow (:mod:`orchestrator.core.ids`); by default keyed
+    where ``compiled`` has the service's id key, else versioned. Replay gives the entry's."""
+    key = compiled.id_key
+    if ids == VERSIONED or (ids is None and key is None):
+        key = None
+    elif key is None:
+        raise IdKeyMissing(f"{message.type} was decided with keyed ids: replaying it needs the id key")
     try:
-        return _decide(
+        decision = _decide(
             compiled,
             saga,
             message,
             now,
+            _Ids(key, message.message_id),
             replaying=replaying,
             merge_all=merge_all,
             before_operators=before_operators,
@@ -437,6 +464,16 @@ def decide(
         )
         bumped = _with(saga, version=saga.version + 1, updated_at=now)
         return _failed(bumped, saga.state, reason, now)
+    if key is not None and decision.commands:
+        keyed = object.__new__(Decision)
+        keyed.__dict__.update(decision.__dict__, ids=KEYED)
+        return keyed
+    return decision
+
+
+class IdKeyMissing(LookupError):
+    """A journal entry was decided with keyed ids and the definition replaying it has no id key
+    (:meth:`orchestrator.core.routing.Registry.use_id_key`): its commands' ids cannot be told."""
 
 
 def _unreadable(compiled: CompiledWorkflow, message: Incoming) -> bool:
@@ -453,6 +490,7 @@ def _decide(
     saga: SagaSnapshot | None,
     message: Incoming,
     now: datetime,
+    ids: _Ids,
     *,
     replaying: bool = False,
     merge_all: bool = False,
@@ -504,7 +542,7 @@ def _decide(
             updated_at=now,
             release=workflow.release,
         )
-        draft = _Draft(compiled, fresh, now, merge_all, before_operators)
+        draft = _Draft(compiled, fresh, now, ids, merge_all, before_operators)
         try:
             draft.merge(workflow.starts_on.TYPE, message.payload, starting=True)
             first = compiled.enter()
@@ -516,7 +554,7 @@ def _decide(
     previous = saga.state
     bumped = _with(saga, version=saga.version + 1, updated_at=now)
     if message.type.startswith(OPERATOR):
-        return _operate(compiled, bumped, previous, message, now, merge_all, before_operators)
+        return _operate(compiled, bumped, previous, message, now, ids, merge_all, before_operators)
     if message.kind == "event" and not merge_all:
         contradiction = _key_contradiction(compiled, saga, message)
         if contradiction is not None:
@@ -525,9 +563,9 @@ def _decide(
             )
     late = _late_step(compiled, saga, message)
     if late is not None:
-        return _undo_late(compiled, bumped, late, previous, message if late_merge else None, now)
+        return _undo_late(compiled, bumped, late, previous, message if late_merge else None, now, ids)
     if saga.status is Status.FAILED and not before_operators:
-        confirmed = _late_confirmation(compiled, bumped, previous, message, now, merge_all)
+        confirmed = _late_confirmation(compiled, bumped, previous, message, now, ids, merge_all)
         if confirmed is not None:
             return confirmed
     if saga.finished:
@@ -546,7 +584,7 @@ def _decide(
         return Decision(bumped, Outcome.IGNORED, previous, reason=reason)
     if message.type == RETRY:
         return _retry(compiled, bumped, previous, now)
-    draft = _Draft(compiled, bumped, now, merge_all, before_operators)
+    draft = _Draft(compiled, bumped, now, ids, merge_all, before_operators)
     policy = draft.policy_for(message.type)
     if policy is Policy.IGNORE:
         return Decision(
@@ -653,6 +691,7 @@ def _late_confirmation(
     previous: str,
     message: Incoming,
     now: datetime,
+    ids: _Ids,
     merge_all: bool = False,
 ) -> Decision | None:
     """A failed saga gave up on a compensation at its deadline; this event confirms it after all:
@@ -668,7 +707,7 @@ def _late_confirmation(
         forgotten = _with(saga, awaiting=())
         reason = f"{message.type}: {state} failed after its deadline too; the saga stays failed"
         return Decision(forgotten, Outcome.IGNORED, previous, reason=reason)
-    draft = _Draft(compiled, _reopen(compiled, saga, state), now, merge_all)
+    draft = _Draft(compiled, _reopen(compiled, saga, state), now, ids, merge_all)
     try:
         draft.move(message.type, message.payload)
         draft.apply_parked()
@@ -684,10 +723,11 @@ def _undo_late(
     previous: str,
     success: Incoming | None,
     now: datetime,
+    ids: _Ids,
 ) -> Decision:
     """The step went through after all, after its deadline gave up on it: undo it now, built from
     the data with ``success``'s declared fields in it (None: a journal entry from before that)."""
-    draft = _Draft(compiled, _with(saga, timed_out=tuple(s for s in saga.timed_out if s != step)), now)
+    draft = _Draft(compiled, _with(saga, timed_out=tuple(s for s in saga.timed_out if s != step)), now, ids)
     _, undo = compiled.workflow.late_success[step]
     try:
         if success is not None:
@@ -734,6 +774,7 @@ def _operate(
     previous: str,
     message: Incoming,
     now: datetime,
+    ids: _Ids,
     merge_all: bool = False,
     before_operators: bool = False,
 ) -> Decision:
@@ -750,10 +791,20 @@ def _operate(
     state = saga.state
     if action == "resume":
         if before_operators:
-            return _resume(compiled, saga, previous, args.get("step") or state, who, now, merge_all, True)
+            return _resume(
+                compiled, saga, previous, args.get("step") or state, who, now, ids, merge_all, True
+            )
         step = args.get("step") or _given_up(compiled, saga) or state
         return _resume(
-            compiled, saga, previous, step, who, now, merge_all, new_attempt=bool(args.get("new_attempt"))
+            compiled,
+            saga,
+            previous,
+            step,
+            who,
+            now,
+            ids,
+            merge_all,
+            new_attempt=bool(args.get("new_attempt")),
         )
     given_up = _given_up(compiled, saga) if action == "skip" and not before_operators else None
     as_it_was = saga  # a skip that fails to move leaves the saga failed where it failed
@@ -780,7 +831,7 @@ def _operate(
         fresh = bool(args.get("new_attempt"))
         commands = tuple(
             OutgoingCommand(
-                command_message_id(saga.id, saga.version, index) if fresh else c["message_id"],
+                ids.command(saga, index) if fresh else c["message_id"],
                 c["type"],
                 c["payload"],
                 saga.id,
@@ -821,7 +872,7 @@ def _operate(
             data = {**data, compiled.workflow.key: saga.key}
     else:
         return refuse(f"unknown action {action!r}")
-    draft = _Draft(compiled, saga, now, merge_all, before_operators)
+    draft = _Draft(compiled, saga, now, ids, merge_all, before_operators)
     try:
         draft.move(trigger, data, failure=who)
         draft.apply_parked()
@@ -837,6 +888,7 @@ def _resume(
     step: str,
     who: str,
     now: datetime,
+    ids: _Ids,
     merge_all: bool = False,
     before_operators: bool = False,
     *,
@@ -876,7 +928,7 @@ def _resume(
     # command could not be built), and the same ids would only bring that reply back as a
     # duplicate.
     given_up = _given_up(compiled, saga)
-    draft = _Draft(compiled, resumed, now, merge_all, before_operators)
+    draft = _Draft(compiled, resumed, now, ids, merge_all, before_operators)
     try:
         draft.enter(step, (), spec.on_enter)
         if not before_operators and not new_attempt and step == given_up:

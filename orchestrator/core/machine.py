@@ -65,6 +65,9 @@ class CompiledWorkflow:
             raise ValueError(f"max_parked must be at least 1, not {max_parked}")
         self.workflow = workflow.check()
         self.max_parked = max_parked
+        #: the service's id key, once the registry is given it (Registry.use_id_key): commands'
+        #: ids are keyed with it (orchestrator.core.ids); None: versioned, as the test kit runs
+        self.id_key: bytes | None = None
         self.machine = Machine(
             model=None,
             states=[
@@ -99,6 +102,10 @@ class CompiledWorkflow:
         self.moves: dict[tuple[str, str], Fired] = self._ask_all()
         self._fixed: dict[str, frozenset[str]] = {}
         self.policies = {(r.source, r.event): r.policy for r in workflow.rules if r.policy is not None}
+
+    def use_id_key(self, key: bytes) -> None:
+        """Key the ids of what this definition decides from now on with the service's id key."""
+        self.id_key = key
 
     def moves_on(self, state: str, event_type: str) -> bool:
         return (state, event_type) in self.moves

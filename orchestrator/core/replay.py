@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from orchestrator.core.engine import Deadline, OutgoingCommand, SagaSnapshot, decide
+from orchestrator.core.engine import Deadline, IdKeyMissing, OutgoingCommand, SagaSnapshot, decide
+from orchestrator.core.ids import VERSIONED
 from orchestrator.core.ingress import Refused
 from orchestrator.core.journal import DueDeadline, JournalEntry, Records
 from orchestrator.core.machine import CompiledWorkflow
@@ -108,6 +109,7 @@ def rebuild(
                 merge_all=before_declared,
                 before_operators="operators" not in entry.decision,
                 late_merge=entry.decision.get("operators", 0) >= 3,
+                ids=entry.decision.get("ids", VERSIONED),
             )
         if decision.dropped_parked and saga is not None and "dropped_parked" not in entry.decision:
             kept = set(decision.dropped_parked)
@@ -251,7 +253,7 @@ def verify(compiled: CompiledWorkflow, records: Records, releases: Releases | No
     it): one difference, not a crash of the whole verify."""
     try:
         rebuilt = rebuild(compiled, records.journal, releases)
-    except ReleaseNotLoaded as error:
+    except (ReleaseNotLoaded, IdKeyMissing) as error:
         return [f"journal not replayed: {error}"]
     except Refused as refused:
         return [f"the journal cannot be replayed: {refused}"]

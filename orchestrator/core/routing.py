@@ -76,6 +76,15 @@ class Registry:
                 if all(c.workflow.name != compiled.workflow.name for c in takers):
                     takers.append(compiled)
 
+    def use_id_key(self, key: bytes) -> None:
+        """Key the ids of the commands and timers every loaded release decides from now on with
+        ``key`` (:mod:`orchestrator.core.ids`): the service's, read from its database at start,
+        before anything is decided."""
+        if len(key) < 16:
+            raise ValueError("an id key has at least 16 bytes")
+        for compiled in self.releases.values():
+            compiled.use_id_key(key)
+
     def for_saga(self, saga: SagaSnapshot) -> CompiledWorkflow | None:
         """The definition a saga is decided by: the release it is pinned to, if loaded here."""
         return self.releases.get((saga.workflow, saga.release))

@@ -10,11 +10,13 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.core.ids import IdKeyAbsent
 from orchestrator.entrypoints.settings import Settings, mask_url
 
 if TYPE_CHECKING:  # imported where used, so that each verb loads only what it needs
     from orchestrator.core.definitions import Workflow
     from orchestrator.core.dry_run import DefinitionFor
+    from orchestrator.core.routing import Registry
 
 __all__ = ["main"]
 
@@ -104,6 +106,25 @@ def migrate(url: str) -> None:
     config.set_main_option("script_location", str(migrations_path()))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     command.upgrade(config, "head")
+    _run(_ensure_id_key(url))
+
+
+async def _ensure_id_key(url: str) -> None:
+    """The database's id key (migration 0009 makes one): a new one where the row is missing."""
+    import secrets
+
+    import asyncpg
+
+    from orchestrator.adapters.postgres.store import driver_dsn
+
+    connection = await asyncpg.connect(driver_dsn(url), timeout=10)
+    try:
+        await connection.execute(
+            "INSERT INTO id_keys (name, secret) VALUES ('ids', $1) ON CONFLICT (name) DO NOTHING",
+            secrets.token_bytes(32),
+        )
+    finally:
+        await connection.close()
 
 
 async def migrate_broker(settings: Settings) -> list[str]:
@@ -255,6 +276,7 @@ async def _verify(settings: Settings, saga_id: str | None) -> int:
     bad = checked = 0
     unloaded: dict[str, int] = {}
     try:
+        registry.use_id_key(await store.id_key())
         ids = [saga_id] if saga_id else await store.saga_ids()
         for sid in ids:
             records = await store.records(sid)
@@ -325,22 +347,25 @@ def _check(settings: Settings, journals: bool = False, finished_sample: int = 0,
     if not journals:
         return 1 if errors else 0
     try:
-        definition_for = _definitions(workflows)
+        registry = _compiled(workflows)
     except ValueError as error:  # refused by the compiler, or two of one name: reported above
         print(f"journals not replayed: the workflows cannot be compiled: {error}")
         return 1
     sys.stdout.flush()  # before the processes fork: what is printed is printed once
-    breaking = _dry_run(settings, definition_for, finished_sample, jobs)
+    breaking = _dry_run(settings, registry, finished_sample, jobs)
     return 1 if errors or breaking else 0
 
 
-def _definitions(workflows: list[Workflow]) -> DefinitionFor:
+def _compiled(workflows: list[Workflow]) -> Registry:
+    from orchestrator.core.routing import Registry
+
+    return Registry(workflows)
+
+
+def _definitions(registry: Registry) -> DefinitionFor:
     """The definition the loaded module would decide a saga of ``(workflow, release)`` by, None
     when it has none (the release is dropped): the dry run's one view of the new definitions."""
     from orchestrator.core.machine import CompiledWorkflow
-    from orchestrator.core.routing import Registry
-
-    registry = Registry(workflows)
 
     def definition_for(workflow: str, release: str) -> CompiledWorkflow | None:
         return registry.releases.get((workflow, release))
@@ -348,7 +373,17 @@ def _definitions(workflows: list[Workflow]) -> DefinitionFor:
     return definition_for
 
 
-def _dry_run(settings: Settings, definition_for: DefinitionFor, finished_sample: int, jobs: int) -> int:
+async def _id_key(settings: Settings) -> bytes:
+    from orchestrator.entrypoints.bootstrap import store_of
+
+    store = store_of(settings, pool_size=1)
+    try:
+        return await store.id_key()
+    finally:
+        await store.close()
+
+
+def _dry_run(settings: Settings, registry: Registry, finished_sample: int, jobs: int) -> int:
     """Replay the journals of the sagas in flight (running, compensating, failed) and of the
     ``finished_sample`` most recently finished ones through ``definition_for``, read in streamed
     queries (``adapters.postgres.journals``) by ``jobs`` processes (``entrypoints.dry_run``);
@@ -357,8 +392,9 @@ def _dry_run(settings: Settings, definition_for: DefinitionFor, finished_sample:
     from orchestrator.entrypoints import dry_run
 
     _run(ensure_database_reachable(settings.database_url))
+    registry.use_id_key(_run(_id_key(settings)))  # the journal's keyed entries are decided with it
     try:
-        done = dry_run.run(settings.database_url, definition_for, finished_sample, jobs)
+        done = dry_run.run(settings.database_url, _definitions(registry), finished_sample, jobs)
     except dry_run.JournalsUnreadable as error:
         raise Unreachable(str(error)) from None
     for report in done.reported():
@@ -564,6 +600,9 @@ def main(argv: list[str] | None = None) -> None:
     except Unreachable as error:
         print(f"orchestrator: {error}", file=sys.stderr)
         sys.exit(2)
+    except IdKeyAbsent as error:
+        print(f"orchestrator: {error}", file=sys.stderr)
+        sys.exit(1)
     except cli_dead_letters.CommandError as error:
         print(f"orchestrator: {error}", file=sys.stderr)
         sys.exit(error.code)

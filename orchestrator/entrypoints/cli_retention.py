@@ -10,6 +10,7 @@ usage or an unreachable database.
 from __future__ import annotations
 
 import argparse
+import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -181,10 +182,25 @@ async def _prune(store: Any, args: argparse.Namespace, settings: Settings) -> in
     return 0
 
 
+async def _id_key_if_reachable(settings: Settings) -> bytes | None:
+    """The id key from the settings' database, None where it does not answer within seconds."""
+    from orchestrator.entrypoints.bootstrap import store_of
+
+    store = store_of(settings, pool_size=1)
+    try:
+        return await asyncio.wait_for(store.id_key(), 10)
+    except Exception:  # unreachable, not migrated, no key: the archive is verified without it
+        return None
+    finally:
+        await store.close()
+
+
 def verify_archive(settings: Settings, path: Path) -> int:
     """Replay every saga of an archive through the loaded workflows, as ``verify`` replays the
     database: exit 1 if a saga differs from its journal or a line cannot be read, else 3 if some
-    were not verified (their workflow is not loaded), else 0. No database is needed."""
+    were not verified (their workflow is not loaded, or their journal is keyed and the id key
+    could not be read), else 0. The database is asked for the id key only (``core/ids.py``):
+    without it, an archive written before keyed ids verifies all the same."""
     from orchestrator.adapters.archive import ArchivedSaga, Unreadable, read_archive
     from orchestrator.core.replay import verify
     from orchestrator.entrypoints.bootstrap import registry_of
@@ -192,6 +208,9 @@ def verify_archive(settings: Settings, path: Path) -> int:
     registry = registry_of(settings)
     if not path.is_file():
         raise CommandError(f"verify: no archive {path}", 1)
+    key = asyncio.run(_id_key_if_reachable(settings))
+    if key is not None:
+        registry.use_id_key(key)
     bad = checked = 0
     unloaded: dict[str, int] = {}
     ended = False
@@ -211,6 +230,11 @@ def verify_archive(settings: Settings, path: Path) -> int:
                     found = verify(compiled, item.records, registry.releases_of(saga.workflow))
                 except Exception as error:  # a journal this definition cannot replay at all
                     found = [f"cannot be replayed: {error}"]
+                if key is None and found and "needs the id key" in found[0]:
+                    where = mask_url(settings.database_url)
+                    print(f"{saga.id}: not verified: its journal is keyed, and {where} gave no id key")
+                    unloaded["(keyed, no id key)"] = unloaded.get("(keyed, no id key)", 0) + 1
+                    continue
                 checked += 1
                 if found:
                     bad += 1

@@ -162,6 +162,7 @@ async def _wired(settings: Settings) -> AsyncIterator[Wired]:
     store = shell.store
     api = ApiContext(registry, store, Queries(store.engine), settings, Metrics(process=False), bus=shell.bus)
     try:
+        registry.use_id_key(await store.id_key())  # before the bus decides: ids keyed as the service's
         yield Wired(shell, api)
     finally:
         await shell.broker.close(timeout=2)
@@ -290,6 +291,7 @@ async def _migrate(args: argparse.Namespace, settings: Settings) -> int:
     try:
         async with asyncio.timeout(CONFIRM_SECONDS):
             await shell.clock.sync()
+            registry.use_id_key(await shell.store.id_key())
         while True:  # a page at a time: each printed as it comes, none held
             report = await shell.bus.migrate(
                 args.workflow,

@@ -100,6 +100,8 @@ class Orchestrator:
 
     async def start(self) -> None:
         spawn = self._spawn
+        # before anything is decided: commands' and timers' ids are keyed with it (core/ids.py)
+        self.registry.use_id_key(await self.store.id_key())
         await self.broker.connect(services_of(self.registry.command_types()), self.registry.start_types())
         await self.clock.sync()  # before anything is decided: "now" is the database's
         spawn("clock-sync", self.clock.keep_in_sync)

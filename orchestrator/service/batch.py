@@ -27,6 +27,7 @@ from orchestrator.core.engine import (
     decide,
     reply_id_for,
 )
+from orchestrator.core.ids import timer_message_id
 from orchestrator.core.ingress import (
     DEFAULT_LIMITS,
     MAX_KEY_LENGTH,
@@ -383,7 +384,7 @@ async def fire_due_deadlines(
                 changes.deadlines[timer] = (None, deadline.version)
                 continue
             retry = deadline.kind == "retry"
-            message_id = f"{deadline.kind}:{deadline.saga_id}:{deadline.version}"
+            message_id = timer_message_id(compiled.id_key, deadline.saga_id, deadline.kind, deadline.version)
             trace, span = deadline.trace, None
             if tracer is not None:
                 attributes: dict[str, str | int | bool] = {

@@ -142,6 +142,10 @@ class Store(Protocol):
         """When the earliest pending deadline (of a saga of ``workflows``, (workflow, release)
         pairs, when given) falls due, to set the alarm."""
 
+    async def id_key(self) -> bytes:
+        """The service's id key (:mod:`orchestrator.core.ids`), shared by every process on the
+        store; ``IdKeyAbsent`` when it has none."""
+
     async def database_now(self) -> datetime:
         """The database's clock: the one "now" every replica decides and sets deadlines by."""
 

@@ -173,6 +173,7 @@ async def test_every_journal_replays_to_its_row(bench: Bench) -> None:
 
     registry = Registry(load_workflows("orchestrator.examples"))
     assert bench.store is not None
+    registry.use_id_key(await bench.store.id_key())  # the service's: its commands' ids are keyed
     for key, workflow in [*((k, "order") for k in orders), *((k, "escrow") for k in escrows)]:
         row = await bench.saga(workflow, key)
         rebuilt = replay(registry.workflows[workflow], await bench.store.journal(saga_id_for(workflow, key)))

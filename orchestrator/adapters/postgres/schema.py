@@ -159,3 +159,12 @@ tombstones = Table(
     Column("archived_at", DateTime(timezone=True), nullable=False),
     Index("tombstones_archived_at", "archived_at"),
 )
+
+#: The service's id key (migration 0009, ``orchestrator/core/ids.py``): one row, ``name = 'ids'``.
+id_keys = Table(
+    "id_keys",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("secret", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+)

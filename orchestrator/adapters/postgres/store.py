@@ -26,6 +26,7 @@ from orchestrator.adapters.postgres.faults import classify
 from orchestrator.adapters.postgres.schema import deadlines, journal, outbox, sagas
 from orchestrator.core.definitions import Status
 from orchestrator.core.engine import Incoming, OutgoingCommand, SagaSnapshot
+from orchestrator.core.ids import IdKeyAbsent
 from orchestrator.core.ingress import DeadLetter
 from orchestrator.service.faults import Fault
 from orchestrator.service.store import Changes, DueDeadline, JournalEntry, Records, Tombstone
@@ -576,6 +577,19 @@ class PostgresStore:
             )
         async with self.engine.connect() as connection:
             return (await connection.execute(query)).scalar()  # type: ignore[no-any-return]
+
+    async def id_key(self) -> bytes:
+        """The service's id key (migration 0009): what its commands' and timers' ids are keyed
+        with. :class:`IdKeyAbsent` where the row is missing (``orchestrator migrate`` makes one)."""
+        pool = await self.pool()
+        async with pool.acquire(timeout=self.timeouts.acquire) as connection:
+            try:
+                secret = await connection.fetchval("SELECT secret FROM id_keys WHERE name = 'ids'")
+            except asyncpg.UndefinedTableError:
+                secret = None
+        if secret is None:
+            raise IdKeyAbsent("the database has no id key: run `orchestrator migrate` to generate one")
+        return bytes(secret)
 
     async def database_now(self) -> datetime:
         pool = await self.pool()
