@@ -36,6 +36,7 @@ import orjson
 from orchestrator.adapters.memory import MemoryStore
 from orchestrator.core.definitions import Workflow
 from orchestrator.core.engine import OutgoingCommand, SagaSnapshot, reply_id_for, saga_id_for
+from orchestrator.core.ingress import Limits
 from orchestrator.core.machine import DEFAULT_MAX_PARKED
 from orchestrator.core.messages import Message, dump
 from orchestrator.core.replay import verify
@@ -70,8 +71,11 @@ class WorkflowTestKit:
         now: datetime | None = None,
         max_parked: int = DEFAULT_MAX_PARKED,
         store: MemoryStore | None = None,
+        unchecked_replies: Iterable[str] = (),
     ) -> None:
-        """``store``: another kit's, to run new definitions on what old ones left (a deploy)."""
+        """``store``: another kit's, to run new definitions on what old ones left (a deploy).
+        ``unchecked_replies``: services whose replies are taken without a section 6 reply id, as
+        ``ORCHESTRATOR_UNCHECKED_REPLIES`` lets them by."""
         self.registry = Registry(workflows, max_parked)
         self.store = store or MemoryStore()
         self.now = now or datetime(2026, 1, 1, tzinfo=UTC)
@@ -80,7 +84,12 @@ class WorkflowTestKit:
         #: the same bus as the service's: its unit of work and fault policy, with a clock moved by
         #: hand and no waiting between tries
         self.bus = MessageBus(
-            self.registry, self.store, outbox=_Sent(self.sent), clock=lambda: self.now, sleep=_no_wait
+            self.registry,
+            self.store,
+            outbox=_Sent(self.sent),
+            clock=lambda: self.now,
+            sleep=_no_wait,
+            limits=Limits(unchecked_replies=frozenset(unchecked_replies)),
         )
         self._loop = asyncio.new_event_loop()
 
@@ -95,16 +104,38 @@ class WorkflowTestKit:
         message_id: str | None = None,
         workflow: str | None = None,
     ) -> BatchResult:
-        """Deliver one event, as a participant would publish it."""
+        """Deliver one event, as a participant would publish it: a reply to a saga that exists
+        (named by ``correlation_id``, or else by its key) gets, unless ``message_id`` says
+        otherwise, the reply id of the command it answers (docs/protocol.md, section 6): the first
+        the saga waits on, or else the last it sent. A reply with any other id is refused as no
+        reply to the saga's commands (``not_awaited``), as the service refuses it."""
         envelope = Envelope(
             orjson.dumps(dump(message)),
             message.TYPE,
-            message_id or str(uuid.uuid4()),
+            message_id or self._reply_id(message, correlation_id) or str(uuid.uuid4()),
             correlation_id,
             workflow,
             schema_version=message.SCHEMA,  # dumped from its class: in the schema it reads
         )
         return self.deliver(envelope)
+
+    def _reply_id(self, message: Message, correlation_id: str | None) -> str | None:
+        """The section 6 id of ``message`` as the reply to a command of the saga it is for."""
+        saga = self.store.sagas.get(correlation_id) if correlation_id else None
+        if saga is None and not correlation_id:
+            for compiled in self.registry.by_type.get(message.TYPE, []):
+                workflow = compiled.workflow
+                key = getattr(message, workflow.key, None)
+                if workflow.starts_on.TYPE != message.TYPE and key is not None:
+                    saga = self.store.sagas.get(saga_id_for(workflow.name, str(key)))
+                    if saga is not None:
+                        break
+        if saga is None:
+            return None
+        commands = [c["message_id"] for c in saga.awaiting] or [
+            c["message_id"] for e in self.store.journals.get(saga.id, []) for c in e.decision["commands"]
+        ][-1:]
+        return reply_id_for(commands[0], message.TYPE) if commands else None
 
     def deliver(self, envelope: Envelope) -> BatchResult:
         """Deliver a raw envelope: for tests of bad input."""

@@ -210,6 +210,8 @@ class Workflow:
     release: str = "1"
     #: the release new sagas start on, where several releases of one workflow are loaded
     current: bool = False
+    #: event types taken though they answer none of the saga's commands (``on(..., signal=True)``)
+    signals: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if "." in self.name or not self.name:
@@ -289,15 +291,23 @@ class Workflow:
         send: type[Command] | CommandBuilder | Sequence[type[Command] | CommandBuilder] | None = None,
         then: Policy | None = None,
         updates: Iterable[str] = (),
+        signal: bool = False,
     ) -> Workflow:
         """What ``event`` does in ``source``: move to ``dest`` (sending ``send``), or ``then`` a policy.
 
         ``updates`` names fields of the start event that ``event`` may change in the saga's data
         (wherever it is taken): by default the start event's fields are fixed once the saga has
-        started, and only the fields the event declares that the start event does not enter it."""
+        started, and only the fields the event declares that the start event does not enter it.
+
+        ``signal``: the event answers none of the saga's commands (a warehouse's ``Packed``, a
+        customer's cancellation), so it is taken without a section 6 reply id, from whoever may
+        publish its type (the broker's topic permissions guard it, docs/security.md). Any other
+        event is taken only as the reply to a command the saga sent (docs/protocol.md, section 8)."""
         if (dest is None) == (then is None):
             raise DefinitionError(f"{self.name}: {event.TYPE} needs exactly one of dest= or then=")
         self.events[event.TYPE] = event
+        if signal:
+            self.signals = self.signals | {event.TYPE}
         self.allow_updates(event, updates)
         dest = self.entries.get(dest, dest) if dest is not None else None
         sources = [source] if isinstance(source, str) else list(source)
@@ -398,7 +408,7 @@ class Workflow:
         def seconds(delay: timedelta | None) -> float | None:
             return None if delay is None else delay.total_seconds()
 
-        structure = {
+        structure: dict[str, Any] = {
             "name": self.name,
             "starts_on": self.starts_on.TYPE,
             "key": self.key,
@@ -432,6 +442,8 @@ class Workflow:
             "updates": {event: sorted(names) for event, names in sorted(self.updates.items())},
             "entries": dict(sorted(self.entries.items())),
         }
+        if self.signals:  # only where declared: the fingerprints of releases from before stay
+            structure["signals"] = sorted(self.signals)
         canonical = json.dumps(structure, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

@@ -70,6 +70,9 @@ class Reason(enum.StrEnum):
     KEY_TOO_LONG = "key_too_long"
     NO_TYPE = "no_type"
     NO_MESSAGE_ID = "no_message_id"
+    #: published to the events exchange with a routing key other than its type: the broker's
+    #: topic permissions bind routing keys, so a type must be its routing key to be bound too
+    ROUTING_KEY = "routing_key"
     #: no workflow takes a message of this type
     UNKNOWN_TYPE = "unknown_type"
     #: the x-workflow header names no workflow, or one that takes no such message
@@ -88,8 +91,8 @@ class Reason(enum.StrEnum):
     #: a reply whose key field names another saga than the one its correlation id names
     #: (journaled on that saga as ignored, with this reason)
     KEY_MISMATCH = "key_mismatch"
-    #: it names a saga whose workflow takes no such event, and answers none of the saga's
-    #: commands (its message_id is no reply id of docs/protocol.md, section 6)
+    #: it names a saga (by correlation id or key) and answers none of the commands that saga
+    #: sent (its message_id is no reply id of docs/protocol.md, section 6), where it starts none
     NOT_AWAITED = "not_awaited"
     #: the saga holds ORCHESTRATOR_MAX_PARKED early events already
     PARKING_FULL = "parking_full"
@@ -137,6 +140,9 @@ class Limits:
     #: services (a type's prefix) whose replies are taken without a section 6 reply id, while
     #: they move to deriving one (ORCHESTRATOR_UNCHECKED_REPLIES): each is logged and counted
     unchecked_replies: frozenset[str] = frozenset()
+    #: the exchange participants publish to (``{ns}.events``): what comes through it must have
+    #: its type as its routing key ("": not checked, as in tests of the rules alone)
+    events_exchange: str = ""
 
 
 #: the limits when the settings say nothing else
@@ -381,6 +387,17 @@ def envelope(
         if workflow is not None and len(workflow) > 200:
             raise Refused(Reason.BAD_HEADER, "x-workflow is longer than 200 characters")
         schema_version = _schema_version(headers.get("x-schema-version"))
+        if (
+            limits.events_exchange
+            and exchange == limits.events_exchange
+            and texts["type"] is not None
+            and routing_key != texts["type"]
+        ):
+            raise Refused(
+                Reason.ROUTING_KEY,
+                f"published to {exchange} with routing key {clip(routing_key, 200)!r}, not its type"
+                f" {texts['type']!r}: an event's routing key is its type (docs/protocol.md, section 3)",
+            )
         traceparent = headers.get("traceparent")
         return Envelope(
             body=body,

@@ -141,12 +141,14 @@ def build(
     metrics = Metrics()
     tracer = tracing.setup("orchestrator")  # None unless the OTEL_* variables ask for traces
     tracing.install(tracer)
+    topology = Topology(settings.namespace, partitions=settings.partitions, queue_type=settings.queue_type)
     limits = Limits(
-        max_message_bytes=settings.max_message_bytes, unchecked_replies=settings.unchecked_replies
+        max_message_bytes=settings.max_message_bytes,
+        unchecked_replies=settings.unchecked_replies,
+        events_exchange=topology.events,
     )
     # The budget of bytes in hand is shared: an eighth of it for the dead-letter drain.
     drain_prefetch = max(1, min(32, settings.effective_prefetch // 8))
-    topology = Topology(settings.namespace, partitions=settings.partitions, queue_type=settings.queue_type)
     broker = Broker(settings.amqp_url, topology, max(1, settings.effective_prefetch - drain_prefetch), limits)
     #: "now" as the database has it: decisions and deadlines agree across replicas' hosts
     clock = clock or DatabaseClock(store.database_now)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -193,16 +193,17 @@ async def process_batch(
         missing = wanted - current.keys()  # archived, maybe: one more read, only then
         archived = await tx.tombstones(missing) if missing else {}
         busy = set(tx.busy) | set(held)
-        # a message of a type no workflow takes that names a live saga is journaled on it only as
-        # a reply to one of its commands (a reply to a command nobody waits for): anything else
-        # would grow the saga without bound. Each such saga's commands are looked up, not only
-        # when its waits now do not explain the message: a message before it in this batch may
-        # move the saga on.
+        # A message for a saga that exists is taken only as the reply to a command that saga sent
+        # (docs/protocol.md, section 6): the commands it waits on as read (a message before it in
+        # this batch may move the saga on, but cannot answer a command sent after the read), or
+        # else any its journal records. Those are looked up only for what the waits do not explain.
+        read = {saga_id: saga.awaiting for saga_id, saga in current.items()}
         asking = {
-            saga.id
+            saga_id
             for p in parsed
-            if (saga := current.get(p.envelope.correlation_id or "")) is not None
-            and _foreign(p, saga, registry) is not None
+            if p.message_id not in seen
+            for saga_id in _existing(p, current, registry)
+            if not _answers(p, read[saga_id], ())
         }
         sent = await tx.sent_commands(asking) if asking else {}
         for p in parsed:
@@ -223,12 +224,14 @@ async def process_batch(
             p.narrow(live)
             saga = current.get(p.envelope.correlation_id or "")
             foreign = _foreign(p, saga, registry) if saga is not None else None
-            if saga is not None and foreign is not None and not _answers(p, saga, sent.get(saga.id, ())):
-                service = p.type.split(".", 1)[0].lower()
-                if service not in limits.unchecked_replies:
-                    result.refuse(p.index, _unanswered(foreign, saga.id))
-                    continue
-                result.unchecked.append((service, p.message_id, saga.id))
+            if (  # what its workflow takes nowhere: only as a reply to a command it sent
+                saga is not None
+                and foreign is not None
+                and not _answers(p, read.get(saga.id, ()), sent.get(saga.id, ()))
+                and not _let_by(p, saga.id, limits, result)
+            ):
+                result.refuse(p.index, _unanswered(foreign, saga.id))
+                continue
             try:
                 targets = _targets(p, registry, current)
             except Refused as refused:
@@ -239,6 +242,17 @@ async def process_batch(
             except _Leave:
                 result.verdicts[p.index] = Verdict.LEFT
                 continue
+            if foreign is None:  # an event of its workflow: taken only as the reply it says it is
+                asked = [
+                    s.id
+                    for compiled, s in targets
+                    if s is not None
+                    and not _starts(p, compiled)
+                    and not _answers(p, read.get(s.id, ()), sent.get(s.id, ()))
+                ]
+                if asked and not _let_by(p, asked[0], limits, result):
+                    result.refuse(p.index, _unanswered(_not_asked(p), asked[0]))
+                    continue
             span = _decide_span(tracer, p, targets) if tracer is not None else None
             # journaled as it came, with its schema version: decide() upcasts it
             message = Incoming(
@@ -303,13 +317,52 @@ def _foreign(p: _Parsed, saga: SagaSnapshot, registry: Registry) -> Refused | No
     return Refused(Reason.NOT_AWAITED, f"{p.type} is not an event of workflow {saga.workflow}")
 
 
-def _answers(p: _Parsed, saga: SagaSnapshot, sent: Collection[str]) -> bool:
+def _answers(p: _Parsed, awaiting: Iterable[Mapping[str, Any]], sent: Collection[str]) -> bool:
     """Whether the message's id is the reply id (docs/protocol.md, section 6) of a command the
-    saga waits on now, or of one of ``sent``."""
-    for command in saga.awaiting:
+    saga waits on (``awaiting``, as read), or of one of ``sent``."""
+    for command in awaiting:
         if reply_id_for(command["message_id"], p.type) == p.message_id:
             return True
     return any(reply_id_for(command, p.type) == p.message_id for command in sent)
+
+
+def _existing(p: _Parsed, current: Mapping[str, SagaSnapshot], registry: Registry) -> list[str]:
+    """The sagas that exist among those the message may be decided for, where it starts none
+    and is none of their signals: each must have sent the command it answers."""
+    found = []
+    cid = p.envelope.correlation_id
+    starting = bool(p.keyed) and all(t.starts for t in p.keyed)
+    if cid and not starting and cid in current:
+        found.append(cid)
+    if not cid:
+        found.extend(t.saga_id for t in p.keyed if t.saga_id and t.saga_id in current and not t.starts)
+    return [saga_id for saga_id in found if not _signal(p.type, current[saga_id], registry)]
+
+
+def _signal(type_: str, saga: SagaSnapshot, registry: Registry) -> bool:
+    compiled = registry.for_saga(saga)
+    return compiled is not None and type_ in compiled.workflow.signals
+
+
+def _starts(p: _Parsed, compiled: CompiledWorkflow) -> bool:
+    """Whether the message starts a saga of ``compiled``, or is one of its signals: either is
+    taken without answering a command."""
+    return p.type in compiled.workflow.signals or any(t.starts and t.workflow is compiled for t in p.keyed)
+
+
+def _not_asked(p: _Parsed) -> Refused:
+    return Refused(Reason.NOT_AWAITED, f"{p.type} is no reply to a command of its saga")
+
+
+def _let_by(p: _Parsed, saga_id: str, limits: Limits, result: BatchResult) -> bool:
+    """Whether a message that answers none of its saga's commands is let by all the same: its
+    service (its type's prefix) is in ORCHESTRATOR_UNCHECKED_REPLIES, while it moves to section
+    6 reply ids; recorded, to be logged and counted."""
+    service = p.type.split(".", 1)[0].lower()
+    if service not in limits.unchecked_replies:
+        return False
+    result.unchecked.append((service, p.message_id, saga_id))
+    return True
 
 
 def _unanswered(refused: Refused, saga_id: str) -> Refused:

@@ -30,10 +30,11 @@ import pytest_asyncio
 from orchestrator.adapters.amqp.broker import wait_for_consumers
 from orchestrator.adapters.postgres.store import PostgresStore
 from orchestrator.core.definitions import FINISHED
-from orchestrator.core.engine import SagaSnapshot, saga_id_for
+from orchestrator.core.engine import SagaSnapshot, reply_id_for, saga_id_for
 from participants.cli import ensure_database
 from tests.integration.in_process import Served, Worked, serve, work
 from tests.integration.private_broker import PrivateBroker
+from tests.replies import answered_command
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_DSN = os.environ.get("TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -381,6 +382,21 @@ class Bench:
             routing_key=type_ or "untyped",
         )
         return message_id
+
+    async def reply_id(self, saga_id: str, type_: str, index: int = 0) -> str:
+        """The section 6 reply id (docs/protocol.md) of a ``type_`` answer to the ``index``-th
+        command the saga waits on, or, waiting on none, the last command it sent: the id a
+        participant gives it, without which the saga refuses it (``not_awaited``)."""
+        assert self.store is not None
+        return reply_id_for(await answered_command(self.store, saga_id, index), type_)
+
+    async def reply(
+        self, saga_id: str, type_: str, body: Any, *, correlated: bool = True, index: int = 0
+    ) -> str:
+        """``body`` published as a participant's reply of ``type_`` to the saga's command."""
+        message_id = await self.reply_id(saga_id, type_, index)
+        cid = saga_id if correlated else None
+        return await self.publish(type_, body, message_id=message_id, correlation_id=cid)
 
     async def place_order(self, order_id: str, *, sku: str = "sku-1", amount_cents: int = 1000) -> str:
         body = {

@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 import pytest_asyncio
 from sqlalchemy import delete
@@ -28,9 +27,10 @@ from orchestrator.entrypoints.settings import Settings
 from orchestrator.entrypoints.tokens import parse_env
 from orchestrator.examples import WORKFLOWS
 from orchestrator.examples.contracts import BuyerSigned, EscrowOpened, RequestBuyerSignature
-from orchestrator.service.batch import Envelope, process_batch
+from orchestrator.service.batch import process_batch
 from orchestrator.service.bus import MessageBus
 from tests.outlets import Handed, Handing
+from tests.replies import answer
 
 from .conftest import migrated_database
 
@@ -252,12 +252,7 @@ async def test_fire_deadline_and_retry_now(api: Harness) -> None:
 
 async def test_a_failed_saga_resumes_from_a_chosen_step(api: Harness) -> None:
     saga = await api.start("strict")
-    envelope = Envelope(
-        orjson.dumps({"escrow_id": saga["key"]}),
-        type=BuyerSigned.TYPE,
-        message_id=str(uuid.uuid4()),
-        correlation_id=saga["id"],
-    )
+    envelope = await answer(api.store, BuyerSigned(saga["key"]), saga["id"])  # not expected yet: fails it
     await process_batch(api.context.registry, api.store, [envelope], datetime.now(UTC))
     failed = (await api.client.get(f"/sagas/{saga['id']}")).json()
     assert (failed["status"], failed["waiting_for"]) == ("failed", [])

@@ -21,7 +21,6 @@ from typing import Any
 
 import aio_pika
 import httpx
-import orjson
 import pytest
 import pytest_asyncio
 from sqlalchemy import select
@@ -36,8 +35,9 @@ from orchestrator.core.routing import Registry
 from orchestrator.entrypoints.api.app import ApiContext, create_app
 from orchestrator.entrypoints.settings import Settings
 from orchestrator.examples.contracts import BuyerSigned
-from orchestrator.service.batch import Envelope, process_batch
+from orchestrator.service.batch import process_batch
 from orchestrator.service.operations import start_saga
+from tests.replies import answer
 
 from .cli_workflows import WORKFLOWS
 from .conftest import AMQP_URL, ROOT, delete_namespace, migrated_database, unique
@@ -84,11 +84,8 @@ class Shell:
     async def failed(self) -> dict[str, Any]:
         """A ``strict`` saga failed by an event it does not expect."""
         saga = await self.start("strict")
-        body = orjson.dumps({"escrow_id": saga["key"]})
-        envelope = Envelope(
-            body, type=BuyerSigned.TYPE, message_id=str(uuid.uuid4()), correlation_id=saga["id"]
-        )
-        await process_batch(self.registry, self.store, [envelope], datetime.now(UTC))
+        signed = await answer(self.store, BuyerSigned(saga["key"]), saga["id"])  # too early
+        await process_batch(self.registry, self.store, [signed], datetime.now(UTC))
         return saga
 
     async def rest_json(self, path: str, **params: Any) -> Any:

@@ -16,7 +16,7 @@ import aio_pika.abc
 import orjson
 import pytest
 
-from orchestrator.core.engine import saga_id_for
+from orchestrator.core.engine import reply_id_for, saga_id_for
 
 from .conftest import Bench
 
@@ -49,7 +49,7 @@ async def test_every_reply_sent_twice_to_two_processes_is_decided_once(bench: Be
                     aio_pika.Message(
                         reply,
                         type=reply_type,
-                        message_id=f"{command.message_id}:{reply_type}",
+                        message_id=reply_id_for(str(command.message_id), reply_type),  # section 6
                         correlation_id=command.correlation_id,
                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                     ),

@@ -44,11 +44,7 @@ async def test_a_reply_cannot_change_the_charge_nor_name_another_order(bench: Be
     await _in_state(bench, other, "reserve")
 
     # A reply correlated to this saga but naming the other order: dead-lettered, journaled here.
-    await bench.publish(
-        "inventory.StockReserved",
-        {"order_id": other, "reservation_id": "r-x"},
-        correlation_id=saga.id,
-    )
+    await bench.reply(saga.id, "inventory.StockReserved", {"order_id": other, "reservation_id": "r-x"})
     [dead] = await bench.dead_letters(1)
     assert dead["reason"] == "key_mismatch" and other in dead["detail"]
     refused = await _in_state(bench, key, "reserve", version=saga.version + 1)
@@ -59,7 +55,7 @@ async def test_a_reply_cannot_change_the_charge_nor_name_another_order(bench: Be
 
     # mallory's reply: its undeclared fields do not reach the charge.
     mallory = {"order_id": key, "reservation_id": "r-1", "customer_id": "mallory", "amount_cents": 1}
-    await bench.publish("inventory.StockReserved", mallory, correlation_id=saga.id)
+    await bench.reply(saga.id, "inventory.StockReserved", mallory)
     charging = await _in_state(bench, key, "charge")
     [charge] = charging.awaiting
     assert charge["type"] == "payment.ChargePayment"

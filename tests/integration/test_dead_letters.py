@@ -71,6 +71,11 @@ async def state_changes(bench: Bench, key: str, leaving: str | None, timeout: fl
     raise AssertionError(f"saga {key} still {leaving} after {timeout}s")
 
 
+#: the inventory service of these tests still moves to section 6 reply ids: its replies are let by
+#: (ORCHESTRATOR_UNCHECKED_REPLIES), so one that came before its saga replays once the saga exists
+INVENTORY_UNCHECKED = frozenset({"inventory"})
+
+
 async def reply_too_early(bench: Bench, key: str) -> str:
     """A StockReserved for an order whose saga does not exist yet: dead-lettered unknown_saga."""
     return await bench.publish("inventory.StockReserved", {"order_id": key, "reservation_id": "r-1"})
@@ -146,7 +151,7 @@ async def test_an_event_past_the_delivery_limit_is_drained_and_replays_into_a_sa
 
 
 async def test_list_show_replay_and_purge_over_the_cli(bench: Bench) -> None:
-    await bench.serve()  # no participants: the saga waits where it is
+    await bench.serve(unchecked_replies=INVENTORY_UNCHECKED)  # no participants: the saga waits
     key = keys()
     early = await reply_too_early(bench, key)
     bad = await not_json(bench)
@@ -208,7 +213,7 @@ async def test_list_show_replay_and_purge_over_the_cli(bench: Bench) -> None:
 
 
 async def test_list_show_replay_and_purge_over_rest(bench: Bench) -> None:
-    orchestrator = await bench.serve()
+    orchestrator = await bench.serve(unchecked_replies=INVENTORY_UNCHECKED)
     key = keys()
     early = await reply_too_early(bench, key)
     bad = await not_json(bench)

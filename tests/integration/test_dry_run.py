@@ -32,6 +32,7 @@ from orchestrator.examples.contracts import (
 from orchestrator.service.batch import Envelope, Verdict, process_batch
 from tests.integration.conftest import ROOT, migrated_database
 from tests.integration.dry_run_before import WORKFLOWS, GiftOrdered
+from tests.replies import answer
 
 pytestmark = pytest.mark.integration
 
@@ -53,23 +54,22 @@ async def write_journals(url: str) -> None:
     def order(key: str) -> str:
         return saga_id_for("order", key)
 
-    steps: list[list[Envelope]] = [
-        [
-            envelope(OrderPlaced(k, "c-1", [Line("sku-1", 2)], 1500))
-            for k in ("o-reserve", "o-charge", "o-ship")
-        ]
-        + [envelope(OrderPlaced(k, "c-1", [Line("sku-1", 2)], 1500)) for k in ("o-declined", "o-done")]
-        + [envelope(EscrowOpened("e-1", "b-1", "s-1", 5000)), envelope(GiftOrdered("g-1"))],
-        [
-            envelope(StockReserved(k, f"r-{k}"), order(k))
-            for k in ("o-charge", "o-ship", "o-declined", "o-done")
-        ],
-        [envelope(PaymentCharged(k, f"ch-{k}"), order(k)) for k in ("o-ship", "o-done")]
-        + [envelope(PaymentDeclined("o-declined", "no funds"), order("o-declined"))],
-        [envelope(OrderShipped("o-done", "t-1"), order("o-done"))],
+    starts = [
+        envelope(OrderPlaced(k, "c-1", [Line("sku-1", 2)], 1500))
+        for k in ("o-reserve", "o-charge", "o-ship", "o-declined", "o-done")
+    ] + [envelope(EscrowOpened("e-1", "b-1", "s-1", 5000)), envelope(GiftOrdered("g-1"))]
+    # each reply with the section 6 id of the command its saga waits on, as a participant sends it
+    replies: list[list[tuple[Message, str]]] = [
+        [(StockReserved(k, f"r-{k}"), order(k)) for k in ("o-charge", "o-ship", "o-declined", "o-done")],
+        [(PaymentCharged(k, f"ch-{k}"), order(k)) for k in ("o-ship", "o-done")]
+        + [(PaymentDeclined("o-declined", "no funds"), order("o-declined"))],
+        [(OrderShipped("o-done", "t-1"), order("o-done"))],
     ]
     try:
-        for batch in steps:
+        result = await process_batch(registry, store, starts, NOW)
+        assert set(result.verdicts) == {Verdict.ACCEPTED}, result.reasons
+        for step in replies:
+            batch = [await answer(store, message, saga_id) for message, saga_id in step]
             result = await process_batch(registry, store, batch, NOW)
             assert set(result.verdicts) == {Verdict.ACCEPTED}, result.reasons
     finally:

@@ -18,7 +18,7 @@ import pytest_asyncio
 from orchestrator.adapters.metrics import Metrics
 from orchestrator.adapters.postgres.queries import Queries
 from orchestrator.adapters.postgres.store import PostgresStore
-from orchestrator.core.engine import OutgoingCommand
+from orchestrator.core.engine import OutgoingCommand, reply_id_for
 from orchestrator.core.replay import differences, replay
 from orchestrator.core.routing import Registry
 from orchestrator.entrypoints.api.app import ApiContext, create_app
@@ -26,6 +26,7 @@ from orchestrator.entrypoints.settings import Settings
 from orchestrator.service.batch import Envelope, process_batch
 from orchestrator.service.bus import MessageBus
 from tests.outlets import Handed, Handing
+from tests.replies import answered_command
 from tests.unit.test_late_confirmations import WORKFLOW, FlightBooked, FlightCancelled
 
 from .conftest import migrated_database
@@ -50,7 +51,9 @@ class Api:
         return response.json()  # type: ignore[no-any-return]
 
     async def reply(self, saga_id: str, type_: str, payload: dict[str, Any]) -> None:
-        envelope = Envelope(orjson.dumps(payload), type_, str(uuid.uuid4()), saga_id)
+        """The participant's reply to the command the saga waits on (or else its last)."""
+        command = await answered_command(self.store, saga_id)
+        envelope = Envelope(orjson.dumps(payload), type_, reply_id_for(command, type_), saga_id)
         await process_batch(self.context.registry, self.store, [envelope], datetime.now(UTC))
 
     def last_commands(self) -> list[OutgoingCommand]:

@@ -52,7 +52,8 @@ def _poisons() -> list[tuple[str, str, dict[str, Any]]]:
         case("key_too_long", "a 3,000-character key", _order("k" * 3000)),
         case("key_too_long", "a 140,000-character key", _order("k" * 140_000)),
         case("too_large", "a body over 1 MiB", b"{" + b" " * (1024 * 1024) + b"}"),
-        case("unknown_type", "a newline in the type", type="orders.X\n2026 INFO forged"),
+        # published with its first line as the routing key: not its type
+        case("routing_key", "a newline in the type", type="orders.X\n2026 INFO forged"),
     ]
 
 

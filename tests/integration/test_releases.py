@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,9 +32,7 @@ BOTH = ("--workflows", "tests.releases.order_v2")
 
 
 async def reply(bench: Bench, key: str, event: Message) -> None:
-    await bench.publish(
-        event.TYPE, dump(event), correlation_id=saga_id_for("order", key), message_id=str(uuid.uuid4())
-    )
+    await bench.reply(saga_id_for("order", key), event.TYPE, dump(event))
 
 
 async def reach(bench: Bench, states: dict[str, str], timeout: float = 20) -> None:

@@ -39,6 +39,7 @@ from orchestrator.examples.contracts import (
     StockReserved,
 )
 from orchestrator.service.batch import Envelope, Verdict, fire_due_deadlines, process_batch
+from tests import replies
 from tests.integration.conftest import ROOT, Bench, migrated_database
 
 pytestmark = pytest.mark.integration
@@ -77,16 +78,16 @@ async def _take(store: PostgresStore, *envelopes: Envelope, now: datetime = FINI
 async def _completed_order(store: PostgresStore, key: str) -> str:
     saga_id = saga_id_for("order", key)
     await _take(store, _placed(key))
-    await _take(store, _event(StockReserved(key, "r-1"), saga_id))
-    await _take(store, _event(PaymentCharged(key, "ch-1"), saga_id))
-    await _take(store, _event(OrderShipped(key, "t-1"), saga_id))
+    await _take(store, await replies.answer(store, StockReserved(key, "r-1"), saga_id))
+    await _take(store, await replies.answer(store, PaymentCharged(key, "ch-1"), saga_id))
+    await _take(store, await replies.answer(store, OrderShipped(key, "t-1"), saga_id))
     return saga_id
 
 
 async def _compensated_order(store: PostgresStore, key: str) -> str:
     saga_id = saga_id_for("order", key)
     await _take(store, _placed(key))
-    await _take(store, _event(OutOfStock(key, "sku-1"), saga_id))
+    await _take(store, await replies.answer(store, OutOfStock(key, "sku-1"), saga_id))
     return saga_id
 
 
@@ -266,7 +267,11 @@ async def test_prune_takes_what_outlived_its_lifetime_and_nothing_else(store: Po
     recent_key = f"recent-{run}"
     recent = saga_id_for("order", recent_key)
     await _take(store, _placed(recent_key), now=now - timedelta(days=1))
-    await _take(store, _event(OutOfStock(recent_key, "sku-1"), recent), now=now - timedelta(days=1))
+    await _take(
+        store,
+        await replies.answer(store, OutOfStock(recent_key, "sku-1"), recent),
+        now=now - timedelta(days=1),
+    )
     busy_key = f"busy-{run}"
     busy = saga_id_for("order", busy_key)
     await _take(store, _placed(busy_key), now=FINISHED_AT)  # in flight since long ago
@@ -459,6 +464,8 @@ async def test_a_saga_that_may_still_undo_a_late_success_is_archived_only_after_
     assert archived.returncode == 0, archived.stderr
     assert await store.get_saga(recent) is not None  # within 30 days of its finish: kept
     assert await store.get_saga(old) is None
-    late = await process_batch(REGISTRY, store, [_event(StockReserved(key, "r-1"), recent)], now)
+    late = await process_batch(
+        REGISTRY, store, [await replies.answer(store, StockReserved(key, "r-1"), recent)], now
+    )
     assert late.verdicts == [Verdict.ACCEPTED]  # its late success is still the saga's to undo
     assert [c.type for c in late.commands] == ["inventory.ReleaseStock"]

@@ -24,6 +24,7 @@ from orchestrator.core.routing import Registry
 from orchestrator.examples import WORKFLOWS
 from orchestrator.examples.contracts import Line, OrderPlaced, PaymentCharged, StockReserved
 from orchestrator.service.batch import BatchResult, Envelope, Verdict, fire_due_deadlines, process_batch
+from tests import replies as answers
 from tests.integration.conftest import migrated_database
 from tests.integration.workflows import WORKFLOWS as FAST
 
@@ -120,7 +121,8 @@ async def test_a_stale_retry_in_the_same_sweep_keeps_the_retry_its_deadline_set(
             saga_id = saga_id_for("order", key)
             placed = OrderPlaced(key, "c-1", [Line("sku-1", 1)], 1000)
             await process_batch(registry, store, [_event(placed, f"placed-{key}")], NOW)
-            await process_batch(registry, store, [_event(StockReserved(key, "r"), f"r-{key}", saga_id)], NOW)
+            reserved = await answers.answer(store, StockReserved(key, "r"), saga_id)
+            await process_batch(registry, store, [reserved], NOW)
             sweep = await fire_due_deadlines(registry, store, NOW + timedelta(seconds=0.75))
             [retried] = [d for d in sweep.decisions if d.saga.id == saga_id]
             assert retried.retry is not None and retried.retry.due_at == NOW + timedelta(seconds=1.25)
@@ -179,7 +181,7 @@ async def test_deadline_sweeps_and_batches_on_the_same_sagas_never_deadlock(time
         ]
         fired = 0
         for now, reply in rounds:
-            replies = [_event(reply(k), f"{reply(k).TYPE}-{k}", ids[k]) for k in keys]
+            replies = [await answers.answer(worker, reply(k), ids[k]) for k in keys]
             shuffle(replies)
             calls: list[Awaitable[BatchResult]] = []
             for i in range(0, len(replies), 8):

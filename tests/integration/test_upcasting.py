@@ -61,7 +61,7 @@ async def test_versions_1_and_2_are_taken_and_the_journal_verifies_clean_at_vers
     await in_state(bench, lower, "charging")
     assert one.data == {"order_id": v1, "amount_cents": 1250, "currency": "EUR"}
     assert two.data == {"order_id": v2, "amount_cents": 990, "currency": "USD"}
-    await bench.publish("uppay.Paid", {"order_id": v1}, correlation_id=one.id)
+    await bench.reply(one.id, "uppay.Paid", {"order_id": v1})
     await in_state(bench, v1, "paid")
 
     # the refused ones: dead-lettered with their reason, the service going on
@@ -110,7 +110,7 @@ async def test_versions_1_and_2_are_taken_and_the_journal_verifies_clean_at_vers
     assert replay.returncode == 0, replay.stdout + replay.stderr
     taken = await in_state(bench, too_new, "charging")
     assert taken.data["currency"] == "EUR"
-    await bench.publish("uppay.Paid", {"order_id": v2}, correlation_id=two.id)
+    await bench.reply(two.id, "uppay.Paid", {"order_id": v2})
     await in_state(bench, v2, "paid")
 
     # POST /sagas says its version in the request, with the same rules

@@ -14,7 +14,7 @@ import pytest
 
 from orchestrator import Saga, step
 from orchestrator.core.definitions import DefinitionError, Workflow
-from orchestrator.core.engine import Incoming, Outcome, decide
+from orchestrator.core.engine import Incoming, Outcome, decide, reply_id_for
 from orchestrator.core.ingress import Reason
 from orchestrator.core.machine import CompiledWorkflow
 from orchestrator.core.messages import Command, Event, dump
@@ -40,6 +40,16 @@ def raw(
     return Envelope(orjson.dumps(body), type_, message_id or str(uuid.uuid4()), correlation_id)
 
 
+def reply(kit: WorkflowTestKit, type_: str, body: dict[str, Any], saga_id: str) -> Envelope:
+    """A participant's reply, as it came, to the command saga ``saga_id`` waits on: correlated,
+    with the section 6 reply id (docs/protocol.md)."""
+    return raw(type_, body, saga_id, answer_id(kit, type_, saga_id))
+
+
+def answer_id(kit: WorkflowTestKit, type_: str, saga_id: str) -> str:
+    return reply_id_for(kit.store.sagas[saga_id].awaiting[0]["message_id"], type_)
+
+
 @pytest.fixture
 def kit() -> Any:
     kit = WorkflowTestKit(ORDER)
@@ -52,7 +62,7 @@ def test_a_reply_cannot_rewrite_what_later_commands_are_built_from(kit: Workflow
     kit.publish(placed())
     saga = kit.saga("o-1")
     mallory = {"order_id": "o-1", "reservation_id": "r-1", "customer_id": "mallory", "amount_cents": 1}
-    result = kit.deliver(raw("inventory.StockReserved", mallory, correlation_id=saga.id))
+    result = kit.deliver(reply(kit, "inventory.StockReserved", mallory, saga.id))
 
     assert result.verdicts == [Verdict.ACCEPTED]
     charge = kit.sent[-1]
@@ -70,7 +80,7 @@ def test_an_undeclared_field_in_a_reply_is_ignored_not_a_failure(kit: WorkflowTe
     kit.publish(placed())
     saga = kit.saga("o-1")
     oops = {"order_id": "o-1", "reservation_id": "r-1", "lines": "oops", "surprise": {"a": 1}}
-    kit.deliver(raw("inventory.StockReserved", oops, correlation_id=saga.id))
+    kit.deliver(reply(kit, "inventory.StockReserved", oops, saga.id))
 
     after = kit.saga("o-1")
     assert (after.state, after.status) == ("charge", "running")
@@ -83,7 +93,8 @@ def test_a_reply_naming_another_key_is_dead_lettered_and_journaled_on_its_saga(k
     kit.publish(placed("someone-else"))
     saga = kit.saga("o-1")
     wrong = {"order_id": "someone-else", "reservation_id": "r-1"}
-    result = kit.deliver(raw("inventory.StockReserved", wrong, correlation_id=saga.id, message_id="m-wrong"))
+    m_wrong = answer_id(kit, "inventory.StockReserved", saga.id)
+    result = kit.deliver(raw("inventory.StockReserved", wrong, correlation_id=saga.id, message_id=m_wrong))
 
     assert result.verdicts == [Verdict.DEAD]
     refusal = result.refusals[0]
@@ -94,14 +105,14 @@ def test_a_reply_naming_another_key_is_dead_lettered_and_journaled_on_its_saga(k
     after = kit.saga("o-1")
     assert (after.state, after.data, after.version) == ("reserve", saga.data, saga.version + 1)
     entry = kit.journal(after)[-1]
-    assert entry.message.message_id == "m-wrong"
+    assert entry.message.message_id == m_wrong
     assert (entry.decision["outcome"], entry.decision["dead_letter"]) == ("ignored", "key_mismatch")
     assert kit.saga("someone-else").state == "reserve"  # the other saga is untouched
     assert kit.sent_types() == ["inventory.ReserveStock", "inventory.ReserveStock"]
     assert kit.replay_differences(after) == []
     # Not in the inbox, like every dead letter: the same message id, fixed, is taken.
     fixed = {"order_id": "o-1", "reservation_id": "r-1"}
-    again = kit.deliver(raw("inventory.StockReserved", fixed, correlation_id=saga.id, message_id="m-wrong"))
+    again = kit.deliver(raw("inventory.StockReserved", fixed, correlation_id=saga.id, message_id=m_wrong))
     assert again.verdicts == [Verdict.ACCEPTED]
     assert kit.saga("o-1").state == "charge"
 
@@ -129,7 +140,7 @@ def test_a_reply_without_the_key_field_in_its_schema_is_not_compared() -> None:
     try:
         kit.publish(Opened("r-1"))
         saga = kit.saga("r-1")
-        result = kit.deliver(raw("t.Nudged", {"note": "n", "ref": "other"}, correlation_id=saga.id))
+        result = kit.deliver(reply(kit, "t.Nudged", {"note": "n", "ref": "other"}, saga.id))
         assert result.verdicts == [Verdict.ACCEPTED]
         assert kit.saga("r-1").state == "done" and kit.saga("r-1").data["ref"] == "r-1"
     finally:
@@ -192,7 +203,7 @@ def _quoted(updates: dict[str, Any]) -> dict[str, Any]:
     try:
         kit.publish(Booked("b-1", 3, 100))
         saga = kit.saga("b-1")
-        kit.deliver(raw("hotel.Quoted", {"booking_id": "b-1", "nights": 3, "rate_cents": 90}, saga.id))
+        kit.deliver(reply(kit, "hotel.Quoted", {"booking_id": "b-1", "nights": 3, "rate_cents": 90}, saga.id))
         assert kit.replay_differences(kit.saga("b-1")) == []
         return dict(kit.sent[-1].payload)
     finally:
@@ -213,9 +224,8 @@ def test_workflow_on_declares_updates_for_a_free_state_machine() -> None:
     kit = WorkflowTestKit(flow)
     try:
         kit.publish(Booked("b-1", 3, 100))
-        kit.deliver(
-            raw("hotel.Quoted", {"booking_id": "b-1", "nights": 9, "rate_cents": 90}, kit.saga("b-1").id)
-        )
+        quoted = {"booking_id": "b-1", "nights": 9, "rate_cents": 90}
+        kit.deliver(reply(kit, "hotel.Quoted", quoted, kit.saga("b-1").id))
         assert dict(kit.sent[-1].payload) == {"booking_id": "b-1", "nights": 3, "rate_cents": 90}
     finally:
         kit.close()

@@ -28,6 +28,7 @@ from orchestrator.examples.contracts import (
     StockReserved,
 )
 from orchestrator.testing import WorkflowTestKit
+from tests.replies import reply_envelope
 
 
 class RenamedOrderSaga(Saga, starts_on=OrderPlaced, key="order_id", name="order"):
@@ -133,7 +134,10 @@ async def test_a_definition_that_raises_fails_that_saga_only_and_the_batch_goes_
     result = await process_batch(
         registry,
         store,
-        [envelope(StockReserved("o-a", "r-a"), "r-a", a), envelope(OutOfStock("o-b", "sku-1"), "r-b", b)],
+        [
+            reply_envelope(store, StockReserved("o-a", "r-a"), a),
+            reply_envelope(store, OutOfStock("o-b", "sku-1"), b),
+        ],
         now,
     )
     assert result.verdicts == [Verdict.ACCEPTED, Verdict.ACCEPTED]

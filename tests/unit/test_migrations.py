@@ -31,6 +31,7 @@ from orchestrator.service.batch import Envelope, process_batch
 from orchestrator.service.migrations import MigrationReport, migrate_sagas
 from orchestrator.service.operations import BadRequest
 from tests.releases.order_v2 import OrderSagaV2
+from tests.replies import reply_envelope
 
 NOW = datetime(2026, 11, 25, 12, tzinfo=UTC)
 LATER = NOW + timedelta(minutes=1)
@@ -47,8 +48,8 @@ async def parked(store: MemoryStore, key: str, *replies: Message) -> str:
     """An order of release 1, moved on by ``replies``; its saga id."""
     saga_id = saga_id_for("order", key)
     await process_batch(OLD, store, [envelope(OrderPlaced(key, "c-1", [Line("s", 1)], 100), f"p-{key}")], NOW)
-    for index, reply in enumerate(replies):
-        await process_batch(OLD, store, [envelope(reply, f"{key}-{index}", saga_id)], NOW)
+    for reply in replies:
+        await process_batch(OLD, store, [reply_envelope(store, reply, saga_id)], NOW)
     return saga_id
 
 
@@ -78,7 +79,7 @@ async def test_a_dry_run_writes_nothing_and_apply_moves_the_saga_on_the_new_rele
     ]
     assert records.outbox == before.outbox  # nothing new to send
 
-    await process_batch(BOTH, store, [envelope(PaymentCharged("o-1", "ch-1"), "o-1-paid", saga_id)], LATER)
+    await process_batch(BOTH, store, [reply_envelope(store, PaymentCharged("o-1", "ch-1"), saga_id)], LATER)
     after = await store.records(saga_id)
     assert after.saga is not None and after.saga.state == "ship"
     assert verify(BOTH.workflows["order"], after, BOTH.releases_of("order")) == []

@@ -25,6 +25,7 @@ from orchestrator.examples.contracts import Line, OrderPlaced, PaymentCharged, S
 from orchestrator.service.batch import Envelope, Verdict, fire_due_deadlines, process_batch
 from orchestrator.service.releases import ReleaseRefused, admit_releases
 from tests.releases.order_v2 import OrderConfirmed, OrderSagaV2
+from tests.replies import reply_envelope
 
 NOW = datetime(2026, 11, 25, 12, tzinfo=UTC)
 V1 = OrderSaga.workflow
@@ -82,8 +83,8 @@ async def test_sagas_finish_on_the_release_they_started_on_and_new_ones_start_on
         both,
         store,
         [
-            envelope(StockReserved("o-old", "res-1"), "r-old", old_id),
-            envelope(StockReserved("o-new", "res-2"), "r-new", new_id),
+            reply_envelope(store, StockReserved("o-old", "res-1"), old_id),
+            reply_envelope(store, StockReserved("o-new", "res-2"), new_id),
         ],
         NOW,
     )
@@ -102,8 +103,8 @@ async def test_a_process_without_a_sagas_release_leaves_its_messages_and_its_tim
     before = await store.records(saga_id)
 
     old = Registry([V1, escrow])  # an old process during a rolling deploy
-    reply = envelope(StockReserved("o-2", "res-3"), "r-2", saga_id)
-    by_key = envelope(StockReserved("o-2", "res-3"), "r-2-by-key")
+    reply = reply_envelope(store, StockReserved("o-2", "res-3"), saga_id)
+    by_key = reply_envelope(store, StockReserved("o-2", "res-3"), saga_id, correlated=False)
     again = replace(placed("o-2"), message_id="placed-o-2-again")  # the same start, sent again
     # a type only release 2 takes, which this process cannot tell from junk: left too
     only_new = envelope(OrderConfirmed("o-2"), "c-2", saga_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,10 +13,10 @@ import orjson
 import pytest
 
 from orchestrator.adapters.memory import MemoryStore
-from orchestrator.core.definitions import DefinitionError, Retry, Undo, Workflow
+from orchestrator.core.definitions import DefinitionError, Retry, Status, Undo, Workflow
 from orchestrator.core.engine import Outcome, OutgoingCommand, reply_id_for, saga_id_for
-from orchestrator.core.ingress import Limits, Reason
-from orchestrator.core.messages import dump
+from orchestrator.core.ingress import Limits, Reason, envelope
+from orchestrator.core.messages import Command, Event, dump
 from orchestrator.core.routing import Registry
 from orchestrator.examples import WORKFLOWS, escrow
 from orchestrator.examples.contracts import (
@@ -27,6 +28,7 @@ from orchestrator.examples.contracts import (
     FundsReturned,
     Line,
     OrderPlaced,
+    PaymentCharged,
     ReturnFunds,
     SellerSigned,
     StockReserved,
@@ -78,16 +80,16 @@ def test_a_final_state_s_undo_waits_for_its_reply_and_a_second_reply_is_journale
     confirmed = reply_to(kit, void, "seller.DocumentsVoided")
     assert confirmed.verdicts == [Verdict.ACCEPTED]
     assert (kit.saga("e-1", "escrow").state, kit.saga("e-1", "escrow").status) == ("refused", "compensated")
-    # the participant answered a re-sent VoidDocuments a second time, under a reply id of its own
-    again = reply_to(kit, void, "seller.DocumentsVoided", message_id="m-second-answer")
+    # the participant answered a re-sent VoidDocuments a second time: the same reply id, a
+    # duplicate; under an id of its own it answers no command of the saga, and is refused
+    again = reply_to(kit, void, "seller.DocumentsVoided")
+    own = reply_to(kit, void, "seller.DocumentsVoided", message_id="m-second-answer")
 
-    assert again.verdicts == [Verdict.ACCEPTED]
-    assert kit.dead == [] and kit.store.dead_letters == []
-    last = kit.journal(kit.saga("e-1", "escrow"))[-1]
-    assert last.message.message_id == "m-second-answer"
-    assert last.decision["outcome"] == "ignored"
-    assert last.decision["reason"] == "saga is already compensated"
-    assert kit.store.inbox["m-second-answer"] == E1  # taken: the inbox remembers its id
+    assert again.verdicts == [Verdict.DUPLICATE]
+    assert own.verdicts == [Verdict.DEAD]
+    assert [r.reason for r in own.refusals if r] == [Reason.NOT_AWAITED]
+    assert kit.saga("e-1", "escrow").status == "compensated"
+    assert "m-second-answer" not in kit.store.inbox
     assert kit.replay_differences(kit.saga("e-1", "escrow")) == []
 
 
@@ -296,8 +298,10 @@ async def test_a_reply_to_a_saga_that_failed_at_its_start_is_journaled_not_a_cra
     assert first.verdicts == [Verdict.ACCEPTED] and store.sagas[saga_id].status == "failed"
 
     reply = orjson.dumps({"order_id": "o-big", "reservation_id": "r"})
+    # it sent no command, so no reply answers it: let by as a service moving to section 6 ids is
+    unchecked = Limits(unchecked_replies=frozenset({"inventory"}))
     second = await process_batch(
-        registry, store, [Envelope(reply, "inventory.StockReserved", "m-2", saga_id)], now
+        registry, store, [Envelope(reply, "inventory.StockReserved", "m-2", saga_id)], now, unchecked
     )
 
     assert second.verdicts == [Verdict.ACCEPTED]
@@ -329,3 +333,108 @@ async def test_a_service_moving_to_section_6_ids_is_let_by_logged_and_counted(
     assert legacy.verdicts == [Verdict.ACCEPTED] and other.verdicts == [Verdict.DEAD]
     assert counts.unchecked_replies == {"bank": 1}
     assert "took bank's message" in caplog.text and "ORCHESTRATOR_UNCHECKED_REPLIES" in caplog.text
+
+
+# issue 27, case 3: a reply is taken only as the reply to a command its saga sent --------------------------
+def test_an_event_of_the_saga_s_workflow_that_answers_none_of_its_commands_is_dead_lettered(kit):
+    """The payment service publishes inventory.StockReserved for a saga that waits on its stock:
+    without the reply id of the ReserveStock it sent, it is refused and changes nothing."""
+    kit.publish(OrderPlaced("o-1", "c-1", [Line("sku-1", 1)], 1000))
+    before = kit.saga("o-1", "order")
+    body = {"order_id": "o-1", "reservation_id": "forged"}
+
+    correlated = kit.deliver(raw(StockReserved.TYPE, body, O1, "forged-1"))
+    by_key = kit.deliver(raw(StockReserved.TYPE, body, None, "forged-2"))
+    guessed = kit.deliver(raw(StockReserved.TYPE, body, O1, reply_id_for("a-guess", StockReserved.TYPE)))
+
+    for result in (correlated, by_key, guessed):
+        assert result.verdicts == [Verdict.DEAD]
+        [refusal] = result.refusals
+        assert refusal is not None and refusal.reason is Reason.NOT_AWAITED
+        assert "answers no command saga" in refusal.detail and "section 6" in refusal.detail
+    assert kit.saga("o-1", "order") == before  # nothing journaled, nothing in the inbox
+    assert not {"forged-1", "forged-2"} & set(kit.store.inbox)
+    reserve = sent(kit, "inventory.ReserveStock")
+    taken = kit.reply(reserve, StockReserved("o-1", "r-1"))  # the inventory's own reply
+    assert taken.verdicts == [Verdict.ACCEPTED] and kit.saga("o-1", "order").state == "charge"
+
+
+def test_a_reply_to_a_command_sent_before_is_taken_though_the_saga_waits_on_another(kit):
+    """A step's success after its deadline: the saga waits on nothing of it, but its journal sent
+    it, so the success is taken (and undone), and a finished saga takes its own commands' replies."""
+    kit.publish(OrderPlaced("o-1", "c-1", [Line("sku-1", 1)], 1000))
+    kit.reply(sent(kit, "inventory.ReserveStock"), StockReserved("o-1", "r-1"))
+    charge = sent(kit, "payment.ChargePayment")
+    kit.advance(timedelta(minutes=3))  # the charge's deadline: compensating
+    assert kit.saga("o-1", "order").timed_out == ("charge",)
+
+    late = kit.reply(charge, PaymentCharged("o-1", "ch-1"))
+
+    assert late.verdicts == [Verdict.ACCEPTED]
+    assert [d.outcome for d in late.decisions] == [Outcome.LATE_UNDONE]
+    assert sent(kit, "payment.RefundPayment").saga_id == O1
+
+
+def test_a_finished_saga_takes_the_replies_to_its_own_commands_and_nothing_else(kit):
+    kit.publish(EscrowOpened("e-1", "b-1", "s-1", 90_000))
+    kit.publish(BuyerRefused("e-1", "no"), correlation_id=E1)
+    void = sent(kit, "seller.VoidDocuments")
+    reply_to(kit, void, "seller.DocumentsVoided")
+    assert kit.saga("e-1", "escrow").status == "compensated"
+    version = kit.saga("e-1", "escrow").version
+
+    own = reply_to(kit, kit.sent[0], "buyer.BuyerSigned")  # late, to its own signature request
+    other = kit.deliver(raw("buyer.BuyerSigned", {"escrow_id": "e-1"}, E1, "not-a-reply"))
+
+    assert own.verdicts == [Verdict.ACCEPTED] and own.decisions[0].outcome is Outcome.IGNORED
+    assert other.verdicts == [Verdict.DEAD]
+    assert [r.reason for r in other.refusals if r] == [Reason.NOT_AWAITED]
+    assert kit.saga("e-1", "escrow").version == version + 1  # the own reply's entry only
+
+
+def test_a_signal_is_taken_from_outside_without_a_reply_id():
+    """An event the workflow declares ``signal=True`` answers none of its commands (a customer's
+    cancellation): taken by correlation id or key, whatever its message id."""
+
+    @dataclass(frozen=True)
+    class Opened(Event):
+        TYPE = "shop.Opened"
+        order_id: str
+
+    @dataclass(frozen=True)
+    class Cancelled(Event):
+        TYPE = "customer.Cancelled"
+        order_id: str
+
+    @dataclass(frozen=True)
+    class Prepare(Command):
+        TYPE = "kitchen.Prepare"
+        order_id: str
+
+    flow = Workflow("signalled", starts_on=Opened, key="order_id")
+    flow.state("preparing", send=Prepare).state("cancelled", final=True, status=Status.COMPENSATED)
+    flow.on(Cancelled, source="preparing", dest="cancelled", signal=True)
+    assert flow.signals == {"customer.Cancelled"}
+    kit = WorkflowTestKit(flow)
+    try:
+        kit.publish(Opened("o-1"))
+        result = kit.deliver(raw("customer.Cancelled", {"order_id": "o-1"}, None, "from-the-customer"))
+        assert result.verdicts == [Verdict.ACCEPTED]
+        assert kit.saga("o-1", "signalled").state == "cancelled"
+    finally:
+        kit.close()
+
+
+def test_an_event_whose_routing_key_is_not_its_type_is_refused_at_the_door():
+    """Topic permissions bind routing keys: a type that differs from its routing key would pass
+    a permission meant for another service's types."""
+    limits = Limits(events_exchange="ns.events")
+    properties = {"type": "inventory.StockReserved", "message_id": "m-1"}
+
+    forged = envelope(b"{}", properties, "ns.events", "payment.Anything", limits)
+    honest = envelope(b"{}", properties, "ns.events", "inventory.StockReserved", limits)
+    handed_over = envelope(b"{}", properties, "", "ns.orchestrator.events", limits)  # default exchange
+
+    assert forged.refused is not None and forged.refused.reason is Reason.ROUTING_KEY
+    assert "'payment.Anything'" in forged.refused.detail and "section 3" in forged.refused.detail
+    assert honest.refused is None and handed_over.refused is None

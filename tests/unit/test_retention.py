@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import os
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from orchestrator.examples.contracts import (
 from orchestrator.service.batch import Envelope, Verdict, process_batch
 from orchestrator.service.operations import start_saga
 from orchestrator.service.store import Tombstone
+from tests.replies import reply_envelope
 
 REGISTRY = Registry(WORKFLOWS)
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -93,11 +95,15 @@ async def test_finished_sagas_are_counted_once_when_they_finish() -> None:
 
     done, out = saga_id_for("order", "o-1"), saga_id_for("order", "o-2")
     await take(_placed("o-1"), _placed("o-2"))
-    await take(_event(StockReserved("o-1", "r"), done), _event(OutOfStock("o-2", "sku-1"), out))
-    await take(_event(PaymentCharged("o-1", "c"), done))
+    await take(
+        reply_envelope(store, StockReserved("o-1", "r"), done),
+        reply_envelope(store, OutOfStock("o-2", "sku-1"), out),
+    )
+    await take(reply_envelope(store, PaymentCharged("o-1", "c"), done))
     assert dict(metrics.sagas_finished) == {("order", "compensated"): 1}
-    await take(_event(OrderShipped("o-1", "t"), done))
-    await take(_event(OrderShipped("o-1", "t2"), done))  # a second reply to a completed saga: ignored
+    shipped = reply_envelope(store, OrderShipped("o-1", "t"), done)
+    await take(shipped)
+    await take(replace(shipped, body=b'{"order_id": "o-1", "tracking_id": "t2"}'))  # again: a duplicate
     assert dict(metrics.sagas_finished) == {("order", "compensated"): 1, ("order", "completed"): 1}
     assert (
         'orchestrator_sagas_finished_total{status="completed",workflow="order"} 1.0'

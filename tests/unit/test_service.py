@@ -14,7 +14,7 @@ import pytest
 from orchestrator import Saga, step
 from orchestrator.adapters.memory import MemoryStore
 from orchestrator.core.definitions import DEADLINE, Retry, Status
-from orchestrator.core.engine import Deadline, Outcome, OutgoingCommand, saga_id_for
+from orchestrator.core.engine import Deadline, Outcome, OutgoingCommand, reply_id_for, saga_id_for
 from orchestrator.core.messages import Message, dump
 from orchestrator.core.routing import Registry
 from orchestrator.examples import WORKFLOWS
@@ -63,6 +63,16 @@ def envelope(
     return Envelope(orjson.dumps(dump(message)), message.TYPE, message_id, correlation_id, workflow)
 
 
+def answer(
+    store: MemoryStore, message: Message, *, saga_id: str = O1, correlated: bool = False, index: int = 0
+) -> Envelope:
+    """``message`` as the participant's reply to the ``index``-th command the saga waits on: its
+    message id the section 6 reply id (docs/protocol.md), correlated by id or else by its key."""
+    command = store.sagas[saga_id].awaiting[index]["message_id"]
+    cid = saga_id if correlated else None
+    return envelope(message, reply_id_for(command, message.TYPE), correlation_id=cid)
+
+
 @pytest.fixture
 def store() -> MemoryStore:
     return MemoryStore()
@@ -92,14 +102,15 @@ async def test_a_duplicate_message_id_changes_nothing(store):
 
 
 async def test_a_duplicate_in_the_same_batch_is_taken_once(store):
-    reserved = StockReserved("o-1", "r-1")
+    await run(store, envelope(placed(), "m-1"))
+    reserved = answer(store, StockReserved("o-1", "r-1"))
 
-    result = await run(store, envelope(placed(), "m-1"), envelope(reserved, "m-2"), envelope(reserved, "m-2"))
+    result = await run(store, envelope(placed(), "m-1"), reserved, reserved)
 
-    assert result.verdicts == [Verdict.ACCEPTED, Verdict.ACCEPTED, Verdict.DUPLICATE]
+    assert result.verdicts == [Verdict.DUPLICATE, Verdict.ACCEPTED, Verdict.DUPLICATE]
     assert [e.seq for e in store.journals[O1]] == [1, 2]
     assert store.sagas[O1].state == "charge"
-    assert store.duplicate_counts == {"m-2": 1}
+    assert store.duplicate_counts == {"m-1": 1, reserved.message_id: 1}
 
 
 async def test_the_same_start_twice_is_one_saga(store):
@@ -165,12 +176,15 @@ POISON: list[tuple[str, Envelope, str]] = [
 
 @pytest.mark.parametrize(("poison", "reason"), [p[1:] for p in POISON], ids=[p[0] for p in POISON])
 async def test_poison_is_dead_lettered_and_the_rest_of_the_batch_goes_on(store, poison, reason):
-    result = await run(store, envelope(placed(), "m-1"), poison, envelope(StockReserved("o-1", "r-1"), "m-2"))
+    await run(store, envelope(placed(), "m-1"))
+    o2 = envelope(placed("o-2"), "m-3")
+
+    result = await run(store, o2, poison, answer(store, StockReserved("o-1", "r-1")))
 
     assert result.verdicts == [Verdict.ACCEPTED, Verdict.DEAD, Verdict.ACCEPTED]
     assert result.reasons[0] is None and result.reasons[2] is None
     assert result.reasons[1] is not None and result.reasons[1].startswith(reason)
-    assert list(store.sagas) == [O1]
+    assert sorted(store.sagas) == sorted([O1, saga_id_for("order", "o-2")])
     assert store.sagas[O1].state == "charge"
     assert [c.type for c in result.commands] == ["inventory.ReserveStock", "payment.ChargePayment"]
     assert "m-bad" not in store.inbox
@@ -204,29 +218,26 @@ async def test_a_reply_correlated_to_a_saga_of_another_workflow_is_dead_lettered
 
 # chaining ---------------------------------------------------------------------------------------------
 async def test_messages_for_one_saga_in_one_batch_chain(store):
-    result = await run(
-        store,
-        envelope(placed(), "m-1"),
-        envelope(StockReserved("o-1", "r-1"), "m-2", correlation_id=O1),  # by correlation id
-        envelope(PaymentCharged("o-1", "ch-1"), "m-3"),  # by key
-    )
+    """The escrow's buyer and seller sign in one batch: the second decision starts from the
+    first's saga, and both are written."""
+    e1 = saga_id_for("escrow", "e-1")
+    await run(store, envelope(opened(), "m-1"))
+    buyer = answer(store, BuyerSigned("e-1"), saga_id=e1, correlated=True)  # by correlation id
+    seller = answer(store, SellerSigned("e-1"), saga_id=e1, index=1)  # by key
 
-    assert result.verdicts == [Verdict.ACCEPTED] * 3
+    result = await run(store, buyer, seller)
+
+    assert result.verdicts == [Verdict.ACCEPTED] * 2
     assert [(d.previous_state, d.saga.state, d.saga.version) for d in result.decisions] == [
-        (None, "reserve", 1),
-        ("reserve", "charge", 2),
-        ("charge", "ship", 3),
+        ("awaiting_buyer", "awaiting_seller", 2),
+        ("awaiting_seller", "awaiting_funds", 3),
     ]
-    assert [c.type for c in result.commands] == [
-        "inventory.ReserveStock",
-        "payment.ChargePayment",
-        "shipping.ShipOrder",
-    ]
-    assert [e.seq for e in store.journals[O1]] == [1, 2, 3]
-    assert store.sagas[O1] == result.decisions[-1].saga
-    assert store.deadlines == {(O1, "deadline"): (Deadline("ship", NOW + timedelta(minutes=5)), 3)}
-    assert set(store.outbox) == {c.message_id for c in result.commands}
-    assert store.inbox == {"m-1": O1, "m-2": O1, "m-3": O1}
+    assert [c.type for c in result.commands] == ["bank.CollectFunds"]
+    assert [e.seq for e in store.journals[e1]] == [1, 2, 3]
+    assert store.sagas[e1] == result.decisions[-1].saga
+    due = Deadline("awaiting_funds", NOW + timedelta(days=1))
+    assert store.deadlines == {(e1, "deadline"): (due, 3)}
+    assert store.inbox == {"m-1": e1, buyer.message_id: e1, seller.message_id: e1}
 
 
 # fire_due_deadlines -------------------------------------------------------------------------------------
@@ -257,7 +268,8 @@ async def test_a_deadline_fires_only_once_due(store):
 
 
 async def test_a_deadline_sends_the_compensation(store):
-    await run(store, envelope(placed(), "m-1"), envelope(StockReserved("o-1", "r-1"), "m-2"))
+    await run(store, envelope(placed(), "m-1"))
+    await run(store, answer(store, StockReserved("o-1", "r-1")))
 
     fired = await fire_due_deadlines(REGISTRY, store, NOW + timedelta(minutes=2))
 
@@ -278,7 +290,9 @@ async def test_a_deadline_sends_the_compensation(store):
     ids=["moved on", "finished"],
 )
 async def test_a_stale_deadline_is_dropped_without_firing(store, replies, stale_state):
-    await run(store, envelope(placed(), "m-1"), *(envelope(r, f"m-{i}") for i, r in enumerate(replies)))
+    await run(store, envelope(placed(), "m-1"))
+    for reply in replies:
+        await run(store, answer(store, reply))
     saga_before = store.sagas[O1]
     journal_before = list(store.journals[O1])
     store.deadlines[(O1, "deadline")] = (Deadline(stale_state, NOW + timedelta(seconds=30)), 1)
@@ -328,7 +342,8 @@ async def test_a_stale_retry_in_the_same_sweep_keeps_the_retry_its_deadline_set(
     registry = Registry([LateRetryOrder.workflow])
     saga_id = saga_id_for("late_retry", "o-1")
     await process_batch(registry, store, [envelope(placed(), "m-1")], NOW)
-    await process_batch(registry, store, [envelope(StockReserved("o-1", "r-1"), "m-2")], NOW)
+    reserved = answer(store, StockReserved("o-1", "r-1"), saga_id=saga_id)
+    await process_batch(registry, store, [reserved], NOW)
     assert {kind: d.due_at - NOW for (_, kind), (d, _) in store.deadlines.items()} == {
         "deadline": timedelta(seconds=20),
         "retry": timedelta(seconds=30),
@@ -371,7 +386,8 @@ async def test_a_timer_removal_never_takes_a_newer_timer_of_the_same_kind(store)
 
 async def test_parking_keeps_the_deadline_running(store):
     e1 = saga_id_for("escrow", "e-1")
-    await run(store, envelope(opened(), "m-1"), envelope(SellerSigned("e-1"), "m-2"))
+    await run(store, envelope(opened(), "m-1"))
+    await run(store, answer(store, SellerSigned("e-1"), saga_id=e1, index=1))
     assert store.sagas[e1].version == 2
     assert store.deadlines == {(e1, "deadline"): (Deadline("awaiting_buyer", NOW + timedelta(days=3)), 1)}
 

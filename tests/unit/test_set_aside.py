@@ -10,12 +10,12 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-import orjson
-
 from orchestrator.adapters.memory import MemoryStore
 from orchestrator.core.engine import SagaSnapshot, saga_id_for
 from orchestrator.core.ingress import Envelope
+from orchestrator.examples.contracts import OutOfStock, StockReserved
 from orchestrator.service.batch import Verdict
+from tests.replies import reply_envelope
 from tests.stepped_time import SteppedTime
 
 from .test_batch_faults import orchestrator, start
@@ -46,11 +46,12 @@ class LockingStore(MemoryStore):
             yield tx
 
 
-def reply(order_id: str, message_id: str) -> Envelope:
-    body = orjson.dumps({"order_id": order_id, "reservation_id": f"r-{order_id}"})
-    return Envelope(
-        body, "inventory.StockReserved", message_id, correlation_id=saga_id_for("order", order_id)
-    )
+def reply(store: MemoryStore, order_id: str, out_of_stock: bool = False) -> Envelope:
+    """The inventory's answer to the saga's ReserveStock, with its section 6 reply id."""
+    saga_id = saga_id_for("order", order_id)
+    if out_of_stock:
+        return reply_envelope(store, OutOfStock(order_id, "sku-1"), saga_id)
+    return reply_envelope(store, StockReserved(order_id, f"r-{order_id}"), saga_id)
 
 
 class Consumer:
@@ -84,7 +85,8 @@ async def test_a_locked_saga_s_message_waits_and_the_rest_of_its_batch_commits()
     assert await app.bus.handle([start("o-1"), start("o-2")], [0.0, 0.0])
     store.locked.add(saga_id_for("order", "o-1"))
 
-    result = await app.bus.handle([reply("o-1", "r-1"), reply("o-2", "r-2"), reply("o-1", "r-1b")], [0.0] * 3)
+    replies = [reply(store, "o-1"), reply(store, "o-2"), reply(store, "o-1", out_of_stock=True)]
+    result = await app.bus.handle(replies, [0.0] * 3)
 
     assert result.verdicts == [Verdict.BUSY, Verdict.ACCEPTED, Verdict.BUSY]
     assert result.waits[0] == {saga_id_for("order", "o-1")} and result.waits[1] == frozenset()
@@ -98,7 +100,7 @@ async def test_a_message_for_a_saga_held_behind_an_earlier_one_waits_though_its_
     app = orchestrator(store)
     await app.bus.handle([start("o-1")], [0.0])
 
-    result = await app.bus.handle([reply("o-1", "r-1")], [0.0], held={saga_id_for("order", "o-1")})
+    result = await app.bus.handle([reply(store, "o-1")], [0.0], held={saga_id_for("order", "o-1")})
 
     assert result.verdicts == [Verdict.BUSY]
 
@@ -111,7 +113,8 @@ async def test_the_intake_keeps_them_unacked_in_order_and_takes_them_once_the_lo
     await app.take([Delivery(start("o-1")), Delivery(start("o-2"))])
     store.locked.add(saga_id_for("order", "o-1"))
 
-    await app.take([Delivery(reply("o-1", "r-1")), Delivery(reply("o-2", "r-2"))])
+    r1, r2 = reply(store, "o-1"), reply(store, "o-2")
+    await app.take([Delivery(r1), Delivery(r2)])
     store.locked.clear()  # free now, but the next one for o-1 must not overtake the one aside
     await app.take([Delivery(start("o-1", "m-again"))])
     held = app.set_aside
@@ -124,9 +127,9 @@ async def test_the_intake_keeps_them_unacked_in_order_and_takes_them_once_the_lo
     stopping.set()
     await retry
 
-    assert held == 2 and (first, again) == ("r-1", "m-again")
-    assert ("r-2", False) in consumer.acked  # one by one while something is aside
-    assert [m for m, _ in consumer.acked][-2:] == ["r-1", "m-again"]  # in the order they came
+    assert held == 2 and (first, again) == (r1.message_id, "m-again")
+    assert (r2.message_id, False) in consumer.acked  # one by one while something is aside
+    assert [m for m, _ in consumer.acked][-2:] == [r1.message_id, "m-again"]  # in the order they came
     assert (await store.get_saga(saga_id_for("order", "o-1"))).state == "charge"  # type: ignore[union-attr]
     assert app.counts.messages_in == {"accepted": 5}  # none counted as busy, failed or dead
 
@@ -140,11 +143,11 @@ async def test_readiness_says_so_once_messages_wait_on_a_locked_row_past_the_sta
     app.consumer = Consumer()  # type: ignore[assignment]
     await app.take([Delivery(start("o-1")), Delivery(start("o-2"))])
     store.locked.add(saga_id_for("order", "o-1"))
-    await app.take([Delivery(reply("o-1", "r-1"))])
+    await app.take([Delivery(reply(store, "o-1"))])
 
     soon = app.stalled()
     time.now += 20
-    await app.take([Delivery(reply("o-2", "r-2"))])  # the others go on: a batch commits
+    await app.take([Delivery(reply(store, "o-2"))])  # the others go on: a batch commits
     still = app.stalled()
     time.now += 15
     late = app.stalled()

@@ -95,8 +95,9 @@ def shop(placed: type[Event]) -> Workflow:
     workflow.state("packing")
     workflow.state("done", final=True)
     workflow.on(Paid, source="charging", dest="packing")
-    workflow.on(PackedV2, source="charging", then=PARK)  # early: kept until it fits
-    workflow.on(PackedV2, source="packing", dest="done")
+    # the warehouse's Packed answers none of the saga's commands: a signal, taken from outside
+    workflow.on(PackedV2, source="charging", then=PARK, signal=True)  # early: kept until it fits
+    workflow.on(PackedV2, source="packing", dest="done", signal=True)
     return workflow
 
 
