@@ -134,6 +134,25 @@ def words(env: Mapping[str, str], name: str) -> set[str]:
     return {word.strip().lower() for word in (env.get(name) or "").split(",") if word.strip()}
 
 
+def senders_of(env: Mapping[str, str], name: str) -> tuple[tuple[str, str], ...] | None:
+    """``service=user`` pairs, comma-separated; None when the variable is unset or empty."""
+    text = (env.get(name) or "").strip()
+    if not text:
+        return None
+    pairs = []
+    for item in text.split(","):
+        service, sep, user = (part.strip() for part in item.partition("="))
+        if not sep or not service or not user or "." in service:
+            raise SettingsError(
+                f"{name} must be service=user pairs, comma-separated (orders=shop), not {item.strip()!r}"
+            )
+        pairs.append((service, user))
+    services = [service for service, _ in pairs]
+    if len(set(services)) != len(services):
+        raise SettingsError(f"{name} names a service twice")
+    return tuple(pairs)
+
+
 def flag(env: Mapping[str, str], name: str) -> bool:
     """On for one of :data:`TRUE_WORDS`, in any case; off otherwise."""
     return (env.get(name) or "").lower() in TRUE_WORDS

@@ -73,6 +73,8 @@ class Reason(enum.StrEnum):
     #: published to the events exchange with a routing key other than its type: the broker's
     #: topic permissions bind routing keys, so a type must be its routing key to be bound too
     ROUTING_KEY = "routing_key"
+    #: its user_id is not the broker user ORCHESTRATOR_SENDERS gives its service (or none is given)
+    SENDER = "sender"
     #: no workflow takes a message of this type
     UNKNOWN_TYPE = "unknown_type"
     #: the x-workflow header names no workflow, or one that takes no such message
@@ -143,6 +145,9 @@ class Limits:
     #: the exchange participants publish to (``{ns}.events``): what comes through it must have
     #: its type as its routing key ("": not checked, as in tests of the rules alone)
     events_exchange: str = ""
+    #: service (a type's prefix) -> the broker user whose ``user_id`` its events through
+    #: ``events_exchange`` must carry (ORCHESTRATOR_SENDERS); None: not checked
+    senders: Mapping[str, str] | None = None
 
 
 #: the limits when the settings say nothing else
@@ -353,6 +358,20 @@ def _schema_version(value: object) -> int:
     return value
 
 
+def _check_sender(type_: str, user_id: str | None, senders: Mapping[str, str]) -> None:
+    """Refuse an event whose validated ``user_id`` is not its service's broker user: with one
+    user per service, RabbitMQ vouches for the property, and the service is who sent it."""
+    service = type_.split(".", 1)[0]
+    expected = senders.get(service)
+    if expected is None:
+        raise Refused(
+            Reason.SENDER, f"ORCHESTRATOR_SENDERS names no broker user for service {clip(service, 100)!r}"
+        )
+    if user_id != expected:
+        said = "no user_id" if user_id is None else f"user_id {clip(user_id, 100)!r}"
+        raise Refused(Reason.SENDER, f"{said}, but {service}'s events come from broker user {expected!r}")
+
+
 def envelope(
     body: bytes,
     properties: Mapping[str, Any],
@@ -376,7 +395,10 @@ def envelope(
         if not isinstance(headers, Mapping):
             raise Refused(Reason.BAD_HEADER, f"the headers are not a table but {type(headers).__name__}")
         _check_header(headers, "headers", 0, [limits.max_header_bytes])
-        if not exchange:  # moved straight into the queue (orchestrator migrate): where it was sent
+        # moved straight into the queue (a hand-over, orchestrator migrate): only the orchestrator
+        # writes to the default exchange, and checked the sender where the message first came in
+        moved = not exchange
+        if moved:  # where it was sent
             exchange = printable(headers.get("x-original-exchange") or "")
             routing_key = printable(headers.get("x-original-routing-key") or routing_key)
         workflow = headers.get("x-workflow")
@@ -398,6 +420,8 @@ def envelope(
                 f"published to {exchange} with routing key {clip(routing_key, 200)!r}, not its type"
                 f" {texts['type']!r}: an event's routing key is its type (docs/protocol.md, section 3)",
             )
+        if limits.senders is not None and not moved and exchange == limits.events_exchange and texts["type"]:
+            _check_sender(texts["type"], texts["user_id"], limits.senders)
         traceparent = headers.get("traceparent")
         return Envelope(
             body=body,

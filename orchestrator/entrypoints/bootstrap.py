@@ -146,6 +146,7 @@ def build(
         max_message_bytes=settings.max_message_bytes,
         unchecked_replies=settings.unchecked_replies,
         events_exchange=topology.events,
+        senders=dict(settings.senders) if settings.senders is not None else None,
     )
     # The budget of bytes in hand is shared: an eighth of it for the dead-letter drain.
     drain_prefetch = max(1, min(32, settings.effective_prefetch // 8))

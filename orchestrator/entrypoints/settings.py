@@ -29,6 +29,7 @@ from orchestrator.settings import (
     mask_url,
     one_of,
     seconds,
+    senders_of,
     value,
     words,
 )
@@ -122,6 +123,9 @@ class Settings:
     #: services whose replies are taken without a section 6 reply id while they move to one
     #: (docs/protocol.md, section 8): logged and counted, each
     unchecked_replies: frozenset[str] = frozenset()
+    #: service -> the broker user its events must come from (user_id), as (service, user) pairs;
+    #: None: not checked (ORCHESTRATOR_SENDERS, docs/security.md)
+    senders: tuple[tuple[str, str], ...] | None = None
     #: how long a statement, a wait for a row lock, and a wait for a pooled connection may take
     #: (README, "Crashes and outages"): a row locked elsewhere holds up its own saga only
     database_statement_timeout_seconds: float = 30.0
@@ -185,6 +189,7 @@ class Settings:
             "partitions": integer(env, "ORCHESTRATOR_PARTITIONS", cls.partitions, minimum=1, maximum=256),
             "rebalance_seconds": seconds(env, "ORCHESTRATOR_REBALANCE_SECONDS", cls.rebalance_seconds),
             "unchecked_replies": frozenset(words(env, "ORCHESTRATOR_UNCHECKED_REPLIES")),
+            "senders": senders_of(env, "ORCHESTRATOR_SENDERS"),
             "database_statement_timeout_seconds": seconds(
                 env, "ORCHESTRATOR_DATABASE_STATEMENT_TIMEOUT_SECONDS", cls.database_statement_timeout_seconds
             ),

@@ -27,7 +27,7 @@ from collections.abc import Awaitable
 from datetime import UTC, datetime
 from types import FrameType
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import aio_pika.abc
@@ -526,6 +526,8 @@ class Worker:
             headers=headers,
             timestamp=datetime.now(UTC),
             app_id=f"participant.{self.participant.service}",
+            # its broker user, which RabbitMQ vouches for: what ORCHESTRATOR_SENDERS checks
+            user_id=broker_user(self.settings.amqp_url),
         )
         # With publisher confirms this returns only once the broker has the reply, so acking
         # the command afterwards can never lose both.
@@ -606,3 +608,10 @@ def _abandon(task: asyncio.Future[Any]) -> None:
     """Cancel and forget; its outcome is retrieved so asyncio does not log it as never retrieved."""
     task.cancel()
     task.add_done_callback(lambda done: done.cancelled() or done.exception())
+
+
+def broker_user(url: str) -> str | None:
+    """The user an AMQP URL logs in as (None: none given, as with certificate logins), as the
+    ``user_id`` a publish may carry: RabbitMQ refuses any other."""
+    user = urlsplit(url).username
+    return unquote(user) if user else None

@@ -110,7 +110,13 @@ async def test_each_party_on_its_own_broker_user_does_its_part_and_nothing_else(
     bench = private_bench
     prefix, password = f"u{uuid.uuid4().hex[:6]}-", uuid.uuid4().hex
     add_users(private_broker, bench.namespace, prefix, password, tmp_path)
-    await bench.serve(amqp_url=url_of(private_broker, f"{prefix}orchestrator", password))
+    # each service's events must carry its broker user's user_id (ORCHESTRATOR_SENDERS)
+    senders = (
+        ("orders", f"{prefix}shop"),
+        ("escrow", f"{prefix}shop"),
+        *((s, f"{prefix}{s}") for s in SERVICES),
+    )
+    await bench.serve(amqp_url=url_of(private_broker, f"{prefix}orchestrator", password), senders=senders)
     await ensure_database(bench.env["PARTICIPANT_DATABASE_URL"])
     for service in SERVICES:
         env: Mapping[str, str] = {
@@ -133,12 +139,24 @@ async def test_each_party_on_its_own_broker_user_does_its_part_and_nothing_else(
         channel = await connection.channel(publisher_confirms=True)
         events = await channel.get_exchange(f"{bench.namespace}.events", ensure=False)
         await events.publish(
-            aio_pika.Message(orjson.dumps(order), type="orders.OrderPlaced", message_id=str(uuid.uuid4())),
+            aio_pika.Message(
+                orjson.dumps(order),
+                type="orders.OrderPlaced",
+                message_id=str(uuid.uuid4()),
+                user_id=f"{prefix}shop",
+            ),
+            routing_key="orders.OrderPlaced",
+        )
+        unsigned = f"o-{uuid.uuid4().hex[:8]}"  # the same start without its user_id: whose is it?
+        await events.publish(
+            aio_pika.Message(
+                orjson.dumps({**order, "order_id": unsigned}), type="orders.OrderPlaced", message_id=unsigned
+            ),
             routing_key="orders.OrderPlaced",
         )
     finally:
         await connection.close()
-    sagas = await bench.finished("order", [key], timeout=60)
+    sagas = await bench.finished("order", [key], timeout=60)  # the kit's replies carry their users
 
     payment = url_of(private_broker, f"{prefix}payment", password)
     answering_for_inventory = await refused(payment, f"{bench.namespace}.events", "inventory.StockReserved")
@@ -150,7 +168,11 @@ async def test_each_party_on_its_own_broker_user_does_its_part_and_nothing_else(
         payment, f"{bench.namespace}.events", "payment.PaymentCharged", user_id=f"{prefix}payment"
     )
 
+    dead = {row["message_id"]: row for row in await bench.dead_letters(2)}
     assert sagas[key].status == "completed"
+    assert dead[unsigned]["reason"] == "sender", dead
+    assert f"{prefix}shop" in dead[unsigned]["detail"]
+    assert await bench.saga("order", unsigned) is None
     assert "ACCESS_REFUSED" in answering_for_inventory or "403" in answering_for_inventory, (
         answering_for_inventory
     )

@@ -438,3 +438,58 @@ def test_an_event_whose_routing_key_is_not_its_type_is_refused_at_the_door():
     assert forged.refused is not None and forged.refused.reason is Reason.ROUTING_KEY
     assert "'payment.Anything'" in forged.refused.detail and "section 3" in forged.refused.detail
     assert honest.refused is None and handed_over.refused is None
+
+
+# issue 27: the validated user_id names the service (ORCHESTRATOR_SENDERS) ---------------------------------
+SENDERS = {"orders": "shop", "inventory": "inventory-svc"}
+
+
+@pytest.mark.parametrize(
+    ("type_", "user_id", "exchange", "refused"),
+    [
+        ("inventory.StockReserved", "inventory-svc", "ns.events", None),
+        ("orders.OrderPlaced", "shop", "ns.events", None),
+        ("inventory.StockReserved", "payment-svc", "ns.events", "user_id 'payment-svc', but inventory's"),
+        ("inventory.StockReserved", None, "ns.events", "no user_id, but inventory's"),
+        ("payment.PaymentCharged", "payment-svc", "ns.events", "names no broker user for service 'payment'"),
+        (
+            "inventory.StockReserved",
+            None,
+            "",
+            None,
+        ),  # moved in by the orchestrator (a hand-over): checked before
+    ],
+)
+def test_an_event_must_carry_its_service_s_broker_user(type_, user_id, exchange, refused):
+    limits = Limits(events_exchange="ns.events", senders=SENDERS)
+    properties = {"type": type_, "message_id": "m-1", "user_id": user_id}
+    headers = {"x-original-exchange": "ns.events", "x-original-routing-key": type_} if not exchange else {}
+    routing_key = type_ if exchange else "ns.orchestrator.events"
+
+    got = envelope(b"{}", {**properties, "headers": headers}, exchange, routing_key, limits)
+
+    if refused is None:
+        assert got.refused is None
+    else:
+        assert got.refused is not None and got.refused.reason is Reason.SENDER
+        assert refused in got.refused.detail
+    unchecked = envelope(
+        b"{}", properties, exchange or "ns.events", type_, Limits(events_exchange="ns.events")
+    )
+    assert unchecked.refused is None  # without ORCHESTRATOR_SENDERS: nothing asked
+
+
+def test_orchestrator_senders_is_read_as_service_user_pairs_and_refused_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    from orchestrator.entrypoints.settings import Settings
+    from orchestrator.settings import SettingsError
+
+    monkeypatch.delenv("ORCHESTRATOR_SENDERS", raising=False)
+    assert Settings.from_env().senders is None
+    monkeypatch.setenv("ORCHESTRATOR_SENDERS", " orders=shop , inventory = inv ")
+    assert Settings.from_env().senders == (("orders", "shop"), ("inventory", "inv"))
+    for bad in ("orders", "orders=", "=shop", "orders.x=shop", "orders=a,orders=b"):
+        monkeypatch.setenv("ORCHESTRATOR_SENDERS", bad)
+        with pytest.raises(SettingsError, match="ORCHESTRATOR_SENDERS"):
+            Settings.from_env()
