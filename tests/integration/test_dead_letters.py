@@ -163,17 +163,21 @@ async def test_list_show_replay_and_purge_over_the_cli(bench: Bench) -> None:
         "inventory.StockReserved",
     )
 
-    listed = await acli(bench, "list", "--reason", "unknown_saga", "--json", "--limit", "500")
+    # the reads, side by side (each a process of its own, as an operator runs it)
+    listed, table, shown, shown_json = await asyncio.gather(
+        acli(bench, "list", "--reason", "unknown_saga", "--json", "--limit", "500"),
+        acli(bench, "list", "--source", "orchestrator"),
+        acli(bench, "show", str(row["id"])),
+        acli(bench, "show", str(bad_row["id"]), "--json"),
+    )
     assert listed.returncode == 0, listed.stderr
     assert row["id"] in [r["id"] for r in json.loads(listed.stdout)]
-    table = await acli(bench, "list", "--source", "orchestrator")
     assert table.stdout.startswith("ID ") and f"\n{row['id']} " in table.stdout
-    shown = await acli(bench, "show", str(row["id"]))
     assert shown.returncode == 0, shown.stderr
     assert "reason:         unknown_saga" in shown.stdout
     assert "replayable:     yes" in shown.stdout
     assert '{"order_id":"' + key in shown.stdout  # the body, as text
-    shown_bad = json.loads((await acli(bench, "show", str(bad_row["id"]), "--json")).stdout)
+    shown_bad = json.loads(shown_json.stdout)
     assert shown_bad["body_text"] is None and shown_bad["body_base64"] == "/3sgbm90IGpzb24="
 
     # Fixed: the saga exists now, waiting for the stock reply that was dead-lettered.
@@ -183,33 +187,37 @@ async def test_list_show_replay_and_purge_over_the_cli(bench: Bench) -> None:
     assert replayed.returncode == 0, replayed.stderr
     assert await state_changes(bench, key, waiting) != waiting  # the reply was taken: it moved on
 
-    twice = await acli(bench, "replay", str(row["id"]))
+    # Replayed already, refused; still bad, replayed and dead-lettered again as a new row.
+    twice, again = await asyncio.gather(
+        acli(bench, "replay", str(row["id"])), acli(bench, "replay", str(bad_row["id"]))
+    )
     assert twice.returncode == 1
     assert f"cannot replay {row['id']}: it was replayed already" in twice.stderr
-
-    # Still bad: replayed, and dead-lettered again as a new row.
-    again = await acli(bench, "replay", str(bad_row["id"]))
     assert again.returncode == 0, again.stderr
     rows = await rows_where(bench, 2, message_id=bad)
     assert [r["reason"] for r in rows] == ["not_json", "not_json"]
     assert rows[1]["id"] > bad_row["id"] and rows[1]["replayed_at"] is None
 
-    unasked = await acli(bench, "purge", str(row["id"]), str(bad_row["id"]))
-    assert unasked.returncode == 2 and "pass --yes" in unasked.stderr
-    purged = await acli(bench, "purge", str(row["id"]), str(bad_row["id"]), "--yes")
-    assert purged.returncode == 0 and purged.stdout.strip() == "purged 2 dead letters", purged.stderr
-    gone = await acli(bench, "show", str(row["id"]))
-    assert (gone.returncode, gone.stderr.strip()) == (1, f"orchestrator: no dead letter {row['id']}")
-    for bad_input in (
+    bad_inputs = (
         ["show", "x"],
         ["replay"],
         ["purge", "--all", "--reason", "not_json"],
         ["list", "--since", "y"],
-    ):
-        refused = await acli(bench, *bad_input)
+    )
+    # refused, all of them, and nothing changed by them: side by side
+    unasked, *refusals = await asyncio.gather(
+        acli(bench, "purge", str(row["id"]), str(bad_row["id"])),
+        *(acli(bench, *bad_input) for bad_input in bad_inputs),
+    )
+    assert unasked.returncode == 2 and "pass --yes" in unasked.stderr
+    for refused in refusals:
         assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
         said = refused.stderr.strip().splitlines()[-1]  # argparse's usage first, then one line
         assert said.startswith("orchestrator"), refused.stderr
+    purged = await acli(bench, "purge", str(row["id"]), str(bad_row["id"]), "--yes")
+    assert purged.returncode == 0 and purged.stdout.strip() == "purged 2 dead letters", purged.stderr
+    gone = await acli(bench, "show", str(row["id"]))
+    assert (gone.returncode, gone.stderr.strip()) == (1, f"orchestrator: no dead letter {row['id']}")
 
 
 async def test_list_show_replay_and_purge_over_rest(bench: Bench) -> None:
