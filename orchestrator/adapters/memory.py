@@ -77,6 +77,9 @@ class _MemoryTransaction:
     async def tombstones(self, saga_ids: Iterable[str]) -> dict[str, Tombstone]:
         return {i: self.store.tombstones[i] for i in saga_ids if i in self.store.tombstones}
 
+    async def fence(self, fences: Collection[tuple[int, int]]) -> set[tuple[int, int]]:
+        return set(fences)  # one process, no partitions handed over
+
     async def sent_commands(self, saga_ids: Iterable[str]) -> dict[str, set[str]]:
         found: dict[str, set[str]] = {}
         for saga_id in set(saga_ids):

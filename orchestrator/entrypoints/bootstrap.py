@@ -9,7 +9,7 @@ import logging
 import re
 import socket
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -100,7 +100,7 @@ def registry_of(settings: Settings) -> Registry:
 
 def store_of(settings: Settings, pool_size: int = 5) -> PostgresStore:
     """The store on ``settings``' database (a command's: a small pool)."""
-    return PostgresStore.from_url(settings.database_url, pool_size, timeouts_of(settings))
+    return PostgresStore.from_url(settings.database_url, pool_size, timeouts_of(settings), settings.namespace)
 
 
 def timeouts_of(settings: Settings) -> Timeouts:
@@ -176,6 +176,7 @@ def build(
         limits=limits,
         tracer=tracer,
     )
+    ownership = _ownership(settings, store, broker, topology, relay)
     intake = Intake(
         bus,
         broker.consumer,
@@ -185,6 +186,7 @@ def build(
         metrics,
         settings.batch_size,
         settings.stall_seconds,
+        fence_of=_fences(ownership, topology, settings.partitions),
     )
     drain_consumer = QueueConsumer(
         settings.amqp_url,
@@ -194,7 +196,6 @@ def build(
         limits=limits,
     )
     drain = DeadLetterDrain(drain_consumer, bus.record_dead_letters, metrics, limits, drain_prefetch)
-    ownership = _ownership(settings, store, broker, topology, relay)
     metrics.watch(
         in_flight=lambda: len(relay.in_flight),
         in_hand=lambda: (broker.consumer.unsettled, broker.consumer.bytes_in_hand),
@@ -336,6 +337,23 @@ def _ownership(
         settings.rebalance_seconds,
         replica_gone=relay.sweep_soon,
     )
+
+
+def _fences(
+    ownership: PartitionOwner | None, topology: Topology, partitions: int
+) -> Callable[[Delivery], tuple[int, int] | None]:
+    """The fence of a delivery: its partition queue's (partition, epoch taken), None for the
+    queue of start events or without partitions."""
+    if ownership is None:
+        return lambda delivery: None
+    owner = ownership
+    partition_of = {topology.partition_queue(p): p for p in range(partitions)}
+
+    def fence(delivery: Delivery) -> tuple[int, int] | None:
+        partition = partition_of.get(delivery.queue)
+        return None if partition is None else owner.fence(partition)
+
+    return fence
 
 
 def _pruner(settings: Settings, store: PostgresStore) -> Pruner | None:

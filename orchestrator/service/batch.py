@@ -58,6 +58,9 @@ class Verdict(enum.StrEnum):
     #: for a saga whose row another transaction holds (or behind such a message): neither decided
     #: nor refused, set aside and taken again after a pause; never a failure, never dead-lettered
     BUSY = "busy"
+    #: from a partition this replica no longer holds at the epoch it took it (handed over since
+    #: it was taken): not decided here, given back to the queue for the partition's new owner
+    FENCED = "fenced"
 
 
 class _Leave(Exception):
@@ -157,12 +160,17 @@ async def process_batch(
     limits: Limits = DEFAULT_LIMITS,
     tracer: Tracer | None = None,
     held: Collection[str] = (),
+    fences: Sequence[tuple[int, int] | None] | None = None,
 ) -> BatchResult:
     """Decide every message of the batch and commit all of it in one transaction; ``limits`` are
     the service's, by which a refused message's dead letter keeps its body.
 
     A message for a saga whose row another transaction holds, or for a saga in ``held`` (one
     whose earlier messages wait so already), is BUSY: not decided, and the rest go on.
+
+    ``fences``: per message, the (partition, epoch) it was taken under (None: from no partition).
+    They are checked first, and held until the commit; a message whose fence no longer holds
+    (its partition handed over since) is FENCED, neither decided nor recorded.
 
     With a ``tracer``, each message decided gets a ``decide`` span (a child of the context it came
     with), whose context its commands and timers carry on, and a ``commit`` span under it for the
@@ -179,16 +187,21 @@ async def process_batch(
         except Refused as refused:
             result.refuse(index, refused)
 
-    wanted: set[str] = set()
-    for p in parsed:
-        if p.envelope.correlation_id:
-            wanted.add(p.envelope.correlation_id)
-        wanted.update(t.saga_id for t in p.keyed if t.saga_id)
+    wanted = {w for p in parsed for w in _saga_ids(p)}
 
     changes = Changes()
     traced: list[str | None] = []  # the decide spans' contexts, for the commit spans under them
     committing = 0
     async with store.transaction() as tx:
+        if fences is not None and any(fences):
+            holding = await tx.fence({f for f in fences if f is not None})
+            lost = {i for i, f in enumerate(fences) if f is not None and f not in holding}
+            if lost:
+                for index in lost:
+                    result.verdicts[index] = Verdict.FENCED
+                    result.refusals[index] = None
+                parsed = [p for p in parsed if p.index not in lost]
+                wanted = {w for p in parsed for w in _saga_ids(p)}
         current, seen = await tx.read_batch(wanted, (p.message_id for p in parsed))
         missing = wanted - current.keys()  # archived, maybe: one more read, only then
         archived = await tx.tombstones(missing) if missing else {}
@@ -208,9 +221,7 @@ async def process_batch(
         sent = await tx.sent_commands(asking) if asking else {}
         for p in parsed:
             if busy:
-                ids = {t.saga_id for t in p.keyed if t.saga_id}
-                if p.envelope.correlation_id:
-                    ids.add(p.envelope.correlation_id)
+                ids = _saga_ids(p)
                 if ids & busy:  # later messages for any of its sagas wait behind it
                     busy |= ids
                     result.verdicts[p.index] = Verdict.BUSY
@@ -288,7 +299,7 @@ async def process_batch(
                 continue  # not in the inbox, as no dead letter is: fixed and sent again, it is taken
             changes.inbox[p.message_id] = first_saga
         for index, refusal in enumerate(result.refusals):
-            if refusal is not None:
+            if refusal is not None and result.verdicts[index] is not Verdict.FENCED:
                 changes.dead_letters.append(dead_letter_of(envelopes[index], refusal, limits=limits))
         if changes:
             committing = time.time_ns()
@@ -299,6 +310,14 @@ async def process_batch(
     result.commands = changes.commands
     result.journal = changes.journal
     return result
+
+
+def _saga_ids(p: _Parsed) -> set[str]:
+    """The sagas a message may be for: the one its correlation id names, those its key names."""
+    ids = {t.saga_id for t in p.keyed if t.saga_id}
+    if p.envelope.correlation_id:
+        ids.add(p.envelope.correlation_id)
+    return ids
 
 
 def _foreign(p: _Parsed, saga: SagaSnapshot, registry: Registry) -> Refused | None:

@@ -82,13 +82,18 @@ class MessageBus:
 
     # ways in -------------------------------------------------------------------------------------
     async def handle(
-        self, envelopes: Sequence[Envelope], arrived: Sequence[float], held: Collection[str] = ()
+        self,
+        envelopes: Sequence[Envelope],
+        arrived: Sequence[float],
+        held: Collection[str] = (),
+        fences: Sequence[tuple[int, int] | None] | None = None,
     ) -> BatchResult:
         """A batch of messages, decided and committed whatever fails on the way: one verdict per
         message. ``arrived`` is when each came in (time.monotonic): step latency runs from there.
         ``held``: sagas with messages set aside (BUSY), which this batch's messages for them
-        wait behind."""
-        return await self._commit(list(envelopes), list(arrived), BATCH, self.store.classify, held)
+        wait behind. ``fences``: per message, the (partition, epoch) it was taken under."""
+        fenced = list(fences) if fences is not None else None
+        return await self._commit(list(envelopes), list(arrived), BATCH, self.store.classify, held, fenced)
 
     async def fire_due(self) -> BatchResult:
         """One round of the deadline sweep: timers due now fired, in one transaction.
@@ -219,13 +224,14 @@ class MessageBus:
         policy: FaultPolicy,
         classify: Callable[[BaseException], Fault],
         held: Collection[str] = (),
+        fences: list[tuple[int, int] | None] | None = None,
     ) -> BatchResult:
         """``process_batch`` by the policy, failures read by ``classify``; given up, the batch is
         split."""
 
         async def decide_and_commit() -> BatchResult:
             return await process_batch(
-                self.registry, self.store, envelopes, self.clock(), self.limits, self.tracer, held
+                self.registry, self.store, envelopes, self.clock(), self.limits, self.tracer, held, fences
             )
 
         def note(fault: Fault, error: BaseException, pause: float | None) -> None:
@@ -241,7 +247,7 @@ class MessageBus:
         try:
             result = await attempt(decide_and_commit, classify, policy, note, self.sleep)
         except GaveUp as gave_up:
-            return await self._isolate(envelopes, arrived, gave_up.fault, gave_up.error, held)
+            return await self._isolate(envelopes, arrived, gave_up.fault, gave_up.error, held, fences)
         self.database_trouble = None
         self.last_commit = time.monotonic()
         self._committed(result.commands, result.decisions, min(arrived) if arrived else None)
@@ -263,14 +269,20 @@ class MessageBus:
         fault: Fault,
         error: BaseException,
         held: Collection[str] = (),
+        fences: list[tuple[int, int] | None] | None = None,
     ) -> BatchResult:
         """Split a failing batch in halves until the message at fault stands alone; set it aside.
         A message of the first half that had to wait (BUSY) holds its sagas for the second."""
         if len(envelopes) > 1:
             half = len(envelopes) // 2
-            left = await self._commit(envelopes[:half], arrived[:half], SPLIT, self.store.classify, held)
+            first, second = (fences[:half], fences[half:]) if fences is not None else (None, None)
+            left = await self._commit(
+                envelopes[:half], arrived[:half], SPLIT, self.store.classify, held, first
+            )
             waiting = set(held).union(*left.waits)
-            right = await self._commit(envelopes[half:], arrived[half:], SPLIT, self.store.classify, waiting)
+            right = await self._commit(
+                envelopes[half:], arrived[half:], SPLIT, self.store.classify, waiting, second
+            )
             return _joined(left, right)
         envelope = envelopes[0]
         if envelope.refused is not None:  # even its dead letter failed: record it bare
@@ -278,7 +290,7 @@ class MessageBus:
             bare = Envelope(
                 body=b"", message_id=envelope.message_id, type=envelope.type, refused=envelope.refused
             )
-            return await self._commit([bare], arrived, BARE, _unavailable)
+            return await self._commit([bare], arrived, BARE, _unavailable, (), fences)
         reason = Reason.DATABASE_REFUSED if fault is Fault.MESSAGE else Reason.FAILED_REPEATEDLY
         refused = Refused(reason, f"{type(error).__name__}: {error}")
         log.error(
@@ -287,7 +299,7 @@ class MessageBus:
             refused,
             extra={"message_id": envelope.message_id},
         )
-        return await self._commit([envelope.refuse(refused)], arrived, SPLIT, self.store.classify)
+        return await self._commit([envelope.refuse(refused)], arrived, SPLIT, self.store.classify, (), fences)
 
 
 def _joined(left: BatchResult, right: BatchResult) -> BatchResult:

@@ -28,6 +28,10 @@ __all__ = ["Intake"]
 log = logging.getLogger("orchestrator")
 
 
+#: verdicts whose delivery is not acked with the batch: set aside, handed over, given back
+_UNSETTLED = frozenset({Verdict.BUSY, Verdict.LEFT, Verdict.FENCED})
+
+
 class Intake(Generic[D]):
     def __init__(
         self,
@@ -41,8 +45,11 @@ class Intake(Generic[D]):
         stall_seconds: float,
         sleep: Sleep = asyncio.sleep,
         monotonic: Callable[[], float] = time.monotonic,
+        fence_of: Callable[[D], tuple[int, int] | None] = lambda delivery: None,
     ) -> None:
         self.bus = bus
+        #: the (partition, epoch) a delivery was taken under, None: from no partition queue
+        self.fence_of = fence_of
         self.consumer = consumer
         #: publishes a message to the queue every replica takes from; False: it went round too often
         self.hand_over = hand_over
@@ -110,7 +117,13 @@ class Intake(Generic[D]):
 
     async def _settle(self, batch: Sequence[D], held: frozenset[str] | tuple[()]) -> None:
         """Settle each of ``batch`` by its verdict: acked, handed over, or set aside (BUSY)."""
-        result = await self.bus.handle([d.envelope for d in batch], [d.arrived for d in batch], held)
+        fences = [self.fence_of(d) for d in batch]
+        result = await self.bus.handle(
+            [d.envelope for d in batch],
+            [d.arrived for d in batch],
+            held,
+            fences if any(fences) else None,
+        )
         verdicts = result.verdicts
         busy = [
             (d, sagas) for d, v, sagas in zip(batch, verdicts, result.waits, strict=True) if v is Verdict.BUSY
@@ -153,7 +166,15 @@ class Intake(Generic[D]):
                     envelope.type,
                     extra={"saga_id": envelope.correlation_id, "message_id": envelope.message_id},
                 )
-        settled = [d for d, v in zip(batch, verdicts, strict=True) if v not in (Verdict.BUSY, Verdict.LEFT)]
+        settled = [d for d, v in zip(batch, verdicts, strict=True) if v not in _UNSETTLED]
+        fenced = [d for d, v in zip(batch, verdicts, strict=True) if v is Verdict.FENCED]
+        if fenced:
+            log.info(
+                "%d messages of partitions this replica no longer holds: handed to the queue every"
+                " replica takes from",
+                len(fenced),
+            )
+            settled += await self._hand_over(fenced)
         left = [d for d, v in zip(batch, verdicts, strict=True) if v is Verdict.LEFT]
         if left:
             settled += await self._leave(left)
@@ -164,11 +185,8 @@ class Intake(Generic[D]):
         """Hand over messages for sagas on a release of their workflow this process does not load
         (a rolling deploy: a process that loads it takes them): each is published to the queue
         every replica takes from, and acked with the rest of the batch (returned). Not given back
-        to its own queue, which would hand it to this process again when it owns the partition,
-        and whose delivery limit counts a return. A batch of nothing else waits a moment first,
-        so that a process alone with them does not spin on them. What cannot be handed over (the
-        broker refuses, or it went round too often) is requeued before the rest is acked, so no
-        ``multiple`` ack takes it along."""
+        to its own queue (:meth:`_hand_over`). A batch of nothing else waits a moment first, so
+        that a process alone with them does not spin on them."""
         now = self.monotonic()
         if now - self._left_logged > 10:
             self._left_logged = now
@@ -180,16 +198,36 @@ class Intake(Generic[D]):
             )
         if len(left) == self.consumer.unsettled - len(self._aside):
             await self.sleep(0.5)
+        return await self._hand_over(left)
+
+    async def _hand_over(self, deliveries: list[D]) -> list[D]:
+        """Publish each of ``deliveries`` to the queue every replica takes from; those handed over
+        (to be acked with the rest). Not given back to its own queue, whose delivery limit counts
+        each return, and which may hand it to this process again: one the broker would not take
+        (the publishing connection is down, as through a broker restart) is set aside, unacked,
+        and tried again with what waits there; one that went round too often is requeued before
+        the rest is acked (so that no ``multiple`` ack takes it along), for its queue's delivery
+        limit to end."""
         handed: list[D] = []
         kept: list[D] = []
-        for delivery in left:
+        unsent: list[D] = []
+        for delivery in deliveries:
             try:
                 (handed if await self.hand_over(delivery) else kept).append(delivery)
             except Unpublishable as error:
-                log.warning("could not hand over message %s: %s", delivery.envelope.message_id, error)
-                kept.append(delivery)
+                log.warning("could not hand over message %s yet: %s", delivery.envelope.message_id, error)
+                unsent.append(delivery)
         if kept:
             await self.consumer.requeue(kept)
+        if unsent:
+            now = self.monotonic()
+            for delivery in unsent:
+                self._since.setdefault(id(delivery), now)
+            cid = [d.envelope.correlation_id for d in unsent]
+            self._aside.extend(
+                (d, frozenset({c}) if c else frozenset()) for d, c in zip(unsent, cid, strict=True)
+            )
+            self.consumer.set_aside(unsent)
         return handed
 
     def stalled(self) -> str | None:

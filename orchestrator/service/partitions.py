@@ -7,9 +7,12 @@ connection of its own, released by PostgreSQL when the replica dies), and every 
 counts the live replicas, gives up what it holds beyond its share and takes free partitions up
 to it. A share is P/N rounded up, so the shares always cover every partition.
 
-Ownership is an optimisation, not the guarantee: a batch taken before a handover may commit
-after it, and two replicas may briefly take the same saga's messages. Row locks and the inbox
-make each message decided once whoever decides it.
+Taking a partition raises its epoch (a row, which survives a database failover where the
+advisory locks do not), and every batch checks, under a share lock, that the epochs of its
+messages' partitions are still the ones this replica took: the taker waits for the batches in
+flight, and a batch taken before a hand-over never commits after it; its messages go back to the
+queue, for the new owner, in order. Row locks and the inbox make each message decided once
+whoever decides it.
 """
 
 from __future__ import annotations
@@ -75,6 +78,8 @@ class PartitionOwner:
         #: others' now; the relay sweeps at once rather than at its next interval)
         self.replica_gone = replica_gone
         self.owned: set[int] = set()
+        #: the epoch this replica took each partition it owns at: its batches' fence
+        self.epochs: dict[int, int] = {}
         self.replicas = 0
         self._open = False
         self._disconnected_since: float | None = None
@@ -143,8 +148,10 @@ class PartitionOwner:
             for partition in free:
                 if len(self.owned) >= share:
                     break
-                if await self.locks.take(partition):
+                epoch = await self.locks.take(partition)
+                if epoch is not None:
                     self.owned.add(partition)
+                    self.epochs[partition] = epoch
                     await self.consumer.add(self.queue_of(partition))
         if self.owned != before:
             log.info(
@@ -154,8 +161,14 @@ class PartitionOwner:
                 self.partitions,
             )
 
+    def fence(self, partition: int) -> tuple[int, int]:
+        """The fence a batch commits a message of ``partition`` under: the epoch it was taken at,
+        0 (never current) once it is given up."""
+        return partition, self.epochs.get(partition, 0)
+
     async def _stop_consuming(self, partition: int, wait: bool = True) -> None:
         self.owned.discard(partition)
+        self.epochs.pop(partition, None)
         timeout = self.handover_seconds if wait else 0.0
         if not await self.consumer.remove(self.queue_of(partition), timeout) and wait:
             log.warning(
@@ -173,6 +186,7 @@ class PartitionOwner:
     async def close(self) -> None:
         """At the stop, after the consumer stopped: the locks go with the connection."""
         self.owned.clear()
+        self.epochs.clear()
         self._open = False
         await self.locks.close()
 

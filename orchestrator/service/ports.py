@@ -267,8 +267,10 @@ class PartitionLocks(Protocol):
 
     async def survey(self) -> Survey: ...
 
-    async def take(self, partition: int) -> bool:
-        """Take the partition's lock if nobody holds it; whether it was taken."""
+    async def take(self, partition: int) -> int | None:
+        """Take the partition's lock if nobody holds it, and raise its epoch (once the batches
+        its last owner is committing are done): the epoch taken, the fence this replica's
+        batches of it commit under; None when someone holds it."""
 
     async def give_up(self, partition: int) -> None: ...
 

@@ -95,6 +95,11 @@ class Transaction(Protocol):
         """The tombstones of archived sagas among ``saga_ids``: asked only for ids no saga row
         has, so a batch of replies to sagas that exist never pays for it."""
 
+    async def fence(self, fences: Collection[tuple[int, int]]) -> set[tuple[int, int]]:
+        """Which of ``fences`` (partition, epoch) are still current, held so (a share lock)
+        until the transaction ends: a replica that takes one of those partitions waits for it.
+        Asked first, before any saga is read."""
+
     async def sent_commands(self, saga_ids: Iterable[str]) -> dict[str, set[str]]:
         """The message ids of every command each saga's journal says it sent: asked only for a
         message that names a saga and answers none of what the saga waits on now."""

@@ -15,6 +15,8 @@ class LockTable:
     def __init__(self) -> None:
         self.holders: dict[int, int] = {}
         self.replicas: set[int] = set()
+        #: each partition's epoch, raised by every take (a row in PostgreSQL)
+        self.epochs: dict[int, int] = {}
 
 
 class FakeLocks:
@@ -35,11 +37,12 @@ class FakeLocks:
             mine=frozenset(p for p, r in holders.items() if r == self.replica),
         )
 
-    async def take(self, partition: int) -> bool:
+    async def take(self, partition: int) -> int | None:
         if partition in self.table.holders:
-            return False
+            return None
         self.table.holders[partition] = self.replica
-        return True
+        self.table.epochs[partition] = self.table.epochs.get(partition, 0) + 1
+        return self.table.epochs[partition]
 
     async def give_up(self, partition: int) -> None:
         if self.table.holders.get(partition) == self.replica:
@@ -195,3 +198,21 @@ def test_the_log_line_names_runs_of_partitions() -> None:
     assert _ranges({0, 1, 2, 3, 7}) == "0-3, 7"
     assert _ranges({1, 3, 4}) == "1, 3-4"
     assert _ranges(set()) == ""
+
+
+async def test_a_replica_fences_what_it_holds_at_the_epoch_it_took_and_nothing_else() -> None:
+    """Issue 27: a batch commits a partition's messages only under the epoch its replica took."""
+    table = LockTable()
+    first, _, _ = replica(table, 1)
+    await first.step()
+    held = sorted(first.owned)
+    fences = [first.fence(p) for p in held]
+    second, _, _ = replica(table, 2)
+    await second.step()
+    await first.step()  # gives half up to the second, which takes them at a new epoch
+    await second.step()
+
+    assert fences == [(p, 1) for p in held]
+    given = sorted(second.owned)
+    assert given and all(first.fence(p) == (p, 0) for p in given)  # never current again
+    assert all(second.fence(p) == (p, 2) for p in given)

@@ -15,6 +15,7 @@ from orchestrator.core.engine import SagaSnapshot, saga_id_for
 from orchestrator.core.ingress import Envelope
 from orchestrator.examples.contracts import OutOfStock, StockReserved
 from orchestrator.service.batch import Verdict
+from orchestrator.service.ports import Unpublishable
 from tests.replies import reply_envelope
 from tests.stepped_time import SteppedTime
 
@@ -154,3 +155,75 @@ async def test_readiness_says_so_once_messages_wait_on_a_locked_row_past_the_sta
 
     assert (soon, still) == (None, None)
     assert late == "1 messages wait for saga rows another transaction holds, the oldest for 35s"
+
+
+class FencedStore(MemoryStore):
+    """A store whose every fence is gone: each partition was handed over since."""
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Any]:
+        async with super().transaction() as tx:
+
+            async def nothing_holds(fences: Any) -> set[tuple[int, int]]:
+                return set()
+
+            tx.fence = nothing_holds  # type: ignore[method-assign]
+            yield tx
+
+
+async def test_a_message_of_a_partition_handed_over_since_goes_to_the_queue_all_replicas_share() -> None:
+    """Not back to its partition's queue, whose delivery limit counts each return and which may
+    hand it to this replica again (a consumer on it not yet cancelled): handed over, and acked."""
+    store = FencedStore()
+    app = orchestrator(store)
+    consumer = Consumer()
+    app.consumer = consumer  # type: ignore[assignment]
+    handed: list[str | None] = []
+
+    async def hand_over(delivery: Any) -> bool:
+        handed.append(delivery.envelope.message_id)
+        return True
+
+    app.hand_over = hand_over
+    app.fence_of = lambda d: (3, 1) if d.envelope.message_id == "m-fenced" else None
+
+    await app.take([Delivery(start("o-1", "m-fenced")), Delivery(start("o-2", "m-start"))])
+
+    assert handed == ["m-fenced"] and consumer.requeued == []
+    assert sorted(m for m, _ in consumer.acked) == ["m-fenced", "m-start"]
+    assert await store.get_saga(saga_id_for("order", "o-1")) is None  # nothing decided for it
+    assert app.counts.messages_in == {"fenced": 1, "accepted": 1}
+
+
+async def test_a_fenced_message_the_broker_would_not_take_is_set_aside_not_requeued() -> None:
+    """Through a broker restart the consumer may be back before the publisher: a message that
+    cannot be handed over yet waits in hand (set aside) and is handed over once it can be, never
+    returned to its queue, whose delivery limit would count each return."""
+    store = FencedStore()
+    app = orchestrator(store)
+    consumer = Consumer()
+    app.consumer = consumer  # type: ignore[assignment]
+    handed: list[str | None] = []
+    publisher_up = False
+
+    async def hand_over(delivery: Any) -> bool:
+        if not publisher_up:
+            raise Unpublishable("the publishing connection is down")
+        handed.append(delivery.envelope.message_id)
+        return True
+
+    app.hand_over = hand_over
+    app.fence_of = lambda d: (3, 1)
+
+    await app.take([Delivery(start("o-1", "m-fenced"))])
+    held, requeued, acked = app.set_aside, list(consumer.requeued), list(consumer.acked)
+    publisher_up = True
+    stopping = asyncio.Event()
+    retry = asyncio.create_task(app.retry_aside(stopping))
+    while app.set_aside:
+        await asyncio.sleep(0.05)
+    stopping.set()
+    await retry
+
+    assert (held, requeued, acked) == (1, [], [])
+    assert handed == ["m-fenced"] and [m for m, _ in consumer.acked] == ["m-fenced"]

@@ -32,6 +32,15 @@ WHERE locktype = 'advisory' AND objsubid = 2 AND granted
 """
 
 
+#: A partition taken: its epoch raised, the fence every batch of the replica that held it before
+#: checks (``FOR SHARE``) before it commits. This waits for those in flight to commit.
+_RAISE_EPOCH = """
+INSERT INTO partition_epochs (namespace, partition, epoch) VALUES ($1, $2, 1)
+ON CONFLICT (namespace, partition) DO UPDATE SET epoch = partition_epochs.epoch + 1
+RETURNING epoch
+"""
+
+
 def lock_classes(namespace: str) -> tuple[int, int]:
     """The first keys of (partition locks, replica locks) for a namespace: positive 31-bit."""
     return (
@@ -43,6 +52,7 @@ def lock_classes(namespace: str) -> tuple[int, int]:
 class PostgresPartitionLocks:
     def __init__(self, dsn: str, namespace: str) -> None:
         self._dsn = dsn
+        self.namespace = namespace
         self.partition_class, self.replica_class = lock_classes(namespace)
         self._connection: asyncpg.Connection | None = None
 
@@ -75,12 +85,21 @@ class PostgresPartitionLocks:
             mine=frozenset(r["key"] for r in partitions if r["mine"]),
         )
 
-    async def take(self, partition: int) -> bool:
-        return bool(
-            await self._live().fetchval(
-                "SELECT pg_try_advisory_lock($1, $2)", self.partition_class, partition
-            )
-        )
+    async def take(self, partition: int) -> int | None:
+        connection = self._live()
+        if not await connection.fetchval(
+            "SELECT pg_try_advisory_lock($1, $2)", self.partition_class, partition
+        ):
+            return None
+        try:  # waits for the batches the last owner is committing: they hold the epoch's row
+            epoch: int = await connection.fetchval(_RAISE_EPOCH, self.namespace, partition)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await connection.fetchval(
+                    "SELECT pg_advisory_unlock($1, $2)", self.partition_class, partition
+                )
+            raise
+        return epoch
 
     async def give_up(self, partition: int) -> None:
         await self._live().fetchval("SELECT pg_advisory_unlock($1, $2)", self.partition_class, partition)

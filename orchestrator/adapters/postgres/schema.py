@@ -168,3 +168,14 @@ id_keys = Table(
     Column("secret", LargeBinary, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
 )
+
+#: A partition's epoch, raised by each replica that takes it: the fence a batch checks before it
+#: commits, so that a batch taken before a hand-over never commits after it (migration 0010).
+partition_epochs = Table(
+    "partition_epochs",
+    metadata,
+    Column("namespace", Text, nullable=False),
+    Column("partition", Integer, nullable=False),
+    Column("epoch", BigInteger, nullable=False),
+    PrimaryKeyConstraint("namespace", "partition", name="partition_epochs_pk"),
+)

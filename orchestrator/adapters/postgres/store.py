@@ -226,6 +226,15 @@ FROM sagas WHERE id = ANY($1::text[]) AND id NOT IN (SELECT id FROM locked)
 """
 
 
+#: The fences of a batch that still hold, share-locked until it commits (migration 0010).
+_FENCE = """
+SELECT partition, epoch FROM partition_epochs
+WHERE namespace = $1 AND (partition, epoch) IN (SELECT * FROM unnest($2::int[], $3::bigint[]))
+ORDER BY partition
+FOR SHARE
+"""
+
+
 #: Every command some sagas' journals say they sent (the journal's primary key: a range scan each).
 _SENT_COMMANDS = """
 SELECT j.saga_id, c->>'message_id' AS message_id
@@ -320,9 +329,12 @@ def _dead_letter_arguments(letters: Sequence[DeadLetter]) -> list[list[Any]]:
 class _PostgresTransaction:
     """The hot path, on asyncpg directly: prepared statements, arrays in, one round trip a step."""
 
-    def __init__(self, connection: asyncpg.Connection, holder: int | None = None) -> None:
+    def __init__(
+        self, connection: asyncpg.Connection, holder: int | None = None, namespace: str = ""
+    ) -> None:
         self.connection = connection
         self.holder = holder
+        self.namespace = namespace
         self.busy: set[str] = set()
 
     async def lock_sagas(self, saga_ids: Iterable[str]) -> dict[str, SagaSnapshot]:
@@ -358,6 +370,15 @@ class _PostgresTransaction:
             return {}
         rows = await self.connection.fetch(_TOMBSTONES, ids)
         return {row["saga_id"]: Tombstone(**dict(row)) for row in rows}
+
+    async def fence(self, fences: Collection[tuple[int, int]]) -> set[tuple[int, int]]:
+        if not fences:
+            return set()
+        pairs = sorted(fences)
+        rows = await self.connection.fetch(
+            _FENCE, self.namespace, [p for p, _ in pairs], [e for _, e in pairs]
+        )
+        return {(row["partition"], row["epoch"]) for row in rows}
 
     async def sent_commands(self, saga_ids: Iterable[str]) -> dict[str, set[str]]:
         ids = sorted(set(saga_ids))
@@ -451,10 +472,14 @@ class PostgresStore:
     """Writes go through an asyncpg pool (the hot path); reads and the relay's bookkeeping through
     SQLAlchemy, which the REST read model shares."""
 
-    def __init__(self, engine: AsyncEngine, pool_size: int = 5, timeouts: Timeouts = Timeouts()) -> None:
+    def __init__(
+        self, engine: AsyncEngine, pool_size: int = 5, timeouts: Timeouts = Timeouts(), namespace: str = ""
+    ) -> None:
         self.engine = engine
         self.pool_size = pool_size
         self.timeouts = timeouts
+        #: whose partitions' fences a batch checks (namespaces may share a database)
+        self.namespace = namespace
         self._pool: asyncpg.Pool | None = None
         self._pool_lock = asyncio.Lock()
         #: the key of the advisory lock this replica holds while it lives (:meth:`hold`): the
@@ -463,8 +488,10 @@ class PostgresStore:
         self._holding: asyncpg.Connection | None = None
 
     @classmethod
-    def from_url(cls, url: str, pool_size: int = 5, timeouts: Timeouts = Timeouts()) -> PostgresStore:
-        return cls(make_engine(url, pool_size, timeouts), pool_size, timeouts)
+    def from_url(
+        cls, url: str, pool_size: int = 5, timeouts: Timeouts = Timeouts(), namespace: str = ""
+    ) -> PostgresStore:
+        return cls(make_engine(url, pool_size, timeouts), pool_size, timeouts, namespace)
 
     async def pool(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -491,7 +518,7 @@ class PostgresStore:
     async def transaction(self) -> AsyncIterator[_PostgresTransaction]:
         pool = await self.pool()
         async with pool.acquire(timeout=self.timeouts.acquire) as connection, connection.transaction():
-            yield _PostgresTransaction(connection, self.holder)
+            yield _PostgresTransaction(connection, self.holder, self.namespace)
 
     async def get_saga(self, saga_id: str) -> SagaSnapshot | None:
         async with self.engine.connect() as connection:
