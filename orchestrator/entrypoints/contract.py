@@ -396,8 +396,8 @@ def _participant_operations(loaded: _Loaded) -> dict[str, Any]:
                 }
             else:
                 operation["description"] = (
-                    "Nobody waits for its reply: whatever the service answers is taken and journaled"
-                    f" as ignored ({PROTOCOL_DOC}, section 8)."
+                    "Nobody waits for its reply: what the service answers to it (with its section 6"
+                    f" reply id) is taken and journaled as ignored ({PROTOCOL_DOC}, section 8)."
                 )
             operations[f"{service}.receive.{command}"] = operation
         # and the events of its own that a workflow takes unasked, if any
@@ -407,9 +407,11 @@ def _participant_operations(loaded: _Loaded) -> dict[str, Any]:
                 "action": "send",
                 "channel": _ref("channels", f"event.{reply}"),
                 "title": f"{service} sends {reply}",
-                "summary": "message_id: uuid5(NAMESPACE_OID, '<command message_id>:<reply type>');"
-                " correlation_id, x-saga-id, x-workflow, traceparent and tracestate copied from the"
-                " command.",
+                "summary": "message_id: uuid5(NAMESPACE_OID, '<command message_id>:<reply type>'), or"
+                " the reply is dead-lettered not_awaited; routing key: its type, or it is dead-lettered"
+                " routing_key; correlation_id, x-saga-id, x-workflow, traceparent and tracestate"
+                " copied from the command; user_id: the service's broker user where the orchestrator"
+                " checks senders (ORCHESTRATOR_SENDERS).",
                 "messages": [_ref("channels", f"event.{reply}", "messages", reply)],
                 "bindings": PUBLISH,
                 "x-service": service,

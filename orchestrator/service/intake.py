@@ -80,14 +80,26 @@ class Intake(Generic[D]):
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Consume, then decide, commit and ack each batch, until stopping (the consumer says
-        what it still hands out then); then give back what is set aside."""
+        what it still hands out then); then hand what is set aside to the queue every replica
+        takes from (another replica, or this one restarted, takes them): not back to its own
+        queue, whose delivery limit would count a return at every stop. What the broker will not
+        take is given back."""
         async for batch in self.consumer.batches(self.batch_size, stopping):
             await self.take(batch)
         async with self._turn:
             aside, self._aside = [d for d, _ in self._aside], []
             self._since.clear()
-            if aside:  # unacked: another replica (or this one, restarted) takes them
-                await self.consumer.requeue(aside)
+            handed: list[D] = []
+            back: list[D] = []
+            for delivery in aside:
+                try:
+                    (handed if await self.hand_over(delivery) else back).append(delivery)
+                except Unpublishable:
+                    back.append(delivery)
+            if back:
+                await self.consumer.requeue(back)
+            if handed:
+                await self.consumer.ack(handed, multiple_ok=False)
 
     async def retry_aside(self, stopping: asyncio.Event) -> None:
         """Take the messages set aside again, after a pause that grows while their rows stay

@@ -227,3 +227,35 @@ async def test_a_fenced_message_the_broker_would_not_take_is_set_aside_not_reque
 
     assert (held, requeued, acked) == (1, [], [])
     assert handed == ["m-fenced"] and [m for m, _ in consumer.acked] == ["m-fenced"]
+
+
+async def test_at_the_stop_what_waits_is_handed_over_not_returned_to_its_queue() -> None:
+    """A message set aside at every stop would climb its queue's delivery limit if it were
+    given back each time: it is handed to the queue every replica takes from, and acked."""
+    store = LockingStore()
+    app = orchestrator(store)
+    consumer = Consumer()
+    app.consumer = consumer  # type: ignore[assignment]
+    handed: list[str | None] = []
+
+    async def hand_over(delivery: Any) -> bool:
+        handed.append(delivery.envelope.message_id)
+        return True
+
+    async def nothing_more(limit: int, stopping: asyncio.Event) -> AsyncIterator[list[Any]]:
+        return
+        yield []
+
+    app.hand_over = hand_over
+    await app.take([Delivery(start("o-1"))])
+    store.locked.add(saga_id_for("order", "o-1"))
+    waiting = reply(store, "o-1")
+    await app.take([Delivery(waiting)])
+    held = app.set_aside
+    consumer.batches = nothing_more  # type: ignore[attr-defined]
+
+    await app.run(asyncio.Event())
+
+    assert held == 1 and app.set_aside == 0
+    assert handed == [waiting.message_id] and consumer.requeued == []
+    assert (waiting.message_id, False) in consumer.acked
