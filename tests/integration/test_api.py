@@ -106,7 +106,7 @@ async def api(database_url: str) -> AsyncIterator[Harness]:
     context.clock = lambda: datetime.now(UTC) + harness.offset
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app),
-        base_url="http://api",
+        base_url="http://127.0.0.1",
         headers={"Authorization": f"Bearer {TOKEN}"},
     ) as client:
         harness.client = client
@@ -462,7 +462,7 @@ async def test_actions_and_reads_need_the_token_unless_reads_are_opened(
     saga = await api.start()
     transport = api.client._transport
 
-    async with httpx.AsyncClient(transport=transport, base_url="http://api") as anonymous:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as anonymous:
         start = await anonymous.post("/sagas", json={"workflow": "order", "key": api.key(), "data": ORDER})
         cancel = await anonymous.post(f"/sagas/{saga['id']}/cancel", headers={"Authorization": "Bearer nope"})
         read = await anonymous.get(f"/sagas/{saga['id']}")
@@ -476,7 +476,7 @@ async def test_actions_and_reads_need_the_token_unless_reads_are_opened(
 
     _, opened = app_for(api.store, [], api_open_reads=True)
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=opened), base_url="http://api"
+        transport=httpx.ASGITransport(app=opened), base_url="http://127.0.0.1"
     ) as anonymous:
         assert (await anonymous.get(f"/sagas/{saga['id']}")).json()["state"] == "reserve"
         assert (await anonymous.get("/metrics")).status_code == 200
@@ -487,7 +487,9 @@ async def test_actions_and_reads_need_the_token_unless_reads_are_opened(
 async def test_a_named_token_is_journaled_as_its_owner_whatever_x_actor_says(api: Harness) -> None:
     tokens = parse_env(f"alice:operate:{'a' * 24} robot:read:{'r' * 24}")
     _, named = app_for(api.store, [], api_tokens=tuple(tokens))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=named), base_url="http://api") as client:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=named), base_url="http://127.0.0.1"
+    ) as client:
         alice = {"Authorization": f"Bearer {'a' * 24}", "X-Actor": "mallory"}
         started = await client.post(
             "/sagas", json={"workflow": "order", "key": api.key(), "data": ORDER}, headers=alice

@@ -85,7 +85,7 @@ async def storm(database_url: str) -> AsyncIterator[Storm]:
     )
     # An error that escapes is answered 500, as uvicorn would answer it, instead of raised here.
     transport = httpx.ASGITransport(app=create_app(context), raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://api", timeout=30) as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", timeout=30) as client:
         yield Storm(client, database_url.rsplit("/", 1)[1])
     await store.close()
 

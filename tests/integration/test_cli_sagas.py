@@ -141,7 +141,7 @@ async def shell(database_url: str) -> AsyncIterator[Shell]:
     }
     try:
         async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=create_app(context)), base_url="http://api"
+            transport=httpx.ASGITransport(app=create_app(context)), base_url="http://127.0.0.1"
         ) as rest:
             yield Shell(env, store, registry, rest, commands)
     finally:

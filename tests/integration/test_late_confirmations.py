@@ -90,7 +90,7 @@ async def api(database_url: str) -> AsyncIterator[Api]:
     )
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=create_app(context)),
-        base_url="http://api",
+        base_url="http://127.0.0.1",
         headers={"Authorization": f"Bearer {TOKEN}"},
     ) as client:
         harness = Api(client, context, store, dispatched)

@@ -238,7 +238,7 @@ async def test_a_start_for_an_archived_saga_starts_nothing(
         REGISTRY, store, Queries(store.engine), replace(Settings(), api_token="t"), Metrics(process=False)
     )
     transport = httpx.ASGITransport(app=create_app(context))
-    async with httpx.AsyncClient(transport=transport, base_url="http://api") as api:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as api:
         answer = await api.post(
             "/sagas",
             headers={"Authorization": "Bearer t"},

@@ -43,7 +43,7 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
     context, app = build(api_token="t0ken")
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app),
-        base_url="http://api",
+        base_url="http://127.0.0.1",
         headers={"Authorization": "Bearer t0ken"},
     ) as made:
         yield made
@@ -182,7 +182,9 @@ async def test_a_body_over_the_cap_is_a_413_declared_or_streamed() -> None:
             yield big[start : start + 100]
 
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as api:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
+        ) as api:
             declared = await api.post("/sagas", content=big, headers=auth)
             streamed = await api.post("/sagas", content=chunks(), headers=auth)
             small = await api.post("/sagas", json={"workflow": "nope", "data": {}}, headers=auth)

@@ -34,7 +34,7 @@ def reads_of(app: FastAPI) -> list[str]:
 
 async def answers(app: FastAPI, paths: list[str], **headers: str) -> dict[str, int]:
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://api", headers=headers
+        transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1", headers=headers
     ) as client:
         return {path: (await client.get(path)).status_code for path in paths}
 
@@ -71,7 +71,9 @@ async def test_the_docs_page_is_off_unless_asked_for_and_then_the_schema_is_publ
     by_default = await answers(closed, ["/docs", "/redoc"], authorization=f"Bearer {TOKEN}")
     await context.store.close()
     context, published = build(api_token=TOKEN, api_docs=True)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=published), base_url="http://api") as api:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=published), base_url="http://127.0.0.1"
+    ) as api:
         page, schema, sagas = await api.get("/docs"), await api.get("/openapi.json"), await api.get("/sagas")
     await context.store.close()
 
@@ -83,7 +85,7 @@ async def test_the_docs_page_is_off_unless_asked_for_and_then_the_schema_is_publ
 
 async def test_a_client_that_keeps_guessing_is_refused_even_with_the_right_token() -> None:
     context, app = build(api_token=TOKEN)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as api:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as api:
         missing = [(await api.get("/sagas")).status_code for _ in range(12)]
         guesses = [
             (await api.get("/sagas", headers={"Authorization": f"Bearer guess-{n:016d}"})).status_code
@@ -122,7 +124,7 @@ def test_a_client_may_try_again_once_its_failures_are_old_and_others_are_not_hel
         ({"Origin": "http://evil.example"}, 403),
         ({"Origin": "null"}, 403),
         ({"Sec-Fetch-Site": "cross-site"}, 403),
-        ({"Origin": "http://api"}, 503),  # the console, on the API's own origin
+        ({"Origin": "http://127.0.0.1"}, 503),  # the console, on the API's own origin
         ({}, 503),  # curl, a script: no browser to forge with
     ],
 )
@@ -130,7 +132,7 @@ async def test_an_insecure_service_refuses_writes_from_another_site(
     headers: dict[str, str], status: int
 ) -> None:
     context, app = build(api_token=None)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as api:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as api:
         cancel = await api.post(f"{SAGA}/cancel", headers=headers)  # a body-less form post
         read = await api.get(SAGA, headers=headers)
     await context.store.close()
@@ -139,3 +141,28 @@ async def test_an_insecure_service_refuses_writes_from_another_site(
     assert read.status_code == 503  # reads are not writes
     if status == 403:
         assert "from another site" in cancel.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("api_host", "host", "status"),
+    [
+        ("127.0.0.1", "evil.example:8000", 400),  # a name rebound to 127.0.0.1 (DNS rebinding)
+        ("127.0.0.1", "localhost:8000", 503),
+        ("127.0.0.1", "127.0.0.1:8000", 503),
+        ("10.1.2.3", "10.1.2.3:8000", 503),  # the address it listens on
+        ("0.0.0.0", "evil.example", 503),  # every interface: no list could name them all
+    ],
+)
+async def test_an_insecure_service_answers_only_to_the_names_of_its_address(
+    api_host: str, host: str, status: int
+) -> None:
+    """Another site's page whose name an attacker points at 127.0.0.1 is of the same origin as
+    itself: its reads (and same-origin writes) would reach an API without a token. Only the
+    loopback names and the listening address are served."""
+    context, app = build(api_token=None, api_host=api_host)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as api:
+        read = await api.get(SAGA, headers={"Host": host})
+        write = await api.post(f"{SAGA}/cancel", headers={"Host": host, "Origin": f"http://{host}"})
+    await context.store.close()
+
+    assert (read.status_code, write.status_code) == (status, status), read.text

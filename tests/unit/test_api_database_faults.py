@@ -229,7 +229,7 @@ async def api() -> AsyncIterator[Api]:
     app = create_app(context)
     # Whatever escapes as an error is answered 500 here, as uvicorn would, instead of raised.
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
         yield Api(client, context, store, faults, relay)
     await context.queries.engine.dispose()
 

@@ -128,7 +128,7 @@ def test_settings_read_both_sources_and_say_which_variable_is_wrong(
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     tokens = combined(parse_env(f"reader:read:{READER} alice:operate:{OPERATOR} root:admin:{ADMIN}"), LEGACY)
     context, app = build(api_token=LEGACY, api_tokens=tokens, api_open_reads=False)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as made:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as made:
         yield made
     await context.store.close()
 
@@ -179,7 +179,9 @@ async def test_a_role_too_small_is_a_403_that_says_which_role_is_needed(client: 
 
 async def test_no_token_at_all_serves_everyone_as_an_anonymous_admin() -> None:
     context, app = build(api_token=None)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
+    ) as client:
         me = await client.get("/me")
     await context.store.close()
 

@@ -25,7 +25,7 @@ CSP = (
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     # reads protected: the page itself holds no data, so it is served without the token
     context, app = build(api_token="t0ken", api_open_reads=False)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as made:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as made:
         yield made
     await context.store.close()
 

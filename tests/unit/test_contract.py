@@ -267,12 +267,14 @@ def test_it_is_deterministic_and_sorted() -> None:
 
 async def test_the_api_serves_it_as_a_read() -> None:
     context, app = build(api_token="t0ken")
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as api:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as api:
         refused = await api.get("/asyncapi.json")
         served = await api.get("/asyncapi.json", headers={"Authorization": "Bearer t0ken"})
     await context.store.close()
     _, open_app = build(api_token="t0ken", api_open_reads=True)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=open_app), base_url="http://api") as api:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=open_app), base_url="http://127.0.0.1"
+    ) as api:
         unguarded = await api.get("/asyncapi.json")
 
     assert refused.status_code == 401

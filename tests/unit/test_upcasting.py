@@ -329,7 +329,9 @@ async def test_post_sagas_refuses_a_version_it_cannot_read_with_422() -> None:
     auth = {"Authorization": "Bearer t0ken"}
     start = {"workflow": "order", "key": "o-1", "data": {"customer_id": "c", "lines": [], "amount_cents": 1}}
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
+        ) as client:
             too_new = await client.post("/sagas", json={**start, "schema_version": 2}, headers=auth)
             assert too_new.status_code == 422
             assert "orders.OrderPlaced of schema 2 is newer than this orchestrator reads" in too_new.text

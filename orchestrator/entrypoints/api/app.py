@@ -24,6 +24,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from orchestrator.adapters.metrics import CONTENT_TYPE
 from orchestrator.adapters.postgres.faults import from_database
@@ -39,7 +40,7 @@ from orchestrator.entrypoints.api.context import RETRY_AFTER, UNAVAILABLE_DETAIL
 from orchestrator.entrypoints.api.dead_letters import dead_letters_router
 from orchestrator.entrypoints.api.migrations import migrations_router
 from orchestrator.entrypoints.api.sagas import sagas_router
-from orchestrator.entrypoints.api.same_origin import SameOrigin
+from orchestrator.entrypoints.api.same_origin import SameOrigin, local_names
 from orchestrator.service.faults import Fault
 from orchestrator.service.operations import ActionRefused, BadRequest, SagaNotFound
 
@@ -71,6 +72,11 @@ def create_app(ctx: ApiContext) -> FastAPI:
     guard = Guard(ctx.settings)
     if guard.open:  # no token a browser would have to add: a cross-site form post could act
         app.add_middleware(SameOrigin)
+        # and a page whose name was rebound to 127.0.0.1 (DNS rebinding) is of the same origin as
+        # itself: only the names this address is known by are served
+        hosts = local_names(ctx.settings.api_host)
+        if hosts is not None:
+            app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts)
     app.include_router(me_router(guard))
     app.include_router(sagas_router(ctx, guard))
     app.include_router(dead_letters_router(ctx, guard))

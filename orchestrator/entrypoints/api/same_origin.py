@@ -5,6 +5,8 @@ another site cannot do. Without one, any page the operator opens could post a fo
 ``127.0.0.1`` (a form post needs no CORS preflight): a cancel or a replay nobody meant. Browsers
 say where such a request comes from in ``Origin`` (and ``Sec-Fetch-Site``); a write whose origin is
 not the API's own host is refused. A client that is not a browser sends neither and is let in.
+A page whose name an attacker rebinds to 127.0.0.1 (DNS rebinding) is of the same origin as
+itself, so the API also serves only the names its address is known by (:func:`local_names`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ from urllib.parse import urlsplit
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["SameOrigin"]
+__all__ = ["SameOrigin", "local_names"]
+
+#: addresses that listen on every interface: a host check could name none of their names
+WILDCARDS = frozenset({"", "0.0.0.0", "::", "*"})
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -44,3 +49,12 @@ def cross_site(headers: dict[bytes, bytes]) -> str | None:
     if headers.get(b"sec-fetch-site", b"").lower() in (b"cross-site", b"same-site"):
         return "a write from another site is refused: the API runs without a token"
     return None
+
+
+def local_names(api_host: str) -> list[str] | None:
+    """The ``Host`` names an API run ``--insecure`` on ``api_host`` answers to: the loopback
+    names and the address it listens on. None on every interface (``0.0.0.0``), where no list
+    could name them all (and which runs without a token only at its owner's risk)."""
+    if api_host.strip().lower() in WILDCARDS:
+        return None
+    return sorted({"localhost", "127.0.0.1", "::1", api_host.strip().lower()})
