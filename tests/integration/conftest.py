@@ -74,6 +74,9 @@ QUEUES = (
     *(f"orchestrator.p{partition}" for partition in range(16)),
     "dead-letter",
     *SERVICES,
+    # the services of the tests' own workflows that run on the shared broker (upcasting, releases)
+    "uppay",
+    "notifications",
 )
 EXCHANGES = ("events", "commands", "dead", "orchestrator.route", "orchestrator.by-saga")
 
