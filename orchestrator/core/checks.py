@@ -34,6 +34,9 @@ Warnings (true of the definition, maybe intended):
   move sends into a non-final state is not reported: the state may take its reply, and the
   reply's type is not declared anywhere to tell. Nor is a step's undo sent for a late success
   (``late_success``): that is by design, the saga having moved on;
+* ``resume_only``: a step saga's ``compensating_<step>`` that no move leads to (its step is the
+  last one that can be compensated): an operator's ``resume`` may enter it, and its compensation
+  undoes the step's late success, sent once without entering it;
 * ``upcaster_missing``: an event class at ``SCHEMA`` n > 1 without an upcaster from some version
   below n: a message of that version or older is dead-lettered (``schema_version``), and a
   journal entry of it cannot be replayed (``verify`` reports it). Intended where no sender and no
@@ -150,6 +153,7 @@ def check(workflow: Workflow) -> list[Finding]:
     graph = _Graph(compiled)
     errors = [*_stuck(graph), *_unreachable(graph)]
     warnings = [
+        *_resume_only(graph),
         *_unhandled(graph),
         *_uncompensated(workflow, steps),
         *_not_awaited(graph, cls.__name__ if cls is not None else "", steps),
@@ -238,12 +242,24 @@ def _stuck(graph: _Graph) -> list[Finding]:
     return found
 
 
+def _compensates_late(workflow: Workflow, state: str) -> str | None:
+    """The step whose compensation ``state`` is, where that step's late success is undone (a step
+    saga's ``compensating_<step>``): an operator's resume target even where no move leads to it."""
+    step = state.removeprefix("compensating_")
+    spec = workflow.states[state]
+    if step != state and spec.status is Status.COMPENSATING and step in workflow.late_success:
+        return step
+    return None
+
+
 def _unreachable(graph: _Graph) -> list[Finding]:
     found: list[Finding] = []
     for state in graph.states:
         spec = graph.workflow.states[state]
         if state in graph.reachable or (spec.final and spec.status is Status.FAILED):
             continue
+        if _compensates_late(graph.workflow, state) is not None:
+            continue  # a warning of its own (_resume_only)
         sources = sorted({s for s, moves in graph.out.items() for _, d in moves if d == state and s != state})
         if sources:
             said = f"only {', '.join(sources)} lead{'s' * (len(sources) == 1)} to it, and no saga gets there"
@@ -255,6 +271,29 @@ def _unreachable(graph: _Graph) -> list[Finding]:
                 "unreachable",
                 graph.workflow.name,
                 f"no saga can be in this state: it is not where sagas start, and {said}",
+                state,
+            )
+        )
+    return found
+
+
+def _resume_only(graph: _Graph) -> list[Finding]:
+    """The compensating state of a step saga's last compensated step: no later step can fail, so
+    no move leads to it, but it is compiled, an operator may resume a saga into it, and its
+    builder is what undoes the step's late success. A correct definition: a warning, not an
+    error, so that a gate on ``check`` passes what ``run`` accepts."""
+    found: list[Finding] = []
+    for state in graph.states:
+        step = _compensates_late(graph.workflow, state)
+        if step is None or state in graph.reachable:
+            continue
+        found.append(
+            Finding(
+                Severity.WARNING,
+                "resume_only",
+                graph.workflow.name,
+                f"only an operator's resume enters it: no later step can fail, and a late success of"
+                f" {step} is undone by sending its compensation once, without entering this state",
                 state,
             )
         )

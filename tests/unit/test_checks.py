@@ -308,6 +308,37 @@ def test_a_compensation_without_done_is_one_warning_on_its_step() -> None:
     assert found[0].message.startswith("its compensation t.Cancel has no done=: it is sent and nobody waits")
 
 
+class RefundedLastSaga(Saga, starts_on=Started, key="id", name="refunded_last"):
+    """Book, then pay; each undone (and confirmed) when a later step fails, and pay, the last,
+    undone when its success comes after its deadline."""
+
+    @step(done=Booked)
+    def book(self, start: Started) -> Book:
+        return Book(start.id)
+
+    @book.compensate(done=Undone)
+    def unbook(self, start: Started) -> Cancel:
+        return Cancel(start.id)
+
+    @step(done=Paid, failed=Declined, deadline=MINUTE)
+    def pay(self, start: Started) -> Pay:
+        return Pay(start.id)
+
+    @pay.compensate(done=Undone)
+    def refund(self, start: Started) -> Cancel:
+        return Cancel(start.id)
+
+
+def test_the_last_step_s_compensation_is_a_resume_target_not_an_unreachable_error() -> None:
+    """Issue 28: ``check`` called the last step's compensating state unreachable (an error, exit
+    1) though ``run`` accepts the module: a gate on ``check`` blocked a correct workflow."""
+    found = check(RefundedLastSaga.workflow)
+
+    assert codes(found) == [("warning", "resume_only", "compensating_pay", None)]
+    assert "a late success of pay is undone" in found[0].message
+    assert "compensating_pay" in RefundedLastSaga.workflow.states  # still there: a resume target
+
+
 def test_a_copy_of_a_step_saga_is_checked_as_a_free_machine() -> None:
     copy = UndoneBookingSaga.workflow.with_deadlines("quick_booking", MINUTE)
 
