@@ -122,6 +122,7 @@ async def _ensure_id_key(url: str) -> None:
         await connection.execute(
             "INSERT INTO id_keys (name, secret) VALUES ('ids', $1) ON CONFLICT (name) DO NOTHING",
             secrets.token_bytes(32),
+            timeout=10,
         )
     finally:
         await connection.close()

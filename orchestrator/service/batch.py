@@ -210,14 +210,17 @@ async def process_batch(
         # (docs/protocol.md, section 6): the commands it waits on as read (a message before it in
         # this batch may move the saga on, but cannot answer a command sent after the read), or
         # else any its journal records. Those are looked up only for what the waits do not explain.
-        read = {saga_id: saga.awaiting for saga_id, saga in current.items()}
-        asking = {
-            saga_id
-            for p in parsed
-            if p.message_id not in seen
-            for saga_id in _existing(p, current, registry)
-            if not _answers(p, read[saga_id], ())
-        }
+        # (message index, saga id): answered by what the saga waits on, as read
+        explained: set[tuple[int, str]] = set()
+        asking: set[str] = set()
+        for p in parsed:
+            if p.message_id in seen:
+                continue
+            for saga_id in _existing(p, current, registry):
+                if _answers(p, current[saga_id].awaiting, ()):
+                    explained.add((p.index, saga_id))
+                else:
+                    asking.add(saga_id)
         sent = await tx.sent_commands(asking) if asking else {}
         for p in parsed:
             if busy:
@@ -233,16 +236,6 @@ async def process_batch(
                 changes.duplicates.append(p.message_id)
                 continue
             p.narrow(live)
-            saga = current.get(p.envelope.correlation_id or "")
-            foreign = _foreign(p, saga, registry) if saga is not None else None
-            if (  # what its workflow takes nowhere: only as a reply to a command it sent
-                saga is not None
-                and foreign is not None
-                and not _answers(p, read.get(saga.id, ()), sent.get(saga.id, ()))
-                and not _let_by(p, saga.id, limits, result)
-            ):
-                result.refuse(p.index, _unanswered(foreign, saga.id))
-                continue
             try:
                 targets = _targets(p, registry, current)
             except Refused as refused:
@@ -253,17 +246,23 @@ async def process_batch(
             except _Leave:
                 result.verdicts[p.index] = Verdict.LEFT
                 continue
-            if foreign is None:  # an event of its workflow: taken only as the reply it says it is
-                asked = [
-                    s.id
+            # a saga that exists takes it only as the reply it says it is (a saga started earlier in
+            # this batch has sent nothing yet: nothing of it is explained)
+            unanswered = next(
+                (
+                    s
                     for compiled, s in targets
                     if s is not None
                     and not _starts(p, compiled)
-                    and not _answers(p, read.get(s.id, ()), sent.get(s.id, ()))
-                ]
-                if asked and not _let_by(p, asked[0], limits, result):
-                    result.refuse(p.index, _unanswered(_not_asked(p), asked[0]))
-                    continue
+                    and (p.index, s.id) not in explained
+                    and not _answers(p, (), sent.get(s.id, ()))
+                ),
+                None,
+            )
+            if unanswered is not None and not _let_by(p, unanswered.id, limits, result):
+                why = _foreign(p, unanswered, registry) or _not_asked(p)
+                result.refuse(p.index, _unanswered(why, unanswered.id))
+                continue
             span = _decide_span(tracer, p, targets) if tracer is not None else None
             # journaled as it came, with its schema version: decide() upcasts it
             message = Incoming(
@@ -338,7 +337,7 @@ def _foreign(p: _Parsed, saga: SagaSnapshot, registry: Registry) -> Refused | No
 
 def _answers(p: _Parsed, awaiting: Iterable[Mapping[str, Any]], sent: Collection[str]) -> bool:
     """Whether the message's id is the reply id (docs/protocol.md, section 6) of a command the
-    saga waits on (``awaiting``, as read), or of one of ``sent``."""
+    saga waits on (``awaiting``), or of one of ``sent`` (the command ids its journal records)."""
     for command in awaiting:
         if reply_id_for(command["message_id"], p.type) == p.message_id:
             return True

@@ -89,15 +89,9 @@ class Intake(Generic[D]):
         async with self._turn:
             aside, self._aside = [d for d, _ in self._aside], []
             self._since.clear()
-            handed: list[D] = []
-            back: list[D] = []
-            for delivery in aside:
-                try:
-                    (handed if await self.hand_over(delivery) else back).append(delivery)
-                except Unpublishable:
-                    back.append(delivery)
-            if back:
-                await self.consumer.requeue(back)
+            handed, kept, unsent = await self._publish(aside)
+            if kept or unsent:
+                await self.consumer.requeue(kept + unsent)
             if handed:
                 await self.consumer.ack(handed, multiple_ok=False)
 
@@ -220,15 +214,7 @@ class Intake(Generic[D]):
         and tried again with what waits there; one that went round too often is requeued before
         the rest is acked (so that no ``multiple`` ack takes it along), for its queue's delivery
         limit to end."""
-        handed: list[D] = []
-        kept: list[D] = []
-        unsent: list[D] = []
-        for delivery in deliveries:
-            try:
-                (handed if await self.hand_over(delivery) else kept).append(delivery)
-            except Unpublishable as error:
-                log.warning("could not hand over message %s yet: %s", delivery.envelope.message_id, error)
-                unsent.append(delivery)
+        handed, kept, unsent = await self._publish(deliveries)
         if kept:
             await self.consumer.requeue(kept)
         if unsent:
@@ -241,6 +227,20 @@ class Intake(Generic[D]):
             )
             self.consumer.set_aside(unsent)
         return handed
+
+    async def _publish(self, deliveries: list[D]) -> tuple[list[D], list[D], list[D]]:
+        """Each of ``deliveries`` handed over: (handed over, gone round too often, not taken by
+        the broker)."""
+        handed: list[D] = []
+        kept: list[D] = []
+        unsent: list[D] = []
+        for delivery in deliveries:
+            try:
+                (handed if await self.hand_over(delivery) else kept).append(delivery)
+            except Unpublishable as error:
+                log.warning("could not hand over message %s yet: %s", delivery.envelope.message_id, error)
+                unsent.append(delivery)
+        return handed, kept, unsent
 
     def stalled(self) -> str | None:
         """Why the consumer makes no progress, or None: the database cannot commit; or messages

@@ -171,6 +171,21 @@ class FencedStore(MemoryStore):
             yield tx
 
 
+class HandOver:
+    """The intake's hand-over: records what it publishes; with ``up`` False, the publisher is
+    down and the broker takes nothing."""
+
+    def __init__(self) -> None:
+        self.handed: list[str | None] = []
+        self.up = True
+
+    async def __call__(self, delivery: Any) -> bool:
+        if not self.up:
+            raise Unpublishable("the publishing connection is down")
+        self.handed.append(delivery.envelope.message_id)
+        return True
+
+
 async def test_a_message_of_a_partition_handed_over_since_goes_to_the_queue_all_replicas_share() -> None:
     """Not back to its partition's queue, whose delivery limit counts each return and which may
     hand it to this replica again (a consumer on it not yet cancelled): handed over, and acked."""
@@ -178,18 +193,12 @@ async def test_a_message_of_a_partition_handed_over_since_goes_to_the_queue_all_
     app = orchestrator(store)
     consumer = Consumer()
     app.consumer = consumer  # type: ignore[assignment]
-    handed: list[str | None] = []
-
-    async def hand_over(delivery: Any) -> bool:
-        handed.append(delivery.envelope.message_id)
-        return True
-
-    app.hand_over = hand_over
+    app.hand_over = hand_over = HandOver()
     app.fence_of = lambda d: (3, 1) if d.envelope.message_id == "m-fenced" else None
 
     await app.take([Delivery(start("o-1", "m-fenced")), Delivery(start("o-2", "m-start"))])
 
-    assert handed == ["m-fenced"] and consumer.requeued == []
+    assert hand_over.handed == ["m-fenced"] and consumer.requeued == []
     assert sorted(m for m, _ in consumer.acked) == ["m-fenced", "m-start"]
     assert await store.get_saga(saga_id_for("order", "o-1")) is None  # nothing decided for it
     assert app.counts.messages_in == {"fenced": 1, "accepted": 1}
@@ -203,21 +212,13 @@ async def test_a_fenced_message_the_broker_would_not_take_is_set_aside_not_reque
     app = orchestrator(store)
     consumer = Consumer()
     app.consumer = consumer  # type: ignore[assignment]
-    handed: list[str | None] = []
-    publisher_up = False
-
-    async def hand_over(delivery: Any) -> bool:
-        if not publisher_up:
-            raise Unpublishable("the publishing connection is down")
-        handed.append(delivery.envelope.message_id)
-        return True
-
-    app.hand_over = hand_over
+    app.hand_over = hand_over = HandOver()
+    hand_over.up = False
     app.fence_of = lambda d: (3, 1)
 
     await app.take([Delivery(start("o-1", "m-fenced"))])
     held, requeued, acked = app.set_aside, list(consumer.requeued), list(consumer.acked)
-    publisher_up = True
+    hand_over.up = True
     stopping = asyncio.Event()
     retry = asyncio.create_task(app.retry_aside(stopping))
     while app.set_aside:
@@ -226,7 +227,7 @@ async def test_a_fenced_message_the_broker_would_not_take_is_set_aside_not_reque
     await retry
 
     assert (held, requeued, acked) == (1, [], [])
-    assert handed == ["m-fenced"] and [m for m, _ in consumer.acked] == ["m-fenced"]
+    assert hand_over.handed == ["m-fenced"] and [m for m, _ in consumer.acked] == ["m-fenced"]
 
 
 async def test_at_the_stop_what_waits_is_handed_over_not_returned_to_its_queue() -> None:
@@ -236,17 +237,12 @@ async def test_at_the_stop_what_waits_is_handed_over_not_returned_to_its_queue()
     app = orchestrator(store)
     consumer = Consumer()
     app.consumer = consumer  # type: ignore[assignment]
-    handed: list[str | None] = []
-
-    async def hand_over(delivery: Any) -> bool:
-        handed.append(delivery.envelope.message_id)
-        return True
 
     async def nothing_more(limit: int, stopping: asyncio.Event) -> AsyncIterator[list[Any]]:
         return
         yield []
 
-    app.hand_over = hand_over
+    app.hand_over = hand_over = HandOver()
     await app.take([Delivery(start("o-1"))])
     store.locked.add(saga_id_for("order", "o-1"))
     waiting = reply(store, "o-1")
@@ -257,5 +253,5 @@ async def test_at_the_stop_what_waits_is_handed_over_not_returned_to_its_queue()
     await app.run(asyncio.Event())
 
     assert held == 1 and app.set_aside == 0
-    assert handed == [waiting.message_id] and consumer.requeued == []
+    assert hand_over.handed == [waiting.message_id] and consumer.requeued == []
     assert (waiting.message_id, False) in consumer.acked
