@@ -37,7 +37,7 @@ from orchestrator.core.definitions import (
     Workflow,
 )
 from orchestrator.core.messages import Command, Event, Message
-from orchestrator.core.steps import Saga, step
+from orchestrator.core.steps import Saga, step, wait, wait_for
 from orchestrator.core.upcasting import upcaster
 
 __all__ = [
@@ -58,4 +58,6 @@ __all__ = [
     "Workflow",
     "step",
     "upcaster",
+    "wait",
+    "wait_for",
 ]

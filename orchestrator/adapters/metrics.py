@@ -188,6 +188,15 @@ class _Collector:
         )
         yield _labelled(
             CounterMetricFamily(
+                "orchestrator_cancels_after_finish",
+                "Cancel events (a workflow's cancelled_by) that came after their saga had completed or"
+                " been compensated: acked, not journaled",
+                labels=["workflow"],
+            ),
+            m.cancels_after_finish,
+        )
+        yield _labelled(
+            CounterMetricFamily(
                 "orchestrator_compensations_started",
                 "Sagas this process saw turn from running to compensating (or straight to compensated)",
                 labels=["workflow"],

@@ -312,8 +312,8 @@ def _unhandled(graph: _Graph) -> list[Finding]:
     workflow = graph.workflow
     found: list[Finding] = []
     for event_type in workflow.events:
-        if event_type == workflow.starts_on.TYPE:
-            continue
+        if event_type == workflow.starts_on.TYPE or event_type in workflow.cancel_events:
+            continue  # a cancel event is handled wherever a cancel is
         handled_in = [r.source for r in workflow.rules if r.event == event_type]
         if any(source in graph.reachable and not graph.final(source) for source in handled_in):
             continue

@@ -18,7 +18,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from orchestrator.core.messages import Command, Event, Message, load
@@ -155,6 +155,40 @@ class StateSpec:
     on_deadline: str | None = None
     on_enter: tuple[CommandBuilder, ...] = ()
     retry: Retry | None = None
+    #: the deadline is a time read from the saga's data on entering, from this field, rather
+    #: than ``deadline`` after entering: a wait until the saga's ``release_at``
+    until: str | None = None
+    #: the deadline is the way on, not a failure: a wait (``steps.wait``). A cancel here
+    #: compensates, and the diagram draws the deadline as the wait it is.
+    wait: bool = False
+
+    @property
+    def timed(self) -> bool:
+        """Whether a deadline is set on entering it (a duration or a time from the data)."""
+        return self.deadline is not None or self.until is not None
+
+    def due(self, entered: datetime, data: Mapping[str, Any]) -> datetime | None:
+        """When its deadline falls due for a saga that entered it at ``entered`` with ``data``.
+        Raises ValueError where ``until`` names no time in the data: the saga fails, saying so."""
+        if self.deadline is not None:
+            return entered + self.deadline
+        if self.until is None:
+            return None
+        return _time_in(data, self.until, self.name)
+
+
+def _time_in(data: Mapping[str, Any], name: str, state: str) -> datetime:
+    """``data[name]`` as an aware time: a datetime or ISO 8601 text; without an offset, UTC."""
+    value = data.get(name)
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"{state} waits until {name}, and {value!r} is no ISO 8601 time") from None
+    if not isinstance(value, datetime):
+        said = "missing from" if value is None else f"{type(value).__name__}, not a time, in"
+        raise ValueError(f"{state} waits until {name}, which is {said} the saga's data")
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -212,6 +246,8 @@ class Workflow:
     current: bool = False
     #: event types taken though they answer none of the saga's commands (``on(..., signal=True)``)
     signals: frozenset[str] = frozenset()
+    #: event types that cancel a saga wherever it is, as an operator's cancel does (``cancelled_by``)
+    cancel_events: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if "." in self.name or not self.name:
@@ -236,19 +272,31 @@ class Workflow:
         compensate: Sequence[type[Command] | CommandBuilder | Undo] | None = None,
         retry: Retry | None = None,
         on_cancel: str | None = None,
+        until: str | None = None,
+        wait: bool = False,
     ) -> Workflow:
         """Declare a state. ``send`` goes out on entering it; a final state with ``compensate``
         sends those commands, in order, and ends the saga ``compensated``. ``on_cancel`` is where
-        an operator's cancel leads (default: where the deadline leads).
+        an operator's cancel (or a ``cancelled_by`` event) leads (default: where the deadline
+        leads, unless ``wait``).
+
+        ``until`` names a field of the saga's data holding the time the deadline falls due (ISO
+        8601; without an offset, UTC), instead of ``deadline`` after entering. ``wait``: the
+        deadline is the way on (a holding period), not a failure; give such a state an
+        ``on_cancel``, or a cancel would move it on as its deadline does.
 
         ``compensate`` of :class:`Undo` items waits for each reply in turn, in a compensating
         state of its own (``<name>_undo_1``, ...), before the saga ends in ``name``; a refused or
         timed-out one ends it in ``<name>_failed``."""
         if name in self.states:
             raise DefinitionError(f"{self.name}: state {name!r} declared twice")
-        if deadline is not None and on_deadline is None:
+        if deadline is not None and until is not None:
+            raise DefinitionError(f"{self.name}.{name}: a deadline is a duration or a time, not both")
+        if (deadline is not None or until is not None) and on_deadline is None:
             raise DefinitionError(f"{self.name}.{name}: a deadline needs on_deadline=<state>")
-        if final and (deadline is not None or retry is not None):
+        if wait and deadline is None and until is None:
+            raise DefinitionError(f"{self.name}.{name}: a wait needs a deadline= or until=")
+        if final and (deadline is not None or until is not None or retry is not None):
             raise DefinitionError(
                 f"{self.name}.{name}: a final state cannot wait for a deadline or retry; to give"
                 " its compensating commands a deadline and a retry, declare them as"
@@ -271,8 +319,10 @@ class Workflow:
         if final != (status in FINISHED):
             raise DefinitionError(f"{self.name}.{name}: status {status} does not fit final={final}")
         builders = [builder_for(s) for s in [*_listify(send), *_listify(compensate)]]
-        self.states[name] = StateSpec(name, status, final, deadline, on_deadline, tuple(builders), retry)
-        if deadline is not None and on_deadline is not None:
+        self.states[name] = StateSpec(
+            name, status, final, deadline, on_deadline, tuple(builders), retry, until, wait
+        )
+        if (deadline is not None or until is not None) and on_deadline is not None:
             self.rules.append(Rule(DEADLINE, name, on_deadline))
         if on_cancel is not None:
             if final:
@@ -315,6 +365,27 @@ class Workflow:
         for src in sources:
             self.rules.append(Rule(event.TYPE, src, dest, builders, then))
         return self
+
+    def cancelled_by(self, *events: type[Event]) -> Workflow:
+        """Let each of ``events`` cancel a saga from outside (a customer's ``OrderCancelled``),
+        in whatever state it is, exactly as an operator's ``cancel`` would: a state with a cancel
+        route (``on_cancel``, or its deadline's) takes it there, what was done is compensated.
+
+        Like a signal, it answers no command: it is taken without a section 6 reply id, from
+        whoever may publish its type. For a saga that is compensating already, or in a state with
+        no cancel route, it is journaled as ignored; for a saga that completed or was compensated
+        it is acked and counted (``orchestrator_cancels_after_finish_total``), not journaled."""
+        for event in events:
+            if event.TYPE == self.starts_on.TYPE:
+                raise DefinitionError(f"{self.name}: {event.TYPE} starts the saga; it cannot cancel it")
+            self.events[event.TYPE] = event
+            self.cancel_events = self.cancel_events | {event.TYPE}
+        return self
+
+    @property
+    def unasked(self) -> frozenset[str]:
+        """The event types taken without answering a command: signals and cancel events."""
+        return self.signals | self.cancel_events if self.cancel_events else self.signals
 
     def _undo_chain(self, final: str, undos: list[Undo]) -> None:
         """A compensating state per ``Undo``, each moving to the next on its reply and the last to
@@ -425,6 +496,8 @@ class Workflow:
                     None
                     if s.retry is None
                     else [seconds(s.retry.every), s.retry.backoff, seconds(s.retry.max_every)],
+                    # only where set: the fingerprints of definitions without waits stay
+                    *([{"until": s.until, "wait": s.wait}] if s.until is not None or s.wait else []),
                 ]
                 for s in sorted(self.states.values(), key=lambda spec: spec.name)
             ],
@@ -444,6 +517,8 @@ class Workflow:
         }
         if self.signals:  # only where declared: the fingerprints of releases from before stay
             structure["signals"] = sorted(self.signals)
+        if self.cancel_events:
+            structure["cancel_on"] = sorted(self.cancel_events)
         canonical = json.dumps(structure, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -464,4 +539,10 @@ class Workflow:
         for spec in self.states.values():
             if spec.on_deadline is not None and spec.on_deadline not in self.states:
                 raise DefinitionError(f"{self.name}.{spec.name}: on_deadline {spec.on_deadline!r} is unknown")
+        for rule in self.rules:
+            if rule.event in self.cancel_events:
+                raise DefinitionError(
+                    f"{self.name}: {rule.event} cancels the saga (cancelled_by); it cannot also be"
+                    f" what {rule.source} takes"
+                )
         return self

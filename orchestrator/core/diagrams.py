@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from orchestrator.core.definitions import CANCEL, DEADLINE, Workflow
+from orchestrator.core.definitions import CANCEL, DEADLINE, StateSpec, Workflow
 from orchestrator.core.machine import Fired
 
 __all__ = ["RuleView", "StateView", "WorkflowView", "describe", "mermaid"]
@@ -45,6 +45,10 @@ class StateView:
     on_deadline: str | None
     retry: RetryView | None
     sends: list[str]
+    #: the field of the saga's data whose time the deadline falls due at (None: a duration)
+    until: str | None = None
+    #: the deadline is the way on (a wait), not a failure
+    wait: bool = False
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,8 @@ class WorkflowView:
     events: list[str]
     states: list[StateView]
     rules: list[RuleView]
+    #: the events that cancel a saga wherever it is (``Workflow.cancelled_by``)
+    cancel_on: list[str] = field(default_factory=list)
 
 
 def command_name(builder: Any) -> str:
@@ -96,6 +102,8 @@ def describe(workflow: Workflow) -> WorkflowView:
             if spec.retry is not None
             else None,
             sends=[command_name(b) for b in spec.on_enter],
+            until=spec.until,
+            wait=spec.wait,
         )
         for spec in workflow.states.values()
     ]
@@ -119,6 +127,7 @@ def describe(workflow: Workflow) -> WorkflowView:
         events=sorted(workflow.events),
         states=states,
         rules=rules,
+        cancel_on=sorted(workflow.cancel_events),
     )
 
 
@@ -127,6 +136,18 @@ def _duration(seconds: float) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
     return f"{seconds:g}s"
+
+
+def _deadline_label(spec: StateSpec) -> str:
+    """A deadline's edge: how long (or until which field of the data), and whether it is a wait's
+    way on rather than a failure."""
+    if spec.until is not None:
+        when = f"until {spec.until}"
+    elif spec.deadline is not None:
+        when = _duration(spec.deadline.total_seconds())
+    else:
+        when = ""
+    return f"wait {when}".strip() if spec.wait else f"deadline {when}".strip()
 
 
 def _label(text: str) -> str:
@@ -160,10 +181,9 @@ def mermaid(workflow: Workflow, moves: Mapping[tuple[str, str], Fired] | None = 
         if dest is None or source not in ids or dest not in ids:
             continue
         if event == DEADLINE:
-            deadline = workflow.states[source].deadline
-            label = f"deadline {_duration(deadline.total_seconds())}" if deadline else "deadline"
+            label = _deadline_label(workflow.states[source])
         elif event == CANCEL:
-            label = "cancel"
+            label = " / ".join(["cancel", *sorted(workflow.cancel_events)])
         else:
             label = event
         labels = edges.setdefault((source, dest), [])

@@ -11,7 +11,7 @@ import enum
 import hashlib
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -95,6 +95,9 @@ class Outcome(enum.StrEnum):
     #: an operator's action that does not fit the saga, or an event to park past the saga's
     #: parking cap: never journaled, the saga unchanged
     REFUSED = "refused"
+    #: a cancel event (``Workflow.cancelled_by``) for a saga that completed or was compensated:
+    #: acked and counted, never journaled, the saga unchanged
+    DISCARDED = "discarded"
 
 
 @dataclass(frozen=True)
@@ -223,6 +226,9 @@ class Decision:
     dead_letter: Reason | None = None
     #: the scheme its commands' ids follow (:mod:`orchestrator.core.ids`), for replay to know
     ids: int = VERSIONED
+    #: decided as a cancel event (``Workflow.cancelled_by``): journaled so, for replay to decide
+    #: it so again (an entry without it was decided as an ordinary event)
+    cancel: bool = False
 
     def summary(self) -> dict[str, Any]:
         """The decision as the journal keeps it."""
@@ -252,6 +258,8 @@ class Decision:
         } | ({"dead_letter": str(self.dead_letter)} if self.dead_letter is not None else {})
         if self.ids != VERSIONED:
             summary["ids"] = self.ids
+        if self.cancel:
+            summary["cancel"] = 1
         if self.saga.version == 1 or self.outcome is Outcome.MIGRATED:
             summary["release"] = self.saga.release  # for replay and ``state?at=`` to know it
         return summary
@@ -344,7 +352,8 @@ class _Draft:
         if spec.status is Status.FAILED:
             self.saga = _with(self.saga, last_error=self.failure or f"entered {dest}")
         self.deadline_changed = True
-        self.deadline = Deadline(dest, self.now + spec.deadline) if spec.deadline is not None else None
+        due = spec.due(self.now, self.saga.data)
+        self.deadline = Deadline(dest, due) if due is not None else None
         self.retry_changed = True
         self.retry = None
         if spec.retry is not None and awaiting:
@@ -429,6 +438,7 @@ def decide(
     before_operators: bool = False,
     late_merge: bool = True,
     ids: int | None = None,
+    cancels: bool = True,
 ) -> Decision:
     """Decide what ``message`` does to ``saga`` (None: the message starts a new saga); a saga the
     definition cannot decide (it raises: a definition changed under the saga, a bug) fails, with
@@ -436,7 +446,9 @@ def decide(
     function of its inputs, the same entry replayed fails the same way.
 
     ``ids``: the scheme its commands' ids follow (:mod:`orchestrator.core.ids`); by default keyed
-    where ``compiled`` has the service's id key, else versioned. Replay gives the entry's."""
+    where ``compiled`` has the service's id key, else versioned. Replay gives the entry's.
+    ``cancels=False``: a cancel event (``Workflow.cancelled_by``) is decided as an ordinary event,
+    as a journal entry without the ``cancel`` marker was."""
     key = compiled.id_key
     if ids == VERSIONED or (ids is None and key is None):
         key = None
@@ -453,6 +465,7 @@ def decide(
             merge_all=merge_all,
             before_operators=before_operators,
             late_merge=late_merge,
+            cancels=cancels,
         )
     except Exception as error:
         if saga is None or (isinstance(error, Refused) and _unreadable(compiled, message)):
@@ -496,6 +509,7 @@ def _decide(
     merge_all: bool = False,
     before_operators: bool = False,
     late_merge: bool = True,
+    cancels: bool = True,
 ) -> Decision:
     """Decide what ``message`` does to ``saga`` (None: the message starts a new saga).
 
@@ -561,6 +575,8 @@ def _decide(
             return Decision(
                 bumped, Outcome.IGNORED, previous, reason=contradiction, dead_letter=Reason.KEY_MISMATCH
             )
+    if cancels and message.kind == "event" and message.type in workflow.cancel_events:
+        return _cancelled_by(compiled, saga, bumped, message, now, ids, merge_all)
     late = _late_step(compiled, saga, message)
     if late is not None:
         return _undo_late(compiled, bumped, late, previous, message if late_merge else None, now, ids)
@@ -843,16 +859,13 @@ def _operate(
         return Decision(resent, Outcome.RETRIED, previous, commands, reason=who)
     data: Mapping[str, Any] | None = None
     if action == "cancel":
-        if saga.status is Status.COMPENSATING:
-            return refuse(f"saga is already compensating (in {state})")
-        if not compiled.moves_on(state, CANCEL):
-            return refuse(
-                f"{state} has no cancel route: the workflow declares no on_cancel or deadline for it"
-            )
+        cannot = _cannot_cancel(compiled, saga)
+        if cannot is not None:
+            return refuse(cannot)
         trigger = CANCEL
     elif action == "fire-deadline":
         current = compiled.workflow.states.get(state)
-        if current is None or current.deadline is None or not compiled.moves_on(state, DEADLINE):
+        if current is None or not current.timed or not compiled.moves_on(state, DEADLINE):
             return refuse(f"no deadline is pending in {state}")
         trigger = DEADLINE
     elif action == "skip":
@@ -879,6 +892,48 @@ def _operate(
     except Exception as error:  # a user's command builder raised
         return _failed(as_it_was, previous, error, now)
     return _decision(draft, Outcome.MOVED, previous, who)
+
+
+def _cannot_cancel(compiled: CompiledWorkflow, saga: SagaSnapshot) -> str | None:
+    """Why ``saga`` cannot be cancelled as it stands (None: it can): the one rule for an
+    operator's cancel and a cancel event."""
+    if saga.finished:
+        return f"saga is already {saga.status}" + (": resume it" if saga.status is Status.FAILED else "")
+    if saga.status is Status.COMPENSATING:
+        return f"saga is already compensating (in {saga.state})"
+    if not compiled.moves_on(saga.state, CANCEL):
+        return f"{saga.state} has no cancel route: the workflow declares no on_cancel or deadline for it"
+    return None
+
+
+def _cancelled_by(
+    compiled: CompiledWorkflow,
+    saga: SagaSnapshot,
+    bumped: SagaSnapshot,
+    message: Incoming,
+    now: datetime,
+    ids: _Ids,
+    merge_all: bool = False,
+) -> Decision:
+    """A cancel event (``Workflow.cancelled_by``): the operator's cancel, asked for by a message.
+    Its declared fields enter the data first, so a compensation can read them (a reason)."""
+    previous = saga.state
+    if saga.status in _CLOSED:  # nothing to cancel, and nothing to journal: counted only
+        reason = f"{message.type}: saga is already {saga.status}"
+        return Decision(saga, Outcome.DISCARDED, previous, reason=reason, cancel=True)
+    cannot = _cannot_cancel(compiled, bumped)
+    if cannot is not None:
+        reason = f"{message.type} cancels nothing: {cannot}"
+        return Decision(bumped, Outcome.IGNORED, previous, reason=reason, cancel=True)
+    who = f"cancel by {message.type}"
+    draft = _Draft(compiled, bumped, now, ids, merge_all)
+    try:
+        draft.merge(message.type, message.payload)
+        draft.move(CANCEL, failure=who)
+        draft.apply_parked()
+    except Exception as error:  # a user's command builder raised
+        return replace(_failed(bumped, previous, error, now), cancel=True)
+    return replace(_decision(draft, Outcome.MOVED, previous, who), cancel=True)
 
 
 def _resume(

@@ -159,12 +159,16 @@ class CompiledWorkflow:
 
 
 def _derived_cancels(workflow: Workflow) -> list[Rule]:
-    """A state without its own cancel route is cancelled the way its deadline would end it."""
+    """A state without its own cancel route is cancelled the way its deadline would end it, unless
+    its deadline is a wait's way on: that would move a cancelled saga forward."""
     declared = {r.source for r in workflow.rules if r.event == CANCEL}
     return [
         replace(rule, event=CANCEL)
         for rule in workflow.rules
-        if rule.event == DEADLINE and rule.dest is not None and rule.source not in declared
+        if rule.event == DEADLINE
+        and rule.dest is not None
+        and rule.source not in declared
+        and not getattr(workflow.states.get(rule.source), "wait", False)
     ]
 
 

@@ -110,6 +110,7 @@ def rebuild(
                 before_operators="operators" not in entry.decision,
                 late_merge=entry.decision.get("operators", 0) >= 3,
                 ids=entry.decision.get("ids", VERSIONED),
+                cancels="cancel" in entry.decision,
             )
         if decision.dropped_parked and saga is not None and "dropped_parked" not in entry.decision:
             kept = set(decision.dropped_parked)

@@ -11,11 +11,16 @@ compiles to a :class:`~orchestrator.core.definitions.Workflow`: a waiting state 
 ``compensating_<step>`` state per compensation that waits for a reply, and the final states
 ``completed``, ``compensated`` and ``failed``. When a step fails or its deadline passes, the
 completed steps are compensated newest first, one at a time.
+
+Between steps a saga may wait: ``hold = wait(days=3)`` (or ``wait(until="release_at")``) is a
+state whose deadline moves it on, and ``approve = wait_for(Approved, failed=Rejected,
+deadline=...)`` a state that sends nothing and waits for an event from outside. ``Saga``'s
+``cancel_on=`` names events that cancel the saga from outside, wherever it is.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, ClassVar, get_type_hints, overload
@@ -32,7 +37,7 @@ from orchestrator.core.definitions import (
 )
 from orchestrator.core.messages import Command, Event, Message, load
 
-__all__ = ["Saga", "Step", "step"]
+__all__ = ["Saga", "Step", "Wait", "WaitFor", "step", "wait", "wait_for"]
 
 StepMethod = Callable[[Any, Any], Command]
 
@@ -120,6 +125,82 @@ def step(
     return register
 
 
+class _Pause:
+    """A step that sends nothing and undoes nothing: it only waits. Named by the attribute it is
+    assigned to (``hold = wait(days=3)``)."""
+
+    compensation: Compensation | None = None
+
+    def __init__(self) -> None:
+        self.name = ""
+
+    def __set_name__(self, owner: type[Any], name: str) -> None:
+        self.name = name
+
+
+class Wait(_Pause):
+    """A holding period: the saga moves on to the next step when it ends (:func:`wait`)."""
+
+    def __init__(self, duration: timedelta | None, until: str | None) -> None:
+        super().__init__()
+        self.duration = duration
+        self.until = until
+
+
+class WaitFor(_Pause):
+    """A wait for an event from outside, a person's approval, with a deadline (:func:`wait_for`)."""
+
+    def __init__(
+        self, done: type[Event], failed: type[Event] | None, deadline: timedelta, updates: tuple[str, ...]
+    ) -> None:
+        super().__init__()
+        self.done = done
+        self.failed = failed
+        self.deadline = deadline
+        self.updates = updates
+
+
+def wait(
+    duration: timedelta | None = None,
+    *,
+    days: float = 0,
+    hours: float = 0,
+    minutes: float = 0,
+    seconds: float = 0,
+    until: str | None = None,
+) -> Wait:
+    """A step that holds the saga for a duration (``wait(days=3)``), or until the time in a field
+    of its data (``wait(until="release_at")``: ISO 8601, UTC without an offset; a time passed
+    already ends the wait at once), then moves on to the next step. Durable as a deadline: it
+    fires after a crash, once, on whichever replica holds the saga; an operator's
+    ``fire-deadline`` ends it early, and a cancel compensates the steps before it."""
+    given = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    if duration is not None and given:
+        raise DefinitionError("wait() takes a timedelta or days=/hours=/minutes=/seconds=, not both")
+    duration = duration if duration is not None else (given or None)
+    if (duration is None) == (until is None):
+        raise DefinitionError("wait() needs exactly one of a duration and until=<field of the saga's data>")
+    if duration is not None and duration <= timedelta(0):
+        raise DefinitionError(f"wait() needs a duration > 0, not {duration}")
+    return Wait(duration, until)
+
+
+def wait_for(
+    done: type[Event],
+    *,
+    deadline: timedelta,
+    failed: type[Event] | None = None,
+    updates: tuple[str, ...] = (),
+) -> WaitFor:
+    """A step that sends nothing and waits for an event from outside (a manager's ``Approved``):
+    ``done`` moves the saga to the next step, ``failed`` (a ``Rejected``) or the deadline
+    compensates the steps before it. The events answer no command, so they are taken without a
+    section 6 reply id, from whoever may publish their type (docs/security.md). The deadline is
+    required: nothing waits forever."""
+    updates = (updates,) if isinstance(updates, str) else tuple(updates)
+    return WaitFor(done, failed, deadline, updates)
+
+
 def _builder(cls: type[Saga], method: StepMethod, starts_on: type[Event]) -> Callable[[SagaView], Message]:
     def build(view: SagaView) -> Message:
         instance = object.__new__(cls)
@@ -148,9 +229,10 @@ def compile_steps(
     unexpected: Policy = Policy.IGNORE,
     release: str = "1",
     current: bool = False,
+    cancel_on: tuple[type[Event], ...] = (),
 ) -> Workflow:
-    steps = [value for value in vars(cls).values() if isinstance(value, Step)]
-    if not steps:
+    steps = [value for value in vars(cls).values() if isinstance(value, Step | _Pause)]
+    if not any(isinstance(s, Step) for s in steps):
         raise DefinitionError(f"{cls.__name__} declares no @step")
     names = {s.name for s in steps}
     if names & {"completed", "compensated", "failed"}:
@@ -180,8 +262,13 @@ def compile_steps(
             return f"compensating_{earlier.name}", sends
         return "compensated", sends
 
-    for index, s in enumerate(steps):
+    for index, item in enumerate(steps):
         failure_dest, failure_sends = undo_from(index)
+        following = steps[index + 1].name if index + 1 < len(steps) else "completed"
+        if isinstance(item, _Pause):
+            _pause(workflow, item, following, failure_dest, failure_sends)
+            continue
+        s = item
         workflow.state(
             s.name,
             deadline=s.deadline,
@@ -198,15 +285,15 @@ def compile_steps(
             workflow.rules[-1] = replace(workflow.rules[-1], send=tuple(failure_sends))
         # An operator's cancel undoes what was done, as a failure of this step would.
         workflow.rules.append(Rule(CANCEL, s.name, failure_dest, tuple(failure_sends)))
-        following = steps[index + 1].name if index + 1 < len(steps) else "completed"
         workflow.on(s.done, source=s.name, dest=following, updates=s.updates)
         if s.failed is not None:
             workflow.on(s.failed, source=s.name, dest=failure_dest, send=failure_sends)
 
-    for index, s in enumerate(steps):
-        comp = s.compensation
-        if comp is None or comp.done is None:
+    for index, item in enumerate(steps):
+        comp = item.compensation
+        if comp is None or comp.done is None or not isinstance(item, Step):
             continue
+        s = item
         state = f"compensating_{s.name}"
         next_dest, next_sends = undo_from(index)
         workflow.state(
@@ -224,7 +311,31 @@ def compile_steps(
     workflow.state("completed", final=True)
     workflow.state("compensated", final=True, status=Status.COMPENSATED)
     workflow.state("failed", final=True, status=Status.FAILED)
+    workflow.cancelled_by(*cancel_on)
     return workflow.check()
+
+
+def _pause(
+    workflow: Workflow,
+    pause: _Pause,
+    following: str,
+    failure_dest: str,
+    failure_sends: list[Callable[[SagaView], Message]],
+) -> None:
+    """A wait's state: its deadline is the way on (``wait``), or its event is (``wait_for``, whose
+    deadline and ``failed`` compensate as a failing step does). A cancel compensates either."""
+    sends = tuple(failure_sends)
+    if isinstance(pause, Wait):
+        workflow.state(
+            pause.name, deadline=pause.duration, until=pause.until, on_deadline=following, wait=True
+        )
+    elif isinstance(pause, WaitFor):
+        workflow.state(pause.name, deadline=pause.deadline, on_deadline=failure_dest)
+        workflow.rules[-1] = replace(workflow.rules[-1], send=sends)
+        workflow.on(pause.done, source=pause.name, dest=following, updates=pause.updates, signal=True)
+        if pause.failed is not None:
+            workflow.on(pause.failed, source=pause.name, dest=failure_dest, send=sends, signal=True)
+    workflow.rules.append(Rule(CANCEL, pause.name, failure_dest, sends))
 
 
 class Saga:
@@ -260,8 +371,12 @@ class Saga:
         unexpected: Policy = Policy.IGNORE,
         release: str = "1",
         current: bool = False,
+        cancel_on: type[Event] | Sequence[type[Event]] = (),
         **kwargs: Any,
     ) -> None:
         super().__init_subclass__(**kwargs)
         workflow_name = name or cls.__name__.removesuffix("Saga").lower() or cls.__name__.lower()
-        cls.workflow = compile_steps(cls, starts_on, key, workflow_name, unexpected, release, current)
+        cancels = (cancel_on,) if isinstance(cancel_on, type) else tuple(cancel_on)
+        cls.workflow = compile_steps(
+            cls, starts_on, key, workflow_name, unexpected, release, current, cancels
+        )

@@ -288,10 +288,12 @@ async def process_batch(
                 traced.append(span.trace)
             first_saga: str | None = None
             for decision in decisions:
-                current[decision.saga.id] = decision.saga
-                changes.record(message, decision, now)
                 result.decisions.append(decision)
                 first_saga = first_saga or decision.saga.id
+                if decision.outcome is Outcome.DISCARDED:  # counted, never journaled
+                    continue
+                current[decision.saga.id] = decision.saga
+                changes.record(message, decision, now)
             wrong = next((d for d in decisions if d.dead_letter is not None), None)
             if wrong is not None and wrong.dead_letter is not None:  # journaled, and dead-lettered
                 result.refuse(p.index, Refused(wrong.dead_letter, wrong.reason or str(wrong.dead_letter)))
@@ -359,13 +361,13 @@ def _existing(p: _Parsed, current: Mapping[str, SagaSnapshot], registry: Registr
 
 def _signal(type_: str, saga: SagaSnapshot, registry: Registry) -> bool:
     compiled = registry.for_saga(saga)
-    return compiled is not None and type_ in compiled.workflow.signals
+    return compiled is not None and type_ in compiled.workflow.unasked
 
 
 def _starts(p: _Parsed, compiled: CompiledWorkflow) -> bool:
-    """Whether the message starts a saga of ``compiled``, or is one of its signals: either is
-    taken without answering a command."""
-    return p.type in compiled.workflow.signals or any(t.starts and t.workflow is compiled for t in p.keyed)
+    """Whether the message starts a saga of ``compiled``, or is one of its signals or cancel
+    events: each is taken without answering a command."""
+    return p.type in compiled.workflow.unasked or any(t.starts and t.workflow is compiled for t in p.keyed)
 
 
 def _not_asked(p: _Parsed) -> Refused:

@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from orchestrator.core.definitions import Status
-from orchestrator.core.engine import Decision
+from orchestrator.core.engine import Decision, Outcome
 from orchestrator.core.machine import CompiledWorkflow
 
 __all__ = ["LATENESS_BUCKETS", "STEP_LATENCY_BUCKETS", "Counts", "Histogram", "Histograms", "count_finished"]
@@ -99,6 +99,8 @@ class Counts:
         self.sagas_started: Counter[str] = Counter()
         #: sagas this process saw turn from running to compensating, by workflow
         self.compensations_started: Counter[str] = Counter()
+        #: cancel events (``Workflow.cancelled_by``) that came after their saga finished, by workflow
+        self.cancels_after_finish: Counter[str] = Counter()
         #: by (workflow, command type): which step of which workflow is slow
         self.step_latency = Histograms(STEP_LATENCY_BUCKETS)
         #: by (workflow, kind): deadline or retry
@@ -155,6 +157,9 @@ def count_finished(
     """
     for decision in decisions:
         saga = decision.saga
+        if decision.outcome is Outcome.DISCARDED:  # a cancel too late: neither journaled nor a turn
+            metrics.cancels_after_finish[saga.workflow] += 1
+            continue
         before = decision.previous_state
         if before is None:
             metrics.sagas_started[saga.workflow] += 1

@@ -35,6 +35,7 @@ def filled() -> str:
     m.sagas_finished[("order", "completed")] += 1
     m.sagas_started["order"] += 2
     m.compensations_started["order"] += 1
+    m.cancels_after_finish["order"] += 1
     m.step_latency.observe(("order", "inventory.ReserveStock"), 0.004)
     m.deadline_lateness.observe(("order", "deadline"), 0.2)
     m.in_flight = lambda: 1

@@ -14,4 +14,4 @@ def test_a_missing_workflow_module_says_it_must_be_importable() -> None:
 
 
 def test_a_module_that_imports_finds_its_sagas_and_workflows() -> None:
-    assert [w.name for w in load_workflows("tests.unit.user_workflow")] == ["trip", "stay"]
+    assert [w.name for w in load_workflows("tests.unit.user_workflow")] == ["trip", "stay", "approved_trip"]

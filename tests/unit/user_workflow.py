@@ -26,6 +26,8 @@ from orchestrator import (
     Workflow,
     step,
     upcaster,
+    wait,
+    wait_for,
 )
 from orchestrator.testing import OutgoingCommand, SagaSnapshot, WorkflowTestKit
 
@@ -86,6 +88,18 @@ class CardDeclined(Event):
     reason: str
 
 
+@dataclass(frozen=True)
+class TripCancelled(Event):
+    TYPE = "trips.TripCancelled"
+    trip_id: str
+
+
+@dataclass(frozen=True)
+class ManagerApproved(Event):
+    TYPE = "approvals.ManagerApproved"
+    trip_id: str
+
+
 @upcaster(CardDeclined, from_schema=1)
 def why_is_reason(payload: dict[str, Any]) -> dict[str, Any]:
     return {"trip_id": payload["trip_id"], "reason": payload.get("why", "")}
@@ -103,6 +117,28 @@ class TripSaga(Saga, starts_on=TripBooked, key="trip_id", name="trip"):
     def cancel_room(self, trip: TripBooked) -> CancelRoom:
         # RoomBooked came after the start event: its room_id is in the saga's data.
         return CancelRoom(trip.trip_id, room_id=str(self.data["room_id"]))
+
+    @step(done=CardCharged, failed=CardDeclined, deadline=timedelta(minutes=2))
+    def charge(self, trip: TripBooked) -> ChargeCard:
+        return ChargeCard(trip.trip_id, trip.nights)
+
+
+# a step saga that waits, and that its traveller may cancel --------------------------------------
+class ApprovedTripSaga(
+    Saga, starts_on=TripBooked, key="trip_id", name="approved_trip", cancel_on=TripCancelled
+):
+    """Book a room, wait for a manager's approval, hold a day, then charge the card."""
+
+    @step(done=RoomBooked, deadline=timedelta(minutes=1))
+    def room(self, trip: TripBooked) -> BookRoom:
+        return BookRoom(trip.trip_id, trip.nights)
+
+    @room.compensate(done=RoomCancelled, deadline=timedelta(hours=1))
+    def cancel_room(self, trip: TripBooked) -> CancelRoom:
+        return CancelRoom(trip.trip_id, room_id=str(self.data["room_id"]))
+
+    approval = wait_for(ManagerApproved, deadline=timedelta(days=2))
+    cooling_off = wait(days=1)
 
     @step(done=CardCharged, failed=CardDeclined, deadline=timedelta(minutes=2))
     def charge(self, trip: TripBooked) -> ChargeCard:
@@ -130,7 +166,7 @@ stay.on(CardCharged, source="booking", then=PARK)
 stay.on(RoomBooked, source="paying", then=IGNORE)
 stay.on(CardCharged, source="paying", dest="paid")
 
-WORKFLOWS = [TripSaga.workflow, stay]
+WORKFLOWS = [TripSaga.workflow, stay, ApprovedTripSaga.workflow]
 
 
 # the test kit ----------------------------------------------------------------------------------------
@@ -169,5 +205,13 @@ def check() -> None:
         assert [c.payload for c in kit.take_sent()] == [{"trip_id": "t-2", "nights": 3}]
         assert kit.replay_differences(paid) == []
         assert why_is_reason({"trip_id": "t-3", "why": "stolen"}) == {"trip_id": "t-3", "reason": "stolen"}
+
+        kit.publish(TripBooked("t-4", 1), workflow="approved_trip")
+        kit.reply(only_sent(kit), RoomBooked("t-4", "room-4"))
+        kit.publish(ManagerApproved("t-4"), message_id="approval-of-t-4")  # from outside: no reply id
+        kit.advance(timedelta(days=1))  # the cooling-off period
+        assert kit.saga("t-4", workflow="approved_trip").state == "charge"
+        kit.publish(TripCancelled("t-4"), message_id="cancel-of-t-4")
+        assert kit.sent_types() == ["card.ChargeCard", "hotel.CancelRoom"]
     finally:
         kit.close()

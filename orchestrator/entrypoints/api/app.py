@@ -324,6 +324,7 @@ def _workflow_routes(app: FastAPI, ctx: ApiContext, guard: Guard) -> None:
             initial=view.initial,
             unexpected=view.unexpected,
             events=view.events,
+            cancel_on=view.cancel_on,
             states=[
                 m.StateSpec.model_validate({**vars(s), "sagas": per_state.get(s.name, 0)})
                 for s in view.states

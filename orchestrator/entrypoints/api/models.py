@@ -224,6 +224,12 @@ class StateSpec(_Model):
     on_deadline: str | None
     retry: RetrySpec | None
     sends: list[str]
+    until: str | None = Field(
+        None,
+        description="the field of the saga's data whose time the deadline falls due at"
+        " (else after deadline_seconds)",
+    )
+    wait: bool = Field(False, description="the deadline is the way on (a wait), not a failure")
     sagas: int = Field(description="sagas in this state now")
 
 
@@ -270,6 +276,9 @@ class WorkflowDetail(WorkflowSummary):
     initial: str
     unexpected: str = Field(description="what an event no rule names does: ignore, park or fail")
     events: list[str]
+    cancel_on: list[str] = Field(
+        default_factory=list, description="events that cancel a saga wherever it is, as an operator's cancel"
+    )
     states: list[StateSpec]
     rules: list[RuleSpec]
     mermaid: str = Field(description="a stateDiagram-v2 of the workflow")
