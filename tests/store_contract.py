@@ -162,6 +162,16 @@ class StoreContract(abc.ABC):
             awaiting=({"type": "payment.ChargePayment", "message_id": "c-1"},),
             attempt=2,
             timed_out=("reserve",),
+            branches=(
+                {
+                    "name": "undo:ship",
+                    "step": "ship",
+                    "awaiting": [{"type": "shipping.Recall", "message_id": "c-2", "payload": {}}],
+                    "attempt": 1,
+                    "given_up": False,
+                    "reopened": True,
+                },
+            ),
         )
         await commit(store, a_batch(saga))
 

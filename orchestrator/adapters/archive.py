@@ -155,6 +155,7 @@ def records_of(record: Mapping[str, Any]) -> tuple[SagaSnapshot, str, Records]:
         attempt=row["attempt"],
         timed_out=tuple(row["timed_out"]),
         release=str(row.get("release", "1")),
+        branches=tuple(row.get("branches", ())),  # archives from before branches have none
     )
     journal = [
         JournalEntry(

@@ -232,6 +232,11 @@ class Workflow:
     events: dict[str, type[Message]] = field(default_factory=dict)
     #: state -> (its success event, the undo to send if that success arrives after the deadline)
     late_success: dict[str, tuple[str, tuple[CommandBuilder, ...]]] = field(default_factory=dict)
+    #: state -> its undo as a compensation that waits for its reply (a step saga's compensation
+    #: declared with ``done=``): a late success's undo is then awaited, retried and bounded by its
+    #: deadline like any compensation, on a branch of the saga. Derived from the compensating
+    #: state, which the fingerprint covers: not fingerprinted itself.
+    late_undos: dict[str, Undo] = field(default_factory=dict)
     #: event type -> the start event's fields that event may change in the saga's data
     #: (declared with ``on(..., updates=...)`` or ``@step(..., updates=...)``); no other does
     updates: dict[str, frozenset[str]] = field(default_factory=dict)
@@ -463,6 +468,10 @@ class Workflow:
             rules=list(self.rules),
             events=dict(self.events),
             late_success=dict(self.late_success),
+            late_undos={
+                s: replace(u, deadline=deadline if u.deadline is not None else None)
+                for s, u in self.late_undos.items()
+            },
             updates=dict(self.updates),
             entries=dict(self.entries),
         )

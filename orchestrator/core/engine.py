@@ -15,7 +15,18 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from orchestrator.core.definitions import CANCEL, DEADLINE, FINISHED, RETRY, Policy, SagaView, Status
+from orchestrator.core.branches import answered, deadline_kind, named, retry_kind, undo_name, without
+from orchestrator.core.definitions import (
+    CANCEL,
+    DEADLINE,
+    FINISHED,
+    RETRY,
+    Policy,
+    SagaView,
+    Status,
+    Undo,
+    builder_for,
+)
 from orchestrator.core.ids import KEYED, VERSIONED, keyed_command_id, uuid_text, versioned_command_id
 from orchestrator.core.ingress import Reason, Refused, check_json
 from orchestrator.core.machine import CompiledWorkflow, MachineError
@@ -91,6 +102,9 @@ class Outcome(enum.StrEnum):
     FAILED = "failed"
     RETRIED = "retried"  # the waiting state's commands sent again
     LATE_UNDONE = "late_undone"  # a success after its deadline: its undo was sent
+    #: the last branch of a saga (its late success's undo) confirmed, and with it the saga closed
+    #: (compensated, say) for the first time: it reached its final state while the branch waited
+    SETTLED = "settled"
     MIGRATED = "migrated"  # moved by an operator to another release of its workflow (migration.py)
     #: an operator's action that does not fit the saga, or an event to park past the saga's
     #: parking cap: never journaled, the saga unchanged
@@ -167,6 +181,9 @@ class SagaSnapshot:
     #: the release of its workflow the saga is pinned to: it started on it, and is decided by it
     #: until it finishes (or an operator migrates it to another)
     release: str = "1"
+    #: what it waits on besides its state's commands (:mod:`orchestrator.core.branches`): the
+    #: awaited undo of a late success, each with its own timers
+    branches: tuple[Mapping[str, Any], ...] = ()
 
     @property
     def finished(self) -> bool:
@@ -229,6 +246,9 @@ class Decision:
     #: decided as a cancel event (``Workflow.cancelled_by``): journaled so, for replay to decide
     #: it so again (an entry without it was decided as an ordinary event)
     cancel: bool = False
+    #: the branches' timers it sets (a Deadline) or removes (None), by timer kind
+    #: (:mod:`orchestrator.core.branches`); the state's own are ``deadline`` and ``retry`` above
+    timers: tuple[tuple[str, Deadline | None], ...] = ()
 
     def summary(self) -> dict[str, Any]:
         """The decision as the journal keeps it."""
@@ -253,8 +273,9 @@ class Decision:
             "merged": list(self.merged),
             # says the entry was decided by the rules for operators and late confirmations
             # (issue 11, items 5-8): replay.py decides an entry without it as before them; 3:
-            # a late success's reply enters the data before its undo is built
-            "operators": 3,
+            # a late success's reply enters the data before its undo is built; 4: that undo is
+            # awaited on a branch where the compensation declares done= (issue 28, 2b)
+            "operators": 4,
         } | ({"dead_letter": str(self.dead_letter)} if self.dead_letter is not None else {})
         if self.ids != VERSIONED:
             summary["ids"] = self.ids
@@ -345,7 +366,10 @@ class _Draft:
 
     def enter(self, dest: str, sends: tuple[Any, ...], entered: tuple[Any, ...]) -> None:
         spec = self.compiled.workflow.states[dest]
-        self.saga = _with(self.saga, state=dest, status=spec.status, attempt=0)
+        status = spec.status
+        if spec.final and status is not Status.FAILED and self.saga.branches:
+            status = Status.COMPENSATING  # closed when its branches are (``_settled``)
+        self.saga = _with(self.saga, state=dest, status=status, attempt=0)
         self.build(sends)
         awaiting = self.build(entered)
         self.saga = _with(self.saga, awaiting=tuple(_awaiting(c) for c in awaiting))
@@ -439,6 +463,7 @@ def decide(
     late_merge: bool = True,
     ids: int | None = None,
     cancels: bool = True,
+    awaited_undo: bool = True,
 ) -> Decision:
     """Decide what ``message`` does to ``saga`` (None: the message starts a new saga); a saga the
     definition cannot decide (it raises: a definition changed under the saga, a bug) fails, with
@@ -448,7 +473,8 @@ def decide(
     ``ids``: the scheme its commands' ids follow (:mod:`orchestrator.core.ids`); by default keyed
     where ``compiled`` has the service's id key, else versioned. Replay gives the entry's.
     ``cancels=False``: a cancel event (``Workflow.cancelled_by``) is decided as an ordinary event,
-    as a journal entry without the ``cancel`` marker was."""
+    as a journal entry without the ``cancel`` marker was. ``awaited_undo=False``: a late success's
+    undo is sent and not waited for, as before ``"operators": 4``."""
     key = compiled.id_key
     if ids == VERSIONED or (ids is None and key is None):
         key = None
@@ -466,6 +492,7 @@ def decide(
             before_operators=before_operators,
             late_merge=late_merge,
             cancels=cancels,
+            awaited_undo=awaited_undo,
         )
     except Exception as error:
         if saga is None or (isinstance(error, Refused) and _unreadable(compiled, message)):
@@ -510,6 +537,7 @@ def _decide(
     before_operators: bool = False,
     late_merge: bool = True,
     cancels: bool = True,
+    awaited_undo: bool = True,
 ) -> Decision:
     """Decide what ``message`` does to ``saga`` (None: the message starts a new saga).
 
@@ -569,6 +597,8 @@ def _decide(
     bumped = _with(saga, version=saga.version + 1, updated_at=now)
     if message.type.startswith(OPERATOR):
         return _operate(compiled, bumped, previous, message, now, ids, merge_all, before_operators)
+    if message.kind != "event" and "branch" in message.payload:
+        return _branch_timer(compiled, bumped, previous, message, now)
     if message.kind == "event" and not merge_all:
         contradiction = _key_contradiction(compiled, saga, message)
         if contradiction is not None:
@@ -577,9 +607,17 @@ def _decide(
             )
     if cancels and message.kind == "event" and message.type in workflow.cancel_events:
         return _cancelled_by(compiled, saga, bumped, message, now, ids, merge_all)
+    if saga.branches and message.kind == "event":
+        answer = _branch_reply(compiled, bumped, previous, message, now, ids, merge_all)
+        if answer is not None:
+            return answer
     late = _late_step(compiled, saga, message)
     if late is not None:
-        return _undo_late(compiled, bumped, late, previous, message if late_merge else None, now, ids)
+        success = message if late_merge else None
+        undo = compiled.workflow.late_undos.get(late) if awaited_undo else None
+        if undo is not None:
+            return _await_undo(compiled, bumped, late, undo, previous, success, now, ids)
+        return _undo_late(compiled, bumped, late, previous, success, now, ids)
     if saga.status is Status.FAILED and not before_operators:
         confirmed = _late_confirmation(compiled, bumped, previous, message, now, ids, merge_all)
         if confirmed is not None:
@@ -759,6 +797,171 @@ def _undo_late(
         tuple(draft.commands),
         reason=reason,
         merged=tuple(draft.merged),
+    )
+
+
+def _await_undo(
+    compiled: CompiledWorkflow,
+    saga: SagaSnapshot,
+    step: str,
+    undo: Undo,
+    previous: str,
+    success: Incoming | None,
+    now: datetime,
+    ids: _Ids,
+) -> Decision:
+    """The step went through after all, after the saga gave up on it: undo it on a branch of its
+    own, awaited, retried and bounded by the compensation's deadline like any compensation,
+    whatever the saga does meanwhile. A closed saga is compensating again until it is confirmed
+    (``_settled``); a failed one stays failed."""
+    draft = _Draft(compiled, _with(saga, timed_out=tuple(s for s in saga.timed_out if s != step)), now, ids)
+    try:
+        if success is not None:
+            draft.merge(success.type, success.payload)
+        built = draft.build((builder_for(undo.send),))
+    except Exception as error:
+        return _failed(saga, previous, error, now)
+    name = undo_name(step)
+    reopened = saga.status in _CLOSED or any(b.get("reopened") for b in saga.branches)
+    branch = {
+        "name": name,
+        "step": step,
+        "awaiting": [_awaiting(c) for c in built],
+        "attempt": 0,
+        "given_up": False,
+        # it opened a saga already counted as finished: its settling is no second finish
+        "reopened": reopened,
+    }
+    status = Status.COMPENSATING if saga.status in _CLOSED else saga.status
+    undone = _with(draft.saga, branches=(*without(saga.branches, name), branch), status=status)
+    timers: list[tuple[str, Deadline | None]] = []
+    if undo.deadline is not None:
+        timers.append((deadline_kind(name), Deadline(saga.state, now + undo.deadline)))
+    if undo.retry is not None:
+        timers.append((retry_kind(name), Deadline(saga.state, now + undo.retry.delay(0), "retry")))
+    reason = f"{step} succeeded after the saga gave up on it: undone, awaiting {undo.done.TYPE}"
+    return Decision(
+        undone,
+        Outcome.LATE_UNDONE,
+        previous,
+        tuple(draft.commands),
+        reason=reason,
+        merged=tuple(draft.merged),
+        timers=tuple(timers),
+    )
+
+
+def _branch_reply(
+    compiled: CompiledWorkflow,
+    saga: SagaSnapshot,
+    previous: str,
+    message: Incoming,
+    now: datetime,
+    ids: _Ids,
+    merge_all: bool = False,
+) -> Decision | None:
+    """A reply to a branch's command, told by its reply id: the branch confirmed (``done``) or
+    refused (``failed``: the saga fails, for an operator). None: no branch's reply, or a type
+    that is neither outcome (decided as any other event)."""
+    branch = answered(saga.branches, message.message_id, lambda command: reply_id_for(command, message.type))
+    undo = compiled.workflow.late_undos.get(branch["step"]) if branch is not None else None
+    if branch is None or undo is None:
+        return None
+    refused = undo.failed is not None and message.type == undo.failed.TYPE
+    if message.type != undo.done.TYPE and not refused:
+        return None
+    name, step = branch["name"], branch["step"]
+    closed = ((deadline_kind(name), None), (retry_kind(name), None))
+    draft = _Draft(compiled, saga, now, ids, merge_all)
+    try:
+        draft.merge(message.type, message.payload)
+    except Exception as error:
+        return _failed(saga, previous, error, now)
+    rest = _with(draft.saga, branches=without(saga.branches, name))
+    merged = tuple(draft.merged)
+    if refused:
+        why = f"{message.type}: the undo of {step}'s late success was refused; an operator must see to it"
+        failed = _with(rest, status=Status.FAILED, last_error=why)
+        return Decision(
+            failed,
+            Outcome.FAILED,
+            previous,
+            deadline_changed=True,
+            retry_changed=True,
+            reason=why,
+            merged=merged,
+            timers=closed,
+        )
+    settled = _settled(compiled, rest, branch)
+    # settled: closed for the first time (a saga the branch reopened was counted finished before)
+    closing = settled.status is not rest.status and not branch.get("reopened")
+    outcome = Outcome.SETTLED if closing else Outcome.MOVED
+    reason = f"{message.type} confirmed the undo of {step}'s late success"
+    return Decision(settled, outcome, previous, reason=reason, merged=merged, timers=closed)
+
+
+def _settled(compiled: CompiledWorkflow, saga: SagaSnapshot, branch: Mapping[str, Any]) -> SagaSnapshot:
+    """``saga`` with ``branch`` gone: with none left, a saga in a final state has that state's
+    status again (compensating while it waited; failed where this branch's deadline failed it)."""
+    spec = compiled.workflow.states.get(saga.state)
+    if saga.branches or spec is None or not spec.final:
+        return saga
+    if saga.status is Status.COMPENSATING or (saga.status is Status.FAILED and branch.get("given_up")):
+        return _with(
+            saga, status=spec.status, last_error=None if spec.status is not Status.FAILED else saga.last_error
+        )
+    return saga
+
+
+def _branch_timer(
+    compiled: CompiledWorkflow, saga: SagaSnapshot, previous: str, message: Incoming, now: datetime
+) -> Decision:
+    """A branch's timer fired: its retry resends its commands (same message ids); its deadline
+    fails the saga, for an operator, and keeps the branch (``given_up``): a confirmation that
+    still comes settles it."""
+    name = str(message.payload["branch"])
+    branch = named(saga.branches, name)
+    undo = compiled.workflow.late_undos.get(branch["step"]) if branch is not None else None
+    if branch is None or undo is None or branch.get("given_up"):
+        return Decision(
+            saga,
+            Outcome.IGNORED,
+            previous,
+            reason=f"{name} waits no more",
+        )
+    commands = tuple(
+        OutgoingCommand(c["message_id"], c["type"], c["payload"], saga.id, saga.workflow)
+        for c in branch["awaiting"]
+    )
+    if message.kind == "retry":
+        attempt = int(branch.get("attempt", 0)) + 1
+        again = {**branch, "attempt": attempt}
+        resent = _with(saga, branches=tuple(again if b is branch else b for b in saga.branches))
+        timers: tuple[tuple[str, Deadline | None], ...] = ()
+        if undo.retry is not None:
+            timers = ((retry_kind(name), Deadline(saga.state, now + undo.retry.delay(attempt), "retry")),)
+        return Decision(
+            resent, Outcome.RETRIED, previous, commands, reason=f"{name}: resend {attempt}", timers=timers
+        )
+    kept = {**branch, "given_up": True}
+    why = (
+        f"no {undo.done.TYPE} for {', '.join(c.type for c in commands)} (the undo of {branch['step']}'s"
+        " late success) before its deadline; an operator must see to it"
+    )
+    failed = _with(
+        saga,
+        branches=tuple(kept if b is branch else b for b in saga.branches),
+        status=Status.FAILED,
+        last_error=why,
+    )
+    return Decision(
+        failed,
+        Outcome.FAILED,
+        previous,
+        deadline_changed=True,
+        retry_changed=True,
+        reason=why,
+        timers=((deadline_kind(name), None), (retry_kind(name), None)),
     )
 
 

@@ -87,8 +87,9 @@ def migrate(target: CompiledWorkflow, saga: SagaSnapshot, message: Incoming, now
         }
     )
     deadline = None
-    if spec.deadline is not None and status is not Status.FAILED:
-        deadline = Deadline(state, now + spec.deadline)
+    due = spec.due(now, moved.data) if status is not Status.FAILED else None
+    if due is not None:
+        deadline = Deadline(state, due)
     return Decision(
         moved,
         Outcome.MIGRATED,

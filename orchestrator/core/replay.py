@@ -111,6 +111,7 @@ def rebuild(
                 late_merge=entry.decision.get("operators", 0) >= 3,
                 ids=entry.decision.get("ids", VERSIONED),
                 cancels="cancel" in entry.decision,
+                awaited_undo=entry.decision.get("operators", 0) >= 4,
             )
         if decision.dropped_parked and saga is not None and "dropped_parked" not in entry.decision:
             kept = set(decision.dropped_parked)

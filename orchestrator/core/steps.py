@@ -33,6 +33,7 @@ from orchestrator.core.definitions import (
     Rule,
     SagaView,
     Status,
+    Undo,
     Workflow,
 )
 from orchestrator.core.messages import Command, Event, Message, load
@@ -280,6 +281,11 @@ def compile_steps(
             # A success that arrives after a deadline or a cancel gave up on this step is undone.
             undo = _builder(cls, s.compensation.method, starts_on)
             workflow.late_success[s.name] = (s.done.TYPE, (undo,))
+            undoing = s.compensation
+            if undoing.done is not None:
+                workflow.late_undos[s.name] = Undo(
+                    undo, undoing.done, undoing.failed, undoing.deadline, undoing.retry
+                )
         if s.deadline is not None and failure_sends:
             # The deadline rule was added by state(); it must send the same undos as a failure.
             workflow.rules[-1] = replace(workflow.rules[-1], send=tuple(failure_sends))

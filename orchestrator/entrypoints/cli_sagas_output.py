@@ -96,6 +96,14 @@ def print_saga(saga: m.SagaDetail) -> None:
         ("awaiting", _commands(saga.awaiting)),
         ("attempt", str(saga.attempt)),
         ("timed out", ", ".join(one_line(s) for s in saga.timed_out) or "-"),
+        (
+            "branches",
+            "; ".join(
+                f"{one_line(b.name)}{' (given up)' if b.given_up else ''}: {_commands(b.awaiting)}"
+                for b in saga.branches
+            )
+            or "-",
+        ),
         ("parked", _commands([m.Command(type=p.type, message_id=p.message_id) for p in saga.parked])),
     ]
     timer_lines = _timers(saga.timers)

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from orchestrator.core.branches import named, timer_branch
 from orchestrator.core.definitions import DEADLINE, RETRY
 from orchestrator.core.engine import (
     Decision,
@@ -217,7 +218,10 @@ async def process_batch(
             if p.message_id in seen:
                 continue
             for saga_id in _existing(p, current, registry):
-                if _answers(p, current[saga_id].awaiting, ()):
+                saga = current[saga_id]
+                if _answers(p, saga.awaiting, ()) or any(
+                    _answers(p, b["awaiting"], ()) for b in saga.branches
+                ):
                     explained.add((p.index, saga_id))
                 else:
                     asking.add(saga_id)
@@ -452,11 +456,16 @@ async def fire_due_deadlines(
             compiled = registry.for_saga(saga) if saga is not None else None
             if saga is not None and compiled is None:
                 continue  # not a release of this process (claim_due leaves those): never removed
-            stale = saga is None or saga.finished or saga.state != deadline.state
+            # a branch's timer is the branch's while it waits, in any state or status
+            branch = timer_branch(deadline.kind)
+            if branch is not None:
+                stale = saga is None or named(saga.branches, branch[0]) is None
+            else:
+                stale = saga is None or saga.finished or saga.state != deadline.state
             if stale or compiled is None or saga is None:
                 changes.deadlines[timer] = (None, deadline.version)
                 continue
-            retry = deadline.kind == "retry"
+            retry = deadline.kind == "retry" if branch is None else branch[1]
             message_id = timer_message_id(compiled.id_key, deadline.saga_id, deadline.kind, deadline.version)
             trace, span = deadline.trace, None
             if tracer is not None:
@@ -472,11 +481,14 @@ async def fire_due_deadlines(
                 fired.end()
                 span = tracer.start(f"decide {RETRY if retry else DEADLINE}", fired.trace, attributes)
                 trace = span.trace
+            payload = {"state": deadline.state, "due_at": deadline.due_at.isoformat()}
+            if branch is not None:
+                payload["branch"] = branch[0]
             message = Incoming(
                 RETRY if retry else DEADLINE,
                 message_id,
-                {"state": deadline.state, "due_at": deadline.due_at.isoformat()},
-                kind=deadline.kind,
+                payload,
+                kind="retry" if retry else "deadline",
                 trace=trace,
             )
             decision = decide(compiled, saga, message, now)
@@ -485,7 +497,10 @@ async def fire_due_deadlines(
                 traced.append(span.trace)
             current[saga.id] = decision.saga
             changes.record(message, decision, now)
-            if not (decision.retry_changed if retry else decision.deadline_changed):
+            if branch is not None:
+                if deadline.kind not in dict(decision.timers):
+                    changes.deadlines[timer] = (None, deadline.version)
+            elif not (decision.retry_changed if retry else decision.deadline_changed):
                 changes.deadlines[timer] = (None, deadline.version)
             result.decisions.append(decision)
         committing = time.time_ns()

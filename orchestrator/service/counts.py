@@ -168,7 +168,8 @@ def count_finished(
             continue
         compiled = workflows.get(saga.workflow)
         spec = compiled.workflow.states.get(before) if compiled is not None and before else None
-        if status in _CLOSED and (spec is None or spec.status not in _CLOSED):
+        settled = decision.outcome is Outcome.SETTLED  # in its final state, closed only now
+        if status in _CLOSED and (spec is None or spec.status not in _CLOSED or settled):
             # not closed already (a late reply journaled on a closed saga, say)
             metrics.sagas_finished[(saga.workflow, str(status))] += 1
         if status in _UNDOING and spec is not None and spec.status is Status.RUNNING:

@@ -80,6 +80,7 @@ class DeadlineAlarm:
     def committed(self, decisions: Iterable[Decision]) -> None:
         """After a commit: ring earlier if a new deadline falls due before the alarm."""
         timers = [t for d in decisions for t in (d.deadline, d.retry) if t is not None]
+        timers += [t for d in decisions for _, t in d.timers if t is not None]
         earliest = min((t.due_at for t in timers), default=None)
         if earliest is not None and (self.armed_for is None or earliest < self.armed_for):
             self._arm(earliest)

@@ -70,6 +70,10 @@ class Changes:
             self.deadlines[(saga.id, "deadline")] = (deadline, saga.version)
         if decision.retry_changed:
             self.deadlines[(saga.id, "retry")] = (retry, saga.version)
+        for kind, timer in decision.timers:  # a branch's (orchestrator.core.branches)
+            if timer is not None and trace is not None:
+                timer = replace(timer, trace=trace)
+            self.deadlines[(saga.id, kind)] = (timer, saga.version)
 
     def __bool__(self) -> bool:
         return bool(self.sagas or self.inbox or self.duplicates or self.dead_letters)

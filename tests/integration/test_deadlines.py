@@ -99,9 +99,14 @@ async def test_inventory_away_past_the_deadline_orders_compensate_and_late_stock
                 late[key] = undone
         await asyncio.sleep(0.2)
     assert late == {key: ["inventory.ReleaseStock"] for key in keys}
-    for key in keys:
-        saga = await bench.saga("order", key)
-        assert saga is not None and saga.status == "compensated" and saga.timed_out == ()
+    # each release is awaited (issue 28, 2b): the saga is compensated again once it is confirmed
+    sagas = await bench.finished("order", keys, timeout=30)
+    for key, saga in sagas.items():
+        assert (saga.status, saga.timed_out, saga.branches) == ("compensated", (), ()), key
+        journal = await bench.store.journal(saga.id)
+        assert [
+            e.message.type for e in journal if "confirmed the undo of reserve" in (e.decision["reason"] or "")
+        ] == ["inventory.StockReleased"]
     await assert_each_decided_once(bench, keys, *FAST)
 
 

@@ -417,7 +417,7 @@ def test_unexpected_events_are_ignored_and_recorded(compiled, state, event):
         "applied_parked": [],
         "dropped_parked": [],
         "merged": [],
-        "operators": 3,
+        "operators": 4,
     }
 
 

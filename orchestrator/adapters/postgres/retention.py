@@ -32,7 +32,7 @@ ARCHIVED_BY_DEFAULT = ("completed", "compensated")
 
 _SAGA_COLUMNS = (
     "id, workflow, key, release, state, status, version, data, parked, last_error,"
-    " created_at, updated_at, awaiting, attempt, timed_out"
+    " created_at, updated_at, awaiting, attempt, timed_out, branches"
 )
 
 #: How long after it finished a saga with a step given up on at its deadline (``timed_out``) is

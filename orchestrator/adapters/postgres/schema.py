@@ -40,6 +40,8 @@ sagas = Table(
     Column("attempt", Integer, nullable=False, server_default=text("0")),
     Column("timed_out", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
     Column("release", Text, nullable=False, server_default=text("'1'")),
+    #: what it waits on besides its state's commands (migration 0011, orchestrator/core/branches.py)
+    Column("branches", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
     UniqueConstraint("workflow", "key", name="sagas_workflow_key"),
     Index("sagas_status_updated", "status", "updated_at"),
     Index("sagas_workflow_state", "workflow", "state"),

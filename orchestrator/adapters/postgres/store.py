@@ -107,6 +107,7 @@ def saga_of(row: Mapping[Any, Any]) -> SagaSnapshot:
         attempt=row["attempt"],
         timed_out=tuple(row["timed_out"]),
         release=row["release"],
+        branches=tuple(row["branches"]),
     )
 
 
@@ -127,18 +128,19 @@ _UPDATED = (
     "attempt",
     "timed_out",
     "release",
+    "branches",
 )
 
 
 _SAGA_COLUMNS = (
     "id, workflow, key, state, status, version, data, parked, last_error,"
-    " created_at, updated_at, awaiting, attempt, timed_out, release"
+    " created_at, updated_at, awaiting, attempt, timed_out, release, branches"
 )
 
 #: The SQL types of ``_SAGA_COLUMNS``, in order, for the NULLs beside an inbox row in ``_READ_BATCH``.
 _SAGA_TYPES = (
     "text", "text", "text", "text", "text", "int", "jsonb", "jsonb", "text",
-    "timestamptz", "timestamptz", "jsonb", "int", "jsonb", "text",
+    "timestamptz", "timestamptz", "jsonb", "int", "jsonb", "text", "jsonb",
 )  # fmt: skip
 
 #: The whole of a batch's writes in one statement, one round trip: each CTE takes its rows as
@@ -147,12 +149,12 @@ _SAVE = f"""
 WITH saved_sagas AS (
     INSERT INTO sagas ({_SAGA_COLUMNS})
     SELECT id, workflow, key, state, status, version, data::jsonb, parked::jsonb, last_error,
-           created_at, updated_at, awaiting::jsonb, attempt, timed_out::jsonb, release
+           created_at, updated_at, awaiting::jsonb, attempt, timed_out::jsonb, release, branches::jsonb
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[], $7::text[],
                 $8::text[], $9::text[], $10::timestamptz[], $11::timestamptz[], $12::text[], $13::int[],
-                $14::text[], $53::text[])
+                $14::text[], $53::text[], $57::text[])
          AS t(id, workflow, key, state, status, version, data, parked, last_error,
-              created_at, updated_at, awaiting, attempt, timed_out, release)
+              created_at, updated_at, awaiting, attempt, timed_out, release, branches)
     ON CONFLICT (id) DO UPDATE SET {", ".join(f"{c} = excluded.{c}" for c in _UPDATED)}
     RETURNING 1
 ), journaled AS (
@@ -307,6 +309,7 @@ def _save_arguments(changes: Changes, now: datetime, holder: int | None = None) 
         holder,
         [c.trace for c in changes.commands],
         [d.trace for _, d, _ in timers],
+        [_dumps(list(s.branches)) for s in saga_rows],
     ]
 
 

@@ -118,7 +118,10 @@ class SagaPage(BaseModel):
 
 
 class Timer(_Model):
-    kind: str = Field(description="deadline: the state's deadline; retry: when its commands are sent again")
+    kind: str = Field(
+        description="deadline: the state's deadline; retry: when its commands are sent again;"
+        " deadline:<branch>, retry:<branch>: a branch's"
+    )
     state: str
     due_at: datetime
     version: int
@@ -140,6 +143,15 @@ class ParkedEvent(BaseModel):
     message_id: str
 
 
+class Branch(BaseModel):
+    name: str = Field(
+        description="undo:<step>: the undo of that step's success that came after the saga gave up on it"
+    )
+    awaiting: list[Command] = Field(description="the commands it sent and waits on")
+    attempt: int = Field(description="resends of those commands so far")
+    given_up: bool = Field(description="its deadline passed unconfirmed: the saga failed, for an operator")
+
+
 class SagaState(_SagaFields):
     """The saga as its row holds it; one rebuilt from its journal alone may lack the row's times."""
 
@@ -154,6 +166,10 @@ class SagaState(_SagaFields):
         " a failed saga gave up on (its late confirmation carries the saga on)"
     )
     waiting_for: list[str] = Field(description="event types that move the saga on from its state")
+    branches: list[Branch] = Field(
+        default_factory=list,
+        description="what it waits on besides its state's commands: the undo of a step's late success",
+    )
 
 
 class SagaDetail(SagaState):

@@ -64,6 +64,15 @@ def state_fields(ctx: ApiContext, saga: SagaSnapshot) -> dict[str, Any]:
         "attempt": saga.attempt,
         "timed_out": list(saga.timed_out),
         "waiting_for": list(waiting),
+        "branches": [
+            m.Branch(
+                name=b["name"],
+                awaiting=[m.Command(type=c["type"], message_id=c["message_id"]) for c in b["awaiting"]],
+                attempt=int(b.get("attempt", 0)),
+                given_up=bool(b.get("given_up")),
+            )
+            for b in saga.branches
+        ],
     }
 
 

@@ -1,0 +1,81 @@
+"""A saga's branches: what it waits on besides its state's commands.
+
+A saga is in one state and waits on that state's commands (``SagaSnapshot.awaiting``) with one
+deadline and one retry timer. A branch is a second, independent wait beside it: today the undo of
+a step's success that came after its deadline (``Workflow.late_undos``), awaited like any
+compensation even while the saga compensates other steps or has finished. Each branch is a small
+JSON record in the saga row (``sagas.branches``)::
+
+    {"name": "undo:charge", "step": "charge", "awaiting": [<command>...], "attempt": 0,
+     "given_up": false}
+
+and has timer rows of its own, of kinds ``deadline:<name>`` and ``retry:<name>`` beside the
+state's ``deadline`` and ``retry``: the ``deadlines`` table holds one row per saga and kind, so
+no table changes, and the part before the colon is the timer's kind in metrics. A branch's reply
+is told by its id alone (docs/protocol.md, section 6: the reply id of one of its commands), never
+by its type, so that it cannot be taken for the reply of the state's own command.
+
+Plain data and functions, no I/O, as the rest of the core.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = [
+    "Branches",
+    "answered",
+    "deadline_kind",
+    "named",
+    "retry_kind",
+    "timer_branch",
+    "undo_name",
+    "without",
+]
+
+Branches = tuple[Mapping[str, Any], ...]
+
+_DEADLINE = "deadline:"
+_RETRY = "retry:"
+
+
+def undo_name(step: str) -> str:
+    """The branch that undoes ``step``'s late success."""
+    return f"undo:{step}"
+
+
+def deadline_kind(name: str) -> str:
+    return _DEADLINE + name
+
+
+def retry_kind(name: str) -> str:
+    return _RETRY + name
+
+
+def timer_branch(kind: str) -> tuple[str, bool] | None:
+    """The branch a timer row of ``kind`` belongs to and whether it is its retry; None: the
+    state's own timer (``deadline``, ``retry``)."""
+    if kind.startswith(_DEADLINE):
+        return kind[len(_DEADLINE) :], False
+    if kind.startswith(_RETRY):
+        return kind[len(_RETRY) :], True
+    return None
+
+
+def named(branches: Branches, name: str) -> Mapping[str, Any] | None:
+    return next((b for b in branches if b["name"] == name), None)
+
+
+def without(branches: Branches, name: str) -> Branches:
+    return tuple(b for b in branches if b["name"] != name)
+
+
+def answered(branches: Branches, message_id: str, reply_id: Any) -> Mapping[str, Any] | None:
+    """The branch one of whose commands ``message_id`` answers: ``reply_id(command id)`` is the
+    section 6 id of a reply of the message's type to that command."""
+    for branch in branches:
+        for command in branch["awaiting"]:
+            if reply_id(command["message_id"]) == message_id:
+                return branch
+    return None
