@@ -37,7 +37,7 @@ from orchestrator.core.definitions import (
     Workflow,
 )
 from orchestrator.core.messages import Command, Event, Message
-from orchestrator.core.steps import Saga, step, wait, wait_for
+from orchestrator.core.steps import Saga, parallel, step, wait, wait_for
 from orchestrator.core.upcasting import upcaster
 
 __all__ = [
@@ -56,6 +56,7 @@ __all__ = [
     "Status",
     "Undo",
     "Workflow",
+    "parallel",
     "step",
     "upcaster",
     "wait",

@@ -1,8 +1,11 @@
 """The workflow the chaos suite runs: ``orchestrator run --workflows bench.chaos.workflow``.
 
-The bundled order saga on another clock, so that every outcome is one the checker can judge.
-Reserving and charging have a short deadline (``CHAOS_DEADLINE_SECONDS``, read at import because
-the replicas are separate processes and the environment is their only way in): a participant
+The bundled order saga on another clock, so that every outcome is one the checker can judge, with
+its stock reserved and its payment charged at once, a parallel group (issue 28): a fault now hits
+two commands of one saga in flight, a branch's compensation while another still runs, and the
+late success of a branch given up on. Reserving and charging have a short deadline
+(``CHAOS_DEADLINE_SECONDS``, read at import because the replicas are separate processes and the
+environment is their only way in): a participant
 stopped for longer times the step out within seconds, the saga compensates, and a run ends in
 minutes. Shipping, the last step, has no undo, so it has no deadline either: a shipment that
 succeeded after a deadline gave up on it could not be taken back, and the checker would rightly
@@ -16,7 +19,7 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
-from orchestrator import Saga, step
+from orchestrator import Saga, parallel, step
 from orchestrator.examples.contracts import (
     ChargePayment,
     OrderPlaced,
@@ -42,7 +45,8 @@ SERVICES = ("inventory", "payment", "shipping")
 
 
 class ChaosOrderSaga(Saga, starts_on=OrderPlaced, key="order_id", name=WORKFLOW):
-    """Reserve, charge, ship, each within ``DEADLINE``; every one of them undone on the way back."""
+    """Reserve and charge at once, then ship, each within ``DEADLINE``; every one of them undone on
+    the way back."""
 
     @step(done=StockReserved, failed=OutOfStock, deadline=DEADLINE)
     def reserve(self, order: OrderPlaced) -> ReserveStock:
@@ -59,6 +63,8 @@ class ChaosOrderSaga(Saga, starts_on=OrderPlaced, key="order_id", name=WORKFLOW)
     @charge.compensate(done=PaymentRefunded)
     def refund(self, order: OrderPlaced) -> RefundPayment:
         return RefundPayment(order.order_id)
+
+    hold = parallel(reserve, charge)
 
     @step(done=OrderShipped, failed=ShipmentFailed)
     def ship(self, order: OrderPlaced) -> ShipOrder:

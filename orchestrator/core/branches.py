@@ -1,14 +1,24 @@
 """A saga's branches: what it waits on besides its state's commands.
 
 A saga is in one state and waits on that state's commands (``SagaSnapshot.awaiting``) with one
-deadline and one retry timer. A branch is a second, independent wait beside it: today the undo of
-a step's success that came after its deadline (``Workflow.late_undos``), awaited like any
-compensation even while the saga compensates other steps or has finished. Each branch is a small
-JSON record in the saga row (``sagas.branches``)::
+deadline and one retry timer. A branch is a second, independent wait beside it:
+
+* the undo of a step's success that came after its deadline (``Workflow.late_undos``), awaited
+  like any compensation even while the saga compensates other steps or has finished::
 
     {"name": "undo:charge", "step": "charge", "awaiting": [<command>...], "attempt": 0,
-     "given_up": false}
+     "given_up": false, "reopened": false}
 
+* a step of a parallel group (``Workflow.group``), from the group's start until the group is
+  compensated or the saga finishes (a group done is kept, so that a later failure undoes it)::
+
+    {"name": "book.flight", "group": "book", "step": "flight", "phase": "running",
+     "awaiting": [<command>...], "attempt": 0, "order": 0}
+
+  ``phase``: running, done, failed, timed_out; and while the group is compensated undoing,
+  undone, undo_failed. ``order`` numbers the branches done, for ``newest_first``.
+
+Each is a small JSON record in the saga row (``sagas.branches``)
 and has timer rows of its own, of kinds ``deadline:<name>`` and ``retry:<name>`` beside the
 state's ``deadline`` and ``retry``: the ``deadlines`` table holds one row per saga and kind, so
 no table changes, and the part before the colon is the timer's kind in metrics. A branch's reply
@@ -27,7 +37,10 @@ __all__ = [
     "Branches",
     "answered",
     "deadline_kind",
+    "live",
     "named",
+    "of_group",
+    "replaced",
     "retry_kind",
     "timer_branch",
     "undo_name",
@@ -61,6 +74,22 @@ def timer_branch(kind: str) -> tuple[str, bool] | None:
     if kind.startswith(_RETRY):
         return kind[len(_RETRY) :], True
     return None
+
+
+def live(branch: Mapping[str, Any]) -> bool:
+    """Whether the saga still waits on it: a group's branch running or being compensated, or a
+    late success's undo not given up on."""
+    if "group" in branch:
+        return branch["phase"] in ("running", "undoing")
+    return not branch.get("given_up")
+
+
+def of_group(branches: Branches, group: str) -> list[Mapping[str, Any]]:
+    return [b for b in branches if b.get("group") == group]
+
+
+def replaced(branches: Branches, name: str, **changes: Any) -> Branches:
+    return tuple({**b, **changes} if b["name"] == name else b for b in branches)
 
 
 def named(branches: Branches, name: str) -> Mapping[str, Any] | None:

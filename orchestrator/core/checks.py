@@ -153,6 +153,7 @@ def check(workflow: Workflow) -> list[Finding]:
     graph = _Graph(compiled)
     errors = [*_stuck(graph), *_unreachable(graph)]
     warnings = [
+        *_lone_branches(workflow),
         *_resume_only(graph),
         *_unhandled(graph),
         *_uncompensated(workflow, steps),
@@ -277,6 +278,21 @@ def _unreachable(graph: _Graph) -> list[Finding]:
     return found
 
 
+def _lone_branches(workflow: Workflow) -> list[Finding]:
+    """A parallel group of one step is a step that costs a group's bookkeeping."""
+    return [
+        Finding(
+            Severity.WARNING,
+            "lone_branch",
+            workflow.name,
+            f"a parallel group of one step ({group.branches[0].name}): make it a plain step",
+            group.name,
+        )
+        for group in workflow.groups.values()
+        if len(group.branches) == 1
+    ]
+
+
 def _resume_only(graph: _Graph) -> list[Finding]:
     """The compensating state of a step saga's last compensated step: no later step can fail, so
     no move leads to it, but it is compiled, an operator may resume a saga into it, and its
@@ -311,9 +327,18 @@ _UNEXPECTED = {
 def _unhandled(graph: _Graph) -> list[Finding]:
     workflow = graph.workflow
     found: list[Finding] = []
+    grouped = {
+        e.TYPE
+        for g in workflow.groups.values()
+        for b in g.branches
+        for e in (b.done, b.failed, *((b.undo.done, b.undo.failed) if b.undo else ()))
+        if e is not None
+    }
     for event_type in workflow.events:
         if event_type == workflow.starts_on.TYPE or event_type in workflow.cancel_events:
             continue  # a cancel event is handled wherever a cancel is
+        if event_type in grouped:
+            continue  # a branch's reply: told by its reply id, not by a rule
         handled_in = [r.source for r in workflow.rules if r.event == event_type]
         if any(source in graph.reachable and not graph.final(source) for source in handled_in):
             continue

@@ -27,11 +27,16 @@ __all__ = [
     "CANCEL",
     "DEADLINE",
     "FAIL",
+    "GROUP_DONE",
+    "GROUP_FAILED",
+    "GROUP_UNDONE",
     "IGNORE",
     "PARK",
     "RETRY",
+    "BranchSpec",
     "CommandBuilder",
     "DefinitionError",
+    "GroupSpec",
     "Policy",
     "Retry",
     "Rule",
@@ -77,6 +82,12 @@ RETRY = "saga.RetryDue"
 #: The trigger an operator's cancel sends through the machine: compensate from where the saga is.
 #: A state that declares no ``on_cancel`` is cancelled the way its deadline would end it.
 CANCEL = "saga.CancelRequested"
+#: The triggers of a parallel group (``Workflow.group``): every branch done; a branch failed (or,
+#: while the group is compensated, a branch's compensation); every branch settled while the group
+#: was compensated.
+GROUP_DONE = "saga.GroupDone"
+GROUP_FAILED = "saga.GroupFailed"
+GROUP_UNDONE = "saga.GroupUndone"
 
 
 @dataclass(frozen=True)
@@ -147,6 +158,42 @@ class Undo:
 
 
 @dataclass(frozen=True)
+class BranchSpec:
+    """A branch of a parallel group: a step's command, its replies, deadline and retry, and its
+    compensation, awaited (``undo``) or sent and not waited for (``undo_sent``)."""
+
+    name: str
+    send: CommandBuilder
+    done: type[Event]
+    failed: type[Event] | None = None
+    deadline: timedelta | None = None
+    retry: Retry | None = None
+    undo: Undo | None = None
+    undo_sent: CommandBuilder | None = None
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """A parallel group: its branches' commands go out together, in one decision, and the saga
+    moves on when every branch is done. When one fails or times out, the group is compensated in
+    ``compensating_<name>``: the branches done are undone (all at once, or one at a time newest
+    first), each still in flight is waited for until its reply (a success then undone too) or
+    its deadline."""
+
+    name: str
+    branches: tuple[BranchSpec, ...]
+    newest_first: bool = False
+
+    @property
+    def undoing(self) -> str:
+        """The state the group is compensated in."""
+        return f"compensating_{self.name}"
+
+    def branch(self, name: str) -> BranchSpec:
+        return next(b for b in self.branches if b.name == name)
+
+
+@dataclass(frozen=True)
 class StateSpec:
     name: str
     status: Status = Status.RUNNING
@@ -205,6 +252,10 @@ class Rule:
 _RELEASE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
+def _undo_events(undo: Undo | None) -> tuple[type[Event] | None, ...]:
+    return () if undo is None else (undo.done, undo.failed)
+
+
 def _listify(send: Any) -> list[Any]:
     if send is None:
         return []
@@ -253,6 +304,8 @@ class Workflow:
     signals: frozenset[str] = frozenset()
     #: event types that cancel a saga wherever it is, as an operator's cancel does (``cancelled_by``)
     cancel_events: frozenset[str] = frozenset()
+    #: parallel groups by the state the saga waits in while their branches run (``group``)
+    groups: dict[str, GroupSpec] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if "." in self.name or not self.name:
@@ -371,6 +424,65 @@ class Workflow:
             self.rules.append(Rule(event.TYPE, src, dest, builders, then))
         return self
 
+    def group(
+        self,
+        name: str,
+        branches: Sequence[BranchSpec],
+        *,
+        then: str,
+        on_failure: str,
+        failure_sends: Sequence[CommandBuilder] = (),
+        newest_first: bool = False,
+    ) -> Workflow:
+        """Declare a parallel group: a state ``name`` that sends every branch's command on
+        entering and moves to ``then`` when every branch is done, and a state
+        ``compensating_<name>`` entered when a branch fails, times out or the saga is cancelled,
+        which undoes the branches done (and each in flight that still succeeds) and then moves to
+        ``on_failure`` sending ``failure_sends``, or to ``failed`` when a branch's compensation is
+        refused or not confirmed by its deadline. A branch's replies are told by their reply id
+        (docs/protocol.md, section 6), so two branches may await the same type."""
+        if len(branches) < 1:
+            raise DefinitionError(f"{self.name}.{name}: a parallel group needs branches")
+        names = [b.name for b in branches]
+        if len(set(names)) != len(names):
+            raise DefinitionError(f"{self.name}.{name}: two branches are called the same")
+        spec = GroupSpec(name, tuple(branches), newest_first)
+        self.state(name)
+        self.state(spec.undoing, status=Status.COMPENSATING)
+        self.groups[name] = spec
+        for branch in branches:
+            for event in (branch.done, branch.failed, *(_undo_events(branch.undo))):
+                if event is not None:
+                    self.events[event.TYPE] = event
+        self.rules.append(Rule(GROUP_DONE, name, then))
+        self.rules.append(Rule(GROUP_FAILED, name, spec.undoing))
+        self.rules.append(Rule(CANCEL, name, spec.undoing))
+        self.rules.append(Rule(GROUP_UNDONE, spec.undoing, on_failure, tuple(failure_sends)))
+        self.rules.append(Rule(GROUP_FAILED, spec.undoing, "failed"))
+        return self
+
+    def group_sends(self) -> list[tuple[str, CommandBuilder]]:
+        """Every command builder of the groups' branches, with the state it is sent in: a
+        branch's own in the group's state, its compensation in ``compensating_<group>``."""
+        found: list[tuple[str, CommandBuilder]] = []
+        for group in self.groups.values():
+            for branch in group.branches:
+                found.append((group.name, branch.send))
+                if branch.undo is not None:
+                    found.append((group.undoing, builder_for(branch.undo.send)))
+                if branch.undo_sent is not None:
+                    found.append((group.undoing, branch.undo_sent))
+        return found
+
+    def group_of(self, state: str) -> GroupSpec | None:
+        """The group whose branches run, or are compensated, in ``state``."""
+        if not self.groups:
+            return None
+        found = self.groups.get(state)
+        if found is None and state.startswith("compensating_"):
+            found = self.groups.get(state.removeprefix("compensating_"))
+        return found
+
     def cancelled_by(self, *events: type[Event]) -> Workflow:
         """Let each of ``events`` cancel a saga from outside (a customer's ``OrderCancelled``),
         in whatever state it is, exactly as an operator's ``cancel`` would: a state with a cancel
@@ -474,6 +586,7 @@ class Workflow:
             },
             updates=dict(self.updates),
             entries=dict(self.entries),
+            groups=dict(self.groups),
         )
 
     def fingerprint(self) -> str:
@@ -528,6 +641,33 @@ class Workflow:
             structure["signals"] = sorted(self.signals)
         if self.cancel_events:
             structure["cancel_on"] = sorted(self.cancel_events)
+        if self.groups:
+            structure["groups"] = [
+                [
+                    g.name,
+                    g.newest_first,
+                    [
+                        [
+                            b.name,
+                            builders([b.send]),
+                            b.done.TYPE,
+                            b.failed.TYPE if b.failed else None,
+                            seconds(b.deadline),
+                            None if b.retry is None else [seconds(b.retry.every), b.retry.backoff],
+                            None
+                            if b.undo is None
+                            else [
+                                builders([builder_for(b.undo.send)]),
+                                b.undo.done.TYPE,
+                                seconds(b.undo.deadline),
+                            ],
+                            None if b.undo_sent is None else builders([b.undo_sent]),
+                        ]
+                        for b in g.branches
+                    ],
+                ]
+                for g in sorted(self.groups.values(), key=lambda g: g.name)
+            ]
         canonical = json.dumps(structure, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

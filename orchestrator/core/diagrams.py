@@ -18,7 +18,16 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from orchestrator.core.definitions import CANCEL, DEADLINE, StateSpec, Workflow
+from orchestrator.core.definitions import (
+    CANCEL,
+    DEADLINE,
+    GROUP_DONE,
+    GROUP_FAILED,
+    GROUP_UNDONE,
+    GroupSpec,
+    StateSpec,
+    Workflow,
+)
 from orchestrator.core.machine import Fired
 
 __all__ = ["RuleView", "StateView", "WorkflowView", "describe", "mermaid"]
@@ -73,6 +82,8 @@ class WorkflowView:
     rules: list[RuleView]
     #: the events that cancel a saga wherever it is (``Workflow.cancelled_by``)
     cancel_on: list[str] = field(default_factory=list)
+    #: parallel groups: the state the saga waits in -> its branches (steps), in order
+    groups: dict[str, list[str]] = field(default_factory=dict)
 
 
 def command_name(builder: Any) -> str:
@@ -128,6 +139,7 @@ def describe(workflow: Workflow) -> WorkflowView:
         states=states,
         rules=rules,
         cancel_on=sorted(workflow.cancel_events),
+        groups={g.name: [b.name for b in g.branches] for g in workflow.groups.values()},
     )
 
 
@@ -136,6 +148,29 @@ def _duration(seconds: float) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
     return f"{seconds:g}s"
+
+
+#: A group's triggers, as the diagram says them: (from compensating_<group>, from the group)
+_GROUP_LABELS = {
+    GROUP_DONE: ("all done", "all done"),
+    GROUP_FAILED: ("a compensation failed", "a branch failed or timed out"),
+    GROUP_UNDONE: ("all undone", "all undone"),
+}
+
+
+def _group_lines(group: GroupSpec, outer: str) -> list[str]:
+    """A group as a composite state: a fork into its branches, each ending in the join, in
+    parallel regions (mermaid's ``--``)."""
+    lines = [f"    state {outer} {{"]
+    for index, branch in enumerate(group.branches):
+        if index:
+            lines.append("        --")
+        inner = f"{outer}__{branch.name}"
+        lines.append(f"        {inner}: {_label(f'{branch.name} {command_name(branch.send)}')}")
+        lines.append(f"        [*] --> {inner}")
+        lines.append(f"        {inner} --> [*]: {_label(branch.done.TYPE)}")
+    lines.append("    }")
+    return lines
 
 
 def _deadline_label(spec: StateSpec) -> str:
@@ -170,6 +205,9 @@ def mermaid(workflow: Workflow, moves: Mapping[tuple[str, str], Fired] | None = 
         else:
             ids[name] = f"s{index}"
             lines.append(f'    state "{_label(name).replace(chr(34), chr(39))}" as s{index}')
+    for group in workflow.groups.values():
+        if ids.get(group.name) == group.name:  # a plain id: a composite state can be drawn
+            lines.extend(_group_lines(group, group.name))
     if workflow.initial is not None:
         lines.append(f"    [*] --> {ids[workflow.initial]}: {_label(workflow.starts_on.TYPE)}")
     edges: dict[tuple[str, str], list[str]] = {}
@@ -184,6 +222,8 @@ def mermaid(workflow: Workflow, moves: Mapping[tuple[str, str], Fired] | None = 
             label = _deadline_label(workflow.states[source])
         elif event == CANCEL:
             label = " / ".join(["cancel", *sorted(workflow.cancel_events)])
+        elif event in _GROUP_LABELS:
+            label = _GROUP_LABELS[event][source in workflow.groups]
         else:
             label = event
         labels = edges.setdefault((source, dest), [])

@@ -10,18 +10,33 @@ from __future__ import annotations
 import enum
 import hashlib
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from orchestrator.core.branches import answered, deadline_kind, named, retry_kind, undo_name, without
+from orchestrator.core.branches import (
+    answered,
+    deadline_kind,
+    live,
+    named,
+    of_group,
+    replaced,
+    retry_kind,
+    undo_name,
+    without,
+)
 from orchestrator.core.definitions import (
     CANCEL,
     DEADLINE,
     FINISHED,
+    GROUP_DONE,
+    GROUP_FAILED,
+    GROUP_UNDONE,
     RETRY,
+    GroupSpec,
     Policy,
+    Retry,
     SagaView,
     Status,
     Undo,
@@ -326,6 +341,8 @@ class _Draft:
         self.retry: Deadline | None = None
         self.applied_parked: list[str] = []
         self.failure: str | None = None
+        #: the branches' timers set (a Deadline) or removed (None), by kind
+        self.timers: dict[str, Deadline | None] = {}
 
     def merge(self, event_type: str, payload: Mapping[str, Any], starting: bool = False) -> None:
         """Take an event's payload into the saga's data: its declared fields as its schema reads
@@ -367,7 +384,9 @@ class _Draft:
     def enter(self, dest: str, sends: tuple[Any, ...], entered: tuple[Any, ...]) -> None:
         spec = self.compiled.workflow.states[dest]
         status = spec.status
-        if spec.final and status is not Status.FAILED and self.saga.branches:
+        if spec.final and self.saga.branches:  # a group's branches end with the saga
+            self.saga = _with(self.saga, branches=tuple(b for b in self.saga.branches if "group" not in b))
+        if spec.final and status is not Status.FAILED and any(live(b) for b in self.saga.branches):
             status = Status.COMPENSATING  # closed when its branches are (``_settled``)
         self.saga = _with(self.saga, state=dest, status=status, attempt=0)
         self.build(sends)
@@ -382,6 +401,117 @@ class _Draft:
         self.retry = None
         if spec.retry is not None and awaiting:
             self.retry = Deadline(dest, self.now + spec.retry.delay(0), "retry")
+        group = self.compiled.workflow.group_of(dest)
+        if group is not None:  # last: compensating a group may move the saga on at once
+            if dest == group.name:
+                self.open_group(group)
+            else:
+                self.undo_group(group)
+
+    # -- parallel groups (orchestrator.core.branches) --------------------------------------------
+
+    def set_branch(self, name: str, **changes: Any) -> None:
+        self.saga = _with(self.saga, branches=replaced(self.saga.branches, name, **changes))
+
+    def branch_timers(self, name: str, deadline: timedelta | None, retry: Retry | None) -> None:
+        if deadline is not None:
+            self.timers[deadline_kind(name)] = Deadline(self.saga.state, self.now + deadline)
+        if retry is not None:
+            self.timers[retry_kind(name)] = Deadline(self.saga.state, self.now + retry.delay(0), "retry")
+
+    def end_timers(self, name: str) -> None:
+        self.timers[deadline_kind(name)] = None
+        self.timers[retry_kind(name)] = None
+
+    def open_group(self, group: GroupSpec) -> None:
+        """Every branch's command, in this one decision, each with its own timers; a branch done
+        before (a resume into the group) is kept, not run again."""
+        done = {b["step"]: b for b in of_group(self.saga.branches, group.name) if b["phase"] == "done"}
+        records: list[Mapping[str, Any]] = []
+        for spec in group.branches:
+            if spec.name in done:
+                records.append(done[spec.name])
+                continue
+            name = f"{group.name}.{spec.name}"
+            built = self.build((spec.send,))
+            records.append(
+                {
+                    "name": name,
+                    "group": group.name,
+                    "step": spec.name,
+                    "phase": "running",
+                    "awaiting": [_awaiting(c) for c in built],
+                    "attempt": 0,
+                    "order": 0,
+                }
+            )
+            self.branch_timers(name, spec.deadline, spec.retry)
+        others = tuple(b for b in self.saga.branches if b.get("group") != group.name)
+        self.saga = _with(self.saga, branches=others + tuple(records))
+
+    def branch_done(self, group: GroupSpec, branch: Mapping[str, Any]) -> None:
+        order = 1 + max((int(b.get("order", 0)) for b in of_group(self.saga.branches, group.name)), default=0)
+        self.set_branch(branch["name"], phase="done", awaiting=[], order=order)
+        if branch["step"] in self.saga.timed_out:
+            self.saga = _with(
+                self.saga, timed_out=tuple(s for s in self.saga.timed_out if s != branch["step"])
+            )
+        if self.saga.state != group.name:
+            self.undo_group(group)  # being compensated: a success now is undone too
+        elif all(b["phase"] == "done" for b in of_group(self.saga.branches, group.name)):
+            self.move(GROUP_DONE)
+
+    def branch_failed(self, group: GroupSpec, branch: Mapping[str, Any], phase: str, why: str) -> None:
+        """A branch failed (``failed``), timed out (``timed_out``), or its compensation did
+        (``undo_failed``)."""
+        self.set_branch(branch["name"], phase=phase)
+        if phase == "timed_out" and branch["step"] in self.compiled.workflow.late_success:
+            # its success may still come: undone then, as any step's late success is
+            self.saga = _with(self.saga, timed_out=(*self.saga.timed_out, branch["step"]))
+        if self.saga.state == group.name:
+            self.move(GROUP_FAILED, failure=why)
+        else:
+            self.undo_group(group)
+
+    def undo_group(self, group: GroupSpec) -> None:
+        """The group being compensated: undo the branches done (together, or one at a time, the
+        latest done first), wait for those in flight and those being undone; when none is left,
+        move on to what the steps before the group need (or to ``failed`` where a compensation
+        was refused or not confirmed)."""
+        while True:
+            records = of_group(self.saga.branches, group.name)
+            done = [b for b in records if b["phase"] == "done"]
+            undoing = any(b["phase"] == "undoing" for b in records)
+            if not done or (group.newest_first and undoing):
+                break
+            chosen = [max(done, key=lambda b: int(b.get("order", 0)))] if group.newest_first else done
+            for branch in chosen:
+                self.start_undo(group, branch)
+        records = of_group(self.saga.branches, group.name)
+        if any(b["phase"] in ("running", "undoing", "done") for b in records):
+            return
+        refused = [b["step"] for b in records if b["phase"] == "undo_failed"]
+        self.saga = _with(
+            self.saga, branches=tuple(b for b in self.saga.branches if b.get("group") != group.name)
+        )
+        if refused:
+            said = ", ".join(refused)
+            why = f"the compensation of {said} in {group.name} was refused or not confirmed in time"
+            self.move(GROUP_FAILED, failure=why)
+        else:
+            self.move(GROUP_UNDONE)
+
+    def start_undo(self, group: GroupSpec, branch: Mapping[str, Any]) -> None:
+        spec = group.branch(branch["step"])
+        name = branch["name"]
+        if spec.undo is not None:
+            built = self.build((builder_for(spec.undo.send),))
+            self.set_branch(name, phase="undoing", awaiting=[_awaiting(c) for c in built], attempt=0)
+            self.branch_timers(name, spec.undo.deadline, spec.undo.retry)
+            return
+        if spec.undo_sent is not None:
+            self.build((spec.undo_sent,))
+        self.set_branch(name, phase="undone", awaiting=[])
 
     def policy_for(self, event_type: str) -> Policy | None:
         """None when the event moves the saga; otherwise what to do with it."""
@@ -445,9 +575,7 @@ class _Draft:
         if not awaited or [c.type for c in built] != [c["type"] for c in awaited]:
             return
         saga = self.saga
-        self.commands = [
-            OutgoingCommand(c["message_id"], c["type"], c["payload"], saga.id, saga.workflow) for c in awaited
-        ]
+        self.commands = list(_resent(saga, awaited))
         self.saga = _with(saga, awaiting=tuple(dict(c) for c in awaited))
 
 
@@ -598,7 +726,7 @@ def _decide(
     if message.type.startswith(OPERATOR):
         return _operate(compiled, bumped, previous, message, now, ids, merge_all, before_operators)
     if message.kind != "event" and "branch" in message.payload:
-        return _branch_timer(compiled, bumped, previous, message, now)
+        return _branch_timer(compiled, bumped, previous, message, now, ids)
     if message.kind == "event" and not merge_all:
         contradiction = _key_contradiction(compiled, saga, message)
         if contradiction is not None:
@@ -864,6 +992,8 @@ def _branch_reply(
     refused (``failed``: the saga fails, for an operator). None: no branch's reply, or a type
     that is neither outcome (decided as any other event)."""
     branch = answered(saga.branches, message.message_id, lambda command: reply_id_for(command, message.type))
+    if branch is not None and "group" in branch:
+        return _group_reply(compiled, saga, previous, message, now, ids, branch, merge_all)
     undo = compiled.workflow.late_undos.get(branch["step"]) if branch is not None else None
     if branch is None or undo is None:
         return None
@@ -900,11 +1030,202 @@ def _branch_reply(
     return Decision(settled, outcome, previous, reason=reason, merged=merged, timers=closed)
 
 
+def _group_reply(
+    compiled: CompiledWorkflow,
+    saga: SagaSnapshot,
+    previous: str,
+    message: Incoming,
+    now: datetime,
+    ids: _Ids,
+    branch: Mapping[str, Any],
+    merge_all: bool = False,
+) -> Decision | None:
+    """A reply to a group branch's command (or, while the group is compensated, to its
+    compensation), told by its reply id. None: a type that is no outcome of what it waits on."""
+    return _group_outcome(
+        compiled, saga, previous, branch, message.type, message.payload, now, ids, merge_all
+    )
+
+
+def _group_outcome(
+    compiled: CompiledWorkflow,
+    saga: SagaSnapshot,
+    previous: str,
+    branch: Mapping[str, Any],
+    kind: str,
+    payload: Mapping[str, Any],
+    now: datetime,
+    ids: _Ids,
+    merge_all: bool = False,
+    who: str | None = None,
+) -> Decision | None:
+    """``kind`` (with ``payload``) as the outcome of what a group's branch waits on: its step's
+    reply, or its compensation's; a reply, or an operator's skip (``who``). None: no outcome of it."""
+    group = compiled.workflow.groups.get(branch["group"])
+    if group is None:
+        return None
+    spec = group.branch(branch["step"])
+    phase = branch["phase"]
+    waiting = phase in ("running", "timed_out")
+    if waiting and kind == spec.done.TYPE:
+        outcome = "done"
+    elif waiting and spec.failed is not None and kind == spec.failed.TYPE:
+        outcome = "failed"
+    elif phase == "undoing" and spec.undo is not None and kind == spec.undo.done.TYPE:
+        outcome = "undone"
+    elif (
+        phase == "undoing"
+        and spec.undo is not None
+        and spec.undo.failed is not None
+        and kind == spec.undo.failed.TYPE
+    ):
+        outcome = "undo_failed"
+    else:
+        return None
+    draft = _Draft(compiled, saga, now, ids, merge_all)
+    try:
+        draft.merge(kind, payload)
+        draft.end_timers(branch["name"])
+        if outcome == "done":
+            draft.branch_done(group, branch)
+        elif outcome == "undone":
+            draft.set_branch(branch["name"], phase="undone", awaiting=[])
+            draft.undo_group(group)
+        else:
+            what = "failed" if outcome == "failed" else "was not compensated"
+            why = f"{kind}: {spec.name} {what} in {group.name}"
+            draft.branch_failed(group, branch, outcome, why)
+        draft.apply_parked()
+    except Exception as error:  # a user's command builder raised
+        return _failed(saga, previous, error, now)
+    said = f"{kind}: {spec.name} {outcome} in {group.name}"
+    return _decision(draft, Outcome.MOVED, previous, f"{who}: {said}" if who else said)
+
+
+def _operate_branch(
+    compiled: CompiledWorkflow,
+    saga: SagaSnapshot,
+    previous: str,
+    action: str,
+    args: Mapping[str, Any],
+    now: datetime,
+    ids: _Ids,
+    who: str,
+    merge_all: bool = False,
+) -> Decision:
+    """An operator's ``retry``, ``fire-deadline`` or ``skip`` of one branch of a parallel group
+    (``branch``: ``<group>.<step>``), as its retry timer, its deadline or its reply would do it."""
+    name = str(args["branch"])
+
+    def refuse(why: str) -> Decision:
+        return Decision(saga, Outcome.REFUSED, previous, reason=why)
+
+    branch = named(saga.branches, name)
+    group = (
+        compiled.workflow.groups.get(branch["group"]) if branch is not None and "group" in branch else None
+    )
+    if branch is None or group is None:
+        names = ", ".join(b["name"] for b in saga.branches if "group" in b) or "none"
+        return refuse(f"{name} is no branch of this saga; its branches: {names}")
+    if not live(branch):
+        return refuse(f"{name} is {branch['phase']}: it waits on nothing")
+    if action == "retry":
+        fresh = bool(args.get("new_attempt"))
+        commands = _resent(saga, branch["awaiting"], ids if fresh else None)
+        attempt = int(branch.get("attempt", 0)) + 1
+        branches = replaced(saga.branches, name, attempt=attempt, awaiting=[_awaiting(c) for c in commands])
+        return Decision(_with(saga, branches=branches), Outcome.RETRIED, previous, commands, reason=who)
+    if action == "fire-deadline":
+        fired = Incoming(DEADLINE, f"{name}:{saga.version}", {"branch": name}, kind="deadline")
+        decision = _group_timer(compiled, saga, previous, fired, now, ids, branch)
+        return replace(decision, reason=f"{who}: {decision.reason}")
+    if action == "skip":
+        trigger = str(args.get("outcome") or "")
+        data = args.get("data") or {}
+        event = compiled.workflow.events.get(trigger)
+        if data and event is not None:
+            data = upcast(event, data, args.get("schema", 1))
+        decided = _group_outcome(compiled, saga, previous, branch, trigger, data, now, ids, merge_all, who)
+        if decided is not None:
+            return decided
+        spec = group.branch(branch["step"])
+        takes = [spec.done, spec.failed] if branch["phase"] == "running" else []
+        if branch["phase"] == "undoing" and spec.undo is not None:
+            takes = [spec.undo.done, spec.undo.failed]
+        said = ", ".join(e.TYPE for e in takes if e is not None)
+        return refuse(f"{trigger or 'no outcome'} is not an outcome of {name}; it takes {said}")
+    return refuse(f"{action} does not name a branch: retry, fire-deadline and skip do")
+
+
+def _group_timer(
+    compiled: CompiledWorkflow,
+    saga: SagaSnapshot,
+    previous: str,
+    message: Incoming,
+    now: datetime,
+    ids: _Ids,
+    branch: Mapping[str, Any],
+) -> Decision:
+    """A group branch's timer: its retry resends what it waits on (same message ids); its
+    deadline fails the branch (``timed_out``), or, while it is compensated, its compensation."""
+    group = compiled.workflow.groups.get(branch["group"])
+    name, phase = branch["name"], branch["phase"]
+    if group is None or phase not in ("running", "undoing"):
+        return Decision(saga, Outcome.IGNORED, previous, reason=f"{name} waits no more")
+    spec = group.branch(branch["step"])
+    draft = _Draft(compiled, saga, now, ids)
+    if message.kind == "retry":
+        retry = spec.retry if phase == "running" else (spec.undo.retry if spec.undo is not None else None)
+        attempt = int(branch.get("attempt", 0)) + 1
+        draft.set_branch(name, attempt=attempt)
+        if retry is not None:
+            draft.timers[retry_kind(name)] = Deadline(saga.state, now + retry.delay(attempt), "retry")
+        commands = _resent(saga, branch["awaiting"])
+        return Decision(
+            draft.saga,
+            Outcome.RETRIED,
+            previous,
+            commands,
+            reason=f"{name}: resend {attempt}",
+            timers=tuple(draft.timers.items()),
+        )
+    draft.end_timers(name)
+    if phase == "running":
+        why = f"no reply to {spec.name} in {group.name} before its deadline"
+        outcome = "timed_out"
+    else:
+        why = f"no reply to the compensation of {spec.name} in {group.name} before its deadline"
+        outcome = "undo_failed"
+    try:
+        draft.branch_failed(group, branch, outcome, why)
+        draft.apply_parked()
+    except Exception as error:  # a user's command builder raised
+        return _failed(saga, previous, error, now)
+    return _decision(draft, Outcome.MOVED, previous, why)
+
+
+def _resent(
+    saga: SagaSnapshot, awaited: Iterable[Mapping[str, Any]], ids: _Ids | None = None
+) -> tuple[OutgoingCommand, ...]:
+    """The commands ``saga`` waits on (``awaited``), to send again: with their message ids (a
+    participant takes them as duplicates), or new ones from ``ids`` (a new attempt)."""
+    return tuple(
+        OutgoingCommand(
+            ids.command(saga, index) if ids is not None else c["message_id"],
+            c["type"],
+            c["payload"],
+            saga.id,
+            saga.workflow,
+        )
+        for index, c in enumerate(awaited)
+    )
+
+
 def _settled(compiled: CompiledWorkflow, saga: SagaSnapshot, branch: Mapping[str, Any]) -> SagaSnapshot:
     """``saga`` with ``branch`` gone: with none left, a saga in a final state has that state's
     status again (compensating while it waited; failed where this branch's deadline failed it)."""
     spec = compiled.workflow.states.get(saga.state)
-    if saga.branches or spec is None or not spec.final:
+    if any(live(b) for b in saga.branches) or spec is None or not spec.final:
         return saga
     if saga.status is Status.COMPENSATING or (saga.status is Status.FAILED and branch.get("given_up")):
         return _with(
@@ -914,13 +1235,15 @@ def _settled(compiled: CompiledWorkflow, saga: SagaSnapshot, branch: Mapping[str
 
 
 def _branch_timer(
-    compiled: CompiledWorkflow, saga: SagaSnapshot, previous: str, message: Incoming, now: datetime
+    compiled: CompiledWorkflow, saga: SagaSnapshot, previous: str, message: Incoming, now: datetime, ids: _Ids
 ) -> Decision:
     """A branch's timer fired: its retry resends its commands (same message ids); its deadline
     fails the saga, for an operator, and keeps the branch (``given_up``): a confirmation that
     still comes settles it."""
     name = str(message.payload["branch"])
     branch = named(saga.branches, name)
+    if branch is not None and "group" in branch:
+        return _group_timer(compiled, saga, previous, message, now, ids, branch)
     undo = compiled.workflow.late_undos.get(branch["step"]) if branch is not None else None
     if branch is None or undo is None or branch.get("given_up"):
         return Decision(
@@ -929,10 +1252,7 @@ def _branch_timer(
             previous,
             reason=f"{name} waits no more",
         )
-    commands = tuple(
-        OutgoingCommand(c["message_id"], c["type"], c["payload"], saga.id, saga.workflow)
-        for c in branch["awaiting"]
-    )
+    commands = _resent(saga, branch["awaiting"])
     if message.kind == "retry":
         attempt = int(branch.get("attempt", 0)) + 1
         again = {**branch, "attempt": attempt}
@@ -970,10 +1290,7 @@ def _retry(compiled: CompiledWorkflow, saga: SagaSnapshot, previous: str, now: d
     spec = compiled.workflow.states.get(saga.state)  # decide() fails a saga whose state is gone
     if saga.finished or spec is None or spec.retry is None or not saga.awaiting:
         return Decision(saga, Outcome.IGNORED, previous, retry_changed=True, reason="nothing to retry")
-    commands = tuple(
-        OutgoingCommand(c["message_id"], c["type"], c["payload"], saga.id, saga.workflow)
-        for c in saga.awaiting
-    )
+    commands = _resent(saga, saga.awaiting)
     attempt = saga.attempt + 1
     retry = Deadline(saga.state, now + spec.retry.delay(attempt), "retry")
     return Decision(
@@ -1025,6 +1342,8 @@ def _operate(
             merge_all,
             new_attempt=bool(args.get("new_attempt")),
         )
+    if args.get("branch") and not saga.finished:
+        return _operate_branch(compiled, saga, previous, action, args, now, ids, who, merge_all)
     given_up = _given_up(compiled, saga) if action == "skip" and not before_operators else None
     as_it_was = saga  # a skip that fails to move leaves the saga failed where it failed
     if given_up is not None:
@@ -1040,24 +1359,12 @@ def _operate(
         if not saga.awaiting:
             return refuse(f"nothing to retry: {state} waits on no command")
         if before_operators:  # an operator's resend was not counted then
-            commands = tuple(
-                OutgoingCommand(c["message_id"], c["type"], c["payload"], saga.id, saga.workflow)
-                for c in saga.awaiting
-            )
+            commands = _resent(saga, saga.awaiting)
             return Decision(saga, Outcome.RETRIED, previous, commands, reason=who)
         # A resend like the retry timer's: same message ids, counted in ``attempt``; a new
         # attempt (``new_attempt``) gets new message ids, so a participant takes it afresh.
         fresh = bool(args.get("new_attempt"))
-        commands = tuple(
-            OutgoingCommand(
-                ids.command(saga, index) if fresh else c["message_id"],
-                c["type"],
-                c["payload"],
-                saga.id,
-                saga.workflow,
-            )
-            for index, c in enumerate(saga.awaiting)
-        )
+        commands = _resent(saga, saga.awaiting, ids if fresh else None)
         resent = _with(saga, attempt=saga.attempt + 1, awaiting=tuple(_awaiting(c) for c in commands))
         return Decision(resent, Outcome.RETRIED, previous, commands, reason=who)
     data: Mapping[str, Any] | None = None
@@ -1216,6 +1523,7 @@ def _decision(draft: _Draft, outcome: Outcome, previous: str | None, reason: str
         reason=reason,
         dropped_parked=dropped,
         merged=tuple(draft.merged),
+        timers=tuple(draft.timers.items()),
     )
 
 

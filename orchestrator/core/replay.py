@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from orchestrator.core.branches import deadline_kind, retry_kind
 from orchestrator.core.engine import Deadline, IdKeyMissing, OutgoingCommand, SagaSnapshot, decide
 from orchestrator.core.ids import VERSIONED
 from orchestrator.core.ingress import Refused
@@ -128,8 +129,18 @@ def rebuild(
                     timers.pop(kind, None)
                 else:
                     timers[kind] = (timer, saga.version)
+        for kind, timer in decision.timers:  # a branch's (orchestrator.core.branches)
+            if timer is None:
+                timers.pop(kind, None)
+            else:
+                timers[kind] = (timer, saga.version)
         fired = entry.message.kind
-        if fired in TIMER_KINDS and not changed[fired]:
+        branch = entry.message.payload.get("branch") if fired in TIMER_KINDS else None
+        if branch is not None:
+            row = deadline_kind(str(branch)) if fired == "deadline" else retry_kind(str(branch))
+            if row not in dict(decision.timers):
+                timers.pop(row, None)
+        elif fired in TIMER_KINDS and not changed[fired]:
             timers.pop(fired, None)
     return Rebuilt(saga, timers, tuple(sent), tuple(decided))
 

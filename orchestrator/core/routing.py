@@ -108,7 +108,8 @@ class Registry:
         for compiled in self.releases.values():
             spec_sends = [b for s in compiled.workflow.states.values() for b in s.on_enter]
             rule_sends = [b for r in compiled.workflow.rules for b in r.send]
-            for build in spec_sends + rule_sends:
+            group_sends = [b for _, b in compiled.workflow.group_sends()]
+            for build in spec_sends + rule_sends + group_sends:
                 message_type = getattr(build, "message_type", None)
                 if message_type:
                     types.add(message_type)

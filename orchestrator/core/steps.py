@@ -27,6 +27,7 @@ from typing import Any, ClassVar, get_type_hints, overload
 
 from orchestrator.core.definitions import (
     CANCEL,
+    BranchSpec,
     DefinitionError,
     Policy,
     Retry,
@@ -38,7 +39,7 @@ from orchestrator.core.definitions import (
 )
 from orchestrator.core.messages import Command, Event, Message, load
 
-__all__ = ["Saga", "Step", "Wait", "WaitFor", "step", "wait", "wait_for"]
+__all__ = ["Parallel", "Saga", "Step", "Wait", "WaitFor", "parallel", "step", "wait", "wait_for"]
 
 StepMethod = Callable[[Any, Any], Command]
 
@@ -161,6 +162,33 @@ class WaitFor(_Pause):
         self.updates = updates
 
 
+class Parallel(_Pause):
+    """Steps run at once (:func:`parallel`)."""
+
+    def __init__(self, steps: tuple[Step, ...], newest_first: bool) -> None:
+        super().__init__()
+        self.steps = steps
+        self.newest_first = newest_first
+
+    @property
+    def compensated(self) -> bool:
+        return any(s.compensation is not None for s in self.steps)
+
+
+def parallel(*steps: Step, newest_first: bool = False) -> Parallel:
+    """The given ``@step`` methods run at once, in the sequence's place where the group is assigned
+    (``book = parallel(flight, room, car)``): their commands go out together, in one decision,
+    and the saga moves on when every one is done. Each keeps its own deadline, retry and
+    compensation. When one fails or times out (or the saga is cancelled), the steps done are
+    compensated, all at once (each awaited), or one at a time, the latest done first, with
+    ``newest_first=True``; each still in flight is waited for until its reply (a success then
+    compensated too) or its deadline; then the steps before the group are compensated, as for a
+    failed step. A step given here is not a step of the sequence by itself."""
+    if not steps or not all(isinstance(s, Step) for s in steps):
+        raise DefinitionError("parallel() takes the @step methods to run at once")
+    return Parallel(tuple(steps), newest_first)
+
+
 def wait(
     duration: timedelta | None = None,
     *,
@@ -232,8 +260,10 @@ def compile_steps(
     current: bool = False,
     cancel_on: tuple[type[Event], ...] = (),
 ) -> Workflow:
-    steps = [value for value in vars(cls).values() if isinstance(value, Step | _Pause)]
-    if not any(isinstance(s, Step) for s in steps):
+    found = [value for value in vars(cls).values() if isinstance(value, Step | _Pause)]
+    grouped = {id(s) for g in found if isinstance(g, Parallel) for s in g.steps}
+    steps = [s for s in found if id(s) not in grouped]
+    if not any(isinstance(s, Step | Parallel) for s in steps):
         raise DefinitionError(f"{cls.__name__} declares no @step")
     names = {s.name for s in steps}
     if names & {"completed", "compensated", "failed"}:
@@ -254,6 +284,10 @@ def compile_steps(
         the first compensation that waits for its reply, or ``compensated`` if none is left."""
         sends: list[Callable[[SagaView], Message]] = []
         for earlier in reversed(steps[:index]):
+            if isinstance(earlier, Parallel):
+                if earlier.compensated:
+                    return f"compensating_{earlier.name}", sends
+                continue
             comp = earlier.compensation
             if comp is None:
                 continue
@@ -266,6 +300,9 @@ def compile_steps(
     for index, item in enumerate(steps):
         failure_dest, failure_sends = undo_from(index)
         following = steps[index + 1].name if index + 1 < len(steps) else "completed"
+        if isinstance(item, Parallel):
+            _group(workflow, cls, starts_on, item, following, failure_dest, failure_sends)
+            continue
         if isinstance(item, _Pause):
             _pause(workflow, item, following, failure_dest, failure_sends)
             continue
@@ -319,6 +356,50 @@ def compile_steps(
     workflow.state("failed", final=True, status=Status.FAILED)
     workflow.cancelled_by(*cancel_on)
     return workflow.check()
+
+
+def _group(
+    workflow: Workflow,
+    cls: type[Saga],
+    starts_on: type[Event],
+    group: Parallel,
+    following: str,
+    failure_dest: str,
+    failure_sends: list[Callable[[SagaView], Message]],
+) -> None:
+    """A parallel group's two states (``Workflow.group``), its steps as branches; a step's success
+    that comes after the group gave up on it is undone as any step's is."""
+    branches = []
+    for s in group.steps:
+        comp = s.compensation
+        undo = _builder(cls, comp.method, starts_on) if comp is not None else None
+        awaited = None
+        if comp is not None and undo is not None:
+            workflow.late_success[s.name] = (s.done.TYPE, (undo,))
+            if comp.done is not None:
+                awaited = Undo(undo, comp.done, comp.failed, comp.deadline, comp.retry)
+                workflow.late_undos[s.name] = awaited
+        branches.append(
+            BranchSpec(
+                s.name,
+                _builder(cls, s.method, starts_on),
+                s.done,
+                s.failed,
+                s.deadline,
+                s.retry,
+                awaited,
+                undo if awaited is None else None,
+            )
+        )
+        workflow.allow_updates(s.done, s.updates)
+    workflow.group(
+        group.name,
+        branches,
+        then=following,
+        on_failure=failure_dest,
+        failure_sends=failure_sends,
+        newest_first=group.newest_first,
+    )
 
 
 def _pause(

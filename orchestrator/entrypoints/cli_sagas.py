@@ -206,12 +206,17 @@ async def _action(wired: Wired, saga_id: str, args: argparse.Namespace) -> int:
     name = args.sagas_command
     fields: dict[str, Any] = {"reason": args.reason}
     try:  # the REST bodies' own checks: lengths, text PostgreSQL can store
+        branch = getattr(args, "branch", None)
         if name == "skip":
-            body: m.ActionRequest = m.SkipRequest(**fields, outcome=args.outcome, data=args.data)
+            body: m.ActionRequest = m.SkipRequest(
+                **fields, outcome=args.outcome, data=args.data, branch=branch
+            )
         elif name == "resume":
             body = m.ResumeRequest(**fields, step=args.step, new_attempt=args.new_attempt)
         elif name == "retry":
-            body = m.RetryRequest(**fields, new_attempt=args.new_attempt)
+            body = m.RetryRequest(**fields, new_attempt=args.new_attempt, branch=branch)
+        elif name == "fire-deadline":
+            body = m.BranchRequest(**fields, branch=branch)
         else:
             body = m.ActionRequest(**fields)
     except ValidationError as error:
@@ -225,6 +230,7 @@ async def _action(wired: Wired, saga_id: str, args: argparse.Namespace) -> int:
         outcome=getattr(body, "outcome", None),
         data=getattr(body, "data", {}),
         new_attempt=getattr(body, "new_attempt", False),
+        branch=getattr(body, "branch", None),
     )
     try:
         applied, unsent, why = await _act(wired, saga_id, action), 0, ""

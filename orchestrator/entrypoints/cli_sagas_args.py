@@ -128,7 +128,7 @@ def add_parser(sub: Any) -> None:
     acting.add_argument("--reason", help="why, for the journal")
     acting.add_argument("--actor", type=_actor, help="who acts, for the journal (default: cli:$USER)")
     verb("cancel", [acting], "give up on the saga: compensate what was done, now")
-    verb("fire-deadline", [acting], "fire the pending deadline now, as if its time had come")
+    fire = verb("fire-deadline", [acting], "fire the pending deadline now, as if its time had come")
     retry = verb("retry", [acting], "send the current step's commands again now")
     resume = verb("resume", [acting], "take a failed saga up again from a step (default: where it failed)")
     resume.add_argument("--step", help="the state to resume from")
@@ -141,6 +141,8 @@ def add_parser(sub: Any) -> None:
     )
     skip.add_argument("--outcome", required=True, help="the event type to take as the step's outcome")
     skip.add_argument("--data", type=_json_object, default={}, help="that event's fields, a JSON object")
+    for branched in (fire, retry, skip):
+        branched.add_argument("--branch", help="the branch of a parallel group it is about: <group>.<step>")
     _add_migrate(commands)
 
 

@@ -99,7 +99,8 @@ def print_saga(saga: m.SagaDetail) -> None:
         (
             "branches",
             "; ".join(
-                f"{one_line(b.name)}{' (given up)' if b.given_up else ''}: {_commands(b.awaiting)}"
+                f"{one_line(b.name)} ({b.phase or ('given up' if b.given_up else 'waiting')}):"
+                f" {_commands(b.awaiting)}"
                 for b in saga.branches
             )
             or "-",

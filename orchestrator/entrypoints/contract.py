@@ -30,7 +30,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from orchestrator.adapters.amqp.topology import Topology
-from orchestrator.core.definitions import DefinitionError, Workflow
+from orchestrator.core.definitions import DefinitionError, Workflow, builder_for
 from orchestrator.core.messages import Message, body_schema, schema_of, service_of
 from orchestrator.core.routing import Registry
 from orchestrator.entrypoints.settings import Settings
@@ -109,6 +109,7 @@ def _sends(workflow: Workflow) -> list[tuple[str | None, Any]]:
     ]
     found += [(rule.dest, builder) for rule in workflow.rules for builder in rule.send]
     found += [(None, builder) for _, undo in workflow.late_success.values() for builder in undo]
+    found += [(state, builder) for state, builder in workflow.group_sends()]
     return found
 
 
@@ -133,6 +134,15 @@ def _replies(workflow: Workflow) -> dict[str, set[str]]:
         service = service_of(message_type)
         answers = {e for e in taken.get(state or "", set()) if service_of(e) == service}
         replies.setdefault(message_type, set()).update(answers)
+    for group in workflow.groups.values():  # a branch's replies are its own, told by reply id
+        for branch in group.branches:
+            pairs = [(branch.send, (branch.done, branch.failed))]
+            if branch.undo is not None:
+                pairs.append((builder_for(branch.undo.send), (branch.undo.done, branch.undo.failed)))
+            for builder, events in pairs:
+                message_type, _ = _builder_message(builder)
+                if message_type is not None:
+                    replies.setdefault(message_type, set()).update(e.TYPE for e in events if e is not None)
     return replies
 
 

@@ -72,6 +72,8 @@ class OperatorAction:
     #: retry, resume: send the commands with new message ids, as a new attempt a participant
     #: takes afresh (default: the same message ids, which a participant takes as duplicates)
     new_attempt: bool = False
+    #: retry, fire-deadline, skip: the branch of a parallel group it is about (``<group>.<step>``)
+    branch: str | None = None
 
     def payload(self) -> dict[str, Any]:
         values: dict[str, Any] = {
@@ -79,6 +81,7 @@ class OperatorAction:
             "step": self.step,
             "outcome": self.outcome,
             "data": dict(self.data),
+            "branch": self.branch,
         }
         if self.new_attempt:
             values["new_attempt"] = True

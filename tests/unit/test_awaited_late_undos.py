@@ -115,6 +115,7 @@ def test_the_undo_of_a_late_success_is_awaited_and_its_confirmation_closes_the_s
     saga = kit.saga("t-1")
     assert (saga.state, saga.status) == ("compensated", "compensating")  # open until confirmed
     assert branch(saga)["name"] == "undo:charge"
+    assert kit.replay_differences(saga) == []  # its timers too: the journal gives them
     assert kit.journal(saga)[-1].decision["outcome"] == "late_undone"
 
     kit.advance(timedelta(minutes=5))  # its retry: the same command, the same message id

@@ -38,6 +38,7 @@ def test_the_package_exports_what_a_workflow_is_written_with() -> None:
             "Status",
             "Undo",
             "Workflow",
+            "parallel",
             "wait",
             "wait_for",
             "step",

@@ -145,7 +145,13 @@ class ParkedEvent(BaseModel):
 
 class Branch(BaseModel):
     name: str = Field(
-        description="undo:<step>: the undo of that step's success that came after the saga gave up on it"
+        description="<group>.<step>: a step of a parallel group; undo:<step>: the undo of that step's"
+        " success that came after the saga gave up on it"
+    )
+    phase: str | None = Field(
+        None,
+        description="a group's step: running, done, failed, timed_out; while the group is compensated"
+        " undoing, undone, undo_failed",
     )
     awaiting: list[Command] = Field(description="the commands it sent and waits on")
     attempt: int = Field(description="resends of those commands so far")
@@ -292,6 +298,10 @@ class WorkflowDetail(WorkflowSummary):
     initial: str
     unexpected: str = Field(description="what an event no rule names does: ignore, park or fail")
     events: list[str]
+    groups: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="parallel groups: the state a saga waits in while the group runs -> its branches",
+    )
     cancel_on: list[str] = Field(
         default_factory=list, description="events that cancel a saga wherever it is, as an operator's cancel"
     )
@@ -329,20 +339,32 @@ class ActionRequest(_Request):
     reason: Text | None = Field(default=None, max_length=2000, description="why, for the journal")
 
 
-class RetryRequest(ActionRequest):
+class BranchRequest(ActionRequest):
+    branch: Text | None = Field(
+        default=None,
+        max_length=400,
+        description="the branch of a parallel group it is about, <group>.<step> (GET /sagas/{id} lists them)",
+    )
+
+
+class RetryRequest(BranchRequest):
     new_attempt: bool = Field(
         default=False,
         description="send the commands with new message ids, as a new attempt (default: the same ids)",
     )
 
 
-class ResumeRequest(RetryRequest):
+class ResumeRequest(ActionRequest):
+    new_attempt: bool = Field(
+        default=False,
+        description="send the commands with new message ids, as a new attempt (default: the same ids)",
+    )
     step: Text | None = Field(
         default=None, max_length=200, description="the state to resume from (default: where it failed)"
     )
 
 
-class SkipRequest(ActionRequest):
+class SkipRequest(BranchRequest):
     outcome: Text = Field(max_length=200, description="the event type to take as the step's outcome")
     data: JsonObject = Field(default_factory=dict, description="that event's fields")
 

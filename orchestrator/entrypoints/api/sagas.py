@@ -67,6 +67,7 @@ def state_fields(ctx: ApiContext, saga: SagaSnapshot) -> dict[str, Any]:
         "branches": [
             m.Branch(
                 name=b["name"],
+                phase=b.get("phase"),
                 awaiting=[m.Command(type=c["type"], message_id=c["message_id"]) for c in b["awaiting"]],
                 attempt=int(b.get("attempt", 0)),
                 given_up=bool(b.get("given_up")),
@@ -373,8 +374,8 @@ def sagas_router(ctx: ApiContext, guard: Guard) -> APIRouter:
     ) -> m.SagaWritten:
         """Send the current step's commands again now, with the same message ids (new ones for
         ``new_attempt``)."""
-        reason, fresh = (body.reason, body.new_attempt) if body else (None, False)
-        return await act(saga_id, OperatorAction("retry", actor, reason, new_attempt=fresh))
+        reason, fresh, branch = (body.reason, body.new_attempt, body.branch) if body else (None, False, None)
+        return await act(saga_id, OperatorAction("retry", actor, reason, new_attempt=fresh, branch=branch))
 
     @acting.post("/{saga_id}/cancel", operation_id="cancel_saga", response_model=m.SagaWritten)
     async def cancel(saga_id: SagaId, actor: Actor, body: OptionalAction = None) -> m.SagaWritten:
@@ -392,15 +393,19 @@ def sagas_router(ctx: ApiContext, guard: Guard) -> APIRouter:
         return await act(saga_id, action)
 
     @acting.post("/{saga_id}/fire-deadline", operation_id="fire_deadline", response_model=m.SagaWritten)
-    async def fire_deadline(saga_id: SagaId, actor: Actor, body: OptionalAction = None) -> m.SagaWritten:
-        """Fire the pending deadline now, as if its time had come."""
-        reason = body.reason if body else None
-        return await act(saga_id, OperatorAction("fire-deadline", actor, reason))
+    async def fire_deadline(
+        saga_id: SagaId, actor: Actor, body: Annotated[m.BranchRequest | None, Body()] = None
+    ) -> m.SagaWritten:
+        """Fire the pending deadline now (a branch's, with ``branch``), as if its time had come."""
+        reason, branch = (body.reason, body.branch) if body else (None, None)
+        return await act(saga_id, OperatorAction("fire-deadline", actor, reason, branch=branch))
 
     @acting.post("/{saga_id}/skip", operation_id="skip_step", response_model=m.SagaWritten)
     async def skip(saga_id: SagaId, body: m.SkipRequest, actor: Actor) -> m.SagaWritten:
         """Take the given event as the current step's outcome, as if its participant had sent it."""
-        action = OperatorAction("skip", actor, body.reason, outcome=body.outcome, data=body.data)
+        action = OperatorAction(
+            "skip", actor, body.reason, outcome=body.outcome, data=body.data, branch=body.branch
+        )
         return await act(saga_id, action)
 
     router.include_router(viewing)
