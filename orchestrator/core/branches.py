@@ -16,7 +16,10 @@ deadline and one retry timer. A branch is a second, independent wait beside it:
      "awaiting": [<command>...], "attempt": 0, "order": 0}
 
   ``phase``: running, done, failed, timed_out; and while the group is compensated undoing,
-  undone, undo_failed. ``order`` numbers the branches done, for ``newest_first``.
+  undone, undo_refused, undo_timed_out. ``order`` numbers the branches done, for
+  ``newest_first``. A group's records stay while the saga is failed (a resume takes them up
+  again), go when it completes or is compensated, and a branch given up on at its deadline
+  leaves a ``late`` record behind: ``{"name": "late:<step>", "step", "awaiting", "late": true}``.
 
 Each is a small JSON record in the saga row (``sagas.branches``)
 and has timer rows of its own, of kinds ``deadline:<name>`` and ``retry:<name>`` beside the
@@ -37,6 +40,7 @@ __all__ = [
     "Branches",
     "answered",
     "deadline_kind",
+    "late_record",
     "live",
     "named",
     "of_group",
@@ -78,10 +82,23 @@ def timer_branch(kind: str) -> tuple[str, bool] | None:
 
 def live(branch: Mapping[str, Any]) -> bool:
     """Whether the saga still waits on it: a group's branch running or being compensated, or a
-    late success's undo not given up on."""
+    late success's undo not given up on (a ``late`` record waits on nothing: it only tells a
+    late success of a group's step by its reply id)."""
     if "group" in branch:
         return branch["phase"] in ("running", "undoing")
-    return not branch.get("given_up")
+    return not branch.get("given_up") and not branch.get("late")
+
+
+def late_record(branch: Mapping[str, Any]) -> dict[str, Any]:
+    """What is kept of a group's branch given up on at its deadline once its group is gone: the
+    command it sent, so that a success that still comes is told by its reply id (two branches
+    may await one type) and its step undone."""
+    return {
+        "name": f"late:{branch['step']}",
+        "step": branch["step"],
+        "awaiting": branch["awaiting"],
+        "late": True,
+    }
 
 
 def of_group(branches: Branches, group: str) -> list[Mapping[str, Any]]:

@@ -461,6 +461,15 @@ class Workflow:
         self.rules.append(Rule(GROUP_FAILED, spec.undoing, "failed"))
         return self
 
+    @property
+    def grouped(self) -> frozenset[str]:
+        """The steps that run as branches of a parallel group."""
+        return (
+            frozenset(b.name for g in self.groups.values() for b in g.branches)
+            if self.groups
+            else frozenset()
+        )
+
     def group_sends(self) -> list[tuple[str, CommandBuilder]]:
         """Every command builder of the groups' branches, with the state it is sent in: a
         branch's own in the group's state, its compensation in ``compensating_<group>``."""

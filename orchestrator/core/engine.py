@@ -18,6 +18,7 @@ from typing import Any
 from orchestrator.core.branches import (
     answered,
     deadline_kind,
+    late_record,
     live,
     named,
     of_group,
@@ -384,15 +385,21 @@ class _Draft:
     def enter(self, dest: str, sends: tuple[Any, ...], entered: tuple[Any, ...]) -> None:
         spec = self.compiled.workflow.states[dest]
         status = spec.status
-        if spec.final and self.saga.branches:  # a group's branches end with the saga
-            self.saga = _with(self.saga, branches=tuple(b for b in self.saga.branches if "group" not in b))
-        if spec.final and status is not Status.FAILED and any(live(b) for b in self.saga.branches):
-            status = Status.COMPENSATING  # closed when its branches are (``_settled``)
+        if spec.final and status is Status.FAILED:
+            self.halt_groups()  # kept for a resume, their timers ended
+        elif spec.final:
+            for group in {b["group"] for b in self.saga.branches if "group" in b}:
+                self.drop_group(group)  # a group's branches end with the saga
+            if any(live(b) for b in self.saga.branches):
+                status = Status.COMPENSATING  # closed when its branches are (``_settled``)
+            elif any(b.get("given_up") for b in self.saga.branches):
+                status = Status.FAILED  # an undo of a late success is still unconfirmed
+                self.failure = "the undo of a late success was not confirmed before its deadline"
         self.saga = _with(self.saga, state=dest, status=status, attempt=0)
         self.build(sends)
         awaiting = self.build(entered)
         self.saga = _with(self.saga, awaiting=tuple(_awaiting(c) for c in awaiting))
-        if spec.status is Status.FAILED:
+        if status is Status.FAILED:
             self.saga = _with(self.saga, last_error=self.failure or f"entered {dest}")
         self.deadline_changed = True
         due = spec.due(self.now, self.saga.data)
@@ -406,9 +413,27 @@ class _Draft:
             if dest == group.name:
                 self.open_group(group)
             else:
-                self.undo_group(group)
+                self.undo_group(group, entering=True)
 
     # -- parallel groups (orchestrator.core.branches) --------------------------------------------
+
+    def drop_group(self, group: str) -> None:
+        """A group's records go (with any timer they still have); a branch given up on at its
+        deadline leaves a ``late`` record, by which its late success is told and undone."""
+        kept: list[Mapping[str, Any]] = []
+        for branch in self.saga.branches:
+            if branch.get("group") != group:
+                kept.append(branch)
+                continue
+            self.end_timers(branch["name"])
+            if branch["phase"] == "timed_out" and branch["step"] in self.compiled.workflow.late_success:
+                kept.append(late_record(branch))
+        self.saga = _with(self.saga, branches=tuple(kept))
+
+    def halt_groups(self) -> None:
+        """The saga fails: its groups' branches wait no more (their timers end) until a resume."""
+        self.saga, timers = _halted(self.saga)
+        self.timers.update(timers)
 
     def set_branch(self, name: str, **changes: Any) -> None:
         self.saga = _with(self.saga, branches=replaced(self.saga.branches, name, **changes))
@@ -433,6 +458,7 @@ class _Draft:
                 records.append(done[spec.name])
                 continue
             name = f"{group.name}.{spec.name}"
+            self.end_timers(name)  # any left from before a resume: the new ones replace them
             built = self.build((spec.send,))
             records.append(
                 {
@@ -462,9 +488,13 @@ class _Draft:
             self.move(GROUP_DONE)
 
     def branch_failed(self, group: GroupSpec, branch: Mapping[str, Any], phase: str, why: str) -> None:
-        """A branch failed (``failed``), timed out (``timed_out``), or its compensation did
-        (``undo_failed``)."""
-        self.set_branch(branch["name"], phase=phase)
+        """A branch failed (``failed``), timed out (``timed_out``), or its compensation was
+        refused (``undo_refused``) or not confirmed by its deadline (``undo_timed_out``, which
+        keeps what it waited on, to send again with its message ids on a resume)."""
+        if phase == "undo_refused":
+            self.set_branch(branch["name"], phase=phase, awaiting=[])
+        else:
+            self.set_branch(branch["name"], phase=phase)
         if phase == "timed_out" and branch["step"] in self.compiled.workflow.late_success:
             # its success may still come: undone then, as any step's late success is
             self.saga = _with(self.saga, timed_out=(*self.saga.timed_out, branch["step"]))
@@ -473,11 +503,17 @@ class _Draft:
         else:
             self.undo_group(group)
 
-    def undo_group(self, group: GroupSpec) -> None:
+    def undo_group(self, group: GroupSpec, entering: bool = False) -> None:
         """The group being compensated: undo the branches done (together, or one at a time, the
         latest done first), wait for those in flight and those being undone; when none is left,
         move on to what the steps before the group need (or to ``failed`` where a compensation
-        was refused or not confirmed)."""
+        was refused or not confirmed, the records kept). ``entering``: a resume into it sends
+        again the compensations that failed: a refused one anew, one given up on at its
+        deadline with its message ids."""
+        if entering:
+            for branch in of_group(self.saga.branches, group.name):
+                if branch["phase"] in ("undo_refused", "undo_timed_out"):
+                    self.start_undo(group, branch, again=branch["phase"] == "undo_timed_out")
         while True:
             records = of_group(self.saga.branches, group.name)
             done = [b for b in records if b["phase"] == "done"]
@@ -490,10 +526,9 @@ class _Draft:
         records = of_group(self.saga.branches, group.name)
         if any(b["phase"] in ("running", "undoing", "done") for b in records):
             return
-        refused = [b["step"] for b in records if b["phase"] == "undo_failed"]
-        self.saga = _with(
-            self.saga, branches=tuple(b for b in self.saga.branches if b.get("group") != group.name)
-        )
+        refused = [b["step"] for b in records if b["phase"] in ("undo_refused", "undo_timed_out")]
+        if not refused:
+            self.drop_group(group.name)
         if refused:
             said = ", ".join(refused)
             why = f"the compensation of {said} in {group.name} was refused or not confirmed in time"
@@ -501,12 +536,19 @@ class _Draft:
         else:
             self.move(GROUP_UNDONE)
 
-    def start_undo(self, group: GroupSpec, branch: Mapping[str, Any]) -> None:
+    def start_undo(self, group: GroupSpec, branch: Mapping[str, Any], again: bool = False) -> None:
+        """Compensate a branch: awaited, or sent once, or nothing to send. ``again``: the
+        compensation it waited on when its deadline gave up on it, sent with its message ids."""
         spec = group.branch(branch["step"])
         name = branch["name"]
         if spec.undo is not None:
-            built = self.build((builder_for(spec.undo.send),))
-            self.set_branch(name, phase="undoing", awaiting=[_awaiting(c) for c in built], attempt=0)
+            if again and branch["awaiting"]:
+                resent = _resent(self.saga, branch["awaiting"])
+                self.commands.extend(resent)
+                awaiting = [_awaiting(c) for c in resent]
+            else:
+                awaiting = [_awaiting(c) for c in self.build((builder_for(spec.undo.send),))]
+            self.set_branch(name, phase="undoing", awaiting=awaiting, attempt=0)
             self.branch_timers(name, spec.undo.deadline, spec.undo.retry)
             return
         if spec.undo_sent is not None:
@@ -837,7 +879,10 @@ def _late_step(compiled: CompiledWorkflow, saga: SagaSnapshot, message: Incoming
     """The timed-out step this message is the late success of, if any."""
     if message.kind != "event":
         return None
+    grouped = compiled.workflow.grouped
     for step in saga.timed_out:
+        if step in grouped:
+            continue  # told by its reply id (a ``late`` record), never by type: see _branch_reply
         late = compiled.workflow.late_success.get(step)  # None: a compensation given up on
         if late is not None and late[0] == message.type:
             return step
@@ -994,6 +1039,18 @@ def _branch_reply(
     branch = answered(saga.branches, message.message_id, lambda command: reply_id_for(command, message.type))
     if branch is not None and "group" in branch:
         return _group_reply(compiled, saga, previous, message, now, ids, branch, merge_all)
+    if branch is not None and branch.get("late"):
+        # a group's step given up on at its deadline succeeded after all: undone, told by its
+        # reply id from a sibling that awaits the same type
+        step = branch["step"]
+        late = compiled.workflow.late_success.get(step)
+        if late is None or late[0] != message.type:
+            return None
+        rest = _with(saga, branches=without(saga.branches, branch["name"]))
+        undo = compiled.workflow.late_undos.get(step)
+        if undo is not None:
+            return _await_undo(compiled, rest, step, undo, previous, message, now, ids)
+        return _undo_late(compiled, rest, step, previous, message, now, ids)
     undo = compiled.workflow.late_undos.get(branch["step"]) if branch is not None else None
     if branch is None or undo is None:
         return None
@@ -1079,10 +1136,26 @@ def _group_outcome(
         and spec.undo.failed is not None
         and kind == spec.undo.failed.TYPE
     ):
-        outcome = "undo_failed"
+        outcome = "undo_refused"
+    elif phase == "undo_timed_out" and spec.undo is not None and kind == spec.undo.done.TYPE:
+        outcome = "undone"  # confirmed after its deadline after all
     else:
         return None
     draft = _Draft(compiled, saga, now, ids, merge_all)
+    said = f"{kind}: {spec.name} {outcome} in {group.name}"
+    if saga.status is Status.FAILED:
+        # the saga waits for an operator: the branch only records what happened, for a resume
+        # (a success is then compensated, a confirmed compensation not sent again)
+        phases = {"done": "done", "undone": "undone", "failed": "failed", "undo_refused": "undo_refused"}
+        try:
+            draft.merge(kind, payload)
+        except Exception as error:
+            return _failed(saga, previous, error, now)
+        draft.set_branch(branch["name"], phase=phases[outcome], awaiting=[])
+        if outcome == "done":
+            timed_out = tuple(s for s in draft.saga.timed_out if s != spec.name)
+            draft.saga = _with(draft.saga, timed_out=timed_out)
+        return _decision(draft, Outcome.IGNORED, previous, f"{said}; the saga stays failed")
     try:
         draft.merge(kind, payload)
         draft.end_timers(branch["name"])
@@ -1098,7 +1171,6 @@ def _group_outcome(
         draft.apply_parked()
     except Exception as error:  # a user's command builder raised
         return _failed(saga, previous, error, now)
-    said = f"{kind}: {spec.name} {outcome} in {group.name}"
     return _decision(draft, Outcome.MOVED, previous, f"{who}: {said}" if who else said)
 
 
@@ -1195,7 +1267,7 @@ def _group_timer(
         outcome = "timed_out"
     else:
         why = f"no reply to the compensation of {spec.name} in {group.name} before its deadline"
-        outcome = "undo_failed"
+        outcome = "undo_timed_out"
     try:
         draft.branch_failed(group, branch, outcome, why)
         draft.apply_parked()
@@ -1222,15 +1294,15 @@ def _resent(
 
 
 def _settled(compiled: CompiledWorkflow, saga: SagaSnapshot, branch: Mapping[str, Any]) -> SagaSnapshot:
-    """``saga`` with ``branch`` gone: with none left, a saga in a final state has that state's
-    status again (compensating while it waited; failed where this branch's deadline failed it)."""
+    """``saga`` with ``branch`` gone: with none waiting or given up on left, a saga in a final
+    state has that state's status again (compensating while they waited; failed where an undo's
+    deadline failed it: in a completed or compensated state nothing else fails a saga)."""
     spec = compiled.workflow.states.get(saga.state)
-    if any(live(b) for b in saga.branches) or spec is None or not spec.final:
+    unsettled = any(live(b) or b.get("given_up") for b in saga.branches)
+    if unsettled or spec is None or not spec.final or spec.status is Status.FAILED:
         return saga
-    if saga.status is Status.COMPENSATING or (saga.status is Status.FAILED and branch.get("given_up")):
-        return _with(
-            saga, status=spec.status, last_error=None if spec.status is not Status.FAILED else saga.last_error
-        )
+    if saga.status in (Status.COMPENSATING, Status.FAILED):
+        return _with(saga, status=spec.status, last_error=None)
     return saga
 
 
@@ -1380,6 +1452,8 @@ def _operate(
         trigger = DEADLINE
     elif action == "skip":
         trigger = str(args.get("outcome") or "")
+        if trigger in (GROUP_DONE, GROUP_FAILED, GROUP_UNDONE):
+            return refuse(f"{trigger} is the group's own: skip a branch's outcome (branch=<group>.<step>)")
         if not compiled.moves_on(state, trigger):
             takes = sorted(e for s, e in compiled.moves if s == state and not e.startswith("saga."))
             return refuse(
@@ -1529,7 +1603,36 @@ def _decision(draft: _Draft, outcome: Outcome, previous: str | None, reason: str
 
 def _failed(saga: SagaSnapshot, previous: str, error: Exception | str, now: datetime) -> Decision:
     reason = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-    failed = _with(saga, status=Status.FAILED, last_error=reason, updated_at=now)
+    halted, timers = _halted(saga)
+    failed = _with(halted, status=Status.FAILED, last_error=reason, updated_at=now)
     return Decision(
-        failed, Outcome.FAILED, previous or None, deadline_changed=True, retry_changed=True, reason=reason
+        failed,
+        Outcome.FAILED,
+        previous or None,
+        deadline_changed=True,
+        retry_changed=True,
+        reason=reason,
+        timers=tuple(timers.items()),
     )
+
+
+def _halted(saga: SagaSnapshot) -> tuple[SagaSnapshot, dict[str, Deadline | None]]:
+    """``saga`` as it fails: its groups' branches wait no more, their timers end. A branch in
+    flight is given up on (``timed_out``: its success, recorded while the saga is failed, is
+    compensated on a resume); a compensation in flight too (``undo_timed_out``: a resume sends
+    it again with its message ids)."""
+    if not any("group" in b for b in saga.branches):
+        return saga, {}
+    timers: dict[str, Deadline | None] = {}
+    branches: list[Mapping[str, Any]] = []
+    timed_out = list(saga.timed_out)
+    for branch in saga.branches:
+        phase = branch.get("phase")
+        if "group" in branch and phase in ("running", "undoing"):
+            timers[deadline_kind(branch["name"])] = None
+            timers[retry_kind(branch["name"])] = None
+            branch = {**branch, "phase": "timed_out" if phase == "running" else "undo_timed_out"}
+            if phase == "running" and branch["step"] not in timed_out:
+                timed_out.append(branch["step"])
+        branches.append(branch)
+    return _with(saga, branches=tuple(branches), timed_out=tuple(timed_out)), timers

@@ -83,11 +83,15 @@ def migrate(target: CompiledWorkflow, saga: SagaSnapshot, message: Incoming, now
             "version": saga.version + 1,
             "updated_at": now,
             "attempt": 0,
-            "timed_out": tuple(s for s in saga.timed_out if s in workflow.states),
+            # a step of a parallel group is no state, but its late success is still undone
+            "timed_out": tuple(s for s in saga.timed_out if s in workflow.states or s in workflow.grouped),
         }
     )
     deadline = None
-    due = spec.due(now, moved.data) if status is not Status.FAILED else None
+    try:
+        due = spec.due(now, moved.data) if status is not Status.FAILED else None
+    except ValueError as error:  # a wait until a time the saga's data does not hold
+        raise MigrationRefused(str(error)) from None
     if due is not None:
         deadline = Deadline(state, due)
     return Decision(

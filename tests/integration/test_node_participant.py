@@ -107,11 +107,14 @@ class NodeShipping:
 
 
 @contextlib.asynccontextmanager
-async def node_shipping(bench: Bench, **env: str) -> AsyncIterator[NodeShipping]:
-    """The orchestrator, the Python inventory and payment, and the Node shipping, running."""
+async def node_shipping(
+    bench: Bench, workflows: str = "orchestrator.examples", **env: str
+) -> AsyncIterator[NodeShipping]:
+    """The orchestrator (with ``workflows``), the Python inventory and payment, and the Node
+    shipping, running."""
     require_node_modules()
     async with participant_database(bench) as database_url:
-        await bench.serve()
+        await bench.serve(workflows)
         await bench.start_participants("inventory", "payment")
         shipping = NodeShipping(bench, database_url, env)
         await shipping.start()
@@ -243,6 +246,33 @@ async def test_orders_complete_through_the_node_shipping_and_its_failures_compen
                 else {"order_id": key, "reason": "injected failure (fail rate)"}
             )
             assert orjson.loads(reply.body) == expected
+        assert await bench.dead_letters(0, timeout=0) == []
+
+
+async def test_the_node_shipping_serves_a_parallel_saga_as_it_is(bench: Bench) -> None:
+    """Issue 28, item 7: written from docs/protocol.md before parallel steps existed, it serves a
+    branch of a parallel group unchanged; its failures compensate the other branch."""
+    async with node_shipping(
+        bench, "tests.integration.parallel_shipping", PARTICIPANT_FAIL_RATE=str(FAIL_RATE)
+    ) as shipping:
+        failing, passing = order_ids(failing=3, passing=5)
+        for key in failing + passing:
+            await bench.place_order(key)
+
+        sagas = await bench.finished("charge_and_ship", failing + passing, timeout=90)
+
+        assert {k: sagas[k].status for k in passing} == dict.fromkeys(passing, Status.COMPLETED)
+        assert {k: sagas[k].status for k in failing} == dict.fromkeys(failing, Status.COMPENSATED)
+        assert bench.store is not None
+        for key in failing + passing:
+            journal = await bench.store.journal(saga_id_for("charge_and_ship", key))
+            together = [[c["type"] for c in e.decision["commands"]] for e in journal]
+            assert ["payment.ChargePayment", "shipping.ShipOrder"] in together  # one decision
+        for key in failing:
+            sent = await bench.commands_sent(saga_id_for("charge_and_ship", key))
+            assert sent[-2:] == ["payment.RefundPayment", "inventory.ReleaseStock"], sent
+        rows = {r["order_id"]: r["status"] for r in await shipping.shipments(failing + passing)}
+        assert rows == {**dict.fromkeys(failing, "failed"), **dict.fromkeys(passing, "shipped")}
         assert await bench.dead_letters(0, timeout=0) == []
 
 

@@ -14,6 +14,9 @@ import pytest
 
 from orchestrator import Command, Event, Saga, parallel, step
 from orchestrator.core.checks import check
+from orchestrator.core.engine import Incoming, Outcome, decide
+from orchestrator.core.machine import CompiledWorkflow
+from orchestrator.service.operations import BadRequest
 from orchestrator.testing import ActionRefused, OutgoingCommand, Verdict, WorkflowTestKit
 from tests.unit.trips import BookFlight, CancelFlight, FlightBooked, FlightCancelled, TripRequested
 
@@ -349,3 +352,162 @@ def test_resume_into_a_group_restarts_only_its_unfinished_branches(kit: Workflow
         "hotels.BookRoom",
     ]
     assert kit.saga("t-1").state == "book"
+
+
+# -- what a review found (each failed before its fix) ------------------------------------------
+
+
+@dataclass(frozen=True)
+class IssueTicket(Command):
+    TYPE = "tickets.IssueTicket"
+    trip_id: str
+
+
+@dataclass(frozen=True)
+class TicketIssued(Event):
+    TYPE = "tickets.TicketIssued"
+    trip_id: str
+
+
+@dataclass(frozen=True)
+class TicketRefused(Event):
+    TYPE = "tickets.TicketRefused"
+    trip_id: str
+
+
+@dataclass(frozen=True)
+class RefundCard(Command):
+    TYPE = "cards.RefundCard"
+    trip_id: str
+
+
+@dataclass(frozen=True)
+class CardRefunded(Event):
+    TYPE = "cards.CardRefunded"
+    trip_id: str
+
+
+class LongTripSaga(Saga, starts_on=TripRequested, key="trip_id", name="long_trip"):
+    flight = TripSaga.flight
+    car = TripSaga.car
+    book = parallel(flight, car)
+
+    @step(done=CardCharged, deadline=timedelta(minutes=2))
+    def charge(self, trip: TripRequested) -> ChargeCard:
+        return ChargeCard(trip.trip_id)
+
+    @charge.compensate(done=CardRefunded, deadline=timedelta(minutes=5))
+    def refund(self, trip: TripRequested) -> RefundCard:
+        return RefundCard(trip.trip_id)
+
+    @step(done=TicketIssued, failed=TicketRefused, deadline=timedelta(minutes=2))
+    def ticket(self, trip: TripRequested) -> IssueTicket:
+        if trip.city == "Atlantis":
+            raise ValueError("no tickets to Atlantis")
+        return IssueTicket(trip.trip_id)
+
+
+def booked(kit: WorkflowTestKit, city: str = "Oslo") -> None:
+    kit.publish(TripRequested("t-1", city))
+    sent = by_type(kit.take_sent())
+    kit.reply(sent["flights.BookFlight:"], FlightBooked("t-1"))
+    kit.reply(sent["cars.RentCar:"], CarRented("t-1"))
+
+
+def test_a_done_group_survives_the_saga_failing_and_is_undone_when_it_carries_on() -> None:
+    kit = WorkflowTestKit(LongTripSaga.workflow)
+    try:
+        booked(kit)
+        (charge,) = kit.take_sent()
+        kit.reply(charge, CardCharged("t-1"))
+        (ticket,) = kit.take_sent()
+        kit.reply(ticket, TicketRefused("t-1"))
+        (refund,) = kit.take_sent()
+        kit.advance(timedelta(minutes=5))  # the refund is not confirmed in time: failed
+        assert kit.saga("t-1").status == "failed"
+        kit.reply(refund, CardRefunded("t-1"))  # it was, after all: on to the group's undoing
+        assert sorted(kit.sent_types()) == ["cars.ReturnCar", "flights.CancelFlight"]
+        assert kit.saga("t-1").state == "compensating_book"
+        assert kit.replay_differences(kit.saga("t-1")) == []
+    finally:
+        kit.close()
+
+
+class ExplodingTripSaga(Saga, starts_on=TripRequested, key="trip_id", name="exploding_trip"):
+    flight = TripSaga.flight
+    car = TripSaga.car
+    book = parallel(flight, car)
+
+    @step(done=TicketIssued, deadline=timedelta(minutes=2))
+    def ticket(self, trip: TripRequested) -> IssueTicket:
+        raise ValueError(f"no tickets to {trip.city}")
+
+
+def test_a_failing_builder_after_the_group_halts_its_branches_and_their_timers() -> None:
+    """The last branch's reply completes the group and the next step's builder raises: the saga
+    fails as it was before that reply, with that branch still in flight. Its timers must not
+    carry the failed saga on without an operator."""
+    kit = WorkflowTestKit(ExplodingTripSaga.workflow)
+    try:
+        kit.publish(TripRequested("t-1", "Atlantis"))
+        sent = by_type(kit.take_sent())
+        kit.reply(sent["flights.BookFlight:"], FlightBooked("t-1"))
+        kit.reply(sent["cars.RentCar:"], CarRented("t-1"))
+        saga = kit.saga("t-1")
+        assert saga.status == "failed" and "no tickets to Atlantis" in (saga.last_error or "")
+        kit.advance(timedelta(hours=1))  # the car's deadline would have passed
+        saga = kit.saga("t-1")
+        assert (saga.state, saga.status) == ("book", "failed") and kit.take_sent() == []
+        assert kit.replay_differences(saga) == []
+    finally:
+        kit.close()
+
+
+def test_late_successes_of_two_branches_awaiting_one_type_undo_each_its_own(kit: WorkflowTestKit) -> None:
+    sent = started(kit)
+    kit.reply(sent["flights.BookFlight:"], FlightFull("t-1"))  # compensating: the rest in flight
+    kit.advance(timedelta(seconds=60))  # both nights and the car time out
+    saga = kit.saga("t-1")
+    assert saga.status == "compensated"
+    assert sorted(b["name"] for b in saga.branches) == ["late:car", "late:first_night", "late:second_night"]
+    kit.reply(sent["hotels.BookRoom:2"], RoomBooked("t-1"))  # the second night, after all
+    (cancel,) = kit.take_sent()
+    assert (cancel.type, cancel.payload["night"]) == ("hotels.CancelRoom", 2)
+    kit.reply(sent["hotels.BookRoom:1"], RoomBooked("t-1"))
+    (other,) = kit.take_sent()
+    assert other.payload["night"] == 1
+    kit.advance(timedelta(minutes=5))  # neither cancellation confirmed: failed, for an operator
+    assert kit.saga("t-1").status == "failed"
+    kit.reply(other, RoomCancelled("t-1"))
+    assert kit.saga("t-1").status == "failed"  # the other one is still unconfirmed
+    kit.reply(cancel, RoomCancelled("t-1"))
+    saga = kit.saga("t-1")
+    assert (saga.status, saga.last_error) == ("compensated", None)
+    assert kit.replay_differences(saga) == []
+
+
+def test_resume_sends_a_group_compensation_again_that_timed_out_with_its_ids(kit: WorkflowTestKit) -> None:
+    sent = started(kit)
+    kit.reply(sent["cars.RentCar:"], CarRented("t-1"))
+    kit.reply(sent["flights.BookFlight:"], FlightFull("t-1"))
+    (give_back,) = kit.take_sent()
+    kit.advance(timedelta(seconds=30))  # the nights time out
+    kit.advance(timedelta(minutes=5))  # the car's return is not confirmed
+    saga = kit.saga("t-1")
+    assert (saga.state, saga.status) == ("failed", "failed")
+    kit.take_sent()
+    kit.act(saga, "resume", step="compensating_book")
+    assert [c.message_id for c in kit.take_sent()] == [give_back.message_id]
+    kit.reply(give_back, CarReturned("t-1"))
+    assert kit.saga("t-1").status == "compensated"
+    assert kit.replay_differences(kit.saga("t-1")) == []
+
+
+def test_skip_refuses_the_groups_own_triggers(kit: WorkflowTestKit) -> None:
+    saga = started(kit) and kit.saga("t-1")
+    with pytest.raises(BadRequest, match=r"no event type 'saga\.GroupDone'"):  # the service's check
+        kit.act(saga, "skip", outcome="saga.GroupDone")
+    compiled = CompiledWorkflow(TripSaga.workflow)  # and the engine's, for any other way in
+    action = Incoming("operator.skip", "op-1", {"outcome": "saga.GroupDone"}, kind="operator")
+    decision = decide(compiled, saga, action, kit.now)
+    assert decision.outcome is Outcome.REFUSED and "the group's own" in (decision.reason or "")
