@@ -132,10 +132,40 @@ class WorkflowTestKit:
                         break
         if saga is None:
             return None
+        branch = self._branch_awaiting(saga, message.TYPE)
+        if branch is not None:
+            return reply_id_for(branch, message.TYPE)
         commands = [c["message_id"] for c in saga.awaiting] or [
             c["message_id"] for e in self.store.journals.get(saga.id, []) for c in e.decision["commands"]
         ][-1:]
         return reply_id_for(commands[0], message.TYPE) if commands else None
+
+    def _branch_awaiting(self, saga: SagaSnapshot, reply_type: str) -> str | None:
+        """The command a branch of the saga (orchestrator.core.branches) waits on whose replies
+        include ``reply_type``: a group's step or its compensation, or a late success's undo."""
+        compiled = self.registry.for_saga(saga)
+        if compiled is None:
+            return None
+        workflow = compiled.workflow
+        for branch in saga.branches:
+            if not branch.get("awaiting"):
+                continue
+            events: tuple[type[Message] | None, ...]
+            if "group" in branch:
+                spec = workflow.groups[branch["group"]].branch(branch["step"])
+                undoing = branch["phase"] != "running" and spec.undo is not None
+                events = (
+                    (spec.undo.done, spec.undo.failed) if undoing and spec.undo else (spec.done, spec.failed)
+                )
+            else:
+                undo = workflow.late_undos.get(branch["step"])
+                late = workflow.late_success.get(branch["step"])
+                events = (undo.done, undo.failed) if undo is not None and not branch.get("late") else ()
+                if branch.get("late") and late is not None and late[0] == reply_type:
+                    return str(branch["awaiting"][0]["message_id"])
+            if reply_type in {e.TYPE for e in events if e is not None}:
+                return str(branch["awaiting"][0]["message_id"])
+        return None
 
     def deliver(self, envelope: Envelope) -> BatchResult:
         """Deliver a raw envelope: for tests of bad input."""

@@ -703,4 +703,12 @@ class Workflow:
                     f"{self.name}: {rule.event} cancels the saga (cancelled_by); it cannot also be"
                     f" what {rule.source} takes"
                 )
+        replies = {e.TYPE for u in self.late_undos.values() for e in _undo_events(u) if e is not None}
+        for group in self.groups.values():
+            for b in group.branches:
+                replies |= {e.TYPE for e in (b.done, b.failed, *_undo_events(b.undo)) if e is not None}
+        for event_type in sorted(self.cancel_events & replies):
+            raise DefinitionError(
+                f"{self.name}: {event_type} cancels the saga (cancelled_by); it cannot also be a reply"
+            )
         return self

@@ -26,6 +26,7 @@ from orchestrator.core.definitions import (
     GROUP_UNDONE,
     GroupSpec,
     StateSpec,
+    Status,
     Workflow,
 )
 from orchestrator.core.machine import Fired
@@ -221,6 +222,8 @@ def mermaid(workflow: Workflow, moves: Mapping[tuple[str, str], Fired] | None = 
         if event == DEADLINE:
             label = _deadline_label(workflow.states[source])
         elif event == CANCEL:
+            if workflow.states[source].status is Status.COMPENSATING:
+                continue  # a compensating saga is not cancelled (the engine refuses it)
             label = " / ".join(["cancel", *sorted(workflow.cancel_events)])
         elif event in _GROUP_LABELS:
             label = _GROUP_LABELS[event][source in workflow.groups]

@@ -394,7 +394,10 @@ class _Draft:
                 status = Status.COMPENSATING  # closed when its branches are (``_settled``)
             elif any(b.get("given_up") for b in self.saga.branches):
                 status = Status.FAILED  # an undo of a late success is still unconfirmed
-                self.failure = "the undo of a late success was not confirmed before its deadline"
+                self.failure = (
+                    "the undo of a late success was refused or not confirmed in time: retry it"
+                    " (branch undo:<step>) or skip it once it is done"
+                )
         self.saga = _with(self.saga, state=dest, status=status, attempt=0)
         self.build(sends)
         awaiting = self.build(entered)
@@ -776,7 +779,7 @@ def _decide(
                 bumped, Outcome.IGNORED, previous, reason=contradiction, dead_letter=Reason.KEY_MISMATCH
             )
     if cancels and message.kind == "event" and message.type in workflow.cancel_events:
-        return _cancelled_by(compiled, saga, bumped, message, now, ids, merge_all)
+        return _cancelled_by(compiled, saga, bumped, message, now, ids, merge_all, given)
     if saga.branches and message.kind == "event":
         answer = _branch_reply(compiled, bumped, previous, message, now, ids, merge_all)
         if answer is not None:
@@ -1068,17 +1071,9 @@ def _branch_reply(
     merged = tuple(draft.merged)
     if refused:
         why = f"{message.type}: the undo of {step}'s late success was refused; an operator must see to it"
-        failed = _with(rest, status=Status.FAILED, last_error=why)
-        return Decision(
-            failed,
-            Outcome.FAILED,
-            previous,
-            deadline_changed=True,
-            retry_changed=True,
-            reason=why,
-            merged=merged,
-            timers=closed,
-        )
+        kept = {**branch, "given_up": True, "refused": True, "awaiting": []}
+        kept_saga = _with(draft.saga, branches=tuple(kept if b is branch else b for b in saga.branches))
+        return _branch_gave_up(compiled, kept_saga, previous, why, closed, merged)
     settled = _settled(compiled, rest, branch)
     # settled: closed for the first time (a saga the branch reopened was counted finished before)
     closing = settled.status is not rest.status and not branch.get("reopened")
@@ -1174,6 +1169,55 @@ def _group_outcome(
     return _decision(draft, Outcome.MOVED, previous, f"{who}: {said}" if who else said)
 
 
+def _operate_undo(
+    compiled: CompiledWorkflow,
+    saga: SagaSnapshot,
+    previous: str,
+    action: str,
+    args: Mapping[str, Any],
+    now: datetime,
+    ids: _Ids,
+    who: str,
+    branch: Mapping[str, Any],
+    undo: Undo,
+) -> Decision:
+    """An operator's ``retry`` of a late success's undo (a refused one anew, one given up on at
+    its deadline with its message ids unless ``new_attempt``), or ``skip`` of it with its
+    ``done`` outcome: what an operator does for a saga failed on such an undo."""
+    name = branch["name"]
+    if action == "skip":
+        if args.get("outcome") != undo.done.TYPE:
+            return Decision(saga, Outcome.REFUSED, previous, reason=f"{name} takes {undo.done.TYPE}")
+        rest = _with(saga, branches=without(saga.branches, name))
+        settled = _settled(compiled, rest, branch)
+        closing = settled.status is not rest.status and not branch.get("reopened")
+        timers = ((deadline_kind(name), None), (retry_kind(name), None))
+        return Decision(
+            settled, Outcome.SETTLED if closing else Outcome.MOVED, previous, reason=who, timers=timers
+        )
+    if action != "retry":
+        return Decision(saga, Outcome.REFUSED, previous, reason=f"{name}: retry or skip it")
+    draft = _Draft(compiled, saga, now, ids)
+    if branch.get("refused") or args.get("new_attempt") or not branch["awaiting"]:
+        try:
+            commands = draft.build((builder_for(undo.send),))
+        except Exception as error:
+            return _failed(saga, previous, error, now)
+    else:
+        commands = list(_resent(saga, branch["awaiting"]))
+    again = {
+        **{k: v for k, v in branch.items() if k != "refused"},
+        "awaiting": [_awaiting(c) for c in commands],
+        "attempt": int(branch.get("attempt", 0)) + 1,
+        "given_up": False,
+    }
+    draft.saga = _with(draft.saga, branches=tuple(again if b is branch else b for b in saga.branches))
+    draft.branch_timers(name, undo.deadline, undo.retry)
+    return Decision(
+        draft.saga, Outcome.RETRIED, previous, tuple(commands), reason=who, timers=tuple(draft.timers.items())
+    )
+
+
 def _operate_branch(
     compiled: CompiledWorkflow,
     saga: SagaSnapshot,
@@ -1193,11 +1237,16 @@ def _operate_branch(
         return Decision(saga, Outcome.REFUSED, previous, reason=why)
 
     branch = named(saga.branches, name)
+    undo = compiled.workflow.late_undos.get(branch["step"]) if branch is not None else None
+    if branch is not None and "group" not in branch and not branch.get("late") and undo is not None:
+        return _operate_undo(compiled, saga, previous, action, args, now, ids, who, branch, undo)
     group = (
         compiled.workflow.groups.get(branch["group"]) if branch is not None and "group" in branch else None
     )
-    if branch is None or group is None:
-        names = ", ".join(b["name"] for b in saga.branches if "group" in b) or "none"
+    if branch is None or group is None or saga.status is Status.FAILED:
+        if branch is not None and group is not None:
+            return refuse(f"saga is failed: resume it, and its group {group.name} with it")
+        names = ", ".join(b["name"] for b in saga.branches if not b.get("late")) or "none"
         return refuse(f"{name} is no branch of this saga; its branches: {names}")
     if not live(branch):
         return refuse(f"{name} is {branch['phase']}: it waits on nothing")
@@ -1340,12 +1389,35 @@ def _branch_timer(
         f"no {undo.done.TYPE} for {', '.join(c.type for c in commands)} (the undo of {branch['step']}'s"
         " late success) before its deadline; an operator must see to it"
     )
-    failed = _with(
-        saga,
-        branches=tuple(kept if b is branch else b for b in saga.branches),
-        status=Status.FAILED,
-        last_error=why,
+    kept_saga = _with(saga, branches=tuple(kept if b is branch else b for b in saga.branches))
+    return _branch_gave_up(
+        compiled, kept_saga, previous, why, ((deadline_kind(name), None), (retry_kind(name), None))
     )
+
+
+def _branch_gave_up(
+    compiled: CompiledWorkflow,
+    saga: SagaSnapshot,
+    previous: str,
+    why: str,
+    timers: tuple[tuple[str, Deadline | None], ...],
+    merged: tuple[str, ...] = (),
+) -> Decision:
+    """A late success's undo was refused or not confirmed (its branch kept, ``given_up``). A
+    saga in its final state fails now, for an operator; one still compensating goes on (its own
+    replies must not be lost to a failed status) and fails when it reaches its final state
+    (``_Draft.enter``)."""
+    spec = compiled.workflow.states.get(saga.state)
+    if spec is not None and not spec.final and saga.status is not Status.FAILED:
+        return Decision(
+            saga,
+            Outcome.MOVED,
+            previous,
+            reason=f"{why}; the saga fails when it ends",
+            merged=merged,
+            timers=timers,
+        )
+    failed = _with(saga, status=Status.FAILED, last_error=why)
     return Decision(
         failed,
         Outcome.FAILED,
@@ -1353,7 +1425,8 @@ def _branch_timer(
         deadline_changed=True,
         retry_changed=True,
         reason=why,
-        timers=((deadline_kind(name), None), (retry_kind(name), None)),
+        merged=merged,
+        timers=timers,
     )
 
 
@@ -1414,7 +1487,7 @@ def _operate(
             merge_all,
             new_attempt=bool(args.get("new_attempt")),
         )
-    if args.get("branch") and not saga.finished:
+    if args.get("branch") and (not saga.finished or saga.status is Status.FAILED):
         return _operate_branch(compiled, saga, previous, action, args, now, ids, who, merge_all)
     given_up = _given_up(compiled, saga) if action == "skip" and not before_operators else None
     as_it_was = saga  # a skip that fails to move leaves the saga failed where it failed
@@ -1498,13 +1571,20 @@ def _cancelled_by(
     now: datetime,
     ids: _Ids,
     merge_all: bool = False,
+    given: Incoming | None = None,
 ) -> Decision:
     """A cancel event (``Workflow.cancelled_by``): the operator's cancel, asked for by a message.
-    Its declared fields enter the data first, so a compensation can read them (a reason)."""
+    Its declared fields enter the data first, so a compensation can read them (a reason). A
+    failed saga keeps it parked: a resume cancels it instead of going on (``_resume``)."""
     previous = saga.state
     if saga.status in _CLOSED:  # nothing to cancel, and nothing to journal: counted only
         reason = f"{message.type}: saga is already {saga.status}"
         return Decision(saga, Outcome.DISCARDED, previous, reason=reason, cancel=True)
+    current = compiled.workflow.states.get(saga.state)
+    if saga.status is Status.FAILED and current is not None and not current.final:
+        kept = _with(bumped, parked=(*bumped.parked, (given or message).as_json()))
+        reason = f"{message.type} kept: the saga is failed, and a resume cancels it"
+        return Decision(kept, Outcome.PARKED, previous, reason=reason, cancel=True)
     cannot = _cannot_cancel(compiled, bumped)
     if cannot is not None:
         reason = f"{message.type} cancels nothing: {cannot}"
@@ -1568,6 +1648,25 @@ def _resume(
     # duplicate.
     given_up = _given_up(compiled, saga)
     draft = _Draft(compiled, resumed, now, ids, merge_all, before_operators)
+    cancel = next((p for p in saga.parked if p["type"] in compiled.workflow.cancel_events), None)
+    if cancel is not None and compiled.moves_on(step, CANCEL) and spec.status is not Status.COMPENSATING:
+        # cancelled while it was failed: resumed into ``step`` only to be cancelled from there,
+        # without sending that step's commands again
+        try:
+            event = upcast_message(compiled, Incoming.from_json(cancel))
+            draft.saga = _with(
+                draft.saga,
+                state=step,
+                status=spec.status,
+                parked=tuple(p for p in draft.saga.parked if p is not cancel),
+            )
+            draft.merge(event.type, event.payload)
+            draft.move(CANCEL, failure=f"cancel by {event.type}, kept while the saga was failed")
+            draft.applied_parked.append(cancel["message_id"])
+            draft.apply_parked()
+        except Exception as error:
+            return _failed(saga, previous, error, now)
+        return _decision(draft, Outcome.MOVED, previous, f"{who}; then cancel by {event.type}")
     try:
         draft.enter(step, (), spec.on_enter)
         if not before_operators and not new_attempt and step == given_up:

@@ -351,11 +351,26 @@ def compile_steps(
         if comp.failed is not None:
             workflow.on(comp.failed, source=state, dest="failed")
 
+    _no_reply_from_outside(cls, steps, [s for g in found if isinstance(g, Parallel) for s in g.steps])
     workflow.state("completed", final=True)
     workflow.state("compensated", final=True, status=Status.COMPENSATED)
     workflow.state("failed", final=True, status=Status.FAILED)
     workflow.cancelled_by(*cancel_on)
     return workflow.check()
+
+
+def _no_reply_from_outside(cls: type[Saga], items: list[Step | _Pause], grouped: list[Step]) -> None:
+    """A ``wait_for`` event is taken from whoever may publish it, without a reply id: it cannot
+    also be a step's or a compensation's reply, which is taken only as the reply to its command."""
+    outside = {t for p in items if isinstance(p, WaitFor) for t in (p.done, p.failed) if t is not None}
+    for s in [*(i for i in items if isinstance(i, Step)), *grouped]:
+        comp = s.compensation
+        replies = {s.done, s.failed, *((comp.done, comp.failed) if comp is not None else ())}
+        for event in sorted(outside & {r for r in replies if r is not None}, key=lambda e: e.TYPE):
+            raise DefinitionError(
+                f"{cls.__name__}: {event.TYPE} is what a wait_for waits for from outside; it cannot"
+                f" also be a reply of {s.name}"
+            )
 
 
 def _group(

@@ -132,12 +132,36 @@ def test_the_undo_of_a_late_success_is_awaited_and_its_confirmation_closes_the_s
     assert kit.replay_differences(kit.saga("t-1")) == []
 
 
-def test_a_refused_undo_fails_the_saga_for_an_operator(kit: WorkflowTestKit) -> None:
+def test_a_refused_undo_fails_the_saga_for_an_operator_who_retries_it(kit: WorkflowTestKit) -> None:
     refund = late_refund(kit)
     kit.reply(refund, RefundRefused("t-1"))
     saga = kit.saga("t-1")
-    assert saga.status == "failed" and saga.branches == ()
+    assert saga.status == "failed" and branch(saga)["refused"] is True
     assert "the undo of charge's late success was refused" in (saga.last_error or "")
+    kit.act(saga, "retry", branch="undo:charge")  # sent anew: the refusal was an answer
+    (again,) = kit.take_sent()
+    assert again.type == "cards.RefundCard" and again.message_id != refund.message_id
+    kit.publish(CardRefunded("t-1"))  # the kit gives it the branch's reply id
+    saga = kit.saga("t-1")
+    assert (saga.status, saga.last_error, saga.branches) == ("compensated", None, ())
+    assert kit.replay_differences(saga) == []
+
+
+def test_a_refused_undo_while_the_saga_compensates_loses_none_of_its_replies(kit: WorkflowTestKit) -> None:
+    kit.publish(TripRequested("t-1", "Oslo"))
+    (book,) = kit.take_sent()
+    kit.reply(book, FlightBooked("t-1"))
+    (charge,) = kit.take_sent()
+    kit.advance(timedelta(minutes=2))
+    (cancel,) = kit.take_sent()
+    kit.reply(charge, CardCharged("t-1", "ch-7"))
+    (refund,) = kit.take_sent()
+    kit.reply(refund, RefundRefused("t-1"))
+    assert kit.saga("t-1").status == "compensating"  # it goes on undoing the flight
+    kit.reply(cancel, FlightCancelled("t-1"))  # taken, not lost to a failed status
+    saga = kit.saga("t-1")
+    assert (saga.state, saga.status) == ("compensated", "failed")  # for an operator, at its end
+    assert kit.take_sent() == []
     assert kit.replay_differences(saga) == []
 
 

@@ -337,3 +337,61 @@ def test_the_bundled_workflows_keep_their_fingerprints() -> None:
     running deployment's releases stay valid."""
     assert OrderSaga.workflow.fingerprint() == "a0d8c36a24f4704e"
     assert escrow.fingerprint() == "7aa03504ce7fa989"
+
+
+def test_a_cancel_event_for_a_failed_saga_is_kept_and_a_resume_cancels_it() -> None:
+    class FragileSaga(Saga, starts_on=Placed, key="order_id", name="fragile", cancel_on=OrderCancelled):
+        @step(done=Charged, deadline=timedelta(seconds=30))
+        def charge(self, order: Placed) -> Charge:
+            return Charge(order.order_id)
+
+        @charge.compensate(done=Refunded)
+        def refund(self, order: Placed) -> Refund:
+            return Refund(order.order_id)
+
+        @step(done=Shipped, deadline=timedelta(seconds=30))
+        def ship(self, order: Placed) -> Ship:
+            if self.data.get("broken", True):
+                raise RuntimeError("the shipping builder is broken")
+            return Ship(order.order_id)
+
+    kit = WorkflowTestKit(FragileSaga.workflow, now=NOW)
+    try:
+        _charged(kit)
+        saga = kit.saga("o-1")
+        assert (saga.state, saga.status) == ("charge", "failed")  # ship's builder raised
+        assert _outside(kit, OrderCancelled("o-1", "too slow")) == [Verdict.ACCEPTED]
+        assert kit.journal(kit.saga("o-1"))[-1].decision["outcome"] == "parked"
+        kit.act(kit.saga("o-1"), "resume", step="ship")  # the fix is deployed; the customer left
+        assert kit.sent_types() == ["payments.Refund"]  # cancelled from ship: nothing shipped
+        saga = kit.saga("o-1")
+        assert (saga.state, saga.parked) == ("compensating_charge", ())
+        assert kit.replay_differences(saga) == []
+    finally:
+        kit.close()
+
+
+def test_an_event_from_outside_cannot_also_be_a_reply() -> None:
+    with pytest.raises(DefinitionError, match="cannot also be a reply of charge"):
+
+        class Confused(Saga, starts_on=Placed, key="order_id", name="confused"):
+            @step(done=Charged)
+            def charge(self, order: Placed) -> Charge:
+                return Charge(order.order_id)
+
+            approve = wait_for(Charged, deadline=timedelta(days=1))
+
+    from orchestrator import parallel
+
+    with pytest.raises(DefinitionError, match="cannot also be a reply"):
+
+        class Cancelling(Saga, starts_on=Placed, key="order_id", name="cancelling", cancel_on=Charged):
+            @step(done=Charged)
+            def charge(self, order: Placed) -> Charge:
+                return Charge(order.order_id)
+
+            @step(done=Shipped)
+            def ship(self, order: Placed) -> Ship:
+                return Ship(order.order_id)
+
+            both = parallel(charge, ship)
