@@ -1,7 +1,9 @@
-"""``make demo``: the orchestrator, six participants and a mixed batch of orders and escrows.
+"""``make demo``: the orchestrator, nine participants and a mixed batch of orders, escrows and trips.
 
 Starts every process the way a user would, places orders (some complete, some are declined,
-some run out of stock) and opens escrows (some close, some are refused), waits for every saga
+some run out of stock), opens escrows (some close, some are refused) and books trips (a flight,
+a room and a car at once: a parallel group; some book, some find the flight full or no room,
+and the other bookings are cancelled), waits for every saga
 to finish, prints the outcomes per status and exits 0 only when each saga reached the status it
 should, each escrow's last reply (``bank.FundsReleased``, which nothing waits for, and
 ``seller.DocumentsVoided``, which ends a refused escrow) is in its journal, and the dead-letter
@@ -41,7 +43,14 @@ PARTICIPANTS = {
     "buyer": ["--refuse-over", "1000000"],
     "seller": [],
     "bank": [],
+    # the trip saga's, each with a delay of its own: the trip takes the longest, not their sum
+    "flights": ["--sold-out", "Atlantis", "--delay", "0.3"],
+    "hotels": ["--sold-out", "Venice", "--delay", "0.2"],
+    "cars": ["--delay", "0.1"],
 }
+
+#: the workflows the demo's orchestrator runs: the bundled ones and the trip
+WORKFLOW_MODULES = "orchestrator.examples,orchestrator.examples.travel"
 
 
 @dataclass(frozen=True)
@@ -85,6 +94,15 @@ def cases(run: str) -> list[Case]:
         key = f"escrow-{run}-{i}"
         body = {"escrow_id": key, "buyer_id": f"b-{i}", "seller_id": f"s-{i}", "amount_cents": amount}
         made.append(Case("escrow", key, kind, expected, "escrow.EscrowOpened", body, last))
+    for i in range(12):
+        city, kind, expected = "Oslo", "ok", "completed"
+        if i % 4 == 1:
+            city, kind, expected = "Atlantis", "flight full", "compensated"
+        elif i % 4 == 2:
+            city, kind, expected = "Venice", "no room", "compensated"
+        key = f"trip-{run}-{i}"
+        body = {"trip_id": key, "traveller": f"t-{i}", "city": city, "nights": 1 + i % 3}
+        made.append(Case("trip", key, kind, expected, "trips.TripBooked", body))
     return made
 
 
@@ -124,6 +142,7 @@ async def effects_of(database_url: str, batch: list[Case], outcome: dict[str, st
     was charged and all the stock it held, and each escrow's funds where its outcome says."""
     orders = [c.key for c in batch if c.workflow == "order"]
     escrows = [c.key for c in batch if c.workflow == "escrow"]
+    trips = [c.key for c in batch if c.workflow == "trip"]
     connection = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://", 1))
     try:
         ledger = await connection.fetch(
@@ -150,6 +169,15 @@ async def effects_of(database_url: str, batch: list[Case], outcome: dict[str, st
             " WHERE escrow_id = any($1) GROUP BY escrow_id, kind",
             escrows,
         )
+        bookings = {
+            (service, r["trip_id"], r["kind"]): r["n"]
+            for service in ("flights", "hotels", "cars")
+            for r in await connection.fetch(
+                f"SELECT trip_id, kind, count(*) AS n FROM {service}.bookings"
+                " WHERE trip_id = any($1) GROUP BY trip_id, kind",
+                trips,
+            )
+        }
     finally:
         await connection.close()
     charged = {(r["order_id"], r["kind"]): (r["n"], r["cents"]) for r in ledger}
@@ -167,6 +195,18 @@ async def effects_of(database_url: str, batch: list[Case], outcome: dict[str, st
                 )
             if not completed and (charged_cents != refunded_cents or held.get(case.key, 0) or effects[2]):
                 problems.append(f"{case.key} compensated but not given back")
+        elif case.workflow == "trip":
+            for service in ("flights", "hotels", "cars"):
+                booked = bookings.get((service, case.key, "book"), 0)
+                cancelled = bookings.get((service, case.key, "cancel"), 0)
+                if completed and (booked, cancelled) != (1, 0):
+                    problems.append(
+                        f"{case.key} booked: {service} {booked} booking(s), {cancelled} cancelled"
+                    )
+                if not completed and (booked > 1 or cancelled != booked):
+                    problems.append(
+                        f"{case.key} failed: {service} {booked} booking(s), {cancelled} cancelled"
+                    )
         else:
             collected, back, released = (
                 moved.get((case.key, kind), 0) for kind in ("collect", "return", "release")
@@ -180,10 +220,33 @@ async def effects_of(database_url: str, batch: list[Case], outcome: dict[str, st
     print(
         f"participants' tables: {charges_total} charges and {refunds_total} refunds (payment.ledger),"
         f" {sum(shipped.values())} shipments, {sum(1 for units in held.values() if units > 0)} orders"
-        f" holding stock (inventory.stock_moves), {sum(moved.values())} bank moves;"
+        f" holding stock (inventory.stock_moves), {sum(moved.values())} bank moves,"
+        f" {sum(n for (_, _, kind), n in bookings.items() if kind == 'book')} trip bookings of which"
+        f" {sum(n for (_, _, kind), n in bookings.items() if kind == 'cancel')} cancelled;"
         f" {'every effect as it should be' if not problems else f'{len(problems)} wrong'}"
     )
     return problems
+
+
+async def print_parallel_trip(store: PostgresStore, trips: list[Case]) -> None:
+    """A booked trip's wall time beside the sum of its three bookings' latencies, from its
+    journal: the start, and the entry that took each booking's reply."""
+    if not trips:
+        return
+    entries = await store.journal(saga_id_for("trip", trips[0].key))
+    start = entries[0].recorded_at
+    replies = {"flights.FlightBooked": "flight", "hotels.RoomBooked": "room", "cars.CarRented": "car"}
+    took = {
+        replies[e.message.type]: (e.recorded_at - start).total_seconds()
+        for e in entries
+        if e.message.type in replies
+    }
+    if len(took) == len(replies):
+        each = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in sorted(took.items()))
+        print(
+            f"a parallel trip ({trips[0].key}): booked in {max(took.values()):.2f}s wall time;"
+            f" its bookings took {each}, {sum(took.values()):.2f}s together"
+        )
 
 
 def spawn(args: list[str], env: dict[str, str], log: str) -> subprocess.Popen[bytes]:
@@ -206,7 +269,13 @@ async def demo() -> int:
     }
     logs = os.environ.get("DEMO_LOGS", f"/tmp/orchestrator-{namespace}")
     os.makedirs(logs, exist_ok=True)
-    processes = [spawn(["orchestrator", "run", "--port", "0"], env, f"{logs}/orchestrator.log")]
+    processes = [
+        spawn(
+            ["orchestrator", "run", "--port", "0", "--workflows", WORKFLOW_MODULES],
+            env,
+            f"{logs}/orchestrator.log",
+        )
+    ]
     processes += [
         spawn(["participants", name, *options], env, f"{logs}/{name}.log")
         for name, options in PARTICIPANTS.items()
@@ -233,8 +302,9 @@ async def demo() -> int:
             )
             await events.publish(message, routing_key=case.message_type)
         print(
-            f"demo: placed {sum(c.workflow == 'order' for c in batch)} orders and opened "
-            f"{sum(c.workflow == 'escrow' for c in batch)} escrows (namespace {namespace}, logs in {logs})"
+            f"demo: placed {sum(c.workflow == 'order' for c in batch)} orders, opened "
+            f"{sum(c.workflow == 'escrow' for c in batch)} escrows and booked"
+            f" {sum(c.workflow == 'trip' for c in batch)} trips (namespace {namespace}, logs in {logs})"
         )
 
         outcome: dict[str, str] = {}
@@ -263,6 +333,7 @@ async def demo() -> int:
         print("-" * 75)
         print(f"{len(batch) - wrong} of {len(batch)} sagas reached the status they should, in {elapsed:.1f}s")
         unanswered = await wait_for_last_replies(store, batch, timeout=30)
+        await print_parallel_trip(store, [c for c in batch if c.workflow == "trip" and c.kind == "ok"])
         wrong_effects = await effects_of(
             os.environ.get("PARTICIPANT_DATABASE_URL") or PARTICIPANTS_DATABASE, batch, outcome
         )

@@ -62,11 +62,14 @@ environment (an option given on the command line wins over its variable):
   INVENTORY_OUT_OF_STOCK     --out-of-stock   (inventory only)
   PAYMENT_DECLINE_OVER       --decline-over   (payment only)
   BUYER_REFUSE_OVER          --refuse-over    (buyer only)
+  TRAVEL_SOLD_OUT            --sold-out       (flights, hotels and cars only)
 
 failure replies chosen by --fail-rate:
   inventory.ReserveStock -> inventory.OutOfStock    payment.ChargePayment -> payment.PaymentDeclined
   shipping.ShipOrder     -> shipping.ShipmentFailed buyer.RequestSignature -> buyer.BuyerRefused
-  bank.CollectFunds      -> bank.FundsDeclined      (seller and compensations never fail)
+  bank.CollectFunds      -> bank.FundsDeclined      flights.BookFlight -> flights.FlightFull
+  hotels.BookRoom        -> hotels.NoRoom           cars.RentCar -> cars.NoCar
+  (seller and compensations never fail)
 
 exit codes: 0 stopped by SIGTERM/SIGINT (within --shutdown-grace, whatever the broker does),
   2 bad usage or RabbitMQ unreachable or refusing the topology at start,
@@ -150,6 +153,12 @@ def _parser() -> argparse.ArgumentParser:
         "--decline-over",
         metavar="CENTS",
         help="payment: decline charges above this amount (env PAYMENT_DECLINE_OVER)",
+    )
+    business.add_argument(
+        "--sold-out",
+        metavar="CITY[,CITY...]",
+        help="flights, hotels, cars: trips to these cities get FlightFull, NoRoom, NoCar"
+        " (env TRAVEL_SOLD_OUT)",
     )
     business.add_argument(
         "--refuse-over",
@@ -247,6 +256,13 @@ def parse_args(
         refuse_over=cents(*pick(args.refuse_over, "--refuse-over", "BUYER_REFUSE_OVER"))
         if args.name == "buyer"
         else None,
+        sold_out=frozenset(
+            city.strip()
+            for city in (
+                args.sold_out if args.sold_out is not None else environ.get("TRAVEL_SOLD_OUT", "")
+            ).split(",")
+            if city.strip() and args.name in ("flights", "hotels", "cars")
+        ),
     )
     database_url = (
         args.database_url if args.database_url is not None else environ.get("PARTICIPANT_DATABASE_URL")

@@ -20,6 +20,8 @@ class Options:
     out_of_stock: frozenset[str] = frozenset()
     decline_over: int | None = None
     refuse_over: int | None = None
+    #: flights, hotels, cars: the cities they have nothing in for a trip
+    sold_out: frozenset[str] = frozenset()
 
 
 def injected_failure(service: str, key: str, rate: float) -> bool:

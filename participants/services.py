@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from orchestrator.participant import Participant
-from participants import bank, buyer, inventory, payment, seller, shipping
+from participants import bank, buyer, inventory, payment, seller, shipping, travel
 from participants.common import Options
 
 __all__ = ["SERVICES"]
@@ -17,4 +17,8 @@ SERVICES: dict[str, Callable[[Options], Participant]] = {
     "buyer": buyer.build,
     "seller": seller.build,
     "bank": bank.build,
+    # the trip saga's (orchestrator/examples/travel.py), which make demo loads beside the bundled
+    "flights": travel.build_flights,
+    "hotels": travel.build_hotels,
+    "cars": travel.build_cars,
 }
