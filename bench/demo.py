@@ -3,7 +3,8 @@
 Starts every process the way a user would, places orders (some complete, some are declined,
 some run out of stock), opens escrows (some close, some are refused) and books trips (a flight,
 a room and a car at once: a parallel group; some book, some find the flight full or no room,
-and the other bookings are cancelled), waits for every saga
+some are cancelled by their traveller mid-flight, and the other bookings are cancelled), waits
+for every saga
 to finish, prints the outcomes per status and exits 0 only when each saga reached the status it
 should, each escrow's last reply (``bank.FundsReleased``, which nothing waits for, and
 ``seller.DocumentsVoided``, which ends a refused escrow) is in its journal, and the dead-letter
@@ -26,6 +27,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 import aio_pika
+import aio_pika.abc
 import asyncpg
 import orjson
 from sqlalchemy import text
@@ -51,6 +53,10 @@ PARTICIPANTS = {
 
 #: the workflows the demo's orchestrator runs: the bundled ones and the trip
 WORKFLOW_MODULES = "orchestrator.examples,orchestrator.examples.travel"
+
+
+#: a trip its traveller cancels while its bookings are in flight (a ``trips.TripCancelled``)
+CANCELLED = "cancelled"
 
 
 @dataclass(frozen=True)
@@ -94,12 +100,14 @@ def cases(run: str) -> list[Case]:
         key = f"escrow-{run}-{i}"
         body = {"escrow_id": key, "buyer_id": f"b-{i}", "seller_id": f"s-{i}", "amount_cents": amount}
         made.append(Case("escrow", key, kind, expected, "escrow.EscrowOpened", body, last))
-    for i in range(12):
+    for i in range(16):
         city, kind, expected = "Oslo", "ok", "completed"
         if i % 4 == 1:
             city, kind, expected = "Atlantis", "flight full", "compensated"
         elif i % 4 == 2:
             city, kind, expected = "Venice", "no room", "compensated"
+        elif i % 4 == 3:
+            kind, expected = CANCELLED, "compensated"
         key = f"trip-{run}-{i}"
         body = {"trip_id": key, "traveller": f"t-{i}", "city": city, "nights": 1 + i % 3}
         made.append(Case("trip", key, kind, expected, "trips.TripBooked", body))
@@ -228,6 +236,28 @@ async def effects_of(database_url: str, batch: list[Case], outcome: dict[str, st
     return problems
 
 
+async def cancel_trips(
+    store: PostgresStore, events: aio_pika.abc.AbstractExchange, trips: list[Case]
+) -> None:
+    """The travellers' cancellations, published as the booking site would (an id of its own, no
+    correlation id) once each trip's saga exists and its bookings are in flight."""
+    waiting = {c.key for c in trips}
+    deadline = time.monotonic() + 30
+    while waiting and time.monotonic() < deadline:
+        for key in sorted(waiting):
+            if await store.get_saga(saga_id_for("trip", key)) is not None:
+                message = aio_pika.Message(
+                    orjson.dumps({"trip_id": key}),
+                    type="trips.TripCancelled",
+                    message_id=str(uuid.uuid4()),
+                    content_type="application/json",
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                )
+                await events.publish(message, routing_key="trips.TripCancelled")
+                waiting.discard(key)
+        await asyncio.sleep(0.02)
+
+
 async def print_parallel_trip(store: PostgresStore, trips: list[Case]) -> None:
     """A booked trip's wall time beside the sum of its three bookings' latencies, from its
     journal: the start, and the entry that took each booking's reply."""
@@ -301,6 +331,7 @@ async def demo() -> int:
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             )
             await events.publish(message, routing_key=case.message_type)
+        await cancel_trips(store, events, [c for c in batch if c.workflow == "trip" and c.kind == CANCELLED])
         print(
             f"demo: placed {sum(c.workflow == 'order' for c in batch)} orders, opened "
             f"{sum(c.workflow == 'escrow' for c in batch)} escrows and booked"

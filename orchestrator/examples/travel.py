@@ -10,7 +10,7 @@ from datetime import timedelta
 
 from orchestrator import Command, Event, Saga, parallel, step
 
-__all__ = ["WORKFLOWS", "TripBooked", "TripSaga"]
+__all__ = ["WORKFLOWS", "TripBooked", "TripCancelled", "TripSaga"]
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,14 @@ class TripBooked(Event):
     traveller: str
     city: str
     nights: int
+
+
+@dataclass(frozen=True)
+class TripCancelled(Event):
+    """The traveller's cancellation, from the booking site: it answers no command."""
+
+    TYPE = "trips.TripCancelled"
+    trip_id: str
 
 
 # flights -----------------------------------------------------------------------------------------
@@ -127,9 +135,11 @@ RESERVE = timedelta(seconds=30)
 UNDO = timedelta(minutes=10)
 
 
-class TripSaga(Saga, starts_on=TripBooked, key="trip_id", name="trip"):
+class TripSaga(Saga, starts_on=TripBooked, key="trip_id", name="trip", cancel_on=TripCancelled):
     """Book the flight, the room and the car at once; whichever cannot be booked, cancel the
-    others. The saga takes as long as the slowest booking, not the sum of the three."""
+    others. The saga takes as long as the slowest booking, not the sum of the three. The
+    traveller may cancel at any time: what was booked is cancelled, and a booking still in
+    flight is cancelled once it is made."""
 
     @step(done=FlightBooked, failed=FlightFull, deadline=RESERVE)
     def flight(self, trip: TripBooked) -> BookFlight:
