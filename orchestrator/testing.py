@@ -153,7 +153,7 @@ class WorkflowTestKit:
             events: tuple[type[Message] | None, ...]
             if "group" in branch:
                 spec = workflow.groups[branch["group"]].branch(branch["step"])
-                undoing = branch["phase"] != "running" and spec.undo is not None
+                undoing = branch["phase"] in ("undoing", "undo_timed_out") and spec.undo is not None
                 events = (
                     (spec.undo.done, spec.undo.failed) if undoing and spec.undo else (spec.done, spec.failed)
                 )

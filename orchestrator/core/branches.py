@@ -6,7 +6,7 @@ deadline and one retry timer. A branch is a second, independent wait beside it:
 * the undo of a step's success that came after its deadline (``Workflow.late_undos``), awaited
   like any compensation even while the saga compensates other steps or has finished::
 
-    {"name": "undo:charge", "step": "charge", "awaiting": [<command>...], "attempt": 0,
+    {"name": "undo:charge:<command id>", "step": "charge", "awaiting": [<command>...], "attempt": 0,
      "given_up": false, "reopened": false}
 
 * a step of a parallel group (``Workflow.group``), from the group's start until the group is
@@ -19,7 +19,8 @@ deadline and one retry timer. A branch is a second, independent wait beside it:
   undone, undo_refused, undo_timed_out. ``order`` numbers the branches done, for
   ``newest_first``. A group's records stay while the saga is failed (a resume takes them up
   again), go when it completes or is compensated, and a branch given up on at its deadline
-  leaves a ``late`` record behind: ``{"name": "late:<step>", "step", "awaiting", "late": true}``.
+  leaves a ``late`` record behind: ``{"name": "late:<step>:<command id>", "step", "awaiting",
+  "late": true}``.
 
 Each is a small JSON record in the saga row (``sagas.branches``)
 and has timer rows of its own, of kinds ``deadline:<name>`` and ``retry:<name>`` beside the
@@ -57,9 +58,10 @@ _DEADLINE = "deadline:"
 _RETRY = "retry:"
 
 
-def undo_name(step: str) -> str:
-    """The branch that undoes ``step``'s late success."""
-    return f"undo:{step}"
+def undo_name(step: str, command_id: str) -> str:
+    """The branch that undoes ``step``'s late success by the command ``command_id``: unique per
+    undo, as a step may succeed late twice (once per attempt, after a resume)."""
+    return f"undo:{step}:{command_id}"
 
 
 def deadline_kind(name: str) -> str:
@@ -93,8 +95,9 @@ def late_record(branch: Mapping[str, Any]) -> dict[str, Any]:
     """What is kept of a group's branch given up on at its deadline once its group is gone: the
     command it sent, so that a success that still comes is told by its reply id (two branches
     may await one type) and its step undone."""
+    sent = branch["awaiting"][0]["message_id"] if branch["awaiting"] else branch["name"]
     return {
-        "name": f"late:{branch['step']}",
+        "name": f"late:{branch['step']}:{sent}",
         "step": branch["step"],
         "awaiting": branch["awaiting"],
         "late": True,

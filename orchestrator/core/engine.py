@@ -73,6 +73,12 @@ OPERATOR = "operator."
 ACTIONS = ("retry", "cancel", "resume", "fire-deadline", "skip")
 
 
+#: why a saga whose own compensation is over fails when a late success's undo is not confirmed
+_UNDO_UNCONFIRMED = (
+    "the undo of a late success was refused or not confirmed in time: retry it (its branch"
+    " undo:<step>:<command id>, GET /sagas/{id}) or skip it once it is done"
+)
+
 #: The statuses a saga never leaves. A failed saga keeps its parked events: ``resume`` applies them.
 _CLOSED = FINISHED - {Status.FAILED}
 
@@ -394,10 +400,7 @@ class _Draft:
                 status = Status.COMPENSATING  # closed when its branches are (``_settled``)
             elif any(b.get("given_up") for b in self.saga.branches):
                 status = Status.FAILED  # an undo of a late success is still unconfirmed
-                self.failure = (
-                    "the undo of a late success was refused or not confirmed in time: retry it"
-                    " (branch undo:<step>) or skip it once it is done"
-                )
+                self.failure = _UNDO_UNCONFIRMED
         self.saga = _with(self.saga, state=dest, status=status, attempt=0)
         self.build(sends)
         awaiting = self.build(entered)
@@ -453,8 +456,14 @@ class _Draft:
 
     def open_group(self, group: GroupSpec) -> None:
         """Every branch's command, in this one decision, each with its own timers; a branch done
-        before (a resume into the group) is kept, not run again."""
+        before (a resume into the group) is kept, not run again, and one given up on then leaves
+        a ``late`` record, so that the first attempt's success is still told and undone."""
         done = {b["step"]: b for b in of_group(self.saga.branches, group.name) if b["phase"] == "done"}
+        late = [
+            late_record(b)
+            for b in of_group(self.saga.branches, group.name)
+            if b["phase"] == "timed_out" and b["step"] in self.compiled.workflow.late_success
+        ]
         records: list[Mapping[str, Any]] = []
         for spec in group.branches:
             if spec.name in done:
@@ -476,7 +485,7 @@ class _Draft:
             )
             self.branch_timers(name, spec.deadline, spec.retry)
         others = tuple(b for b in self.saga.branches if b.get("group") != group.name)
-        self.saga = _with(self.saga, branches=others + tuple(records))
+        self.saga = _with(self.saga, branches=(*others, *late, *records))
 
     def branch_done(self, group: GroupSpec, branch: Mapping[str, Any]) -> None:
         order = 1 + max((int(b.get("order", 0)) for b in of_group(self.saga.branches, group.name)), default=0)
@@ -485,9 +494,11 @@ class _Draft:
             self.saga = _with(
                 self.saga, timed_out=tuple(s for s in self.saga.timed_out if s != branch["step"])
             )
-        if self.saga.state != group.name:
+        if self.saga.state == group.undoing:
             self.undo_group(group)  # being compensated: a success now is undone too
-        elif all(b["phase"] == "done" for b in of_group(self.saga.branches, group.name)):
+        elif self.saga.state == group.name and all(
+            b["phase"] == "done" for b in of_group(self.saga.branches, group.name)
+        ):
             self.move(GROUP_DONE)
 
     def branch_failed(self, group: GroupSpec, branch: Mapping[str, Any], phase: str, why: str) -> None:
@@ -503,7 +514,7 @@ class _Draft:
             self.saga = _with(self.saga, timed_out=(*self.saga.timed_out, branch["step"]))
         if self.saga.state == group.name:
             self.move(GROUP_FAILED, failure=why)
-        else:
+        elif self.saga.state == group.undoing:
             self.undo_group(group)
 
     def undo_group(self, group: GroupSpec, entering: bool = False) -> None:
@@ -997,7 +1008,7 @@ def _await_undo(
         built = draft.build((builder_for(undo.send),))
     except Exception as error:
         return _failed(saga, previous, error, now)
-    name = undo_name(step)
+    name = undo_name(step, built[0].message_id)
     reopened = saga.status in _CLOSED or any(b.get("reopened") for b in saga.branches)
     branch = {
         "name": name,
@@ -1009,7 +1020,7 @@ def _await_undo(
         "reopened": reopened,
     }
     status = Status.COMPENSATING if saga.status in _CLOSED else saga.status
-    undone = _with(draft.saga, branches=(*without(saga.branches, name), branch), status=status)
+    undone = _with(draft.saga, branches=(*saga.branches, branch), status=status)
     timers: list[tuple[str, Deadline | None]] = []
     if undo.deadline is not None:
         timers.append((deadline_kind(name), Deadline(saga.state, now + undo.deadline)))
@@ -1076,7 +1087,7 @@ def _branch_reply(
         return _branch_gave_up(compiled, kept_saga, previous, why, closed, merged)
     settled = _settled(compiled, rest, branch)
     # settled: closed for the first time (a saga the branch reopened was counted finished before)
-    closing = settled.status is not rest.status and not branch.get("reopened")
+    closing = settled.status is not rest.status and settled.status in _CLOSED and not branch.get("reopened")
     outcome = Outcome.SETTLED if closing else Outcome.MOVED
     reason = f"{message.type} confirmed the undo of {step}'s late success"
     return Decision(settled, outcome, previous, reason=reason, merged=merged, timers=closed)
@@ -1190,7 +1201,9 @@ def _operate_undo(
             return Decision(saga, Outcome.REFUSED, previous, reason=f"{name} takes {undo.done.TYPE}")
         rest = _with(saga, branches=without(saga.branches, name))
         settled = _settled(compiled, rest, branch)
-        closing = settled.status is not rest.status and not branch.get("reopened")
+        closing = (
+            settled.status is not rest.status and settled.status in _CLOSED and not branch.get("reopened")
+        )
         timers = ((deadline_kind(name), None), (retry_kind(name), None))
         return Decision(
             settled, Outcome.SETTLED if closing else Outcome.MOVED, previous, reason=who, timers=timers
@@ -1347,9 +1360,10 @@ def _settled(compiled: CompiledWorkflow, saga: SagaSnapshot, branch: Mapping[str
     state has that state's status again (compensating while they waited; failed where an undo's
     deadline failed it: in a completed or compensated state nothing else fails a saga)."""
     spec = compiled.workflow.states.get(saga.state)
-    unsettled = any(live(b) or b.get("given_up") for b in saga.branches)
-    if unsettled or spec is None or not spec.final or spec.status is Status.FAILED:
+    if any(live(b) for b in saga.branches) or spec is None or not spec.final or spec.status is Status.FAILED:
         return saga
+    if any(b.get("given_up") for b in saga.branches):  # nothing waits, and an undo is not confirmed
+        return _with(saga, status=Status.FAILED, last_error=saga.last_error or _UNDO_UNCONFIRMED)
     if saga.status in (Status.COMPENSATING, Status.FAILED):
         return _with(saga, status=spec.status, last_error=None)
     return saga
@@ -1648,6 +1662,10 @@ def _resume(
     # duplicate.
     given_up = _given_up(compiled, saga)
     draft = _Draft(compiled, resumed, now, ids, merge_all, before_operators)
+    for group in {b["group"] for b in saga.branches if "group" in b}:
+        spec_of = compiled.workflow.groups.get(group)
+        if spec_of is None or step not in (spec_of.name, spec_of.undoing):
+            draft.drop_group(group)  # resumed elsewhere: the group's records go (late ones stay)
     cancel = next((p for p in saga.parked if p["type"] in compiled.workflow.cancel_events), None)
     if cancel is not None and compiled.moves_on(step, CANCEL) and spec.status is not Status.COMPENSATING:
         # cancelled while it was failed: resumed into ``step`` only to be cancelled from there,

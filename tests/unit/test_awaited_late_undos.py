@@ -114,7 +114,7 @@ def test_the_undo_of_a_late_success_is_awaited_and_its_confirmation_closes_the_s
     refund = late_refund(kit)
     saga = kit.saga("t-1")
     assert (saga.state, saga.status) == ("compensated", "compensating")  # open until confirmed
-    assert branch(saga)["name"] == "undo:charge"
+    assert branch(saga)["name"] == f"undo:charge:{refund.message_id}"
     assert kit.replay_differences(saga) == []  # its timers too: the journal gives them
     assert kit.journal(saga)[-1].decision["outcome"] == "late_undone"
 
@@ -138,7 +138,7 @@ def test_a_refused_undo_fails_the_saga_for_an_operator_who_retries_it(kit: Workf
     saga = kit.saga("t-1")
     assert saga.status == "failed" and branch(saga)["refused"] is True
     assert "the undo of charge's late success was refused" in (saga.last_error or "")
-    kit.act(saga, "retry", branch="undo:charge")  # sent anew: the refusal was an answer
+    kit.act(saga, "retry", branch=str(branch(saga)["name"]))  # sent anew: the refusal was an answer
     (again,) = kit.take_sent()
     assert again.type == "cards.RefundCard" and again.message_id != refund.message_id
     kit.publish(CardRefunded("t-1"))  # the kit gives it the branch's reply id

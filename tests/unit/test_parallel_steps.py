@@ -469,7 +469,11 @@ def test_late_successes_of_two_branches_awaiting_one_type_undo_each_its_own(kit:
     kit.advance(timedelta(seconds=60))  # both nights and the car time out
     saga = kit.saga("t-1")
     assert saga.status == "compensated"
-    assert sorted(b["name"] for b in saga.branches) == ["late:car", "late:first_night", "late:second_night"]
+    assert sorted(b["name"].rsplit(":", 1)[0] for b in saga.branches) == [
+        "late:car",
+        "late:first_night",
+        "late:second_night",
+    ]
     kit.reply(sent["hotels.BookRoom:2"], RoomBooked("t-1"))  # the second night, after all
     (cancel,) = kit.take_sent()
     assert (cancel.type, cancel.payload["night"]) == ("hotels.CancelRoom", 2)
@@ -511,3 +515,86 @@ def test_skip_refuses_the_groups_own_triggers(kit: WorkflowTestKit) -> None:
     action = Incoming("operator.skip", "op-1", {"outcome": "saga.GroupDone"}, kind="operator")
     decision = decide(compiled, saga, action, kit.now)
     assert decision.outcome is Outcome.REFUSED and "the group's own" in (decision.reason or "")
+
+
+# -- what a second review found ----------------------------------------------------------------
+
+
+class ChargedTripSaga(Saga, starts_on=TripRequested, key="trip_id", name="charged_trip"):
+    @step(done=CardCharged, deadline=timedelta(seconds=30))
+    def charge(self, trip: TripRequested) -> ChargeCard:
+        return ChargeCard(trip.trip_id)
+
+    @charge.compensate(done=CardRefunded, deadline=timedelta(hours=1))
+    def refund(self, trip: TripRequested) -> RefundCard:
+        return RefundCard(trip.trip_id)
+
+    flight = TripSaga.flight
+    car = TripSaga.car
+    book = parallel(flight, car)
+
+
+def test_resume_elsewhere_drops_the_group_and_a_late_reply_of_it_moves_nothing(kit: WorkflowTestKit) -> None:
+    sent = started(kit)
+    kit.reply(sent["hotels.BookRoom:1"], RoomBooked("t-1"))
+    kit.act(kit.saga("t-1"), "cancel")
+    (undo,) = kit.take_sent()
+    kit.reply(undo, RoomNotCancelled("t-1"))
+    kit.advance(timedelta(seconds=60))
+    assert kit.saga("t-1").status == "failed"
+    kit.act(kit.saga("t-1"), "resume", step="charge")
+    kit.take_sent()
+    kit.reply(sent["flights.BookFlight:"], FlightFull("t-1"))  # the old group's reply
+    saga = kit.saga("t-1")
+    assert (saga.state, saga.status, saga.last_error) == ("charge", "running", None)
+    assert kit.take_sent() == []
+    assert kit.replay_differences(saga) == []
+
+
+def test_a_resumed_group_still_undoes_the_first_attempts_late_success() -> None:
+    kit = WorkflowTestKit(ChargedTripSaga.workflow)
+    try:
+        kit.publish(TripRequested("t-1", "Oslo"))
+        (charge,) = kit.take_sent()
+        kit.reply(charge, CardCharged("t-1"))
+        first = by_type(kit.take_sent())
+        kit.advance(timedelta(seconds=60))  # both branches time out: the charge is refunded
+        kit.advance(timedelta(hours=1))  # and that refund is not confirmed: failed
+        kit.take_sent()
+        kit.act(kit.saga("t-1"), "resume", step="book")
+        second = by_type(kit.take_sent())
+        assert second["flights.BookFlight:"].message_id != first["flights.BookFlight:"].message_id
+        kit.advance(timedelta(seconds=60))  # the second attempt times out too
+        (refund,) = [c for c in kit.take_sent() if c.type == "cards.RefundCard"]
+        kit.reply(refund, CardRefunded("t-1"))
+        late = [b for b in kit.saga("t-1").branches if b["step"] == "flight"]
+        assert len(late) == 2 and len({b["name"] for b in late}) == 2  # one per attempt
+        kit.reply(first["flights.BookFlight:"], FlightBooked("t-1"))  # the first attempt, late
+        kit.reply(second["flights.BookFlight:"], FlightBooked("t-1"))  # the second attempt, late
+        assert kit.sent_types() == ["flights.CancelFlight", "flights.CancelFlight"]  # both undone
+        assert kit.replay_differences(kit.saga("t-1")) == []
+    finally:
+        kit.close()
+
+
+def test_an_unconfirmed_undo_fails_the_saga_once_nothing_else_waits() -> None:
+    kit = WorkflowTestKit(ChargedTripSaga.workflow)
+    try:
+        kit.publish(TripRequested("t-1", "Oslo"))
+        (charge,) = kit.take_sent()
+        kit.reply(charge, CardCharged("t-1"))
+        sent = by_type(kit.take_sent())
+        kit.advance(timedelta(seconds=60))  # both time out: refund the charge
+        (refund,) = kit.take_sent()
+        kit.reply(sent["flights.BookFlight:"], FlightBooked("t-1"))  # late: its cancel awaited
+        kit.advance(timedelta(minutes=1))
+        kit.reply(sent["cars.RentCar:"], CarRented("t-1"))  # late too
+        kit.advance(timedelta(minutes=4, seconds=30))  # the flight's cancel gives up
+        kit.reply(refund, CardRefunded("t-1"))
+        kit.reply(next(c for c in kit.take_sent() if c.type == "cars.ReturnCar"), CarReturned("t-1"))
+        saga = kit.saga("t-1")
+        assert (saga.state, saga.status) == ("compensated", "failed")  # for an operator, saying why
+        assert "not confirmed in time" in (saga.last_error or "")
+        assert kit.replay_differences(saga) == []
+    finally:
+        kit.close()

@@ -145,8 +145,8 @@ class ParkedEvent(BaseModel):
 
 class Branch(BaseModel):
     name: str = Field(
-        description="<group>.<step>: a step of a parallel group; undo:<step>: the undo of that step's"
-        " success that came after the saga gave up on it"
+        description="<group>.<step>: a step of a parallel group; undo:<step>:<command id>: the undo of"
+        " that step's success that came after the saga gave up on it"
     )
     phase: str | None = Field(
         None,
