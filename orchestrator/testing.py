@@ -34,6 +34,7 @@ from typing import Any
 import orjson
 
 from orchestrator.adapters.memory import MemoryStore
+from orchestrator.core.branches import replies_of
 from orchestrator.core.definitions import Workflow
 from orchestrator.core.engine import OutgoingCommand, SagaSnapshot, reply_id_for, saga_id_for
 from orchestrator.core.ingress import Limits
@@ -146,24 +147,8 @@ class WorkflowTestKit:
         compiled = self.registry.for_saga(saga)
         if compiled is None:
             return None
-        workflow = compiled.workflow
         for branch in saga.branches:
-            if not branch.get("awaiting"):
-                continue
-            events: tuple[type[Message] | None, ...]
-            if "group" in branch:
-                spec = workflow.groups[branch["group"]].branch(branch["step"])
-                undoing = branch["phase"] in ("undoing", "undo_timed_out") and spec.undo is not None
-                events = (
-                    (spec.undo.done, spec.undo.failed) if undoing and spec.undo else (spec.done, spec.failed)
-                )
-            else:
-                undo = workflow.late_undos.get(branch["step"])
-                late = workflow.late_success.get(branch["step"])
-                events = (undo.done, undo.failed) if undo is not None and not branch.get("late") else ()
-                if branch.get("late") and late is not None and late[0] == reply_type:
-                    return str(branch["awaiting"][0]["message_id"])
-            if reply_type in {e.TYPE for e in events if e is not None}:
+            if branch.get("awaiting") and reply_type in replies_of(compiled.workflow, branch):
                 return str(branch["awaiting"][0]["message_id"])
         return None
 

@@ -10,10 +10,12 @@ cancelled once, none of a booked trip.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from orchestrator import Command, Event
 from orchestrator.examples.travel import (
     BookFlight,
     BookRoom,
@@ -61,60 +63,45 @@ async def _record(context: Context, service: str, trip_id: str, kind: str) -> No
     )
 
 
+def _booking_service(
+    service: str,
+    options: Options,
+    book: type[Command],
+    booked: Callable[[str, str], Event],
+    refused: Callable[[str], Event],
+    cancel: type[Command],
+    cancelled: Callable[[str], Event],
+) -> Participant:
+    """One travel service: it books (``booked`` with a reference of its own) unless the trip's
+    city is sold out or ``--fail-rate`` picks the trip (``refused``), and cancels a booking it
+    made. The three differ only in their messages."""
+    participant = Participant(service)
+    participant.setup(_tables(service))
+
+    @participant.handles(book)
+    async def take(command: Any, context: Context) -> Event:
+        if command.city in options.sold_out or injected_failure(service, command.trip_id, options.fail_rate):
+            return refused(command.trip_id)
+        await _record(context, service, command.trip_id, "book")
+        return booked(command.trip_id, derived_id(service, command.trip_id)[:8])
+
+    @participant.handles(cancel)
+    async def give_back(command: Any, context: Context) -> Event:
+        await _record(context, service, command.trip_id, "cancel")
+        return cancelled(command.trip_id)
+
+    return participant
+
+
 def build_flights(options: Options) -> Participant:
-    flights = Participant("flights")
-    flights.setup(_tables("flights"))
-
-    @flights.handles(BookFlight)
-    async def book(command: BookFlight, context: Context) -> FlightBooked | FlightFull:
-        if command.city in options.sold_out or injected_failure(
-            "flights", command.trip_id, options.fail_rate
-        ):
-            return FlightFull(command.trip_id)
-        await _record(context, "flights", command.trip_id, "book")
-        return FlightBooked(command.trip_id, derived_id("seat", command.trip_id)[:6])
-
-    @flights.handles(CancelFlight)
-    async def cancel(command: CancelFlight, context: Context) -> FlightCancelled:
-        await _record(context, "flights", command.trip_id, "cancel")
-        return FlightCancelled(command.trip_id)
-
-    return flights
+    return _booking_service(
+        "flights", options, BookFlight, FlightBooked, FlightFull, CancelFlight, FlightCancelled
+    )
 
 
 def build_hotels(options: Options) -> Participant:
-    hotels = Participant("hotels")
-    hotels.setup(_tables("hotels"))
-
-    @hotels.handles(BookRoom)
-    async def book(command: BookRoom, context: Context) -> RoomBooked | NoRoom:
-        if command.city in options.sold_out or injected_failure("hotels", command.trip_id, options.fail_rate):
-            return NoRoom(command.trip_id)
-        await _record(context, "hotels", command.trip_id, "book")
-        return RoomBooked(command.trip_id, derived_id("room", command.trip_id)[:4])
-
-    @hotels.handles(CancelRoom)
-    async def cancel(command: CancelRoom, context: Context) -> RoomCancelled:
-        await _record(context, "hotels", command.trip_id, "cancel")
-        return RoomCancelled(command.trip_id)
-
-    return hotels
+    return _booking_service("hotels", options, BookRoom, RoomBooked, NoRoom, CancelRoom, RoomCancelled)
 
 
 def build_cars(options: Options) -> Participant:
-    cars = Participant("cars")
-    cars.setup(_tables("cars"))
-
-    @cars.handles(RentCar)
-    async def rent(command: RentCar, context: Context) -> CarRented | NoCar:
-        if command.city in options.sold_out or injected_failure("cars", command.trip_id, options.fail_rate):
-            return NoCar(command.trip_id)
-        await _record(context, "cars", command.trip_id, "book")
-        return CarRented(command.trip_id, derived_id("plate", command.trip_id)[:7])
-
-    @cars.handles(ReturnCar)
-    async def give_back(command: ReturnCar, context: Context) -> CarReturned:
-        await _record(context, "cars", command.trip_id, "cancel")
-        return CarReturned(command.trip_id)
-
-    return cars
+    return _booking_service("cars", options, RentCar, CarRented, NoCar, ReturnCar, CarReturned)

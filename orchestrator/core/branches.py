@@ -35,7 +35,10 @@ Plain data and functions, no I/O, as the rest of the core.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from orchestrator.core.definitions import Workflow
 
 __all__ = [
     "Branches",
@@ -46,6 +49,7 @@ __all__ = [
     "named",
     "of_group",
     "replaced",
+    "replies_of",
     "retry_kind",
     "timer_branch",
     "undo_name",
@@ -110,6 +114,21 @@ def of_group(branches: Branches, group: str) -> list[Mapping[str, Any]]:
 
 def replaced(branches: Branches, name: str, **changes: Any) -> Branches:
     return tuple({**b, **changes} if b["name"] == name else b for b in branches)
+
+
+def replies_of(workflow: Workflow, branch: Mapping[str, Any]) -> frozenset[str]:
+    """The reply types that answer what ``branch`` waits on: its step's (done, failed) or, while
+    its group is compensated, its compensation's; a late undo's; a ``late`` record's success."""
+    if "group" in branch:
+        spec = workflow.groups[branch["group"]].branch(branch["step"])
+        undoing = branch["phase"] in ("undoing", "undo_timed_out") and spec.undo is not None
+        events = (spec.undo.done, spec.undo.failed) if undoing and spec.undo else (spec.done, spec.failed)
+        return frozenset(e.TYPE for e in events if e is not None)
+    if branch.get("late"):
+        late = workflow.late_success.get(branch["step"])
+        return frozenset({late[0]}) if late is not None else frozenset()
+    undo = workflow.late_undos.get(branch["step"])
+    return frozenset(e.TYPE for e in (undo.done, undo.failed) if e is not None) if undo else frozenset()
 
 
 def named(branches: Branches, name: str) -> Mapping[str, Any] | None:

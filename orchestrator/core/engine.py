@@ -1052,7 +1052,10 @@ def _branch_reply(
     that is neither outcome (decided as any other event)."""
     branch = answered(saga.branches, message.message_id, lambda command: reply_id_for(command, message.type))
     if branch is not None and "group" in branch:
-        return _group_reply(compiled, saga, previous, message, now, ids, branch, merge_all)
+        # a group's step, or while the group is compensated its compensation
+        return _group_outcome(
+            compiled, saga, previous, branch, message.type, message.payload, now, ids, merge_all
+        )
     if branch is not None and branch.get("late"):
         # a group's step given up on at its deadline succeeded after all: undone, told by its
         # reply id from a sibling that awaits the same type
@@ -1085,28 +1088,31 @@ def _branch_reply(
         kept = {**branch, "given_up": True, "refused": True, "awaiting": []}
         kept_saga = _with(draft.saga, branches=tuple(kept if b is branch else b for b in saga.branches))
         return _branch_gave_up(compiled, kept_saga, previous, why, closed, merged)
-    settled = _settled(compiled, rest, branch)
-    # settled: closed for the first time (a saga the branch reopened was counted finished before)
-    closing = settled.status is not rest.status and settled.status in _CLOSED and not branch.get("reopened")
-    outcome = Outcome.SETTLED if closing else Outcome.MOVED
     reason = f"{message.type} confirmed the undo of {step}'s late success"
-    return Decision(settled, outcome, previous, reason=reason, merged=merged, timers=closed)
+    return _undo_confirmed(compiled, rest, branch, previous, reason, merged)
 
 
-def _group_reply(
+def _undo_confirmed(
     compiled: CompiledWorkflow,
-    saga: SagaSnapshot,
-    previous: str,
-    message: Incoming,
-    now: datetime,
-    ids: _Ids,
+    rest: SagaSnapshot,
     branch: Mapping[str, Any],
-    merge_all: bool = False,
-) -> Decision | None:
-    """A reply to a group branch's command (or, while the group is compensated, to its
-    compensation), told by its reply id. None: a type that is no outcome of what it waits on."""
-    return _group_outcome(
-        compiled, saga, previous, branch, message.type, message.payload, now, ids, merge_all
+    previous: str,
+    reason: str,
+    merged: tuple[str, ...] = (),
+) -> Decision:
+    """A late success's undo confirmed (by its reply, or an operator's skip): ``rest`` is the saga
+    without its branch, settled (``_settled``); outcome ``settled`` where that closes the saga for
+    the first time (a saga the branch reopened was counted finished before)."""
+    settled = _settled(compiled, rest)
+    closing = settled.status is not rest.status and settled.status in _CLOSED and not branch.get("reopened")
+    name = branch["name"]
+    return Decision(
+        settled,
+        Outcome.SETTLED if closing else Outcome.MOVED,
+        previous,
+        reason=reason,
+        merged=merged,
+        timers=((deadline_kind(name), None), (retry_kind(name), None)),
     )
 
 
@@ -1199,14 +1205,8 @@ def _operate_undo(
     if action == "skip":
         if args.get("outcome") != undo.done.TYPE:
             return Decision(saga, Outcome.REFUSED, previous, reason=f"{name} takes {undo.done.TYPE}")
-        rest = _with(saga, branches=without(saga.branches, name))
-        settled = _settled(compiled, rest, branch)
-        closing = (
-            settled.status is not rest.status and settled.status in _CLOSED and not branch.get("reopened")
-        )
-        timers = ((deadline_kind(name), None), (retry_kind(name), None))
-        return Decision(
-            settled, Outcome.SETTLED if closing else Outcome.MOVED, previous, reason=who, timers=timers
+        return _undo_confirmed(
+            compiled, _with(saga, branches=without(saga.branches, name)), branch, previous, who
         )
     if action != "retry":
         return Decision(saga, Outcome.REFUSED, previous, reason=f"{name}: retry or skip it")
@@ -1355,8 +1355,8 @@ def _resent(
     )
 
 
-def _settled(compiled: CompiledWorkflow, saga: SagaSnapshot, branch: Mapping[str, Any]) -> SagaSnapshot:
-    """``saga`` with ``branch`` gone: with none waiting or given up on left, a saga in a final
+def _settled(compiled: CompiledWorkflow, saga: SagaSnapshot) -> SagaSnapshot:
+    """``saga`` with a branch gone: with none waiting or given up on left, a saga in a final
     state has that state's status again (compensating while they waited; failed where an undo's
     deadline failed it: in a completed or compensated state nothing else fails a saga)."""
     spec = compiled.workflow.states.get(saga.state)
