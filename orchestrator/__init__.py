@@ -23,6 +23,7 @@ import anything but these three.
 Everything here is typed, so that a workflow module passes ``mypy --strict`` as it is.
 """
 
+from orchestrator.core.children import ChildCompensated, ChildCompleted, ChildFailed
 from orchestrator.core.definitions import (
     FAIL,
     IGNORE,
@@ -37,13 +38,16 @@ from orchestrator.core.definitions import (
     Workflow,
 )
 from orchestrator.core.messages import Command, Event, Message
-from orchestrator.core.steps import Saga, parallel, step, wait, wait_for
+from orchestrator.core.steps import Saga, child, parallel, step, wait, wait_for
 from orchestrator.core.upcasting import upcaster
 
 __all__ = [
     "FAIL",
     "IGNORE",
     "PARK",
+    "ChildCompensated",
+    "ChildCompleted",
+    "ChildFailed",
     "Command",
     "CommandBuilder",
     "DefinitionError",
@@ -56,6 +60,7 @@ __all__ = [
     "Status",
     "Undo",
     "Workflow",
+    "child",
     "parallel",
     "step",
     "upcaster",

@@ -10,7 +10,9 @@
 
 Every call goes through the service's own message bus (its unit of work and fault policy), over
 the in-memory store, so a workflow that passes here behaves the same against RabbitMQ and
-PostgreSQL. Time moves only by ``advance``: a retry's pause is not waited for.
+PostgreSQL. Time moves only by ``advance``: a retry's pause is not waited for. What a saga sends
+to another (a child saga's start, its outcome, its parent's cancel) is delivered at once, after
+the call that sent it, and is in ``sent`` too; load the child's workflow beside its parent's.
 
 A public module (see :mod:`orchestrator`): ``WorkflowTestKit``; ``ActionRefused``, which
 :meth:`WorkflowTestKit.act` raises for an action that does not fit the saga (the REST API's 409);
@@ -35,6 +37,7 @@ import orjson
 
 from orchestrator.adapters.memory import MemoryStore
 from orchestrator.core.branches import replies_of
+from orchestrator.core.children import target_of
 from orchestrator.core.definitions import Workflow
 from orchestrator.core.engine import OutgoingCommand, SagaSnapshot, reply_id_for, saga_id_for
 from orchestrator.core.ingress import Limits
@@ -81,13 +84,15 @@ class WorkflowTestKit:
         self.store = store or MemoryStore()
         self.now = now or datetime(2026, 1, 1, tzinfo=UTC)
         self.sent: list[OutgoingCommand] = []
+        #: messages between sagas (orchestrator.core.children) not delivered yet
+        self._internal: list[OutgoingCommand] = []
         self.dead: list[tuple[Envelope, str]] = []
         #: the same bus as the service's: its unit of work and fault policy, with a clock moved by
         #: hand and no waiting between tries
         self.bus = MessageBus(
             self.registry,
             self.store,
-            outbox=_Sent(self.sent),
+            outbox=_Sent(self.sent, self._internal),
             clock=lambda: self.now,
             sleep=_no_wait,
             limits=Limits(unchecked_replies=frozenset(unchecked_replies)),
@@ -154,26 +159,54 @@ class WorkflowTestKit:
 
     def deliver(self, envelope: Envelope) -> BatchResult:
         """Deliver a raw envelope: for tests of bad input."""
+        result = self._handle(envelope)
+        self._between_sagas()
+        return result
+
+    def _handle(self, envelope: Envelope) -> BatchResult:
         result = self._loop.run_until_complete(self.bus.handle([envelope], [0.0]))
         for verdict, reason in zip(result.verdicts, result.reasons, strict=True):
             if verdict is Verdict.DEAD and reason is not None:
                 self.dead.append((envelope, reason))
         return result
 
+    def _between_sagas(self) -> None:
+        """Deliver what sagas sent each other, as the orchestrator's own queue would, until none
+        is left (a child's start may make it finish and answer its parent at once)."""
+        while self._internal:
+            command = self._internal.pop(0)
+            assert command.route is not None
+            kind, target = target_of(command.route)
+            starting = kind == "start"
+            self._handle(
+                Envelope(
+                    orjson.dumps(command.payload),
+                    command.type,
+                    command.message_id,
+                    None if starting else target,
+                    target if starting else None,
+                    parent=command.saga_id if starting else None,
+                )
+            )
+
     def start(
         self, workflow: str, key: str, data: dict[str, Any], actor: str = "test", schema_version: int = 1
     ) -> Applied:
         """Start a saga as ``POST /sagas`` does: ``data`` in schema version ``schema_version``
         of the starting event (absent: 1, as the request's ``schema_version``)."""
-        return self._loop.run_until_complete(
+        applied = self._loop.run_until_complete(
             self.bus.start(workflow, key, data, actor, schema_version=schema_version)
         )
+        self._between_sagas()
+        return applied
 
     def act(self, saga: SagaSnapshot, action: str, actor: str = "test", **arguments: Any) -> Applied:
         """An operator's action (retry, cancel, resume, fire-deadline, skip), as the REST API
         takes it; raises ActionRefused where it does not fit the saga."""
         request = OperatorAction(action, actor, **arguments)
-        return self._loop.run_until_complete(self.bus.act(saga.id, request))
+        applied = self._loop.run_until_complete(self.bus.act(saga.id, request))
+        self._between_sagas()
+        return applied
 
     def advance(self, by: timedelta) -> list[BatchResult]:
         """Move the clock; every deadline that falls due on the way fires, in order."""
@@ -189,6 +222,7 @@ class WorkflowTestKit:
             except GaveUp as gave_up:  # the workflow's own error, as the test should see it
                 raise gave_up.error from None
             fired.append(result)
+            self._between_sagas()
             if not result.decisions:  # due, yet nothing fired: never loop on it
                 break
         self.now = target
@@ -230,11 +264,15 @@ class WorkflowTestKit:
 class _Sent:
     """The kit's relay: what each commit sends, in order, in the kit's ``sent``."""
 
-    def __init__(self, sent: list[OutgoingCommand]) -> None:
+    def __init__(self, sent: list[OutgoingCommand], internal: list[OutgoingCommand]) -> None:
         self.sent = sent
+        self.internal = internal
 
     def submit(self, commands: Iterable[OutgoingCommand], received_at: float | None = None) -> None:
-        self.sent.extend(commands)
+        for command in commands:
+            self.sent.append(command)
+            if command.route is not None:
+                self.internal.append(command)
 
 
 async def _no_wait(seconds: float) -> None:

@@ -60,7 +60,7 @@ environment (an option given on the command line wins over its variable):
   PARTICIPANT_DELAY          --delay
   PARTICIPANT_FAIL_RATE      --fail-rate
   INVENTORY_OUT_OF_STOCK     --out-of-stock   (inventory only)
-  PAYMENT_DECLINE_OVER       --decline-over   (payment only)
+  PAYMENT_DECLINE_OVER       --decline-over   (payment and billing only)
   BUYER_REFUSE_OVER          --refuse-over    (buyer only)
   TRAVEL_SOLD_OUT            --sold-out       (flights, hotels and cars only)
 
@@ -152,7 +152,8 @@ def _parser() -> argparse.ArgumentParser:
     business.add_argument(
         "--decline-over",
         metavar="CENTS",
-        help="payment: decline charges above this amount (env PAYMENT_DECLINE_OVER)",
+        help="payment: decline charges above this amount; billing: refuse such invoices"
+        " (env PAYMENT_DECLINE_OVER)",
     )
     business.add_argument(
         "--sold-out",
@@ -175,13 +176,16 @@ def parse_args(
     parser = _parser()
     args = parser.parse_args(argv)
 
-    for option, owner in (
-        ("out_of_stock", "inventory"),
-        ("decline_over", "payment"),
-        ("refuse_over", "buyer"),
+    for option, owners in (
+        ("out_of_stock", ("inventory",)),
+        ("decline_over", ("payment", "billing")),
+        ("refuse_over", ("buyer",)),
     ):
-        if getattr(args, option) is not None and args.name != owner:
-            parser.error(f"--{option.replace('_', '-')} applies to the {owner} service only")
+        if getattr(args, option) is not None and args.name not in owners:
+            said = " and ".join(owners)
+            parser.error(
+                f"--{option.replace('_', '-')} applies to the {said} service{'s' * (len(owners) > 1)} only"
+            )
 
     def pick(option: str | None, flag: str, variable: str) -> tuple[str | None, str]:
         """The value to use and where it came from, for error messages."""
@@ -251,7 +255,7 @@ def parse_args(
             else frozenset()
         ),
         decline_over=cents(*pick(args.decline_over, "--decline-over", "PAYMENT_DECLINE_OVER"))
-        if args.name == "payment"
+        if args.name in ("payment", "billing")
         else None,
         refuse_over=cents(*pick(args.refuse_over, "--refuse-over", "BUYER_REFUSE_OVER"))
         if args.name == "buyer"

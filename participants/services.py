@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from orchestrator.participant import Participant
-from participants import bank, buyer, inventory, payment, seller, shipping, travel
+from participants import bank, billing, buyer, inventory, payment, seller, shipping, travel
 from participants.common import Options
 
 __all__ = ["SERVICES"]
@@ -21,4 +21,6 @@ SERVICES: dict[str, Callable[[Options], Participant]] = {
     "flights": travel.build_flights,
     "hotels": travel.build_hotels,
     "cars": travel.build_cars,
+    # the shop order's last step (orchestrator/examples/shop.py)
+    "billing": billing.build,
 }

@@ -89,7 +89,9 @@ def timer_branch(kind: str) -> tuple[str, bool] | None:
 def live(branch: Mapping[str, Any]) -> bool:
     """Whether the saga still waits on it: a group's branch running or being compensated, or a
     late success's undo not given up on (a ``late`` record waits on nothing: it only tells a
-    late success of a group's step by its reply id)."""
+    late success of a group's step by its reply id; a child saga's link waits on nothing either)."""
+    if "link" in branch:
+        return False
     if "group" in branch:
         return branch["phase"] in ("running", "undoing")
     return not branch.get("given_up") and not branch.get("late")

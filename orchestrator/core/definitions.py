@@ -306,6 +306,12 @@ class Workflow:
     cancel_events: frozenset[str] = frozenset()
     #: parallel groups by the state the saga waits in while their branches run (``group``)
     groups: dict[str, GroupSpec] = field(default_factory=dict)
+    #: state -> the workflow of the child saga it starts and waits for (``steps.child``)
+    children: dict[str, str] = field(default_factory=dict)
+    #: where a completed saga goes when its parent compensates it (``saga.CancelChild``), and the
+    #: fire-and-forget undos sent on the way: a step saga's compensation from its end. None: the
+    #: workflow has no way back from completed. Derived from the states: not fingerprinted.
+    reopen: tuple[str, tuple[CommandBuilder, ...]] | None = None
 
     def __post_init__(self) -> None:
         if "." in self.name or not self.name:
@@ -596,6 +602,7 @@ class Workflow:
             updates=dict(self.updates),
             entries=dict(self.entries),
             groups=dict(self.groups),
+            children=dict(self.children),
         )
 
     def fingerprint(self) -> str:
@@ -650,6 +657,8 @@ class Workflow:
             structure["signals"] = sorted(self.signals)
         if self.cancel_events:
             structure["cancel_on"] = sorted(self.cancel_events)
+        if self.children:
+            structure["children"] = dict(sorted(self.children.items()))
         if self.groups:
             structure["groups"] = [
                 [

@@ -8,8 +8,6 @@ same sagas, which is what makes replay (and ``orchestrator verify``) possible.
 from __future__ import annotations
 
 import enum
-import hashlib
-import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -27,6 +25,15 @@ from orchestrator.core.branches import (
     undo_name,
     without,
 )
+from orchestrator.core.children import (
+    CHILD_OUTCOMES,
+    CancelChild,
+    child_record,
+    parent_of,
+    parent_record,
+    saga_route,
+    start_route,
+)
 from orchestrator.core.definitions import (
     CANCEL,
     DEADLINE,
@@ -43,7 +50,14 @@ from orchestrator.core.definitions import (
     Undo,
     builder_for,
 )
-from orchestrator.core.ids import KEYED, VERSIONED, keyed_command_id, uuid_text, versioned_command_id
+from orchestrator.core.ids import (
+    KEYED,
+    VERSIONED,
+    keyed_command_id,
+    reply_id_for,
+    saga_id_for,
+    versioned_command_id,
+)
 from orchestrator.core.ingress import Reason, Refused, check_json
 from orchestrator.core.machine import CompiledWorkflow, MachineError
 from orchestrator.core.messages import dump, load
@@ -66,7 +80,6 @@ __all__ = [
     "upcast_message",
 ]
 
-_SAGA_NAMESPACE = uuid.UUID("8f1f7c64-5be4-4a39-9c39-3c1f0b6f3a51")
 
 #: An operator's action is a message of type ``operator.<action>``, journaled like any other.
 OPERATOR = "operator."
@@ -79,33 +92,15 @@ _UNDO_UNCONFIRMED = (
     " undo:<step>:<command id>, GET /sagas/{id}) or skip it once it is done"
 )
 
+#: the types a child saga reports its outcome with (orchestrator.core.children)
+_OUTCOME_TYPES = frozenset(cls.TYPE for cls in CHILD_OUTCOMES.values())
+
 #: The statuses a saga never leaves. A failed saga keeps its parked events: ``resume`` applies them.
 _CLOSED = FINISHED - {Status.FAILED}
 
 
-def _uuid5(namespace: bytes, name: str) -> str:
-    """``str(uuid.uuid5(...))`` without building two UUID objects: it runs for every message."""
-    return uuid_text(hashlib.sha1(namespace + name.encode()).digest(), 5)
-
-
-def saga_id_for(workflow: str, key: str) -> str:
-    """A saga's id follows from its workflow and key, so the same start twice is one saga."""
-    return _uuid5(_SAGA_NAMESPACE.bytes, f"{workflow}\x00{key}")
-
-
 #: the versioned scheme's command id (:mod:`orchestrator.core.ids`), by its older name
 command_message_id = versioned_command_id
-
-
-#: RFC 4122's NAMESPACE_OID, which docs/protocol.md section 6 derives reply ids in
-_REPLY_NAMESPACE = bytes.fromhex("6ba7b8129dad11d180b400c04fd430c8")
-
-
-def reply_id_for(command_id: str, reply_type: str) -> str:
-    """The ``message_id`` a participant gives its reply of ``reply_type`` to the command
-    ``command_id`` (docs/protocol.md, section 6): what tells a reply from a message that only
-    names the saga."""
-    return _uuid5(_REPLY_NAMESPACE, f"{command_id}:{reply_type}")
 
 
 def _with(saga: SagaSnapshot, **changes: Any) -> SagaSnapshot:
@@ -127,6 +122,8 @@ class Outcome(enum.StrEnum):
     #: the last branch of a saga (its late success's undo) confirmed, and with it the saga closed
     #: (compensated, say) for the first time: it reached its final state while the branch waited
     SETTLED = "settled"
+    #: a completed child saga compensated at its parent's request (``saga.CancelChild``)
+    REOPENED = "reopened"
     MIGRATED = "migrated"  # moved by an operator to another release of its workflow (migration.py)
     #: an operator's action that does not fit the saga, or an event to park past the saga's
     #: parking cap: never journaled, the saga unchanged
@@ -154,17 +151,24 @@ class Incoming:
     #: the trace context it came with (:func:`orchestrator.core.ingress.trace_of`), opaque here:
     #: what it causes (commands, timers) carries it on. Never journaled, never compared.
     trace: str | None = field(default=None, compare=False)
+    #: the saga that started this one as its child (the start's ``x-parent-saga``, taken only
+    #: from the orchestrator itself): a start event only (orchestrator.core.children)
+    parent: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         # "schema" only beyond 1: rows written before schema versions (none) read as 1, and the
         # rows of types that never changed stay as they were, byte for byte
-        return {
-            "type": self.type,
-            "message_id": self.message_id,
-            "payload": dict(self.payload),
-            "kind": self.kind,
-            "actor": self.actor,
-        } | ({"schema": self.schema} if self.schema != 1 else {})
+        return (
+            {
+                "type": self.type,
+                "message_id": self.message_id,
+                "payload": dict(self.payload),
+                "kind": self.kind,
+                "actor": self.actor,
+            }
+            | ({"schema": self.schema} if self.schema != 1 else {})
+            | ({"parent": self.parent} if self.parent else {})
+        )
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Incoming:
@@ -175,6 +179,7 @@ class Incoming:
             data.get("kind", "event"),
             data.get("actor"),
             data.get("schema", 1),
+            parent=data.get("parent"),
         )
 
 
@@ -224,6 +229,9 @@ class OutgoingCommand:
     workflow: str
     #: the trace context of what caused it (opaque), sent on as its ``traceparent``/``tracestate``
     trace: str | None = field(default=None, compare=False)
+    #: None: a command to a participant; else a message to the orchestrator itself, to start a
+    #: child saga or to another saga (:mod:`orchestrator.core.children`)
+    route: str | None = None
 
 
 @dataclass(frozen=True)
@@ -283,6 +291,7 @@ class Decision:
             # the outbox with it); entries journaled before this have no "payload"
             "commands": [
                 {"type": c.type, "message_id": c.message_id, "payload": dict(c.payload)}
+                | ({"route": c.route} if c.route else {})
                 for c in self.commands
             ],
             "deadline": self.deadline
@@ -356,7 +365,7 @@ class _Draft:
         them, less the fields the saga fixed at its start (the key, the start event's fields)
         that the workflow does not let this event update. ``merge_all``: a journal entry from
         before that rule, which merged the payload whole."""
-        if not payload:
+        if not payload or event_type in _OUTCOME_TYPES:  # a child's outcome says no business data
             return
         if self.merge_all:
             self.saga = _with(self.saga, data={**self.saga.data, **payload})
@@ -377,16 +386,30 @@ class _Draft:
             # The schema may read a value the ingress rules let through as text ("1" * 25 for an
             # int field) into one nothing can encode: fail the saga here, not every later commit.
             check_json(payload, message.TYPE)
+            route = None
+            child = getattr(build, "child", None)
+            if child is not None:
+                route = start_route(child)
+                self.link_child(child, str(payload[build.child_key]))
+            elif message.TYPE == CancelChild.TYPE:
+                route = saga_route(payload["saga_id"])
             command = OutgoingCommand(
                 self.ids.command(self.saga, len(self.commands)),
                 message.TYPE,
                 payload,
                 self.saga.id,
                 self.saga.workflow,
+                route=route,
             )
             self.commands.append(command)
             built.append(command)
         return built
+
+    def link_child(self, workflow: str, key: str) -> None:
+        """Remember the child saga a start sent from the current state names (its link record)."""
+        record = child_record(saga_id_for(workflow, key), workflow, self.saga.state)
+        if all(b["name"] != record["name"] for b in self.saga.branches):
+            self.saga = _with(self.saga, branches=(*self.saga.branches, record))
 
     def enter(self, dest: str, sends: tuple[Any, ...], entered: tuple[Any, ...]) -> None:
         spec = self.compiled.workflow.states[dest]
@@ -687,7 +710,8 @@ def decide(
             f" {saga.state}: {type(error).__name__}: {error}"
         )
         bumped = _with(saga, version=saga.version + 1, updated_at=now)
-        return _failed(bumped, saga.state, reason, now)
+        return _told_parent(saga, _failed(bumped, saga.state, reason, now))
+    decision = _told_parent(saga, decision)
     if key is not None and decision.commands:
         keyed = object.__new__(Decision)
         keyed.__dict__.update(decision.__dict__, ids=KEYED)
@@ -767,6 +791,7 @@ def _decide(
             created_at=now,
             updated_at=now,
             release=workflow.release,
+            branches=(parent_record(message.parent, message.message_id),) if message.parent else (),
         )
         draft = _Draft(compiled, fresh, now, ids, merge_all, before_operators)
         try:
@@ -791,6 +816,8 @@ def _decide(
             )
     if cancels and message.kind == "event" and message.type in workflow.cancel_events:
         return _cancelled_by(compiled, saga, bumped, message, now, ids, merge_all, given)
+    if message.kind == "event" and message.type == CancelChild.TYPE:
+        return _cancel_child(compiled, saga, bumped, message, now, ids, given)
     if saga.branches and message.kind == "event":
         answer = _branch_reply(compiled, bumped, previous, message, now, ids, merge_all)
         if answer is not None:
@@ -806,6 +833,11 @@ def _decide(
         confirmed = _late_confirmation(compiled, bumped, previous, message, now, ids, merge_all)
         if confirmed is not None:
             return confirmed
+    if message.type in _OUTCOME_TYPES and not _answers(saga.awaiting, message):
+        # a child's outcome moves a state only as the reply to the start or cancel it sent: the
+        # same type may answer another child step's command, or a cancel nothing waits on now
+        reason = f"{message.type} answers no command {previous} waits on"
+        return Decision(bumped, Outcome.IGNORED, previous, reason=reason)
     if saga.finished:
         return Decision(bumped, Outcome.IGNORED, previous, reason=f"saga is already {saga.status}")
     if previous not in workflow.states:
@@ -886,7 +918,10 @@ def _key_contradiction(compiled: CompiledWorkflow, saga: SagaSnapshot, message: 
 
 
 def _awaiting(command: OutgoingCommand) -> dict[str, Any]:
-    return {"message_id": command.message_id, "type": command.type, "payload": dict(command.payload)}
+    awaited = {"message_id": command.message_id, "type": command.type, "payload": dict(command.payload)}
+    if command.route:
+        awaited["route"] = command.route
+    return awaited
 
 
 def _late_step(compiled: CompiledWorkflow, saga: SagaSnapshot, message: Incoming) -> str | None:
@@ -1350,6 +1385,7 @@ def _resent(
             c["payload"],
             saga.id,
             saga.workflow,
+            route=c.get("route"),
         )
         for index, c in enumerate(awaited)
     )
@@ -1614,6 +1650,94 @@ def _cancelled_by(
     return replace(_decision(draft, Outcome.MOVED, previous, who), cancel=True)
 
 
+def _answers(awaiting: Iterable[Mapping[str, Any]], message: Incoming) -> bool:
+    return any(reply_id_for(c["message_id"], message.type) == message.message_id for c in awaiting)
+
+
+def _to_parent(saga: SagaSnapshot, reason: str | None = None) -> OutgoingCommand | None:
+    """The outcome a child saga in a final status owes its parent: the reply (its id as section 6
+    derives it) to the parent's last command to it, its start or its cancel. None: no parent,
+    or the saga is not in a final status."""
+    link = parent_of(saga.branches) if saga.branches else None
+    outcome = CHILD_OUTCOMES.get(str(saga.status)) if link is not None else None
+    if link is None or outcome is None:
+        return None
+    payload: dict[str, Any] = {"saga_id": saga.id, "workflow": saga.workflow, "key": saga.key}
+    if saga.status is not Status.COMPLETED:
+        payload["reason"] = reason or saga.last_error
+    return OutgoingCommand(
+        reply_id_for(link["reply_to"], outcome.TYPE),
+        outcome.TYPE,
+        payload,
+        saga.id,
+        saga.workflow,
+        route=saga_route(link["saga_id"]),
+    )
+
+
+def _told_parent(before: SagaSnapshot | None, decision: Decision) -> Decision:
+    """``decision`` with the child's outcome for its parent where it enters a final status (or
+    another final state): sent each time, under the same id for the same question, so a parent
+    takes it once."""
+    saga = decision.saga
+    if not saga.branches or decision.outcome in (Outcome.REFUSED, Outcome.DISCARDED):
+        return decision
+    if before is not None and before.status is saga.status and before.state == saga.state:
+        return decision
+    told = _to_parent(saga)
+    return decision if told is None else replace(decision, commands=(*decision.commands, told))
+
+
+def _cancel_child(
+    compiled: CompiledWorkflow,
+    saga: SagaSnapshot,
+    bumped: SagaSnapshot,
+    message: Incoming,
+    now: datetime,
+    ids: _Ids,
+    given: Incoming,
+) -> Decision:
+    """The parent compensates its step that started this saga. Whatever the answer, it goes to
+    this cancel (the link's ``reply_to``): a running saga is cancelled as by an operator; a
+    completed one is reopened and compensated from its end (``Workflow.reopen``); a compensated
+    one answers at once; a failed one answers that it is failed and keeps the cancel for a resume
+    (``_resume``); one already compensating answers when it is done."""
+    previous = saga.state
+    link = parent_of(saga.branches)
+    if link is None or message.payload.get("parent") != link["saga_id"]:
+        why = f"{message.type} from saga {message.payload.get('parent')!r}, which did not start this one"
+        return Decision(bumped, Outcome.IGNORED, previous, reason=why)
+    asked = _with(bumped, branches=replaced(bumped.branches, "parent", reply_to=message.message_id))
+    if saga.status is Status.COMPLETED:
+        reopen = compiled.workflow.reopen
+        if reopen is None:
+            why = f"{compiled.workflow.name} has no way back from completed: nothing compensates it"
+            told = _to_parent(_with(asked, status=Status.FAILED), why)
+            return Decision(asked, Outcome.IGNORED, previous, (told,) if told else (), reason=why)
+        dest, sends = reopen
+        draft = _Draft(compiled, _with(asked, status=Status.COMPENSATING), now, ids)
+        try:
+            draft.enter(dest, sends, compiled.workflow.states[dest].on_enter)
+        except Exception as error:  # a user's command builder raised
+            return _failed(asked, previous, error, now)
+        return _decision(draft, Outcome.REOPENED, previous, "compensated at its parent's request")
+    current = compiled.workflow.states.get(saga.state)
+    if saga.status is Status.COMPENSATED or (
+        saga.status is Status.FAILED and current is not None and current.final
+    ):
+        told = _to_parent(asked)
+        why = f"{message.type}: saga is already {saga.status}; its parent is told"
+        return Decision(asked, Outcome.IGNORED, previous, (told,) if told else (), reason=why)
+    if saga.status is Status.COMPENSATING:
+        why = f"{message.type}: saga is already compensating (in {saga.state}); its parent is told when done"
+        return Decision(asked, Outcome.IGNORED, previous, reason=why)
+    decision = _cancelled_by(compiled, saga, asked, message, now, ids, given=given)
+    if decision.outcome is Outcome.PARKED:  # a failed saga: its parent learns so now
+        told = _to_parent(decision.saga)
+        return replace(decision, commands=(told,) if told else ())
+    return decision
+
+
 def _resume(
     compiled: CompiledWorkflow,
     saga: SagaSnapshot,
@@ -1666,7 +1790,8 @@ def _resume(
         spec_of = compiled.workflow.groups.get(group)
         if spec_of is None or step not in (spec_of.name, spec_of.undoing):
             draft.drop_group(group)  # resumed elsewhere: the group's records go (late ones stay)
-    cancel = next((p for p in saga.parked if p["type"] in compiled.workflow.cancel_events), None)
+    cancelling = compiled.workflow.cancel_events | {CancelChild.TYPE}
+    cancel = next((p for p in saga.parked if p["type"] in cancelling), None)
     if cancel is not None and compiled.moves_on(step, CANCEL) and spec.status is not Status.COMPENSATING:
         # cancelled while it was failed: resumed into ``step`` only to be cancelled from there,
         # without sending that step's commands again

@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import uuid
 
 __all__ = [
     "KEYED",
     "VERSIONED",
     "IdKeyAbsent",
     "keyed_command_id",
+    "reply_id_for",
+    "saga_id_for",
     "timer_message_id",
     "uuid_text",
     "versioned_command_id",
@@ -34,6 +37,28 @@ __all__ = [
 VERSIONED = 1
 #: an HMAC-SHA256 with the service's id key over the saga id, the cause and the place
 KEYED = 2
+
+
+_SAGA_NAMESPACE = uuid.UUID("8f1f7c64-5be4-4a39-9c39-3c1f0b6f3a51").bytes
+#: RFC 4122's NAMESPACE_OID, which docs/protocol.md section 6 derives reply ids in
+_REPLY_NAMESPACE = bytes.fromhex("6ba7b8129dad11d180b400c04fd430c8")
+
+
+def _uuid5(namespace: bytes, name: str) -> str:
+    """``str(uuid.uuid5(...))`` without building two UUID objects: it runs for every message."""
+    return uuid_text(hashlib.sha1(namespace + name.encode()).digest(), 5)
+
+
+def saga_id_for(workflow: str, key: str) -> str:
+    """A saga's id follows from its workflow and key, so the same start twice is one saga."""
+    return _uuid5(_SAGA_NAMESPACE, f"{workflow}\x00{key}")
+
+
+def reply_id_for(command_id: str, reply_type: str) -> str:
+    """The ``message_id`` a participant gives its reply of ``reply_type`` to the command
+    ``command_id`` (docs/protocol.md, section 6): what tells a reply from a message that only
+    names the saga."""
+    return _uuid5(_REPLY_NAMESPACE, f"{command_id}:{reply_type}")
 
 
 class IdKeyAbsent(LookupError):

@@ -268,6 +268,9 @@ class Envelope:
     schema_version: int = 1
     #: its W3C trace context (headers traceparent, tracestate), opaque: :func:`trace_of`
     trace: str | None = None
+    #: the saga that starts it as its child (header x-parent-saga), read only from a message the
+    #: orchestrator published into its own queue (orchestrator.core.children)
+    parent: str | None = None
 
     def refuse(self, refused: Refused) -> Envelope:
         return replace(self, refused=refused)
@@ -358,6 +361,10 @@ def _schema_version(value: object) -> int:
     return value
 
 
+#: the type prefix of the messages between sagas (orchestrator.core.children.INTERNAL)
+_INTERNAL = "saga."
+
+
 def _check_sender(type_: str, user_id: str | None, senders: Mapping[str, str]) -> None:
     """Refuse an event whose validated ``user_id`` is not its service's broker user: with one
     user per service, RabbitMQ vouches for the property, and the service is who sent it."""
@@ -422,6 +429,19 @@ def envelope(
             )
         if limits.senders is not None and not moved and exchange == limits.events_exchange and texts["type"]:
             _check_sender(texts["type"], texts["user_id"], limits.senders)
+        # published by the orchestrator straight into its queue, not handed over from elsewhere
+        own = not exchange
+        if texts["type"] is not None and texts["type"].startswith(_INTERNAL) and not own:
+            raise Refused(
+                Reason.SENDER,
+                f"{clip(texts['type'], 100)!r}: the saga service's messages come only from the"
+                " orchestrator itself (docs/protocol.md, section 9)",
+            )
+        parent = headers.get("x-parent-saga") if own else None
+        if isinstance(parent, bytes | bytearray):
+            parent = bytes(parent).decode("utf-8")
+        if parent is not None and (not isinstance(parent, str) or len(parent) > 200):
+            raise Refused(Reason.BAD_HEADER, "x-parent-saga is not a saga id")
         traceparent = headers.get("traceparent")
         return Envelope(
             body=body,
@@ -434,6 +454,7 @@ def envelope(
             properties=kept,
             schema_version=schema_version,
             trace=trace_of(traceparent, headers.get("tracestate")) if traceparent is not None else None,
+            parent=parent or None,
         )
     except Refused as broken:
         return Envelope(

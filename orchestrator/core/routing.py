@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.core.children import CancelChild
 from orchestrator.core.definitions import DefinitionError, Workflow
 from orchestrator.core.engine import SagaSnapshot, saga_id_for
 from orchestrator.core.ingress import Reason, Refused
@@ -75,6 +76,8 @@ class Registry:
                 takers = self.by_type.setdefault(type_name, [])
                 if all(c.workflow.name != compiled.workflow.name for c in takers):
                     takers.append(compiled)
+        # any saga may be a child: each workflow takes its parent's cancel (orchestrator.core.children)
+        self.by_type[CancelChild.TYPE] = list(self.workflows.values())
 
     def use_id_key(self, key: bytes) -> None:
         """Key the ids of the commands and timers every loaded release decides from now on with
@@ -111,6 +114,8 @@ class Registry:
             group_sends = [b for _, b in compiled.workflow.group_sends()]
             for build in spec_sends + rule_sends + group_sends:
                 message_type = getattr(build, "message_type", None)
+                if getattr(build, "child", None) or message_type == CancelChild.TYPE:
+                    continue  # to a child saga, through the orchestrator's own queue
                 if message_type:
                     types.add(message_type)
         return types
@@ -146,7 +151,7 @@ class Registry:
         targets = []
         for compiled in candidates:
             workflow = compiled.workflow
-            cls = workflow.events[type_name]
+            cls = workflow.events.get(type_name) or CancelChild  # only CancelChild is in no workflow's
             current = upcast(cls, payload, schema)  # Refused: schema_version, upcast_failed
             try:
                 load(cls, current)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, ClassVar, get_type_hints, overload
 
+from orchestrator.core.children import CancelChild, ChildCompensated, ChildCompleted, ChildFailed
 from orchestrator.core.definitions import (
     CANCEL,
     BranchSpec,
@@ -37,16 +38,31 @@ from orchestrator.core.definitions import (
     Undo,
     Workflow,
 )
+from orchestrator.core.ids import saga_id_for
 from orchestrator.core.messages import Command, Event, Message, load
 
-__all__ = ["Parallel", "Saga", "Step", "Wait", "WaitFor", "parallel", "step", "wait", "wait_for"]
+__all__ = [
+    "ChildStep",
+    "Parallel",
+    "Saga",
+    "Step",
+    "Wait",
+    "WaitFor",
+    "child",
+    "parallel",
+    "step",
+    "wait",
+    "wait_for",
+]
 
 StepMethod = Callable[[Any, Any], Command]
+#: a child step's method: it returns the child workflow's start event
+ChildMethod = Callable[[Any, Any], Event]
 
 
 @dataclass
 class Compensation:
-    method: StepMethod
+    method: StepMethod | ChildMethod
     done: type[Event] | None
     failed: type[Event] | None
     deadline: timedelta | None
@@ -58,7 +74,7 @@ class Step:
 
     def __init__(
         self,
-        method: StepMethod,
+        method: StepMethod | ChildMethod,
         done: type[Event],
         failed: type[Event] | None,
         deadline: timedelta | None,
@@ -127,6 +143,43 @@ def step(
     return register
 
 
+class ChildStep(Step):
+    """A step whose action is to start a saga of another workflow (:func:`child`)."""
+
+    def __init__(
+        self,
+        method: ChildMethod,
+        workflow: Workflow,
+        deadline: timedelta | None,
+        undo_deadline: timedelta | None,
+    ) -> None:
+        super().__init__(method, ChildCompleted, ChildCompensated, deadline)
+        self.child = workflow
+        self.undo_deadline = undo_deadline
+        self.compensation = Compensation(method, ChildCompensated, ChildFailed, undo_deadline)
+
+
+def child(
+    workflow: type[Saga] | Workflow,
+    *,
+    deadline: timedelta | None = None,
+    undo_deadline: timedelta | None = None,
+) -> Callable[[ChildMethod], ChildStep]:
+    """Mark a method as a child step: it returns the start event of ``workflow`` (a ``Saga``
+    class or a ``Workflow``), built from the parent's data, and the step starts that saga (its
+    key is the event's key field) and waits for its outcome: completed is the step's success,
+    compensated or failed its failure. The child starts once, whatever crashes, on whichever
+    replica takes it. When the parent compensates the step (a later failure, a cancel) the child
+    is cancelled, or compensated from its end if it completed, and ``undo_deadline`` bounds the
+    wait for that; ``deadline`` bounds the child's run, and at it the child is cancelled."""
+    target = workflow if isinstance(workflow, Workflow) else workflow.workflow
+
+    def register(method: ChildMethod) -> ChildStep:
+        return ChildStep(method, target, deadline, undo_deadline)
+
+    return register
+
+
 class _Pause:
     """A step that sends nothing and undoes nothing: it only waits. Named by the attribute it is
     assigned to (``hold = wait(days=3)``)."""
@@ -186,6 +239,10 @@ def parallel(*steps: Step, newest_first: bool = False) -> Parallel:
     failed step. A step given here is not a step of the sequence by itself."""
     if not steps or not all(isinstance(s, Step) for s in steps):
         raise DefinitionError("parallel() takes the @step methods to run at once")
+    if any(isinstance(s, ChildStep) for s in steps):
+        raise DefinitionError(
+            "a child step cannot run in a parallel() group (yet): make it a step of its own"
+        )
     return Parallel(tuple(steps), newest_first)
 
 
@@ -230,7 +287,9 @@ def wait_for(
     return WaitFor(done, failed, deadline, updates)
 
 
-def _builder(cls: type[Saga], method: StepMethod, starts_on: type[Event]) -> Callable[[SagaView], Message]:
+def _builder(
+    cls: type[Saga], method: StepMethod | ChildMethod, starts_on: type[Event]
+) -> Callable[[SagaView], Message]:
     def build(view: SagaView) -> Message:
         instance = object.__new__(cls)
         instance.saga_id = view.saga_id
@@ -248,6 +307,37 @@ def _builder(cls: type[Saga], method: StepMethod, starts_on: type[Event]) -> Cal
         build.message_type = returns.TYPE  # type: ignore[attr-defined]
         build.message_class = returns  # type: ignore[attr-defined]  # its body's schema, for the contract
     return build
+
+
+def _child_builders(
+    cls: type[Saga], s: ChildStep, starts_on: type[Event]
+) -> tuple[Callable[[SagaView], Message], Callable[[SagaView], Message]]:
+    """A child step's two commands: the child's start event (the step's method, checked to build
+    the child workflow's start), and the cancel its compensation sends, addressed to the saga
+    that start names."""
+    build = _builder(cls, s.method, starts_on)
+    workflow = s.child
+
+    def start(view: SagaView) -> Message:
+        message = build(view)
+        if not isinstance(message, workflow.starts_on):
+            raise TypeError(
+                f"{s.name} starts a {workflow.name} saga: it must return a {workflow.starts_on.__name__},"
+                f" not a {type(message).__name__}"
+            )
+        return message
+
+    def cancel(view: SagaView) -> Message:
+        key = getattr(start(view), workflow.key)
+        return CancelChild(saga_id=saga_id_for(workflow.name, str(key)), parent=view.saga_id)
+
+    start.__qualname__ = f"{cls.__name__}.{s.name}"
+    start.message_type = workflow.starts_on.TYPE  # type: ignore[attr-defined]
+    start.child = workflow.name  # type: ignore[attr-defined]  # the outbox routes it to us
+    start.child_key = workflow.key  # type: ignore[attr-defined]
+    cancel.__qualname__ = f"{cls.__name__}.{s.name}.cancel"
+    cancel.message_type = CancelChild.TYPE  # type: ignore[attr-defined]
+    return start, cancel
 
 
 def compile_steps(
@@ -297,6 +387,7 @@ def compile_steps(
             return f"compensating_{earlier.name}", sends
         return "compensated", sends
 
+    cancels: dict[str, Callable[[SagaView], Message]] = {}
     for index, item in enumerate(steps):
         failure_dest, failure_sends = undo_from(index)
         following = steps[index + 1].name if index + 1 < len(steps) else "completed"
@@ -305,6 +396,11 @@ def compile_steps(
             continue
         if isinstance(item, _Pause):
             _pause(workflow, item, following, failure_dest, failure_sends)
+            continue
+        if isinstance(item, ChildStep):
+            cancels[item.name] = _child(
+                workflow, cls, starts_on, item, following, failure_dest, failure_sends
+            )
             continue
         s = item
         workflow.state(
@@ -344,7 +440,7 @@ def compile_steps(
             status=Status.COMPENSATING,
             deadline=comp.deadline,
             on_deadline="failed" if comp.deadline else None,
-            send=_builder(cls, comp.method, starts_on),
+            send=cancels.get(s.name) or _builder(cls, comp.method, starts_on),
             retry=comp.retry,
         )
         workflow.on(comp.done, source=state, dest=next_dest, send=next_sends)
@@ -356,7 +452,38 @@ def compile_steps(
     workflow.state("compensated", final=True, status=Status.COMPENSATED)
     workflow.state("failed", final=True, status=Status.FAILED)
     workflow.cancelled_by(*cancel_on)
+    # a completed saga compensated by its parent starts over from its end (derived: not fingerprinted)
+    reopen_dest, reopen_sends = undo_from(len(steps))
+    workflow.reopen = (reopen_dest, tuple(reopen_sends))
     return workflow.check()
+
+
+def _child(
+    workflow: Workflow,
+    cls: type[Saga],
+    starts_on: type[Event],
+    s: ChildStep,
+    following: str,
+    failure_dest: str,
+    failure_sends: list[Callable[[SagaView], Message]],
+) -> Callable[[SagaView], Message]:
+    """A child step's state: it starts the child and waits for its outcome. Its deadline, a
+    cancel and a failed child (which an operator may still resume) cancel the child on the way
+    to compensating the steps before; a child that completes after that is compensated, as any
+    step's late success is undone. Returns the cancel, which its compensating state sends."""
+    start, cancel = _child_builders(cls, s, starts_on)
+    stop = (cancel, *failure_sends)
+    workflow.state(s.name, deadline=s.deadline, on_deadline=failure_dest if s.deadline else None, send=start)
+    if s.deadline is not None:
+        workflow.rules[-1] = replace(workflow.rules[-1], send=stop)
+    workflow.children[s.name] = s.child.name
+    workflow.late_success[s.name] = (ChildCompleted.TYPE, (cancel,))
+    workflow.late_undos[s.name] = Undo(cancel, ChildCompensated, ChildFailed, s.undo_deadline, None)
+    workflow.rules.append(Rule(CANCEL, s.name, failure_dest, stop))
+    workflow.on(ChildCompleted, source=s.name, dest=following)
+    workflow.on(ChildCompensated, source=s.name, dest=failure_dest, send=failure_sends)
+    workflow.on(ChildFailed, source=s.name, dest=failure_dest, send=stop)
+    return cancel
 
 
 def _no_reply_from_outside(cls: type[Saga], items: list[Step | _Pause], grouped: list[Step]) -> None:

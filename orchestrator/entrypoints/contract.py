@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from orchestrator.adapters.amqp.topology import Topology
+from orchestrator.core.children import INTERNAL, CancelChild
 from orchestrator.core.definitions import DefinitionError, Workflow, builder_for
 from orchestrator.core.messages import Message, body_schema, schema_of, service_of
 from orchestrator.core.routing import Registry
@@ -110,7 +111,12 @@ def _sends(workflow: Workflow) -> list[tuple[str | None, Any]]:
     found += [(rule.dest, builder) for rule in workflow.rules for builder in rule.send]
     found += [(None, builder) for _, undo in workflow.late_success.values() for builder in undo]
     found += [(state, builder) for state, builder in workflow.group_sends()]
-    return found
+    # a child saga's start and cancel go to the orchestrator itself, not to a participant
+    return [(state, b) for state, b in found if not _internal(b)]
+
+
+def _internal(builder: Any) -> bool:
+    return bool(getattr(builder, "child", None)) or getattr(builder, "message_type", None) == CancelChild.TYPE
 
 
 def _replies(workflow: Workflow) -> dict[str, set[str]]:
@@ -294,6 +300,8 @@ def _load(registry: Registry) -> _Loaded:
     # An event is validated against the class of each workflow that takes it, as the registry
     # routes it (its current release's, or an older one's for a type only that release takes).
     for type_name, takers in sorted(registry.by_type.items()):
+        if service_of(type_name) == INTERNAL:  # between sagas: the orchestrator's own
+            continue
         if type_name in loaded.kinds:
             raise DefinitionError(f"{type_name} is both a command and an event: a type names one message")
         kind = loaded.kinds[type_name] = _Kind(type_name, command=False)

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from orchestrator.core.branches import named, timer_branch
+from orchestrator.core.children import CancelChild
 from orchestrator.core.definitions import DEADLINE, RETRY
 from orchestrator.core.engine import (
     Decision,
@@ -275,6 +276,7 @@ async def process_batch(
                 p.payload,
                 schema=p.envelope.schema_version,
                 trace=p.envelope.trace if span is None else span.trace,
+                parent=p.envelope.parent,
             )
             try:
                 decisions = [decide(compiled, saga, message, now) for compiled, saga in targets]
@@ -364,14 +366,20 @@ def _existing(p: _Parsed, current: Mapping[str, SagaSnapshot], registry: Registr
 
 
 def _signal(type_: str, saga: SagaSnapshot, registry: Registry) -> bool:
+    if type_ == CancelChild.TYPE:  # the engine takes it only from the saga's parent
+        return True
     compiled = registry.for_saga(saga)
     return compiled is not None and type_ in compiled.workflow.unasked
 
 
 def _starts(p: _Parsed, compiled: CompiledWorkflow) -> bool:
     """Whether the message starts a saga of ``compiled``, or is one of its signals or cancel
-    events: each is taken without answering a command."""
-    return p.type in compiled.workflow.unasked or any(t.starts and t.workflow is compiled for t in p.keyed)
+    events, or a parent's cancel: each is taken without answering a command."""
+    return (
+        p.type in compiled.workflow.unasked
+        or p.type == CancelChild.TYPE
+        or any(t.starts and t.workflow is compiled for t in p.keyed)
+    )
 
 
 def _not_asked(p: _Parsed) -> Refused:

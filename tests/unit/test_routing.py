@@ -229,4 +229,6 @@ def test_by_type_indexes_every_event_each_workflow_takes():
         "bank.FundsDeclined": ["escrow"],
         "bank.FundsReturned": ["escrow"],
         "seller.DocumentsVoided": ["escrow"],
+        # any saga may be started as a child: every workflow takes its parent's cancel
+        "saga.CancelChild": ["order", "escrow"],
     }

@@ -27,6 +27,7 @@ from aiormq.abc import DeliveredMessage
 
 from orchestrator.adapters.amqp.decoding import UndecodableProperties
 from orchestrator.adapters.amqp.topology import Topology, declare
+from orchestrator.core.children import target_of
 from orchestrator.core.engine import OutgoingCommand
 from orchestrator.core.ingress import (
     DEFAULT_LIMITS,
@@ -665,25 +666,40 @@ class Broker:
         per command cost a tenth of the service's CPU, and this is every command it sends."""
         assert self._publish_channel is not None
         channel = await self._publish_channel.get_underlay_channel()
+        exchange, routing_key = self.topology.commands, command.type
+        correlation_id: str | None = command.saga_id
+        headers = _command_headers(command)
+        if command.route is not None:
+            # to a saga, through the orchestrator's own queue (orchestrator.core.children): the
+            # default exchange, which only the orchestrator writes to, vouches for the sender
+            exchange, routing_key = "", self.topology.orchestrator_queue
+            kind, target = target_of(command.route)
+            del headers["x-workflow"]  # names the workflow of the saga it is for, where it is said
+            if kind == "start":
+                correlation_id = None  # a start is found by its key
+                headers["x-workflow"] = target
+                headers["x-parent-saga"] = command.saga_id
+            else:
+                correlation_id = target
         properties = aiormq.spec.Basic.Properties(
             content_type="application/json",
             delivery_mode=2,  # persistent
             message_type=command.type,
             message_id=command.message_id,
-            correlation_id=command.saga_id,
-            headers=_command_headers(command),
+            correlation_id=correlation_id,
+            headers=headers,
         )
         try:
             await channel.basic_publish(
                 orjson.dumps(command.payload),
-                exchange=self.topology.commands,
-                routing_key=command.type,
+                exchange=exchange,
+                routing_key=routing_key,
                 properties=properties,
                 mandatory=True,
             )
         except aiormq.exceptions.PublishError:  # returned: the relay sets it aside after a few
             raise Unpublishable(
-                f"no queue is bound to {self.topology.commands} for routing key {command.type}"
+                f"no queue is bound to {exchange or 'the default exchange'} for routing key {routing_key}"
             ) from None
 
     def connections(self) -> dict[str, bool]:

@@ -93,6 +93,9 @@ outbox = Table(
     Column("holder", Integer),
     #: the trace context of the message that caused it (migration 0008): its publish continues it
     Column("trace", Text),
+    #: None: a participant's command; else a message to the orchestrator itself (migration 0012,
+    #: orchestrator/core/children.py)
+    Column("route", Text),
 )
 
 inbox = Table(

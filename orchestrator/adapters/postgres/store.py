@@ -165,10 +165,11 @@ WITH saved_sagas AS (
          AS t(saga_id, seq, kind, message_type, message_id, message, decision, actor)
     RETURNING 1
 ), queued AS (
-    INSERT INTO outbox (message_id, saga_id, workflow, message_type, payload, created_at, holder, trace)
-    SELECT message_id, saga_id, workflow, message_type, payload::jsonb, $24, $54::int, trace
-    FROM unnest($25::text[], $26::text[], $27::text[], $28::text[], $29::text[], $55::text[])
-         AS t(message_id, saga_id, workflow, message_type, payload, trace)
+    INSERT INTO outbox
+        (message_id, saga_id, workflow, message_type, payload, created_at, holder, trace, route)
+    SELECT message_id, saga_id, workflow, message_type, payload::jsonb, $24, $54::int, trace, route
+    FROM unnest($25::text[], $26::text[], $27::text[], $28::text[], $29::text[], $55::text[], $58::text[])
+         AS t(message_id, saga_id, workflow, message_type, payload, trace, route)
     ON CONFLICT DO NOTHING
     RETURNING 1
 ), taken AS (
@@ -310,6 +311,7 @@ def _save_arguments(changes: Changes, now: datetime, holder: int | None = None) 
         [c.trace for c in changes.commands],
         [d.trace for _, d, _ in timers],
         [_dumps(list(s.branches)) for s in saga_rows],
+        [c.route for c in changes.commands],
     ]
 
 
@@ -672,7 +674,9 @@ class PostgresStore:
         async with self.engine.connect() as connection:
             result = await connection.execute(query)
             return [
-                OutgoingCommand(r.message_id, r.message_type, r.payload, r.saga_id, r.workflow, r.trace)
+                OutgoingCommand(
+                    r.message_id, r.message_type, r.payload, r.saga_id, r.workflow, r.trace, r.route
+                )
                 for r in result
             ]
 
