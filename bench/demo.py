@@ -1,10 +1,14 @@
-"""``make demo``: the orchestrator, nine participants and a mixed batch of orders, escrows and trips.
+"""``make demo``: the orchestrator, ten participants and a mixed batch of orders, escrows, trips and
+shop orders.
 
 Starts every process the way a user would, places orders (some complete, some are declined,
 some run out of stock), opens escrows (some close, some are refused) and books trips (a flight,
 a room and a car at once: a parallel group; some book, some find the flight full or no room,
-some are cancelled by their traveller mid-flight, and the other bookings are cancelled), waits
-for every saga
+some are cancelled by their traveller mid-flight, and the other bookings are cancelled) and places
+shop orders whose fulfilment is a child saga (some complete, some run out of stock and are
+refunded, some are refused an invoice after their fulfilment completed, which is then compensated
+again, and refunded) and opens escrows that hold their funds a few seconds (a wait; some are
+cancelled by their buyer while held, and the funds go back), waits for every saga
 to finish, prints the outcomes per status and exits 0 only when each saga reached the status it
 should, each escrow's last reply (``bank.FundsReleased``, which nothing waits for, and
 ``seller.DocumentsVoided``, which ends a refused escrow) is in its journal, and the dead-letter
@@ -25,6 +29,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import aio_pika
 import aio_pika.abc
@@ -49,10 +54,17 @@ PARTICIPANTS = {
     "flights": ["--sold-out", "Atlantis", "--delay", "0.3"],
     "hotels": ["--sold-out", "Venice", "--delay", "0.2"],
     "cars": ["--delay", "0.1"],
+    # the shop order's last step, after its fulfilment (a child saga) completed
+    "billing": ["--decline-over", "9000"],
 }
 
 #: the workflows the demo's orchestrator runs: the bundled ones and the trip
-WORKFLOW_MODULES = "orchestrator.examples,orchestrator.examples.travel"
+WORKFLOW_MODULES = (
+    "orchestrator.examples,orchestrator.examples.travel,orchestrator.examples.shop,"
+    "orchestrator.examples.held_escrow"
+)
+#: how long a held escrow holds its funds in the demo (``release_at``: the demo's start plus this)
+HOLD_SECONDS = 4
 
 
 #: a trip its traveller cancels while its bookings are in flight (a ``trips.TripCancelled``)
@@ -111,6 +123,32 @@ def cases(run: str) -> list[Case]:
         key = f"trip-{run}-{i}"
         body = {"trip_id": key, "traveller": f"t-{i}", "city": city, "nights": 1 + i % 3}
         made.append(Case("trip", key, kind, expected, "trips.TripBooked", body))
+    for i in range(12):
+        kind, sku, amount, expected = "ok", "sku-1", 2_500, "completed"
+        if i % 4 == 1:
+            kind, sku, expected = "out of stock", "unobtainium", "compensated"
+        elif i % 4 == 2:
+            kind, amount, expected = "invoice refused", 12_000, "compensated"
+        key = f"shop-{run}-{i}"
+        body = {
+            "order_id": key,
+            "customer_id": f"c-{i}",
+            "lines": [{"sku": sku, "quantity": 1}],
+            "amount_cents": amount,
+        }
+        made.append(Case("shop_order", key, kind, expected, "shop.OrderPlaced", body))
+    release_at = (datetime.now(UTC) + timedelta(seconds=HOLD_SECONDS)).replace(tzinfo=None).isoformat()
+    for i in range(8):
+        kind, expected = ("held, released", "completed") if i % 4 else (CANCELLED, "compensated")
+        key = f"held-{run}-{i}"
+        body = {
+            "escrow_id": key,
+            "buyer_id": f"hb-{i}",
+            "seller_id": f"hs-{i}",
+            "amount_cents": 100_000,
+            "release_at": release_at,
+        }
+        made.append(Case("held_escrow", key, kind, expected, "escrow.HeldEscrowOpened", body))
     return made
 
 
@@ -148,8 +186,8 @@ async def effects_of(database_url: str, batch: list[Case], outcome: dict[str, st
     """What the participants did, from their own tables, and what is wrong with it: each
     completed order charged, reserved and shipped once, each compensated one given back all it
     was charged and all the stock it held, and each escrow's funds where its outcome says."""
-    orders = [c.key for c in batch if c.workflow == "order"]
-    escrows = [c.key for c in batch if c.workflow == "escrow"]
+    orders = [c.key for c in batch if c.workflow in ("order", "shop_order")]
+    escrows = [c.key for c in batch if c.workflow in ("escrow", "held_escrow")]
     trips = [c.key for c in batch if c.workflow == "trip"]
     connection = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://", 1))
     try:
@@ -177,6 +215,12 @@ async def effects_of(database_url: str, batch: list[Case], outcome: dict[str, st
             " WHERE escrow_id = any($1) GROUP BY escrow_id, kind",
             escrows,
         )
+        invoices = dict(
+            await connection.fetch(
+                "SELECT order_id, count(*) FROM billing.invoices WHERE order_id = any($1) GROUP BY order_id",
+                orders,
+            )
+        )
         bookings = {
             (service, r["trip_id"], r["kind"]): r["n"]
             for service in ("flights", "hotels", "cars")
@@ -203,6 +247,19 @@ async def effects_of(database_url: str, batch: list[Case], outcome: dict[str, st
                 )
             if not completed and (charged_cents != refunded_cents or held.get(case.key, 0) or effects[2]):
                 problems.append(f"{case.key} compensated but not given back")
+        elif case.workflow == "shop_order":
+            charges, charged_cents = charged.get((case.key, "charge"), (0, 0))
+            refunds, refunded_cents = charged.get((case.key, "refund"), (0, 0))
+            stock = held.get(case.key, 0)
+            if completed and ((charges, refunds, invoices.get(case.key, 0)) != (1, 0, 1) or stock <= 0):
+                problems.append(
+                    f"{case.key} completed: {charges} charge(s), {invoices.get(case.key, 0)} invoices"
+                )
+            # the fulfilment (a child saga) gave its stock back, and the charge was refunded, once
+            if not completed and ((charges, refunds) != (1, 1) or charged_cents != refunded_cents or stock):
+                problems.append(
+                    f"{case.key} compensated: {charges} charge(s), {refunds} refund(s), stock {stock}"
+                )
         elif case.workflow == "trip":
             for service in ("flights", "hotels", "cars"):
                 booked = bookings.get((service, case.key, "book"), 0)
@@ -236,25 +293,62 @@ async def effects_of(database_url: str, batch: list[Case], outcome: dict[str, st
     return problems
 
 
+async def children_of_shop(store: PostgresStore, batch: list[Case], outcome: dict[str, str]) -> list[str]:
+    """Each shop order's fulfilment, its child saga: completed where the order completed,
+    compensated where it was (reopened after it completed, for a refused invoice)."""
+    problems = []
+    reopened = 0
+    for case in (c for c in batch if c.workflow == "shop_order"):
+        child = await store.get_saga(saga_id_for("fulfilment", case.key))
+        expected = "completed" if outcome.get(case.key, "").startswith("completed") else "compensated"
+        if child is None or child.status != expected:
+            problems.append(
+                f"{case.key}: its fulfilment is {child.status if child else 'missing'}, not {expected}"
+            )
+        elif case.kind == "invoice refused":
+            entries = await store.journal(child.id)
+            reopened += any(e.decision.get("outcome") == "reopened" for e in entries)
+    shop = sum(c.workflow == "shop_order" for c in batch)
+    print(
+        f"child sagas: {shop - len(problems)} of {shop} shop orders' fulfilments ended as their order did;"
+        f" {reopened} completed ones compensated again when their invoice was refused"
+    )
+    return problems
+
+
 async def cancel_trips(
     store: PostgresStore, events: aio_pika.abc.AbstractExchange, trips: list[Case]
 ) -> None:
     """The travellers' cancellations, published as the booking site would (an id of its own, no
     correlation id) once each trip's saga exists and its bookings are in flight."""
-    waiting = {c.key for c in trips}
+    await cancel_when(store, events, trips, "trips.TripCancelled", "trip_id", None)
+
+
+async def cancel_when(
+    store: PostgresStore,
+    events: aio_pika.abc.AbstractExchange,
+    cases: list[Case],
+    cancel_type: str,
+    key_field: str,
+    state: str | None,
+) -> None:
+    """Each case's cancel event, published as its site would (an id of its own, no correlation
+    id) once its saga exists (and is in ``state``, where one is given)."""
+    waiting = {c.key: c for c in cases}
     deadline = time.monotonic() + 30
     while waiting and time.monotonic() < deadline:
-        for key in sorted(waiting):
-            if await store.get_saga(saga_id_for("trip", key)) is not None:
+        for key, case in sorted(waiting.items()):
+            saga = await store.get_saga(saga_id_for(case.workflow, key))
+            if saga is not None and (state is None or saga.state == state):
                 message = aio_pika.Message(
-                    orjson.dumps({"trip_id": key}),
-                    type="trips.TripCancelled",
+                    orjson.dumps({key_field: key}),
+                    type=cancel_type,
                     message_id=str(uuid.uuid4()),
                     content_type="application/json",
                     delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                 )
-                await events.publish(message, routing_key="trips.TripCancelled")
-                waiting.discard(key)
+                await events.publish(message, routing_key=cancel_type)
+                del waiting[key]
         await asyncio.sleep(0.02)
 
 
@@ -296,6 +390,9 @@ async def demo() -> int:
         "ORCHESTRATOR_NAMESPACE": namespace,
         "ORCHESTRATOR_API_TOKEN": token,
         "PYTHONUNBUFFERED": "1",
+        # ten services, each holding a database connection per command in hand: four each keep
+        # the demo within PostgreSQL's default 100 connections, beside whatever else runs
+        "PARTICIPANT_CONCURRENCY": os.environ.get("PARTICIPANT_CONCURRENCY", "4"),
     }
     logs = os.environ.get("DEMO_LOGS", f"/tmp/orchestrator-{namespace}")
     os.makedirs(logs, exist_ok=True)
@@ -332,10 +429,16 @@ async def demo() -> int:
             )
             await events.publish(message, routing_key=case.message_type)
         await cancel_trips(store, events, [c for c in batch if c.workflow == "trip" and c.kind == CANCELLED])
+        # the buyers who change their minds while their funds are held (the wait)
+        held = [c for c in batch if c.workflow == "held_escrow" and c.kind == CANCELLED]
+        await cancel_when(store, events, held, "escrow.EscrowCancelled", "escrow_id", "hold")
         print(
             f"demo: placed {sum(c.workflow == 'order' for c in batch)} orders, opened "
-            f"{sum(c.workflow == 'escrow' for c in batch)} escrows and booked"
-            f" {sum(c.workflow == 'trip' for c in batch)} trips (namespace {namespace}, logs in {logs})"
+            f"{sum(c.workflow == 'escrow' for c in batch)} escrows, booked"
+            f" {sum(c.workflow == 'trip' for c in batch)} trips, placed"
+            f" {sum(c.workflow == 'shop_order' for c in batch)} shop orders and opened"
+            f" {sum(c.workflow == 'held_escrow' for c in batch)} escrows held {HOLD_SECONDS}s"
+            f" (namespace {namespace}, logs in {logs})"
         )
 
         outcome: dict[str, str] = {}
@@ -356,18 +459,19 @@ async def demo() -> int:
             table[(case.workflow, case.kind, case.expected, got)] += 1
             wrong += not got.startswith(case.expected)
         print()
-        print(f"{'workflow':<9} {'case':<17} {'expected':<12} {'got':<28} {'sagas':>5}")
-        print("-" * 75)
+        print(f"{'workflow':<11} {'case':<17} {'expected':<12} {'got':<28} {'sagas':>5}")
+        print("-" * 77)
         for (workflow, kind, expected, got), count in sorted(table.items()):
             mark = "" if got.startswith(expected) else "   <-- wrong"
-            print(f"{workflow:<9} {kind:<17} {expected:<12} {got:<28} {count:>5}{mark}")
-        print("-" * 75)
+            print(f"{workflow:<11} {kind:<17} {expected:<12} {got:<28} {count:>5}{mark}")
+        print("-" * 77)
         print(f"{len(batch) - wrong} of {len(batch)} sagas reached the status they should, in {elapsed:.1f}s")
         unanswered = await wait_for_last_replies(store, batch, timeout=30)
         await print_parallel_trip(store, [c for c in batch if c.workflow == "trip" and c.kind == "ok"])
         wrong_effects = await effects_of(
             os.environ.get("PARTICIPANT_DATABASE_URL") or PARTICIPANTS_DATABASE, batch, outcome
         )
+        wrong_effects += await children_of_shop(store, batch, outcome)
         for problem in wrong_effects[:10]:
             print(f"demo: FAILED: {problem}")
         dead = await dead_letters_of(store, namespace)

@@ -46,6 +46,9 @@ class SagaRow:
 class Command:
     type: str
     message_id: str
+    #: set on a message the orchestrator sends itself (a child saga's start, outcome or cancel):
+    #: it goes into its own queue, never to the tapped exchanges
+    route: str | None = None
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,9 @@ def check(evidence: Evidence) -> list[Check]:
     commands_journaled = {c.message_id: (x.saga_id, c) for x in e.journal for c in x.commands}
     taken = {x.message_id for x in e.journal}
     sent_on_wire = {w.message_id for w in e.wire if w.exchange == "commands"}
+    by_key: dict[tuple[str, str], SagaRow] = {}
+    for saga in e.sagas:
+        by_key[saga.id, saga.key] = saga
 
     results = [
         _check(
@@ -212,8 +218,14 @@ def check(evidence: Evidence) -> list[Check]:
             (
                 f"{saga} {c.type} {c.message_id}"
                 for mid, (saga, c) in sorted(commands_journaled.items())
-                if mid not in sent_on_wire
+                if mid not in sent_on_wire and c.route is None
             ),
+        ),
+        _check(
+            "children_once",
+            "every child saga a step started exists, was started once, by that start, and ended as"
+            " its parent needs",
+            _children(e, by_id, journal),
         ),
         _check(
             "outbox_empty", "the outbox is empty at the end", [f"{e.outbox_left} rows"] * bool(e.outbox_left)
@@ -381,10 +393,39 @@ def _not_undone(e: Evidence, by_id: dict[str, SagaRow], journal: dict[str, list[
                 yield f"{saga_id} ({saga.key}): {undo} sent, {undone} never taken"
 
 
+def _children(e: Evidence, by_id: dict[str, SagaRow], journal: dict[str, list[Entry]]) -> Iterable[str]:
+    """Each child start a parent journaled has its saga, whose first entry took that very start
+    and which took no other start; a completed parent's child completed, a compensated one's
+    did not stay completed (it was compensated, or it failed the step: then it is a finding of
+    ``final``)."""
+    for saga_id, entries in sorted(journal.items()):
+        parent = by_id.get(saga_id)
+        for c, route in ((c, c.route) for x in entries for c in x.commands if c.route):
+            if not route.startswith("start:"):
+                continue
+            workflow = route.removeprefix("start:")
+            child_id = saga_id_for(workflow, parent.key) if parent is not None else None
+            child = by_id.get(child_id or "")
+            taken = journal.get(child_id or "", [])
+            starts = [x for x in taken if x.outcome == "started"]
+            if child is None or not starts:
+                yield f"{saga_id}: started {workflow} {child_id} by {c.message_id}, which has no saga"
+                continue
+            if len(starts) != 1 or starts[0].message_id != c.message_id:
+                ids = ", ".join(x.message_id for x in starts)
+                yield f"{child_id}: started by {ids}, not once by its parent's {c.message_id}"
+            if parent is not None and parent.status == "completed" and child.status != "completed":
+                yield f"{child_id} is {child.status} though its parent {saga_id} completed"
+            if parent is not None and parent.status == "compensated" and child.status == "completed":
+                yield f"{child_id} is completed though its parent {saga_id} was compensated"
+
+
 def _unanswered(
     e: Evidence, commands_journaled: dict[str, tuple[str, Command]], taken: set[str]
 ) -> Iterable[str]:
     for mid, (saga, c) in sorted(commands_journaled.items()):
+        if c.route is not None and c.route.startswith("saga:"):
+            continue  # a child's outcome is a reply itself; a cancel is answered by an outcome
         if not any(reply_id(mid, r) in taken for r in e.replies.get(c.type, ())):
             yield f"{saga} {c.type} {mid}: no reply journaled"
 

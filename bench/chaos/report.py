@@ -33,7 +33,11 @@ def results(scenario: Scenario, outcome: Outcome, checks: list[Check], root: Pat
         "machine": machine(None, None),
         "scenario": scenario.as_json(),
         "ok": all(c.ok for c in checks),
-        "sagas": {"published": len(outcome.evidence.published), "by_status": outcome.stats["by_status"]},
+        "sagas": {
+            "published": len(outcome.evidence.published),
+            "by_status": outcome.stats["by_status"],
+            "children_by_status": outcome.stats["children_by_status"],
+        },
         "messages": {
             "journal_entries": len(outcome.evidence.journal),
             "on_the_wire": len({w.message_id for w in outcome.evidence.wire}),
@@ -71,7 +75,8 @@ def table(data: dict[str, Any]) -> str:
     lines.append(
         "sagas: "
         + ", ".join(f"{k} {v}" for k, v in sorted(data["sagas"]["by_status"].items()))
-        + f" (of {data['sagas']['published']} started)"
+        + f" (of {data['sagas']['published']} started); their shipping (child) sagas: "
+        + (", ".join(f"{k} {v}" for k, v in sorted(data["sagas"]["children_by_status"].items())) or "none")
     )
     m = data["messages"]
     lines.append(

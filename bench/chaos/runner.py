@@ -29,10 +29,12 @@ from bench.chaos.checker import Command, Effects, Entry, Evidence, LedgerRow, Mo
 from bench.chaos.scenario import Fault, Scenario, schedule
 from bench.chaos.system import APPLICATION, MODULE, System
 from bench.chaos.wire import Tap, order, publish
-from bench.chaos.workflow import UNDO, WORKFLOW
+from bench.chaos.workflow import CHILD, UNDO, WORKFLOW, ShipmentRequested
 from bench.config import Stack
 from bench.processes import has_port_flag, migrate
 from bench.responder import REPLIES
+from orchestrator.core.children import ChildCompensated, ChildCompleted, ChildFailed
+from orchestrator.core.engine import saga_id_for
 from orchestrator.examples.contracts import (
     ChargePayment,
     OrderShipped,
@@ -64,6 +66,8 @@ KIT_REPLIES: dict[str, tuple[str, ...]] = {
     ChargePayment.TYPE: (PaymentCharged.TYPE, PaymentDeclined.TYPE),
     RefundPayment.TYPE: (PaymentRefunded.TYPE,),
     ShipOrder.TYPE: (OrderShipped.TYPE, ShipmentFailed.TYPE),
+    # the child saga's start, answered by the child's outcome
+    ShipmentRequested.TYPE: (ChildCompleted.TYPE, ChildCompensated.TYPE, ChildFailed.TYPE),
 }
 
 
@@ -139,7 +143,9 @@ async def collect(pool: asyncpg.Pool) -> Tables:
         "SELECT saga_id, seq, kind, message_type, message_id, decision->>'outcome' AS outcome,"
         " decision->'commands' AS commands FROM journal ORDER BY saga_id, seq"
     ):
-        commands = tuple(Command(c["type"], c["message_id"]) for c in orjson.loads(r["commands"] or "[]"))
+        commands = tuple(
+            Command(c["type"], c["message_id"], c.get("route")) for c in orjson.loads(r["commands"] or "[]")
+        )
         entries.append(
             Entry(
                 r["saga_id"], r["seq"], r["kind"], r["message_type"], r["message_id"], r["outcome"], commands
@@ -315,7 +321,8 @@ async def run(scenario: Scenario, admin_dsn: str, log_dir: Path, keep_database: 
             wire=list(tap.seen),
             replies=KIT_REPLIES
             if system.kit
-            else {command: (reply,) for command, (reply, _) in REPLIES.items()},
+            else {command: (reply,) for command, (reply, _) in REPLIES.items()}
+            | {ShipmentRequested.TYPE: KIT_REPLIES[ShipmentRequested.TYPE]},
             undo=UNDO,
             expected=scenario.expected,
             outbox_left=tables.outbox,
@@ -326,7 +333,13 @@ async def run(scenario: Scenario, admin_dsn: str, log_dir: Path, keep_database: 
             effects=effects,
         )
         stats = {
-            "by_status": dict(Counter(saga.status for saga in tables.sagas)),
+            # the orders; their shipping sagas (children) apart
+            "by_status": dict(
+                Counter(s.status for s in tables.sagas if s.id == saga_id_for(WORKFLOW, s.key))
+            ),
+            "children_by_status": dict(
+                Counter(s.status for s in tables.sagas if s.id == saga_id_for(CHILD, s.key))
+            ),
             "journal_by_outcome": dict(Counter(entry.outcome for entry in tables.journal)),
             "journal_by_kind": dict(Counter(entry.kind for entry in tables.journal)),
             "duplicates_absorbed": tables.duplicates,

@@ -7,9 +7,11 @@ late success of a branch given up on. Reserving and charging have a short deadli
 (``CHAOS_DEADLINE_SECONDS``, read at import because the replicas are separate processes and the
 environment is their only way in): a participant
 stopped for longer times the step out within seconds, the saga compensates, and a run ends in
-minutes. Shipping, the last step, has no undo, so it has no deadline either: a shipment that
-succeeded after a deadline gave up on it could not be taken back, and the checker would rightly
-flag it; a stopped shipping service only delays its sagas. Compensations have no deadline: they
+minutes. Shipping, the last step, is a child saga of its own (``chaos_ship``, issue 28): its
+start, its outcome and the compensation its failure causes cross replicas, partitions and kills
+as messages the orchestrator sends itself. It has no undo, so it has no deadline either: a
+shipment that succeeded after a deadline gave up on it could not be taken back, and the checker
+would rightly flag it; a stopped shipping service only delays its sagas. Compensations have no deadline: they
 wait for their participant to come back, so no fault makes a saga ``failed`` by design, and a
 ``failed`` saga is always a finding.
 """
@@ -17,11 +19,13 @@ wait for their participant to come back, so no fault makes a saga ``failed`` by 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from datetime import timedelta
 
-from orchestrator import Saga, parallel, step
+from orchestrator import Event, Saga, child, parallel, step
 from orchestrator.examples.contracts import (
     ChargePayment,
+    Line,
     OrderPlaced,
     OrderShipped,
     OutOfStock,
@@ -37,16 +41,45 @@ from orchestrator.examples.contracts import (
     StockReserved,
 )
 
-__all__ = ["DEADLINE", "SERVICES", "UNDO", "WORKFLOW", "WORKFLOWS", "ChaosOrderSaga"]
+__all__ = [
+    "CHILD",
+    "DEADLINE",
+    "SERVICES",
+    "UNDO",
+    "WORKFLOW",
+    "WORKFLOWS",
+    "ChaosOrderSaga",
+    "ChaosShipSaga",
+    "ShipmentRequested",
+]
 
 WORKFLOW = "chaos_order"
+#: the child saga every order that reserved and charged starts, under the order's key
+CHILD = "chaos_ship"
 DEADLINE = timedelta(seconds=float(os.environ.get("CHAOS_DEADLINE_SECONDS", "5")))
 SERVICES = ("inventory", "payment", "shipping")
 
 
+@dataclass(frozen=True)
+class ShipmentRequested(Event):
+    """The start of an order's shipping saga: sent by the order's saga, never published."""
+
+    TYPE = "chaos.ShipmentRequested"
+    order_id: str
+    lines: list[Line]
+
+
+class ChaosShipSaga(Saga, starts_on=ShipmentRequested, key="order_id", name=CHILD):
+    """Ship: completed, the order completes; failed, the order compensates its group."""
+
+    @step(done=OrderShipped, failed=ShipmentFailed)
+    def ship(self, request: ShipmentRequested) -> ShipOrder:
+        return ShipOrder(request.order_id, request.lines)
+
+
 class ChaosOrderSaga(Saga, starts_on=OrderPlaced, key="order_id", name=WORKFLOW):
-    """Reserve and charge at once, then ship, each within ``DEADLINE``; every one of them undone on
-    the way back."""
+    """Reserve and charge at once, each within ``DEADLINE``, then ship in a child saga; every one of
+    them undone on the way back."""
 
     @step(done=StockReserved, failed=OutOfStock, deadline=DEADLINE)
     def reserve(self, order: OrderPlaced) -> ReserveStock:
@@ -66,9 +99,9 @@ class ChaosOrderSaga(Saga, starts_on=OrderPlaced, key="order_id", name=WORKFLOW)
 
     hold = parallel(reserve, charge)
 
-    @step(done=OrderShipped, failed=ShipmentFailed)
-    def ship(self, order: OrderPlaced) -> ShipOrder:
-        return ShipOrder(order.order_id, order.lines)
+    @child(ChaosShipSaga)
+    def ship(self, order: OrderPlaced) -> ShipmentRequested:
+        return ShipmentRequested(order.order_id, order.lines)
 
 
 #: success reply -> (the undo command it calls for, that undo's reply), for the checker
@@ -76,4 +109,4 @@ UNDO = {
     StockReserved.TYPE: (ReleaseStock.TYPE, StockReleased.TYPE),
     PaymentCharged.TYPE: (RefundPayment.TYPE, PaymentRefunded.TYPE),
 }
-WORKFLOWS = [ChaosOrderSaga.workflow]
+WORKFLOWS = [ChaosOrderSaga.workflow, ChaosShipSaga.workflow]

@@ -197,6 +197,15 @@ class _Collector:
         )
         yield _labelled(
             CounterMetricFamily(
+                "orchestrator_sagas_reopened",
+                "Completed child sagas reopened to be compensated by their parent: each is counted"
+                " finished again when its compensation is over",
+                labels=["workflow"],
+            ),
+            m.sagas_reopened,
+        )
+        yield _labelled(
+            CounterMetricFamily(
                 "orchestrator_compensations_started",
                 "Sagas this process saw turn from running to compensating (or straight to compensated)",
                 labels=["workflow"],

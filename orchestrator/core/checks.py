@@ -53,7 +53,7 @@ from typing import Any, get_type_hints
 
 from orchestrator.core.definitions import CANCEL, DefinitionError, Policy, Status, Workflow
 from orchestrator.core.machine import CompiledWorkflow
-from orchestrator.core.steps import Saga, Step
+from orchestrator.core.steps import ChildStep, Saga, Step
 from orchestrator.core.upcasting import registered
 
 __all__ = ["Finding", "Severity", "check", "check_all", "command_label", "saga_class"]
@@ -128,6 +128,8 @@ def check_all(workflows: Iterable[Workflow]) -> list[Finding]:
             label = f"{workflow.name} release {workflow.release}"
             findings = [dataclasses.replace(f, workflow=label) for f in findings]
         found.extend(findings)
+    found.extend(_children_missing(named))
+    found.extend(_child_cycles(named))
     for name, loaded in named.items():
         if len(loaded) > 1 and sum(w.current for w in loaded) != 1:
             releases = ", ".join(sorted(w.release for w in loaded))
@@ -140,6 +142,49 @@ def check_all(workflows: Iterable[Workflow]) -> list[Finding]:
                 )
             )
     return sorted(found, key=lambda f: f.severity is not Severity.ERROR)
+
+
+def _children_missing(named: dict[str, list[Workflow]]) -> list[Finding]:
+    """A child step whose workflow is not loaded beside its parent: its start would be refused
+    (``unknown_workflow``) and the step would wait until its deadline, every time."""
+    return [
+        Finding(
+            Severity.ERROR,
+            "child_not_loaded",
+            workflow.name,
+            f"starts a {child} saga as its child, and no workflow {child!r} is loaded: load its"
+            " module beside this one (--workflows)",
+            state,
+        )
+        for loaded in named.values()
+        for workflow in loaded
+        for state, child in sorted(workflow.children.items())
+        if child not in named
+    ]
+
+
+def _child_cycles(named: dict[str, list[Workflow]]) -> list[Finding]:
+    """A workflow that starts itself, through its children: each saga would start another, with
+    a key its data gives, and the chain ends only where the data says so."""
+    edges = {name: {c for w in loaded for c in w.children.values()} for name, loaded in named.items()}
+    found: list[Finding] = []
+    for start in sorted(edges):
+        path, seen, pending = {start: [start]}, set(), [start]
+        while pending:
+            at = pending.pop()
+            for nxt in sorted(edges.get(at, ())):
+                if nxt == start:
+                    cycle = " -> ".join([*path[at], start])
+                    found.append(
+                        Finding(Severity.ERROR, "child_cycle", start, f"a cycle of child sagas: {cycle}")
+                    )
+                    pending.clear()
+                    break
+                if nxt not in seen:
+                    seen.add(nxt)
+                    path[nxt] = [*path[at], nxt]
+                    pending.append(nxt)
+    return found
 
 
 def check(workflow: Workflow) -> list[Finding]:
@@ -297,11 +342,13 @@ def _resume_only(graph: _Graph) -> list[Finding]:
     """The compensating state of a step saga's last compensated step: no later step can fail, so
     no move leads to it, but it is compiled, an operator may resume a saga into it, and its
     builder is what undoes the step's late success. A correct definition: a warning, not an
-    error, so that a gate on ``check`` passes what ``run`` accepts."""
+    error, so that a gate on ``check`` passes what ``run`` accepts. Not said where a completed
+    saga reopened by its parent enters it (``Workflow.reopen``): then it is no resume target only."""
     found: list[Finding] = []
+    reopen = graph.workflow.reopen[0] if graph.workflow.reopen is not None else None
     for state in graph.states:
         step = _compensates_late(graph.workflow, state)
-        if step is None or state in graph.reachable:
+        if step is None or state in graph.reachable or state == reopen:
             continue
         found.append(
             Finding(
@@ -463,6 +510,8 @@ def _replies_from_elsewhere(workflow: Workflow, steps: Sequence[Step]) -> list[F
     so that one service cannot answer for another."""
     found: list[Finding] = []
     for s in steps:
+        if isinstance(s, ChildStep):  # its outcome comes from the orchestrator itself
+            continue
         pairs: list[tuple[Callable[..., Any], tuple[type[Any] | None, ...]]] = [
             (s.method, (s.done, s.failed))
         ]

@@ -85,6 +85,8 @@ class WorkflowView:
     cancel_on: list[str] = field(default_factory=list)
     #: parallel groups: the state the saga waits in -> its branches (steps), in order
     groups: dict[str, list[str]] = field(default_factory=dict)
+    #: child steps: the state that waits for a child saga -> the child's workflow
+    children: dict[str, str] = field(default_factory=dict)
 
 
 def command_name(builder: Any) -> str:
@@ -141,6 +143,7 @@ def describe(workflow: Workflow) -> WorkflowView:
         rules=rules,
         cancel_on=sorted(workflow.cancel_events),
         groups={g.name: [b.name for b in g.branches] for g in workflow.groups.values()},
+        children=dict(workflow.children),
     )
 
 
@@ -235,6 +238,8 @@ def mermaid(workflow: Workflow, moves: Mapping[tuple[str, str], Fired] | None = 
     for (source, dest), labels in edges.items():
         lines.append(f"    {ids[source]} --> {ids[dest]}: {_label(' / '.join(labels))}")
     policies: dict[str, list[str]] = {}
+    for state, child in workflow.children.items():  # the link to the child's own diagram
+        policies.setdefault(state, []).append(f"child saga {child}")
     for rule in workflow.rules:
         if rule.policy is not None:
             policies.setdefault(rule.source, []).append(f"{rule.policy} {rule.event}")

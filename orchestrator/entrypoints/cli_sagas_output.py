@@ -107,6 +107,13 @@ def print_saga(saga: m.SagaDetail) -> None:
         ),
         ("parked", _commands([m.Command(type=p.type, message_id=p.message_id) for p in saga.parked])),
     ]
+    if saga.parent is not None:
+        fields.append(("parent", saga.parent))
+    if saga.children:
+        said = "; ".join(
+            f"{c.saga_id} ({one_line(c.workflow)}, step {one_line(c.step)})" for c in saga.children
+        )
+        fields.append(("children", said))
     timer_lines = _timers(saga.timers)
     fields.append(("timers", timer_lines[0]))
     for name, value in fields:

@@ -101,6 +101,8 @@ class Counts:
         self.compensations_started: Counter[str] = Counter()
         #: cancel events (``Workflow.cancelled_by``) that came after their saga finished, by workflow
         self.cancels_after_finish: Counter[str] = Counter()
+        #: completed child sagas reopened to be compensated by their parent, by workflow
+        self.sagas_reopened: Counter[str] = Counter()
         #: by (workflow, command type): which step of which workflow is slow
         self.step_latency = Histograms(STEP_LATENCY_BUCKETS)
         #: by (workflow, kind): deadline or retry
@@ -168,7 +170,10 @@ def count_finished(
             continue
         compiled = workflows.get(saga.workflow)
         spec = compiled.workflow.states.get(before) if compiled is not None and before else None
-        settled = decision.outcome is Outcome.SETTLED  # in its final state, closed only now
+        if decision.outcome is Outcome.REOPENED:  # completed, and now undone: it will finish again
+            metrics.sagas_reopened[saga.workflow] += 1
+        # in its final state, closed only now; or reopened and compensated at once
+        settled = decision.outcome in (Outcome.SETTLED, Outcome.REOPENED)
         if status in _CLOSED and (spec is None or spec.status not in _CLOSED or settled):
             # not closed already (a late reply journaled on a closed saga, say)
             metrics.sagas_finished[(saga.workflow, str(status))] += 1

@@ -75,6 +75,15 @@ async def test_an_order_hands_its_fulfilment_to_a_child_saga_and_undoes_it_when_
     assert bench.store is not None
     outcomes = [e.decision["outcome"] for e in await bench.store.journal(children[unbilled].id)]
     assert "reopened" in outcomes
+    # the link both ways, over REST
+    async with bench.api() as api:
+        parent_view = (await api.get(f"/sagas/{parents[done].id}")).json()
+        child_view = (await api.get(f"/sagas/{children[done].id}")).json()
+    assert parent_view["children"] == [
+        {"saga_id": children[done].id, "workflow": "fulfilment", "step": "fulfil"}
+    ]
+    assert parent_view["parent"] is None and parent_view["branches"] == []
+    assert child_view["parent"] == parents[done].id and child_view["children"] == []
 
     connection = await asyncpg.connect(bench.database_url.replace("postgresql+asyncpg", "postgresql"))
     try:

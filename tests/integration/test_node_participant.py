@@ -276,6 +276,33 @@ async def test_the_node_shipping_serves_a_parallel_saga_as_it_is(bench: Bench) -
         assert await bench.dead_letters(0, timeout=0) == []
 
 
+async def test_the_node_shipping_serves_a_child_saga_as_it_is(bench: Bench) -> None:
+    """Issue 28, items 2 and 7: the child saga's shipping step is an ordinary command to it; its
+    failures compensate the child (the stock given back) and then the parent (the refund)."""
+    async with node_shipping(
+        bench, "tests.integration.child_shipping", PARTICIPANT_FAIL_RATE=str(FAIL_RATE)
+    ) as shipping:
+        failing, passing = order_ids(failing=3, passing=5)
+        for key in failing + passing:
+            await bench.place_order(key)
+
+        parents = await bench.finished("charge_then_fulfil", failing + passing, timeout=90)
+        children = await bench.finished("fulfilment", failing + passing, timeout=30)
+
+        for sagas in (parents, children):
+            assert {k: sagas[k].status for k in passing} == dict.fromkeys(passing, Status.COMPLETED)
+            assert {k: sagas[k].status for k in failing} == dict.fromkeys(failing, Status.COMPENSATED)
+        for key in failing:
+            assert (await bench.commands_sent(saga_id_for("charge_then_fulfil", key)))[-1] == (
+                "payment.RefundPayment"
+            )
+            sent = await bench.commands_sent(saga_id_for("fulfilment", key))
+            assert sent[-2:] == ["inventory.ReleaseStock", "saga.ChildCompensated"], sent
+        rows = {r["order_id"]: r["status"] for r in await shipping.shipments(failing + passing)}
+        assert rows == {**dict.fromkeys(failing, "failed"), **dict.fromkeys(passing, "shipped")}
+        assert await bench.dead_letters(0, timeout=0) == []
+
+
 async def test_invalid_commands_are_dead_lettered_and_the_node_shipping_keeps_serving(bench: Bench) -> None:
     async with node_shipping(bench) as shipping:
         assert bench.channel is not None

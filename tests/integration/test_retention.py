@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -469,3 +470,44 @@ async def test_a_saga_that_may_still_undo_a_late_success_is_archived_only_after_
     )
     assert late.verdicts == [Verdict.ACCEPTED]  # its late success is still the saga's to undo
     assert [c.type for c in late.commands] == ["inventory.ReleaseStock"]
+
+
+async def test_a_child_saga_is_archived_only_after_its_parent(
+    store: PostgresStore, retention_database: str, tmp_path: Path
+) -> None:
+    """A parent may compensate (reopen) its completed child as long as it exists: the child is
+    kept while its parent is, finished or not."""
+    from orchestrator.examples import shop
+    from orchestrator.examples.contracts import OrderShipped, StockReserved
+
+    registry = Registry(shop.WORKFLOWS)
+    key = f"child-{uuid.uuid4().hex[:8]}"
+    parent, child = saga_id_for("shop_order", key), saga_id_for("fulfilment", key)
+
+    async def take(envelope: Envelope) -> list[Any]:
+        result = await process_batch(registry, store, [envelope], FINISHED_AT)
+        assert result.verdicts == [Verdict.ACCEPTED], result.reasons
+        return [c for c in result.commands if c.route is not None]
+
+    def internal(command: Any, **routing: Any) -> Envelope:
+        return Envelope(orjson.dumps(command.payload), command.type, command.message_id, **routing)
+
+    await take(_event(shop.ShopOrderPlaced(key, "c-1", [Line("sku-1", 1)], 1000)))
+    (start,) = await take(await replies.answer(store, PaymentCharged(key, "ch-1"), parent))
+    await take(internal(start, workflow="fulfilment", parent=parent))
+    await take(await replies.answer(store, StockReserved(key, "r-1"), child))
+    (told,) = await take(await replies.answer(store, OrderShipped(key, "t-1"), child))
+    await take(internal(told, correlation_id=parent))
+    await _send_everything(store)
+    assert (await store.get_saga(child)).status == "completed"  # type: ignore[union-attr]
+    assert (await store.get_saga(parent)).state == "invoice"  # type: ignore[union-attr]
+
+    before = (FINISHED_AT + timedelta(days=1)).isoformat()
+    first = _cli(retention_database, "archive", "--finished-before", before, "--to", str(tmp_path / "1.gz"))
+    assert first.returncode == 0, first.stderr
+    assert await store.get_saga(child) is not None  # its parent may still compensate it
+    await take(await replies.answer(store, shop.InvoiceSent(key), parent))
+    await _send_everything(store)
+    second = _cli(retention_database, "archive", "--finished-before", before, "--to", str(tmp_path / "2.gz"))
+    assert second.returncode == 0, second.stderr
+    assert await store.get_saga(parent) is None and await store.get_saga(child) is None

@@ -285,3 +285,50 @@ def test_check_judges_the_effects_when_the_evidence_has_them() -> None:
     assert failing(check(data)) == {}
     data.effects.ledger.append(LedgerRow("done", "charge", 1000))
     assert set(failing(check(data))) == {"charged_once"}
+
+
+def with_child(key: str, *, started: int = 1, status: str = "completed") -> list[tuple[SagaRow, list[Entry]]]:
+    """An order whose shipping is a child saga: its start routed to the orchestrator itself (not
+    on the tapped wire), and the child's outcome back to the parent."""
+    from bench.chaos.workflow import CHILD, ShipmentRequested
+
+    parent = saga_id_for(WORKFLOW, key)
+    child = saga_id_for(CHILD, key)
+    start = Command(ShipmentRequested.TYPE, command_id(parent, 1), f"start:{CHILD}")
+    done = Command("saga.ChildCompleted", reply_id(start.message_id, "saga.ChildCompleted"), f"saga:{parent}")
+    ship = Command("shipping.ShipOrder", command_id(child, 1))
+    parent_entries = [
+        Entry(parent, 1, "event", START, f"start-{key}", "started", (start,)),
+        Entry(parent, 2, "event", done.type, done.message_id, "moved"),
+    ]
+    child_entries = [Entry(child, 1, "event", start.type, start.message_id, "started", (ship,))]
+    child_entries += [
+        Entry(child, 1 + n, "event", start.type, f"again-{n}", "started") for n in range(1, started)
+    ]
+    child_entries.append(reply(child, 10, ship, sends=(done,)))
+    return [
+        (SagaRow(parent, key, "completed", "completed"), parent_entries),
+        (SagaRow(child, key, status, status), child_entries),
+    ]
+
+
+def test_a_child_saga_started_once_by_its_parent_passes() -> None:
+    data = evidence(with_child("a"))
+    data.replies["chaos.ShipmentRequested"] = ("saga.ChildCompleted",)
+    data.published = {"a"}
+    assert failing(check(data)) == {}
+
+
+def test_a_child_started_twice_or_ending_unlike_its_parent_is_flagged() -> None:
+    data = evidence(with_child("a", started=2))
+    data.replies["chaos.ShipmentRequested"] = ("saga.ChildCompleted",)
+    data.published = {"a"}
+    found = failing(check(data))
+    assert set(found) == {"children_once"}
+    assert "not once by its parent's" in found["children_once"].examples[0]
+    data = evidence(with_child("b", status="compensated"))
+    data.replies["chaos.ShipmentRequested"] = ("saga.ChildCompleted",)
+    data.published = {"b"}
+    found = failing(check(data))
+    assert "children_once" in found
+    assert "though its parent" in found["children_once"].examples[-1]

@@ -142,6 +142,11 @@ def test_a_later_failure_compensates_the_completed_child_from_its_end(kit: Workf
     assert kit.replay_differences(shop(kit)) == [] and kit.replay_differences(fulfilment(kit)) == []
     outcomes = [e.decision["outcome"] for e in kit.journal(fulfilment(kit))]
     assert "reopened" in outcomes
+    counts = kit.bus.counts
+    assert counts.sagas_reopened == {"fulfilment": 1}
+    # finished twice: completed, then compensated after its reopening
+    assert counts.sagas_finished[("fulfilment", "completed")] == 1
+    assert counts.sagas_finished[("fulfilment", "compensated")] == 1
 
 
 def test_the_steps_deadline_cancels_the_running_child(kit: WorkflowTestKit) -> None:
@@ -278,3 +283,20 @@ def test_a_completion_that_crosses_the_deadlines_cancel_is_compensated_once(kit:
     assert not [b for b in shop(kit).branches if b["name"].startswith("undo:")]
     assert [c.type for c in kit.sent].count("inventory.ReleaseStock") == 1
     assert kit.replay_differences(shop(kit)) == [] and kit.replay_differences(fulfilment(kit)) == []
+
+
+def test_check_names_a_child_workflow_that_is_not_loaded_and_a_cycle_of_children() -> None:
+    from dataclasses import replace
+
+    from orchestrator.core.checks import check_all
+
+    findings = check_all([ShopOrderSaga.workflow])
+    assert [(f.code, f.state) for f in findings] == [("child_not_loaded", "fulfil")]
+    assert check_all(WORKFLOWS) == []
+    # fulfilment starting a shop order of its own would close a loop
+    looping = replace(FulfilmentSaga.workflow, children={"ship": "shop_order"})
+    cycles = [f for f in check_all([ShopOrderSaga.workflow, looping]) if f.code == "child_cycle"]
+    assert [f.message for f in cycles] == [
+        "a cycle of child sagas: fulfilment -> shop_order -> fulfilment",
+        "a cycle of child sagas: shop_order -> fulfilment -> shop_order",
+    ]

@@ -36,6 +36,7 @@ def filled() -> str:
     m.sagas_started["order"] += 2
     m.compensations_started["order"] += 1
     m.cancels_after_finish["order"] += 1
+    m.sagas_reopened["fulfilment"] += 1
     m.step_latency.observe(("order", "inventory.ReserveStock"), 0.004)
     m.deadline_lateness.observe(("order", "deadline"), 0.2)
     m.in_flight = lambda: 1

@@ -9,6 +9,7 @@ import pytest
 
 from orchestrator.core.routing import Registry
 from orchestrator.examples import WORKFLOWS
+from orchestrator.examples.held_escrow import WORKFLOWS as HELD
 from orchestrator.examples.shop import WORKFLOWS as SHOP
 from orchestrator.examples.travel import WORKFLOWS as TRAVEL
 from orchestrator.participant import reply_message_id
@@ -69,7 +70,7 @@ def test_every_service_is_registered_under_its_own_name() -> None:
 def test_the_examples_handle_every_command_the_bundled_workflows_send() -> None:
     handled = set().union(*(build(Options()).commands for build in SERVICES.values()))
     sent = Registry(
-        [workflow() if callable(workflow) else workflow for workflow in [*WORKFLOWS, *TRAVEL, *SHOP]]
+        [workflow() if callable(workflow) else workflow for workflow in [*WORKFLOWS, *TRAVEL, *SHOP, *HELD]]
     ).command_types()
     assert sent and sent == handled
 

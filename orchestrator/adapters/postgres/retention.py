@@ -43,13 +43,18 @@ LATE_SUCCESS_WINDOW = timedelta(days=30)
 #: The next batch of one status, oldest finish first, past the keyset cursor; a saga another
 #: transaction holds is skipped, as is one with commands not yet confirmed by the broker (its
 #: outbox rows would go with it, unsent), and one with a step whose late success it may still
-#: have to undo, until ``LATE_SUCCESS_WINDOW`` after it finished ($6): taken by a later run.
+#: have to undo, until ``LATE_SUCCESS_WINDOW`` after it finished ($6): taken by a later run. A child
+#: saga stays while its parent does: the parent may still compensate it (reopen it), and it is
+#: archived by the first run after its parent's.
 _CLAIM = f"""
 SELECT {_SAGA_COLUMNS} FROM sagas s
 WHERE s.status = $1 AND s.updated_at < $2
   AND s.updated_at >= $3 AND (s.updated_at > $3 OR s.id > $4)
   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.saga_id = s.id)
   AND (s.timed_out = '[]'::jsonb OR s.updated_at < $6)
+  AND NOT EXISTS (
+    SELECT 1 FROM jsonb_array_elements(s.branches) b JOIN sagas p ON p.id = b->>'saga_id'
+    WHERE b->>'link' = 'parent')
 ORDER BY s.updated_at, s.id
 LIMIT $5
 FOR UPDATE OF s SKIP LOCKED

@@ -326,6 +326,7 @@ def _workflow_routes(app: FastAPI, ctx: ApiContext, guard: Guard) -> None:
             events=view.events,
             cancel_on=view.cancel_on,
             groups=view.groups,
+            children=view.children,
             states=[
                 m.StateSpec.model_validate({**vars(s), "sagas": per_state.get(s.name, 0)})
                 for s in view.states

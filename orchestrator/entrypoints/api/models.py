@@ -158,6 +158,12 @@ class Branch(BaseModel):
     given_up: bool = Field(description="its deadline passed unconfirmed: the saga failed, for an operator")
 
 
+class ChildLink(BaseModel):
+    saga_id: str = Field(description="the child saga: GET /sagas/{saga_id}")
+    workflow: str
+    step: str = Field(description="the parent's step that started it")
+
+
 class SagaState(_SagaFields):
     """The saga as its row holds it; one rebuilt from its journal alone may lack the row's times."""
 
@@ -175,6 +181,12 @@ class SagaState(_SagaFields):
     branches: list[Branch] = Field(
         default_factory=list,
         description="what it waits on besides its state's commands: the undo of a step's late success",
+    )
+    parent: str | None = Field(
+        None, description="the saga that started this one as a child step, whose outcome it reports to"
+    )
+    children: list[ChildLink] = Field(
+        default_factory=list, description="the child sagas its steps started, oldest first"
     )
 
 
@@ -304,6 +316,10 @@ class WorkflowDetail(WorkflowSummary):
     )
     cancel_on: list[str] = Field(
         default_factory=list, description="events that cancel a saga wherever it is, as an operator's cancel"
+    )
+    children: dict[str, str] = Field(
+        default_factory=dict,
+        description="child steps: the state a saga waits in for its child saga -> the child's workflow",
     )
     states: list[StateSpec]
     rules: list[RuleSpec]

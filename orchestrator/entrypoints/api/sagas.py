@@ -15,6 +15,7 @@ from fastapi import APIRouter, Body, HTTPException, Path, Query, Request, Respon
 from orchestrator.adapters.postgres.faults import from_database
 from orchestrator.adapters.postgres.queries import HistoryRow, SagaFilter
 from orchestrator.adapters.tracing import request_span
+from orchestrator.core.children import children_of, is_link, parent_of
 from orchestrator.core.engine import SagaSnapshot
 from orchestrator.core.ingress import MAX_KEY_LENGTH
 from orchestrator.core.replay import replay
@@ -73,6 +74,12 @@ def state_fields(ctx: ApiContext, saga: SagaSnapshot) -> dict[str, Any]:
                 given_up=bool(b.get("given_up")),
             )
             for b in saga.branches
+            if not is_link(b)
+        ],
+        "parent": link["saga_id"] if (link := parent_of(saga.branches)) is not None else None,
+        "children": [
+            m.ChildLink(saga_id=c["saga_id"], workflow=c["workflow"], step=c["step"])
+            for c in children_of(saga.branches)
         ],
     }
 
