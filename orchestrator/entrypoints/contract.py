@@ -30,7 +30,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from orchestrator.adapters.amqp.topology import Topology
-from orchestrator.core.children import INTERNAL, CancelChild
+from orchestrator.core.children import CHILD_OUTCOMES, INTERNAL, CancelChild
 from orchestrator.core.definitions import DefinitionError, Workflow, builder_for
 from orchestrator.core.messages import Message, body_schema, schema_of, service_of
 from orchestrator.core.routing import Registry
@@ -59,6 +59,9 @@ class _Kind:
     workflows: set[str] = field(default_factory=set)
     #: workflow -> its key field, for each workflow it starts (an event)
     starts: dict[str, str] = field(default_factory=dict)
+    #: a message between sagas (orchestrator.core.children): the orchestrator's own, through its
+    #: queue; no participant sends or receives it
+    internal: bool = False
 
     def add(self, cls: type[Message] | None, workflow: str) -> None:
         if cls is not None and all(cls is not known for known in self.classes):
@@ -225,7 +228,9 @@ def _headers(kind: _Kind) -> dict[str, Any]:
 
 def _message(kind: _Kind, payload: dict[str, Any]) -> dict[str, Any]:
     service = service_of(kind.name)
-    if kind.command:
+    if kind.internal:
+        summary = "Between sagas: published by the orchestrator into its own queue, for itself."
+    elif kind.command:
         summary = f"A command to the {service} service."
     elif kind.starts:
         keys = ", ".join(f"{key} for {w}" for w, key in sorted(kind.starts.items()))
@@ -267,14 +272,20 @@ class _Loaded:
     replies: dict[str, set[str]] = field(default_factory=dict)
     #: command builders that declare no message type: they cannot be documented
     unnamed: set[str] = field(default_factory=set)
+    #: the start event types a parent sends its child saga, through the orchestrator's queue
+    child_starts: set[str] = field(default_factory=set)
 
     @property
     def commands(self) -> list[str]:
-        return sorted(t for t, k in self.kinds.items() if k.command)
+        return sorted(t for t, k in self.kinds.items() if k.command and not k.internal)
 
     @property
     def events(self) -> list[str]:
-        return sorted(t for t, k in self.kinds.items() if not k.command)
+        return sorted(t for t, k in self.kinds.items() if not k.command and not k.internal)
+
+    @property
+    def internal(self) -> list[str]:
+        return sorted(t for t, k in self.kinds.items() if k.internal)
 
     @property
     def services(self) -> list[str]:
@@ -288,6 +299,10 @@ def _load(registry: Registry) -> _Loaded:
     loaded = _Loaded()
     for _, compiled in sorted(registry.releases.items()):  # every release: old sagas still send
         workflow = compiled.workflow
+        children = set(workflow.children.values())
+        loaded.child_starts.update(
+            c.workflow.starts_on.TYPE for c in registry.releases.values() if c.workflow.name in children
+        )
         for _, builder in _sends(workflow):
             message_type, cls = _builder_message(builder)
             if message_type is None:
@@ -309,9 +324,20 @@ def _load(registry: Registry) -> _Loaded:
             kind.add(compiled.workflow.events[type_name], compiled.workflow.name)
             if type_name == compiled.workflow.starts_on.TYPE:
                 kind.starts[compiled.workflow.name] = compiled.workflow.key
+    parents = [c.workflow.name for c in registry.releases.values() if c.workflow.children]
+    if parents:  # what parents and children send each other, through the orchestrator's queue
+        for cls in (*CHILD_OUTCOMES.values(), CancelChild):
+            kind = loaded.kinds.setdefault(cls.TYPE, _Kind(cls.TYPE, command=False, internal=True))
+            for name in parents:
+                kind.add(cls, name)
     if ORCHESTRATOR in loaded.services:
         raise DefinitionError(f"a participant service cannot be called {ORCHESTRATOR!r}")
     return loaded
+
+
+def _default_exchange_binding(vhost: str) -> dict[str, Any]:
+    exchange = {"name": "", "type": "direct", "durable": True, "autoDelete": False, "vhost": vhost}
+    return {"amqp": {"is": "routingKey", "exchange": exchange, "bindingVersion": AMQP_BINDING}}
 
 
 def _exchange_binding(name: str, vhost: str) -> dict[str, Any]:
@@ -368,6 +394,19 @@ def _channels(loaded: _Loaded, topology: Topology, vhost: str) -> dict[str, Any]
             f" {topology.dead} ({PROTOCOL_DOC}, section 2).",
             "messages": messages([c for c in loaded.commands if service_of(c) == service]),
             "bindings": _queue_binding(topology, service, vhost),
+        }
+    if loaded.internal:
+        starts = sorted(loaded.child_starts & set(loaded.kinds))
+        channels["internal"] = {
+            "address": topology.orchestrator_queue,
+            "title": f"the orchestrator's own queue {topology.orchestrator_queue}",
+            "description": "Messages between sagas, published by the orchestrator through the default"
+            " exchange straight into its queue: a child saga's start (its workflow's start event, with"
+            " x-workflow and x-parent-saga), its outcome (with the section 6 reply id of the command it"
+            " answers) and its parent's cancel. No participant sends or receives them; a saga.* message"
+            f" published to {topology.events} is dead-lettered sender ({PROTOCOL_DOC}, section 6).",
+            "messages": messages([*loaded.internal, *starts]),
+            "bindings": _default_exchange_binding(vhost),
         }
     for command in loaded.commands:
         answers = loaded.answers(command)
@@ -456,6 +495,19 @@ def _orchestrator_operations(loaded: _Loaded, topology: Topology) -> dict[str, A
         )
     else:
         queues = f"{topology.orchestrator_queue} (bound to {topology.events} with #)"
+    if loaded.internal:
+        between = [_ref("channels", "internal", "messages", t) for t in sorted(_internal_of(loaded))]
+        for action in ("send", "receive"):
+            operations[f"{ORCHESTRATOR}.{action}.internal"] = {
+                "action": action,
+                "channel": _ref("channels", "internal"),
+                "title": f"the orchestrator {action}s what sagas send each other",
+                "summary": "A child saga's start and outcome, and its parent's cancel (docs/architecture.md,"
+                " Child sagas).",
+                "messages": between,
+                "bindings": PUBLISH if action == "send" else CONSUME,
+                "x-service": ORCHESTRATOR,
+            }
     for event in loaded.events:
         starts = sorted(loaded.kinds[event].starts)
         operations[f"{ORCHESTRATOR}.receive.{event}"] = {
@@ -474,6 +526,10 @@ def _orchestrator_operations(loaded: _Loaded, topology: Topology) -> dict[str, A
             "x-service": ORCHESTRATOR,
         }
     return operations
+
+
+def _internal_of(loaded: _Loaded) -> set[str]:
+    return {*loaded.internal, *(loaded.child_starts & set(loaded.kinds))}
 
 
 def asyncapi_document(registry: Registry, settings: Settings) -> dict[str, Any]:

@@ -396,3 +396,27 @@ async def test_with_protected_reads_no_token_or_a_wrong_one_shows_the_login_and_
     await expect(page.locator("#timeline > li").last).to_contain_text("Operator: cancel")
     await expect(page.locator("#timeline > li").last).to_contain_text("by otto")
     assert watched.problems() == []
+
+
+async def test_a_parent_and_its_child_saga_link_to_each_other(bench: Bench, browser: Browser) -> None:
+    """Issue 28, item 2: the console shows the link both ways (``parent``, ``children``)."""
+    await bench.serve("orchestrator.examples.shop", api_open_reads=True)
+    await bench.work("inventory", "payment", "shipping", "billing")
+    key = keys()
+    async with bench.api(actor="checkout") as api:
+        started = await api.post("/sagas", json={"workflow": "shop_order", "key": key, "data": ORDER})
+        assert started.status_code == 201, started.text
+    parent = started.json()["id"]
+    child = (await bench.finished("fulfilment", [key]))[key]
+    await bench.finished("shop_order", [key])
+
+    watched = Watched(await browser.new_page(viewport={"width": 1300, "height": 900}))
+    page = watched.page
+    await page.goto(f"{bench.api_url}/console/#/sagas/{parent}")
+    await expect(page.locator("#saga-status")).to_have_text("completed")
+    await expect(page.locator("#saga-children")).to_contain_text("fulfilment, started by step fulfil")
+    await page.locator("#saga-children a").click()
+    await expect(page.locator("#saga-state")).to_have_text("completed")
+    assert page.url.endswith(f"#/sagas/{child.id}")
+    await expect(page.locator("#saga-parent")).to_have_text(parent)
+    assert watched.problems() == []

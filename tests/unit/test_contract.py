@@ -335,3 +335,30 @@ def test_undo_replies_two_releases_and_an_untyped_command() -> None:
     # a start goes to the current release: its class is the one that validates it
     assert message_errors(made, "desk.Opened", "payload", {"desk_id": "d-1", "floor": 3}) == []
     assert message_errors(made, "desk.Opened", "payload", {"desk_id": "d-1"}) != []
+
+
+def test_the_messages_between_a_parent_and_its_child_saga_are_the_orchestrators_own() -> None:
+    """Issue 28: a child saga's start, outcome and cancel are listed, on the orchestrator's own
+    queue, sent and received by the orchestrator alone: no participant's channel or operation."""
+    from orchestrator.examples import shop
+
+    made = asyncapi_document(Registry(shop.WORKFLOWS), replace(Settings(), namespace="demo"))
+    assert asyncapi_errors(made) == []
+    internal = made["channels"]["internal"]
+    assert internal["address"] == "demo.orchestrator.events"
+    assert internal["bindings"]["amqp"]["exchange"]["name"] == ""
+    assert sorted(internal["messages"]) == [
+        "saga.CancelChild",
+        "saga.ChildCompensated",
+        "saga.ChildCompleted",
+        "saga.ChildFailed",
+        "warehouse.FulfilmentRequested",
+    ]
+    assert {k for k in made["operations"] if "internal" in k} == {
+        "orchestrator.send.internal",
+        "orchestrator.receive.internal",
+    }
+    assert not any(k.startswith(("saga.", "warehouse.")) for k in made["operations"])
+    assert not any(name.startswith(("command.saga.", "event.saga.")) for name in made["channels"])
+    # the bundled workflows start no child: nothing of it in their document
+    assert "internal" not in document()["channels"]

@@ -487,6 +487,10 @@ function renderSaga(saga, history, workflow, quietly = false) {
     ["Resends", String(saga.attempt)],
     saga.timed_out.length ? ["Given up on", saga.timed_out.join(", ")] : null,
     saga.parked.length ? ["Parked events", h("ul", {}, saga.parked.map((p) => h("li", {}, `${p.type} `, h("span", { class: "mono note" }, p.message_id))))] : null,
+    // a child saga names the saga that started it; a parent, the children its steps started
+    saga.parent ? ["Started by", h("a", { id: "saga-parent", class: "mono", href: `#/sagas/${encodeURIComponent(saga.parent)}` }, saga.parent)] : null,
+    saga.children && saga.children.length ? ["Child sagas", h("ul", { id: "saga-children" }, saga.children.map((c) => h("li", {},
+      h("a", { class: "mono", href: `#/sagas/${encodeURIComponent(c.saga_id)}` }, c.saga_id), ` ${c.workflow}, started by step ${c.step}`)))] : null,
   ]);
   const why = h("p", { id: "saga-why", class: "why" }, whyOf(saga, workflow));
   const path = pathOf(history);
