@@ -37,7 +37,7 @@ import orjson
 
 from orchestrator.adapters.memory import MemoryStore
 from orchestrator.core.branches import replies_of
-from orchestrator.core.children import target_of
+from orchestrator.core.children import started_workflow, target_of
 from orchestrator.core.definitions import Workflow
 from orchestrator.core.engine import OutgoingCommand, SagaSnapshot, reply_id_for, saga_id_for
 from orchestrator.core.ingress import Limits
@@ -178,14 +178,16 @@ class WorkflowTestKit:
             assert command.route is not None
             kind, target = target_of(command.route)
             starting = kind == "start"
+            workflow, schema = started_workflow(target) if starting else (None, 1)
             self._handle(
                 Envelope(
                     orjson.dumps(command.payload),
                     command.type,
                     command.message_id,
                     None if starting else target,
-                    target if starting else None,
+                    workflow,
                     parent=command.saga_id if starting else None,
+                    schema_version=schema,
                 )
             )
 

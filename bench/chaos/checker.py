@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from orchestrator.core.children import started_workflow
 from orchestrator.core.engine import saga_id_for
 
 __all__ = [
@@ -403,7 +404,7 @@ def _children(e: Evidence, by_id: dict[str, SagaRow], journal: dict[str, list[En
         for c, route in ((c, c.route) for x in entries for c in x.commands if c.route):
             if not route.startswith("start:"):
                 continue
-            workflow = route.removeprefix("start:")
+            workflow, _ = started_workflow(route.removeprefix("start:"))
             child_id = saga_id_for(workflow, parent.key) if parent is not None else None
             child = by_id.get(child_id or "")
             taken = journal.get(child_id or "", [])

@@ -48,6 +48,7 @@ __all__ = [
     "parent_record",
     "saga_route",
     "start_route",
+    "started_workflow",
     "target_of",
 ]
 
@@ -106,9 +107,16 @@ CHILD_OUTCOMES: dict[str, type[Event]] = {
 }
 
 
-def start_route(workflow: str) -> str:
-    """The outbox route of a child's start: to the orchestrator's queue, for ``workflow``."""
-    return f"start:{workflow}"
+def start_route(workflow: str, schema: int = 1) -> str:
+    """The outbox route of a child's start: to the orchestrator's queue, for ``workflow``, its
+    body written in schema version ``schema`` (said after an ``@`` where it is not 1)."""
+    return f"start:{workflow}" + (f"@{schema}" if schema != 1 else "")
+
+
+def started_workflow(target: str) -> tuple[str, int]:
+    """The workflow and schema version a start route's target names (``target_of``)."""
+    workflow, _, schema = target.partition("@")
+    return workflow, int(schema) if schema else 1
 
 
 def saga_route(saga_id: str) -> str:

@@ -28,7 +28,9 @@ from orchestrator.core.branches import (
 from orchestrator.core.children import (
     CHILD_OUTCOMES,
     CancelChild,
+    ChildFailed,
     child_record,
+    children_of,
     parent_of,
     parent_record,
     saga_route,
@@ -389,7 +391,7 @@ class _Draft:
             route = None
             child = getattr(build, "child", None)
             if child is not None:
-                route = start_route(child)
+                route = start_route(child, message.SCHEMA)
                 self.link_child(child, str(payload[build.child_key]))
             elif message.TYPE == CancelChild.TYPE:
                 route = saga_route(payload["saga_id"])
@@ -417,8 +419,11 @@ class _Draft:
         if spec.final and status is Status.FAILED:
             self.halt_groups()  # kept for a resume, their timers ended
         elif spec.final:
-            for group in {b["group"] for b in self.saga.branches if "group" in b}:
-                self.drop_group(group)  # a group's branches end with the saga
+            # a group's branches end with the saga; a child's completed ones are kept, for its
+            # parent may reopen it (``_cancel_child``) and they are what its compensation undoes
+            reopenable = status is Status.COMPLETED and parent_of(self.saga.branches) is not None
+            for group in {b["group"] for b in self.saga.branches if "group" in b and not reopenable}:
+                self.drop_group(group)
             if any(live(b) for b in self.saga.branches):
                 status = Status.COMPENSATING  # closed when its branches are (``_settled``)
             elif any(b.get("given_up") for b in self.saga.branches):
@@ -613,7 +618,12 @@ class _Draft:
             late = trigger == DEADLINE
             failure = f"no reply in {previous} before its deadline" if late else f"{trigger} in {previous}"
         self.failure = failure
-        gave_up = trigger == DEADLINE and not self.before_operators and self._fails_compensation(fired.dest)
+        # a child that failed its compensation may still be resumed and answer: kept as a deadline's is
+        gave_up = (
+            trigger in (DEADLINE, ChildFailed.TYPE)
+            and not self.before_operators
+            and self._fails_compensation(fired.dest)
+        )
         awaited = self.saga.awaiting
         self.enter(fired.dest, fired.sends, fired.entered)
         if gave_up:
@@ -808,6 +818,8 @@ def _decide(
         return _operate(compiled, bumped, previous, message, now, ids, merge_all, before_operators)
     if message.kind != "event" and "branch" in message.payload:
         return _branch_timer(compiled, bumped, previous, message, now, ids)
+    if message.parent and message.type == workflow.starts_on.TYPE and message.kind == "event":
+        return _started_again(saga, bumped, message)
     if message.kind == "event" and not merge_all:
         contradiction = _key_contradiction(compiled, saga, message)
         if contradiction is not None:
@@ -891,7 +903,7 @@ def upcast_message(compiled: CompiledWorkflow, message: Incoming) -> Incoming:
     if cls is None or message.schema == cls.SCHEMA:
         return message
     payload = upcast(cls, message.payload, message.schema)
-    return Incoming(message.type, message.message_id, payload, message.kind, message.actor, cls.SCHEMA)
+    return replace(message, payload=payload, schema=cls.SCHEMA)  # its parent and trace kept
 
 
 def _declared(compiled: CompiledWorkflow, event_type: str, payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -934,8 +946,17 @@ def _late_step(compiled: CompiledWorkflow, saga: SagaSnapshot, message: Incoming
             continue  # told by its reply id (a ``late`` record), never by type: see _branch_reply
         late = compiled.workflow.late_success.get(step)  # None: a compensation given up on
         if late is not None and late[0] == message.type:
+            if message.type in _OUTCOME_TYPES and not _child_of(saga, step, message):
+                continue  # another child step's saga completed, not this one's
             return step
     return None
+
+
+def _child_of(saga: SagaSnapshot, step: str, message: Incoming) -> bool:
+    """Whether a child's outcome comes from the child saga that ``step`` started (its payload
+    names it; only the orchestrator sends outcomes, orchestrator.core.children)."""
+    child = message.payload.get("saga_id")
+    return any(c["saga_id"] == child and c["step"] == step for c in children_of(saga.branches))
 
 
 def _given_up(compiled: CompiledWorkflow, saga: SagaSnapshot) -> str | None:
@@ -976,6 +997,8 @@ def _late_confirmation(
     state = _given_up(compiled, saga) if message.kind == "event" else None
     if state is None or not compiled.moves_on(state, message.type):
         return None
+    if message.type in _OUTCOME_TYPES and not _answers(saga.awaiting, message):
+        return None  # another child's outcome: only the answer to this state's cancel confirms it
     if compiled.workflow.states[compiled.fire(state, message.type).dest].status is Status.FAILED:
         # The compensation failed after all: the saga stays failed, and forgets the commands it
         # waited on there, so that a resume sends them anew (their replies were taken already:
@@ -1688,6 +1711,31 @@ def _told_parent(before: SagaSnapshot | None, decision: Decision) -> Decision:
     return decision if told is None else replace(decision, commands=(*decision.commands, told))
 
 
+def _started_again(saga: SagaSnapshot, bumped: SagaSnapshot, message: Incoming) -> Decision:
+    """A parent's start for a saga that exists already: its own child started anew (the parent
+    resumed into the step, or retried it with new ids) is told its outcome from now on, at once
+    if it has one; a saga another started, or nobody, answers that it is not the parent's (the
+    parent's step fails), and is left as it is."""
+    previous = saga.state
+    parent = str(message.parent)
+    link = parent_of(saga.branches)
+    if link is None or link["saga_id"] != parent:
+        why = f"a {saga.workflow} saga with key {saga.key} exists, and saga {parent} did not start it"
+        refusal = OutgoingCommand(
+            reply_id_for(message.message_id, ChildFailed.TYPE),
+            ChildFailed.TYPE,
+            {"saga_id": saga.id, "workflow": saga.workflow, "key": saga.key, "reason": why},
+            saga.id,
+            saga.workflow,
+            route=saga_route(parent),
+        )
+        return Decision(bumped, Outcome.IGNORED, previous, (refusal,), reason=why)
+    asked = _with(bumped, branches=replaced(bumped.branches, "parent", reply_to=message.message_id))
+    told = _to_parent(asked)
+    why = "started again by its parent: its outcome answers this start" + (", told at once" if told else "")
+    return Decision(asked, Outcome.IGNORED, previous, (told,) if told else (), reason=why)
+
+
 def _cancel_child(
     compiled: CompiledWorkflow,
     saga: SagaSnapshot,
@@ -1725,6 +1773,8 @@ def _cancel_child(
     if saga.status is Status.COMPENSATED or (
         saga.status is Status.FAILED and current is not None and current.final
     ):
+        if saga.status is Status.FAILED:  # kept: a resume of it, forward or not, cancels it
+            asked = _with(asked, parked=(*asked.parked, given.as_json()))
         told = _to_parent(asked)
         why = f"{message.type}: saga is already {saga.status}; its parent is told"
         return Decision(asked, Outcome.IGNORED, previous, (told,) if told else (), reason=why)

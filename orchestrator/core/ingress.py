@@ -462,7 +462,9 @@ def envelope(
         )
     except Exception as error:  # a value of a kind no rule foresaw: still about this message only
         unforeseen = Refused(Reason.BAD_PROPERTY, f"cannot read the message: {type(error).__name__}: {error}")
-        return Envelope(body=body, refused=unforeseen, properties=kept)
+        # where it came in, so that a hand-over never passes it for the orchestrator's own
+        came = exchange if isinstance(exchange, str) else "?"
+        return Envelope(body=body, refused=unforeseen, properties=kept, exchange=came or "?")
 
 
 #: a W3C traceparent: version, trace id, parent id, flags (a later version may append fields)

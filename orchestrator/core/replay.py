@@ -207,6 +207,9 @@ def command_differences(
             for c in entry.decision.get("commands") or []
         }
         now = {c.message_id: (c.type, dict(c.payload)) for c in commands}
+        # where each went: a participant (None) or another saga (orchestrator.core.children)
+        routes = {c["message_id"]: c.get("route") for c in entry.decision.get("commands") or []}
+        routed = {c.message_id: c.route for c in commands}
         for message_id in dict.fromkeys([*recorded, *now]):
             was, sends = recorded.get(message_id), now.get(message_id)
             where = f"journal #{entry.seq} ({entry.message.type}): command {message_id}:"
@@ -224,6 +227,11 @@ def command_differences(
                     found.append(
                         f"{where} recorded {_described(*was)} but the workflow now sends {payload!r}"
                     )
+                elif routes.get(message_id) != routed.get(message_id):
+                    found.append(
+                        f"{where} recorded to {routes.get(message_id) or 'a participant'} but the workflow"
+                        f" now sends it to {routed.get(message_id) or 'a participant'}"
+                    )
     return found
 
 
@@ -235,11 +243,13 @@ def outbox_differences(
     relay removes what the broker confirmed): that is no difference. An entry journaled before
     commands' payloads were recorded (no ``payload``) is compared by id and type only."""
     journaled: dict[str, list[tuple[str, Any]]] = {}
+    routes: dict[str, str | None] = {}
     for entry in entries:
         for command in entry.decision.get("commands") or []:
             journaled.setdefault(command["message_id"], []).append(
                 (command["type"], command.get("payload", _UNRECORDED))
             )
+            routes[command["message_id"]] = command.get("route")
     found = []
     for row in rows:
         described = f"{row.message_id} {row.type} {dict(row.payload)!r}"
@@ -249,6 +259,11 @@ def outbox_differences(
         recorded = journaled.get(row.message_id)
         if not recorded:
             found.append(f"outbox {described}: the journal records no command {row.message_id}")
+            continue
+        if routes.get(row.message_id) != row.route:
+            found.append(
+                f"outbox {described}: routed {row.route!r}, the journal {routes.get(row.message_id)!r}"
+            )
             continue
         if any(t == row.type and (p is _UNRECORDED or p == dict(row.payload)) for t, p in recorded):
             continue

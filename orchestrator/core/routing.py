@@ -76,6 +76,13 @@ class Registry:
                 takers = self.by_type.setdefault(type_name, [])
                 if all(c.workflow.name != compiled.workflow.name for c in takers):
                     takers.append(compiled)
+        for compiled in self.releases.values():  # a child's start would be dead-lettered every time
+            missing = sorted(set(compiled.workflow.children.values()) - self.workflows.keys())
+            if missing:
+                raise DefinitionError(
+                    f"{compiled.workflow.name} starts {', '.join(missing)} sagas as its children, and no"
+                    " such workflow is loaded: load its module beside this one (--workflows)"
+                )
         # any saga may be a child: each workflow takes its parent's cancel (orchestrator.core.children)
         self.by_type[CancelChild.TYPE] = list(self.workflows.values())
 

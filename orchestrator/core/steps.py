@@ -39,7 +39,8 @@ from orchestrator.core.definitions import (
     Workflow,
 )
 from orchestrator.core.ids import saga_id_for
-from orchestrator.core.messages import Command, Event, Message, load
+from orchestrator.core.ingress import MAX_KEY_LENGTH
+from orchestrator.core.messages import Command, Event, Message, dump, load
 
 __all__ = [
     "ChildStep",
@@ -319,12 +320,22 @@ def _child_builders(
     workflow = s.child
 
     def start(view: SagaView) -> Message:
+        """The start, checked as the child's ingress will check it: a start it would refuse
+        (no key, a key too long, a body its schema refuses) fails the parent here, for an
+        operator, instead of leaving it waiting for a child that never starts."""
         message = build(view)
         if not isinstance(message, workflow.starts_on):
             raise TypeError(
                 f"{s.name} starts a {workflow.name} saga: it must return a {workflow.starts_on.__name__},"
                 f" not a {type(message).__name__}"
             )
+        key = getattr(message, workflow.key, None)
+        if key is None or str(key) == "" or len(str(key)) > MAX_KEY_LENGTH:
+            raise ValueError(
+                f"{s.name} starts a {workflow.name} saga with {workflow.key}={str(key)[:40]!r}: a key"
+                f" is 1 to {MAX_KEY_LENGTH} characters"
+            )
+        load(workflow.starts_on, dump(message))  # InvalidPayload: what its schema refuses
         return message
 
     def cancel(view: SagaView) -> Message:

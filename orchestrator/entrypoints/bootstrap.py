@@ -122,7 +122,9 @@ def replay_routes(settings: Settings, registry: Registry) -> ReplayRoutes:
     """Where a dead letter's replay may go: the namespace's exchanges, and the command types the
     workflows send (a dead letter of one must be proven by its saga's journal)."""
     topology = Topology(settings.namespace)
-    return ReplayRoutes(topology.commands, topology.events, frozenset(registry.command_types()))
+    return ReplayRoutes(
+        topology.commands, topology.events, frozenset(registry.command_types()), topology.orchestrator_queue
+    )
 
 
 def build(

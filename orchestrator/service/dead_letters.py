@@ -30,6 +30,7 @@ from typing import Any, Generic, Protocol
 
 import orjson
 
+from orchestrator.core.children import target_of as route_target
 from orchestrator.core.ingress import (
     DEFAULT_LIMITS,
     DeadLetter,
@@ -326,6 +327,8 @@ class ReplayRoutes:
     #: the types the loaded workflows send as commands: a dead letter of one of them must be
     #: proven by a journal, whatever exchange it says it was sent to
     command_types: frozenset[str] = frozenset()
+    #: the orchestrator's own queue, where a proven message between sagas goes (default exchange)
+    orchestrator_queue: str = ""
 
 
 @dataclass(frozen=True)
@@ -353,6 +356,10 @@ async def target_of(
     sent (its headers, its ``x-death``) only tells whether it claims to be a command: anyone who
     may publish to ``{ns}.dead`` writes those."""
     kind = row.message_type
+    headers = row.properties.get("headers")
+    headers = headers if isinstance(headers, Mapping) else {}
+    if (kind or "").startswith("saga.") or "x-parent-saga" in headers:
+        return await _between_sagas(row, routes, headers, sent)
     claims_command = row.exchange == routes.commands or (kind is not None and kind in routes.command_types)
     if not claims_command:
         if not kind:
@@ -372,6 +379,32 @@ async def target_of(
     if row.body is None or _json(row.body) != command.payload:
         return f"its body is not the payload saga {row.correlation_id} sent as {said}"
     return Target(routes.commands, command.type, "command")
+
+
+async def _between_sagas(
+    row: DeadLetterRow,
+    routes: ReplayRoutes,
+    headers: Mapping[str, Any],
+    sent: Callable[[str, str], Awaitable[SentCommand | None]],
+) -> Target | str:
+    """A message between sagas (a child's start, outcome or cancel) is replayed into the
+    orchestrator's own queue only as the saga that sent it journaled it: type, body and where it
+    went (the parent a start names, the saga an outcome or cancel is for)."""
+    sender = headers.get("x-saga-id")
+    said = f"message between sagas {row.message_type or '(no type)'} {row.message_id}"
+    if not isinstance(sender, str) or not row.message_id or not routes.orchestrator_queue:
+        return f"it claims to be a {said} but names no saga (x-saga-id) that sent it"
+    command = await sent(sender, row.message_id)
+    if command is None or command.route is None or command.type != row.message_type:
+        return f"it claims to be a {said} of saga {sender}, which sent no such message (or is archived)"
+    if row.body is None or _json(row.body) != command.payload:
+        return f"its body is not the payload saga {sender} sent as {said}"
+    kind, target = route_target(command.route)
+    if kind == "start" and headers.get("x-parent-saga") != sender:
+        return f"its x-parent-saga is not saga {sender}, which sent it"
+    if kind == "saga" and row.correlation_id != target:
+        return f"its correlation_id is not saga {target}, which saga {sender} sent it to"
+    return Target("", routes.orchestrator_queue, "internal")
 
 
 async def replay_target(

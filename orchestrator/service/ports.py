@@ -206,6 +206,8 @@ class SentCommand:
 
     type: str
     payload: Any
+    #: where it went when it was a message between sagas (orchestrator.core.children)
+    route: str | None = None
 
 
 @dataclass(frozen=True)

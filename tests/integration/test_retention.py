@@ -472,30 +472,49 @@ async def test_a_saga_that_may_still_undo_a_late_success_is_archived_only_after_
     assert [c.type for c in late.commands] == ["inventory.ReleaseStock"]
 
 
+async def _taken_between_sagas(registry: Registry, store: PostgresStore, envelope: Envelope) -> list[Any]:
+    """Take one message; what it sends to another saga (the test delivers it, as the queue would)."""
+    result = await process_batch(registry, store, [envelope], FINISHED_AT)
+    assert result.verdicts == [Verdict.ACCEPTED], result.reasons
+    return [c for c in result.commands if c.route is not None]
+
+
+def internal(command: Any, **routing: Any) -> Envelope:
+    """A message between sagas as the orchestrator's queue hands it over."""
+    return Envelope(orjson.dumps(command.payload), command.type, command.message_id, **routing)
+
+
+async def _child_reserved(store: PostgresStore, registry: Registry, key: str) -> None:
+    """A shop order charged, its fulfilment (a child saga) started and its stock reserved."""
+    from orchestrator.examples import shop
+    from orchestrator.examples.contracts import StockReserved
+
+    parent, child = saga_id_for("shop_order", key), saga_id_for("fulfilment", key)
+    await _taken_between_sagas(
+        registry, store, _event(shop.ShopOrderPlaced(key, "c-1", [Line("sku-1", 1)], 1000))
+    )
+    charged = await replies.answer(store, PaymentCharged(key, "ch-1"), parent)
+    (start,) = await _taken_between_sagas(registry, store, charged)
+    await _taken_between_sagas(registry, store, internal(start, workflow="fulfilment", parent=parent))
+    await _taken_between_sagas(registry, store, await replies.answer(store, StockReserved(key, "r-1"), child))
+
+
 async def test_a_child_saga_is_archived_only_after_its_parent(
     store: PostgresStore, retention_database: str, tmp_path: Path
 ) -> None:
     """A parent may compensate (reopen) its completed child as long as it exists: the child is
     kept while its parent is, finished or not."""
     from orchestrator.examples import shop
-    from orchestrator.examples.contracts import OrderShipped, StockReserved
+    from orchestrator.examples.contracts import OrderShipped
 
     registry = Registry(shop.WORKFLOWS)
     key = f"child-{uuid.uuid4().hex[:8]}"
     parent, child = saga_id_for("shop_order", key), saga_id_for("fulfilment", key)
 
     async def take(envelope: Envelope) -> list[Any]:
-        result = await process_batch(registry, store, [envelope], FINISHED_AT)
-        assert result.verdicts == [Verdict.ACCEPTED], result.reasons
-        return [c for c in result.commands if c.route is not None]
+        return await _taken_between_sagas(registry, store, envelope)
 
-    def internal(command: Any, **routing: Any) -> Envelope:
-        return Envelope(orjson.dumps(command.payload), command.type, command.message_id, **routing)
-
-    await take(_event(shop.ShopOrderPlaced(key, "c-1", [Line("sku-1", 1)], 1000)))
-    (start,) = await take(await replies.answer(store, PaymentCharged(key, "ch-1"), parent))
-    await take(internal(start, workflow="fulfilment", parent=parent))
-    await take(await replies.answer(store, StockReserved(key, "r-1"), child))
+    await _child_reserved(store, registry, key)
     (told,) = await take(await replies.answer(store, OrderShipped(key, "t-1"), child))
     await take(internal(told, correlation_id=parent))
     await _send_everything(store)
@@ -511,3 +530,35 @@ async def test_a_child_saga_is_archived_only_after_its_parent(
     second = _cli(retention_database, "archive", "--finished-before", before, "--to", str(tmp_path / "2.gz"))
     assert second.returncode == 0, second.stderr
     assert await store.get_saga(parent) is None and await store.get_saga(child) is None
+
+
+async def test_a_parent_is_kept_while_its_child_is_failed(
+    store: PostgresStore, retention_database: str, tmp_path: Path
+) -> None:
+    """A failed child may still be resumed, and its outcome is for its parent: the parent, though
+    compensated, is not archived until the child is closed."""
+    from orchestrator.examples import shop
+    from orchestrator.examples.contracts import PaymentRefunded, ShipmentFailed
+
+    registry = Registry(shop.WORKFLOWS)
+    key = f"kept-{uuid.uuid4().hex[:8]}"
+    parent, child = saga_id_for("shop_order", key), saga_id_for("fulfilment", key)
+
+    async def take(envelope: Envelope) -> list[Any]:
+        return await _taken_between_sagas(registry, store, envelope)
+
+    await _child_reserved(store, registry, key)
+    await take(await replies.answer(store, ShipmentFailed(key, "lost"), child))
+    fired = await fire_due_deadlines(registry, store, FINISHED_AT + timedelta(seconds=31))
+    (told,) = [c for c in fired.commands if c.route is not None]  # the release unconfirmed: failed
+    (cancel,) = await take(internal(told, correlation_id=parent))
+    await take(internal(cancel, correlation_id=child))  # kept by the failed child, for a resume
+    await take(await replies.answer(store, PaymentRefunded(key), parent))
+    await _send_everything(store)
+    assert (await store.get_saga(parent)).status == "compensated"  # type: ignore[union-attr]
+    assert (await store.get_saga(child)).status == "failed"  # type: ignore[union-attr]
+
+    before = (FINISHED_AT + timedelta(days=1)).isoformat()
+    done = _cli(retention_database, "archive", "--finished-before", before, "--to", str(tmp_path / "k.gz"))
+    assert done.returncode == 0, done.stderr
+    assert await store.get_saga(parent) is not None

@@ -191,9 +191,8 @@ async def wait_for_spans(
         await asyncio.sleep(0.2)
 
 
-async def test_a_saga_is_one_trace_across_the_orchestrator_and_the_participants(
-    bench: Bench, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def exporting_to(receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every process this test starts exports its spans to ``receiver``, quickly."""
     for name, value in {
         "OTEL_TRACES_EXPORTER": "otlp",
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}",
@@ -204,6 +203,12 @@ async def test_a_saga_is_one_trace_across_the_orchestrator_and_the_participants(
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
     monkeypatch.delenv("OTEL_SDK_DISABLED", raising=False)
+
+
+async def test_a_saga_is_one_trace_across_the_orchestrator_and_the_participants(
+    bench: Bench, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exporting_to(receiver, monkeypatch)
     orchestrator = await bench.serve(FAST, hold_clock=True)
     inventory = await bench.start_participant("inventory")
     payment = await bench.start_participant("payment", "--decline-over", "50000")
@@ -311,3 +316,44 @@ async def test_a_saga_is_one_trace_across_the_orchestrator_and_the_participants(
         s.name == "decide saga.DeadlineExpired" and s.parent_id == fired[0].span_id for s in late_spans
     )
     assert any(s.name == "publish shipping.ShipOrder" for s in late_spans)
+
+
+async def test_a_child_saga_continues_its_parents_trace(
+    bench: Bench, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 28, item 2: the child's start is published under the parent's decision, and the child
+    is decided in the same trace; its outcome is decided in the parent's, under the child's."""
+    exporting_to(receiver, monkeypatch)
+    orchestrator = await bench.serve("orchestrator.examples.shop")
+    participants = [await bench.start_participant(s) for s in ("inventory", "payment", "shipping", "billing")]
+    key = order_ids()
+    trace_id, parent_span = "5bf92f3577b34da6a3ce929d0e0e4737", "10f067aa0ba902b8"
+    await bench.publish(
+        "shop.OrderPlaced",
+        {
+            "order_id": key,
+            "customer_id": "c-1",
+            "lines": [{"sku": "sku-1", "quantity": 1}],
+            "amount_cents": 100,
+        },
+        headers={"traceparent": f"00-{trace_id}-{parent_span}-01"},
+    )
+    assert (await bench.finished("shop_order", [key], timeout=30))[key].status == "completed"
+    await orchestrator.stop()
+    for process in participants:
+        assert process.stop() == 0, process.output()[-2000:]
+
+    parent, child = saga_id_for("shop_order", key), saga_id_for("fulfilment", key)
+    traces = await wait_for_spans(receiver, [parent, child])
+    spans = saga_trace(traces, parent)
+    assert saga_trace(traces, child) is spans and spans[0].trace_id == trace_id
+    by_id = {s.span_id: s for s in spans}
+    started = next(
+        s for s in spans if s.name.startswith("decide ") and s.attributes["orchestrator.saga.id"] == child
+    )
+    published = by_id[started.parent_id]
+    assert published.name == "publish warehouse.FulfilmentRequested"
+    assert published.attributes["orchestrator.saga.id"] == parent
+    told = next(s for s in spans if s.name == "decide saga.ChildCompleted")
+    assert told.attributes["orchestrator.saga.id"] == parent
+    assert by_id[told.parent_id].attributes["orchestrator.saga.id"] == child

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -300,3 +301,68 @@ def test_check_names_a_child_workflow_that_is_not_loaded_and_a_cycle_of_children
         "a cycle of child sagas: fulfilment -> shop_order -> fulfilment",
         "a cycle of child sagas: shop_order -> fulfilment -> shop_order",
     ]
+
+
+def _dead(type_: str, body: bytes, headers: dict[str, str], correlation_id: str | None = None) -> Any:
+    from datetime import UTC, datetime
+
+    from orchestrator.service.ports import DeadLetterRow
+
+    props = {"type": type_, "message_id": "cmd-1", "headers": headers}
+    if correlation_id:
+        props["correlation_id"] = correlation_id
+    return DeadLetterRow(
+        1, datetime.now(UTC), "orchestrator", "unknown_workflow", "x", "cmd-1", type_, correlation_id,
+        "", "ns.orchestrator.events", props, len(body), len(body), None, None, body,
+    )  # fmt: skip
+
+
+def test_a_dead_lettered_message_between_sagas_is_replayed_into_the_orchestrators_queue() -> None:
+    """Replayed as its sender journaled it (type, body, route), through the default exchange: a
+    start keeps its parent, an outcome its parent; one whose headers say otherwise stays put."""
+    import asyncio
+
+    import orjson
+
+    from orchestrator.service.dead_letters import ReplayRoutes, Target, republished, target_of
+    from orchestrator.service.ports import SentCommand
+
+    routes = ReplayRoutes("ns.commands", "ns.events", frozenset(), "ns.orchestrator.events")
+    body = b'{"order_id":"o-1","lines":[]}'
+    parent = saga_id_for("shop_order", "o-1")
+
+    async def sent(saga: str, message_id: str) -> SentCommand | None:
+        journaled = {parent: SentCommand(FulfilmentRequested.TYPE, orjson.loads(body), "start:fulfilment")}
+        return journaled.get(saga) if message_id == "cmd-1" else None
+
+    start = _dead(FulfilmentRequested.TYPE, body, {"x-saga-id": parent, "x-parent-saga": parent})
+    target = asyncio.run(target_of(start, routes, sent))
+    assert target == Target("", "ns.orchestrator.events", "internal")
+    again = republished(start)
+    taken = envelope(body, {**again, "type": again["message_type"]}, target.exchange, target.routing_key)
+    assert taken.refused is None and taken.parent == parent
+    forged = _dead(FulfilmentRequested.TYPE, body, {"x-saga-id": parent, "x-parent-saga": "someone-else"})
+    assert "x-parent-saga is not saga" in str(asyncio.run(target_of(forged, routes, sent)))
+    unknown = _dead(ChildCompleted.TYPE, b"{}", {"x-saga-id": "nobody"}, correlation_id=parent)
+    assert "sent no such message" in str(asyncio.run(target_of(unknown, routes, sent)))
+
+
+def test_verify_finds_a_message_between_sagas_whose_route_was_changed(kit: WorkflowTestKit) -> None:
+    from dataclasses import replace
+
+    charged(kit)
+    parent = shop(kit)
+    start = last(kit, FulfilmentRequested.TYPE)
+    assert start.message_id in kit.store.outbox
+    row, at = kit.store.outbox[start.message_id]
+    kit.store.outbox[start.message_id] = (replace(row, route=None), at)  # as if to a participant
+    assert any("routed None, the journal 'start:fulfilment'" in d for d in kit.replay_differences(parent))
+
+
+def test_run_refuses_a_parent_whose_child_workflow_is_not_loaded() -> None:
+    """Its children's starts would be dead-lettered every time: ``run`` (the registry) says so at
+    start, as ``check`` does."""
+    from orchestrator.core.routing import Registry
+
+    with pytest.raises(DefinitionError, match="no such workflow is loaded"):
+        Registry([ShopOrderSaga.workflow])

@@ -27,7 +27,7 @@ from aiormq.abc import DeliveredMessage
 
 from orchestrator.adapters.amqp.decoding import UndecodableProperties
 from orchestrator.adapters.amqp.topology import Topology, declare
-from orchestrator.core.children import target_of
+from orchestrator.core.children import started_workflow, target_of
 from orchestrator.core.engine import OutgoingCommand
 from orchestrator.core.ingress import (
     DEFAULT_LIMITS,
@@ -677,8 +677,11 @@ class Broker:
             del headers["x-workflow"]  # names the workflow of the saga it is for, where it is said
             if kind == "start":
                 correlation_id = None  # a start is found by its key
-                headers["x-workflow"] = target
+                workflow, schema = started_workflow(target)
+                headers["x-workflow"] = workflow
                 headers["x-parent-saga"] = command.saga_id
+                if schema != 1:
+                    headers["x-schema-version"] = schema
             else:
                 correlation_id = target
         properties = aiormq.spec.Basic.Properties(
@@ -756,8 +759,10 @@ def handed_over(envelope: Envelope) -> dict[str, Any]:
         if value is not None and name not in _NOT_HANDED_OVER:
             out[name] = value
     headers = dict(out.get("headers") or {})
-    headers.setdefault("x-original-exchange", envelope.exchange)
-    headers.setdefault("x-original-routing-key", envelope.routing_key)
+    # always the routing it was read with (the first, for a message moved before): a publisher's
+    # own x-original-exchange must not survive, or "" would pass for the orchestrator's own publish
+    headers["x-original-exchange"] = envelope.exchange
+    headers["x-original-routing-key"] = envelope.routing_key
     headers[HAND_OVER_HEADER] = hand_overs(headers.get(HAND_OVER_HEADER)) + 1
     out["headers"] = headers
     out["delivery_mode"] = 2

@@ -426,8 +426,12 @@ async def _republish(raw: aiormq.abc.AbstractChannel, message: DeliveredMessage,
     properties = message.header.properties
     if not isinstance(properties, UndecodableProperties):  # that one goes as its bytes came
         headers = dict(properties.headers or {})
-        headers.setdefault("x-original-exchange", message.exchange or "")
-        headers.setdefault("x-original-routing-key", message.routing_key or "")
+        if message.exchange:  # published to an exchange: that is its first routing, whatever it says
+            headers["x-original-exchange"] = message.exchange
+            headers["x-original-routing-key"] = message.routing_key or ""
+        else:  # moved before, by us: its first routing is in the headers already
+            headers.setdefault("x-original-exchange", "")
+            headers.setdefault("x-original-routing-key", message.routing_key or "")
         properties.headers = headers
     return await raw.basic_publish(
         message.body,

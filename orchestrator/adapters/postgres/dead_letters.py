@@ -119,13 +119,13 @@ class PostgresDeadLetters:
     async def sent_command(self, saga_id: str, message_id: str) -> SentCommand | None:
         async with self.engine.connect() as connection:
             found = (await connection.execute(_SENT, {"saga_id": saga_id, "message_id": message_id})).first()
-        return SentCommand(found.type, found.payload) if found is not None else None
+        return SentCommand(found.type, found.payload, found.route) if found is not None else None
 
 
 #: a command of a saga's journal by its id, among the saga's own entries (its primary key's prefix)
 _SENT = text(
     """
-    SELECT c->>'type' AS type, c->'payload' AS payload
+    SELECT c->>'type' AS type, c->'payload' AS payload, c->>'route' AS route
     FROM journal j CROSS JOIN LATERAL jsonb_array_elements(j.decision->'commands') c
     WHERE j.saga_id = :saga_id
       AND j.decision->'commands'

@@ -45,7 +45,8 @@ LATE_SUCCESS_WINDOW = timedelta(days=30)
 #: outbox rows would go with it, unsent), and one with a step whose late success it may still
 #: have to undo, until ``LATE_SUCCESS_WINDOW`` after it finished ($6): taken by a later run. A child
 #: saga stays while its parent does: the parent may still compensate it (reopen it), and it is
-#: archived by the first run after its parent's.
+#: archived by the first run after its parent's; a parent stays while a child of it is not closed
+#: (a failed one may still be resumed, and its outcome is for the parent).
 _CLAIM = f"""
 SELECT {_SAGA_COLUMNS} FROM sagas s
 WHERE s.status = $1 AND s.updated_at < $2
@@ -53,8 +54,9 @@ WHERE s.status = $1 AND s.updated_at < $2
   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.saga_id = s.id)
   AND (s.timed_out = '[]'::jsonb OR s.updated_at < $6)
   AND NOT EXISTS (
-    SELECT 1 FROM jsonb_array_elements(s.branches) b JOIN sagas p ON p.id = b->>'saga_id'
-    WHERE b->>'link' = 'parent')
+    SELECT 1 FROM jsonb_array_elements(s.branches) b JOIN sagas l ON l.id = b->>'saga_id'
+    WHERE b->>'link' = 'parent'
+       OR (b->>'link' = 'child' AND l.status NOT IN ('completed', 'compensated')))
 ORDER BY s.updated_at, s.id
 LIMIT $5
 FOR UPDATE OF s SKIP LOCKED
