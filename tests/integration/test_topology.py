@@ -80,8 +80,8 @@ def event(i: int) -> tuple[aio_pika.Message, str]:
         "nested": {"a": "b", "k": i},
         "list": [1, "two"],
     }
-    if i % 10 == 0:  # already moved once: keeps the key it came with
-        headers["x-original-routing-key"] = "kept.Key"
+    if i % 10 == 0:  # a publisher's own: overwritten, as the message came through {ns}.events
+        headers["x-original-routing-key"] = "forged.Key"
     message = aio_pika.Message(
         f'{{"order_id": "o-{i}"}}'.encode(),
         headers=headers,
@@ -151,9 +151,9 @@ async def test_migration_moves_1000_messages_into_the_quorum_queue_once_each(
     assert [m.message_id for m in received] == [m.message_id for m, _ in sent] + [extra.message_id]
     for (original, routing_key), moved in zip(sent, received, strict=False):
         expected_headers = {
+            **(original.headers or {}),
             "x-original-exchange": f"{ns}.events",
             "x-original-routing-key": routing_key,
-            **(original.headers or {}),
         }
         headers = dict(moved.headers or {})
         assert headers.pop("x-delivery-count") == 0  # the quorum queue's own, on every delivery
