@@ -46,7 +46,8 @@ from participants.cli import DEFAULT_DATABASE_URL
 PARTICIPANTS = {
     "inventory": ["--out-of-stock", "unobtainium"],
     "payment": ["--decline-over", "50000"],
-    "shipping": [],
+    # a shipment takes a moment: the shop orders cancelled mid-fulfilment are cancelled while it runs
+    "shipping": ["--delay", "0.2"],
     "buyer": ["--refuse-over", "1000000"],
     "seller": [],
     "bank": [],
@@ -123,12 +124,14 @@ def cases(run: str) -> list[Case]:
         key = f"trip-{run}-{i}"
         body = {"trip_id": key, "traveller": f"t-{i}", "city": city, "nights": 1 + i % 3}
         made.append(Case("trip", key, kind, expected, "trips.TripBooked", body))
-    for i in range(12):
+    for i in range(16):
         kind, sku, amount, expected = "ok", "sku-1", 2_500, "completed"
         if i % 4 == 1:
             kind, sku, expected = "out of stock", "unobtainium", "compensated"
         elif i % 4 == 2:
             kind, amount, expected = "invoice refused", 12_000, "compensated"
+        elif i % 4 == 3:  # its customer cancels it while its fulfilment (the child) is under way
+            kind, expected = CANCELLED, "compensated"
         key = f"shop-{run}-{i}"
         body = {
             "order_id": key,
@@ -300,6 +303,12 @@ async def children_of_shop(store: PostgresStore, batch: list[Case], outcome: dic
     reopened = 0
     for case in (c for c in batch if c.workflow == "shop_order"):
         child = await store.get_saga(saga_id_for("fulfilment", case.key))
+        deadline = time.monotonic() + 15  # a cancelled one may still undo a late reservation
+        while child is not None and child.status not in ("completed", "compensated", "failed"):
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+            child = await store.get_saga(child.id)
         expected = "completed" if outcome.get(case.key, "").startswith("completed") else "compensated"
         if child is None or child.status != expected:
             problems.append(
@@ -428,10 +437,28 @@ async def demo() -> int:
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             )
             await events.publish(message, routing_key=case.message_type)
-        await cancel_trips(store, events, [c for c in batch if c.workflow == "trip" and c.kind == CANCELLED])
-        # the buyers who change their minds while their funds are held (the wait)
-        held = [c for c in batch if c.workflow == "held_escrow" and c.kind == CANCELLED]
-        await cancel_when(store, events, held, "escrow.EscrowCancelled", "escrow_id", "hold")
+        cancelled = [c for c in batch if c.kind == CANCELLED]
+        await asyncio.gather(
+            cancel_trips(store, events, [c for c in cancelled if c.workflow == "trip"]),
+            # the buyers who change their minds while their funds are held (the wait)
+            cancel_when(
+                store,
+                events,
+                [c for c in cancelled if c.workflow == "held_escrow"],
+                "escrow.EscrowCancelled",
+                "escrow_id",
+                "hold",
+            ),
+            # the customers who cancel while their order's fulfilment (a child saga) is under way
+            cancel_when(
+                store,
+                events,
+                [c for c in cancelled if c.workflow == "shop_order"],
+                "shop.OrderCancelled",
+                "order_id",
+                "fulfil",
+            ),
+        )
         print(
             f"demo: placed {sum(c.workflow == 'order' for c in batch)} orders, opened "
             f"{sum(c.workflow == 'escrow' for c in batch)} escrows, booked"
@@ -468,10 +495,11 @@ async def demo() -> int:
         print(f"{len(batch) - wrong} of {len(batch)} sagas reached the status they should, in {elapsed:.1f}s")
         unanswered = await wait_for_last_replies(store, batch, timeout=30)
         await print_parallel_trip(store, [c for c in batch if c.workflow == "trip" and c.kind == "ok"])
+        wrong_children = await children_of_shop(store, batch, outcome)  # waits for them first
         wrong_effects = await effects_of(
             os.environ.get("PARTICIPANT_DATABASE_URL") or PARTICIPANTS_DATABASE, batch, outcome
         )
-        wrong_effects += await children_of_shop(store, batch, outcome)
+        wrong_effects += wrong_children
         for problem in wrong_effects[:10]:
             print(f"demo: FAILED: {problem}")
         dead = await dead_letters_of(store, namespace)

@@ -2,7 +2,8 @@
 then hands the order to the warehouse's fulfilment saga (reserve the stock, ship it) and waits
 for its outcome. A fulfilment that fails gives its stock back and the shop refunds the charge; a
 fulfilment that completed is compensated again (its stock released) when the shop's last step,
-the invoice, fails. Not in ``WORKFLOWS``: ``make demo`` loads it beside the others
+the invoice, fails; a customer who cancels while the order is fulfilled has the fulfilment
+cancelled and the charge refunded. Not in ``WORKFLOWS``: ``make demo`` loads it beside the others
 (``--workflows ...,orchestrator.examples.shop``), served by the example services ``payment``,
 ``inventory``, ``shipping`` and ``billing``."""
 
@@ -29,7 +30,14 @@ from orchestrator.examples.contracts import (
     StockReserved,
 )
 
-__all__ = ["WORKFLOWS", "FulfilmentRequested", "FulfilmentSaga", "ShopOrderPlaced", "ShopOrderSaga"]
+__all__ = [
+    "WORKFLOWS",
+    "FulfilmentRequested",
+    "FulfilmentSaga",
+    "ShopOrderCancelled",
+    "ShopOrderPlaced",
+    "ShopOrderSaga",
+]
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,14 @@ class ShopOrderPlaced(Event):
     customer_id: str
     lines: list[Line]
     amount_cents: int
+
+
+@dataclass(frozen=True)
+class ShopOrderCancelled(Event):
+    """The customer's cancellation, from the shop: it answers no command."""
+
+    TYPE = "shop.OrderCancelled"
+    order_id: str
 
 
 @dataclass(frozen=True)
@@ -89,8 +105,11 @@ class FulfilmentSaga(Saga, starts_on=FulfilmentRequested, key="order_id", name="
         return ShipOrder(request.order_id, request.lines)
 
 
-class ShopOrderSaga(Saga, starts_on=ShopOrderPlaced, key="order_id", name="shop_order"):
-    """The shop's order: charged, fulfilled by a child saga, invoiced."""
+class ShopOrderSaga(
+    Saga, starts_on=ShopOrderPlaced, key="order_id", name="shop_order", cancel_on=ShopOrderCancelled
+):
+    """The shop's order: charged, fulfilled by a child saga, invoiced; its customer may cancel it
+    until it is invoiced, and a fulfilment under way is cancelled with it."""
 
     @step(done=PaymentCharged, failed=PaymentDeclined, deadline=DEADLINE)
     def charge(self, order: ShopOrderPlaced) -> ChargePayment:

@@ -116,3 +116,32 @@ async def test_an_order_hands_its_fulfilment_to_a_child_saga_and_undoes_it_when_
     assert stock[done] < 0 and stock.get(missing, 0) == 0 and stock[unbilled] == 0
     assert [r["order_id"] for r in invoices] == [done]
     assert bench.verify("--workflows", MODULE).returncode == 0
+
+
+async def test_parents_and_children_on_partitions_shared_by_two_replicas(bench: Bench) -> None:
+    """A child may be decided by another replica than its parent: its start goes to the queue
+    every replica takes from, its outcome and its parent's cancel too, each decided once."""
+    from collections import Counter
+
+    await bench.serve(MODULE, partitions=4, rebalance_seconds=0.5)
+    await bench.serve(MODULE, partitions=4, rebalance_seconds=0.5)
+    await bench.work("inventory", "payment", "shipping", "billing", billing=("--decline-over", "4000"))
+    fine = [order_ids() for _ in range(6)]
+    refused = [order_ids() for _ in range(4)]
+    for key in fine:
+        await bench.publish("shop.OrderPlaced", shop_order(key))
+    for key in refused:
+        await bench.publish("shop.OrderPlaced", shop_order(key, amount_cents=5000))
+
+    parents = await bench.finished("shop_order", fine + refused, timeout=90)
+    children = await bench.finished("fulfilment", fine + refused, timeout=30)
+    assert {k: parents[k].status for k in fine} == dict.fromkeys(fine, "completed")
+    assert {k: parents[k].status for k in refused} == dict.fromkeys(refused, "compensated")
+    assert {k: children[k].status for k in fine} == dict.fromkeys(fine, "completed")
+    assert {k: children[k].status for k in refused} == dict.fromkeys(refused, "compensated")
+    assert bench.store is not None
+    for saga in [*parents.values(), *children.values()]:
+        taken = Counter(entry.message.message_id for entry in await bench.store.journal(saga.id))
+        assert max(taken.values()) == 1, (saga.id, taken)
+    assert await bench.dead_letters(0, timeout=0) == []
+    assert bench.verify("--workflows", MODULE).returncode == 0

@@ -366,3 +366,16 @@ def test_run_refuses_a_parent_whose_child_workflow_is_not_loaded() -> None:
 
     with pytest.raises(DefinitionError, match="no such workflow is loaded"):
         Registry([ShopOrderSaga.workflow])
+
+
+def test_a_customers_cancel_mid_fulfilment_cancels_the_child_and_refunds(kit: WorkflowTestKit) -> None:
+    from orchestrator.examples.shop import ShopOrderCancelled
+
+    charged(kit)
+    kit.reply(last(kit, "inventory.ReserveStock"), StockReserved("o-1", "r-1"))
+    kit.publish(ShopOrderCancelled("o-1"))
+    assert fulfilment(kit).state == "compensating_reserve"
+    assert shop(kit).state == "compensating_charge"
+    kit.reply(last(kit, "inventory.ReleaseStock"), StockReleased("o-1"))
+    kit.reply(last(kit, "payment.RefundPayment"), PaymentRefunded("o-1"))
+    assert fulfilment(kit).status == "compensated" and shop(kit).status == "compensated"
