@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import pytest
 
-from orchestrator import Event, Saga, Workflow, step
+from orchestrator import Event, Saga, Workflow, child, step
 from orchestrator.core.dry_run import Change, DryRun, Journal, SagaReport, compare, dry_run
 from orchestrator.core.machine import CompiledWorkflow
 from orchestrator.entrypoints import cli
@@ -390,3 +390,34 @@ def test_journals_from_a_database_that_cannot_be_reached_is_one_line_and_exit_2(
         "orchestrator: cannot reach PostgreSQL at postgresql+asyncpg://postgres@127.0.0.1:1/"
     )
     assert len(err.splitlines()) == 1
+
+
+def test_parent_and_child_journals_replay_unchanged_and_a_changed_child_step_is_found() -> None:
+    """Issue 28, item 5: the dry run reads a child's start (its parent in the journaled message)
+    and the messages between sagas (their routes) as any other entry."""
+    from orchestrator.examples import shop
+    from orchestrator.examples.shop import FulfilmentRequested, InvoiceRefused, ShopOrderPlaced
+
+    kit = WorkflowTestKit(*shop.WORKFLOWS)
+    kit.publish(ShopOrderPlaced("o-1", "c-1", [Line("sku-1", 1)], 100))
+    charge = [c for c in kit.sent if c.type == ChargePayment.TYPE][-1]
+    kit.reply(charge, PaymentCharged("o-1", "ch-1"))
+    kit.reply([c for c in kit.sent if c.type == ReserveStock.TYPE][-1], StockReserved("o-1", "r-1"))
+    kit.reply([c for c in kit.sent if c.type == ShipOrder.TYPE][-1], OrderShipped("o-1", "t-1"))
+    kit.reply([c for c in kit.sent if c.type == "billing.SendInvoice"][-1], InvoiceRefused("o-1", "x"))
+    sagas = [
+        Journal(s.id, s.workflow, "1", s.key, s.state, str(s.status), kit.journal(s))
+        for s in (kit.saga("o-1", "shop_order"), kit.saga("o-1", "fulfilment"))
+    ]
+    assert "parent" in sagas[1].entries[0].message.as_json()  # the child's start names its parent
+
+    assert dry_run(sagas, by(*shop.WORKFLOWS)).reported() == []
+
+    class HastyShopSaga(Saga, starts_on=ShopOrderPlaced, key="order_id", name="shop_order"):
+        @child(shop.FulfilmentSaga, deadline=timedelta(seconds=5))
+        def fulfil(self, order: ShopOrderPlaced) -> FulfilmentRequested:
+            return FulfilmentRequested(order.order_id, order.lines)
+
+    changed = dry_run(sagas, by(HastyShopSaga.workflow, shop.FulfilmentSaga.workflow))
+    assert changed.breaking == 1 and changed.reported()
+    kit.close()
