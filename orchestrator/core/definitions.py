@@ -314,8 +314,9 @@ class Workflow:
     reopen: tuple[str, tuple[CommandBuilder, ...]] | None = None
 
     def __post_init__(self) -> None:
-        if "." in self.name or not self.name:
-            raise DefinitionError(f"workflow name {self.name!r} must be non-empty and contain no dot")
+        if not self.name or any(c in self.name for c in ".:@"):
+            # a dot ends a type's service; ":" and "@" would break a child saga's start route
+            raise DefinitionError(f"workflow name {self.name!r} must be non-empty, without '.', ':' or '@'")
         if not _RELEASE.fullmatch(self.release):
             raise DefinitionError(
                 f"{self.name}: release {self.release!r} must be 1 to 64 letters, digits, '.', '_' or '-'"

@@ -663,6 +663,8 @@ class _Draft:
         built = self.commands
         if not awaited or [c.type for c in built] != [c["type"] for c in awaited]:
             return
+        if any(c.get("route") for c in awaited):
+            return  # to a saga: its inbox took that id, and it answers no duplicate (new ids it takes)
         saga = self.saga
         self.commands = list(_resent(saga, awaited))
         self.saga = _with(saga, awaiting=tuple(dict(c) for c in awaited))

@@ -30,6 +30,7 @@ from typing import Any, Generic, Protocol
 
 import orjson
 
+from orchestrator.core.children import started_workflow
 from orchestrator.core.children import target_of as route_target
 from orchestrator.core.ingress import (
     DEFAULT_LIMITS,
@@ -402,6 +403,11 @@ async def _between_sagas(
     kind, target = route_target(command.route)
     if kind == "start" and headers.get("x-parent-saga") != sender:
         return f"its x-parent-saga is not saga {sender}, which sent it"
+    if kind == "start" and (
+        headers.get("x-workflow"),
+        headers.get("x-schema-version", 1),
+    ) != started_workflow(target):
+        return f"its x-workflow or x-schema-version is not what saga {sender} sent it with ({target})"
     if kind == "saga" and row.correlation_id != target:
         return f"its correlation_id is not saga {target}, which saga {sender} sent it to"
     return Target("", routes.orchestrator_queue, "internal")

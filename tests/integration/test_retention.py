@@ -532,13 +532,13 @@ async def test_a_child_saga_is_archived_only_after_its_parent(
     assert await store.get_saga(parent) is None and await store.get_saga(child) is None
 
 
-async def test_a_parent_is_kept_while_its_child_is_failed(
+async def test_a_parent_is_kept_while_its_child_compensates(
     store: PostgresStore, retention_database: str, tmp_path: Path
 ) -> None:
-    """A failed child may still be resumed, and its outcome is for its parent: the parent, though
-    compensated, is not archived until the child is closed."""
+    """A child's outcome is for its parent: a parent compensated before its child is kept until
+    the child is done, then both go."""
     from orchestrator.examples import shop
-    from orchestrator.examples.contracts import PaymentRefunded, ShipmentFailed
+    from orchestrator.examples.contracts import PaymentRefunded, StockReleased
 
     registry = Registry(shop.WORKFLOWS)
     key = f"kept-{uuid.uuid4().hex[:8]}"
@@ -548,17 +548,20 @@ async def test_a_parent_is_kept_while_its_child_is_failed(
         return await _taken_between_sagas(registry, store, envelope)
 
     await _child_reserved(store, registry, key)
-    await take(await replies.answer(store, ShipmentFailed(key, "lost"), child))
-    fired = await fire_due_deadlines(registry, store, FINISHED_AT + timedelta(seconds=31))
-    (told,) = [c for c in fired.commands if c.route is not None]  # the release unconfirmed: failed
-    (cancel,) = await take(internal(told, correlation_id=parent))
-    await take(internal(cancel, correlation_id=child))  # kept by the failed child, for a resume
+    (cancel,) = await take(_event(shop.ShopOrderCancelled(key)))  # the customer's, mid-fulfilment
+    await take(internal(cancel, correlation_id=child))
     await take(await replies.answer(store, PaymentRefunded(key), parent))
     await _send_everything(store)
     assert (await store.get_saga(parent)).status == "compensated"  # type: ignore[union-attr]
-    assert (await store.get_saga(child)).status == "failed"  # type: ignore[union-attr]
+    assert (await store.get_saga(child)).status == "compensating"  # type: ignore[union-attr]
 
     before = (FINISHED_AT + timedelta(days=1)).isoformat()
-    done = _cli(retention_database, "archive", "--finished-before", before, "--to", str(tmp_path / "k.gz"))
-    assert done.returncode == 0, done.stderr
-    assert await store.get_saga(parent) is not None
+    first = _cli(retention_database, "archive", "--finished-before", before, "--to", str(tmp_path / "k1.gz"))
+    assert first.returncode == 0, first.stderr
+    assert await store.get_saga(parent) is not None  # its child still compensates
+    (told,) = await take(await replies.answer(store, StockReleased(key), child))
+    await take(internal(told, correlation_id=parent))
+    await _send_everything(store)
+    second = _cli(retention_database, "archive", "--finished-before", before, "--to", str(tmp_path / "k2.gz"))
+    assert second.returncode == 0, second.stderr
+    assert await store.get_saga(parent) is None and await store.get_saga(child) is None

@@ -345,3 +345,21 @@ def test_one_childs_outcome_never_confirms_the_other_childs_compensation() -> No
     assert kit.saga("o-1", "edges_two").status == "failed"
     kit.reply(last(kit, X["Undo"].TYPE), X["Undone"]("o-1"))  # X's, late: the parent carries on
     assert kit.saga("o-1", "edges_two").status == "compensated"
+
+
+def test_a_parent_resumed_into_the_compensation_its_child_failed_asks_the_child_anew(
+    shop: WorkflowTestKit,
+) -> None:
+    """Resent with its first id, the cancel would be a duplicate to the child's inbox, which
+    answers none (unlike a participant): a resume sends it under a new id, and is answered."""
+    shop.reply(last(shop, "inventory.ReserveStock"), StockReserved("o-1", "r"))
+    shop.reply(last(shop, "shipping.ShipOrder"), OrderShipped("o-1", "t"))
+    shop.reply(last(shop, "billing.SendInvoice"), InvoiceRefused("o-1", "x"))  # the child reopened
+    shop.advance(timedelta(seconds=31))  # its release unconfirmed: the child fails, then the parent
+    parent = shop.saga("o-1", "shop_order")
+    assert parent.status == "failed"
+    first = [c.message_id for c in shop.sent if c.type == "saga.CancelChild"]
+    shop.act(parent, "resume")  # into the compensation it gave up on
+    again = [c.message_id for c in shop.sent if c.type == "saga.CancelChild"]
+    assert len(again) == len(first) + 1 and again[-1] not in first
+    assert shop.saga("o-1", "shop_order").status == "failed"  # the child answered: still failed

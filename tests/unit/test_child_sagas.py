@@ -335,7 +335,11 @@ def test_a_dead_lettered_message_between_sagas_is_replayed_into_the_orchestrator
         journaled = {parent: SentCommand(FulfilmentRequested.TYPE, orjson.loads(body), "start:fulfilment")}
         return journaled.get(saga) if message_id == "cmd-1" else None
 
-    start = _dead(FulfilmentRequested.TYPE, body, {"x-saga-id": parent, "x-parent-saga": parent})
+    start = _dead(
+        FulfilmentRequested.TYPE,
+        body,
+        {"x-saga-id": parent, "x-parent-saga": parent, "x-workflow": "fulfilment"},
+    )
     target = asyncio.run(target_of(start, routes, sent))
     assert target == Target("", "ns.orchestrator.events", "internal")
     again = republished(start)
@@ -343,6 +347,10 @@ def test_a_dead_lettered_message_between_sagas_is_replayed_into_the_orchestrator
     assert taken.refused is None and taken.parent == parent
     forged = _dead(FulfilmentRequested.TYPE, body, {"x-saga-id": parent, "x-parent-saga": "someone-else"})
     assert "x-parent-saga is not saga" in str(asyncio.run(target_of(forged, routes, sent)))
+    elsewhere = {"x-saga-id": parent, "x-parent-saga": parent, "x-workflow": "shop_order"}
+    assert "x-workflow or x-schema-version" in str(
+        asyncio.run(target_of(_dead(start.message_type or "", body, elsewhere), routes, sent))
+    )
     unknown = _dead(ChildCompleted.TYPE, b"{}", {"x-saga-id": "nobody"}, correlation_id=parent)
     assert "sent no such message" in str(asyncio.run(target_of(unknown, routes, sent)))
 

@@ -130,12 +130,17 @@ DEFINITION_ERRORS: list[tuple[str, Callable[[], Any], str]] = [
     (
         "workflow name with a dot",
         lambda: Workflow("travel.trip", starts_on=TripRequested, key="trip_id"),
-        "must be non-empty and contain no dot",
+        "must be non-empty, without '.', ':' or '@'",
+    ),
+    (
+        "workflow name with an @ (a child saga's start route reads it as a schema version)",
+        lambda: Workflow("trip@2", starts_on=TripRequested, key="trip_id"),
+        "must be non-empty, without '.', ':' or '@'",
     ),
     (
         "empty workflow name",
         lambda: Workflow("", starts_on=TripRequested, key="trip_id"),
-        "must be non-empty and contain no dot",
+        "must be non-empty, without '.', ':' or '@'",
     ),
     (
         "duplicate state",

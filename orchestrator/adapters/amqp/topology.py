@@ -316,7 +316,7 @@ async def _quorum_orchestrator_queue(
     done = [f"bound {topology.orchestrator_queue} to {topology.events} and unbound {legacy}"]
     moved = 0
     for _ in range(3):  # a publisher may still send straight to the old queue while it drains
-        moved += await move_messages(connection, legacy, topology.orchestrator_queue)
+        moved += await move_messages(connection, legacy, topology.orchestrator_queue, inbound=True)
         deleted = await _delete_if_drained(connection, legacy)
         state = None if deleted else await queue_state(connection, legacy)
         if state is None:
@@ -359,11 +359,15 @@ async def _delete_if_drained(connection: AbstractConnection, name: str, *, class
     return True
 
 
-async def move_messages(connection: AbstractConnection, source: str, target: str) -> int:
+async def move_messages(
+    connection: AbstractConnection, source: str, target: str, *, inbound: bool = False
+) -> int:
     """Move every message of queue ``source`` to queue ``target``, through the default exchange,
     with its properties, headers and body as they were, plus ``x-original-exchange`` and
     ``x-original-routing-key`` (where it was first published to, for a dead letter's replay)
-    unless it has them; the number moved.
+    unless it has them; the number moved. ``inbound``: the orchestrator's own queue, where an
+    empty ``x-original-exchange`` means its own publish: one a publisher wrote on a message that
+    came through an exchange is overwritten with that exchange.
 
     Straight on aiormq: aio-pika's message objects would rebuild the properties and lose any it
     does not model. A batch is taken with ``basic.get``, republished mandatory with confirms, and
@@ -377,7 +381,7 @@ async def move_messages(connection: AbstractConnection, source: str, target: str
             batch = await _take(raw, source, MOVE_BATCH)
             if not batch:
                 return moved
-            confirms = [asyncio.ensure_future(_republish(raw, message, target)) for message in batch]
+            confirms = [asyncio.ensure_future(_republish(raw, message, target, inbound)) for message in batch]
             try:
                 results = await asyncio.gather(*confirms)
             except BaseException:
@@ -422,15 +426,17 @@ async def _take(raw: aiormq.abc.AbstractChannel, source: str, limit: int) -> lis
     return batch
 
 
-async def _republish(raw: aiormq.abc.AbstractChannel, message: DeliveredMessage, target: str) -> object:
+async def _republish(
+    raw: aiormq.abc.AbstractChannel, message: DeliveredMessage, target: str, inbound: bool
+) -> object:
     properties = message.header.properties
     if not isinstance(properties, UndecodableProperties):  # that one goes as its bytes came
         headers = dict(properties.headers or {})
-        if message.exchange:  # published to an exchange: that is its first routing, whatever it says
+        if inbound and message.exchange:  # came through an exchange: its first routing, whatever it says
             headers["x-original-exchange"] = message.exchange
             headers["x-original-routing-key"] = message.routing_key or ""
-        else:  # moved before, by us: its first routing is in the headers already
-            headers.setdefault("x-original-exchange", "")
+        else:  # moved before, by us, or a dead letter (x-death and these say where it came from)
+            headers.setdefault("x-original-exchange", message.exchange or "")
             headers.setdefault("x-original-routing-key", message.routing_key or "")
         properties.headers = headers
     return await raw.basic_publish(
@@ -506,7 +512,7 @@ async def _repartition(
             await channel.close()
     for partition in reversed(range(wanted, found)):  # the highest first: the count stays true
         name = topology.partition_queue(partition)
-        moved = await _drain_into(connection, name, topology.orchestrator_queue, classic=False)
+        moved = await _drain_into(connection, name, topology.orchestrator_queue, classic=False, inbound=True)
         done.append(f"moved {moved} messages from {name} to {topology.orchestrator_queue} and deleted it")
     if not wanted:
         channel = await connection.channel()
@@ -600,13 +606,15 @@ async def _rebind(
             await channel.close()
 
 
-async def _drain_into(connection: AbstractConnection, source: str, target: str, *, classic: bool) -> int:
+async def _drain_into(
+    connection: AbstractConnection, source: str, target: str, *, classic: bool, inbound: bool = False
+) -> int:
     """Move ``source`` into ``target`` and delete it once empty and unused; the number moved."""
     moved = 0
     for attempt in range(3):  # a publisher may still send straight to the source while it drains
         if attempt:  # and a quorum queue's count may lag its acks for a moment
             await asyncio.sleep(0.5 * attempt)
-        moved += await move_messages(connection, source, target)
+        moved += await move_messages(connection, source, target, inbound=inbound)
         state = await queue_state(connection, source)
         if state is None:
             return moved

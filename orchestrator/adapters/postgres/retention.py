@@ -45,8 +45,9 @@ LATE_SUCCESS_WINDOW = timedelta(days=30)
 #: outbox rows would go with it, unsent), and one with a step whose late success it may still
 #: have to undo, until ``LATE_SUCCESS_WINDOW`` after it finished ($6): taken by a later run. A child
 #: saga stays while its parent does: the parent may still compensate it (reopen it), and it is
-#: archived by the first run after its parent's; a parent stays while a child of it is not closed
-#: (a failed one may still be resumed, and its outcome is for the parent).
+#: archived by the first run after its parent's; a parent stays while a child of it runs or
+#: compensates (its outcome is for the parent; a failed one waits for an operator, and its parent
+#: does not wait for it: else neither would ever go).
 _CLAIM = f"""
 SELECT {_SAGA_COLUMNS} FROM sagas s
 WHERE s.status = $1 AND s.updated_at < $2
@@ -56,7 +57,7 @@ WHERE s.status = $1 AND s.updated_at < $2
   AND NOT EXISTS (
     SELECT 1 FROM jsonb_array_elements(s.branches) b JOIN sagas l ON l.id = b->>'saga_id'
     WHERE b->>'link' = 'parent'
-       OR (b->>'link' = 'child' AND l.status NOT IN ('completed', 'compensated')))
+       OR (b->>'link' = 'child' AND l.status IN ('running', 'compensating')))
 ORDER BY s.updated_at, s.id
 LIMIT $5
 FOR UPDATE OF s SKIP LOCKED
