@@ -16,6 +16,7 @@ from typing import Any
 
 from orchestrator.adapters import tracing
 from orchestrator.adapters.amqp.broker import Broker, Delivery, QueueConsumer
+from orchestrator.adapters.amqp.reconnect_noise import quiet_reconnects
 from orchestrator.adapters.amqp.topology import Topology
 from orchestrator.adapters.metrics import Metrics
 from orchestrator.adapters.postgres.dead_letters import PostgresDeadLetters
@@ -464,6 +465,7 @@ def quiet_libraries() -> None:
     for name in ("uvicorn", "uvicorn.error"):  # uvicorn's own handlers would print past the formatter
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
+    quiet_reconnects()  # a broker restart the service rides out is no ERROR (adapters/amqp)
 
 
 def configure_logging(settings: Settings) -> None:

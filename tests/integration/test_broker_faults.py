@@ -123,5 +123,10 @@ async def test_two_processes_carry_on_through_a_broker_restart_and_neither_goes_
         async with httpx.AsyncClient(base_url=url, timeout=5, headers=bearer(bench.api_token)) as api:
             now = accepted((await api.get("/metrics")).text)
         assert now > count, f"{url} took nothing after the restart:\n{process.output()[-3000:]}"
+    # a restart the service rides out is no ERROR and no traceback (issue 29): WARNINGs say it
+    for process, _ in processes:
+        logged = process.output()
+        assert " ERROR " not in logged and "Traceback" not in logged, logged[-3000:]
+        assert "connection lost" in logged
     verify = bench.verify()
     assert verify.returncode == 0, verify.stdout + verify.stderr

@@ -102,6 +102,36 @@ def test_the_dsn_given_to_asyncpg_says_sslmode_again() -> None:
     assert driver_dsn(BASE) == "postgresql://app:secret@db.example:5432/orchestrator"
 
 
+def test_every_host_of_a_multi_host_url_survives_into_the_raw_connections_dsn() -> None:
+    """Issue 29: SQLAlchemy writes a multi-host URL as repeated ``host`` parameters, and asyncpg's
+    DSN parser keeps only the last one: the raw connections (the hot path's pool, the advisory
+    locks, the CLI's) would lose every other host and never follow a failover to it."""
+    from asyncpg.connect_utils import _parse_connect_dsn_and_args
+
+    url = (
+        "postgresql+asyncpg://app:p%40ss@/orchestrator?host=db-1:5432&host=db-2:5433"
+        "&target_session_attrs=read-write&ssl=require"
+    )
+    dsn = driver_dsn(url)
+    assert dsn == (
+        "postgresql://app:p%40ss@db-1:5432,db-2:5433/orchestrator"
+        "?target_session_attrs=read-write&sslmode=require"
+    )
+    none: dict[str, Any] = dict.fromkeys(
+        ("host", "port", "user", "password", "passfile", "database", "ssl", "service", "servicefile"),
+    ) | dict.fromkeys(("direct_tls", "server_settings", "target_session_attrs", "krbsrvname", "gsslib"))
+    addresses, parameters = _parse_connect_dsn_and_args(dsn=dsn, **none)
+    assert addresses == [("db-1", 5432), ("db-2", 5433)]
+    assert (parameters.user, parameters.password, parameters.database) == ("app", "p@ss", "orchestrator")
+    assert str(parameters.target_session_attrs) == "SessionAttribute.read_write"
+    # and SQLAlchemy's own pool, from the same URL, asks asyncpg for both hosts too
+    from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
+    from sqlalchemy.engine import make_url
+
+    _, keywords = PGDialect_asyncpg().create_connect_args(make_url(url))  # type: ignore[no-untyped-call]
+    assert (keywords["host"], keywords["port"]) == (["db-1", "db-2"], [5432, 5433])
+
+
 def test_the_dialect_hands_asyncpg_an_ssl_keyword() -> None:
     from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
     from sqlalchemy.engine import make_url

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import asyncpg
 import orjson
@@ -452,12 +453,24 @@ async def _journal(connection: AsyncConnection, saga_id: str) -> list[JournalEnt
 
 def driver_dsn(url: str) -> str:
     """The SQLAlchemy URL as asyncpg takes it as a DSN: the dialect's ``ssl`` is ``sslmode``
-    there (a DSN's ``ssl`` would go to the server as a setting, which it refuses)."""
+    there (a DSN's ``ssl`` would go to the server as a setting, which it refuses), and the hosts
+    of a multi-host URL (``?host=a:5432&host=b:5432``, as SQLAlchemy writes it) go in the DSN's
+    netloc, ``a:5432,b:5432``: asyncpg's DSN parser keeps only the last ``host`` parameter, and a
+    failover would find the one host left (``target_session_attrs`` picks among them)."""
     parsed = make_url(url).set(drivername="postgresql")
-    if "ssl" in parsed.query and "sslmode" not in parsed.query:
-        query = {("sslmode" if k == "ssl" else k): v for k, v in parsed.query.items()}
-        parsed = parsed.set(query=query)
-    return parsed.render_as_string(hide_password=False)
+    query = dict(parsed.query)
+    if "ssl" in query and "sslmode" not in query:
+        query = {("sslmode" if k == "ssl" else k): v for k, v in query.items()}
+    hosts = query.get("host")
+    if not isinstance(hosts, tuple) or len(hosts) < 2:
+        return parsed.set(query=query).render_as_string(hide_password=False)
+    del query["host"]
+    user = quote(parsed.username or "", safe="")
+    password = f":{quote(parsed.password or '', safe='')}" if parsed.password is not None else ""
+    userinfo = f"{user}{password}@" if user or password else ""
+    database = quote(parsed.database or "", safe="")
+    tail = f"?{urlencode(query, doseq=True)}" if query else ""
+    return f"postgresql://{userinfo}{','.join(hosts)}/{database}{tail}"
 
 
 async def _init_connection(connection: asyncpg.Connection) -> None:
