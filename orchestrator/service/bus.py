@@ -42,6 +42,10 @@ from orchestrator.service.tracing import Tracer
 
 __all__ = ["MessageBus"]
 
+#: how long the database may be away before it is said as an ERROR: a restart or a failover of a
+#: managed PostgreSQL takes from seconds to about a minute
+DATABASE_AWAY_ERROR_SECONDS = 60.0
+
 log = logging.getLogger("orchestrator.service.bus")
 
 
@@ -77,8 +81,26 @@ class MessageBus:
         self.sleep = sleep
         #: why the last batch could not commit while the database is away, else None (readiness)
         self.database_trouble: str | None = None
+        #: since when (time.monotonic) batches cannot commit, the database away; None: they can
+        self._away_since: float | None = None
+        #: whether this stretch of the database being away was logged as an ERROR already
+        self._away_said = False
         #: when a batch last committed (time.monotonic)
         self.last_commit = time.monotonic()
+
+    def _away(self, size: int, error: BaseException, pause: float | None) -> None:
+        """The database is away: a WARNING when it goes (a restart or a failover the service rides
+        out is no ERROR, issue 29), an ERROR once it has been away ``DATABASE_AWAY_ERROR_SECONDS``
+        (an outage an operator should hear of), the retries between them DEBUG."""
+        now = time.monotonic()
+        if self._away_since is None:
+            self._away_since = now
+            log.warning("batch of %d cannot commit (%s), retrying in %.1fs", size, error, pause)
+        elif not self._away_said and now - self._away_since >= DATABASE_AWAY_ERROR_SECONDS:
+            self._away_said = True
+            log.error("batches have not committed for %.0fs (%s); retrying", now - self._away_since, error)
+        else:
+            log.debug("batch of %d cannot commit (%s), retrying in %.1fs", size, error, pause)
 
     # ways in -------------------------------------------------------------------------------------
     async def handle(
@@ -238,7 +260,7 @@ class MessageBus:
             self.counts.batch_failures[fault.value] += 1
             if fault is Fault.UNAVAILABLE:  # nothing is acked; the batch waits for the database
                 self.database_trouble = printable(error)[:300]
-                log.error("batch of %d cannot commit (%s), retrying in %.1fs", len(envelopes), error, pause)
+                self._away(len(envelopes), error, pause)
             elif pause is not None:
                 log.warning(
                     "batch of %d failed (%s: %s), again in %.2fs", len(envelopes), fault.value, error, pause
@@ -248,7 +270,9 @@ class MessageBus:
             result = await attempt(decide_and_commit, classify, policy, note, self.sleep)
         except GaveUp as gave_up:
             return await self._isolate(envelopes, arrived, gave_up.fault, gave_up.error, held, fences)
-        self.database_trouble = None
+        if self._away_since is not None:
+            log.warning("batches commit again, after %.1fs", time.monotonic() - self._away_since)
+        self.database_trouble, self._away_since, self._away_said = None, None, False
         self.last_commit = time.monotonic()
         self._committed(result.commands, result.decisions, min(arrived) if arrived else None)
         for service, message_id, saga_id in result.unchecked:

@@ -7,6 +7,7 @@ PostgreSQL fails, by SQLSTATE; the intake on top of it says when the service is 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -338,3 +339,35 @@ async def test_a_retry_timer_for_a_state_the_workflow_no_longer_has_fails_its_sa
         "reserve_v0 is not a state of workflow order as loaded: saga.RetryDue cannot be decided"
     )
     assert (saga_id, "retry") not in store.deadlines
+
+
+async def test_a_database_away_a_moment_is_a_warning_and_one_away_long_an_error_once(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restart or a failover the service rides out pages nobody (issue 29): a WARNING when the
+    database goes and one when batches commit again, the retries between them DEBUG; an outage
+    past ``DATABASE_AWAY_ERROR_SECONDS`` is said as an ERROR, once."""
+    from orchestrator.service import bus as bus_module
+
+    def away_for(times: int) -> Callable[[Changes], Exception | None]:
+        left = {"n": times}
+
+        def fail(changes: Changes) -> Exception | None:
+            if left["n"]:
+                left["n"] -= 1
+                return ConnectionResetError("the database went away")
+            return None
+
+        return fail
+
+    caplog.set_level(logging.DEBUG, logger="orchestrator.service.bus")
+    assert await commit(orchestrator(FailingStore(away_for(4))), [start("o-1")]) == [Verdict.ACCEPTED]
+    said = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert [level for level, _ in said] == ["WARNING", "DEBUG", "DEBUG", "DEBUG", "WARNING"]
+    assert said[0][1].startswith("batch of 1 cannot commit (the database went away)")
+    assert said[-1][1].startswith("batches commit again, after")
+
+    caplog.clear()
+    monkeypatch.setattr(bus_module, "DATABASE_AWAY_ERROR_SECONDS", 0.0)
+    assert await commit(orchestrator(FailingStore(away_for(4))), [start("o-2")]) == [Verdict.ACCEPTED]
+    assert [r.levelname for r in caplog.records].count("ERROR") == 1
