@@ -36,6 +36,7 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from orchestrator.adapters import tracing
+from orchestrator.adapters.amqp.reconnect_noise import quiet_reconnects
 from orchestrator.adapters.amqp.topology import Topology
 from orchestrator.core.ingress import Refused, clip, printable, text_property, trace_headers, trace_of
 from orchestrator.participant.handlers import Defer, InvalidCommand, Participant
@@ -123,6 +124,7 @@ class Worker:
     # -- life cycle ----------------------------------------------------------------------------------
     async def run(self) -> int:
         """Serve until SIGTERM or SIGINT (or :meth:`stop`); the exit code to use."""
+        quiet_reconnects()  # a broker restart it rides out is no ERROR line (issue 29)
         loop = asyncio.get_running_loop()
         with contextlib.suppress(RuntimeError, ValueError):  # not the main thread: stop() only
             for signum in (signal.SIGTERM, signal.SIGINT):

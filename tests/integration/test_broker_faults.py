@@ -6,6 +6,7 @@ its bound; stopped and started under load, two processes both carry on, and noth
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import time
 
@@ -85,7 +86,7 @@ async def test_sigterm_with_the_broker_frozen_under_load_exits_within_the_bound(
 
 
 async def test_two_processes_carry_on_through_a_broker_restart_and_neither_goes_quiet(
-    private_bench: Bench, private_broker: PrivateBroker
+    private_bench: Bench, private_broker: PrivateBroker, caplog: pytest.LogCaptureFixture
 ) -> None:
     bench = private_bench
     processes: list[tuple[Process, str]] = []
@@ -128,5 +129,8 @@ async def test_two_processes_carry_on_through_a_broker_restart_and_neither_goes_
         logged = process.output()
         assert " ERROR " not in logged and "Traceback" not in logged, logged[-3000:]
         assert "connection lost" in logged
+    # nor the participants' (the kit, in this test's process)
+    loud = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info is not None]
+    assert [f"{r.name}: {r.getMessage()}" for r in loud] == []
     verify = bench.verify()
     assert verify.returncode == 0, verify.stdout + verify.stderr

@@ -43,7 +43,12 @@ def _is_noise(record: logging.LogRecord) -> bool:
     if any(record.name == name and message.startswith(start) for name, start in _NOISE):
         return True
     name, callback = _CLOSE_CALLBACK
-    return record.name == name and callback in record.getMessage()
+    if record.name != name:
+        return False
+    try:  # the callback's repr, at the time it is logged (later it may no longer make one)
+        return callback in record.getMessage()
+    except Exception:
+        return False
 
 
 def quiet_reconnects() -> None:
