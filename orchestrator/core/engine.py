@@ -160,17 +160,19 @@ class Incoming:
     def as_json(self) -> dict[str, Any]:
         # "schema" only beyond 1: rows written before schema versions (none) read as 1, and the
         # rows of types that never changed stay as they were, byte for byte
-        return (
-            {
-                "type": self.type,
-                "message_id": self.message_id,
-                "payload": dict(self.payload),
-                "kind": self.kind,
-                "actor": self.actor,
-            }
-            | ({"schema": self.schema} if self.schema != 1 else {})
-            | ({"parent": self.parent} if self.parent else {})
-        )
+        # (set in place: every journaled message passes here, and merging dicts copies them)
+        data: dict[str, Any] = {
+            "type": self.type,
+            "message_id": self.message_id,
+            "payload": dict(self.payload),
+            "kind": self.kind,
+            "actor": self.actor,
+        }
+        if self.schema != 1:
+            data["schema"] = self.schema
+        if self.parent:
+            data["parent"] = self.parent
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Incoming:
@@ -291,11 +293,7 @@ class Decision:
             "status": str(self.saga.status),
             # with each payload, so the journal shows exactly what was sent (and verify compares
             # the outbox with it); entries journaled before this have no "payload"
-            "commands": [
-                {"type": c.type, "message_id": c.message_id, "payload": dict(c.payload)}
-                | ({"route": c.route} if c.route else {})
-                for c in self.commands
-            ],
+            "commands": [_awaiting(c) for c in self.commands],  # as a state keeps what it waits on
             "deadline": self.deadline
             and {"state": self.deadline.state, "due_at": self.deadline.due_at.isoformat()},
             "retry": self.retry and self.retry.due_at.isoformat(),
@@ -932,6 +930,8 @@ def _key_contradiction(compiled: CompiledWorkflow, saga: SagaSnapshot, message: 
 
 
 def _awaiting(command: OutgoingCommand) -> dict[str, Any]:
+    """A command as a saga keeps what it waits on and the journal lists what it sent; ``route``
+    only on a message to a saga (orchestrator.core.children)."""
     awaited = {"message_id": command.message_id, "type": command.type, "payload": dict(command.payload)}
     if command.route:
         awaited["route"] = command.route
