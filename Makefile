@@ -9,7 +9,7 @@ PYTEST_WORKERS ?= 2
 export ORCHESTRATOR_DATABASE_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/orchestrator
 export ORCHESTRATOR_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
 
-.PHONY: venv install node-deps browser broker-plugins lint types test unit integration screenshots demo migrate run bench bench-replicas chaos clean
+.PHONY: venv install node-deps browser failover-tools broker-plugins lint types test unit integration screenshots demo migrate run bench bench-replicas chaos clean
 
 venv: $(STAMP)
 
@@ -38,6 +38,12 @@ $(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
 browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
+# pg_auto_failover (Debian's pg-auto-failover-cli and postgresql-15-auto-failover), for the test that
+# kills a database primary under load (tests/integration/test_database_failover.py, which fails
+# without it): installed only when missing, from Debian's packages (as root, as CI runs).
+failover-tools:
+	@command -v pg_autoctl >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pg-auto-failover-cli postgresql-15-auto-failover; }
+
 # The local RabbitMQ's consistent-hash exchange, which partitioned consumption needs
 # (docs/scaling.md) and the partition tests use: enabled only when missing, on the node
 # rabbitmq-plugins reaches (as CI runs, as root); enabling it changes nothing else. Where
@@ -58,12 +64,12 @@ types: venv
 unit: venv
 	$(BIN)/pytest tests/unit -q
 
-integration: venv node-deps browser broker-plugins
+integration: venv node-deps browser failover-tools broker-plugins
 	$(BIN)/pytest tests/integration -q -n $(PYTEST_WORKERS) --dist loadgroup
 
 # On two workers (tests that must not run beside each other share an xdist group, tests/conftest.py);
 # ends with the 20 slowest tests and the time per tier (docs/testing.md), where the suite's time goes.
-test: venv node-deps browser broker-plugins lint types
+test: venv node-deps browser failover-tools broker-plugins lint types
 	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --durations=20
 
 # The console's pictures in docs/console/ (docs/console.md, README "Console"), taken by its browser

@@ -30,6 +30,7 @@ __all__ = [
     "TRUE_WORDS",
     "ConfigurationError",
     "SettingsError",
+    "broker_nodes",
     "database_url",
     "days",
     "flag",
@@ -90,17 +91,35 @@ def mask_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{hostinfo}"))
 
 
+def broker_nodes(url: str) -> list[str]:
+    """One URL per node of a broker URL that may name several (``amqp://u:p@n1:5672,n2:5672/``,
+    as libpq writes several database hosts); a URL with one host is its own list, unchanged."""
+    parts = urlsplit(url)
+    userinfo, at, hostinfo = parts.netloc.rpartition("@")
+    hosts = [host for host in hostinfo.split(",") if host]
+    if len(hosts) <= 1:
+        return [url]
+    return [urlunsplit(parts._replace(netloc=f"{userinfo}{at}{host}")) for host in hosts]
+
+
 def database_url(url: str, name: str = "ORCHESTRATOR_DATABASE_URL") -> str:
     """The URL with libpq's ``sslmode=`` spelled ``ssl=``, as SQLAlchemy's asyncpg dialect passes
     its query to ``asyncpg.connect`` as keywords: ``sslmode`` would be an unexpected one there,
     while ``ssl`` takes the same values. (Where the service hands a URL to asyncpg as a DSN,
     ``driver_dsn`` turns it back: a DSN reads ``sslmode``, and would send ``ssl`` to the server
-    as a setting.) A PostgreSQL URL as any libpq tool takes it thus works unchanged."""
+    as a setting.) A host list as libpq writes it (``user@db-1:5432,db-2:5432/name``) becomes
+    SQLAlchemy's repeated ``host=`` parameters. A PostgreSQL URL as any libpq tool takes it thus
+    works unchanged."""
     try:
         parts = urlsplit(url)
     except ValueError:
         return url  # the engine says what is wrong with it, with the URL masked
     query = parse_qsl(parts.query, keep_blank_values=True)
+    userinfo, at, hostinfo = parts.netloc.rpartition("@")
+    if "," in hostinfo:  # libpq's host list, which SQLAlchemy reads as repeated ``host=``
+        query = [("host", host) for host in hostinfo.split(",") if host] + query
+        parts = parts._replace(netloc=f"{userinfo}{at}")
+        url = urlunsplit(parts._replace(query=urlencode(query, safe="/:")))
     keys = [key for key, _ in query]
     if "sslmode" not in keys and "ssl" not in keys:
         return url

@@ -175,11 +175,13 @@ async def _check_amqp(url: str) -> None:
 
     import aio_pika
 
+    from orchestrator.adapters.amqp import nodes
+
     noisy = logging.getLogger("aiormq.connection")
     level = noisy.level
     noisy.setLevel(logging.CRITICAL)  # the one-line error below says it better
     try:
-        connection = await asyncio.wait_for(aio_pika.connect(url), 10)
+        connection = await asyncio.wait_for(nodes.connect(url), 10)
     except (OSError, TimeoutError, aio_pika.exceptions.AMQPError) as error:
         raise Unreachable(
             f"cannot reach RabbitMQ at {mask_url(url)}: {error or type(error).__name__}"

@@ -245,6 +245,7 @@ async def _replay(
     import aiormq
 
     from orchestrator.adapters.amqp.broker import Republisher
+    from orchestrator.adapters.amqp.nodes import NodeRing
 
     if bool(args.ids) == bool(args.reason):
         raise CommandError("replay: give the ids of dead letters, or --reason (not both)")
@@ -265,8 +266,8 @@ async def _replay(
             print("no dead letters to replay")
         return 1 if ids else 0
     try:
-        connection = await aiormq.connect(
-            settings.amqp_url, client_properties={"connection_name": "orchestrator-dead-letters-replay"}
+        connection = await NodeRing(settings.amqp_url).connect_aiormq(
+            client_properties={"connection_name": "orchestrator-dead-letters-replay"}
         )
     except Exception as error:
         said = printable(error) or type(error).__name__

@@ -17,6 +17,7 @@ from orchestrator.settings import (
     DEFAULT_QUEUE_TYPE,
     QUEUE_TYPES,
     SettingsError,
+    broker_nodes,
     database_url,
     integer,
     mask_url,
@@ -115,8 +116,10 @@ class Settings:
 
 def _looks_like_amqp(url: str) -> bool:
     try:
-        parts = urlsplit(url)
-        return parts.scheme in ("amqp", "amqps") and bool(parts.hostname) and parts.port != 0
+        return all(
+            parts.scheme in ("amqp", "amqps") and bool(parts.hostname) and parts.port != 0
+            for parts in map(urlsplit, broker_nodes(url))
+        )
     except ValueError:
         return False
 

@@ -36,8 +36,10 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from orchestrator.adapters import tracing
+from orchestrator.adapters.amqp import nodes
 from orchestrator.adapters.amqp.reconnect_noise import quiet_reconnects
 from orchestrator.adapters.amqp.topology import Topology
+from orchestrator.adapters.read_only import drop_read_only_sessions
 from orchestrator.core.ingress import Refused, clip, printable, text_property, trace_headers, trace_of
 from orchestrator.participant.handlers import Defer, InvalidCommand, Participant
 from orchestrator.participant.inbox import Recorded
@@ -149,6 +151,7 @@ class Worker:
             max_overflow=0,
             pool_pre_ping=True,
         )
+        drop_read_only_sessions(self._engine)  # a demoted primary's sessions: replaced, not retried
         self._processor = CommandProcessor(
             self.participant,
             self._engine,
@@ -176,7 +179,7 @@ class Worker:
         try:
             connection = await self._unless_stopping(
                 asyncio.wait_for(
-                    aio_pika.connect_robust(
+                    nodes.connect_robust(
                         self.settings.amqp_url,
                         timeout=CONNECT_TIMEOUT,
                         reconnect_interval=RECONNECT_INTERVAL,

@@ -27,6 +27,7 @@ import orjson
 import pytest
 import pytest_asyncio
 
+from orchestrator.adapters.amqp import nodes
 from orchestrator.adapters.amqp.broker import wait_for_consumers
 from orchestrator.adapters.postgres.store import PostgresStore
 from orchestrator.core.definitions import FINISHED
@@ -82,7 +83,7 @@ EXCHANGES = ("events", "commands", "dead", "orchestrator.route", "orchestrator.b
 
 
 async def delete_namespace(namespace: str, queues: tuple[str, ...] = QUEUES, url: str = AMQP_URL) -> None:
-    connection = await aio_pika.connect(url)
+    connection = await nodes.connect(url)
     try:
         channel = await connection.channel()
         for queue in queues:
@@ -351,7 +352,7 @@ class Bench:
 
     async def wait_for_consumer(self, *queues: str, timeout: float = 30) -> None:
         # not robust: a passive declare must ask the broker
-        connection = await aio_pika.connect(self.amqp_url)
+        connection = await nodes.connect(self.amqp_url)
         try:
             await wait_for_consumers(connection, queues, timeout)
         except TimeoutError as error:
@@ -488,7 +489,7 @@ class Bench:
         if self.connection is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.connection.close(), 5)
-        self.connection = await aio_pika.connect(self.amqp_url)
+        self.connection = await nodes.connect(self.amqp_url)
         self.channel = await self.connection.channel(publisher_confirms=True)
 
 

@@ -2,11 +2,12 @@
 (tests/integration/private_cluster.py): with quorum queues (ORCHESTRATOR_QUEUE_TYPE=quorum) every
 saga completes, nothing is dead-lettered, and ``orchestrator verify`` is clean.
 
-The node stopped is the one every queue's leader lives on: ``orchestrator migrate`` declared them
-through it (RabbitMQ puts a quorum queue's leader on the declaring client's node), so each queue
-must elect a new leader while its consumers, on the other two nodes, go on. The processes connect
-to those two: aio-pika and aiormq reconnect to the one host of their URL only (docs/architecture.md,
-"Connections: TLS, clusters"), so a process whose node is stopped would wait for that node."""
+The node stopped is the one every queue's leader lives on (``orchestrator migrate`` declared them
+through it: RabbitMQ puts a quorum queue's leader on the declaring client's node), and the very
+node every process is connected to: the orchestrator and the participants (the kit) are given all
+three nodes, that one first (``amqp://...@node-1,node-2,node-3/``, docs/scaling.md). Each queue
+must elect a new leader, and each process must move to the next node, while the sagas go on.
+"""
 
 from __future__ import annotations
 
@@ -15,16 +16,20 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aio_pika
 import asyncpg
 import pytest
 import pytest_asyncio
 
+from orchestrator.adapters.amqp.nodes import NodeRing
 from orchestrator.adapters.postgres.store import PostgresStore
 
-from .conftest import ROOT, Bench, cloned_database, unique
+from .conftest import ROOT, SERVICES, Bench, cloned_database, unique
+from .private_broker import PrivateBroker
 from .private_cluster import PrivateCluster
 
 pytestmark = pytest.mark.integration
@@ -58,8 +63,15 @@ async def cluster_bench(
             timeout=120,
             capture_output=True,
         )
-        setup.amqp_url = cluster.nodes[1].url  # the participants', and the test's publisher's
-        await setup.connect()
+        # every process: all three nodes, the one to be stopped first
+        setup.amqp_url = (
+            "amqp://guest:guest@"
+            + ",".join(f"127.0.0.1:{node.port}" for node in (leader, *cluster.nodes[:2]))
+            + "/"
+        )
+        # the test's publisher: a node that stays
+        setup.connection = await aio_pika.connect(cluster.nodes[1].url)
+        setup.channel = await setup.connection.channel(publisher_confirms=True)
         setup.store = PostgresStore.from_url(database_url, pool_size=2)
         try:
             yield setup
@@ -69,9 +81,19 @@ async def cluster_bench(
             await setup.cleanup()
 
 
+def connection_names(node: PrivateBroker) -> Counter[str]:
+    """The client-given names of the connections open on a node (``connection_name``)."""
+    listing = node.ctl("list_connections", "client_properties", "--no-table-headers")
+    found: Counter[str] = Counter()
+    for line in listing.splitlines():
+        if "connection_name" in line:
+            found[line.split("connection_name", 1)[1].split('"')[2]] += 1
+    return found
+
+
 async def test_a_node_stopped_under_load_loses_nothing(cluster_bench: Bench, cluster: PrivateCluster) -> None:
     bench = cluster_bench
-    first, _, leader = cluster.nodes
+    leader = cluster.nodes[2]
     # The plugin partitioned consumers route with is on the cluster.
     assert bench.channel is not None
     hashed = await bench.channel.declare_exchange(
@@ -87,8 +109,12 @@ async def test_a_node_stopped_under_load_loses_nothing(cluster_bench: Bench, clu
     assert len(rows) == 8, listing  # six participants', dead-letter, the orchestrator's
     assert {(kind, node) for _, kind, node in rows} == {("quorum", leader.node)}, listing
 
-    orchestrator = await bench.start_orchestrator(env={"ORCHESTRATOR_AMQP_URL": first.url})
+    orchestrator = await bench.start_orchestrator()
     await bench.start_participants()
+    # Every process is connected to the node about to stop.
+    names = ["orchestrator-consume", "orchestrator-publish", *(f"participant-{s}" for s in SERVICES)]
+    on_leader = await asyncio.to_thread(connection_names, leader)
+    assert all(on_leader[name] for name in names), on_leader
     before = [order_ids() for _ in range(BEFORE)]
     started = time.monotonic()
     for key in before:
@@ -116,7 +142,26 @@ async def test_a_node_stopped_under_load_loses_nothing(cluster_bench: Bench, clu
     )
 
     assert {s.status for s in sagas.values()} == {"completed"}
+    # and each moved to another node, with no ERROR line or traceback for a fault it rode out
+    elsewhere = sum(
+        [await asyncio.to_thread(connection_names, node) for node in cluster.nodes[:2]], Counter[str]()
+    )
+    assert all(elsewhere[name] for name in names), elsewhere
+    for process in bench.processes:
+        output = process.output()
+        assert " ERROR " not in output and "Traceback" not in output, (process.name, output[-3000:])
     assert await bench.dead_letters(0) == []
     assert orchestrator.popen.poll() is None, orchestrator.output()[-3000:]
     verify = await asyncio.to_thread(bench.verify)
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+async def test_a_ring_connects_to_the_first_node_that_answers() -> None:
+    """Two nodes that refuse (nothing listens on their ports), then the real broker."""
+    ring = NodeRing("amqp://guest:guest@127.0.0.1:1,127.0.0.1:2,127.0.0.1:5672/")
+    connection = await asyncio.wait_for(ring.connect_aiormq(), 10)
+    try:
+        assert connection.url.port == 5672
+        assert ring.order()[0].endswith(":5672/")  # the next attempt starts where it is connected
+    finally:
+        await connection.close()

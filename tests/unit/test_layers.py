@@ -153,6 +153,9 @@ ALLOWED = {
     ("decoding.py", "pamqp_encode.field_table"),
     ("decoding.py", "properties.error"),
     ("decoding.py", "properties.raw"),
+    # SQLAlchemy's handle_error event: is_disconnect is set as its documentation says, to have a
+    # read-only session (a demoted primary) discarded like a lost one (issue 29)
+    ("read_only.py", "context.is_disconnect"),
     # aiormq's properties of a message being migrated: its headers, as aiormq has them set
     ("topology.py", "properties.headers"),
     # the definition builders (core/steps.py, core/definitions.py) label the functions they make

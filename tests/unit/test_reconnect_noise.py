@@ -56,6 +56,15 @@ def test_the_libraries_lines_about_a_broker_restart_are_not_errors(kept: Kept) -
     assert kept.records == []
 
 
+def test_the_pools_line_about_a_database_between_primaries_is_not_a_warning_with_a_traceback(
+    kept: Kept,
+) -> None:
+    logging.getLogger("asyncpg.pool").warning(
+        "Failed to restore the pool connection floor; retrying", exc_info=broken()
+    )
+    assert kept.records == []
+
+
 def test_anything_else_they_say_is_kept(kept: Kept) -> None:
     logging.getLogger("aiormq.connection").error("Connection closed while handshaking: %r", "x")
     logging.getLogger("aio_pika.tools").error("Callback %r error: %s: %s", "<cb=handler>", "KeyError", "k")

@@ -25,7 +25,9 @@ import orjson
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractRobustConnection
 from aiormq.abc import DeliveredMessage
 
+from orchestrator.adapters.amqp import nodes
 from orchestrator.adapters.amqp.decoding import UndecodableProperties
+from orchestrator.adapters.amqp.nodes import NodeRing
 from orchestrator.adapters.amqp.topology import Topology, declare
 from orchestrator.core.children import started_workflow, target_of
 from orchestrator.core.engine import OutgoingCommand
@@ -131,6 +133,8 @@ class QueueConsumer:
         self, url: str, queue: str, prefetch: int, name: str, limits: Limits = DEFAULT_LIMITS
     ) -> None:
         self.url = url
+        #: the broker's nodes, gone round after each lost connection (a URL may name several)
+        self._ring = NodeRing(url)
         self.queue = queue
         #: the queues it consumes, the first one always
         self.queues: list[str] = [queue]
@@ -186,6 +190,8 @@ class QueueConsumer:
                 self.problem = f"{type(error).__name__}: {error}"[:300]
                 log.warning("%s: connection lost (%s); reconnecting in %.1fs", self.name, self.problem, delay)
             finally:
+                if not self._stopping:
+                    self._ring.lost()
                 self.connected.clear()
                 self._live = None
                 self._consumers.clear()
@@ -197,7 +203,7 @@ class QueueConsumer:
             delay = min(delay * 2, 5.0)
 
     async def _session(self) -> None:
-        connection = await aiormq.connect(self.url, client_properties={"connection_name": self.name})
+        connection = await self._ring.connect_aiormq(client_properties={"connection_name": self.name})
         self._connection = connection
         channel = await connection.channel()
         self._channel = channel
@@ -627,7 +633,7 @@ class Broker:
         self._publish_channel = await self._open_publishing(name)
 
     async def _open_publishing(self, name: str) -> AbstractChannel:
-        self._publish_connection = await aio_pika.connect_robust(
+        self._publish_connection = await nodes.connect_robust(
             self.url, client_properties={"connection_name": name}
         )
         return await self._publish_connection.channel(publisher_confirms=True, on_return_raises=True)

@@ -9,6 +9,10 @@ connections reconnect, and the service says so once, as a WARNING of its own ("c
 someone for nothing (issue 29), so these records are made DEBUG records without their traceback,
 and are dropped unless their logger is enabled for DEBUG. Anything else those loggers say is
 left as it is.
+
+asyncpg's pool does the same at a database failover: a WARNING with a traceback ("Failed to
+restore the pool connection floor") each time it cannot reopen a connection while no host takes
+writes; the service's own WARNING ("batch ... cannot commit") already says the database is away.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ _NOISE = (
     ("aiormq.connection", "Unexpected connection close from remote"),
     ("aiormq.connection", "error when creating transport"),
     ("aiormq.connection", "Cancelling cause reader exited abnormally"),
+    ("asyncpg.pool", "Failed to restore the pool connection floor"),
 )
 #: aio-pika's callback error, by the callback it names
 _CLOSE_CALLBACK = ("aio_pika.tools", "RobustChannel._on_close")

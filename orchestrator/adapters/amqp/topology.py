@@ -20,6 +20,7 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from aiormq.abc import DeliveredMessage
 
+from orchestrator.adapters.amqp import nodes
 from orchestrator.adapters.amqp.decoding import UndecodableProperties
 
 # QUEUE_TYPES is the settings' (the values of ORCHESTRATOR_QUEUE_TYPE), named here as well because
@@ -685,7 +686,7 @@ MIGRATIONS: tuple[Migration, ...] = (
 async def pending_migrations(url: str, topology: Topology, services: Iterable[str] = ()) -> list[str]:
     """Each step still to do, with why: what ``orchestrator run`` refuses to start with."""
     services = sorted(set(services))
-    connection = await aio_pika.connect(url)  # not robust: a passive declare must ask the broker
+    connection = await nodes.connect(url)  # not robust: a passive declare must ask the broker
     try:
         found = []
         for migration in MIGRATIONS:
@@ -702,7 +703,7 @@ async def require_partitioning(url: str, topology: Topology) -> None:
     it when the broker lacks it (declaring the ring's exchange is the only way to ask)."""
     if topology.partitions == 1:
         return
-    connection = await aio_pika.connect(url)
+    connection = await nodes.connect(url)
     try:
         channel = await connection.channel()
         await declare_ring(channel, topology)
@@ -716,7 +717,7 @@ async def migrate_topology(
     """Every pending step in order, then the whole current topology declared; what was done, one
     line each (nothing when it was all done already)."""
     services = sorted(set(services))
-    connection = await aio_pika.connect(url)  # not robust: a passive declare must ask the broker
+    connection = await nodes.connect(url)  # not robust: a passive declare must ask the broker
     try:
         done = []
         for migration in MIGRATIONS:

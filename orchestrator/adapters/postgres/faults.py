@@ -35,6 +35,12 @@ def classify(error: BaseException) -> Fault:
 
         if isinstance(error, asyncpg.InterfaceError):
             return Fault.UNAVAILABLE
+        if isinstance(error, asyncpg.InternalClientError) and any(
+            isinstance(link, asyncpg.InterfaceError | OSError) or by_sqlstate(link) is Fault.UNAVAILABLE
+            for link in links(error)
+            if link is not error
+        ):  # the rollback after a connection died mid-transaction: about the connection, not the batch
+            return Fault.UNAVAILABLE
     return fault
 
 

@@ -25,12 +25,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from orchestrator.adapters.postgres.faults import classify
 from orchestrator.adapters.postgres.schema import deadlines, journal, outbox, sagas
+from orchestrator.adapters.read_only import drop_read_only_sessions, read_only
 from orchestrator.core.definitions import Status
 from orchestrator.core.engine import Incoming, OutgoingCommand, SagaSnapshot
 from orchestrator.core.ids import IdKeyAbsent
 from orchestrator.core.ingress import DeadLetter
 from orchestrator.service.faults import Fault
 from orchestrator.service.store import Changes, DueDeadline, JournalEntry, Records, Tombstone
+from orchestrator.settings import database_url
 
 __all__ = ["PostgresStore", "Timeouts", "make_engine"]
 
@@ -73,7 +75,7 @@ def make_engine(url: str, pool_size: int = 5, timeouts: Timeouts = Timeouts()) -
         connect_args["server_settings"] = timeouts.server_settings
     if timeouts.command is not None:
         connect_args["command_timeout"] = timeouts.command
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
@@ -83,6 +85,8 @@ def make_engine(url: str, pool_size: int = 5, timeouts: Timeouts = Timeouts()) -
         json_deserializer=orjson.loads,
         connect_args=connect_args,
     )
+    drop_read_only_sessions(engine)
+    return engine
 
 
 #: the first key of every replica's advisory lock (``pg_try_advisory_lock(HOLDER_LOCKS, holder)``):
@@ -456,8 +460,9 @@ def driver_dsn(url: str) -> str:
     there (a DSN's ``ssl`` would go to the server as a setting, which it refuses), and the hosts
     of a multi-host URL (``?host=a:5432&host=b:5432``, as SQLAlchemy writes it) go in the DSN's
     netloc, ``a:5432,b:5432``: asyncpg's DSN parser keeps only the last ``host`` parameter, and a
-    failover would find the one host left (``target_session_attrs`` picks among them)."""
-    parsed = make_url(url).set(drivername="postgresql")
+    failover would find the one host left (``target_session_attrs`` picks among them). A URL
+    written as libpq writes several hosts (``user@a:5432,b:5432/name``) is read alike."""
+    parsed = make_url(database_url(url)).set(drivername="postgresql")
     query = dict(parsed.query)
     if "ssl" in query and "sslmode" not in query:
         query = {("sslmode" if k == "ssl" else k): v for k, v in query.items()}
@@ -533,9 +538,24 @@ class PostgresStore:
         return self._pool
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[_PostgresTransaction]:
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection; one that answers read-only (a demoted primary) is closed, and the
+        pool's others are replaced at their next use, so that the retry reaches the new primary
+        (:func:`~orchestrator.adapters.read_only.drop_read_only_sessions` does the same for
+        SQLAlchemy's pool)."""
         pool = await self.pool()
-        async with pool.acquire(timeout=self.timeouts.acquire) as connection, connection.transaction():
+        async with pool.acquire(timeout=self.timeouts.acquire) as connection:
+            try:
+                yield connection
+            except Exception as error:
+                if read_only(error):
+                    connection.terminate()
+                    await pool.expire_connections()
+                raise
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_PostgresTransaction]:
+        async with self._connection() as connection, connection.transaction():
             yield _PostgresTransaction(connection, self.holder, self.namespace)
 
     async def get_saga(self, saga_id: str) -> SagaSnapshot | None:
@@ -626,8 +646,7 @@ class PostgresStore:
     async def id_key(self) -> bytes:
         """The service's id key (migration 0009): what its commands' and timers' ids are keyed
         with. :class:`IdKeyAbsent` where the row is missing (``orchestrator migrate`` makes one)."""
-        pool = await self.pool()
-        async with pool.acquire(timeout=self.timeouts.acquire) as connection:
+        async with self._connection() as connection:
             try:
                 secret = await connection.fetchval("SELECT secret FROM id_keys WHERE name = 'ids'")
             except asyncpg.UndefinedTableError:
@@ -637,8 +656,7 @@ class PostgresStore:
         return bytes(secret)
 
     async def database_now(self) -> datetime:
-        pool = await self.pool()
-        async with pool.acquire(timeout=self.timeouts.acquire) as connection:
+        async with self._connection() as connection:
             return await connection.fetchval("SELECT clock_timestamp()")  # type: ignore[no-any-return]
 
     @property
@@ -696,8 +714,10 @@ class PostgresStore:
     async def mark_sent(self, message_ids: Sequence[str]) -> None:
         if not message_ids:
             return
-        pool = await self.pool()
-        await pool.execute("DELETE FROM outbox WHERE message_id = ANY($1::text[])", list(message_ids))
+        async with self._connection() as connection:
+            await connection.execute(
+                "DELETE FROM outbox WHERE message_id = ANY($1::text[])", list(message_ids)
+            )
 
     def classify(self, error: BaseException) -> Fault:
         return classify(error)
