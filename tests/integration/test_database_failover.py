@@ -37,8 +37,8 @@ from orchestrator.settings import database_url
 from .conftest import ROOT, Bench, delete_namespace, unique
 from .private_failover import FailoverPostgres
 from .private_postgres import PrivatePostgres
-from .test_postgres_restart import accepted_by
 from .test_partitions import holders
+from .test_postgres_restart import accepted_by
 
 pytestmark = pytest.mark.integration
 
