@@ -1,7 +1,8 @@
 """A PostgreSQL primary with a synchronous standby and automatic failover, of the test's own:
 pg_auto_failover (Debian's ``pg-auto-failover-cli`` and ``postgresql-15-auto-failover``, which
 ``make failover-tools`` installs), a monitor and two nodes on free loopback ports, run as the
-postgres user (``pg_autoctl`` refuses root).
+postgres user (``pg_autoctl`` refuses root), each started by deploy/ha/pg-node.sh: the script the
+compose file's ``ha`` profile runs, so that the recipe users get is the one tried here.
 
 The monitor's health checks are shortened (a check a second, a node unhealthy after 3 s, a dead
 primary given 3 s to demote itself) so that a promotion takes seconds: the defaults (20 s and
@@ -38,6 +39,8 @@ from .private_broker import free_port
 __all__ = ["FailoverPostgres", "FailoverPostgresError"]
 
 BIN = "/usr/lib/postgresql/15/bin"
+#: what starts each node, here and in the compose file's ``ha`` profile
+NODE_SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "ha" / "pg-node.sh"
 TIMEOUT = 90.0
 #: the monitor's health checks, shortened (pg_auto_failover's defaults in the comments)
 MONITOR_SETTINGS = {
@@ -90,14 +93,14 @@ class FailoverPostgres:
             f"XDG_RUNTIME_DIR={self.directory / 'run'}",
         ]
 
-    def _command(self, *args: str) -> list[str]:
-        return ["runuser", "-u", "postgres", "--", "env", *self._env(), "pg_autoctl", *args]
-
-    def _spawn(self, name: str, *args: str) -> None:
+    def _spawn(self, name: str, port: int, *args: str) -> None:
+        """deploy/ha/pg-node.sh, which the compose file's ``ha`` profile runs in its containers:
+        ``pg_autoctl create`` on the first start, then ``pg_autoctl run``."""
         log = (self.directory / f"{name}.log").open("ab")
+        environment = [f"PGDATA={self.directory / name}", f"PGPORT={port}", "NODE_HOSTNAME=127.0.0.1"]
         self._processes[name] = subprocess.Popen(
-            self._command(*args), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            ["runuser", "-u", "postgres", "--", "env", *self._env(), *environment, str(NODE_SCRIPT), *args],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         log.close()
 
@@ -139,26 +142,22 @@ class FailoverPostgres:
             (self.directory / sub).mkdir(mode=0o700)
         subprocess.run(["chown", "-R", "postgres:postgres", str(self.directory)], check=True)
         self.directory.chmod(0o755)
-        common = ["--auth", "trust", "--no-ssl", "--hostname", "127.0.0.1"]
-        self._spawn(
-            "monitor", "create", "monitor", "--pgdata", str(self.directory / "monitor"),
-            "--pgport", str(self.monitor_port), *common, "--run",
-        )  # fmt: skip
-        self._until("the monitor", lambda: self._psql(self.monitor_port, "pg_auto_failover", "SELECT 1"))
-        self._psql(
-            self.monitor_port,
-            "pg_auto_failover",
-            *(f"ALTER SYSTEM SET {name} = {value}" for name, value in MONITOR_SETTINGS.items()),
-            "SELECT pg_reload_conf()",
+        self._spawn("monitor", self.monitor_port, "monitor")
+        # until it holds: the monitor's server runs during ``create``, stops, and starts again
+        # under ``run``; the settings are kept in postgresql.auto.conf across that
+        self._until(
+            "the monitor",
+            lambda: self._psql(
+                self.monitor_port,
+                "pg_auto_failover",
+                *(f"ALTER SYSTEM SET {name} = {value}" for name, value in MONITOR_SETTINGS.items()),
+                "SELECT pg_reload_conf()",
+            ),
         )
         monitor = f"postgres://autoctl_node@127.0.0.1:{self.monitor_port}/pg_auto_failover"
         for index, port in enumerate(self.ports):
             name = f"node{index + 1}"
-            self._spawn(
-                name, "create", "postgres", "--pgdata", str(self.directory / name),
-                "--pgport", str(port), "--listen", "127.0.0.1", "--name", name,
-                *common, "--monitor", monitor, "--run",
-            )  # fmt: skip
+            self._spawn(name, port, "postgres", "--name", name, "--listen", "127.0.0.1", "--monitor", monitor)
             if index == 0:  # the first must be the primary before a standby can clone it
                 self._until("the first node", lambda: self.primary() == self.ports[0])
         self._until("the standby in sync", self._in_sync)
