@@ -527,6 +527,9 @@ def main(argv: list[str] | None = None) -> None:
     from orchestrator.entrypoints import cli_retention
 
     cli_retention.add_parser(sub)
+    from orchestrator.entrypoints import cli_reconcile
+
+    cli_reconcile.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "check" and args.finished_sample and not args.journals:
         parser.error("check: --finished-sample needs --journals")
@@ -588,6 +591,8 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(_run(cli_sagas.run(args, settings)))
         elif args.command in ("archive", "prune"):
             sys.exit(_run(cli_retention.run(args, settings)))
+        elif args.command == "reconcile":
+            sys.exit(_run(cli_reconcile.run(args, settings)))
     except ConfigurationError as error:  # what it was given cannot be used: exit 1, as ever
         print(f"orchestrator: {error}", file=sys.stderr)
         sys.exit(2 if args.command == "check" else 1)  # check's 1 means: the definitions have errors

@@ -17,7 +17,28 @@ from orchestrator.core.ingress import DeadLetter
 from orchestrator.core.journal import DueDeadline, JournalEntry, Records
 from orchestrator.service.faults import Fault
 
-__all__ = ["Changes", "DueDeadline", "JournalEntry", "Records", "Store", "Tombstone", "Transaction"]
+__all__ = [
+    "Changes",
+    "DueDeadline",
+    "HandledCommand",
+    "JournalEntry",
+    "Records",
+    "Store",
+    "Tombstone",
+    "Transaction",
+]
+
+
+@dataclass(frozen=True)
+class HandledCommand:
+    """One record of a participant's kit inbox: a command it carried out and answered, as
+    ``orchestrator reconcile`` reads it after a restore (orchestrator/service/reconcile.py)."""
+
+    service: str
+    message_id: str
+    command_type: str
+    saga_id: str
+    handled_at: datetime
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,9 @@ def _run(*command: str) -> str:
 
 
 class PrivatePostgres:
-    def __init__(self) -> None:
+    def __init__(self, settings: dict[str, str] | None = None) -> None:
+        #: more server settings (the backup drill's WAL archiving), over the defaults below
+        self.settings = dict(settings or {})
         self.name = f"test{secrets.token_hex(4)}"
         self.port = free_port()
         #: the certificate and key: outside the data directory, owned by postgres (it refuses a
@@ -83,6 +85,7 @@ class PrivatePostgres:
             "ssl_key_file": str(key),
             "max_connections": "100",
             "fsync": "off",  # a test's cluster: a crash of the machine may lose it whole
+            **self.settings,
         }
         conf = Path(f"/etc/postgresql/{VERSION}/{self.name}/conf.d/test.conf")
         conf.write_text("".join(f"{k} = '{v}'\n" for k, v in settings.items()))
@@ -91,6 +94,20 @@ class PrivatePostgres:
     def restart(self) -> None:
         """``pg_ctlcluster restart`` (a fast shutdown: sessions are ended, then it starts again)."""
         _run("pg_ctlcluster", VERSION, self.name, "restart")
+
+    @property
+    def data_directory(self) -> Path:
+        return Path(f"/var/lib/postgresql/{VERSION}/{self.name}")
+
+    @property
+    def conf_d(self) -> Path:
+        return Path(f"/etc/postgresql/{VERSION}/{self.name}/conf.d")
+
+    def stop_server(self) -> None:
+        _run("pg_ctlcluster", VERSION, self.name, "stop", "--", "-m", "fast")
+
+    def start_server(self) -> None:
+        _run("pg_ctlcluster", VERSION, self.name, "start")
 
     def log_tail(self, lines: int = 40) -> str:
         path = Path(f"/var/log/postgresql/postgresql-{VERSION}-{self.name}.log")
