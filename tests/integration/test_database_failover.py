@@ -159,6 +159,8 @@ async def test_the_service_follows_a_promoted_standby_and_decides_nothing_twice(
         assert await accepted_by(url) > count, f"{url} took nothing after the failover"
         output = process.output()
         assert "Traceback" not in output, output[-3000:]
+    for process in bench.processes:  # the participants rode it out too
+        assert "Traceback" not in process.output(), (process.name, process.output()[-3000:])
     assert await bench.dead_letters(0) == []
     verify = await asyncio.to_thread(bench.verify)
     assert verify.returncode == 0, verify.stdout + verify.stderr
