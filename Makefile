@@ -112,8 +112,10 @@ CHAOS_SEED ?= 1
 # the kit only). The kit does not keep up with the default CHAOS_RATE (docs/chaos.md, "How long it
 # takes"): its runs pass, but most sagas compensate.
 CHAOS_PARTICIPANTS ?= responder
-# CHAOS_PARTITIONS (6): the replicas' ORCHESTRATOR_PARTITIONS; 1 runs them on one shared queue
-chaos: venv
+# CHAOS_PARTITIONS (6): the replicas' ORCHESTRATOR_PARTITIONS; 1 runs them on one shared queue.
+# CHAOS_HA=1: a 3-node broker cluster and pg_auto_failover, primaries killed and the replicas'
+# broker node stopped besides the other faults, the kit's participants (docs/chaos.md)
+chaos: venv failover-tools
 	$(BIN)/python -m bench.chaos --sagas $(CHAOS_SAGAS) --replicas $(CHAOS_REPLICAS) --seed $(CHAOS_SEED) \
 		--participants $(CHAOS_PARTICIPANTS)
 

@@ -92,11 +92,21 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=int(_env("CHAOS_PARTITIONS", _env("ORCHESTRATOR_PARTITIONS", "6"))),
         help="ORCHESTRATOR_PARTITIONS of the replicas (docs/scaling.md); 1: one shared queue",
     )
+    parser.add_argument(
+        "--ha",
+        action=argparse.BooleanOptionalAction,
+        default=_env("CHAOS_HA", "0") not in ("", "0", "false", "no"),
+        help="a 3-node broker cluster and a PostgreSQL primary with a synchronous standby"
+        " (pg_auto_failover): primaries killed and the replicas' broker node stopped; the"
+        " participants are the kit's, whatever --participants says",
+    )
     return parser.parse_args(argv)
 
 
 def scenario_of(args: argparse.Namespace) -> Scenario:
+    participants = "kit" if args.ha else args.participants  # the responders follow no failover
     return Scenario(
+        ha=args.ha,
         sagas=args.sagas,
         replicas=args.replicas,
         seed=args.seed,
@@ -104,10 +114,10 @@ def scenario_of(args: argparse.Namespace) -> Scenario:
         deadline=args.deadline,
         fault_every=args.fault_every,
         settle_timeout=args.settle_timeout,
-        participants=args.participants,
-        fail_rate=args.fail_rate if args.participants == "kit" else 0.0,
+        participants=participants,
+        fail_rate=args.fail_rate if participants == "kit" else 0.0,
         concurrency=args.concurrency,
-        delay=args.participant_delay if args.participants == "kit" else 0.0,
+        delay=args.participant_delay if participants == "kit" else 0.0,
     )
 
 

@@ -142,6 +142,9 @@ class Evidence:
     known: dict[str, str] = field(default_factory=dict)
     #: the participants' business tables, when they keep any (``--participants kit``)
     effects: Effects | None = None
+    #: with ``ha``: the ERROR lines and tracebacks the replicas and participants logged; every
+    #: fault of that scenario is one the service rides out, so there must be none
+    log_errors: list[str] | None = None
 
 
 @dataclass
@@ -239,6 +242,10 @@ def check(evidence: Evidence) -> list[Check]:
         _check("no_dead_letters", "nothing was dead-lettered", e.dead_letters),
         _check("no_crash", "no replica or participant exited without a fault stopping it", e.crashes),
     ]
+    if e.log_errors is not None:
+        results.append(
+            _check("no_error_logged", "no ERROR line or traceback for a fault ridden out", e.log_errors)
+        )
     if e.effects is not None:
         results += check_effects(e.effects, {s.key: s.status for s in e.sagas})
     for result in results:

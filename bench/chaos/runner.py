@@ -52,6 +52,8 @@ from orchestrator.examples.contracts import (
 )
 from participants.inventory import INITIAL_STOCK
 from tests.integration.private_broker import PrivateBroker
+from tests.integration.private_cluster import PrivateCluster
+from tests.integration.private_failover import FailoverPostgres
 
 __all__ = ["Outcome", "run"]
 
@@ -215,6 +217,30 @@ def verify(stack: Stack, namespace: str, deadline: float) -> subprocess.Complete
     )
 
 
+def _logged_errors(logs: Path) -> list[str]:
+    """The replicas' and participants' ERROR lines and tracebacks, each with its file."""
+    found = []
+    for path in sorted([*logs.glob("replica-*.log"), *logs.glob("participant-*.log")]):
+        for line in path.read_text(errors="replace").splitlines():
+            if " ERROR " in line or line.startswith("Traceback"):
+                found.append(f"{path.name}: {line[:300]}")
+    return found
+
+
+async def _first_after(pool: asyncpg.Pool, moments: list[float], events_only: bool) -> list[float]:
+    """Seconds from each moment (a primary killed, a node stopped) to the first decision committed
+    after it; with ``events_only``, the first decided on a message consumed (not a timer)."""
+    kind = " AND kind = 'event'" if events_only else ""
+    found = []
+    for moment in moments:
+        first = await pool.fetchval(
+            f"SELECT min(recorded_at) FROM journal WHERE recorded_at > to_timestamp($1){kind}", moment
+        )
+        if first is not None:
+            found.append(round(first.timestamp() - moment, 2))
+    return found
+
+
 def _repeats(logs: Path) -> int:
     """Commands a participant got again after carrying them out and answered from its inbox (the
     kit logs those with "(recorded reply)"): the redeliveries the effect checks are about."""
@@ -260,31 +286,36 @@ async def run(scenario: Scenario, admin_dsn: str, log_dir: Path, keep_database: 
     namespace, database = f"chaos-{token}", f"chaos_{token}"
     dsn = f"{admin_dsn.rsplit('/', 1)[0]}/{database}"
     log_dir.mkdir(parents=True, exist_ok=True)
-    broker = PrivateBroker("chaos", plugins=PLUGINS)
+    cluster = PrivateCluster(plugins=PLUGINS) if scenario.ha else None
+    ha = FailoverPostgres() if scenario.ha else None
+    broker = cluster.nodes[0] if cluster is not None else PrivateBroker("chaos", plugins=PLUGINS)
     system: System | None = None
     tap: Tap | None = None
     pool: asyncpg.Pool | None = None
     try:
         # In this thread, not a worker: the node then gets SIGTERM when this process dies, even
         # by SIGKILL (PrivateBroker's PR_SET_PDEATHSIG is only set from the main thread).
-        broker.start()
+        amqp_url = broker.url
+        database_url = dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
+        if cluster is not None and ha is not None:
+            cluster.start()
+            await asyncio.to_thread(ha.start)
+            admin_dsn, dsn, database_url = ha.dsn(), ha.dsn(database), ha.url(database)
+            amqp_url = cluster.url
+            os.environ["ORCHESTRATOR_QUEUE_TYPE"] = "quorum"  # every process is given the caller's
+            print(f"chaos: a 3-node broker cluster and pg_auto_failover (primary {ha.primary()})")
+        else:
+            broker.start()
         await _create_database(admin_dsn, database)
         python = sys.executable
-        stack = Stack.make(
-            ROOT,
-            python,
-            dsn.replace("postgresql://", "postgresql+asyncpg://", 1),
-            broker.url,
-            log_dir,
-            has_port_flag(python, ROOT),
-        )
+        stack = Stack.make(ROOT, python, database_url, amqp_url, log_dir, has_port_flag(python, ROOT))
         await asyncio.to_thread(migrate, stack, namespace, MODULE)
         pool = await asyncpg.create_pool(
             dsn, min_size=1, max_size=3, server_settings={"application_name": APPLICATION}
         )
-        system = System(scenario, stack, broker, namespace)
+        system = System(scenario, stack, broker, namespace, cluster, ha)
         system.pool = pool
-        tap = Tap(broker.url, namespace)
+        tap = Tap(amqp_url, namespace, quorum=scenario.ha)
         await tap.start()
         await system.start_all()
         durations["setup_s"] = time.monotonic() - began
@@ -296,7 +327,7 @@ async def run(scenario: Scenario, admin_dsn: str, log_dir: Path, keep_database: 
         origin = time.monotonic()
         print(f"chaos: {scenario.sagas} sagas at {scenario.rate}/s, {len(plan)} faults; logs in {log_dir}")
         await asyncio.gather(
-            publish(broker.url, namespace, keys, scenario.rate, confirmed),
+            publish(amqp_url, namespace, keys, scenario.rate, confirmed),
             run_faults(system, plan, origin, done),
         )
         await system.heal()
@@ -331,6 +362,7 @@ async def run(scenario: Scenario, admin_dsn: str, log_dir: Path, keep_database: 
             crashes=list(system.crashes),
             dead_letters=tables.dead_letters,
             effects=effects,
+            log_errors=_logged_errors(stack.log_dir) if scenario.ha else None,
         )
         stats = {
             # the orders; their shipping sagas (children) apart
@@ -345,6 +377,11 @@ async def run(scenario: Scenario, admin_dsn: str, log_dir: Path, keep_database: 
             "duplicates_absorbed": tables.duplicates,
             "settled": settled,
         }
+        if scenario.ha:
+            stats["failover"] = {
+                "database_s": await _first_after(pool, system.primary_kills, events_only=False),
+                "broker_node_s": await _first_after(pool, system.node_stops, events_only=True),
+            }
         if effects is not None:
             stats["effects"] = {
                 "charges": sum(row.kind == "charge" for row in effects.ledger),
@@ -363,7 +400,12 @@ async def run(scenario: Scenario, admin_dsn: str, log_dir: Path, keep_database: 
             await system.stop_all()
         if pool is not None:
             await pool.close()
-        await asyncio.to_thread(broker.stop)
-        if not keep_database:
+        if cluster is not None:
+            await asyncio.to_thread(cluster.stop)
+        else:
+            await asyncio.to_thread(broker.stop)
+        if ha is not None:
+            await asyncio.to_thread(ha.stop)
+        elif not keep_database:
             with contextlib.suppress(Exception):
                 await _drop_database(admin_dsn, database)

@@ -11,7 +11,7 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["KINDS", "Fault", "Scenario", "schedule"]
+__all__ = ["HA_KINDS", "KINDS", "Fault", "Scenario", "schedule"]
 
 #: the faults; a round of the schedule does each of them once, a replica kill twice
 KINDS = (
@@ -22,6 +22,18 @@ KINDS = (
     "stop_participant_long",  # away for longer: its steps time out and compensate
 )
 ROUND = ("kill_replica", *KINDS)
+#: with ``ha``: a database primary killed with its keeper (the standby is promoted; the old one
+#: rejoins as a standby after ``down``) and the broker node the replicas are connected to stopped
+#: (started again after ``down``), in place of the single node's restart
+HA_KINDS = (
+    "kill_replica",
+    "kill_db_primary",
+    "stop_broker_node",
+    "terminate_sessions",
+    "stop_participant_short",
+    "stop_participant_long",
+)
+HA_ROUND = ("kill_replica", *HA_KINDS)
 
 
 @dataclass(frozen=True)
@@ -69,6 +81,9 @@ class Scenario:
     #: the final statuses the faults may cause: a participant stopped past its deadline makes
     #: its sagas compensate; the workflow gives nothing a way to make a saga failed
     expected: frozenset[str] = field(default_factory=lambda: frozenset({"completed", "compensated"}))
+    #: a 3-node broker cluster and a PostgreSQL primary with a synchronous standby
+    #: (pg_auto_failover), every process given every node: ``HA_KINDS`` are the faults
+    ha: bool = False
 
     @property
     def chaos_seconds(self) -> float:
@@ -102,10 +117,14 @@ def schedule(scenario: Scenario) -> list[Fault]:
         if at >= scenario.chaos_seconds:
             return faults
         if not bag:
-            bag = list(ROUND)
+            bag = list(HA_ROUND if scenario.ha else ROUND)
             rng.shuffle(bag)
         kind = bag.pop()
-        if kind == "kill_replica":
+        if kind == "kill_db_primary":  # down: until the old primary's keeper starts again
+            fault = Fault(at, kind, "", rng.uniform(2.0, 5.0))
+        elif kind == "stop_broker_node":
+            fault = Fault(at, kind, "", rng.uniform(1.0, 5.0))
+        elif kind == "kill_replica":
             fault = Fault(at, kind, str(rng.randrange(scenario.replicas)), rng.uniform(0.5, 3.0))
         elif kind == "restart_broker":
             fault = Fault(at, kind, "", rng.uniform(1.0, 5.0))

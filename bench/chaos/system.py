@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import subprocess
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from bench.chaos.scenario import Scenario
 from bench.config import Stack
 from bench.processes import Orchestrator, Responder, _Child
 from tests.integration.private_broker import PrivateBroker
+from tests.integration.private_cluster import PrivateCluster
+from tests.integration.private_failover import FailoverPostgres
 
 __all__ = ["APPLICATION", "MODULE", "Kit", "Replica", "System"]
 
@@ -81,11 +84,27 @@ Participant = Responder | Kit
 class System:
     """The processes of a run, and the faults done to them (``faults.System``)."""
 
-    def __init__(self, scenario: Scenario, stack: Stack, broker: PrivateBroker, namespace: str) -> None:
+    def __init__(
+        self,
+        scenario: Scenario,
+        stack: Stack,
+        broker: PrivateBroker,
+        namespace: str,
+        cluster: PrivateCluster | None = None,
+        database: FailoverPostgres | None = None,
+    ) -> None:
         self.scenario = scenario
         self.stack = stack
         self.broker = broker
         self.namespace = namespace
+        #: with ``ha``: the broker's three nodes and the database's pg_auto_failover cluster
+        self.cluster = cluster
+        self.database = database
+        #: wall-clock times of the primaries killed and the broker nodes stopped, for the figures
+        self.primary_kills: list[float] = []
+        self.node_stops: list[float] = []
+        self._killed_primary: int | None = None
+        self._stopped_node: PrivateBroker | None = None
         self.replicas = [
             Replica(stack, namespace, stack.log_dir / f"replica-{i}.log", scenario.deadline, i)
             for i in range(scenario.replicas)
@@ -162,6 +181,40 @@ class System:
         )
         return int(ended or 0)
 
+    async def kill_db_primary(self) -> str:
+        """SIGKILL to the primary's keeper, server and backends; back once the standby is promoted."""
+        assert self.database is not None
+        old = await asyncio.to_thread(self.database.primary)
+        if old is None:
+            raise RuntimeError("no primary to kill")
+        self.primary_kills.append(time.time())
+        began = time.monotonic()
+        await asyncio.to_thread(self.database.kill, old)
+        self._killed_primary = old
+        promoted = await asyncio.to_thread(self.database.wait_promoted, old)
+        return f"primary {old} killed, {promoted} promoted after {time.monotonic() - began:.1f}s"
+
+    async def rejoin_db_node(self) -> str:
+        assert self.database is not None and self._killed_primary is not None
+        port, self._killed_primary = self._killed_primary, None
+        await asyncio.to_thread(self.database.rejoin, port)
+        return f"{port} back as a standby"
+
+    async def stop_broker_node(self) -> str:
+        """``stop_app`` on the node most of the replicas' consumers are connected to."""
+        assert self.cluster is not None
+        counts = await asyncio.gather(*(asyncio.to_thread(_consumers_on, n) for n in self.cluster.nodes))
+        node = max(zip(counts, range(len(counts)), self.cluster.nodes, strict=True))[2]
+        self.node_stops.append(time.time())
+        await asyncio.to_thread(node.stop_app)
+        self._stopped_node = node
+        return f"{node.node} stopped, with {max(counts)} of the replicas' consumers on it"
+
+    async def start_broker_node(self) -> None:
+        node, self._stopped_node = self._stopped_node, None
+        if node is not None:
+            await asyncio.to_thread(node.start_app)
+
     async def stop_service(self, service: str) -> str:
         """SIGTERM, or with the kit every other time SIGKILL: a participant killed between its
         commit and its ack gets the command again, and only its inbox stands between that and a
@@ -231,8 +284,14 @@ class System:
     async def heal(self) -> None:
         """Everything running again after the last fault: what a fault left down, and what died
         on its own (which is a finding: noted as a crash)."""
-        if not self.broker.app_running():
+        if self.cluster is not None:
+            for node in self.cluster.nodes:
+                if not node.app_running():
+                    await asyncio.to_thread(node.start_app)
+        elif not self.broker.app_running():
             await self.start_broker()
+        if self._killed_primary is not None:
+            await self.rejoin_db_node()
         for i, replica in enumerate(self.replicas):
             if not replica.alive():
                 self._note_crash(f"replica-{i}", replica)
@@ -255,3 +314,9 @@ class System:
             if popen.poll() is None:
                 popen.kill()
                 popen.wait(10)
+
+
+def _consumers_on(node: PrivateBroker) -> int:
+    """How many of the orchestrator's consuming connections a node holds."""
+    listing = node.ctl("list_connections", "client_properties", "--no-table-headers")
+    return listing.count("orchestrator-consume")

@@ -19,6 +19,7 @@ import orjson
 
 from bench.chaos.checker import Wire
 from bench.chaos.workflow import WORKFLOW
+from orchestrator.adapters.amqp import nodes
 from orchestrator.examples.contracts import OrderPlaced
 
 __all__ = ["Tap", "order", "publish"]
@@ -36,9 +37,11 @@ class Tap:
     messages), and the checks blamed the orchestrator for commands the tap had not read.
     ``depth`` lets the runner wait until the tap has read everything the broker holds for it."""
 
-    def __init__(self, url: str, namespace: str) -> None:
+    def __init__(self, url: str, namespace: str, quorum: bool = False) -> None:
         self.url = url
         self.namespace = namespace
+        #: in a cluster: a quorum queue, which outlives the stop of the node that leads it
+        self.arguments: Any = {"x-queue-type": "quorum"} if quorum else None
         self.queue = f"{namespace}.chaos-tap"
         self.seen: list[Wire] = []
         self._ready = asyncio.Event()
@@ -57,13 +60,13 @@ class Tap:
     async def _serve(self) -> None:
         """One connection's life: consume until the connection or its channel is gone."""
         lost = asyncio.Event()
-        connection = await aio_pika.connect(self.url, client_properties={"connection_name": "chaos-tap"})
+        connection = await nodes.connect(self.url, client_properties={"connection_name": "chaos-tap"})
         try:
             connection.close_callbacks.add(lambda *_: lost.set())
             channel = await connection.channel()
             channel.close_callbacks.add(lambda *_: lost.set())
             await channel.set_qos(prefetch_count=1000)
-            queue = await channel.declare_queue(self.queue, durable=True)
+            queue = await channel.declare_queue(self.queue, durable=True, arguments=self.arguments)
             for exchange in ("commands", "events"):
                 await queue.bind(f"{self.namespace}.{exchange}", "#")
             await queue.consume(self._on_message)
@@ -76,7 +79,7 @@ class Tap:
     async def depth(self) -> int | None:
         """Messages waiting in the tap's queue; None when the broker cannot say now."""
         try:
-            connection = await aio_pika.connect(self.url)
+            connection = await nodes.connect(self.url)
         except Exception:
             return None
         try:
@@ -145,7 +148,7 @@ class _Starts:
     async def get(self) -> aio_pika.abc.AbstractExchange:
         async with self._lock:
             if self.exchange is None:
-                self.connection = await aio_pika.connect(
+                self.connection = await nodes.connect(
                     self.url, client_properties={"connection_name": "chaos-starts"}
                 )
                 channel = await self.connection.channel(publisher_confirms=True)

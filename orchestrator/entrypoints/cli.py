@@ -227,9 +227,17 @@ async def _serve(settings: Settings, *, accept_changed: bool = False, fail_dropp
     orchestrator = build(settings, sock)
     try:
         await admit_releases_of(orchestrator, accept_changed=accept_changed, fail_dropped=fail_dropped)
-    except BaseException:
+    except BaseException as error:
         sock.close()
         await orchestrator.store.close()
+        from orchestrator.adapters.postgres.faults import from_database
+        from orchestrator.service.faults import Fault
+
+        if isinstance(error, Exception) and from_database(error) is Fault.UNAVAILABLE:
+            # gone between the check above and the release gate (a failover mid-start): one
+            # line, as when it was not there at all; whatever restarts the process tries again
+            said = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise Unreachable(f"cannot use PostgreSQL at {mask_url(settings.database_url)}: {said}") from None
         raise
     return await orchestrator.run_until_signalled()
 

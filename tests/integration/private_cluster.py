@@ -51,6 +51,11 @@ class PrivateCluster:
         self.start_seconds = time.monotonic() - started
         return self.start_seconds
 
+    @property
+    def url(self) -> str:
+        """Every node, as a broker URL may name them (orchestrator/adapters/amqp/nodes.py)."""
+        return "amqp://guest:guest@" + ",".join(f"127.0.0.1:{node.port}" for node in self.nodes) + "/"
+
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()

@@ -82,6 +82,10 @@ class FailoverPostgres:
         """asyncpg's (and libpq's) DSN for a database on whichever node takes writes."""
         return f"postgresql://postgres@{self.hosts}/{database}?target_session_attrs=read-write"
 
+    @property
+    def monitor_uri(self) -> str:
+        return f"postgres://autoctl_node@127.0.0.1:{self.monitor_port}/pg_auto_failover"
+
     # -- processes -------------------------------------------------------------------------------
 
     def _env(self) -> list[str]:
@@ -103,6 +107,9 @@ class FailoverPostgres:
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         log.close()
+
+    def _node_arguments(self, name: str) -> list[str]:
+        return ["postgres", "--name", name, "--listen", "127.0.0.1", "--monitor", self.monitor_uri]
 
     def _psql(self, port: int, database: str, *sql: str) -> str:
         command = ["psql", "-X", "-qAt", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-d", database]
@@ -154,10 +161,9 @@ class FailoverPostgres:
                 "SELECT pg_reload_conf()",
             ),
         )
-        monitor = f"postgres://autoctl_node@127.0.0.1:{self.monitor_port}/pg_auto_failover"
         for index, port in enumerate(self.ports):
             name = f"node{index + 1}"
-            self._spawn(name, port, "postgres", "--name", name, "--listen", "127.0.0.1", "--monitor", monitor)
+            self._spawn(name, port, *self._node_arguments(name))
             if index == 0:  # the first must be the primary before a standby can clone it
                 self._until("the first node", lambda: self.primary() == self.ports[0])
         self._until("the standby in sync", self._in_sync)
@@ -198,6 +204,13 @@ class FailoverPostgres:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
+
+    def rejoin(self, port: int, timeout: float = 120) -> None:
+        """Start a killed node's keeper again (its data directory is there: ``pg_autoctl run``):
+        the monitor has it rewind and follow the new primary; back once both are in sync."""
+        name = f"node{self.ports.index(port) + 1}"
+        self._spawn(name, port, *self._node_arguments(name))
+        self._until(f"{name} back as a standby", self._in_sync, timeout)
 
     def wait_promoted(self, old: int, timeout: float = TIMEOUT) -> int:
         """The port of the node promoted in ``old``'s place, once it takes writes."""
