@@ -46,6 +46,9 @@ def results(scenario: Scenario, outcome: Outcome, checks: list[Check], root: Pat
             "duplicates_absorbed": outcome.stats["duplicates_absorbed"],
         },
         "effects": outcome.stats.get("effects"),
+        # CHAOS_HA: seconds from each primary killed, each broker node stopped, to the first
+        # decision committed after it (for a node, on a message consumed through another node)
+        "failover": outcome.stats.get("failover"),
         "settled": outcome.stats["settled"],
         "faults": faults,
         "fault_counts": dict(Counter(d.fault.kind for d in outcome.faults if not d.skipped)),
@@ -84,6 +87,12 @@ def table(data: dict[str, Any]) -> str:
         + ", ".join(f"{k} {v}" for k, v in sorted(m["journal_by_outcome"].items()))
         + f"); {m['on_the_wire']} messages on the wire; {m['duplicates_absorbed']} redeliveries absorbed"
     )
+    failover = data.get("failover")
+    if failover:
+        lines.append(
+            f"failover: first decision after a primary's death {failover['database_s']} s;"
+            f" after the replicas' broker node stopped {failover['broker_node_s']} s"
+        )
     effects = data.get("effects")
     if effects:
         lines.append(

@@ -295,7 +295,6 @@ async def run(scenario: Scenario, admin_dsn: str, log_dir: Path, keep_database: 
     try:
         # In this thread, not a worker: the node then gets SIGTERM when this process dies, even
         # by SIGKILL (PrivateBroker's PR_SET_PDEATHSIG is only set from the main thread).
-        amqp_url = broker.url
         database_url = dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
         if cluster is not None and ha is not None:
             cluster.start()
@@ -306,6 +305,7 @@ async def run(scenario: Scenario, admin_dsn: str, log_dir: Path, keep_database: 
             print(f"chaos: a 3-node broker cluster and pg_auto_failover (primary {ha.primary()})")
         else:
             broker.start()
+            amqp_url = broker.url  # its port is chosen as it starts
         await _create_database(admin_dsn, database)
         python = sys.executable
         stack = Stack.make(ROOT, python, database_url, amqp_url, log_dir, has_port_flag(python, ROOT))

@@ -102,8 +102,9 @@ class FailoverPostgres:
         ``pg_autoctl create`` on the first start, then ``pg_autoctl run``."""
         log = (self.directory / f"{name}.log").open("ab")
         environment = [f"PGDATA={self.directory / name}", f"PGPORT={port}", "NODE_HOSTNAME=127.0.0.1"]
+        script = self.directory / NODE_SCRIPT.name  # a copy: the clone may be closed to postgres
         self._processes[name] = subprocess.Popen(
-            ["runuser", "-u", "postgres", "--", "env", *self._env(), *environment, str(NODE_SCRIPT), *args],
+            ["runuser", "-u", "postgres", "--", "env", *self._env(), *environment, str(script), *args],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         log.close()
@@ -147,6 +148,7 @@ class FailoverPostgres:
         started = time.monotonic()
         for sub in ("config", "data", "run"):
             (self.directory / sub).mkdir(mode=0o700)
+        shutil.copy(NODE_SCRIPT, self.directory / NODE_SCRIPT.name)
         subprocess.run(["chown", "-R", "postgres:postgres", str(self.directory)], check=True)
         self.directory.chmod(0o755)
         self._spawn("monitor", self.monitor_port, "monitor")

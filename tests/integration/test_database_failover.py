@@ -43,8 +43,8 @@ from .test_postgres_restart import accepted_by
 pytestmark = pytest.mark.integration
 
 order_ids = unique("failover")
-BEFORE = 300
-AFTER = 100
+BEFORE = 200
+AFTER = 60
 PARTITIONS = 4
 
 
