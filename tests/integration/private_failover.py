@@ -200,11 +200,9 @@ class FailoverPostgres:
         ]
 
     def kill(self, port: int) -> None:
-        """SIGKILL to the node's keeper, its Postgres and every backend: its whole session."""
-        name = f"node{self.ports.index(port) + 1}"
-        process = self._processes[name]
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
+        """SIGKILL to the node's keeper, its Postgres and every backend: its whole tree."""
+        process = self._processes[f"node{self.ports.index(port) + 1}"]
+        _kill_tree(process.pid)
         process.wait(timeout=10)
 
     def rejoin(self, port: int, timeout: float = 120) -> None:
@@ -223,8 +221,7 @@ class FailoverPostgres:
 
     def stop(self) -> None:
         for process in self._processes.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
+            _kill_tree(process.pid)
         for process in self._processes.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=10)
@@ -246,3 +243,28 @@ class FailoverPostgres:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, read from /proc before anything is killed: a postmaster starts
+    a session of its own, so its background workers and logger are not in the keeper's process
+    group, and once it is dead they would live on as orphans (the monitor's health checks did)."""
+    found, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            found.append(child)
+            pending.append(child)
+    return found
+
+
+def _kill_tree(pid: int) -> None:
+    for target in [pid, *_descendants(pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(target, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)

@@ -163,7 +163,7 @@ async def test_a_restore_to_a_point_in_time_loses_no_effect_and_lists_what_it_ca
     database = bench.database_url.rsplit("/", 1)[1]
     dsn = f"postgresql://postgres@127.0.0.1:{cluster.port}/{database}"
     orchestrator = await bench.start_orchestrator()
-    await bench.start_participants()
+    await bench.start_participants("inventory", "payment", "shipping")  # the order saga's
 
     first = [order_ids() for _ in range(FIRST)]
     for key in first:
