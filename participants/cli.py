@@ -330,6 +330,28 @@ async def ensure_database(url: str) -> None:
         await admin.close()
 
 
+#: how long a start waits for a database that no host serves yet (a failover takes seconds)
+START_WAIT_SECONDS = 30.0
+
+
+async def _when_reachable(url: str, log: logging.Logger) -> None:
+    """:func:`ensure_database`, tried again while the database cannot be reached, up to
+    :data:`START_WAIT_SECONDS`; said once as a WARNING. Then the last error is raised."""
+    deadline = asyncio.get_running_loop().time() + START_WAIT_SECONDS
+    warned = False
+    while True:
+        try:
+            await ensure_database(url)
+            return
+        except (OSError, asyncpg.TargetServerAttributeNotMatched, asyncpg.CannotConnectNowError) as error:
+            if asyncio.get_running_loop().time() >= deadline:
+                raise
+            if not warned:
+                log.warning("the database at %s cannot be reached yet (%s): waiting", mask_url(url), error)
+                warned = True
+            await asyncio.sleep(0.5)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     participant, settings, _ = parse_args(argv, os.environ)
     logging.basicConfig(
@@ -346,8 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _stop_before_start)
     try:
-        asyncio.run(ensure_database(settings.database_url))
-    except (OSError, asyncpg.PostgresError) as error:
+        asyncio.run(_when_reachable(settings.database_url, log))
+    except (OSError, asyncpg.PostgresError, asyncpg.TargetServerAttributeNotMatched) as error:
         log.error("cannot reach the database at %s: %s", mask_url(settings.database_url), error)
         return EXIT_DATABASE
     except _StoppedBeforeStart:

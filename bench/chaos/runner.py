@@ -227,20 +227,6 @@ def _logged_errors(logs: Path) -> list[str]:
     return found
 
 
-async def _first_after(pool: asyncpg.Pool, moments: list[float], events_only: bool) -> list[float]:
-    """Seconds from each moment (a primary killed, a node stopped) to the first decision committed
-    after it; with ``events_only``, the first decided on a message consumed (not a timer)."""
-    kind = " AND kind = 'event'" if events_only else ""
-    found = []
-    for moment in moments:
-        first = await pool.fetchval(
-            f"SELECT min(recorded_at) FROM journal WHERE recorded_at > to_timestamp($1){kind}", moment
-        )
-        if first is not None:
-            found.append(round(first.timestamp() - moment, 2))
-    return found
-
-
 def _repeats(logs: Path) -> int:
     """Commands a participant got again after carrying them out and answered from its inbox (the
     kit logs those with "(recorded reply)"): the redeliveries the effect checks are about."""
@@ -378,9 +364,10 @@ async def run(scenario: Scenario, admin_dsn: str, log_dir: Path, keep_database: 
             "settled": settled,
         }
         if scenario.ha:
+            await system.watched()
             stats["failover"] = {
-                "database_s": await _first_after(pool, system.primary_kills, events_only=False),
-                "broker_node_s": await _first_after(pool, system.node_stops, events_only=True),
+                "database_s": system.database_failovers,
+                "broker_node_s": system.node_failovers,
             }
         if effects is not None:
             stats["effects"] = {

@@ -119,6 +119,8 @@ def schedule(scenario: Scenario) -> list[Fault]:
         if not bag:
             bag = list(HA_ROUND if scenario.ha else ROUND)
             rng.shuffle(bag)
+            if scenario.ha:  # the failovers first (popped from the end): a short run does both
+                bag.sort(key=lambda kind: kind in ("kill_db_primary", "stop_broker_node"))
         kind = bag.pop()
         if kind == "kill_db_primary":  # down: until the old primary's keeper starts again
             fault = Fault(at, kind, "", rng.uniform(2.0, 5.0))

@@ -100,9 +100,11 @@ class System:
         #: with ``ha``: the broker's three nodes and the database's pg_auto_failover cluster
         self.cluster = cluster
         self.database = database
-        #: wall-clock times of the primaries killed and the broker nodes stopped, for the figures
-        self.primary_kills: list[float] = []
-        self.node_stops: list[float] = []
+        #: seconds from each primary killed to the first decision committed on the new one, and
+        #: from each broker node stopped to the first message decided through another node
+        self.database_failovers: list[float] = []
+        self.node_failovers: list[float] = []
+        self._watches: list[asyncio.Task[None]] = []
         self._killed_primary: int | None = None
         self._stopped_node: PrivateBroker | None = None
         self.replicas = [
@@ -187,9 +189,10 @@ class System:
         old = await asyncio.to_thread(self.database.primary)
         if old is None:
             raise RuntimeError("no primary to kill")
-        self.primary_kills.append(time.time())
+        before = await self._journal(events_only=False)
         began = time.monotonic()
         await asyncio.to_thread(self.database.kill, old)
+        self._watch(before, began, False, self.database_failovers)
         self._killed_primary = old
         promoted = await asyncio.to_thread(self.database.wait_promoted, old)
         return f"primary {old} killed, {promoted} promoted after {time.monotonic() - began:.1f}s"
@@ -205,10 +208,32 @@ class System:
         assert self.cluster is not None
         counts = await asyncio.gather(*(asyncio.to_thread(_consumers_on, n) for n in self.cluster.nodes))
         node = max(zip(counts, range(len(counts)), self.cluster.nodes, strict=True))[2]
-        self.node_stops.append(time.time())
+        before = await self._journal(events_only=True)
+        began = time.monotonic()
         await asyncio.to_thread(node.stop_app)
+        self._watch(before, began, True, self.node_failovers)
         self._stopped_node = node
         return f"{node.node} stopped, with {max(counts)} of the replicas' consumers on it"
+
+    async def _journal(self, events_only: bool) -> int:
+        """The journal's entries (those decided on a consumed message), as the primary has them."""
+        assert self.pool is not None
+        where = " WHERE kind = 'event'" if events_only else ""
+        return int(await self.pool.fetchval(f"SELECT count(*) FROM journal{where}") or 0)
+
+    def _watch(self, before: int, began: float, events_only: bool, into: list[float]) -> None:
+        """In the background: the seconds from ``began`` until the journal holds more than
+        ``before`` entries, read every 0.1 s from whichever host takes writes (60 s at most)."""
+
+        async def watch() -> None:
+            while time.monotonic() - began < 60:
+                with contextlib.suppress(Exception):  # between primaries, or a pool reconnecting
+                    if await self._journal(events_only) > before:
+                        into.append(round(time.monotonic() - began, 2))
+                        return
+                await asyncio.sleep(0.1)
+
+        self._watches.append(asyncio.create_task(watch()))
 
     async def start_broker_node(self) -> None:
         node, self._stopped_node = self._stopped_node, None
@@ -305,6 +330,10 @@ class System:
                 async with self._locks[service]:
                     await responder.terminate(15)
                 await self.start_service(service)
+
+    async def watched(self) -> None:
+        """Every failover watch done (each ends within 60 s)."""
+        await asyncio.gather(*self._watches, return_exceptions=True)
 
     async def stop_all(self) -> None:
         for process in [*self.replicas, *self.responders.values()]:

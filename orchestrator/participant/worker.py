@@ -160,7 +160,7 @@ class Worker:
             scrub=self._scrub,
         )
         try:
-            await self._unless_stopping(asyncio.wait_for(self._processor.prepare(), CONNECT_TIMEOUT * 3))
+            await self._unless_stopping(asyncio.wait_for(self._prepare(url), CONNECT_TIMEOUT * 3))
         except _Stopped:
             self.abandoned = True  # the connection attempt, left to the database's whims
             return True  # the broker part sees the stop at once and ends without connecting
@@ -169,6 +169,23 @@ class Worker:
             await self._engine.dispose()
             return False
         return True
+
+    async def _prepare(self, url: str) -> None:
+        """The kit's tables, once the database takes writes: a start during a failover (no host
+        takes writes for a few seconds) waits, said once as a WARNING, within the caller's bound."""
+        assert self._processor is not None
+        warned = False
+        while True:
+            try:
+                await self._processor.prepare()
+                return
+            except Exception as error:
+                if not _unreachable(error):
+                    raise
+                if not warned:
+                    self.log.warning("the database at %s does not take writes yet (%s): waiting", url, error)
+                    warned = True
+                await asyncio.sleep(0.5)
 
     async def _serve_broker(self) -> int:
         url = mask_url(self.settings.amqp_url)
@@ -620,3 +637,21 @@ def broker_user(url: str) -> str | None:
     ``user_id`` a publish may carry: RabbitMQ refuses any other."""
     user = urlsplit(url).username
     return unquote(user) if user else None
+
+
+def _unreachable(error: BaseException) -> bool:
+    """A database that cannot be reached now (refused, no writable host, starting up or shutting
+    down), as opposed to one that refuses this participant (a password, a privilege, a bug)."""
+    import asyncpg
+
+    for link in (error, getattr(error, "orig", None), error.__cause__, error.__context__):
+        if isinstance(
+            link, OSError | asyncpg.TargetServerAttributeNotMatched | asyncpg.CannotConnectNowError
+        ):
+            return True
+        if isinstance(link, asyncpg.PostgresError) and (getattr(link, "sqlstate", "") or "")[:2] in {
+            "08",
+            "57",
+        }:
+            return True
+    return False
