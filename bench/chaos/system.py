@@ -216,10 +216,18 @@ class System:
         return f"{node.node} stopped, with {max(counts)} of the replicas' consumers on it"
 
     async def _journal(self, events_only: bool) -> int:
-        """The journal's entries (those decided on a consumed message), as the primary has them."""
+        """The journal's entries (those decided on a consumed message), as the primary has them;
+        asked again for up to 30 s while no host takes writes (an earlier fault's outage)."""
         assert self.pool is not None
         where = " WHERE kind = 'event'" if events_only else ""
-        return int(await self.pool.fetchval(f"SELECT count(*) FROM journal{where}") or 0)
+        began = time.monotonic()
+        while True:
+            try:
+                return int(await self.pool.fetchval(f"SELECT count(*) FROM journal{where}") or 0)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                if time.monotonic() - began > 30:
+                    raise
+                await asyncio.sleep(0.2)
 
     def _watch(self, before: int, began: float, events_only: bool, into: list[float]) -> None:
         """In the background: the seconds from ``began`` until the journal holds more than

@@ -35,8 +35,8 @@ from .private_cluster import PrivateCluster
 pytestmark = pytest.mark.integration
 
 order_ids = unique("cluster")
-BEFORE = 300
-AFTER = 100
+BEFORE = 200
+AFTER = 60
 #: the order saga's participants (the escrow's are not needed here)
 ORDER_SERVICES = ("inventory", "payment", "shipping")
 

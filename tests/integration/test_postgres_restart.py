@@ -33,8 +33,8 @@ from .test_broker_faults import accepted
 pytestmark = pytest.mark.integration
 
 order_ids = unique("pg-restart")
-BEFORE = 300
-AFTER = 100
+BEFORE = 200
+AFTER = 60
 
 
 @pytest.fixture(scope="module")
