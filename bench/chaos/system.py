@@ -107,6 +107,7 @@ class System:
         self._watches: list[asyncio.Task[None]] = []
         self._killed_primary: int | None = None
         self._stopped_node: PrivateBroker | None = None
+        self._last_stopped: PrivateBroker | None = None
         self.replicas = [
             Replica(stack, namespace, stack.log_dir / f"replica-{i}.log", scenario.deadline, i)
             for i in range(scenario.replicas)
@@ -206,8 +207,15 @@ class System:
     async def stop_broker_node(self) -> str:
         """``stop_app`` on the node most of the replicas' consumers are connected to."""
         assert self.cluster is not None
-        counts = await asyncio.gather(*(asyncio.to_thread(_consumers_on, n) for n in self.cluster.nodes))
-        node = max(zip(counts, range(len(counts)), self.cluster.nodes, strict=True))[2]
+        nodes = self.cluster.nodes
+        try:
+            counts = await asyncio.gather(*(asyncio.to_thread(_consumers_on, n) for n in nodes))
+        except Exception:  # rabbitmqctl slow on a loaded machine: the replicas' first node, or the
+            # one after the last stopped (where a connection that lost its node goes next)
+            last = nodes.index(self._last_stopped) if self._last_stopped in nodes else -1
+            counts = [int(i == (last + 1) % len(nodes)) for i in range(len(nodes))]
+        node = max(zip(counts, range(len(counts)), nodes, strict=True))[2]
+        self._last_stopped = node
         before = await self._journal(events_only=True)
         began = time.monotonic()
         await asyncio.to_thread(node.stop_app)
@@ -355,5 +363,5 @@ class System:
 
 def _consumers_on(node: PrivateBroker) -> int:
     """How many of the orchestrator's consuming connections a node holds."""
-    listing = node.ctl("list_connections", "client_properties", "--no-table-headers")
+    listing = node.ctl("list_connections", "client_properties", "--no-table-headers", timeout=10)
     return listing.count("orchestrator-consume")
