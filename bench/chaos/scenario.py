@@ -119,8 +119,12 @@ def schedule(scenario: Scenario) -> list[Fault]:
         if not bag:
             bag = list(HA_ROUND if scenario.ha else ROUND)
             rng.shuffle(bag)
-            if scenario.ha:  # the failovers first (popped from the end): a short run does both
-                bag.sort(key=lambda kind: kind in ("kill_db_primary", "stop_broker_node"))
+            if scenario.ha:  # one failover first, the other halfway: a short run does both, and
+                # the second seldom finds the first still in hand (the bag is popped from its end)
+                failovers = [kind for kind in bag if kind in ("kill_db_primary", "stop_broker_node")]
+                others = [kind for kind in bag if kind not in failovers]
+                half = len(others) // 2
+                bag = [*others[half:], failovers[1], *others[:half], failovers[0]]
         kind = bag.pop()
         if kind == "kill_db_primary":  # down: until the old primary's keeper starts again
             fault = Fault(at, kind, "", rng.uniform(2.0, 5.0))
