@@ -118,8 +118,9 @@ def database_url(url: str, name: str = "ORCHESTRATOR_DATABASE_URL") -> str:
     userinfo, at, hostinfo = parts.netloc.rpartition("@")
     if "," in hostinfo:  # libpq's host list, which SQLAlchemy reads as repeated ``host=``
         query = [("host", host) for host in hostinfo.split(",") if host] + query
-        parts = parts._replace(netloc=f"{userinfo}{at}")
-        url = urlunsplit(parts._replace(query=urlencode(query, safe="/:")))
+        parts = parts._replace(netloc=f"{userinfo}{at}", query=urlencode(query, safe="/:"))
+        # built by hand: urlunsplit drops the "//" of an empty netloc (no user: "scheme:/db")
+        url = f"{parts.scheme}://{parts.netloc}{parts.path}?{parts.query}"
     keys = [key for key, _ in query]
     if "sslmode" not in keys and "ssl" not in keys:
         return url

@@ -190,10 +190,9 @@ class System:
         old = await asyncio.to_thread(self.database.primary)
         if old is None:
             raise RuntimeError("no primary to kill")
-        before = await self._journal(events_only=False)
-        began = time.monotonic()
+        began, at = time.monotonic(), time.time()
         await asyncio.to_thread(self.database.kill, old)
-        self._watch(before, began, False, self.database_failovers)
+        self._watch(at, began, False, self.database_failovers)
         self._killed_primary = old
         promoted = await asyncio.to_thread(self.database.wait_promoted, old)
         return f"primary {old} killed, {promoted} promoted after {time.monotonic() - began:.1f}s"
@@ -216,35 +215,25 @@ class System:
             counts = [int(i == (last + 1) % len(nodes)) for i in range(len(nodes))]
         node = max(zip(counts, range(len(counts)), nodes, strict=True))[2]
         self._last_stopped = node
-        before = await self._journal(events_only=True)
-        began = time.monotonic()
+        began, at = time.monotonic(), time.time()
+        self._watch(at, began, True, self.node_failovers)
         await asyncio.to_thread(node.stop_app)
-        self._watch(before, began, True, self.node_failovers)
         self._stopped_node = node
         return f"{node.node} stopped, with {max(counts)} of the replicas' consumers on it"
 
-    async def _journal(self, events_only: bool) -> int:
-        """The journal's entries (those decided on a consumed message), as the primary has them;
-        asked again for up to 30 s while no host takes writes (an earlier fault's outage)."""
+    def _watch(self, at: float, began: float, events_only: bool, into: list[float]) -> None:
+        """In the background: the seconds from ``began`` until a journal entry decided after
+        ``at`` (wall clock; its ``recorded_at`` is when it was decided) can be read from whichever
+        host takes writes, i.e. until its commit; read every 0.1 s, for 60 s at most."""
         assert self.pool is not None
-        where = " WHERE kind = 'event'" if events_only else ""
-        began = time.monotonic()
-        while True:
-            try:
-                return int(await self.pool.fetchval(f"SELECT count(*) FROM journal{where}") or 0)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                if time.monotonic() - began > 30:
-                    raise
-                await asyncio.sleep(0.2)
-
-    def _watch(self, before: int, began: float, events_only: bool, into: list[float]) -> None:
-        """In the background: the seconds from ``began`` until the journal holds more than
-        ``before`` entries, read every 0.1 s from whichever host takes writes (60 s at most)."""
+        pool = self.pool
+        kind = " AND kind = 'event'" if events_only else ""
+        query = f"SELECT EXISTS (SELECT 1 FROM journal WHERE recorded_at > to_timestamp($1){kind})"
 
         async def watch() -> None:
             while time.monotonic() - began < 60:
                 with contextlib.suppress(Exception):  # between primaries, or a pool reconnecting
-                    if await self._journal(events_only) > before:
+                    if await pool.fetchval(query, at):
                         into.append(round(time.monotonic() - began, 2))
                         return
                 await asyncio.sleep(0.1)

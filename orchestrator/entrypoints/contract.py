@@ -35,6 +35,7 @@ from orchestrator.core.definitions import DefinitionError, Workflow, builder_for
 from orchestrator.core.messages import Message, body_schema, schema_of, service_of
 from orchestrator.core.routing import Registry
 from orchestrator.entrypoints.settings import Settings
+from orchestrator.settings import broker_nodes
 
 __all__ = ["ASYNCAPI_VERSION", "asyncapi_document"]
 
@@ -80,7 +81,7 @@ def _server(amqp_url: str) -> tuple[dict[str, Any], str]:
     """The broker as a server object, and its virtual host. Only the scheme, host, port and path
     of the URL are read: a user name, a password or a query (certificate paths) never reach the
     document, which is served to anyone allowed to read the API."""
-    parts = urlsplit(amqp_url)
+    parts = urlsplit(broker_nodes(amqp_url)[0])  # a cluster's first node names it
     host = parts.hostname or "localhost"
     if ":" in host:  # an IPv6 address
         host = f"[{host}]"

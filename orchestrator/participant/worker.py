@@ -641,17 +641,22 @@ def broker_user(url: str) -> str | None:
 
 def _unreachable(error: BaseException) -> bool:
     """A database that cannot be reached now (refused, no writable host, starting up or shutting
-    down), as opposed to one that refuses this participant (a password, a privilege, a bug)."""
+    down), as opposed to one that refuses this participant (a password, a privilege, a bug):
+    anywhere in what SQLAlchemy or asyncpg raised (``.orig``, the cause, the context)."""
     import asyncpg
 
-    for link in (error, getattr(error, "orig", None), error.__cause__, error.__context__):
-        if isinstance(
-            link, OSError | asyncpg.TargetServerAttributeNotMatched | asyncpg.CannotConnectNowError
-        ):
+    away = OSError | asyncpg.TargetServerAttributeNotMatched | asyncpg.CannotConnectNowError
+    seen: set[int] = set()
+    pending = [error]
+    while pending and len(seen) < 32:
+        link = pending.pop()
+        if id(link) in seen:
+            continue
+        seen.add(id(link))
+        code = getattr(link, "sqlstate", None)
+        if isinstance(link, away) or (isinstance(code, str) and code[:2] in {"08", "57"}):
             return True
-        if isinstance(link, asyncpg.PostgresError) and (getattr(link, "sqlstate", "") or "")[:2] in {
-            "08",
-            "57",
-        }:
-            return True
+        for nested in (getattr(link, "orig", None), link.__cause__, link.__context__):
+            if isinstance(nested, BaseException):
+                pending.append(nested)
     return False

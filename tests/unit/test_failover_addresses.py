@@ -84,3 +84,45 @@ def test_a_rollback_that_fails_because_the_connection_died_is_the_databases_abse
         rollback_failed = error
     assert classify(rollback_failed) is Fault.UNAVAILABLE
     assert classify(asyncpg.InternalClientError("a bug of ours")) is Fault.OTHER
+
+
+def test_a_host_list_without_a_user_keeps_its_slashes() -> None:
+    from sqlalchemy.engine import make_url
+
+    url = database_url("postgresql+asyncpg://db-1:5432,db-2:5432/orchestrator")
+    assert make_url(url).query["host"] == ("db-1:5432", "db-2:5432")
+    assert make_url(url).database == "orchestrator"
+
+
+def test_no_host_that_takes_writes_is_the_databases_absence() -> None:
+    """Every host answered and none takes writes (a switchover's moment, a primary made
+    read-only beside its standby): the batch waits, it is never split or set aside."""
+    from sqlalchemy.exc import InternalError
+
+    none_writable = asyncpg.TargetServerAttributeNotMatched('None of the hosts match "read-write"')
+    assert classify(none_writable) is Fault.UNAVAILABLE
+    try:
+        raise InternalError("connect", {}, none_writable) from none_writable
+    except InternalError as wrapped:
+        assert classify(wrapped) is Fault.UNAVAILABLE
+
+
+def test_the_kit_waits_for_a_database_between_primaries_at_start() -> None:
+    from sqlalchemy.exc import DBAPIError, InternalError
+
+    from orchestrator.participant.worker import _unreachable
+
+    none_writable = asyncpg.TargetServerAttributeNotMatched('None of the hosts match "read-write"')
+    assert _unreachable(InternalError("connect", {}, none_writable))
+    starting = asyncpg.CannotConnectNowError("the database system is starting up")
+    assert _unreachable(DBAPIError("connect", {}, starting))
+    assert _unreachable(ConnectionRefusedError(111, "refused"))
+    assert not _unreachable(asyncpg.InvalidPasswordError("password authentication failed"))
+
+
+def test_the_contract_names_a_clusters_first_node() -> None:
+    from orchestrator.entrypoints.contract import _server
+
+    server, vhost = _server("amqp://u:secret@rabbit-1:5672,rabbit-2:5672/prod")
+    assert server["host"] == "rabbit-1:5672" and vhost == "prod"
+    assert "secret" not in str(server)

@@ -10,8 +10,9 @@ and TLS options are one for all nodes: they are one cluster.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import asyncio
+from collections.abc import Awaitable, Sequence
+from typing import Any, TypeVar
 
 import aio_pika
 import aiormq
@@ -22,6 +23,8 @@ from yarl import URL
 from orchestrator.settings import broker_nodes
 
 __all__ = ["NodeRing", "connect", "connect_robust"]
+
+T = TypeVar("T")
 
 
 class NodeRing:
@@ -43,7 +46,7 @@ class NodeRing:
         last: BaseException | None = None
         for turn, node in enumerate(self.order()):
             try:
-                connection = await aiormq.connect(node, **kwargs)
+                connection = await _bounded(aiormq.connect(node, **kwargs), len(self.nodes))
             except (OSError, TimeoutError, aiormq.exceptions.AMQPError) as error:
                 last = error
                 if turn + 1 < len(self.nodes):
@@ -60,12 +63,24 @@ async def connect(url: str, **kwargs: Any) -> AbstractConnection:
     nodes = broker_nodes(url)
     for node in nodes[:-1]:
         try:
-            connection: AbstractConnection = await aio_pika.connect(node, **kwargs)
+            connection: AbstractConnection = await _bounded(aio_pika.connect(node, **kwargs), len(nodes))
         except (OSError, TimeoutError, aio_pika.exceptions.AMQPError):
             continue
         return connection
     connection = await aio_pika.connect(nodes[-1], **kwargs)
     return connection
+
+
+#: seconds one node of several may take to answer before the next is tried: a host that is down
+#: without refusing (a machine gone) would otherwise hold the attempt for the kernel's TCP timeout
+NODE_TIMEOUT = 10.0
+
+
+async def _bounded(attempt: Awaitable[T], nodes: int) -> T:
+    """``attempt`` within :data:`NODE_TIMEOUT` when there are other nodes to try; as it is alone."""
+    if nodes <= 1:
+        return await attempt
+    return await asyncio.wait_for(attempt, NODE_TIMEOUT)
 
 
 class _NodeListConnection(aio_pika.RobustConnection):

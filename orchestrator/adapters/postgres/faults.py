@@ -29,10 +29,12 @@ __all__ = ["classify", "from_database", "links", "sqlstate"]
 def classify(error: BaseException) -> Fault:
     """By SQLSTATE (:func:`~orchestrator.adapters.sqlstate.by_sqlstate`), and asyncpg's own
     connection errors, which carry none, as the database being away."""
+    import asyncpg
+
+    if any(isinstance(link, asyncpg.TargetServerAttributeNotMatched) for link in links(error)):
+        return Fault.UNAVAILABLE  # every host answered, none takes writes: between primaries
     fault = by_sqlstate(error)
     if fault is Fault.OTHER and sqlstate(error) is None:
-        import asyncpg
-
         if isinstance(error, asyncpg.InterfaceError):
             return Fault.UNAVAILABLE
         if isinstance(error, asyncpg.InternalClientError) and any(
@@ -70,6 +72,8 @@ def from_database(error: BaseException) -> Fault | None:
 
     found: Fault | None = None
     for link in links(error):
+        if isinstance(link, asyncpg.TargetServerAttributeNotMatched):
+            return Fault.UNAVAILABLE
         if isinstance(link, asyncpg.InternalClientError | asyncpg.InterfaceError | exc.TimeoutError):
             return Fault.UNAVAILABLE
         if isinstance(link, exc.DisconnectionError) or getattr(link, "connection_invalidated", False):

@@ -15,9 +15,11 @@ __all__ = ["ask_again", "handled_commands", "known"]
 #: how many ids one lookup carries
 PAGE = 5000
 
-#: every command a running or compensating saga waits on: its state's, and its branches' (groups,
-#: awaited undos), except those to another saga (same database: restored alike, and a saga's
-#: inbox answers no duplicate)
+#: every command a running or compensating saga waits on: its state's, and its live branches'
+#: (orchestrator/core/branches.py ``live``: a group's branch running or being undone, an awaited
+#: undo not given up on; never a ``late`` record, a child's link or a branch given up on, whose
+#: commands it no longer waits for), except those to another saga (same database: restored
+#: alike, and a saga's inbox answers no duplicate)
 _AWAITED = """
 WITH waiting AS (
     SELECT s.id, s.workflow, c FROM sagas s CROSS JOIN LATERAL jsonb_array_elements(s.awaiting) c
@@ -28,6 +30,10 @@ WITH waiting AS (
     CROSS JOIN LATERAL jsonb_array_elements(CASE WHEN jsonb_typeof(b->'awaiting') = 'array'
                                                  THEN b->'awaiting' ELSE '[]'::jsonb END) c
     WHERE s.status IN ('running', 'compensating')
+      AND NOT b ? 'link'
+      AND CASE WHEN b ? 'group' THEN b->>'phase' IN ('running', 'undoing')
+               ELSE coalesce(b->'given_up', 'false') = 'false' AND coalesce(b->'late', 'false') = 'false'
+          END
 )
 INSERT INTO outbox (message_id, saga_id, workflow, message_type, payload, created_at)
 SELECT c->>'message_id', id, workflow, c->>'type', c->'payload', clock_timestamp()
