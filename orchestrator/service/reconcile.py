@@ -8,9 +8,10 @@ recorded:
 - its saga and the command are both in the restored journal (or its outbox): nothing is lost; if
   the saga still waits on it, the command is asked again with its own id and the participant
   answers from its inbox, doing nothing twice;
-- its saga is known, the command is not: it was decided after the restore point. Command ids
-  depend on the saga and the step, not on the saga's version, so when the saga moves on it decides
-  the same command under the same id, and the participant answers from its inbox again;
+- its saga is known, the command is not: it was decided after the restore point. A command's id
+  depends on its saga and the message that caused it, not on the saga's version, so when the same
+  message moves the saga on again (a reply answered from an inbox) it decides the same command
+  under the same id, and the participant answers from its inbox again;
 - its saga is unknown (neither a saga nor a tombstone): the saga was started after the restore
   point, and the participant acted for it. Nothing here can rebuild it; these are listed for an
   operator to settle (publish the start again, or undo by hand), never guessed at.
