@@ -46,8 +46,8 @@ def results(scenario: Scenario, outcome: Outcome, checks: list[Check], root: Pat
             "duplicates_absorbed": outcome.stats["duplicates_absorbed"],
         },
         "effects": outcome.stats.get("effects"),
-        # CHAOS_HA: seconds from each primary killed, each broker node stopped, to the first
-        # decision committed after it (for a node, on a message consumed through another node)
+        # CHAOS_HA: seconds from each primary killed, each broker node stopped, until the first
+        # decision made after it is committed (for a node, one decided on a message consumed)
         "failover": outcome.stats.get("failover"),
         "settled": outcome.stats["settled"],
         "faults": faults,
