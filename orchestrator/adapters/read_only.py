@@ -10,20 +10,21 @@ needs nothing of the service layer.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-__all__ = ["READ_ONLY", "drop_read_only_sessions", "read_only"]
+__all__ = ["READ_ONLY", "chain", "drop_read_only_sessions", "read_only"]
 
 #: read_only_sql_transaction
 READ_ONLY = "25006"
 
 
-def read_only(error: BaseException) -> bool:
-    """Whether the server refused a write as read-only, wherever the driver's error sits in what
-    SQLAlchemy or asyncpg raised (``.orig``, the cause, the context)."""
+def chain(error: BaseException) -> Iterator[BaseException]:
+    """The error and what it wraps (``.orig``), was caused by or raised while handling, each once:
+    where the driver's error sits in what SQLAlchemy or asyncpg raised."""
     seen: set[int] = set()
     pending = [error]
     while pending and len(seen) < 32:
@@ -31,12 +32,15 @@ def read_only(error: BaseException) -> bool:
         if id(current) in seen:
             continue
         seen.add(id(current))
-        if getattr(current, "sqlstate", None) == READ_ONLY:
-            return True
+        yield current
         for nested in (getattr(current, "orig", None), current.__cause__, current.__context__):
             if isinstance(nested, BaseException):
                 pending.append(nested)
-    return False
+
+
+def read_only(error: BaseException) -> bool:
+    """Whether the server refused a write as read-only, anywhere in the error's :func:`chain`."""
+    return any(getattr(link, "sqlstate", None) == READ_ONLY for link in chain(error))
 
 
 def drop_read_only_sessions(engine: AsyncEngine) -> None:

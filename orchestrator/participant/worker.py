@@ -39,7 +39,7 @@ from orchestrator.adapters import tracing
 from orchestrator.adapters.amqp import nodes
 from orchestrator.adapters.amqp.reconnect_noise import quiet_reconnects
 from orchestrator.adapters.amqp.topology import Topology
-from orchestrator.adapters.read_only import drop_read_only_sessions
+from orchestrator.adapters.read_only import chain, drop_read_only_sessions
 from orchestrator.core.ingress import Refused, clip, printable, text_property, trace_headers, trace_of
 from orchestrator.participant.handlers import Defer, InvalidCommand, Participant
 from orchestrator.participant.inbox import Recorded
@@ -646,17 +646,8 @@ def _unreachable(error: BaseException) -> bool:
     import asyncpg
 
     away = OSError | asyncpg.TargetServerAttributeNotMatched | asyncpg.CannotConnectNowError
-    seen: set[int] = set()
-    pending = [error]
-    while pending and len(seen) < 32:
-        link = pending.pop()
-        if id(link) in seen:
-            continue
-        seen.add(id(link))
+    for link in chain(error):
         code = getattr(link, "sqlstate", None)
         if isinstance(link, away) or (isinstance(code, str) and code[:2] in {"08", "57"}):
             return True
-        for nested in (getattr(link, "orig", None), link.__cause__, link.__context__):
-            if isinstance(nested, BaseException):
-                pending.append(nested)
     return False

@@ -330,6 +330,20 @@ class Bench:
         await self.wait_for_consumer(*(f"{self.namespace}.{service}" for service in started), timeout=60)
         return started
 
+    async def migrate(self, env: dict[str, str] | None = None) -> None:
+        """``orchestrator migrate`` as an operator runs it (``env`` overrides some of the
+        environment); the test fails with its output unless it exits 0."""
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "orchestrator", "migrate"],
+            env={**self.env, **(env or {})},
+            cwd=ROOT,
+            timeout=120,
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+
     def verify(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         """``orchestrator verify``, as an operator runs it; ``env`` overrides some of the environment."""
         return subprocess.run(

@@ -80,16 +80,7 @@ async def drill(archived_postgres: PrivatePostgres, tmp_path: Path) -> AsyncIter
     setup = ElsewhereBench(namespace, archived_postgres.url(f"orchestrator_{uuid.uuid4().hex[:8]}"), tmp_path)
     participants = f"participants_{uuid.uuid4().hex[:8]}"
     setup.participants_url = f"postgresql://postgres@127.0.0.1:5432/{participants}"
-    migrate = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "orchestrator", "migrate"],
-        env=setup.env,
-        cwd=ROOT,
-        timeout=120,
-        capture_output=True,
-        text=True,
-    )
-    assert migrate.returncode == 0, migrate.stdout + migrate.stderr
+    await setup.migrate()
     await setup.connect()
     setup.store = PostgresStore.from_url(database_url(setup.database_url), pool_size=2)
     try:

@@ -16,8 +16,6 @@ are dropped, and the next transaction reaches the host that takes writes.
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -34,7 +32,7 @@ from orchestrator.core.ids import saga_id_for
 from orchestrator.service.faults import Fault
 from orchestrator.settings import database_url
 
-from .conftest import ROOT, Bench, delete_namespace, unique
+from .conftest import Bench, delete_namespace, unique
 from .private_failover import FailoverPostgres
 from .private_postgres import PrivatePostgres
 from .test_partitions import holders
@@ -61,17 +59,7 @@ def ha() -> Iterator[FailoverPostgres]:
 async def ha_bench(ha: FailoverPostgres, tmp_path: Path) -> AsyncIterator[Bench]:
     namespace = f"test-{uuid.uuid4().hex[:8]}"
     setup = Bench(namespace, ha.url(f"orchestrator_{uuid.uuid4().hex[:8]}"), tmp_path)
-    env = {**setup.env, "ORCHESTRATOR_PARTITIONS": str(PARTITIONS)}
-    migrate = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "orchestrator", "migrate"],
-        env=env,
-        cwd=ROOT,
-        timeout=120,
-        capture_output=True,
-        text=True,
-    )
-    assert migrate.returncode == 0, migrate.stdout + migrate.stderr
+    await setup.migrate({"ORCHESTRATOR_PARTITIONS": str(PARTITIONS)})
     await setup.connect()
     setup.store = PostgresStore.from_url(database_url(setup.database_url), pool_size=2)
     try:

@@ -10,8 +10,6 @@ which of their sessions are encrypted."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -26,7 +24,7 @@ from orchestrator.adapters.amqp.topology import queue_state
 from orchestrator.adapters.postgres.store import PostgresStore
 from orchestrator.entrypoints.settings import database_url
 
-from .conftest import API_TOKEN, ROOT, SERVICES, Bench, Process, delete_namespace, unique
+from .conftest import API_TOKEN, SERVICES, Bench, Process, delete_namespace, unique
 from .private_postgres import PrivatePostgres
 from .test_broker_faults import accepted
 
@@ -48,16 +46,7 @@ async def tls_bench(postgres: PrivatePostgres, tmp_path: Path) -> AsyncIterator[
     namespace = f"test-{uuid.uuid4().hex[:8]}"
     url = f"{postgres.url(f'orchestrator_{uuid.uuid4().hex[:8]}')}?sslmode=require"
     setup = Bench(namespace, url, tmp_path)
-    migrate = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "orchestrator", "migrate"],
-        env=setup.env,
-        cwd=ROOT,
-        timeout=120,
-        capture_output=True,
-        text=True,
-    )
-    assert migrate.returncode == 0, migrate.stdout + migrate.stderr
+    await setup.migrate()
     await setup.connect()
     setup.store = PostgresStore.from_url(database_url(url), pool_size=2)
     try:
