@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # pytest-xdist workers for make test and make integration (docs/testing.md)
-PYTEST_WORKERS ?= 2
+PYTEST_WORKERS ?= 3
 
 export ORCHESTRATOR_DATABASE_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/orchestrator
 export ORCHESTRATOR_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
@@ -67,7 +67,7 @@ unit: venv
 integration: venv node-deps browser failover-tools broker-plugins
 	$(BIN)/pytest tests/integration -q -n $(PYTEST_WORKERS) --dist loadgroup
 
-# On two workers (tests that must not run beside each other share an xdist group, tests/conftest.py);
+# On three workers (tests that must not run beside each other share an xdist group, tests/conftest.py);
 # ends with the 20 slowest tests and the time per tier (docs/testing.md), where the suite's time goes.
 test: venv node-deps browser failover-tools broker-plugins lint types
 	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --durations=20

@@ -1,4 +1,4 @@
-"""The suite's scheduling on two pytest-xdist workers (``make test`` runs ``-n 2 --dist loadgroup``,
+"""The suite's scheduling on pytest-xdist workers (``make test`` runs ``-n 3 --dist loadgroup``,
 docs/testing.md).
 
 A test that owns a service of its own (a private RabbitMQ node, a cluster, a PostgreSQL cluster)
@@ -10,6 +10,7 @@ node is booted once rather than once per worker. Every other test goes to whiche
 
 from __future__ import annotations
 
+import resource
 import subprocess
 from collections.abc import Generator
 from typing import Any
@@ -67,6 +68,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 #: processes started by the test running now (setup and teardown included), on this worker
 _started = {"processes": 0}
+#: the CPU seconds this worker and its finished children had used when the test began
+_cpu_at_start = {"seconds": 0.0}
+
+
+def _cpu_seconds() -> float:
+    """This worker's CPU time and its reaped children's: a test's processes, its share of the
+    machine's two cores (the broker's and the database's own work is not in it)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 _execute_child = subprocess.Popen._execute_child  # type: ignore[attr-defined]
 
 
@@ -81,6 +93,7 @@ subprocess.Popen._execute_child = _counting  # type: ignore[attr-defined]
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, None, None]:
     _started["processes"] = 0
+    _cpu_at_start["seconds"] = _cpu_seconds()
     yield
 
 
@@ -91,6 +104,7 @@ def pytest_runtest_makereport(item: pytest.Item) -> Generator[None, Any, None]:
     report = outcome.get_result()
     if report.when == "teardown":
         report.user_properties.append(("processes", _started["processes"]))
+        report.user_properties.append(("cpu", _cpu_seconds() - _cpu_at_start["seconds"]))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -98,12 +112,16 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     and teardown included, summed over the workers; beside ``--durations``, where the time goes."""
     seconds: dict[str, float] = {}
     tests: dict[str, set[str]] = {}
+    cpu: dict[str, float] = {}
     starting, processes = 0, 0
     for reports in terminalreporter.stats.values():
         for report in reports:
             if not isinstance(report, pytest.TestReport):
                 continue
-            started = dict(report.user_properties).get("processes", 0)
+            properties = dict(report.user_properties)
+            started = properties.get("processes", 0)
+            if "cpu" in properties:
+                cpu[report.nodeid] = properties["cpu"]
             starting, processes = starting + (started > 0), processes + started
             parts = report.nodeid.split("/")
             tier = "/".join(parts[:2]) if len(parts) > 2 else parts[0].split("::")[0]
@@ -115,3 +133,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for tier, total in sorted(seconds.items(), key=lambda kv: -kv[1]):
         terminalreporter.write_line(f"{total:8.1f}s  {len(tests[tier]):5d} tests  {tier}")
     terminalreporter.write_line(f"{starting} tests started {processes} processes")
+    terminalreporter.write_sep(
+        "=", f"CPU: {sum(cpu.values()):.0f}s in the tests and their processes; the hungriest"
+    )
+    for nodeid, used in sorted(cpu.items(), key=lambda kv: -kv[1])[:15]:
+        terminalreporter.write_line(f"{used:8.1f}s  {nodeid}")
