@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
 import secrets
+import subprocess
 import sys
 import tempfile
 import time
@@ -22,7 +24,8 @@ from typing import Any
 
 from bench.config import FULL, QUICK, SCENARIOS, Sizes, Stack, floor_from_env, floor_missing
 from bench.infra import Broker, Database
-from bench.processes import has_port_flag, migrate
+from bench.processes import has_port_flag, migrate, spies
+from bench.profile import read as read_profile
 from bench.report import git_commit, load_average, machine, table
 from bench.scenarios import SCENARIOS as RUNNERS
 from bench.scenarios import Context
@@ -68,6 +71,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--logs", type=Path, help="directory for the processes' logs (default: a temporary one)"
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="py-spy samples of every orchestrator into this directory, summed by stage in the JSON"
+        " (bench/profile.py; needs py-spy)",
+    )
     return parser.parse_args(argv)
 
 
@@ -103,14 +112,34 @@ def write(path: Path, results: dict[str, Any]) -> None:
     temporary.replace(path)
 
 
+def profiled(directory: Path, before: set[Path]) -> dict[str, Any]:
+    """The CPU samples of the scenario's orchestrators (the files py-spy wrote since ``before``),
+    by stage; py-spy writes its file when its orchestrator has ended."""
+    for spy in spies:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            spy.wait(30)
+    spies.clear()
+    files = sorted(set(directory.iterdir()) - before)
+    return {"files": [str(f) for f in files], **read_profile(files).as_json()}
+
+
 async def bench(args: argparse.Namespace) -> int:
     names = chosen(args)
     sizes = sizes_of(args)
     log_dir = args.logs or Path(tempfile.mkdtemp(prefix="orchestrator-bench-"))
     log_dir.mkdir(parents=True, exist_ok=True)
     python = sys.executable
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
     stack = Stack.make(
-        ROOT, python, args.database_url, args.amqp_url, log_dir, has_port_flag(python, ROOT), args.floor
+        ROOT,
+        python,
+        args.database_url,
+        args.amqp_url,
+        log_dir,
+        has_port_flag(python, ROOT),
+        args.floor,
+        args.profile,
     )
     no_floor = floor_missing(stack.floor)
     began = time.monotonic()
@@ -140,6 +169,7 @@ async def bench(args: argparse.Namespace) -> int:
             print(f"- {name} ...", flush=True)
             scenario_began = time.monotonic()
             load = load_average()
+            sampled = set(args.profile.iterdir()) if args.profile is not None else set()
             try:
                 results[name] = await RUNNERS[name](ctx)
             except Exception as error:
@@ -148,6 +178,8 @@ async def bench(args: argparse.Namespace) -> int:
                 traceback.print_exc()
             results[name]["duration_s"] = round(time.monotonic() - scenario_began, 1)
             results[name]["load_average"] = {"before": load, "after": load_average()}
+            if args.profile is not None:
+                results[name]["profile"] = profiled(args.profile, sampled)
             results["duration_s"] = round(time.monotonic() - began, 1)
             write(args.out, results)
     finally:

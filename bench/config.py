@@ -86,6 +86,8 @@ class Stack:
     log_dir: Path
     floor: Path | None = None  # the floor script, pipeline.py (BENCH_FLOOR); None: the run has none
     api_port_flag: bool = False  # `orchestrator run` takes --port (the REST API is built in)
+    #: where py-spy's samples of each orchestrator go (``--profile``, bench/profile.py); None: not profiled
+    profile: Path | None = None
 
     @property
     def dsn(self) -> str:
@@ -102,5 +104,6 @@ class Stack:
         log_dir: Path,
         api_port_flag: bool,
         floor: Path | None = None,
+        profile: Path | None = None,
     ) -> Stack:
-        return cls(root, python, database_url, amqp_url, log_dir, floor, api_port_flag)
+        return cls(root, python, database_url, amqp_url, log_dir, floor, api_port_flag, profile)

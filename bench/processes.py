@@ -21,12 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from bench.config import Stack, floor_missing
+from bench.profile import attach
 
-__all__ = ["Orchestrator", "Responder", "has_port_flag", "migrate", "run_floor"]
+__all__ = ["Orchestrator", "Responder", "has_port_flag", "migrate", "run_floor", "spies"]
 
 READY = "orchestrator running"
 WORKFLOWS = "bench.workflows"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+#: the py-spy processes sampling orchestrators (``--profile``): each ends when its orchestrator does
+spies: list[subprocess.Popen[bytes]] = []
 
 
 @functools.cache
@@ -179,6 +182,10 @@ class Orchestrator(_Child):
             argv += ["--accept-changed-releases"]
         offset = len(self.output())
         self.spawn(argv, self.env(), self.stack.root)
+        if self.stack.profile is not None:
+            spy = attach(self.pid, self.stack.profile / f"{self.log.stem}-{self.pid}.txt")
+            if spy is not None:
+                spies.append(spy)
         return offset
 
     async def start(self, timeout: float = 120) -> float:

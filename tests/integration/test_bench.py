@@ -37,6 +37,8 @@ def test_quick_bench_runs_every_scenario(tmp_path: Path) -> None:
                 str(out),
                 "--logs",
                 str(tmp_path),
+                "--profile",
+                str(tmp_path / "profile"),
             ],
             cwd=ROOT,
             env=env,
@@ -61,6 +63,11 @@ def test_quick_bench_runs_every_scenario(tmp_path: Path) -> None:
     assert run.stdout.count(results["floor_note"]) == 2, run.stdout  # at the start and under the table
     assert throughput["floor"] is None and throughput["ratio"] is None
     assert throughput["floor_note"] == results["floor_note"]
+    # py-spy sampled the burst's orchestrator: its CPU, by stage, most of it in named stages
+    profile = throughput["profile"]
+    assert len(profile["files"]) == 1 and profile["samples"] > 0, profile
+    assert sum(v for k, v in profile["stages_pct"].items() if k != "other") > 80, profile
+    assert profile["top_functions_pct"], profile
 
     latency = results["latency"]
     assert latency["orchestrator"]["finished"]

@@ -216,21 +216,29 @@ SELECT (SELECT count(*) FROM journaled)
 
 
 #: A batch's one read: its sagas, locked; which of its message ids the inbox already holds, told
-#: apart by ``seen``; and which of its sagas exist but are locked by another transaction, told
-#: apart by ``busy`` (a plain read waits for no lock). A saga row held elsewhere (an operator's
-#: open transaction, a stuck session) is skipped, not waited for: its messages are set aside and
-#: the rest of the batch goes on, where one locked row used to stop every saga.
+#: apart by ``seen``; which of its sagas exist but are locked by another transaction, told apart
+#: by ``busy`` (a plain read waits for no lock); and the tombstones of those archived, told apart
+#: by ``archived_at`` (the rest of a tombstone in the saga's own columns), which a start needs
+#: and used to cost a round trip of its own. A saga row held elsewhere (an operator's open
+#: transaction, a stuck session) is skipped, not waited for: its messages are set aside and the
+#: rest of the batch goes on, where one locked row used to stop every saga.
 _READ_BATCH = f"""
 WITH locked AS MATERIALIZED (
     SELECT {_SAGA_COLUMNS} FROM sagas WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE SKIP LOCKED
 )
-SELECT *, NULL::text AS seen, NULL::text AS busy FROM locked
+SELECT *, NULL::text AS seen, NULL::text AS busy, NULL::timestamptz AS finished_at,
+       NULL::timestamptz AS archived_at
+FROM locked
 UNION ALL
-SELECT {", ".join(f"NULL::{t}" for t in _SAGA_TYPES)}, message_id, NULL
+SELECT {", ".join(f"NULL::{t}" for t in _SAGA_TYPES)}, message_id, NULL, NULL, NULL
 FROM inbox WHERE message_id = ANY($2::text[])
 UNION ALL
-SELECT {", ".join(f"NULL::{t}" for t in _SAGA_TYPES)}, NULL, id
+SELECT {", ".join(f"NULL::{t}" for t in _SAGA_TYPES)}, NULL, id, NULL, NULL
 FROM sagas WHERE id = ANY($1::text[]) AND id NOT IN (SELECT id FROM locked)
+UNION ALL
+SELECT saga_id, workflow, key, state, status, version, NULL, NULL, NULL, created_at, NULL, NULL, NULL,
+       NULL, release, NULL, NULL, NULL, finished_at, archived_at
+FROM tombstones WHERE saga_id = ANY($1::text[])
 """
 
 
@@ -256,6 +264,17 @@ _TOMBSTONES = (
     "SELECT saga_id, workflow, key, release, state, status, version, created_at, finished_at, archived_at"
     " FROM tombstones WHERE saga_id = ANY($1::text[])"
 )
+
+
+def _tombstone(row: Mapping[str, Any]) -> Tombstone:
+    """A tombstone from the batch read's row, which carries it in the saga's own columns."""
+    kept = ("workflow", "key", "release", "state", "status", "version", "created_at")
+    return Tombstone(
+        saga_id=row["id"],
+        finished_at=row["finished_at"],
+        archived_at=row["archived_at"],
+        **{name: row[name] for name in kept},
+    )
 
 
 def _save_arguments(changes: Changes, now: datetime, holder: int | None = None) -> list[Any]:
@@ -346,6 +365,10 @@ class _PostgresTransaction:
         self.holder = holder
         self.namespace = namespace
         self.busy: set[str] = set()
+        #: the tombstones among the ids :meth:`read_batch` read (its read takes them along), and
+        #: those ids: :meth:`tombstones` answers for them without a round trip
+        self._tombstones: dict[str, Tombstone] = {}
+        self._read: set[str] = set()
 
     async def lock_sagas(self, saga_ids: Iterable[str]) -> dict[str, SagaSnapshot]:
         ids = sorted(set(saga_ids))  # a stable lock order: two replicas never deadlock on a batch
@@ -365,11 +388,14 @@ class _PostgresTransaction:
         rows = await self.connection.fetch(_READ_BATCH, ids, messages)
         current: dict[str, SagaSnapshot] = {}
         seen: set[str] = set()
+        self._read.update(ids)
         for row in rows:
             if row["seen"] is not None:
                 seen.add(row["seen"])
             elif row["busy"] is not None:
                 self.busy.add(row["busy"])
+            elif row["archived_at"] is not None:
+                self._tombstones[row["id"]] = _tombstone(row)
             else:
                 current[row["id"]] = saga_of(row)
         return current, seen
@@ -378,6 +404,8 @@ class _PostgresTransaction:
         ids = sorted(set(saga_ids))
         if not ids:
             return {}
+        if self._read.issuperset(ids):  # read along with the batch's sagas: no round trip
+            return {i: self._tombstones[i] for i in ids if i in self._tombstones}
         rows = await self.connection.fetch(_TOMBSTONES, ids)
         return {row["saga_id"]: Tombstone(**dict(row)) for row in rows}
 

@@ -1,0 +1,106 @@
+"""The database round trips of the hot path, counted: a batch of any size costs the same few, and
+a change that adds one fails here (issue 30: the step's cost had doubled, a statement at a time).
+
+Every statement the store sends is counted on its one pooled connection (asyncpg's query logger
+sees the transaction's BEGIN and COMMIT too), on the real PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import asyncpg
+import orjson
+import pytest
+
+from orchestrator.adapters.postgres.store import PostgresStore
+from orchestrator.core.messages import dump
+from orchestrator.core.routing import Registry
+from orchestrator.examples import WORKFLOWS
+from orchestrator.examples.contracts import Line, OrderPlaced, StockReserved
+from orchestrator.service.batch import Envelope, Verdict, process_batch
+from tests import replies as answers
+
+pytestmark = pytest.mark.integration
+
+REGISTRY = Registry(WORKFLOWS)
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+#: BEGIN, the one read (sagas locked, inbox, busy rows, tombstones), the one save, COMMIT
+BATCH_ROUND_TRIPS = 4
+
+
+class Counted:
+    """The statements sent on the store's only connection, by their first words."""
+
+    def __init__(self) -> None:
+        self.statements: list[str] = []
+
+    def __call__(self, record: asyncpg.connection.LoggedQuery) -> None:
+        self.statements.append(" ".join(record.query.split())[:60])
+
+    def take(self) -> list[str]:
+        taken, self.statements = self.statements, []
+        return taken
+
+
+async def counting_store(url: str) -> tuple[PostgresStore, Counted]:
+    store = PostgresStore.from_url(url, pool_size=1)
+    counted = Counted()
+    pool = await store.pool()
+    async with pool.acquire() as connection:
+        connection.add_query_logger(counted)
+    return store, counted
+
+
+def _starts(count: int) -> list[Envelope]:
+    envelopes = []
+    for _ in range(count):
+        key = f"o-{uuid.uuid4().hex[:12]}"
+        placed = OrderPlaced(key, "c-1", [Line("sku-1", 1)], 1000)
+        envelopes.append(Envelope(orjson.dumps(dump(placed)), placed.TYPE, f"placed-{key}"))
+    return envelopes
+
+
+@pytest.mark.parametrize("size", [1, 64])
+async def test_a_batch_of_starts_then_one_of_replies_costs_four_round_trips_each(
+    database_url: str, size: int
+) -> None:
+    store, counted = await counting_store(database_url)
+    try:
+        await process_batch(REGISTRY, store, _starts(1), NOW)  # asyncpg learns the statements' types
+        counted.take()
+        started = await process_batch(REGISTRY, store, _starts(size), NOW)
+        assert started.verdicts == [Verdict.ACCEPTED] * size
+        statements = counted.take()
+        assert len(statements) == BATCH_ROUND_TRIPS, statements
+        assert statements[0] == "BEGIN;" and statements[-1] == "COMMIT;", statements
+
+        sagas = [d.saga for d in started.decisions]
+        replies = [await answers.answer(store, StockReserved(s.key, "r-1"), s.id) for s in sagas]
+        counted.take()  # the test's own reads, above
+        answered = await process_batch(REGISTRY, store, replies, NOW)
+        assert answered.verdicts == [Verdict.ACCEPTED] * size
+        assert len(counted.take()) == BATCH_ROUND_TRIPS
+
+        again = await process_batch(REGISTRY, store, replies, NOW)  # redelivered: all duplicates
+        assert again.verdicts == [Verdict.DUPLICATE] * size
+        assert len(counted.take()) == BATCH_ROUND_TRIPS
+    finally:
+        await store.close()
+
+
+async def test_confirmed_commands_leave_the_outbox_in_one_round_trip(database_url: str) -> None:
+    store, counted = await counting_store(database_url)
+    try:
+        started = await process_batch(REGISTRY, store, _starts(32), NOW)
+        counted.take()
+        await store.mark_sent([c.message_id for c in started.commands])
+        assert len(counted.take()) == 1
+        pool = await store.pool()
+        left = await pool.fetchval(
+            "SELECT count(*) FROM outbox WHERE message_id = ANY($1::text[])",
+            [c.message_id for c in started.commands],
+        )
+        assert left == 0
+    finally:
+        await store.close()
