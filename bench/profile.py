@@ -106,9 +106,10 @@ def _short(frame: str) -> str:
     return f"{match['function']} ({path})"
 
 
-def attach(pid: int, out: Path, rate: int = 250) -> subprocess.Popen[bytes] | None:
+def attach(pid: int, out: Path, rate: int = 100) -> subprocess.Popen[bytes] | None:
     """``py-spy record`` on ``pid`` until it exits, into ``out``; None where py-spy is not
-    installed (``pip install py-spy``)."""
+    installed (``pip install py-spy``). ``rate``: samples per second, py-spy's default; the
+    sampler's own CPU is taken from the same two cores as the run's."""
     beside = Path(sys.executable).parent / "py-spy"  # the virtualenv's, where it is not on PATH
     spy = str(beside) if beside.exists() else shutil.which("py-spy")
     if spy is None:
