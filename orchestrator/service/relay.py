@@ -144,12 +144,27 @@ class Relay:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    async def _published(self, batch: list[OutgoingCommand]) -> list[BaseException | None]:
+        """Each command's publish, all at once: None where the broker confirmed it, else why not
+        (TimeoutError where it did not within ``publish_timeout``). One task per command and one
+        timeout for the batch: a ``wait_for`` per command was a second task per command sent."""
+        tasks = [asyncio.ensure_future(self.publish(c)) for c in batch]
+        try:
+            await asyncio.wait(tasks, timeout=self.publish_timeout)
+        finally:
+            late = [t for t in tasks if not t.done()]
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late)
+        return [
+            TimeoutError(f"not confirmed within {self.publish_timeout}s") if t.cancelled() else t.exception()
+            for t in tasks
+        ]
+
     async def _send(self, batch: list[OutgoingCommand]) -> None:
         try:
-            results = await asyncio.gather(
-                *(asyncio.wait_for(self.publish(c), self.publish_timeout) for c in batch),
-                return_exceptions=True,
-            )
+            results = await self._published(batch)
             confirmed = [c.message_id for c, r in zip(batch, results, strict=True) if r is None]
             unroutable: list[tuple[OutgoingCommand, BaseException]] = []
             for command, outcome in zip(batch, results, strict=True):
