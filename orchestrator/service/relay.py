@@ -155,10 +155,12 @@ class Relay:
             late = [t for t in tasks if not t.done()]
             for task in late:
                 task.cancel()
-            if late:
-                await asyncio.wait(late)
+            if late:  # a publish ends at its cancel; a second bounds one that would not
+                await asyncio.wait(late, timeout=1.0)
         return [
-            TimeoutError(f"not confirmed within {self.publish_timeout}s") if t.cancelled() else t.exception()
+            TimeoutError(f"not confirmed within {self.publish_timeout}s")
+            if not t.done() or t.cancelled()
+            else t.exception()
             for t in tasks
         ]
 

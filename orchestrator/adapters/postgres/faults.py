@@ -18,12 +18,11 @@ the whole chain is looked at.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
+from orchestrator.adapters.read_only import chain
 from orchestrator.adapters.sqlstate import by_sqlstate, sqlstate
 from orchestrator.service.faults import Fault
 
-__all__ = ["classify", "from_database", "links", "sqlstate"]
+__all__ = ["classify", "from_database", "sqlstate"]
 
 
 def classify(error: BaseException) -> Fault:
@@ -31,7 +30,7 @@ def classify(error: BaseException) -> Fault:
     connection errors, which carry none, as the database being away."""
     import asyncpg
 
-    if any(isinstance(link, asyncpg.TargetServerAttributeNotMatched) for link in links(error)):
+    if any(isinstance(link, asyncpg.TargetServerAttributeNotMatched) for link in chain(error)):
         return Fault.UNAVAILABLE  # every host answered, none takes writes: between primaries
     fault = by_sqlstate(error)
     if fault is Fault.OTHER and sqlstate(error) is None:
@@ -39,26 +38,11 @@ def classify(error: BaseException) -> Fault:
             return Fault.UNAVAILABLE
         if isinstance(error, asyncpg.InternalClientError) and any(
             isinstance(link, asyncpg.InterfaceError | OSError) or by_sqlstate(link) is Fault.UNAVAILABLE
-            for link in links(error)
+            for link in chain(error)
             if link is not error
         ):  # the rollback after a connection died mid-transaction: about the connection, not the batch
             return Fault.UNAVAILABLE
     return fault
-
-
-def links(error: BaseException) -> Iterator[BaseException]:
-    """The error, what it wraps (``.orig``), and what caused it or was being handled, each once."""
-    seen: set[int] = set()
-    pending = [error]
-    while pending and len(seen) < 32:
-        current = pending.pop(0)
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        for nested in (getattr(current, "orig", None), current.__cause__, current.__context__):
-            if isinstance(nested, BaseException):
-                pending.append(nested)
 
 
 def from_database(error: BaseException) -> Fault | None:
@@ -71,7 +55,7 @@ def from_database(error: BaseException) -> Fault | None:
     from sqlalchemy import exc
 
     found: Fault | None = None
-    for link in links(error):
+    for link in chain(error):
         if isinstance(link, asyncpg.TargetServerAttributeNotMatched):
             return Fault.UNAVAILABLE
         if isinstance(link, asyncpg.InternalClientError | asyncpg.InterfaceError | exc.TimeoutError):
