@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["STAGES", "Profile", "attach", "read", "stage_of"]
+__all__ = ["IMPORTS", "OTHER", "STAGES", "Profile", "attach", "read", "stage_of"]
 
 #: (stage, what a frame's file or function contains), tried frame by frame from the innermost:
 #: the first match names the sample's stage
@@ -44,12 +44,17 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("deadlines (alarm, sweep)", ("service/deadlines.py", "apscheduler/", "adapters/scheduler.py")),
     ("event loop", ("asyncio/", "uvloop/")),
 )
+#: a sample with an import anywhere on its stack is start-up, whatever the import runs
+IMPORTS = "start-up (imports)"
+_IMPORT_MARKS = ("<frozen importlib._bootstrap", "importlib/__init__.py")
 OTHER = "other"
 _LINE = re.compile(r"^(?P<stack>.*) (?P<count>\d+)$")
 
 
 def stage_of(frames: list[str]) -> str:
     """The stage of one sample, its frames listed outermost first (as py-spy writes them)."""
+    if any(mark in frame for frame in frames for mark in _IMPORT_MARKS):
+        return IMPORTS
     for frame in reversed(frames):
         for stage, marks in STAGES:
             if any(mark in frame for mark in marks):

@@ -248,6 +248,18 @@ class PrivateBroker:
         self._signal_group(signal.SIGSTOP)
         self.paused = True
 
+    def wait_frozen(self, timeout: float = 5.0) -> None:
+        """Until every process of the node is stopped (state T): SIGSTOP is asynchronous."""
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            states = _group_states(self.process.pid)
+            if states and all(state == "T" for state in states.values()):
+                return
+            if time.monotonic() > deadline:
+                raise self._error(f"is not frozen after SIGSTOP: {states}")
+            time.sleep(0.02)
+
     def resume(self) -> None:
         self._signal_group(signal.SIGCONT)
         self.paused = False
@@ -354,3 +366,18 @@ class PrivateBroker:
             f"private RabbitMQ node {self.node} (AMQP port {self.port}, distribution port "
             f"{self.dist_port}, files in {self.directory}) {what}\n{self.log_tail()}"
         )
+
+
+def _group_states(pgid: int) -> dict[int, str]:
+    """The state letter of each process in process group ``pgid``, from /proc."""
+    states = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # after the name: state, ppid, pgrp
+            states[int(entry.name)] = fields[0]
+    return states

@@ -229,9 +229,13 @@ async def test_sigterm_with_the_broker_frozen_exits_within_the_bound(
 
 
 async def test_a_second_sigterm_exits_at_once(shipping: Shipping, private_broker: PrivateBroker) -> None:
+    """The first shutdown waits on a frozen broker. Once it has ended, the interpreter is
+    finalizing and the default action of SIGTERM is back: a test that signals then proves
+    nothing, so the broker is checked frozen before the first signal."""
     grace = 60.0  # long enough that only the second signal can explain a quick exit
     await shipping.start("--shutdown-grace", str(grace))
     private_broker.pause()  # so that the first shutdown waits on the broker
+    await asyncio.to_thread(private_broker.wait_frozen)
 
     shipping.signal()
     await shipping.wait_for_log("stopping:")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.profile import OTHER, read, stage_of
+from bench.profile import IMPORTS, OTHER, read, stage_of
 
 # as py-spy writes frames: paths from the package's root
 SAVE = "save (orchestrator/adapters/postgres/store.py:451)"
@@ -23,6 +23,13 @@ def test_a_sample_belongs_to_the_innermost_frame_a_stage_names() -> None:
     assert stage_of([RUN]) == "event loop"
     assert stage_of([RUN, BATCH, LOG]) == "logging"
     assert stage_of(["<module> (<string>:1)"]) == OTHER
+
+
+def test_a_sample_inside_an_import_is_start_up_whatever_module_it_runs() -> None:
+    load = "exec_module (<frozen importlib._bootstrap_external>:940)"
+    assert stage_of([RUN, load, "<module> (asyncpg/connection.py:1)"]) == IMPORTS
+    main, import_module = "<module> (orchestrator/__main__.py:1)", "import_module (importlib/__init__.py:126)"
+    assert stage_of([main, import_module]) == IMPORTS
 
 
 def test_raw_files_are_summed_with_their_thread_and_process_frames_dropped(tmp_path: Path) -> None:
