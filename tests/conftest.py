@@ -113,6 +113,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     seconds: dict[str, float] = {}
     tests: dict[str, set[str]] = {}
     cpu: dict[str, float] = {}
+    #: the seconds of each xdist group: one worker runs a group, one test after another, so the
+    #: largest is a floor under the suite's time
+    groups: dict[str, float] = {}
     starting, processes = 0, 0
     for reports in terminalreporter.stats.values():
         for report in reports:
@@ -127,12 +130,17 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             tier = "/".join(parts[:2]) if len(parts) > 2 else parts[0].split("::")[0]
             seconds[tier] = seconds.get(tier, 0.0) + report.duration
             tests.setdefault(tier, set()).add(report.nodeid)
+            if "@" in report.nodeid and not report.nodeid.endswith("]"):  # xdist adds "@group"
+                group = report.nodeid.rsplit("@", 1)[1]
+                groups[group] = groups.get(group, 0.0) + report.duration
     if not seconds:
         return
     terminalreporter.write_sep("=", "time per tier (test seconds, all workers)")
     for tier, total in sorted(seconds.items(), key=lambda kv: -kv[1]):
         terminalreporter.write_line(f"{total:8.1f}s  {len(tests[tier]):5d} tests  {tier}")
     terminalreporter.write_line(f"{starting} tests started {processes} processes")
+    largest = sorted(groups.items(), key=lambda kv: -kv[1])[:4]
+    terminalreporter.write_line("largest groups: " + ", ".join(f"{g} {s:.0f}s" for g, s in largest))
     terminalreporter.write_sep(
         "=", f"CPU: {sum(cpu.values()):.0f}s in the tests and their processes; the hungriest"
     )

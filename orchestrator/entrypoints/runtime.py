@@ -16,6 +16,7 @@ import os
 import signal
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from orchestrator.adapters import tracing
 from orchestrator.adapters.amqp.broker import Broker, Delivery, services_of
@@ -23,7 +24,6 @@ from orchestrator.adapters.metrics import Metrics
 from orchestrator.adapters.postgres.retention import Pruner
 from orchestrator.adapters.tracing import OtelTracer
 from orchestrator.core.routing import Registry
-from orchestrator.entrypoints.server import ApiServer
 from orchestrator.entrypoints.settings import Settings
 from orchestrator.service.bus import MessageBus
 from orchestrator.service.clock import DatabaseClock
@@ -35,6 +35,9 @@ from orchestrator.service.relay import Relay
 from orchestrator.service.releases import ReleaseBook
 from orchestrator.service.store import Store
 from orchestrator.supervision import Restart, Supervisor, TaskFactory, bounded, parse_injection
+
+if TYPE_CHECKING:  # FastAPI is for `orchestrator run`, not every command that wires a part
+    from orchestrator.entrypoints.server import ApiServer
 
 __all__ = ["Orchestrator", "Parts"]
 
