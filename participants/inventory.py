@@ -60,21 +60,23 @@ def build(options: Options) -> Participant:
                 return OutOfStock(command.order_id, sku)
         if injected_failure(SERVICE, command.order_id, options.fail_rate):
             return OutOfStock(command.order_id, command.lines[0].sku if command.lines else "")
-        # In SKU order, so that two orders locking the same SKUs never wait for each other in a circle.
-        for sku in sorted(wanted):
-            await db.execute(
-                text("INSERT INTO inventory.stock (sku, on_hand) VALUES (:sku, :n) ON CONFLICT DO NOTHING"),
-                {"sku": sku, "n": INITIAL_STOCK},
-            )
-            on_hand = (
-                await db.execute(
-                    text("SELECT on_hand FROM inventory.stock WHERE sku = :sku FOR UPDATE"), {"sku": sku}
-                )
-            ).scalar_one()
-            if on_hand < wanted[sku]:
+        skus = sorted(wanted)
+        # One statement for every SKU: created on first sight, locked in SKU order (so that two
+        # orders locking the same SKUs never wait for each other in a circle), read as locked (a
+        # row another order created meanwhile included, which a snapshot would miss).
+        locked = await db.execute(
+            text(
+                "INSERT INTO inventory.stock AS s (sku, on_hand)"
+                " SELECT sku, :n FROM unnest(CAST(:skus AS text[])) WITH ORDINALITY AS w(sku, i) ORDER BY i"
+                " ON CONFLICT (sku) DO UPDATE SET on_hand = s.on_hand RETURNING sku, on_hand"
+            ),
+            {"skus": skus, "n": INITIAL_STOCK},
+        )
+        on_hand: dict[str, int] = {sku: n for sku, n in locked.all()}
+        for sku in skus:
+            if on_hand[sku] < wanted[sku]:
                 return OutOfStock(command.order_id, sku)  # nothing written yet for any SKU
-        for sku in sorted(wanted):
-            await _move(context, command.order_id, sku, -wanted[sku], "reserve")
+        await _move(context, command.order_id, {sku: -wanted[sku] for sku in skus}, "reserve")
         return StockReserved(command.order_id, derived_id("reservation", command.order_id))
 
     @inventory.handles(ReleaseStock)
@@ -89,28 +91,36 @@ def build(options: Options) -> Participant:
         )
         held = await db.execute(
             text(
-                "SELECT sku, -sum(delta) AS units FROM inventory.stock_moves"
-                " WHERE order_id = :order GROUP BY sku ORDER BY sku"
+                "SELECT h.sku, h.units FROM (SELECT sku, -sum(delta) AS units FROM inventory.stock_moves"
+                " WHERE order_id = :order GROUP BY sku) AS h JOIN inventory.stock AS s USING (sku)"
+                " WHERE h.units > 0 ORDER BY h.sku FOR UPDATE OF s"
             ),
             {"order": command.order_id},
         )
-        for sku, units in held.all():
-            if units > 0:
-                await _move(context, command.order_id, sku, int(units), "release")
+        units = {sku: int(n) for sku, n in held.all()}
+        if units:
+            await _move(context, command.order_id, units, "release")
         return StockReleased(command.order_id)
 
     return inventory
 
 
-async def _move(context: Context, order_id: str, sku: str, delta: int, kind: str) -> None:
-    await context.connection.execute(
-        text("UPDATE inventory.stock SET on_hand = on_hand + :delta WHERE sku = :sku"),
-        {"delta": delta, "sku": sku},
-    )
+async def _move(context: Context, order_id: str, deltas: dict[str, int], kind: str) -> None:
+    """Every SKU's change of stock and its line in the ledger, in one statement (the rows are
+    locked already)."""
     await context.connection.execute(
         text(
-            "INSERT INTO inventory.stock_moves (order_id, sku, delta, kind, message_id)"
-            " VALUES (:order, :sku, :delta, :kind, :message)"
+            "WITH m AS (SELECT * FROM unnest(CAST(:skus AS text[]), CAST(:deltas AS bigint[]))"
+            " AS m(sku, delta)), moved AS (UPDATE inventory.stock AS s SET on_hand = s.on_hand + m.delta"
+            " FROM m WHERE s.sku = m.sku)"
+            " INSERT INTO inventory.stock_moves (order_id, sku, delta, kind, message_id)"
+            " SELECT :order, sku, delta, :kind, :message FROM m"
         ),
-        {"order": order_id, "sku": sku, "delta": delta, "kind": kind, "message": context.message_id},
+        {
+            "skus": list(deltas),
+            "deltas": list(deltas.values()),
+            "order": order_id,
+            "kind": kind,
+            "message": context.message_id,
+        },
     )

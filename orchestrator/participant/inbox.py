@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import text
+from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-__all__ = ["Inbox", "Recorded", "Reused", "command_digest"]
+__all__ = ["Claim", "Inbox", "Recorded", "Reused", "command_digest"]
 
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 MAX_ERROR = 2000
@@ -36,6 +36,16 @@ class Recorded:
     reply_message_id: str
     #: what the command was (:func:`command_digest`); empty for a record written before it was kept
     command_digest: str = ""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What :meth:`Inbox.claim` found: the reply recorded before (the command is done), or the
+    lock taken and the tries that failed before this one."""
+
+    recorded: Recorded | None
+    failed: int
+    dead: bool
 
 
 class Reused(Exception):
@@ -120,9 +130,10 @@ class Inbox:
                 )
             )
 
-    async def claim(self, connection: AsyncConnection, message_id: str, digest: str = "") -> Recorded | None:
-        """The reply recorded for ``message_id``, or None after taking a lock on it;
-        :class:`Reused` when it was recorded for a command other than ``digest`` says.
+    async def claim(self, connection: AsyncConnection, message_id: str, digest: str = "") -> Claim:
+        """Take a lock on ``message_id`` and read its failed tries, in one round trip; or the
+        reply recorded for it. :class:`Reused` when it was recorded for a command other than
+        ``digest`` says.
 
         The lock is the row lock of a provisional claim: a second delivery of the same command
         running at the same time waits here until the first commits (and then finds its reply)
@@ -130,35 +141,51 @@ class Inbox:
         # Twice at most: a record found on conflict but gone before it was read was pruned in
         # between (its commit is long past), so the second insert meets no conflict.
         for _ in range(2):
-            inserted = await connection.execute(
-                text(
-                    f"""INSERT INTO {self._inbox}
-                        (message_id, command_type, saga_id, reply_type, reply_body, reply_message_id)
-                        VALUES (:id, '', '', '', '', '') ON CONFLICT (message_id) DO NOTHING
-                        RETURNING 1"""
-                ),
-                {"id": message_id},
-            )
-            if inserted.first() is not None:
-                return None
             row = (
                 await connection.execute(
                     text(
-                        f"SELECT reply_type, reply_body, reply_message_id, command_digest, command_type,"
-                        f" saga_id FROM {self._inbox} WHERE message_id = :id"
+                        f"""WITH claimed AS (
+                            INSERT INTO {self._inbox}
+                            (message_id, command_type, saga_id, reply_type, reply_body, reply_message_id)
+                            VALUES (:id, '', '', '', '', '') ON CONFLICT (message_id) DO NOTHING
+                            RETURNING 1)
+                        SELECT EXISTS (SELECT FROM claimed) AS claimed, a.attempts,
+                            a.dead_lettered_at IS NOT NULL AS dead, i.message_id AS known,
+                            i.reply_type, i.reply_body, i.reply_message_id, i.command_digest,
+                            i.command_type, i.saga_id
+                        FROM (VALUES (1)) AS one
+                        LEFT JOIN {self._attempts} a ON a.message_id = :id
+                        LEFT JOIN {self._inbox} i ON i.message_id = :id"""
                     ),
                     {"id": message_id},
                 )
-            ).first()
-            if row is not None:
-                if digest and row.command_digest and row.command_digest != digest:
-                    raise Reused(
-                        f"message id {message_id} was taken before for another command ({row.command_type}"
-                        f" of saga {row.saga_id}, or another body): its reply is not this command's"
+            ).one()
+            if row.claimed:
+                return Claim(None, int(row.attempts or 0), bool(row.dead))
+            found: Row[Any] | None = row
+            if row.known is None:
+                # The conflict waited for a transaction that committed the record after this
+                # statement's snapshot was taken: read it as of now.
+                found = (
+                    await connection.execute(
+                        text(
+                            f"SELECT reply_type, reply_body, reply_message_id, command_digest, command_type,"
+                            f" saga_id FROM {self._inbox} WHERE message_id = :id"
+                        ),
+                        {"id": message_id},
                     )
-                return Recorded(
-                    row.reply_type, bytes(row.reply_body), row.reply_message_id, row.command_digest
+                ).first()
+            if found is not None:
+                if digest and found.command_digest and found.command_digest != digest:
+                    raise Reused(
+                        f"message id {message_id} was taken before for another command"
+                        f" ({found.command_type} of saga {found.saga_id}, or another body): its reply is"
+                        " not this command's"
+                    )
+                recorded = Recorded(
+                    found.reply_type, bytes(found.reply_body), found.reply_message_id, found.command_digest
                 )
+                return Claim(recorded, 0, False)
         raise RuntimeError(f"the inbox record of {message_id} keeps vanishing between insert and read")
 
     async def record(
@@ -190,18 +217,6 @@ class Inbox:
                 "reply_message_id": reply_message_id,
             },
         )
-
-    async def attempts(self, connection: AsyncConnection, message_id: str) -> tuple[int, bool]:
-        """How many tries of ``message_id`` failed before, and whether it was dead-lettered."""
-        row = (
-            await connection.execute(
-                text(f"SELECT attempts, dead_lettered_at FROM {self._attempts} WHERE message_id = :id"),
-                {"id": message_id},
-            )
-        ).first()
-        if row is None:
-            return 0, False
-        return int(row.attempts), row.dead_lettered_at is not None
 
     async def count_failure(self, message_id: str, command_type: str, error: str, *, limit: int) -> int:
         """Count one more failed try, durably; marks it dead-lettered when it reaches ``limit``.

@@ -107,10 +107,10 @@ class CommandProcessor:
         digest = command_digest(command_type, saga_id, body)
         try:
             async with self.engine.begin() as connection:
-                known = await self.inbox.claim(connection, message_id, digest)
-                if known is not None:
-                    return Outcome(known, repeat=True)
-                failed, dead = await self.inbox.attempts(connection, message_id)
+                claim = await self.inbox.claim(connection, message_id, digest)
+                if claim.recorded is not None:
+                    return Outcome(claim.recorded, repeat=True)
+                failed, dead = claim.failed, claim.dead
                 if dead and not redelivered:
                     raise _Revive()
                 if dead or failed >= self.max_attempts:

@@ -49,7 +49,7 @@ from orchestrator.settings import mask_url
 
 V = TypeVar("V")
 
-__all__ = ["EXIT_BROKER", "EXIT_DATABASE", "EXIT_HUNG", "Worker", "run"]
+__all__ = ["EXIT_BROKER", "EXIT_DATABASE", "EXIT_HUNG", "Worker", "kit_engine", "run"]
 
 EXIT_BROKER = 2
 """Exit code when the broker cannot be reached or refuses the topology at start."""
@@ -100,6 +100,16 @@ def run(participant: Participant, settings: Settings | None = None) -> int:
     return code
 
 
+def kit_engine(url: str, connections: int) -> AsyncEngine:
+    """The kit's pool: ``connections`` at most, none pinged before use. A ping is a round trip
+    per command; a connection found dead instead fails its command as an outage (sent back to
+    the queue, no try counted) and SQLAlchemy replaces every connection of the pool opened before
+    it. A demoted primary's sessions are replaced, not retried."""
+    engine = create_async_engine(url, pool_size=connections, max_overflow=0, pool_pre_ping=False)
+    drop_read_only_sessions(engine)
+    return engine
+
+
 class Worker:
     """Consumes ``{ns}.{service}`` and answers every command on ``{ns}.events``."""
 
@@ -145,13 +155,7 @@ class Worker:
     async def _open_database(self) -> bool:
         url = mask_url(self.settings.database_url)
         # One connection per command in flight, and one for counting a failed try meanwhile.
-        self._engine = create_async_engine(
-            self.settings.engine_url,
-            pool_size=self.settings.concurrency + 1,
-            max_overflow=0,
-            pool_pre_ping=True,
-        )
-        drop_read_only_sessions(self._engine)  # a demoted primary's sessions: replaced, not retried
+        self._engine = kit_engine(self.settings.engine_url, self.settings.concurrency + 1)
         self._processor = CommandProcessor(
             self.participant,
             self._engine,

@@ -154,7 +154,9 @@ async def test_a_restore_to_a_point_in_time_loses_no_effect_and_lists_what_it_ca
     database = bench.database_url.rsplit("/", 1)[1]
     dsn = f"postgresql://postgres@127.0.0.1:{cluster.port}/{database}"
     orchestrator = await bench.start_orchestrator()
-    await bench.start_participants("inventory", "payment", "shipping")  # the order saga's
+    # the order saga's; shipping slowed (at most ten orders each 0.3 s) so that the restore point,
+    # taken once twenty of the second lot are done, finds most of the rest in flight on any machine
+    await bench.start_participants("inventory", "payment", "shipping", shipping=("--delay", "0.3"))
 
     first = [order_ids() for _ in range(FIRST)]
     for key in first:

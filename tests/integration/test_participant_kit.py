@@ -14,11 +14,18 @@ import aio_pika
 import orjson
 import pytest
 import pytest_asyncio
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from orchestrator import Command, Event
 from orchestrator.adapters.amqp.broker import wait_for_consumers
+from orchestrator.examples.contracts import (
+    OutOfStock,
+    ReleaseStock,
+    ReserveStock,
+    StockReleased,
+    StockReserved,
+)
 from orchestrator.participant import (
     Context,
     Defer,
@@ -30,6 +37,9 @@ from orchestrator.participant import (
     reply_message_id,
 )
 from orchestrator.participant.processing import CommandProcessor, DeadLetter, TryAgain
+from orchestrator.participant.worker import kit_engine
+from participants import inventory
+from participants.common import Options
 from tests.integration.conftest import AMQP_URL, delete_namespace, empty_database
 
 
@@ -462,3 +472,115 @@ async def test_a_worker_stopped_while_its_database_never_answers_ends_at_once() 
         for writer in accepted:
             writer.close()
         server.close()
+
+
+class Statements:
+    """The statements sent on a pool's one connection, by their first words: SQLAlchemy's own
+    (its prepared statements, which asyncpg's query logger does not see) and the transaction's
+    BEGIN and COMMIT (which asyncpg's query logger does)."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def __call__(self, record: Any) -> None:
+        self.sent.append(" ".join(record.query.split())[:50])
+
+    def executed(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        self.sent.append(" ".join(statement.split())[:50])
+
+    def take(self) -> list[str]:
+        taken, self.sent = self.sent, []
+        return taken
+
+
+async def test_a_command_costs_its_handler_s_statements_and_four_round_trips(database: str) -> None:
+    """BEGIN, the claim (the lock and the failed tries, one statement), the recorded reply,
+    COMMIT: a change that adds a round trip to every command fails here (issue 30)."""
+    engine = kit_engine(database, 1)  # as the worker builds it: no ping before each command
+    try:
+        state = wallet()
+        processor = await processor_for(state, engine)
+        statements = Statements()
+        event.listen(engine.sync_engine, "before_cursor_execute", statements.executed)
+        async with engine.connect() as connection:
+            raw = await connection.get_raw_connection()
+            raw.driver_connection.add_query_logger(statements)  # type: ignore[union-attr]
+        ping = {"saga_id": "saga-1", "command_type": "wallet.Ping", "body": {"n": 1}}
+        await processor.process(message_id="warm-up", **ping)  # asyncpg learns the statements' types
+        statements.take()
+
+        done = await processor.process(message_id="p-1", **ping)
+        sent = statements.take()
+        assert not done.repeat
+        assert len(sent) == 4, sent
+        # (SQLAlchemy's event comes before the BEGIN that its first statement opens)
+        assert sent[0].startswith("WITH claimed AS") and sent[1] == "BEGIN;" and sent[-1] == "COMMIT;", sent
+
+        again = await processor.process(message_id="p-1", **ping)  # a duplicate: found in the claim
+        sent = statements.take()
+        assert again.repeat and again.reply == done.reply
+        assert len(sent) == 3, sent  # BEGIN, the claim (the reply read with it), COMMIT
+
+        await processor.process(**debit("d-1"))  # the handler's two statements on top
+        assert len(statements.take()) == 4 + 2
+    finally:
+        await engine.dispose()
+
+
+async def test_the_example_inventory_reserves_and_releases_any_number_of_skus_in_few_statements(
+    database: str,
+) -> None:
+    """Reserve: one statement creates and locks every SKU in order, one moves them all; release:
+    the order's lock, its held units read and locked, one move (issue 30: four statements per SKU
+    before)."""
+    engine = kit_engine(database, 1)
+    try:
+        processor = CommandProcessor(inventory.build(Options()), engine)
+        await processor.prepare()
+        statements = Statements()
+        event.listen(engine.sync_engine, "before_cursor_execute", statements.executed)
+
+        def reserve(order: str, lines: list[tuple[str, int]]) -> dict[str, Any]:
+            body = {"order_id": order, "lines": [{"sku": sku, "quantity": n} for sku, n in lines]}
+            return {"saga_id": order, "command_type": ReserveStock.TYPE, "body": body}
+
+        await processor.process(message_id="warm-up", **reserve("o-0", [("A", 1)]))
+        statements.take()
+        reserved = await processor.process(
+            message_id="r-1", **reserve("o-1", [("C", 2), ("A", 1), ("B", 3), ("A", 1)])
+        )
+        assert reserved.reply.reply_type == StockReserved.TYPE
+        assert len(statements.take()) == 2 + 2  # the claim and the record; the handler's two
+        too_many = await processor.process(
+            message_id="r-2", **reserve("o-2", [("B", inventory.INITIAL_STOCK)])
+        )
+        assert too_many.reply.reply_type == OutOfStock.TYPE  # 3 of B are held: nothing written
+
+        body = {"order_id": "o-1"}
+        released = await processor.process(
+            message_id="x-1", saga_id="o-1", command_type=ReleaseStock.TYPE, body=body
+        )
+        assert released.reply.reply_type == StockReleased.TYPE
+        assert len(statements.take()) == 2 + 3 + 3  # o-2's one; the release's lock, read and move
+        again = await processor.process(
+            message_id="x-2", saga_id="o-1", command_type=ReleaseStock.TYPE, body=body
+        )
+        assert again.reply.reply_type == StockReleased.TYPE  # a second release finds nothing held
+
+        async with engine.connect() as connection:
+            rows = await connection.execute(text("SELECT sku, on_hand FROM inventory.stock"))
+            stock = {sku: on_hand for sku, on_hand in rows}
+            rows = await connection.execute(
+                text("SELECT sku, delta, kind FROM inventory.stock_moves WHERE order_id = 'o-1'")
+            )
+            moves = sorted((sku, delta, kind) for sku, delta, kind in rows)
+        assert stock == {
+            "A": inventory.INITIAL_STOCK - 1,
+            "B": inventory.INITIAL_STOCK,
+            "C": inventory.INITIAL_STOCK,
+        }
+        reserved_moves = [("A", -2, "reserve"), ("B", -3, "reserve"), ("C", -2, "reserve")]
+        released_moves = [("A", 2, "release"), ("B", 3, "release"), ("C", 2, "release")]
+        assert moves == sorted([*reserved_moves, *released_moves])
+    finally:
+        await engine.dispose()
