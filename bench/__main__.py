@@ -35,10 +35,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATABASE = "postgresql+asyncpg://postgres@127.0.0.1:5432/orchestrator_bench"
 
 
-def _levels(text: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in text.split(",") if part.strip())
-
-
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[1])
     parser.add_argument(
@@ -54,7 +50,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--recovery-sagas", type=int, help="sagas parked when the orchestrator is killed")
     parser.add_argument("--deadline-sagas", type=int, help="deadlines falling due under load")
     parser.add_argument("--outage-seconds", type=float, help="how long the orchestrator is down")
-    parser.add_argument("--memory", type=_levels, help="parked-saga levels for RSS, e.g. 1000,10000,100000")
+    parser.add_argument(
+        "--memory-parked", type=int, help="sagas written parked into the database for the memory scenario"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results.json", help="the JSON file")
     parser.add_argument(
         "--database-url",
@@ -90,7 +88,7 @@ def sizes_of(args: argparse.Namespace) -> Sizes:
         "recovery_sagas": args.recovery_sagas,
         "deadline_sagas": args.deadline_sagas,
         "outage_seconds": args.outage_seconds,
-        "memory_levels": args.memory,
+        "memory_parked": args.memory_parked,
     }
     return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
 

@@ -9,6 +9,12 @@ from pathlib import Path
 __all__ = ["FULL", "QUICK", "SCENARIOS", "Sizes", "Stack", "floor_from_env", "floor_missing"]
 
 SCENARIOS = ("throughput", "latency", "recovery", "deadlines", "memory")
+#: the orchestrator's CPU per step at full batches as docs/benchmark.md records it ("Where a
+#: step's CPU goes"): ``make bench`` prints it beside this run's, so that a change that puts
+#: cost back shows (tests/unit/test_bench_report.py keeps the two in step)
+RECORDED_CPU_MS_PER_STEP = 0.57
+#: issue 30's goal for the same figure
+TARGET_CPU_MS_PER_STEP = 0.30
 
 
 @dataclass(frozen=True)
@@ -21,14 +27,19 @@ class Sizes:
     latency_seconds: float = 30.0
     latency_rate: float | None = None  # None: half the orchestrator's measured maximum
     default_rate: float = 100.0  # when throughput was not run and no rate was given
-    recovery_sagas: int = 10_000
+    recovery_sagas: int = 100_000
+    #: of those, parked through the broker by a running orchestrator; the rest written straight
+    #: into the database first (bench/parking.py)
+    recovery_through_broker: int = 10_000
     deadline_sagas: int = 10_000
     deadline_spread_seconds: float = 60.0
     deadline_seconds: float = 10.0
     outage_sagas: int = 2000
     outage_seconds: float = 30.0
     outage_deadline_seconds: float = 10.0
-    memory_levels: tuple[int, ...] = (1000, 10_000, 100_000)
+    #: sagas written parked straight into the database, then ``memory_replies`` of them answered
+    memory_parked: int = 1_000_000
+    memory_replies: int = 1000
     wait_seconds: float = 600.0  # give up waiting for sagas after this long
 
 
@@ -39,13 +50,15 @@ QUICK = Sizes(
     latency_seconds=2.0,
     default_rate=50.0,
     recovery_sagas=200,
+    recovery_through_broker=100,
     deadline_sagas=200,
     deadline_spread_seconds=2.0,
     deadline_seconds=1.0,
     outage_sagas=200,
     outage_seconds=2.0,
     outage_deadline_seconds=1.0,
-    memory_levels=(1000,),
+    memory_parked=2000,
+    memory_replies=100,
     wait_seconds=60.0,
 )
 

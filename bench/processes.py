@@ -12,6 +12,7 @@ import functools
 import json
 import os
 import re
+import resource
 import secrets
 import signal
 import subprocess
@@ -280,10 +281,12 @@ async def run_floor(
     if rate:
         argv += ["--rate", f"{rate:.1f}"]
     env = {**os.environ, "AMQP_URL": stack.amqp_url, "LIMIT_DSN": stack.dsn}
+    cpu_before = _children_cpu_seconds()
     process = await asyncio.create_subprocess_exec(
         *argv, cwd=stack.root, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
     out, err = await process.communicate()
+    cpu = _children_cpu_seconds() - cpu_before
     lines = out.decode(errors="replace").strip().splitlines()
     if process.returncode != 0 or not lines:
         tail = err.decode(errors="replace").strip().splitlines()[-3:]
@@ -292,4 +295,15 @@ async def run_floor(
         result: dict[str, Any] = json.loads(lines[-1])
     except json.JSONDecodeError:
         return None, f"floor printed no JSON: {lines[-1][:200]}"
+    # The floor is one process, its participants included: its CPU per step is the whole
+    # pipeline's, to set beside the orchestrator's plus its responder's.
+    result["cpu_s"] = round(cpu, 2)
+    result["cpu_ms_per_step"] = round(cpu * 1000 / (sagas * steps), 3) if sagas and steps else None
     return result, " ".join(argv[1:])
+
+
+def _children_cpu_seconds() -> float:
+    """The CPU of this process's children that have ended: the floor's, read around its run (no
+    other child ends meanwhile: the scenarios alternate with it)."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime

@@ -177,7 +177,22 @@ def table(results: dict[str, Any]) -> str:
                 f"{_fmt(_get(t, 'orchestrator', 'steps_per_s'))} ({_fmt(_get(t, 'floor', 'steps_per_s'))})",
                 "",
             ),
-            ("", "ratio to floor", _fmt(ratio), "target >= 0.7"),
+            ("", "ratio to floor", _fmt(ratio), "target >= 0.85"),
+        ]
+        cpu = t.get("cpu_ms_per_step") or {}
+        rows += [
+            (
+                "",
+                "CPU ms/step (recorded)",
+                f"{_fmt(cpu.get('orchestrator'))} ({_fmt(cpu.get('recorded'))})",
+                f"target <= {_fmt(cpu.get('target'))}",
+            ),
+            (
+                "",
+                "CPU ms/step with responder (floor)",
+                f"{_fmt(cpu.get('orchestrator_and_responder'))} ({_fmt(cpu.get('floor'))})",
+                "",
+            ),
         ]
     lat = results.get("latency")
     if lat:
@@ -235,14 +250,16 @@ def table(results: dict[str, Any]) -> str:
         ]
     m = results.get("memory")
     if m:
-        for level, mib in (m.get("rss_mib") or {}).items():
-            rows.append(
-                (
-                    "memory" if level == next(iter(m["rss_mib"])) else "",
-                    f"RSS at {level} parked",
-                    _fmt(mib, " MiB"),
-                    "",
-                )
-            )
+        rss = m.get("rss_mib") or {}
+        rows += [
+            ("memory", "parked (written to the database)", _fmt(m.get("parked")), ""),
+            (
+                "",
+                "RSS idle / after replies / peak",
+                f"{_fmt(rss.get('idle'))} / {_fmt(rss.get('after_replies'))}"
+                f" / {_fmt(m.get('peak_rss_mib'), ' MiB')}",
+                "target <= 150 MiB at 1,000,000",
+            ),
+        ]
     widths = [max(len(r[i]) for r in rows) if rows else 0 for i in range(4)]
     return "\n".join("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows)

@@ -47,6 +47,9 @@ async def test_a_floor_is_run_with_the_scenario_s_size_and_its_last_json_line_re
     assert result["steps_per_s"] == 900.0
     assert result["argv"][:4] == ["--sagas", "10", "--steps", "3"] and "--rate" in result["argv"]
     assert result["dsn"] == "postgresql://nobody@127.0.0.1:1/none"  # the form asyncpg takes
+    # its CPU, read when it ended: the whole pipeline's, per step of the run asked for
+    assert result["cpu_s"] >= 0  # cpu_s is rounded to 10 ms: 30 steps make that 0.17 ms a step
+    assert result["cpu_ms_per_step"] == pytest.approx(result["cpu_s"] * 1000 / 30, abs=0.2)
 
     floor.write_text("import sys\nprint('broken', file=sys.stderr)\nsys.exit(3)\n")
     assert await run_floor(stack(tmp_path, floor), 10) == (None, "floor failed (exit 3): broken")

@@ -1,0 +1,72 @@
+"""Parked sagas written straight into the database, through the service's own batch (no broker, no
+orchestrator process): a million take minutes this way, hours through the broker.
+
+Each start is decided by :func:`orchestrator.service.batch.process_batch`, as the service decides
+it, so the rows are the service's own: the saga waiting on its first command, the journal, the
+timer, the inbox entry, and the command in the outbox. The outbox rows are then deleted but for
+``unsent`` of them, as if the relay had sent the rest: a process started afterwards sends only
+those, and its participants answer only their sagas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import UTC, datetime
+
+import orjson
+
+from bench.config import Stack
+from bench.workflows import WORKFLOWS
+from orchestrator.adapters.postgres.store import PostgresStore
+from orchestrator.core.ingress import Envelope
+from orchestrator.core.messages import dump
+from orchestrator.core.routing import Registry
+from orchestrator.examples.contracts import Line, OrderPlaced
+from orchestrator.service.batch import Verdict, process_batch
+
+__all__ = ["park"]
+
+#: starts decided and committed together: one transaction each, as a full batch of the service
+BATCH = 1000
+
+
+def _placed(key: str) -> Envelope:
+    placed = OrderPlaced(key, "c-1", [Line("sku-1", 1)], 1000)
+    return Envelope(orjson.dumps(dump(placed)), placed.TYPE, f"placed-{uuid.uuid4()}")
+
+
+async def park(stack: Stack, keys: list[str], unsent: int = 0, writers: int = 2) -> float:
+    """Start a ``bench_order`` saga for each key, leaving ``unsent`` of their commands in the
+    outbox (the first keys'); the seconds it took. ``writers`` batches are decided and committed
+    at a time: one decides while the other's commit is in the database."""
+    began = time.monotonic()
+    stores = [PostgresStore.from_url(stack.database_url, pool_size=1) for _ in range(writers)]
+    try:
+        key = await stores[0].id_key()
+        await asyncio.gather(*(_write(store, key, keys[i::writers]) for i, store in enumerate(stores)))
+        pool = await stores[0].pool()
+        async with pool.acquire() as connection:
+            # the commands of all but the first ``unsent`` sagas count as sent, as the relay would
+            # have it; what is kept is found by its saga's key
+            await connection.execute(
+                """DELETE FROM outbox o USING sagas s
+                   WHERE o.saga_id = s.id AND NOT (s.key = ANY($1::text[]))""",
+                keys[:unsent],
+            )
+    finally:
+        for store in stores:
+            await store.close()
+    return time.monotonic() - began
+
+
+async def _write(store: PostgresStore, id_key: bytes, keys: list[str]) -> None:
+    registry = Registry(WORKFLOWS)
+    registry.use_id_key(id_key)
+    for first in range(0, len(keys), BATCH):
+        chunk = [_placed(key) for key in keys[first : first + BATCH]]
+        done = await process_batch(registry, store, chunk, datetime.now(UTC))
+        refused = [v for v in done.verdicts if v is not Verdict.ACCEPTED]
+        if refused:
+            raise RuntimeError(f"parking: {len(refused)} starts not accepted: {refused[:3]}")
