@@ -30,6 +30,16 @@ __all__ = ["park"]
 
 #: starts decided and committed together: one transaction each, as a full batch of the service
 BATCH = 1000
+#: sagas a writer parks between two analyses of the tables. Each batch's read is a prepared
+#: statement planned once: planned over tables whose statistics say "empty", it scans them whole,
+#: and the millionth saga would cost a thousand times the first
+ANALYZE_EVERY = 50_000
+
+
+async def _analyze(store: PostgresStore) -> None:
+    pool = await store.pool()
+    async with pool.acquire() as connection:
+        await connection.execute("ANALYZE sagas, journal, outbox, inbox, deadlines")
 
 
 def _placed(key: str) -> Envelope:
@@ -45,16 +55,18 @@ async def park(stack: Stack, keys: list[str], unsent: int = 0, writers: int = 2)
     stores = [PostgresStore.from_url(stack.database_url, pool_size=1) for _ in range(writers)]
     try:
         key = await stores[0].id_key()
-        await asyncio.gather(*(_write(store, key, keys[i::writers]) for i, store in enumerate(stores)))
-        pool = await stores[0].pool()
-        async with pool.acquire() as connection:
-            # the commands of all but the first ``unsent`` sagas count as sent, as the relay would
-            # have it; what is kept is found by its saga's key
-            await connection.execute(
-                """DELETE FROM outbox o USING sagas s
-                   WHERE o.saga_id = s.id AND NOT (s.key = ANY($1::text[]))""",
-                keys[:unsent],
-            )
+
+        async def write(part: list[str]) -> None:
+            await asyncio.gather(*(_write(store, key, part[i::writers]) for i, store in enumerate(stores)))
+
+        sent, kept = keys[unsent:], keys[:unsent]
+        if sent:
+            await write(sent)
+            pool = await stores[0].pool()
+            async with pool.acquire() as connection:
+                await connection.execute("DELETE FROM outbox")  # sent, as the relay would have it
+        await write(kept)
+        await _analyze(stores[0])  # the orchestrator about to start plans on these statistics
     finally:
         for store in stores:
             await store.close()
@@ -65,6 +77,8 @@ async def _write(store: PostgresStore, id_key: bytes, keys: list[str]) -> None:
     registry = Registry(WORKFLOWS)
     registry.use_id_key(id_key)
     for first in range(0, len(keys), BATCH):
+        if first and first % ANALYZE_EVERY == 0:  # as autovacuum would, where the server has none
+            await _analyze(store)
         chunk = [_placed(key) for key in keys[first : first + BATCH]]
         done = await process_batch(registry, store, chunk, datetime.now(UTC))
         refused = [v for v in done.verdicts if v is not Verdict.ACCEPTED]

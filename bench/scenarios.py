@@ -8,6 +8,7 @@ of another.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import statistics
 import time
@@ -53,6 +54,9 @@ class Context:
     broker: Broker
     run_id: str = field(default_factory=lambda: secrets.token_hex(3))
     max_sagas_per_s: float | None = None
+    #: seconds between the analyses that stand in for autovacuum when the server runs without it
+    #: (None: it runs with it; see ``Scene``)
+    analyze_every: float | None = None
 
     def half_load(self) -> float:
         """Half the measured maximum: the load at which latency and deadlines are taken."""
@@ -78,14 +82,21 @@ class Scene:
             ctx.stack, self.namespace, log_dir / f"{name}-orchestrator.log", deadline_seconds
         )
         self.responders: list[Responder] = []
+        self._analyzing: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Scene:
         await self.ctx.db.reset()
+        if self.ctx.analyze_every:
+            self._analyzing = asyncio.create_task(self.ctx.db.analyze_every(self.ctx.analyze_every))
         return self
 
     async def __aexit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
+        if self._analyzing is not None:
+            self._analyzing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._analyzing
         for responder in self.responders:
             await responder.terminate()
         await self.orchestrator.terminate()

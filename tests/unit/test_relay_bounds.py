@@ -117,3 +117,77 @@ async def test_the_queue_waiting_for_the_broker_is_capped_and_the_outbox_keeps_t
         await relay.stop()
 
     assert len(await store.unsent(100)) <= 50 - 5
+
+
+class SlowRead(MemoryStore):
+    """An outbox read that takes a while: the rows it returns were read at its start, and the
+    relay may have sent and deleted some of them by the time it returns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent_meanwhile = asyncio.Event()
+
+    async def unsent(self, limit: int, older_than: datetime | None = None) -> list[OutgoingCommand]:
+        rows = await super().unsent(limit, older_than)
+        await self.sent_meanwhile.wait()
+        return rows
+
+
+async def test_a_sweep_does_not_send_again_what_was_sent_while_it_read() -> None:
+    """With a large backlog (recovery at 100,000) a sweep's read of 5,000 rows raced the relay's
+    confirms, and every row confirmed meanwhile went out a second time."""
+    store = SlowRead()
+    await outbox_with(store, command(1))
+    published: list[str] = []
+
+    async def publish(sent: OutgoingCommand) -> None:
+        published.append(sent.message_id)
+
+    relay = Relay(store, publish, sweep_seconds=3600)
+    store.sent_meanwhile.set()
+    await relay.start()
+    try:
+        await eventually(lambda: not relay.in_flight)
+        await outbox_with(store, command(2))
+        store.sent_meanwhile.clear()
+        sweeping = asyncio.create_task(relay.sweep(older_than=None))  # reads c-2, then waits
+        await asyncio.sleep(0.01)
+        assert relay.submit([command(2)])  # its batch's commit hands it over as well
+        await eventually(lambda: not relay.in_flight and published.count("c-2") == 1)
+        store.sent_meanwhile.set()
+        await sweeping
+        await eventually(lambda: not relay.in_flight)
+    finally:
+        await relay.stop()
+
+    assert published == ["c-1", "c-2"]
+
+
+async def test_a_backlog_is_swept_page_after_page_as_room_frees_not_a_page_per_interval() -> None:
+    """An outbox left full (a crash, a broker outage) was sent one page of 5,000 per sweep
+    interval; the next page now follows as soon as half of one is sent."""
+    store = MemoryStore()
+    await outbox_with(store, *(command(n) for n in range(12_000)))
+    published: list[str] = []
+
+    async def publish(sent: OutgoingCommand) -> None:
+        await asyncio.sleep(0.001)  # a broker's confirm: the relay's queue is seldom empty
+        published.append(sent.message_id)
+
+    relay = Relay(
+        store,
+        publish,
+        in_flight=1000,
+        max_pending=3000,
+        sweep_seconds=3600,  # only the backlog's own pace can explain the progress
+        now=lambda: datetime.now(UTC) + timedelta(hours=2),
+    )
+    await relay.start()
+    try:
+        await eventually(lambda: len(published) == 12_000, seconds=20)
+        await eventually(lambda: not relay.in_flight)
+    finally:
+        await relay.stop()
+
+    assert len(set(published)) == 12_000  # each once
+    assert await store.unsent(10) == []
