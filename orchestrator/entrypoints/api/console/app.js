@@ -312,6 +312,9 @@ function failed(error) {
     const had = session.token;
     forget();
     showSession();
+    // A page's second request refused after its first already asked for a token: the form on
+    // screen stays as it is (with what a refused login said), not drawn anew and blank.
+    if (!had && document.getElementById("login-form")) return;
     return loginView(had ? "The token was refused." : "");
   }
   stopPolling();
