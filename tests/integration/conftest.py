@@ -253,6 +253,10 @@ class Bench:
             "ORCHESTRATOR_NAMESPACE": self.namespace,
             "ORCHESTRATOR_API_TOKEN": self.api_token,
             "PYTHONUNBUFFERED": "1",
+            # a kit participant's pool is its concurrency plus one: at the default 10, six
+            # services of each of three workers' tests came near PostgreSQL's 100 connections
+            # (a test that means another sets its own)
+            "PARTICIPANT_CONCURRENCY": os.environ.get("PARTICIPANT_CONCURRENCY", "4"),
         }
 
     def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> Process:
