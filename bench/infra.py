@@ -50,11 +50,14 @@ class Database:
             await db.execute(f"TRUNCATE {TABLES}")
             await db.execute("CHECKPOINT")
 
+    async def execute(self, sql: str, *args: Any) -> None:
+        async with self.pool.acquire() as db:
+            await db.execute(sql, *args)
+
     async def analyze(self) -> None:
         """The tables' statistics brought up to date, as autovacuum's analyze does: without it the
         orchestrator's cached generic plans, made when a table was nearly empty, scan it whole."""
-        async with self.pool.acquire() as db:
-            await db.execute(f"ANALYZE {TABLES}")
+        await self.execute(f"ANALYZE {TABLES}")
 
     async def autovacuum(self) -> bool:
         return bool(await self.value("SELECT current_setting('autovacuum') = 'on'"))

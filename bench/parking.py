@@ -3,9 +3,9 @@ orchestrator process): a million take minutes this way, hours through the broker
 
 Each start is decided by :func:`orchestrator.service.batch.process_batch`, as the service decides
 it, so the rows are the service's own: the saga waiting on its first command, the journal, the
-timer, the inbox entry, and the command in the outbox. The outbox rows are then deleted but for
-``unsent`` of them, as if the relay had sent the rest: a process started afterwards sends only
-those, and its participants answer only their sagas.
+timer, the inbox entry, and the command in the outbox. The outbox is then emptied of all but the
+commands of ``unsent`` of them (written last), as if the relay had sent the rest: a process
+started afterwards sends only those, and its participants answer only their sagas.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 import orjson
 
 from bench.config import Stack
+from bench.infra import Database
 from bench.workflows import WORKFLOWS
 from orchestrator.adapters.postgres.store import PostgresStore
 from orchestrator.core.ingress import Envelope
@@ -36,18 +37,12 @@ BATCH = 1000
 ANALYZE_EVERY = 50_000
 
 
-async def _analyze(store: PostgresStore) -> None:
-    pool = await store.pool()
-    async with pool.acquire() as connection:
-        await connection.execute("ANALYZE sagas, journal, outbox, inbox, deadlines")
-
-
 def _placed(key: str) -> Envelope:
     placed = OrderPlaced(key, "c-1", [Line("sku-1", 1)], 1000)
     return Envelope(orjson.dumps(dump(placed)), placed.TYPE, f"placed-{uuid.uuid4()}")
 
 
-async def park(stack: Stack, keys: list[str], unsent: int = 0, writers: int = 2) -> float:
+async def park(stack: Stack, db: Database, keys: list[str], unsent: int = 0, writers: int = 2) -> float:
     """Start a ``bench_order`` saga for each key, leaving ``unsent`` of their commands in the
     outbox (the first keys'); the seconds it took. ``writers`` batches are decided and committed
     at a time: one decides while the other's commit is in the database."""
@@ -57,28 +52,27 @@ async def park(stack: Stack, keys: list[str], unsent: int = 0, writers: int = 2)
         key = await stores[0].id_key()
 
         async def write(part: list[str]) -> None:
-            await asyncio.gather(*(_write(store, key, part[i::writers]) for i, store in enumerate(stores)))
+            shares = zip(stores, (part[i::writers] for i in range(writers)), strict=True)
+            await asyncio.gather(*(_write(store, db, key, share) for store, share in shares))
 
         sent, kept = keys[unsent:], keys[:unsent]
         if sent:
             await write(sent)
-            pool = await stores[0].pool()
-            async with pool.acquire() as connection:
-                await connection.execute("DELETE FROM outbox")  # sent, as the relay would have it
+            await db.execute("DELETE FROM outbox")  # sent, as the relay would have it
         await write(kept)
-        await _analyze(stores[0])  # the orchestrator about to start plans on these statistics
+        await db.analyze()  # the orchestrator about to start plans on these statistics
     finally:
         for store in stores:
             await store.close()
     return time.monotonic() - began
 
 
-async def _write(store: PostgresStore, id_key: bytes, keys: list[str]) -> None:
+async def _write(store: PostgresStore, db: Database, id_key: bytes, keys: list[str]) -> None:
     registry = Registry(WORKFLOWS)
     registry.use_id_key(id_key)
     for first in range(0, len(keys), BATCH):
         if first and first % ANALYZE_EVERY == 0:  # as autovacuum would, where the server has none
-            await _analyze(store)
+            await db.analyze()
         chunk = [_placed(key) for key in keys[first : first + BATCH]]
         done = await process_batch(registry, store, chunk, datetime.now(UTC))
         refused = [v for v in done.verdicts if v is not Verdict.ACCEPTED]

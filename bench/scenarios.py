@@ -351,7 +351,7 @@ async def recovery(ctx: Context) -> dict[str, Any]:
         # commands left in the outbox: the first process sends them, nobody answers yet.
         through_broker = min(count, sizes.recovery_through_broker)
         written = ctx.keys("rw", count - through_broker)
-        writing_s = await park(ctx.stack, written, unsent=len(written)) if written else 0.0
+        writing_s = await park(ctx.stack, db, written, unsent=len(written)) if written else 0.0
         await orchestrator.start()
         keys = ctx.keys("r", through_broker)
         began = time.monotonic()
@@ -503,7 +503,7 @@ async def memory(ctx: Context) -> dict[str, Any]:
     async with Scene(ctx, "memory") as scene:
         orchestrator = scene.orchestrator
         keys = ctx.keys("m", count)
-        writing_s = await park(ctx.stack, keys, unsent=answered)
+        writing_s = await park(ctx.stack, db, keys, unsent=answered)
         await orchestrator.start()
         await asyncio.sleep(1)
         idle = round(orchestrator.rss_kib() / 1024, 1)

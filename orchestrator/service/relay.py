@@ -137,13 +137,16 @@ class Relay:
                 return total
 
     async def _room(self, seconds: float) -> None:
-        """Until half a page is sent, or ``seconds``: a sweep read before that would find the
-        oldest rows still in flight, and one every ``sweep_seconds`` sent a page of them at most
-        (900 commands a second out of a backlog of 90,000)."""
-        deadline = asyncio.get_running_loop().time() + seconds
+        """Until half of what was in flight is sent, or ``seconds``: a sweep read before that would
+        find the oldest rows still in flight, and one every ``sweep_seconds`` sent a page of them
+        at most (900 commands a second out of a backlog of 90,000). Half of what there was, not a
+        fixed count, so that a small relay (``in_flight``) waiting on a stuck broker does not read
+        a page every poll."""
+        loop = asyncio.get_running_loop()
+        deadline, half = loop.time() + seconds, len(self.in_flight) // 2
         while True:
             await asyncio.sleep(0.05)
-            if len(self.in_flight) < SWEEP_PAGE // 2 or asyncio.get_running_loop().time() > deadline:
+            if len(self.in_flight) <= half or loop.time() > deadline:
                 return
 
     def sweep_soon(self) -> None:

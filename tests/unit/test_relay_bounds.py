@@ -191,3 +191,39 @@ async def test_a_backlog_is_swept_page_after_page_as_room_frees_not_a_page_per_i
 
     assert len(set(published)) == 12_000  # each once
     assert await store.unsent(10) == []
+
+
+async def test_a_backlog_behind_a_stuck_broker_is_read_once_per_interval_not_once_per_poll() -> None:
+    """Nothing is confirmed: the next read waits for the sweep interval, however small the relay."""
+    store = MemoryStore()
+    await outbox_with(store, *(command(n) for n in range(6000)))
+    reads = 0
+    read = store.unsent
+
+    async def counted(limit: int, older_than: datetime | None = None) -> list[OutgoingCommand]:
+        nonlocal reads
+        reads += 1
+        return await read(limit, older_than)
+
+    store.unsent = counted  # type: ignore[method-assign]
+    stuck = asyncio.Event()
+
+    async def publish(sent: OutgoingCommand) -> None:
+        await stuck.wait()
+
+    relay = Relay(
+        store,
+        publish,
+        in_flight=2,
+        max_pending=5,
+        sweep_seconds=0.5,
+        now=lambda: datetime.now(UTC) + timedelta(hours=2),
+    )
+    await relay.start()
+    try:
+        await asyncio.sleep(1.2)  # two intervals: at most the start's read and two more
+    finally:
+        stuck.set()
+        await relay.stop()
+
+    assert relay.backlog and 1 <= reads <= 3, reads
