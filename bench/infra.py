@@ -38,7 +38,11 @@ class Database:
 
     @classmethod
     async def connect(cls, dsn: str) -> Database:
-        return cls(await asyncpg.create_pool(dsn, min_size=1, max_size=3))
+        # The driver polls while the orchestrator runs (completed sagas every 50 ms): by index, so
+        # that it takes the database's CPU from the run as little as it can, whatever the
+        # statistics say of tables emptied before each scenario.
+        settings = {"enable_seqscan": "off"}
+        return cls(await asyncpg.create_pool(dsn, min_size=1, max_size=3, server_settings=settings))
 
     async def close(self) -> None:
         await self.pool.close()
