@@ -166,7 +166,53 @@ def check_text(value: str, where: str = "text") -> str:
 
 
 def check_json(value: Any, path: str = "data", depth: int = 0, max_depth: int = MAX_DEPTH) -> None:
-    """ValueError, naming the first place, if decoded JSON holds what cannot be stored."""
+    """ValueError, naming the first place, if decoded JSON holds what cannot be stored.
+
+    Every message's body and every decision's data pass here, and nearly all of them are fine:
+    they are walked once without naming places (:func:`_storable`), and only one that is not is
+    walked again to say where."""
+    if _storable(value, depth, max_depth):
+        return
+    _check_json(value, path, depth, max_depth)
+
+
+def _storable(value: Any, depth: int, max_depth: int) -> bool:
+    """Whether ``value`` can be stored (what :func:`_check_json` would pass), cheaply: an ASCII
+    string holds no lone surrogate, so only a NUL needs looking for in it."""
+    kind = type(value)
+    if kind is str:
+        return "\x00" not in value and (value.isascii() or _encodable(value))
+    if kind is dict:
+        if depth >= max_depth and value:
+            return False
+        for key, item in value.items():
+            if type(key) is not str or "\x00" in key or not (key.isascii() or _encodable(key)):
+                return False
+            if not _storable(item, depth + 1, max_depth):
+                return False
+        return True
+    if kind is list:
+        if depth >= max_depth and value:
+            return False
+        return all(_storable(item, depth + 1, max_depth) for item in value)
+    if kind is bool or value is None:
+        return True
+    if kind is int:
+        return bool(INT_RANGE[0] <= value <= INT_RANGE[1])
+    if kind is float:
+        return math.isfinite(value)
+    return False  # a subclass, or anything else: the full walk decides
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_json(value: Any, path: str, depth: int, max_depth: int) -> None:
     if depth > max_depth:
         raise ValueError(f"{clip(path, 100)} is nested deeper than {max_depth} levels")
     if isinstance(value, str):
@@ -182,10 +228,10 @@ def check_json(value: Any, path: str = "data", depth: int = 0, max_depth: int = 
     elif isinstance(value, dict):
         for key, item in value.items():
             check_text(key, f"a key in {clip(path, 100)}")
-            check_json(item, f"{path}.{key}", depth + 1, max_depth)
+            _check_json(item, f"{path}.{key}", depth + 1, max_depth)
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            check_json(item, f"{path}[{index}]", depth + 1, max_depth)
+            _check_json(item, f"{path}[{index}]", depth + 1, max_depth)
 
 
 def clip(text: str, limit: int) -> str:
