@@ -95,7 +95,9 @@ demo: migrate
 # The benchmark (docs/benchmark.md), beside the floor script BENCH_FLOOR names, as in
 # `make bench BENCH_FLOOR=/path/to/pipeline.py`; without one it measures the orchestrator alone and
 # says so. It migrates and empties a database of its own (BENCH_DATABASE_URL, default
-# orchestrator_bench), never the one above.
+# orchestrator_bench), never the one above. Its throughput scenario also runs the peer, the same
+# saga written with DBOS (bench/peer_dbos.py), in a database of the peer's own beside it
+# (orchestrator_bench_dbos, emptied at start).
 bench: migrate
 	$(BIN)/python -m bench
 

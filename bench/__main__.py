@@ -47,6 +47,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sagas", type=int, help="sagas in the throughput burst")
     parser.add_argument("--repeats", type=int, help="throughput runs, alternating with the floor")
     parser.add_argument(
+        "--peer-sagas", type=int, help="sagas of the peer's one burst after throughput (bench/peer_dbos.py)"
+    )
+    parser.add_argument("--no-peer", action="store_true", help="throughput without the peer (DBOS)")
+    parser.add_argument(
         "--rate", type=float, help="sagas/s for latency and deadlines (default: half the max)"
     )
     parser.add_argument("--latency-seconds", type=float, help="how long the open-loop load runs")
@@ -92,6 +96,7 @@ def sizes_of(args: argparse.Namespace) -> Sizes:
         "deadline_sagas": args.deadline_sagas,
         "outage_seconds": args.outage_seconds,
         "memory_parked": args.memory_parked,
+        "peer_sagas": 0 if args.no_peer else args.peer_sagas,
     }
     return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
 

@@ -6,7 +6,18 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["FULL", "QUICK", "SCENARIOS", "Sizes", "Stack", "floor_from_env", "floor_missing"]
+from sqlalchemy.engine import make_url
+
+__all__ = [
+    "FULL",
+    "QUICK",
+    "SCENARIOS",
+    "TARGET_TO_PEER",
+    "Sizes",
+    "Stack",
+    "floor_from_env",
+    "floor_missing",
+]
 
 SCENARIOS = ("throughput", "latency", "recovery", "deadlines", "memory")
 #: the orchestrator's CPU per step at full batches as docs/benchmark.md records it ("Where a
@@ -15,6 +26,9 @@ SCENARIOS = ("throughput", "latency", "recovery", "deadlines", "memory")
 RECORDED_CPU_MS_PER_STEP = 0.57
 #: issue 30's goal for the same figure
 TARGET_CPU_MS_PER_STEP = 0.30
+#: how many times the steps/s of the peer, the same saga written with DBOS (bench/peer_dbos.py),
+#: the orchestrator's must be (docs/benchmark.md, "The peer (DBOS)")
+TARGET_TO_PEER = 15.0
 
 
 @dataclass(frozen=True)
@@ -41,6 +55,9 @@ class Sizes:
     memory_parked: int = 1_000_000
     memory_replies: int = 1000
     wait_seconds: float = 600.0  # give up waiting for sagas after this long
+    #: sagas of the peer's one burst (bench/peer_dbos.py), after the throughput runs: fewer than
+    #: the orchestrator's, as it takes some 20 times as long per saga; 0 runs no peer (``--no-peer``)
+    peer_sagas: int = 1000
 
 
 FULL = Sizes()
@@ -60,6 +77,7 @@ QUICK = Sizes(
     memory_parked=2000,
     memory_replies=100,
     wait_seconds=60.0,
+    peer_sagas=50,
 )
 
 
@@ -106,6 +124,14 @@ class Stack:
     def dsn(self) -> str:
         """The same database in the form asyncpg and pipeline.py take."""
         return self.database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+    @property
+    def peer_dsn(self) -> str:
+        """The peer's database (bench/peer_dbos.py): on the same server, named after the
+        benchmark's with ``_dbos`` after it, so that the two never share tables and a test's
+        benchmark database brings its own peer's."""
+        url = make_url(self.dsn)
+        return url.set(database=f"{url.database}_dbos").render_as_string(hide_password=False)
 
     @classmethod
     def make(

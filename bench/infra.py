@@ -27,7 +27,16 @@ from orchestrator.examples.contracts import OrderPlaced
 __all__ = ["Broker", "Database", "Started"]
 
 TABLES = "sagas, journal, outbox, inbox, deadlines"
-QUEUES = ("orchestrator.events", "dead-letter", "inventory", "payment", "shipping", SILENT_SERVICE)
+# peer-dbos.replies: the peer's (bench/peer_dbos.py), which deletes it itself unless it crashed
+QUEUES = (
+    "orchestrator.events",
+    "dead-letter",
+    "inventory",
+    "payment",
+    "shipping",
+    SILENT_SERVICE,
+    "peer-dbos.replies",
+)
 EXCHANGES = ("events", "commands", "dead")
 IN_FLIGHT = 2000
 

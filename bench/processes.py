@@ -8,7 +8,9 @@ events and reads the database.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import importlib.util
 import json
 import os
 import re
@@ -24,7 +26,7 @@ from typing import Any
 from bench.config import Stack, floor_missing
 from bench.profile import attach
 
-__all__ = ["Orchestrator", "Responder", "has_port_flag", "migrate", "run_floor", "spies"]
+__all__ = ["Orchestrator", "Responder", "has_port_flag", "migrate", "run_floor", "run_peer", "spies"]
 
 READY = "orchestrator running"
 WORKFLOWS = "bench.workflows"
@@ -302,8 +304,81 @@ async def run_floor(
     return result, " ".join(argv[1:])
 
 
+PEER_SERVICES = ("inventory", "payment", "shipping")
+#: said in the JSON when the peer cannot run here; a benchmark without it still measures the rest
+NO_DBOS = "no peer: dbos is not installed (it is a dev dependency: make venv, or pip install 'dbos>=3.4,<4')"
+
+
+def has_dbos() -> bool:
+    """Whether the peer can run: dbos importable by this interpreter, which is the one the
+    benchmark runs its processes with."""
+    return importlib.util.find_spec("dbos") is not None
+
+
+async def run_peer(
+    stack: Stack, sagas: int, namespace: str, timeout: float = 600.0
+) -> tuple[dict[str, Any] | None, str]:
+    """The order saga written with DBOS (bench/peer_dbos.py) against our responder in
+    ``namespace``: its JSON line with its CPU, or None and why not. Never fatal: a peer that is
+    missing, fails or overruns ``timeout`` (its own burst gets that long, the process a minute
+    more) is a note, as a missing floor is. The caller deletes ``namespace`` afterwards."""
+    if not has_dbos():
+        return None, NO_DBOS
+    responder = Responder(stack, namespace, stack.log_dir / "peer-responder.log", name="peer-responder")
+    log = stack.log_dir / "peer-dbos.log"
+    argv = [stack.python, "-m", "bench.peer_dbos", "--sagas", str(sagas), "--namespace", namespace]
+    argv += ["--amqp-url", stack.amqp_url, "--database-url", stack.peer_dsn, "--timeout", str(timeout)]
+    try:
+        await responder.start(PEER_SERVICES)
+        responder_before = responder.cpu_seconds()
+        cpu_before = _children_cpu_seconds()
+        with log.open("ab") as errors:
+            errors.write(f"--- {' '.join(argv)}\n".encode())
+            errors.flush()
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                cwd=stack.root,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                stdout=asyncio.subprocess.PIPE,
+                stderr=errors,
+            )
+            try:
+                out, _ = await asyncio.wait_for(process.communicate(), timeout + 60)
+            except TimeoutError:
+                process.kill()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(process.wait(), 10)
+                return None, f"peer overran {timeout + 60:g} s (log: {log})"
+        cpu = _children_cpu_seconds() - cpu_before
+        responder_cpu = responder.cpu_seconds() - responder_before
+    except RuntimeError as error:  # the responder did not start
+        return None, f"peer not run: {error}"
+    finally:
+        await responder.terminate()
+    lines = out.decode(errors="replace").strip().splitlines()
+    if process.returncode != 0 or not lines:
+        tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+        return None, f"peer failed (exit {process.returncode}): {' | '.join(tail)} (log: {log})"
+    try:
+        result: dict[str, Any] = json.loads(lines[-1])
+    except json.JSONDecodeError:
+        return None, f"peer printed no JSON: {lines[-1][:200]}"
+    steps = result.get("completed", 0) * result.get("steps", 0)
+    # Per step, the burst's CPU as the peer read it (all its threads: DBOS works on threads), set
+    # beside the orchestrator's over its burst; with the responder's beside the orchestrator's
+    # plus its responder's (PostgreSQL's is in neither). ``cpu_s`` is the whole process's, its
+    # start (imports, DBOS's launch and migrations) included, from the operating system.
+    burst = float(result.get("burst_cpu_s", cpu))
+    result["cpu_s"] = round(cpu, 2)
+    result["cpu_ms_per_step"] = round(burst * 1000 / steps, 3) if steps else None
+    result["responder_cpu_s"] = round(responder_cpu, 2)
+    result["pipeline_cpu_ms_per_step"] = round((burst + responder_cpu) * 1000 / steps, 3) if steps else None
+    return result, " ".join(argv[1:])
+
+
 def _children_cpu_seconds() -> float:
-    """The CPU of this process's children that have ended: the floor's, read around its run (no
-    other child ends meanwhile: the scenarios alternate with it)."""
+    """The CPU of this process's children that have ended: the floor's or the peer's, read around
+    its run (no other child ends meanwhile: the scenarios alternate with them, and the peer's
+    responder is stopped after it)."""
     used = resource.getrusage(resource.RUSAGE_CHILDREN)
     return used.ru_utime + used.ru_stime

@@ -179,6 +179,25 @@ def table(results: dict[str, Any]) -> str:
             ),
             ("", "ratio to floor", _fmt(ratio), "target >= 0.85"),
         ]
+        peer = t.get("peer") or {}
+        peer_name = " ".join(str(part) for part in (peer.get("name", "dbos"), peer.get("version")) if part)
+        peer_ratio = t.get("orchestrator_to_peer")
+        rows += [
+            (
+                "",
+                f"steps/s of the peer ({peer_name})",
+                _fmt(peer.get("steps_per_s")),
+                f"{_fmt(peer.get('completed'))} of {_fmt(peer.get('sagas'))} sagas"
+                if peer
+                else t.get("peer_note") or "",
+            ),
+            (
+                "",
+                "orchestrator / peer",
+                "-" if peer_ratio is None else f"{peer_ratio:.1f}",  # 15.5 must not read 16
+                f"target >= {_fmt(t.get('orchestrator_to_peer_target'))}",
+            ),
+        ]
         cpu = t.get("cpu_ms_per_step") or {}
         rows += [
             (

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from bench.config import RECORDED_CPU_MS_PER_STEP, TARGET_CPU_MS_PER_STEP, Sizes, Stack
+from bench.config import RECORDED_CPU_MS_PER_STEP, TARGET_CPU_MS_PER_STEP, TARGET_TO_PEER, Sizes, Stack
 from bench.infra import Broker, Database, Started
 from bench.parking import park
-from bench.processes import READY, Orchestrator, Responder, run_floor
+from bench.processes import READY, Orchestrator, Responder, run_floor, run_peer
 from bench.report import histogram_percentiles, percentiles
 from bench.workflows import HOLD, ORDER
 from orchestrator.examples.contracts import OrderPlaced
@@ -188,6 +188,9 @@ async def throughput(ctx: Context) -> dict[str, Any]:
     if measured:
         ctx.max_sagas_per_s = statistics.median(r["sagas_per_s"] for r in measured)
     ratio = round(orchestrator_steps / floor_steps, 3) if orchestrator_steps and floor_steps else None
+    peer, peer_note = await _peer(ctx)
+    peer_steps = peer["steps_per_s"] if peer else None
+    to_peer = round(orchestrator_steps / peer_steps, 1) if orchestrator_steps and peer_steps else None
     return {
         "cpu_ms_per_step": _cpu_per_step(runs, floors),
         "sagas": ctx.sizes.throughput_sagas,
@@ -209,6 +212,39 @@ async def throughput(ctx: Context) -> dict[str, Any]:
         "ratio": ratio,
         "target": 0.85,
         "meets_target": ratio >= 0.85 if ratio is not None else None,
+        "peer": _peer_figures(peer) if peer else None,
+        "peer_note": peer_note,
+        "orchestrator_to_peer": to_peer,
+        "orchestrator_to_peer_target": TARGET_TO_PEER,
+        "meets_orchestrator_to_peer_target": to_peer >= TARGET_TO_PEER if to_peer is not None else None,
+    }
+
+
+async def _peer(ctx: Context) -> tuple[dict[str, Any] | None, str | None]:
+    """The same saga written with DBOS, one burst of ``peer_sagas`` in a namespace of its own,
+    after the orchestrator's runs so as not to share the cores with them; (its JSON, None) or
+    (None, why not)."""
+    if ctx.sizes.peer_sagas <= 0:
+        return None, "no peer: --no-peer (or --peer-sagas 0)"
+    namespace = f"bench-{secrets.token_hex(4)}"
+    try:
+        peer, note = await run_peer(ctx.stack, ctx.sizes.peer_sagas, namespace, ctx.sizes.wait_seconds)
+    finally:
+        await ctx.broker.cleanup(namespace)
+    return (peer, None) if peer is not None else (None, note)
+
+
+def _peer_figures(peer: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": peer.get("peer", "dbos"),
+        "version": peer.get("dbos_version"),
+        "sagas": peer.get("sagas"),
+        "completed": peer.get("completed"),
+        "steps_per_s": peer.get("steps_per_s"),
+        "sagas_per_s": peer.get("sagas_per_s"),
+        "cpu_ms_per_step": peer.get("cpu_ms_per_step"),
+        "pipeline_cpu_ms_per_step": peer.get("pipeline_cpu_ms_per_step"),
+        "runs": [peer],
     }
 
 

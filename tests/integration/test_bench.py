@@ -39,6 +39,8 @@ def test_quick_bench_runs_every_scenario(tmp_path: Path) -> None:
                 str(tmp_path),
                 "--profile",
                 str(tmp_path / "profile"),
+                "--peer-sagas",  # a handful: the peer proves it runs, its figure is make bench's
+                "10",
             ],
             cwd=ROOT,
             env=env,
@@ -48,6 +50,7 @@ def test_quick_bench_runs_every_scenario(tmp_path: Path) -> None:
         )
     finally:
         drop_database(name)
+        drop_database(f"{name}_dbos")  # the peer's, beside it (Stack.peer_dsn)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     results = json.loads(out.read_text())
 
@@ -69,6 +72,15 @@ def test_quick_bench_runs_every_scenario(tmp_path: Path) -> None:
     assert cpu["floor"] is None and cpu["recorded"] > cpu["target"] > 0, cpu
     assert "CPU ms/step (recorded)" in run.stdout
     assert throughput["floor_note"] == results["floor_note"]
+    # the peer, the same saga written with DBOS, ran once after the orchestrator and finished
+    peer = throughput["peer"]
+    assert peer is not None, throughput["peer_note"]
+    assert peer["name"] == "dbos" and peer["version"], peer
+    assert peer["sagas"] == 10 and peer["completed"] == 10, peer
+    assert peer["steps_per_s"] > 0 and peer["cpu_ms_per_step"] > 0, peer
+    assert peer["runs"][0]["outcomes"] == {"completed": 10}, peer
+    assert throughput["orchestrator_to_peer"] > 0 and throughput["orchestrator_to_peer_target"] == 15
+    assert "steps/s of the peer (dbos" in run.stdout and "orchestrator / peer" in run.stdout
     # py-spy sampled the burst's orchestrator: its CPU, by stage, most of it in named stages
     profile = throughput["profile"]
     assert len(profile["files"]) == 1 and profile["samples"] > 0, profile
