@@ -51,6 +51,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--no-peer", action="store_true", help="throughput without the peer (DBOS)")
     parser.add_argument(
+        "--kit-sagas", type=int, help="sagas of the kit scenario's burst (the example services on the kit)"
+    )
+    parser.add_argument("--kit-concurrency", type=int, help="each kit service's PARTICIPANT_CONCURRENCY")
+    parser.add_argument(
         "--rate", type=float, help="sagas/s for latency and deadlines (default: half the max)"
     )
     parser.add_argument("--latency-seconds", type=float, help="how long the open-loop load runs")
@@ -97,6 +101,8 @@ def sizes_of(args: argparse.Namespace) -> Sizes:
         "outage_seconds": args.outage_seconds,
         "memory_parked": args.memory_parked,
         "peer_sagas": 0 if args.no_peer else args.peer_sagas,
+        "kit_sagas": args.kit_sagas,
+        "kit_concurrency": args.kit_concurrency,
     }
     return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
 

@@ -12,6 +12,7 @@ __all__ = [
     "FULL",
     "QUICK",
     "SCENARIOS",
+    "TARGET_KIT_TO_ORCHESTRATOR",
     "TARGET_TO_PEER",
     "Sizes",
     "Stack",
@@ -19,7 +20,7 @@ __all__ = [
     "floor_missing",
 ]
 
-SCENARIOS = ("throughput", "latency", "recovery", "deadlines", "memory")
+SCENARIOS = ("throughput", "kit", "latency", "recovery", "deadlines", "memory")
 #: the orchestrator's CPU per step at full batches as docs/benchmark.md records it ("Where a
 #: step's CPU goes"): ``make bench`` prints it beside this run's, so that a change that puts
 #: cost back shows (tests/unit/test_bench_report.py keeps the two in step)
@@ -29,6 +30,9 @@ TARGET_CPU_MS_PER_STEP = 0.30
 #: how many times the steps/s of the peer, the same saga written with DBOS (bench/peer_dbos.py),
 #: the orchestrator's must be (docs/benchmark.md, "The peer (DBOS)")
 TARGET_TO_PEER = 15.0
+#: the share of the orchestrator's steps/s the example services on the participant kit must carry
+#: out (issue 30: then they become ``make chaos``'s participants)
+TARGET_KIT_TO_ORCHESTRATOR = 0.5
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,10 @@ class Sizes:
     #: sagas of the peer's one burst (bench/peer_dbos.py), after the throughput runs: fewer than
     #: the orchestrator's, as it takes some 20 times as long per saga; 0 runs no peer (``--no-peer``)
     peer_sagas: int = 1000
+    #: sagas of the kit scenario's burst, answered by the example services on the participant kit
+    kit_sagas: int = 2000
+    #: each kit service's PARTICIPANT_CONCURRENCY (the kit's default; fewer connections in a test)
+    kit_concurrency: int = 10
 
 
 FULL = Sizes()
@@ -78,6 +86,8 @@ QUICK = Sizes(
     memory_replies=100,
     wait_seconds=60.0,
     peer_sagas=50,
+    kit_sagas=50,
+    kit_concurrency=2,
 )
 
 
@@ -132,6 +142,13 @@ class Stack:
         benchmark database brings its own peer's."""
         url = make_url(self.dsn)
         return url.set(database=f"{url.database}_dbos").render_as_string(hide_password=False)
+
+    @property
+    def kit_dsn(self) -> str:
+        """The database of the example services on the participant kit (the kit scenario): named
+        after the benchmark's with ``_kit`` after it, dropped before each run."""
+        url = make_url(self.dsn)
+        return url.set(database=f"{url.database}_kit").render_as_string(hide_password=False)
 
     @classmethod
     def make(

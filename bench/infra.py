@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -62,6 +63,11 @@ class Database:
         async with self.pool.acquire() as db:
             await db.execute(f"TRUNCATE {TABLES}")
             await db.execute("CHECKPOINT")
+
+    async def drop_database(self, dsn: str) -> None:
+        """Drop another database on the same server (a kit's, a peer's), whoever is connected."""
+        name = dsn.rsplit("/", 1)[1].split("?", 1)[0]
+        await self.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     async def execute(self, sql: str, *args: Any) -> None:
         async with self.pool.acquire() as db:
@@ -126,7 +132,8 @@ def order_body(order_id: str) -> bytes:
         {
             "order_id": order_id,
             "customer_id": "c-1",
-            "lines": [{"sku": "sku-1", "quantity": 1}],
+            # a hundred SKUs, as a shop has: one for all would serialize a kit inventory's commands
+            "lines": [{"sku": f"sku-{zlib.crc32(order_id.encode()) % 100}", "quantity": 1}],
             "amount_cents": 1000,
         }
     )

@@ -26,7 +26,16 @@ from typing import Any
 from bench.config import Stack, floor_missing
 from bench.profile import attach
 
-__all__ = ["Orchestrator", "Responder", "has_port_flag", "migrate", "run_floor", "run_peer", "spies"]
+__all__ = [
+    "KitService",
+    "Orchestrator",
+    "Responder",
+    "has_port_flag",
+    "migrate",
+    "run_floor",
+    "run_peer",
+    "spies",
+]
 
 READY = "orchestrator running"
 WORKFLOWS = "bench.workflows"
@@ -268,6 +277,45 @@ class Responder(_Child):
             return None
         data: dict[str, Any] = json.loads(self.record.read_bytes())
         return data
+
+
+class KitService(_Child):
+    """One example service on the participant kit, started as a user starts it
+    (``python -m participants NAME``): each command a transaction of its own database, its claim,
+    its business statements and its recorded reply, then the reply published, confirmed; it
+    reconnects to the broker by itself. ``options``: more of its command-line options."""
+
+    def __init__(
+        self,
+        stack: Stack,
+        namespace: str,
+        log: Path,
+        service: str,
+        concurrency: int,
+        database_url: str,
+        options: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(f"participant-{service}", log)
+        self.stack = stack
+        self.namespace = namespace
+        self.service = service
+        self.concurrency = concurrency
+        self.database_url = database_url
+        self.options = options
+
+    async def start(self, timeout: float = 60) -> None:
+        argv = [self.stack.python, "-m", "participants", self.service, *self.options]
+        argv += ["--concurrency", str(self.concurrency)]
+        env = {
+            **os.environ,
+            "PARTICIPANT_DATABASE_URL": self.database_url,
+            "ORCHESTRATOR_AMQP_URL": self.stack.amqp_url,
+            "ORCHESTRATOR_NAMESPACE": self.namespace,
+            "PYTHONUNBUFFERED": "1",
+        }
+        offset = len(self.output())
+        self.spawn(argv, env, self.stack.root)
+        await self.wait_for("consuming ", offset, timeout)
 
 
 async def run_floor(

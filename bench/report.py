@@ -213,6 +213,23 @@ def table(results: dict[str, Any]) -> str:
                 "",
             ),
         ]
+    k = results.get("kit")
+    if k:
+        rows += [
+            (
+                "kit",
+                "steps/s (orchestrator's)",
+                f"{_fmt(k.get('steps_per_s'))} ({_fmt(k.get('orchestrator_steps_per_s'))})",
+                f"{_fmt(_get(k, 'statuses', 'completed'))} of {_fmt(k.get('sagas'))} completed",
+            ),
+            (
+                "",
+                "ratio to orchestrator",
+                _fmt(k.get("ratio_to_orchestrator")),
+                f"target >= {_fmt(k.get('target'))}",
+            ),
+            ("", "CPU ms/command", _fmt(k.get("cpu_ms_per_command")), ""),
+        ]
     lat = results.get("latency")
     if lat:
         o = lat.get("orchestrator", {})

@@ -16,20 +16,28 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from bench.config import RECORDED_CPU_MS_PER_STEP, TARGET_CPU_MS_PER_STEP, TARGET_TO_PEER, Sizes, Stack
+from bench.config import (
+    RECORDED_CPU_MS_PER_STEP,
+    TARGET_CPU_MS_PER_STEP,
+    TARGET_KIT_TO_ORCHESTRATOR,
+    TARGET_TO_PEER,
+    Sizes,
+    Stack,
+)
 from bench.infra import Broker, Database, Started
 from bench.parking import park
-from bench.processes import READY, Orchestrator, Responder, run_floor, run_peer
+from bench.processes import READY, KitService, Orchestrator, Responder, run_floor, run_peer
 from bench.report import histogram_percentiles, percentiles
 from bench.workflows import HOLD, ORDER
 from orchestrator.examples.contracts import OrderPlaced
 
-__all__ = ["Context", "deadlines", "latency", "memory", "recovery", "throughput"]
+__all__ = ["Context", "deadlines", "kit", "latency", "memory", "recovery", "throughput"]
 
 ORDER_SERVICES = ("inventory", "payment", "shipping")
 STEPS = 3
 START = OrderPlaced.TYPE
 COMPLETED = "SELECT count(*) FROM sagas WHERE status = 'completed'"
+FINISHED = "SELECT count(*) FROM sagas WHERE status IN ('completed', 'compensated', 'failed')"
 STEP_HISTOGRAM = "orchestrator_step_latency_seconds"
 FIRED = "SELECT count(*) FROM journal WHERE kind = 'deadline'"
 OUTBOX_EMPTY = "SELECT (NOT EXISTS (SELECT 1 FROM outbox))::int"
@@ -82,6 +90,8 @@ class Scene:
             ctx.stack, self.namespace, log_dir / f"{name}-orchestrator.log", deadline_seconds
         )
         self.responders: list[Responder] = []
+        #: the example services on the participant kit (the kit scenario)
+        self.kits: list[KitService] = []
         self._analyzing: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Scene:
@@ -97,8 +107,8 @@ class Scene:
             self._analyzing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._analyzing
-        for responder in self.responders:
-            await responder.terminate()
+        for child in [*self.responders, *self.kits]:
+            await child.terminate()
         await self.orchestrator.terminate()
         await self.ctx.broker.cleanup(self.namespace)
 
@@ -263,6 +273,59 @@ def _cpu_per_step(runs: list[dict[str, Any]], floors: list[dict[str, Any]]) -> d
         "floor": median_of(floors, "cpu_ms_per_step"),
         "recorded": RECORDED_CPU_MS_PER_STEP,
         "target": TARGET_CPU_MS_PER_STEP,
+    }
+
+
+# 1b. the participant kit ---------------------------------------------------------------------------
+async def kit(ctx: Context) -> dict[str, Any]:
+    """The burst again, answered by the example services on the participant kit (participants/:
+    each command a transaction of their own database, its claim, business statements and recorded
+    reply) instead of the responder, which answers at once: how many commands a second the kit
+    carries out beside the orchestrator (issue 30: at least half the orchestrator's steps/s, for
+    the kit to be ``make chaos``'s participants). Orders spread over a hundred SKUs, as a shop's
+    do (order_body): one SKU for all would time the example inventory's row lock, not the kit."""
+    sizes, db, broker = ctx.sizes, ctx.db, ctx.broker
+    count = sizes.kit_sagas
+    await db.drop_database(ctx.stack.kit_dsn)  # the services create it again, and their tables
+    async with Scene(ctx, "kit") as scene:
+        await scene.orchestrator.start()
+        for service in ORDER_SERVICES:
+            log = ctx.stack.log_dir / f"kit-{service}.log"
+            kit_service = KitService(
+                ctx.stack, scene.namespace, log, service, sizes.kit_concurrency, ctx.stack.kit_dsn
+            )
+            scene.kits.append(kit_service)
+            await kit_service.start()
+        await broker.wait_for_consumers(scene.namespace, ORDER_SERVICES)
+        keys = ctx.keys("k", count)
+        cpu_before = {k.service: k.cpu_seconds() for k in scene.kits}
+        began_wall = time.time()
+        publishing = asyncio.create_task(broker.burst(scene.namespace, ORDER, keys))
+        waited, _ = await db.wait_count(FINISHED, count, sizes.wait_seconds)
+        await publishing
+        last = await db.value("SELECT extract(epoch FROM max(updated_at)) FROM sagas")
+        cpu = {k.service: round(k.cpu_seconds() - cpu_before[k.service], 2) for k in scene.kits}
+        statuses = await _statuses(db, ORDER)
+    seconds = float(last) - began_wall if last is not None else None
+    completed = statuses.get("completed", 0)
+    steps_per_s = round(completed * STEPS / seconds, 1) if seconds and completed else None
+    orchestrator = round(ctx.max_sagas_per_s * STEPS, 1) if ctx.max_sagas_per_s else None
+    ratio = round(steps_per_s / orchestrator, 3) if steps_per_s and orchestrator else None
+    return {
+        "sagas": count,
+        "finished": waited is not None,
+        "statuses": statuses,
+        "concurrency": sizes.kit_concurrency,
+        "seconds": _s(seconds),
+        "sagas_per_s": round(completed / seconds, 1) if seconds and completed else None,
+        "steps_per_s": steps_per_s,
+        "cpu_s": cpu,
+        "cpu_ms_per_command": round(sum(cpu.values()) * 1000 / (count * STEPS), 3) if count else None,
+        "orchestrator_steps_per_s": orchestrator,
+        "ratio_to_orchestrator": ratio,
+        "target": TARGET_KIT_TO_ORCHESTRATOR,
+        "meets_target": ratio >= TARGET_KIT_TO_ORCHESTRATOR if ratio is not None else None,
+        "log": scene.problems(),
     }
 
 
@@ -563,6 +626,7 @@ async def memory(ctx: Context) -> dict[str, Any]:
 
 SCENARIOS = {
     "throughput": throughput,
+    "kit": kit,
     "latency": latency,
     "recovery": recovery,
     "deadlines": deadlines,

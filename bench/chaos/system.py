@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
@@ -21,7 +20,7 @@ import asyncpg
 
 from bench.chaos.scenario import Scenario
 from bench.config import Stack
-from bench.processes import Orchestrator, Responder, _Child
+from bench.processes import KitService, Orchestrator, Responder
 from tests.integration.private_broker import PrivateBroker
 from tests.integration.private_cluster import PrivateCluster
 from tests.integration.private_failover import FailoverPostgres
@@ -44,33 +43,16 @@ class Replica(Orchestrator):
         return {**super().env(), "CHAOS_DEADLINE_SECONDS": str(self.deadline)}
 
 
-class Kit(_Child):
-    """One example service on the participant kit, as a user starts it: its commands run in
-    transactions of its own database (the run's), and it reconnects to the broker by itself."""
+class Kit(KitService):
+    """One example service on the participant kit, in the run's own database, with the
+    scenario's failure rate and delay."""
 
     def __init__(self, stack: Stack, namespace: str, log: Path, service: str, scenario: Scenario) -> None:
-        super().__init__(f"participant-{service}", log)
-        self.stack = stack
-        self.namespace = namespace
-        self.service = service
+        options: tuple[str, ...] = ("--fail-rate", str(scenario.fail_rate))
+        if scenario.delay:
+            options += ("--delay", str(scenario.delay))
+        super().__init__(stack, namespace, log, service, scenario.concurrency, stack.database_url, options)
         self.scenario = scenario
-
-    async def start(self, timeout: float = 60) -> None:
-        argv = [self.stack.python, "-m", "participants", self.service]
-        argv += ["--fail-rate", str(self.scenario.fail_rate)]
-        argv += ["--concurrency", str(self.scenario.concurrency)]
-        if self.scenario.delay:
-            argv += ["--delay", str(self.scenario.delay)]
-        env = {
-            **os.environ,
-            "PARTICIPANT_DATABASE_URL": self.stack.database_url,
-            "ORCHESTRATOR_AMQP_URL": self.stack.amqp_url,
-            "ORCHESTRATOR_NAMESPACE": self.namespace,
-            "PYTHONUNBUFFERED": "1",
-        }
-        offset = len(self.output())
-        self.spawn(argv, env, self.stack.root)
-        await self.wait_for("consuming ", offset, timeout)
 
     def kill(self) -> None:
         if self.popen is not None and self.popen.poll() is None:

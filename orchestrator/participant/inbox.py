@@ -83,6 +83,31 @@ class Inbox:
         self.schema = schema
         self._inbox = f'"{schema}".participant_inbox'
         self._attempts = f'"{schema}".participant_attempts'
+        # Every command's statements, built once, not parsed anew per command.
+        self._claim = text(
+            f"""WITH claimed AS (
+                INSERT INTO {self._inbox}
+                (message_id, command_type, saga_id, reply_type, reply_body, reply_message_id)
+                VALUES (:id, '', '', '', '', '') ON CONFLICT (message_id) DO NOTHING
+                RETURNING 1)
+            SELECT EXISTS (SELECT FROM claimed) AS claimed, a.attempts,
+                a.dead_lettered_at IS NOT NULL AS dead, i.message_id AS known,
+                i.reply_type, i.reply_body, i.reply_message_id, i.command_digest,
+                i.command_type, i.saga_id
+            FROM (VALUES (1)) AS one
+            LEFT JOIN {self._attempts} a ON a.message_id = :id
+            LEFT JOIN {self._inbox} i ON i.message_id = :id"""
+        )
+        self._found = text(
+            "SELECT reply_type, reply_body, reply_message_id, command_digest, command_type, saga_id"
+            f" FROM {self._inbox} WHERE message_id = :id"
+        )
+        self._record = text(
+            f"""UPDATE {self._inbox} SET command_type = :command_type, saga_id = :saga_id,
+                reply_type = :reply_type, reply_body = :reply_body,
+                reply_message_id = :reply_message_id, command_digest = :digest, handled_at = now()
+                WHERE message_id = :id"""
+        )
 
     async def create(self, connection: AsyncConnection) -> None:
         """Create the schema and tables if missing; under a lock, since several instances of one
@@ -143,20 +168,7 @@ class Inbox:
         for _ in range(2):
             row = (
                 await connection.execute(
-                    text(
-                        f"""WITH claimed AS (
-                            INSERT INTO {self._inbox}
-                            (message_id, command_type, saga_id, reply_type, reply_body, reply_message_id)
-                            VALUES (:id, '', '', '', '', '') ON CONFLICT (message_id) DO NOTHING
-                            RETURNING 1)
-                        SELECT EXISTS (SELECT FROM claimed) AS claimed, a.attempts,
-                            a.dead_lettered_at IS NOT NULL AS dead, i.message_id AS known,
-                            i.reply_type, i.reply_body, i.reply_message_id, i.command_digest,
-                            i.command_type, i.saga_id
-                        FROM (VALUES (1)) AS one
-                        LEFT JOIN {self._attempts} a ON a.message_id = :id
-                        LEFT JOIN {self._inbox} i ON i.message_id = :id"""
-                    ),
+                    self._claim,
                     {"id": message_id},
                 )
             ).one()
@@ -168,10 +180,7 @@ class Inbox:
                 # statement's snapshot was taken: read it as of now.
                 found = (
                     await connection.execute(
-                        text(
-                            f"SELECT reply_type, reply_body, reply_message_id, command_digest, command_type,"
-                            f" saga_id FROM {self._inbox} WHERE message_id = :id"
-                        ),
+                        self._found,
                         {"id": message_id},
                     )
                 ).first()
@@ -201,12 +210,7 @@ class Inbox:
         digest: str = "",
     ) -> None:
         await connection.execute(
-            text(
-                f"""UPDATE {self._inbox} SET command_type = :command_type, saga_id = :saga_id,
-                    reply_type = :reply_type, reply_body = :reply_body,
-                    reply_message_id = :reply_message_id, command_digest = :digest, handled_at = now()
-                    WHERE message_id = :id"""
-            ),
+            self._record,
             {
                 "digest": digest,
                 "id": message_id,

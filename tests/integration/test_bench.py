@@ -51,14 +51,16 @@ def test_quick_bench_runs_every_scenario(tmp_path: Path) -> None:
     finally:
         drop_database(name)
         drop_database(f"{name}_dbos")  # the peer's, beside it (Stack.peer_dsn)
+        drop_database(f"{name}_kit")  # the kit scenario's participants' (Stack.kit_dsn)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     results = json.loads(out.read_text())
 
-    for key in ("machine", "git_commit", "sizes", "throughput", "latency", "recovery", "deadlines", "memory"):
+    scenarios = ("throughput", "kit", "latency", "recovery", "deadlines", "memory")
+    for key in ("machine", "git_commit", "sizes", *scenarios):
         assert key in results, key
     # this machine's PostgreSQL runs without autovacuum: the benchmark analyzes in its place
     assert results["autovacuum"] in ("on", "off: the tables analyzed every 10 s"), results["autovacuum"]
-    for scenario in ("throughput", "latency", "recovery", "deadlines", "memory"):
+    for scenario in scenarios:
         assert "error" not in results[scenario], results[scenario]
 
     throughput = results["throughput"]
@@ -72,6 +74,12 @@ def test_quick_bench_runs_every_scenario(tmp_path: Path) -> None:
     assert cpu["floor"] is None and cpu["recorded"] > cpu["target"] > 0, cpu
     assert "CPU ms/step (recorded)" in run.stdout
     assert throughput["floor_note"] == results["floor_note"]
+    # the example services on the participant kit carried out every command of their burst
+    kit = results["kit"]
+    assert kit["finished"] and kit["statuses"] == {"completed": 50}, kit
+    assert kit["steps_per_s"] > 0 and kit["ratio_to_orchestrator"] > 0 and kit["target"] == 0.5, kit
+    assert all(cpu > 0 for cpu in kit["cpu_s"].values()) and len(kit["cpu_s"]) == 3, kit
+    assert "ratio to orchestrator" in run.stdout
     # the peer, the same saga written with DBOS, ran once after the orchestrator and finished
     peer = throughput["peer"]
     assert peer is not None, throughput["peer_note"]

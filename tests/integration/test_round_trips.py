@@ -142,6 +142,7 @@ async def test_the_hot_path_finds_its_rows_by_key_whatever_its_tables_held_when_
                     "save": postgres_store._SAVE,
                     "sent": postgres_store._SENT_COMMANDS,
                     "mark sent": postgres_store._MARK_SENT,
+                    "due timers": postgres_store._DUE_SAGAS,
                 }
                 for name, sql in statements.items():
                     plan = await _generic_plan(connection, sql)

@@ -242,6 +242,14 @@ FROM tombstones WHERE saga_id = ANY($1::text[])
 """
 
 
+#: The sagas with timers due, soonest first: read without locking anything (``claim_due``).
+_DUE_SAGAS = (
+    "SELECT d.saga_id FROM deadlines d LEFT JOIN sagas s ON s.id = d.saga_id"
+    " WHERE d.due_at <= $1 AND (s.id IS NULL OR $3::text[] IS NULL"
+    " OR (s.workflow, s.release) IN (SELECT * FROM unnest($3::text[], $4::text[])))"
+    " GROUP BY d.saga_id ORDER BY min(d.due_at), d.saga_id LIMIT $2"
+)
+
 #: Commands the broker confirmed, gone from the outbox.
 _MARK_SENT = "DELETE FROM outbox WHERE message_id = ANY($1::text[])"
 
@@ -443,10 +451,7 @@ class _PostgresTransaction:
         # Only sagas of ``workflows`` (those this process can decide; a timer of a saga that does
         # not exist is taken too, to be removed): another process's timers are left to it.
         ids = await self.connection.fetch(
-            "SELECT d.saga_id FROM deadlines d LEFT JOIN sagas s ON s.id = d.saga_id"
-            " WHERE d.due_at <= $1 AND (s.id IS NULL OR $3::text[] IS NULL"
-            " OR (s.workflow, s.release) IN (SELECT * FROM unnest($3::text[], $4::text[])))"
-            " GROUP BY d.saga_id ORDER BY min(d.due_at), d.saga_id LIMIT $2",
+            _DUE_SAGAS,
             now,
             limit,
             None if workflows is None else [name for name, _ in workflows],
