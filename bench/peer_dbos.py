@@ -45,7 +45,7 @@ import orjson
 import sqlalchemy as sa
 from dbos import DBOS, DBOSConfig, SetWorkflowID
 
-from orchestrator.adapters.amqp.topology import Topology
+from bench.responder import declare_services
 from orchestrator.examples.contracts import (
     ChargePayment,
     OrderShipped,
@@ -93,6 +93,10 @@ def service_of(message_type: str) -> str:
     """The topic a reply is sent on: the service that answers. A saga waits for one service at a
     time, so the service names the step it waits in."""
     return message_type.split(".", 1)[0]
+
+
+#: the services the saga commands, whose queues it declares
+PEER_SERVICES = tuple(service_of(step.command) for step in ORDER_STEPS)
 
 
 def command_body(command: str, order: dict[str, Any]) -> dict[str, Any]:
@@ -200,22 +204,11 @@ def reset(database_url: str) -> None:
 async def declare(
     consume: aio_pika.abc.AbstractChannel, publish: aio_pika.abc.AbstractChannel, namespace: str
 ) -> tuple[aio_pika.abc.AbstractExchange, aio_pika.abc.AbstractQueue]:
-    """The topology the peer uses, declared as bench/responder.py declares it (or RabbitMQ
-    refuses the second declaration): the participants' queues too, so that a command published
-    before they consume is kept, not returned."""
-    topology = Topology(namespace, queue_type=os.environ.get("ORCHESTRATOR_QUEUE_TYPE") or "classic")
+    """The topology the peer uses: the participants' side as bench/responder.py declares it (the
+    services' queues too, so that a command published before they consume is kept, not
+    returned), and the peer's own reply queue on ``{ns}.events``."""
+    await declare_services(consume, namespace, PEER_SERVICES)
     commands = await publish.declare_exchange(f"{namespace}.commands", "topic", durable=True)
-    dead = await consume.declare_exchange(f"{namespace}.dead", "fanout", durable=True)
-    dead_letters = await consume.declare_queue(
-        f"{namespace}.dead-letter", durable=True, arguments=topology.dead_letter_queue_arguments
-    )
-    await dead_letters.bind(dead, "")
-    for step in ORDER_STEPS:
-        service = service_of(step.command)
-        queue = await consume.declare_queue(
-            f"{namespace}.{service}", durable=True, arguments=topology.queue_arguments
-        )
-        await queue.bind(f"{namespace}.commands", f"{service}.#")
     events = await consume.declare_exchange(f"{namespace}.events", "topic", durable=True)
     replies = await consume.declare_queue(f"{namespace}.{REPLY_QUEUE}", durable=True)
     await replies.bind(events, "#")

@@ -318,6 +318,24 @@ class KitService(_Child):
         await self.wait_for("consuming ", offset, timeout)
 
 
+#: seconds the floor is given (its own --timeout)
+FLOOR_TIMEOUT = 900
+
+
+def _last_json(name: str, code: int | None, out: bytes, errors: str) -> tuple[dict[str, Any] | None, str]:
+    """The last line a floor or a peer printed, read as its JSON; or None and why not (its exit
+    code and the last lines of ``errors`` where it failed or printed nothing)."""
+    lines = out.decode(errors="replace").strip().splitlines()
+    if code != 0 or not lines:
+        tail = errors.strip().splitlines()[-3:]
+        return None, f"{name} failed (exit {code}): {' | '.join(tail)}"
+    try:
+        result: dict[str, Any] = json.loads(lines[-1])
+    except json.JSONDecodeError:
+        return None, f"{name} printed no JSON: {lines[-1][:200]}"
+    return result, ""
+
+
 async def run_floor(
     stack: Stack, sagas: int, steps: int = 3, rate: float = 0.0, batch: int = 128
 ) -> tuple[dict[str, Any] | None, str]:
@@ -327,7 +345,7 @@ async def run_floor(
         return None, missing
     assert stack.floor is not None  # floor_missing said so
     argv = [stack.python, str(stack.floor), "--sagas", str(sagas), "--steps", str(steps)]
-    argv += ["--batch", str(batch), "--timeout", "900"]
+    argv += ["--batch", str(batch), "--timeout", str(FLOOR_TIMEOUT)]
     if rate:
         argv += ["--rate", f"{rate:.1f}"]
     env = {**os.environ, "AMQP_URL": stack.amqp_url, "LIMIT_DSN": stack.dsn}
@@ -335,16 +353,16 @@ async def run_floor(
     process = await asyncio.create_subprocess_exec(
         *argv, cwd=stack.root, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
-    out, err = await process.communicate()
+    try:  # the floor stops itself at its --timeout; a floor that hangs past it is a note too
+        out, err = await asyncio.wait_for(process.communicate(), FLOOR_TIMEOUT + 60)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        return None, f"floor overran {FLOOR_TIMEOUT + 60} s"
     cpu = _children_cpu_seconds() - cpu_before
-    lines = out.decode(errors="replace").strip().splitlines()
-    if process.returncode != 0 or not lines:
-        tail = err.decode(errors="replace").strip().splitlines()[-3:]
-        return None, f"floor failed (exit {process.returncode}): {' | '.join(tail)}"
-    try:
-        result: dict[str, Any] = json.loads(lines[-1])
-    except json.JSONDecodeError:
-        return None, f"floor printed no JSON: {lines[-1][:200]}"
+    result, why = _last_json("floor", process.returncode, out, err.decode(errors="replace"))
+    if result is None:
+        return None, why
     # The floor is one process, its participants included: its CPU per step is the whole
     # pipeline's, to set beside the orchestrator's plus its responder's.
     result["cpu_s"] = round(cpu, 2)
@@ -352,7 +370,8 @@ async def run_floor(
     return result, " ".join(argv[1:])
 
 
-PEER_SERVICES = ("inventory", "payment", "shipping")
+#: the services the order saga commands, which the responder serves
+ORDER_SERVICES = ("inventory", "payment", "shipping")
 #: said in the JSON when the peer cannot run here; a benchmark without it still measures the rest
 NO_DBOS = "no peer: dbos is not installed (it is a dev dependency: make venv, or pip install 'dbos>=3.4,<4')"
 
@@ -377,7 +396,7 @@ async def run_peer(
     argv = [stack.python, "-m", "bench.peer_dbos", "--sagas", str(sagas), "--namespace", namespace]
     argv += ["--amqp-url", stack.amqp_url, "--database-url", stack.peer_dsn, "--timeout", str(timeout)]
     try:
-        await responder.start(PEER_SERVICES)
+        await responder.start(ORDER_SERVICES)
         responder_before = responder.cpu_seconds()
         cpu_before = _children_cpu_seconds()
         with log.open("ab") as errors:
@@ -403,14 +422,9 @@ async def run_peer(
         return None, f"peer not run: {error}"
     finally:
         await responder.terminate()
-    lines = out.decode(errors="replace").strip().splitlines()
-    if process.returncode != 0 or not lines:
-        tail = log.read_text(errors="replace").strip().splitlines()[-3:]
-        return None, f"peer failed (exit {process.returncode}): {' | '.join(tail)} (log: {log})"
-    try:
-        result: dict[str, Any] = json.loads(lines[-1])
-    except json.JSONDecodeError:
-        return None, f"peer printed no JSON: {lines[-1][:200]}"
+    result, why = _last_json("peer", process.returncode, out, log.read_text(errors="replace"))
+    if result is None:
+        return None, f"{why} (log: {log})"
     steps = result.get("completed", 0) * result.get("steps", 0)
     # Per step, the burst's CPU as the peer read it (all its threads: DBOS works on threads), set
     # beside the orchestrator's over its burst; with the responder's beside the orchestrator's

@@ -33,9 +33,9 @@ from typing import Any
 from bench.__main__ import DEFAULT_DATABASE, write
 from bench.config import FULL, Sizes, Stack, floor_from_env, floor_missing
 from bench.infra import Broker, Database
-from bench.processes import WORKFLOWS, Orchestrator, has_port_flag, migrate, run_floor
+from bench.processes import ORDER_SERVICES, WORKFLOWS, Orchestrator, has_port_flag, migrate, run_floor
 from bench.report import git_commit, load_average, machine, percentiles
-from bench.scenarios import COMPLETED, ORDER_SERVICES, STEPS, Context, Scene
+from bench.scenarios import COMPLETED, STEPS, Context, Scene
 from bench.workflows import ORDER
 from orchestrator.adapters.postgres.partitions import lock_classes
 from orchestrator.adapters.postgres.store import HOLDER_LOCKS

@@ -24,6 +24,7 @@ import signal
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import aio_pika
@@ -33,7 +34,7 @@ import orjson
 from orchestrator.adapters.amqp.topology import Topology
 from orchestrator.settings import DEFAULT_AMQP_URL
 
-__all__ = ["REPLIES", "main"]
+__all__ = ["REPLIES", "declare_services", "main"]
 
 REPLIES: dict[str, tuple[str, str | None]] = {
     "inventory.ReserveStock": ("inventory.StockReserved", "reservation_id"),
@@ -46,6 +47,30 @@ REPLIES: dict[str, tuple[str, str | None]] = {
 
 COPIED_HEADERS = ("x-saga-id", "x-workflow")
 Record = tuple[str, str, float, float]  # saga key, message type, monotonic, wall clock
+
+
+async def declare_services(
+    channel: aio_pika.abc.AbstractChannel, namespace: str, services: Sequence[str]
+) -> list[aio_pika.abc.AbstractQueue]:
+    """The participants' side of the topology (docs/protocol.md, section 2): ``{ns}.commands``, the
+    dead-letter exchange and queue, and a queue per service bound to its commands; the services'
+    queues, in order. Declared as the orchestrator declares them, or RabbitMQ refuses one of the
+    two."""
+    topology = Topology(namespace, queue_type=os.environ.get("ORCHESTRATOR_QUEUE_TYPE") or "classic")
+    commands = await channel.declare_exchange(f"{namespace}.commands", "topic", durable=True)
+    dead = await channel.declare_exchange(f"{namespace}.dead", "fanout", durable=True)
+    dead_letters = await channel.declare_queue(
+        f"{namespace}.dead-letter", durable=True, arguments=topology.dead_letter_queue_arguments
+    )
+    await dead_letters.bind(dead, "")
+    queues = []
+    for service in services:
+        queue = await channel.declare_queue(
+            f"{namespace}.{service}", durable=True, arguments=topology.queue_arguments
+        )
+        await queue.bind(commands, f"{service}.#")
+        queues.append(queue)
+    return queues
 
 
 class Responder:
@@ -69,24 +94,12 @@ class Responder:
         try:
             channel = await consume.channel()
             await channel.set_qos(prefetch_count=self.prefetch)
-            ns = self.namespace
-            # declared as the orchestrator declares them, or RabbitMQ refuses one of the two
-            topology = Topology(ns, queue_type=os.environ.get("ORCHESTRATOR_QUEUE_TYPE") or "classic")
-            commands = await channel.declare_exchange(f"{ns}.commands", "topic", durable=True)
-            dead = await channel.declare_exchange(f"{ns}.dead", "fanout", durable=True)
-            dead_letters = await channel.declare_queue(
-                f"{ns}.dead-letter", durable=True, arguments=topology.dead_letter_queue_arguments
-            )
-            await dead_letters.bind(dead, "")
+            queues = await declare_services(channel, self.namespace, self.services)
             publish_channel = await publish.channel(publisher_confirms=True)
-            self._events = await publish_channel.declare_exchange(f"{ns}.events", "topic", durable=True)
-            tags: list[tuple[aio_pika.abc.AbstractQueue, str]] = []
-            for service in self.services:
-                queue = await channel.declare_queue(
-                    f"{ns}.{service}", durable=True, arguments=topology.queue_arguments
-                )
-                await queue.bind(commands, f"{service}.#")
-                tags.append((queue, await queue.consume(self._on_command)))
+            self._events = await publish_channel.declare_exchange(
+                f"{self.namespace}.events", "topic", durable=True
+            )
+            tags = [(queue, await queue.consume(self._on_command)) for queue in queues]
             print("responder ready", flush=True)
             await stop.wait()
             for queue, tag in tags:

@@ -26,14 +26,13 @@ from bench.config import (
 )
 from bench.infra import Broker, Database, Started
 from bench.parking import park
-from bench.processes import READY, KitService, Orchestrator, Responder, run_floor, run_peer
+from bench.processes import ORDER_SERVICES, READY, KitService, Orchestrator, Responder, run_floor, run_peer
 from bench.report import histogram_percentiles, percentiles
 from bench.workflows import HOLD, ORDER
 from orchestrator.examples.contracts import OrderPlaced
 
 __all__ = ["Context", "deadlines", "kit", "latency", "memory", "recovery", "throughput"]
 
-ORDER_SERVICES = ("inventory", "payment", "shipping")
 STEPS = 3
 START = OrderPlaced.TYPE
 COMPLETED = "SELECT count(*) FROM sagas WHERE status = 'completed'"
