@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -176,6 +176,10 @@ class MemoryStore:
         #: archived sagas (by id), as ``orchestrator archive`` leaves them in PostgreSQL
         self.tombstones: dict[str, Tombstone] = {}
         self._lock = asyncio.Lock()
+
+    def batch(self) -> AbstractAsyncContextManager[_MemoryTransaction]:
+        """A transaction: one at a time, so nothing a batch read can have moved."""
+        return self.transaction()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_MemoryTransaction]:

@@ -42,7 +42,7 @@ from orchestrator.core.ingress import (
 )
 from orchestrator.core.machine import CompiledWorkflow
 from orchestrator.core.routing import Registry, Target
-from orchestrator.service.store import Changes, JournalEntry, Store
+from orchestrator.service.store import Changes, JournalEntry, SagasBusy, Store
 from orchestrator.service.tombstones import archived_refusal, live_starts
 from orchestrator.service.tracing import Span, Tracer, decided
 
@@ -176,7 +176,32 @@ async def process_batch(
 
     With a ``tracer``, each message decided gets a ``decide`` span (a child of the context it came
     with), whose context its commands and timers carry on, and a ``commit`` span under it for the
-    batch's commit. Without one, the context it came with is carried on as it is."""
+    batch's commit. Without one, the context it came with is carried on as it is.
+
+    The batch is one unit of work of the store (:meth:`~orchestrator.service.store.Store.batch`).
+    Where its save finds sagas locked elsewhere (:class:`SagasBusy`), nothing was written, and it
+    is decided again with those sagas held: each round holds at least one more, and their number
+    bounds the rounds."""
+    held = set(held)
+    while True:
+        try:
+            return await _decide_and_save(registry, store, envelopes, now, limits, tracer, held, fences)
+        except SagasBusy as busy:
+            if busy.saga_ids <= held:  # found busy again: nothing new to hold, so no progress
+                raise
+            held |= busy.saga_ids
+
+
+async def _decide_and_save(
+    registry: Registry,
+    store: Store,
+    envelopes: Sequence[Envelope],
+    now: datetime,
+    limits: Limits,
+    tracer: Tracer | None,
+    held: Collection[str],
+    fences: Sequence[tuple[int, int] | None] | None,
+) -> BatchResult:
     result = BatchResult(
         verdicts=[Verdict.ACCEPTED] * len(envelopes),
         refusals=[None] * len(envelopes),
@@ -189,12 +214,13 @@ async def process_batch(
         except Refused as refused:
             result.refuse(index, refused)
 
-    wanted = {w for p in parsed for w in _saga_ids(p)}
+    # a held saga's messages wait whatever its row says: not read, so not locked or checked
+    wanted = {w for p in parsed for w in _saga_ids(p)}.difference(held)
 
     changes = Changes()
     traced: list[str | None] = []  # the decide spans' contexts, for the commit spans under them
     committing = 0
-    async with store.transaction() as tx:
+    async with store.batch() as tx:
         if fences is not None and any(fences):
             holding = await tx.fence({f for f in fences if f is not None})
             lost = {i for i, f in enumerate(fences) if f is not None and f not in holding}
@@ -203,7 +229,7 @@ async def process_batch(
                     result.verdicts[index] = Verdict.FENCED
                     result.refusals[index] = None
                 parsed = [p for p in parsed if p.index not in lost]
-                wanted = {w for p in parsed for w in _saga_ids(p)}
+                wanted = {w for p in parsed for w in _saga_ids(p)}.difference(held)
         current, seen = await tx.read_batch(wanted, (p.message_id for p in parsed))
         missing = wanted - current.keys()  # archived, maybe: one more read, only then
         archived = await tx.tombstones(missing) if missing else {}

@@ -23,6 +23,7 @@ __all__ = [
     "HandledCommand",
     "JournalEntry",
     "Records",
+    "SagasBusy",
     "Store",
     "Tombstone",
     "Transaction",
@@ -100,6 +101,19 @@ class Changes:
         return bool(self.sagas or self.inbox or self.duplicates or self.dead_letters)
 
 
+class SagasBusy(Exception):
+    """A batch's save found sagas it read locked by another transaction (an operator's, a
+    deadline sweep's): nothing was written, and the batch is decided again with their messages
+    set aside (BUSY), as a read that finds them locked sets them aside."""
+
+    #: lock_not_available: a conflict, tried again, should it reach the fault policy
+    sqlstate = "55P03"
+
+    def __init__(self, saga_ids: Iterable[str]) -> None:
+        self.saga_ids = frozenset(saga_ids)
+        super().__init__(f"sagas locked by another transaction: {', '.join(sorted(self.saga_ids))}")
+
+
 class Transaction(Protocol):
     #: the sagas among those :meth:`read_batch` was asked for that exist but are locked by another
     #: transaction: skipped, not waited for (their messages wait, the rest of the batch goes on)
@@ -145,7 +159,14 @@ class Transaction(Protocol):
 
 
 class Store(Protocol):
-    def transaction(self) -> AbstractAsyncContextManager[Transaction]: ...
+    def transaction(self) -> AbstractAsyncContextManager[Transaction]:
+        """A transaction: what it reads stays locked until it ends."""
+
+    def batch(self) -> AbstractAsyncContextManager[Transaction]:
+        """A batch of messages' unit of work, which may take fewer round trips: its reads may lock
+        nothing, and then its save is all or nothing and checks them, failing as a conflict where
+        a saga it read moved or a fence it read was handed over, and with :class:`SagasBusy`
+        where a saga it read is locked by another transaction."""
 
     async def get_saga(self, saga_id: str) -> SagaSnapshot | None: ...
 

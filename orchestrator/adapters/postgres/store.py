@@ -31,7 +31,7 @@ from orchestrator.core.engine import Incoming, OutgoingCommand, SagaSnapshot
 from orchestrator.core.ids import IdKeyAbsent
 from orchestrator.core.ingress import DeadLetter
 from orchestrator.service.faults import Fault
-from orchestrator.service.store import Changes, DueDeadline, JournalEntry, Records, Tombstone
+from orchestrator.service.store import Changes, DueDeadline, JournalEntry, Records, SagasBusy, Tombstone
 from orchestrator.settings import database_url
 
 __all__ = ["PostgresStore", "Timeouts", "make_engine"]
@@ -148,21 +148,88 @@ _SAGA_TYPES = (
     "timestamptz", "timestamptz", "jsonb", "int", "jsonb", "text", "jsonb",
 )  # fmt: skip
 
-#: The whole of a batch's writes in one statement, one round trip: each CTE takes its rows as
-#: parallel arrays (jsonb travels as text and is cast), and an empty array writes nothing.
-_SAVE = f"""
-WITH saved_sagas AS (
-    INSERT INTO sagas ({_SAGA_COLUMNS})
-    SELECT id, workflow, key, state, status, version, data::jsonb, parked::jsonb, last_error,
-           created_at, updated_at, awaiting::jsonb, attempt, timed_out::jsonb, release, branches::jsonb
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[], $7::text[],
+#: The saga columns that travel as text and are stored as jsonb.
+_JSONB = {"data", "parked", "awaiting", "timed_out", "branches"}
+
+#: A saga row's columns as the save takes them: parallel arrays (jsonb travels as text).
+_SAGA_ROWS = """unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[], $7::text[],
                 $8::text[], $9::text[], $10::timestamptz[], $11::timestamptz[], $12::text[], $13::int[],
                 $14::text[], $53::text[], $57::text[])
          AS t(id, workflow, key, state, status, version, data, parked, last_error,
-              created_at, updated_at, awaiting, attempt, timed_out, release, branches)
+              created_at, updated_at, awaiting, attempt, timed_out, release, branches)"""
+
+#: The saga columns of ``_SAGA_ROWS`` as stored, jsonb cast.
+_SAGA_VALUES = (
+    "id, workflow, key, state, status, version, data::jsonb, parked::jsonb, last_error,"
+    " created_at, updated_at, awaiting::jsonb, attempt, timed_out::jsonb, release, branches::jsonb"
+)
+
+#: A locked transaction's saga writes (:meth:`PostgresStore.transaction`): the rows are its own.
+_UPSERT_SAGAS = f"""
+saved_sagas AS (
+    INSERT INTO sagas ({_SAGA_COLUMNS})
+    SELECT {_SAGA_VALUES} FROM {_SAGA_ROWS}
     ON CONFLICT (id) DO UPDATE SET {", ".join(f"{c} = excluded.{c}" for c in _UPDATED)}
     RETURNING 1
-), journaled AS (
+)"""
+
+#: A batch's saga writes (:meth:`PostgresStore.batch`), which read its sagas without a lock: the
+#: sagas it read ($59, at the versions $60) are locked here, skipping any another transaction
+#: holds; the fences it read ($62, $63 in namespace $61) are share-locked, as ``_FENCE`` does; a
+#: saga it read is updated, any other inserted (no ON CONFLICT: a saga started meanwhile fails
+#: the statement). ``_CHECKED_RESULT`` then fails the whole statement if a lock was skipped, a saga moved or a
+#: fence was handed over since the read.
+_CHECKED_SAGAS = f"""
+fenced AS MATERIALIZED (
+    SELECT partition FROM partition_epochs
+    WHERE namespace = $61 AND (partition, epoch) IN (SELECT * FROM unnest($62::int[], $63::bigint[]))
+    ORDER BY partition
+    FOR SHARE
+), locked AS MATERIALIZED (
+    SELECT s.id, s.version = r.version AS unmoved
+    FROM unnest($59::text[], $60::int[]) AS r(id, version) JOIN sagas s ON s.id = r.id
+    ORDER BY s.id
+    FOR NO KEY UPDATE OF s SKIP LOCKED
+), updated AS (
+    UPDATE sagas s SET {", ".join(f"{c} = t.{c}{'::jsonb' if c in _JSONB else ''}" for c in _UPDATED)}
+    FROM {_SAGA_ROWS}
+    WHERE s.id = t.id AND t.id = ANY($59::text[])
+    RETURNING 1
+), inserted AS (
+    INSERT INTO sagas ({_SAGA_COLUMNS})
+    SELECT {_SAGA_VALUES} FROM {_SAGA_ROWS}
+    WHERE NOT t.id = ANY($59::text[])
+    RETURNING 1
+)"""
+
+#: The messages ``orchestrator_abort`` (migration 0013) fails a checked save with.
+SAGAS_BUSY = "orchestrator: sagas locked by another transaction"
+SAGA_MOVED = "orchestrator: a saga moved since the batch read it"
+FENCE_MOVED = "orchestrator: a partition was handed over since the batch read its fence"
+
+#: Whether a checked save holds, asked in this order: the fences (nothing written yet), the locks
+#: (55P03, with the ids of the sagas held elsewhere as a JSON array: the batch sets their messages
+#: aside), the versions; the writes of the other CTEs are run only after these pass.
+_CHECKED_RESULT = f"""
+SELECT CASE
+    WHEN (SELECT count(*) FROM fenced) < cardinality($62::int[])
+        THEN orchestrator_abort('40001', '{FENCE_MOVED}', NULL)
+    WHEN (SELECT count(*) FROM locked) < cardinality($59::text[])
+        THEN orchestrator_abort('55P03', '{SAGAS_BUSY}', (
+            SELECT json_agg(r.id)::text FROM unnest($59::text[]) AS r(id)
+            WHERE r.id NOT IN (SELECT id FROM locked)))
+    WHEN NOT (SELECT bool_and(unmoved) FROM locked)
+        THEN orchestrator_abort('40001', '{SAGA_MOVED}', (
+            SELECT json_agg(id)::text FROM locked WHERE NOT unmoved))
+    WHEN (SELECT count(*) FROM updated) + (SELECT count(*) FROM inserted) < cardinality($1::text[])
+        THEN orchestrator_abort('40001', '{SAGA_MOVED}', NULL)
+    ELSE (SELECT count(*) FROM journaled)
+END
+"""
+
+#: The rest of a batch's writes, each CTE taking its rows as parallel arrays; an empty array
+#: writes nothing.
+_WRITES = """journaled AS (
     INSERT INTO journal (saga_id, seq, kind, message_type, message_id, message, decision, actor, recorded_at)
     SELECT saga_id, seq, kind, message_type, message_id, message::jsonb, decision::jsonb, actor, $24
     FROM unnest($15::text[], $16::int[], $17::text[], $18::text[], $19::text[], $20::text[], $21::text[],
@@ -210,9 +277,13 @@ WITH saved_sagas AS (
          AS t(source, reason, detail, message_id, message_type, correlation_id, exchange, routing_key,
               properties, body, body_size)
     RETURNING 1
-)
-SELECT (SELECT count(*) FROM journaled)
-"""
+)"""
+
+#: The whole of a locked transaction's writes in one statement, one round trip.
+_SAVE = f"WITH {_UPSERT_SAGAS}, {_WRITES}\nSELECT (SELECT count(*) FROM journaled)\n"
+
+#: The whole of a batch's writes, checked against its read, in one statement (its own transaction).
+_SAVE_CHECKED = f"WITH {_CHECKED_SAGAS}, {_WRITES}{_CHECKED_RESULT}"
 
 
 #: A batch's one read: its sagas, locked; which of its message ids the inbox already holds, told
@@ -222,6 +293,15 @@ SELECT (SELECT count(*) FROM journaled)
 #: and used to cost a round trip of its own. A saga row held elsewhere (an operator's open
 #: transaction, a stuck session) is skipped, not waited for: its messages are set aside and the
 #: rest of the batch goes on, where one locked row used to stop every saga.
+_SEEN_AND_TOMBSTONES = f"""
+SELECT {", ".join(f"NULL::{t}" for t in _SAGA_TYPES)}, message_id, NULL, NULL, NULL
+FROM inbox WHERE message_id = ANY($2::text[])
+UNION ALL
+SELECT saga_id, workflow, key, state, status, version, NULL, NULL, NULL, created_at, NULL, NULL, NULL,
+       NULL, release, NULL, NULL, NULL, finished_at, archived_at
+FROM tombstones WHERE saga_id = ANY($1::text[])
+"""
+
 _READ_BATCH = f"""
 WITH locked AS MATERIALIZED (
     SELECT {_SAGA_COLUMNS} FROM sagas WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE SKIP LOCKED
@@ -230,16 +310,17 @@ SELECT *, NULL::text AS seen, NULL::text AS busy, NULL::timestamptz AS finished_
        NULL::timestamptz AS archived_at
 FROM locked
 UNION ALL
-SELECT {", ".join(f"NULL::{t}" for t in _SAGA_TYPES)}, message_id, NULL, NULL, NULL
-FROM inbox WHERE message_id = ANY($2::text[])
-UNION ALL
 SELECT {", ".join(f"NULL::{t}" for t in _SAGA_TYPES)}, NULL, id, NULL, NULL
 FROM sagas WHERE id = ANY($1::text[]) AND id NOT IN (SELECT id FROM locked)
-UNION ALL
-SELECT saga_id, workflow, key, state, status, version, NULL, NULL, NULL, created_at, NULL, NULL, NULL,
-       NULL, release, NULL, NULL, NULL, finished_at, archived_at
-FROM tombstones WHERE saga_id = ANY($1::text[])
-"""
+UNION ALL{_SEEN_AND_TOMBSTONES}"""
+
+#: A batch's read without a transaction (:meth:`PostgresStore.batch`): the same, but nothing is
+#: locked, and so nothing is found busy here; its save (``_SAVE_CHECKED``) locks and checks.
+_READ_UNLOCKED = f"""
+SELECT {_SAGA_COLUMNS}, NULL::text AS seen, NULL::text AS busy, NULL::timestamptz AS finished_at,
+       NULL::timestamptz AS archived_at
+FROM sagas WHERE id = ANY($1::text[])
+UNION ALL{_SEEN_AND_TOMBSTONES}"""
 
 
 #: The sagas with timers due, soonest first: read without locking anything (``claim_due``).
@@ -261,6 +342,9 @@ WHERE namespace = $1 AND (partition, epoch) IN (SELECT * FROM unnest($2::int[], 
 ORDER BY partition
 FOR SHARE
 """
+
+#: The same, read without a lock: a batch's save locks and checks them again (``_SAVE_CHECKED``).
+_FENCE_UNLOCKED = _FENCE.replace("FOR SHARE", "")
 
 
 #: Every command some sagas' journals say they sent (the journal's primary key: a range scan each).
@@ -368,14 +452,27 @@ def _dead_letter_arguments(letters: Sequence[DeadLetter]) -> list[list[Any]]:
 
 
 class _PostgresTransaction:
-    """The hot path, on asyncpg directly: prepared statements, arrays in, one round trip a step."""
+    """The hot path, on asyncpg directly: prepared statements, arrays in, one round trip a step.
+
+    ``checked``: a batch's unit of work (:meth:`PostgresStore.batch`), outside a transaction. Its
+    reads lock nothing and remember what they found (the sagas' versions, the fences that held);
+    its save locks and checks them in the statement that writes (``_SAVE_CHECKED``)."""
 
     def __init__(
-        self, connection: asyncpg.Connection, holder: int | None = None, namespace: str = ""
+        self,
+        connection: asyncpg.Connection,
+        holder: int | None = None,
+        namespace: str = "",
+        *,
+        checked: bool = False,
     ) -> None:
         self.connection = connection
         self.holder = holder
         self.namespace = namespace
+        self.checked = checked
+        #: (checked) the sagas read, at the versions read; the fences read that held
+        self._versions: dict[str, int] = {}
+        self._fences: list[tuple[int, int]] = []
         self.busy: set[str] = set()
         #: the tombstones among the ids :meth:`read_batch` read (its read takes them along), and
         #: those ids: :meth:`tombstones` answers for them without a round trip
@@ -397,7 +494,7 @@ class _PostgresTransaction:
         ids, messages = sorted(set(saga_ids)), list(set(message_ids))
         if not ids and not messages:  # every message of the batch was refused before this
             return {}, set()
-        rows = await self.connection.fetch(_READ_BATCH, ids, messages)
+        rows = await self.connection.fetch(_READ_UNLOCKED if self.checked else _READ_BATCH, ids, messages)
         current: dict[str, SagaSnapshot] = {}
         seen: set[str] = set()
         self._read.update(ids)
@@ -410,6 +507,8 @@ class _PostgresTransaction:
                 self._tombstones[row["id"]] = _tombstone(row)
             else:
                 current[row["id"]] = saga_of(row)
+        if self.checked:
+            self._versions.update((saga_id, saga.version) for saga_id, saga in current.items())
         return current, seen
 
     async def tombstones(self, saga_ids: Iterable[str]) -> dict[str, Tombstone]:
@@ -426,9 +525,15 @@ class _PostgresTransaction:
             return set()
         pairs = sorted(fences)
         rows = await self.connection.fetch(
-            _FENCE, self.namespace, [p for p, _ in pairs], [e for _, e in pairs]
+            _FENCE_UNLOCKED if self.checked else _FENCE,
+            self.namespace,
+            [p for p, _ in pairs],
+            [e for _, e in pairs],
         )
-        return {(row["partition"], row["epoch"]) for row in rows}
+        holding = {(row["partition"], row["epoch"]) for row in rows}
+        if self.checked:
+            self._fences = sorted(holding)
+        return holding
 
     async def sent_commands(self, saga_ids: Iterable[str]) -> dict[str, set[str]]:
         ids = sorted(set(saga_ids))
@@ -479,7 +584,25 @@ class _PostgresTransaction:
 
     async def save(self, changes: Changes) -> None:
         now = changes.journal[-1].recorded_at if changes.journal else datetime.now(UTC)
-        await self.connection.fetchval(_SAVE, *_save_arguments(changes, now, self.holder))
+        arguments = _save_arguments(changes, now, self.holder)
+        if not self.checked:
+            await self.connection.fetchval(_SAVE, *arguments)
+            return
+        read = sorted(self._versions)
+        try:
+            await self.connection.fetchval(
+                _SAVE_CHECKED,
+                *arguments,
+                read,
+                [self._versions[saga_id] for saga_id in read],
+                self.namespace,
+                [p for p, _ in self._fences],
+                [e for _, e in self._fences],
+            )
+        except asyncpg.LockNotAvailableError as error:
+            if error.message != SAGAS_BUSY:  # lock_timeout: another statement's lock waited on
+                raise
+            raise SagasBusy(orjson.loads(error.detail)) from None
 
 
 async def _journal(connection: AsyncConnection, saga_id: str) -> list[JournalEntry]:
@@ -599,6 +722,13 @@ class PostgresStore:
     async def transaction(self) -> AsyncIterator[_PostgresTransaction]:
         async with self._connection() as connection, connection.transaction():
             yield _PostgresTransaction(connection, self.holder, self.namespace)
+
+    @asynccontextmanager
+    async def batch(self) -> AsyncIterator[_PostgresTransaction]:
+        """Two round trips a batch, not four: no BEGIN and COMMIT around a read that locks. The
+        save is a transaction of its own that fails whole where the read no longer holds."""
+        async with self._connection() as connection:
+            yield _PostgresTransaction(connection, self.holder, self.namespace, checked=True)
 
     async def get_saga(self, saga_id: str) -> SagaSnapshot | None:
         async with self.engine.connect() as connection:
