@@ -6,6 +6,7 @@ sees the transaction's BEGIN and COMMIT too), on the real PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime
 
@@ -104,6 +105,27 @@ async def test_confirmed_commands_leave_the_outbox_in_one_round_trip(database_ur
             "SELECT count(*) FROM outbox WHERE message_id = ANY($1::text[])",
             [c.message_id for c in started.commands],
         )
+        assert left == 0
+    finally:
+        await store.close()
+
+
+async def test_confirmed_commands_leave_the_outbox_with_the_next_batch(database_url: str) -> None:
+    """A command confirmed while batches come in costs no statement of its own: the next batch's
+    save deletes its outbox row (one commit, one WAL flush for both)."""
+    store, counted = await counting_store(database_url)
+    try:
+        started = await process_batch(REGISTRY, store, _starts(8), NOW)
+        sent = [c.message_id for c in started.commands]
+        counted.take()
+        marking = asyncio.create_task(store.mark_sent(sent))
+        await asyncio.sleep(0)  # handed over, waiting for a save
+        more = await process_batch(REGISTRY, store, _starts(4), NOW)
+        await asyncio.wait_for(marking, 5)
+        assert more.verdicts == [Verdict.ACCEPTED] * 4
+        assert len(counted.take()) == BATCH_ROUND_TRIPS
+        pool = await store.pool()
+        left = await pool.fetchval("SELECT count(*) FROM outbox WHERE message_id = ANY($1::text[])", sent)
         assert left == 0
     finally:
         await store.close()

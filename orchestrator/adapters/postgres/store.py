@@ -282,8 +282,12 @@ _WRITES = """journaled AS (
 #: The whole of a locked transaction's writes in one statement, one round trip.
 _SAVE = f"WITH {_UPSERT_SAGAS}, {_WRITES}\nSELECT (SELECT count(*) FROM journaled)\n"
 
-#: The whole of a batch's writes, checked against its read, in one statement (its own transaction).
-_SAVE_CHECKED = f"WITH {_CHECKED_SAGAS}, {_WRITES}{_CHECKED_RESULT}"
+#: The whole of a batch's writes, checked against its read, in one statement (its own transaction),
+#: which also deletes the outbox rows of commands confirmed since the last batch ($64).
+_SAVE_CHECKED = f"""WITH {_CHECKED_SAGAS}, {_WRITES}, sent AS (
+    DELETE FROM outbox WHERE message_id = ANY($64::text[])
+    RETURNING 1
+){_CHECKED_RESULT}"""
 
 
 #: A batch's one read: its sagas, locked; which of its message ids the inbox already holds, told
@@ -451,6 +455,37 @@ def _dead_letter_arguments(letters: Sequence[DeadLetter]) -> list[list[Any]]:
     ]
 
 
+#: How long the outbox rows of confirmed commands wait for a batch's save to delete them with its
+#: own writes (one commit, one WAL flush, no round trip of their own) before they are deleted alone.
+SENT_LINGER = 0.05
+
+
+class _Confirmed:
+    """Commands the broker confirmed, whose outbox rows wait for the next batch's save."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        #: resolved once the save that took ``ids`` ended: True where it committed them
+        self.deleted: asyncio.Future[bool] | None = None
+
+    def add(self, ids: Sequence[str]) -> asyncio.Future[bool]:
+        if self.deleted is None:
+            self.deleted = asyncio.get_running_loop().create_future()
+        self.ids.extend(ids)
+        return self.deleted
+
+    def take(self) -> tuple[list[str], asyncio.Future[bool] | None]:
+        taken = self.ids, self.deleted
+        self.ids, self.deleted = [], None
+        return taken
+
+    def withdraw(self, ids: Sequence[str], deleted: asyncio.Future[bool]) -> None:
+        """Ids no save took in time, deleted by their own statement instead."""
+        if deleted is self.deleted:
+            gone = set(ids)
+            self.ids = [i for i in self.ids if i not in gone]
+
+
 class _PostgresTransaction:
     """The hot path, on asyncpg directly: prepared statements, arrays in, one round trip a step.
 
@@ -465,8 +500,10 @@ class _PostgresTransaction:
         namespace: str = "",
         *,
         checked: bool = False,
+        confirmed: _Confirmed | None = None,
     ) -> None:
         self.connection = connection
+        self.confirmed = confirmed
         self.holder = holder
         self.namespace = namespace
         self.checked = checked
@@ -589,6 +626,7 @@ class _PostgresTransaction:
             await self.connection.fetchval(_SAVE, *arguments)
             return
         read = sorted(self._versions)
+        sent, deleted = self.confirmed.take() if self.confirmed is not None else ([], None)
         try:
             await self.connection.fetchval(
                 _SAVE_CHECKED,
@@ -598,11 +636,18 @@ class _PostgresTransaction:
                 self.namespace,
                 [p for p, _ in self._fences],
                 [e for _, e in self._fences],
+                sent,
             )
         except asyncpg.LockNotAvailableError as error:
             if error.message != SAGAS_BUSY:  # lock_timeout: another statement's lock waited on
                 raise
             raise SagasBusy(orjson.loads(error.detail)) from None
+        except BaseException:
+            if deleted is not None:  # their waiters delete them on their own
+                deleted.set_result(False)
+            raise
+        if deleted is not None:
+            deleted.set_result(True)
 
 
 async def _journal(connection: AsyncConnection, saga_id: str) -> list[JournalEntry]:
@@ -669,6 +714,7 @@ class PostgresStore:
         #: outbox rows it commits carry it, and other replicas' sweeps leave them to it
         self.holder: int | None = None
         self._holding: asyncpg.Connection | None = None
+        self._confirmed = _Confirmed()
 
     @classmethod
     def from_url(
@@ -728,7 +774,9 @@ class PostgresStore:
         """Two round trips a batch, not four: no BEGIN and COMMIT around a read that locks. The
         save is a transaction of its own that fails whole where the read no longer holds."""
         async with self._connection() as connection:
-            yield _PostgresTransaction(connection, self.holder, self.namespace, checked=True)
+            yield _PostgresTransaction(
+                connection, self.holder, self.namespace, checked=True, confirmed=self._confirmed
+            )
 
     async def get_saga(self, saga_id: str) -> SagaSnapshot | None:
         async with self.engine.connect() as connection:
@@ -884,8 +932,15 @@ class PostgresStore:
             ]
 
     async def mark_sent(self, message_ids: Sequence[str]) -> None:
+        """Deleted by the next batch's save where one comes within ``SENT_LINGER``; else (or where
+        that save failed) by a statement of their own. Returns once they are gone."""
         if not message_ids:
             return
+        deleted = self._confirmed.add(message_ids)
+        with contextlib.suppress(TimeoutError):
+            if await asyncio.wait_for(asyncio.shield(deleted), SENT_LINGER):
+                return
+        self._confirmed.withdraw(message_ids, deleted)
         async with self._connection() as connection:
             await connection.execute(_MARK_SENT, list(message_ids))
 
