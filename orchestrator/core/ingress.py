@@ -158,6 +158,8 @@ def check_text(value: str, where: str = "text") -> str:
     """``value``, if PostgreSQL can store it in ``text`` or ``jsonb``; ValueError otherwise."""
     if "\x00" in value:
         raise ValueError(f"{where} must not contain NUL characters")
+    if value.isascii():  # no lone surrogate in it: nothing to encode to know
+        return value
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -251,6 +253,8 @@ def printable(value: object) -> str:
     if isinstance(value, bytes | bytearray | memoryview):
         text = bytes(value).decode("utf-8", "backslashreplace")
     elif isinstance(value, str):
+        if value.isascii() and value.isprintable():  # every exchange and routing key, nearly
+            return value
         text = value
     else:
         text = repr(value)
@@ -355,7 +359,7 @@ def text_property(name: str, value: object) -> str | None:
         check_text(value, name)
     except ValueError as error:
         raise Refused(Reason.BAD_PROPERTY, f"{error}: {printable(value)}") from None
-    if len(value.encode("utf-8")) > _MAX_PROPERTY:
+    if len(value) > _MAX_PROPERTY // 4 and len(value.encode("utf-8")) > _MAX_PROPERTY:
         raise Refused(Reason.BAD_PROPERTY, f"{name} is longer than {_MAX_PROPERTY} bytes")
     return value
 
@@ -373,10 +377,13 @@ def _check_header(value: object, path: str, depth: int, budget: list[int]) -> No
     if isinstance(value, str):
         budget[0] -= len(value)
         try:
-            check_text(value, clip(path, 100))
-        except ValueError as error:
-            raise Refused(Reason.BAD_HEADER, str(error)) from None
-    elif isinstance(value, Mapping):
+            check_text(value)
+        except ValueError:
+            try:
+                check_text(value, clip(path, 100))  # again, to say where (rare: only when refused)
+            except ValueError as error:
+                raise Refused(Reason.BAD_HEADER, str(error)) from None
+    elif type(value) is dict or isinstance(value, Mapping):  # a dict, nearly always: no ABC check
         for key, item in value.items():
             if not isinstance(key, str):
                 raise Refused(Reason.BAD_HEADER, f"a key in {clip(path, 100)} is not text")
@@ -445,7 +452,7 @@ def envelope(
             )
         texts = {name: text_property(name, properties.get(name)) for name in _TEXT_PROPERTIES}
         headers = properties.get("headers") or {}
-        if not isinstance(headers, Mapping):
+        if type(headers) is not dict and not isinstance(headers, Mapping):
             raise Refused(Reason.BAD_HEADER, f"the headers are not a table but {type(headers).__name__}")
         _check_header(headers, "headers", 0, [limits.max_header_bytes])
         # moved straight into the queue (a hand-over, orchestrator migrate): only the orchestrator
