@@ -128,7 +128,8 @@ class Transaction(Protocol):
         """What a batch of messages needs before it is decided, in one read: the sagas that
         exist among ``saga_ids``, locked until the transaction ends (those locked elsewhere are
         left out and added to :attr:`busy`), and which of ``message_ids`` were taken already
-        (the inbox)."""
+        (the inbox). In a :meth:`Store.batch` the read may lock nothing (and find nothing busy):
+        the save then locks and checks what it read."""
 
     async def tombstones(self, saga_ids: Iterable[str]) -> dict[str, Tombstone]:
         """The tombstones of archived sagas among ``saga_ids``: asked only for ids no saga row
