@@ -516,7 +516,9 @@ class Worker:
         try:
             await self._publish(message, recorded, trace)
         except Exception as error:
-            self.log.error("%s -> %s not published, requeueing: %s", label, recorded.reply_type, error)
+            # a warning: the command goes back to the queue and its recorded reply is sent when it
+            # comes again (a broker node stopping closes the channel under a publish: ridden out)
+            self.log.warning("%s -> %s not published, requeueing: %s", label, recorded.reply_type, error)
             await self._settle(message.nack(requeue=True))
             return
         await self._settle(message.ack())
