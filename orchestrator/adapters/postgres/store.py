@@ -177,8 +177,8 @@ saved_sagas AS (
 #: sagas it read ($59, at the versions $60) are locked here, skipping any another transaction
 #: holds; the fences it read ($62, $63 in namespace $61) are share-locked, as ``_FENCE`` does; a
 #: saga it read is updated, any other inserted (no ON CONFLICT: a saga started meanwhile fails
-#: the statement). ``_CHECKED_RESULT`` then fails the whole statement if a lock was skipped, a saga moved or a
-#: fence was handed over since the read.
+#: the statement). ``_CHECKED_RESULT`` then fails the whole statement if a lock was skipped, a
+#: saga moved or a fence was handed over since the read.
 _CHECKED_SAGAS = f"""
 fenced AS MATERIALIZED (
     SELECT partition FROM partition_epochs
@@ -627,6 +627,7 @@ class _PostgresTransaction:
             return
         read = sorted(self._versions)
         sent, deleted = self.confirmed.take() if self.confirmed is not None else ([], None)
+        committed = False
         try:
             await self.connection.fetchval(
                 _SAVE_CHECKED,
@@ -638,16 +639,14 @@ class _PostgresTransaction:
                 [e for _, e in self._fences],
                 sent,
             )
+            committed = True
         except asyncpg.LockNotAvailableError as error:
             if error.message != SAGAS_BUSY:  # lock_timeout: another statement's lock waited on
                 raise
             raise SagasBusy(orjson.loads(error.detail)) from None
-        except BaseException:
-            if deleted is not None:  # their waiters delete them on their own
-                deleted.set_result(False)
-            raise
-        if deleted is not None:
-            deleted.set_result(True)
+        finally:
+            if deleted is not None:  # not committed: their waiters delete them on their own
+                deleted.set_result(committed)
 
 
 async def _journal(connection: AsyncConnection, saga_id: str) -> list[JournalEntry]:
